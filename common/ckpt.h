@@ -1,0 +1,209 @@
+/*
+ * ckpt.h - checkpoint files: the safetensors format, strict reading, atomic
+ * publishing, the checkpoint.json index and retention.
+ *
+ * File format (byte-compatible with safetensors):
+ *
+ *   offset 0      uint64 little-endian N, the header length
+ *   offset 8      N bytes of UTF-8 JSON, padded with spaces (0x20) so that
+ *                 8 + N is a multiple of 8 (files written here; the reader
+ *                 accepts any N)
+ *   offset 8 + N  the data buffer, to the end of the file
+ *
+ * The header is a JSON object. Each member but "__metadata__" is a tensor:
+ *
+ *   "layer1/weights": {"dtype": "F32", "shape": [784, 500],
+ *                      "data_offsets": [BEGIN, END]}
+ *
+ * with offsets relative to the data buffer, END - BEGIN equal to the element
+ * count times the dtype size, little-endian row-major elements, and the
+ * tensors together covering the data buffer exactly (sorted by BEGIN: the
+ * first starts at 0, each starts where the previous ends, the last ends at
+ * the buffer's end). Shape [] is a scalar (one element). Dtypes: BOOL, U8,
+ * I8, U16, I16, F16, BF16, U32, I32, F32, U64, I64, F64.
+ *
+ * "__metadata__" maps strings to strings. mnistd checkpoints carry:
+ *   format        "mnistd.checkpoint.v1"
+ *   global_step   decimal
+ *   architecture  JSON, see mn_arch_to_json()
+ *   data_crc32    zlib CRC-32 of the whole data buffer, 8 lowercase hex digits
+ *   created       RFC 3339 UTC time
+ *   config        the effective configuration, compact JSON
+ *   frozen        "true" only in frozen inference models
+ *
+ * The reader checks, before trusting anything: N within the file and within
+ * MN_CKPT_MAX_HEADER; the JSON well-formed, an object, with unique names;
+ * every tensor entry having exactly dtype/shape/data_offsets of the right
+ * types; dtypes known; shapes non-negative and their products free of
+ * overflow; offsets consistent with dtype and shape, in bounds and
+ * contiguous; metadata values all strings; and data_crc32, when present,
+ * matching. Model-level checks (architecture against tensors) are model.h's.
+ *
+ * Directory layout: "<dir>/<prefix>-<step>.safetensors" per version,
+ * "<dir>/checkpoint.json" = {"latest": "<file>", "all": [oldest .. newest]}.
+ * Temporary files are dot-files; readers ignore them.
+ */
+#ifndef MN_CKPT_H
+#define MN_CKPT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MN_CKPT_FORMAT     "mnistd.checkpoint.v1"
+#define MN_CKPT_SUFFIX     ".safetensors"
+#define MN_CKPT_INDEX      "checkpoint.json"
+#define MN_CKPT_MAX_HEADER ((size_t)100 << 20)
+#define MN_CKPT_MAX_DIMS   8
+#define MN_CKPT_MAX_NAME   256
+
+enum mn_dtype {
+	MN_DTYPE_BOOL,
+	MN_DTYPE_U8,
+	MN_DTYPE_I8,
+	MN_DTYPE_U16,
+	MN_DTYPE_I16,
+	MN_DTYPE_F16,
+	MN_DTYPE_BF16,
+	MN_DTYPE_U32,
+	MN_DTYPE_I32,
+	MN_DTYPE_F32,
+	MN_DTYPE_U64,
+	MN_DTYPE_I64,
+	MN_DTYPE_F64,
+};
+
+/* "F32" etc. */
+const char *mn_dtype_name(enum mn_dtype d);
+/* Bytes per element. */
+size_t mn_dtype_size(enum mn_dtype d);
+/* Parses a dtype name; -EINVAL if unknown. */
+int mn_dtype_parse(const char *name, enum mn_dtype *d);
+
+/*
+ * A tensor, to write or as read. When read, data points into the
+ * checkpoint's buffer and may be unaligned: copy it out with memcpy or
+ * mn_ckpt_copy().
+ */
+struct mn_tensor {
+	const char *name;
+	enum mn_dtype dtype;
+	size_t ndim;                     /* 0 for a scalar */
+	uint64_t shape[MN_CKPT_MAX_DIMS];
+	const void *data;                /* element count * dtype size bytes */
+	size_t nbytes;                   /* set by the reader; derived by the writer */
+};
+
+/* A metadata entry. */
+struct mn_meta {
+	const char *key;
+	const char *value;
+};
+
+/* Element count of a tensor (product of its shape; 1 for a scalar). */
+uint64_t mn_tensor_elements(const struct mn_tensor *t);
+
+/* Writes a shape as "[784, 500]". */
+void mn_shape_format(const struct mn_tensor *t, char *buf, size_t len);
+
+/* A validated checkpoint in memory. Opaque; owns its buffer. */
+struct mn_ckpt;
+
+/* Reader flags. */
+enum {
+	/* Also require format == MN_CKPT_FORMAT, a data_crc32 and a global_step. */
+	MN_CKPT_REQUIRE_MNISTD = 1 << 0,
+};
+
+/*
+ * Parses and validates a whole file held in buf (len bytes); the checkpoint
+ * keeps a copy. name (usually the file name) starts every message.
+ */
+int mn_ckpt_parse(const uint8_t *buf, size_t len, const char *name, unsigned flags,
+		  struct mn_ckpt **out, char *err, size_t errlen);
+
+/* Reads everything from an open descriptor, then parses as above. */
+int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **out, char *err,
+		    size_t errlen);
+
+/* Opens path, reads, parses. -ENOENT if it does not exist (e.g. removed by retention). */
+int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *err, size_t errlen);
+
+/* Frees a checkpoint. Accepts NULL. */
+void mn_ckpt_free(struct mn_ckpt *c);
+
+/* The name given when it was read. */
+const char *mn_ckpt_name(const struct mn_ckpt *c);
+/* Number of tensors, and the i-th in data-buffer order. */
+size_t mn_ckpt_count(const struct mn_ckpt *c);
+const struct mn_tensor *mn_ckpt_tensor(const struct mn_ckpt *c, size_t i);
+/* The tensor called name, or NULL. */
+const struct mn_tensor *mn_ckpt_find(const struct mn_ckpt *c, const char *name);
+/* Metadata: count, i-th entry (in header order), and lookup (NULL if absent). */
+size_t mn_ckpt_meta_count(const struct mn_ckpt *c);
+const struct mn_meta *mn_ckpt_meta_at(const struct mn_ckpt *c, size_t i);
+const char *mn_ckpt_meta(const struct mn_ckpt *c, const char *key);
+/* Size of the whole file in bytes. */
+size_t mn_ckpt_file_size(const struct mn_ckpt *c);
+
+/*
+ * Copies tensor name into dst, checking that it exists, has the dtype and
+ * exactly the shape (ndim dims) given. Messages name the file, the tensor and
+ * both shapes; a missing name lists the names the file has.
+ */
+int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
+		 const uint64_t *shape, void *dst, char *err, size_t errlen);
+
+/*
+ * Serialises tensors (in the given order) and metadata into a malloc'd
+ * buffer: header padded to 8 bytes, data_crc32 computed and added to the
+ * metadata (the caller must not pass one). Names must be unique, non-empty
+ * and not "__metadata__".
+ */
+int mn_ckpt_encode(const struct mn_tensor *tensors, size_t ntensors, const struct mn_meta *meta,
+		   size_t nmeta, uint8_t **buf, size_t *len, char *err, size_t errlen);
+
+/* Encodes as above and publishes "<dir>/<name>" atomically (util.h's mn_write_atomic). */
+int mn_ckpt_write(const char *dir, const char *name, const struct mn_tensor *tensors,
+		  size_t ntensors, const struct mn_meta *meta, size_t nmeta, char *err,
+		  size_t errlen);
+
+/* "<prefix>-<step>.safetensors" into buf; -ENAMETOOLONG if it does not fit. */
+int mn_ckpt_filename(const char *prefix, int64_t step, char *buf, size_t len);
+
+/*
+ * True if name is exactly "<prefix>-<step>.safetensors" with step a
+ * non-negative decimal without sign or leading zeros (except "0"); sets *step.
+ */
+bool mn_ckpt_filename_parse(const char *prefix, const char *name, int64_t *step);
+
+/* One checkpoint file found in a directory. */
+struct mn_ckpt_entry {
+	char name[MN_CKPT_MAX_NAME];
+	int64_t step;
+};
+
+/*
+ * Lists the checkpoint files of dir with the given prefix, sorted by step
+ * ascending, into a malloc'd array (free() it). Dot-files and other names
+ * are ignored. -ENOENT if dir does not exist.
+ */
+int mn_ckpt_scan(const char *dir, const char *prefix, struct mn_ckpt_entry **out, size_t *n,
+		 char *err, size_t errlen);
+
+/*
+ * After publishing latest: writes "<dir>/checkpoint.json" atomically with
+ * the files that retention keeps, then deletes in one pass every checkpoint
+ * file beyond the newest max_to_keep (0 keeps all), never latest. Files that
+ * vanish meanwhile are not errors.
+ */
+int mn_ckpt_publish_index(const char *dir, const char *prefix, const char *latest,
+			  size_t max_to_keep, char *err, size_t errlen);
+
+/*
+ * Reads "<dir>/checkpoint.json": the latest file name into latest (len
+ * bytes). -ENOENT if there is none; -EINVAL if malformed.
+ */
+int mn_ckpt_index_latest(const char *dir, char *latest, size_t len, char *err, size_t errlen);
+
+#endif

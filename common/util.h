@@ -1,0 +1,83 @@
+/*
+ * util.h - error messages, time stamps and durable file writes shared by
+ * every mnistd module.
+ *
+ * Conventions used across libmnistd: a function that can fail returns 0 on
+ * success or a negative errno-style code (-EINVAL for bad input, -ENOMEM,
+ * -ENOENT, -EIO, ...) and, when given a buffer, writes a one-line message
+ * into it that names the file or key involved. Nothing in the library calls
+ * exit() or abort().
+ */
+#ifndef MN_UTIL_H
+#define MN_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* Size of the error-message buffers passed around the library. */
+#define MN_ERRLEN 512
+
+/* Exit status for a configuration error (sysexits.h EX_CONFIG). */
+#define MN_EX_CONFIG 78
+
+/* Length of an RFC 3339 UTC time stamp with milliseconds, plus NUL. */
+#define MN_TIMELEN 32
+
+#if defined(__GNUC__)
+#define MN_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define MN_PRINTF(f, a)
+#endif
+
+/* Formats a message into err (errlen bytes). Does nothing if err is NULL. */
+void mn_errf(char *err, size_t errlen, const char *fmt, ...) MN_PRINTF(3, 4);
+
+/*
+ * Prefixes an existing message in err with "fmt: ", so callers can add
+ * context ("model.ckpt-3000.safetensors: ") to a message from below.
+ */
+void mn_errprefix(char *err, size_t errlen, const char *fmt, ...) MN_PRINTF(3, 4);
+
+/* Writes the current UTC time as "2026-11-25T17:04:05.123Z". */
+void mn_time_rfc3339(char buf[MN_TIMELEN]);
+
+/* Formats a wall-clock time given in nanoseconds since the epoch, as above. */
+void mn_time_rfc3339_ns(int64_t ns, char buf[MN_TIMELEN]);
+
+/* Wall-clock time in nanoseconds since the epoch. */
+int64_t mn_realtime_ns(void);
+
+/* Monotonic time in nanoseconds. */
+int64_t mn_monotonic_ns(void);
+
+/*
+ * Publishes a file atomically and durably: writes the iovecs to the
+ * dot-file "<dir>/.<name>.tmp", fsyncs it, renames it to "<dir>/<name>" and
+ * fsyncs the directory. On any failure the temporary file is removed and the
+ * final name is untouched. mode is the file mode (before the umask).
+ */
+int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
+		    unsigned mode, char *err, size_t errlen);
+
+/* Removes "<dir>/.*.tmp" files left by a crashed writer. Returns the count or -errno. */
+int mn_remove_stale_temps(const char *dir, char *err, size_t errlen);
+
+/* Creates dir and its missing parents with the given mode. 0 if it exists. */
+int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen);
+
+/*
+ * Reads a whole file (at most max bytes, else -EFBIG) into a malloc'd
+ * buffer with a NUL byte after the data. *len excludes the NUL.
+ */
+int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen);
+
+/* Same, from an open descriptor (read from its current position). */
+int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
+	       size_t errlen);
+
+/* The last path component of path (a pointer into path). */
+const char *mn_basename(const char *path);
+
+#endif
