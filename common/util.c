@@ -1,0 +1,303 @@
+/* util.c - see util.h. */
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+void mn_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+void mn_errprefix(char *err, size_t errlen, const char *fmt, ...)
+{
+	char prefix[MN_ERRLEN], old[MN_ERRLEN];
+	va_list ap;
+
+	if (!err || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(prefix, sizeof(prefix), fmt, ap);
+	va_end(ap);
+	snprintf(old, sizeof(old), "%s", err);
+	snprintf(err, errlen, "%s: %s", prefix, old);
+}
+
+int64_t mn_realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t mn_monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+void mn_time_rfc3339_ns(int64_t ns, char buf[MN_TIMELEN])
+{
+	time_t secs = (time_t)(ns / 1000000000);
+	int ms = (int)((ns % 1000000000) / 1000000);
+	struct tm tm;
+
+	if (ms < 0) {
+		ms += 1000;
+		secs -= 1;
+	}
+	gmtime_r(&secs, &tm);
+	size_t n = strftime(buf, MN_TIMELEN, "%Y-%m-%dT%H:%M:%S", &tm);
+
+	snprintf(buf + n, MN_TIMELEN - n, ".%03dZ", ms % 1000);
+}
+
+void mn_time_rfc3339(char buf[MN_TIMELEN])
+{
+	mn_time_rfc3339_ns(mn_realtime_ns(), buf);
+}
+
+const char *mn_basename(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
+static int join_path(char *out, size_t len, const char *dir, const char *name, const char *pre,
+		     const char *post)
+{
+	int n = snprintf(out, len, "%s/%s%s%s", dir, pre, name, post);
+
+	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
+}
+
+static int write_all_iov(int fd, const struct iovec *iov, int iovcnt)
+{
+	for (int i = 0; i < iovcnt; i++) {
+		const char *p = iov[i].iov_base;
+		size_t left = iov[i].iov_len;
+
+		while (left > 0) {
+			ssize_t w = write(fd, p, left);
+
+			if (w < 0) {
+				if (errno == EINTR)
+					continue;
+				return -errno;
+			}
+			p += w;
+			left -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0 && errno != EINVAL)
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
+		    unsigned mode, char *err, size_t errlen)
+{
+	char tmp[PATH_MAX], final[PATH_MAX];
+	int fd = -1, rc;
+
+	if (join_path(tmp, sizeof(tmp), dir, name, ".", ".tmp") < 0 ||
+	    join_path(final, sizeof(final), dir, name, "", "") < 0) {
+		mn_errf(err, errlen, "%s/%s: path too long", dir, name);
+		return -ENAMETOOLONG;
+	}
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot create: %s", tmp, strerror(-rc));
+		return rc;
+	}
+	rc = write_all_iov(fd, iov, iovcnt);
+	if (rc < 0) {
+		mn_errf(err, errlen, "%s: write failed: %s", tmp, strerror(-rc));
+		goto fail;
+	}
+	if (fsync(fd) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: fsync failed: %s", tmp, strerror(-rc));
+		goto fail;
+	}
+	if (close(fd) < 0) {
+		fd = -1;
+		rc = -errno;
+		mn_errf(err, errlen, "%s: close failed: %s", tmp, strerror(-rc));
+		goto fail;
+	}
+	fd = -1;
+	if (rename(tmp, final) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(-rc));
+		goto fail;
+	}
+	rc = fsync_dir(dir);
+	if (rc < 0) {
+		/* The file is complete under its final name; only its durability is in doubt. */
+		mn_errf(err, errlen, "%s: directory fsync failed: %s", dir, strerror(-rc));
+		return rc;
+	}
+	return 0;
+fail:
+	if (fd >= 0)
+		close(fd);
+	unlink(tmp);
+	return rc;
+}
+
+int mn_remove_stale_temps(const char *dir, char *err, size_t errlen)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int removed = 0;
+
+	if (!d) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot open directory: %s", dir, strerror(-rc));
+		return rc;
+	}
+	while ((e = readdir(d)) != NULL) {
+		size_t len = strlen(e->d_name);
+		char path[PATH_MAX];
+
+		if (e->d_name[0] != '.' || len <= 5 || strcmp(e->d_name + len - 4, ".tmp") != 0)
+			continue;
+		if (join_path(path, sizeof(path), dir, e->d_name, "", "") < 0)
+			continue;
+		if (unlink(path) == 0)
+			removed++;
+	}
+	closedir(d);
+	return removed;
+}
+
+int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	size_t len = strlen(dir);
+
+	if (len == 0 || len >= sizeof(path)) {
+		mn_errf(err, errlen, "invalid directory path \"%s\"", dir);
+		return -EINVAL;
+	}
+	memcpy(path, dir, len + 1);
+	for (char *p = path + 1; ; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char saved = *p;
+
+		*p = '\0';
+		if (mkdir(path, mode) < 0 && errno != EEXIST) {
+			int rc = -errno;
+
+			mn_errf(err, errlen, "%s: cannot create directory: %s", path, strerror(-rc));
+			return rc;
+		}
+		*p = saved;
+		if (saved == '\0')
+			break;
+	}
+	struct stat st;
+
+	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		mn_errf(err, errlen, "%s: not a directory", dir);
+		return -ENOTDIR;
+	}
+	return 0;
+}
+
+int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
+	       size_t errlen)
+{
+	size_t cap = 65536, used = 0;
+	char *data = malloc(cap + 1);
+
+	if (!data) {
+		mn_errf(err, errlen, "%s: out of memory", name);
+		return -ENOMEM;
+	}
+	for (;;) {
+		if (used == cap) {
+			if (cap >= max) {
+				free(data);
+				mn_errf(err, errlen, "%s: larger than %zu bytes", name, max);
+				return -EFBIG;
+			}
+			size_t ncap = cap * 2 > max ? max : cap * 2;
+			char *n = realloc(data, ncap + 1);
+
+			if (!n) {
+				free(data);
+				mn_errf(err, errlen, "%s: out of memory", name);
+				return -ENOMEM;
+			}
+			data = n;
+			cap = ncap;
+		}
+		ssize_t r = read(fd, data + used, cap - used);
+
+		if (r < 0) {
+			int rc = -errno;
+
+			if (errno == EINTR)
+				continue;
+			free(data);
+			mn_errf(err, errlen, "%s: read failed: %s", name, strerror(-rc));
+			return rc;
+		}
+		if (r == 0)
+			break;
+		used += (size_t)r;
+	}
+	data[used] = '\0';
+	*buf = data;
+	*len = used;
+	return 0;
+}
+
+int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc;
+
+	if (fd < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
+		return rc;
+	}
+	rc = mn_read_fd(fd, path, max, buf, len, err, errlen);
+	close(fd);
+	return rc;
+}
