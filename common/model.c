@@ -1,0 +1,271 @@
+/* model.c - see model.h. */
+#include "model.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/* Layer tensors: weights, biases, and their EMA twins. */
+#define TENSORS_PER_LAYER 4
+#define NAME_LEN          (MN_CKPT_MAX_NAME)
+
+int mn_model_tensor_name(size_t l, bool biases, bool ema, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "layer%zu/%s%s", l + 1, biases ? "biases" : "weights",
+			 ema ? MN_EMA_SUFFIX : "");
+
+	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
+}
+
+static bool is_frozen(const struct mn_ckpt *c)
+{
+	const char *f = mn_ckpt_meta(c, "frozen");
+
+	return f && strcmp(f, "true") == 0;
+}
+
+/* Shape of layer l's weights ([in, out]) or biases ([out]). */
+static size_t layer_shape(const struct mn_arch *a, size_t l, bool biases, uint64_t shape[2])
+{
+	if (biases) {
+		shape[0] = mn_arch_layer_out(a, l);
+		return 1;
+	}
+	shape[0] = mn_arch_layer_in(a, l);
+	shape[1] = mn_arch_layer_out(a, l);
+	return 2;
+}
+
+/* Copies all layers (raw or EMA) into params, checking dtype and shapes. */
+static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool ema, float *params,
+		       char *err, size_t errlen)
+{
+	for (size_t l = 0; l < mn_arch_layers(a); l++) {
+		for (int b = 0; b < 2; b++) {
+			char name[NAME_LEN];
+			uint64_t shape[2];
+			size_t ndim = layer_shape(a, l, b, shape);
+			size_t off = b ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l);
+			int rc;
+
+			mn_model_tensor_name(l, b, ema, name, sizeof(name));
+			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape, params + off, err,
+					  errlen);
+			if (rc < 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size_t errlen)
+{
+	const char *json = mn_ckpt_meta(c, "architecture");
+	struct mn_arch a;
+	float *scratch;
+	int rc;
+
+	if (!json) {
+		mn_errf(err, errlen, "%s: no \"architecture\" in the metadata", mn_ckpt_name(c));
+		return -EINVAL;
+	}
+	rc = mn_arch_from_json(json, &a, err, errlen);
+	if (rc < 0) {
+		mn_errprefix(err, errlen, "%s: architecture", mn_ckpt_name(c));
+		return rc;
+	}
+	/* Checking by copying keeps one code path for "present, F32, right shape". */
+	scratch = malloc(mn_arch_param_count(&a) * sizeof(float));
+	if (!scratch) {
+		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
+		return -ENOMEM;
+	}
+	rc = copy_layers(c, &a, false, scratch, err, errlen);
+	if (rc == 0 && !is_frozen(c))
+		rc = copy_layers(c, &a, true, scratch, err, errlen);
+	free(scratch);
+	if (rc < 0)
+		return rc;
+	*arch = a;
+	return 0;
+}
+
+int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
+			 float **params, char *err, size_t errlen)
+{
+	struct mn_arch a;
+	float *p;
+	int rc = mn_model_arch(c, &a, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	p = malloc(mn_arch_param_count(&a) * sizeof(float));
+	if (!p) {
+		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
+		return -ENOMEM;
+	}
+	rc = copy_layers(c, &a, use_ema && !is_frozen(c), p, err, errlen);
+	if (rc < 0) {
+		free(p);
+		return rc;
+	}
+	*arch = a;
+	*params = p;
+	return 0;
+}
+
+int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
+		  const char *config_json, char *name, size_t len, char *err, size_t errlen)
+{
+	const struct mn_arch *a = mn_trainer_arch(t);
+	struct mn_trainer_state s;
+	size_t layers = mn_arch_layers(a), nt = 0;
+	size_t cap = layers * TENSORS_PER_LAYER + 5;
+	struct mn_tensor *tensors = calloc(cap, sizeof(*tensors));
+	char (*names)[NAME_LEN] = calloc(layers * TENSORS_PER_LAYER, NAME_LEN);
+	char arch_json[1024], step_str[32], created[MN_TIMELEN];
+	int rc = -ENOMEM;
+
+	if (!tensors || !names) {
+		mn_errf(err, errlen, "out of memory");
+		goto out;
+	}
+	mn_trainer_state(t, &s);
+	for (int ema = 0; ema < 2; ema++) {
+		const float *base = ema ? s.shadow : s.params;
+
+		for (size_t l = 0; l < layers; l++) {
+			for (int b = 0; b < 2; b++) {
+				struct mn_tensor *tn = &tensors[nt];
+				size_t off = b ? mn_arch_biases_offset(a, l)
+					       : mn_arch_weights_offset(a, l);
+
+				mn_model_tensor_name(l, b, ema, names[nt], NAME_LEN);
+				tn->name = names[nt];
+				tn->dtype = MN_DTYPE_F32;
+				tn->ndim = layer_shape(a, l, b, tn->shape);
+				tn->data = base + off;
+				nt++;
+			}
+		}
+	}
+	tensors[nt++] = (struct mn_tensor){.name = "global_step", .dtype = MN_DTYPE_I64,
+					   .data = s.global_step};
+	tensors[nt++] = (struct mn_tensor){.name = "train/rng", .dtype = MN_DTYPE_U64, .ndim = 1,
+					   .shape = {4}, .data = s.rng->s};
+	tensors[nt++] = (struct mn_tensor){.name = "train/epoch", .dtype = MN_DTYPE_I64,
+					   .data = s.epoch};
+	tensors[nt++] = (struct mn_tensor){.name = "train/perm_pos", .dtype = MN_DTYPE_U64,
+					   .data = s.perm_pos};
+	tensors[nt++] = (struct mn_tensor){.name = "train/permutation", .dtype = MN_DTYPE_U32,
+					   .ndim = 1, .shape = {s.nperm}, .data = s.perm};
+
+	if (mn_arch_to_json(a, arch_json, sizeof(arch_json)) < 0) {
+		mn_errf(err, errlen, "architecture too large to describe");
+		rc = -EINVAL;
+		goto out;
+	}
+	snprintf(step_str, sizeof(step_str), "%" PRId64, *s.global_step);
+	mn_time_rfc3339(created);
+	const struct mn_meta meta[] = {
+		{"format", MN_CKPT_FORMAT},
+		{"global_step", step_str},
+		{"architecture", arch_json},
+		{"created", created},
+		{"config", config_json ? config_json : "{}"},
+	};
+
+	rc = mn_ckpt_filename(prefix, *s.global_step, name, len);
+	if (rc < 0) {
+		mn_errf(err, errlen, "checkpoint name too long for prefix \"%s\"", prefix);
+		goto out;
+	}
+	rc = mn_ckpt_write(dir, name, tensors, nt, meta, sizeof(meta) / sizeof(meta[0]), err,
+			   errlen);
+	if (rc < 0)
+		goto out;
+	rc = mn_ckpt_publish_index(dir, prefix, name, max_to_keep, err, errlen);
+out:
+	free(tensors);
+	free(names);
+	return rc;
+}
+
+int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen)
+{
+	const struct mn_arch *a = mn_trainer_arch(t);
+	struct mn_trainer_state s;
+	int64_t step, epoch;
+	uint64_t pos, rng[4];
+	uint64_t nperm;
+	float *params = NULL, *shadow = NULL;
+	uint32_t *perm = NULL;
+	int rc = -ENOMEM;
+
+	mn_trainer_state(t, &s);
+	nperm = s.nperm;
+	params = malloc(s.nparams * sizeof(float));
+	shadow = malloc(s.nparams * sizeof(float));
+	perm = malloc(s.nperm * sizeof(uint32_t));
+	if (!params || !shadow || !perm) {
+		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
+		goto out;
+	}
+	/* Stage everything first so a bad file leaves the trainer untouched. */
+	if ((rc = copy_layers(c, a, false, params, err, errlen)) < 0 ||
+	    (rc = copy_layers(c, a, true, shadow, err, errlen)) < 0 ||
+	    (rc = mn_ckpt_copy(c, "global_step", MN_DTYPE_I64, 0, NULL, &step, err, errlen)) < 0 ||
+	    (rc = mn_ckpt_copy(c, "train/rng", MN_DTYPE_U64, 1, (uint64_t[]){4}, rng, err,
+			       errlen)) < 0 ||
+	    (rc = mn_ckpt_copy(c, "train/epoch", MN_DTYPE_I64, 0, NULL, &epoch, err, errlen)) < 0 ||
+	    (rc = mn_ckpt_copy(c, "train/perm_pos", MN_DTYPE_U64, 0, NULL, &pos, err, errlen)) <
+		    0 ||
+	    (rc = mn_ckpt_copy(c, "train/permutation", MN_DTYPE_U32, 1, &nperm, perm, err,
+			       errlen)) < 0)
+		goto out;
+	rc = -EINVAL;
+	if (step < 0 || epoch < 0 || pos > s.nperm) {
+		mn_errf(err, errlen, "%s: training state out of range (step %" PRId64
+			", epoch %" PRId64 ", position %" PRIu64 " of %zu)",
+			mn_ckpt_name(c), step, epoch, pos, s.nperm);
+		goto out;
+	}
+	/* A permutation with repeats would silently skew training; check it is one. */
+	{
+		uint8_t *seen = calloc(s.nperm, 1);
+
+		if (!seen) {
+			rc = -ENOMEM;
+			mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
+			goto out;
+		}
+		for (size_t i = 0; i < s.nperm; i++) {
+			if (perm[i] >= s.nperm || seen[perm[i]]) {
+				free(seen);
+				mn_errf(err, errlen,
+					"%s: train/permutation is not a permutation of %zu images",
+					mn_ckpt_name(c), s.nperm);
+				goto out;
+			}
+			seen[perm[i]] = 1;
+		}
+		free(seen);
+	}
+	memcpy(s.params, params, s.nparams * sizeof(float));
+	memcpy(s.shadow, shadow, s.nparams * sizeof(float));
+	memcpy(s.perm, perm, s.nperm * sizeof(uint32_t));
+	memcpy(s.rng->s, rng, sizeof(rng));
+	*s.global_step = step;
+	*s.epoch = epoch;
+	*s.perm_pos = pos;
+	rc = 0;
+out:
+	free(params);
+	free(shadow);
+	free(perm);
+	return rc;
+}

@@ -1,0 +1,62 @@
+/*
+ * model.h - the mapping between a network's state and checkpoint tensors.
+ *
+ * Tensor names are TensorFlow's, for layer i = 1 .. layers:
+ *   layer<i>/weights    F32 [in, out]      layer<i>/biases    F32 [out]
+ *   layer<i>/weights/ExponentialMovingAverage, layer<i>/biases/ExponentialMovingAverage
+ *   global_step         I64 []
+ * and the training state exact resume needs:
+ *   train/rng           U64 [4]            xoshiro256** state
+ *   train/epoch         I64 []             epochs started
+ *   train/perm_pos      U64 []             next position in the permutation
+ *   train/permutation   U32 [train images] the current epoch's order
+ *
+ * A frozen model (metadata frozen = "true") holds only the layer<i>/weights
+ * and layer<i>/biases tensors, with the values chosen at freeze time.
+ */
+#ifndef MN_MODEL_H
+#define MN_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "ckpt.h"
+#include "mlp.h"
+#include "train.h"
+
+#define MN_EMA_SUFFIX "/ExponentialMovingAverage"
+
+/* "layer<l+1>/weights" or ".../biases", with MN_EMA_SUFFIX when ema. */
+int mn_model_tensor_name(size_t l, bool biases, bool ema, char *buf, size_t len);
+
+/*
+ * Reads the "architecture" metadata of a checkpoint and checks that every
+ * layer tensor it implies is present with the right dtype and shape (the
+ * EMA tensors too unless the file is frozen). Messages name the file.
+ */
+int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size_t errlen);
+
+/*
+ * Copies a checkpoint's parameters into a malloc'd array in mlp.h's layout:
+ * the EMA shadows when use_ema (TensorFlow's variables_to_restore), the raw
+ * variables otherwise; a frozen model has only one set, used either way.
+ */
+int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
+			 float **params, char *err, size_t errlen);
+
+/*
+ * Writes the trainer's full state as "<dir>/<prefix>-<step>.safetensors"
+ * (atomic), then checkpoint.json and retention. config_json is stored as the
+ * "config" metadata. The file name is written to name (len bytes).
+ */
+int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
+		  const char *config_json, char *name, size_t len, char *err, size_t errlen);
+
+/*
+ * Restores a trainer's full state from a checkpoint whose architecture the
+ * caller has checked equals the trainer's (mn_model_arch). Messages name the
+ * tensor and both shapes on a mismatch (e.g. a different training set size).
+ */
+int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen);
+
+#endif

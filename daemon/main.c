@@ -1,0 +1,365 @@
+/*
+ * mnistd - the trainer daemon: loads the data, restores the newest valid
+ * checkpoint, trains in a worker thread and serves signals (and the control
+ * socket) on a libuv loop in the main thread.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "ckpt.h"
+#include "config.h"
+#include "idx.h"
+#include "log.h"
+#include "mlp.h"
+#include "mn_build_config.h"
+#include "model.h"
+#include "train.h"
+#include "util.h"
+#include "worker.h"
+
+#define EXIT_NOINPUT         66
+#define PROGRESS_INTERVAL_MS 5000
+#define MN_CLASSES           10
+
+struct daemon {
+	uv_loop_t loop;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	uv_timer_t progress;
+	const char *config_path;
+	struct mn_config cfg;
+	struct mn_dataset *data;
+	struct mn_worker *worker;
+	int exit_status;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "Usage: mnistd [--config PATH] [--check-config]\n"
+		   "\n"
+		   "Trains a neural network on an IDX data set (Fashion-MNIST by default),\n"
+		   "publishing a versioned checkpoint every checkpoint.every_steps steps and\n"
+		   "resuming from the newest valid checkpoint at start.\n"
+		   "\n"
+		   "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
+		   "      --check-config   validate the configuration and exit\n"
+		   "  -h, --help           show this help\n"
+		   "  -V, --version        show the version\n"
+		   "\n"
+		   "Signals: SIGTERM/SIGINT finish the step, publish a checkpoint and exit 0;\n"
+		   "SIGHUP reloads the configuration file.\n"
+		   "Exit status: 0 done, 1 runtime error, 66 data not found, 78 configuration error.\n");
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+static void on_worker_done(void *arg, int status)
+{
+	struct daemon *d = arg;
+
+	if (status < 0)
+		d->exit_status = EXIT_FAILURE;
+	uv_stop(&d->loop);
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+	struct daemon *d = h->data;
+
+	mn_log(MN_LOG_INFO, "received %s, finishing the current step", strsignal(signum));
+	mn_worker_stop(d->worker);
+}
+
+static void reload_config(struct daemon *d)
+{
+	struct mn_config next = d->cfg;
+	char err[MN_ERRLEN];
+
+	if (mn_config_load(d->config_path, &next, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s",
+		       err);
+		return;
+	}
+	mn_worker_reconfigure(d->worker, &next);
+	mn_config_apply_reloadable(&d->cfg, &next);
+	mn_log(MN_LOG_INFO, "configuration reloaded from %s", d->config_path);
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+	reload_config(h->data);
+}
+
+static void on_progress(uv_timer_t *h)
+{
+	struct daemon *d = h->data;
+	struct mn_worker_status s;
+
+	mn_worker_get_status(d->worker, &s);
+	if (s.paused || isnan(s.loss))
+		return;
+	mn_log_fields(MN_LOG_INFO, "training",
+		      (struct mn_log_field[]){
+			      MN_F_INT("step", s.step),
+			      MN_F_INT("max_steps", s.max_steps),
+			      MN_F_DBL("loss", s.loss, 4),
+			      MN_F_DBL("learning_rate", s.learning_rate, 6),
+			      MN_F_DBL("steps_per_sec", s.steps_per_sec, 1),
+		      },
+		      5);
+}
+
+/*
+ * Restores the newest checkpoint that validates. Invalid files are skipped
+ * with a warning; a valid one that does not fit the configured model is a
+ * configuration error, because training over it would overwrite its history.
+ */
+static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t len)
+{
+	const struct mn_arch *want = mn_trainer_arch(t);
+	struct mn_ckpt_entry *list = NULL;
+	size_t n = 0;
+	char err[MN_ERRLEN];
+	int rc;
+
+	latest[0] = '\0';
+	rc = mn_ckpt_scan(d->cfg.checkpoint.dir, d->cfg.checkpoint.prefix, &list, &n, err,
+			  sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "%s", err);
+		return EXIT_FAILURE;
+	}
+	for (size_t i = n; i-- > 0;) {
+		char path[4096], have_s[256], want_s[256];
+		struct mn_ckpt *c = NULL;
+		struct mn_arch have;
+
+		snprintf(path, sizeof(path), "%s/%s", d->cfg.checkpoint.dir, list[i].name);
+		rc = mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
+		if (rc == 0)
+			rc = mn_model_arch(c, &have, err, sizeof(err));
+		if (rc < 0) {
+			mn_log(MN_LOG_WARN, "skipping invalid checkpoint: %s", err);
+			mn_ckpt_free(c);
+			continue;
+		}
+		if (!mn_arch_equal(&have, want)) {
+			mn_arch_format(&have, have_s, sizeof(have_s));
+			mn_arch_format(want, want_s, sizeof(want_s));
+			mn_log(MN_LOG_ERROR,
+			       "%s has architecture %s but the configuration asks for %s; "
+			       "use another checkpoint.dir or restore the model settings",
+			       path, have_s, want_s);
+			mn_ckpt_free(c);
+			free(list);
+			return MN_EX_CONFIG;
+		}
+		rc = mn_model_restore(t, c, err, sizeof(err));
+		mn_ckpt_free(c);
+		if (rc < 0) {
+			mn_log(MN_LOG_ERROR, "cannot resume from %s (did data or batch settings change?)",
+			       err);
+			free(list);
+			return MN_EX_CONFIG;
+		}
+		snprintf(latest, len, "%s", list[i].name);
+		mn_log_fields(MN_LOG_INFO, "resumed",
+			      (struct mn_log_field[]){MN_F_STR("file", list[i].name),
+						      MN_F_INT("step", mn_trainer_global_step(t))},
+			      2);
+		free(list);
+		return 0;
+	}
+	free(list);
+	return 0;
+}
+
+static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t len)
+{
+	struct mn_trainer_params tp = {0};
+	struct mn_view train, validation;
+	char err[MN_ERRLEN];
+	int rc;
+
+	rc = mn_dataset_load_dir(d->cfg.data.dir, "train", &d->data, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "cannot load the training data: %s", err);
+		return rc == -ENOENT ? EXIT_NOINPUT : EXIT_FAILURE;
+	}
+	if (mn_dataset_max_label(d->data) >= MN_CLASSES) {
+		mn_log(MN_LOG_ERROR, "%s: label %u is out of range for %d classes", d->cfg.data.dir,
+		       mn_dataset_max_label(d->data), MN_CLASSES);
+		return EXIT_FAILURE;
+	}
+	rc = mn_dataset_split(d->data, (size_t)d->cfg.data.validation_size, &train, &validation,
+			      err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
+		return MN_EX_CONFIG;
+	}
+	mn_config_arch(&d->cfg, train.dim, MN_CLASSES, &tp.arch);
+	tp.batch_size = (size_t)d->cfg.train.batch_size;
+	tp.seed = d->cfg.model.seed;
+	tp.init_stddev = (float)d->cfg.model.init_stddev;
+	rc = mn_mkdir_p(d->cfg.checkpoint.dir, 0755, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
+		return EXIT_FAILURE;
+	}
+	rc = mn_remove_stale_temps(d->cfg.checkpoint.dir, err, sizeof(err));
+	if (rc > 0)
+		mn_log(MN_LOG_INFO, "removed %d stale temporary file(s) from %s", rc,
+		       d->cfg.checkpoint.dir);
+	rc = mn_trainer_new(&tp, &train, out, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "%s", err);
+		return MN_EX_CONFIG;
+	}
+	rc = resume(d, *out, latest, len);
+	if (rc != 0)
+		return rc;
+	char arch_s[256];
+
+	mn_arch_format(&tp.arch, arch_s, sizeof(arch_s));
+	mn_log_fields(MN_LOG_INFO, "ready",
+		      (struct mn_log_field[]){
+			      MN_F_STR("architecture", arch_s),
+			      MN_F_INT("train_images", (int64_t)train.count),
+			      MN_F_INT("validation_images", (int64_t)validation.count),
+			      MN_F_INT("step", mn_trainer_global_step(*out)),
+			      MN_F_INT("max_steps", d->cfg.train.max_steps),
+		      },
+		      5);
+	return 0;
+}
+
+static int start_signal(struct daemon *d, uv_signal_t *h, uv_signal_cb cb, int signum)
+{
+	int rc = uv_signal_init(&d->loop, h);
+
+	if (rc == 0) {
+		h->data = d;
+		rc = uv_signal_start(h, cb, signum);
+	}
+	if (rc < 0)
+		mn_log(MN_LOG_ERROR, "signal %d: %s", signum, uv_strerror(rc));
+	return rc;
+}
+
+static int run(struct daemon *d)
+{
+	struct mn_trainer *t = NULL;
+	char latest[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
+	int rc;
+
+	rc = setup(d, &t, latest, sizeof(latest));
+	if (rc != 0) {
+		mn_trainer_free(t);
+		return rc;
+	}
+	rc = uv_loop_init(&d->loop);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "uv_loop_init: %s", uv_strerror(rc));
+		mn_trainer_free(t);
+		return EXIT_FAILURE;
+	}
+	if (start_signal(d, &d->sig_term, on_stop_signal, SIGTERM) < 0 ||
+	    start_signal(d, &d->sig_int, on_stop_signal, SIGINT) < 0 ||
+	    start_signal(d, &d->sig_hup, on_hup, SIGHUP) < 0) {
+		mn_trainer_free(t);
+		d->exit_status = EXIT_FAILURE;
+		goto out;
+	}
+	uv_timer_init(&d->loop, &d->progress);
+	d->progress.data = d;
+	uv_timer_start(&d->progress, on_progress, PROGRESS_INTERVAL_MS, PROGRESS_INTERVAL_MS);
+
+	struct mn_trainer_state ts;
+
+	mn_trainer_state(t, &ts);
+	rc = mn_worker_start(&d->loop, t, &d->cfg, ts.nperm, latest,
+			     on_worker_done, d, &d->worker, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "%s", err);
+		mn_trainer_free(t);
+		d->exit_status = EXIT_FAILURE;
+		goto out;
+	}
+	uv_run(&d->loop, UV_RUN_DEFAULT);
+out:
+	mn_worker_free(d->worker);
+	d->worker = NULL;
+	uv_walk(&d->loop, close_handle, NULL);
+	uv_run(&d->loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&d->loop) < 0)
+		mn_log(MN_LOG_WARN, "event loop closed with handles still open");
+	return d->exit_status;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"check-config", no_argument, NULL, 'C'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{0},
+	};
+	struct daemon d = {.config_path = MN_DEFAULT_CONFIG};
+	bool check_only = false;
+	char err[MN_ERRLEN];
+	int c, rc;
+
+	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			d.config_path = optarg;
+			break;
+		case 'C':
+			check_only = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("mnistd %s\n", MN_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mnistd: unexpected argument \"%s\"\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	mn_config_defaults(&d.cfg);
+	if (mn_config_load(d.config_path, &d.cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "mnistd: %s\n", err);
+		return MN_EX_CONFIG;
+	}
+	if (check_only) {
+		printf("%s: configuration is valid\n", d.config_path);
+		return 0;
+	}
+	if (mn_log_open(d.cfg.log.file, d.cfg.log.format, d.cfg.log.level, err, sizeof(err)) <
+	    0) {
+		fprintf(stderr, "mnistd: log.file: %s\n", err);
+		return MN_EX_CONFIG;
+	}
+	mn_blas_set_threads((int)d.cfg.train.threads);
+	rc = run(&d);
+	mn_dataset_free(d.data);
+	mn_log_close();
+	return rc;
+}

@@ -1,0 +1,430 @@
+/* worker.c - see worker.h. */
+#include "worker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "model.h"
+#include "util.h"
+
+struct save_req {
+	struct save_req *next;
+	mn_worker_save_cb cb;
+	void *arg;
+	int status;
+	char name[MN_CKPT_MAX_NAME];
+	char error[MN_ERRLEN];
+};
+
+struct mn_worker {
+	uv_loop_t *loop;
+	uv_async_t async;
+	uv_thread_t thread;
+	bool thread_started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+
+	/* Owned by the training thread once started. */
+	struct mn_trainer *trainer;
+	struct mn_config cfg;
+	char *config_json;
+	size_t train_count;
+	int64_t last_saved_step;
+	int64_t rate_t0, rate_step0;
+
+	/* Shared, under lock. */
+	struct mn_config next_cfg;
+	bool next_cfg_pending;
+	bool stop_requested;
+	bool pause_requested;
+	struct save_req *saves_pending, **saves_pending_tail;
+	struct save_req *saves_done, **saves_done_tail;
+	bool finished;
+	int finish_status;
+	struct mn_worker_status status;
+
+	/* Loop thread only. */
+	bool done_reported;
+	mn_worker_done_cb done;
+	void *done_arg;
+};
+
+static void hparams_from(const struct mn_worker *w, struct mn_hparams *h)
+{
+	h->learning_rate = w->cfg.train.learning_rate;
+	h->learning_rate_decay = w->cfg.train.learning_rate_decay;
+	h->decay_steps = (double)mn_config_decay_steps(&w->cfg, w->train_count);
+	h->l2 = w->cfg.train.l2;
+	h->ema_decay = w->cfg.train.ema_decay;
+}
+
+/* Publishes the current state; returns 0 or -errno with the message in err. */
+static int save_now(struct mn_worker *w, char *name, size_t len, char *err, size_t errlen)
+{
+	int64_t step = mn_trainer_global_step(w->trainer);
+	int rc;
+
+	if (step == w->last_saved_step) {
+		/* This exact state is already durable: answering with it saves a rewrite. */
+		pthread_mutex_lock(&w->lock);
+		snprintf(name, len, "%s", w->status.latest);
+		pthread_mutex_unlock(&w->lock);
+		return 0;
+	}
+	int64_t t0 = mn_monotonic_ns();
+
+	rc = mn_model_save(w->trainer, w->cfg.checkpoint.dir, w->cfg.checkpoint.prefix,
+			   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json, name, len, err,
+			   errlen);
+	if (rc < 0) {
+		mn_log_fields(MN_LOG_ERROR, "checkpoint failed",
+			      (struct mn_log_field[]){MN_F_INT("step", step),
+						      MN_F_STR("error", err)},
+			      2);
+		return rc;
+	}
+	w->last_saved_step = step;
+	pthread_mutex_lock(&w->lock);
+	snprintf(w->status.latest, sizeof(w->status.latest), "%s", name);
+	pthread_mutex_unlock(&w->lock);
+	mn_log_fields(MN_LOG_INFO, "checkpoint published",
+		      (struct mn_log_field[]){
+			      MN_F_INT("step", step),
+			      MN_F_STR("file", name),
+			      MN_F_DBL("write_ms", (double)(mn_monotonic_ns() - t0) / 1e6, 1),
+		      },
+		      3);
+	return 0;
+}
+
+static void complete_saves(struct mn_worker *w, struct save_req *list)
+{
+	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
+	int rc;
+
+	if (!list)
+		return;
+	rc = save_now(w, name, sizeof(name), err, sizeof(err));
+	pthread_mutex_lock(&w->lock);
+	while (list) {
+		struct save_req *r = list;
+
+		list = r->next;
+		r->next = NULL;
+		r->status = rc;
+		snprintf(r->name, sizeof(r->name), "%s", rc == 0 ? name : "");
+		snprintf(r->error, sizeof(r->error), "%s", rc == 0 ? "" : err);
+		*w->saves_done_tail = r;
+		w->saves_done_tail = &r->next;
+	}
+	pthread_mutex_unlock(&w->lock);
+	uv_async_send(&w->async);
+}
+
+static void apply_config(struct mn_worker *w, const struct mn_config *next)
+{
+	char *json;
+
+	mn_config_apply_reloadable(&w->cfg, next);
+	json = mn_config_to_json(&w->cfg);
+	if (json) {
+		free(w->config_json);
+		w->config_json = json;
+	}
+	mn_log_set_level(w->cfg.log.level);
+}
+
+static void update_rate(struct mn_worker *w, int64_t now, int64_t step)
+{
+	int64_t dt = now - w->rate_t0;
+
+	if (dt >= 1000000000) {
+		w->status.steps_per_sec = (double)(step - w->rate_step0) * 1e9 / (double)dt;
+		w->rate_t0 = now;
+		w->rate_step0 = step;
+	}
+}
+
+static void train_thread(void *arg)
+{
+	struct mn_worker *w = arg;
+	char name[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
+	int status = 0;
+
+	w->rate_t0 = mn_monotonic_ns();
+	w->rate_step0 = mn_trainer_global_step(w->trainer);
+	for (;;) {
+		struct save_req *saves;
+		struct mn_config next;
+		bool have_next, stop, paused;
+		int64_t now = mn_monotonic_ns();
+
+		pthread_mutex_lock(&w->lock);
+		have_next = w->next_cfg_pending;
+		if (have_next)
+			next = w->next_cfg;
+		w->next_cfg_pending = false;
+		stop = w->stop_requested;
+		paused = w->pause_requested;
+		saves = w->saves_pending;
+		w->saves_pending = NULL;
+		w->saves_pending_tail = &w->saves_pending;
+		if (paused != w->status.paused) {
+			w->rate_t0 = now;
+			w->rate_step0 = w->status.step;
+			w->status.steps_per_sec = 0;
+		}
+		w->status.paused = paused;
+		w->status.progress_ns = now;
+		if (paused && !stop && !saves && !have_next) {
+			/* Wake at least every second so progress_ns keeps the watchdog fed. */
+			struct timespec until;
+
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_sec += 1;
+			pthread_cond_timedwait(&w->wake, &w->lock, &until);
+			pthread_mutex_unlock(&w->lock);
+			continue;
+		}
+		pthread_mutex_unlock(&w->lock);
+
+		if (have_next) {
+			apply_config(w, &next);
+			pthread_mutex_lock(&w->lock);
+			w->status.max_steps = w->cfg.train.max_steps;
+			pthread_mutex_unlock(&w->lock);
+		}
+		complete_saves(w, saves);
+		if (stop) {
+			mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
+			       mn_trainer_global_step(w->trainer));
+			status = save_now(w, name, sizeof(name), err, sizeof(err));
+			break;
+		}
+		if (paused)
+			continue;
+
+		int64_t step = mn_trainer_global_step(w->trainer);
+
+		if (step >= w->cfg.train.max_steps) {
+			status = save_now(w, name, sizeof(name), err, sizeof(err));
+			if (status == 0)
+				mn_log_fields(MN_LOG_INFO, "training finished",
+					      (struct mn_log_field[]){MN_F_INT("step", step),
+								      MN_F_STR("file", name)},
+					      2);
+			break;
+		}
+
+		struct mn_hparams h;
+		double loss, lr;
+
+		hparams_from(w, &h);
+		status = mn_trainer_step(w->trainer, &h, &loss, &lr);
+		if (status < 0) {
+			mn_log(MN_LOG_ERROR, "training step %" PRId64 " failed: %s", step,
+			       strerror(-status));
+			break;
+		}
+		step++;
+		now = mn_monotonic_ns();
+		pthread_mutex_lock(&w->lock);
+		w->status.step = step;
+		w->status.loss = loss;
+		w->status.learning_rate = lr;
+		w->status.progress_ns = now;
+		update_rate(w, now, step);
+		pthread_mutex_unlock(&w->lock);
+
+		if (step % w->cfg.checkpoint.every_steps == 0 && step < w->cfg.train.max_steps)
+			save_now(w, name, sizeof(name), err, sizeof(err));
+	}
+	pthread_mutex_lock(&w->lock);
+	w->finished = true;
+	w->status.finished = true;
+	w->finish_status = status;
+	pthread_mutex_unlock(&w->lock);
+	uv_async_send(&w->async);
+}
+
+static void on_async(uv_async_t *handle)
+{
+	struct mn_worker *w = handle->data;
+	struct save_req *done;
+	bool finished;
+	int status;
+
+	pthread_mutex_lock(&w->lock);
+	done = w->saves_done;
+	w->saves_done = NULL;
+	w->saves_done_tail = &w->saves_done;
+	finished = w->finished;
+	status = w->finish_status;
+	pthread_mutex_unlock(&w->lock);
+
+	while (done) {
+		struct save_req *r = done;
+
+		done = r->next;
+		r->cb(r->arg, r->status, r->name, r->error);
+		free(r);
+	}
+	if (finished && !w->done_reported) {
+		w->done_reported = true;
+		if (w->done)
+			w->done(w->done_arg, status);
+	}
+}
+
+int mn_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
+		    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
+		    struct mn_worker **out, char *err, size_t errlen)
+{
+	struct mn_worker *w = calloc(1, sizeof(*w));
+	int rc;
+
+	if (!w) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	w->loop = loop;
+	w->trainer = t;
+	w->cfg = *cfg;
+	w->train_count = train_count;
+	w->done = done;
+	w->done_arg = arg;
+	w->saves_pending_tail = &w->saves_pending;
+	w->saves_done_tail = &w->saves_done;
+	w->status.step = mn_trainer_global_step(t);
+	w->status.max_steps = cfg->train.max_steps;
+	w->status.loss = NAN;
+	w->status.learning_rate = NAN;
+	w->status.progress_ns = mn_monotonic_ns();
+	w->last_saved_step = -1;
+	if (latest && *latest) {
+		snprintf(w->status.latest, sizeof(w->status.latest), "%s", latest);
+		w->last_saved_step = w->status.step;
+	}
+	w->config_json = mn_config_to_json(cfg);
+	if (!w->config_json) {
+		free(w);
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->wake, NULL);
+	rc = uv_async_init(loop, &w->async, on_async);
+	if (rc < 0) {
+		mn_errf(err, errlen, "uv_async_init: %s", uv_strerror(rc));
+		goto fail;
+	}
+	w->async.data = w;
+	rc = uv_thread_create(&w->thread, train_thread, w);
+	if (rc < 0) {
+		mn_errf(err, errlen, "cannot start the training thread: %s", uv_strerror(rc));
+		uv_close((uv_handle_t *)&w->async, NULL);
+		uv_run(loop, UV_RUN_NOWAIT);
+		goto fail;
+	}
+	w->thread_started = true;
+	*out = w;
+	return 0;
+fail:
+	pthread_cond_destroy(&w->wake);
+	pthread_mutex_destroy(&w->lock);
+	free(w->config_json);
+	free(w);
+	return rc;
+}
+
+void mn_worker_stop(struct mn_worker *w)
+{
+	pthread_mutex_lock(&w->lock);
+	w->stop_requested = true;
+	pthread_cond_signal(&w->wake);
+	pthread_mutex_unlock(&w->lock);
+}
+
+void mn_worker_set_paused(struct mn_worker *w, bool paused)
+{
+	pthread_mutex_lock(&w->lock);
+	w->pause_requested = paused;
+	pthread_cond_signal(&w->wake);
+	pthread_mutex_unlock(&w->lock);
+}
+
+int mn_worker_save(struct mn_worker *w, mn_worker_save_cb cb, void *arg)
+{
+	struct save_req *r;
+
+	pthread_mutex_lock(&w->lock);
+	if (w->finished) {
+		pthread_mutex_unlock(&w->lock);
+		return -ESHUTDOWN;
+	}
+	pthread_mutex_unlock(&w->lock);
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->cb = cb;
+	r->arg = arg;
+	pthread_mutex_lock(&w->lock);
+	*w->saves_pending_tail = r;
+	w->saves_pending_tail = &r->next;
+	pthread_cond_signal(&w->wake);
+	pthread_mutex_unlock(&w->lock);
+	return 0;
+}
+
+void mn_worker_reconfigure(struct mn_worker *w, const struct mn_config *cfg)
+{
+	pthread_mutex_lock(&w->lock);
+	w->next_cfg = *cfg;
+	w->next_cfg_pending = true;
+	/* max_steps is visible in status at once, so a reload reads back what it set. */
+	w->status.max_steps = cfg->train.max_steps;
+	pthread_cond_signal(&w->wake);
+	pthread_mutex_unlock(&w->lock);
+}
+
+void mn_worker_get_status(struct mn_worker *w, struct mn_worker_status *s)
+{
+	pthread_mutex_lock(&w->lock);
+	*s = w->status;
+	pthread_mutex_unlock(&w->lock);
+}
+
+static void free_list(struct save_req *r)
+{
+	while (r) {
+		struct save_req *next = r->next;
+
+		r->cb(r->arg, -ESHUTDOWN, "", "the daemon is shutting down");
+		free(r);
+		r = next;
+	}
+}
+
+void mn_worker_free(struct mn_worker *w)
+{
+	if (!w)
+		return;
+	if (w->thread_started)
+		uv_thread_join(&w->thread);
+	/* Deliver what the thread finished but the async has not yet reported. */
+	on_async(&w->async);
+	free_list(w->saves_pending);
+	uv_close((uv_handle_t *)&w->async, NULL);
+	uv_run(w->loop, UV_RUN_NOWAIT);
+	mn_trainer_free(w->trainer);
+	pthread_cond_destroy(&w->wake);
+	pthread_mutex_destroy(&w->lock);
+	free(w->config_json);
+	free(w);
+}
