@@ -1,0 +1,28 @@
+#!/bin/sh
+# Installs the Debian packages mnistd needs to build, run and test, if any
+# are missing. Safe to run again; does nothing when everything is present.
+set -eu
+
+PACKAGES="gcc libc6-dev meson ninja-build pkg-config libuv1-dev libcjson-dev libopenblas-dev
+check zlib1g-dev dataset-fashion-mnist python3 systemd strace"
+
+missing=""
+for p in $PACKAGES; do
+	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$status" in
+	"install ok installed") ;;
+	*) missing="$missing $p" ;;
+	esac
+done
+
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "mnistd: missing packages:$missing (run as root, or install them)" >&2
+		exit 1
+	fi
+	echo "mnistd: installing$missing" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi

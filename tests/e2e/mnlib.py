@@ -1,0 +1,202 @@
+"""Helpers for mnistd's end-to-end tests: tiny IDX data sets, configs,
+real processes, safetensors parsing, and waiting with deadlines (never
+sleeping as synchronisation)."""
+
+import gzip
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+import zlib
+
+BUILD = os.environ.get("MN_BUILD_ROOT", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
+MNISTD = os.environ.get("MN_MNISTD", os.path.join(BUILD, "daemon", "mnistd"))
+MNIST_EVAL = os.environ.get("MN_MNIST_EVAL", os.path.join(BUILD, "evaluator", "mnist-eval"))
+MNISTCTL = os.environ.get("MN_MNISTCTL", os.path.join(BUILD, "tools", "mnistctl"))
+
+# Sanitizer builds are slower; deadlines scale with this.
+SLOW = float(os.environ.get("MN_TEST_SLOWDOWN", "1"))
+
+
+def deadline(seconds):
+    return time.monotonic() + seconds * SLOW
+
+
+def wait_for(pred, timeout=30, what="condition", interval=0.01):
+    """Polls pred() until it returns a true value or the deadline passes."""
+    end = deadline(timeout)
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > end:
+            raise AssertionError("timed out after %.0fs waiting for %s" % (timeout * SLOW, what))
+        time.sleep(interval)
+
+
+def write_idx(path, magic, dims, data, gz=True):
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + bytes(data))
+
+
+def make_dataset(directory, n_train=1200, n_test=300, rows=8, cols=8, classes=10, seed=1, gz=True):
+    """Writes a learnable synthetic IDX data set: each class is a fixed random
+    prototype image plus noise. Returns the directory."""
+    rng = random.Random(seed)
+    dim = rows * cols
+    protos = [[rng.randrange(256) for _ in range(dim)] for _ in range(classes)]
+
+    def sample(n):
+        images, labels = bytearray(), bytearray()
+        for _ in range(n):
+            c = rng.randrange(classes)
+            labels.append(c)
+            images.extend(min(255, max(0, p + rng.randrange(-60, 61))) for p in protos[c])
+        return images, labels
+
+    os.makedirs(directory, exist_ok=True)
+    sfx = ".gz" if gz else ""
+    for name, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = sample(n)
+        write_idx(os.path.join(directory, "%s-images-idx3-ubyte%s" % (name, sfx)), 2051, (n, rows, cols), images, gz)
+        write_idx(os.path.join(directory, "%s-labels-idx1-ubyte%s" % (name, sfx)), 2049, (n,), labels, gz)
+    return directory
+
+
+def base_config(work, data_dir, **sections):
+    """A small, fast configuration rooted in the test's work directory."""
+    cfg = {
+        "data": {"dir": data_dir, "validation_size": 200},
+        "model": {"hidden": [32], "seed": 7},
+        "train": {"batch_size": 20, "learning_rate": 0.1, "max_steps": 100, "threads": 1},
+        "checkpoint": {"dir": os.path.join(work, "ckpt"), "every_steps": 20, "max_to_keep": 5},
+        "control": {"socket": os.path.join(work, "control.sock")},
+        "eval": {"watch": "auto"},
+        "log": {"level": "info", "format": "text"},
+    }
+    for sec, vals in sections.items():
+        if vals is None:
+            cfg.pop(sec, None)
+        else:
+            cfg.setdefault(sec, {}).update(vals)
+    return cfg
+
+
+def write_config(path, cfg):
+    with open(path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    return path
+
+
+def read_safetensors(path):
+    """Parses a safetensors file strictly enough for tests: returns
+    (header dict, data bytes)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    return header, blob[8 + n :], n
+
+
+def tensor_bytes(path, name):
+    header, data, _ = read_safetensors(path)
+    b, e = header[name]["data_offsets"]
+    return data[b:e]
+
+
+def tensor_floats(path, name):
+    raw = tensor_bytes(path, name)
+    return struct.unpack("<%df" % (len(raw) // 4), raw)
+
+
+def ckpt_steps(ckpt_dir, prefix="model.ckpt"):
+    try:
+        names = os.listdir(ckpt_dir)
+    except FileNotFoundError:
+        return []
+    steps = []
+    for n in names:
+        if n.startswith(prefix + "-") and n.endswith(".safetensors"):
+            mid = n[len(prefix) + 1 : -len(".safetensors")]
+            if mid.isdigit():
+                steps.append(int(mid))
+    return sorted(steps)
+
+
+class Proc:
+    """A real program started as a separate process, its output in a file."""
+
+    def __init__(self, argv, log_path, env=None):
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        self.p = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=e)
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_output(self, text, timeout=30):
+        return wait_for(lambda: text in self.output(), timeout, "%r in %s" % (text, self.log_path))
+
+    def signal(self, sig):
+        self.p.send_signal(sig)
+
+    def wait(self, timeout=60):
+        try:
+            return self.p.wait(timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            raise AssertionError("process %s did not exit in time; output:\n%s" % (self.p.args, self.output()))
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+        self.log.close()
+
+
+class TestCase(unittest.TestCase):
+    """Gives each test a work directory, a data set and process cleanup."""
+
+    dataset_kwargs = {}
+
+    def setUp(self):
+        self.work = tempfile.mkdtemp(prefix="mn-e2e-")
+        self.data = make_dataset(os.path.join(self.work, "data"), **self.dataset_kwargs)
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.stop()
+        if os.environ.get("MN_KEEP_WORK"):
+            print("work dir kept:", self.work)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def config(self, name="mnistd.json", **sections):
+        cfg = base_config(self.work, self.data, **sections)
+        return write_config(os.path.join(self.work, name), cfg), cfg
+
+    def start(self, argv, name, env=None):
+        p = Proc(argv, os.path.join(self.work, name + ".log"), env)
+        self.procs.append(p)
+        return p
+
+    def run_prog(self, argv, timeout=60, env=None):
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout * SLOW, env=e)

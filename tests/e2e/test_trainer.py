@@ -1,0 +1,176 @@
+"""End-to-end tests of the real mnistd binary: publishing, retention,
+SIGTERM, exact resume, configuration errors."""
+
+import json
+import os
+import signal
+import struct
+import sys
+import unittest
+import zlib
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+from mnlib import MNISTD, ckpt_steps, read_safetensors, tensor_bytes  # noqa: E402
+
+LAYER_TENSORS = [
+    "layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases",
+    "layer1/weights/ExponentialMovingAverage", "layer1/biases/ExponentialMovingAverage",
+    "layer2/weights/ExponentialMovingAverage", "layer2/biases/ExponentialMovingAverage",
+]
+STATE_TENSORS = LAYER_TENSORS + ["global_step", "train/rng", "train/epoch", "train/perm_pos", "train/permutation"]
+
+
+class TrainerTest(mnlib.TestCase):
+    def train(self, cfg_path, name="mnistd", expect=0):
+        p = self.start([MNISTD, "--config", cfg_path], name)
+        rc = p.wait(120)
+        self.assertEqual(rc, expect, p.output())
+        return p
+
+    def test_publishes_valid_checkpoints_and_retention(self):
+        path, cfg = self.config(train={"max_steps": 130}, checkpoint={"every_steps": 20, "max_to_keep": 3})
+        self.train(path)
+        d = cfg["checkpoint"]["dir"]
+        # 20..120 every 20, then the final one at max_steps; retention keeps 3.
+        self.assertEqual(ckpt_steps(d), [100, 120, 130])
+        index = json.load(open(os.path.join(d, "checkpoint.json")))
+        self.assertEqual(index["latest"], "model.ckpt-130.safetensors")
+        self.assertEqual(index["all"], ["model.ckpt-%d.safetensors" % s for s in (100, 120, 130)])
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
+
+        f = os.path.join(d, "model.ckpt-130.safetensors")
+        header, data, n = read_safetensors(f)
+        self.assertEqual((8 + n) % 8, 0, "data must start 8-byte aligned")
+        meta = header.pop("__metadata__")
+        self.assertEqual(meta["format"], "mnistd.checkpoint.v1")
+        self.assertEqual(meta["global_step"], "130")
+        self.assertEqual(json.loads(meta["architecture"]),
+                         {"input": 64, "hidden": [32], "output": 10, "activation": "relu"})
+        self.assertEqual(meta["data_crc32"], "%08x" % zlib.crc32(data))
+        self.assertRegex(meta["created"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+        self.assertEqual(json.loads(meta["config"])["train"]["max_steps"], 130)
+        self.assertEqual(sorted(header), sorted(STATE_TENSORS))
+        self.assertEqual(header["layer1/weights"], {"dtype": "F32", "shape": [64, 32],
+                                                    "data_offsets": header["layer1/weights"]["data_offsets"]})
+        self.assertEqual(header["layer2/biases"]["shape"], [10])
+        self.assertEqual(header["global_step"]["shape"], [])
+        self.assertEqual(struct.unpack("<q", tensor_bytes(f, "global_step"))[0], 130)
+        self.assertEqual(header["train/permutation"]["shape"], [1000])
+        spans = sorted(v["data_offsets"] for v in header.values())
+        self.assertEqual(spans[0][0], 0)
+        for a, b in zip(spans, spans[1:]):
+            self.assertEqual(a[1], b[0])
+        self.assertEqual(spans[-1][1], len(data))
+        # The EMA lags the raw weights: they must differ after training.
+        self.assertNotEqual(tensor_bytes(f, "layer1/weights"),
+                            tensor_bytes(f, "layer1/weights/ExponentialMovingAverage"))
+
+    def test_sigterm_publishes_and_exits_zero(self):
+        path, cfg = self.config(train={"max_steps": 10 ** 9}, checkpoint={"every_steps": 50})
+        d = cfg["checkpoint"]["dir"]
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        mnlib.wait_for(lambda: ckpt_steps(d), 60, "a first checkpoint")
+        p.signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, p.output())
+        index = json.load(open(os.path.join(d, "checkpoint.json")))
+        last = max(ckpt_steps(d))
+        self.assertEqual(index["latest"], "model.ckpt-%d.safetensors" % last)
+        self.assertGreaterEqual(last, 50)
+        self.assertIn("stopping", p.output())
+
+    def test_resume_is_exact(self):
+        # Reference: one uninterrupted run.
+        ref_path, ref = self.config("ref.json", train={"max_steps": 90},
+                                    checkpoint={"dir": os.path.join(self.work, "ref"), "every_steps": 30})
+        self.train(ref_path, "ref")
+        # Interrupted: stop at 60 (a checkpoint), then restart with max_steps 90.
+        a_path, a = self.config("a.json", train={"max_steps": 60},
+                                checkpoint={"dir": os.path.join(self.work, "a"), "every_steps": 30})
+        self.train(a_path, "a1")
+        self.assertEqual(ckpt_steps(a["checkpoint"]["dir"]), [30, 60])
+        a["train"]["max_steps"] = 90
+        mnlib.write_config(a_path, a)
+        p = self.train(a_path, "a2")
+        self.assertIn("resumed", p.output())
+        fa = os.path.join(a["checkpoint"]["dir"], "model.ckpt-90.safetensors")
+        fr = os.path.join(ref["checkpoint"]["dir"], "model.ckpt-90.safetensors")
+        for name in STATE_TENSORS:
+            self.assertEqual(tensor_bytes(fa, name), tensor_bytes(fr, name), name)
+
+    def test_resume_after_sigterm_is_exact(self):
+        ref_path, ref = self.config("ref.json", train={"max_steps": 400},
+                                    checkpoint={"dir": os.path.join(self.work, "ref"), "every_steps": 100})
+        self.train(ref_path, "ref")
+        b_path, b = self.config("b.json", train={"max_steps": 400},
+                                checkpoint={"dir": os.path.join(self.work, "b"), "every_steps": 100})
+        p = self.start([MNISTD, "--config", b_path], "b1")
+        mnlib.wait_for(lambda: ckpt_steps(b["checkpoint"]["dir"]), 60, "first checkpoint")
+        p.signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, p.output())
+        self.train(b_path, "b2")
+        fb = os.path.join(b["checkpoint"]["dir"], "model.ckpt-400.safetensors")
+        fr = os.path.join(ref["checkpoint"]["dir"], "model.ckpt-400.safetensors")
+        for name in STATE_TENSORS:
+            self.assertEqual(tensor_bytes(fb, name), tensor_bytes(fr, name), name)
+
+    def test_skips_invalid_newest_checkpoint(self):
+        path, cfg = self.config(train={"max_steps": 40}, checkpoint={"every_steps": 20})
+        self.train(path, "first")
+        d = cfg["checkpoint"]["dir"]
+        with open(os.path.join(d, "model.ckpt-1000.safetensors"), "wb") as f:
+            f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+        # A stale temporary file from a crashed writer is removed at start.
+        stale = os.path.join(d, ".model.ckpt-60.safetensors.tmp")
+        open(stale, "wb").write(b"partial")
+        cfg["train"]["max_steps"] = 60
+        mnlib.write_config(path, cfg)
+        p = self.train(path, "second")
+        out = p.output()
+        self.assertIn("model.ckpt-1000.safetensors", out)
+        self.assertIn("skipping invalid checkpoint", out)
+        self.assertFalse(os.path.exists(stale))
+        self.assertIn(60, ckpt_steps(d))
+        header, _, _ = read_safetensors(os.path.join(d, "model.ckpt-60.safetensors"))
+        self.assertEqual(header["__metadata__"]["global_step"], "60")
+
+    def test_architecture_mismatch_exits_78(self):
+        path, cfg = self.config(train={"max_steps": 20})
+        self.train(path, "first")
+        cfg["model"]["hidden"] = [16, 8]
+        mnlib.write_config(path, cfg)
+        p = self.train(path, "second", expect=78)
+        self.assertIn("64-32-10", p.output())
+        self.assertIn("64-16-8-10", p.output())
+
+    def test_bad_config_exits_78(self):
+        path, cfg = self.config(train={"batch_size": 0})
+        r = self.run_prog([MNISTD, "--config", path])
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("train.batch_size", r.stderr)
+        r = self.run_prog([MNISTD, "--config", path, "--check-config"])
+        self.assertEqual(r.returncode, 78)
+        cfg["train"]["batch_size"] = 10
+        cfg["train"]["bogus"] = 1
+        mnlib.write_config(path, cfg)
+        r = self.run_prog([MNISTD, "--config", path, "--check-config"])
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("train.bogus", r.stderr)
+        del cfg["train"]["bogus"]
+        mnlib.write_config(path, cfg)
+        r = self.run_prog([MNISTD, "--config", path, "--check-config"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertFalse(os.path.exists(cfg["checkpoint"]["dir"]), "--check-config must not do anything")
+        r = self.run_prog([MNISTD, "--config", os.path.join(self.work, "missing.json")])
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("missing.json", r.stderr)
+
+    def test_missing_data_names_the_file(self):
+        path, cfg = self.config(data={"dir": os.path.join(self.work, "nodata")})
+        r = self.run_prog([MNISTD, "--config", path])
+        self.assertEqual(r.returncode, 66)
+        self.assertIn("nodata", r.stdout + r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
