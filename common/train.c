@@ -1,0 +1,352 @@
+/* train.c - see train.h. */
+#include "train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static uint64_t splitmix64(uint64_t *x)
+{
+	uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl(uint64_t x, int k)
+{
+	return (x << k) | (x >> (64 - k));
+}
+
+void mn_rng_seed(struct mn_rng *r, uint64_t seed)
+{
+	uint64_t x = seed;
+
+	for (int i = 0; i < 4; i++)
+		r->s[i] = splitmix64(&x);
+}
+
+uint64_t mn_rng_u64(struct mn_rng *r)
+{
+	uint64_t *s = r->s;
+	uint64_t result = rotl(s[1] * 5, 7) * 9;
+	uint64_t t = s[1] << 17;
+
+	s[2] ^= s[0];
+	s[3] ^= s[1];
+	s[1] ^= s[2];
+	s[0] ^= s[3];
+	s[2] ^= t;
+	s[3] = rotl(s[3], 45);
+	return result;
+}
+
+double mn_rng_uniform(struct mn_rng *r)
+{
+	return (double)(mn_rng_u64(r) >> 11) * 0x1.0p-53;
+}
+
+double mn_rng_normal(struct mn_rng *r)
+{
+	/* u1 in (0, 1] so the logarithm is finite. */
+	double u1 = 1.0 - mn_rng_uniform(r);
+	double u2 = mn_rng_uniform(r);
+
+	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+uint64_t mn_rng_below(struct mn_rng *r, uint64_t n)
+{
+	/* Values below 2^64 mod n would make the low residues more likely. */
+	uint64_t threshold, v;
+
+	if (n == 0)
+		return 0;
+	threshold = (0 - n) % n;
+	do
+		v = mn_rng_u64(r);
+	while (v < threshold);
+	return v % n;
+}
+
+void mn_rng_shuffle_u32(struct mn_rng *r, uint32_t *a, size_t n)
+{
+	for (size_t i = n; i > 1; i--) {
+		size_t j = (size_t)mn_rng_below(r, i);
+		uint32_t t = a[i - 1];
+
+		a[i - 1] = a[j];
+		a[j] = t;
+	}
+}
+
+void mn_init_truncated_normal(struct mn_rng *r, float stddev, size_t n, float *w)
+{
+	for (size_t i = 0; i < n; i++) {
+		double z;
+
+		do
+			z = mn_rng_normal(r);
+		while (fabs(z) > 2.0);
+		w[i] = (float)(z * stddev);
+	}
+}
+
+void mn_params_init(const struct mn_arch *a, float stddev, struct mn_rng *r, float *params)
+{
+	for (size_t l = 0; l < mn_arch_layers(a); l++) {
+		size_t in = mn_arch_layer_in(a, l), out = mn_arch_layer_out(a, l);
+
+		mn_init_truncated_normal(r, stddev, in * out,
+		                         params + mn_arch_weights_offset(a, l));
+		memset(params + mn_arch_biases_offset(a, l), 0, out * sizeof(float));
+	}
+}
+
+double mn_learning_rate(double learning_rate, double decay, double decay_steps, int64_t step)
+{
+	return learning_rate * pow(decay, (double)step / decay_steps);
+}
+
+void mn_sgd_update(size_t n, float lr, float l2, const float *g, float *w)
+{
+	if (l2 == 0.0f) {
+		for (size_t i = 0; i < n; i++)
+			w[i] -= lr * g[i];
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		w[i] -= lr * (g[i] + l2 * w[i]);
+}
+
+double mn_ema_decay_at(double ema_decay, int64_t step)
+{
+	double d = (1.0 + (double)step) / (10.0 + (double)step);
+
+	return d < ema_decay ? d : ema_decay;
+}
+
+void mn_ema_update(size_t n, float d, const float *w, float *shadow)
+{
+	float e = 1.0f - d;
+
+	for (size_t i = 0; i < n; i++)
+		shadow[i] = d * shadow[i] + e * w[i];
+}
+
+struct mn_trainer {
+	struct mn_trainer_params p;
+	struct mn_view train;
+	size_t nparams;
+	float *params;
+	float *shadow;
+	float *grad;
+	struct mn_mlp *mlp;
+	float *x;        /* batch_size x input */
+	uint8_t *y;      /* batch_size labels */
+	uint32_t *batch; /* batch_size indices into train */
+	uint32_t *perm;  /* nperm */
+	size_t nperm;
+	uint64_t perm_pos;
+	int64_t epoch;
+	int64_t global_step;
+	struct mn_rng rng;
+};
+
+/* malloc(n * size) with an overflow check. */
+static void *alloc_array(size_t n, size_t size)
+{
+	if (size != 0 && n > SIZE_MAX / size)
+		return NULL;
+	return malloc(n * size > 0 ? n * size : 1);
+}
+
+int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *train,
+                   struct mn_trainer **out, char *err, size_t errlen)
+{
+	struct mn_trainer *t = NULL;
+	int rc;
+
+	*out = NULL;
+	if ((rc = mn_arch_validate(&p->arch, err, errlen)) < 0)
+		return rc;
+	if (p->batch_size < 1 || p->batch_size > INT32_MAX) {
+		mn_errf(err, errlen, "trainer: batch_size must be in [1, %d], got %zu", INT32_MAX,
+		        p->batch_size);
+		return -EINVAL;
+	}
+	if (!(p->init_stddev >= 0.0f) || !isfinite(p->init_stddev)) {
+		mn_errf(err, errlen, "trainer: init_stddev must be finite and >= 0, got %g",
+		        (double)p->init_stddev);
+		return -EINVAL;
+	}
+	if (!train || train->count < 1 || !train->images || !train->labels) {
+		mn_errf(err, errlen, "trainer: the training set is empty");
+		return -EINVAL;
+	}
+	if (train->count > UINT32_MAX) {
+		mn_errf(err, errlen, "trainer: %zu training examples, at most %u supported",
+		        train->count, UINT32_MAX);
+		return -EINVAL;
+	}
+	if (train->dim != p->arch.input) {
+		mn_errf(
+		    err, errlen,
+		    "trainer: the training images have %zu pixels but the network's input is %zu",
+		    train->dim, p->arch.input);
+		return -EINVAL;
+	}
+	/* Checking every label now means a step cannot fail half way through. */
+	for (size_t i = 0; i < train->count; i++) {
+		if (train->labels[i] >= p->arch.output) {
+			mn_errf(err, errlen,
+			        "trainer: training label %u (example %zu) does not fit the "
+			        "network's %zu outputs",
+			        train->labels[i], i, p->arch.output);
+			return -EINVAL;
+		}
+	}
+
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		goto nomem;
+	t->p = *p;
+	t->train = *train;
+	t->nparams = mn_arch_param_count(&p->arch);
+	t->nperm = train->count;
+	t->params = alloc_array(t->nparams, sizeof(float));
+	t->shadow = alloc_array(t->nparams, sizeof(float));
+	t->grad = alloc_array(t->nparams, sizeof(float));
+	t->batch = alloc_array(p->batch_size, sizeof(uint32_t));
+	t->y = alloc_array(p->batch_size, sizeof(uint8_t));
+	t->perm = alloc_array(t->nperm, sizeof(uint32_t));
+	if (p->batch_size > SIZE_MAX / p->arch.input)
+		goto nomem;
+	t->x = alloc_array(p->batch_size * p->arch.input, sizeof(float));
+	if (!t->params || !t->shadow || !t->grad || !t->batch || !t->y || !t->perm || !t->x)
+		goto nomem;
+	rc = mn_mlp_new(&p->arch, p->batch_size, &t->mlp);
+	if (rc == -EINVAL) {
+		mn_errf(err, errlen, "trainer: batch_size %zu is too large for this network",
+		        p->batch_size);
+		goto fail;
+	}
+	if (rc < 0)
+		goto nomem;
+
+	mn_rng_seed(&t->rng, p->seed);
+	mn_params_init(&p->arch, p->init_stddev, &t->rng, t->params);
+	memcpy(t->shadow, t->params, t->nparams * sizeof(float));
+	for (size_t i = 0; i < t->nperm; i++)
+		t->perm[i] = (uint32_t)i;
+	/* An exhausted permutation makes the first step draw a fresh one. */
+	t->perm_pos = t->nperm;
+	t->epoch = 0;
+	t->global_step = 0;
+	*out = t;
+	return 0;
+
+nomem:
+	rc = -ENOMEM;
+	mn_errf(err, errlen, "trainer: out of memory");
+fail:
+	mn_trainer_free(t);
+	return rc;
+}
+
+void mn_trainer_free(struct mn_trainer *t)
+{
+	if (!t)
+		return;
+	mn_mlp_free(t->mlp);
+	free(t->params);
+	free(t->shadow);
+	free(t->grad);
+	free(t->x);
+	free(t->y);
+	free(t->batch);
+	free(t->perm);
+	free(t);
+}
+
+static bool hparams_ok(const struct mn_hparams *h)
+{
+	return isfinite(h->learning_rate) && h->learning_rate >= 0.0 &&
+	       isfinite(h->learning_rate_decay) && h->learning_rate_decay > 0.0 &&
+	       isfinite(h->decay_steps) && h->decay_steps > 0.0 && isfinite(h->l2) &&
+	       h->l2 >= 0.0 && isfinite(h->ema_decay) && h->ema_decay >= 0.0 && h->ema_decay <= 1.0;
+}
+
+int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *loss, double *lr)
+{
+	const struct mn_arch *a = &t->p.arch;
+	size_t bs = t->p.batch_size;
+	double batch_loss, rate;
+	float d;
+	int rc;
+
+	if (!hparams_ok(h))
+		return -EINVAL;
+	for (size_t i = 0; i < bs; i++) {
+		if (t->perm_pos >= t->nperm) {
+			mn_rng_shuffle_u32(&t->rng, t->perm, t->nperm);
+			t->perm_pos = 0;
+			t->epoch++;
+		}
+		t->batch[i] = t->perm[t->perm_pos++];
+		/* A restored permutation is data; never index out of the set. */
+		if (t->batch[i] >= t->train.count)
+			return -EINVAL;
+	}
+	mn_view_gather(&t->train, t->batch, bs, t->x, t->y);
+	rc = mn_mlp_loss_grad(t->mlp, t->params, t->x, t->y, bs, t->grad, &batch_loss);
+	if (rc < 0)
+		return rc;
+
+	rate = mn_learning_rate(h->learning_rate, h->learning_rate_decay, h->decay_steps,
+	                        t->global_step);
+	for (size_t l = 0; l < mn_arch_layers(a); l++) {
+		size_t in = mn_arch_layer_in(a, l), out = mn_arch_layer_out(a, l);
+		size_t wo = mn_arch_weights_offset(a, l), bo = mn_arch_biases_offset(a, l);
+
+		mn_sgd_update(in * out, (float)rate, (float)h->l2, t->grad + wo, t->params + wo);
+		mn_sgd_update(out, (float)rate, 0.0f, t->grad + bo, t->params + bo);
+	}
+	t->global_step++;
+	d = (float)mn_ema_decay_at(h->ema_decay, t->global_step);
+	mn_ema_update(t->nparams, d, t->params, t->shadow);
+
+	if (loss)
+		*loss = batch_loss;
+	if (lr)
+		*lr = rate;
+	return 0;
+}
+
+int64_t mn_trainer_global_step(const struct mn_trainer *t)
+{
+	return t->global_step;
+}
+
+const struct mn_arch *mn_trainer_arch(const struct mn_trainer *t)
+{
+	return &t->p.arch;
+}
+
+void mn_trainer_state(struct mn_trainer *t, struct mn_trainer_state *s)
+{
+	s->params = t->params;
+	s->shadow = t->shadow;
+	s->nparams = t->nparams;
+	s->global_step = &t->global_step;
+	s->epoch = &t->epoch;
+	s->perm_pos = &t->perm_pos;
+	s->perm = t->perm;
+	s->nperm = t->nperm;
+	s->rng = &t->rng;
+}

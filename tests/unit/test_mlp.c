@@ -1,0 +1,497 @@
+/* test_mlp.c - parameter layout, architecture JSON, forward and backward. */
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mlp.h"
+#include "util.h"
+
+static struct mn_arch make_arch(size_t input, size_t nhidden, const size_t *hidden, size_t output)
+{
+	struct mn_arch a;
+
+	memset(&a, 0, sizeof(a));
+	a.input = input;
+	a.nhidden = nhidden;
+	for (size_t i = 0; i < nhidden; i++)
+		a.hidden[i] = hidden[i];
+	a.output = output;
+	return a;
+}
+
+/* A small deterministic generator so these tests do not depend on train.c. */
+static uint64_t lcg_state;
+
+static float lcg_uniform(void)
+{
+	lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
+	return (float)((lcg_state >> 40) * 0x1.0p-24); /* [0, 1) */
+}
+
+static float lcg_sym(float scale)
+{
+	return (2.0f * lcg_uniform() - 1.0f) * scale;
+}
+
+START_TEST(test_arch_layout_784_500_10)
+{
+	size_t h[] = {500};
+	struct mn_arch a = make_arch(784, 1, h, 10);
+	char buf[64];
+
+	ck_assert_int_eq(mn_arch_validate(&a, NULL, 0), 0);
+	ck_assert_uint_eq(mn_arch_layers(&a), 2);
+	ck_assert_uint_eq(mn_arch_layer_in(&a, 0), 784);
+	ck_assert_uint_eq(mn_arch_layer_out(&a, 0), 500);
+	ck_assert_uint_eq(mn_arch_layer_in(&a, 1), 500);
+	ck_assert_uint_eq(mn_arch_layer_out(&a, 1), 10);
+	ck_assert_uint_eq(mn_arch_weights_offset(&a, 0), 0);
+	ck_assert_uint_eq(mn_arch_biases_offset(&a, 0), 392000);
+	ck_assert_uint_eq(mn_arch_weights_offset(&a, 1), 392500);
+	ck_assert_uint_eq(mn_arch_biases_offset(&a, 1), 397500);
+	ck_assert_uint_eq(mn_arch_param_count(&a), 397510);
+	mn_arch_format(&a, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "784-500-10");
+}
+END_TEST
+
+START_TEST(test_arch_layout_multi)
+{
+	size_t h[] = {4, 3};
+	struct mn_arch a = make_arch(5, 2, h, 3);
+	struct mn_arch lin = make_arch(7, 0, NULL, 2);
+	char buf[64];
+
+	ck_assert_uint_eq(mn_arch_layers(&a), 3);
+	ck_assert_uint_eq(mn_arch_weights_offset(&a, 0), 0);
+	ck_assert_uint_eq(mn_arch_biases_offset(&a, 0), 20);
+	ck_assert_uint_eq(mn_arch_weights_offset(&a, 1), 24);
+	ck_assert_uint_eq(mn_arch_biases_offset(&a, 1), 36);
+	ck_assert_uint_eq(mn_arch_weights_offset(&a, 2), 39);
+	ck_assert_uint_eq(mn_arch_biases_offset(&a, 2), 48);
+	ck_assert_uint_eq(mn_arch_param_count(&a), 51);
+	ck_assert_uint_eq(mn_arch_layer_in(&a, 2), 3);
+	ck_assert_uint_eq(mn_arch_layer_out(&a, 2), 3);
+	mn_arch_format(&a, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "5-4-3-3");
+
+	ck_assert_uint_eq(mn_arch_layers(&lin), 1);
+	ck_assert_uint_eq(mn_arch_biases_offset(&lin, 0), 14);
+	ck_assert_uint_eq(mn_arch_param_count(&lin), 16);
+	mn_arch_format(&lin, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "7-2");
+	/* Truncation must stay inside the buffer and terminate it. */
+	mn_arch_format(&a, buf, 4);
+	ck_assert_str_eq(buf, "5-4");
+}
+END_TEST
+
+START_TEST(test_arch_validate)
+{
+	size_t h[MN_MAX_HIDDEN + 1] = {10, 10, 10, 10, 10, 10, 10, 10, 10};
+	char err[MN_ERRLEN];
+	struct mn_arch a;
+
+	a = make_arch(784, 1, h, 10);
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), 0);
+	a = make_arch(784, MN_MAX_HIDDEN, h, 10);
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), 0);
+	a = make_arch(784, 0, h, 256);
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), 0);
+
+	a = make_arch(0, 1, h, 10);
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "input"));
+	a = make_arch(784, 1, h, 257);
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "output"));
+	a = make_arch(784, 1, h, 0);
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	a = make_arch(784, MN_MAX_HIDDEN, h, 10);
+	a.nhidden = MN_MAX_HIDDEN + 1;
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	a = make_arch(784, 2, h, 10);
+	a.hidden[1] = 0;
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "hidden[1]"));
+	a.hidden[1] = MN_MAX_UNITS + 1;
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	a = make_arch(MN_MAX_UNITS, 1, h, 10);
+	a.hidden[0] = MN_MAX_UNITS;
+	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "parameters"));
+}
+END_TEST
+
+START_TEST(test_arch_equal)
+{
+	size_t h1[] = {500}, h2[] = {500, 100};
+	struct mn_arch a = make_arch(784, 1, h1, 10), b = make_arch(784, 1, h1, 10);
+
+	ck_assert(mn_arch_equal(&a, &b));
+	b.hidden[3] = 77; /* beyond nhidden: not part of the shape */
+	ck_assert(mn_arch_equal(&a, &b));
+	b = make_arch(784, 2, h2, 10);
+	ck_assert(!mn_arch_equal(&a, &b));
+	b = make_arch(784, 1, h1, 11);
+	ck_assert(!mn_arch_equal(&a, &b));
+	b = make_arch(783, 1, h1, 10);
+	ck_assert(!mn_arch_equal(&a, &b));
+	b = make_arch(784, 1, h1, 10);
+	b.hidden[0] = 499;
+	ck_assert(!mn_arch_equal(&a, &b));
+}
+END_TEST
+
+START_TEST(test_arch_json_roundtrip)
+{
+	size_t h1[] = {500}, h3[] = {256, 128, 100};
+	struct mn_arch archs[] = {
+	    make_arch(784, 1, h1, 10),
+	    make_arch(784, 3, h3, 10),
+	    make_arch(16, 0, NULL, 4),
+	};
+	const char *want[] = {
+	    "{\"input\":784,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}",
+	    "{\"input\":784,\"hidden\":[256,128,100],\"output\":10,\"activation\":\"relu\"}",
+	    "{\"input\":16,\"hidden\":[],\"output\":4,\"activation\":\"relu\"}",
+	};
+	char buf[256], err[MN_ERRLEN];
+
+	for (size_t i = 0; i < sizeof(archs) / sizeof(archs[0]); i++) {
+		struct mn_arch back;
+		int n = mn_arch_to_json(&archs[i], buf, sizeof(buf));
+
+		ck_assert_int_eq(n, (int)strlen(want[i]));
+		ck_assert_str_eq(buf, want[i]);
+		memset(&back, 0xab, sizeof(back));
+		ck_assert_int_eq(mn_arch_from_json(buf, &back, err, sizeof(err)), 0);
+		ck_assert(mn_arch_equal(&archs[i], &back));
+		/* Exactly enough room, and one byte short. */
+		ck_assert_int_eq(mn_arch_to_json(&archs[i], buf, (size_t)n + 1), n);
+		ck_assert_int_eq(mn_arch_to_json(&archs[i], buf, (size_t)n), -ENOSPC);
+		ck_assert_int_eq(mn_arch_to_json(&archs[i], buf, 5), -ENOSPC);
+	}
+	/* Whitespace and key order do not matter. */
+	struct mn_arch a;
+	ck_assert_int_eq(mn_arch_from_json(" { \"activation\" : \"relu\", \"output\": 10,"
+	                                   " \"hidden\": [ 500 ], \"input\": 784 } ",
+	                                   &a, err, sizeof(err)),
+	                 0);
+	ck_assert(mn_arch_equal(&a, &archs[0]));
+}
+END_TEST
+
+START_TEST(test_arch_json_reject)
+{
+	static const struct {
+		const char *json;
+		const char *msg;
+	} bad[] = {
+	    {"", "JSON"},
+	    {"{", "JSON"},
+	    {"[784, 500, 10]", "object"},
+	    {"{\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}", "input"},
+	    {"{\"input\":784,\"output\":10,\"activation\":\"relu\"}", "hidden"},
+	    {"{\"input\":784,\"hidden\":[500],\"activation\":\"relu\"}", "output"},
+	    {"{\"input\":784,\"hidden\":[500],\"output\":10}", "activation"},
+	    {"{\"input\":784.5,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}", "integer"},
+	    {"{\"input\":\"784\",\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}",
+	     "integer"},
+	    {"{\"input\":-784,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}", "negative"},
+	    {"{\"input\":0,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}", "input"},
+	    {"{\"input\":1e30,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}", "input"},
+	    {"{\"input\":784,\"hidden\":500,\"output\":10,\"activation\":\"relu\"}", "array"},
+	    {"{\"input\":784,\"hidden\":{\"a\":1},\"output\":10,\"activation\":\"relu\"}", "array"},
+	    {"{\"input\":784,\"hidden\":[500.25],\"output\":10,\"activation\":\"relu\"}",
+	     "hidden[0]"},
+	    {"{\"input\":784,\"hidden\":[500,-3],\"output\":10,\"activation\":\"relu\"}",
+	     "hidden[1]"},
+	    {"{\"input\":784,\"hidden\":[500,null],\"output\":10,\"activation\":\"relu\"}",
+	     "hidden[1]"},
+	    {"{\"input\":784,\"hidden\":[1,2,3,4,5,6,7,8,9],\"output\":10,\"activation\":\"relu\"}",
+	     "hidden layers"},
+	    {"{\"input\":784,\"hidden\":[500],\"output\":300,\"activation\":\"relu\"}", "output"},
+	    {"{\"input\":784,\"hidden\":[500],\"output\":10,\"activation\":\"tanh\"}", "tanh"},
+	    {"{\"input\":784,\"hidden\":[500],\"output\":10,\"activation\":1}", "activation"},
+	    {"{\"input\":784,\"hidden\":[500],\"output\":10,\"activation\":\"relu\",\"x\":1}",
+	     "unknown key"},
+	    {"{\"input\":784,\"input\":785,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}",
+	     "duplicate"},
+	};
+	char err[MN_ERRLEN];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		size_t h[] = {3};
+		struct mn_arch a = make_arch(1, 1, h, 2), orig = a;
+
+		err[0] = '\0';
+		ck_assert_msg(mn_arch_from_json(bad[i].json, &a, err, sizeof(err)) == -EINVAL,
+		              "accepted %s", bad[i].json);
+		ck_assert_msg(strstr(err, bad[i].msg) != NULL, "%s: message \"%s\" lacks \"%s\"",
+		              bad[i].json, err, bad[i].msg);
+		ck_assert(mn_arch_equal(&a, &orig));
+	}
+	/* A NULL buffer is a bad argument, not a crash. */
+	struct mn_arch a;
+	ck_assert_int_eq(mn_arch_from_json(NULL, &a, NULL, 0), -EINVAL);
+}
+END_TEST
+
+/* Fills params with uniform values in [-scale, scale) (biases too). */
+static void fill_params(const struct mn_arch *a, float scale, float *params)
+{
+	for (size_t i = 0; i < mn_arch_param_count(a); i++)
+		params[i] = lcg_sym(scale);
+}
+
+START_TEST(test_gradient_check)
+{
+	size_t h[] = {4, 3};
+	struct mn_arch a = make_arch(5, 2, h, 3);
+	enum { N = 4 };
+	size_t np = mn_arch_param_count(&a), nonzero = 0;
+	float *params = malloc(np * sizeof(float)), *grad = malloc(np * sizeof(float));
+	float x[N * 5];
+	uint8_t y[N] = {0, 2, 1, 2};
+	struct mn_mlp *m = NULL;
+	double loss = 0.0, sum = 0.0;
+	const float eps = 1e-3f;
+
+	ck_assert_ptr_nonnull(params);
+	ck_assert_ptr_nonnull(grad);
+	lcg_state = 12345;
+	fill_params(&a, 0.8f, params);
+	/* Positive hidden biases keep most ReLUs alive, so most gradients are checked. */
+	for (size_t l = 0; l < 2; l++)
+		for (size_t j = 0; j < h[l]; j++)
+			params[mn_arch_biases_offset(&a, l) + j] = 0.6f + lcg_sym(0.2f);
+	for (size_t i = 0; i < N * 5; i++)
+		x[i] = lcg_sym(1.0f);
+	ck_assert_int_eq(mn_mlp_new(&a, N, &m), 0);
+	/* grad is overwritten, whatever it held. */
+	for (size_t i = 0; i < np; i++)
+		grad[i] = NAN;
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, N, grad, &loss), 0);
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, y, N, &sum, NULL, NULL), 0);
+	ck_assert_double_eq_tol(loss, sum / N, 1e-6);
+
+	for (size_t i = 0; i < np; i++) {
+		float saved = params[i];
+		double lp = 0.0, lm = 0.0, num, ana = grad[i];
+
+		params[i] = saved + eps;
+		ck_assert_int_eq(mn_mlp_eval(m, params, x, y, N, &lp, NULL, NULL), 0);
+		params[i] = saved - eps;
+		ck_assert_int_eq(mn_mlp_eval(m, params, x, y, N, &lm, NULL, NULL), 0);
+		params[i] = saved;
+		/* Divide by the step actually taken in float. */
+		num = (lp - lm) / N / ((double)(saved + eps) - (double)(saved - eps));
+		ck_assert_msg(isfinite(ana), "grad[%zu] not finite", i);
+		ck_assert_msg(fabs(num - ana) <= 1e-2 * fmax(fabs(num), fabs(ana)) + 2e-4,
+		              "param %zu: analytic %.6g numeric %.6g", i, ana, num);
+		if (fabs(ana) > 1e-3)
+			nonzero++;
+	}
+	/* The check means little if most gradients vanish (dead ReLUs). */
+	ck_assert_uint_gt(nonzero, np * 2 / 3);
+	mn_mlp_free(m);
+	free(params);
+	free(grad);
+}
+END_TEST
+
+START_TEST(test_gradient_check_784)
+{
+	/* The real shape with a batch that is not a multiple of any BLAS block. */
+	size_t h[] = {50};
+	struct mn_arch a = make_arch(784, 1, h, 10);
+	enum { N = 37 };
+	size_t np = mn_arch_param_count(&a);
+	float *params = malloc(np * sizeof(float)), *grad = malloc(np * sizeof(float));
+	float *x = malloc(N * 784 * sizeof(float));
+	uint8_t y[N];
+	struct mn_mlp *m = NULL;
+	double loss;
+	const float eps = 1e-2f;
+
+	ck_assert(params && grad && x);
+	lcg_state = 777;
+	fill_params(&a, 0.1f, params);
+	for (size_t i = 0; i < N * 784; i++)
+		x[i] = lcg_uniform();
+	for (size_t i = 0; i < N; i++)
+		y[i] = (uint8_t)(i % 10);
+	ck_assert_int_eq(mn_mlp_new(&a, 100, &m), 0);
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, N, grad, &loss), 0);
+	/* A sample of parameters from every block. */
+	size_t idx[] = {0, 1, 783 * 50 + 49, 1234, 39200, 39249, 39250, 39250 + 499, 39750, 39759};
+	for (size_t k = 0; k < sizeof(idx) / sizeof(idx[0]); k++) {
+		size_t i = idx[k];
+		float saved = params[i];
+		double lp = 0.0, lm = 0.0, num;
+
+		params[i] = saved + eps;
+		mn_mlp_eval(m, params, x, y, N, &lp, NULL, NULL);
+		params[i] = saved - eps;
+		mn_mlp_eval(m, params, x, y, N, &lm, NULL, NULL);
+		params[i] = saved;
+		num = (lp - lm) / N / ((double)(saved + eps) - (double)(saved - eps));
+		ck_assert_msg(fabs(num - grad[i]) <= 2e-2 * fmax(fabs(num), fabs(grad[i])) + 5e-4,
+		              "param %zu: analytic %.6g numeric %.6g", i, (double)grad[i], num);
+	}
+	mn_mlp_free(m);
+	free(params);
+	free(grad);
+	free(x);
+}
+END_TEST
+
+START_TEST(test_softmax_stable)
+{
+	/* A linear model with logits around 1e4. */
+	struct mn_arch a = make_arch(3, 0, NULL, 3);
+	float params[12] = {
+	    1e4f, 0,    0, /* weights [3 x 3] */
+	    0,    1e4f, 0, /* */
+	    0,    0,    -1e4f, 0, 0, 0,
+	};
+	float x[2 * 3] = {1.0f, 0.5f, 0.0f, 0.0f, 0.0f, 1.0f};
+	uint8_t y0[2] = {0, 1}, y1[2] = {2, 2};
+	float grad[12];
+	struct mn_mlp *m = NULL;
+	double loss, sum = 0.0;
+
+	ck_assert_int_eq(mn_mlp_new(&a, 2, &m), 0);
+	/* Row 0 logits (1e4, 5e3, 0); row 1 (0, 0, -1e4). */
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y0, 2, grad, &loss), 0);
+	ck_assert(isfinite(loss));
+	/* Row 0 is right with certainty; row 1: log(2 + e^-1e4) - 0. */
+	ck_assert_double_eq_tol(loss, log(2.0) / 2, 1e-6);
+	for (size_t i = 0; i < 12; i++)
+		ck_assert(isfinite(grad[i]));
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, y1, 2, &sum, NULL, NULL), 0);
+	ck_assert(isfinite(sum));
+	ck_assert_double_eq_tol(sum, 1e4 + 1e4, 1.0);
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y1, 2, grad, &loss), 0);
+	ck_assert(isfinite(loss));
+	for (size_t i = 0; i < 12; i++)
+		ck_assert(isfinite(grad[i]));
+	mn_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_eval_correct_argmax)
+{
+	/* Identity weights: the logits are the inputs. */
+	struct mn_arch a = make_arch(3, 0, NULL, 3);
+	float params[12] = {1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0};
+	float x[4 * 3] = {
+	    1, 0, 0, /* -> 0 */
+	    0, 2, 2, /* tie 1/2 -> 1 */
+	    0, 0, 0, /* tie all -> 0 */
+	    0, 0, 5, /* -> 2 */
+	};
+	uint8_t y[4] = {0, 2, 0, 1}, pred[4];
+	struct mn_mlp *m = NULL;
+	double sum = 0.5, want = 0.0;
+	size_t correct = 3;
+
+	ck_assert_int_eq(mn_mlp_new(&a, 4, &m), 0);
+	memset(pred, 0xff, sizeof(pred));
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, y, 4, &sum, &correct, pred), 0);
+	ck_assert_uint_eq(pred[0], 0);
+	ck_assert_uint_eq(pred[1], 1);
+	ck_assert_uint_eq(pred[2], 0);
+	ck_assert_uint_eq(pred[3], 2);
+	/* Results accumulate into what the caller passed. */
+	ck_assert_uint_eq(correct, 3 + 2);
+	for (size_t i = 0; i < 4; i++) {
+		const float *z = x + 3 * i;
+		double lse = log(exp(z[0]) + exp(z[1]) + exp(z[2]));
+
+		want += lse - z[y[i]];
+	}
+	ck_assert_double_eq_tol(sum, 0.5 + want, 1e-5);
+
+	/* Predictions only. */
+	memset(pred, 0xff, sizeof(pred));
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, NULL, 4, NULL, NULL, pred), 0);
+	ck_assert_uint_eq(pred[1], 1);
+	ck_assert_uint_eq(pred[3], 2);
+	/* Counts only. */
+	correct = 0;
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, y, 3, NULL, &correct, NULL), 0);
+	ck_assert_uint_eq(correct, 2);
+	mn_mlp_free(m);
+}
+END_TEST
+
+START_TEST(test_einval)
+{
+	size_t h[] = {4};
+	struct mn_arch a = make_arch(3, 1, h, 3), bad = make_arch(0, 1, h, 3);
+	size_t np = mn_arch_param_count(&a);
+	float params[64], grad[64], x[5 * 3] = {0};
+	uint8_t y[5] = {0, 1, 2, 0, 1}, ybad[5] = {0, 1, 3, 0, 1};
+	struct mn_mlp *m = NULL;
+	double loss = 7.0, sum = 1.0;
+	size_t correct = 4;
+
+	ck_assert_uint_le(np, 64);
+	memset(params, 0, sizeof(params));
+	ck_assert_int_eq(mn_mlp_new(&bad, 4, &m), -EINVAL);
+	ck_assert_ptr_null(m);
+	ck_assert_int_eq(mn_mlp_new(&a, 0, &m), -EINVAL);
+	ck_assert_ptr_null(m);
+	ck_assert_int_eq(mn_mlp_new(&a, 4, &m), 0);
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, 0, grad, &loss), -EINVAL);
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, 5, grad, &loss), -EINVAL);
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, ybad, 4, grad, &loss), -EINVAL);
+	ck_assert_double_eq(loss, 7.0);
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, y, 0, &sum, &correct, NULL), -EINVAL);
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, y, 5, &sum, &correct, NULL), -EINVAL);
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, ybad, 4, &sum, &correct, NULL), -EINVAL);
+	ck_assert_double_eq(sum, 1.0);
+	ck_assert_uint_eq(correct, 4);
+	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, 4, grad, &loss), 0);
+	ck_assert_int_eq(mn_mlp_eval(m, params, x, ybad, 2, &sum, &correct, NULL), 0);
+	mn_mlp_free(m);
+	mn_mlp_free(NULL);
+	mn_blas_set_threads(0);
+	mn_blas_set_threads(1);
+}
+END_TEST
+
+static Suite *mlp_suite(void)
+{
+	Suite *s = suite_create("mlp");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, test_arch_layout_784_500_10);
+	tcase_add_test(tc, test_arch_layout_multi);
+	tcase_add_test(tc, test_arch_validate);
+	tcase_add_test(tc, test_arch_equal);
+	tcase_add_test(tc, test_arch_json_roundtrip);
+	tcase_add_test(tc, test_arch_json_reject);
+	tcase_add_test(tc, test_gradient_check);
+	tcase_add_test(tc, test_gradient_check_784);
+	tcase_add_test(tc, test_softmax_stable);
+	tcase_add_test(tc, test_eval_correct_argmax);
+	tcase_add_test(tc, test_einval);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(mlp_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
