@@ -1,0 +1,1087 @@
+/* config.c - see config.h. */
+#include "config.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/*
+ * The schema. Every operation (defaults, loading, JSON output, diff, the
+ * reloadable copy) walks this one table; adding a key means adding a row
+ * here, to config/mnistd.json and to config/README.md.
+ */
+
+enum key_type {
+	KT_INT,       /* int64_t in [min, max] */
+	KT_UINT,      /* uint64_t in [min, max], min >= 0 */
+	KT_DOUBLE,    /* double in dmin..dmax, ends open or closed per flags */
+	KT_BOOL,      /* bool */
+	KT_ENUM,      /* an enum stored as int, one of names[] */
+	KT_STRING,    /* char[size], length in [min, max] */
+	KT_INT_ARRAY, /* size_t count at offset, int64_t[amax] at aoffset */
+	KT_INIT_FROM, /* checkpoint.init_from: file and rename map */
+};
+
+#define KF_RELOAD     0x1u /* can change without a restart */
+#define KF_MIN_OPEN   0x2u /* KT_DOUBLE: the minimum is excluded */
+#define KF_MAX_OPEN   0x4u /* KT_DOUBLE: the maximum is excluded */
+#define KF_PLAIN_NAME 0x8u /* KT_STRING: a file name, no '/', no leading '.' */
+
+struct key {
+	const char *path; /* "section.name" */
+	enum key_type type;
+	unsigned flags;
+	size_t offset; /* of the value; for composite types of its first field */
+	size_t size;   /* bytes the value spans in struct mn_config */
+	int64_t min, max;
+	double dmin, dmax;
+	int64_t idef;
+	double ddef;
+	const char *sdef;
+	const char *const *names; /* KT_ENUM, NULL-terminated */
+	size_t aoffset, amax;     /* KT_INT_ARRAY elements */
+	const int64_t *adef;
+	size_t nadef;
+};
+
+#define P53 ((int64_t)1 << 53)
+
+/* offsetof and sizeof of a field, which must have type T (a compile error otherwise). */
+#define FIELD(f, T)                                                                                \
+	.offset = offsetof(struct mn_config, f) +                                                  \
+	          0 * sizeof(_Generic(((struct mn_config *)0)->f, T : 0)),                         \
+	.size = sizeof(((struct mn_config *)0)->f)
+#define SPAN(first, last)                                                                          \
+	.offset = offsetof(struct mn_config, first),                                               \
+	.size = offsetof(struct mn_config, last) + sizeof(((struct mn_config *)0)->last) -         \
+	        offsetof(struct mn_config, first)
+
+#define INT(p, f, lo, hi, def, fl)                                                                 \
+	{                                                                                          \
+		.path = (p), .type = KT_INT, .flags = (fl), FIELD(f, int64_t), .min = (lo),        \
+		.max = (hi), .idef = (def)                                                         \
+	}
+#define UINT(p, f, lo, hi, def, fl)                                                                \
+	{                                                                                          \
+		.path = (p), .type = KT_UINT, .flags = (fl), FIELD(f, uint64_t), .min = (lo),      \
+		.max = (hi), .idef = (def)                                                         \
+	}
+#define DBL(p, f, lo, hi, def, fl)                                                                 \
+	{                                                                                          \
+		.path = (p), .type = KT_DOUBLE, .flags = (fl), FIELD(f, double), .dmin = (lo),     \
+		.dmax = (hi), .ddef = (def)                                                        \
+	}
+#define BOOL(p, f, def, fl)                                                                        \
+	{                                                                                          \
+		.path = (p), .type = KT_BOOL, .flags = (fl), FIELD(f, bool), .idef = (def)         \
+	}
+#define ENUM(p, f, T, nm, def, fl)                                                                 \
+	{                                                                                          \
+		.path = (p), .type = KT_ENUM, .flags = (fl), FIELD(f, T), .names = (nm),           \
+		.idef = (def)                                                                      \
+	}
+#define STR(p, f, lo, hi, def, fl)                                                                 \
+	{                                                                                          \
+		.path = (p), .type = KT_STRING, .flags = (fl), FIELD(f, char *), .min = (lo),      \
+		.max = (hi), .sdef = (def)                                                         \
+	}
+
+static const char *const watch_names[] = {"auto", "events", "poll", NULL};
+static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const format_names[] = {"text", "json", NULL};
+static const int64_t hidden_default[] = {500};
+
+_Static_assert(sizeof(enum mn_watch_mode) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(enum mn_log_level) == sizeof(int), "enums are stored as int");
+_Static_assert(sizeof(enum mn_log_format) == sizeof(int), "enums are stored as int");
+_Static_assert(MN_MAX_UNITS <= P53, "model.hidden bound");
+
+/* The longest Unix socket path: sizeof(sun_path) - 1. */
+#define SOCKET_PATH_MAX 107
+/* The longest checkpoint prefix, leaving room for "-<step>.safetensors" in a name. */
+#define PREFIX_MAX 100
+
+static const struct key keys[] = {
+    STR("data.dir", data.dir, 1, MN_CONFIG_PATH_MAX - 1, "/usr/share/datasets/fashion-mnist", 0),
+    INT("data.validation_size", data.validation_size, 0, 1000000, 5000, 0),
+    {
+        .path = "model.hidden",
+        .type = KT_INT_ARRAY,
+        SPAN(model.nhidden, model.hidden),
+        .min = 1,
+        .max = MN_MAX_UNITS,
+        .aoffset = offsetof(struct mn_config, model.hidden),
+        .amax = MN_MAX_HIDDEN,
+        .adef = hidden_default,
+        .nadef = sizeof(hidden_default) / sizeof(hidden_default[0]),
+    },
+    DBL("model.init_stddev", model.init_stddev, 0, 10, 0.1, KF_MIN_OPEN),
+    UINT("model.seed", model.seed, 0, P53, 42, 0),
+    INT("train.batch_size", train.batch_size, 1, 65536, 100, 0),
+    DBL("train.learning_rate", train.learning_rate, 0, 100, 0.8, KF_MIN_OPEN | KF_RELOAD),
+    DBL("train.learning_rate_decay", train.learning_rate_decay, 0, 1, 0.99,
+        KF_MIN_OPEN | KF_RELOAD),
+    INT("train.decay_steps", train.decay_steps, 0, (int64_t)1 << 31, 0, KF_RELOAD),
+    DBL("train.l2", train.l2, 0, 1, 1e-4, 0),
+    DBL("train.ema_decay", train.ema_decay, 0, 1, 0.99, KF_MAX_OPEN),
+    INT("train.max_steps", train.max_steps, 1, P53, 30000, KF_RELOAD),
+    INT("train.threads", train.threads, 0, 256, 0, 0),
+    STR("checkpoint.dir", checkpoint.dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnistd", 0),
+    STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME),
+    INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),
+    INT("checkpoint.max_to_keep", checkpoint.max_to_keep, 0, 1000000, 5, KF_RELOAD),
+    {
+        .path = "checkpoint.init_from",
+        .type = KT_INIT_FROM,
+        SPAN(checkpoint.init_from_file, checkpoint.init_from_map),
+    },
+    STR("control.socket", control.socket, 1, SOCKET_PATH_MAX, "/run/mnistd/control.sock", 0),
+    BOOL("eval.use_ema", eval.use_ema, true, KF_RELOAD),
+    ENUM("eval.watch", eval.watch, enum mn_watch_mode, watch_names, MN_WATCH_AUTO, 0),
+    INT("eval.poll_interval_ms", eval.poll_interval_ms, 10, 3600000, 1000, 0),
+    STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+    ENUM("log.level", log.level, enum mn_log_level, level_names, MN_LOG_INFO, KF_RELOAD),
+    ENUM("log.format", log.format, enum mn_log_format, format_names, MN_LOG_TEXT, 0),
+    STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+};
+
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+/* ---- small helpers ---- */
+
+static size_t section_len(const char *path)
+{
+	const char *dot = strchr(path, '.');
+
+	return dot ? (size_t)(dot - path) : strlen(path);
+}
+
+static bool same_section(const char *a, const char *b)
+{
+	size_t la = section_len(a);
+
+	return la == section_len(b) && strncmp(a, b, la) == 0;
+}
+
+static bool is_section(const struct key *k, const char *name)
+{
+	size_t len = section_len(k->path);
+
+	return strlen(name) == len && strncmp(k->path, name, len) == 0;
+}
+
+static const struct key *find_key(const char *path)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (strcmp(keys[i].path, path) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+static void *field(struct mn_config *c, size_t offset)
+{
+	return (char *)c + offset;
+}
+
+static const void *cfield(const struct mn_config *c, size_t offset)
+{
+	return (const char *)c + offset;
+}
+
+static int64_t get_i64(const struct mn_config *c, const struct key *k)
+{
+	int64_t v;
+
+	memcpy(&v, cfield(c, k->offset), sizeof(v));
+	return v;
+}
+
+static uint64_t get_u64(const struct mn_config *c, const struct key *k)
+{
+	uint64_t v;
+
+	memcpy(&v, cfield(c, k->offset), sizeof(v));
+	return v;
+}
+
+static double get_dbl(const struct mn_config *c, const struct key *k)
+{
+	double v;
+
+	memcpy(&v, cfield(c, k->offset), sizeof(v));
+	return v;
+}
+
+static bool get_bool(const struct mn_config *c, const struct key *k)
+{
+	bool v;
+
+	memcpy(&v, cfield(c, k->offset), sizeof(v));
+	return v;
+}
+
+static int get_enum(const struct mn_config *c, const struct key *k)
+{
+	int v;
+
+	memcpy(&v, cfield(c, k->offset), sizeof(v));
+	return v;
+}
+
+static size_t get_count(const struct mn_config *c, const struct key *k)
+{
+	size_t n;
+
+	memcpy(&n, cfield(c, k->offset), sizeof(n));
+	return n;
+}
+
+static size_t enum_count(const struct key *k)
+{
+	size_t n = 0;
+
+	while (k->names[n])
+		n++;
+	return n;
+}
+
+/* Copies a key or section name for a message, replacing control bytes and capping its length. */
+static void safe_name(char *dst, size_t len, const char *src)
+{
+	size_t i = 0;
+
+	for (; src && src[i] && i + 4 < len && i < 64; i++) {
+		unsigned char ch = (unsigned char)src[i];
+
+		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+	}
+	if (src && src[i] && i + 4 < len) {
+		memcpy(dst + i, "...", 3);
+		i += 3;
+	}
+	dst[i] = '\0';
+}
+
+/* The JSON text of a value for a message, shortened when long. */
+static void describe(const cJSON *item, char *buf, size_t len)
+{
+	char *s = cJSON_PrintUnformatted(item);
+
+	if (!s) {
+		snprintf(buf, len, "(a value)");
+		return;
+	}
+	for (char *p = s; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			*p = '?';
+	if (strlen(s) > 60)
+		snprintf(buf, len, "%.56s...", s);
+	else
+		snprintf(buf, len, "%s", s);
+	cJSON_free(s);
+}
+
+/* Position of byte off in text as 1-based line and column. */
+static void line_col(const char *text, size_t off, size_t *line, size_t *col)
+{
+	*line = 1;
+	*col = 1;
+	for (size_t i = 0; i < off; i++) {
+		if (text[i] == '\n') {
+			(*line)++;
+			*col = 1;
+		} else {
+			(*col)++;
+		}
+	}
+}
+
+/*
+ * cJSON accepts what JSON forbids and silently truncates strings at an
+ * escaped NUL ("dir\u0000x" would become "dir"), so the raw text is checked
+ * first: no NUL byte anywhere, no \u0000 and no raw control byte in a string.
+ */
+static int scan_text(const char *t, size_t len, char *err, size_t errlen)
+{
+	bool in_string = false;
+	const char *what = NULL;
+	size_t i, line, col;
+
+	for (i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)t[i];
+
+		if (ch == '\0') {
+			what = "NUL byte";
+			break;
+		}
+		if (!in_string) {
+			if (ch == '"')
+				in_string = true;
+			continue;
+		}
+		if (ch == '"') {
+			in_string = false;
+		} else if (ch < 0x20) {
+			what = "control character in a string (use an escape such as \\n)";
+			break;
+		} else if (ch == '\\' && i + 1 < len) {
+			if (t[i + 1] == 'u' && i + 5 < len && strncmp(t + i + 2, "0000", 4) == 0) {
+				what = "\\u0000 in a string";
+				break;
+			}
+			i++;
+		}
+	}
+	if (!what)
+		return 0;
+	line_col(t, i, &line, &col);
+	mn_errf(err, errlen, "invalid JSON at line %zu, column %zu (byte %zu): %s", line, col, i,
+	        what);
+	return -EINVAL;
+}
+
+/* The value described for "must be ..." messages. */
+static void format_range(const struct key *k, char *buf, size_t len)
+{
+	switch (k->type) {
+	case KT_INT:
+	case KT_UINT:
+		snprintf(buf, len, "an integer in [%" PRId64 ", %" PRId64 "]", k->min, k->max);
+		break;
+	case KT_DOUBLE:
+		snprintf(buf, len, "a number in %c%.15g, %.15g%c",
+		         (k->flags & KF_MIN_OPEN) ? '(' : '[', k->dmin, k->dmax,
+		         (k->flags & KF_MAX_OPEN) ? ')' : ']');
+		break;
+	case KT_BOOL:
+		snprintf(buf, len, "true or false");
+		break;
+	case KT_ENUM: {
+		size_t used = (size_t)snprintf(buf, len, "one of");
+
+		for (size_t i = 0; k->names[i] && used < len; i++)
+			used += (size_t)snprintf(buf + used, len - used, "%s \"%s\"", i ? "," : "",
+			                         k->names[i]);
+		break;
+	}
+	case KT_STRING:
+		if (k->flags & KF_PLAIN_NAME)
+			snprintf(buf, len,
+			         "a plain file name (1 to %" PRId64
+			         " bytes, no '/', not starting with '.')",
+			         k->max);
+		else if (k->min > 0)
+			snprintf(buf, len, "a non-empty string of at most %" PRId64 " bytes",
+			         k->max);
+		else
+			snprintf(buf, len, "a string of at most %" PRId64 " bytes", k->max);
+		break;
+	case KT_INT_ARRAY:
+		snprintf(buf, len, "an array of at most %zu integers in [%" PRId64 ", %" PRId64 "]",
+		         k->amax, k->min, k->max);
+		break;
+	case KT_INIT_FROM:
+		snprintf(
+		    buf, len,
+		    "null or an object {\"file\": \"...\", \"map\": {\"name\": \"name\", ...}}");
+		break;
+	}
+}
+
+static int bad_value(const struct key *k, const char *path, const cJSON *item, char *err,
+                     size_t errlen)
+{
+	char range[160], got[80];
+
+	format_range(k, range, sizeof(range));
+	describe(item, got, sizeof(got));
+	mn_errf(err, errlen, "%s: must be %s, got %s", path, range, got);
+	return -EINVAL;
+}
+
+/* An integral JSON number in [lo, hi]; cJSON holds numbers as doubles. */
+static bool json_int(const cJSON *item, int64_t lo, int64_t hi, int64_t *out)
+{
+	double d;
+
+	if (!cJSON_IsNumber(item))
+		return false;
+	d = item->valuedouble;
+	if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi)
+		return false;
+	*out = (int64_t)d;
+	return true;
+}
+
+/* A string of length in [lo, hi] (already free of NUL bytes, see scan_text). */
+static bool json_str(const cJSON *item, size_t lo, size_t hi)
+{
+	size_t n;
+
+	if (!cJSON_IsString(item) || !item->valuestring)
+		return false;
+	n = strlen(item->valuestring);
+	return n >= lo && n <= hi;
+}
+
+/* Whether a member of obj before item has the same name. */
+static bool duplicate(const cJSON *obj, const cJSON *item)
+{
+	for (const cJSON *p = obj->child; p && p != item; p = p->next)
+		if (p->string && item->string && strcmp(p->string, item->string) == 0)
+			return true;
+	return false;
+}
+
+/* ---- type handlers: set one key from JSON ---- */
+
+static int set_init_from(struct mn_config *c, const char *path, const cJSON *item, char *err,
+                         size_t errlen)
+{
+	const cJSON *file = NULL, *map = NULL, *e;
+	char name[80], got[80];
+	size_t n = 0;
+
+	c->checkpoint.init_from_file[0] = '\0';
+	c->checkpoint.init_from_nmap = 0;
+	memset(c->checkpoint.init_from_map, 0, sizeof(c->checkpoint.init_from_map));
+	if (cJSON_IsNull(item))
+		return 0;
+	if (!cJSON_IsObject(item))
+		return bad_value(find_key(path), path, item, err, errlen);
+	cJSON_ArrayForEach(e, item)
+	{
+		safe_name(name, sizeof(name), e->string);
+		if (duplicate(item, e)) {
+			mn_errf(err, errlen, "%s.%s: duplicate key", path, name);
+			return -EINVAL;
+		}
+		if (strcmp(e->string, "file") == 0) {
+			file = e;
+		} else if (strcmp(e->string, "map") == 0) {
+			map = e;
+		} else {
+			mn_errf(err, errlen, "%s.%s: unknown key (init_from has: file, map)", path,
+			        name);
+			return -EINVAL;
+		}
+	}
+	if (!file) {
+		mn_errf(err, errlen, "%s.file: missing (required when init_from is an object)",
+		        path);
+		return -EINVAL;
+	}
+	if (!json_str(file, 1, MN_CONFIG_PATH_MAX - 1)) {
+		describe(file, got, sizeof(got));
+		mn_errf(err, errlen,
+		        "%s.file: must be a non-empty string of at most %d bytes, got %s", path,
+		        MN_CONFIG_PATH_MAX - 1, got);
+		return -EINVAL;
+	}
+	if (map && !cJSON_IsObject(map)) {
+		describe(map, got, sizeof(got));
+		mn_errf(
+		    err, errlen,
+		    "%s.map: must be an object of at most %d \"name\": \"name\" entries, got %s",
+		    path, MN_CONFIG_MAP_MAX, got);
+		return -EINVAL;
+	}
+	cJSON_ArrayForEach(e, map)
+	{
+		struct mn_config_rename *r = &c->checkpoint.init_from_map[n];
+		size_t klen = strlen(e->string);
+
+		if (n == MN_CONFIG_MAP_MAX) {
+			mn_errf(err, errlen, "%s.map: more than %d entries", path,
+			        MN_CONFIG_MAP_MAX);
+			return -EINVAL;
+		}
+		safe_name(name, sizeof(name), e->string);
+		if (klen == 0 || klen >= MN_CONFIG_NAME_MAX) {
+			mn_errf(err, errlen, "%s.map: names must be 1 to %d bytes, got \"%s\"",
+			        path, MN_CONFIG_NAME_MAX - 1, name);
+			return -EINVAL;
+		}
+		if (duplicate(map, e)) {
+			mn_errf(err, errlen, "%s.map.%s: duplicate key", path, name);
+			return -EINVAL;
+		}
+		if (!json_str(e, 1, MN_CONFIG_NAME_MAX - 1)) {
+			describe(e, got, sizeof(got));
+			mn_errf(err, errlen, "%s.map.%s: must be a name of 1 to %d bytes, got %s",
+			        path, name, MN_CONFIG_NAME_MAX - 1, got);
+			return -EINVAL;
+		}
+		memcpy(r->to, e->string, klen + 1);
+		memcpy(r->from, e->valuestring, strlen(e->valuestring) + 1);
+		n++;
+	}
+	memcpy(c->checkpoint.init_from_file, file->valuestring, strlen(file->valuestring) + 1);
+	c->checkpoint.init_from_nmap = n;
+	return 0;
+}
+
+static int set_value(const struct key *k, const char *path, const cJSON *item, struct mn_config *c,
+                     char *err, size_t errlen)
+{
+	void *p = field(c, k->offset);
+	int64_t i;
+
+	switch (k->type) {
+	case KT_INT:
+		if (!json_int(item, k->min, k->max, &i))
+			return bad_value(k, path, item, err, errlen);
+		memcpy(p, &i, sizeof(i));
+		return 0;
+	case KT_UINT: {
+		uint64_t u;
+
+		if (!json_int(item, k->min, k->max, &i))
+			return bad_value(k, path, item, err, errlen);
+		u = (uint64_t)i;
+		memcpy(p, &u, sizeof(u));
+		return 0;
+	}
+	case KT_DOUBLE: {
+		double d;
+
+		if (!cJSON_IsNumber(item))
+			return bad_value(k, path, item, err, errlen);
+		d = item->valuedouble;
+		if (!isfinite(d) || d < k->dmin || d > k->dmax ||
+		    ((k->flags & KF_MIN_OPEN) && d == k->dmin) ||
+		    ((k->flags & KF_MAX_OPEN) && d == k->dmax))
+			return bad_value(k, path, item, err, errlen);
+		memcpy(p, &d, sizeof(d));
+		return 0;
+	}
+	case KT_BOOL: {
+		bool b;
+
+		if (!cJSON_IsBool(item))
+			return bad_value(k, path, item, err, errlen);
+		b = cJSON_IsTrue(item);
+		memcpy(p, &b, sizeof(b));
+		return 0;
+	}
+	case KT_ENUM:
+		if (cJSON_IsString(item) && item->valuestring) {
+			for (int v = 0; k->names[v]; v++) {
+				if (strcmp(k->names[v], item->valuestring) == 0) {
+					memcpy(p, &v, sizeof(v));
+					return 0;
+				}
+			}
+		}
+		return bad_value(k, path, item, err, errlen);
+	case KT_STRING: {
+		const char *s;
+
+		if (!json_str(item, (size_t)k->min, (size_t)k->max))
+			return bad_value(k, path, item, err, errlen);
+		s = item->valuestring;
+		if ((k->flags & KF_PLAIN_NAME) && (strchr(s, '/') || s[0] == '.'))
+			return bad_value(k, path, item, err, errlen);
+		memset(p, 0, k->size);
+		memcpy(p, s, strlen(s) + 1);
+		return 0;
+	}
+	case KT_INT_ARRAY: {
+		int64_t vals[MN_MAX_HIDDEN];
+		size_t n = 0;
+		const cJSON *e;
+
+		if (!cJSON_IsArray(item) || (size_t)cJSON_GetArraySize(item) > k->amax)
+			return bad_value(k, path, item, err, errlen);
+		cJSON_ArrayForEach(e, item)
+		{
+			if (n >= k->amax || n >= MN_MAX_HIDDEN)
+				return bad_value(k, path, item, err, errlen);
+			if (!json_int(e, k->min, k->max, &vals[n])) {
+				char got[80];
+
+				describe(e, got, sizeof(got));
+				mn_errf(err, errlen,
+				        "%s[%zu]: must be an integer in [%" PRId64 ", %" PRId64
+				        "], got %s",
+				        path, n, k->min, k->max, got);
+				return -EINVAL;
+			}
+			n++;
+		}
+		memset(p, 0, k->size);
+		memcpy(p, &n, sizeof(n));
+		memcpy(field(c, k->aoffset), vals, n * sizeof(vals[0]));
+		return 0;
+	}
+	case KT_INIT_FROM:
+		return set_init_from(c, path, item, err, errlen);
+	}
+	mn_errf(err, errlen, "%s: internal error: unknown type", path);
+	return -EINVAL;
+}
+
+static void set_default(const struct key *k, struct mn_config *c)
+{
+	void *p = field(c, k->offset);
+
+	switch (k->type) {
+	case KT_INT:
+		memcpy(p, &k->idef, sizeof(k->idef));
+		break;
+	case KT_UINT: {
+		uint64_t u = (uint64_t)k->idef;
+
+		memcpy(p, &u, sizeof(u));
+		break;
+	}
+	case KT_DOUBLE:
+		memcpy(p, &k->ddef, sizeof(k->ddef));
+		break;
+	case KT_BOOL: {
+		bool b = k->idef != 0;
+
+		memcpy(p, &b, sizeof(b));
+		break;
+	}
+	case KT_ENUM: {
+		int v = (int)k->idef;
+
+		memcpy(p, &v, sizeof(v));
+		break;
+	}
+	case KT_STRING:
+		memset(p, 0, k->size);
+		snprintf(p, k->size, "%s", k->sdef);
+		break;
+	case KT_INT_ARRAY:
+		memset(p, 0, k->size);
+		memcpy(p, &k->nadef, sizeof(k->nadef));
+		memcpy(field(c, k->aoffset), k->adef, k->nadef * sizeof(k->adef[0]));
+		break;
+	case KT_INIT_FROM:
+		memset(p, 0, k->size);
+		break;
+	}
+}
+
+/* ---- public API ---- */
+
+void mn_config_defaults(struct mn_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	for (size_t i = 0; i < NKEYS; i++)
+		set_default(&keys[i], c);
+}
+
+static int unknown_section(const char *name, char *err, size_t errlen)
+{
+	char list[256], sname[80];
+	size_t used = 0;
+
+	list[0] = '\0';
+	for (size_t i = 0; i < NKEYS && used < sizeof(list); i++) {
+		if (i > 0 && same_section(keys[i - 1].path, keys[i].path))
+			continue;
+		used += (size_t)snprintf(list + used, sizeof(list) - used, "%s%.*s", i ? ", " : "",
+		                         (int)section_len(keys[i].path), keys[i].path);
+	}
+	safe_name(sname, sizeof(sname), name);
+	mn_errf(err, errlen, "%s: unknown section (sections: %s)", sname, list);
+	return -EINVAL;
+}
+
+static int unknown_key(const char *section, const char *path, char *err, size_t errlen)
+{
+	char list[256];
+	size_t used = 0;
+	size_t slen = strlen(section);
+
+	list[0] = '\0';
+	for (size_t i = 0; i < NKEYS && used < sizeof(list); i++) {
+		if (!is_section(&keys[i], section))
+			continue;
+		used += (size_t)snprintf(list + used, sizeof(list) - used, "%s%s", used ? ", " : "",
+		                         keys[i].path + slen + 1);
+	}
+	mn_errf(err, errlen, "%s: unknown key (%s has: %s)", path, section, list);
+	return -EINVAL;
+}
+
+static int apply_section(const cJSON *sec, struct mn_config *c, char *err, size_t errlen)
+{
+	char sname[80], kname[80], path[200], got[80];
+	const cJSON *item;
+
+	safe_name(sname, sizeof(sname), sec->string);
+	if (!cJSON_IsObject(sec)) {
+		describe(sec, got, sizeof(got));
+		mn_errf(err, errlen, "%s: must be an object, got %s", sname, got);
+		return -EINVAL;
+	}
+	cJSON_ArrayForEach(item, sec)
+	{
+		const struct key *k = NULL;
+		int rc;
+
+		safe_name(kname, sizeof(kname), item->string);
+		snprintf(path, sizeof(path), "%s.%s", sname, kname);
+		if (duplicate(sec, item)) {
+			mn_errf(err, errlen, "%s: duplicate key", path);
+			return -EINVAL;
+		}
+		/* Look up by the raw names: a sanitised name must not match a key. */
+		for (size_t i = 0; i < NKEYS && !k; i++) {
+			size_t slen = section_len(keys[i].path);
+
+			if (is_section(&keys[i], sec->string) &&
+			    strcmp(keys[i].path + slen + 1, item->string) == 0)
+				k = &keys[i];
+		}
+		if (!k)
+			return unknown_key(sname, path, err, errlen);
+		rc = set_value(k, k->path, item, c, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int apply_root(const cJSON *root, struct mn_config *c, char *err, size_t errlen)
+{
+	const cJSON *sec;
+
+	if (!cJSON_IsObject(root)) {
+		char got[80];
+
+		describe(root, got, sizeof(got));
+		mn_errf(err, errlen, "the top level must be an object, got %s", got);
+		return -EINVAL;
+	}
+	cJSON_ArrayForEach(sec, root)
+	{
+		bool known = false;
+		int rc;
+
+		for (size_t i = 0; i < NKEYS && !known; i++)
+			known = is_section(&keys[i], sec->string);
+		if (!known)
+			return unknown_section(sec->string, err, errlen);
+		if (duplicate(root, sec)) {
+			char sname[80];
+
+			safe_name(sname, sizeof(sname), sec->string);
+			mn_errf(err, errlen, "%s: duplicate section", sname);
+			return -EINVAL;
+		}
+		rc = apply_section(sec, c, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+int mn_config_parse(const char *json, size_t len, const char *name, struct mn_config *c, char *err,
+                    size_t errlen)
+{
+	struct mn_config *tmp = NULL;
+	const char *end = NULL;
+	cJSON *root = NULL;
+	char *copy = NULL;
+	int rc;
+
+	if (!name)
+		name = "(config)";
+	if (len > MN_CONFIG_FILE_MAX) {
+		mn_errf(err, errlen, "%s: larger than %d bytes", name, MN_CONFIG_FILE_MAX);
+		return -EFBIG;
+	}
+	rc = scan_text(json, len, err, errlen);
+	if (rc < 0)
+		goto fail_prefix;
+	tmp = malloc(sizeof(*tmp));
+	copy = malloc(len + 1);
+	if (!tmp || !copy) {
+		mn_errf(err, errlen, "%s: out of memory", name);
+		rc = -ENOMEM;
+		goto out;
+	}
+	memcpy(copy, json, len);
+	copy[len] = '\0';
+	root = cJSON_ParseWithLengthOpts(copy, len + 1, &end, true);
+	if (!root) {
+		size_t off = end ? (size_t)(end - copy) : 0, line, col;
+
+		if (off > len)
+			off = len;
+		line_col(copy, off, &line, &col);
+		mn_errf(err, errlen, "%s: invalid JSON at line %zu, column %zu (byte %zu)", name,
+		        line, col, off);
+		rc = -EINVAL;
+		goto out;
+	}
+	mn_config_defaults(tmp);
+	rc = apply_root(root, tmp, err, errlen);
+	if (rc < 0)
+		goto fail_prefix;
+	*c = *tmp;
+	goto out;
+fail_prefix:
+	mn_errprefix(err, errlen, "%s", name);
+out:
+	cJSON_Delete(root);
+	free(copy);
+	free(tmp);
+	return rc;
+}
+
+int mn_config_load(const char *path, struct mn_config *c, char *err, size_t errlen)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	rc = mn_read_file(path, MN_CONFIG_FILE_MAX, &buf, &len, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = mn_config_parse(buf, len, path, c, err, errlen);
+	free(buf);
+	return rc;
+}
+
+/* The shortest of %.15g, %.16g, %.17g that reads back as exactly d. */
+static void format_double(double d, char *buf, size_t len)
+{
+	for (int prec = 15; prec <= 17; prec++) {
+		snprintf(buf, len, "%.*g", prec, d);
+		if (strtod(buf, NULL) == d)
+			return;
+	}
+}
+
+static bool add_item(cJSON *obj, const char *name, cJSON *item)
+{
+	if (!item)
+		return false;
+	if (!cJSON_AddItemToObject(obj, name, item)) {
+		cJSON_Delete(item);
+		return false;
+	}
+	return true;
+}
+
+static cJSON *init_from_json(const struct mn_config *c)
+{
+	cJSON *o, *map;
+
+	if (c->checkpoint.init_from_file[0] == '\0')
+		return cJSON_CreateNull();
+	o = cJSON_CreateObject();
+	if (!o)
+		return NULL;
+	map = cJSON_CreateObject();
+	if (!add_item(o, "file", cJSON_CreateString(c->checkpoint.init_from_file)) ||
+	    !add_item(o, "map", map))
+		goto fail;
+	for (size_t i = 0; i < c->checkpoint.init_from_nmap && i < MN_CONFIG_MAP_MAX; i++) {
+		const struct mn_config_rename *r = &c->checkpoint.init_from_map[i];
+
+		if (!add_item(map, r->to, cJSON_CreateString(r->from)))
+			goto fail;
+	}
+	return o;
+fail:
+	cJSON_Delete(o);
+	return NULL;
+}
+
+static cJSON *value_json(const struct key *k, const struct mn_config *c)
+{
+	char num[64];
+
+	switch (k->type) {
+	case KT_INT:
+		snprintf(num, sizeof(num), "%" PRId64, get_i64(c, k));
+		return cJSON_CreateRaw(num);
+	case KT_UINT:
+		snprintf(num, sizeof(num), "%" PRIu64, get_u64(c, k));
+		return cJSON_CreateRaw(num);
+	case KT_DOUBLE: {
+		double d = get_dbl(c, k);
+
+		if (!isfinite(d))
+			return cJSON_CreateNull();
+		format_double(d, num, sizeof(num));
+		return cJSON_CreateRaw(num);
+	}
+	case KT_BOOL:
+		return cJSON_CreateBool(get_bool(c, k));
+	case KT_ENUM: {
+		int v = get_enum(c, k);
+
+		if (v < 0 || (size_t)v >= enum_count(k))
+			return cJSON_CreateNull();
+		return cJSON_CreateString(k->names[v]);
+	}
+	case KT_STRING: {
+		char s[MN_CONFIG_PATH_MAX];
+
+		snprintf(s, sizeof(s), "%.*s", (int)k->size - 1,
+		         (const char *)cfield(c, k->offset));
+		return cJSON_CreateString(s);
+	}
+	case KT_INT_ARRAY: {
+		cJSON *a = cJSON_CreateArray();
+		size_t n = get_count(c, k);
+		const int64_t *v = cfield(c, k->aoffset);
+
+		for (size_t i = 0; a && i < n && i < k->amax; i++) {
+			cJSON *e;
+
+			snprintf(num, sizeof(num), "%" PRId64, v[i]);
+			e = cJSON_CreateRaw(num);
+			if (!e || !cJSON_AddItemToArray(a, e)) {
+				cJSON_Delete(e);
+				cJSON_Delete(a);
+				return NULL;
+			}
+		}
+		return a;
+	}
+	case KT_INIT_FROM:
+		return init_from_json(c);
+	}
+	return NULL;
+}
+
+char *mn_config_to_json(const struct mn_config *c)
+{
+	cJSON *root = cJSON_CreateObject(), *sec = NULL;
+	char sname[32];
+	char *out = NULL;
+
+	if (!root)
+		return NULL;
+	for (size_t i = 0; i < NKEYS; i++) {
+		const struct key *k = &keys[i];
+		size_t slen = section_len(k->path);
+
+		if (i == 0 || !same_section(keys[i - 1].path, k->path)) {
+			snprintf(sname, sizeof(sname), "%.*s", (int)slen, k->path);
+			sec = cJSON_CreateObject();
+			if (!add_item(root, sname, sec))
+				goto out;
+		}
+		if (!add_item(sec, k->path + slen + 1, value_json(k, c)))
+			goto out;
+	}
+	out = cJSON_PrintUnformatted(root);
+out:
+	cJSON_Delete(root);
+	return out;
+}
+
+int64_t mn_config_decay_steps(const struct mn_config *c, size_t train_count)
+{
+	int64_t steps;
+
+	if (c->train.decay_steps > 0)
+		return c->train.decay_steps;
+	if (c->train.batch_size <= 0)
+		steps = (int64_t)train_count;
+	else
+		steps = (int64_t)(train_count / (uint64_t)c->train.batch_size);
+	return steps < 1 ? 1 : steps;
+}
+
+void mn_config_arch(const struct mn_config *c, size_t input, size_t output, struct mn_arch *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->input = input;
+	a->output = output;
+	a->nhidden = c->model.nhidden < MN_MAX_HIDDEN ? c->model.nhidden : MN_MAX_HIDDEN;
+	for (size_t i = 0; i < a->nhidden; i++)
+		a->hidden[i] = c->model.hidden[i] > 0 ? (size_t)c->model.hidden[i] : 0;
+}
+
+bool mn_config_reloadable(const char *key)
+{
+	const struct key *k = key ? find_key(key) : NULL;
+
+	return k && (k->flags & KF_RELOAD);
+}
+
+static bool init_from_equal(const struct mn_config *a, const struct mn_config *b)
+{
+	size_t n = a->checkpoint.init_from_nmap;
+
+	if (strcmp(a->checkpoint.init_from_file, b->checkpoint.init_from_file) != 0 ||
+	    n != b->checkpoint.init_from_nmap)
+		return false;
+	for (size_t i = 0; i < n && i < MN_CONFIG_MAP_MAX; i++) {
+		const struct mn_config_rename *ra = &a->checkpoint.init_from_map[i];
+		const struct mn_config_rename *rb = &b->checkpoint.init_from_map[i];
+
+		if (strcmp(ra->to, rb->to) != 0 || strcmp(ra->from, rb->from) != 0)
+			return false;
+	}
+	return true;
+}
+
+static bool value_equal(const struct key *k, const struct mn_config *a, const struct mn_config *b)
+{
+	switch (k->type) {
+	case KT_INT:
+		return get_i64(a, k) == get_i64(b, k);
+	case KT_UINT:
+		return get_u64(a, k) == get_u64(b, k);
+	case KT_DOUBLE:
+		return get_dbl(a, k) == get_dbl(b, k);
+	case KT_BOOL:
+		return get_bool(a, k) == get_bool(b, k);
+	case KT_ENUM:
+		return get_enum(a, k) == get_enum(b, k);
+	case KT_STRING:
+		return strncmp(cfield(a, k->offset), cfield(b, k->offset), k->size) == 0;
+	case KT_INT_ARRAY: {
+		size_t n = get_count(a, k);
+
+		if (n != get_count(b, k))
+			return false;
+		return memcmp(cfield(a, k->aoffset), cfield(b, k->aoffset),
+		              (n < k->amax ? n : k->amax) * sizeof(int64_t)) == 0;
+	}
+	case KT_INIT_FROM:
+		return init_from_equal(a, b);
+	}
+	return true;
+}
+
+size_t mn_config_diff(const struct mn_config *a, const struct mn_config *b,
+                      void (*fn)(const char *key, bool reloadable, void *arg), void *arg)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < NKEYS; i++) {
+		if (value_equal(&keys[i], a, b))
+			continue;
+		n++;
+		if (fn)
+			fn(keys[i].path, (keys[i].flags & KF_RELOAD) != 0, arg);
+	}
+	return n;
+}
+
+void mn_config_apply_reloadable(struct mn_config *to, const struct mn_config *from)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (keys[i].flags & KF_RELOAD)
+			memcpy(field(to, keys[i].offset), cfield(from, keys[i].offset),
+			       keys[i].size);
+}

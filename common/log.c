@@ -1,0 +1,474 @@
+/* log.c - see log.h. */
+#include "log.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* The longest line written, newline included; longer lines are cut. */
+#define LINE_MAX_BYTES 16384
+/* Room kept at the end of a line for the cut marker "..." and the newline. */
+#define LINE_TAIL 8
+
+/*
+ * Process-wide state, guarded by log_lock. Writes happen under the lock,
+ * so a descriptor is never closed while a line is being written to it.
+ * log_gen changes on every open and close, so a reopen that raced with
+ * them does not install a stale descriptor.
+ */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static int log_fd = -1; /* the log file, -1 when there is none */
+static bool log_stdout; /* opened without a file: standard output */
+static char log_path[PATH_MAX];
+static unsigned long log_gen;
+static enum mn_log_format log_format = MN_LOG_TEXT;
+static enum mn_log_level log_level = MN_LOG_INFO;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+const char *mn_log_level_name(enum mn_log_level level)
+{
+	if ((int)level < 0 || (size_t)level >= sizeof(level_names) / sizeof(level_names[0]))
+		return "unknown";
+	return level_names[level];
+}
+
+static int open_file(const char *path, int *fd, char *err, size_t errlen)
+{
+	*fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	if (*fd < 0) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot open log file: %s", path, strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+int mn_log_open(const char *path, enum mn_log_format format, enum mn_log_level level, char *err,
+                size_t errlen)
+{
+	bool to_file = path && path[0];
+	int fd = -1, old, rc;
+
+	if ((format != MN_LOG_TEXT && format != MN_LOG_JSON) || (int)level < MN_LOG_DEBUG ||
+	    level > MN_LOG_ERROR) {
+		mn_errf(err, errlen, "invalid log format or level");
+		return -EINVAL;
+	}
+	if (to_file && strlen(path) >= sizeof(log_path)) {
+		mn_errf(err, errlen, "log file path too long");
+		return -ENAMETOOLONG;
+	}
+	if (to_file) {
+		rc = open_file(path, &fd, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	pthread_mutex_lock(&log_lock);
+	old = log_fd;
+	log_fd = fd;
+	log_stdout = !to_file;
+	snprintf(log_path, sizeof(log_path), "%s", to_file ? path : "");
+	log_gen++;
+	log_format = format;
+	log_level = level;
+	pthread_mutex_unlock(&log_lock);
+	if (old >= 0)
+		close(old);
+	return 0;
+}
+
+int mn_log_reopen(char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	unsigned long gen;
+	int fd, old, rc;
+
+	pthread_mutex_lock(&log_lock);
+	gen = log_gen;
+	snprintf(path, sizeof(path), "%s", log_path);
+	pthread_mutex_unlock(&log_lock);
+	if (path[0] == '\0')
+		return 0;
+	/* Open outside the lock: a slow file system must not stall other threads' lines. */
+	rc = open_file(path, &fd, err, errlen);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&log_lock);
+	if (gen == log_gen) {
+		old = log_fd;
+		log_fd = fd;
+	} else {
+		old = fd; /* the log was opened or closed meanwhile: keep that */
+	}
+	pthread_mutex_unlock(&log_lock);
+	if (old >= 0)
+		close(old);
+	return 0;
+}
+
+void mn_log_close(void)
+{
+	int old;
+
+	pthread_mutex_lock(&log_lock);
+	old = log_fd;
+	log_fd = -1;
+	log_stdout = false;
+	log_path[0] = '\0';
+	log_gen++;
+	pthread_mutex_unlock(&log_lock);
+	if (old >= 0)
+		close(old);
+}
+
+void mn_log_set_level(enum mn_log_level level)
+{
+	pthread_mutex_lock(&log_lock);
+	log_level = level;
+	pthread_mutex_unlock(&log_lock);
+}
+
+enum mn_log_level mn_log_get_level(void)
+{
+	enum mn_log_level level;
+
+	pthread_mutex_lock(&log_lock);
+	level = log_level;
+	pthread_mutex_unlock(&log_lock);
+	return level;
+}
+
+/* Whether a line at level is wanted; *format receives the current format. */
+static bool wanted(enum mn_log_level level, enum mn_log_format *format)
+{
+	bool yes;
+
+	pthread_mutex_lock(&log_lock);
+	yes = (int)level >= (int)log_level;
+	*format = log_format;
+	pthread_mutex_unlock(&log_lock);
+	return yes;
+}
+
+/* ---- a bounded line buffer ---- */
+
+struct line {
+	char *p;
+	size_t len, cap; /* cap excludes the LINE_TAIL reserve */
+	bool cut;
+};
+
+static void put(struct line *l, const char *s, size_t n)
+{
+	if (l->cut)
+		return;
+	if (n > l->cap - l->len) {
+		n = l->cap - l->len;
+		l->cut = true;
+	}
+	memcpy(l->p + l->len, s, n);
+	l->len += n;
+}
+
+static void puts_(struct line *l, const char *s)
+{
+	put(l, s, strlen(s));
+}
+
+static void putch(struct line *l, char c)
+{
+	put(l, &c, 1);
+}
+
+/* Drops an incomplete UTF-8 sequence at the end (left by a cut). */
+static size_t utf8_trim(const char *p, size_t len)
+{
+	size_t i = len, back = 0;
+
+	while (i > 0 && back < 4 && ((unsigned char)p[i - 1] & 0xC0) == 0x80) {
+		i--;
+		back++;
+	}
+	if (i == 0)
+		return len;
+	unsigned char lead = (unsigned char)p[i - 1];
+	size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+
+	if (lead >= 0xC0 && back + 1 < need)
+		return i - 1;
+	return len;
+}
+
+/* Ends the line with a newline, marking a cut line with "...". Returns its length. */
+static size_t finish(struct line *l)
+{
+	if (l->cut) {
+		l->len = utf8_trim(l->p, l->len);
+		memcpy(l->p + l->len, "...", 3);
+		l->len += 3;
+	}
+	l->p[l->len++] = '\n';
+	return l->len;
+}
+
+/* ---- text lines ---- */
+
+static void put_escaped(struct line *l, const char *s, bool quoted)
+{
+	char hex[8];
+
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '\n') {
+			puts_(l, "\\n");
+		} else if (ch == '\r') {
+			puts_(l, "\\r");
+		} else if (ch == '\t') {
+			puts_(l, "\\t");
+		} else if (ch < 0x20 || ch == 0x7f) {
+			snprintf(hex, sizeof(hex), "\\x%02x", ch);
+			puts_(l, hex);
+		} else if (quoted && (ch == '"' || ch == '\\')) {
+			putch(l, '\\');
+			putch(l, (char)ch);
+		} else {
+			putch(l, (char)ch);
+		}
+	}
+}
+
+static bool needs_quotes(const char *s)
+{
+	if (*s == '\0')
+		return true;
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch <= ' ' || ch == '"' || ch == '=' || ch == 0x7f)
+			return true;
+	}
+	return false;
+}
+
+static void format_double(char *buf, size_t len, double d, int precision)
+{
+	if (precision < 0)
+		snprintf(buf, len, "%g", d);
+	else
+		snprintf(buf, len, "%.*f", precision > 17 ? 17 : precision, d);
+}
+
+/* Big enough for "%.17f" of the largest double. */
+#define NUMLEN 400
+
+static void text_line(struct line *l, const char *time, enum mn_log_level level, const char *msg,
+                      const struct mn_log_field *f, size_t n)
+{
+	char num[NUMLEN];
+
+	puts_(l, time);
+	putch(l, ' ');
+	puts_(l, mn_log_level_name(level));
+	putch(l, ' ');
+	put_escaped(l, msg ? msg : "", false);
+	for (size_t i = 0; i < n; i++) {
+		putch(l, ' ');
+		put_escaped(l, f[i].key ? f[i].key : "?", false);
+		putch(l, '=');
+		switch (f[i].type) {
+		case MN_LF_STR: {
+			const char *s = f[i].v.s ? f[i].v.s : "";
+
+			if (needs_quotes(s)) {
+				putch(l, '"');
+				put_escaped(l, s, true);
+				putch(l, '"');
+			} else {
+				put_escaped(l, s, false);
+			}
+			break;
+		}
+		case MN_LF_INT:
+			snprintf(num, sizeof(num), "%" PRId64, f[i].v.i);
+			puts_(l, num);
+			break;
+		case MN_LF_DBL:
+			format_double(num, sizeof(num), f[i].v.d, f[i].precision);
+			puts_(l, num);
+			break;
+		case MN_LF_BOOL:
+			puts_(l, f[i].v.b ? "true" : "false");
+			break;
+		default:
+			puts_(l, "?");
+			break;
+		}
+	}
+}
+
+/* ---- JSON lines ---- */
+
+static bool add(cJSON *obj, const char *key, cJSON *item)
+{
+	if (!item)
+		return false;
+	if (!cJSON_AddItemToObject(obj, key, item)) {
+		cJSON_Delete(item);
+		return false;
+	}
+	return true;
+}
+
+static cJSON *json_field(const struct mn_log_field *f)
+{
+	char num[NUMLEN];
+
+	switch (f->type) {
+	case MN_LF_STR:
+		return f->v.s ? cJSON_CreateString(f->v.s) : cJSON_CreateNull();
+	case MN_LF_INT:
+		/* Raw, because cJSON's doubles lose integers above 2^53. */
+		snprintf(num, sizeof(num), "%" PRId64, f->v.i);
+		return cJSON_CreateRaw(num);
+	case MN_LF_DBL:
+		if (!isfinite(f->v.d))
+			return cJSON_CreateNull();
+		format_double(num, sizeof(num), f->v.d, f->precision);
+		return cJSON_CreateRaw(num);
+	case MN_LF_BOOL:
+		return cJSON_CreateBool(f->v.b);
+	}
+	return cJSON_CreateNull();
+}
+
+static cJSON *json_head(const char *time, enum mn_log_level level, const char *msg)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	if (!o)
+		return NULL;
+	if (!add(o, "time", cJSON_CreateString(time)) ||
+	    !add(o, "level", cJSON_CreateString(mn_log_level_name(level))) ||
+	    !add(o, "msg", cJSON_CreateString(msg))) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* cJSON may use a few bytes more than it prints; its documentation asks for 5. */
+#define CJSON_SLACK 5
+
+static void json_line(struct line *l, const char *time, enum mn_log_level level, const char *msg,
+                      const struct mn_log_field *f, size_t n)
+{
+	char part[(LINE_MAX_BYTES - 512) / 6 + 1];
+	cJSON *o = json_head(time, level, msg ? msg : "");
+	bool ok = o != NULL;
+	size_t cut;
+
+	for (size_t i = 0; ok && i < n; i++)
+		ok = add(o, f[i].key ? f[i].key : "?", json_field(&f[i]));
+	if (ok && cJSON_PrintPreallocated(o, l->p, (int)(l->cap - CJSON_SLACK), false)) {
+		l->len = strlen(l->p);
+		cJSON_Delete(o);
+		return;
+	}
+	cJSON_Delete(o);
+	/*
+	 * Too long (or out of memory): the message alone, cut so that even
+	 * six-byte escapes of every byte fit, and a marker.
+	 */
+	snprintf(part, sizeof(part), "%s", msg ? msg : "");
+	cut = utf8_trim(part, strlen(part));
+	part[cut] = '\0';
+	o = json_head(time, level, part);
+	if (o && add(o, "truncated", cJSON_CreateTrue()) &&
+	    cJSON_PrintPreallocated(o, l->p, (int)(l->cap - CJSON_SLACK), false)) {
+		l->len = strlen(l->p);
+	} else {
+		l->len = 0;
+		l->cut = false;
+		puts_(l, "{\"time\":\"");
+		puts_(l, time);
+		puts_(l, "\",\"level\":\"");
+		puts_(l, mn_log_level_name(level));
+		puts_(l, "\",\"msg\":\"log: out of memory\"}");
+	}
+	cJSON_Delete(o);
+}
+
+/* ---- output ---- */
+
+static void write_all(int fd, const char *p, size_t len)
+{
+	while (len > 0) {
+		ssize_t w = write(fd, p, len);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+
+				if (poll(&pfd, 1, 1000) > 0)
+					continue;
+			}
+			return; /* nowhere left to report it */
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+}
+
+void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log_field *fields,
+                   size_t nfields)
+{
+	char buf[LINE_MAX_BYTES], time[MN_TIMELEN];
+	struct line l = {.p = buf, .cap = sizeof(buf) - LINE_TAIL};
+	enum mn_log_format format;
+	size_t len;
+	int fd;
+
+	if (!wanted(level, &format))
+		return;
+	if (!fields)
+		nfields = 0;
+	mn_time_rfc3339(time);
+	if (format == MN_LOG_JSON)
+		json_line(&l, time, level, msg, fields, nfields);
+	else
+		text_line(&l, time, level, msg, fields, nfields);
+	len = finish(&l);
+	pthread_mutex_lock(&log_lock);
+	fd = log_fd >= 0 ? log_fd : log_stdout ? STDOUT_FILENO : STDERR_FILENO;
+	write_all(fd, buf, len);
+	pthread_mutex_unlock(&log_lock);
+}
+
+void mn_log(enum mn_log_level level, const char *fmt, ...)
+{
+	char msg[LINE_MAX_BYTES];
+	enum mn_log_format format;
+	va_list ap;
+
+	if (!wanted(level, &format))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	mn_log_fields(level, msg, NULL, 0);
+}
