@@ -269,3 +269,12 @@ out:
 	free(perm);
 	return rc;
 }
+
+int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err,
+			size_t errlen)
+{
+	(void)t;
+	mn_errf(err, errlen, "%s: checkpoint.init_from is not supported yet",
+		cfg->checkpoint.init_from_file);
+	return -ENOTSUP;
+}

@@ -21,6 +21,7 @@
 #include <stddef.h>
 
 #include "ckpt.h"
+#include "config.h"
 #include "mlp.h"
 #include "train.h"
 
@@ -58,5 +59,15 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
  * tensor and both shapes on a mismatch (e.g. a different training set size).
  */
 int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen);
+
+/*
+ * Warm start (checkpoint.init_from): loads each tensor of cfg's map, "<name
+ * in this model>": "<name in that file>", from the init_from file into the
+ * trainer's parameters, and sets the EMA shadows of loaded tensors to the
+ * loaded values. Unmapped tensors keep their fresh initialisation. Messages
+ * name the file, the tensors and both shapes.
+ */
+int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err,
+			size_t errlen);
 
 #endif

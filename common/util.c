@@ -241,7 +241,7 @@ int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
 int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
 	       size_t errlen)
 {
-	size_t cap = 65536, used = 0;
+	size_t cap = max < 65536 ? max + 1 : 65536, used = 0;
 	char *data = malloc(cap + 1);
 
 	if (!data) {
@@ -249,13 +249,14 @@ int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, ch
 		return -ENOMEM;
 	}
 	for (;;) {
+		if (used > max) {
+			free(data);
+			mn_errf(err, errlen, "%s: larger than %zu bytes", name, max);
+			return -EFBIG;
+		}
 		if (used == cap) {
-			if (cap >= max) {
-				free(data);
-				mn_errf(err, errlen, "%s: larger than %zu bytes", name, max);
-				return -EFBIG;
-			}
-			size_t ncap = cap * 2 > max ? max : cap * 2;
+			/* One byte past max tells "exactly max" from "too large". */
+			size_t ncap = cap * 2 > max ? max + 1 : cap * 2;
 			char *n = realloc(data, ncap + 1);
 
 			if (!n) {

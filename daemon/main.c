@@ -7,6 +7,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -227,6 +228,19 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	rc = resume(d, *out, latest, len);
 	if (rc != 0)
 		return rc;
+	if (!latest[0] && d->cfg.checkpoint.init_from_file[0]) {
+		rc = mn_model_warm_start(*out, &d->cfg, err, sizeof(err));
+		if (rc < 0) {
+			mn_log(MN_LOG_ERROR, "checkpoint.init_from: %s", err);
+			return MN_EX_CONFIG;
+		}
+		mn_log_fields(MN_LOG_INFO, "warm start",
+			      (struct mn_log_field[]){
+				      MN_F_STR("file", d->cfg.checkpoint.init_from_file),
+				      MN_F_INT("tensors", (int64_t)d->cfg.checkpoint.init_from_nmap),
+			      },
+			      2);
+	}
 	char arch_s[256];
 
 	mn_arch_format(&tp.arch, arch_s, sizeof(arch_s));
@@ -343,6 +357,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	/* journald's stdout is a socket; a dead reader must not kill training. */
+	signal(SIGPIPE, SIG_IGN);
 	mn_config_defaults(&d.cfg);
 	if (mn_config_load(d.config_path, &d.cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "mnistd: %s\n", err);

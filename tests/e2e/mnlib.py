@@ -200,3 +200,8 @@ class TestCase(unittest.TestCase):
         if env:
             e.update(env)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout * SLOW, env=e)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)

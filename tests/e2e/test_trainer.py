@@ -34,7 +34,7 @@ class TrainerTest(mnlib.TestCase):
         d = cfg["checkpoint"]["dir"]
         # 20..120 every 20, then the final one at max_steps; retention keeps 3.
         self.assertEqual(ckpt_steps(d), [100, 120, 130])
-        index = json.load(open(os.path.join(d, "checkpoint.json")))
+        index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
         self.assertEqual(index["latest"], "model.ckpt-130.safetensors")
         self.assertEqual(index["all"], ["model.ckpt-%d.safetensors" % s for s in (100, 120, 130)])
         self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
@@ -73,7 +73,7 @@ class TrainerTest(mnlib.TestCase):
         mnlib.wait_for(lambda: ckpt_steps(d), 60, "a first checkpoint")
         p.signal(signal.SIGTERM)
         self.assertEqual(p.wait(60), 0, p.output())
-        index = json.load(open(os.path.join(d, "checkpoint.json")))
+        index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
         last = max(ckpt_steps(d))
         self.assertEqual(index["latest"], "model.ckpt-%d.safetensors" % last)
         self.assertGreaterEqual(last, 50)
@@ -122,7 +122,8 @@ class TrainerTest(mnlib.TestCase):
             f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
         # A stale temporary file from a crashed writer is removed at start.
         stale = os.path.join(d, ".model.ckpt-60.safetensors.tmp")
-        open(stale, "wb").write(b"partial")
+        with open(stale, "wb") as f:
+            f.write(b"partial")
         cfg["train"]["max_steps"] = 60
         mnlib.write_config(path, cfg)
         p = self.train(path, "second")

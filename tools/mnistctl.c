@@ -1,0 +1,101 @@
+/* mnistctl - the operator's client for mnistd and its checkpoint files. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "mn_build_config.h"
+
+struct command {
+	const char *name;
+	int (*run)(int argc, char **argv, const struct ctl_globals *g);
+	const char *synopsis;
+};
+
+static const struct command commands[] = {
+	{"status", ctl_status, "status                 show where training stands"},
+	{"reload", ctl_reload, "reload                 re-read the daemon's configuration file"},
+	{"save", ctl_save, "save                   publish a checkpoint now"},
+	{"pause", ctl_pause, "pause                  pause training at the next step"},
+	{"resume", ctl_resume, "resume                 resume training"},
+	{"ls", ctl_ls, "ls DIR                 list the checkpoints in a directory"},
+	{"inspect", ctl_inspect, "inspect FILE           show a checkpoint's metadata and tensors"},
+	{"verify", ctl_verify, "verify FILE...         validate checkpoint files"},
+	{"convert", ctl_convert, "convert IN -o OUT      copy selected, renamed tensors"},
+	{"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},
+	{"predict", ctl_predict, "predict MODEL --images IDX [--labels IDX]  run a model"},
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "Usage: mnistctl [--config PATH] [--socket PATH] [--json] COMMAND [ARGS]\n"
+		   "\n"
+		   "Commands:\n");
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %s\n", commands[i].synopsis);
+	fprintf(f, "\n"
+		   "Options:\n"
+		   "  -c, --config PATH   configuration file, for the socket path (default\n"
+		   "                      " MN_DEFAULT_CONFIG ")\n"
+		   "  -s, --socket PATH   the daemon's control socket (overrides the config)\n"
+		   "  -j, --json          machine-readable output\n"
+		   "  -h, --help          this help; 'mnistctl COMMAND --help' for a command's\n"
+		   "  -V, --version       the version\n"
+		   "\n"
+		   "Exit status: 0 success, 1 the daemon reported an error or a file is invalid,\n"
+		   "2 usage error, 3 no daemon reachable.\n");
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"config", required_argument, NULL, 'c'},
+		{"socket", required_argument, NULL, 's'},
+		{"json", no_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{0},
+	};
+	struct ctl_globals g = {.config_path = MN_DEFAULT_CONFIG};
+	int c;
+
+	/* '+' stops at the subcommand, whose options are its own. */
+	while ((c = getopt_long(argc, argv, "+c:s:jhV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			g.config_path = optarg;
+			break;
+		case 's':
+			g.socket_path = optarg;
+			break;
+		case 'j':
+			g.json = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return CTL_EXIT_OK;
+		case 'V':
+			printf("mnistctl %s\n", MN_VERSION);
+			return CTL_EXIT_OK;
+		default:
+			usage(stderr);
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return CTL_EXIT_USAGE;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(argv[optind], commands[i].name) == 0) {
+			int sub_argc = argc - optind;
+			char **sub_argv = argv + optind;
+
+			optind = 0; /* reset getopt for the subcommand (glibc: full reinit) */
+			return commands[i].run(sub_argc, sub_argv, &g);
+		}
+	}
+	fprintf(stderr, "mnistctl: unknown command \"%s\"\n\n", argv[optind]);
+	usage(stderr);
+	return CTL_EXIT_USAGE;
+}
