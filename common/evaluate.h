@@ -1,0 +1,39 @@
+/*
+ * evaluate.h - a model's accuracy and loss on a data view, in batches.
+ *
+ * One implementation serves the evaluator and mnistctl predict, so both
+ * report exactly the same numbers for the same file and split.
+ */
+#ifndef MN_EVALUATE_H
+#define MN_EVALUATE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "idx.h"
+#include "mlp.h"
+
+/* Rows per forward pass. */
+#define MN_EVAL_BATCH 1000
+
+struct mn_eval_result {
+	size_t images;   /* examples evaluated */
+	size_t correct;  /* predictions equal to the label */
+	double loss;     /* mean cross-entropy */
+	double accuracy; /* correct / images */
+};
+
+/*
+ * Runs the model (arch, params in mlp.h's layout) over every example of v
+ * in batches of MN_EVAL_BATCH. If v->labels is NULL only predictions are
+ * made (result's loss and accuracy are then 0). pred, if not NULL, receives
+ * v->count predicted classes. cancel, if not NULL, is checked between
+ * batches: when it becomes true the call returns -ECANCELED. -EINVAL (with
+ * a message) if v->dim differs from arch->input or a label is out of range.
+ */
+int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
+		uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
+		size_t errlen);
+
+#endif
