@@ -1,0 +1,121 @@
+/* evaluate.c - see evaluate.h. */
+#include "evaluate.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+/*
+ * mn_view_range copies labels too; an unlabelled view borrows these zeros
+ * so the pixel scaling stays in one place (idx.c).
+ */
+static const uint8_t no_labels[MN_EVAL_BATCH];
+
+static void load_batch(const struct mn_view *v, size_t first, size_t n, float *x, uint8_t *y)
+{
+	struct mn_view sub;
+
+	if (v->labels) {
+		mn_view_range(v, first, n, x, y);
+		return;
+	}
+	sub.images = v->images + first * v->dim;
+	sub.labels = no_labels;
+	sub.count = n;
+	sub.dim = v->dim;
+	mn_view_range(&sub, 0, n, x, y);
+}
+
+static int check_inputs(const struct mn_arch *arch, const struct mn_view *v, char *err,
+                        size_t errlen)
+{
+	if (mn_arch_validate(arch, err, errlen) < 0)
+		return -EINVAL;
+	if (v->dim != arch->input) {
+		mn_errf(err, errlen, "the model takes %zu inputs but the images have %zu pixels",
+		        arch->input, v->dim);
+		return -EINVAL;
+	}
+	if (v->count > 0 && !v->images) {
+		mn_errf(err, errlen, "mn_evaluate: a view of %zu examples without images",
+		        v->count);
+		return -EINVAL;
+	}
+	/* Checked up front so a bad label is reported by index, not as a failed batch. */
+	for (size_t i = 0; v->labels && i < v->count; i++) {
+		if (v->labels[i] >= arch->output) {
+			mn_errf(
+			    err, errlen,
+			    "label %u of example %zu is out of range for a model with %zu classes",
+			    v->labels[i], i, arch->output);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
+                uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
+                size_t errlen)
+{
+	size_t batch, correct = 0;
+	double loss_sum = 0.0;
+	struct mn_mlp *m = NULL;
+	float *x = NULL;
+	uint8_t *y = NULL;
+	int rc;
+
+	if (!arch || !params || !v || !res) {
+		mn_errf(err, errlen, "mn_evaluate: invalid arguments");
+		return -EINVAL;
+	}
+	memset(res, 0, sizeof(*res));
+	rc = check_inputs(arch, v, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (v->count == 0)
+		return 0;
+	batch = v->count < MN_EVAL_BATCH ? v->count : MN_EVAL_BATCH;
+	rc = mn_mlp_new(arch, batch, &m);
+	if (rc < 0) {
+		mn_errf(err, errlen, "cannot allocate the evaluation workspace: %s", strerror(-rc));
+		goto out;
+	}
+	x = malloc(batch * v->dim * sizeof(float));
+	y = malloc(batch);
+	if (!x || !y) {
+		rc = -ENOMEM;
+		mn_errf(err, errlen, "out of memory for an evaluation batch");
+		goto out;
+	}
+	for (size_t first = 0; first < v->count; first += batch) {
+		size_t n = v->count - first < batch ? v->count - first : batch;
+
+		if (cancel && atomic_load(cancel)) {
+			rc = -ECANCELED;
+			mn_errf(err, errlen, "evaluation cancelled");
+			goto out;
+		}
+		load_batch(v, first, n, x, y);
+		rc = mn_mlp_eval(m, params, x, v->labels ? y : NULL, n, &loss_sum, &correct,
+		                 pred ? pred + first : NULL);
+		if (rc < 0) {
+			mn_errf(err, errlen, "forward pass failed: %s", strerror(-rc));
+			goto out;
+		}
+	}
+	res->images = v->count;
+	if (v->labels) {
+		res->correct = correct;
+		res->loss = loss_sum / (double)v->count;
+		res->accuracy = (double)correct / (double)v->count;
+	}
+	rc = 0;
+out:
+	free(y);
+	free(x);
+	mn_mlp_free(m);
+	return rc;
+}

@@ -1,0 +1,260 @@
+/* test_evaluate.c - batched evaluation: exact numbers, batch boundaries, errors, cancel. */
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evaluate.h"
+#include "mlp.h"
+#include "util.h"
+
+static struct mn_arch make_arch(size_t input, size_t nhidden, const size_t *hidden, size_t output)
+{
+	struct mn_arch a;
+
+	memset(&a, 0, sizeof(a));
+	a.input = input;
+	a.nhidden = nhidden;
+	for (size_t i = 0; i < nhidden; i++)
+		a.hidden[i] = hidden[i];
+	a.output = output;
+	return a;
+}
+
+static uint64_t lcg_state;
+
+static uint32_t lcg_next(void)
+{
+	lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
+	return (uint32_t)(lcg_state >> 33);
+}
+
+static float lcg_sym(float scale)
+{
+	return ((float)(lcg_next() % 20001) / 10000.0f - 1.0f) * scale;
+}
+
+/* Identity weights on 2 inputs and 2 classes: the logits are the scaled pixels. */
+START_TEST(test_hand_computed)
+{
+	struct mn_arch a = make_arch(2, 0, NULL, 2);
+	const float params[] = {1, 0, 0, 1, 0, 0};
+	const uint8_t images[] = {255, 0, 0, 255, 255, 0, 0, 0};
+	const uint8_t labels[] = {0, 1, 1, 0};
+	struct mn_view v = {.images = images, .labels = labels, .count = 4, .dim = 2};
+	struct mn_eval_result r;
+	uint8_t pred[4];
+	char err[MN_ERRLEN];
+	double right = log1p(exp(-1.0)), wrong = log1p(exp(1.0)), tie = log(2.0);
+
+	ck_assert_int_eq(mn_evaluate(&a, params, &v, pred, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.images, 4);
+	/* The third is wrong; the all-zero fourth is a tie, won by class 0. */
+	ck_assert_uint_eq(r.correct, 3);
+	ck_assert_double_eq_tol(r.accuracy, 0.75, 1e-12);
+	ck_assert_double_eq_tol(r.loss, (2 * right + wrong + tie) / 4, 1e-6);
+	ck_assert_uint_eq(pred[0], 0);
+	ck_assert_uint_eq(pred[1], 1);
+	ck_assert_uint_eq(pred[2], 0);
+	ck_assert_uint_eq(pred[3], 0);
+}
+END_TEST
+
+struct fixture {
+	struct mn_arch arch;
+	float *params;
+	uint8_t *images, *labels;
+	struct mn_view v;
+};
+
+static void fixture_init(struct fixture *f, size_t count)
+{
+	size_t h[] = {5};
+
+	lcg_state = 12345;
+	f->arch = make_arch(6, 1, h, 3);
+	f->params = malloc(mn_arch_param_count(&f->arch) * sizeof(float));
+	f->images = malloc(count * 6);
+	f->labels = malloc(count);
+	ck_assert_ptr_nonnull(f->params);
+	ck_assert_ptr_nonnull(f->images);
+	ck_assert_ptr_nonnull(f->labels);
+	for (size_t i = 0; i < mn_arch_param_count(&f->arch); i++)
+		f->params[i] = lcg_sym(1.5f);
+	for (size_t i = 0; i < count * 6; i++)
+		f->images[i] = (uint8_t)(lcg_next() & 0xff);
+	for (size_t i = 0; i < count; i++)
+		f->labels[i] = (uint8_t)(lcg_next() % 3);
+	f->v = (struct mn_view){.images = f->images, .labels = f->labels, .count = count, .dim = 6};
+}
+
+static void fixture_free(struct fixture *f)
+{
+	free(f->params);
+	free(f->images);
+	free(f->labels);
+}
+
+/*
+ * More examples than one batch, with a partial last batch: the result must
+ * equal one forward pass over everything at once.
+ */
+START_TEST(test_batches_match_single_pass)
+{
+	const size_t count = 2 * MN_EVAL_BATCH + 345;
+	struct fixture f;
+	struct mn_eval_result r;
+	struct mn_mlp *m = NULL;
+	float *x = malloc(count * 6 * sizeof(float));
+	uint8_t *y = malloc(count), *pred = malloc(count), *pred_ref = malloc(count);
+	double loss_ref = 0.0;
+	size_t correct_ref = 0;
+	char err[MN_ERRLEN];
+
+	ck_assert_ptr_nonnull(x);
+	ck_assert_ptr_nonnull(y);
+	ck_assert_ptr_nonnull(pred);
+	ck_assert_ptr_nonnull(pred_ref);
+	fixture_init(&f, count);
+	ck_assert_int_eq(mn_mlp_new(&f.arch, count, &m), 0);
+	mn_view_range(&f.v, 0, count, x, y);
+	ck_assert_int_eq(mn_mlp_eval(m, f.params, x, y, count, &loss_ref, &correct_ref, pred_ref),
+	                 0);
+	memset(pred, 0xff, count);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, pred, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.images, count);
+	ck_assert_uint_eq(r.correct, correct_ref);
+	ck_assert_double_eq_tol(r.accuracy, (double)correct_ref / (double)count, 1e-15);
+	ck_assert_double_eq_tol(r.loss, loss_ref / (double)count, 1e-9 * fabs(loss_ref));
+	ck_assert_mem_eq(pred, pred_ref, count);
+	/* A random model on random data: neither everything nor nothing is right. */
+	ck_assert_uint_gt(r.correct, 0);
+	ck_assert_uint_lt(r.correct, count);
+	mn_mlp_free(m);
+	free(x);
+	free(y);
+	free(pred);
+	free(pred_ref);
+	fixture_free(&f);
+}
+END_TEST
+
+START_TEST(test_unlabelled_predicts_only)
+{
+	const size_t count = MN_EVAL_BATCH + 7;
+	struct fixture f;
+	struct mn_view unlabelled;
+	struct mn_eval_result r;
+	uint8_t *pred = malloc(count), *pred_ref = malloc(count);
+	char err[MN_ERRLEN];
+
+	ck_assert_ptr_nonnull(pred);
+	ck_assert_ptr_nonnull(pred_ref);
+	fixture_init(&f, count);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, pred_ref, NULL, &r, err, sizeof(err)),
+	                 0);
+	unlabelled = f.v;
+	unlabelled.labels = NULL;
+	ck_assert_int_eq(
+	    mn_evaluate(&f.arch, f.params, &unlabelled, pred, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.images, count);
+	ck_assert_uint_eq(r.correct, 0);
+	ck_assert_double_eq(r.loss, 0.0);
+	ck_assert_double_eq(r.accuracy, 0.0);
+	ck_assert_mem_eq(pred, pred_ref, count);
+	free(pred);
+	free(pred_ref);
+	fixture_free(&f);
+}
+END_TEST
+
+START_TEST(test_input_size_mismatch)
+{
+	struct fixture f;
+	struct mn_eval_result r;
+	char err[MN_ERRLEN];
+
+	fixture_init(&f, 10);
+	f.v.dim = 4;
+	f.v.count = 15;
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, NULL, &r, err, sizeof(err)),
+	                 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "6 inputs"));
+	ck_assert_ptr_nonnull(strstr(err, "4 pixels"));
+	fixture_free(&f);
+}
+END_TEST
+
+START_TEST(test_label_out_of_range)
+{
+	struct fixture f;
+	struct mn_eval_result r;
+	char err[MN_ERRLEN];
+
+	fixture_init(&f, 10);
+	f.labels[7] = 3;
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, NULL, &r, err, sizeof(err)),
+	                 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "label 3 of example 7"));
+	fixture_free(&f);
+}
+END_TEST
+
+START_TEST(test_cancel)
+{
+	struct fixture f;
+	struct mn_eval_result r;
+	atomic_bool cancel = true, go = false;
+	char err[MN_ERRLEN];
+
+	fixture_init(&f, 50);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, &cancel, &r, err, sizeof(err)),
+	                 -ECANCELED);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, &go, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.images, 50);
+	fixture_free(&f);
+}
+END_TEST
+
+START_TEST(test_empty_view)
+{
+	struct fixture f;
+	struct mn_eval_result r;
+	char err[MN_ERRLEN];
+
+	fixture_init(&f, 1);
+	f.v.count = 0;
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.images, 0);
+	ck_assert_double_eq(r.accuracy, 0.0);
+	fixture_free(&f);
+}
+END_TEST
+
+static Suite *evaluate_suite(void)
+{
+	Suite *s = suite_create("evaluate");
+	TCase *tc = tcase_create("core");
+
+	tcase_add_test(tc, test_hand_computed);
+	tcase_add_test(tc, test_batches_match_single_pass);
+	tcase_add_test(tc, test_unlabelled_predicts_only);
+	tcase_add_test(tc, test_input_size_mismatch);
+	tcase_add_test(tc, test_label_out_of_range);
+	tcase_add_test(tc, test_cancel);
+	tcase_add_test(tc, test_empty_view);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(evaluate_suite());
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
