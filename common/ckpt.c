@@ -1,0 +1,1589 @@
+/* ckpt.c - see ckpt.h. */
+#include "ckpt.h"
+
+#include "util.h"
+
+#include <cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/*
+ * JSON numbers are doubles in most readers (cJSON, Python, JavaScript), so
+ * only integers up to 2^53 mean the same thing everywhere.
+ */
+#define MAX_JSON_INT ((uint64_t)1 << 53)
+
+/* checkpoint.json lists every kept file; this is far beyond any real index. */
+#define INDEX_MAX_BYTES ((size_t)16 << 20)
+
+/* mn_read_fd wants a cap; a checkpoint is bounded only by memory. */
+#define FILE_MAX_BYTES (SIZE_MAX / 4)
+
+#define METADATA_KEY "__metadata__"
+#define CRC_KEY      "data_crc32"
+
+struct mn_ckpt {
+	uint8_t *buf; /* the whole file */
+	size_t len;
+	char *name;
+	struct mn_tensor *tensors; /* in data-buffer order */
+	size_t ntensors;
+	struct mn_meta *meta; /* in header order */
+	size_t nmeta;
+	char *strings; /* arena for name, tensor names and metadata */
+};
+
+static const struct {
+	const char *name;
+	size_t size;
+} dtypes[] = {
+    [MN_DTYPE_BOOL] = {"BOOL", 1}, [MN_DTYPE_U8] = {"U8", 1},   [MN_DTYPE_I8] = {"I8", 1},
+    [MN_DTYPE_U16] = {"U16", 2},   [MN_DTYPE_I16] = {"I16", 2}, [MN_DTYPE_F16] = {"F16", 2},
+    [MN_DTYPE_BF16] = {"BF16", 2}, [MN_DTYPE_U32] = {"U32", 4}, [MN_DTYPE_I32] = {"I32", 4},
+    [MN_DTYPE_F32] = {"F32", 4},   [MN_DTYPE_U64] = {"U64", 8}, [MN_DTYPE_I64] = {"I64", 8},
+    [MN_DTYPE_F64] = {"F64", 8},
+};
+
+#define NDTYPES (sizeof(dtypes) / sizeof(dtypes[0]))
+
+const char *mn_dtype_name(enum mn_dtype d)
+{
+	return (unsigned)d < NDTYPES ? dtypes[d].name : "?";
+}
+
+size_t mn_dtype_size(enum mn_dtype d)
+{
+	return (unsigned)d < NDTYPES ? dtypes[d].size : 0;
+}
+
+int mn_dtype_parse(const char *name, enum mn_dtype *d)
+{
+	if (!name)
+		return -EINVAL;
+	for (size_t i = 0; i < NDTYPES; i++) {
+		if (strcmp(name, dtypes[i].name) == 0) {
+			*d = (enum mn_dtype)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+uint64_t mn_tensor_elements(const struct mn_tensor *t)
+{
+	uint64_t n = 1;
+
+	for (size_t i = 0; i < t->ndim && i < MN_CKPT_MAX_DIMS; i++) {
+		/* Saturate rather than wrap: only unvalidated tensors can get here. */
+		if (t->shape[i] != 0 && n > UINT64_MAX / t->shape[i])
+			return UINT64_MAX;
+		n *= t->shape[i];
+	}
+	return n;
+}
+
+void mn_shape_format(const struct mn_tensor *t, char *buf, size_t len)
+{
+	size_t pos = 0;
+	int w;
+
+	if (!buf || len == 0)
+		return;
+	buf[0] = '\0';
+	w = snprintf(buf, len, "[");
+	for (size_t i = 0; i < t->ndim && i < MN_CKPT_MAX_DIMS && w >= 0; i++) {
+		pos += (size_t)w;
+		if (pos >= len)
+			return;
+		w = snprintf(buf + pos, len - pos, "%s%" PRIu64, i ? ", " : "", t->shape[i]);
+	}
+	if (w < 0)
+		return;
+	pos += (size_t)w;
+	if (pos < len)
+		snprintf(buf + pos, len - pos, "]");
+}
+
+/*
+ * Byte count of a tensor, multiplying left to right and failing on
+ * overflow even if a later dimension is 0: the safetensors reference reader
+ * does the same, and files must mean the same to both.
+ */
+static bool tensor_bytes(enum mn_dtype dtype, size_t ndim, const uint64_t *shape, uint64_t *out)
+{
+	uint64_t n = 1, size = mn_dtype_size(dtype);
+
+	for (size_t i = 0; i < ndim; i++) {
+		if (shape[i] != 0 && n > UINT64_MAX / shape[i])
+			return false;
+		n *= shape[i];
+	}
+	if (n > UINT64_MAX / size || n * size > SIZE_MAX)
+		return false;
+	*out = n * size;
+	return true;
+}
+
+/* Formats "<name>: <message>" into err and returns rc, so checks read as one line. */
+static int fail(char *err, size_t errlen, const char *name, int rc, const char *fmt, ...)
+    MN_PRINTF(5, 6);
+
+static int fail(char *err, size_t errlen, const char *name, int rc, const char *fmt, ...)
+{
+	char msg[MN_ERRLEN];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	mn_errf(err, errlen, "%s: %s", name, msg);
+	return rc;
+}
+
+/* Offset of the first byte that is not well-formed UTF-8 (RFC 3629), or n. */
+static size_t utf8_invalid_at(const uint8_t *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		uint8_t c = s[i];
+		uint32_t cp, min;
+		size_t k;
+
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		if ((c & 0xe0) == 0xc0) {
+			k = 1, cp = c & 0x1f, min = 0x80;
+		} else if ((c & 0xf0) == 0xe0) {
+			k = 2, cp = c & 0x0f, min = 0x800;
+		} else if ((c & 0xf8) == 0xf0) {
+			k = 3, cp = c & 0x07, min = 0x10000;
+		} else {
+			return i;
+		}
+		if (n - i <= k)
+			return i;
+		for (size_t j = 1; j <= k; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				return i;
+			cp = cp << 6 | (s[i + j] & 0x3f);
+		}
+		/* Overlong forms and surrogates would let two spellings mean one name. */
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return i;
+		i += k + 1;
+	}
+	return n;
+}
+
+static bool is_utf8(const char *s)
+{
+	size_t n = strlen(s);
+
+	return utf8_invalid_at((const uint8_t *)s, n) == n;
+}
+
+/*
+ * What cJSON accepts but JSON (and the safetensors reference reader) does
+ * not. cJSON lets raw control characters into strings, decodes \u0000 into a
+ * C string that then ends early, and reads "01", "1.0", "1e2" and "-0" as
+ * integers. Run on text cJSON has already parsed, so the structure is sound.
+ */
+struct lex {
+	size_t str_at; /* first bad string byte, or SIZE_MAX */
+	const char *str_why;
+	size_t num_at; /* first number that is not a plain non-negative integer */
+	size_t num_len;
+};
+
+static unsigned hex4(const char *p)
+{
+	unsigned v = 0;
+
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= (unsigned)(c - '0');
+		else if (c >= 'a' && c <= 'f')
+			v |= (unsigned)(c - 'a' + 10);
+		else if (c >= 'A' && c <= 'F')
+			v |= (unsigned)(c - 'A' + 10);
+	}
+	return v;
+}
+
+static void lex_scan(const char *s, size_t n, struct lex *lx)
+{
+	bool in_string = false;
+	size_t i = 0;
+
+	lx->str_at = lx->num_at = SIZE_MAX;
+	lx->str_why = NULL;
+	lx->num_len = 0;
+	while (i < n) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (in_string) {
+			if (c == '"') {
+				in_string = false;
+			} else if (c == '\\') {
+				if (i + 1 < n && s[i + 1] == 'u' && i + 5 < n &&
+				    hex4(s + i + 2) == 0 && lx->str_at == SIZE_MAX) {
+					lx->str_at = i;
+					lx->str_why = "\\u0000 escape in a string";
+				}
+				i += (i + 1 < n && s[i + 1] == 'u') ? 6 : 2;
+				continue;
+			} else if (c < 0x20 && lx->str_at == SIZE_MAX) {
+				lx->str_at = i;
+				lx->str_why = "raw control character in a string";
+			}
+			i++;
+			continue;
+		}
+		if (c == '"') {
+			in_string = true;
+			i++;
+			continue;
+		}
+		if (c == '-' || (c >= '0' && c <= '9')) {
+			size_t j = i;
+			bool digits = true;
+
+			while (j < n && s[j] != '\0' && strchr("0123456789+-.eE", s[j])) {
+				if (s[j] < '0' || s[j] > '9')
+					digits = false;
+				j++;
+			}
+			if ((!digits || (s[i] == '0' && j - i > 1)) && lx->num_at == SIZE_MAX) {
+				lx->num_at = i;
+				lx->num_len = j - i;
+			}
+			i = j;
+			continue;
+		}
+		i++;
+	}
+}
+
+/* A JSON number that is an integer in [0, 2^53]. */
+static bool json_uint(const cJSON *j, uint64_t *out)
+{
+	double d;
+
+	if (!cJSON_IsNumber(j))
+		return false;
+	d = j->valuedouble;
+	/* Written so that NaN fails too. */
+	if (!(d >= 0 && d <= (double)MAX_JSON_INT))
+		return false;
+	if ((double)(uint64_t)d != d)
+		return false;
+	*out = (uint64_t)d;
+	return true;
+}
+
+static void describe_json(const cJSON *j, char *buf, size_t len)
+{
+	if (cJSON_IsNumber(j))
+		snprintf(buf, len, "%.17g", j->valuedouble);
+	else if (cJSON_IsString(j))
+		snprintf(buf, len, "a string");
+	else if (cJSON_IsArray(j))
+		snprintf(buf, len, "an array");
+	else if (cJSON_IsObject(j))
+		snprintf(buf, len, "an object");
+	else if (cJSON_IsBool(j))
+		snprintf(buf, len, "a boolean");
+	else
+		snprintf(buf, len, "null");
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first name that occurs twice (sorts names in place), or NULL. */
+static const char *find_duplicate(const char **names, size_t n)
+{
+	if (n < 2)
+		return NULL;
+	qsort(names, n, sizeof(*names), cmp_str);
+	for (size_t i = 1; i < n; i++)
+		if (strcmp(names[i - 1], names[i]) == 0)
+			return names[i];
+	return NULL;
+}
+
+/* A tensor while parsing: name points into the cJSON tree until copied out. */
+struct entry {
+	struct mn_tensor t;
+	uint64_t begin, end;
+	size_t order;
+};
+
+static int cmp_entry(const void *a, const void *b)
+{
+	const struct entry *x = a, *y = b;
+
+	if (x->begin != y->begin)
+		return x->begin < y->begin ? -1 : 1;
+	if (x->end != y->end)
+		return x->end < y->end ? -1 : 1;
+	return x->order < y->order ? -1 : (x->order > y->order);
+}
+
+static int parse_uint_list(const cJSON *arr, const char *what, const char *tname, uint64_t *vals,
+                           size_t *count, size_t max, const char *name, char *err, size_t errlen)
+{
+	size_t n = 0;
+	const cJSON *v;
+
+	if (!cJSON_IsArray(arr))
+		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": %s is not an array", tname,
+		            what);
+	cJSON_ArrayForEach(v, arr)
+	{
+		char desc[64];
+
+		if (n >= max)
+			return fail(err, errlen, name, -EINVAL,
+			            "tensor \"%s\": %s has more than %zu entries", tname, what,
+			            max);
+		if (!json_uint(v, &vals[n])) {
+			describe_json(v, desc, sizeof(desc));
+			return fail(err, errlen, name, -EINVAL,
+			            "tensor \"%s\": %s[%zu] is %s, not an integer in [0, 2^53]",
+			            tname, what, n, desc);
+		}
+		n++;
+	}
+	*count = n;
+	return 0;
+}
+
+static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char *name, char *err,
+                        size_t errlen)
+{
+	const char *tn = m->string;
+	const cJSON *dtype = NULL, *shape = NULL, *offs = NULL, *v;
+	uint64_t off[2], need;
+	size_t noff, tlen = strlen(tn);
+	char sbuf[256];
+	int rc;
+
+	if (tlen == 0)
+		return fail(err, errlen, name, -EINVAL, "tensor with an empty name");
+	if (tlen >= MN_CKPT_MAX_NAME)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor name \"%.40s...\" is %zu bytes, the limit is %d", tn, tlen,
+		            MN_CKPT_MAX_NAME - 1);
+	if (!cJSON_IsObject(m))
+		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": entry is not an object",
+		            tn);
+	cJSON_ArrayForEach(v, m)
+	{
+		const cJSON **slot;
+
+		if (strcmp(v->string, "dtype") == 0)
+			slot = &dtype;
+		else if (strcmp(v->string, "shape") == 0)
+			slot = &shape;
+		else if (strcmp(v->string, "data_offsets") == 0)
+			slot = &offs;
+		else
+			return fail(err, errlen, name, -EINVAL,
+			            "tensor \"%s\": unexpected member \"%.64s\"", tn, v->string);
+		if (*slot)
+			return fail(err, errlen, name, -EINVAL,
+			            "tensor \"%s\": duplicate member \"%s\"", tn, v->string);
+		*slot = v;
+	}
+	if (!dtype || !shape || !offs)
+		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": missing \"%s\"", tn,
+		            !dtype   ? "dtype"
+		            : !shape ? "shape"
+		                     : "data_offsets");
+	if (!cJSON_IsString(dtype))
+		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": dtype is not a string", tn);
+	if (mn_dtype_parse(dtype->valuestring, &e->t.dtype) < 0)
+		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": unknown dtype \"%.32s\"",
+		            tn, dtype->valuestring);
+	rc = parse_uint_list(shape, "shape", tn, e->t.shape, &e->t.ndim, MN_CKPT_MAX_DIMS, name,
+	                     err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = parse_uint_list(offs, "data_offsets", tn, off, &noff, 2, name, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (noff != 2)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets has %zu entries, not [BEGIN, END]", tn,
+		            noff);
+	e->begin = off[0];
+	e->end = off[1];
+	mn_shape_format(&e->t, sbuf, sizeof(sbuf));
+	if (e->end < e->begin)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
+		            "] end before they begin",
+		            tn, e->begin, e->end);
+	if (!tensor_bytes(e->t.dtype, e->t.ndim, e->t.shape, &need))
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": %s %s has too many elements (size overflows)", tn,
+		            mn_dtype_name(e->t.dtype), sbuf);
+	if (e->end - e->begin != need)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
+		            " bytes but %s %s needs %" PRIu64,
+		            tn, e->begin, e->end, e->end - e->begin, mn_dtype_name(e->t.dtype),
+		            sbuf, need);
+	if (e->end > dlen)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
+		            "] out of bounds of the %zu-byte data buffer",
+		            tn, e->begin, e->end, dlen);
+	e->t.name = tn;
+	e->t.nbytes = (size_t)need;
+	return 0;
+}
+
+/* Strict decimal: digits only, no sign, no leading zero, fits int64. */
+static bool parse_step(const char *s, size_t n, int64_t *step)
+{
+	int64_t v = 0;
+
+	if (n == 0 || (s[0] == '0' && n > 1))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		if (v > (INT64_MAX - (s[i] - '0')) / 10)
+			return false;
+		v = v * 10 + (s[i] - '0');
+	}
+	*step = v;
+	return true;
+}
+
+static uint32_t crc32_buf(uint32_t crc, const uint8_t *p, size_t n)
+{
+	/* zlib's crc32() takes a uInt length; feed large buffers in pieces. */
+	while (n > 0) {
+		uInt chunk = n > (1u << 30) ? (1u << 30) : (uInt)n;
+
+		crc = (uint32_t)crc32(crc, p, chunk);
+		p += chunk;
+		n -= chunk;
+	}
+	return crc;
+}
+
+static bool is_crc_text(const char *s)
+{
+	if (strlen(s) != 8)
+		return false;
+	for (int i = 0; i < 8; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return false;
+	return true;
+}
+
+static const cJSON *meta_get(const cJSON *md, const char *key)
+{
+	return md ? cJSON_GetObjectItemCaseSensitive(md, key) : NULL;
+}
+
+static int check_metadata(const cJSON *md, const uint8_t *data, size_t dlen, unsigned flags,
+                          const char *name, char *err, size_t errlen)
+{
+	const cJSON *crc = meta_get(md, CRC_KEY);
+
+	if (flags & MN_CKPT_REQUIRE_MNISTD) {
+		const cJSON *fmt = meta_get(md, "format"), *step = meta_get(md, "global_step");
+		int64_t s;
+
+		if (!fmt)
+			return fail(err, errlen, name, -EINVAL,
+			            "not an mnistd checkpoint: __metadata__ has no \"format\"");
+		if (strcmp(fmt->valuestring, MN_CKPT_FORMAT) != 0)
+			return fail(err, errlen, name, -EINVAL,
+			            "unsupported format \"%.64s\" (expected \"%s\")",
+			            fmt->valuestring, MN_CKPT_FORMAT);
+		if (!crc)
+			return fail(err, errlen, name, -EINVAL, "__metadata__ has no \"%s\"",
+			            CRC_KEY);
+		if (!step)
+			return fail(err, errlen, name, -EINVAL,
+			            "__metadata__ has no \"global_step\"");
+		if (!parse_step(step->valuestring, strlen(step->valuestring), &s))
+			return fail(err, errlen, name, -EINVAL,
+			            "__metadata__ global_step \"%.32s\" is not a decimal",
+			            step->valuestring);
+	}
+	if (crc) {
+		uint32_t have;
+
+		if (!is_crc_text(crc->valuestring))
+			return fail(err, errlen, name, -EINVAL,
+			            "__metadata__ %s \"%.32s\" is not 8 lowercase hex digits",
+			            CRC_KEY, crc->valuestring);
+		have = crc32_buf((uint32_t)crc32(0L, Z_NULL, 0), data, dlen);
+		if (strtoul(crc->valuestring, NULL, 16) != have)
+			return fail(err, errlen, name, -EINVAL,
+			            "checksum mismatch: header says %s, data is %08" PRIx32,
+			            crc->valuestring, have);
+	}
+	return 0;
+}
+
+static char *arena_put(char **p, const char *s)
+{
+	size_t n = strlen(s) + 1;
+	char *r = *p;
+
+	memcpy(r, s, n);
+	*p += n;
+	return r;
+}
+
+/*
+ * Validates buf; on success the checkpoint holds buf itself when owned
+ * (read from a file, no second copy) or a copy of it. An owned buf is freed
+ * on failure.
+ */
+static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, unsigned flags,
+                      struct mn_ckpt **out, char *err, size_t errlen)
+{
+	struct mn_ckpt *c = NULL;
+	struct entry *ents = NULL;
+	const char **names = NULL, **keys = NULL;
+	const cJSON *md = NULL, *m, *v;
+	cJSON *root = NULL;
+	char *text = NULL, *ap;
+	size_t hlen, dlen, at, nmembers = 0, nt = 0, nm = 0, arena;
+	const uint8_t *data;
+	const char *dup, *pend = NULL;
+	uint64_t n = 0;
+	struct lex lx;
+	int rc = -EINVAL;
+
+	if (!name)
+		name = "checkpoint";
+	if (out)
+		*out = NULL;
+	if (!out || (!buf && len > 0)) {
+		rc = fail(err, errlen, name, -EINVAL, "invalid arguments");
+		goto fail;
+	}
+	if (len < 8) {
+		rc = fail(err, errlen, name, -EINVAL,
+		          "truncated: file size %zu is less than the 8-byte header length", len);
+		goto fail;
+	}
+	for (int i = 7; i >= 0; i--)
+		n = n << 8 | buf[i];
+	if (n > len) {
+		rc = fail(err, errlen, name, -EINVAL,
+		          "truncated: header length %" PRIu64 " exceeds file size %zu", n, len);
+		goto fail;
+	}
+	if (n > len - 8) {
+		rc = fail(err, errlen, name, -EINVAL,
+		          "truncated: header length %" PRIu64
+		          " plus its 8-byte prefix exceeds file size %zu",
+		          n, len);
+		goto fail;
+	}
+	if (n > MN_CKPT_MAX_HEADER) {
+		rc = fail(err, errlen, name, -EINVAL,
+		          "header length %" PRIu64 " exceeds the limit of %zu bytes", n,
+		          MN_CKPT_MAX_HEADER);
+		goto fail;
+	}
+	hlen = (size_t)n;
+	data = buf + 8 + hlen;
+	dlen = len - 8 - hlen;
+
+	/* cJSON would stop at a NUL and accept whatever came before it. */
+	if (memchr(buf + 8, '\0', hlen)) {
+		at = (size_t)((const uint8_t *)memchr(buf + 8, '\0', hlen) - (buf + 8));
+		rc = fail(err, errlen, name, -EINVAL, "header has a NUL byte at header byte %zu",
+		          at);
+		goto fail;
+	}
+	at = utf8_invalid_at(buf + 8, hlen);
+	if (at != hlen) {
+		rc = fail(err, errlen, name, -EINVAL,
+		          "header is not valid UTF-8 at header byte %zu", at);
+		goto fail;
+	}
+	/* Trailing spaces are the alignment padding, not part of the JSON. */
+	while (hlen > 0 && buf[8 + hlen - 1] == ' ')
+		hlen--;
+	if (hlen == 0) {
+		rc = fail(err, errlen, name, -EINVAL, "header is empty");
+		goto fail;
+	}
+	text = malloc(hlen + 1);
+	if (!text)
+		goto nomem;
+	memcpy(text, buf + 8, hlen);
+	text[hlen] = '\0';
+	root = cJSON_ParseWithLengthOpts(text, hlen + 1, &pend, 1);
+	if (!root) {
+		at = pend && pend >= text && pend <= text + hlen ? (size_t)(pend - text) : 0;
+		rc = fail(err, errlen, name, -EINVAL,
+		          "header is not valid JSON (error at header byte %zu)", at);
+		goto fail;
+	}
+	if (!cJSON_IsObject(root)) {
+		rc = fail(err, errlen, name, -EINVAL, "header is not a JSON object");
+		goto fail;
+	}
+	lex_scan(text, hlen, &lx);
+	if (lx.str_at != SIZE_MAX) {
+		rc = fail(err, errlen, name, -EINVAL, "header has a %s at header byte %zu",
+		          lx.str_why, lx.str_at);
+		goto fail;
+	}
+
+	cJSON_ArrayForEach(m, root) nmembers++;
+	names = calloc(nmembers + 1, sizeof(*names));
+	ents = calloc(nmembers + 1, sizeof(*ents));
+	if (!names || !ents)
+		goto nomem;
+	/* cJSON keeps every duplicate; a reader that took the first or last would disagree. */
+	at = 0;
+	cJSON_ArrayForEach(m, root) names[at++] = m->string;
+	dup = find_duplicate(names, nmembers);
+	if (dup) {
+		rc = fail(err, errlen, name, -EINVAL, "duplicate name \"%.64s\" in header", dup);
+		goto fail;
+	}
+
+	cJSON_ArrayForEach(m, root)
+	{
+		if (strcmp(m->string, METADATA_KEY) != 0) {
+			ents[nt].order = nt;
+			rc = parse_tensor(m, &ents[nt], dlen, name, err, errlen);
+			if (rc < 0)
+				goto fail;
+			nt++;
+			continue;
+		}
+		md = m;
+		if (!cJSON_IsObject(md)) {
+			rc = fail(err, errlen, name, -EINVAL, "__metadata__ is not an object");
+			goto fail;
+		}
+		cJSON_ArrayForEach(v, md) nm++;
+		keys = calloc(nm + 1, sizeof(*keys));
+		if (!keys)
+			goto nomem;
+		nm = 0;
+		cJSON_ArrayForEach(v, md)
+		{
+			if (!cJSON_IsString(v) || !v->valuestring) {
+				rc = fail(err, errlen, name, -EINVAL,
+				          "__metadata__ value of \"%.64s\" is not a string",
+				          v->string);
+				goto fail;
+			}
+			keys[nm++] = v->string;
+		}
+		dup = find_duplicate(keys, nm);
+		if (dup) {
+			rc = fail(err, errlen, name, -EINVAL,
+			          "duplicate __metadata__ key \"%.64s\"", dup);
+			goto fail;
+		}
+	}
+	/* Last, so that shape and offset errors above get their more specific messages. */
+	if (lx.num_at != SIZE_MAX) {
+		rc = fail(err, errlen, name, -EINVAL,
+		          "header number \"%.*s\" at header byte %zu is not a plain non-negative "
+		          "integer",
+		          (int)(lx.num_len > 32 ? 32 : lx.num_len), text + lx.num_at, lx.num_at);
+		goto fail;
+	}
+
+	qsort(ents, nt, sizeof(*ents), cmp_entry);
+	{
+		uint64_t pos = 0;
+
+		for (size_t i = 0; i < nt; i++) {
+			if (ents[i].begin > pos) {
+				rc = fail(err, errlen, name, -EINVAL,
+				          "gap in data buffer between byte %" PRIu64 " and %" PRIu64
+				          " (before tensor \"%s\")",
+				          pos, ents[i].begin, ents[i].t.name);
+				goto fail;
+			}
+			if (ents[i].begin < pos) {
+				rc = fail(err, errlen, name, -EINVAL,
+				          "tensors \"%s\" [%" PRIu64 ", %" PRIu64
+				          "] and \"%s\" [%" PRIu64 ", %" PRIu64
+				          "] overlap in the data buffer",
+				          ents[i - 1].t.name, ents[i - 1].begin, ents[i - 1].end,
+				          ents[i].t.name, ents[i].begin, ents[i].end);
+				goto fail;
+			}
+			pos = ents[i].end;
+		}
+		if (pos != dlen) {
+			rc = fail(err, errlen, name, -EINVAL,
+			          "%" PRIu64
+			          " trailing bytes in data buffer: tensors end at byte %" PRIu64
+			          " of %zu",
+			          (uint64_t)dlen - pos, pos, dlen);
+			goto fail;
+		}
+	}
+	rc = check_metadata(md, data, dlen, flags, name, err, errlen);
+	if (rc < 0)
+		goto fail;
+
+	/* Everything checked: copy names and metadata out of the cJSON tree. */
+	arena = strlen(name) + 1;
+	for (size_t i = 0; i < nt; i++)
+		arena += strlen(ents[i].t.name) + 1;
+	if (md) {
+		cJSON_ArrayForEach(v, md) arena += strlen(v->string) + strlen(v->valuestring) + 2;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		goto nomem;
+	c->strings = malloc(arena);
+	c->tensors = calloc(nt + 1, sizeof(*c->tensors));
+	c->meta = calloc(nm + 1, sizeof(*c->meta));
+	if (!c->strings || !c->tensors || !c->meta)
+		goto nomem;
+	if (owned) {
+		c->buf = buf;
+		buf = NULL;
+	} else {
+		c->buf = malloc(len);
+		if (!c->buf)
+			goto nomem;
+		memcpy(c->buf, buf, len);
+	}
+	c->len = len;
+	ap = c->strings;
+	c->name = arena_put(&ap, name);
+	for (size_t i = 0; i < nt; i++) {
+		c->tensors[i] = ents[i].t;
+		c->tensors[i].name = arena_put(&ap, ents[i].t.name);
+		c->tensors[i].data = c->buf + 8 + n + ents[i].begin;
+	}
+	c->ntensors = nt;
+	if (md) {
+		cJSON_ArrayForEach(v, md)
+		{
+			c->meta[c->nmeta].key = arena_put(&ap, v->string);
+			c->meta[c->nmeta].value = arena_put(&ap, v->valuestring);
+			c->nmeta++;
+		}
+	}
+	*out = c;
+	c = NULL;
+	rc = 0;
+	goto out;
+
+nomem:
+	rc = fail(err, errlen, name, -ENOMEM, "out of memory");
+fail:
+out:
+	mn_ckpt_free(c);
+	cJSON_Delete(root);
+	free(text);
+	free(names);
+	free(keys);
+	free(ents);
+	if (owned)
+		free(buf);
+	return rc;
+}
+
+int mn_ckpt_parse(const uint8_t *buf, size_t len, const char *name, unsigned flags,
+                  struct mn_ckpt **out, char *err, size_t errlen)
+{
+	/* Not owned: parse_impl only reads buf and copies it on success. */
+	return parse_impl((uint8_t *)buf, len, false, name, flags, out, err, errlen);
+}
+
+int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **out, char *err,
+                    size_t errlen)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (out)
+		*out = NULL;
+	if (!name)
+		name = "checkpoint";
+	rc = mn_read_fd(fd, name, FILE_MAX_BYTES, &buf, &len, err, errlen);
+	if (rc < 0)
+		return rc;
+	return parse_impl((uint8_t *)buf, len, true, name, flags, out, err, errlen);
+}
+
+int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *err, size_t errlen)
+{
+	int fd, rc;
+
+	if (out)
+		*out = NULL;
+	if (!path || !out) {
+		mn_errf(err, errlen, "mn_ckpt_read: invalid arguments");
+		return -EINVAL;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
+		return rc;
+	}
+	rc = mn_ckpt_read_fd(fd, path, flags, out, err, errlen);
+	close(fd);
+	return rc;
+}
+
+void mn_ckpt_free(struct mn_ckpt *c)
+{
+	if (!c)
+		return;
+	free(c->buf);
+	free(c->tensors);
+	free(c->meta);
+	free(c->strings);
+	free(c);
+}
+
+const char *mn_ckpt_name(const struct mn_ckpt *c)
+{
+	return c->name;
+}
+
+size_t mn_ckpt_count(const struct mn_ckpt *c)
+{
+	return c->ntensors;
+}
+
+const struct mn_tensor *mn_ckpt_tensor(const struct mn_ckpt *c, size_t i)
+{
+	return i < c->ntensors ? &c->tensors[i] : NULL;
+}
+
+const struct mn_tensor *mn_ckpt_find(const struct mn_ckpt *c, const char *name)
+{
+	if (!c || !name)
+		return NULL;
+	for (size_t i = 0; i < c->ntensors; i++)
+		if (strcmp(c->tensors[i].name, name) == 0)
+			return &c->tensors[i];
+	return NULL;
+}
+
+size_t mn_ckpt_meta_count(const struct mn_ckpt *c)
+{
+	return c->nmeta;
+}
+
+const struct mn_meta *mn_ckpt_meta_at(const struct mn_ckpt *c, size_t i)
+{
+	return i < c->nmeta ? &c->meta[i] : NULL;
+}
+
+const char *mn_ckpt_meta(const struct mn_ckpt *c, const char *key)
+{
+	if (!c || !key)
+		return NULL;
+	for (size_t i = 0; i < c->nmeta; i++)
+		if (strcmp(c->meta[i].key, key) == 0)
+			return c->meta[i].value;
+	return NULL;
+}
+
+size_t mn_ckpt_file_size(const struct mn_ckpt *c)
+{
+	return c->len;
+}
+
+/* Appends to err as far as it fits; returns false once it no longer does. */
+static bool err_append(char *err, size_t errlen, size_t *pos, const char *s)
+{
+	size_t n = strlen(s);
+
+	if (*pos + n >= errlen)
+		return false;
+	memcpy(err + *pos, s, n + 1);
+	*pos += n;
+	return true;
+}
+
+static void missing_message(const struct mn_ckpt *c, const char *name, char *err, size_t errlen)
+{
+	/* Room kept for ", ...)" so a long list still ends readably. */
+	const size_t tail = 7;
+	size_t pos;
+
+	if (!err || errlen == 0)
+		return;
+	mn_errf(err, errlen, "tensor \"%s\" not found in %s (it has", name, c->name);
+	pos = strlen(err);
+	if (c->ntensors == 0) {
+		err_append(err, errlen, &pos, " no tensors)");
+		return;
+	}
+	err_append(err, errlen, &pos, ": ");
+	for (size_t i = 0; i < c->ntensors; i++) {
+		const char *sep = i ? ", " : "";
+
+		if (pos + strlen(sep) + strlen(c->tensors[i].name) + tail >= errlen) {
+			err_append(err, errlen, &pos, i ? ", ...)" : "...)");
+			return;
+		}
+		err_append(err, errlen, &pos, sep);
+		err_append(err, errlen, &pos, c->tensors[i].name);
+	}
+	err_append(err, errlen, &pos, ")");
+}
+
+int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
+                 const uint64_t *shape, void *dst, char *err, size_t errlen)
+{
+	const struct mn_tensor *t;
+	struct mn_tensor want = {0};
+	char have_s[256], want_s[256];
+
+	if (!c || !name || ndim > MN_CKPT_MAX_DIMS || (ndim > 0 && !shape)) {
+		mn_errf(err, errlen, "%s: mn_ckpt_copy: invalid arguments", c ? c->name : "?");
+		return -EINVAL;
+	}
+	t = mn_ckpt_find(c, name);
+	if (!t) {
+		missing_message(c, name, err, errlen);
+		return -ENOENT;
+	}
+	if (t->dtype != dtype)
+		return fail(err, errlen, c->name, -EINVAL,
+		            "tensor \"%s\" has dtype %s, expected %s", name,
+		            mn_dtype_name(t->dtype), mn_dtype_name(dtype));
+	want.ndim = ndim;
+	if (ndim > 0)
+		memcpy(want.shape, shape, ndim * sizeof(*shape));
+	if (t->ndim != ndim || (ndim > 0 && memcmp(t->shape, shape, ndim * sizeof(*shape)) != 0)) {
+		mn_shape_format(t, have_s, sizeof(have_s));
+		mn_shape_format(&want, want_s, sizeof(want_s));
+		return fail(err, errlen, c->name, -EINVAL,
+		            "tensor \"%s\" has shape %s, expected %s", name, have_s, want_s);
+	}
+	if (t->nbytes > 0) {
+		if (!dst)
+			return fail(err, errlen, c->name, -EINVAL,
+			            "tensor \"%s\": no destination buffer", name);
+		memcpy(dst, t->data, t->nbytes);
+	}
+	return 0;
+}
+
+/* Adds an integer as raw text: cJSON would print 1e+15 for large values. */
+static bool add_uint(cJSON *arr, uint64_t v)
+{
+	char num[24];
+	cJSON *j;
+
+	snprintf(num, sizeof(num), "%" PRIu64, v);
+	j = cJSON_CreateRaw(num);
+	if (!j)
+		return false;
+	if (!cJSON_AddItemToArray(arr, j)) {
+		cJSON_Delete(j);
+		return false;
+	}
+	return true;
+}
+
+static bool add_item(cJSON *obj, const char *key, cJSON *item)
+{
+	if (!item)
+		return false;
+	if (!cJSON_AddItemToObject(obj, key, item)) {
+		cJSON_Delete(item);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * Checks what the writer is given against what the reader will demand, so
+ * a file that is written can always be read back. Fills sizes[i].
+ */
+static int check_inputs(const struct mn_tensor *tensors, size_t nt, const struct mn_meta *meta,
+                        size_t nm, size_t *sizes, char *err, size_t errlen)
+{
+	const char **names = NULL;
+	const char *dup;
+	uint64_t total = 0;
+	int rc = -EINVAL;
+
+	if ((nt > 0 && !tensors) || (nm > 0 && !meta) || nt > (size_t)INT_MAX - 2) {
+		mn_errf(err, errlen, "invalid arguments");
+		return -EINVAL;
+	}
+	names = calloc((nt > nm ? nt : nm) + 1, sizeof(*names));
+	if (!names) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < nt; i++) {
+		const struct mn_tensor *t = &tensors[i];
+		uint64_t nb;
+
+		if (!t->name || !*t->name || strlen(t->name) >= MN_CKPT_MAX_NAME ||
+		    strcmp(t->name, METADATA_KEY) == 0 || !is_utf8(t->name)) {
+			mn_errf(err, errlen, "tensor %zu: invalid name \"%.64s\"", i,
+			        t->name ? t->name : "(null)");
+			goto fail;
+		}
+		if ((unsigned)t->dtype >= NDTYPES || t->ndim > MN_CKPT_MAX_DIMS) {
+			mn_errf(err, errlen, "tensor \"%s\": invalid dtype or ndim", t->name);
+			goto fail;
+		}
+		for (size_t d = 0; d < t->ndim; d++) {
+			if (t->shape[d] > MAX_JSON_INT) {
+				mn_errf(err, errlen, "tensor \"%s\": dimension %zu too large",
+				        t->name, d);
+				goto fail;
+			}
+		}
+		if (!tensor_bytes(t->dtype, t->ndim, t->shape, &nb) || nb > MAX_JSON_INT - total) {
+			mn_errf(err, errlen, "tensor \"%s\": too large", t->name);
+			goto fail;
+		}
+		if (nb > 0 && !t->data) {
+			mn_errf(err, errlen, "tensor \"%s\": no data", t->name);
+			goto fail;
+		}
+		sizes[i] = (size_t)nb;
+		total += nb;
+		names[i] = t->name;
+	}
+	dup = find_duplicate(names, nt);
+	if (dup) {
+		mn_errf(err, errlen, "duplicate tensor name \"%.64s\"", dup);
+		goto fail;
+	}
+	for (size_t i = 0; i < nm; i++) {
+		if (!meta[i].key || !meta[i].value || !is_utf8(meta[i].key) ||
+		    !is_utf8(meta[i].value)) {
+			mn_errf(err, errlen, "metadata entry %zu: invalid key or value", i);
+			goto fail;
+		}
+		if (strcmp(meta[i].key, CRC_KEY) == 0) {
+			mn_errf(err, errlen, "metadata must not contain %s: it is computed",
+			        CRC_KEY);
+			goto fail;
+		}
+		names[i] = meta[i].key;
+	}
+	dup = find_duplicate(names, nm);
+	if (dup) {
+		mn_errf(err, errlen, "duplicate metadata key \"%.64s\"", dup);
+		goto fail;
+	}
+	rc = 0;
+fail:
+	free(names);
+	return rc;
+}
+
+/*
+ * Builds the padded header (without the length prefix) into *hdr, *hlen
+ * such that 8 + *hlen is a multiple of 8.
+ */
+static int build_header(const struct mn_tensor *tensors, size_t nt, const struct mn_meta *meta,
+                        size_t nm, const size_t *sizes, uint32_t crc, char **hdr, size_t *hlen,
+                        char *err, size_t errlen)
+{
+	cJSON *root = cJSON_CreateObject(), *md = cJSON_CreateObject();
+	char crc_s[9], *s = NULL, *p;
+	uint64_t off = 0;
+	size_t n, pad;
+
+	if (!root || !md || !cJSON_AddItemToObject(root, METADATA_KEY, md)) {
+		cJSON_Delete(md);
+		md = NULL;
+		goto nomem;
+	}
+	for (size_t i = 0; i < nm; i++)
+		if (!add_item(md, meta[i].key, cJSON_CreateString(meta[i].value)))
+			goto nomem;
+	snprintf(crc_s, sizeof(crc_s), "%08" PRIx32, crc);
+	if (!add_item(md, CRC_KEY, cJSON_CreateString(crc_s)))
+		goto nomem;
+	for (size_t i = 0; i < nt; i++) {
+		const struct mn_tensor *t = &tensors[i];
+		cJSON *e = cJSON_CreateObject(), *shape, *offs;
+
+		/* Each item is attached as soon as it exists, so root owns everything. */
+		if (!add_item(root, t->name, e) ||
+		    !add_item(e, "dtype", cJSON_CreateString(mn_dtype_name(t->dtype))))
+			goto nomem;
+		shape = cJSON_CreateArray();
+		if (!add_item(e, "shape", shape))
+			goto nomem;
+		for (size_t d = 0; d < t->ndim; d++)
+			if (!add_uint(shape, t->shape[d]))
+				goto nomem;
+		offs = cJSON_CreateArray();
+		if (!add_item(e, "data_offsets", offs) || !add_uint(offs, off) ||
+		    !add_uint(offs, off + sizes[i]))
+			goto nomem;
+		off += sizes[i];
+	}
+	s = cJSON_PrintUnformatted(root);
+	if (!s)
+		goto nomem;
+	n = strlen(s);
+	pad = (8 - (8 + n) % 8) % 8;
+	p = realloc(s, n + pad + 1);
+	if (!p)
+		goto nomem;
+	s = p;
+	memset(s + n, ' ', pad);
+	s[n + pad] = '\0';
+	cJSON_Delete(root);
+	*hdr = s;
+	*hlen = n + pad;
+	return 0;
+nomem:
+	free(s);
+	cJSON_Delete(root);
+	mn_errf(err, errlen, "out of memory building the header");
+	return -ENOMEM;
+}
+
+static uint32_t tensors_crc(const struct mn_tensor *tensors, size_t nt, const size_t *sizes)
+{
+	uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
+
+	for (size_t i = 0; i < nt; i++)
+		if (sizes[i] > 0)
+			crc = crc32_buf(crc, tensors[i].data, sizes[i]);
+	return crc;
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Validates, checksums and builds the header: the part encode and write share. */
+static int prepare(const struct mn_tensor *tensors, size_t nt, const struct mn_meta *meta,
+                   size_t nm, size_t **sizes, char **hdr, size_t *hlen, char *err, size_t errlen)
+{
+	size_t *sz = calloc(nt + 1, sizeof(*sz));
+	int rc;
+
+	if (!sz) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	rc = check_inputs(tensors, nt, meta, nm, sz, err, errlen);
+	if (rc == 0)
+		rc = build_header(tensors, nt, meta, nm, sz, tensors_crc(tensors, nt, sz), hdr,
+		                  hlen, err, errlen);
+	if (rc < 0) {
+		free(sz);
+		return rc;
+	}
+	*sizes = sz;
+	return 0;
+}
+
+int mn_ckpt_encode(const struct mn_tensor *tensors, size_t ntensors, const struct mn_meta *meta,
+                   size_t nmeta, uint8_t **buf, size_t *len, char *err, size_t errlen)
+{
+	size_t *sizes = NULL, hlen = 0, total;
+	char *hdr = NULL;
+	uint8_t *out, *p;
+	int rc;
+
+	if (!buf || !len) {
+		mn_errf(err, errlen, "invalid arguments");
+		return -EINVAL;
+	}
+	rc = prepare(tensors, ntensors, meta, nmeta, &sizes, &hdr, &hlen, err, errlen);
+	if (rc < 0)
+		return rc;
+	total = 8 + hlen;
+	for (size_t i = 0; i < ntensors; i++)
+		total += sizes[i];
+	out = malloc(total);
+	if (!out) {
+		free(hdr);
+		free(sizes);
+		mn_errf(err, errlen, "out of memory (%zu bytes)", total);
+		return -ENOMEM;
+	}
+	put_le64(out, hlen);
+	memcpy(out + 8, hdr, hlen);
+	p = out + 8 + hlen;
+	for (size_t i = 0; i < ntensors; i++) {
+		if (sizes[i] > 0)
+			memcpy(p, tensors[i].data, sizes[i]);
+		p += sizes[i];
+	}
+	free(hdr);
+	free(sizes);
+	*buf = out;
+	*len = total;
+	return 0;
+}
+
+int mn_ckpt_write(const char *dir, const char *name, const struct mn_tensor *tensors,
+                  size_t ntensors, const struct mn_meta *meta, size_t nmeta, char *err,
+                  size_t errlen)
+{
+	size_t *sizes = NULL, hlen = 0;
+	struct iovec *iov = NULL;
+	char *hdr = NULL;
+	uint8_t prefix[8];
+	int rc;
+
+	if (!dir || !name || !*name || strchr(name, '/')) {
+		mn_errf(err, errlen, "%s: invalid checkpoint file name", name ? name : "(null)");
+		return -EINVAL;
+	}
+	rc = prepare(tensors, ntensors, meta, nmeta, &sizes, &hdr, &hlen, err, errlen);
+	if (rc < 0) {
+		mn_errprefix(err, errlen, "%s/%s", dir, name);
+		return rc;
+	}
+	/* The tensors go straight from the caller's memory to the file. */
+	iov = calloc(ntensors + 2, sizeof(*iov));
+	if (!iov) {
+		rc = -ENOMEM;
+		mn_errf(err, errlen, "%s/%s: out of memory", dir, name);
+		goto out;
+	}
+	put_le64(prefix, hlen);
+	iov[0].iov_base = prefix;
+	iov[0].iov_len = 8;
+	iov[1].iov_base = hdr;
+	iov[1].iov_len = hlen;
+	for (size_t i = 0; i < ntensors; i++) {
+		iov[i + 2].iov_base = (void *)tensors[i].data;
+		iov[i + 2].iov_len = sizes[i];
+	}
+	rc = mn_write_atomic(dir, name, iov, (int)ntensors + 2, 0644, err, errlen);
+out:
+	free(iov);
+	free(hdr);
+	free(sizes);
+	return rc;
+}
+
+int mn_ckpt_filename(const char *prefix, int64_t step, char *buf, size_t len)
+{
+	int n;
+
+	if (!prefix || step < 0)
+		return -EINVAL;
+	n = snprintf(buf, len, "%s-%" PRId64 "%s", prefix, step, MN_CKPT_SUFFIX);
+	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
+}
+
+bool mn_ckpt_filename_parse(const char *prefix, const char *name, int64_t *step)
+{
+	size_t pl, nl, sl = strlen(MN_CKPT_SUFFIX);
+	int64_t s;
+
+	if (!prefix || !name)
+		return false;
+	pl = strlen(prefix);
+	nl = strlen(name);
+	if (nl < pl + 1 + sl || strncmp(name, prefix, pl) != 0 || name[pl] != '-' ||
+	    strcmp(name + nl - sl, MN_CKPT_SUFFIX) != 0)
+		return false;
+	if (!parse_step(name + pl + 1, nl - pl - 1 - sl, &s))
+		return false;
+	if (step)
+		*step = s;
+	return true;
+}
+
+static int cmp_entry_step(const void *a, const void *b)
+{
+	const struct mn_ckpt_entry *x = a, *y = b;
+
+	return x->step < y->step ? -1 : (x->step > y->step);
+}
+
+int mn_ckpt_scan(const char *dir, const char *prefix, struct mn_ckpt_entry **out, size_t *n,
+                 char *err, size_t errlen)
+{
+	struct mn_ckpt_entry *list = NULL, *grown;
+	size_t count = 0, cap = 0;
+	struct dirent *e;
+	DIR *d;
+	int rc;
+
+	if (!dir || !prefix || !out || !n) {
+		mn_errf(err, errlen, "mn_ckpt_scan: invalid arguments");
+		return -EINVAL;
+	}
+	*out = NULL;
+	*n = 0;
+	d = opendir(dir);
+	if (!d) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot open directory: %s", dir, strerror(-rc));
+		return rc;
+	}
+	for (;;) {
+		int64_t step;
+
+		errno = 0;
+		e = readdir(d);
+		if (!e) {
+			if (errno != 0) {
+				rc = -errno;
+				mn_errf(err, errlen, "%s: cannot read directory: %s", dir,
+				        strerror(-rc));
+				goto fail;
+			}
+			break;
+		}
+		/* Dot-files are temporaries still being written. */
+		if (e->d_name[0] == '.' || e->d_type == DT_DIR ||
+		    strlen(e->d_name) >= MN_CKPT_MAX_NAME ||
+		    !mn_ckpt_filename_parse(prefix, e->d_name, &step))
+			continue;
+		if (count == cap) {
+			cap = cap ? cap * 2 : 16;
+			grown = realloc(list, cap * sizeof(*list));
+			if (!grown) {
+				rc = -ENOMEM;
+				mn_errf(err, errlen, "%s: out of memory", dir);
+				goto fail;
+			}
+			list = grown;
+		}
+		snprintf(list[count].name, sizeof(list[count].name), "%s", e->d_name);
+		list[count].step = step;
+		count++;
+	}
+	closedir(d);
+	/* Strict names make steps unique, so this order is total. */
+	if (count > 1)
+		qsort(list, count, sizeof(*list), cmp_entry_step);
+	*out = list;
+	*n = count;
+	return 0;
+fail:
+	closedir(d);
+	free(list);
+	return rc;
+}
+
+/* A bare file name: no directory part, not a dot-file. */
+static bool plain_name(const char *s)
+{
+	return s && *s && s[0] != '.' && !strchr(s, '/');
+}
+
+static int write_index(const char *dir, const char *latest, const struct mn_ckpt_entry *ents,
+                       const bool *keep, size_t n, char *err, size_t errlen)
+{
+	cJSON *root = cJSON_CreateObject(), *all = cJSON_CreateArray();
+	struct iovec iov[2];
+	char *s = NULL;
+	int rc;
+
+	if (!root || !all || !add_item(root, "latest", cJSON_CreateString(latest))) {
+		cJSON_Delete(all);
+		goto nomem;
+	}
+	/* add_item frees all if it fails, so from here root owns it either way. */
+	if (!add_item(root, "all", all))
+		goto nomem;
+	for (size_t i = 0; i < n; i++) {
+		cJSON *f;
+
+		if (!keep[i])
+			continue;
+		f = cJSON_CreateString(ents[i].name);
+		if (!f || !cJSON_AddItemToArray(all, f)) {
+			cJSON_Delete(f);
+			goto nomem;
+		}
+	}
+	s = cJSON_PrintUnformatted(root);
+	if (!s)
+		goto nomem;
+	iov[0].iov_base = s;
+	iov[0].iov_len = strlen(s);
+	iov[1].iov_base = "\n";
+	iov[1].iov_len = 1;
+	rc = mn_write_atomic(dir, MN_CKPT_INDEX, iov, 2, 0644, err, errlen);
+	free(s);
+	cJSON_Delete(root);
+	return rc;
+nomem:
+	cJSON_Delete(root);
+	mn_errf(err, errlen, "%s/%s: out of memory", dir, MN_CKPT_INDEX);
+	return -ENOMEM;
+}
+
+int mn_ckpt_publish_index(const char *dir, const char *prefix, const char *latest,
+                          size_t max_to_keep, char *err, size_t errlen)
+{
+	struct mn_ckpt_entry *ents = NULL;
+	bool *keep = NULL;
+	size_t n = 0, li = SIZE_MAX, kept = 0;
+	int rc, first = 0;
+
+	if (!plain_name(latest)) {
+		mn_errf(err, errlen, "%s: latest \"%s\" is not a plain file name",
+		        dir ? dir : "(null)", latest ? latest : "(null)");
+		return -EINVAL;
+	}
+	rc = mn_ckpt_scan(dir, prefix, &ents, &n, err, errlen);
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(ents[i].name, latest) == 0)
+			li = i;
+	/* An index must never point at a file that is not there. */
+	if (li == SIZE_MAX) {
+		mn_errf(err, errlen, "%s/%s: not found among the checkpoints of %s", dir, latest,
+		        dir);
+		rc = -ENOENT;
+		goto out;
+	}
+	keep = calloc(n + 1, sizeof(*keep));
+	if (!keep) {
+		mn_errf(err, errlen, "%s: out of memory", dir);
+		rc = -ENOMEM;
+		goto out;
+	}
+	/*
+	 * Keep latest plus the newest others up to max_to_keep in total: latest
+	 * is normally the newest, but after resuming from an older file it is
+	 * not, and it must survive anyway.
+	 */
+	keep[li] = true;
+	kept = 1;
+	for (size_t i = n; i-- > 0;) {
+		if (i == li)
+			continue;
+		if (max_to_keep != 0 && kept >= max_to_keep)
+			break;
+		keep[i] = true;
+		kept++;
+	}
+	rc = write_index(dir, latest, ents, keep, n, err, errlen);
+	if (rc < 0)
+		goto out;
+	/* Only after the index stops listing them, so readers never follow it to a gap. */
+	for (size_t i = 0; i < n; i++) {
+		char path[PATH_MAX];
+		int w;
+
+		if (keep[i])
+			continue;
+		w = snprintf(path, sizeof(path), "%s/%s", dir, ents[i].name);
+		if (w < 0 || (size_t)w >= sizeof(path))
+			continue;
+		if (unlink(path) < 0 && errno != ENOENT && first == 0) {
+			first = -errno;
+			mn_errf(err, errlen, "%s: cannot remove: %s", path, strerror(-first));
+		}
+	}
+	rc = first;
+out:
+	free(keep);
+	free(ents);
+	return rc;
+}
+
+int mn_ckpt_index_latest(const char *dir, char *latest, size_t len, char *err, size_t errlen)
+{
+	char path[PATH_MAX], *text = NULL;
+	const cJSON *l, *all, *v;
+	cJSON *root = NULL;
+	size_t tlen = 0, nlatest = 0;
+	int rc, w;
+
+	if (!dir || !latest || len == 0) {
+		mn_errf(err, errlen, "mn_ckpt_index_latest: invalid arguments");
+		return -EINVAL;
+	}
+	w = snprintf(path, sizeof(path), "%s/%s", dir, MN_CKPT_INDEX);
+	if (w < 0 || (size_t)w >= sizeof(path)) {
+		mn_errf(err, errlen, "%s/%s: path too long", dir, MN_CKPT_INDEX);
+		return -ENAMETOOLONG;
+	}
+	rc = mn_read_file(path, INDEX_MAX_BYTES, &text, &tlen, err, errlen);
+	if (rc == -EFBIG)
+		return -EINVAL;
+	if (rc < 0)
+		return rc;
+	rc = -EINVAL;
+	if (strlen(text) != tlen) {
+		mn_errf(err, errlen, "%s: contains a NUL byte", path);
+		goto out;
+	}
+	root = cJSON_ParseWithLengthOpts(text, tlen + 1, NULL, 1);
+	if (!cJSON_IsObject(root)) {
+		mn_errf(err, errlen, "%s: not a JSON object", path);
+		goto out;
+	}
+	cJSON_ArrayForEach(v, root) nlatest += strcmp(v->string, "latest") == 0;
+	l = cJSON_GetObjectItemCaseSensitive(root, "latest");
+	if (nlatest != 1 || !cJSON_IsString(l) || !plain_name(l->valuestring)) {
+		mn_errf(err, errlen, "%s: \"latest\" must be one plain file name", path);
+		goto out;
+	}
+	all = cJSON_GetObjectItemCaseSensitive(root, "all");
+	if (all) {
+		bool ok = cJSON_IsArray(all);
+
+		cJSON_ArrayForEach(v, all) ok = ok && cJSON_IsString(v);
+		if (!ok) {
+			mn_errf(err, errlen, "%s: \"all\" must be an array of file names", path);
+			goto out;
+		}
+	}
+	if (strlen(l->valuestring) >= len) {
+		mn_errf(err, errlen, "%s: latest file name too long", path);
+		rc = -ENAMETOOLONG;
+		goto out;
+	}
+	memcpy(latest, l->valuestring, strlen(l->valuestring) + 1);
+	rc = 0;
+out:
+	cJSON_Delete(root);
+	free(text);
+	return rc;
+}
