@@ -33,7 +33,7 @@ struct mn_eval_result {
  * a message) if v->dim differs from arch->input or a label is out of range.
  */
 int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-		uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
-		size_t errlen);
+                uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
+                size_t errlen);
 
 #endif

@@ -16,7 +16,7 @@
 int mn_model_tensor_name(size_t l, bool biases, bool ema, char *buf, size_t len)
 {
 	int n = snprintf(buf, len, "layer%zu/%s%s", l + 1, biases ? "biases" : "weights",
-			 ema ? MN_EMA_SUFFIX : "");
+	                 ema ? MN_EMA_SUFFIX : "");
 
 	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
 }
@@ -42,7 +42,7 @@ static size_t layer_shape(const struct mn_arch *a, size_t l, bool biases, uint64
 
 /* Copies all layers (raw or EMA) into params, checking dtype and shapes. */
 static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool ema, float *params,
-		       char *err, size_t errlen)
+                       char *err, size_t errlen)
 {
 	for (size_t l = 0; l < mn_arch_layers(a); l++) {
 		for (int b = 0; b < 2; b++) {
@@ -54,7 +54,7 @@ static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool em
 
 			mn_model_tensor_name(l, b, ema, name, sizeof(name));
 			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape, params + off, err,
-					  errlen);
+			                  errlen);
 			if (rc < 0)
 				return rc;
 		}
@@ -95,7 +95,7 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 }
 
 int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
-			 float **params, char *err, size_t errlen)
+                         float **params, char *err, size_t errlen)
 {
 	struct mn_arch a;
 	float *p;
@@ -119,14 +119,14 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 }
 
 int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
-		  const char *config_json, char *name, size_t len, char *err, size_t errlen)
+                  const char *config_json, char *name, size_t len, char *err, size_t errlen)
 {
 	const struct mn_arch *a = mn_trainer_arch(t);
 	struct mn_trainer_state s;
 	size_t layers = mn_arch_layers(a), nt = 0;
 	size_t cap = layers * TENSORS_PER_LAYER + 5;
 	struct mn_tensor *tensors = calloc(cap, sizeof(*tensors));
-	char (*names)[NAME_LEN] = calloc(layers * TENSORS_PER_LAYER, NAME_LEN);
+	char(*names)[NAME_LEN] = calloc(layers * TENSORS_PER_LAYER, NAME_LEN);
 	char arch_json[1024], step_str[32], created[MN_TIMELEN];
 	int rc = -ENOMEM;
 
@@ -141,8 +141,8 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 		for (size_t l = 0; l < layers; l++) {
 			for (int b = 0; b < 2; b++) {
 				struct mn_tensor *tn = &tensors[nt];
-				size_t off = b ? mn_arch_biases_offset(a, l)
-					       : mn_arch_weights_offset(a, l);
+				size_t off =
+				    b ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l);
 
 				mn_model_tensor_name(l, b, ema, names[nt], NAME_LEN);
 				tn->name = names[nt];
@@ -153,16 +153,19 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 			}
 		}
 	}
-	tensors[nt++] = (struct mn_tensor){.name = "global_step", .dtype = MN_DTYPE_I64,
-					   .data = s.global_step};
-	tensors[nt++] = (struct mn_tensor){.name = "train/rng", .dtype = MN_DTYPE_U64, .ndim = 1,
-					   .shape = {4}, .data = s.rng->s};
-	tensors[nt++] = (struct mn_tensor){.name = "train/epoch", .dtype = MN_DTYPE_I64,
-					   .data = s.epoch};
-	tensors[nt++] = (struct mn_tensor){.name = "train/perm_pos", .dtype = MN_DTYPE_U64,
-					   .data = s.perm_pos};
-	tensors[nt++] = (struct mn_tensor){.name = "train/permutation", .dtype = MN_DTYPE_U32,
-					   .ndim = 1, .shape = {s.nperm}, .data = s.perm};
+	tensors[nt++] =
+	    (struct mn_tensor){.name = "global_step", .dtype = MN_DTYPE_I64, .data = s.global_step};
+	tensors[nt++] = (struct mn_tensor){
+	    .name = "train/rng", .dtype = MN_DTYPE_U64, .ndim = 1, .shape = {4}, .data = s.rng->s};
+	tensors[nt++] =
+	    (struct mn_tensor){.name = "train/epoch", .dtype = MN_DTYPE_I64, .data = s.epoch};
+	tensors[nt++] =
+	    (struct mn_tensor){.name = "train/perm_pos", .dtype = MN_DTYPE_U64, .data = s.perm_pos};
+	tensors[nt++] = (struct mn_tensor){.name = "train/permutation",
+	                                   .dtype = MN_DTYPE_U32,
+	                                   .ndim = 1,
+	                                   .shape = {s.nperm},
+	                                   .data = s.perm};
 
 	if (mn_arch_to_json(a, arch_json, sizeof(arch_json)) < 0) {
 		mn_errf(err, errlen, "architecture too large to describe");
@@ -172,11 +175,11 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 	snprintf(step_str, sizeof(step_str), "%" PRId64, *s.global_step);
 	mn_time_rfc3339(created);
 	const struct mn_meta meta[] = {
-		{"format", MN_CKPT_FORMAT},
-		{"global_step", step_str},
-		{"architecture", arch_json},
-		{"created", created},
-		{"config", config_json ? config_json : "{}"},
+	    {"format", MN_CKPT_FORMAT},
+	    {"global_step", step_str},
+	    {"architecture", arch_json},
+	    {"created", created},
+	    {"config", config_json ? config_json : "{}"},
 	};
 
 	rc = mn_ckpt_filename(prefix, *s.global_step, name, len);
@@ -185,7 +188,7 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 		goto out;
 	}
 	rc = mn_ckpt_write(dir, name, tensors, nt, meta, sizeof(meta) / sizeof(meta[0]), err,
-			   errlen);
+	                   errlen);
 	if (rc < 0)
 		goto out;
 	rc = mn_ckpt_publish_index(dir, prefix, name, max_to_keep, err, errlen);
@@ -220,18 +223,19 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
 	    (rc = copy_layers(c, a, true, shadow, err, errlen)) < 0 ||
 	    (rc = mn_ckpt_copy(c, "global_step", MN_DTYPE_I64, 0, NULL, &step, err, errlen)) < 0 ||
 	    (rc = mn_ckpt_copy(c, "train/rng", MN_DTYPE_U64, 1, (uint64_t[]){4}, rng, err,
-			       errlen)) < 0 ||
+	                       errlen)) < 0 ||
 	    (rc = mn_ckpt_copy(c, "train/epoch", MN_DTYPE_I64, 0, NULL, &epoch, err, errlen)) < 0 ||
 	    (rc = mn_ckpt_copy(c, "train/perm_pos", MN_DTYPE_U64, 0, NULL, &pos, err, errlen)) <
-		    0 ||
+	        0 ||
 	    (rc = mn_ckpt_copy(c, "train/permutation", MN_DTYPE_U32, 1, &nperm, perm, err,
-			       errlen)) < 0)
+	                       errlen)) < 0)
 		goto out;
 	rc = -EINVAL;
 	if (step < 0 || epoch < 0 || pos > s.nperm) {
-		mn_errf(err, errlen, "%s: training state out of range (step %" PRId64
-			", epoch %" PRId64 ", position %" PRIu64 " of %zu)",
-			mn_ckpt_name(c), step, epoch, pos, s.nperm);
+		mn_errf(err, errlen,
+		        "%s: training state out of range (step %" PRId64 ", epoch %" PRId64
+		        ", position %" PRIu64 " of %zu)",
+		        mn_ckpt_name(c), step, epoch, pos, s.nperm);
 		goto out;
 	}
 	/* A permutation with repeats would silently skew training; check it is one. */
@@ -247,8 +251,8 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
 			if (perm[i] >= s.nperm || seen[perm[i]]) {
 				free(seen);
 				mn_errf(err, errlen,
-					"%s: train/permutation is not a permutation of %zu images",
-					mn_ckpt_name(c), s.nperm);
+				        "%s: train/permutation is not a permutation of %zu images",
+				        mn_ckpt_name(c), s.nperm);
 				goto out;
 			}
 			seen[perm[i]] = 1;
@@ -270,11 +274,10 @@ out:
 	return rc;
 }
 
-int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err,
-			size_t errlen)
+int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err, size_t errlen)
 {
 	(void)t;
 	mn_errf(err, errlen, "%s: checkpoint.init_from is not supported yet",
-		cfg->checkpoint.init_from_file);
+	        cfg->checkpoint.init_from_file);
 	return -ENOTSUP;
 }

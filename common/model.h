@@ -43,7 +43,7 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
  * variables otherwise; a frozen model has only one set, used either way.
  */
 int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
-			 float **params, char *err, size_t errlen);
+                         float **params, char *err, size_t errlen);
 
 /*
  * Writes the trainer's full state as "<dir>/<prefix>-<step>.safetensors"
@@ -51,7 +51,7 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
  * "config" metadata. The file name is written to name (len bytes).
  */
 int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
-		  const char *config_json, char *name, size_t len, char *err, size_t errlen);
+                  const char *config_json, char *name, size_t len, char *err, size_t errlen);
 
 /*
  * Restores a trainer's full state from a checkpoint whose architecture the
@@ -68,6 +68,6 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
  * name the file, the tensors and both shapes.
  */
 int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err,
-			size_t errlen);
+                        size_t errlen);
 
 #endif

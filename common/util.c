@@ -82,7 +82,7 @@ const char *mn_basename(const char *path)
 }
 
 static int join_path(char *out, size_t len, const char *dir, const char *name, const char *pre,
-		     const char *post)
+                     const char *post)
 {
 	int n = snprintf(out, len, "%s/%s%s%s", dir, pre, name, post);
 
@@ -124,7 +124,7 @@ static int fsync_dir(const char *dir)
 }
 
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
-		    unsigned mode, char *err, size_t errlen)
+                    unsigned mode, char *err, size_t errlen)
 {
 	char tmp[PATH_MAX], final[PATH_MAX];
 	int fd = -1, rc;
@@ -213,7 +213,7 @@ int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	memcpy(path, dir, len + 1);
-	for (char *p = path + 1; ; p++) {
+	for (char *p = path + 1;; p++) {
 		if (*p != '/' && *p != '\0')
 			continue;
 		char saved = *p;
@@ -222,7 +222,8 @@ int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
 		if (mkdir(path, mode) < 0 && errno != EEXIST) {
 			int rc = -errno;
 
-			mn_errf(err, errlen, "%s: cannot create directory: %s", path, strerror(-rc));
+			mn_errf(err, errlen, "%s: cannot create directory: %s", path,
+			        strerror(-rc));
 			return rc;
 		}
 		*p = saved;
@@ -239,7 +240,7 @@ int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
 }
 
 int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
-	       size_t errlen)
+               size_t errlen)
 {
 	size_t cap = max < 65536 ? max + 1 : 65536, used = 0;
 	char *data = malloc(cap + 1);

@@ -59,7 +59,7 @@ int64_t mn_monotonic_ns(void);
  * final name is untouched. mode is the file mode (before the umask).
  */
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
-		    unsigned mode, char *err, size_t errlen);
+                    unsigned mode, char *err, size_t errlen);
 
 /* Removes "<dir>/.*.tmp" files left by a crashed writer. Returns the count or -errno. */
 int mn_remove_stale_temps(const char *dir, char *err, size_t errlen);
@@ -75,7 +75,7 @@ int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *er
 
 /* Same, from an open descriptor (read from its current position). */
 int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
-	       size_t errlen);
+               size_t errlen);
 
 /* The last path component of path (a pointer into path). */
 const char *mn_basename(const char *path);

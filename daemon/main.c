@@ -41,20 +41,22 @@ struct daemon {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "Usage: mnistd [--config PATH] [--check-config]\n"
-		   "\n"
-		   "Trains a neural network on an IDX data set (Fashion-MNIST by default),\n"
-		   "publishing a versioned checkpoint every checkpoint.every_steps steps and\n"
-		   "resuming from the newest valid checkpoint at start.\n"
-		   "\n"
-		   "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
-		   "      --check-config   validate the configuration and exit\n"
-		   "  -h, --help           show this help\n"
-		   "  -V, --version        show the version\n"
-		   "\n"
-		   "Signals: SIGTERM/SIGINT finish the step, publish a checkpoint and exit 0;\n"
-		   "SIGHUP reloads the configuration file.\n"
-		   "Exit status: 0 done, 1 runtime error, 66 data not found, 78 configuration error.\n");
+	fprintf(
+	    f,
+	    "Usage: mnistd [--config PATH] [--check-config]\n"
+	    "\n"
+	    "Trains a neural network on an IDX data set (Fashion-MNIST by default),\n"
+	    "publishing a versioned checkpoint every checkpoint.every_steps steps and\n"
+	    "resuming from the newest valid checkpoint at start.\n"
+	    "\n"
+	    "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
+	    "      --check-config   validate the configuration and exit\n"
+	    "  -h, --help           show this help\n"
+	    "  -V, --version        show the version\n"
+	    "\n"
+	    "Signals: SIGTERM/SIGINT finish the step, publish a checkpoint and exit 0;\n"
+	    "SIGHUP reloads the configuration file.\n"
+	    "Exit status: 0 done, 1 runtime error, 66 data not found, 78 configuration error.\n");
 }
 
 static void close_handle(uv_handle_t *h, void *arg)
@@ -86,8 +88,7 @@ static void reload_config(struct daemon *d)
 	char err[MN_ERRLEN];
 
 	if (mn_config_load(d->config_path, &next, err, sizeof(err)) < 0) {
-		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s",
-		       err);
+		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
 		return;
 	}
 	mn_worker_reconfigure(d->worker, &next);
@@ -109,14 +110,14 @@ static void on_progress(uv_timer_t *h)
 	if (s.paused || isnan(s.loss))
 		return;
 	mn_log_fields(MN_LOG_INFO, "training",
-		      (struct mn_log_field[]){
-			      MN_F_INT("step", s.step),
-			      MN_F_INT("max_steps", s.max_steps),
-			      MN_F_DBL("loss", s.loss, 4),
-			      MN_F_DBL("learning_rate", s.learning_rate, 6),
-			      MN_F_DBL("steps_per_sec", s.steps_per_sec, 1),
-		      },
-		      5);
+	              (struct mn_log_field[]){
+	                  MN_F_INT("step", s.step),
+	                  MN_F_INT("max_steps", s.max_steps),
+	                  MN_F_DBL("loss", s.loss, 4),
+	                  MN_F_DBL("learning_rate", s.learning_rate, 6),
+	                  MN_F_DBL("steps_per_sec", s.steps_per_sec, 1),
+	              },
+	              5);
 }
 
 /*
@@ -134,7 +135,7 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 
 	latest[0] = '\0';
 	rc = mn_ckpt_scan(d->cfg.checkpoint.dir, d->cfg.checkpoint.prefix, &list, &n, err,
-			  sizeof(err));
+	                  sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		return EXIT_FAILURE;
@@ -167,16 +168,16 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 		rc = mn_model_restore(t, c, err, sizeof(err));
 		mn_ckpt_free(c);
 		if (rc < 0) {
-			mn_log(MN_LOG_ERROR, "cannot resume from %s (did data or batch settings change?)",
-			       err);
+			mn_log(MN_LOG_ERROR,
+			       "cannot resume from %s (did data or batch settings change?)", err);
 			free(list);
 			return MN_EX_CONFIG;
 		}
 		snprintf(latest, len, "%s", list[i].name);
 		mn_log_fields(MN_LOG_INFO, "resumed",
-			      (struct mn_log_field[]){MN_F_STR("file", list[i].name),
-						      MN_F_INT("step", mn_trainer_global_step(t))},
-			      2);
+		              (struct mn_log_field[]){MN_F_STR("file", list[i].name),
+		                                      MN_F_INT("step", mn_trainer_global_step(t))},
+		              2);
 		free(list);
 		return 0;
 	}
@@ -202,7 +203,7 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 		return EXIT_FAILURE;
 	}
 	rc = mn_dataset_split(d->data, (size_t)d->cfg.data.validation_size, &train, &validation,
-			      err, sizeof(err));
+	                      err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
 		return MN_EX_CONFIG;
@@ -235,24 +236,24 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 			return MN_EX_CONFIG;
 		}
 		mn_log_fields(MN_LOG_INFO, "warm start",
-			      (struct mn_log_field[]){
-				      MN_F_STR("file", d->cfg.checkpoint.init_from_file),
-				      MN_F_INT("tensors", (int64_t)d->cfg.checkpoint.init_from_nmap),
-			      },
-			      2);
+		              (struct mn_log_field[]){
+		                  MN_F_STR("file", d->cfg.checkpoint.init_from_file),
+		                  MN_F_INT("tensors", (int64_t)d->cfg.checkpoint.init_from_nmap),
+		              },
+		              2);
 	}
 	char arch_s[256];
 
 	mn_arch_format(&tp.arch, arch_s, sizeof(arch_s));
 	mn_log_fields(MN_LOG_INFO, "ready",
-		      (struct mn_log_field[]){
-			      MN_F_STR("architecture", arch_s),
-			      MN_F_INT("train_images", (int64_t)train.count),
-			      MN_F_INT("validation_images", (int64_t)validation.count),
-			      MN_F_INT("step", mn_trainer_global_step(*out)),
-			      MN_F_INT("max_steps", d->cfg.train.max_steps),
-		      },
-		      5);
+	              (struct mn_log_field[]){
+	                  MN_F_STR("architecture", arch_s),
+	                  MN_F_INT("train_images", (int64_t)train.count),
+	                  MN_F_INT("validation_images", (int64_t)validation.count),
+	                  MN_F_INT("step", mn_trainer_global_step(*out)),
+	                  MN_F_INT("max_steps", d->cfg.train.max_steps),
+	              },
+	              5);
 	return 0;
 }
 
@@ -300,8 +301,8 @@ static int run(struct daemon *d)
 	struct mn_trainer_state ts;
 
 	mn_trainer_state(t, &ts);
-	rc = mn_worker_start(&d->loop, t, &d->cfg, ts.nperm, latest,
-			     on_worker_done, d, &d->worker, err, sizeof(err));
+	rc = mn_worker_start(&d->loop, t, &d->cfg, ts.nperm, latest, on_worker_done, d, &d->worker,
+	                     err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		mn_trainer_free(t);
@@ -322,11 +323,11 @@ out:
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"check-config", no_argument, NULL, 'C'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'C'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {0},
 	};
 	struct daemon d = {.config_path = MN_DEFAULT_CONFIG};
 	bool check_only = false;
@@ -368,8 +369,7 @@ int main(int argc, char **argv)
 		printf("%s: configuration is valid\n", d.config_path);
 		return 0;
 	}
-	if (mn_log_open(d.cfg.log.file, d.cfg.log.format, d.cfg.log.level, err, sizeof(err)) <
-	    0) {
+	if (mn_log_open(d.cfg.log.file, d.cfg.log.format, d.cfg.log.level, err, sizeof(err)) < 0) {
 		fprintf(stderr, "mnistd: log.file: %s\n", err);
 		return MN_EX_CONFIG;
 	}

@@ -80,13 +80,12 @@ static int save_now(struct mn_worker *w, char *name, size_t len, char *err, size
 	int64_t t0 = mn_monotonic_ns();
 
 	rc = mn_model_save(w->trainer, w->cfg.checkpoint.dir, w->cfg.checkpoint.prefix,
-			   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json, name, len, err,
-			   errlen);
+	                   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json, name, len, err,
+	                   errlen);
 	if (rc < 0) {
-		mn_log_fields(MN_LOG_ERROR, "checkpoint failed",
-			      (struct mn_log_field[]){MN_F_INT("step", step),
-						      MN_F_STR("error", err)},
-			      2);
+		mn_log_fields(
+		    MN_LOG_ERROR, "checkpoint failed",
+		    (struct mn_log_field[]){MN_F_INT("step", step), MN_F_STR("error", err)}, 2);
 		return rc;
 	}
 	w->last_saved_step = step;
@@ -94,12 +93,12 @@ static int save_now(struct mn_worker *w, char *name, size_t len, char *err, size
 	snprintf(w->status.latest, sizeof(w->status.latest), "%s", name);
 	pthread_mutex_unlock(&w->lock);
 	mn_log_fields(MN_LOG_INFO, "checkpoint published",
-		      (struct mn_log_field[]){
-			      MN_F_INT("step", step),
-			      MN_F_STR("file", name),
-			      MN_F_DBL("write_ms", (double)(mn_monotonic_ns() - t0) / 1e6, 1),
-		      },
-		      3);
+	              (struct mn_log_field[]){
+	                  MN_F_INT("step", step),
+	                  MN_F_STR("file", name),
+	                  MN_F_DBL("write_ms", (double)(mn_monotonic_ns() - t0) / 1e6, 1),
+	              },
+	              3);
 	return 0;
 }
 
@@ -216,9 +215,9 @@ static void train_thread(void *arg)
 			status = save_now(w, name, sizeof(name), err, sizeof(err));
 			if (status == 0)
 				mn_log_fields(MN_LOG_INFO, "training finished",
-					      (struct mn_log_field[]){MN_F_INT("step", step),
-								      MN_F_STR("file", name)},
-					      2);
+				              (struct mn_log_field[]){MN_F_INT("step", step),
+				                                      MN_F_STR("file", name)},
+				              2);
 			break;
 		}
 
@@ -283,8 +282,8 @@ static void on_async(uv_async_t *handle)
 }
 
 int mn_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-		    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
-		    struct mn_worker **out, char *err, size_t errlen)
+                    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
+                    struct mn_worker **out, char *err, size_t errlen)
 {
 	struct mn_worker *w = calloc(1, sizeof(*w));
 	int rc;

@@ -46,8 +46,8 @@ struct mn_worker;
  * restored from ("" or NULL if none). done is called when the thread exits.
  */
 int mn_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-		    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
-		    struct mn_worker **out, char *err, size_t errlen);
+                    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
+                    struct mn_worker **out, char *err, size_t errlen);
 
 /* Asks the thread to finish its step, publish a checkpoint and exit. */
 void mn_worker_stop(struct mn_worker *w);

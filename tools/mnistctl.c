@@ -13,48 +13,45 @@ struct command {
 };
 
 static const struct command commands[] = {
-	{"status", ctl_status, "status                 show where training stands"},
-	{"reload", ctl_reload, "reload                 re-read the daemon's configuration file"},
-	{"save", ctl_save, "save                   publish a checkpoint now"},
-	{"pause", ctl_pause, "pause                  pause training at the next step"},
-	{"resume", ctl_resume, "resume                 resume training"},
-	{"ls", ctl_ls, "ls DIR                 list the checkpoints in a directory"},
-	{"inspect", ctl_inspect, "inspect FILE           show a checkpoint's metadata and tensors"},
-	{"verify", ctl_verify, "verify FILE...         validate checkpoint files"},
-	{"convert", ctl_convert, "convert IN -o OUT      copy selected, renamed tensors"},
-	{"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},
-	{"predict", ctl_predict, "predict MODEL --images IDX [--labels IDX]  run a model"},
+    {"status", ctl_status, "status                 show where training stands"},
+    {"reload", ctl_reload, "reload                 re-read the daemon's configuration file"},
+    {"save", ctl_save, "save                   publish a checkpoint now"},
+    {"pause", ctl_pause, "pause                  pause training at the next step"},
+    {"resume", ctl_resume, "resume                 resume training"},
+    {"ls", ctl_ls, "ls DIR                 list the checkpoints in a directory"},
+    {"inspect", ctl_inspect, "inspect FILE           show a checkpoint's metadata and tensors"},
+    {"verify", ctl_verify, "verify FILE...         validate checkpoint files"},
+    {"convert", ctl_convert, "convert IN -o OUT      copy selected, renamed tensors"},
+    {"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},
+    {"predict", ctl_predict, "predict MODEL --images IDX [--labels IDX]  run a model"},
 };
 
 static void usage(FILE *f)
 {
 	fprintf(f, "Usage: mnistctl [--config PATH] [--socket PATH] [--json] COMMAND [ARGS]\n"
-		   "\n"
-		   "Commands:\n");
+	           "\n"
+	           "Commands:\n");
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(f, "  %s\n", commands[i].synopsis);
 	fprintf(f, "\n"
-		   "Options:\n"
-		   "  -c, --config PATH   configuration file, for the socket path (default\n"
-		   "                      " MN_DEFAULT_CONFIG ")\n"
-		   "  -s, --socket PATH   the daemon's control socket (overrides the config)\n"
-		   "  -j, --json          machine-readable output\n"
-		   "  -h, --help          this help; 'mnistctl COMMAND --help' for a command's\n"
-		   "  -V, --version       the version\n"
-		   "\n"
-		   "Exit status: 0 success, 1 the daemon reported an error or a file is invalid,\n"
-		   "2 usage error, 3 no daemon reachable.\n");
+	           "Options:\n"
+	           "  -c, --config PATH   configuration file, for the socket path (default\n"
+	           "                      " MN_DEFAULT_CONFIG ")\n"
+	           "  -s, --socket PATH   the daemon's control socket (overrides the config)\n"
+	           "  -j, --json          machine-readable output\n"
+	           "  -h, --help          this help; 'mnistctl COMMAND --help' for a command's\n"
+	           "  -V, --version       the version\n"
+	           "\n"
+	           "Exit status: 0 success, 1 the daemon reported an error or a file is invalid,\n"
+	           "2 usage error, 3 no daemon reachable.\n");
 }
 
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"config", required_argument, NULL, 'c'},
-		{"socket", required_argument, NULL, 's'},
-		{"json", no_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{0},
+	    {"config", required_argument, NULL, 'c'}, {"socket", required_argument, NULL, 's'},
+	    {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},      {0},
 	};
 	struct ctl_globals g = {.config_path = MN_DEFAULT_CONFIG};
 	int c;
