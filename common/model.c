@@ -198,6 +198,64 @@ out:
 	return rc;
 }
 
+int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arch *a,
+                          const float *params, const struct mn_meta *extra, size_t nextra,
+                          char *err, size_t errlen)
+{
+	static const char *const own_keys[] = {"format", "architecture", "created", "frozen",
+	                                       "data_crc32"};
+	size_t layers = mn_arch_layers(a), nt = 0, nm = 0;
+	struct mn_tensor *tensors = calloc(2 * layers, sizeof(*tensors));
+	char(*names)[NAME_LEN] = calloc(2 * layers, NAME_LEN);
+	struct mn_meta *meta = calloc(nextra + 4, sizeof(*meta));
+	char arch_json[1024], created[MN_TIMELEN];
+	int rc = -ENOMEM;
+
+	if (!tensors || !names || !meta) {
+		mn_errf(err, errlen, "out of memory");
+		goto out;
+	}
+	rc = -EINVAL;
+	if (mn_arch_to_json(a, arch_json, sizeof(arch_json)) < 0) {
+		mn_errf(err, errlen, "architecture too large to describe");
+		goto out;
+	}
+	for (size_t l = 0; l < layers; l++) {
+		for (int b = 0; b < 2; b++) {
+			struct mn_tensor *tn = &tensors[nt];
+
+			mn_model_tensor_name(l, b, false, names[nt], NAME_LEN);
+			tn->name = names[nt];
+			tn->dtype = MN_DTYPE_F32;
+			tn->ndim = layer_shape(a, l, b, tn->shape);
+			tn->data = params +
+			           (b ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l));
+			nt++;
+		}
+	}
+	mn_time_rfc3339(created);
+	meta[nm++] = (struct mn_meta){"format", MN_CKPT_FORMAT};
+	meta[nm++] = (struct mn_meta){"architecture", arch_json};
+	meta[nm++] = (struct mn_meta){"created", created};
+	meta[nm++] = (struct mn_meta){"frozen", "true"};
+	for (size_t i = 0; i < nextra; i++) {
+		for (size_t k = 0; k < sizeof(own_keys) / sizeof(own_keys[0]); k++) {
+			if (extra[i].key && strcmp(extra[i].key, own_keys[k]) == 0) {
+				mn_errf(err, errlen, "metadata \"%s\" is set by the freezer",
+				        extra[i].key);
+				goto out;
+			}
+		}
+		meta[nm++] = extra[i];
+	}
+	rc = mn_ckpt_write(dir, name, tensors, nt, meta, nm, err, errlen);
+out:
+	free(tensors);
+	free(names);
+	free(meta);
+	return rc;
+}
+
 int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen)
 {
 	const struct mn_arch *a = mn_trainer_arch(t);
@@ -274,10 +332,131 @@ out:
 	return rc;
 }
 
+/* Index of layer variable "to" (2 * layer + biases), or -1 with the valid names in err. */
+static int variable_index(const struct mn_arch *a, const char *to, char *err, size_t errlen)
+{
+	size_t nvars = 2 * mn_arch_layers(a), pos;
+	char name[NAME_LEN], arch_s[128];
+
+	for (size_t v = 0; v < nvars; v++) {
+		mn_model_tensor_name(v / 2, v % 2, false, name, sizeof(name));
+		if (strcmp(name, to) == 0)
+			return (int)v;
+	}
+	mn_arch_format(a, arch_s, sizeof(arch_s));
+	mn_errf(err, errlen, "\"%s\" is not a variable of this model (%s); its variables are: ", to,
+	        arch_s);
+	pos = err ? strlen(err) : 0;
+	for (size_t v = 0; v < nvars && err && pos < errlen; v++) {
+		int n;
+
+		mn_model_tensor_name(v / 2, v % 2, false, name, sizeof(name));
+		n = snprintf(err + pos, errlen - pos, "%s%s", v ? ", " : "", name);
+		if (n < 0)
+			break;
+		pos += (size_t)n;
+	}
+	return -1;
+}
+
+/* Adds both architectures to a shape mismatch, when the file says what it was. */
+static void append_arch_hint(const struct mn_ckpt *c, const struct mn_arch *a, char *err,
+                             size_t errlen)
+{
+	const char *json = mn_ckpt_meta(c, "architecture");
+	struct mn_arch theirs;
+	char mine_s[128], theirs_s[128];
+	size_t pos;
+
+	if (!err || !json || mn_arch_from_json(json, &theirs, NULL, 0) < 0)
+		return;
+	mn_arch_format(a, mine_s, sizeof(mine_s));
+	mn_arch_format(&theirs, theirs_s, sizeof(theirs_s));
+	pos = strlen(err);
+	if (pos < errlen)
+		snprintf(err + pos, errlen - pos, " (this model is %s, the file's is %s)", mine_s,
+		         theirs_s);
+}
+
 int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err, size_t errlen)
 {
-	(void)t;
-	mn_errf(err, errlen, "%s: checkpoint.init_from is not supported yet",
-	        cfg->checkpoint.init_from_file);
-	return -ENOTSUP;
+	const struct mn_arch *a = mn_trainer_arch(t);
+	const char *path = cfg->checkpoint.init_from_file;
+	size_t nvars = 2 * mn_arch_layers(a);
+	size_t nmap = cfg->checkpoint.init_from_nmap;
+	struct mn_trainer_state s;
+	struct mn_ckpt *c = NULL;
+	float *staged = NULL;
+	bool loaded[2 * (MN_MAX_HIDDEN + 1)] = {false};
+	int rc;
+
+	/*
+	 * Any safetensors file will do: frozen models and converted files carry
+	 * no global_step, and the checksum is still verified when present.
+	 */
+	rc = mn_ckpt_read(path, 0, &c, err, errlen);
+	if (rc < 0)
+		return rc;
+	mn_trainer_state(t, &s);
+	staged = malloc(s.nparams * sizeof(float));
+	if (!staged) {
+		mn_errf(err, errlen, "%s: out of memory", path);
+		rc = -ENOMEM;
+		goto out;
+	}
+	/* An empty map loads every variable under its own name (TF's WarmStartSettings). */
+	for (size_t i = 0; i < (nmap ? nmap : nvars); i++) {
+		char own[NAME_LEN];
+		const char *to, *from;
+		uint64_t shape[2];
+		size_t ndim, off;
+		int v;
+
+		if (nmap) {
+			to = cfg->checkpoint.init_from_map[i].to;
+			from = cfg->checkpoint.init_from_map[i].from;
+		} else {
+			mn_model_tensor_name(i / 2, i % 2, false, own, sizeof(own));
+			to = from = own;
+		}
+		v = variable_index(a, to, err, errlen);
+		if (v < 0) {
+			mn_errprefix(err, errlen, "map");
+			rc = -EINVAL;
+			goto out;
+		}
+		if (loaded[v]) {
+			mn_errf(err, errlen, "map: \"%s\" is mapped twice", to);
+			rc = -EINVAL;
+			goto out;
+		}
+		ndim = layer_shape(a, (size_t)v / 2, v % 2, shape);
+		off = v % 2 ? mn_arch_biases_offset(a, (size_t)v / 2)
+		            : mn_arch_weights_offset(a, (size_t)v / 2);
+		rc = mn_ckpt_copy(c, from, MN_DTYPE_F32, ndim, shape, staged + off, err, errlen);
+		if (rc < 0) {
+			if (rc != -ENOENT)
+				append_arch_hint(c, a, err, errlen);
+			mn_errprefix(err, errlen, "map \"%s\"", to);
+			goto out;
+		}
+		loaded[v] = true;
+	}
+	/* Commit only once every tensor loaded, so a bad map leaves the fresh model intact. */
+	for (size_t v = 0; v < nvars; v++) {
+		size_t l = v / 2, off, n;
+
+		if (!loaded[v])
+			continue;
+		off = v % 2 ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l);
+		n = v % 2 ? mn_arch_layer_out(a, l)
+		          : mn_arch_layer_in(a, l) * mn_arch_layer_out(a, l);
+		memcpy(s.params + off, staged + off, n * sizeof(float));
+		memcpy(s.shadow + off, staged + off, n * sizeof(float));
+	}
+	rc = 0;
+out:
+	free(staged);
+	mn_ckpt_free(c);
+	return rc;
 }

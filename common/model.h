@@ -54,6 +54,18 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
                   const char *config_json, char *name, size_t len, char *err, size_t errlen);
 
 /*
+ * Writes an inference-only model as "<dir>/<name>", atomically: the tensors
+ * layer<i>/weights and layer<i>/biases taken from params (mlp.h's layout,
+ * arch's shape), and the metadata format, architecture, created and
+ * frozen = "true", followed by the caller's extra entries (typically
+ * global_step, config, source and ema), which must not repeat those keys.
+ * The result passes mn_model_arch() and mn_model_load_params().
+ */
+int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arch *arch,
+                          const float *params, const struct mn_meta *extra, size_t nextra,
+                          char *err, size_t errlen);
+
+/*
  * Restores a trainer's full state from a checkpoint whose architecture the
  * caller has checked equals the trainer's (mn_model_arch). Messages name the
  * tensor and both shapes on a mismatch (e.g. a different training set size).
@@ -64,8 +76,15 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
  * Warm start (checkpoint.init_from): loads each tensor of cfg's map, "<name
  * in this model>": "<name in that file>", from the init_from file into the
  * trainer's parameters, and sets the EMA shadows of loaded tensors to the
- * loaded values. Unmapped tensors keep their fresh initialisation. Messages
- * name the file, the tensors and both shapes.
+ * loaded values. Unmapped tensors keep their fresh initialisation. An empty
+ * map loads every layer variable under its own name (TensorFlow's
+ * WarmStartSettings default). The file may be any safetensors file (a
+ * checkpoint, a frozen or a converted model); its checksum is verified when
+ * it has one. Each target must be one of this model's variables,
+ * layer<i>/weights or layer<i>/biases; each source must exist in the file
+ * as F32 with exactly the target's shape. Nothing is changed unless every
+ * entry loads. Messages name the file, the tensors and both shapes (and
+ * both architectures when the file records its own).
  */
 int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err,
                         size_t errlen);
