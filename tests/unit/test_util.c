@@ -1,0 +1,230 @@
+/* test_util.c - error messages, time stamps, durable writes, bounded reads. */
+#include "util.h"
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[64];
+
+static void make_dir(void)
+{
+	snprintf(dir, sizeof(dir), "/tmp/mn-test-util-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+static void remove_dir(void)
+{
+	char cmd[PATH_MAX + 16];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static size_t count_entries(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+	size_t n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)) != NULL)
+		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+START_TEST(errf_and_prefix)
+{
+	char err[32];
+
+	mn_errf(err, sizeof(err), "bad %s %d", "value", 7);
+	ck_assert_str_eq(err, "bad value 7");
+	mn_errprefix(err, sizeof(err), "file%d", 1);
+	ck_assert_str_eq(err, "file1: bad value 7");
+	/* Truncation keeps the buffer terminated. */
+	mn_errf(err, sizeof(err), "%s", "0123456789012345678901234567890123456789");
+	ck_assert_uint_eq(strlen(err), sizeof(err) - 1);
+	mn_errf(NULL, 0, "ignored %d", 1);
+}
+END_TEST
+
+START_TEST(rfc3339_format)
+{
+	char buf[MN_TIMELEN];
+	regex_t re;
+
+	mn_time_rfc3339_ns(0, buf);
+	ck_assert_str_eq(buf, "1970-01-01T00:00:00.000Z");
+	mn_time_rfc3339_ns(1764090245123456789LL, buf);
+	ck_assert_str_eq(buf, "2025-11-25T17:04:05.123Z");
+	mn_time_rfc3339(buf);
+	ck_assert_int_eq(
+	    regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z$",
+	            REG_EXTENDED | REG_NOSUB),
+	    0);
+	ck_assert_int_eq(regexec(&re, buf, 0, NULL, 0), 0);
+	regfree(&re);
+}
+END_TEST
+
+START_TEST(write_atomic_publishes_complete_file)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], *buf = NULL;
+	struct iovec iov[2] = {{"hello ", 6}, {"world", 5}};
+	struct stat st;
+	size_t len;
+
+	make_dir();
+	ck_assert_int_eq(mn_write_atomic(dir, "out.bin", iov, 2, 0640, err, sizeof(err)), 0);
+	snprintf(path, sizeof(path), "%s/out.bin", dir);
+	ck_assert_int_eq(mn_read_file(path, 1024, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_uint_eq(len, 11);
+	ck_assert_str_eq(buf, "hello world");
+	free(buf);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 0777 & ~0640u, 0);
+	/* No temporary file is left behind. */
+	ck_assert_uint_eq(count_entries(dir), 1);
+	/* Replacing keeps exactly one file with the new content. */
+	iov[0] = (struct iovec){"bye", 3};
+	ck_assert_int_eq(mn_write_atomic(dir, "out.bin", iov, 1, 0640, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_read_file(path, 1024, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_str_eq(buf, "bye");
+	free(buf);
+	ck_assert_uint_eq(count_entries(dir), 1);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(write_atomic_failure_leaves_nothing)
+{
+	char err[MN_ERRLEN] = "", missing[PATH_MAX];
+	struct iovec iov = {"x", 1};
+
+	make_dir();
+	snprintf(missing, sizeof(missing), "%s/nope", dir);
+	ck_assert_int_eq(mn_write_atomic(missing, "f", &iov, 1, 0644, err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, "nope/.f.tmp"));
+	ck_assert_uint_eq(count_entries(dir), 0);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(stale_temps_removed)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX];
+	const char *names[] = {".a.safetensors.tmp", ".b.tmp", "keep.tmp", ".keep",
+	                       "c.safetensors"};
+
+	make_dir();
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		int fd;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		fd = open(path, O_CREAT | O_WRONLY, 0644);
+		ck_assert_int_ge(fd, 0);
+		close(fd);
+	}
+	ck_assert_int_eq(mn_remove_stale_temps(dir, err, sizeof(err)), 2);
+	ck_assert_uint_eq(count_entries(dir), 3);
+	snprintf(path, sizeof(path), "%s/.b.tmp", dir);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	snprintf(path, sizeof(path), "%s/nope", dir);
+	ck_assert_int_eq(mn_remove_stale_temps(path, err, sizeof(err)), -ENOENT);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(mkdir_p_creates_parents)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], file[PATH_MAX];
+	struct stat st;
+	int fd;
+
+	make_dir();
+	snprintf(path, sizeof(path), "%s/a/b/c", dir);
+	ck_assert_int_eq(mn_mkdir_p(path, 0755, err, sizeof(err)), 0);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert(S_ISDIR(st.st_mode));
+	ck_assert_int_eq(mn_mkdir_p(path, 0755, err, sizeof(err)), 0);
+	snprintf(file, sizeof(file), "%s/file", dir);
+	fd = open(file, O_CREAT | O_WRONLY, 0644);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	ck_assert_int_lt(mn_mkdir_p(file, 0755, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, "file"));
+	ck_assert_int_eq(mn_mkdir_p("", 0755, err, sizeof(err)), -EINVAL);
+	remove_dir();
+}
+END_TEST
+
+START_TEST(read_file_bounds)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], *buf = NULL;
+	char data[200000];
+	size_t len = 0;
+	FILE *f;
+
+	make_dir();
+	memset(data, 'x', sizeof(data));
+	snprintf(path, sizeof(path), "%s/big", dir);
+	f = fopen(path, "wb");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(data, 1, sizeof(data), f), sizeof(data));
+	fclose(f);
+	/* Exactly max bytes is accepted; one less is too large. */
+	ck_assert_int_eq(mn_read_file(path, sizeof(data), &buf, &len, err, sizeof(err)), 0);
+	ck_assert_uint_eq(len, sizeof(data));
+	ck_assert_int_eq(buf[len], '\0');
+	free(buf);
+	ck_assert_int_eq(mn_read_file(path, sizeof(data) - 1, &buf, &len, err, sizeof(err)),
+	                 -EFBIG);
+	ck_assert_ptr_nonnull(strstr(err, "larger than"));
+	ck_assert_int_eq(mn_read_file(path, 10, &buf, &len, err, sizeof(err)), -EFBIG);
+	snprintf(path, sizeof(path), "%s/missing", dir);
+	ck_assert_int_eq(mn_read_file(path, 10, &buf, &len, err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, "missing"));
+	remove_dir();
+}
+END_TEST
+
+START_TEST(basename_of_paths)
+{
+	ck_assert_str_eq(mn_basename("/a/b/c.safetensors"), "c.safetensors");
+	ck_assert_str_eq(mn_basename("plain"), "plain");
+	ck_assert_str_eq(mn_basename("dir/"), "");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("util");
+	TCase *tc = tcase_create("util");
+	SRunner *sr;
+	int failed;
+
+	tcase_add_test(tc, errf_and_prefix);
+	tcase_add_test(tc, rfc3339_format);
+	tcase_add_test(tc, write_atomic_publishes_complete_file);
+	tcase_add_test(tc, write_atomic_failure_leaves_nothing);
+	tcase_add_test(tc, stale_temps_removed);
+	tcase_add_test(tc, mkdir_p_creates_parents);
+	tcase_add_test(tc, read_file_bounds);
+	tcase_add_test(tc, basename_of_paths);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
