@@ -382,6 +382,35 @@ fail:
 	return rc;
 }
 
+int mn_dataset_load_images(const char *images_path, struct mn_dataset **out, char *err,
+                           size_t errlen)
+{
+	struct idx_file img = {0};
+	struct mn_dataset *ds;
+	int rc;
+
+	if (!images_path || !out) {
+		mn_errf(err, errlen, "mn_dataset_load_images: missing argument");
+		return -EINVAL;
+	}
+	*out = NULL;
+	rc = idx_load_file(images_path, 3, &img, err, errlen);
+	if (rc < 0)
+		return rc;
+	ds = calloc(1, sizeof(*ds));
+	if (!ds) {
+		mn_errf(err, errlen, "%s: out of memory", images_path);
+		free(img.elems);
+		return -ENOMEM;
+	}
+	ds->images = img.elems;
+	ds->count = img.dims[0];
+	ds->rows = img.dims[1];
+	ds->cols = img.dims[2];
+	*out = ds;
+	return 0;
+}
+
 /*
  * Loads "<dir>/<set>-<stem>-ubyte.gz", or the name without .gz when that
  * does not exist. path receives the name actually loaded.
@@ -502,7 +531,7 @@ int mn_dataset_split(const struct mn_dataset *ds, size_t validation_size, struct
 	if (train) {
 		*train = all;
 		train->images = all.images + validation_size * all.dim;
-		train->labels = all.labels + validation_size;
+		train->labels = all.labels ? all.labels + validation_size : NULL;
 		train->count = all.count - validation_size;
 	}
 	return 0;
@@ -532,7 +561,8 @@ void mn_view_gather(const struct mn_view *v, const uint32_t *indices, size_t n, 
 		size_t k = indices[i];
 
 		idx_scale(x + i * dim, v->images + k * dim, dim);
-		y[i] = v->labels[k];
+		if (v->labels)
+			y[i] = v->labels[k];
 	}
 }
 
@@ -541,5 +571,6 @@ void mn_view_range(const struct mn_view *v, size_t first, size_t n, float *x, ui
 	if (n == 0)
 		return;
 	idx_scale(x, v->images + first * v->dim, n * v->dim);
-	memcpy(y, v->labels + first, n);
+	if (v->labels)
+		memcpy(y, v->labels + first, n);
 }

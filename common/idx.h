@@ -33,7 +33,7 @@ struct mn_dataset;
  */
 struct mn_view {
 	const uint8_t *images; /* count * dim bytes, row-major */
-	const uint8_t *labels; /* count bytes */
+	const uint8_t *labels; /* count bytes; NULL for an image-only data set */
 	size_t count;          /* number of examples */
 	size_t dim;            /* pixels per image (rows * cols) */
 };
@@ -49,6 +49,14 @@ int mn_idx_parse(const uint8_t *buf, size_t len, int kind, const char *name, uin
 /* Loads an image file and its label file (gzip or plain) and checks they agree. */
 int mn_dataset_load(const char *images_path, const char *labels_path, struct mn_dataset **out,
 		    char *err, size_t errlen);
+
+/*
+ * Loads an image file alone (gzip or plain), for predictions without labels.
+ * The data set has no labels: its views have labels == NULL, its maximum
+ * label is 0, and mn_view_gather() and mn_view_range() leave y untouched.
+ */
+int mn_dataset_load_images(const char *images_path, struct mn_dataset **out, char *err,
+                           size_t errlen);
 
 /*
  * Loads "<dir>/<set>-images-idx3-ubyte[.gz]" and "<dir>/<set>-labels-idx1-ubyte[.gz]",

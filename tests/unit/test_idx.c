@@ -922,6 +922,70 @@ START_TEST(test_file_empty_and_directory)
 }
 END_TEST
 
+/* ---- mn_dataset_load_images ---- */
+
+START_TEST(test_load_images_only)
+{
+	struct mn_dataset *ds = NULL;
+	struct mn_view all, train, val;
+	float x[2 * 12];
+	uint8_t y[2] = {77, 77};
+
+	for (int gz = 0; gz < 2; gz++) {
+		struct blob img = make_images(5, 3, 4);
+
+		write_file(tpath("img"), img, gz);
+		free(img.p);
+		ck_assert_int_eq(mn_dataset_load_images(tpath("img"), &ds, err, sizeof(err)), 0);
+		ck_assert_uint_eq(mn_dataset_count(ds), 5);
+		ck_assert_uint_eq(mn_dataset_rows(ds), 3);
+		ck_assert_uint_eq(mn_dataset_cols(ds), 4);
+		ck_assert_uint_eq(mn_dataset_max_label(ds), 0);
+		all = mn_dataset_all(ds);
+		ck_assert_ptr_null(all.labels);
+		ck_assert_uint_eq(all.dim, 12);
+		for (size_t i = 0; i < 5; i++)
+			for (size_t j = 0; j < 12; j++)
+				ck_assert_uint_eq(all.images[i * 12 + j], pixel_at(i, j));
+		/* Views without labels scale pixels and leave y alone. */
+		mn_view_range(&all, 3, 2, x, y);
+		ck_assert_float_eq(x[12 + 5], (float)pixel_at(4, 5) / 255.0f);
+		mn_view_gather(&all, (uint32_t[]){4, 0}, 2, x, y);
+		ck_assert_float_eq(x[7], (float)pixel_at(4, 7) / 255.0f);
+		ck_assert_uint_eq(y[0], 77);
+		ck_assert_uint_eq(y[1], 77);
+		ck_assert_int_eq(mn_dataset_split(ds, 2, &train, &val, err, sizeof(err)), 0);
+		ck_assert_ptr_null(train.labels);
+		ck_assert_uint_eq(train.count, 3);
+		mn_dataset_free(ds);
+		ds = NULL;
+	}
+}
+END_TEST
+
+START_TEST(test_load_images_rejects)
+{
+	struct mn_dataset *ds = (struct mn_dataset *)1;
+	struct blob lab = make_labels(4);
+	struct blob img = make_images(4, 2, 2);
+
+	ck_assert_int_eq(mn_dataset_load_images(tpath("nope"), &ds, err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_null(ds);
+	ck_assert_ptr_nonnull(strstr(err, tpath("nope")));
+	/* A label file is not an image file. */
+	write_file(tpath("lab"), lab, 0);
+	ck_assert_int_eq(mn_dataset_load_images(tpath("lab"), &ds, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "ndim is 1, expected 3"));
+	/* A truncated image file. */
+	write_plain(tpath("short"), img.p, img.len - 1);
+	ck_assert_int_eq(mn_dataset_load_images(tpath("short"), &ds, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "truncated"));
+	ck_assert_int_eq(mn_dataset_load_images(NULL, &ds, err, sizeof(err)), -EINVAL);
+	free(lab.p);
+	free(img.p);
+}
+END_TEST
+
 /* ---- mn_dataset_load_dir ---- */
 
 START_TEST(test_load_dir_gz)
@@ -1090,6 +1154,8 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, test_file_corrupt_gzip);
 	tcase_add_test(tc, test_file_nonexistent);
 	tcase_add_test(tc, test_file_empty_and_directory);
+	tcase_add_test(tc, test_load_images_only);
+	tcase_add_test(tc, test_load_images_rejects);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("load_dir");
