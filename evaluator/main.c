@@ -1,0 +1,457 @@
+/*
+ * mnist-eval - the evaluator: watches checkpoint.dir, evaluates each newly
+ * published checkpoint on the validation split the trainer leaves out, and
+ * logs its accuracy (and appends it to eval.metrics_file).
+ *
+ * The loop thread only watches, schedules and reports; reading and
+ * evaluating run in libuv's thread pool (runner.h), so SIGTERM is handled
+ * at once and cancels a running evaluation between batches.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cjson/cJSON.h>
+
+#include "ckpt.h"
+#include "config.h"
+#include "idx.h"
+#include "log.h"
+#include "mlp.h"
+#include "mn_build_config.h"
+#include "pick.h"
+#include "runner.h"
+#include "util.h"
+#include "watch.h"
+
+#define EXIT_NOINPUT 66
+
+struct evaluator {
+	uv_loop_t loop;
+	bool loop_ready;
+	bool signals_ready;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	const char *config_path;
+	struct mn_config cfg;
+	struct mn_dataset *data;
+	struct mn_view validation;
+	struct mn_watch *watch;
+	struct mn_runner *runner;
+	atomic_bool cancel;
+	bool stopping;
+	int metrics_fd;
+	int exit_status;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f, "Usage: mnist-eval [--config PATH] [--once]\n"
+	           "\n"
+	           "Evaluates each checkpoint published into checkpoint.dir on the validation\n"
+	           "split (the first data.validation_size training images) as soon as it appears,\n"
+	           "and logs one line per evaluation: step, accuracy, loss, ema, checkpoint,\n"
+	           "latency_ms (from the file's publication to the result).\n"
+	           "\n"
+	           "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
+	           "      --once           evaluate the latest valid checkpoint, print its line\n"
+	           "                       on standard output and exit\n"
+	           "  -h, --help           show this help\n"
+	           "  -V, --version        show the version\n"
+	           "\n"
+	           "Signals: SIGTERM/SIGINT exit 0 at once (a running evaluation is abandoned);\n"
+	           "SIGHUP reopens log.file and eval.metrics_file and reloads eval.use_ema and\n"
+	           "log.level.\n"
+	           "Exit status: 0 done, 1 runtime error or (--once) no valid checkpoint,\n"
+	           "66 data not found, 78 configuration error.\n");
+}
+
+static int open_metrics(const char *path, int *fd, char *err, size_t errlen)
+{
+	*fd = -1;
+	if (!path[0])
+		return 0;
+	*fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	if (*fd < 0) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot open metrics file: %s", path, strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+/* One JSON object per line, in one write(2), so a reader never sees half a line. */
+static void write_metrics(struct evaluator *e, const struct mn_pick_result *r, double latency_ms)
+{
+	char when[MN_TIMELEN];
+	cJSON *o = cJSON_CreateObject();
+	char *text = NULL, *line = NULL;
+	size_t len;
+	ssize_t n;
+
+	if (e->metrics_fd < 0)
+		return;
+	mn_time_rfc3339_ns(r->done_ns, when);
+	if (!o || !cJSON_AddNumberToObject(o, "step", (double)r->step) ||
+	    !cJSON_AddNumberToObject(o, "accuracy", r->eval.accuracy) ||
+	    !cJSON_AddNumberToObject(o, "loss", r->eval.loss) ||
+	    !cJSON_AddStringToObject(o, "checkpoint", r->name) ||
+	    !cJSON_AddBoolToObject(o, "ema", r->ema) || !cJSON_AddStringToObject(o, "time", when) ||
+	    !cJSON_AddNumberToObject(o, "latency_ms", round(latency_ms * 1000.0) / 1000.0) ||
+	    !cJSON_AddNumberToObject(o, "images", (double)r->eval.images))
+		goto nomem;
+	text = cJSON_PrintUnformatted(o);
+	if (!text)
+		goto nomem;
+	len = strlen(text);
+	line = malloc(len + 2);
+	if (!line)
+		goto nomem;
+	memcpy(line, text, len);
+	line[len++] = '\n';
+	line[len] = '\0';
+	n = write(e->metrics_fd, line, len);
+	if (n < 0)
+		mn_log(MN_LOG_ERROR, "%s: cannot write: %s", e->cfg.eval.metrics_file,
+		       strerror(errno));
+	else if ((size_t)n != len)
+		mn_log(MN_LOG_ERROR, "%s: short write (%zd of %zu bytes; disk full?)",
+		       e->cfg.eval.metrics_file, n, len);
+	goto out;
+nomem:
+	mn_log(MN_LOG_ERROR, "%s: out of memory for a metrics line", e->cfg.eval.metrics_file);
+out:
+	free(line);
+	cJSON_free(text);
+	cJSON_Delete(o);
+}
+
+static void report(struct evaluator *e, const struct mn_pick_result *r)
+{
+	double latency_ms = (double)(r->done_ns - r->published_ns) / 1e6;
+
+	/* ctime comes from a coarse clock; never report a negative delay. */
+	if (latency_ms < 0)
+		latency_ms = 0;
+	mn_log_fields(MN_LOG_INFO, "evaluation",
+	              (struct mn_log_field[]){
+	                  MN_F_INT("step", r->step),
+	                  MN_F_DBL("accuracy", r->eval.accuracy, 4),
+	                  MN_F_DBL("loss", r->eval.loss, 4),
+	                  MN_F_STR("ema", r->ema ? "yes" : "no"),
+	                  MN_F_STR("checkpoint", r->name),
+	                  MN_F_DBL("latency_ms", latency_ms, 1),
+	                  MN_F_INT("images", (int64_t)r->eval.images),
+	              },
+	              7);
+	write_metrics(e, r, latency_ms);
+}
+
+static void on_result(const struct mn_pick_result *r, void *arg)
+{
+	report(arg, r);
+}
+
+static void on_missing(void *arg)
+{
+	struct evaluator *e = arg;
+
+	mn_watch_recheck(e->watch);
+}
+
+static void on_change(void *arg)
+{
+	struct evaluator *e = arg;
+
+	mn_runner_kick(e->runner);
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+static void stop(struct evaluator *e)
+{
+	if (e->stopping)
+		return;
+	e->stopping = true;
+	atomic_store(&e->cancel, true);
+	mn_runner_close(e->runner);
+	e->runner = NULL;
+	mn_watch_close(e->watch);
+	e->watch = NULL;
+	/* Still caught, so a second SIGTERM cannot kill us, but no longer keeping the loop alive.
+	 */
+	if (e->signals_ready) {
+		uv_unref((uv_handle_t *)&e->sig_term);
+		uv_unref((uv_handle_t *)&e->sig_int);
+		uv_unref((uv_handle_t *)&e->sig_hup);
+	}
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+	struct evaluator *e = h->data;
+
+	mn_log(MN_LOG_INFO, "received %s, stopping", strsignal(signum));
+	stop(e);
+}
+
+static void note_restart_key(const char *key, bool reloadable, void *arg)
+{
+	if (!reloadable)
+		mn_log(MN_LOG_WARN, "%s changed; restart mnist-eval to apply it", key);
+}
+
+static void reload(struct evaluator *e)
+{
+	struct mn_config next = e->cfg;
+	char err[MN_ERRLEN];
+	int fd;
+
+	if (mn_log_reopen(err, sizeof(err)) < 0)
+		mn_log(MN_LOG_ERROR, "log.file: %s", err);
+	if (open_metrics(e->cfg.eval.metrics_file, &fd, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s; keeping the old descriptor", err);
+	} else {
+		if (e->metrics_fd >= 0)
+			close(e->metrics_fd);
+		e->metrics_fd = fd;
+	}
+	if (mn_config_load(e->config_path, &next, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
+		return;
+	}
+	mn_config_diff(&e->cfg, &next, note_restart_key, NULL);
+	mn_config_apply_reloadable(&e->cfg, &next);
+	mn_log_set_level(e->cfg.log.level);
+	mn_runner_set_use_ema(e->runner, e->cfg.eval.use_ema);
+	mn_log_fields(MN_LOG_INFO, "reopened and reloaded",
+	              (struct mn_log_field[]){MN_F_STR("config", e->config_path),
+	                                      MN_F_BOOL("use_ema", e->cfg.eval.use_ema)},
+	              2);
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+	struct evaluator *e = h->data;
+
+	if (!e->stopping)
+		reload(e);
+}
+
+static int start_signal(struct evaluator *e, uv_signal_t *h, uv_signal_cb cb, int signum)
+{
+	int rc = uv_signal_init(&e->loop, h);
+
+	if (rc == 0) {
+		h->data = e;
+		rc = uv_signal_start(h, cb, signum);
+	}
+	if (rc < 0)
+		mn_log(MN_LOG_ERROR, "signal %d: %s", signum, uv_strerror(rc));
+	return rc;
+}
+
+/* Loads the training file once and keeps its validation split. */
+static int load_data(struct evaluator *e)
+{
+	struct mn_view train;
+	char err[MN_ERRLEN];
+	int rc;
+
+	if (e->cfg.data.validation_size == 0) {
+		mn_log(MN_LOG_ERROR, "data.validation_size is 0: there is nothing to evaluate on");
+		return MN_EX_CONFIG;
+	}
+	rc = mn_dataset_load_dir(e->cfg.data.dir, "train", &e->data, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "cannot load the validation data: %s", err);
+		return rc == -ENOENT ? EXIT_NOINPUT : EXIT_FAILURE;
+	}
+	rc = mn_dataset_split(e->data, (size_t)e->cfg.data.validation_size, &train, &e->validation,
+	                      err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
+		return MN_EX_CONFIG;
+	}
+	return 0;
+}
+
+static struct mn_pick_params pick_params(struct evaluator *e)
+{
+	return (struct mn_pick_params){
+	    .dir = e->cfg.checkpoint.dir,
+	    .prefix = e->cfg.checkpoint.prefix,
+	    .data = &e->validation,
+	    .use_ema = e->cfg.eval.use_ema,
+	    .cancel = &e->cancel,
+	};
+}
+
+static int run_once(struct evaluator *e)
+{
+	struct mn_pick_params p = pick_params(e);
+	struct mn_pick_state s;
+	struct mn_pick_result r;
+	char err[MN_ERRLEN];
+	int rc;
+
+	mn_pick_state_init(&s);
+	rc = mn_pick_evaluate(&p, &s, &r, err, sizeof(err));
+	if (rc == 1) {
+		report(e, &r);
+		return 0;
+	}
+	if (rc == 0)
+		mn_log(MN_LOG_ERROR, "%s: no valid checkpoint named %s-<step>%s",
+		       e->cfg.checkpoint.dir, e->cfg.checkpoint.prefix, MN_CKPT_SUFFIX);
+	else
+		mn_log(MN_LOG_ERROR, "%s", err);
+	return EXIT_FAILURE;
+}
+
+static int run_watch(struct evaluator *e)
+{
+	struct mn_runner_params rp = {
+	    .pick = pick_params(e),
+	    .on_result = on_result,
+	    .on_missing = on_missing,
+	    .arg = e,
+	};
+	struct mn_watch_params wp = {
+	    .dir = e->cfg.checkpoint.dir,
+	    .prefix = e->cfg.checkpoint.prefix,
+	    .mode = e->cfg.eval.watch,
+	    .poll_interval_ms = (uint64_t)e->cfg.eval.poll_interval_ms,
+	    .on_change = on_change,
+	    .arg = e,
+	};
+	char err[MN_ERRLEN];
+
+	if (mn_runner_new(&e->loop, &rp, &e->runner, err, sizeof(err)) < 0 ||
+	    mn_watch_start(&e->loop, &wp, &e->watch, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "%s", err);
+		stop(e);
+		return EXIT_FAILURE;
+	}
+	mn_log_fields(MN_LOG_INFO, "ready",
+	              (struct mn_log_field[]){
+	                  MN_F_STR("dir", e->cfg.checkpoint.dir),
+	                  MN_F_INT("validation_images", (int64_t)e->validation.count),
+	                  MN_F_STR("ema", e->cfg.eval.use_ema ? "yes" : "no"),
+	              },
+	              3);
+	return 0;
+}
+
+static int run(struct evaluator *e, bool once)
+{
+	int rc;
+
+	rc = uv_loop_init(&e->loop);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "uv_loop_init: %s", uv_strerror(rc));
+		return EXIT_FAILURE;
+	}
+	e->loop_ready = true;
+	/* Signals first: a SIGTERM during the data load is acted on as the loop starts. */
+	if (!once && (start_signal(e, &e->sig_term, on_stop_signal, SIGTERM) < 0 ||
+	              start_signal(e, &e->sig_int, on_stop_signal, SIGINT) < 0 ||
+	              start_signal(e, &e->sig_hup, on_hup, SIGHUP) < 0))
+		return EXIT_FAILURE;
+	e->signals_ready = !once;
+	rc = load_data(e);
+	if (rc != 0)
+		return rc;
+	if (once)
+		return run_once(e);
+	rc = run_watch(e);
+	if (rc != 0)
+		return rc;
+	uv_run(&e->loop, UV_RUN_DEFAULT);
+	return e->exit_status;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+	    {"config", required_argument, NULL, 'c'},
+	    {"once", no_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {0},
+	};
+	struct evaluator e = {.config_path = MN_DEFAULT_CONFIG, .metrics_fd = -1};
+	bool once = false;
+	char err[MN_ERRLEN];
+	int c, rc;
+
+	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			e.config_path = optarg;
+			break;
+		case 'o':
+			once = true;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("mnist-eval %s\n", MN_VERSION);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mnist-eval: unexpected argument \"%s\"\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	/* journald's stdout is a socket; a dead reader must not kill the evaluator. */
+	signal(SIGPIPE, SIG_IGN);
+	atomic_init(&e.cancel, false);
+	mn_config_defaults(&e.cfg);
+	if (mn_config_load(e.config_path, &e.cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "mnist-eval: %s\n", err);
+		return MN_EX_CONFIG;
+	}
+	/* --once is a command: its line goes to the terminal, not to the service's log file. */
+	if (mn_log_open(once ? NULL : e.cfg.log.file, e.cfg.log.format, e.cfg.log.level, err,
+	                sizeof(err)) < 0) {
+		fprintf(stderr, "mnist-eval: log.file: %s\n", err);
+		return MN_EX_CONFIG;
+	}
+	if (open_metrics(e.cfg.eval.metrics_file, &e.metrics_fd, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s", err);
+		mn_log_close();
+		return MN_EX_CONFIG;
+	}
+	mn_blas_set_threads((int)e.cfg.train.threads);
+	rc = run(&e, once);
+	if (e.loop_ready) {
+		stop(&e);
+		uv_walk(&e.loop, close_handle, NULL);
+		uv_run(&e.loop, UV_RUN_DEFAULT);
+		if (uv_loop_close(&e.loop) < 0)
+			mn_log(MN_LOG_WARN, "event loop closed with handles still open");
+	}
+	if (e.metrics_fd >= 0)
+		close(e.metrics_fd);
+	mn_dataset_free(e.data);
+	mn_log_close();
+	return rc;
+}

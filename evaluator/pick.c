@@ -1,0 +1,227 @@
+/* pick.c - see pick.h. */
+#include "pick.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "model.h"
+#include "util.h"
+
+/* Outcome of trying one file. */
+enum attempt { TRY_DONE, TRY_SKIPPED, TRY_BAD, TRY_CANCELED };
+
+void mn_pick_state_init(struct mn_pick_state *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->last_step = -1;
+}
+
+static int64_t ctime_ns(const struct stat *st)
+{
+	return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
+}
+
+static bool known_bad(const struct mn_pick_state *s, int64_t step, const struct stat *st)
+{
+	for (size_t i = 0; i < s->nfailed; i++) {
+		const struct mn_pick_failure *f = &s->failed[i];
+
+		if (f->step == step && f->dev == st->st_dev && f->ino == st->st_ino &&
+		    f->ctime_ns == ctime_ns(st))
+			return true;
+	}
+	return false;
+}
+
+static void remember_bad(struct mn_pick_state *s, int64_t step, const struct stat *st)
+{
+	size_t slot = s->nfailed;
+
+	if (slot == MN_PICK_MAX_FAILED) {
+		slot = 0;
+		for (size_t i = 1; i < s->nfailed; i++)
+			if (s->failed[i].step < s->failed[slot].step)
+				slot = i;
+	} else {
+		s->nfailed++;
+	}
+	s->failed[slot] = (struct mn_pick_failure){
+	    .step = step, .dev = st->st_dev, .ino = st->st_ino, .ctime_ns = ctime_ns(st)};
+}
+
+/* Failures at or below the last evaluated step can never be candidates again. */
+static void forget_old(struct mn_pick_state *s)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < s->nfailed; i++)
+		if (s->failed[i].step > s->last_step)
+			s->failed[kept++] = s->failed[i];
+	s->nfailed = kept;
+}
+
+static void log_bad(const char *path, const char *what)
+{
+	mn_log_fields(MN_LOG_ERROR, "invalid checkpoint",
+	              (struct mn_log_field[]){MN_F_STR("checkpoint", mn_basename(path)),
+	                                      MN_F_STR("error", what)},
+	              2);
+}
+
+static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_t step)
+{
+	const char *meta = mn_ckpt_meta(c, "global_step");
+	char want[32];
+
+	snprintf(want, sizeof(want), "%" PRId64, step);
+	if (meta && strcmp(meta, want) != 0)
+		mn_log(MN_LOG_WARN,
+		       "%s: __metadata__ global_step is %s; reporting the file name's %s", name,
+		       meta, want);
+}
+
+/* Reads, validates and evaluates one open file. */
+static enum attempt evaluate_fd(const struct mn_pick_params *p, int fd, const char *path,
+                                const struct mn_ckpt_entry *e, struct mn_pick_result *res)
+{
+	struct mn_ckpt *c = NULL;
+	struct mn_arch arch;
+	float *params = NULL;
+	char err[MN_ERRLEN];
+	enum attempt out = TRY_BAD;
+	int rc;
+
+	rc = mn_ckpt_read_fd(fd, path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
+	if (rc == 0)
+		rc = mn_model_load_params(c, p->use_ema, &arch, &params, err, sizeof(err));
+	if (rc < 0) {
+		log_bad(path, err);
+		goto out;
+	}
+	if (arch.input != p->data->dim) {
+		char arch_s[256];
+
+		mn_arch_format(&arch, arch_s, sizeof(arch_s));
+		mn_errf(err, sizeof(err),
+		        "%s: the model (%s) takes %zu inputs but the validation images have %zu "
+		        "pixels; it was trained on other data than data.dir",
+		        path, arch_s, arch.input, p->data->dim);
+		log_bad(path, err);
+		goto out;
+	}
+	rc = mn_evaluate(&arch, params, p->data, NULL, p->cancel, &res->eval, err, sizeof(err));
+	if (rc == -ECANCELED) {
+		out = TRY_CANCELED;
+		goto out;
+	}
+	if (rc < 0) {
+		mn_errprefix(err, sizeof(err), "%s", path);
+		log_bad(path, err);
+		goto out;
+	}
+	res->done_ns = mn_realtime_ns();
+	warn_step_mismatch(c, path, e->step);
+	snprintf(res->name, sizeof(res->name), "%s", e->name);
+	res->step = e->step;
+	res->ema = p->use_ema &&
+	           !(mn_ckpt_meta(c, "frozen") && strcmp(mn_ckpt_meta(c, "frozen"), "true") == 0);
+	out = TRY_DONE;
+out:
+	free(params);
+	mn_ckpt_free(c);
+	return out;
+}
+
+static enum attempt try_file(const struct mn_pick_params *p, struct mn_pick_state *s,
+                             const struct mn_ckpt_entry *e, struct mn_pick_result *res)
+{
+	char path[PATH_MAX + MN_CKPT_MAX_NAME];
+	struct stat st, fst;
+	enum attempt out;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", p->dir, e->name);
+	/* Look before opening: a known bad file is not opened again, and a FIFO never. */
+	if (stat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return TRY_SKIPPED; /* retention got there first */
+		log_bad(path, strerror(errno));
+		return TRY_SKIPPED;
+	}
+	if (known_bad(s, e->step, &st))
+		return TRY_SKIPPED;
+	if (!S_ISREG(st.st_mode)) {
+		log_bad(path, "not a regular file");
+		remember_bad(s, e->step, &st);
+		return TRY_BAD;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return TRY_SKIPPED;
+		char msg[MN_ERRLEN];
+
+		mn_errf(msg, sizeof(msg), "%s: cannot open: %s", path, strerror(errno));
+		log_bad(path, msg);
+		remember_bad(s, e->step, &st);
+		return TRY_BAD;
+	}
+	/* The descriptor's own identity: the name may have been replaced since stat. */
+	if (fstat(fd, &fst) < 0 || !S_ISREG(fst.st_mode)) {
+		close(fd);
+		return TRY_SKIPPED;
+	}
+	res->published_ns = ctime_ns(&fst);
+	mn_log_fields(MN_LOG_DEBUG, "evaluating",
+		      (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
+	out = evaluate_fd(p, fd, path, e, res);
+	close(fd);
+	if (out == TRY_BAD)
+		remember_bad(s, e->step, &fst);
+	return out;
+}
+
+int mn_pick_evaluate(const struct mn_pick_params *p, struct mn_pick_state *s,
+                     struct mn_pick_result *res, char *err, size_t errlen)
+{
+	struct mn_ckpt_entry *list = NULL;
+	size_t n = 0;
+	int rc;
+
+	memset(res, 0, sizeof(*res));
+	rc = mn_ckpt_scan(p->dir, p->prefix, &list, &n, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = 0;
+	for (size_t i = n; i-- > 0 && list[i].step > s->last_step;) {
+		enum attempt a;
+
+		if (p->cancel && atomic_load(p->cancel)) {
+			rc = -ECANCELED;
+			break;
+		}
+		a = try_file(p, s, &list[i], res);
+		if (a == TRY_CANCELED) {
+			rc = -ECANCELED;
+			break;
+		}
+		if (a == TRY_DONE) {
+			s->last_step = list[i].step;
+			forget_old(s);
+			rc = 1;
+			break;
+		}
+	}
+	free(list);
+	if (rc == -ECANCELED)
+		mn_errf(err, errlen, "cancelled");
+	return rc;
+}

@@ -1,0 +1,77 @@
+/*
+ * pick.h - choosing the checkpoint to evaluate and evaluating it: the
+ * synchronous core of mnist-eval, shared by the watching loop (run off the
+ * loop thread) and --once.
+ *
+ * Rules. Only final checkpoint names count ("<prefix>-<step>.safetensors";
+ * dot-files and anything else are ignored), whoever wrote them. Of the
+ * steps newer than the last one evaluated, the newest is tried first, so a
+ * burst collapses to its newest file; if that file is bad, the next older
+ * one is tried, and so on. A step is never evaluated twice and the
+ * evaluated steps only go up. Each file is opened once and read, validated
+ * and evaluated from that descriptor, so retention deleting it meanwhile is
+ * harmless; a file that vanishes before it is opened is skipped quietly. A
+ * bad file is logged as an error naming it and what is wrong, and is
+ * remembered so it is not retried unless it is replaced (a new inode or
+ * change time under the same name).
+ */
+#ifndef MN_EVAL_PICK_H
+#define MN_EVAL_PICK_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ckpt.h"
+#include "evaluate.h"
+#include "idx.h"
+
+/* Bad files remembered at once; the oldest steps are forgotten first. */
+#define MN_PICK_MAX_FAILED 32
+
+/* A file that failed, identified so that a replacement is retried. */
+struct mn_pick_failure {
+	int64_t step;
+	dev_t dev;
+	ino_t ino;
+	int64_t ctime_ns;
+};
+
+/* What has been done so far. Start with mn_pick_state_init(). */
+struct mn_pick_state {
+	int64_t last_step; /* newest step evaluated, -1 before the first */
+	size_t nfailed;
+	struct mn_pick_failure failed[MN_PICK_MAX_FAILED];
+};
+
+struct mn_pick_params {
+	const char *dir;            /* checkpoint.dir */
+	const char *prefix;         /* checkpoint.prefix */
+	const struct mn_view *data; /* the validation split, with labels */
+	bool use_ema;               /* evaluate the EMA shadows (if the file has them) */
+	const atomic_bool *cancel;  /* checked between files and batches; may be NULL */
+};
+
+struct mn_pick_result {
+	char name[MN_CKPT_MAX_NAME]; /* file name, without the directory */
+	int64_t step;                /* from the file name */
+	bool ema;                    /* whether EMA shadows were evaluated */
+	struct mn_eval_result eval;
+	int64_t published_ns; /* the file's change time: when the rename published it */
+	int64_t done_ns;      /* wall-clock time when the result was ready */
+};
+
+void mn_pick_state_init(struct mn_pick_state *s);
+
+/*
+ * Evaluates the newest valid checkpoint newer than s->last_step. Returns 1
+ * with *res filled (and s->last_step advanced), 0 if there is nothing new and
+ * valid, -ENOENT if the directory does not exist, -ECANCELED when cancelled,
+ * or another negative errno when the directory cannot be read (with a
+ * message in err). Bad files are logged here, not returned.
+ */
+int mn_pick_evaluate(const struct mn_pick_params *p, struct mn_pick_state *s,
+                     struct mn_pick_result *res, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,151 @@
+/* runner.c - see runner.h. */
+#include "runner.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+struct mn_runner {
+	uv_loop_t *loop;
+	uv_timer_t defer; /* starts the next job on the next loop turn */
+	uv_work_t work;
+	struct mn_runner_params params;
+	bool busy;    /* a job is queued or running */
+	bool pending; /* kicked while busy */
+	bool closing;
+	bool timer_closed;
+	/* Owned by the job while busy, by the loop thread otherwise. */
+	struct mn_pick_params job;
+	struct mn_pick_state state;
+	struct mn_pick_result result;
+	int rc;
+	char err[MN_ERRLEN];
+	char last_err[MN_ERRLEN]; /* a repeated scan error is logged once */
+};
+
+static void maybe_free(struct mn_runner *r)
+{
+	if (r->closing && r->timer_closed && !r->busy)
+		free(r);
+}
+
+static void work_cb(uv_work_t *req)
+{
+	struct mn_runner *r = req->data;
+
+	r->err[0] = '\0';
+	r->rc = mn_pick_evaluate(&r->job, &r->state, &r->result, r->err, sizeof(r->err));
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+	struct mn_runner *r = req->data;
+
+	r->busy = false;
+	if (r->closing) {
+		maybe_free(r);
+		return;
+	}
+	if (status < 0 || r->rc == -ECANCELED) {
+		/* Not cancelled by us (we never uv_cancel): nothing to report. */
+	} else if (r->rc == 1) {
+		r->last_err[0] = '\0';
+		r->params.on_result(&r->result, r->params.arg);
+	} else if (r->rc == -ENOENT) {
+		r->params.on_missing(r->params.arg);
+	} else if (r->rc < 0) {
+		if (strcmp(r->err, r->last_err) != 0)
+			mn_log(MN_LOG_ERROR, "%s", r->err);
+		memcpy(r->last_err, r->err, sizeof(r->last_err));
+	}
+	/* The callbacks above may have closed us. */
+	if (!r->closing && r->pending) {
+		r->pending = false;
+		mn_runner_kick(r);
+	}
+}
+
+static void start_job(uv_timer_t *h)
+{
+	struct mn_runner *r = h->data;
+	int rc;
+
+	if (r->closing || r->busy)
+		return;
+	r->job = r->params.pick;
+	r->work.data = r;
+	rc = uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "cannot start an evaluation: %s", uv_strerror(rc));
+		return;
+	}
+	r->busy = true;
+}
+
+void mn_runner_kick(struct mn_runner *r)
+{
+	if (!r || r->closing)
+		return;
+	if (r->busy) {
+		r->pending = true;
+		return;
+	}
+	/* A timer of 0 ms fires after this turn's I/O callbacks: one job for a whole batch of
+	 * events. */
+	if (!uv_is_active((uv_handle_t *)&r->defer))
+		uv_timer_start(&r->defer, start_job, 0, 0);
+}
+
+void mn_runner_set_use_ema(struct mn_runner *r, bool use_ema)
+{
+	r->params.pick.use_ema = use_ema;
+}
+
+int mn_runner_new(uv_loop_t *loop, const struct mn_runner_params *p, struct mn_runner **out,
+                  char *err, size_t errlen)
+{
+	struct mn_runner *r;
+	int rc;
+
+	*out = NULL;
+	if (!p->pick.dir || !p->pick.prefix || !p->pick.data || !p->on_result || !p->on_missing) {
+		mn_errf(err, errlen, "mn_runner_new: invalid parameters");
+		return -EINVAL;
+	}
+	r = calloc(1, sizeof(*r));
+	if (!r) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	r->loop = loop;
+	r->params = *p;
+	mn_pick_state_init(&r->state);
+	rc = uv_timer_init(loop, &r->defer);
+	if (rc < 0) {
+		mn_errf(err, errlen, "uv_timer_init: %s", uv_strerror(rc));
+		free(r);
+		return rc;
+	}
+	r->defer.data = r;
+	*out = r;
+	return 0;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+	struct mn_runner *r = h->data;
+
+	r->timer_closed = true;
+	maybe_free(r);
+}
+
+void mn_runner_close(struct mn_runner *r)
+{
+	if (!r || r->closing)
+		return;
+	r->closing = true;
+	uv_close((uv_handle_t *)&r->defer, on_timer_closed);
+}

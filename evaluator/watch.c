@@ -1,0 +1,370 @@
+/* watch.c - see watch.h. */
+#include "watch.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+
+#include "ckpt.h"
+#include "log.h"
+#include "util.h"
+
+/* Bound on re-settling while directories appear under us in one go. */
+#define SETTLE_ROUNDS 16
+
+enum state { ST_NONE, ST_WAITING, ST_EVENTS, ST_POLL };
+
+struct mn_watch {
+	uv_loop_t *loop;
+	uv_fs_event_t ev; /* the directory, or its nearest existing parent while waiting */
+	uv_timer_t timer; /* polling (the directory, or for it while waiting) */
+	enum state state;
+	bool ev_active;
+	bool closing;
+	int open_handles;  /* handles still to be closed before freeing */
+	bool said_waiting; /* the "waiting" line is logged once per absence */
+	dev_t dev;         /* identity of the directory being watched */
+	ino_t ino;
+	char dir[PATH_MAX];
+	char prefix[MN_CONFIG_NAME_MAX];
+	char parent[PATH_MAX]; /* the watched parent while waiting */
+	enum mn_watch_mode mode;
+	uint64_t interval_ms;
+	void (*on_change)(void *arg);
+	void *arg;
+};
+
+/*
+ * Filesystems whose inotify sees only this machine's changes (network and
+ * cluster filesystems) or none at all (FUSE): values of statfs' f_type.
+ */
+static const struct {
+	unsigned long magic;
+	const char *name;
+} remote_fs[] = {
+    {0x6969, "nfs"},          {0x517B, "smb"},        {0xFF534D42, "cifs"}, {0xFE534D42, "smb2"},
+    {0x65735546, "fuse"},     {0x73757245, "coda"},   {0x5346414F, "afs"},  {0x6B414653, "kafs"},
+    {0x00C36400, "ceph"},     {0x01021997, "9p"},     {0x01161970, "gfs2"}, {0x7461636F, "ocfs2"},
+    {0x0000564C, "ncp"},      {0x0BD00BD0, "lustre"}, {0x47504653, "gpfs"}, {0x786F4256, "vboxsf"},
+    {0x20030528, "orangefs"},
+};
+
+/* The name of path's filesystem type if inotify cannot be trusted there, else NULL. */
+static const char *remote_fs_name(const char *path)
+{
+	struct statfs sfs;
+
+	if (statfs(path, &sfs) < 0)
+		return NULL;
+	for (size_t i = 0; i < sizeof(remote_fs) / sizeof(remote_fs[0]); i++)
+		if ((unsigned long)(unsigned int)sfs.f_type == remote_fs[i].magic)
+			return remote_fs[i].name;
+	return NULL;
+}
+
+static bool is_dir(const char *path, struct stat *st)
+{
+	return stat(path, st) == 0 && S_ISDIR(st->st_mode);
+}
+
+/* Writes the nearest existing ancestor directory of w->dir into buf. */
+static void nearest_parent(const struct mn_watch *w, char *buf, size_t len)
+{
+	struct stat st;
+	size_t n;
+
+	snprintf(buf, len, "%s", w->dir);
+	for (;;) {
+		char *slash;
+
+		n = strlen(buf);
+		while (n > 1 && buf[n - 1] == '/')
+			buf[--n] = '\0';
+		slash = strrchr(buf, '/');
+		if (!slash) {
+			snprintf(buf, len, ".");
+			return;
+		}
+		if (slash == buf) {
+			buf[1] = '\0';
+			return;
+		}
+		*slash = '\0';
+		if (is_dir(buf, &st))
+			return;
+	}
+}
+
+static void stop_all(struct mn_watch *w)
+{
+	if (w->ev_active) {
+		uv_fs_event_stop(&w->ev);
+		w->ev_active = false;
+	}
+	uv_timer_stop(&w->timer);
+}
+
+static void on_event(uv_fs_event_t *h, const char *name, int events, int status);
+static void on_timer(uv_timer_t *h);
+
+static int start_events(struct mn_watch *w, const char *path)
+{
+	int rc = uv_fs_event_start(&w->ev, on_event, path, 0);
+
+	if (rc == 0)
+		w->ev_active = true;
+	return rc;
+}
+
+static void start_poll(struct mn_watch *w)
+{
+	uv_timer_start(&w->timer, on_timer, w->interval_ms, w->interval_ms);
+}
+
+/* Watches the existing directory; returns false if it vanished meanwhile (settle again). */
+static bool enter_watching(struct mn_watch *w)
+{
+	const char *remote = w->mode == MN_WATCH_AUTO ? remote_fs_name(w->dir) : NULL;
+	const char *why = "eval.watch is poll";
+	struct stat st;
+	int rc;
+
+	w->said_waiting = false;
+	if (w->mode != MN_WATCH_POLL && !remote) {
+		rc = start_events(w, w->dir);
+		/* The identity is taken after the watch starts, so a swap cannot slip between. */
+		if (rc == UV_ENOENT || rc == UV_ENOTDIR || (rc == 0 && !is_dir(w->dir, &st)))
+			return false;
+		if (rc == 0) {
+			w->dev = st.st_dev;
+			w->ino = st.st_ino;
+			w->state = ST_EVENTS;
+			mn_log_fields(MN_LOG_INFO, "watching",
+			              (struct mn_log_field[]){MN_F_STR("dir", w->dir),
+			                                      MN_F_STR("method", "events")},
+			              2);
+			w->on_change(w->arg);
+			return true;
+		}
+		mn_log(MN_LOG_WARN, "%s: filesystem events unavailable (%s); polling instead",
+		       w->dir, uv_strerror(rc));
+		why = "events unavailable";
+	} else if (remote) {
+		why = remote;
+	}
+	if (!is_dir(w->dir, &st))
+		return false;
+	w->dev = st.st_dev;
+	w->ino = st.st_ino;
+	w->state = ST_POLL;
+	start_poll(w);
+	mn_log_fields(MN_LOG_INFO, "watching",
+	              (struct mn_log_field[]){
+	                  MN_F_STR("dir", w->dir),
+	                  MN_F_STR("method", "poll"),
+	                  MN_F_INT("interval_ms", (int64_t)w->interval_ms),
+	                  MN_F_STR("reason", why),
+	              },
+	              4);
+	w->on_change(w->arg);
+	return true;
+}
+
+/* Waits for the directory; returns true if it turned out to exist after all. */
+static bool enter_waiting(struct mn_watch *w)
+{
+	char parent[PATH_MAX], again[PATH_MAX];
+	struct stat st;
+
+	w->state = ST_WAITING;
+	if (!w->said_waiting) {
+		mn_log_fields(MN_LOG_INFO, "waiting for the checkpoint directory",
+		              (struct mn_log_field[]){MN_F_STR("dir", w->dir)}, 1);
+		w->said_waiting = true;
+	}
+	nearest_parent(w, parent, sizeof(parent));
+	if (w->mode == MN_WATCH_POLL || (w->mode == MN_WATCH_AUTO && remote_fs_name(parent)) ||
+	    start_events(w, parent) < 0) {
+		start_poll(w);
+		return false;
+	}
+	snprintf(w->parent, sizeof(w->parent), "%s", parent);
+	/* Whatever appeared between the look and the watch would go unseen: look again. */
+	nearest_parent(w, again, sizeof(again));
+	return is_dir(w->dir, &st) || strcmp(again, parent) != 0;
+}
+
+/* Works out from scratch what to watch and how. */
+static void settle(struct mn_watch *w)
+{
+	struct stat st;
+
+	for (int round = 0; round < SETTLE_ROUNDS && !w->closing; round++) {
+		stop_all(w);
+		if (is_dir(w->dir, &st)) {
+			if (enter_watching(w))
+				return;
+			continue;
+		}
+		if (!enter_waiting(w))
+			return;
+	}
+	/* The tree keeps changing under us: fall back to polling for it. */
+	stop_all(w);
+	w->state = ST_WAITING;
+	start_poll(w);
+}
+
+/* True if the path still names the directory we watch. */
+static bool same_dir(const struct mn_watch *w)
+{
+	struct stat st;
+
+	return is_dir(w->dir, &st) && st.st_dev == w->dev && st.st_ino == w->ino;
+}
+
+static void lost_dir(struct mn_watch *w)
+{
+	mn_log_fields(MN_LOG_WARN, "checkpoint directory gone or replaced",
+	              (struct mn_log_field[]){MN_F_STR("dir", w->dir)}, 1);
+	settle(w);
+}
+
+static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
+{
+	struct mn_watch *w = h->data;
+	int64_t step;
+
+	if (w->closing)
+		return;
+	if (status < 0) {
+		mn_log(MN_LOG_WARN, "%s: watch error: %s",
+		       w->state == ST_EVENTS ? w->dir : w->parent, uv_strerror(status));
+		settle(w);
+		return;
+	}
+	if (w->state == ST_WAITING) {
+		settle(w);
+		return;
+	}
+	if (name && name[0] == '.')
+		return;
+	if (name && mn_ckpt_filename_parse(w->prefix, name, &step)) {
+		w->on_change(w->arg);
+		return;
+	}
+	/* Other names: checkpoint.json, or the directory itself being removed or moved. */
+	if (!same_dir(w))
+		lost_dir(w);
+}
+
+static void on_timer(uv_timer_t *h)
+{
+	struct mn_watch *w = h->data;
+
+	if (w->closing)
+		return;
+	if (w->state == ST_POLL) {
+		if (same_dir(w))
+			w->on_change(w->arg);
+		else
+			lost_dir(w);
+		return;
+	}
+	settle(w);
+}
+
+void mn_watch_recheck(struct mn_watch *w)
+{
+	if (!w || w->closing || w->state == ST_WAITING || w->state == ST_NONE)
+		return;
+	if (!same_dir(w))
+		lost_dir(w);
+}
+
+const char *mn_watch_method(const struct mn_watch *w)
+{
+	switch (w->state) {
+	case ST_EVENTS:
+		return "events";
+	case ST_POLL:
+		return "poll";
+	default:
+		return "waiting";
+	}
+}
+
+static void on_first(uv_timer_t *h)
+{
+	settle(h->data);
+}
+
+int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_watch **out,
+                   char *err, size_t errlen)
+{
+	struct mn_watch *w;
+	int rc;
+
+	*out = NULL;
+	if (!p->dir || !p->dir[0] || strlen(p->dir) >= sizeof(w->dir) || !p->prefix ||
+	    strlen(p->prefix) >= sizeof(w->prefix) || !p->on_change || p->poll_interval_ms == 0) {
+		mn_errf(err, errlen, "mn_watch_start: invalid parameters");
+		return -EINVAL;
+	}
+	w = calloc(1, sizeof(*w));
+	if (!w) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	w->loop = loop;
+	snprintf(w->dir, sizeof(w->dir), "%s", p->dir);
+	snprintf(w->prefix, sizeof(w->prefix), "%s", p->prefix);
+	w->mode = p->mode;
+	w->interval_ms = p->poll_interval_ms;
+	w->on_change = p->on_change;
+	w->arg = p->arg;
+	rc = uv_timer_init(loop, &w->timer);
+	if (rc < 0) {
+		mn_errf(err, errlen, "uv_timer_init: %s", uv_strerror(rc));
+		free(w);
+		return rc;
+	}
+	w->timer.data = w;
+	w->open_handles = 1;
+	rc = uv_fs_event_init(loop, &w->ev);
+	if (rc < 0) {
+		mn_errf(err, errlen, "uv_fs_event_init: %s", uv_strerror(rc));
+		mn_watch_close(w);
+		return rc;
+	}
+	w->ev.data = w;
+	w->open_handles = 2;
+	/* Settle on the next loop turn, so no callback runs before the caller has *out. */
+	uv_timer_start(&w->timer, on_first, 0, 0);
+	*out = w;
+	return 0;
+}
+
+static void on_closed(uv_handle_t *h)
+{
+	struct mn_watch *w = h->data;
+
+	if (--w->open_handles == 0)
+		free(w);
+}
+
+void mn_watch_close(struct mn_watch *w)
+{
+	if (!w || w->closing)
+		return;
+	w->closing = true;
+	stop_all(w);
+	uv_close((uv_handle_t *)&w->timer, on_closed);
+	if (w->open_handles == 2)
+		uv_close((uv_handle_t *)&w->ev, on_closed);
+}

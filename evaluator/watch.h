@@ -1,0 +1,61 @@
+/*
+ * watch.h - noticing that a checkpoint directory may have new files, by
+ * filesystem events (libuv's uv_fs_event, inotify on Linux) or by polling.
+ *
+ * The watcher never reads checkpoints; it only tells its owner "look now".
+ * It copes with a directory that does not exist yet (it watches the nearest
+ * existing parent until the directory appears, or polls), with a directory
+ * that is removed or renamed away (it goes back to waiting), and with
+ * filesystems whose inotify does not see other clients' writes (NFS, CIFS,
+ * FUSE, ...: statfs tells), where auto mode polls instead.
+ *
+ * Events for dot-files (temporaries) and for names that are not final
+ * checkpoint names ("<prefix>-<step>.safetensors") are ignored, so one
+ * atomic publish produces one notification. Notifications are not
+ * coalesced here: the owner schedules one scan for any number of them.
+ *
+ * All functions run on the loop's thread.
+ */
+#ifndef MN_EVAL_WATCH_H
+#define MN_EVAL_WATCH_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+
+struct mn_watch_params {
+	const char *dir;           /* the directory to watch; copied */
+	const char *prefix;        /* checkpoint.prefix; copied */
+	enum mn_watch_mode mode;   /* auto, events or poll */
+	uint64_t poll_interval_ms; /* poll period, also used while waiting without events */
+	/* Called when the directory's checkpoints may have changed (or it appeared). */
+	void (*on_change)(void *arg);
+	void *arg;
+};
+
+/* The watcher. Opaque. */
+struct mn_watch;
+
+/*
+ * Starts watching. The first on_change comes as soon as the directory
+ * exists (at once if it does), so files published before the watch began
+ * are seen too. Fails only on allocation or loop errors.
+ */
+int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_watch **out,
+                   char *err, size_t errlen);
+
+/*
+ * Tells the watcher that the directory seemed to be missing (a scan failed
+ * with ENOENT): it checks, and if the directory is really gone or replaced,
+ * goes back to waiting for it. Harmless when all is well.
+ */
+void mn_watch_recheck(struct mn_watch *w);
+
+/* How the directory is watched right now: "events", "poll" or "waiting". */
+const char *mn_watch_method(const struct mn_watch *w);
+
+/* Stops and closes everything; memory is freed once libuv has closed the handles. Accepts NULL. */
+void mn_watch_close(struct mn_watch *w);
+
+#endif

@@ -1,0 +1,463 @@
+"""End-to-end tests of the real mnist-eval binary, with the real mnistd as the
+trainer: following a directory that does not exist yet, bursts, bad files,
+checkpoints from other writers, poll mode, --once, SIGHUP and SIGTERM."""
+
+import gzip
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import struct
+import sys
+import time
+import unittest
+import zlib
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+from mnlib import MNISTD, MNIST_EVAL, ckpt_steps, read_safetensors  # noqa: E402
+
+LINE = re.compile(r" info evaluation step=(\d+) accuracy=(\d\.\d{4}) loss=(\d+\.\d{4}) ema=(yes|no) "
+                  r"checkpoint=(\S+) latency_ms=(\d+\.\d) images=(\d+)")
+VALIDATION = 200  # mnlib.base_config's data.validation_size
+
+
+def ckpt_name(step):
+    return "model.ckpt-%d.safetensors" % step
+
+
+def encode_safetensors(tensors, meta):
+    """tensors: [(name, dtype, shape, raw bytes)] in data order. Adds data_crc32."""
+    header, data = {}, bytearray()
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    meta = dict(meta, data_crc32="%08x" % zlib.crc32(bytes(data)))
+    header["__metadata__"] = meta
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - (8 + len(h)) % 8) % 8)
+    return struct.pack("<Q", len(h)) + h + bytes(data)
+
+
+def restep(src, step):
+    """The bytes of checkpoint src re-labelled as global step `step`
+    (metadata, global_step tensor and checksum), so copies are consistent."""
+    header, data, _ = read_safetensors(src)
+    meta = header.pop("__metadata__")
+    data = bytearray(data)
+    b, e = header["global_step"]["data_offsets"]
+    data[b:e] = struct.pack("<q", step)
+    meta["global_step"] = str(step)
+    order = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    tensors = [(n, t["dtype"], t["shape"], bytes(data[t["data_offsets"][0]:t["data_offsets"][1]])) for n, t in order]
+    return encode_safetensors(tensors, meta)
+
+
+def publish(directory, name, blob):
+    """Atomic publish the way the contract says any writer must: dot-file, then rename."""
+    tmp = os.path.join(directory, "." + name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.rename(tmp, os.path.join(directory, name))
+
+
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        blob = f.read()
+    ndim = blob[3]
+    dims = struct.unpack(">%dI" % ndim, blob[4:4 + 4 * ndim])
+    return dims, blob[4 + 4 * ndim:]
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def metrics(path):
+    """The complete lines of a metrics file, parsed."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
+class EvaluatorTest(mnlib.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.metrics_path = os.path.join(self.work, "metrics.jsonl")
+
+    def eval_config(self, ckpt_dir, name="eval.json", **sections):
+        sections["eval"] = dict({"metrics_file": self.metrics_path}, **sections.get("eval", {}))
+        sections["checkpoint"] = dict({"dir": ckpt_dir, "max_to_keep": 0}, **sections.get("checkpoint", {}))
+        return self.config(name, **sections)
+
+    def start_eval(self, cfg_path, name="eval"):
+        return self.start([MNIST_EVAL, "--config", cfg_path], name)
+
+    def wait_metric(self, step, path=None, timeout=60):
+        path = path or self.metrics_path
+        return mnlib.wait_for(lambda: [m for m in metrics(path) if m["step"] == step], timeout,
+                              "step %d in %s" % (step, path))[0]
+
+    def real_checkpoints(self, steps=40, every=20):
+        """Trains briefly with mnistd and returns the directory of its checkpoints."""
+        d = os.path.join(self.work, "source")
+        path, _ = self.config("source.json", train={"max_steps": steps},
+                              checkpoint={"dir": d, "every_steps": every, "max_to_keep": 0})
+        p = self.start([MNISTD, "--config", path], "source")
+        self.assertEqual(p.wait(120), 0, p.output())
+        return d
+
+    def once(self, ckpt_dir, name, use_ema=True, data=None):
+        """Runs --once on ckpt_dir; returns (process result, metrics lines)."""
+        m = os.path.join(self.work, name + ".jsonl")
+        sections = {"checkpoint": {"dir": ckpt_dir}, "eval": {"metrics_file": m, "use_ema": use_ema}}
+        if data:
+            sections["data"] = {"dir": data, "validation_size": VALIDATION}
+        path, _ = self.config(name + ".json", **sections)
+        r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
+        return r, metrics(m)
+
+    def test_follows_trainer_from_missing_directory(self):
+        d = os.path.join(self.work, "not", "yet", "ckpt")
+        path, _ = self.eval_config(d, train={"max_steps": 120}, checkpoint={"every_steps": 20})
+        ev = self.start_eval(path)
+        ev.wait_output("waiting for the checkpoint directory")
+        self.assertFalse(os.path.exists(os.path.join(self.work, "not")))
+        tr = self.start([MNISTD, "--config", path], "mnistd")
+        self.assertEqual(tr.wait(120), 0, tr.output())
+        self.assertEqual(ckpt_steps(d), [20, 40, 60, 80, 100, 120])
+        self.wait_metric(120)
+        ev.wait_output("checkpoint=model.ckpt-120.safetensors")
+        ms = metrics(self.metrics_path)
+        steps = [m["step"] for m in ms]
+        self.assertEqual(steps, sorted(set(steps)), "steps must strictly increase")
+        self.assertTrue(set(steps) <= {20, 40, 60, 80, 100, 120})
+        for m in ms:
+            self.assertEqual(set(m), {"step", "accuracy", "loss", "checkpoint", "ema", "time", "latency_ms", "images"})
+            self.assertEqual(m["checkpoint"], ckpt_name(m["step"]))
+            self.assertIs(m["ema"], True)
+            self.assertEqual(m["images"], VALIDATION)
+            self.assertTrue(0 <= m["accuracy"] <= 1)
+            self.assertGreaterEqual(m["latency_ms"], 0)
+            self.assertRegex(m["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        # The synthetic data is easy: the last model must have learnt it.
+        self.assertGreater(ms[-1]["accuracy"], 0.9)
+        # Each logged line matches its metrics record.
+        lines = {int(m.group(1)): m.groups() for m in LINE.finditer(ev.output())}
+        self.assertEqual(sorted(lines), steps)
+        for m in ms:
+            g = lines[m["step"]]
+            self.assertEqual(g[1], "%.4f" % m["accuracy"])
+            self.assertEqual(g[2], "%.4f" % m["loss"])
+            self.assertEqual((g[3], g[4], int(g[6])), ("yes", m["checkpoint"], VALIDATION))
+        # Equal to a direct evaluation of the same files, one at a time.
+        for m in ms:
+            single = os.path.join(self.work, "single-%d" % m["step"])
+            os.makedirs(single)
+            shutil.copy(os.path.join(d, m["checkpoint"]), single)
+            r, direct = self.once(single, "once-%d" % m["step"])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertEqual(len(direct), 1)
+            self.assertEqual((direct[0]["step"], direct[0]["accuracy"], direct[0]["loss"]),
+                             (m["step"], m["accuracy"], m["loss"]))
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_burst_collapses_and_never_goes_back(self):
+        src = self.real_checkpoints()
+        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        # A restart finds several checkpoints: only the newest is evaluated.
+        for s in (100, 200, 300):
+            publish(d, ckpt_name(s), blob(s))
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        self.wait_metric(300)
+        # A burst: prepared as dot-files, then renamed as fast as possible.
+        for s in range(310, 410, 10):
+            with open(os.path.join(d, ".burst-%d" % s), "wb") as f:
+                f.write(blob(s))
+        for s in range(310, 410, 10):
+            os.rename(os.path.join(d, ".burst-%d" % s), os.path.join(d, ckpt_name(s)))
+        self.wait_metric(400)
+        # Older than the last evaluated, or the same step again: never evaluated.
+        publish(d, ckpt_name(250), blob(250))
+        publish(d, ckpt_name(400), blob(400))
+        publish(d, ckpt_name(500), blob(500))
+        self.wait_metric(500)
+        steps = [m["step"] for m in metrics(self.metrics_path)]
+        self.assertEqual(steps[0], 300)
+        self.assertEqual(steps, sorted(set(steps)))
+        self.assertNotIn(250, steps)
+        self.assertLess(len([s for s in steps if 310 <= s <= 400]), 10, "a burst must collapse: %s" % steps)
+        self.assertEqual(steps[-2:], [400, 500])
+        self.assertNotIn("global_step is", ev.output())
+
+    def test_garbage_is_logged_and_the_next_is_evaluated(self):
+        src = self.real_checkpoints()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        ev.wait_output("method=events")
+        # Names that are not final checkpoint names are not even looked at.
+        publish(d, "notes.txt", b"garbage")
+        publish(d, "model.ckpt-07.safetensors", b"garbage")  # leading zero: not a final name
+        with open(os.path.join(d, ".model.ckpt-90.safetensors.tmp"), "wb") as f:
+            f.write(b"half a file")
+        publish(d, ckpt_name(50), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+        ev.wait_output("invalid checkpoint checkpoint=model.ckpt-50.safetensors")
+        # A file that is valid safetensors but whose checksum is wrong.
+        good = bytearray(restep(os.path.join(src, ckpt_name(40)), 55))
+        good[-1] ^= 0xFF
+        publish(d, ckpt_name(55), bytes(good))
+        ev.wait_output("invalid checkpoint checkpoint=model.ckpt-55.safetensors")
+        publish(d, ckpt_name(60), restep(os.path.join(src, ckpt_name(40)), 60))
+        m = self.wait_metric(60)
+        out = ev.output()
+        self.assertIn("checkpoint=model.ckpt-60.safetensors", out)
+        self.assertRegex(out, r"model\.ckpt-50\.safetensors.*(JSON|json)")
+        self.assertRegex(out, r"model\.ckpt-55\.safetensors.*(crc|CRC|checksum)")
+        for other in ("notes.txt", "model.ckpt-07", "model.ckpt-90"):
+            self.assertNotIn(other, out)
+        self.assertEqual([x["step"] for x in metrics(self.metrics_path)], [60])
+        self.assertEqual(m["checkpoint"], ckpt_name(60))
+        # A bad file is reported once, not on every later look at the directory,
+        # but a valid file replacing it under the same name is evaluated.
+        publish(d, ckpt_name(65), b"garbage")
+        ev.wait_output("invalid checkpoint checkpoint=model.ckpt-65.safetensors")
+        publish(d, ckpt_name(65), restep(os.path.join(src, ckpt_name(40)), 65))
+        self.wait_metric(65)
+        out = ev.output()
+        self.assertEqual(out.count("checkpoint=model.ckpt-50.safetensors"), 1)
+        self.assertEqual(out.count("invalid checkpoint checkpoint=model.ckpt-65.safetensors"), 1)
+        self.assertEqual([x["step"] for x in metrics(self.metrics_path)], [60, 65])
+
+    def foreign_checkpoint(self, step, input_dim=64):
+        """A checkpoint written here, not by mnistd: a linear nearest-class-mean
+        model as the EMA weights, all-zero raw weights. Returns (blob, the
+        validation accuracy and loss of the EMA model computed here)."""
+        dims, images = read_idx(os.path.join(self.data, "train-images-idx3-ubyte.gz"))
+        _, labels = read_idx(os.path.join(self.data, "train-labels-idx1-ubyte.gz"))
+        dim = dims[1] * dims[2]
+        self.assertEqual(dim, input_dim)
+        x = [[images[i * dim + j] / 255.0 for j in range(dim)] for i in range(dims[0])]
+        means = []
+        for c in range(10):
+            rows = [x[i] for i in range(VALIDATION, dims[0]) if labels[i] == c]
+            means.append([sum(r[j] for r in rows) / len(rows) for j in range(dim)])
+        f32 = lambda v: struct.unpack("<f", struct.pack("<f", v))[0]  # noqa: E731
+        w = [[f32(means[c][j]) for c in range(10)] for j in range(dim)]
+        b = [f32(-sum(v * v for v in means[c]) / 2) for c in range(10)]
+        correct, loss, near_ties = 0, 0.0, 0
+        for i in range(VALIDATION):
+            z = [sum(x[i][j] * w[j][c] for j in range(dim)) + b[c] for c in range(10)]
+            top = sorted(z, reverse=True)
+            near_ties += top[0] - top[1] < 1e-4
+            correct += max(range(10), key=lambda c: z[c]) == labels[i]
+            mx = max(z)
+            loss += mx + math.log(sum(math.exp(v - mx) for v in z)) - z[labels[i]]
+        self.assertEqual(near_ties, 0)
+        pack = lambda vals: struct.pack("<%df" % len(vals), *vals)  # noqa: E731
+        flat_w = pack([w[j][c] for j in range(dim) for c in range(10)])
+        tensors = [
+            ("layer1/weights", "F32", [dim, 10], bytes(len(flat_w))),
+            ("layer1/biases", "F32", [10], bytes(40)),
+            ("layer1/weights/ExponentialMovingAverage", "F32", [dim, 10], flat_w),
+            ("layer1/biases/ExponentialMovingAverage", "F32", [10], pack(b)),
+            ("global_step", "I64", [], struct.pack("<q", step)),
+        ]
+        meta = {"format": "mnistd.checkpoint.v1", "global_step": str(step),
+                "architecture": json.dumps({"input": dim, "hidden": [], "output": 10, "activation": "relu"}),
+                "created": "2026-01-01T00:00:00Z"}
+        return encode_safetensors(tensors, meta), correct / VALIDATION, loss / VALIDATION
+
+    def test_checkpoint_from_another_writer(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        ev.wait_output("method=events")
+        blob, accuracy, loss = self.foreign_checkpoint(7)
+        self.assertGreater(accuracy, 0.9)
+        publish(d, ckpt_name(7), blob)
+        m = self.wait_metric(7)
+        self.assertEqual(m["accuracy"], accuracy)
+        self.assertAlmostEqual(m["loss"], loss, delta=1e-4 * loss)
+        self.assertIs(m["ema"], True)
+        # eval.use_ema false restores the raw (all-zero) weights: every logit
+        # ties, class 0 wins, the loss is ln 10.
+        _, labels = read_idx(os.path.join(self.data, "train-labels-idx1-ubyte.gz"))
+        r, raw = self.once(d, "raw", use_ema=False)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("ema=no", r.stdout)
+        self.assertEqual(raw[0]["accuracy"], labels[:VALIDATION].count(0) / VALIDATION)
+        self.assertAlmostEqual(raw[0]["loss"], math.log(10), places=5)
+        self.assertIs(raw[0]["ema"], False)
+
+    def test_input_size_mismatch_is_refused(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        blob, _, _ = self.foreign_checkpoint(3)
+        publish(d, ckpt_name(3), blob)
+        other = mnlib.make_dataset(os.path.join(self.work, "data10"), n_train=400, n_test=10, rows=10, cols=10)
+        r, ms = self.once(d, "mismatch", data=other)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertEqual(ms, [])
+        out = r.stdout + r.stderr
+        self.assertIn("model.ckpt-3.safetensors", out)
+        self.assertIn("64 inputs", out)
+        self.assertIn("100 pixels", out)
+
+    def test_poll_mode(self):
+        src = self.real_checkpoints()
+        d = os.path.join(self.work, "ckpt")
+        path, _ = self.eval_config(d, eval={"watch": "poll", "poll_interval_ms": 50})
+        ev = self.start_eval(path)
+        ev.wait_output("waiting for the checkpoint directory")
+        os.makedirs(d)
+        ev.wait_output("method=poll")
+        self.assertIn("interval_ms=50", ev.output())
+        for s in (10, 20):
+            publish(d, ckpt_name(s), restep(os.path.join(src, ckpt_name(40)), s))
+            self.wait_metric(s)
+        self.assertNotIn("method=events", ev.output())
+        # A removed directory is waited for again, then followed again.
+        shutil.rmtree(d)
+        ev.wait_output("checkpoint directory gone")
+        os.makedirs(d)
+        publish(d, ckpt_name(30), restep(os.path.join(src, ckpt_name(40)), 30))
+        self.wait_metric(30)
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_directory_replaced_under_events(self):
+        src = self.real_checkpoints()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        publish(d, ckpt_name(10), restep(os.path.join(src, ckpt_name(40)), 10))
+        self.wait_metric(10)
+        os.rename(d, d + ".old")
+        ev.wait_output("checkpoint directory gone")
+        os.makedirs(d)
+        publish(d, ckpt_name(20), restep(os.path.join(src, ckpt_name(40)), 20))
+        self.wait_metric(20)
+        self.assertEqual(ev.output().count("method=events"), 2)
+
+    def test_once(self):
+        src = self.real_checkpoints()
+        d = os.path.join(self.work, "ckpt")
+        r, _ = self.once(d, "missing")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(d, r.stdout + r.stderr)
+        os.makedirs(d)
+        r, _ = self.once(d, "empty")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no valid checkpoint", r.stdout + r.stderr)
+        for s in (20, 40):
+            shutil.copy(os.path.join(src, ckpt_name(s)), d)
+        publish(d, ckpt_name(60), b"garbage")
+        r, ms = self.once(d, "latest")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("model.ckpt-60.safetensors", r.stdout)  # the bad newest is reported
+        m = LINE.search(r.stdout)
+        self.assertIsNotNone(m, r.stdout)
+        self.assertEqual((m.group(1), m.group(5)), ("40", ckpt_name(40)))
+        self.assertEqual([x["step"] for x in ms], [40])
+        self.assertEqual(len(LINE.findall(r.stdout)), 1)
+
+    def test_sighup_reopens_log_and_metrics(self):
+        src = self.real_checkpoints()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        log = os.path.join(self.work, "eval-file.log")
+        path, _ = self.eval_config(d, log={"file": log})
+        ev = self.start_eval(path)
+        mnlib.wait_for(lambda: "method=events" in read_text(log), 30, "watching in log file")
+        publish(d, ckpt_name(10), restep(os.path.join(src, ckpt_name(40)), 10))
+        self.wait_metric(10)
+        # logrotate's create mode: move the files away, then SIGHUP.
+        os.rename(log, log + ".1")
+        os.rename(self.metrics_path, self.metrics_path + ".1")
+        ev.signal(signal.SIGHUP)
+        mnlib.wait_for(lambda: "reloaded" in read_text(log), 30, "reopened log")
+        publish(d, ckpt_name(20), restep(os.path.join(src, ckpt_name(40)), 20))
+        self.wait_metric(20)
+        mnlib.wait_for(lambda: "step=20" in read_text(log), 30, "step 20 in the new log")
+        old = read_text(log + ".1")
+        self.assertIn("step=10", old)
+        self.assertNotIn("step=20", old)
+        self.assertEqual([m["step"] for m in metrics(self.metrics_path + ".1")], [10])
+        self.assertEqual([m["step"] for m in metrics(self.metrics_path)], [20])
+        self.assertEqual(ev.output(), "")  # nothing on stdout when log.file is set
+
+    def test_sighup_reloads_use_ema(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, cfg = self.eval_config(d)
+        ev = self.start_eval(path)
+        ev.wait_output("method=events")
+        blob, _, _ = self.foreign_checkpoint(1)
+        publish(d, ckpt_name(1), blob)
+        self.assertIs(self.wait_metric(1)["ema"], True)
+        cfg["eval"]["use_ema"] = False
+        mnlib.write_config(path, cfg)
+        ev.signal(signal.SIGHUP)
+        ev.wait_output("use_ema=false")
+        publish(d, ckpt_name(2), blob)
+        self.assertIs(self.wait_metric(2)["ema"], False)
+
+    def test_sigterm_mid_evaluation(self):
+        # A model and a validation set big enough that evaluating takes a good
+        # while (64-2048-2048-10 on 20000 images: about 170 GFLOP).
+        big = mnlib.make_dataset(os.path.join(self.work, "big"), n_train=20100, n_test=10)
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        hidden = [2048, 2048]
+        sizes = [64] + hidden + [10]
+        tensors = []
+        for ema in ("", "/ExponentialMovingAverage"):
+            for i in range(len(sizes) - 1):
+                tensors.append(("layer%d/weights%s" % (i + 1, ema), "F32", [sizes[i], sizes[i + 1]],
+                                bytes(4 * sizes[i] * sizes[i + 1])))
+                tensors.append(("layer%d/biases%s" % (i + 1, ema), "F32", [sizes[i + 1]], bytes(4 * sizes[i + 1])))
+        tensors.append(("global_step", "I64", [], struct.pack("<q", 5)))
+        meta = {"format": "mnistd.checkpoint.v1", "global_step": "5",
+                "architecture": json.dumps({"input": 64, "hidden": hidden, "output": 10, "activation": "relu"})}
+        path, _ = self.eval_config(d, log={"level": "debug"}, data={"dir": big, "validation_size": 20000})
+        ev = self.start_eval(path)
+        ev.wait_output("method=events")
+        publish(d, ckpt_name(5), encode_safetensors(tensors, meta))
+        ev.wait_output("evaluating checkpoint=model.ckpt-5.safetensors")
+        t0 = time.monotonic()
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(5), 0, ev.output())
+        self.assertLess(time.monotonic() - t0, 2 * mnlib.SLOW)
+        self.assertNotIn("info evaluation", ev.output())
+        self.assertEqual(metrics(self.metrics_path), [])
+
+    def test_bad_config_exits_78(self):
+        path, _ = self.config(eval={"watch": "sometimes"})
+        r = self.run_prog([MNIST_EVAL, "--config", path])
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("eval.watch", r.stderr)
+        path, _ = self.config("c2.json", eval={"metrics_file": os.path.join(self.work, "no", "such", "m.jsonl")})
+        r = self.run_prog([MNIST_EVAL, "--config", path])
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("metrics", r.stdout + r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
