@@ -7,27 +7,6 @@
 
 #include "util.h"
 
-/*
- * mn_view_range copies labels too; an unlabelled view borrows these zeros
- * so the pixel scaling stays in one place (idx.c).
- */
-static const uint8_t no_labels[MN_EVAL_BATCH];
-
-static void load_batch(const struct mn_view *v, size_t first, size_t n, float *x, uint8_t *y)
-{
-	struct mn_view sub;
-
-	if (v->labels) {
-		mn_view_range(v, first, n, x, y);
-		return;
-	}
-	sub.images = v->images + first * v->dim;
-	sub.labels = no_labels;
-	sub.count = n;
-	sub.dim = v->dim;
-	mn_view_range(&sub, 0, n, x, y);
-}
-
 static int check_inputs(const struct mn_arch *arch, const struct mn_view *v, char *err,
                         size_t errlen)
 {
@@ -98,7 +77,7 @@ int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn
 			mn_errf(err, errlen, "evaluation cancelled");
 			goto out;
 		}
-		load_batch(v, first, n, x, y);
+		mn_view_range(v, first, n, x, y);
 		rc = mn_mlp_eval(m, params, x, v->labels ? y : NULL, n, &loss_sum, &correct,
 		                 pred ? pred + first : NULL);
 		if (rc < 0) {
