@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,23 +16,34 @@
 
 #include "ckpt.h"
 #include "config.h"
+#include "control.h"
 #include "idx.h"
 #include "log.h"
 #include "mlp.h"
 #include "mn_build_config.h"
 #include "model.h"
+#include "notify.h"
 #include "train.h"
 #include "util.h"
 #include "worker.h"
 
 #define EXIT_NOINPUT         66
 #define PROGRESS_INTERVAL_MS 5000
+#define STATUS_INTERVAL_MS   2000
 #define MN_CLASSES           10
+/* A control connection without a request for this long is closed. */
+#define CONTROL_IDLE_MS (10 * 60 * 1000)
 
 struct daemon {
 	uv_loop_t loop;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	uv_timer_t progress;
+	uv_timer_t notify_timer;
+	uint64_t watchdog_usec;
+	int64_t last_status_ns;
+	bool notify_warned;
+	bool stopping;
+	struct mn_control *control;
 	const char *config_path;
 	struct mn_config cfg;
 	struct mn_dataset *data;
@@ -59,6 +71,48 @@ static void usage(FILE *f)
 	    "Exit status: 0 done, 1 runtime error, 66 data not found, 78 configuration error.\n");
 }
 
+/* Tells systemd (if it listens) about the state; a failure is logged once and ignored. */
+static void notify(struct daemon *d, const char *fmt, ...) MN_PRINTF(2, 3);
+
+static void notify(struct daemon *d, const char *fmt, ...)
+{
+	char msg[1024], err[MN_ERRLEN];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (mn_notify(msg, err, sizeof(err)) < 0 && !d->notify_warned) {
+		d->notify_warned = true;
+		mn_log(MN_LOG_WARN, "cannot notify the service manager: %s", err);
+	}
+}
+
+static void notify_status(struct daemon *d, const struct mn_worker_status *s)
+{
+	if (d->stopping)
+		notify(d, "STATUS=stopping at step %" PRId64, s->step);
+	else if (s->paused)
+		notify(d, "STATUS=paused at step %" PRId64 "/%" PRId64, s->step, s->max_steps);
+	else if (isnan(s->loss))
+		notify(d, "STATUS=training from step %" PRId64 "/%" PRId64, s->step, s->max_steps);
+	else
+		notify(d,
+		       "STATUS=step %" PRId64 "/%" PRId64 ", loss %.4f, learning rate %.6g, "
+		       "%.1f steps/s",
+		       s->step, s->max_steps, s->loss, s->learning_rate, s->steps_per_sec);
+}
+
+static void begin_stop(struct daemon *d)
+{
+	if (d->stopping)
+		return;
+	d->stopping = true;
+	notify(d, "STOPPING=1");
+	if (d->control)
+		mn_control_set_stopping(d->control);
+}
+
 static void close_handle(uv_handle_t *h, void *arg)
 {
 	if (!uv_is_closing(h))
@@ -71,6 +125,7 @@ static void on_worker_done(void *arg, int status)
 
 	if (status < 0)
 		d->exit_status = EXIT_FAILURE;
+	begin_stop(d);
 	uv_stop(&d->loop);
 }
 
@@ -79,26 +134,142 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 	struct daemon *d = h->data;
 
 	mn_log(MN_LOG_INFO, "received %s, finishing the current step", strsignal(signum));
+	begin_stop(d);
 	mn_worker_stop(d->worker);
 }
 
-static void reload_config(struct daemon *d)
-{
-	struct mn_config next = d->cfg;
-	char err[MN_ERRLEN];
+struct reload_keys {
+	struct mn_proto_keys *applied, *restart;
+};
 
-	if (mn_config_load(d->config_path, &next, err, sizeof(err)) < 0) {
-		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
-		return;
+static void collect_key(const char *key, bool reloadable, void *arg)
+{
+	struct reload_keys *k = arg;
+
+	/* The schema has fewer keys than a list holds; -ENOSPC cannot happen. */
+	mn_proto_keys_add(reloadable ? k->applied : k->restart, key);
+}
+
+static void join_keys(const struct mn_proto_keys *k, char *buf, size_t len)
+{
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < k->n && off < len; i++) {
+		int n = snprintf(buf + off, len - off, "%s%s", i ? "," : "", k->keys[i]);
+
+		if (n < 0)
+			break;
+		off += (size_t)n;
 	}
-	mn_worker_reconfigure(d->worker, &next);
+}
+
+/*
+ * Re-reads the configuration file: the one reload, for SIGHUP and the
+ * control socket. The file is validated in full first, so an invalid one
+ * changes nothing; then the reloadable keys that changed go to the worker
+ * (applied at its next step boundary) and the others are only reported,
+ * in applied and restart.
+ */
+static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_proto_keys *restart,
+                         char *err, size_t errlen)
+{
+	struct daemon *d = arg;
+	struct mn_config next = d->cfg;
+	struct reload_keys k = {applied, restart};
+	char a[1024], r[1024];
+	int rc;
+
+	notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
+	rc = mn_config_load(d->config_path, &next, err, errlen);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
+		notify(d, "READY=1");
+		return rc;
+	}
+	mn_config_diff(&d->cfg, &next, collect_key, &k);
+	if (applied->n > 0 && d->worker)
+		mn_worker_reconfigure(d->worker, &next);
 	mn_config_apply_reloadable(&d->cfg, &next);
-	mn_log(MN_LOG_INFO, "configuration reloaded from %s", d->config_path);
+	join_keys(applied, a, sizeof(a));
+	join_keys(restart, r, sizeof(r));
+	mn_log_fields(MN_LOG_INFO, "configuration reloaded",
+	              (struct mn_log_field[]){
+	                  MN_F_STR("file", d->config_path),
+	                  MN_F_STR("applied", a),
+	                  MN_F_STR("restart_required", r),
+	              },
+	              3);
+	notify(d, "READY=1");
+	return 0;
 }
 
 static void on_hup(uv_signal_t *h, int signum)
 {
-	reload_config(h->data);
+	struct mn_proto_keys applied = {0}, restart = {0};
+	char err[MN_ERRLEN];
+
+	/* logrotate's postrotate sends SIGHUP too: start a fresh log file. */
+	if (mn_log_reopen(err, sizeof(err)) < 0)
+		mn_log(MN_LOG_WARN, "log.file: %s", err);
+	reload_config(h->data, &applied, &restart, err, sizeof(err));
+}
+
+/*
+ * STATUS= every few seconds and, when systemd asked for it, WATCHDOG=1 at
+ * half its interval: but only while the training thread shows progress (or
+ * is deliberately paused), so a hung trainer lets the watchdog fire.
+ */
+static void on_notify_timer(uv_timer_t *h)
+{
+	struct daemon *d = h->data;
+	struct mn_worker_status s;
+	int64_t now = mn_monotonic_ns();
+
+	if (!d->worker)
+		return;
+	mn_worker_get_status(d->worker, &s);
+	if (d->watchdog_usec && !s.finished &&
+	    (s.paused || now - s.progress_ns < (int64_t)d->watchdog_usec * 1000))
+		notify(d, "WATCHDOG=1");
+	if (now - d->last_status_ns >= (int64_t)STATUS_INTERVAL_MS * 1000000) {
+		d->last_status_ns = now;
+		notify_status(d, &s);
+	}
+}
+
+static void start_notify(struct daemon *d)
+{
+	struct mn_worker_status s;
+	uint64_t period = STATUS_INTERVAL_MS;
+
+	mn_worker_get_status(d->worker, &s);
+	notify(d, "READY=1");
+	d->last_status_ns = mn_monotonic_ns();
+	notify_status(d, &s);
+	d->watchdog_usec = mn_notify_watchdog_usec();
+	if (d->watchdog_usec && d->watchdog_usec / 2000 < period)
+		period = d->watchdog_usec / 2000 ? d->watchdog_usec / 2000 : 1;
+	uv_timer_init(&d->loop, &d->notify_timer);
+	d->notify_timer.data = d;
+	uv_timer_start(&d->notify_timer, on_notify_timer, period, period);
+}
+
+static int start_control(struct daemon *d)
+{
+	struct mn_control_params p = {
+	    .path = d->cfg.control.socket,
+	    .ckpt_prefix = d->cfg.checkpoint.prefix,
+	    .reload = reload_config,
+	    .arg = d,
+	    .idle_timeout_ms = CONTROL_IDLE_MS,
+	};
+	char err[MN_ERRLEN];
+	int rc = mn_control_start(&d->loop, &p, &d->control, err, sizeof(err));
+
+	if (rc < 0)
+		mn_log(MN_LOG_ERROR, "%s", err);
+	return rc;
 }
 
 static void on_progress(uv_timer_t *h)
@@ -276,16 +447,25 @@ static int run(struct daemon *d)
 	char latest[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
 	int rc;
 
-	rc = setup(d, &t, latest, sizeof(latest));
-	if (rc != 0) {
-		mn_trainer_free(t);
-		return rc;
-	}
 	rc = uv_loop_init(&d->loop);
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "uv_loop_init: %s", uv_strerror(rc));
-		mn_trainer_free(t);
 		return EXIT_FAILURE;
+	}
+	/*
+	 * The control socket first: it tells whether another mnistd runs on
+	 * this configuration before setup touches checkpoint.dir (which
+	 * removes temporary files that daemon may be writing).
+	 */
+	if (start_control(d) < 0) {
+		d->exit_status = EXIT_FAILURE;
+		goto out;
+	}
+	rc = setup(d, &t, latest, sizeof(latest));
+	if (rc != 0) {
+		mn_trainer_free(t);
+		d->exit_status = rc;
+		goto out;
 	}
 	if (start_signal(d, &d->sig_term, on_stop_signal, SIGTERM) < 0 ||
 	    start_signal(d, &d->sig_int, on_stop_signal, SIGINT) < 0 ||
@@ -309,10 +489,17 @@ static int run(struct daemon *d)
 		d->exit_status = EXIT_FAILURE;
 		goto out;
 	}
+	mn_control_set_worker(d->control, d->worker);
+	if (mn_notify_enabled())
+		start_notify(d);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 out:
+	if (d->control)
+		mn_control_set_worker(d->control, NULL);
 	mn_worker_free(d->worker);
 	d->worker = NULL;
+	mn_control_close(d->control);
+	d->control = NULL;
 	uv_walk(&d->loop, close_handle, NULL);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 	if (uv_loop_close(&d->loop) < 0)

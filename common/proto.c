@@ -1,0 +1,321 @@
+/* proto.c - see proto.h. */
+#include "proto.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+struct mn_framer {
+	char *buf;
+	size_t cap;
+	size_t start; /* first byte not yet returned */
+	size_t scan;  /* bytes before this (from start) hold no newline */
+	size_t end;   /* one past the last byte buffered */
+	size_t max_line;
+	bool broken; /* an over-long line was seen */
+};
+
+static const char *const cmd_names[] = {
+    [MN_PROTO_STATUS] = "status", [MN_PROTO_RELOAD] = "reload", [MN_PROTO_SAVE] = "save",
+    [MN_PROTO_PAUSE] = "pause",   [MN_PROTO_RESUME] = "resume",
+};
+
+#define NCMDS (sizeof(cmd_names) / sizeof(cmd_names[0]))
+
+int mn_framer_new(size_t max_line, struct mn_framer **out)
+{
+	struct mn_framer *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -ENOMEM;
+	f->max_line = max_line;
+	*out = f;
+	return 0;
+}
+
+void mn_framer_free(struct mn_framer *f)
+{
+	if (!f)
+		return;
+	free(f->buf);
+	free(f);
+}
+
+int mn_framer_push(struct mn_framer *f, const char *data, size_t len)
+{
+	if (f->broken)
+		return -EMSGSIZE;
+	if (len == 0)
+		return 0;
+	if (f->start > 0) {
+		/* Returned lines are dead; keep the buffer from creeping forward. */
+		memmove(f->buf, f->buf + f->start, f->end - f->start);
+		f->end -= f->start;
+		f->scan -= f->start;
+		f->start = 0;
+	}
+	if (len > SIZE_MAX - f->end - 1)
+		return -ENOMEM;
+	/* One spare byte so a line at the very end can still be NUL-terminated. */
+	if (f->end + len + 1 > f->cap) {
+		size_t cap = f->cap ? f->cap : 256;
+		char *nb;
+
+		while (cap < f->end + len + 1)
+			cap = cap > SIZE_MAX / 2 ? f->end + len + 1 : cap * 2;
+		nb = realloc(f->buf, cap);
+		if (!nb)
+			return -ENOMEM;
+		f->buf = nb;
+		f->cap = cap;
+	}
+	memcpy(f->buf + f->end, data, len);
+	f->end += len;
+	return 0;
+}
+
+int mn_framer_next(struct mn_framer *f, char **line, size_t *len)
+{
+	char *nl;
+	size_t n;
+
+	if (f->broken)
+		return -EMSGSIZE;
+	if (f->start == f->end)
+		return 0;
+	nl = memchr(f->buf + f->scan, '\n', f->end - f->scan);
+	if (!nl) {
+		size_t partial = f->end - f->start;
+
+		f->scan = f->end;
+		/* max_line bytes plus a '\r' may still turn out to be a valid line. */
+		if (partial > f->max_line + 1 ||
+		    (partial == f->max_line + 1 && f->buf[f->end - 1] != '\r'))
+			f->broken = true;
+		return f->broken ? -EMSGSIZE : 0;
+	}
+	n = (size_t)(nl - (f->buf + f->start));
+	if (n > 0 && f->buf[f->start + n - 1] == '\r')
+		n--;
+	if (n > f->max_line) {
+		f->broken = true;
+		return -EMSGSIZE;
+	}
+	*line = f->buf + f->start;
+	(*line)[n] = '\0';
+	*len = n;
+	f->start = (size_t)(nl - f->buf) + 1;
+	f->scan = f->start;
+	return 1;
+}
+
+size_t mn_framer_pending(const struct mn_framer *f)
+{
+	return f->end - f->start;
+}
+
+/* Copies at most 32 bytes of s for an error message, printable ASCII only. */
+static void sanitize(const char *s, char *out, size_t outlen)
+{
+	size_t i = 0;
+
+	for (; s[i] && i < 32 && i + 1 < outlen; i++)
+		out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+	if (s[i] && i + 4 < outlen) {
+		memcpy(out + i, "...", 3);
+		i += 3;
+	}
+	out[i] = '\0';
+}
+
+int mn_proto_parse(const char *line, size_t len, enum mn_proto_cmd *cmd, char *err, size_t errlen)
+{
+	cJSON *root = NULL, *c;
+	char name[40];
+	int rc = -EINVAL;
+
+	/* cJSON stops at a NUL; a line with one inside would be judged by its prefix. */
+	if (memchr(line, '\0', len)) {
+		mn_errf(err, errlen, "request contains a NUL byte");
+		return -EINVAL;
+	}
+	/* len + 1 takes in the terminating NUL, which require_null_terminated looks for. */
+	root = cJSON_ParseWithLengthOpts(line, len + 1, NULL, true);
+	if (!root) {
+		mn_errf(err, errlen, "invalid JSON; expected a request like {\"cmd\":\"status\"}");
+		goto out;
+	}
+	if (!cJSON_IsObject(root)) {
+		mn_errf(err, errlen, "a request must be a JSON object like {\"cmd\":\"status\"}");
+		goto out;
+	}
+	c = cJSON_GetObjectItemCaseSensitive(root, "cmd");
+	if (!c) {
+		mn_errf(err, errlen, "missing \"cmd\"");
+		goto out;
+	}
+	if (!cJSON_IsString(c) || !c->valuestring) {
+		mn_errf(err, errlen, "\"cmd\" must be a string");
+		goto out;
+	}
+	for (size_t i = 0; i < NCMDS; i++) {
+		if (strcmp(c->valuestring, cmd_names[i]) == 0) {
+			*cmd = (enum mn_proto_cmd)i;
+			rc = 0;
+			goto out;
+		}
+	}
+	sanitize(c->valuestring, name, sizeof(name));
+	mn_errf(err, errlen,
+	        "unknown command \"%s\"; commands are status, reload, save, pause, resume", name);
+out:
+	cJSON_Delete(root);
+	return rc;
+}
+
+const char *mn_proto_cmd_name(enum mn_proto_cmd cmd)
+{
+	return (size_t)cmd < NCMDS ? cmd_names[cmd] : "unknown";
+}
+
+int mn_proto_keys_add(struct mn_proto_keys *k, const char *key)
+{
+	if (k->n >= MN_PROTO_MAX_KEYS)
+		return -ENOSPC;
+	k->keys[k->n++] = key;
+	return 0;
+}
+
+static cJSON *new_ok(void)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	if (o && !cJSON_AddTrueToObject(o, "ok")) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* NAN and infinities have no JSON form; they are sent as null. */
+static bool add_number(cJSON *o, const char *name, double v)
+{
+	if (!isfinite(v))
+		return cJSON_AddNullToObject(o, name) != NULL;
+	return cJSON_AddNumberToObject(o, name, v) != NULL;
+}
+
+cJSON *mn_proto_error(const char *message)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	if (!o)
+		return NULL;
+	if (!cJSON_AddFalseToObject(o, "ok") || !cJSON_AddStringToObject(o, "error", message)) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+cJSON *mn_proto_status(const struct mn_proto_status *s)
+{
+	cJSON *o = new_ok();
+	const char *state = s->stopping ? "stopping" : s->paused ? "paused" : "training";
+	bool ok;
+
+	if (!o)
+		return NULL;
+	ok = cJSON_AddStringToObject(o, "state", state) && add_number(o, "step", (double)s->step) &&
+	     add_number(o, "max_steps", (double)s->max_steps) &&
+	     add_number(o, "learning_rate", s->learning_rate) && add_number(o, "loss", s->loss) &&
+	     add_number(o, "steps_per_sec", s->steps_per_sec) &&
+	     cJSON_AddBoolToObject(o, "paused", s->paused);
+	if (ok) {
+		if (s->latest_checkpoint && s->latest_checkpoint[0])
+			ok = cJSON_AddStringToObject(o, "latest_checkpoint", s->latest_checkpoint);
+		else
+			ok = cJSON_AddNullToObject(o, "latest_checkpoint");
+	}
+	if (!ok) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+static bool add_keys(cJSON *o, const char *name, const struct mn_proto_keys *k)
+{
+	cJSON *a = cJSON_AddArrayToObject(o, name);
+
+	if (!a)
+		return false;
+	for (size_t i = 0; k && i < k->n; i++) {
+		cJSON *s = cJSON_CreateString(k->keys[i]);
+
+		if (!s || !cJSON_AddItemToArray(a, s)) {
+			cJSON_Delete(s);
+			return false;
+		}
+	}
+	return true;
+}
+
+cJSON *mn_proto_reload(const struct mn_proto_keys *applied, const struct mn_proto_keys *restart)
+{
+	cJSON *o = new_ok();
+
+	if (o && (!add_keys(o, "applied", applied) || !add_keys(o, "restart_required", restart))) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+cJSON *mn_proto_saved(const char *checkpoint, int64_t step)
+{
+	cJSON *o = new_ok();
+
+	if (o && (!cJSON_AddStringToObject(o, "checkpoint", checkpoint) ||
+	          !add_number(o, "step", (double)step))) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+cJSON *mn_proto_paused(bool paused, int64_t step)
+{
+	cJSON *o = new_ok();
+
+	if (o &&
+	    (!cJSON_AddBoolToObject(o, "paused", paused) || !add_number(o, "step", (double)step))) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
+char *mn_proto_line(const cJSON *response, size_t *len)
+{
+	char *s = cJSON_PrintUnformatted(response), *line;
+	size_t n;
+
+	if (!s)
+		return NULL;
+	n = strlen(s);
+	/* A copy rather than realloc: s comes from cJSON's allocator hooks. */
+	line = malloc(n + 2);
+	if (line) {
+		memcpy(line, s, n);
+		line[n] = '\n';
+		line[n + 1] = '\0';
+		*len = n + 1;
+	}
+	cJSON_free(s);
+	return line;
+}

@@ -1,0 +1,784 @@
+/* control.c - see control.h. */
+#include "control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#define DEFAULT_MAX_CLIENTS 64
+#define DEFAULT_MAX_OUTPUT  (1u << 20)
+#define READ_BUF_SIZE       (64 * 1024)
+#define LISTEN_BACKLOG      128
+#define SWEEP_MS            1000
+/* A client whose queued answers have not moved for this long is gone. */
+#define WRITE_STALL_MS 30000
+/* Pause and resume answer once the training thread has reached its step boundary. */
+#define PAUSE_POLL_MS 1
+#define SOCKET_MODE   0660
+
+enum wait_kind {
+	WAIT_NONE,  /* ready for the next request */
+	WAIT_SAVE,  /* a checkpoint is being written for it */
+	WAIT_PAUSE, /* pause/resume is waiting for the step boundary */
+};
+
+struct client {
+	uv_pipe_t pipe; /* pipe.data points back here */
+	uv_shutdown_t shutdown;
+	struct mn_control *srv;
+	struct client *prev, *next;
+	struct mn_framer *framer;
+	enum wait_kind wait;
+	bool want_paused;
+	uint64_t pause_gen;
+	bool reading;
+	bool eof;          /* the peer will send nothing more */
+	bool finishing;    /* shutting down after the queued answers */
+	bool closing;      /* uv_close called */
+	bool closed;       /* close_cb ran while a save was pending */
+	bool save_pending; /* the worker still holds a pointer to this client */
+	uint64_t last_request_ms;
+	uint64_t stalled_since_ms; /* 0: nothing queued, or writes are moving */
+};
+
+/* A connection over the limit: answered with one line, then closed. */
+struct refused {
+	uv_pipe_t pipe;
+	struct mn_control *srv;
+};
+
+struct write_req {
+	uv_write_t req;
+	char *line;
+};
+
+struct mn_control {
+	uv_loop_t *loop;
+	uv_pipe_t listener;
+	uv_timer_t sweep;
+	uv_timer_t pause_poll;
+	size_t open_handles; /* the struct is freed when this reaches 0 after close */
+	bool closing;
+	bool stopping;
+	bool bound;
+	dev_t dev;
+	ino_t ino;
+	struct mn_worker *worker;
+	struct client *clients;
+	size_t nclients;
+	size_t nrefused; /* since the last sweep, for one log line */
+	size_t npause_waiting;
+	uint64_t pause_gen;
+	mn_control_reload_fn reload;
+	void *reload_arg;
+	size_t max_clients, max_line, max_output;
+	uint64_t idle_timeout_ms;
+	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+	char prefix[MN_CONFIG_NAME_MAX];
+	/* Every read is consumed before the next one, so one buffer serves all clients. */
+	char readbuf[READ_BUF_SIZE];
+};
+
+static void pump(struct client *cl);
+
+static void handle_closed(struct mn_control *srv)
+{
+	if (--srv->open_handles == 0 && srv->closing)
+		free(srv);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	handle_closed(h->data);
+}
+
+static void on_client_closed(uv_handle_t *h)
+{
+	struct client *cl = h->data;
+	struct mn_control *srv = cl->srv;
+
+	if (cl->prev)
+		cl->prev->next = cl->next;
+	else
+		srv->clients = cl->next;
+	if (cl->next)
+		cl->next->prev = cl->prev;
+	srv->nclients--;
+	if (cl->wait == WAIT_PAUSE)
+		srv->npause_waiting--;
+	mn_framer_free(cl->framer);
+	cl->framer = NULL;
+	cl->srv = NULL;
+	/* The worker will call back with this pointer; the save callback frees it then. */
+	if (cl->save_pending)
+		cl->closed = true;
+	else
+		free(cl);
+	handle_closed(srv);
+}
+
+/* Closes at once; queued answers are dropped. */
+static void drop(struct client *cl)
+{
+	if (cl->closing)
+		return;
+	cl->closing = true;
+	uv_close((uv_handle_t *)&cl->pipe, on_client_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+	drop(req->handle->data);
+}
+
+/* Closes once the queued answers are written. */
+static void finish(struct client *cl)
+{
+	if (cl->closing || cl->finishing)
+		return;
+	cl->finishing = true;
+	if (cl->reading) {
+		uv_read_stop((uv_stream_t *)&cl->pipe);
+		cl->reading = false;
+	}
+	if (uv_shutdown(&cl->shutdown, (uv_stream_t *)&cl->pipe, on_shutdown) < 0)
+		drop(cl);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+	struct write_req *wr = (struct write_req *)req;
+	uv_stream_t *stream = req->handle;
+	struct client *cl = stream->data;
+
+	free(wr->line);
+	free(wr);
+	if (status == UV_ECANCELED)
+		return;
+	if (status < 0) {
+		mn_log(MN_LOG_DEBUG, "control: dropping a client: %s", uv_strerror(status));
+		drop(cl);
+		return;
+	}
+	cl->stalled_since_ms = uv_stream_get_write_queue_size(stream) ? uv_now(cl->srv->loop) : 0;
+}
+
+/* Queues one answer; takes ownership of resp (which may be NULL: out of memory). */
+static void reply(struct client *cl, cJSON *resp)
+{
+	static const char oom[] = "{\"ok\":false,\"error\":\"out of memory\"}\n";
+	struct mn_control *srv = cl->srv;
+	struct write_req *wr;
+	uv_buf_t buf;
+	size_t len = 0;
+	char *line = resp ? mn_proto_line(resp, &len) : NULL;
+	int rc;
+
+	cJSON_Delete(resp);
+	if (cl->closing || cl->finishing) {
+		free(line);
+		return;
+	}
+	wr = malloc(sizeof(*wr));
+	if (!line) {
+		line = malloc(sizeof(oom));
+		if (line) {
+			memcpy(line, oom, sizeof(oom));
+			len = sizeof(oom) - 1;
+		}
+	}
+	if (!wr || !line) {
+		free(wr);
+		free(line);
+		drop(cl);
+		return;
+	}
+	wr->line = line;
+	buf = uv_buf_init(line, (unsigned)len);
+	rc = uv_write(&wr->req, (uv_stream_t *)&cl->pipe, &buf, 1, on_write);
+	if (rc < 0) {
+		free(wr->line);
+		free(wr);
+		drop(cl);
+		return;
+	}
+	if (uv_stream_get_write_queue_size((uv_stream_t *)&cl->pipe) > srv->max_output) {
+		mn_log(MN_LOG_WARN,
+		       "control: dropping a client that does not read its answers (over %zu bytes "
+		       "queued)",
+		       srv->max_output);
+		drop(cl);
+		return;
+	}
+	if (uv_stream_get_write_queue_size((uv_stream_t *)&cl->pipe) && !cl->stalled_since_ms)
+		cl->stalled_since_ms = uv_now(srv->loop);
+}
+
+static void reply_error(struct client *cl, const char *fmt, ...) MN_PRINTF(2, 3);
+
+static void reply_error(struct client *cl, const char *fmt, ...)
+{
+	char msg[MN_ERRLEN];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	reply(cl, mn_proto_error(msg));
+}
+
+static const char *unavailable(const struct mn_control *srv)
+{
+	return srv->stopping ? "the daemon is shutting down" : "the trainer is not running";
+}
+
+static void do_status(struct client *cl)
+{
+	struct mn_control *srv = cl->srv;
+	struct mn_worker_status ws;
+	struct mn_proto_status ps;
+
+	mn_worker_get_status(srv->worker, &ws);
+	ps = (struct mn_proto_status){
+	    .step = ws.step,
+	    .max_steps = ws.max_steps,
+	    .learning_rate = ws.learning_rate,
+	    .loss = ws.loss,
+	    .steps_per_sec = ws.steps_per_sec,
+	    .paused = ws.paused,
+	    .stopping = srv->stopping || ws.finished,
+	    .latest_checkpoint = ws.latest,
+	};
+	reply(cl, mn_proto_status(&ps));
+}
+
+static void do_reload(struct client *cl)
+{
+	struct mn_control *srv = cl->srv;
+	struct mn_proto_keys applied = {0}, restart = {0};
+	char err[MN_ERRLEN] = "";
+
+	if (!srv->reload) {
+		reply_error(cl, "reload is not available");
+		return;
+	}
+	if (srv->reload(srv->reload_arg, &applied, &restart, err, sizeof(err)) < 0)
+		reply(cl, mn_proto_error(err[0] ? err : "reload failed"));
+	else
+		reply(cl, mn_proto_reload(&applied, &restart));
+}
+
+static void on_saved(void *arg, int status, const char *name, const char *error)
+{
+	struct client *cl = arg;
+	int64_t step = -1;
+
+	cl->save_pending = false;
+	if (cl->closed) {
+		free(cl);
+		return;
+	}
+	if (cl->closing)
+		return; /* on_client_closed frees it */
+	cl->wait = WAIT_NONE;
+	if (status < 0)
+		reply_error(cl, "save failed: %s", error && error[0] ? error : strerror(-status));
+	else if (!mn_ckpt_filename_parse(cl->srv->prefix, name, &step))
+		reply_error(cl, "save: unexpected checkpoint name \"%s\"", name);
+	else
+		reply(cl, mn_proto_saved(name, step));
+	pump(cl);
+}
+
+static void do_save(struct client *cl)
+{
+	int rc = mn_worker_save(cl->srv->worker, on_saved, cl);
+
+	if (rc < 0) {
+		reply_error(cl, "save: %s",
+		            rc == -ESHUTDOWN ? "the daemon is shutting down" : strerror(-rc));
+		return;
+	}
+	cl->save_pending = true;
+	cl->wait = WAIT_SAVE;
+}
+
+static void on_pause_poll(uv_timer_t *t);
+
+static void do_pause(struct client *cl, bool paused)
+{
+	struct mn_control *srv = cl->srv;
+
+	mn_worker_set_paused(srv->worker, paused);
+	cl->wait = WAIT_PAUSE;
+	cl->want_paused = paused;
+	cl->pause_gen = ++srv->pause_gen;
+	if (srv->npause_waiting++ == 0)
+		uv_timer_start(&srv->pause_poll, on_pause_poll, 0, PAUSE_POLL_MS);
+}
+
+static void on_pause_poll(uv_timer_t *t)
+{
+	struct mn_control *srv = t->data;
+	struct mn_worker_status ws = {0};
+	struct client *cl, *next;
+
+	if (srv->worker)
+		mn_worker_get_status(srv->worker, &ws);
+	for (cl = srv->clients; cl; cl = next) {
+		next = cl->next;
+		if (cl->wait != WAIT_PAUSE || cl->closing)
+			continue;
+		/* A later pause/resume from anyone decides; this one was still carried out. */
+		if (srv->worker && !ws.finished && ws.paused != cl->want_paused &&
+		    cl->pause_gen == srv->pause_gen)
+			continue;
+		cl->wait = WAIT_NONE;
+		srv->npause_waiting--;
+		if (!srv->worker || ws.finished) {
+			reply_error(cl, "%s", unavailable(srv));
+		} else {
+			mn_log_fields(MN_LOG_INFO,
+			              cl->want_paused ? "training paused" : "training resumed",
+			              (struct mn_log_field[]){MN_F_INT("step", ws.step)}, 1);
+			reply(cl, mn_proto_paused(cl->want_paused, ws.step));
+		}
+		pump(cl);
+	}
+	if (srv->npause_waiting == 0)
+		uv_timer_stop(&srv->pause_poll);
+}
+
+static void handle_request(struct client *cl, const char *line, size_t len)
+{
+	struct mn_control *srv = cl->srv;
+	enum mn_proto_cmd cmd;
+	char err[MN_ERRLEN];
+
+	if (mn_proto_parse(line, len, &cmd, err, sizeof(err)) < 0) {
+		reply(cl, mn_proto_error(err));
+		return;
+	}
+	mn_log(MN_LOG_DEBUG, "control: %s", mn_proto_cmd_name(cmd));
+	if (cmd == MN_PROTO_RELOAD) {
+		do_reload(cl);
+		return;
+	}
+	if (!srv->worker) {
+		reply_error(cl, "%s", unavailable(srv));
+		return;
+	}
+	switch (cmd) {
+	case MN_PROTO_STATUS:
+		do_status(cl);
+		break;
+	case MN_PROTO_SAVE:
+		do_save(cl);
+		break;
+	case MN_PROTO_PAUSE:
+		do_pause(cl, true);
+		break;
+	case MN_PROTO_RESUME:
+		do_pause(cl, false);
+		break;
+	case MN_PROTO_RELOAD:
+		break;
+	}
+}
+
+static bool blank(const char *s, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (s[i] != ' ' && s[i] != '\t')
+			return false;
+	return true;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	struct client *cl = h->data;
+
+	*buf = uv_buf_init(cl->srv->readbuf, sizeof(cl->srv->readbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/*
+ * Answers the buffered lines in order until one has to wait. Reading stops
+ * while a request waits, so a client cannot make the server buffer more
+ * than one read beyond the line limit.
+ */
+static void pump(struct client *cl)
+{
+	struct mn_control *srv = cl->srv;
+
+	while (!cl->closing && !cl->finishing && cl->wait == WAIT_NONE) {
+		char *line;
+		size_t len;
+		int rc = mn_framer_next(cl->framer, &line, &len);
+
+		if (rc == 0)
+			break;
+		if (rc < 0) {
+			reply_error(cl,
+			            "request line longer than %zu bytes; closing the connection",
+			            srv->max_line);
+			finish(cl);
+			return;
+		}
+		if (blank(line, len))
+			continue;
+		cl->last_request_ms = uv_now(srv->loop);
+		handle_request(cl, line, len);
+	}
+	if (cl->closing || cl->finishing)
+		return;
+	if (cl->wait != WAIT_NONE) {
+		if (cl->reading) {
+			uv_read_stop((uv_stream_t *)&cl->pipe);
+			cl->reading = false;
+		}
+		return;
+	}
+	if (cl->eof) {
+		finish(cl);
+		return;
+	}
+	if (!cl->reading) {
+		if (uv_read_start((uv_stream_t *)&cl->pipe, on_alloc, on_read) < 0) {
+			drop(cl);
+			return;
+		}
+		cl->reading = true;
+	}
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	struct client *cl = s->data;
+
+	if (nread == 0)
+		return;
+	if (nread == UV_EOF) {
+		/* Half-closed: answer what was sent, a last line without "\n" included. */
+		cl->eof = true;
+		uv_read_stop(s);
+		cl->reading = false;
+		if (mn_framer_pending(cl->framer) > 0 &&
+		    mn_framer_push(cl->framer, "\n", 1) == -ENOMEM) {
+			drop(cl);
+			return;
+		}
+		pump(cl);
+		return;
+	}
+	if (nread < 0) {
+		mn_log(MN_LOG_DEBUG, "control: client read: %s", uv_strerror((int)nread));
+		drop(cl);
+		return;
+	}
+	if (mn_framer_push(cl->framer, buf->base, (size_t)nread) == -ENOMEM) {
+		mn_log(MN_LOG_WARN,
+		       "control: out of memory buffering a request; dropping the client");
+		drop(cl);
+		return;
+	}
+	pump(cl);
+}
+
+static void on_refused_closed(uv_handle_t *h)
+{
+	struct refused *r = h->data;
+	struct mn_control *srv = r->srv;
+
+	free(r);
+	handle_closed(srv);
+}
+
+static void refuse(struct mn_control *srv, uv_stream_t *server, const char *why)
+{
+	struct refused *r = calloc(1, sizeof(*r));
+	size_t len = 0;
+	char *line = NULL;
+	cJSON *resp;
+
+	if (!r) {
+		mn_log(MN_LOG_ERROR, "control: out of memory refusing a connection");
+		return;
+	}
+	if (uv_pipe_init(srv->loop, &r->pipe, 0) < 0) {
+		free(r);
+		return;
+	}
+	r->pipe.data = r;
+	r->srv = srv;
+	srv->open_handles++;
+	if (uv_accept(server, (uv_stream_t *)&r->pipe) == 0) {
+		resp = mn_proto_error(why);
+		line = resp ? mn_proto_line(resp, &len) : NULL;
+		cJSON_Delete(resp);
+		/* A fresh socket's buffer always takes one short line: no write queue needed. */
+		if (line)
+			uv_try_write((uv_stream_t *)&r->pipe, &(uv_buf_t){.base = line, .len = len},
+			             1);
+		free(line);
+		srv->nrefused++;
+	}
+	uv_close((uv_handle_t *)&r->pipe, on_refused_closed);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	struct mn_control *srv = server->data;
+	struct client *cl;
+
+	if (status < 0) {
+		mn_log(MN_LOG_WARN, "control: accept: %s", uv_strerror(status));
+		return;
+	}
+	if (srv->nclients >= srv->max_clients) {
+		char msg[128];
+
+		snprintf(msg, sizeof(msg), "too many clients (%zu connected); try again later",
+		         srv->nclients);
+		refuse(srv, server, msg);
+		return;
+	}
+	cl = calloc(1, sizeof(*cl));
+	if (!cl || mn_framer_new(srv->max_line, &cl->framer) < 0) {
+		free(cl);
+		/* libuv stops accepting until this connection is taken; take and close it. */
+		refuse(srv, server, "out of memory");
+		return;
+	}
+	if (uv_pipe_init(srv->loop, &cl->pipe, 0) < 0) {
+		mn_framer_free(cl->framer);
+		free(cl);
+		refuse(srv, server, "out of memory");
+		return;
+	}
+	cl->pipe.data = cl;
+	cl->srv = srv;
+	cl->last_request_ms = uv_now(srv->loop);
+	cl->next = srv->clients;
+	if (srv->clients)
+		srv->clients->prev = cl;
+	srv->clients = cl;
+	srv->nclients++;
+	srv->open_handles++;
+	if (uv_accept(server, (uv_stream_t *)&cl->pipe) < 0) {
+		drop(cl);
+		return;
+	}
+	pump(cl);
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+	struct mn_control *srv = t->data;
+	uint64_t now = uv_now(srv->loop);
+	struct client *cl;
+
+	if (srv->nrefused) {
+		mn_log(MN_LOG_WARN, "control: refused %zu connection(s): %zu clients connected",
+		       srv->nrefused, srv->nclients);
+		srv->nrefused = 0;
+	}
+	for (cl = srv->clients; cl; cl = cl->next) {
+		if (cl->closing)
+			continue;
+		if (cl->stalled_since_ms && now - cl->stalled_since_ms > WRITE_STALL_MS) {
+			mn_log(MN_LOG_WARN, "control: dropping a client that stopped reading");
+			drop(cl);
+		} else if (srv->idle_timeout_ms && cl->wait == WAIT_NONE && !cl->finishing &&
+		           now - cl->last_request_ms > srv->idle_timeout_ms) {
+			mn_log(MN_LOG_DEBUG, "control: closing an idle connection");
+			finish(cl);
+		}
+	}
+}
+
+/*
+ * Returns 1 if a process accepts connections on path, 0 if nobody does (a
+ * stale file), or -errno if that cannot be told.
+ */
+static int probe_listener(const char *path)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, rc;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	/* Non-blocking: a live daemon with a full backlog must not hang this start. */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	if (rc == 0 || errno == EAGAIN || errno == EINPROGRESS)
+		rc = 1;
+	else if (errno == ECONNREFUSED || errno == ENOENT)
+		rc = 0;
+	else
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+static int bind_socket(struct mn_control *srv, char *err, size_t errlen)
+{
+	struct stat st;
+	int rc = uv_pipe_bind(&srv->listener, srv->path);
+
+	if (rc == UV_EADDRINUSE) {
+		if (lstat(srv->path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+			mn_errf(err, errlen, "control.socket %s: exists and is not a socket",
+			        srv->path);
+			return -EEXIST;
+		}
+		rc = probe_listener(srv->path);
+		if (rc > 0) {
+			mn_errf(err, errlen,
+			        "control.socket %s: another process (another mnistd?) is listening "
+			        "there; stop it or set another control.socket",
+			        srv->path);
+			return -EADDRINUSE;
+		}
+		if (rc < 0) {
+			mn_errf(err, errlen,
+			        "control.socket %s: cannot tell whether it is in use: %s",
+			        srv->path, strerror(-rc));
+			return rc;
+		}
+		mn_log(MN_LOG_INFO, "control: replacing the stale socket %s", srv->path);
+		if (unlink(srv->path) < 0 && errno != ENOENT) {
+			rc = -errno;
+			mn_errf(err, errlen,
+			        "control.socket %s: cannot remove the stale socket: %s", srv->path,
+			        strerror(errno));
+			return rc;
+		}
+		rc = uv_pipe_bind(&srv->listener, srv->path);
+	}
+	if (rc < 0) {
+		mn_errf(err, errlen, "control.socket %s: %s", srv->path, uv_strerror(rc));
+		return rc;
+	}
+	if (lstat(srv->path, &st) == 0) {
+		srv->bound = true;
+		srv->dev = st.st_dev;
+		srv->ino = st.st_ino;
+	}
+	/*
+	 * bind() applied the umask; set the mode before listen(), so nobody can
+	 * connect while it is wrong (connecting needs write permission).
+	 */
+	if (chmod(srv->path, SOCKET_MODE) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "control.socket %s: chmod: %s", srv->path, strerror(errno));
+		return rc;
+	}
+	rc = uv_listen((uv_stream_t *)&srv->listener, LISTEN_BACKLOG, on_connection);
+	if (rc < 0) {
+		mn_errf(err, errlen, "control.socket %s: listen: %s", srv->path, uv_strerror(rc));
+		return rc;
+	}
+	return 0;
+}
+
+int mn_control_start(uv_loop_t *loop, const struct mn_control_params *p, struct mn_control **out,
+                     char *err, size_t errlen)
+{
+	struct mn_control *srv;
+	int rc;
+
+	if (!p->path || !p->path[0] ||
+	    strlen(p->path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		mn_errf(err, errlen, "control.socket: the path must be 1 to %zu bytes",
+		        sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	srv = calloc(1, sizeof(*srv));
+	if (!srv) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	srv->loop = loop;
+	snprintf(srv->path, sizeof(srv->path), "%s", p->path);
+	snprintf(srv->prefix, sizeof(srv->prefix), "%s", p->ckpt_prefix ? p->ckpt_prefix : "");
+	srv->reload = p->reload;
+	srv->reload_arg = p->arg;
+	srv->max_clients = p->max_clients ? p->max_clients : DEFAULT_MAX_CLIENTS;
+	srv->max_line = p->max_line ? p->max_line : MN_PROTO_MAX_LINE;
+	srv->max_output = p->max_output ? p->max_output : DEFAULT_MAX_OUTPUT;
+	srv->idle_timeout_ms = p->idle_timeout_ms;
+
+	rc = uv_pipe_init(loop, &srv->listener, 0);
+	if (rc < 0) {
+		mn_errf(err, errlen, "control: %s", uv_strerror(rc));
+		free(srv);
+		return rc;
+	}
+	srv->listener.data = srv;
+	srv->open_handles++;
+	uv_timer_init(loop, &srv->sweep);
+	srv->sweep.data = srv;
+	srv->open_handles++;
+	uv_timer_init(loop, &srv->pause_poll);
+	srv->pause_poll.data = srv;
+	srv->open_handles++;
+
+	rc = bind_socket(srv, err, errlen);
+	if (rc < 0) {
+		mn_control_close(srv);
+		return rc;
+	}
+	uv_timer_start(&srv->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+	uv_unref((uv_handle_t *)&srv->sweep);
+	mn_log_fields(MN_LOG_INFO, "control socket listening",
+	              (struct mn_log_field[]){MN_F_STR("path", srv->path)}, 1);
+	*out = srv;
+	return 0;
+}
+
+void mn_control_set_worker(struct mn_control *c, struct mn_worker *w)
+{
+	c->worker = w;
+}
+
+void mn_control_set_stopping(struct mn_control *c)
+{
+	c->stopping = true;
+}
+
+size_t mn_control_clients(const struct mn_control *c)
+{
+	return c->nclients;
+}
+
+void mn_control_close(struct mn_control *c)
+{
+	struct stat st;
+
+	if (!c || c->closing)
+		return;
+	c->closing = true;
+	/* Only our own socket: an operator may have moved another one into place. */
+	if (c->bound && lstat(c->path, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino)
+		unlink(c->path);
+	for (struct client *cl = c->clients; cl; cl = cl->next)
+		drop(cl);
+	uv_close((uv_handle_t *)&c->listener, on_handle_closed);
+	uv_close((uv_handle_t *)&c->sweep, on_handle_closed);
+	uv_close((uv_handle_t *)&c->pause_poll, on_handle_closed);
+}

@@ -1,0 +1,84 @@
+/*
+ * control.h - the daemon's control socket, served on the libuv loop.
+ *
+ * The protocol is proto.h's: newline-delimited JSON requests, answered in
+ * order per connection. A request that cannot be answered at once (save,
+ * pause, resume wait for the training thread's step boundary) holds back the
+ * requests after it on the same connection, and that connection's reading,
+ * until it is answered; other connections go on being served. Nothing here
+ * blocks the loop: slow, idle, half-closed or vanished clients cost a slot
+ * and a little memory, and are dropped when they exceed the bounds below.
+ *
+ * All functions run on the loop thread.
+ */
+#ifndef MN_CONTROL_H
+#define MN_CONTROL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "proto.h"
+#include "worker.h"
+
+/*
+ * Reloads the configuration file, for the "reload" command. Fills applied
+ * and restart with the changed key paths and returns 0, or returns a
+ * negative errno with the reason in err; then nothing changed.
+ */
+typedef int (*mn_control_reload_fn)(void *arg, struct mn_proto_keys *applied,
+                                    struct mn_proto_keys *restart, char *err, size_t errlen);
+
+struct mn_control_params {
+	/* Path of the socket, at most 107 bytes. */
+	const char *path;
+	/* Checkpoint file prefix, to read the step out of a saved file's name. */
+	const char *ckpt_prefix;
+	/* Called for "reload", with arg. */
+	mn_control_reload_fn reload;
+	void *arg;
+	/* Connections served at once; more are answered with an error and closed. 0: 64. */
+	size_t max_clients;
+	/* Longest request line; a longer one is answered with an error, then closed. 0: 64 KiB. */
+	size_t max_line;
+	/* Response bytes queued for a client that does not read before it is dropped. 0: 1 MiB. */
+	size_t max_output;
+	/* A connection without a request for this long is closed. 0: never. */
+	uint64_t idle_timeout_ms;
+};
+
+struct mn_control;
+
+/*
+ * Creates the socket with mode 0660 (whatever the umask) and starts
+ * listening on loop. A socket file nobody listens on (left by a crash) is
+ * replaced; if a process answers on it, this fails with -EADDRINUSE and a
+ * message saying so, and the file is left alone. A path that exists and is
+ * not a socket is never removed (-EEXIST).
+ */
+int mn_control_start(uv_loop_t *loop, const struct mn_control_params *p, struct mn_control **out,
+                     char *err, size_t errlen);
+
+/*
+ * Gives the server the worker that commands act on. Until it is set,
+ * commands other than reload are answered with an error. w must outlive
+ * the server or be replaced by NULL before it is freed.
+ */
+void mn_control_set_worker(struct mn_control *c, struct mn_worker *w);
+
+/* Marks the daemon as stopping: status reports "state":"stopping". */
+void mn_control_set_stopping(struct mn_control *c);
+
+/* Number of connected clients (for tests and logs). */
+size_t mn_control_clients(const struct mn_control *c);
+
+/*
+ * Stops listening, closes every connection (queued answers are dropped)
+ * and removes the socket file if it is still the one this server created.
+ * The memory is released once libuv has closed the handles: run the loop
+ * after this. NULL is allowed.
+ */
+void mn_control_close(struct mn_control *c);
+
+#endif
