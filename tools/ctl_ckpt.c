@@ -1,40 +1,1218 @@
-/* ctl_ckpt.c - placeholder until the offline tools land. */
+/*
+ * ctl_ckpt.c - mnistctl's file tools: ls, inspect, verify and convert
+ * (TensorFlow's inspect_checkpoint and partial, renamed Saver, for
+ * mnistd's safetensors files).
+ */
+#include <errno.h>
+#include <fnmatch.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 
+#include "ckpt.h"
+#include "config.h"
 #include "ctl.h"
+#include "ctl_util.h"
+#include "mlp.h"
+#include "model.h"
+#include "util.h"
 
-static int not_yet(const char *what)
+#define ARCH_LEN 256
+
+/* ------------------------------------------------------------------ */
+/* What a file is, beyond a valid container: shared by verify, ls and convert. */
+
+enum file_kind {
+	KIND_CHECKPOINT, /* layers, EMA shadows and the whole training state */
+	KIND_MODEL,      /* layers and EMA shadows, without (all of) the training state */
+	KIND_FROZEN,     /* frozen inference model */
+	KIND_TENSORS,    /* no architecture: a bag of tensors (e.g. a partial convert) */
+};
+
+struct file_info {
+	enum file_kind kind;
+	bool has_step;
+	int64_t step;        /* metadata global_step */
+	char arch[ARCH_LEN]; /* "784-500-10", or "" */
+};
+
+static const char *const kind_names[] = {"checkpoint", "model", "frozen", "tensors"};
+
+/* Parses a decimal step; false unless the whole string is one. */
+static bool parse_step(const char *s, int64_t *out)
 {
-	fprintf(stderr, "mnistctl: %s is not implemented yet\n", what);
-	return CTL_EXIT_FAILED;
+	char *end;
+	long long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Checks the training-state tensors that are present; sets *complete if all are. */
+static int check_train_state(const struct mn_ckpt *c, const struct file_info *fi, bool *complete,
+                             char *err, size_t errlen)
+{
+	const char *name = mn_ckpt_name(c);
+	const struct mn_tensor *perm = mn_ckpt_find(c, "train/permutation");
+	int64_t step, epoch;
+	uint64_t rng[4], pos, n = 0;
+	uint32_t *p = NULL;
+	uint8_t *seen = NULL;
+	int rc, have = 0;
+
+	if (mn_ckpt_find(c, "global_step")) {
+		have++;
+		rc = mn_ckpt_copy(c, "global_step", MN_DTYPE_I64, 0, NULL, &step, err, errlen);
+		if (rc < 0)
+			return rc;
+		if (fi->has_step && step != fi->step) {
+			mn_errf(err, errlen,
+			        "%s: tensor global_step is %" PRId64
+			        " but the metadata says global_step %" PRId64,
+			        name, step, fi->step);
+			return -EINVAL;
+		}
+	}
+	if (mn_ckpt_find(c, "train/rng")) {
+		have++;
+		rc = mn_ckpt_copy(c, "train/rng", MN_DTYPE_U64, 1, (uint64_t[]){4}, rng, err,
+		                  errlen);
+		if (rc < 0)
+			return rc;
+	}
+	if (mn_ckpt_find(c, "train/epoch")) {
+		have++;
+		rc = mn_ckpt_copy(c, "train/epoch", MN_DTYPE_I64, 0, NULL, &epoch, err, errlen);
+		if (rc < 0)
+			return rc;
+		if (epoch < 0) {
+			mn_errf(err, errlen, "%s: train/epoch is negative (%" PRId64 ")", name,
+			        epoch);
+			return -EINVAL;
+		}
+	}
+	if (perm) {
+		have++;
+		if (perm->ndim != 1) {
+			char shape[128];
+
+			mn_shape_format(perm, shape, sizeof(shape));
+			mn_errf(err, errlen,
+			        "%s: tensor \"train/permutation\" has shape %s, expected one "
+			        "dimension",
+			        name, shape);
+			return -EINVAL;
+		}
+		n = perm->shape[0];
+		p = malloc(n ? n * sizeof(*p) : 1);
+		seen = calloc(n ? n : 1, 1);
+		if (!p || !seen) {
+			mn_errf(err, errlen, "%s: out of memory", name);
+			rc = -ENOMEM;
+			goto out;
+		}
+		rc = mn_ckpt_copy(c, "train/permutation", MN_DTYPE_U32, 1, &n, p, err, errlen);
+		if (rc < 0)
+			goto out;
+		for (uint64_t i = 0; i < n; i++) {
+			if (p[i] >= n || seen[p[i]]) {
+				mn_errf(err, errlen,
+				        "%s: train/permutation is not a permutation of %" PRIu64
+				        " images (entry %" PRIu64 " is %" PRIu32 ")",
+				        name, n, i, p[i]);
+				rc = -EINVAL;
+				goto out;
+			}
+			seen[p[i]] = 1;
+		}
+	}
+	if (mn_ckpt_find(c, "train/perm_pos")) {
+		have++;
+		rc = mn_ckpt_copy(c, "train/perm_pos", MN_DTYPE_U64, 0, NULL, &pos, err, errlen);
+		if (rc < 0)
+			goto out;
+		if (perm && pos > n) {
+			mn_errf(err, errlen,
+			        "%s: train/perm_pos %" PRIu64
+			        " is beyond the permutation's %" PRIu64 " entries",
+			        name, pos, n);
+			rc = -EINVAL;
+			goto out;
+		}
+	}
+	*complete = have == 5;
+	rc = 0;
+out:
+	free(p);
+	free(seen);
+	return rc;
+}
+
+/*
+ * The model-level checks, after the container validated: the architecture
+ * against the layer tensors (mn_model_arch) and the training state that is
+ * present against itself and the metadata.
+ */
+static int check_file(const struct mn_ckpt *c, struct file_info *fi, char *err, size_t errlen)
+{
+	const char *frozen = mn_ckpt_meta(c, "frozen");
+	const char *step = mn_ckpt_meta(c, "global_step");
+	bool is_frozen = frozen && strcmp(frozen, "true") == 0, complete = false;
+	struct mn_arch a;
+	int rc;
+
+	memset(fi, 0, sizeof(*fi));
+	fi->has_step = parse_step(step, &fi->step);
+	if (step && !fi->has_step) {
+		mn_errf(err, errlen, "%s: __metadata__ global_step \"%.32s\" is not a decimal",
+		        mn_ckpt_name(c), step);
+		return -EINVAL;
+	}
+	if (!is_frozen && !mn_ckpt_meta(c, "architecture")) {
+		fi->kind = KIND_TENSORS;
+		return 0;
+	}
+	rc = mn_model_arch(c, &a, err, errlen);
+	if (rc < 0)
+		return rc;
+	mn_arch_format(&a, fi->arch, sizeof(fi->arch));
+	if (is_frozen) {
+		fi->kind = KIND_FROZEN;
+		return 0;
+	}
+	rc = check_train_state(c, fi, &complete, err, errlen);
+	if (rc < 0)
+		return rc;
+	fi->kind = complete ? KIND_CHECKPOINT : KIND_MODEL;
+	return 0;
+}
+
+/* Reads an mnistd file and runs every check verify makes. */
+static int verify_file(const char *path, struct mn_ckpt **out, struct file_info *fi, char *err,
+                       size_t errlen)
+{
+	struct mn_ckpt *c = NULL;
+	int rc = mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, errlen);
+
+	if (rc == 0)
+		rc = check_file(c, fi, err, errlen);
+	if (rc < 0 || !out)
+		mn_ckpt_free(c);
+	else
+		*out = c;
+	return rc;
+}
+
+/* Prints "FILE: message" unless the message already starts with the file's name. */
+static void print_file_error(FILE *f, const char *path, const char *err)
+{
+	size_t n = strlen(path);
+
+	if (strncmp(err, path, n) == 0 && err[n] == ':')
+		fprintf(f, "%s\n", err);
+	else
+		fprintf(f, "%s: %s\n", path, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* verify */
+
+static const char verify_help[] =
+    "Usage: mnistctl verify [--json] FILE...\n"
+    "\n"
+    "Validates mnistd checkpoint files and frozen models completely, like every\n"
+    "mnistd reader does before trusting one, and says exactly what is wrong.\n"
+    "\n"
+    "Checked, in order: the header length against the file size (truncation);\n"
+    "the JSON header, its dtypes, shapes and data offsets (in bounds, contiguous,\n"
+    "consistent with dtype and shape); the metadata (format mnistd.checkpoint.v1,\n"
+    "global_step, data_crc32) and the CRC-32 of the data; the architecture\n"
+    "against the layer tensors (every layer<i>/weights and layer<i>/biases, and\n"
+    "their ExponentialMovingAverage twins unless the file is frozen, present as\n"
+    "F32 with the shapes the architecture implies); and the training state that\n"
+    "is present (global_step equal to the metadata's, train/rng, train/epoch,\n"
+    "train/perm_pos within train/permutation, which must be a permutation).\n"
+    "A file without an architecture (a partial convert) is checked as a set of\n"
+    "tensors.\n"
+    "\n"
+    "Prints one line per file: \"FILE: OK (step N, 784-500-10)\", with \"frozen\" or\n"
+    "\"no training state\" added for such files, or \"FILE: <what is wrong>\".\n"
+    "\n"
+    "Options:\n"
+    "  -j, --json   one JSON object: {\"ok\": bool, \"files\": [{\"file\", \"ok\",\n"
+    "               \"kind\", \"step\", \"architecture\", \"tensors\"} or {\"file\",\n"
+    "               \"ok\": false, \"error\"}]}\n"
+    "  -h, --help   this help\n"
+    "\n"
+    "Exit status: 0 if every file is valid, 1 if any is not, 2 usage error.\n"
+    "\n"
+    "Example:\n"
+    "  mnistctl verify /var/lib/mnistd/model.ckpt-*.safetensors\n";
+
+int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
+{
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	bool json = g->json, all_ok = true;
+	cJSON *root = NULL, *files = NULL;
+	int c;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			fputs(verify_help, stdout);
+			return CTL_EXIT_OK;
+		default:
+			return ctl_option_error("verify", c, argv);
+		}
+	}
+	if (optind >= argc)
+		return ctl_usage_error("verify", "no FILE given");
+	if (json) {
+		root = cJSON_CreateObject();
+		files = ctl_json_add(root, "files", cJSON_CreateArray());
+	}
+	for (int i = optind; i < argc; i++) {
+		const char *path = argv[i];
+		struct mn_ckpt *ck = NULL;
+		struct file_info fi;
+		char err[MN_ERRLEN];
+		int rc = verify_file(path, &ck, &fi, err, sizeof(err));
+		cJSON *o = json ? ctl_json_add(files, NULL, cJSON_CreateObject()) : NULL;
+
+		if (rc < 0) {
+			all_ok = false;
+			if (json) {
+				ctl_json_str(o, "file", path);
+				ctl_json_bool(o, "ok", false);
+				ctl_json_str(o, "error", err);
+			} else {
+				print_file_error(stdout, path, err);
+			}
+			continue;
+		}
+		if (json) {
+			ctl_json_str(o, "file", path);
+			ctl_json_bool(o, "ok", true);
+			ctl_json_str(o, "kind", kind_names[fi.kind]);
+			ctl_json_int(o, "step", fi.step);
+			ctl_json_str(o, "architecture", fi.arch[0] ? fi.arch : NULL);
+			ctl_json_int(o, "tensors", (int64_t)mn_ckpt_count(ck));
+		} else if (fi.kind == KIND_TENSORS) {
+			printf("%s: OK (step %" PRId64 ", %zu tensors, no architecture)\n", path,
+			       fi.step, mn_ckpt_count(ck));
+		} else {
+			printf("%s: OK (step %" PRId64 ", %s%s)\n", path, fi.step, fi.arch,
+			       fi.kind == KIND_FROZEN  ? ", frozen"
+			       : fi.kind == KIND_MODEL ? ", no training state"
+			                               : "");
+		}
+		mn_ckpt_free(ck);
+	}
+	if (json) {
+		ctl_json_bool(root, "ok", all_ok);
+		if (ctl_json_print(root) < 0)
+			return CTL_EXIT_FAILED;
+	}
+	return all_ok ? CTL_EXIT_OK : CTL_EXIT_FAILED;
+}
+
+/* ------------------------------------------------------------------ */
+/* ls */
+
+static const char ls_help[] =
+    "Usage: mnistctl ls [--json] [--prefix PREFIX] [--metrics FILE] DIR\n"
+    "\n"
+    "Lists the checkpoints in a checkpoint directory, oldest first: step,\n"
+    "creation time, size, whether the file is valid (the checks of 'mnistctl\n"
+    "verify', plus the step in the file name matching the step inside), which one\n"
+    "is the latest (named by DIR/checkpoint.json, else the highest step), the\n"
+    "architecture, and the validation accuracy when the evaluator's metrics file\n"
+    "has recorded one for that file (the last record wins). Why a file is\n"
+    "invalid is printed after the table. The time of an invalid file is its\n"
+    "modification time.\n"
+    "\n"
+    "Options:\n"
+    "  -p, --prefix PREFIX  checkpoint file prefix (default: checkpoint.prefix from\n"
+    "                       the configuration, model.ckpt)\n"
+    "  -m, --metrics FILE   the evaluator's metrics file, JSON lines with\n"
+    "                       \"checkpoint\" and \"accuracy\" (default: eval.metrics_file\n"
+    "                       from the configuration; malformed lines are ignored)\n"
+    "  -j, --json           a JSON object: {\"dir\", \"latest\", \"checkpoints\": [{\"file\",\n"
+    "                       \"step\", \"created\", \"size\", \"valid\", \"error\", \"latest\",\n"
+    "                       \"architecture\", \"accuracy\"}]}\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "The configuration is the global --config file; a missing default file is\n"
+    "not an error here.\n"
+    "\n"
+    "Exit status: 0 listed (invalid files included), 1 the directory cannot be\n"
+    "read, 2 usage error.\n"
+    "\n"
+    "Example:\n"
+    "  mnistctl ls /var/lib/mnistd\n";
+
+struct ls_row {
+	const char *name;
+	int64_t step;
+	char created[MN_TIMELEN];
+	int64_t size;
+	bool valid;
+	char err[MN_ERRLEN];
+	char arch[ARCH_LEN];
+	bool has_acc;
+	double accuracy;
+};
+
+/* Sets the accuracy of each row from the metrics file: the last line naming it wins. */
+static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row *rows, size_t n)
+{
+	FILE *f = fopen(path, "re");
+	char *line = NULL;
+	size_t cap = 0;
+
+	if (!f) {
+		/* The evaluator may not have written anything yet; only a named file must exist. */
+		if (explicit_path)
+			ctl_errorf("ls", "%s: %s (accuracy not shown)", path, strerror(errno));
+		return;
+	}
+	while (getline(&line, &cap, f) > 0) {
+		cJSON *o = cJSON_Parse(line);
+		const cJSON *ck = cJSON_GetObjectItemCaseSensitive(o, "checkpoint");
+		const cJSON *acc = cJSON_GetObjectItemCaseSensitive(o, "accuracy");
+
+		if (cJSON_IsString(ck) && cJSON_IsNumber(acc)) {
+			for (size_t i = 0; i < n; i++) {
+				if (strcmp(rows[i].name, ck->valuestring) == 0) {
+					rows[i].has_acc = true;
+					rows[i].accuracy = acc->valuedouble;
+				}
+			}
+		}
+		cJSON_Delete(o);
+	}
+	free(line);
+	fclose(f);
+}
+
+static void ls_check_row(const char *dir, struct ls_row *r)
+{
+	char path[CTL_PATH_MAX];
+	struct mn_ckpt *c = NULL;
+	struct file_info fi;
+	struct stat st;
+	const char *created;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, r->name);
+	if (stat(path, &st) == 0) {
+		r->size = (int64_t)st.st_size;
+		mn_time_rfc3339_ns((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+		                   r->created);
+	} else {
+		r->size = -1;
+	}
+	if (verify_file(path, &c, &fi, r->err, sizeof(r->err)) < 0)
+		return;
+	if (!fi.has_step || fi.step != r->step) {
+		mn_errf(r->err, sizeof(r->err),
+		        "%s: the file name says step %" PRId64 " but global_step is %" PRId64, path,
+		        r->step, fi.step);
+		mn_ckpt_free(c);
+		return;
+	}
+	created = mn_ckpt_meta(c, "created");
+	if (created)
+		snprintf(r->created, sizeof(r->created), "%s", created);
+	snprintf(r->arch, sizeof(r->arch), "%s", fi.arch[0] ? fi.arch : "-");
+	r->valid = true;
+	mn_ckpt_free(c);
+}
+
+static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *latest, bool json)
+{
+	size_t wname = 4, warch = 4;
+	cJSON *root, *arr;
+
+	if (json) {
+		root = cJSON_CreateObject();
+		ctl_json_str(root, "dir", dir);
+		ctl_json_str(root, "latest", latest);
+		arr = ctl_json_add(root, "checkpoints", cJSON_CreateArray());
+		for (size_t i = 0; i < n; i++) {
+			cJSON *o = ctl_json_add(arr, NULL, cJSON_CreateObject());
+
+			ctl_json_str(o, "file", rows[i].name);
+			ctl_json_int(o, "step", rows[i].step);
+			ctl_json_str(o, "created", rows[i].created[0] ? rows[i].created : NULL);
+			ctl_json_int(o, "size", rows[i].size);
+			ctl_json_bool(o, "valid", rows[i].valid);
+			ctl_json_str(o, "error", rows[i].valid ? NULL : rows[i].err);
+			ctl_json_bool(o, "latest", latest && strcmp(latest, rows[i].name) == 0);
+			ctl_json_str(o, "architecture", rows[i].valid ? rows[i].arch : NULL);
+			if (rows[i].has_acc)
+				ctl_json_num(o, "accuracy", rows[i].accuracy);
+			else
+				ctl_json_add(o, "accuracy", cJSON_CreateNull());
+		}
+		return ctl_json_print(root) < 0 ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+	}
+	if (n == 0) {
+		printf("no checkpoints in %s\n", dir);
+		return CTL_EXIT_OK;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (strlen(rows[i].name) > wname)
+			wname = strlen(rows[i].name);
+		if (rows[i].valid && strlen(rows[i].arch) > warch)
+			warch = strlen(rows[i].arch);
+	}
+	printf("%-*s  %10s  %-24s  %10s  %-7s  %-6s  %-*s  %s\n", (int)wname, "FILE", "STEP",
+	       "CREATED", "SIZE", "VALID", "LATEST", (int)warch, "ARCH", "ACCURACY");
+	for (size_t i = 0; i < n; i++) {
+		const struct ls_row *r = &rows[i];
+		char acc[32];
+
+		if (r->has_acc)
+			snprintf(acc, sizeof(acc), "%.4f", r->accuracy);
+		else
+			snprintf(acc, sizeof(acc), "-");
+		printf("%-*s  %10" PRId64 "  %-24s  %10" PRId64 "  %-7s  %-6s  %-*s  %s\n",
+		       (int)wname, r->name, r->step, r->created[0] ? r->created : "-", r->size,
+		       r->valid ? "yes" : "INVALID",
+		       latest && strcmp(latest, r->name) == 0 ? "*" : "", (int)warch,
+		       r->valid ? r->arch : "-", acc);
+	}
+	for (size_t i = 0; i < n; i++)
+		if (!rows[i].valid)
+			printf("invalid: %s\n", rows[i].err);
+	return CTL_EXIT_OK;
 }
 
 int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("ls");
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'j'},
+	    {"prefix", required_argument, NULL, 'p'},
+	    {"metrics", required_argument, NULL, 'm'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	const char *prefix = NULL, *metrics = NULL, *dir, *latest = NULL;
+	struct mn_ckpt_entry *list = NULL;
+	struct ls_row *rows = NULL;
+	char index_latest[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
+	struct mn_config cfg;
+	bool json = g->json;
+	size_t n = 0, kept = 0;
+	int c, rc;
+
+	mn_config_defaults(&cfg);
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":jp:m:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'p':
+			prefix = optarg;
+			break;
+		case 'm':
+			metrics = optarg;
+			break;
+		case 'h':
+			fputs(ls_help, stdout);
+			return CTL_EXIT_OK;
+		default:
+			return ctl_option_error("ls", c, argv);
+		}
+	}
+	if (optind != argc - 1)
+		return ctl_usage_error("ls",
+		                       optind >= argc ? "no DIR given" : "exactly one DIR, please");
+	dir = argv[optind];
+	if ((!prefix || !metrics) && ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
+		ctl_errorf("ls", "%s", err);
+		return CTL_EXIT_FAILED;
+	}
+	if (!prefix)
+		prefix = cfg.checkpoint.prefix;
+	rc = mn_ckpt_scan(dir, prefix, &list, &n, err, sizeof(err));
+	if (rc < 0) {
+		ctl_errorf("ls", "%s", err);
+		return CTL_EXIT_FAILED;
+	}
+	rows = calloc(n ? n : 1, sizeof(*rows));
+	if (!rows) {
+		ctl_errorf("ls", "out of memory");
+		free(list);
+		return CTL_EXIT_FAILED;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct ls_row *r = &rows[kept];
+		struct stat st;
+		char path[CTL_PATH_MAX];
+
+		/* Retention may delete a file between the scan and now: it is simply gone. */
+		snprintf(path, sizeof(path), "%s/%s", dir, list[i].name);
+		if (stat(path, &st) < 0 && errno == ENOENT)
+			continue;
+		r->name = list[i].name;
+		r->step = list[i].step;
+		ls_check_row(dir, r);
+		kept++;
+	}
+	if (mn_ckpt_index_latest(dir, index_latest, sizeof(index_latest), err, sizeof(err)) == 0) {
+		for (size_t i = 0; i < kept; i++)
+			if (strcmp(rows[i].name, index_latest) == 0)
+				latest = rows[i].name;
+	}
+	if (!latest && kept > 0)
+		latest = rows[kept - 1].name;
+	if (metrics)
+		ls_read_metrics(metrics, true, rows, kept);
+	else if (cfg.eval.metrics_file[0])
+		ls_read_metrics(cfg.eval.metrics_file, false, rows, kept);
+	rc = ls_print(dir, rows, kept, latest, json);
+	free(rows);
+	free(list);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* inspect */
+
+static const char inspect_help[] =
+    "Usage: mnistctl inspect [--json] [--tensor NAME]... [--all] FILE\n"
+    "\n"
+    "Shows what a safetensors file holds, like TensorFlow's inspect_checkpoint:\n"
+    "its metadata (format, global_step, architecture, created, frozen, config and\n"
+    "any other key) and a table of its tensors with name, dtype, shape and the\n"
+    "minimum, maximum, mean and L2 norm of the values. Any valid safetensors file\n"
+    "can be inspected (the container and, when present, the checksum are checked;\n"
+    "'mnistctl verify' checks the model too).\n"
+    "\n"
+    "Options:\n"
+    "  -t, --tensor NAME  print only this tensor, with all its values (repeatable):\n"
+    "                     matrices one row per line, F32 with 9 significant digits\n"
+    "                     (exact), F64 with 17, integers as integers\n"
+    "  -a, --all          print the metadata, the table and every tensor's values\n"
+    "  -j, --json         a JSON object: {\"file\", \"size\", \"metadata\": {...},\n"
+    "                     \"tensors\": [{\"name\", \"dtype\", \"shape\", \"min\", \"max\",\n"
+    "                     \"mean\", \"norm\"[, \"values\"]}]}\n"
+    "  -h, --help         this help\n"
+    "\n"
+    "Exit status: 0 success, 1 the file is invalid or has no such tensor,\n"
+    "2 usage error.\n"
+    "\n"
+    "Examples:\n"
+    "  mnistctl inspect /var/lib/mnistd/model.ckpt-30000.safetensors\n"
+    "  mnistctl inspect --tensor layer2/biases model.safetensors\n";
+
+struct stats {
+	double min, max, mean, norm;
+};
+
+static struct stats tensor_stats(const struct mn_tensor *t)
+{
+	uint64_t n = mn_tensor_elements(t);
+	struct stats s = {NAN, NAN, NAN, NAN};
+	double sum = 0.0, sq = 0.0;
+
+	for (uint64_t i = 0; i < n; i++) {
+		double v = ctl_tensor_double(t, i);
+
+		if (i == 0 || v < s.min)
+			s.min = v;
+		if (i == 0 || v > s.max)
+			s.max = v;
+		sum += v;
+		sq += v * v;
+	}
+	if (n > 0) {
+		s.mean = sum / (double)n;
+		s.norm = sqrt(sq);
+	}
+	return s;
+}
+
+static void print_values(const struct mn_tensor *t)
+{
+	uint64_t n = mn_tensor_elements(t);
+	uint64_t row = t->ndim ? t->shape[t->ndim - 1] : 1;
+	char shape[128], v[64];
+
+	mn_shape_format(t, shape, sizeof(shape));
+	printf("%s  %s %s\n", t->name, mn_dtype_name(t->dtype), shape);
+	if (n == 0) {
+		printf("  (no elements)\n");
+		return;
+	}
+	/* One line per innermost row: a matrix [r, c] prints as r lines of c values. */
+	for (uint64_t i = 0; i < n; i++) {
+		ctl_tensor_format(t, i, v, sizeof(v));
+		printf("%s%s", i % row ? " " : "  ", v);
+		if ((i + 1) % row == 0)
+			putchar('\n');
+	}
+}
+
+static cJSON *tensor_json(const struct mn_tensor *t, bool values)
+{
+	cJSON *o = cJSON_CreateObject(), *shape, *vals;
+	struct stats s = tensor_stats(t);
+	uint64_t n = mn_tensor_elements(t);
+	char v[64];
+
+	ctl_json_str(o, "name", t->name);
+	ctl_json_str(o, "dtype", mn_dtype_name(t->dtype));
+	shape = ctl_json_add(o, "shape", cJSON_CreateArray());
+	for (size_t d = 0; d < t->ndim; d++) {
+		snprintf(v, sizeof(v), "%" PRIu64, t->shape[d]);
+		ctl_json_add(shape, NULL, cJSON_CreateRaw(v));
+	}
+	ctl_json_num(o, "min", s.min);
+	ctl_json_num(o, "max", s.max);
+	ctl_json_num(o, "mean", s.mean);
+	ctl_json_num(o, "norm", s.norm);
+	if (!values)
+		return o;
+	vals = ctl_json_add(o, "values", cJSON_CreateArray());
+	for (uint64_t i = 0; i < n; i++) {
+		/* Integers as exact text; floats through a double, which holds them exactly. */
+		if (ctl_dtype_is_int(t->dtype) && t->dtype != MN_DTYPE_BOOL) {
+			ctl_tensor_format(t, i, v, sizeof(v));
+			ctl_json_add(vals, NULL, cJSON_CreateRaw(v));
+		} else if (t->dtype == MN_DTYPE_BOOL) {
+			ctl_json_add(vals, NULL, cJSON_CreateBool(ctl_tensor_double(t, i) != 0.0));
+		} else {
+			double d = ctl_tensor_double(t, i);
+
+			ctl_json_add(vals, NULL,
+			             isfinite(d) ? cJSON_CreateNumber(d) : cJSON_CreateNull());
+		}
+	}
+	return o;
+}
+
+/* Metadata keys shown first, in this order; the others follow in header order. */
+static const char *const meta_order[] = {"format", "global_step", "architecture", "created",
+                                         "frozen", "ema",         "source",       "data_crc32"};
+
+static bool is_ordered_key(const char *k)
+{
+	for (size_t i = 0; i < sizeof(meta_order) / sizeof(meta_order[0]); i++)
+		if (strcmp(k, meta_order[i]) == 0)
+			return true;
+	return strcmp(k, "config") == 0;
+}
+
+static void print_meta_line(const char *key, const char *value)
+{
+	printf("%-14s%s\n", key, value);
+}
+
+static void inspect_text(const char *path, const struct mn_ckpt *c)
+{
+	const char *archj = mn_ckpt_meta(c, "architecture");
+	size_t w = 4;
+
+	printf("%-14s%s (%zu bytes, %zu tensors)\n", "file", path, mn_ckpt_file_size(c),
+	       mn_ckpt_count(c));
+	for (size_t i = 0; i < sizeof(meta_order) / sizeof(meta_order[0]); i++) {
+		const char *v = mn_ckpt_meta(c, meta_order[i]);
+		struct mn_arch a;
+		char buf[ARCH_LEN + MN_ERRLEN];
+
+		if (!v)
+			continue;
+		if (v == archj) {
+			char s[ARCH_LEN], e[MN_ERRLEN];
+
+			if (mn_arch_from_json(v, &a, e, sizeof(e)) == 0) {
+				mn_arch_format(&a, s, sizeof(s));
+				snprintf(buf, sizeof(buf), "%s  %s", s, v);
+			} else {
+				snprintf(buf, sizeof(buf), "%s  (invalid: %s)", v, e);
+			}
+			print_meta_line(meta_order[i], buf);
+			continue;
+		}
+		print_meta_line(meta_order[i], v);
+	}
+	for (size_t i = 0; i < mn_ckpt_meta_count(c); i++) {
+		const struct mn_meta *m = mn_ckpt_meta_at(c, i);
+
+		if (!is_ordered_key(m->key))
+			print_meta_line(m->key, m->value);
+	}
+	if (mn_ckpt_meta(c, "config"))
+		print_meta_line("config", mn_ckpt_meta(c, "config"));
+
+	for (size_t i = 0; i < mn_ckpt_count(c); i++)
+		if (strlen(mn_ckpt_tensor(c, i)->name) > w)
+			w = strlen(mn_ckpt_tensor(c, i)->name);
+	printf("\n%-*s  %-5s  %-12s  %13s  %13s  %13s  %13s\n", (int)w, "NAME", "DTYPE", "SHAPE",
+	       "MIN", "MAX", "MEAN", "NORM");
+	for (size_t i = 0; i < mn_ckpt_count(c); i++) {
+		const struct mn_tensor *t = mn_ckpt_tensor(c, i);
+		struct stats s = tensor_stats(t);
+		char shape[128];
+
+		mn_shape_format(t, shape, sizeof(shape));
+		printf("%-*s  %-5s  %-12s  %13.6g  %13.6g  %13.6g  %13.6g\n", (int)w, t->name,
+		       mn_dtype_name(t->dtype), shape, s.min, s.max, s.mean, s.norm);
+	}
 }
 
 int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("inspect");
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'j'},
+	    {"tensor", required_argument, NULL, 't'},
+	    {"all", no_argument, NULL, 'a'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	const char **names = NULL;
+	size_t nnames = 0;
+	bool json = g->json, all = false;
+	struct mn_ckpt *ck = NULL;
+	char err[MN_ERRLEN];
+	const char *path;
+	int c, rc = CTL_EXIT_FAILED;
+
+	names = calloc((size_t)argc + 1, sizeof(*names));
+	if (!names) {
+		ctl_errorf("inspect", "out of memory");
+		return CTL_EXIT_FAILED;
+	}
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":jt:ah", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 't':
+			names[nnames++] = optarg;
+			break;
+		case 'a':
+			all = true;
+			break;
+		case 'h':
+			fputs(inspect_help, stdout);
+			rc = CTL_EXIT_OK;
+			goto out;
+		default:
+			rc = ctl_option_error("inspect", c, argv);
+			goto out;
+		}
+	}
+	if (optind != argc - 1) {
+		rc = ctl_usage_error("inspect",
+		                     optind >= argc ? "no FILE given" : "exactly one FILE, please");
+		goto out;
+	}
+	if (all && nnames) {
+		rc = ctl_usage_error("inspect", "--all and --tensor exclude each other");
+		goto out;
+	}
+	path = argv[optind];
+	if (mn_ckpt_read(path, 0, &ck, err, sizeof(err)) < 0) {
+		print_file_error(stderr, path, err);
+		goto out;
+	}
+	for (size_t i = 0; i < nnames; i++) {
+		if (!ctl_find_tensor(ck, names[i], err, sizeof(err))) {
+			ctl_errorf("inspect", "%s", err);
+			goto out;
+		}
+	}
+	if (json) {
+		cJSON *root = cJSON_CreateObject(), *meta, *arr;
+
+		ctl_json_str(root, "file", path);
+		ctl_json_int(root, "size", (int64_t)mn_ckpt_file_size(ck));
+		if (!nnames) {
+			meta = ctl_json_add(root, "metadata", cJSON_CreateObject());
+			for (size_t i = 0; i < mn_ckpt_meta_count(ck); i++)
+				ctl_json_str(meta, mn_ckpt_meta_at(ck, i)->key,
+				             mn_ckpt_meta_at(ck, i)->value);
+		}
+		arr = ctl_json_add(root, "tensors", cJSON_CreateArray());
+		if (nnames) {
+			for (size_t i = 0; i < nnames; i++)
+				ctl_json_add(arr, NULL,
+				             tensor_json(mn_ckpt_find(ck, names[i]), true));
+		} else {
+			for (size_t i = 0; i < mn_ckpt_count(ck); i++)
+				ctl_json_add(arr, NULL, tensor_json(mn_ckpt_tensor(ck, i), all));
+		}
+		rc = ctl_json_print(root) < 0 ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+		goto out;
+	}
+	if (nnames) {
+		for (size_t i = 0; i < nnames; i++)
+			print_values(mn_ckpt_find(ck, names[i]));
+	} else {
+		inspect_text(path, ck);
+		for (size_t i = 0; all && i < mn_ckpt_count(ck); i++) {
+			putchar('\n');
+			print_values(mn_ckpt_tensor(ck, i));
+		}
+	}
+	rc = CTL_EXIT_OK;
+out:
+	mn_ckpt_free(ck);
+	free(names);
+	return rc;
 }
 
-int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
+/* ------------------------------------------------------------------ */
+/* convert */
+
+static const char convert_help[] =
+    "Usage: mnistctl convert IN -o OUT [--select GLOB]... [--rename OLD=NEW]...\n"
+    "\n"
+    "Writes a new safetensors file holding selected tensors of IN under new\n"
+    "names: the partial, renamed save of TensorFlow's Saver({\"v1\": v1}). The\n"
+    "output is published atomically, keeps IN's metadata (data_crc32 is\n"
+    "recomputed), and passes 'mnistctl verify' when IN did. If the selection no\n"
+    "longer forms IN's whole model, the \"architecture\" key is dropped (with a\n"
+    "note), so the file does not claim a model it does not hold; such a file still\n"
+    "serves as a checkpoint.init_from source.\n"
+    "\n"
+    "Options:\n"
+    "  -o, --output OUT     the file to write (required)\n"
+    "  -s, --select GLOB    keep the tensors whose names match the fnmatch(3)\n"
+    "                       pattern (repeatable; '*' also matches '/'); default all.\n"
+    "                       A pattern that matches nothing is an error.\n"
+    "  -r, --rename OLD=NEW store the selected tensor OLD as NEW (repeatable;\n"
+    "                       applied after --select)\n"
+    "  -j, --json           describe the result as JSON\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "Refused, with a message: an empty selection, renaming a tensor that is not\n"
+    "selected, two tensors ending up with one name.\n"
+    "\n"
+    "Exit status: 0 written, 1 error (nothing written), 2 usage error.\n"
+    "\n"
+    "Example (the EMA shadows of layer 1 as plain variables, for init_from):\n"
+    "  mnistctl convert model.ckpt-30000.safetensors -o layer1.safetensors \\\n"
+    "      --select 'layer1/*/ExponentialMovingAverage' \\\n"
+    "      --rename layer1/weights/ExponentialMovingAverage=layer1/weights \\\n"
+    "      --rename layer1/biases/ExponentialMovingAverage=layer1/biases\n";
+
+struct rename {
+	const char *from, *to;
+	bool used;
+};
+
+/*
+ * "(it has: a, b, ...)" for messages about names the file lacks, cut from
+ * the reader's own not-found message so the list is formatted in one place.
+ */
+static const char *names_hint(const struct mn_ckpt *c, char *buf, size_t len)
 {
-	return not_yet("verify");
+	const char *p;
+
+	/* No tensor is named "" (the writer refuses it), so this always misses. */
+	ctl_find_tensor(c, "", buf, len);
+	p = strstr(buf, "(it has");
+	return p ? p : "";
+}
+
+/* Encodes the selection; on success *buf holds the file and *out its parsed form. */
+static int convert_encode(const struct mn_tensor *t, size_t nt, const struct mn_meta *meta,
+                          size_t nm, const char *name, uint8_t **buf, size_t *len,
+                          struct mn_ckpt **out, char *err, size_t errlen)
+{
+	int rc = mn_ckpt_encode(t, nt, meta, nm, buf, len, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	rc = mn_ckpt_parse(*buf, *len, name, 0, out, err, errlen);
+	if (rc < 0) {
+		free(*buf);
+		*buf = NULL;
+	}
+	return rc;
+}
+
+static int convert_run(const char *in, const char *outpath, const char **globs, size_t nglobs,
+                       struct rename *ren, size_t nren, bool json)
+{
+	struct mn_ckpt *src = NULL, *res = NULL;
+	struct mn_tensor *sel = NULL;
+	struct mn_meta *meta = NULL;
+	const char **orig = NULL;
+	char err[MN_ERRLEN], dir[CTL_PATH_MAX];
+	const char *base;
+	uint8_t *buf = NULL;
+	size_t n, nsel = 0, nmeta = 0, len = 0;
+	struct file_info fi;
+	bool dropped = false;
+	int rc = CTL_EXIT_FAILED;
+
+	base = ctl_split_path(outpath, dir, sizeof(dir), err, sizeof(err));
+	if (!base) {
+		ctl_errorf("convert", "%s", err);
+		return CTL_EXIT_FAILED;
+	}
+	if (mn_ckpt_read(in, 0, &src, err, sizeof(err)) < 0) {
+		print_file_error(stderr, in, err);
+		return CTL_EXIT_FAILED;
+	}
+	n = mn_ckpt_count(src);
+	sel = calloc(n + 1, sizeof(*sel));
+	orig = calloc(n + 1, sizeof(*orig));
+	meta = calloc(mn_ckpt_meta_count(src) + 1, sizeof(*meta));
+	if (!sel || !orig || !meta) {
+		ctl_errorf("convert", "out of memory");
+		goto out;
+	}
+	for (size_t g = 0; g < nglobs; g++) {
+		bool hit = false;
+
+		for (size_t i = 0; i < n && !hit; i++)
+			hit = fnmatch(globs[g], mn_ckpt_tensor(src, i)->name, 0) == 0;
+		if (!hit) {
+			ctl_errorf("convert", "--select '%s' matches no tensor in %s %s", globs[g],
+			           in, names_hint(src, err, sizeof(err)));
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct mn_tensor *t = mn_ckpt_tensor(src, i);
+		bool take = nglobs == 0;
+
+		for (size_t g = 0; g < nglobs && !take; g++)
+			take = fnmatch(globs[g], t->name, 0) == 0;
+		if (!take)
+			continue;
+		orig[nsel] = t->name;
+		sel[nsel++] = *t;
+	}
+	if (nsel == 0) {
+		ctl_errorf("convert", "%s: nothing selected: the file has no tensors", in);
+		goto out;
+	}
+	for (size_t r = 0; r < nren; r++) {
+		for (size_t i = 0; i < nsel; i++) {
+			if (strcmp(orig[i], ren[r].from) == 0) {
+				sel[i].name = ren[r].to;
+				ren[r].used = true;
+			}
+		}
+		if (!ren[r].used) {
+			if (mn_ckpt_find(src, ren[r].from))
+				ctl_errorf(
+				    "convert",
+				    "--rename %s=%s: \"%s\" is not among the selected tensors",
+				    ren[r].from, ren[r].to, ren[r].from);
+			else
+				ctl_errorf("convert", "--rename %s=%s: no tensor \"%s\" in %s %s",
+				           ren[r].from, ren[r].to, ren[r].from, in,
+				           names_hint(src, err, sizeof(err)));
+			goto out;
+		}
+	}
+	for (size_t i = 0; i < nsel; i++) {
+		for (size_t j = i + 1; j < nsel; j++) {
+			if (strcmp(sel[i].name, sel[j].name) == 0) {
+				ctl_errorf("convert",
+				           "two tensors would be named \"%s\": \"%s\" and \"%s\"",
+				           sel[i].name, orig[i], orig[j]);
+				goto out;
+			}
+		}
+	}
+	for (size_t i = 0; i < mn_ckpt_meta_count(src); i++) {
+		const struct mn_meta *m = mn_ckpt_meta_at(src, i);
+
+		/* The writer computes the checksum of the new data itself. */
+		if (strcmp(m->key, "data_crc32") != 0)
+			meta[nmeta++] = *m;
+	}
+	if (convert_encode(sel, nsel, meta, nmeta, base, &buf, &len, &res, err, sizeof(err)) < 0) {
+		ctl_errorf("convert", "%s", err);
+		goto out;
+	}
+	if (check_file(res, &fi, err, sizeof(err)) < 0 && mn_ckpt_meta(res, "architecture")) {
+		size_t k = 0;
+
+		for (size_t i = 0; i < nmeta; i++)
+			if (strcmp(meta[i].key, "architecture") != 0)
+				meta[k++] = meta[i];
+		nmeta = k;
+		dropped = true;
+		free(buf);
+		buf = NULL;
+		mn_ckpt_free(res);
+		res = NULL;
+		if (convert_encode(sel, nsel, meta, nmeta, base, &buf, &len, &res, err,
+		                   sizeof(err)) < 0) {
+			ctl_errorf("convert", "%s", err);
+			goto out;
+		}
+	}
+	if (check_file(res, &fi, err, sizeof(err)) < 0) {
+		ctl_errorf("convert", "the result would not be valid: %s", err);
+		goto out;
+	}
+	{
+		struct iovec iov = {.iov_base = buf, .iov_len = len};
+
+		if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
+			ctl_errorf("convert", "%s", err);
+			goto out;
+		}
+	}
+	if (dropped)
+		fprintf(stderr,
+		        "mnistctl convert: note: the selected tensors do not form %s's whole "
+		        "model, so \"architecture\" was left out of %s's metadata\n",
+		        in, outpath);
+	if (json) {
+		cJSON *root = cJSON_CreateObject(), *arr;
+
+		ctl_json_str(root, "file", outpath);
+		ctl_json_str(root, "source", in);
+		ctl_json_bool(root, "architecture_dropped", dropped);
+		arr = ctl_json_add(root, "tensors", cJSON_CreateArray());
+		for (size_t i = 0; i < nsel; i++) {
+			cJSON *o = ctl_json_add(arr, NULL, cJSON_CreateObject());
+
+			ctl_json_str(o, "name", sel[i].name);
+			ctl_json_str(o, "from", orig[i]);
+		}
+		if (ctl_json_print(root) < 0)
+			goto out;
+	} else {
+		printf("%s: %zu tensor%s from %s\n", outpath, nsel, nsel == 1 ? "" : "s", in);
+		for (size_t i = 0; i < nsel; i++) {
+			char shape[128];
+
+			mn_shape_format(&sel[i], shape, sizeof(shape));
+			if (strcmp(sel[i].name, orig[i]) == 0)
+				printf("  %s  %s %s\n", sel[i].name, mn_dtype_name(sel[i].dtype),
+				       shape);
+			else
+				printf("  %s  %s %s  (was %s)\n", sel[i].name,
+				       mn_dtype_name(sel[i].dtype), shape, orig[i]);
+		}
+	}
+	rc = CTL_EXIT_OK;
+out:
+	free(buf);
+	mn_ckpt_free(res);
+	mn_ckpt_free(src);
+	free(sel);
+	free(orig);
+	free(meta);
+	return rc;
 }
 
 int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("convert");
-}
+	static const struct option opts[] = {
+	    {"output", required_argument, NULL, 'o'}, {"select", required_argument, NULL, 's'},
+	    {"rename", required_argument, NULL, 'r'}, {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},         {0},
+	};
+	const char **globs = calloc((size_t)argc + 1, sizeof(*globs));
+	struct rename *ren = calloc((size_t)argc + 1, sizeof(*ren));
+	char **owned = calloc((size_t)argc + 1, sizeof(*owned));
+	const char *out = NULL;
+	size_t nglobs = 0, nren = 0;
+	bool json = g->json;
+	int c, rc;
 
-int ctl_freeze(int argc, char **argv, const struct ctl_globals *g)
-{
-	return not_yet("freeze");
-}
+	if (!globs || !ren || !owned) {
+		ctl_errorf("convert", "out of memory");
+		rc = CTL_EXIT_FAILED;
+		goto done;
+	}
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":o:s:r:jh", opts, NULL)) != -1) {
+		char *eq, *copy;
 
-int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
-{
-	return not_yet("predict");
+		switch (c) {
+		case 'o':
+			out = optarg;
+			break;
+		case 's':
+			globs[nglobs++] = optarg;
+			break;
+		case 'r':
+			eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || !eq[1]) {
+				rc = ctl_usage_error("convert",
+				                     "--rename wants OLD=NEW, got \"%s\"", optarg);
+				goto done;
+			}
+			copy = strdup(optarg);
+			if (!copy) {
+				ctl_errorf("convert", "out of memory");
+				rc = CTL_EXIT_FAILED;
+				goto done;
+			}
+			owned[nren] = copy;
+			copy[eq - optarg] = '\0';
+			ren[nren].from = copy;
+			ren[nren].to = copy + (eq - optarg) + 1;
+			for (size_t i = 0; i < nren; i++) {
+				if (strcmp(ren[i].from, copy) == 0) {
+					nren++;
+					rc = ctl_usage_error("convert", "\"%s\" is renamed twice",
+					                     copy);
+					goto done;
+				}
+			}
+			nren++;
+			break;
+		case 'h':
+			fputs(convert_help, stdout);
+			rc = CTL_EXIT_OK;
+			goto done;
+		default:
+			rc = ctl_option_error("convert", c, argv);
+			goto done;
+		}
+	}
+	if (optind != argc - 1) {
+		rc = ctl_usage_error("convert", optind >= argc ? "no IN file given"
+		                                               : "exactly one IN file, please");
+		goto done;
+	}
+	if (!out) {
+		rc = ctl_usage_error("convert", "no output file: -o OUT is required");
+		goto done;
+	}
+	rc = convert_run(argv[optind], out, globs, nglobs, ren, nren, json);
+done:
+	for (size_t i = 0; owned && i < nren; i++)
+		free(owned[i]);
+	free(owned);
+	free(globs);
+	free(ren);
+	return rc;
 }

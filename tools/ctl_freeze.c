@@ -1,0 +1,159 @@
+/*
+ * ctl_freeze.c - mnistctl freeze: a checkpoint's chosen values (the EMA
+ * shadows by default, TensorFlow's variables_to_restore) as an
+ * inference-only model in one self-describing file, like
+ * convert_variables_to_constants.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "ctl.h"
+#include "ctl_util.h"
+#include "mlp.h"
+#include "model.h"
+#include "util.h"
+
+static const char freeze_help[] =
+    "Usage: mnistctl freeze [--raw] [--prefix PREFIX] [--json] CKPT|DIR -o OUT\n"
+    "\n"
+    "Writes an inference-only model: the values of a checkpoint under the plain\n"
+    "layer names (layer<i>/weights, layer<i>/biases), without EMA twins or\n"
+    "training state, in one self-describing safetensors file that 'mnistctl\n"
+    "predict' (or any safetensors reader) can run. By default the values are the\n"
+    "EMA shadows, as the evaluator uses them (TensorFlow's variables_to_restore);\n"
+    "--raw takes the raw variables instead.\n"
+    "\n"
+    "The metadata says what the file is: format, architecture (kept from the\n"
+    "checkpoint), global_step and config (carried over), created (now),\n"
+    "frozen \"true\", source (the checkpoint's file name) and ema (\"true\" or\n"
+    "\"false\"). The checkpoint is fully validated first, and the output is\n"
+    "published atomically.\n"
+    "\n"
+    "Given a directory, freezes its latest checkpoint: the one named by\n"
+    "DIR/checkpoint.json, else the highest-step PREFIX-<step>.safetensors.\n"
+    "\n"
+    "Options:\n"
+    "  -o, --output OUT     the file to write (required)\n"
+    "      --raw            the raw variables instead of the EMA shadows\n"
+    "  -p, --prefix PREFIX  checkpoint file prefix for a directory without\n"
+    "                       checkpoint.json (default: checkpoint.prefix from the\n"
+    "                       configuration, model.ckpt)\n"
+    "  -j, --json           describe the result as JSON\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "Exit status: 0 written, 1 error (nothing written), 2 usage error.\n"
+    "\n"
+    "Example:\n"
+    "  mnistctl freeze /var/lib/mnistd -o fashion-mlp.safetensors\n";
+
+/* The "ema" value a frozen source recorded, else whether the EMA was asked for. */
+static const char *ema_value(const struct mn_ckpt *c, bool raw)
+{
+	const char *frozen = mn_ckpt_meta(c, "frozen"), *ema = mn_ckpt_meta(c, "ema");
+
+	if (frozen && strcmp(frozen, "true") == 0)
+		return ema && strcmp(ema, "true") == 0 ? "true" : "false";
+	return raw ? "false" : "true";
+}
+
+static int freeze_run(const char *src, const char *prefix, const struct ctl_globals *g,
+                      const char *out, bool raw, bool json)
+{
+	char path[CTL_PATH_MAX], dir[CTL_PATH_MAX], err[MN_ERRLEN], arch_s[256];
+	struct mn_meta extra[4];
+	struct mn_ckpt *c = NULL;
+	struct mn_arch arch;
+	float *params = NULL;
+	const char *base, *ema, *step;
+	size_t nextra = 0;
+	int rc = CTL_EXIT_FAILED;
+
+	base = ctl_split_path(out, dir, sizeof(dir), err, sizeof(err));
+	if (!base ||
+	    ctl_resolve_checkpoint(src, prefix, g, path, sizeof(path), err, sizeof(err)) < 0) {
+		ctl_errorf("freeze", "%s", err);
+		return CTL_EXIT_FAILED;
+	}
+	if (mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
+	    mn_model_load_params(c, !raw, &arch, &params, err, sizeof(err)) < 0) {
+		ctl_errorf("freeze", "%s", err);
+		goto out;
+	}
+	ema = ema_value(c, raw);
+	step = mn_ckpt_meta(c, "global_step");
+	extra[nextra++] = (struct mn_meta){"global_step", step};
+	if (mn_ckpt_meta(c, "config"))
+		extra[nextra++] = (struct mn_meta){"config", mn_ckpt_meta(c, "config")};
+	extra[nextra++] = (struct mn_meta){"source", mn_basename(path)};
+	extra[nextra++] = (struct mn_meta){"ema", ema};
+	if (mn_model_write_frozen(dir, base, &arch, params, extra, nextra, err, sizeof(err)) < 0) {
+		ctl_errorf("freeze", "%s", err);
+		goto out;
+	}
+	mn_arch_format(&arch, arch_s, sizeof(arch_s));
+	if (json) {
+		cJSON *root = cJSON_CreateObject();
+
+		ctl_json_str(root, "file", out);
+		ctl_json_str(root, "source", path);
+		ctl_json_str(root, "architecture", arch_s);
+		ctl_json_add(root, "step", cJSON_CreateRaw(step));
+		ctl_json_bool(root, "ema", strcmp(ema, "true") == 0);
+		if (ctl_json_print(root) < 0)
+			goto out;
+	} else {
+		printf("%s: frozen %s model from %s (step %s, %s values)\n", out, arch_s, path,
+		       step, strcmp(ema, "true") == 0 ? "EMA" : "raw");
+	}
+	rc = CTL_EXIT_OK;
+out:
+	free(params);
+	mn_ckpt_free(c);
+	return rc;
+}
+
+int ctl_freeze(int argc, char **argv, const struct ctl_globals *g)
+{
+	enum { OPT_RAW = 256 };
+	static const struct option opts[] = {
+	    {"output", required_argument, NULL, 'o'}, {"raw", no_argument, NULL, OPT_RAW},
+	    {"prefix", required_argument, NULL, 'p'}, {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},         {0},
+	};
+	const char *out = NULL, *prefix = NULL;
+	bool raw = false, json = g->json;
+	int c;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":o:p:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'o':
+			out = optarg;
+			break;
+		case OPT_RAW:
+			raw = true;
+			break;
+		case 'p':
+			prefix = optarg;
+			break;
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			fputs(freeze_help, stdout);
+			return CTL_EXIT_OK;
+		default:
+			return ctl_option_error("freeze", c, argv);
+		}
+	}
+	if (optind != argc - 1)
+		return ctl_usage_error("freeze", optind >= argc
+		                                     ? "no CKPT or DIR given"
+		                                     : "exactly one CKPT or DIR, please");
+	if (!out)
+		return ctl_usage_error("freeze", "no output file: -o OUT is required");
+	return freeze_run(argv[optind], prefix, g, out, raw, json);
+}

@@ -1,0 +1,288 @@
+/*
+ * ctl_predict.c - mnistctl predict: runs a frozen model or a checkpoint on
+ * IDX images through the evaluator's own routine (mn_evaluate), so its
+ * accuracy for a file and a split is exactly the evaluator's.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ckpt.h"
+#include "config.h"
+#include "ctl.h"
+#include "ctl_util.h"
+#include "evaluate.h"
+#include "idx.h"
+#include "mlp.h"
+#include "model.h"
+#include "util.h"
+
+static const char predict_help[] =
+    "Usage: mnistctl predict [--raw] [--json] [--threads N] MODEL --images IDX\n"
+    "                        [--labels IDX]\n"
+    "\n"
+    "Runs a model on the images of an IDX file (gzip or plain). MODEL is a frozen\n"
+    "model ('mnistctl freeze'), a checkpoint, or a checkpoint directory (its\n"
+    "latest checkpoint); the architecture is read from the file. A checkpoint is\n"
+    "run with its EMA shadow values, as the evaluator does, or with its raw\n"
+    "variables given --raw; a frozen model has one set of values.\n"
+    "\n"
+    "Without labels, prints one predicted class per line, in image order. With\n"
+    "labels, prints the accuracy, the mean cross-entropy loss and a confusion\n"
+    "matrix (rows: true class, columns: predicted class). The numbers come from\n"
+    "the evaluator's own code, so the accuracy of a checkpoint on the validation\n"
+    "split (the first data.validation_size training images) is exactly the one\n"
+    "mnist-eval reports for that file.\n"
+    "\n"
+    "Options:\n"
+    "  -i, --images IDX     the images (required); their size must be the model's\n"
+    "                       input size\n"
+    "  -l, --labels IDX     the labels, one per image, each below the model's number\n"
+    "                       of classes\n"
+    "      --raw            a checkpoint's raw variables instead of its EMA shadows\n"
+    "      --threads N      BLAS threads, 0 for one per CPU (default: train.threads\n"
+    "                       from the configuration, as mnist-eval uses it; the\n"
+    "                       rounding of the matrix products depends on it)\n"
+    "  -p, --prefix PREFIX  checkpoint file prefix when MODEL is a directory without\n"
+    "                       checkpoint.json (default: checkpoint.prefix from the\n"
+    "                       configuration, model.ckpt)\n"
+    "  -j, --json           a JSON object: {\"model\", \"architecture\", \"step\", \"ema\",\n"
+    "                       \"images\", and either \"predictions\": [...] or \"correct\",\n"
+    "                       \"accuracy\", \"loss\", \"confusion\": [[...]]}\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "Exit status: 0 success, 1 error (invalid model or data, sizes that do not\n"
+    "fit), 2 usage error.\n"
+    "\n"
+    "Examples:\n"
+    "  mnistctl predict model.safetensors \\\n"
+    "      --images /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz \\\n"
+    "      --labels /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz\n"
+    "  mnistctl predict /var/lib/mnistd --images new-images-idx3-ubyte\n";
+
+struct predict_args {
+	const char *model, *images, *labels, *prefix;
+	bool raw, json;
+	int threads; /* -1: train.threads from the configuration */
+};
+
+/* Whether the values used are EMA shadows: a frozen file says so in its metadata. */
+static bool uses_ema(const struct mn_ckpt *c, bool raw)
+{
+	const char *frozen = mn_ckpt_meta(c, "frozen"), *ema = mn_ckpt_meta(c, "ema");
+
+	if (frozen && strcmp(frozen, "true") == 0)
+		return ema && strcmp(ema, "true") == 0;
+	return !raw;
+}
+
+static int print_result(const struct predict_args *a, const char *path, const struct mn_ckpt *c,
+                        const struct mn_arch *arch, const struct mn_view *v, const uint8_t *pred,
+                        const struct mn_eval_result *res)
+{
+	const char *step = mn_ckpt_meta(c, "global_step");
+	const char *frozen = mn_ckpt_meta(c, "frozen");
+	bool ema = uses_ema(c, a->raw), is_frozen = frozen && strcmp(frozen, "true") == 0;
+	size_t k = arch->output, *conf = NULL;
+	char arch_s[256];
+	int rc = CTL_EXIT_FAILED;
+
+	mn_arch_format(arch, arch_s, sizeof(arch_s));
+	if (v->labels) {
+		conf = calloc(k * k, sizeof(*conf));
+		if (!conf) {
+			ctl_errorf("predict", "out of memory");
+			return CTL_EXIT_FAILED;
+		}
+		for (size_t i = 0; i < v->count; i++)
+			conf[(size_t)v->labels[i] * k + pred[i]]++;
+	}
+	if (a->json) {
+		cJSON *root = cJSON_CreateObject(), *arr;
+
+		ctl_json_str(root, "model", path);
+		ctl_json_str(root, "architecture", arch_s);
+		if (step)
+			ctl_json_add(root, "step", cJSON_CreateRaw(step));
+		ctl_json_bool(root, "frozen", is_frozen);
+		ctl_json_bool(root, "ema", ema);
+		ctl_json_int(root, "images", (int64_t)res->images);
+		if (!v->labels) {
+			arr = ctl_json_add(root, "predictions", cJSON_CreateArray());
+			for (size_t i = 0; i < v->count; i++)
+				ctl_json_add(arr, NULL, cJSON_CreateNumber(pred[i]));
+		} else {
+			ctl_json_int(root, "correct", (int64_t)res->correct);
+			ctl_json_num(root, "accuracy", res->accuracy);
+			ctl_json_num(root, "loss", res->loss);
+			arr = ctl_json_add(root, "confusion", cJSON_CreateArray());
+			for (size_t t = 0; t < k; t++) {
+				cJSON *row = ctl_json_add(arr, NULL, cJSON_CreateArray());
+
+				for (size_t p = 0; p < k; p++)
+					ctl_json_int(row, NULL, (int64_t)conf[t * k + p]);
+			}
+		}
+		if (ctl_json_print(root) == 0)
+			rc = CTL_EXIT_OK;
+		goto out;
+	}
+	if (!v->labels) {
+		for (size_t i = 0; i < v->count; i++)
+			printf("%u\n", pred[i]);
+		rc = CTL_EXIT_OK;
+		goto out;
+	}
+	printf("model     %s (%s, step %s, %s%s values)\n", path, arch_s, step ? step : "?",
+	       is_frozen ? "frozen " : "", ema ? "EMA" : "raw");
+	printf("images    %s (%zu)\n", a->images, res->images);
+	printf("accuracy  %.4f (%zu/%zu)\n", res->accuracy, res->correct, res->images);
+	printf("loss      %.6f\n", res->loss);
+	printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%5s", "");
+	for (size_t p = 0; p < k; p++)
+		printf(" %6zu", p);
+	putchar('\n');
+	for (size_t t = 0; t < k; t++) {
+		printf("%5zu", t);
+		for (size_t p = 0; p < k; p++)
+			printf(" %6zu", conf[t * k + p]);
+		putchar('\n');
+	}
+	rc = CTL_EXIT_OK;
+out:
+	free(conf);
+	return rc;
+}
+
+static int predict_run(const struct predict_args *a, const struct ctl_globals *g)
+{
+	char path[CTL_PATH_MAX], err[MN_ERRLEN], arch_s[256];
+	struct mn_dataset *ds = NULL;
+	struct mn_ckpt *c = NULL;
+	struct mn_eval_result res;
+	struct mn_arch arch;
+	struct mn_view v;
+	float *params = NULL;
+	uint8_t *pred = NULL;
+	int rc = CTL_EXIT_FAILED;
+
+	if (ctl_resolve_checkpoint(a->model, a->prefix, g, path, sizeof(path), err, sizeof(err)) <
+	        0 ||
+	    mn_ckpt_read(path, 0, &c, err, sizeof(err)) < 0 ||
+	    mn_model_load_params(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
+		ctl_errorf("predict", "%s", err);
+		goto out;
+	}
+	if ((a->labels ? mn_dataset_load(a->images, a->labels, &ds, err, sizeof(err))
+	               : mn_dataset_load_images(a->images, &ds, err, sizeof(err))) < 0) {
+		ctl_errorf("predict", "%s", err);
+		goto out;
+	}
+	mn_arch_format(&arch, arch_s, sizeof(arch_s));
+	v = mn_dataset_all(ds);
+	if (v.dim != arch.input) {
+		ctl_errorf("predict",
+		           "%s takes %zu inputs (%s) but the images of %s have %zu x %zu = %zu "
+		           "pixels",
+		           path, arch.input, arch_s, a->images, mn_dataset_rows(ds),
+		           mn_dataset_cols(ds), v.dim);
+		goto out;
+	}
+	if (a->labels && mn_dataset_max_label(ds) >= arch.output) {
+		ctl_errorf("predict", "%s has label %u but %s (%s) has only %zu classes", a->labels,
+		           mn_dataset_max_label(ds), path, arch_s, arch.output);
+		goto out;
+	}
+	pred = malloc(v.count ? v.count : 1);
+	if (!pred) {
+		ctl_errorf("predict", "out of memory for %zu predictions", v.count);
+		goto out;
+	}
+	if (a->threads < 0) {
+		struct mn_config cfg;
+
+		if (ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
+			ctl_errorf("predict", "%s (or give --threads)", err);
+			goto out;
+		}
+		mn_blas_set_threads((int)cfg.train.threads);
+	} else {
+		mn_blas_set_threads(a->threads);
+	}
+	if (mn_evaluate(&arch, params, &v, pred, NULL, &res, err, sizeof(err)) < 0) {
+		ctl_errorf("predict", "%s", err);
+		goto out;
+	}
+	rc = print_result(a, path, c, &arch, &v, pred, &res);
+out:
+	free(pred);
+	free(params);
+	mn_dataset_free(ds);
+	mn_ckpt_free(c);
+	return rc;
+}
+
+int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
+{
+	enum { OPT_RAW = 256, OPT_THREADS };
+	static const struct option opts[] = {
+	    {"images", required_argument, NULL, 'i'},
+	    {"labels", required_argument, NULL, 'l'},
+	    {"raw", no_argument, NULL, OPT_RAW},
+	    {"threads", required_argument, NULL, OPT_THREADS},
+	    {"prefix", required_argument, NULL, 'p'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	struct predict_args a = {.json = g->json, .threads = -1};
+	char *end;
+	long n;
+	int c;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":i:l:p:jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'i':
+			a.images = optarg;
+			break;
+		case 'l':
+			a.labels = optarg;
+			break;
+		case OPT_RAW:
+			a.raw = true;
+			break;
+		case OPT_THREADS:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 0 || n > 256)
+				return ctl_usage_error("predict",
+				                       "--threads wants an integer in [0, 256], "
+				                       "got \"%s\"",
+				                       optarg);
+			a.threads = (int)n;
+			break;
+		case 'p':
+			a.prefix = optarg;
+			break;
+		case 'j':
+			a.json = true;
+			break;
+		case 'h':
+			fputs(predict_help, stdout);
+			return CTL_EXIT_OK;
+		default:
+			return ctl_option_error("predict", c, argv);
+		}
+	}
+	if (optind != argc - 1)
+		return ctl_usage_error("predict", optind >= argc ? "no MODEL given"
+		                                                 : "exactly one MODEL, please");
+	if (!a.images)
+		return ctl_usage_error("predict", "no images: --images IDX is required");
+	a.model = argv[optind];
+	return predict_run(&a, g);
+}

@@ -1,0 +1,324 @@
+/* ctl_util.c - see ctl_util.h. */
+#include "ctl_util.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "mn_build_config.h"
+
+void ctl_errorf(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "mnistctl %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+int ctl_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "mnistctl %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'mnistctl %s --help'.\n", cmd);
+	return CTL_EXIT_USAGE;
+}
+
+int ctl_option_error(const char *cmd, int c, char **argv)
+{
+	/* getopt leaves optind just past the offending argument. */
+	const char *arg = optind > 0 ? argv[optind - 1] : "?";
+
+	if (c == ':')
+		return ctl_usage_error(cmd, "option %s needs a value", arg);
+	if (optopt && arg[0] == '-' && arg[1] != '-')
+		return ctl_usage_error(cmd, "unknown option -%c", optopt);
+	return ctl_usage_error(cmd, "unknown option %s", arg);
+}
+
+static bool json_failed;
+
+cJSON *ctl_json_add(cJSON *obj, const char *key, cJSON *item)
+{
+	bool ok;
+
+	if (!obj || !item) {
+		json_failed = true;
+		cJSON_Delete(item);
+		return NULL;
+	}
+	ok = key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item);
+	if (!ok) {
+		json_failed = true;
+		cJSON_Delete(item);
+		return NULL;
+	}
+	return item;
+}
+
+void ctl_json_str(cJSON *obj, const char *key, const char *value)
+{
+	ctl_json_add(obj, key, value ? cJSON_CreateString(value) : cJSON_CreateNull());
+}
+
+void ctl_json_int(cJSON *obj, const char *key, int64_t value)
+{
+	char num[32];
+
+	snprintf(num, sizeof(num), "%" PRId64, value);
+	ctl_json_add(obj, key, cJSON_CreateRaw(num));
+}
+
+void ctl_json_num(cJSON *obj, const char *key, double value)
+{
+	ctl_json_add(obj, key, isfinite(value) ? cJSON_CreateNumber(value) : cJSON_CreateNull());
+}
+
+void ctl_json_bool(cJSON *obj, const char *key, bool value)
+{
+	ctl_json_add(obj, key, cJSON_CreateBool(value));
+}
+
+int ctl_json_print(cJSON *item)
+{
+	char *s = item && !json_failed ? cJSON_Print(item) : NULL;
+
+	cJSON_Delete(item);
+	if (!s) {
+		fprintf(stderr, "mnistctl: out of memory building the JSON output\n");
+		return -ENOMEM;
+	}
+	puts(s);
+	free(s);
+	return 0;
+}
+
+int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct mn_config *cfg,
+                    char *err, size_t errlen)
+{
+	struct stat st;
+
+	mn_config_defaults(cfg);
+	if (tolerate_missing && strcmp(g->config_path, MN_DEFAULT_CONFIG) == 0 &&
+	    stat(g->config_path, &st) < 0 && errno == ENOENT)
+		return 0;
+	return mn_config_load(g->config_path, cfg, err, errlen);
+}
+
+const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
+{
+	const char *slash = strrchr(path, '/');
+	size_t n;
+
+	if (!*path || (slash && !slash[1])) {
+		mn_errf(err, errlen, "\"%s\" does not name a file", path);
+		return NULL;
+	}
+	if (!slash) {
+		snprintf(dir, dirlen, ".");
+		return path;
+	}
+	n = slash == path ? 1 : (size_t)(slash - path);
+	if (n >= dirlen) {
+		mn_errf(err, errlen, "%s: path too long", path);
+		return NULL;
+	}
+	memcpy(dir, path, n);
+	dir[n] = '\0';
+	return slash + 1;
+}
+
+int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,
+                           char *out, size_t len, char *err, size_t errlen)
+{
+	struct mn_config cfg;
+	char latest[MN_CKPT_MAX_NAME], ierr[MN_ERRLEN];
+	struct mn_ckpt_entry *list = NULL;
+	struct stat st;
+	size_t n = 0;
+	int rc, w;
+
+	if (stat(path, &st) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: %s", path, strerror(errno));
+		return rc;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		w = snprintf(out, len, "%s", path);
+		goto done;
+	}
+	rc = mn_ckpt_index_latest(path, latest, sizeof(latest), ierr, sizeof(ierr));
+	if (rc == 0) {
+		w = snprintf(out, len, "%s/%s", path, latest);
+		goto done;
+	}
+	/* No usable index (an older or hand-made directory): the highest step wins. */
+	if (!prefix) {
+		rc = ctl_load_config(g, true, &cfg, err, errlen);
+		if (rc < 0)
+			return rc;
+		prefix = cfg.checkpoint.prefix;
+	}
+	rc = mn_ckpt_scan(path, prefix, &list, &n, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (n == 0) {
+		free(list);
+		mn_errf(err, errlen, "%s: no checkpoint (no %s and no %s-<step>%s files)", path,
+		        MN_CKPT_INDEX, prefix, MN_CKPT_SUFFIX);
+		return -ENOENT;
+	}
+	w = snprintf(out, len, "%s/%s", path, list[n - 1].name);
+	free(list);
+done:
+	if (w < 0 || (size_t)w >= len) {
+		mn_errf(err, errlen, "%s: path too long", path);
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
+const struct mn_tensor *ctl_find_tensor(const struct mn_ckpt *c, const char *name, char *err,
+                                        size_t errlen)
+{
+	const struct mn_tensor *t = mn_ckpt_find(c, name);
+
+	/* mn_ckpt_copy owns the "not found ... (it has: ...)" message; a miss only formats it. */
+	if (!t)
+		mn_ckpt_copy(c, name, MN_DTYPE_F32, 0, NULL, NULL, err, errlen);
+	return t;
+}
+
+bool ctl_dtype_is_int(enum mn_dtype d)
+{
+	return d != MN_DTYPE_F16 && d != MN_DTYPE_BF16 && d != MN_DTYPE_F32 && d != MN_DTYPE_F64;
+}
+
+static float half_to_float(uint16_t h)
+{
+	int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+	float v;
+
+	if (e == 0)
+		v = ldexpf((float)m, -24);
+	else if (e == 31)
+		v = m ? NAN : INFINITY;
+	else
+		v = ldexpf((float)(m | 0x400), e - 25);
+	return (h & 0x8000) ? -v : v;
+}
+
+/* Element i as a float for the floating-point dtypes narrower than F64. */
+static float narrow_float(const struct mn_tensor *t, const uint8_t *p)
+{
+	uint16_t h;
+	uint32_t bits;
+	float f;
+
+	switch (t->dtype) {
+	case MN_DTYPE_F16:
+		memcpy(&h, p, 2);
+		return half_to_float(h);
+	case MN_DTYPE_BF16:
+		memcpy(&h, p, 2);
+		bits = (uint32_t)h << 16;
+		memcpy(&f, &bits, 4);
+		return f;
+	default:
+		memcpy(&f, p, 4);
+		return f;
+	}
+}
+
+/* Integer dtypes widened: signed ones into *s, unsigned ones into *u. Returns true if signed. */
+static bool widen_int(const struct mn_tensor *t, const uint8_t *p, int64_t *s, uint64_t *u)
+{
+	int8_t i8;
+	int16_t i16;
+	int32_t i32;
+	uint16_t u16;
+	uint32_t u32;
+
+	switch (t->dtype) {
+	case MN_DTYPE_I8:
+		memcpy(&i8, p, 1);
+		*s = i8;
+		return true;
+	case MN_DTYPE_I16:
+		memcpy(&i16, p, 2);
+		*s = i16;
+		return true;
+	case MN_DTYPE_I32:
+		memcpy(&i32, p, 4);
+		*s = i32;
+		return true;
+	case MN_DTYPE_I64:
+		memcpy(s, p, 8);
+		return true;
+	case MN_DTYPE_U16:
+		memcpy(&u16, p, 2);
+		*u = u16;
+		return false;
+	case MN_DTYPE_U32:
+		memcpy(&u32, p, 4);
+		*u = u32;
+		return false;
+	case MN_DTYPE_U64:
+		memcpy(u, p, 8);
+		return false;
+	default: /* U8, BOOL */
+		*u = *p;
+		return false;
+	}
+}
+
+double ctl_tensor_double(const struct mn_tensor *t, uint64_t i)
+{
+	const uint8_t *p = (const uint8_t *)t->data + i * mn_dtype_size(t->dtype);
+	int64_t s = 0;
+	uint64_t u = 0;
+	double d;
+
+	if (t->dtype == MN_DTYPE_F64) {
+		memcpy(&d, p, 8);
+		return d;
+	}
+	if (!ctl_dtype_is_int(t->dtype))
+		return narrow_float(t, p);
+	if (t->dtype == MN_DTYPE_BOOL)
+		return *p ? 1.0 : 0.0;
+	return widen_int(t, p, &s, &u) ? (double)s : (double)u;
+}
+
+void ctl_tensor_format(const struct mn_tensor *t, uint64_t i, char *buf, size_t len)
+{
+	const uint8_t *p = (const uint8_t *)t->data + i * mn_dtype_size(t->dtype);
+	int64_t s = 0;
+	uint64_t u = 0;
+	double d;
+
+	if (t->dtype == MN_DTYPE_F64) {
+		memcpy(&d, p, 8);
+		snprintf(buf, len, "%.17g", d);
+	} else if (!ctl_dtype_is_int(t->dtype)) {
+		snprintf(buf, len, "%.9g", (double)narrow_float(t, p));
+	} else if (t->dtype == MN_DTYPE_BOOL) {
+		snprintf(buf, len, "%s", *p ? "true" : "false");
+	} else if (widen_int(t, p, &s, &u)) {
+		snprintf(buf, len, "%" PRId64, s);
+	} else {
+		snprintf(buf, len, "%" PRIu64, u);
+	}
+}

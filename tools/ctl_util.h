@@ -1,0 +1,104 @@
+/*
+ * ctl_util.h - helpers shared by mnistctl's offline tools: messages, option
+ * errors, JSON output, configuration, paths and tensor values.
+ */
+#ifndef MN_CTL_UTIL_H
+#define MN_CTL_UTIL_H
+
+#include <cjson/cJSON.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ckpt.h"
+#include "config.h"
+#include "ctl.h"
+#include "util.h"
+
+#define CTL_PATH_MAX 4096
+
+/* Prints "mnistctl CMD: message" and a newline on standard error. */
+void ctl_errorf(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
+
+/*
+ * Reports a bad command line ("mnistctl CMD: message" and a pointer to
+ * CMD --help) and returns CTL_EXIT_USAGE.
+ */
+int ctl_usage_error(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
+
+/*
+ * Reports what getopt_long() (with opterr = 0 and a ':' leading the short
+ * options) rejected: c is its return value ('?' or ':'), argv the command's
+ * arguments. Returns CTL_EXIT_USAGE.
+ */
+int ctl_option_error(const char *cmd, int c, char **argv);
+
+/*
+ * JSON output. The builders below never fail outright: an allocation
+ * failure is remembered, and ctl_json_print() then reports it instead of
+ * printing a partial document.
+ */
+
+/* Adds item to obj under key (to an array when key is NULL); returns item. */
+cJSON *ctl_json_add(cJSON *obj, const char *key, cJSON *item);
+
+/* Adds a string member; a NULL value becomes null. */
+void ctl_json_str(cJSON *obj, const char *key, const char *value);
+
+/* Adds an integer member as exact decimal text (cJSON numbers are doubles). */
+void ctl_json_int(cJSON *obj, const char *key, int64_t value);
+
+/* Adds a number member; NaN and infinities become null. */
+void ctl_json_num(cJSON *obj, const char *key, double value);
+
+/* Adds a boolean member. */
+void ctl_json_bool(cJSON *obj, const char *key, bool value);
+
+/*
+ * Prints item as formatted JSON and a newline on standard output, then
+ * frees it. Returns -ENOMEM (with a message) if any builder failed.
+ */
+int ctl_json_print(cJSON *item);
+
+/*
+ * Loads the configuration named by the global --config option into cfg.
+ * When tolerate_missing is set and the default file does not exist, cfg
+ * keeps its defaults (an explicitly named file must exist). Returns 0 or a
+ * negative errno with a message in err.
+ */
+int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct mn_config *cfg,
+                    char *err, size_t errlen);
+
+/*
+ * Splits path into its directory (written to dir, "." when there is none)
+ * and returns its last component, or NULL (with a message) if path names
+ * no file (empty or ending in '/').
+ */
+const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
+
+/*
+ * Resolves CKPT|DIR: a file is used as it is; for a directory the file
+ * named by its checkpoint.json, or else its highest-step
+ * "<prefix>-<step>.safetensors", where prefix, when NULL, is
+ * checkpoint.prefix from the configuration (see ctl_load_config; only read
+ * when needed). The path is written to out.
+ */
+int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,
+                           char *out, size_t len, char *err, size_t errlen);
+
+/* The tensor called name, or NULL with the reader's message listing the names there are. */
+const struct mn_tensor *ctl_find_tensor(const struct mn_ckpt *c, const char *name, char *err,
+                                        size_t errlen);
+
+/* Whether a dtype holds integers (or booleans) rather than floating point. */
+bool ctl_dtype_is_int(enum mn_dtype d);
+
+/* Element i of t as a double (integers beyond 2^53 are rounded). */
+double ctl_tensor_double(const struct mn_tensor *t, uint64_t i);
+
+/*
+ * Formats element i of t exactly as text: integers in decimal, F32, F16 and
+ * BF16 with 9 significant digits, F64 with 17, BOOL as true/false.
+ */
+void ctl_tensor_format(const struct mn_tensor *t, uint64_t i, char *buf, size_t len);
+
+#endif
