@@ -106,7 +106,8 @@ static void write_metrics(struct evaluator *e, const struct mn_pick_result *r, d
 	    !cJSON_AddStringToObject(o, "checkpoint", r->name) ||
 	    !cJSON_AddBoolToObject(o, "ema", r->ema) || !cJSON_AddStringToObject(o, "time", when) ||
 	    !cJSON_AddNumberToObject(o, "latency_ms", round(latency_ms * 1000.0) / 1000.0) ||
-	    !cJSON_AddNumberToObject(o, "images", (double)r->eval.images))
+	    !cJSON_AddNumberToObject(o, "images", (double)r->eval.images) ||
+	    !cJSON_AddNumberToObject(o, "eval_ms", round((double)r->eval_ns / 1e3) / 1000.0))
 		goto nomem;
 	text = cJSON_PrintUnformatted(o);
 	if (!text)

@@ -97,6 +97,7 @@ static enum attempt evaluate_fd(const struct mn_pick_params *p, int fd, const ch
 	float *params = NULL;
 	char err[MN_ERRLEN];
 	enum attempt out = TRY_BAD;
+	int64_t start;
 	int rc;
 
 	rc = mn_ckpt_read_fd(fd, path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
@@ -117,7 +118,9 @@ static enum attempt evaluate_fd(const struct mn_pick_params *p, int fd, const ch
 		log_bad(path, err);
 		goto out;
 	}
+	start = mn_monotonic_ns();
 	rc = mn_evaluate(&arch, params, p->data, NULL, p->cancel, &res->eval, err, sizeof(err));
+	res->eval_ns = mn_monotonic_ns() - start;
 	if (rc == -ECANCELED) {
 		out = TRY_CANCELED;
 		goto out;
@@ -181,7 +184,7 @@ static enum attempt try_file(const struct mn_pick_params *p, struct mn_pick_stat
 	}
 	res->published_ns = ctime_ns(&fst);
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
-		      (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
+	              (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
 	out = evaluate_fd(p, fd, path, e, res);
 	close(fd);
 	if (out == TRY_BAD)

@@ -60,6 +60,7 @@ struct mn_pick_result {
 	struct mn_eval_result eval;
 	int64_t published_ns; /* the file's change time: when the rename published it */
 	int64_t done_ns;      /* wall-clock time when the result was ready */
+	int64_t eval_ns;      /* time spent in the forward passes alone */
 };
 
 void mn_pick_state_init(struct mn_pick_state *s);
