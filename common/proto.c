@@ -2,6 +2,7 @@
 #include "proto.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,6 +210,15 @@ static bool add_number(cJSON *o, const char *name, double v)
 	return cJSON_AddNumberToObject(o, name, v) != NULL;
 }
 
+/* cJSON prints numbers via %.15g, which rounds integers beyond 10^15: send exact text. */
+static bool add_int(cJSON *o, const char *name, int64_t v)
+{
+	char buf[24];
+
+	snprintf(buf, sizeof(buf), "%" PRId64, v);
+	return cJSON_AddRawToObject(o, name, buf) != NULL;
+}
+
 cJSON *mn_proto_error(const char *message)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -230,8 +240,8 @@ cJSON *mn_proto_status(const struct mn_proto_status *s)
 
 	if (!o)
 		return NULL;
-	ok = cJSON_AddStringToObject(o, "state", state) && add_number(o, "step", (double)s->step) &&
-	     add_number(o, "max_steps", (double)s->max_steps) &&
+	ok = cJSON_AddStringToObject(o, "state", state) && add_int(o, "step", s->step) &&
+	     add_int(o, "max_steps", s->max_steps) &&
 	     add_number(o, "learning_rate", s->learning_rate) && add_number(o, "loss", s->loss) &&
 	     add_number(o, "steps_per_sec", s->steps_per_sec) &&
 	     cJSON_AddBoolToObject(o, "paused", s->paused);
@@ -280,8 +290,8 @@ cJSON *mn_proto_saved(const char *checkpoint, int64_t step)
 {
 	cJSON *o = new_ok();
 
-	if (o && (!cJSON_AddStringToObject(o, "checkpoint", checkpoint) ||
-	          !add_number(o, "step", (double)step))) {
+	if (o &&
+	    (!cJSON_AddStringToObject(o, "checkpoint", checkpoint) || !add_int(o, "step", step))) {
 		cJSON_Delete(o);
 		return NULL;
 	}
@@ -292,8 +302,7 @@ cJSON *mn_proto_paused(bool paused, int64_t step)
 {
 	cJSON *o = new_ok();
 
-	if (o &&
-	    (!cJSON_AddBoolToObject(o, "paused", paused) || !add_number(o, "step", (double)step))) {
+	if (o && (!cJSON_AddBoolToObject(o, "paused", paused) || !add_int(o, "step", step))) {
 		cJSON_Delete(o);
 		return NULL;
 	}

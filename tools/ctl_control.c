@@ -1,35 +1,469 @@
-/* ctl_control.c - placeholder until the control client lands. */
+/*
+ * ctl_control.c - mnistctl's control commands: status, reload, save, pause
+ * and resume, each one request on the daemon's control socket (proto.h).
+ */
+#include <cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
 
+#include "config.h"
 #include "ctl.h"
+#include "mn_build_config.h"
+#include "util.h"
 
-static int not_yet(const char *what)
+#define DEFAULT_TIMEOUT_S 60
+#define MAX_ANSWER        (1 << 20)
+#define BAR_WIDTH         30
+
+struct command_info {
+	const char *name;
+	const char *summary;
+	const char *details;
+};
+
+static const struct command_info info_status = {
+    "status", "show where training stands",
+    "Prints the state, the step with a progress bar, the learning rate, the loss,\n"
+    "the speed, the estimated time to max_steps and the latest checkpoint.\n"
+    "--json prints the daemon's answer as it is: {\"ok\":true,\"step\":...}.\n"};
+static const struct command_info info_reload = {
+    "reload", "re-read the daemon's configuration file",
+    "The daemon validates the whole file first: an invalid file changes nothing\n"
+    "and its error is printed (exit status 1). Otherwise the reloadable keys that\n"
+    "changed apply from the next step, and changed keys that need a restart are\n"
+    "listed and not applied.\n"};
+static const struct command_info info_save = {
+    "save", "publish a checkpoint now",
+    "Answers once the checkpoint of the current step is durable, with its file name.\n"};
+static const struct command_info info_pause = {
+    "pause", "pause training at the next step",
+    "Answers once the training thread has stopped at a step boundary. status, save,\n"
+    "reload and SIGTERM keep working while paused.\n"};
+static const struct command_info info_resume = {"resume", "resume paused training",
+                                                "Answers once training has resumed.\n"};
+
+static void usage(FILE *f, const struct command_info *ci)
 {
-	fprintf(stderr, "mnistctl: %s is not implemented yet\n", what);
-	return CTL_EXIT_FAILED;
+	fprintf(f,
+	        "Usage: mnistctl [--config PATH] [--socket PATH] %s [--json] [--timeout SECONDS]\n"
+	        "\n"
+	        "%s: %s.\n"
+	        "%s"
+	        "\n"
+	        "  -j, --json             print the daemon's JSON answer\n"
+	        "  -t, --timeout SECONDS  wait at most this long for the answer (default %d;\n"
+	        "                         0 waits forever)\n"
+	        "  -h, --help             this help\n"
+	        "\n"
+	        "The socket is --socket PATH, else control.socket of the configuration\n"
+	        "(--config, default " MN_DEFAULT_CONFIG ").\n"
+	        "Exit status: 0 success, 1 the daemon reported an error, 2 usage error,\n"
+	        "3 no daemon reachable on the socket.\n",
+	        ci->name, ci->name, ci->summary, ci->details, DEFAULT_TIMEOUT_S);
+}
+
+struct call {
+	const struct command_info *ci;
+	bool json;
+	long timeout_s;
+	char path[MN_CONFIG_PATH_MAX];
+};
+
+/* Parses the subcommand's options; returns -1 to go on, or an exit status. */
+static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct call *call)
+{
+	static const struct option opts[] = {
+	    {"json", no_argument, NULL, 'j'},
+	    {"timeout", required_argument, NULL, 't'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	char *end;
+	int c;
+
+	call->json = g->json;
+	call->timeout_s = DEFAULT_TIMEOUT_S;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+:jt:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			call->json = true;
+			break;
+		case 't':
+			errno = 0;
+			call->timeout_s = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || call->timeout_s < 0 ||
+			    call->timeout_s > 86400) {
+				fprintf(
+				    stderr,
+				    "mnistctl %s: --timeout must be whole seconds in [0, 86400], "
+				    "got \"%s\"\n",
+				    call->ci->name, optarg);
+				return CTL_EXIT_USAGE;
+			}
+			break;
+		case 'h':
+			usage(stdout, call->ci);
+			return CTL_EXIT_OK;
+		case ':':
+			fprintf(stderr, "mnistctl %s: %s needs a value\n\n", call->ci->name,
+			        argv[optind - 1]);
+			usage(stderr, call->ci);
+			return CTL_EXIT_USAGE;
+		default:
+			fprintf(stderr, "mnistctl %s: unknown option \"%s\"\n\n", call->ci->name,
+			        argv[optind - 1]);
+			usage(stderr, call->ci);
+			return CTL_EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "mnistctl %s: unexpected argument \"%s\"\n\n", call->ci->name,
+		        argv[optind]);
+		usage(stderr, call->ci);
+		return CTL_EXIT_USAGE;
+	}
+	return -1;
+}
+
+/*
+ * The socket path: --socket, else control.socket of the configuration. A
+ * missing default configuration file means the default socket, so mnistctl
+ * works on a host that runs mnistd with its built-in defaults.
+ */
+static int socket_path(const struct ctl_globals *g, struct call *call)
+{
+	struct mn_config cfg;
+	char err[MN_ERRLEN];
+	struct stat st;
+
+	if (g->socket_path) {
+		snprintf(call->path, sizeof(call->path), "%s", g->socket_path);
+		return -1;
+	}
+	mn_config_defaults(&cfg);
+	if (!(strcmp(g->config_path, MN_DEFAULT_CONFIG) == 0 && stat(g->config_path, &st) < 0 &&
+	      errno == ENOENT) &&
+	    mn_config_load(g->config_path, &cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr,
+		        "mnistctl %s: %s\n(pass --socket PATH to name the socket directly)\n",
+		        call->ci->name, err);
+		return CTL_EXIT_USAGE;
+	}
+	snprintf(call->path, sizeof(call->path), "%s", cfg.control.socket);
+	return -1;
+}
+
+static const char *connect_hint(int err)
+{
+	switch (err) {
+	case ENOENT:
+	case ECONNREFUSED:
+		return " (is mnistd running?)";
+	case EACCES:
+		return " (are you in the daemon's group?)";
+	default:
+		return "";
+	}
+}
+
+/*
+ * Sends one request and reads the answer line into *answer (malloc'd,
+ * NUL-terminated, without the newline). Returns -1 on success or an exit
+ * status after printing why.
+ */
+static int roundtrip(const struct call *call, char **answer)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct timeval tv = {.tv_sec = call->timeout_s};
+	char req[64], *buf = NULL;
+	size_t len = 0, cap = 0;
+	int fd = -1, rc = CTL_EXIT_UNREACHABLE, n;
+	const char *name = call->ci->name;
+
+	if (strlen(call->path) >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "mnistctl %s: socket path %s is longer than %zu bytes\n", name,
+		        call->path, sizeof(sa.sun_path) - 1);
+		return CTL_EXIT_USAGE;
+	}
+	memcpy(sa.sun_path, call->path, strlen(call->path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		fprintf(stderr, "mnistctl %s: socket: %s\n", name, strerror(errno));
+		return CTL_EXIT_UNREACHABLE;
+	}
+	/* Unix sockets honour the send timeout in connect() (a full backlog) too. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+		fprintf(stderr, "mnistctl %s: setsockopt: %s\n", name, strerror(errno));
+		goto out;
+	}
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+
+		fprintf(stderr, "mnistctl %s: cannot connect to %s: %s%s\n", name, call->path,
+		        strerror(e), connect_hint(e));
+		goto out;
+	}
+	n = snprintf(req, sizeof(req), "{\"cmd\":\"%s\"}\n", name);
+	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+		fprintf(stderr, "mnistctl %s: cannot send to %s: %s\n", name, call->path,
+		        strerror(errno));
+		goto out;
+	}
+	for (;;) {
+		ssize_t got;
+		char *nl;
+
+		if (cap - len < 4096) {
+			char *nb;
+
+			if (cap >= MAX_ANSWER) {
+				fprintf(stderr,
+				        "mnistctl %s: the answer from %s exceeds %d bytes\n", name,
+				        call->path, MAX_ANSWER);
+				rc = CTL_EXIT_FAILED;
+				goto out;
+			}
+			cap = cap ? cap * 2 : 8192;
+			nb = realloc(buf, cap);
+			if (!nb) {
+				fprintf(stderr, "mnistctl %s: out of memory\n", name);
+				rc = CTL_EXIT_FAILED;
+				goto out;
+			}
+			buf = nb;
+		}
+		got = recv(fd, buf + len, cap - len - 1, 0);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			fprintf(stderr, "mnistctl %s: no answer from %s within %ld s\n", name,
+			        call->path, call->timeout_s);
+			goto out;
+		}
+		if (got < 0) {
+			fprintf(stderr, "mnistctl %s: reading from %s: %s\n", name, call->path,
+			        strerror(errno));
+			goto out;
+		}
+		if (got == 0) {
+			fprintf(stderr, "mnistctl %s: %s closed the connection without an answer\n",
+			        name, call->path);
+			goto out;
+		}
+		nl = memchr(buf + len, '\n', (size_t)got);
+		len += (size_t)got;
+		if (nl) {
+			*nl = '\0';
+			*answer = buf;
+			buf = NULL;
+			rc = -1;
+			goto out;
+		}
+	}
+out:
+	free(buf);
+	close(fd);
+	return rc;
+}
+
+static double num(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static const char *str(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void format_duration(double s, char *buf, size_t len)
+{
+	long long t;
+
+	if (!isfinite(s) || s < 0 || s > 1e12) {
+		snprintf(buf, len, "-");
+		return;
+	}
+	t = (long long)(s + 0.5);
+	if (t < 1)
+		snprintf(buf, len, "<1s");
+	else if (t < 60)
+		snprintf(buf, len, "%llds", t);
+	else if (t < 3600)
+		snprintf(buf, len, "%lldm %02llds", t / 60, t % 60);
+	else if (t < 86400)
+		snprintf(buf, len, "%lldh %02lldm", t / 3600, t % 3600 / 60);
+	else
+		snprintf(buf, len, "%lldd %02lldh", t / 86400, t % 86400 / 3600);
+}
+
+static void print_status(const cJSON *o)
+{
+	double step = num(o, "step"), max = num(o, "max_steps"), lr = num(o, "learning_rate");
+	double loss = num(o, "loss"), sps = num(o, "steps_per_sec"), frac = 0;
+	const cJSON *paused = cJSON_GetObjectItemCaseSensitive(o, "paused");
+	const char *state = str(o, "state"), *latest = str(o, "latest_checkpoint");
+	char bar[BAR_WIDTH + 1], eta[32];
+	int fill;
+
+	if (!state)
+		state = cJSON_IsTrue(paused) ? "paused" : "training";
+	if (isfinite(step) && isfinite(max) && max > 0)
+		frac = step >= max ? 1.0 : step <= 0 ? 0.0 : step / max;
+	fill = (int)(frac * BAR_WIDTH);
+	memset(bar, '#', (size_t)fill);
+	memset(bar + fill, '.', (size_t)(BAR_WIDTH - fill));
+	bar[BAR_WIDTH] = '\0';
+	if (isfinite(step) && isfinite(max) && step >= max)
+		snprintf(eta, sizeof(eta), "done");
+	else if (cJSON_IsTrue(paused))
+		snprintf(eta, sizeof(eta), "- (paused)");
+	else if (strcmp(state, "stopping") == 0)
+		snprintf(eta, sizeof(eta), "- (stopping)");
+	else if (isfinite(sps) && sps > 0 && isfinite(step) && isfinite(max))
+		format_duration((max - step) / sps, eta, sizeof(eta));
+	else
+		snprintf(eta, sizeof(eta), "-");
+
+	printf("state          %s\n", state);
+	printf("step           %.0f / %.0f  [%s] %5.1f%%\n", step, max, bar, frac * 100);
+	if (isfinite(lr))
+		printf("learning rate  %.6g\n", lr);
+	else
+		printf("learning rate  -\n");
+	if (isfinite(loss))
+		printf("loss           %.4f\n", loss);
+	else
+		printf("loss           - (no step yet)\n");
+	printf("speed          %.1f steps/s\n", isfinite(sps) ? sps : 0.0);
+	printf("ETA            %s\n", eta);
+	printf("checkpoint     %s\n", latest ? latest : "- (none yet)");
+}
+
+static void print_keys(const char *title, const cJSON *arr)
+{
+	const cJSON *k;
+	bool first = true;
+
+	if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) == 0)
+		return;
+	printf("%s: ", title);
+	cJSON_ArrayForEach(k, arr)
+	{
+		if (cJSON_IsString(k)) {
+			printf("%s%s", first ? "" : ", ", k->valuestring);
+			first = false;
+		}
+	}
+	printf("\n");
+}
+
+static void print_reload(const cJSON *o)
+{
+	const cJSON *applied = cJSON_GetObjectItemCaseSensitive(o, "applied");
+	const cJSON *restart = cJSON_GetObjectItemCaseSensitive(o, "restart_required");
+
+	if (cJSON_GetArraySize(applied) == 0 && cJSON_GetArraySize(restart) == 0) {
+		printf("configuration reloaded: nothing changed\n");
+		return;
+	}
+	printf("configuration reloaded\n");
+	print_keys("applied", applied);
+	print_keys("changed but needs a restart (not applied)", restart);
+}
+
+static int run(int argc, char **argv, const struct ctl_globals *g, const struct command_info *ci)
+{
+	struct call call = {.ci = ci};
+	char *answer = NULL;
+	cJSON *o = NULL;
+	const cJSON *ok;
+	int rc;
+
+	rc = parse_args(argc, argv, g, &call);
+	if (rc >= 0)
+		return rc;
+	rc = socket_path(g, &call);
+	if (rc >= 0)
+		return rc;
+	rc = roundtrip(&call, &answer);
+	if (rc >= 0)
+		return rc;
+	o = cJSON_Parse(answer);
+	ok = cJSON_GetObjectItemCaseSensitive(o, "ok");
+	if (!cJSON_IsObject(o) || !cJSON_IsBool(ok)) {
+		fprintf(stderr, "mnistctl %s: unexpected answer from %s: %.200s\n", ci->name,
+		        call.path, answer);
+		rc = CTL_EXIT_FAILED;
+		goto out;
+	}
+	if (call.json)
+		printf("%s\n", answer);
+	if (!cJSON_IsTrue(ok)) {
+		const char *e = str(o, "error");
+
+		fprintf(stderr, "mnistctl %s: %s\n", ci->name,
+		        e ? e : "the daemon reported an error");
+		rc = CTL_EXIT_FAILED;
+		goto out;
+	}
+	rc = CTL_EXIT_OK;
+	if (call.json)
+		goto out;
+	if (ci == &info_status) {
+		print_status(o);
+	} else if (ci == &info_reload) {
+		print_reload(o);
+	} else if (ci == &info_save) {
+		const char *name = str(o, "checkpoint");
+
+		printf("checkpoint %s published at step %.0f\n", name ? name : "?", num(o, "step"));
+	} else {
+		printf("training %s at step %.0f\n", ci == &info_pause ? "paused" : "resumed",
+		       num(o, "step"));
+	}
+out:
+	cJSON_Delete(o);
+	free(answer);
+	return rc;
 }
 
 int ctl_status(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("status");
+	return run(argc, argv, g, &info_status);
 }
 
 int ctl_reload(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("reload");
+	return run(argc, argv, g, &info_reload);
 }
 
 int ctl_save(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("save");
+	return run(argc, argv, g, &info_save);
 }
 
 int ctl_pause(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("pause");
+	return run(argc, argv, g, &info_pause);
 }
 
 int ctl_resume(int argc, char **argv, const struct ctl_globals *g)
 {
-	return not_yet("resume");
+	return run(argc, argv, g, &info_resume);
 }
