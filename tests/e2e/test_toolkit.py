@@ -1,0 +1,597 @@
+"""End-to-end tests of the persistence toolkit: mnistctl ls, inspect, verify,
+convert, freeze and predict on checkpoints written by the real mnistd, and
+mnistd's warm start (checkpoint.init_from). Real processes, real files."""
+
+import gzip
+import json
+import os
+import re
+import struct
+import sys
+import unittest
+import zlib
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+from mnlib import MNISTCTL, MNISTD, MNIST_EVAL, ckpt_steps, read_safetensors, tensor_bytes, tensor_floats  # noqa: E402
+
+VALIDATION = 200  # mnlib.base_config's data.validation_size
+LAYERS = ["layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"]
+EMA = [n + "/ExponentialMovingAverage" for n in LAYERS]
+STATE = ["global_step", "train/rng", "train/epoch", "train/perm_pos", "train/permutation"]
+SUBCOMMANDS = ["ls", "inspect", "verify", "convert", "freeze", "predict"]
+
+
+def ckpt_name(step):
+    return "model.ckpt-%d.safetensors" % step
+
+
+def encode_safetensors(tensors, meta, crc=True):
+    """tensors: [(name, dtype, shape, raw bytes)] in data order."""
+    header, data = {}, bytearray()
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    meta = dict(meta)
+    meta.pop("data_crc32", None)
+    if crc:
+        meta["data_crc32"] = "%08x" % zlib.crc32(bytes(data))
+    header["__metadata__"] = meta
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - (8 + len(h)) % 8) % 8)
+    return struct.pack("<Q", len(h)) + h + bytes(data)
+
+
+def tensors_of(path):
+    """[(name, dtype, shape, raw)] of a file in data order, and its metadata."""
+    header, data, _ = read_safetensors(path)
+    meta = header.pop("__metadata__", {})
+    order = sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0])
+    return [(n, t["dtype"], t["shape"], bytes(data[t["data_offsets"][0]:t["data_offsets"][1]])) for n, t in order], meta
+
+
+def write_bytes(path, blob):
+    with open(path, "wb") as f:
+        f.write(blob)
+    return path
+
+
+class ToolkitCase(mnlib.TestCase):
+    def ctl(self, *args, expect=0, config=None):
+        argv = [MNISTCTL] + (["--config", config] if config else []) + [str(a) for a in args]
+        r = self.run_prog(argv)
+        self.assertEqual(r.returncode, expect, "%s\nstdout:\n%s\nstderr:\n%s" % (argv, r.stdout, r.stderr))
+        return r
+
+    def ctl_json(self, *args, expect=0, config=None):
+        return json.loads(self.ctl("--json", *args, expect=expect, config=config).stdout)
+
+    def train(self, name="mnistd", expect=0, **sections):
+        """Runs mnistd to completion with the base config plus sections."""
+        sections.setdefault("train", {})
+        sections["train"] = dict({"max_steps": 60}, **sections["train"])
+        path, cfg = self.config(name + ".json", **sections)
+        p = self.start([MNISTD, "--config", path], name)
+        rc = p.wait(120)
+        self.assertEqual(rc, expect, p.output())
+        return path, cfg, p
+
+    def validation_idx(self, n=VALIDATION):
+        """Writes the first n training examples (the evaluator's validation split)
+        as an IDX pair, images plain and labels gzipped; returns their paths."""
+        with gzip.open(os.path.join(self.data, "train-images-idx3-ubyte.gz")) as f:
+            img = f.read()
+        with gzip.open(os.path.join(self.data, "train-labels-idx1-ubyte.gz")) as f:
+            lab = f.read()
+        count, rows, cols = struct.unpack(">III", img[4:16])
+        images = os.path.join(self.work, "val-images-idx3-ubyte")
+        labels = os.path.join(self.work, "val-labels-idx1-ubyte.gz")
+        mnlib.write_idx(images, 2051, (n, rows, cols), img[16:16 + n * rows * cols], gz=False)
+        mnlib.write_idx(labels, 2049, (n,), lab[8:8 + n], gz=True)
+        return images, labels, list(lab[8:8 + n])
+
+
+class HelpAndUsageTest(ToolkitCase):
+    def test_help_for_every_subcommand(self):
+        for cmd in SUBCOMMANDS:
+            r = self.ctl(cmd, "--help")
+            out = r.stdout
+            self.assertTrue(out.startswith("Usage: mnistctl " + cmd), out)
+            for section in ("Options:", "Exit status:", "Example"):
+                self.assertIn(section, out, cmd)
+            self.assertIn("--help", out)
+            self.assertEqual(r.stderr, "")
+
+    def test_unknown_options_and_missing_arguments_exit_2(self):
+        for cmd in SUBCOMMANDS:
+            r = self.ctl(cmd, "--no-such-option", "x", expect=2)
+            self.assertIn("unknown option --no-such-option", r.stderr)
+            self.assertIn("mnistctl %s --help" % cmd, r.stderr)
+            r = self.ctl(cmd, expect=2)
+            self.assertIn("mnistctl " + cmd, r.stderr)
+
+
+class FileToolsTest(ToolkitCase):
+    def setUp(self):
+        super().setUp()
+        self.cfg_path, self.cfg, _ = self.train(eval={"metrics_file": os.path.join(self.work, "metrics.jsonl")})
+        self.dir = self.cfg["checkpoint"]["dir"]
+        self.assertEqual(ckpt_steps(self.dir), [20, 40, 60])
+        self.ckpt = os.path.join(self.dir, ckpt_name(60))
+
+    # ---- verify ----
+
+    def test_verify_valid_files(self):
+        files = [os.path.join(self.dir, ckpt_name(s)) for s in (20, 40, 60)]
+        r = self.ctl("verify", *files)
+        self.assertEqual(r.stdout.splitlines(), ["%s: OK (step %d, 64-32-10)" % (f, s) for f, s in zip(files, (20, 40, 60))])
+        j = self.ctl_json("verify", self.ckpt)
+        self.assertEqual(j, {"ok": True, "files": [{"file": self.ckpt, "ok": True, "kind": "checkpoint", "step": 60,
+                                                    "architecture": "64-32-10", "tensors": 13}]})
+
+    def test_verify_tampered_truncated_and_broken_files(self):
+        with open(self.ckpt, "rb") as f:
+            blob = f.read()
+        tensors, meta = tensors_of(self.ckpt)
+        bad = {}
+        # One flipped bit in the data: the checksum catches it.
+        flipped = bytearray(blob)
+        flipped[-3] ^= 0x10
+        bad["tampered"] = (bytes(flipped), "checksum mismatch")
+        # Cut short inside the data, and inside the header.
+        bad["truncated"] = (blob[:-40], "out of bounds")
+        bad["short_header"] = (blob[:100], "truncated")
+        # A missing EMA tensor, with a correct checksum: the model check names it.
+        missing = [t for t in tensors if t[0] != "layer2/biases/ExponentialMovingAverage"]
+        bad["missing"] = (encode_safetensors(missing, meta),
+                          'tensor "layer2/biases/ExponentialMovingAverage" not found in')
+        # Shapes that disagree with the architecture (same byte count, so offsets stay valid).
+        reshaped = [(n, d, [32, 64] if n == "layer1/weights" else s, raw) for n, d, s, raw in tensors]
+        bad["shape"] = (encode_safetensors(reshaped, meta), '"layer1/weights" has shape [32, 64], expected [64, 32]')
+        # Overlapping offsets in the header.
+        header, data, _ = read_safetensors(self.ckpt)
+        header["layer1/biases"]["data_offsets"][0] -= 4
+        h = json.dumps(header).encode()
+        h += b" " * ((8 - (8 + len(h)) % 8) % 8)
+        bad["offsets"] = (struct.pack("<Q", len(h)) + h + data, "layer1/biases")
+        # The training state contradicting the metadata.
+        restepped = [(n, d, s, struct.pack("<q", 59) if n == "global_step" else raw) for n, d, s, raw in tensors]
+        bad["step"] = (encode_safetensors(restepped, meta), "tensor global_step is 59 but the metadata says global_step 60")
+        # No format: not an mnistd checkpoint.
+        bad["format"] = (encode_safetensors(tensors, {k: v for k, v in meta.items() if k != "format"}), '"format"')
+
+        paths = []
+        for name, (content, _) in sorted(bad.items()):
+            paths.append(write_bytes(os.path.join(self.work, name + ".safetensors"), content))
+        r = self.ctl("verify", self.ckpt, *paths, expect=1)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 1 + len(paths), r.stdout)
+        self.assertEqual(lines[0], "%s: OK (step 60, 64-32-10)" % self.ckpt)
+        for line, (name, (_, msg)) in zip(lines[1:], sorted(bad.items())):
+            self.assertTrue(line.startswith(os.path.join(self.work, name + ".safetensors") + ": "), line)
+            self.assertIn(msg, line, name)
+            self.assertNotIn("OK", line)
+        j = self.ctl_json("verify", *paths, expect=1)
+        self.assertFalse(j["ok"])
+        self.assertEqual([f["ok"] for f in j["files"]], [False] * len(paths))
+        # Each bad file alone fails too (the exit status is not just the last file's).
+        self.ctl("verify", paths[0], self.ckpt, expect=1)
+        self.ctl("verify", os.path.join(self.work, "nope.safetensors"), expect=1)
+
+    # ---- ls ----
+
+    def test_ls(self):
+        # The real evaluator records the latest checkpoint; a later line for the
+        # same file wins, malformed lines are ignored.
+        if os.path.exists(MNIST_EVAL):
+            r = self.run_prog([MNIST_EVAL, "--config", self.cfg_path, "--once"])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        metrics = os.path.join(self.work, "metrics.jsonl")
+        with open(metrics, "a") as f:
+            f.write('{"checkpoint": "%s", "accuracy": 0.25}\n' % ckpt_name(20))
+            f.write("{not json\n")
+            f.write('{"checkpoint": "%s", "accuracy": 0.5}\n' % ckpt_name(20))
+            f.write('["checkpoint"]\n')
+        with open(metrics) as f:
+            acc60 = [json.loads(l)["accuracy"] for l in f if ckpt_name(60) in l]
+        # A corrupt file among valid ones.
+        with open(os.path.join(self.dir, ckpt_name(40)), "r+b") as f:
+            f.seek(-1, 2)
+            last = f.read(1)
+            f.seek(-1, 2)
+            f.write(bytes([last[0] ^ 1]))
+
+        j = self.ctl_json("ls", self.dir, config=self.cfg_path)
+        self.assertEqual(j["dir"], self.dir)
+        self.assertEqual(j["latest"], ckpt_name(60))
+        rows = j["checkpoints"]
+        self.assertEqual([c["step"] for c in rows], [20, 40, 60])
+        self.assertEqual([c["valid"] for c in rows], [True, False, True])
+        self.assertEqual([c["latest"] for c in rows], [False, False, True])
+        self.assertIn("checksum mismatch", rows[1]["error"])
+        self.assertIsNone(rows[0]["error"])
+        self.assertEqual(rows[0]["accuracy"], 0.5)
+        self.assertIsNone(rows[1]["accuracy"])
+        self.assertEqual(rows[2]["accuracy"], acc60[-1] if acc60 else None)
+        header, _, _ = read_safetensors(self.ckpt)
+        self.assertEqual(rows[2]["created"], header["__metadata__"]["created"])
+        self.assertEqual(rows[2]["size"], os.path.getsize(self.ckpt))
+        self.assertEqual(rows[2]["architecture"], "64-32-10")
+
+        r = self.ctl("ls", self.dir, config=self.cfg_path)
+        lines = r.stdout.splitlines()
+        self.assertEqual(lines[0].split(), ["FILE", "STEP", "CREATED", "SIZE", "VALID", "LATEST", "ARCH", "ACCURACY"])
+        self.assertEqual(lines[1].split()[0:2], [ckpt_name(20), "20"])
+        self.assertEqual(lines[1].split()[-1], "0.5000")
+        self.assertIn("INVALID", lines[2])
+        self.assertEqual(lines[3].split()[5], "*")
+        self.assertTrue(lines[4].startswith("invalid: ") and "checksum mismatch" in lines[4], lines[4])
+
+        # --metrics overrides the configuration; latest follows checkpoint.json.
+        other = write_bytes(os.path.join(self.work, "other.jsonl"),
+                            b'{"checkpoint": "%s", "accuracy": 0.125}\n' % ckpt_name(60).encode())
+        with open(os.path.join(self.dir, "checkpoint.json"), "w") as f:
+            json.dump({"latest": ckpt_name(20), "all": [ckpt_name(20)]}, f)
+        j = self.ctl_json("ls", "--metrics", other, self.dir, config=self.cfg_path)
+        self.assertEqual(j["latest"], ckpt_name(20))
+        self.assertEqual([c["accuracy"] for c in j["checkpoints"]], [None, None, 0.125])
+        # Without checkpoint.json the highest step is the latest.
+        os.unlink(os.path.join(self.dir, "checkpoint.json"))
+        self.assertEqual(self.ctl_json("ls", self.dir, config=self.cfg_path)["latest"], ckpt_name(60))
+
+        # Another prefix lists nothing; a missing directory is an error.
+        self.assertEqual(self.ctl_json("ls", "--prefix", "other", self.dir)["checkpoints"], [])
+        r = self.ctl("ls", os.path.join(self.work, "nope"), expect=1)
+        self.assertIn("nope", r.stderr)
+
+    def test_ls_names_a_step_mismatch(self):
+        # A valid checkpoint under the wrong step's name is flagged, not trusted.
+        os.rename(os.path.join(self.dir, ckpt_name(20)), os.path.join(self.dir, ckpt_name(25)))
+        rows = self.ctl_json("ls", self.dir)["checkpoints"]
+        self.assertEqual([c["step"] for c in rows], [25, 40, 60])
+        self.assertFalse(rows[0]["valid"])
+        self.assertIn("the file name says step 25 but global_step is 20", rows[0]["error"])
+
+    # ---- inspect ----
+
+    def test_inspect(self):
+        r = self.ctl("inspect", self.ckpt)
+        out = r.stdout
+        self.assertRegex(out, r"(?m)^format\s+mnistd\.checkpoint\.v1$")
+        self.assertRegex(out, r"(?m)^global_step\s+60$")
+        self.assertRegex(out, r'(?m)^architecture\s+64-32-10\s+\{"input":64')
+        self.assertRegex(out, r"(?m)^created\s+\d{4}-")
+        self.assertRegex(out, r'(?m)^config\s+\{"data"')
+        for name in LAYERS + EMA + STATE:
+            self.assertRegex(out, r"(?m)^%s\s" % re.escape(name))
+        self.assertRegex(out, r"(?m)^layer1/weights\s+F32\s+\[64, 32\]\s")
+        self.assertRegex(out, r"(?m)^global_step\s+I64\s+\[\]\s+60\s+60\s+60\s+60$")
+
+        j = self.ctl_json("inspect", self.ckpt)
+        self.assertEqual(j["metadata"]["global_step"], "60")
+        self.assertEqual(j["size"], os.path.getsize(self.ckpt))
+        byname = {t["name"]: t for t in j["tensors"]}
+        self.assertEqual(sorted(byname), sorted(LAYERS + EMA + STATE))
+        w = tensor_floats(self.ckpt, "layer2/weights")
+        t = byname["layer2/weights"]
+        self.assertEqual((t["dtype"], t["shape"]), ("F32", [32, 10]))
+        self.assertEqual(t["min"], min(w))
+        self.assertEqual(t["max"], max(w))
+        self.assertAlmostEqual(t["mean"], sum(w) / len(w), places=12)
+        self.assertAlmostEqual(t["norm"], sum(v * v for v in w) ** 0.5, places=12)
+        self.assertNotIn("values", t)
+
+    def test_inspect_tensor_values(self):
+        r = self.ctl("inspect", "--tensor", "layer1/weights", "--tensor", "global_step", self.ckpt)
+        lines = r.stdout.splitlines()
+        self.assertEqual(lines[0], "layer1/weights  F32 [64, 32]")
+        rows = lines[1:65]
+        self.assertEqual(len(rows), 64)
+        got = [float(v) for row in rows for v in row.split()]
+        self.assertEqual(len(rows[0].split()), 32)
+        want = tensor_bytes(self.ckpt, "layer1/weights")
+        # 9 significant digits round-trip F32 exactly.
+        self.assertEqual(struct.pack("<%df" % len(got), *got), want)
+        self.assertEqual(lines[65:], ["global_step  I64 []", "  60"])
+
+        j = self.ctl_json("inspect", "--tensor", "train/permutation", self.ckpt)
+        self.assertEqual(len(j["tensors"]), 1)
+        perm = j["tensors"][0]["values"]
+        self.assertEqual(sorted(perm), list(range(1000)))
+        self.assertEqual(perm, list(struct.unpack("<1000I", tensor_bytes(self.ckpt, "train/permutation"))))
+
+        r = self.ctl("inspect", "--all", self.ckpt)
+        for name in LAYERS + EMA + STATE:
+            self.assertRegex(r.stdout, r"(?m)^%s  [A-Z0-9]+ \[" % re.escape(name))
+
+    def test_inspect_missing_tensor_lists_names(self):
+        r = self.ctl("inspect", "--tensor", "v1_1", self.ckpt, expect=1)
+        self.assertIn('tensor "v1_1" not found in %s (it has: layer1/weights, layer1/biases, ' % self.ckpt, r.stderr)
+        self.assertEqual(r.stdout, "")
+        r = self.ctl("inspect", os.path.join(self.work, "nope.safetensors"), expect=1)
+        self.assertIn("nope.safetensors", r.stderr)
+
+    # ---- convert ----
+
+    def test_convert_partial_renamed(self):
+        out = os.path.join(self.work, "layer1.safetensors")
+        r = self.ctl("convert", self.ckpt, "-o", out,
+                     "--select", "layer1/*/ExponentialMovingAverage",
+                     "--rename", "layer1/weights/ExponentialMovingAverage=layer1/weights",
+                     "--rename", "layer1/biases/ExponentialMovingAverage=layer1/biases")
+        self.assertIn('"architecture" was left out', r.stderr)
+        header, data, n = read_safetensors(out)
+        meta = header.pop("__metadata__")
+        self.assertEqual(sorted(header), ["layer1/biases", "layer1/weights"])
+        self.assertEqual(tensor_bytes(out, "layer1/weights"), tensor_bytes(self.ckpt, "layer1/weights/ExponentialMovingAverage"))
+        self.assertEqual(tensor_bytes(out, "layer1/biases"), tensor_bytes(self.ckpt, "layer1/biases/ExponentialMovingAverage"))
+        self.assertEqual(header["layer1/weights"]["shape"], [64, 32])
+        self.assertEqual((8 + n) % 8, 0)
+        src_meta = read_safetensors(self.ckpt)[0]["__metadata__"]
+        for key in ("format", "global_step", "created", "config"):
+            self.assertEqual(meta[key], src_meta[key], key)
+        self.assertNotIn("architecture", meta)
+        self.assertEqual(meta["data_crc32"], "%08x" % zlib.crc32(data))
+        r = self.ctl("verify", out)
+        self.assertEqual(r.stdout.strip(), "%s: OK (step 60, 2 tensors, no architecture)" % out)
+
+    def test_convert_whole_model_keeps_architecture(self):
+        out = os.path.join(self.work, "model.safetensors")
+        j = self.ctl_json("convert", self.ckpt, "-o", out, "--select", "layer*")
+        self.assertFalse(j["architecture_dropped"])
+        self.assertEqual(sorted(t["name"] for t in j["tensors"]), sorted(LAYERS + EMA))
+        header, _, _ = read_safetensors(out)
+        self.assertEqual(header["__metadata__"]["architecture"],
+                         read_safetensors(self.ckpt)[0]["__metadata__"]["architecture"])
+        self.assertEqual(self.ctl("verify", out).stdout.strip(), "%s: OK (step 60, 64-32-10, no training state)" % out)
+        # Without --select everything is copied: a checkpoint again, byte for byte in its data.
+        again = os.path.join(self.work, "again.safetensors")
+        self.ctl("convert", self.ckpt, "-o", again)
+        self.assertEqual(read_safetensors(again)[1], read_safetensors(self.ckpt)[1])
+        self.assertEqual(self.ctl("verify", again).stdout.strip(), "%s: OK (step 60, 64-32-10)" % again)
+        # -o may be a bare name in the working directory.
+        r = mnlib.subprocess.run([MNISTCTL, "convert", self.ckpt, "-o", "bare.safetensors", "--select", "global_step"],
+                                 cwd=self.work, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(read_safetensors(os.path.join(self.work, "bare.safetensors"))[0]), ["__metadata__", "global_step"])
+
+    def test_convert_refusals(self):
+        out = os.path.join(self.work, "out.safetensors")
+        cases = [
+            (["--select", "nothing*"], 1, "--select 'nothing*' matches no tensor in %s (it has: layer1/weights" % self.ckpt),
+            (["--select", "layer1/*", "--rename", "layer1/biases=layer1/weights"], 1,
+             'two tensors would be named "layer1/weights"'),
+            (["--select", "layer1/*", "--rename", "layer2/biases=x"], 1, '"layer2/biases" is not among the selected tensors'),
+            (["--rename", "v1=x"], 1, 'no tensor "v1" in'),
+            (["--rename", "v1"], 2, "--rename wants OLD=NEW"),
+            (["--rename", "layer1/biases=a", "--rename", "layer1/biases=b"], 2, "renamed twice"),
+        ]
+        for args, status, msg in cases:
+            r = self.ctl("convert", self.ckpt, "-o", out, *args, expect=status)
+            self.assertIn(msg, r.stderr, args)
+            self.assertFalse(os.path.exists(out), args)
+        r = self.ctl("convert", self.ckpt, expect=2)
+        self.assertIn("-o OUT is required", r.stderr)
+        # A file with no tensors gives an empty selection.
+        empty = write_bytes(os.path.join(self.work, "empty.safetensors"), encode_safetensors([], {"a": "b"}))
+        r = self.ctl("convert", empty, "-o", out, expect=1)
+        self.assertIn("nothing selected", r.stderr)
+        self.assertFalse(os.path.exists(out))
+
+
+class FreezePredictTest(ToolkitCase):
+    def setUp(self):
+        super().setUp()
+        self.cfg_path, self.cfg, _ = self.train(eval={"metrics_file": os.path.join(self.work, "metrics.jsonl")})
+        self.dir = self.cfg["checkpoint"]["dir"]
+        self.ckpt = os.path.join(self.dir, ckpt_name(60))
+
+    def test_freeze_layout_and_metadata(self):
+        out = os.path.join(self.work, "frozen.safetensors")
+        r = self.ctl("freeze", self.dir, "-o", out)
+        self.assertIn("frozen 64-32-10 model from %s (step 60, EMA values)" % self.ckpt, r.stdout)
+        header, data, _ = read_safetensors(out)
+        meta = header.pop("__metadata__")
+        self.assertEqual(sorted(header), sorted(LAYERS))
+        for name in LAYERS:
+            self.assertEqual(tensor_bytes(out, name), tensor_bytes(self.ckpt, name + "/ExponentialMovingAverage"))
+        src = read_safetensors(self.ckpt)[0]["__metadata__"]
+        self.assertEqual(meta["frozen"], "true")
+        self.assertEqual(meta["ema"], "true")
+        self.assertEqual(meta["source"], ckpt_name(60))
+        self.assertEqual(meta["format"], "mnistd.checkpoint.v1")
+        for key in ("global_step", "architecture", "config"):
+            self.assertEqual(meta[key], src[key], key)
+        self.assertRegex(meta["created"], r"^\d{4}-\d\d-\d\dT")
+        self.assertEqual(meta["data_crc32"], "%08x" % zlib.crc32(data))
+        self.assertEqual(self.ctl("verify", out).stdout.strip(), "%s: OK (step 60, 64-32-10, frozen)" % out)
+
+        raw = os.path.join(self.work, "raw.safetensors")
+        j = self.ctl_json("freeze", "--raw", self.ckpt, "-o", raw)
+        self.assertEqual(j["ema"], False)
+        self.assertEqual(j["step"], 60)
+        for name in LAYERS:
+            self.assertEqual(tensor_bytes(raw, name), tensor_bytes(self.ckpt, name))
+        self.assertEqual(read_safetensors(raw)[0]["__metadata__"]["ema"], "false")
+
+        # A bare output name lands in the working directory.
+        r = mnlib.subprocess.run([MNISTCTL, "freeze", self.dir, "-o", "bare.safetensors"], cwd=self.work,
+                                 capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.exists(os.path.join(self.work, "bare.safetensors")))
+
+    def test_freeze_errors(self):
+        out = os.path.join(self.work, "x.safetensors")
+        r = self.ctl("freeze", os.path.join(self.work, "nope"), "-o", out, expect=1)
+        self.assertIn("nope", r.stderr)
+        os.makedirs(os.path.join(self.work, "empty"))
+        r = self.ctl("freeze", os.path.join(self.work, "empty"), "-o", out, expect=1)
+        self.assertIn("no checkpoint", r.stderr)
+        bad = os.path.join(self.work, "bad.safetensors")
+        with open(self.ckpt, "rb") as f:
+            write_bytes(bad, f.read()[:-8])
+        r = self.ctl("freeze", bad, "-o", out, expect=1)
+        self.assertIn("bad.safetensors", r.stderr)
+        self.assertFalse(os.path.exists(out))
+        r = self.ctl("freeze", self.ckpt, expect=2)
+        self.assertIn("-o OUT is required", r.stderr)
+
+    @unittest.skipUnless(os.path.exists(MNIST_EVAL), "mnist-eval is not built")
+    def test_freeze_then_predict_equals_the_evaluator(self):
+        r = self.run_prog([MNIST_EVAL, "--config", self.cfg_path, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(os.path.join(self.work, "metrics.jsonl")) as f:
+            m = json.loads(f.readline())
+        self.assertEqual(m["checkpoint"], ckpt_name(60))
+        self.assertEqual(m["images"] if "images" in m else VALIDATION, VALIDATION)
+
+        frozen = os.path.join(self.work, "frozen.safetensors")
+        self.ctl("freeze", self.dir, "-o", frozen)
+        images, labels, truth = self.validation_idx()
+        for model in (frozen, self.ckpt, self.dir):
+            j = self.ctl_json("predict", model, "--images", images, "--labels", labels, config=self.cfg_path)
+            self.assertEqual(j["accuracy"], m["accuracy"], model)
+            self.assertEqual(j["loss"], m["loss"], model)
+            self.assertEqual(j["images"], VALIDATION)
+            self.assertEqual(j["correct"], round(m["accuracy"] * VALIDATION))
+            conf = j["confusion"]
+            self.assertEqual(len(conf), 10)
+            self.assertEqual([sum(row) for row in conf], [truth.count(c) for c in range(10)])
+            self.assertEqual(sum(conf[c][c] for c in range(10)), j["correct"])
+
+        # Text output: accuracy with 4 digits as the evaluator logs it, the matrix.
+        r = self.ctl("predict", frozen, "--images", images, "--labels", labels, config=self.cfg_path)
+        self.assertIn("accuracy  %.4f (%d/%d)" % (m["accuracy"], j["correct"], VALIDATION), r.stdout)
+        self.assertIn("rows: true class, columns: predicted class", r.stdout)
+
+        # Without labels: one class per line, the same predictions as the JSON form.
+        r = self.ctl("predict", frozen, "--images", images, config=self.cfg_path)
+        preds = [int(l) for l in r.stdout.split()]
+        self.assertEqual(len(preds), VALIDATION)
+        self.assertEqual(sum(p == t for p, t in zip(preds, truth)), j["correct"])
+        self.assertEqual(self.ctl_json("predict", frozen, "--images", images, config=self.cfg_path)["predictions"], preds)
+
+        # Raw values: the checkpoint with --raw and the --raw freeze agree with each other.
+        raw = os.path.join(self.work, "raw.safetensors")
+        self.ctl("freeze", "--raw", self.ckpt, "-o", raw)
+        a = self.ctl_json("predict", "--raw", self.ckpt, "--images", images, "--labels", labels, config=self.cfg_path)
+        b = self.ctl_json("predict", raw, "--images", images, "--labels", labels, config=self.cfg_path)
+        self.assertFalse(a["ema"])
+        self.assertFalse(b["ema"])
+        self.assertEqual((a["accuracy"], a["loss"]), (b["accuracy"], b["loss"]))
+        self.assertNotEqual(a["loss"], m["loss"])
+
+    def test_predict_errors(self):
+        images, labels, _ = self.validation_idx()
+        big = os.path.join(self.work, "big-images")
+        mnlib.write_idx(big, 2051, (2, 28, 28), bytes(2 * 784), gz=False)
+        r = self.ctl("predict", self.ckpt, "--images", big, expect=1)
+        self.assertIn("takes 64 inputs (64-32-10) but the images of %s have 28 x 28 = 784 pixels" % big, r.stderr)
+        wrong = os.path.join(self.work, "wrong-labels")
+        mnlib.write_idx(wrong, 2049, (VALIDATION,), bytes([12]) * VALIDATION, gz=False)
+        r = self.ctl("predict", self.ckpt, "--images", images, "--labels", wrong, expect=1)
+        self.assertIn("has label 12 but", r.stderr)
+        self.assertIn("has only 10 classes", r.stderr)
+        few = os.path.join(self.work, "few-labels")
+        mnlib.write_idx(few, 2049, (3,), bytes(3), gz=False)
+        r = self.ctl("predict", self.ckpt, "--images", images, "--labels", few, expect=1)
+        self.assertIn("200 images", r.stderr)
+        r = self.ctl("predict", self.ckpt, "--images", os.path.join(self.work, "nope"), expect=1)
+        self.assertIn("nope", r.stderr)
+        r = self.ctl("predict", os.path.join(self.work, "nope.safetensors"), "--images", images, expect=1)
+        self.assertIn("nope.safetensors", r.stderr)
+        r = self.ctl("predict", self.ckpt, expect=2)
+        self.assertIn("--images IDX is required", r.stderr)
+        # A file that is no model: a convert without architecture.
+        part = os.path.join(self.work, "part.safetensors")
+        self.ctl("convert", self.ckpt, "-o", part, "--select", "layer1/*")
+        r = self.ctl("predict", part, "--images", images, expect=1)
+        self.assertIn('no "architecture"', r.stderr)
+
+
+class WarmStartTest(ToolkitCase):
+    def source(self):
+        """Model A: 64-32-10 trained for 40 steps in its own directory."""
+        _, cfg, _ = self.train("a", train={"max_steps": 40},
+                               checkpoint={"dir": os.path.join(self.work, "a")})
+        return os.path.join(cfg["checkpoint"]["dir"], ckpt_name(40))
+
+    def test_mapped_tensors_load_exactly(self):
+        a = self.source()
+        # B: same layer1 shape, another hidden layer after it. A learning rate
+        # far below float resolution makes step 1 leave the weights bit-identical,
+        # so the published checkpoint shows exactly what the warm start loaded.
+        common = dict(model={"hidden": [32, 16], "seed": 11}, train={"max_steps": 1, "learning_rate": 1e-30})
+        init = {"file": a, "map": {"layer1/weights": "layer1/weights/ExponentialMovingAverage",
+                                   "layer1/biases": "layer1/biases"}}
+        _, cfg_b, p = self.train("b", checkpoint={"dir": os.path.join(self.work, "b"), "init_from": init}, **common)
+        self.assertIn("warm start", p.output())
+        _, cfg_f, _ = self.train("fresh", checkpoint={"dir": os.path.join(self.work, "fresh")}, **common)
+        b = os.path.join(cfg_b["checkpoint"]["dir"], ckpt_name(1))
+        fresh = os.path.join(cfg_f["checkpoint"]["dir"], ckpt_name(1))
+
+        self.assertEqual(tensor_bytes(b, "layer1/weights"), tensor_bytes(a, "layer1/weights/ExponentialMovingAverage"))
+        self.assertEqual(tensor_bytes(b, "layer1/biases"), tensor_bytes(a, "layer1/biases"))
+        self.assertNotEqual(tensor_bytes(fresh, "layer1/weights"), tensor_bytes(b, "layer1/weights"))
+        # Everything unmapped is the fresh initialisation: the same weights, and
+        # biases that were zero (the tiny step moved them by ~1e-31 at most).
+        for name in ("layer2/weights", "layer3/weights"):
+            self.assertEqual(tensor_bytes(b, name), tensor_bytes(fresh, name), name)
+        for name in ("layer2/biases", "layer3/biases"):
+            self.assertTrue(all(abs(v) < 1e-20 for v in tensor_floats(b, name)), name)
+        # The shadows started from the loaded values: one EMA step later they are
+        # within rounding of them (and far from the fresh shadow).
+        loaded = tensor_floats(a, "layer1/weights/ExponentialMovingAverage")
+        shadow = tensor_floats(b, "layer1/weights/ExponentialMovingAverage")
+        self.assertTrue(all(abs(x - y) <= 1e-6 * max(1.0, abs(x)) for x, y in zip(loaded, shadow)))
+        self.assertEqual(self.ctl("verify", b).stdout.strip(), "%s: OK (step 1, 64-32-16-10)" % b)
+
+    def test_sources_without_step_and_frozen(self):
+        a = self.source()
+        part = os.path.join(self.work, "layer1.safetensors")
+        self.ctl("convert", a, "-o", part, "--select", "layer1/*", "--rename", "layer1/weights=hidden1/weights")
+        frozen = os.path.join(self.work, "frozen.safetensors")
+        self.ctl("freeze", a, "-o", frozen)
+        for name, init, want in (
+                ("from-convert", {"file": part, "map": {"layer1/weights": "hidden1/weights"}},
+                 tensor_bytes(a, "layer1/weights")),
+                ("from-frozen", {"file": frozen}, tensor_bytes(a, "layer1/weights/ExponentialMovingAverage"))):
+            _, cfg, p = self.train(name, checkpoint={"dir": os.path.join(self.work, name), "init_from": init},
+                                   train={"max_steps": 1, "learning_rate": 1e-30})
+            self.assertIn("warm start", p.output())
+            self.assertEqual(tensor_bytes(os.path.join(cfg["checkpoint"]["dir"], ckpt_name(1)), "layer1/weights"), want)
+
+    def test_bad_init_from_exits_78_with_named_message(self):
+        a = self.source()
+        cases = [
+            ("missing-name", {"file": a, "map": {"layer1/weights": "v1_1"}}, {},
+             ['tensor "v1_1" not found in %s (it has: layer1/weights, ' % a]),
+            ("shape", {"file": a, "map": {"layer1/weights": "layer1/weights"}}, {"hidden": [16]},
+             ["has shape [64, 32], expected [64, 16]", "this model is 64-16-10, the file's is 64-32-10"]),
+            ("no-file", {"file": os.path.join(self.work, "nope.safetensors"), "map": {}}, {},
+             [os.path.join(self.work, "nope.safetensors")]),
+            ("target", {"file": a, "map": {"layer9/weights": "layer1/weights"}}, {},
+             ['"layer9/weights" is not a variable of this model (64-32-10); its variables are: '
+              "layer1/weights, layer1/biases, layer2/weights, layer2/biases"]),
+        ]
+        for name, init, model, msgs in cases:
+            d = os.path.join(self.work, name)
+            _, _, p = self.train(name, expect=78, model=model, checkpoint={"dir": d, "init_from": init})
+            out = p.output()
+            self.assertIn("checkpoint.init_from", out, name)
+            for msg in msgs:
+                self.assertIn(msg, out, name)
+            self.assertEqual(ckpt_steps(d), [], name)
+
+    def test_ignored_when_the_directory_has_a_checkpoint(self):
+        d = os.path.join(self.work, "run")
+        self.train("first", train={"max_steps": 20}, checkpoint={"dir": d})
+        bad = {"file": os.path.join(self.work, "nope.safetensors"), "map": {"layer1/weights": "x"}}
+        _, _, p = self.train("second", train={"max_steps": 40}, checkpoint={"dir": d, "init_from": bad})
+        self.assertNotIn("warm start", p.output())
+        self.assertIn("resumed", p.output())
+        self.assertEqual(max(ckpt_steps(d)), 40)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
