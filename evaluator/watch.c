@@ -31,6 +31,7 @@ struct mn_watch {
 	dev_t dev;         /* identity of the directory being watched */
 	ino_t ino;
 	char dir[PATH_MAX];
+	const char *base; /* the name libuv reports for events on dir itself */
 	char prefix[MN_CONFIG_NAME_MAX];
 	char parent[PATH_MAX]; /* the watched parent while waiting */
 	enum mn_watch_mode mode;
@@ -252,7 +253,8 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 		settle(w);
 		return;
 	}
-	if (name && name[0] == '.')
+	/* Temporaries are dot-files; but the directory itself may have a dot-name. */
+	if (name && name[0] == '.' && strcmp(name, w->base) != 0)
 		return;
 	if (name && mn_ckpt_filename_parse(w->prefix, name, &step)) {
 		w->on_change(w->arg);
@@ -323,6 +325,7 @@ int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_w
 	}
 	w->loop = loop;
 	snprintf(w->dir, sizeof(w->dir), "%s", p->dir);
+	w->base = strrchr(w->dir, '/') ? strrchr(w->dir, '/') + 1 : w->dir;
 	snprintf(w->prefix, sizeof(w->prefix), "%s", p->prefix);
 	w->mode = p->mode;
 	w->interval_ms = p->poll_interval_ms;

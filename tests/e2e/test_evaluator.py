@@ -344,7 +344,8 @@ class EvaluatorTest(mnlib.TestCase):
 
     def test_directory_replaced_under_events(self):
         src = self.real_checkpoints()
-        d = os.path.join(self.work, "ckpt")
+        # A dot-name, so the directory's own events are not mistaken for temporaries'.
+        d = os.path.join(self.work, ".ckpt")
         os.makedirs(d)
         path, _ = self.eval_config(d)
         ev = self.start_eval(path)
