@@ -406,12 +406,15 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 			mn_log(MN_LOG_ERROR, "checkpoint.init_from: %s", err);
 			return MN_EX_CONFIG;
 		}
-		mn_log_fields(MN_LOG_INFO, "warm start",
-		              (struct mn_log_field[]){
-		                  MN_F_STR("file", d->cfg.checkpoint.init_from_file),
-		                  MN_F_INT("tensors", (int64_t)d->cfg.checkpoint.init_from_nmap),
-		              },
-		              2);
+		mn_log_fields(
+		    MN_LOG_INFO, "warm start",
+		    (struct mn_log_field[]){
+		        MN_F_STR("file", d->cfg.checkpoint.init_from_file),
+		        MN_F_INT("tensors", (int64_t)(d->cfg.checkpoint.init_from_nmap
+		                                          ? d->cfg.checkpoint.init_from_nmap
+		                                          : 2 * mn_arch_layers(&tp.arch))),
+		    },
+		    2);
 	}
 	char arch_s[256];
 

@@ -552,13 +552,14 @@ class WarmStartTest(ToolkitCase):
         self.ctl("convert", a, "-o", part, "--select", "layer1/*", "--rename", "layer1/weights=hidden1/weights")
         frozen = os.path.join(self.work, "frozen.safetensors")
         self.ctl("freeze", a, "-o", frozen)
-        for name, init, want in (
+        # Without a map, every layer variable loads under its own name.
+        for name, init, want, count in (
                 ("from-convert", {"file": part, "map": {"layer1/weights": "hidden1/weights"}},
-                 tensor_bytes(a, "layer1/weights")),
-                ("from-frozen", {"file": frozen}, tensor_bytes(a, "layer1/weights/ExponentialMovingAverage"))):
+                 tensor_bytes(a, "layer1/weights"), 1),
+                ("from-frozen", {"file": frozen}, tensor_bytes(a, "layer1/weights/ExponentialMovingAverage"), 4)):
             _, cfg, p = self.train(name, checkpoint={"dir": os.path.join(self.work, name), "init_from": init},
                                    train={"max_steps": 1, "learning_rate": 1e-30})
-            self.assertIn("warm start", p.output())
+            self.assertRegex(p.output(), r"warm start file=\S+ tensors=%d" % count)
             self.assertEqual(tensor_bytes(os.path.join(cfg["checkpoint"]["dir"], ckpt_name(1)), "layer1/weights"), want)
 
     def test_bad_init_from_exits_78_with_named_message(self):
