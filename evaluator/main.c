@@ -92,13 +92,14 @@ static int open_metrics(const char *path, int *fd, char *err, size_t errlen)
 static void write_metrics(struct evaluator *e, const struct mn_pick_result *r, double latency_ms)
 {
 	char when[MN_TIMELEN];
-	cJSON *o = cJSON_CreateObject();
+	cJSON *o;
 	char *text = NULL, *line = NULL;
 	size_t len;
 	ssize_t n;
 
 	if (e->metrics_fd < 0)
 		return;
+	o = cJSON_CreateObject();
 	mn_time_rfc3339_ns(r->done_ns, when);
 	if (!o || !cJSON_AddNumberToObject(o, "step", (double)r->step) ||
 	    !cJSON_AddNumberToObject(o, "accuracy", r->eval.accuracy) ||

@@ -380,6 +380,22 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual([x["step"] for x in ms], [40])
         self.assertEqual(len(LINE.findall(r.stdout)), 1)
 
+    def test_json_log(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        blob, accuracy, _ = self.foreign_checkpoint(9)
+        publish(d, ckpt_name(9), blob)
+        path, _ = self.config("json.json", checkpoint={"dir": d}, log={"format": "json"})
+        r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        ev = [x for x in lines if x["msg"] == "evaluation"]
+        self.assertEqual(len(ev), 1, r.stdout)
+        self.assertEqual((ev[0]["step"], ev[0]["ema"], ev[0]["checkpoint"], ev[0]["level"]),
+                         (9, "yes", ckpt_name(9), "info"))
+        self.assertEqual(ev[0]["accuracy"], round(accuracy, 4))
+        self.assertIsInstance(ev[0]["latency_ms"], float)
+
     def test_sighup_reopens_log_and_metrics(self):
         src = self.real_checkpoints()
         d = os.path.join(self.work, "ckpt")
