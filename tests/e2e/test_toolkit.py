@@ -304,6 +304,36 @@ class FileToolsTest(ToolkitCase):
         for name in LAYERS + EMA + STATE:
             self.assertRegex(r.stdout, r"(?m)^%s  [A-Z0-9]+ \[" % re.escape(name))
 
+    def test_inspect_any_safetensors_file(self):
+        # A foreign file (no metadata at all) with every kind of element.
+        tensors = [
+            ("half", "F16", [3], struct.pack("<3H", 0x3C00, 0xC100, 0x0001)),
+            ("brain", "BF16", [1], struct.pack("<H", 0x3FC0)),
+            ("small", "I8", [2], struct.pack("<2b", -3, 127)),
+            ("flags", "BOOL", [2], bytes([1, 0])),
+            ("wide", "U16", [1], struct.pack("<H", 65535)),
+            ("double", "F64", [], struct.pack("<d", 0.1)),
+            ("big", "U64", [1], struct.pack("<Q", 2 ** 64 - 1)),
+            ("matrix", "I32", [2, 3], struct.pack("<6i", 1, 2, 3, -4, -5, -6)),
+        ]
+        path = write_bytes(os.path.join(self.work, "foreign.safetensors"), encode_safetensors(tensors, {}, crc=False))
+        r = self.ctl("inspect", "--all", path)
+        out = r.stdout
+        self.assertIn("half  F16 [3]\n  1 -2.5 5.96046448e-08\n", out)
+        self.assertIn("brain  BF16 [1]\n  1.5\n", out)
+        self.assertIn("small  I8 [2]\n  -3 127\n", out)
+        self.assertIn("flags  BOOL [2]\n  true false\n", out)
+        self.assertIn("wide  U16 [1]\n  65535\n", out)
+        self.assertIn("double  F64 []\n  0.10000000000000001\n", out)
+        self.assertIn("big  U64 [1]\n  18446744073709551615\n", out)
+        self.assertIn("matrix  I32 [2, 3]\n  1 2 3\n  -4 -5 -6\n", out)
+        self.assertRegex(out, r"(?m)^matrix\s+I32\s+\[2, 3\]\s+-6\s+3\s+-1.5\s+9.53939\s*$")
+        j = self.ctl_json("inspect", "--tensor", "big", "--tensor", "flags", path)
+        self.assertEqual([t["values"] for t in j["tensors"]], [[2 ** 64 - 1], [True, False]])
+        # verify wants mnistd's own files and says why this one is not.
+        r = self.ctl("verify", path, expect=1)
+        self.assertIn('not an mnistd checkpoint: __metadata__ has no "format"', r.stdout)
+
     def test_inspect_missing_tensor_lists_names(self):
         r = self.ctl("inspect", "--tensor", "v1_1", self.ckpt, expect=1)
         self.assertIn('tensor "v1_1" not found in %s (it has: layer1/weights, layer1/biases, ' % self.ckpt, r.stderr)
