@@ -192,8 +192,7 @@ static void stop(struct evaluator *e)
 	e->runner = NULL;
 	mn_watch_close(e->watch);
 	e->watch = NULL;
-	/* Still caught, so a second SIGTERM cannot kill us, but no longer keeping the loop alive.
-	 */
+	/* Still caught (a second SIGTERM must not kill us) but not keeping the loop alive. */
 	if (e->signals_ready) {
 		uv_unref((uv_handle_t *)&e->sig_term);
 		uv_unref((uv_handle_t *)&e->sig_int);
@@ -209,10 +208,20 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 	stop(e);
 }
 
+/* Only keys the evaluator reads; the trainer's settings are none of its business. */
 static void note_restart_key(const char *key, bool reloadable, void *arg)
 {
-	if (!reloadable)
-		mn_log(MN_LOG_WARN, "%s changed; restart mnist-eval to apply it", key);
+	static const char *const used[] = {"data.", "checkpoint.dir", "checkpoint.prefix",
+	                                   "eval.", "log.",           "train.threads"};
+
+	if (reloadable)
+		return;
+	for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
+		if (strncmp(key, used[i], strlen(used[i])) == 0) {
+			mn_log(MN_LOG_WARN, "%s changed; restart mnist-eval to apply it", key);
+			return;
+		}
+	}
 }
 
 static void reload(struct evaluator *e)

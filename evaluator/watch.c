@@ -152,8 +152,10 @@ static bool enter_watching(struct mn_watch *w)
 			w->on_change(w->arg);
 			return true;
 		}
-		mn_log(MN_LOG_WARN, "%s: filesystem events unavailable (%s); polling instead",
-		       w->dir, uv_strerror(rc));
+		mn_log(MN_LOG_WARN, "%s: filesystem events unavailable (%s%s); polling instead",
+		       w->dir, uv_strerror(rc),
+		       rc == UV_ENOSPC ? ": inotify watch limit, see fs.inotify.max_user_watches"
+		                       : "");
 		why = "events unavailable";
 	} else if (remote) {
 		why = remote;
@@ -287,18 +289,6 @@ void mn_watch_recheck(struct mn_watch *w)
 		return;
 	if (!same_dir(w))
 		lost_dir(w);
-}
-
-const char *mn_watch_method(const struct mn_watch *w)
-{
-	switch (w->state) {
-	case ST_EVENTS:
-		return "events";
-	case ST_POLL:
-		return "poll";
-	default:
-		return "waiting";
-	}
 }
 
 static void on_first(uv_timer_t *h)

@@ -52,9 +52,6 @@ int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_w
  */
 void mn_watch_recheck(struct mn_watch *w);
 
-/* How the directory is watched right now: "events", "poll" or "waiting". */
-const char *mn_watch_method(const struct mn_watch *w);
-
 /* Stops and closes everything; memory is freed once libuv has closed the handles. Accepts NULL. */
 void mn_watch_close(struct mn_watch *w);
 

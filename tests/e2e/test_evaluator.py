@@ -431,9 +431,13 @@ class EvaluatorTest(mnlib.TestCase):
         publish(d, ckpt_name(1), blob)
         self.assertIs(self.wait_metric(1)["ema"], True)
         cfg["eval"]["use_ema"] = False
+        cfg["eval"]["poll_interval_ms"] = 500  # the evaluator's, needs a restart
+        cfg["model"]["hidden"] = [64]          # the trainer's, none of the evaluator's business
         mnlib.write_config(path, cfg)
         ev.signal(signal.SIGHUP)
         ev.wait_output("use_ema=false")
+        self.assertIn("eval.poll_interval_ms changed; restart mnist-eval", ev.output())
+        self.assertNotIn("model.hidden", ev.output())
         publish(d, ckpt_name(2), blob)
         self.assertIs(self.wait_metric(2)["ema"], False)
 
