@@ -896,9 +896,9 @@ static const char convert_help[] =
     "names: the partial, renamed save of TensorFlow's Saver({\"v1\": v1}). The\n"
     "output is published atomically, keeps IN's metadata (data_crc32 is\n"
     "recomputed), and passes 'mnistctl verify' when IN did. If the selection no\n"
-    "longer forms IN's whole model, the \"architecture\" key is dropped (with a\n"
-    "note), so the file does not claim a model it does not hold; such a file still\n"
-    "serves as a checkpoint.init_from source.\n"
+    "longer forms IN's whole model, the \"architecture\" and \"frozen\" keys are\n"
+    "dropped (with a note), so the file does not claim a model it does not hold;\n"
+    "such a file still serves as a checkpoint.init_from source.\n"
     "\n"
     "Options:\n"
     "  -o, --output OUT     the file to write (required)\n"
@@ -1059,8 +1059,10 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 	if (check_file(res, &fi, err, sizeof(err)) < 0 && mn_ckpt_meta(res, "architecture")) {
 		size_t k = 0;
 
+		/* A frozen model's subset is no frozen model either. */
 		for (size_t i = 0; i < nmeta; i++)
-			if (strcmp(meta[i].key, "architecture") != 0)
+			if (strcmp(meta[i].key, "architecture") != 0 &&
+			    strcmp(meta[i].key, "frozen") != 0)
 				meta[k++] = meta[i];
 		nmeta = k;
 		dropped = true;
@@ -1089,7 +1091,8 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 	if (dropped)
 		fprintf(stderr,
 		        "mnistctl convert: note: the selected tensors do not form %s's whole "
-		        "model, so \"architecture\" was left out of %s's metadata\n",
+		        "model, so \"architecture\" (and \"frozen\") were left out of %s's "
+		        "metadata\n",
 		        in, outpath);
 	if (json) {
 		cJSON *root = cJSON_CreateObject(), *arr;

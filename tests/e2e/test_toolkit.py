@@ -349,7 +349,7 @@ class FileToolsTest(ToolkitCase):
                      "--select", "layer1/*/ExponentialMovingAverage",
                      "--rename", "layer1/weights/ExponentialMovingAverage=layer1/weights",
                      "--rename", "layer1/biases/ExponentialMovingAverage=layer1/biases")
-        self.assertIn('"architecture" was left out', r.stderr)
+        self.assertIn('"architecture" (and "frozen") were left out', r.stderr)
         header, data, n = read_safetensors(out)
         meta = header.pop("__metadata__")
         self.assertEqual(sorted(header), ["layer1/biases", "layer1/weights"])
@@ -364,6 +364,15 @@ class FileToolsTest(ToolkitCase):
         self.assertEqual(meta["data_crc32"], "%08x" % zlib.crc32(data))
         r = self.ctl("verify", out)
         self.assertEqual(r.stdout.strip(), "%s: OK (step 60, 2 tensors, no architecture)" % out)
+        # Part of a frozen model is no frozen model.
+        frozen = os.path.join(self.work, "frozen.safetensors")
+        self.ctl("freeze", self.ckpt, "-o", frozen)
+        part = os.path.join(self.work, "part.safetensors")
+        self.ctl("convert", frozen, "-o", part, "--select", "layer2/*")
+        meta = read_safetensors(part)[0]["__metadata__"]
+        self.assertNotIn("frozen", meta)
+        self.assertEqual(meta["source"], ckpt_name(60))
+        self.assertEqual(self.ctl("verify", part).stdout.strip(), "%s: OK (step 60, 2 tensors, no architecture)" % part)
 
     def test_convert_whole_model_keeps_architecture(self):
         out = os.path.join(self.work, "model.safetensors")
