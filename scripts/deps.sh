@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libuv1-dev libcjson-dev libopenblas-dev
-check zlib1g-dev dataset-fashion-mnist python3 systemd strace"
+check zlib1g-dev dataset-fashion-mnist python3 systemd strace bindfs"
 
 missing=""
 for p in $PACKAGES; do

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import time
 import unittest
@@ -341,6 +342,29 @@ class EvaluatorTest(mnlib.TestCase):
         self.wait_metric(30)
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_auto_polls_on_fuse(self):
+        # inotify on a FUSE mount misses writes that do not go through it (as
+        # NFS misses other clients'): bindfs shows a directory written behind its back.
+        bindfs, fusermount = shutil.which("bindfs"), shutil.which("fusermount")
+        if not bindfs or not fusermount or os.geteuid() != 0:
+            self.skipTest("needs bindfs (scripts/deps.sh installs it) and root")
+        src = self.real_checkpoints()
+        real, mnt = os.path.join(self.work, "real"), os.path.join(self.work, "mnt")
+        os.makedirs(real)
+        os.makedirs(mnt)
+        subprocess.run([bindfs, real, mnt], check=True)
+        try:
+            path, _ = self.eval_config(mnt, eval={"watch": "auto", "poll_interval_ms": 50})
+            ev = self.start_eval(path)
+            ev.wait_output("method=poll")
+            self.assertIn("reason=fuse", ev.output())
+            publish(real, ckpt_name(10), restep(os.path.join(src, ckpt_name(40)), 10))
+            self.assertEqual(self.wait_metric(10)["checkpoint"], ckpt_name(10))
+            ev.signal(signal.SIGTERM)
+            self.assertEqual(ev.wait(30), 0, ev.output())
+        finally:
+            subprocess.run([fusermount, "-u", "-z", mnt])
 
     def test_directory_replaced_under_events(self):
         src = self.real_checkpoints()
