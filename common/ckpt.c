@@ -383,7 +383,7 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
 	const char *tn = m->string;
 	const cJSON *dtype = NULL, *shape = NULL, *offs = NULL, *v;
 	uint64_t off[2], need;
-	size_t noff, tlen = strlen(tn);
+	size_t noff = 0, tlen = strlen(tn);
 	char sbuf[256];
 	int rc;
 
