@@ -1,6 +1,8 @@
 /* ckpt.c - see ckpt.h. */
 #include "ckpt.h"
 
+#include "json.h"
+
 #include "util.h"
 
 #include <cJSON.h>
@@ -1004,34 +1006,6 @@ int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype,
 	return 0;
 }
 
-/* Adds an integer as raw text: cJSON would print 1e+15 for large values. */
-static bool add_uint(cJSON *arr, uint64_t v)
-{
-	char num[24];
-	cJSON *j;
-
-	snprintf(num, sizeof(num), "%" PRIu64, v);
-	j = cJSON_CreateRaw(num);
-	if (!j)
-		return false;
-	if (!cJSON_AddItemToArray(arr, j)) {
-		cJSON_Delete(j);
-		return false;
-	}
-	return true;
-}
-
-static bool add_item(cJSON *obj, const char *key, cJSON *item)
-{
-	if (!item)
-		return false;
-	if (!cJSON_AddItemToObject(obj, key, item)) {
-		cJSON_Delete(item);
-		return false;
-	}
-	return true;
-}
-
 /*
  * Checks what the writer is given against what the reader will demand, so
  * a file that is written can always be read back. Fills sizes[i].
@@ -1134,28 +1108,29 @@ static int build_header(const struct mn_tensor *tensors, size_t nt, const struct
 		goto nomem;
 	}
 	for (size_t i = 0; i < nm; i++)
-		if (!add_item(md, meta[i].key, cJSON_CreateString(meta[i].value)))
+		if (!mn_json_add(md, meta[i].key, cJSON_CreateString(meta[i].value)))
 			goto nomem;
 	snprintf(crc_s, sizeof(crc_s), "%08" PRIx32, crc);
-	if (!add_item(md, CRC_KEY, cJSON_CreateString(crc_s)))
+	if (!mn_json_add(md, CRC_KEY, cJSON_CreateString(crc_s)))
 		goto nomem;
 	for (size_t i = 0; i < nt; i++) {
 		const struct mn_tensor *t = &tensors[i];
 		cJSON *e = cJSON_CreateObject(), *shape, *offs;
 
 		/* Each item is attached as soon as it exists, so root owns everything. */
-		if (!add_item(root, t->name, e) ||
-		    !add_item(e, "dtype", cJSON_CreateString(mn_dtype_name(t->dtype))))
+		if (!mn_json_add(root, t->name, e) ||
+		    !mn_json_add(e, "dtype", cJSON_CreateString(mn_dtype_name(t->dtype))))
 			goto nomem;
 		shape = cJSON_CreateArray();
-		if (!add_item(e, "shape", shape))
+		if (!mn_json_add(e, "shape", shape))
 			goto nomem;
 		for (size_t d = 0; d < t->ndim; d++)
-			if (!add_uint(shape, t->shape[d]))
+			if (!mn_json_add(shape, NULL, mn_json_uint(t->shape[d])))
 				goto nomem;
 		offs = cJSON_CreateArray();
-		if (!add_item(e, "data_offsets", offs) || !add_uint(offs, off) ||
-		    !add_uint(offs, off + sizes[i]))
+		if (!mn_json_add(e, "data_offsets", offs) ||
+		    !mn_json_add(offs, NULL, mn_json_uint(off)) ||
+		    !mn_json_add(offs, NULL, mn_json_uint(off + sizes[i])))
 			goto nomem;
 		off += sizes[i];
 	}
@@ -1420,12 +1395,12 @@ static int write_index(const char *dir, const char *latest, const struct mn_ckpt
 	char *s = NULL;
 	int rc;
 
-	if (!root || !all || !add_item(root, "latest", cJSON_CreateString(latest))) {
+	if (!root || !all || !mn_json_add(root, "latest", cJSON_CreateString(latest))) {
 		cJSON_Delete(all);
 		goto nomem;
 	}
 	/* add_item frees all if it fails, so from here root owns it either way. */
-	if (!add_item(root, "all", all))
+	if (!mn_json_add(root, "all", all))
 		goto nomem;
 	for (size_t i = 0; i < n; i++) {
 		cJSON *f;

@@ -1,6 +1,8 @@
 /* config.c - see config.h. */
 #include "config.h"
 
+#include "json.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -855,27 +857,6 @@ int mn_config_load(const char *path, struct mn_config *c, char *err, size_t errl
 	return rc;
 }
 
-/* The shortest of %.15g, %.16g, %.17g that reads back as exactly d. */
-static void format_double(double d, char *buf, size_t len)
-{
-	for (int prec = 15; prec <= 17; prec++) {
-		snprintf(buf, len, "%.*g", prec, d);
-		if (strtod(buf, NULL) == d)
-			return;
-	}
-}
-
-static bool add_item(cJSON *obj, const char *name, cJSON *item)
-{
-	if (!item)
-		return false;
-	if (!cJSON_AddItemToObject(obj, name, item)) {
-		cJSON_Delete(item);
-		return false;
-	}
-	return true;
-}
-
 static cJSON *init_from_json(const struct mn_config *c)
 {
 	cJSON *o, *map;
@@ -886,13 +867,13 @@ static cJSON *init_from_json(const struct mn_config *c)
 	if (!o)
 		return NULL;
 	map = cJSON_CreateObject();
-	if (!add_item(o, "file", cJSON_CreateString(c->checkpoint.init_from_file)) ||
-	    !add_item(o, "map", map))
+	if (!mn_json_add(o, "file", cJSON_CreateString(c->checkpoint.init_from_file)) ||
+	    !mn_json_add(o, "map", map))
 		goto fail;
 	for (size_t i = 0; i < c->checkpoint.init_from_nmap && i < MN_CONFIG_MAP_MAX; i++) {
 		const struct mn_config_rename *r = &c->checkpoint.init_from_map[i];
 
-		if (!add_item(map, r->to, cJSON_CreateString(r->from)))
+		if (!mn_json_add(map, r->to, cJSON_CreateString(r->from)))
 			goto fail;
 	}
 	return o;
@@ -903,23 +884,13 @@ fail:
 
 static cJSON *value_json(const struct key *k, const struct mn_config *c)
 {
-	char num[64];
-
 	switch (k->type) {
 	case KT_INT:
-		snprintf(num, sizeof(num), "%" PRId64, get_i64(c, k));
-		return cJSON_CreateRaw(num);
+		return mn_json_int(get_i64(c, k));
 	case KT_UINT:
-		snprintf(num, sizeof(num), "%" PRIu64, get_u64(c, k));
-		return cJSON_CreateRaw(num);
-	case KT_DOUBLE: {
-		double d = get_dbl(c, k);
-
-		if (!isfinite(d))
-			return cJSON_CreateNull();
-		format_double(d, num, sizeof(num));
-		return cJSON_CreateRaw(num);
-	}
+		return mn_json_uint(get_u64(c, k));
+	case KT_DOUBLE:
+		return mn_json_double(get_dbl(c, k), -1);
 	case KT_BOOL:
 		return cJSON_CreateBool(get_bool(c, k));
 	case KT_ENUM: {
@@ -942,12 +913,7 @@ static cJSON *value_json(const struct key *k, const struct mn_config *c)
 		const int64_t *v = cfield(c, k->aoffset);
 
 		for (size_t i = 0; a && i < n && i < k->amax; i++) {
-			cJSON *e;
-
-			snprintf(num, sizeof(num), "%" PRId64, v[i]);
-			e = cJSON_CreateRaw(num);
-			if (!e || !cJSON_AddItemToArray(a, e)) {
-				cJSON_Delete(e);
+			if (!mn_json_add(a, NULL, mn_json_int(v[i]))) {
 				cJSON_Delete(a);
 				return NULL;
 			}
@@ -975,10 +941,10 @@ char *mn_config_to_json(const struct mn_config *c)
 		if (i == 0 || !same_section(keys[i - 1].path, k->path)) {
 			snprintf(sname, sizeof(sname), "%.*s", (int)slen, k->path);
 			sec = cJSON_CreateObject();
-			if (!add_item(root, sname, sec))
+			if (!mn_json_add(root, sname, sec))
 				goto out;
 		}
-		if (!add_item(sec, k->path + slen + 1, value_json(k, c)))
+		if (!mn_json_add(sec, k->path + slen + 1, value_json(k, c)))
 			goto out;
 	}
 	out = cJSON_PrintUnformatted(root);

@@ -1,6 +1,8 @@
 /* log.c - see log.h. */
 #include "log.h"
 
+#include "json.h"
+
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -263,15 +265,6 @@ static bool needs_quotes(const char *s)
 	return false;
 }
 
-static void format_double(char *buf, size_t len, double d, int precision)
-{
-	if (precision < 0)
-		snprintf(buf, len, "%g", d);
-	else
-		snprintf(buf, len, "%.*f", precision > 17 ? 17 : precision, d);
-}
-
-/* Big enough for "%.17f" of the largest double. */
 #define NUMLEN 400
 
 static void text_line(struct line *l, const char *time, enum mn_log_level level, const char *msg,
@@ -306,7 +299,7 @@ static void text_line(struct line *l, const char *time, enum mn_log_level level,
 			puts_(l, num);
 			break;
 		case MN_LF_DBL:
-			format_double(num, sizeof(num), f[i].v.d, f[i].precision);
+			mn_json_format_double(f[i].v.d, f[i].precision, num, sizeof(num));
 			puts_(l, num);
 			break;
 		case MN_LF_BOOL:
@@ -321,33 +314,15 @@ static void text_line(struct line *l, const char *time, enum mn_log_level level,
 
 /* ---- JSON lines ---- */
 
-static bool add(cJSON *obj, const char *key, cJSON *item)
-{
-	if (!item)
-		return false;
-	if (!cJSON_AddItemToObject(obj, key, item)) {
-		cJSON_Delete(item);
-		return false;
-	}
-	return true;
-}
-
 static cJSON *json_field(const struct mn_log_field *f)
 {
-	char num[NUMLEN];
-
 	switch (f->type) {
 	case MN_LF_STR:
 		return f->v.s ? cJSON_CreateString(f->v.s) : cJSON_CreateNull();
 	case MN_LF_INT:
-		/* Raw, because cJSON's doubles lose integers above 2^53. */
-		snprintf(num, sizeof(num), "%" PRId64, f->v.i);
-		return cJSON_CreateRaw(num);
+		return mn_json_int(f->v.i);
 	case MN_LF_DBL:
-		if (!isfinite(f->v.d))
-			return cJSON_CreateNull();
-		format_double(num, sizeof(num), f->v.d, f->precision);
-		return cJSON_CreateRaw(num);
+		return mn_json_double(f->v.d, f->precision);
 	case MN_LF_BOOL:
 		return cJSON_CreateBool(f->v.b);
 	}
@@ -360,9 +335,9 @@ static cJSON *json_head(const char *time, enum mn_log_level level, const char *m
 
 	if (!o)
 		return NULL;
-	if (!add(o, "time", cJSON_CreateString(time)) ||
-	    !add(o, "level", cJSON_CreateString(mn_log_level_name(level))) ||
-	    !add(o, "msg", cJSON_CreateString(msg))) {
+	if (!mn_json_add(o, "time", cJSON_CreateString(time)) ||
+	    !mn_json_add(o, "level", cJSON_CreateString(mn_log_level_name(level))) ||
+	    !mn_json_add(o, "msg", cJSON_CreateString(msg))) {
 		cJSON_Delete(o);
 		return NULL;
 	}
@@ -381,7 +356,7 @@ static void json_line(struct line *l, const char *time, enum mn_log_level level,
 	size_t cut;
 
 	for (size_t i = 0; ok && i < n; i++)
-		ok = add(o, f[i].key ? f[i].key : "?", json_field(&f[i]));
+		ok = mn_json_add(o, f[i].key ? f[i].key : "?", json_field(&f[i]));
 	if (ok && cJSON_PrintPreallocated(o, l->p, (int)(l->cap - CJSON_SLACK), false)) {
 		l->len = strlen(l->p);
 		cJSON_Delete(o);
@@ -396,7 +371,7 @@ static void json_line(struct line *l, const char *time, enum mn_log_level level,
 	cut = utf8_trim(part, strlen(part));
 	part[cut] = '\0';
 	o = json_head(time, level, part);
-	if (o && add(o, "truncated", cJSON_CreateTrue()) &&
+	if (o && mn_json_add(o, "truncated", cJSON_CreateTrue()) &&
 	    cJSON_PrintPreallocated(o, l->p, (int)(l->cap - CJSON_SLACK), false)) {
 		l->len = strlen(l->p);
 	} else {

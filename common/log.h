@@ -25,7 +25,7 @@ enum mn_log_field_type { MN_LF_STR, MN_LF_INT, MN_LF_DBL, MN_LF_BOOL };
 struct mn_log_field {
 	const char *key;
 	enum mn_log_field_type type;
-	int precision; /* digits after the point for MN_LF_DBL; -1 for %g */
+	int precision; /* digits after the point for MN_LF_DBL; -1: shortest exact form */
 	union {
 		const char *s;
 		int64_t i;

@@ -1,6 +1,8 @@
 /* proto.c - see proto.h. */
 #include "proto.h"
 
+#include "json.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -202,23 +204,6 @@ static cJSON *new_ok(void)
 	return o;
 }
 
-/* NAN and infinities have no JSON form; they are sent as null. */
-static bool add_number(cJSON *o, const char *name, double v)
-{
-	if (!isfinite(v))
-		return cJSON_AddNullToObject(o, name) != NULL;
-	return cJSON_AddNumberToObject(o, name, v) != NULL;
-}
-
-/* cJSON prints numbers via %.15g, which rounds integers beyond 10^15: send exact text. */
-static bool add_int(cJSON *o, const char *name, int64_t v)
-{
-	char buf[24];
-
-	snprintf(buf, sizeof(buf), "%" PRId64, v);
-	return cJSON_AddRawToObject(o, name, buf) != NULL;
-}
-
 cJSON *mn_proto_error(const char *message)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -240,10 +225,12 @@ cJSON *mn_proto_status(const struct mn_proto_status *s)
 
 	if (!o)
 		return NULL;
-	ok = cJSON_AddStringToObject(o, "state", state) && add_int(o, "step", s->step) &&
-	     add_int(o, "max_steps", s->max_steps) &&
-	     add_number(o, "learning_rate", s->learning_rate) && add_number(o, "loss", s->loss) &&
-	     add_number(o, "steps_per_sec", s->steps_per_sec) &&
+	ok = cJSON_AddStringToObject(o, "state", state) &&
+	     mn_json_add(o, "step", mn_json_int(s->step)) &&
+	     mn_json_add(o, "max_steps", mn_json_int(s->max_steps)) &&
+	     mn_json_add(o, "learning_rate", mn_json_double(s->learning_rate, -1)) &&
+	     mn_json_add(o, "loss", mn_json_double(s->loss, -1)) &&
+	     mn_json_add(o, "steps_per_sec", mn_json_double(s->steps_per_sec, -1)) &&
 	     cJSON_AddBoolToObject(o, "paused", s->paused);
 	if (ok) {
 		if (s->latest_checkpoint && s->latest_checkpoint[0])
@@ -290,8 +277,8 @@ cJSON *mn_proto_saved(const char *checkpoint, int64_t step)
 {
 	cJSON *o = new_ok();
 
-	if (o &&
-	    (!cJSON_AddStringToObject(o, "checkpoint", checkpoint) || !add_int(o, "step", step))) {
+	if (o && (!cJSON_AddStringToObject(o, "checkpoint", checkpoint) ||
+	          !mn_json_add(o, "step", mn_json_int(step)))) {
 		cJSON_Delete(o);
 		return NULL;
 	}
@@ -302,7 +289,8 @@ cJSON *mn_proto_paused(bool paused, int64_t step)
 {
 	cJSON *o = new_ok();
 
-	if (o && (!cJSON_AddBoolToObject(o, "paused", paused) || !add_int(o, "step", step))) {
+	if (o && (!cJSON_AddBoolToObject(o, "paused", paused) ||
+	          !mn_json_add(o, "step", mn_json_int(step)))) {
 		cJSON_Delete(o);
 		return NULL;
 	}

@@ -19,11 +19,12 @@
 #include <unistd.h>
 #include <uv.h>
 
-#include <cjson/cJSON.h>
+#include <cJSON.h>
 
 #include "ckpt.h"
 #include "config.h"
 #include "idx.h"
+#include "json.h"
 #include "log.h"
 #include "mlp.h"
 #include "mn_build_config.h"
@@ -101,14 +102,14 @@ static void write_metrics(struct evaluator *e, const struct mn_pick_result *r, d
 		return;
 	o = cJSON_CreateObject();
 	mn_time_rfc3339_ns(r->done_ns, when);
-	if (!o || !cJSON_AddNumberToObject(o, "step", (double)r->step) ||
-	    !cJSON_AddNumberToObject(o, "accuracy", r->eval.accuracy) ||
-	    !cJSON_AddNumberToObject(o, "loss", r->eval.loss) ||
+	if (!o || !mn_json_add(o, "step", mn_json_int(r->step)) ||
+	    !mn_json_add(o, "accuracy", mn_json_double(r->eval.accuracy, -1)) ||
+	    !mn_json_add(o, "loss", mn_json_double(r->eval.loss, -1)) ||
 	    !cJSON_AddStringToObject(o, "checkpoint", r->name) ||
 	    !cJSON_AddBoolToObject(o, "ema", r->ema) || !cJSON_AddStringToObject(o, "time", when) ||
-	    !cJSON_AddNumberToObject(o, "latency_ms", round(latency_ms * 1000.0) / 1000.0) ||
-	    !cJSON_AddNumberToObject(o, "images", (double)r->eval.images) ||
-	    !cJSON_AddNumberToObject(o, "eval_ms", round((double)r->eval_ns / 1e3) / 1000.0))
+	    !mn_json_add(o, "latency_ms", mn_json_double(latency_ms, 3)) ||
+	    !mn_json_add(o, "images", mn_json_uint(r->eval.images)) ||
+	    !mn_json_add(o, "eval_ms", mn_json_double((double)r->eval_ns / 1e6, 3)))
 		goto nomem;
 	text = cJSON_PrintUnformatted(o);
 	if (!text)

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "ctl.h"
 #include "ctl_util.h"
+#include "json.h"
 #include "mlp.h"
 #include "model.h"
 #include "util.h"
@@ -706,8 +707,7 @@ static cJSON *tensor_json(const struct mn_tensor *t, bool values)
 		} else {
 			double d = ctl_tensor_double(t, i);
 
-			ctl_json_add(vals, NULL,
-			             isfinite(d) ? cJSON_CreateNumber(d) : cJSON_CreateNull());
+			ctl_json_add(vals, NULL, mn_json_double(d, -1));
 		}
 	}
 	return o;

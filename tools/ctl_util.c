@@ -1,6 +1,8 @@
 /* ctl_util.c - see ctl_util.h. */
 #include "ctl_util.h"
 
+#include "json.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -75,15 +77,12 @@ void ctl_json_str(cJSON *obj, const char *key, const char *value)
 
 void ctl_json_int(cJSON *obj, const char *key, int64_t value)
 {
-	char num[32];
-
-	snprintf(num, sizeof(num), "%" PRId64, value);
-	ctl_json_add(obj, key, cJSON_CreateRaw(num));
+	ctl_json_add(obj, key, mn_json_int(value));
 }
 
 void ctl_json_num(cJSON *obj, const char *key, double value)
 {
-	ctl_json_add(obj, key, isfinite(value) ? cJSON_CreateNumber(value) : cJSON_CreateNull());
+	ctl_json_add(obj, key, mn_json_double(value, -1));
 }
 
 void ctl_json_bool(cJSON *obj, const char *key, bool value)

@@ -5,7 +5,7 @@
 #ifndef MN_CTL_UTIL_H
 #define MN_CTL_UTIL_H
 
-#include <cjson/cJSON.h>
+#include <cJSON.h>
 #include <stddef.h>
 #include <stdint.h>
 
