@@ -10,13 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "ctl.h"
+#include "ctl_util.h"
 #include "mn_build_config.h"
 #include "util.h"
 
@@ -144,16 +144,12 @@ static int socket_path(const struct ctl_globals *g, struct call *call)
 {
 	struct mn_config cfg;
 	char err[MN_ERRLEN];
-	struct stat st;
 
 	if (g->socket_path) {
 		snprintf(call->path, sizeof(call->path), "%s", g->socket_path);
 		return -1;
 	}
-	mn_config_defaults(&cfg);
-	if (!(strcmp(g->config_path, MN_DEFAULT_CONFIG) == 0 && stat(g->config_path, &st) < 0 &&
-	      errno == ENOENT) &&
-	    mn_config_load(g->config_path, &cfg, err, sizeof(err)) < 0) {
+	if (ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr,
 		        "mnistctl %s: %s\n(pass --socket PATH to name the socket directly)\n",
 		        call->ci->name, err);
