@@ -458,7 +458,7 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
 	if (e->end > dlen)
 		return fail(err, errlen, name, -EINVAL,
 		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
-		            "] out of bounds of the %zu-byte data buffer",
+		            "] out of bounds of the %zu-byte data buffer (is the file truncated?)",
 		            tn, e->begin, e->end, dlen);
 	e->t.name = tn;
 	e->t.nbytes = (size_t)need;
