@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import struct
+import subprocess
 import sys
 import unittest
 import zlib
@@ -19,6 +20,18 @@ LAYER_TENSORS = [
     "layer2/weights/ExponentialMovingAverage", "layer2/biases/ExponentialMovingAverage",
 ]
 STATE_TENSORS = LAYER_TENSORS + ["global_step", "train/rng", "train/epoch", "train/perm_pos", "train/permutation"]
+
+
+def fill(path):
+    """Writes path until the file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class TrainerTest(mnlib.TestCase):
@@ -113,6 +126,42 @@ class TrainerTest(mnlib.TestCase):
         fr = os.path.join(ref["checkpoint"]["dir"], "model.ckpt-400.safetensors")
         for name in STATE_TENSORS:
             self.assertEqual(tensor_bytes(fb, name), tensor_bytes(fr, name), name)
+
+    def test_disk_full_loses_nothing(self):
+        """ENOSPC while publishing: the error is logged, no partial or temporary
+        file appears, earlier checkpoints stay valid, training goes on and
+        publishes again once there is room; a final checkpoint that cannot be
+        written makes the exit status non-zero."""
+        mnt = os.path.join(self.work, "small")
+        os.mkdir(mnt)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+                          capture_output=True).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here (needs root)")
+        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
+        d = os.path.join(mnt, "ckpt")
+        path, cfg = self.config(train={"max_steps": 10 ** 9, "batch_size": 5},
+                                checkpoint={"dir": d, "every_steps": 200, "max_to_keep": 2})
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        mnlib.wait_for(lambda: ckpt_steps(d), 60, "a first checkpoint")
+        filler = os.path.join(mnt, "filler")
+        fill(filler)
+        p.wait_output("No space left on device", 60)
+        kept = ckpt_steps(d)
+        self.assertTrue(kept)
+        for step in kept:
+            header, data, _ = read_safetensors(os.path.join(d, "model.ckpt-%d.safetensors" % step))
+            self.assertEqual(header["__metadata__"]["data_crc32"], "%08x" % zlib.crc32(data))
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
+        self.assertIsNone(p.p.poll(), "a failed checkpoint must not stop training")
+        os.unlink(filler)
+        newest = max(kept)
+        mnlib.wait_for(lambda: max(ckpt_steps(d)) > newest, 60, "a checkpoint once there is room")
+        fill(filler)
+        p.signal(signal.SIGTERM)
+        self.assertNotEqual(p.wait(60), 0, "a final checkpoint that failed must show in the exit status")
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
+        index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
+        self.assertIn(index["latest"], os.listdir(d))
 
     def test_skips_invalid_newest_checkpoint(self):
         path, cfg = self.config(train={"max_steps": 40}, checkpoint={"every_steps": 20})
