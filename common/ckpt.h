@@ -88,10 +88,10 @@ int mn_dtype_parse(const char *name, enum mn_dtype *d);
 struct mn_tensor {
 	const char *name;
 	enum mn_dtype dtype;
-	size_t ndim;                     /* 0 for a scalar */
+	size_t ndim; /* 0 for a scalar */
 	uint64_t shape[MN_CKPT_MAX_DIMS];
-	const void *data;                /* element count * dtype size bytes */
-	size_t nbytes;                   /* set by the reader; derived by the writer */
+	const void *data; /* element count * dtype size bytes */
+	size_t nbytes;    /* set by the reader; derived by the writer */
 };
 
 /* A metadata entry. */
@@ -120,11 +120,11 @@ enum {
  * keeps a copy. name (usually the file name) starts every message.
  */
 int mn_ckpt_parse(const uint8_t *buf, size_t len, const char *name, unsigned flags,
-		  struct mn_ckpt **out, char *err, size_t errlen);
+                  struct mn_ckpt **out, char *err, size_t errlen);
 
 /* Reads everything from an open descriptor, then parses as above. */
 int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **out, char *err,
-		    size_t errlen);
+                    size_t errlen);
 
 /* Opens path, reads, parses. -ENOENT if it does not exist (e.g. removed by retention). */
 int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *err, size_t errlen);
@@ -152,7 +152,7 @@ size_t mn_ckpt_file_size(const struct mn_ckpt *c);
  * both shapes; a missing name lists the names the file has.
  */
 int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
-		 const uint64_t *shape, void *dst, char *err, size_t errlen);
+                 const uint64_t *shape, void *dst, char *err, size_t errlen);
 
 /*
  * Serialises tensors (in the given order) and metadata into a malloc'd
@@ -161,12 +161,12 @@ int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype,
  * and not "__metadata__".
  */
 int mn_ckpt_encode(const struct mn_tensor *tensors, size_t ntensors, const struct mn_meta *meta,
-		   size_t nmeta, uint8_t **buf, size_t *len, char *err, size_t errlen);
+                   size_t nmeta, uint8_t **buf, size_t *len, char *err, size_t errlen);
 
 /* Encodes as above and publishes "<dir>/<name>" atomically (util.h's mn_write_atomic). */
 int mn_ckpt_write(const char *dir, const char *name, const struct mn_tensor *tensors,
-		  size_t ntensors, const struct mn_meta *meta, size_t nmeta, char *err,
-		  size_t errlen);
+                  size_t ntensors, const struct mn_meta *meta, size_t nmeta, char *err,
+                  size_t errlen);
 
 /* "<prefix>-<step>.safetensors" into buf; -ENAMETOOLONG if it does not fit. */
 int mn_ckpt_filename(const char *prefix, int64_t step, char *buf, size_t len);
@@ -189,7 +189,7 @@ struct mn_ckpt_entry {
  * are ignored. -ENOENT if dir does not exist.
  */
 int mn_ckpt_scan(const char *dir, const char *prefix, struct mn_ckpt_entry **out, size_t *n,
-		 char *err, size_t errlen);
+                 char *err, size_t errlen);
 
 /*
  * After publishing latest: writes "<dir>/checkpoint.json" atomically with
@@ -198,7 +198,7 @@ int mn_ckpt_scan(const char *dir, const char *prefix, struct mn_ckpt_entry **out
  * vanish meanwhile are not errors.
  */
 int mn_ckpt_publish_index(const char *dir, const char *prefix, const char *latest,
-			  size_t max_to_keep, char *err, size_t errlen);
+                          size_t max_to_keep, char *err, size_t errlen);
 
 /*
  * Reads "<dir>/checkpoint.json": the latest file name into latest (len

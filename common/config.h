@@ -20,10 +20,10 @@
 
 #include "mlp.h"
 
-#define MN_CONFIG_PATH_MAX  1024
-#define MN_CONFIG_NAME_MAX  128
-#define MN_CONFIG_MAP_MAX   64
-#define MN_CONFIG_FILE_MAX  (1 << 20)
+#define MN_CONFIG_PATH_MAX 1024
+#define MN_CONFIG_NAME_MAX 128
+#define MN_CONFIG_MAP_MAX  64
+#define MN_CONFIG_FILE_MAX (1 << 20)
 
 enum mn_watch_mode { MN_WATCH_AUTO, MN_WATCH_EVENTS, MN_WATCH_POLL };
 enum mn_log_format { MN_LOG_TEXT, MN_LOG_JSON };
@@ -61,7 +61,7 @@ struct mn_config {
 		char dir[MN_CONFIG_PATH_MAX];
 		char prefix[MN_CONFIG_NAME_MAX];
 		int64_t every_steps;
-		int64_t max_to_keep; /* 0 keeps all */
+		int64_t max_to_keep;                     /* 0 keeps all */
 		char init_from_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
 		size_t init_from_nmap;
 		struct mn_config_rename init_from_map[MN_CONFIG_MAP_MAX];
@@ -72,7 +72,7 @@ struct mn_config {
 	struct {
 		bool use_ema;
 		enum mn_watch_mode watch;
-		int64_t poll_interval_ms; /* poll mode's interval */
+		int64_t poll_interval_ms;              /* poll mode's interval */
 		char metrics_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
 	} eval;
 	struct {
@@ -86,8 +86,8 @@ struct mn_config {
 void mn_config_defaults(struct mn_config *c);
 
 /* Parses and validates JSON text (len bytes) over the defaults. name starts messages. */
-int mn_config_parse(const char *json, size_t len, const char *name, struct mn_config *c,
-		    char *err, size_t errlen);
+int mn_config_parse(const char *json, size_t len, const char *name, struct mn_config *c, char *err,
+                    size_t errlen);
 
 /* Reads and parses a file. On failure c is unchanged. */
 int mn_config_load(const char *path, struct mn_config *c, char *err, size_t errlen);
@@ -113,7 +113,7 @@ bool mn_config_reloadable(const char *key);
  * Returns the number of differing keys.
  */
 size_t mn_config_diff(const struct mn_config *a, const struct mn_config *b,
-		      void (*fn)(const char *key, bool reloadable, void *arg), void *arg);
+                      void (*fn)(const char *key, bool reloadable, void *arg), void *arg);
 
 /*
  * Copies the reloadable keys of from into to, leaving the others as they

@@ -44,11 +44,11 @@ struct mn_view {
  * holds the sizes. name is used in messages. Exposed for tests and fuzzing.
  */
 int mn_idx_parse(const uint8_t *buf, size_t len, int kind, const char *name, uint32_t dims[3],
-		 const uint8_t **elems, char *err, size_t errlen);
+                 const uint8_t **elems, char *err, size_t errlen);
 
 /* Loads an image file and its label file (gzip or plain) and checks they agree. */
 int mn_dataset_load(const char *images_path, const char *labels_path, struct mn_dataset **out,
-		    char *err, size_t errlen);
+                    char *err, size_t errlen);
 
 /*
  * Loads an image file alone (gzip or plain), for predictions without labels.
@@ -63,7 +63,7 @@ int mn_dataset_load_images(const char *images_path, struct mn_dataset **out, cha
  * where set is "train" or "t10k"; the .gz name is tried first.
  */
 int mn_dataset_load_dir(const char *dir, const char *set, struct mn_dataset **out, char *err,
-			size_t errlen);
+                        size_t errlen);
 
 /* Frees a data set. Accepts NULL. */
 void mn_dataset_free(struct mn_dataset *ds);
@@ -84,14 +84,14 @@ struct mn_view mn_dataset_all(const struct mn_dataset *ds);
  * validation_size leaves no training examples.
  */
 int mn_dataset_split(const struct mn_dataset *ds, size_t validation_size, struct mn_view *train,
-		     struct mn_view *validation, char *err, size_t errlen);
+                     struct mn_view *validation, char *err, size_t errlen);
 
 /*
  * Gathers the examples indices[0..n) of v into x (n * dim floats, pixels
  * scaled to [0,1]) and y (n labels). Indices must be < v->count.
  */
 void mn_view_gather(const struct mn_view *v, const uint32_t *indices, size_t n, float *x,
-		    uint8_t *y);
+                    uint8_t *y);
 
 /* Same for the consecutive examples [first, first + n). */
 void mn_view_range(const struct mn_view *v, size_t first, size_t n, float *x, uint8_t *y);

@@ -34,17 +34,18 @@ struct mn_log_field {
 	} v;
 };
 
-#define MN_F_STR(k, x)     ((struct mn_log_field){.key = (k), .type = MN_LF_STR, .v.s = (x)})
-#define MN_F_INT(k, x)     ((struct mn_log_field){.key = (k), .type = MN_LF_INT, .v.i = (x)})
-#define MN_F_DBL(k, x, p)  ((struct mn_log_field){.key = (k), .type = MN_LF_DBL, .precision = (p), .v.d = (x)})
-#define MN_F_BOOL(k, x)    ((struct mn_log_field){.key = (k), .type = MN_LF_BOOL, .v.b = (x)})
+#define MN_F_STR(k, x) ((struct mn_log_field){.key = (k), .type = MN_LF_STR, .v.s = (x)})
+#define MN_F_INT(k, x) ((struct mn_log_field){.key = (k), .type = MN_LF_INT, .v.i = (x)})
+#define MN_F_DBL(k, x, p)                                                                          \
+	((struct mn_log_field){.key = (k), .type = MN_LF_DBL, .precision = (p), .v.d = (x)})
+#define MN_F_BOOL(k, x) ((struct mn_log_field){.key = (k), .type = MN_LF_BOOL, .v.b = (x)})
 
 /*
  * Opens the log. path NULL or "" writes to standard output. Until this is
  * called, lines go to standard error at level info in text form.
  */
-int mn_log_open(const char *path, enum mn_log_format format, enum mn_log_level level,
-		char *err, size_t errlen);
+int mn_log_open(const char *path, enum mn_log_format format, enum mn_log_level level, char *err,
+                size_t errlen);
 
 /* Reopens the log file (after logrotate moved it). No-op for standard output. */
 int mn_log_reopen(char *err, size_t errlen);
@@ -60,7 +61,7 @@ const char *mn_log_level_name(enum mn_log_level level);
 
 /* A line with a message and structured fields (text: key=value, strings quoted when needed). */
 void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log_field *fields,
-		   size_t nfields);
+                   size_t nfields);
 
 /* A line with a printf-formatted message and no fields. */
 void mn_log(enum mn_log_level level, const char *fmt, ...) MN_PRINTF(2, 3);

@@ -78,7 +78,7 @@ void mn_mlp_free(struct mn_mlp *m);
  * *loss. -EINVAL if n is 0 or too large or a label is >= output.
  */
 int mn_mlp_loss_grad(struct mn_mlp *m, const float *params, const float *x, const uint8_t *y,
-		     size_t n, float *grad, double *loss);
+                     size_t n, float *grad, double *loss);
 
 /*
  * Forward pass only. For n <= max_batch rows: if y is not NULL, adds the
@@ -86,7 +86,7 @@ int mn_mlp_loss_grad(struct mn_mlp *m, const float *params, const float *x, cons
  * *correct (either pointer may be NULL); if pred is not NULL, writes the
  * arg-max class of each row (lowest index wins ties).
  */
-int mn_mlp_eval(struct mn_mlp *m, const float *params, const float *x, const uint8_t *y,
-		size_t n, double *loss_sum, size_t *correct, uint8_t *pred);
+int mn_mlp_eval(struct mn_mlp *m, const float *params, const float *x, const uint8_t *y, size_t n,
+                double *loss_sum, size_t *correct, uint8_t *pred);
 
 #endif

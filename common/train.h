@@ -95,7 +95,7 @@ struct mn_trainer;
  * them. The first epoch's permutation is drawn before the first step.
  */
 int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *train,
-		   struct mn_trainer **out, char *err, size_t errlen);
+                   struct mn_trainer **out, char *err, size_t errlen);
 
 /* Frees a trainer. Accepts NULL. */
 void mn_trainer_free(struct mn_trainer *t);
