@@ -258,6 +258,19 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 	/* Temporaries are dot-files; but the directory itself may have a dot-name. */
 	if (name && name[0] == '.' && strcmp(name, w->base) != 0)
 		return;
+	/*
+	 * The directory itself removed or moved (libuv reports it by its base
+	 * name). Its identity cannot tell a replacement made at once: ext4 gives
+	 * the new directory the freed inode number, while the watch died with the
+	 * old one. So watch afresh; a child of the same name costs a re-watch.
+	 */
+	if (name && strcmp(name, w->base) == 0 && (events & UV_RENAME)) {
+		if (same_dir(w))
+			settle(w);
+		else
+			lost_dir(w);
+		return;
+	}
 	if (name && mn_ckpt_filename_parse(w->prefix, name, &step)) {
 		w->on_change(w->arg);
 		return;

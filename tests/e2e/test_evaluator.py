@@ -384,6 +384,33 @@ class EvaluatorTest(mnlib.TestCase):
         self.wait_metric(20)
         self.assertEqual(ev.output().count("method=events"), 2)
 
+    def test_directory_recreated_with_the_same_inode(self):
+        # rm -rf and mkdir at once: ext4 (and others) hand the new directory the
+        # freed inode number, so (dev, ino) alone cannot tell it from the old one,
+        # whose inotify watch died with it. The evaluator is stopped meanwhile so
+        # that it sees the removal only after the new directory exists.
+        src = self.real_checkpoints()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        ev.wait_output("method=events")
+        publish(d, ckpt_name(10), restep(os.path.join(src, ckpt_name(40)), 10))
+        self.wait_metric(10)
+        old = os.stat(d).st_ino
+        ev.signal(signal.SIGSTOP)
+        try:
+            shutil.rmtree(d)
+            os.makedirs(d)
+        finally:
+            ev.signal(signal.SIGCONT)
+        print("inode reused: %s" % (os.stat(d).st_ino == old), file=sys.stderr)
+        publish(d, ckpt_name(20), restep(os.path.join(src, ckpt_name(40)), 20))
+        self.wait_metric(20, timeout=30)
+        self.assertEqual(ev.output().count("method=events"), 2)
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
     def test_once(self):
         src = self.real_checkpoints()
         d = os.path.join(self.work, "ckpt")
