@@ -13,9 +13,11 @@
 #include <math.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -49,6 +51,7 @@ struct evaluator {
 	atomic_bool cancel;
 	bool stopping;
 	int metrics_fd;
+	bool metrics_torn; /* the metrics file ends in a partial line */
 	int exit_status;
 };
 
@@ -70,8 +73,8 @@ static void usage(FILE *f)
 	           "Signals: SIGTERM/SIGINT exit 0 at once (a running evaluation is abandoned);\n"
 	           "SIGHUP reopens log.file and eval.metrics_file and reloads eval.use_ema and\n"
 	           "log.level.\n"
-	           "Exit status: 0 done, 1 runtime error or (--once) no valid checkpoint,\n"
-	           "66 data not found, 78 configuration error.\n");
+	           "Exit status: 0 done, 1 runtime error or (--once) no valid checkpoint or\n"
+	           "its metrics line not written, 66 data not found, 78 configuration error.\n");
 }
 
 static int open_metrics(const char *path, int *fd, char *err, size_t errlen)
@@ -89,17 +92,39 @@ static int open_metrics(const char *path, int *fd, char *err, size_t errlen)
 	return 0;
 }
 
-/* One JSON object per line, in one write(2), so a reader never sees half a line. */
-static void write_metrics(struct evaluator *e, const struct mn_pick_result *r, double latency_ms)
+/*
+ * A short write (the disk filled up mid-line) leaves half a line, which would
+ * swallow the next record too: cut it off again, so the file stays one whole
+ * JSON object per line. Only if that fails is the next line started afresh.
+ */
+static void drop_partial_line(struct evaluator *e, size_t written)
+{
+	struct stat st;
+
+	if (fstat(e->metrics_fd, &st) == 0 && (uintmax_t)st.st_size >= written &&
+	    ftruncate(e->metrics_fd, st.st_size - (off_t)written) == 0)
+		return;
+	mn_log(MN_LOG_ERROR, "%s: cannot remove the partial line: %s", e->cfg.eval.metrics_file,
+	       strerror(errno));
+	e->metrics_torn = true;
+}
+
+/*
+ * One JSON object per line, in one write(2), so a reader never sees half a
+ * line. Returns false if the line could not be written (it is logged; the
+ * evaluator carries on).
+ */
+static bool write_metrics(struct evaluator *e, const struct mn_pick_result *r, double latency_ms)
 {
 	char when[MN_TIMELEN];
 	cJSON *o;
-	char *text = NULL, *line = NULL;
+	char *text = NULL, *line = NULL, *p;
 	size_t len;
 	ssize_t n;
+	bool ok = false;
 
 	if (e->metrics_fd < 0)
-		return;
+		return true;
 	o = cJSON_CreateObject();
 	mn_time_rfc3339_ns(r->done_ns, when);
 	if (!o || !mn_json_add(o, "step", mn_json_int(r->step)) ||
@@ -118,16 +143,27 @@ static void write_metrics(struct evaluator *e, const struct mn_pick_result *r, d
 	line = malloc(len + 2);
 	if (!line)
 		goto nomem;
-	memcpy(line, text, len);
-	line[len++] = '\n';
-	line[len] = '\0';
+	/* After a partial line that could not be removed, end that one first. */
+	p = line;
+	if (e->metrics_torn)
+		*p++ = '\n';
+	memcpy(p, text, len);
+	p += len;
+	*p++ = '\n';
+	len = (size_t)(p - line);
 	n = write(e->metrics_fd, line, len);
-	if (n < 0)
+	if (n < 0) {
 		mn_log(MN_LOG_ERROR, "%s: cannot write: %s", e->cfg.eval.metrics_file,
 		       strerror(errno));
-	else if ((size_t)n != len)
+	} else if ((size_t)n != len) {
 		mn_log(MN_LOG_ERROR, "%s: short write (%zd of %zu bytes; disk full?)",
 		       e->cfg.eval.metrics_file, n, len);
+		if (n > 0)
+			drop_partial_line(e, (size_t)n);
+	} else {
+		e->metrics_torn = false;
+		ok = true;
+	}
 	goto out;
 nomem:
 	mn_log(MN_LOG_ERROR, "%s: out of memory for a metrics line", e->cfg.eval.metrics_file);
@@ -135,9 +171,11 @@ out:
 	free(line);
 	cJSON_free(text);
 	cJSON_Delete(o);
+	return ok;
 }
 
-static void report(struct evaluator *e, const struct mn_pick_result *r)
+/* Logs the result and appends it to the metrics file; false if that append failed. */
+static bool report(struct evaluator *e, const struct mn_pick_result *r)
 {
 	double latency_ms = (double)(r->done_ns - r->published_ns) / 1e6;
 
@@ -155,11 +193,12 @@ static void report(struct evaluator *e, const struct mn_pick_result *r)
 	                  MN_F_INT("images", (int64_t)r->eval.images),
 	              },
 	              7);
-	write_metrics(e, r, latency_ms);
+	return write_metrics(e, r, latency_ms);
 }
 
 static void on_result(const struct mn_pick_result *r, void *arg)
 {
+	/* A metrics file that cannot be written (disk full) is logged; evaluating goes on. */
 	report(arg, r);
 }
 
@@ -236,9 +275,14 @@ static void reload(struct evaluator *e)
 	if (open_metrics(e->cfg.eval.metrics_file, &fd, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s; keeping the old descriptor", err);
 	} else {
+		struct stat st;
+
 		if (e->metrics_fd >= 0)
 			close(e->metrics_fd);
 		e->metrics_fd = fd;
+		/* A fresh file (logrotate's create) has no partial line to end. */
+		if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size == 0)
+			e->metrics_torn = false;
 	}
 	if (mn_config_load(e->config_path, &next, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
@@ -321,10 +365,9 @@ static int run_once(struct evaluator *e)
 
 	mn_pick_state_init(&s);
 	rc = mn_pick_evaluate(&p, &s, &r, err, sizeof(err));
-	if (rc == 1) {
-		report(e, &r);
-		return 0;
-	}
+	/* A command whose record could not be kept has failed, though the line was logged. */
+	if (rc == 1)
+		return report(e, &r) ? 0 : EXIT_FAILURE;
 	if (rc == 0)
 		mn_log(MN_LOG_ERROR, "%s: no valid checkpoint named %s-<step>%s",
 		       e->cfg.checkpoint.dir, e->cfg.checkpoint.prefix, MN_CKPT_SUFFIX);

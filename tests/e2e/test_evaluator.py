@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 import zlib
@@ -522,6 +523,78 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertLess(time.monotonic() - t0, 2 * mnlib.SLOW)
         self.assertNotIn("info evaluation", ev.output())
         self.assertEqual(metrics(self.metrics_path), [])
+
+    def full_disk(self, size="64k"):
+        """A small tmpfs (root only) for ENOSPC; unmounted at cleanup."""
+        if os.geteuid() != 0:
+            self.skipTest("mounting a small tmpfs needs root")
+        mnt = tempfile.mkdtemp(prefix="mn-full-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            os.rmdir(mnt)
+            self.skipTest("cannot mount tmpfs here: " + r.stderr.strip())
+
+        def unmount():
+            subprocess.run(["umount", mnt])
+            os.rmdir(mnt)
+
+        self.addCleanup(unmount)
+        return mnt
+
+    @staticmethod
+    def fill(path):
+        """Writes zeros to path until the filesystem is full."""
+        with open(path, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+            try:
+                while True:
+                    f.write(b"\0")
+            except OSError:
+                pass
+
+    def test_metrics_on_a_full_disk(self):
+        # The metrics file ends 40 bytes short of a page; the disk is full. A
+        # line is cut short there: it must not stay behind as half a line
+        # that garbles the next, and evaluating must go on.
+        src = self.real_checkpoints()
+        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        mnt = self.full_disk()
+        m = os.path.join(mnt, "metrics.jsonl")
+        old = json.dumps({"step": 1, "note": "x" * 100}) + "\n"
+        with open(m, "w") as f:
+            f.write(old * ((4096 - 40) // len(old)))
+        kept = read_text(m)
+        self.fill(os.path.join(mnt, "filler"))
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        publish(d, ckpt_name(10), blob(10))
+        # --once: the line is logged, the record is not kept, so the command fails.
+        path, _ = self.eval_config(d, eval={"metrics_file": m})
+        r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"evaluation step=10 ")
+        self.assertIn("short write", r.stdout)
+        self.assertEqual(read_text(m), kept)
+        # Watching: every evaluation is logged while the disk is full, and the
+        # first after space is freed is recorded as a whole line.
+        ev = self.start_eval(path)
+        ev.wait_output("evaluation step=10 ")
+        for s in (20, 30):
+            publish(d, ckpt_name(s), blob(s))
+            ev.wait_output("evaluation step=%d " % s)
+        self.assertEqual(read_text(m), kept)
+        self.assertEqual(ev.output().count("short write"), 3)
+        os.unlink(os.path.join(mnt, "filler"))
+        publish(d, ckpt_name(40), blob(40))
+        self.wait_metric(40, path=m)
+        self.assertEqual([x["step"] for x in metrics(m)], [1] * kept.count("\n") + [40])
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
 
     def test_bad_config_exits_78(self):
         path, _ = self.config(eval={"watch": "sometimes"})
