@@ -138,6 +138,7 @@ static void sanitize(const char *s, char *out, size_t outlen)
 int mn_proto_parse(const char *line, size_t len, enum mn_proto_cmd *cmd, char *err, size_t errlen)
 {
 	cJSON *root = NULL, *c;
+	const char *end = NULL;
 	char name[40];
 	int rc = -EINVAL;
 
@@ -146,9 +147,16 @@ int mn_proto_parse(const char *line, size_t len, enum mn_proto_cmd *cmd, char *e
 		mn_errf(err, errlen, "request contains a NUL byte");
 		return -EINVAL;
 	}
-	/* len + 1 takes in the terminating NUL, which require_null_terminated looks for. */
-	root = cJSON_ParseWithLengthOpts(line, len + 1, NULL, true);
-	if (!root) {
+	/*
+	 * Exactly len bytes, whatever follows them (the caller's buffer need not
+	 * be NUL-terminated); only whitespace may follow the one value.
+	 */
+	root = cJSON_ParseWithLengthOpts(line, len, &end, false);
+	if (root) {
+		while (end < line + len && (unsigned char)*end <= ' ')
+			end++;
+	}
+	if (!root || end != line + len) {
 		mn_errf(err, errlen, "invalid JSON; expected a request like {\"cmd\":\"status\"}");
 		goto out;
 	}

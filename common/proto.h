@@ -74,8 +74,9 @@ int mn_framer_next(struct mn_framer *f, char **line, size_t *len);
 size_t mn_framer_pending(const struct mn_framer *f);
 
 /*
- * Parses one request line. Returns 0 and sets *cmd, or -EINVAL with a
- * message meant for the client in err (invalid JSON, not an object, missing
+ * Parses one request line: exactly the len bytes at line, which need not be
+ * NUL-terminated. Returns 0 and sets *cmd, or -EINVAL with a message meant
+ * for the client in err (invalid JSON, a NUL byte, not an object, missing
  * or non-string "cmd", unknown command). Members other than "cmd" are
  * ignored, so clients may add fields that newer daemons understand.
  */

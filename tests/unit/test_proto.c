@@ -216,6 +216,34 @@ START_TEST(test_parse_errors)
 }
 END_TEST
 
+START_TEST(test_parse_reads_exactly_len_bytes)
+{
+	static const char req[] = "{\"cmd\":\"save\"}";
+	const char *junk = "{\"cmd\":\"save\"} {\"cmd\":\"x\"}";
+	enum mn_proto_cmd cmd = MN_PROTO_STATUS;
+	char err[MN_ERRLEN] = "";
+	/* Exactly the request's bytes, no NUL after them: a read past the end is caught by ASan. */
+	char *exact = malloc(sizeof(req) - 1);
+
+	ck_assert_ptr_nonnull(exact);
+	memcpy(exact, req, sizeof(req) - 1);
+	ck_assert_msg(mn_proto_parse(exact, sizeof(req) - 1, &cmd, err, sizeof(err)) == 0, "%s",
+	              err);
+	ck_assert_int_eq(cmd, MN_PROTO_SAVE);
+	free(exact);
+	/* A request at the head of a longer buffer is judged by its own bytes. */
+	cmd = MN_PROTO_STATUS;
+	ck_assert_msg(mn_proto_parse(junk, strlen(req), &cmd, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(cmd, MN_PROTO_SAVE);
+	ck_assert_int_eq(mn_proto_parse(junk, strlen(req) + 2, &cmd, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "invalid JSON"));
+	/* Trailing whitespace of any kind cJSON skips is still fine. */
+	ck_assert_int_eq(
+	    mn_proto_parse("{\"cmd\":\"pause\"} \t\r", strlen(req) + 4, &cmd, err, sizeof(err)), 0);
+	ck_assert_int_eq(cmd, MN_PROTO_PAUSE);
+}
+END_TEST
+
 START_TEST(test_parse_deep_nesting)
 {
 	/* Deeper than cJSON's nesting limit: refused, not a stack overflow. */
@@ -383,6 +411,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, test_parse_commands);
 	tcase_add_loop_test(tc, test_parse_errors, 0,
 	                    (int)(sizeof(bad_requests) / sizeof(bad_requests[0])));
+	tcase_add_test(tc, test_parse_reads_exactly_len_bytes);
 	tcase_add_test(tc, test_parse_deep_nesting);
 	tcase_add_test(tc, test_error_response);
 	tcase_add_test(tc, test_status_response);
