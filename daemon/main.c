@@ -53,22 +53,21 @@ struct daemon {
 
 static void usage(FILE *f)
 {
-	fprintf(
-	    f,
-	    "Usage: mnistd [--config PATH] [--check-config]\n"
-	    "\n"
-	    "Trains a neural network on an IDX data set (Fashion-MNIST by default),\n"
-	    "publishing a versioned checkpoint every checkpoint.every_steps steps and\n"
-	    "resuming from the newest valid checkpoint at start.\n"
-	    "\n"
-	    "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
-	    "      --check-config   validate the configuration and exit\n"
-	    "  -h, --help           show this help\n"
-	    "  -V, --version        show the version\n"
-	    "\n"
-	    "Signals: SIGTERM/SIGINT finish the step, publish a checkpoint and exit 0;\n"
-	    "SIGHUP reloads the configuration file.\n"
-	    "Exit status: 0 done, 1 runtime error, 66 data not found, 78 configuration error.\n");
+	fprintf(f, "Usage: mnistd [--config PATH] [--check-config]\n"
+	           "\n"
+	           "Trains a neural network on an IDX data set (Fashion-MNIST by default),\n"
+	           "publishing a versioned checkpoint every checkpoint.every_steps steps and\n"
+	           "resuming from the newest valid checkpoint at start.\n"
+	           "\n"
+	           "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
+	           "      --check-config   validate the configuration and exit\n"
+	           "  -h, --help           show this help\n"
+	           "  -V, --version        show the version\n"
+	           "\n"
+	           "Signals: SIGTERM/SIGINT finish the step, publish a checkpoint and exit 0;\n"
+	           "SIGHUP reloads the configuration file.\n"
+	           "Exit status: 0 done, 1 runtime error, 2 usage error, 66 data not found,\n"
+	           "78 configuration error.\n");
 }
 
 /* Tells systemd (if it listens) about the state; a failure is logged once and ignored. */
@@ -133,8 +132,12 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 {
 	struct daemon *d = h->data;
 
-	mn_log(MN_LOG_INFO, "received %s, finishing the current step", strsignal(signum));
 	begin_stop(d);
+	if (!d->worker) {
+		mn_log(MN_LOG_INFO, "received %s before training started", strsignal(signum));
+		return;
+	}
+	mn_log(MN_LOG_INFO, "received %s, finishing the current step", strsignal(signum));
 	mn_worker_stop(d->worker);
 }
 
@@ -363,6 +366,8 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	char err[MN_ERRLEN];
 	int rc;
 
+	mn_log_fields(MN_LOG_INFO, "loading data",
+	              (struct mn_log_field[]){MN_F_STR("dir", d->cfg.data.dir)}, 1);
 	rc = mn_dataset_load_dir(d->cfg.data.dir, "train", &d->data, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "cannot load the training data: %s", err);
@@ -464,17 +469,27 @@ static int run(struct daemon *d)
 		d->exit_status = EXIT_FAILURE;
 		goto out;
 	}
+	/* Signals before setup, so a stop during the data load is a clean exit too. */
+	if (start_signal(d, &d->sig_term, on_stop_signal, SIGTERM) < 0 ||
+	    start_signal(d, &d->sig_int, on_stop_signal, SIGINT) < 0 ||
+	    start_signal(d, &d->sig_hup, on_hup, SIGHUP) < 0) {
+		d->exit_status = EXIT_FAILURE;
+		goto out;
+	}
 	rc = setup(d, &t, latest, sizeof(latest));
 	if (rc != 0) {
 		mn_trainer_free(t);
 		d->exit_status = rc;
 		goto out;
 	}
-	if (start_signal(d, &d->sig_term, on_stop_signal, SIGTERM) < 0 ||
-	    start_signal(d, &d->sig_int, on_stop_signal, SIGINT) < 0 ||
-	    start_signal(d, &d->sig_hup, on_hup, SIGHUP) < 0) {
+	/*
+	 * Deliver what arrived during setup. Asked to stop before a step ran,
+	 * there is nothing new to save: the state is the restored checkpoint
+	 * or the seeded initialisation.
+	 */
+	uv_run(&d->loop, UV_RUN_NOWAIT);
+	if (d->stopping) {
 		mn_trainer_free(t);
-		d->exit_status = EXIT_FAILURE;
 		goto out;
 	}
 	uv_timer_init(&d->loop, &d->progress);

@@ -92,6 +92,24 @@ class TrainerTest(mnlib.TestCase):
         self.assertGreaterEqual(last, 50)
         self.assertIn("stopping", p.output())
 
+    def test_sigterm_during_startup_exits_zero(self):
+        """A stop while the data is still loading is a clean exit, not a death by signal."""
+        path, cfg = self.config()
+        images = os.path.join(self.data, "train-images-idx3-ubyte.gz")
+        with open(images, "rb") as f:
+            content = f.read()
+        os.unlink(images)
+        os.mkfifo(images)
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        p.wait_output("loading data", 30)  # signal handlers are installed before this line
+        p.signal(signal.SIGTERM)
+        # The load is blocked in open() on the FIFO until this writer arrives.
+        with open(images, "wb") as f:
+            f.write(content)
+        self.assertEqual(p.wait(60), 0, p.output())
+        self.assertIn("before training started", p.output())
+        self.assertEqual(ckpt_steps(cfg["checkpoint"]["dir"]), [])
+
     def test_resume_is_exact(self):
         # Reference: one uninterrupted run.
         ref_path, ref = self.config("ref.json", train={"max_steps": 90},
