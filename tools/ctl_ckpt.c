@@ -1192,6 +1192,9 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 			}
 			nren++;
 			break;
+		case 'j':
+			json = true;
+			break;
 		case 'h':
 			fputs(convert_help, stdout);
 			rc = CTL_EXIT_OK;

@@ -378,6 +378,9 @@ class FileToolsTest(ToolkitCase):
         out = os.path.join(self.work, "model.safetensors")
         j = self.ctl_json("convert", self.ckpt, "-o", out, "--select", "layer*")
         self.assertFalse(j["architecture_dropped"])
+        # --json after the subcommand, as its --help lists it, says the same.
+        r = self.ctl("convert", self.ckpt, "-o", out, "--select", "layer*", "--json")
+        self.assertEqual(json.loads(r.stdout), j)
         self.assertEqual(sorted(t["name"] for t in j["tensors"]), sorted(LAYERS + EMA))
         header, _, _ = read_safetensors(out)
         self.assertEqual(header["__metadata__"]["architecture"],
