@@ -280,6 +280,8 @@ static void on_progress(uv_timer_t *h)
 	struct daemon *d = h->data;
 	struct mn_worker_status s;
 
+	if (!d->worker)
+		return;
 	mn_worker_get_status(d->worker, &s);
 	if (s.paused || isnan(s.loss))
 		return;
@@ -514,8 +516,11 @@ static int run(struct daemon *d)
 out:
 	if (d->control)
 		mn_control_set_worker(d->control, NULL);
-	mn_worker_free(d->worker);
+	/* Timers may still fire while the worker is freed: they must see it gone. */
+	struct mn_worker *w = d->worker;
+
 	d->worker = NULL;
+	mn_worker_free(w);
 	mn_control_close(d->control);
 	d->control = NULL;
 	uv_walk(&d->loop, close_handle, NULL);

@@ -3,11 +3,13 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "model.h"
@@ -71,11 +73,15 @@ static int save_now(struct mn_worker *w, char *name, size_t len, char *err, size
 	int rc;
 
 	if (step == w->last_saved_step) {
-		/* This exact state is already durable: answering with it saves a rewrite. */
+		char path[PATH_MAX];
+
+		/* This exact state is already durable (unless someone removed it since). */
 		pthread_mutex_lock(&w->lock);
 		snprintf(name, len, "%s", w->status.latest);
 		pthread_mutex_unlock(&w->lock);
-		return 0;
+		snprintf(path, sizeof(path), "%s/%s", w->cfg.checkpoint.dir, name);
+		if (access(path, F_OK) == 0)
+			return 0;
 	}
 	int64_t t0 = mn_monotonic_ns();
 
