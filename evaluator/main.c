@@ -57,7 +57,7 @@ struct evaluator {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "Usage: mnist-eval [--config PATH] [--once]\n"
+	fprintf(f, "Usage: mnist-eval [--config PATH] [--once] [--check-config]\n"
 	           "\n"
 	           "Evaluates each checkpoint published into checkpoint.dir on the validation\n"
 	           "split (the first data.validation_size training images) as soon as it appears,\n"
@@ -67,6 +67,7 @@ static void usage(FILE *f)
 	           "  -c, --config PATH    configuration file (default " MN_DEFAULT_CONFIG ")\n"
 	           "      --once           evaluate the latest valid checkpoint, print its line\n"
 	           "                       on standard output and exit\n"
+	           "      --check-config   validate the configuration and exit\n"
 	           "  -h, --help           show this help\n"
 	           "  -V, --version        show the version\n"
 	           "\n"
@@ -74,7 +75,8 @@ static void usage(FILE *f)
 	           "SIGHUP reopens log.file and eval.metrics_file and reloads eval.use_ema and\n"
 	           "log.level.\n"
 	           "Exit status: 0 done, 1 runtime error or (--once) no valid checkpoint or\n"
-	           "its metrics line not written, 66 data not found, 78 configuration error.\n");
+	           "its metrics line not written, 2 usage error, 66 data not found,\n"
+	           "78 configuration error.\n");
 }
 
 static int open_metrics(const char *path, int *fd, char *err, size_t errlen)
@@ -441,14 +443,12 @@ static int run(struct evaluator *e, bool once)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"config", required_argument, NULL, 'c'},
-	    {"once", no_argument, NULL, 'o'},
-	    {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},
-	    {0},
+	    {"config", required_argument, NULL, 'c'}, {"once", no_argument, NULL, 'o'},
+	    {"check-config", no_argument, NULL, 'C'}, {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},      {0},
 	};
 	struct evaluator e = {.config_path = MN_DEFAULT_CONFIG, .metrics_fd = -1};
-	bool once = false;
+	bool once = false, check_only = false;
 	char err[MN_ERRLEN];
 	int c, rc;
 
@@ -459,6 +459,9 @@ int main(int argc, char **argv)
 			break;
 		case 'o':
 			once = true;
+			break;
+		case 'C':
+			check_only = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -484,8 +487,16 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mnist-eval: %s\n", err);
 		return MN_EX_CONFIG;
 	}
-	/* --once is a command: its line goes to the terminal, not to the service's log file. */
-	if (mn_log_open(once ? NULL : e.cfg.log.file, e.cfg.log.format, e.cfg.log.level, err,
+	if (check_only) {
+		printf("%s: configuration is valid\n", e.config_path);
+		return 0;
+	}
+	/*
+	 * --once is a command: its line goes to the terminal, not to the
+	 * service's log file, and shows whatever log.level says.
+	 */
+	if (mn_log_open(once ? NULL : e.cfg.log.file, e.cfg.log.format,
+	                once && e.cfg.log.level > MN_LOG_INFO ? MN_LOG_INFO : e.cfg.log.level, err,
 	                sizeof(err)) < 0) {
 		fprintf(stderr, "mnist-eval: log.file: %s\n", err);
 		return MN_EX_CONFIG;

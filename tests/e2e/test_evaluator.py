@@ -450,6 +450,23 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(ev[0]["accuracy"], round(accuracy, 4))
         self.assertIsInstance(ev[0]["latency_ms"], float)
 
+    def test_once_prints_at_any_log_level_and_check_config(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        blob, accuracy, _ = self.foreign_checkpoint(9)
+        publish(d, ckpt_name(9), blob)
+        path, cfg = self.config("warn.json", checkpoint={"dir": d}, log={"level": "error"})
+        r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("accuracy=%.4f" % accuracy, r.stdout)
+        r = self.run_prog([MNIST_EVAL, "--config", path, "--check-config"])
+        self.assertEqual((r.returncode, r.stdout.strip()), (0, "%s: configuration is valid" % path))
+        cfg["eval"]["watch"] = "sometimes"
+        mnlib.write_config(path, cfg)
+        r = self.run_prog([MNIST_EVAL, "--config", path, "--check-config"])
+        self.assertEqual(r.returncode, 78)
+        self.assertIn("eval.watch", r.stderr)
+
     def test_sighup_reopens_log_and_metrics(self):
         src = self.real_checkpoints()
         d = os.path.join(self.work, "ckpt")
