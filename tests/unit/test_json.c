@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mn_test.h"
+
 static void assert_prints(cJSON *item, const char *want)
 {
 	char *s;
@@ -68,17 +70,10 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("json");
-	TCase *tc = tcase_create("json");
-	SRunner *sr;
-	int failed;
+	TCase *tc = mn_test_tcase(s, "json");
 
 	tcase_add_test(tc, integers_are_exact);
 	tcase_add_test(tc, doubles_round_trip);
 	tcase_add_test(tc, add_frees_on_failure);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

@@ -2,9 +2,7 @@
 #include "util.h"
 
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <regex.h>
 #include <stdio.h>
@@ -13,35 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char dir[64];
+#include "mn_test.h"
 
-static void make_dir(void)
-{
-	snprintf(dir, sizeof(dir), "/tmp/mn-test-util-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(dir));
-}
-
-static void remove_dir(void)
-{
-	char cmd[PATH_MAX + 16];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	ck_assert_int_eq(system(cmd), 0);
-}
-
-static size_t count_entries(const char *path)
-{
-	DIR *d = opendir(path);
-	struct dirent *e;
-	size_t n = 0;
-
-	ck_assert_ptr_nonnull(d);
-	while ((e = readdir(d)) != NULL)
-		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-			n++;
-	closedir(d);
-	return n;
-}
+static char dir[MN_TEST_DIRLEN];
 
 START_TEST(errf_and_prefix)
 {
@@ -84,7 +56,7 @@ START_TEST(write_atomic_publishes_complete_file)
 	struct stat st;
 	size_t len;
 
-	make_dir();
+	mn_test_tmpdir(dir, sizeof(dir));
 	ck_assert_int_eq(mn_write_atomic(dir, "out.bin", iov, 2, 0640, err, sizeof(err)), 0);
 	snprintf(path, sizeof(path), "%s/out.bin", dir);
 	ck_assert_int_eq(mn_read_file(path, 1024, &buf, &len, err, sizeof(err)), 0);
@@ -94,15 +66,15 @@ START_TEST(write_atomic_publishes_complete_file)
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert_uint_eq(st.st_mode & 0777 & ~0640u, 0);
 	/* No temporary file is left behind. */
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 1);
 	/* Replacing keeps exactly one file with the new content. */
 	iov[0] = (struct iovec){"bye", 3};
 	ck_assert_int_eq(mn_write_atomic(dir, "out.bin", iov, 1, 0640, err, sizeof(err)), 0);
 	ck_assert_int_eq(mn_read_file(path, 1024, &buf, &len, err, sizeof(err)), 0);
 	ck_assert_str_eq(buf, "bye");
 	free(buf);
-	ck_assert_uint_eq(count_entries(dir), 1);
-	remove_dir();
+	ck_assert_uint_eq(mn_test_count_entries(dir), 1);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -111,12 +83,12 @@ START_TEST(write_atomic_failure_leaves_nothing)
 	char err[MN_ERRLEN] = "", missing[PATH_MAX];
 	struct iovec iov = {"x", 1};
 
-	make_dir();
+	mn_test_tmpdir(dir, sizeof(dir));
 	snprintf(missing, sizeof(missing), "%s/nope", dir);
 	ck_assert_int_eq(mn_write_atomic(missing, "f", &iov, 1, 0644, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err, "nope/.f.tmp"));
-	ck_assert_uint_eq(count_entries(dir), 0);
-	remove_dir();
+	ck_assert_uint_eq(mn_test_count_entries(dir), 0);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -126,22 +98,18 @@ START_TEST(stale_temps_removed)
 	const char *names[] = {".a.safetensors.tmp", ".b.tmp", "keep.tmp", ".keep",
 	                       "c.safetensors"};
 
-	make_dir();
+	mn_test_tmpdir(dir, sizeof(dir));
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		int fd;
-
 		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-		fd = open(path, O_CREAT | O_WRONLY, 0644);
-		ck_assert_int_ge(fd, 0);
-		close(fd);
+		mn_test_write_file(path, NULL, 0);
 	}
 	ck_assert_int_eq(mn_remove_stale_temps(dir, err, sizeof(err)), 2);
-	ck_assert_uint_eq(count_entries(dir), 3);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 3);
 	snprintf(path, sizeof(path), "%s/.b.tmp", dir);
 	ck_assert_int_ne(access(path, F_OK), 0);
 	snprintf(path, sizeof(path), "%s/nope", dir);
 	ck_assert_int_eq(mn_remove_stale_temps(path, err, sizeof(err)), -ENOENT);
-	remove_dir();
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -149,22 +117,19 @@ START_TEST(mkdir_p_creates_parents)
 {
 	char err[MN_ERRLEN] = "", path[PATH_MAX], file[PATH_MAX];
 	struct stat st;
-	int fd;
 
-	make_dir();
+	mn_test_tmpdir(dir, sizeof(dir));
 	snprintf(path, sizeof(path), "%s/a/b/c", dir);
 	ck_assert_int_eq(mn_mkdir_p(path, 0755, err, sizeof(err)), 0);
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert(S_ISDIR(st.st_mode));
 	ck_assert_int_eq(mn_mkdir_p(path, 0755, err, sizeof(err)), 0);
 	snprintf(file, sizeof(file), "%s/file", dir);
-	fd = open(file, O_CREAT | O_WRONLY, 0644);
-	ck_assert_int_ge(fd, 0);
-	close(fd);
+	mn_test_write_file(file, NULL, 0);
 	ck_assert_int_lt(mn_mkdir_p(file, 0755, err, sizeof(err)), 0);
 	ck_assert_ptr_nonnull(strstr(err, "file"));
 	ck_assert_int_eq(mn_mkdir_p("", 0755, err, sizeof(err)), -EINVAL);
-	remove_dir();
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -173,15 +138,11 @@ START_TEST(read_file_bounds)
 	char err[MN_ERRLEN] = "", path[PATH_MAX], *buf = NULL;
 	char data[200000];
 	size_t len = 0;
-	FILE *f;
 
-	make_dir();
+	mn_test_tmpdir(dir, sizeof(dir));
 	memset(data, 'x', sizeof(data));
 	snprintf(path, sizeof(path), "%s/big", dir);
-	f = fopen(path, "wb");
-	ck_assert_ptr_nonnull(f);
-	ck_assert_uint_eq(fwrite(data, 1, sizeof(data), f), sizeof(data));
-	fclose(f);
+	mn_test_write_file(path, data, sizeof(data));
 	/* Exactly max bytes is accepted; one less is too large. */
 	ck_assert_int_eq(mn_read_file(path, sizeof(data), &buf, &len, err, sizeof(err)), 0);
 	ck_assert_uint_eq(len, sizeof(data));
@@ -194,7 +155,7 @@ START_TEST(read_file_bounds)
 	snprintf(path, sizeof(path), "%s/missing", dir);
 	ck_assert_int_eq(mn_read_file(path, 10, &buf, &len, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err, "missing"));
-	remove_dir();
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -209,9 +170,7 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("util");
-	TCase *tc = tcase_create("util");
-	SRunner *sr;
-	int failed;
+	TCase *tc = mn_test_tcase(s, "util");
 
 	tcase_add_test(tc, errf_and_prefix);
 	tcase_add_test(tc, rfc3339_format);
@@ -221,10 +180,5 @@ int main(void)
 	tcase_add_test(tc, mkdir_p_creates_parents);
 	tcase_add_test(tc, read_file_bounds);
 	tcase_add_test(tc, basename_of_paths);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

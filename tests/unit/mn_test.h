@@ -1,0 +1,177 @@
+/*
+ * mn_test.h - what the unit tests in this directory share: the runner,
+ * temporary directories, small files, a network shape and a deterministic
+ * number generator.
+ *
+ * Each test_<module>.c is a program of its own, so everything here is static
+ * inline and a test pays only for what it calls. The helpers report trouble
+ * with check assertions, never with a return code, so they may be called from
+ * a test or from a checked fixture (which runs in the test's process).
+ */
+#ifndef MN_TEST_H
+#define MN_TEST_H
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mlp.h"
+
+/*
+ * Runs every test in s, prints check's summary and frees s. Returns the
+ * program's exit status: EXIT_SUCCESS when no test failed, EXIT_FAILURE
+ * otherwise. A test's main() ends with `return mn_test_run(s);`.
+ */
+static inline int mn_test_run(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+/*
+ * Creates a test case called name, appends it to s and returns it. Test cases
+ * run in the order they were appended, and tests added to the returned case
+ * afterwards belong to it as usual.
+ */
+static inline TCase *mn_test_tcase(Suite *s, const char *name)
+{
+	TCase *tc = tcase_create(name);
+
+	suite_add_tcase(s, tc);
+	return tc;
+}
+
+/* Room for any directory name mn_test_tmpdir makes (kept short for socket paths). */
+#define MN_TEST_DIRLEN 64
+
+/*
+ * Creates a new, empty, private directory under /tmp and writes its name into
+ * buf (len bytes, at least MN_TEST_DIRLEN is plenty). The name carries the
+ * test program's name, so a directory left behind says who left it.
+ */
+static inline void mn_test_tmpdir(char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "/tmp/mn-%s-XXXXXX", program_invocation_short_name);
+
+	ck_assert_msg(n > 0 && (size_t)n < len, "temporary directory name does not fit in %zu",
+	              len);
+	ck_assert_msg(mkdtemp(buf) != NULL, "mkdtemp %s: %s", buf, strerror(errno));
+}
+
+/* nftw callback for mn_test_rmtree: entries come children first (FTW_DEPTH). */
+static inline int mn_test_rmtree_entry(const char *path, const struct stat *st, int type,
+                                       struct FTW *ftw)
+{
+	(void)st;
+	(void)type;
+	(void)ftw;
+	return remove(path) == 0 ? 0 : errno;
+}
+
+/*
+ * Removes dir and everything below it, without following symbolic links, and
+ * asserts that all of it went.
+ */
+static inline void mn_test_rmtree(const char *dir)
+{
+	int rc = nftw(dir, mn_test_rmtree_entry, 16, FTW_DEPTH | FTW_PHYS);
+
+	ck_assert_msg(rc == 0, "removing %s: %s", dir, strerror(rc > 0 ? rc : errno));
+}
+
+/* Counts the entries of dir other than "." and "..". */
+static inline size_t mn_test_count_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	size_t n = 0;
+
+	ck_assert_msg(d != NULL, "opendir %s: %s", dir, strerror(errno));
+	while ((e = readdir(d)) != NULL)
+		n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+	closedir(d);
+	return n;
+}
+
+/*
+ * Creates or truncates path (mode 0644 before the umask) and writes the len
+ * bytes at data into it; len may be 0 (data may then be NULL) to make an empty
+ * file.
+ */
+static inline void mn_test_write_file(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	ck_assert_msg(fd >= 0, "open %s: %s", path, strerror(errno));
+	if (len)
+		ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
+	ck_assert_int_eq(close(fd), 0);
+}
+
+/*
+ * The shape input-hidden[0]-...-hidden[nhidden-1]-output, with the unused
+ * hidden entries zero. hidden may be NULL when nhidden is 0.
+ */
+static inline struct mn_arch mn_test_arch(size_t input, size_t nhidden, const size_t *hidden,
+                                          size_t output)
+{
+	struct mn_arch a;
+
+	ck_assert_uint_le(nhidden, MN_MAX_HIDDEN);
+	memset(&a, 0, sizeof(a));
+	a.input = input;
+	a.nhidden = nhidden;
+	for (size_t i = 0; i < nhidden; i++)
+		a.hidden[i] = hidden[i];
+	a.output = output;
+	return a;
+}
+
+/*
+ * A 64-bit linear congruential generator (Knuth's MMIX constants): test data
+ * that is the same on every run and independent of the library's own RNG,
+ * whose output is what some tests check. Seed it by setting state.
+ */
+struct mn_test_lcg {
+	uint64_t state;
+};
+
+/* Advances the generator and returns its whole new state. */
+static inline uint64_t mn_test_lcg_next(struct mn_test_lcg *g)
+{
+	g->state = g->state * 6364136223846793005ULL + 1442695040888963407ULL;
+	return g->state;
+}
+
+/* 31 well-mixed bits, from the top of the state (the low bits of an LCG are weak). */
+static inline uint32_t mn_test_lcg_u32(struct mn_test_lcg *g)
+{
+	return (uint32_t)(mn_test_lcg_next(g) >> 33);
+}
+
+/* Uniform in [0, 1), on a grid of 2^-24, so every value is exact in a float. */
+static inline float mn_test_lcg_uniform(struct mn_test_lcg *g)
+{
+	return (float)((mn_test_lcg_next(g) >> 40) * 0x1.0p-24);
+}
+
+/* Uniform in [-scale, scale). */
+static inline float mn_test_lcg_sym(struct mn_test_lcg *g, float scale)
+{
+	return (2.0f * mn_test_lcg_uniform(g) - 1.0f) * scale;
+}
+
+#endif
