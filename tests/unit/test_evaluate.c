@@ -9,36 +9,21 @@
 #include "mlp.h"
 #include "util.h"
 
-static struct mn_arch make_arch(size_t input, size_t nhidden, const size_t *hidden, size_t output)
+#include "mn_test.h"
+
+/*
+ * Uniform in [-scale, scale] on a grid of 1e-4: this file's own draw from the
+ * shared generator, kept so the fixture's numbers stay what they were.
+ */
+static float grid_sym(struct mn_test_lcg *g, float scale)
 {
-	struct mn_arch a;
-
-	memset(&a, 0, sizeof(a));
-	a.input = input;
-	a.nhidden = nhidden;
-	for (size_t i = 0; i < nhidden; i++)
-		a.hidden[i] = hidden[i];
-	a.output = output;
-	return a;
-}
-
-static uint64_t lcg_state;
-
-static uint32_t lcg_next(void)
-{
-	lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
-	return (uint32_t)(lcg_state >> 33);
-}
-
-static float lcg_sym(float scale)
-{
-	return ((float)(lcg_next() % 20001) / 10000.0f - 1.0f) * scale;
+	return ((float)(mn_test_lcg_u32(g) % 20001) / 10000.0f - 1.0f) * scale;
 }
 
 /* Identity weights on 2 inputs and 2 classes: the logits are the scaled pixels. */
 START_TEST(test_hand_computed)
 {
-	struct mn_arch a = make_arch(2, 0, NULL, 2);
+	struct mn_arch a = mn_test_arch(2, 0, NULL, 2);
 	const float params[] = {1, 0, 0, 1, 0, 0};
 	const uint8_t images[] = {255, 0, 0, 255, 255, 0, 0, 0};
 	const uint8_t labels[] = {0, 1, 1, 0};
@@ -71,9 +56,9 @@ struct fixture {
 static void fixture_init(struct fixture *f, size_t count)
 {
 	size_t h[] = {5};
+	struct mn_test_lcg g = {12345};
 
-	lcg_state = 12345;
-	f->arch = make_arch(6, 1, h, 3);
+	f->arch = mn_test_arch(6, 1, h, 3);
 	f->params = malloc(mn_arch_param_count(&f->arch) * sizeof(float));
 	f->images = malloc(count * 6);
 	f->labels = malloc(count);
@@ -81,11 +66,11 @@ static void fixture_init(struct fixture *f, size_t count)
 	ck_assert_ptr_nonnull(f->images);
 	ck_assert_ptr_nonnull(f->labels);
 	for (size_t i = 0; i < mn_arch_param_count(&f->arch); i++)
-		f->params[i] = lcg_sym(1.5f);
+		f->params[i] = grid_sym(&g, 1.5f);
 	for (size_t i = 0; i < count * 6; i++)
-		f->images[i] = (uint8_t)(lcg_next() & 0xff);
+		f->images[i] = (uint8_t)(mn_test_lcg_u32(&g) & 0xff);
 	for (size_t i = 0; i < count; i++)
-		f->labels[i] = (uint8_t)(lcg_next() % 3);
+		f->labels[i] = (uint8_t)(mn_test_lcg_u32(&g) % 3);
 	f->v = (struct mn_view){.images = f->images, .labels = f->labels, .count = count, .dim = 6};
 }
 
@@ -232,10 +217,10 @@ START_TEST(test_empty_view)
 }
 END_TEST
 
-static Suite *evaluate_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("evaluate");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_test(tc, test_hand_computed);
 	tcase_add_test(tc, test_batches_match_single_pass);
@@ -244,17 +229,5 @@ static Suite *evaluate_suite(void)
 	tcase_add_test(tc, test_label_out_of_range);
 	tcase_add_test(tc, test_cancel);
 	tcase_add_test(tc, test_empty_view);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(evaluate_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

@@ -8,37 +8,12 @@
 #include "mlp.h"
 #include "util.h"
 
-static struct mn_arch make_arch(size_t input, size_t nhidden, const size_t *hidden, size_t output)
-{
-	struct mn_arch a;
-
-	memset(&a, 0, sizeof(a));
-	a.input = input;
-	a.nhidden = nhidden;
-	for (size_t i = 0; i < nhidden; i++)
-		a.hidden[i] = hidden[i];
-	a.output = output;
-	return a;
-}
-
-/* A small deterministic generator so these tests do not depend on train.c. */
-static uint64_t lcg_state;
-
-static float lcg_uniform(void)
-{
-	lcg_state = lcg_state * 6364136223846793005ULL + 1442695040888963407ULL;
-	return (float)((lcg_state >> 40) * 0x1.0p-24); /* [0, 1) */
-}
-
-static float lcg_sym(float scale)
-{
-	return (2.0f * lcg_uniform() - 1.0f) * scale;
-}
+#include "mn_test.h"
 
 START_TEST(test_arch_layout_784_500_10)
 {
 	size_t h[] = {500};
-	struct mn_arch a = make_arch(784, 1, h, 10);
+	struct mn_arch a = mn_test_arch(784, 1, h, 10);
 	char buf[64];
 
 	ck_assert_int_eq(mn_arch_validate(&a, NULL, 0), 0);
@@ -60,8 +35,8 @@ END_TEST
 START_TEST(test_arch_layout_multi)
 {
 	size_t h[] = {4, 3};
-	struct mn_arch a = make_arch(5, 2, h, 3);
-	struct mn_arch lin = make_arch(7, 0, NULL, 2);
+	struct mn_arch a = mn_test_arch(5, 2, h, 3);
+	struct mn_arch lin = mn_test_arch(7, 0, NULL, 2);
 	char buf[64];
 
 	ck_assert_uint_eq(mn_arch_layers(&a), 3);
@@ -94,31 +69,31 @@ START_TEST(test_arch_validate)
 	char err[MN_ERRLEN];
 	struct mn_arch a;
 
-	a = make_arch(784, 1, h, 10);
+	a = mn_test_arch(784, 1, h, 10);
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), 0);
-	a = make_arch(784, MN_MAX_HIDDEN, h, 10);
+	a = mn_test_arch(784, MN_MAX_HIDDEN, h, 10);
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), 0);
-	a = make_arch(784, 0, h, 256);
+	a = mn_test_arch(784, 0, h, 256);
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), 0);
 
-	a = make_arch(0, 1, h, 10);
+	a = mn_test_arch(0, 1, h, 10);
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "input"));
-	a = make_arch(784, 1, h, 257);
+	a = mn_test_arch(784, 1, h, 257);
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "output"));
-	a = make_arch(784, 1, h, 0);
+	a = mn_test_arch(784, 1, h, 0);
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
-	a = make_arch(784, MN_MAX_HIDDEN, h, 10);
+	a = mn_test_arch(784, MN_MAX_HIDDEN, h, 10);
 	a.nhidden = MN_MAX_HIDDEN + 1;
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
-	a = make_arch(784, 2, h, 10);
+	a = mn_test_arch(784, 2, h, 10);
 	a.hidden[1] = 0;
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "hidden[1]"));
 	a.hidden[1] = MN_MAX_UNITS + 1;
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
-	a = make_arch(MN_MAX_UNITS, 1, h, 10);
+	a = mn_test_arch(MN_MAX_UNITS, 1, h, 10);
 	a.hidden[0] = MN_MAX_UNITS;
 	ck_assert_int_eq(mn_arch_validate(&a, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "parameters"));
@@ -128,18 +103,18 @@ END_TEST
 START_TEST(test_arch_equal)
 {
 	size_t h1[] = {500}, h2[] = {500, 100};
-	struct mn_arch a = make_arch(784, 1, h1, 10), b = make_arch(784, 1, h1, 10);
+	struct mn_arch a = mn_test_arch(784, 1, h1, 10), b = mn_test_arch(784, 1, h1, 10);
 
 	ck_assert(mn_arch_equal(&a, &b));
 	b.hidden[3] = 77; /* beyond nhidden: not part of the shape */
 	ck_assert(mn_arch_equal(&a, &b));
-	b = make_arch(784, 2, h2, 10);
+	b = mn_test_arch(784, 2, h2, 10);
 	ck_assert(!mn_arch_equal(&a, &b));
-	b = make_arch(784, 1, h1, 11);
+	b = mn_test_arch(784, 1, h1, 11);
 	ck_assert(!mn_arch_equal(&a, &b));
-	b = make_arch(783, 1, h1, 10);
+	b = mn_test_arch(783, 1, h1, 10);
 	ck_assert(!mn_arch_equal(&a, &b));
-	b = make_arch(784, 1, h1, 10);
+	b = mn_test_arch(784, 1, h1, 10);
 	b.hidden[0] = 499;
 	ck_assert(!mn_arch_equal(&a, &b));
 }
@@ -149,9 +124,9 @@ START_TEST(test_arch_json_roundtrip)
 {
 	size_t h1[] = {500}, h3[] = {256, 128, 100};
 	struct mn_arch archs[] = {
-	    make_arch(784, 1, h1, 10),
-	    make_arch(784, 3, h3, 10),
-	    make_arch(16, 0, NULL, 4),
+	    mn_test_arch(784, 1, h1, 10),
+	    mn_test_arch(784, 3, h3, 10),
+	    mn_test_arch(16, 0, NULL, 4),
 	};
 	const char *want[] = {
 	    "{\"input\":784,\"hidden\":[500],\"output\":10,\"activation\":\"relu\"}",
@@ -225,7 +200,7 @@ START_TEST(test_arch_json_reject)
 
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		size_t h[] = {3};
-		struct mn_arch a = make_arch(1, 1, h, 2), orig = a;
+		struct mn_arch a = mn_test_arch(1, 1, h, 2), orig = a;
 
 		err[0] = '\0';
 		ck_assert_msg(mn_arch_from_json(bad[i].json, &a, err, sizeof(err)) == -EINVAL,
@@ -241,16 +216,16 @@ START_TEST(test_arch_json_reject)
 END_TEST
 
 /* Fills params with uniform values in [-scale, scale) (biases too). */
-static void fill_params(const struct mn_arch *a, float scale, float *params)
+static void fill_params(struct mn_test_lcg *g, const struct mn_arch *a, float scale, float *params)
 {
 	for (size_t i = 0; i < mn_arch_param_count(a); i++)
-		params[i] = lcg_sym(scale);
+		params[i] = mn_test_lcg_sym(g, scale);
 }
 
 START_TEST(test_gradient_check)
 {
 	size_t h[] = {4, 3};
-	struct mn_arch a = make_arch(5, 2, h, 3);
+	struct mn_arch a = mn_test_arch(5, 2, h, 3);
 	enum { N = 4 };
 	size_t np = mn_arch_param_count(&a), nonzero = 0;
 	float *params = malloc(np * sizeof(float)), *grad = malloc(np * sizeof(float));
@@ -259,17 +234,17 @@ START_TEST(test_gradient_check)
 	struct mn_mlp *m = NULL;
 	double loss = 0.0, sum = 0.0;
 	const float eps = 1e-3f;
+	struct mn_test_lcg g = {12345};
 
 	ck_assert_ptr_nonnull(params);
 	ck_assert_ptr_nonnull(grad);
-	lcg_state = 12345;
-	fill_params(&a, 0.8f, params);
+	fill_params(&g, &a, 0.8f, params);
 	/* Positive hidden biases keep most ReLUs alive, so most gradients are checked. */
 	for (size_t l = 0; l < 2; l++)
 		for (size_t j = 0; j < h[l]; j++)
-			params[mn_arch_biases_offset(&a, l) + j] = 0.6f + lcg_sym(0.2f);
+			params[mn_arch_biases_offset(&a, l) + j] = 0.6f + mn_test_lcg_sym(&g, 0.2f);
 	for (size_t i = 0; i < N * 5; i++)
-		x[i] = lcg_sym(1.0f);
+		x[i] = mn_test_lcg_sym(&g, 1.0f);
 	ck_assert_int_eq(mn_mlp_new(&a, N, &m), 0);
 	/* grad is overwritten, whatever it held. */
 	for (size_t i = 0; i < np; i++)
@@ -307,7 +282,7 @@ START_TEST(test_gradient_check_784)
 {
 	/* The real shape with a batch that is not a multiple of any BLAS block. */
 	size_t h[] = {50};
-	struct mn_arch a = make_arch(784, 1, h, 10);
+	struct mn_arch a = mn_test_arch(784, 1, h, 10);
 	enum { N = 37 };
 	size_t np = mn_arch_param_count(&a);
 	float *params = malloc(np * sizeof(float)), *grad = malloc(np * sizeof(float));
@@ -316,12 +291,12 @@ START_TEST(test_gradient_check_784)
 	struct mn_mlp *m = NULL;
 	double loss;
 	const float eps = 1e-2f;
+	struct mn_test_lcg g = {777};
 
 	ck_assert(params && grad && x);
-	lcg_state = 777;
-	fill_params(&a, 0.1f, params);
+	fill_params(&g, &a, 0.1f, params);
 	for (size_t i = 0; i < N * 784; i++)
-		x[i] = lcg_uniform();
+		x[i] = mn_test_lcg_uniform(&g);
 	for (size_t i = 0; i < N; i++)
 		y[i] = (uint8_t)(i % 10);
 	ck_assert_int_eq(mn_mlp_new(&a, 100, &m), 0);
@@ -352,7 +327,7 @@ END_TEST
 START_TEST(test_softmax_stable)
 {
 	/* A linear model with logits around 1e4. */
-	struct mn_arch a = make_arch(3, 0, NULL, 3);
+	struct mn_arch a = mn_test_arch(3, 0, NULL, 3);
 	float params[12] = {
 	    1e4f, 0,    0, /* weights [3 x 3] */
 	    0,    1e4f, 0, /* */
@@ -386,7 +361,7 @@ END_TEST
 START_TEST(test_eval_correct_argmax)
 {
 	/* Identity weights: the logits are the inputs. */
-	struct mn_arch a = make_arch(3, 0, NULL, 3);
+	struct mn_arch a = mn_test_arch(3, 0, NULL, 3);
 	float params[12] = {1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0};
 	float x[4 * 3] = {
 	    1, 0, 0, /* -> 0 */
@@ -432,7 +407,7 @@ END_TEST
 START_TEST(test_einval)
 {
 	size_t h[] = {4};
-	struct mn_arch a = make_arch(3, 1, h, 3), bad = make_arch(0, 1, h, 3);
+	struct mn_arch a = mn_test_arch(3, 1, h, 3), bad = mn_test_arch(0, 1, h, 3);
 	size_t np = mn_arch_param_count(&a);
 	float params[64], grad[64], x[5 * 3] = {0};
 	uint8_t y[5] = {0, 1, 2, 0, 1}, ybad[5] = {0, 1, 3, 0, 1};
@@ -465,10 +440,10 @@ START_TEST(test_einval)
 }
 END_TEST
 
-static Suite *mlp_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("mlp");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_test(tc, test_arch_layout_784_500_10);
 	tcase_add_test(tc, test_arch_layout_multi);
@@ -481,17 +456,5 @@ static Suite *mlp_suite(void)
 	tcase_add_test(tc, test_softmax_stable);
 	tcase_add_test(tc, test_eval_correct_argmax);
 	tcase_add_test(tc, test_einval);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(mlp_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }
