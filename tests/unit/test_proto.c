@@ -10,6 +10,8 @@
 #include "proto.h"
 #include "util.h"
 
+#include "mn_test.h"
+
 static struct mn_framer *framer(size_t max)
 {
 	struct mn_framer *f = NULL;
@@ -399,10 +401,10 @@ START_TEST(test_keys_full)
 }
 END_TEST
 
-static Suite *proto_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("proto");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_test(tc, test_framer_lines);
 	tcase_add_test(tc, test_framer_byte_by_byte);
@@ -417,17 +419,5 @@ static Suite *proto_suite(void)
 	tcase_add_test(tc, test_status_response);
 	tcase_add_test(tc, test_other_responses);
 	tcase_add_test(tc, test_keys_full);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(proto_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

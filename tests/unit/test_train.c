@@ -8,6 +8,8 @@
 #include "train.h"
 #include "util.h"
 
+#include "mn_test.h"
+
 START_TEST(test_learning_rate)
 {
 	ck_assert_double_eq_tol(mn_learning_rate(0.8, 0.99, 550, 0), 0.8, 1e-12);
@@ -588,10 +590,10 @@ START_TEST(test_trainer_reject)
 }
 END_TEST
 
-static Suite *train_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("train");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_test(tc, test_learning_rate);
 	tcase_add_test(tc, test_ema_decay);
@@ -609,17 +611,5 @@ static Suite *train_suite(void)
 	tcase_add_test(tc, test_trainer_resume);
 	tcase_add_test(tc, test_trainer_epochs);
 	tcase_add_test(tc, test_trainer_reject);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(train_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }
