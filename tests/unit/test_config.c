@@ -1,41 +1,28 @@
 /* test_config.c - the configuration schema, strict loading, JSON, diff and reload. */
 #include <check.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "config.h"
 #include "util.h"
 
+#include "mn_test.h"
+
 #define P53 ((int64_t)1 << 53)
 
-static char tmpdir[64];
+static char tmpdir[MN_TEST_DIRLEN];
 
 static void setup(void)
 {
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/mn-test-config-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 }
 
 static void teardown(void)
 {
-	char cmd[sizeof(tmpdir) + 16];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	ck_assert_int_eq(system(cmd), 0);
-}
-
-static void write_file(const char *path, const char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-
-	ck_assert_int_ge(fd, 0);
-	ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
-	ck_assert_int_eq(close(fd), 0);
+	mn_test_rmtree(tmpdir);
 }
 
 static int parse(const char *json, struct mn_config *c, char *err)
@@ -376,7 +363,7 @@ START_TEST(test_partial_file)
 	const char *json = "{\"train\": {\"max_steps\": 5000}}\n";
 
 	snprintf(path, sizeof(path), "%s/partial.json", tmpdir);
-	write_file(path, json, strlen(json));
+	mn_test_write_file(path, json, strlen(json));
 	mn_config_defaults(&d);
 	memset(&c, 0, sizeof(c));
 	ck_assert_int_eq(mn_config_load(path, &c, err, sizeof(err)), 0);
@@ -400,7 +387,7 @@ START_TEST(test_load_failures)
 	memcpy(&before, &c, sizeof(c));
 
 	snprintf(path, sizeof(path), "%s/bad.json", tmpdir);
-	write_file(path, bad, strlen(bad));
+	mn_test_write_file(path, bad, strlen(bad));
 	ck_assert_int_eq(mn_config_load(path, &c, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, path));
 	ck_assert_ptr_nonnull(strstr(err, ": train.batch_size: must be an integer in [1, 65536], "
@@ -422,7 +409,7 @@ START_TEST(test_load_failures)
 	data[0] = '{';
 	data[big - 1] = '}';
 	snprintf(path, sizeof(path), "%s/big.json", tmpdir);
-	write_file(path, data, big);
+	mn_test_write_file(path, data, big);
 	ck_assert_int_eq(mn_config_load(path, &c, err, sizeof(err)), -EFBIG);
 	ck_assert_ptr_nonnull(strstr(err, "larger than"));
 	ck_assert_int_eq(mn_config_parse(data, big, "big", &c, err, sizeof(err)), -EFBIG);
@@ -674,10 +661,10 @@ START_TEST(test_decay_steps_and_arch)
 }
 END_TEST
 
-static Suite *config_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("config");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_defaults);
@@ -693,17 +680,5 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_apply_reloadable);
 	tcase_add_test(tc, test_reloadable);
 	tcase_add_test(tc, test_decay_steps_and_arch);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(config_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

@@ -14,27 +14,25 @@
 
 #include "log.h"
 
+#include "mn_test.h"
+
 #define TIME_RE "[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z"
 
-static char tmpdir[64];
+static char tmpdir[MN_TEST_DIRLEN];
 static char logpath[128];
 
 static void setup(void)
 {
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/mn-test-log-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	snprintf(logpath, sizeof(logpath), "%s/mnistd.log", tmpdir);
 }
 
 static void teardown(void)
 {
-	char cmd[sizeof(tmpdir) + 16];
-
 	/* Back to the state before any mn_log_open, for CK_FORK=no runs. */
 	ck_assert_int_eq(mn_log_open(NULL, MN_LOG_TEXT, MN_LOG_INFO, NULL, 0), 0);
 	mn_log_close();
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	ck_assert_int_eq(system(cmd), 0);
+	mn_test_rmtree(tmpdir);
 }
 
 /* noinline: GCC 12 inlines it and then misreports the result as dangling. */
@@ -400,10 +398,10 @@ START_TEST(test_concurrent)
 }
 END_TEST
 
-static Suite *log_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("log");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_text_format);
@@ -415,17 +413,5 @@ static Suite *log_suite(void)
 	tcase_add_test(tc, test_stderr_before_open);
 	tcase_add_test(tc, test_truncation);
 	tcase_add_test(tc, test_concurrent);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(log_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

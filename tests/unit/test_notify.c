@@ -10,13 +10,14 @@
 
 #include "notify.h"
 
-static char tmpdir[64];
+#include "mn_test.h"
+
+static char tmpdir[MN_TEST_DIRLEN];
 static char sockpath[128];
 
 static void setup(void)
 {
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/mn-test-notify-XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	snprintf(sockpath, sizeof(sockpath), "%s/notify.sock", tmpdir);
 	unsetenv("NOTIFY_SOCKET");
 	unsetenv("WATCHDOG_USEC");
@@ -25,10 +26,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-	char cmd[sizeof(tmpdir) + 16];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	ck_assert_int_eq(system(cmd), 0);
+	mn_test_rmtree(tmpdir);
 }
 
 /* A datagram socket bound at path ('@' for an abstract name), as systemd's is. */
@@ -182,10 +180,10 @@ START_TEST(test_watchdog_usec)
 }
 END_TEST
 
-static Suite *notify_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("notify");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_unset_is_silent);
@@ -195,17 +193,5 @@ static Suite *notify_suite(void)
 	tcase_add_test(tc, test_too_long_message);
 	tcase_add_test(tc, test_full_socket_does_not_block);
 	tcase_add_test(tc, test_watchdog_usec);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(notify_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }
