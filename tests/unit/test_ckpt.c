@@ -4,7 +4,6 @@
 
 #include <cJSON.h>
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -15,6 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+
+#include "mn_test.h"
 
 #define NAME "model.ckpt-3000.safetensors"
 
@@ -161,46 +162,6 @@ START_TEST(test_roundtrip_encode)
 }
 END_TEST
 
-static char *make_tmpdir(void)
-{
-	char *d = strdup("/tmp/test_ckpt.XXXXXX");
-
-	ck_assert_ptr_nonnull(d);
-	ck_assert_ptr_nonnull(mkdtemp(d));
-	return d;
-}
-
-static void rm_tmpdir(char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	char path[PATH_MAX];
-
-	ck_assert_ptr_nonnull(d);
-	while ((e = readdir(d)) != NULL) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
-		ck_assert_int_eq(unlink(path), 0);
-	}
-	closedir(d);
-	ck_assert_int_eq(rmdir(dir), 0);
-	free(dir);
-}
-
-static size_t count_entries(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	size_t n = 0;
-
-	ck_assert_ptr_nonnull(d);
-	while ((e = readdir(d)) != NULL)
-		n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
-	closedir(d);
-	return n;
-}
-
 static bool exists(const char *dir, const char *name)
 {
 	char path[PATH_MAX];
@@ -213,13 +174,14 @@ START_TEST(test_roundtrip_write)
 {
 	char err[MN_ERRLEN] = "", path[PATH_MAX];
 	struct mn_ckpt *c = NULL;
-	char *dir = make_tmpdir();
+	char dir[MN_TEST_DIRLEN];
 	uint8_t *enc, *file;
 	size_t elen, flen;
 	struct stat st;
 	mode_t old = umask(022);
 	int rc;
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	fill_sample();
 	rc = mn_ckpt_write(dir, NAME, sample, NSAMPLE, sample_meta, NMETA, err, sizeof(err));
 	ck_assert_msg(rc == 0, "%s", err);
@@ -228,7 +190,7 @@ START_TEST(test_roundtrip_write)
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert_uint_eq(st.st_mode & 0777, 0644);
 	/* No temporary left behind. */
-	ck_assert_uint_eq(count_entries(dir), 1);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 1);
 
 	rc = mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
 	ck_assert_msg(rc == 0, "%s", err);
@@ -249,7 +211,7 @@ START_TEST(test_roundtrip_write)
 	ck_assert_int_eq(mn_ckpt_read(path, 0, &c, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_null(c);
 	ck_assert_ptr_nonnull(strstr(err, "missing.safetensors"));
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -257,9 +219,10 @@ START_TEST(test_read_fd)
 {
 	char err[MN_ERRLEN] = "", path[PATH_MAX];
 	struct mn_ckpt *c = NULL;
-	char *dir = make_tmpdir();
+	char dir[MN_TEST_DIRLEN];
 	int fd, rc;
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	fill_sample();
 	ck_assert_int_eq(
 	    mn_ckpt_write(dir, NAME, sample, NSAMPLE, sample_meta, NMETA, err, sizeof(err)), 0);
@@ -271,7 +234,7 @@ START_TEST(test_read_fd)
 	ck_assert_msg(rc == 0, "%s", err);
 	assert_sample(c);
 	mn_ckpt_free(c);
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -845,12 +808,9 @@ END_TEST
 static void touch(const char *dir, const char *name)
 {
 	char path[PATH_MAX];
-	int fd;
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	ck_assert_int_ge(fd, 0);
-	close(fd);
+	mn_test_write_file(path, NULL, 0);
 }
 
 static void touch_step(const char *dir, int64_t s)
@@ -873,9 +833,10 @@ START_TEST(test_scan)
 	};
 	char err[MN_ERRLEN], path[PATH_MAX];
 	struct mn_ckpt_entry *e = NULL;
-	char *dir = make_tmpdir();
+	char dir[MN_TEST_DIRLEN];
 	size_t n = 99;
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	ck_assert_int_eq(mn_ckpt_scan(dir, "model.ckpt", &e, &n, err, sizeof(err)), 0);
 	ck_assert_uint_eq(n, 0);
 	free(e);
@@ -897,7 +858,7 @@ START_TEST(test_scan)
 	snprintf(path, sizeof(path), "%s/nope", dir);
 	ck_assert_int_eq(mn_ckpt_scan(path, "model.ckpt", &e, &n, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err, "nope"));
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -932,9 +893,10 @@ START_TEST(test_publish_retention)
 {
 	static const int64_t newest3[] = {5000, 6000, 7000};
 	char err[MN_ERRLEN] = "";
-	char *dir = make_tmpdir();
+	char dir[MN_TEST_DIRLEN];
 	int rc;
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	for (int64_t s = 1000; s <= 7000; s += 1000)
 		touch_step(dir, s);
 	touch(dir, "other-1.safetensors");
@@ -952,14 +914,14 @@ START_TEST(test_publish_retention)
 	/* Other files are not retention's business. */
 	ck_assert(exists(dir, "other-1.safetensors"));
 	ck_assert(exists(dir, ".model.ckpt-8000.safetensors.tmp"));
-	ck_assert_uint_eq(count_entries(dir), 6);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 6);
 
 	/* Publishing again is idempotent. */
 	ck_assert_int_eq(mn_ckpt_publish_index(dir, "model.ckpt", "model.ckpt-7000.safetensors", 3,
 	                                       err, sizeof(err)),
 	                 0);
 	assert_index(dir, "model.ckpt-7000.safetensors", newest3, 3);
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -967,8 +929,9 @@ START_TEST(test_publish_keep_all)
 {
 	static const int64_t all[] = {1000, 2000, 3000, 4000, 5000, 6000, 7000};
 	char err[MN_ERRLEN] = "";
-	char *dir = make_tmpdir();
+	char dir[MN_TEST_DIRLEN];
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	for (int64_t s = 1000; s <= 7000; s += 1000)
 		touch_step(dir, s);
 	ck_assert_int_eq(mn_ckpt_publish_index(dir, "model.ckpt", "model.ckpt-7000.safetensors", 0,
@@ -980,7 +943,7 @@ START_TEST(test_publish_keep_all)
 	                                       100, err, sizeof(err)),
 	                 0);
 	assert_index(dir, "model.ckpt-7000.safetensors", all, 7);
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -988,20 +951,21 @@ START_TEST(test_publish_latest_not_newest)
 {
 	static const int64_t kept[] = {2000, 6000, 7000}, only[] = {2000};
 	char err[MN_ERRLEN] = "";
-	char *dir = make_tmpdir();
+	char dir[MN_TEST_DIRLEN];
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	for (int64_t s = 1000; s <= 7000; s += 1000)
 		touch_step(dir, s);
 	ck_assert_int_eq(mn_ckpt_publish_index(dir, "model.ckpt", "model.ckpt-2000.safetensors", 3,
 	                                       err, sizeof(err)),
 	                 0);
 	assert_index(dir, "model.ckpt-2000.safetensors", kept, 3);
-	ck_assert_uint_eq(count_entries(dir), 4);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 4);
 	ck_assert_int_eq(mn_ckpt_publish_index(dir, "model.ckpt", "model.ckpt-2000.safetensors", 1,
 	                                       err, sizeof(err)),
 	                 0);
 	assert_index(dir, "model.ckpt-2000.safetensors", only, 1);
-	ck_assert_uint_eq(count_entries(dir), 2);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 2);
 
 	/* An index never names a file that is not there, nor a path. */
 	ck_assert_int_eq(mn_ckpt_publish_index(dir, "model.ckpt", "model.ckpt-9000.safetensors", 3,
@@ -1011,7 +975,7 @@ START_TEST(test_publish_latest_not_newest)
 	                                       3, err, sizeof(err)),
 	                 -EINVAL);
 	assert_index(dir, "model.ckpt-2000.safetensors", only, 1);
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
@@ -1042,8 +1006,9 @@ START_TEST(test_index_latest)
 	    "{\"latest\": \"a\"} trailing",
 	};
 	char err[MN_ERRLEN], got[MN_CKPT_MAX_NAME], tiny[4];
-	char *dir = make_tmpdir(), *big;
+	char dir[MN_TEST_DIRLEN], *big;
 
+	mn_test_tmpdir(dir, sizeof(dir));
 	ck_assert_int_eq(mn_ckpt_index_latest(dir, got, sizeof(got), err, sizeof(err)), -ENOENT);
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		write_index_text(dir, bad[i], strlen(bad[i]));
@@ -1070,14 +1035,14 @@ START_TEST(test_index_latest)
 	ck_assert_str_eq(got, "model.ckpt-5.safetensors");
 	ck_assert_int_eq(mn_ckpt_index_latest(dir, tiny, sizeof(tiny), err, sizeof(err)),
 	                 -ENAMETOOLONG);
-	rm_tmpdir(dir);
+	mn_test_rmtree(dir);
 }
 END_TEST
 
-static Suite *ckpt_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("ckpt");
-	TCase *tc = tcase_create("format");
+	TCase *tc = mn_test_tcase(s, "format");
 
 	tcase_add_test(tc, test_roundtrip_encode);
 	tcase_add_test(tc, test_roundtrip_write);
@@ -1086,35 +1051,21 @@ static Suite *ckpt_suite(void)
 	tcase_add_test(tc, test_alignment);
 	tcase_add_test(tc, test_dtypes);
 	tcase_add_test(tc, test_shape_format);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("reject");
+	tc = mn_test_tcase(s, "reject");
 	tcase_add_test(tc, test_truncate_every_length);
 	tcase_add_test(tc, test_flip_every_byte);
 	tcase_add_test(tc, test_bad_headers);
 	tcase_add_test(tc, test_checksum_and_require);
 	tcase_add_test(tc, test_encode_rejects);
 	tcase_add_test(tc, test_copy);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("directory");
+	tc = mn_test_tcase(s, "directory");
 	tcase_add_test(tc, test_filename);
 	tcase_add_test(tc, test_scan);
 	tcase_add_test(tc, test_publish_retention);
 	tcase_add_test(tc, test_publish_keep_all);
 	tcase_add_test(tc, test_publish_latest_not_newest);
 	tcase_add_test(tc, test_index_latest);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(ckpt_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }

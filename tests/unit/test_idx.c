@@ -3,7 +3,6 @@
 #include "util.h"
 
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
@@ -13,6 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+
+#include "mn_test.h"
 
 #define IMG_NAME "train-images-idx3-ubyte"
 #define LAB_NAME "train-labels-idx1-ubyte"
@@ -29,27 +30,13 @@ struct blob {
 
 static void setup(void)
 {
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_idx.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	err[0] = '\0';
 }
 
 static void teardown(void)
 {
-	DIR *d = opendir(tmpdir);
-	struct dirent *e;
-	char path[PATH_MAX + 256];
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", tmpdir, e->d_name);
-		unlink(path);
-	}
-	closedir(d);
-	rmdir(tmpdir);
+	mn_test_rmtree(tmpdir);
 }
 
 /* A path inside the test's temporary directory (one of a few rotating buffers). */
@@ -122,16 +109,6 @@ static struct blob make_labels(size_t count)
 	return b;
 }
 
-static void write_plain(const char *path, const void *data, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-
-	ck_assert_ptr_nonnull(f);
-	if (len)
-		ck_assert_uint_eq(fwrite(data, 1, len, f), len);
-	ck_assert_int_eq(fclose(f), 0);
-}
-
 static void write_gz(const char *path, const void *data, size_t len)
 {
 	gzFile gz = gzopen(path, "wb");
@@ -147,7 +124,7 @@ static void write_file(const char *path, struct blob b, int gz)
 	if (gz)
 		write_gz(path, b.p, b.len);
 	else
-		write_plain(path, b.p, b.len);
+		mn_test_write_file(path, b.p, b.len);
 }
 
 static struct blob read_whole(const char *path)
@@ -658,7 +635,7 @@ START_TEST(test_parse_huge_sizes)
 
 		expect_parse_fail(b, cases[i].kind, cases[i].msg);
 		/* The same header on disk is refused before anything is allocated for it. */
-		write_plain(tpath(cases[i].kind == 3 ? IMG_NAME : LAB_NAME), b.p, b.len);
+		mn_test_write_file(tpath(cases[i].kind == 3 ? IMG_NAME : LAB_NAME), b.p, b.len);
 		if (cases[i].kind == 3) {
 			expect_load_fail(tpath(IMG_NAME), tpath(LAB_NAME), -EINVAL, "too large");
 			ck_assert_ptr_nonnull(strstr(err, IMG_NAME ": too large"));
@@ -731,7 +708,7 @@ static void check_file_prefixes(const char *name, const struct blob full, int im
 	/* tpath() buffers rotate, so keep our own copy across the loop. */
 	snprintf(path, sizeof(path), "%s", name);
 	for (size_t len = 0; len < full.len; len++) {
-		write_plain(path, full.p, len);
+		mn_test_write_file(path, full.p, len);
 		if (images)
 			expect_load_fail(path, tpath(LAB_NAME), -EINVAL, NULL);
 		else
@@ -750,7 +727,7 @@ START_TEST(test_file_truncated_every_prefix_plain)
 	write_file(tpath(LAB_NAME), lab, 0);
 	check_file_prefixes(tpath(IMG_NAME), img, 1);
 
-	write_plain(tpath(IMG_NAME), img.p, 16 + 100);
+	mn_test_write_file(tpath(IMG_NAME), img.p, 16 + 100);
 	expect_load_fail(tpath(IMG_NAME), tpath(LAB_NAME), -EINVAL, NULL);
 	ck_assert_str_eq(strstr(err, IMG_NAME ":"),
 	                 IMG_NAME ": truncated: header promises 640 bytes of images, file has 100");
@@ -866,14 +843,14 @@ START_TEST(test_file_corrupt_gzip)
 
 	/* Wrong CRC in the trailer. */
 	gz.p[gz.len - 6] ^= 0x55;
-	write_plain(tpath(IMG_NAME ".gz"), gz.p, gz.len);
+	mn_test_write_file(tpath(IMG_NAME ".gz"), gz.p, gz.len);
 	expect_load_fail(tpath(IMG_NAME ".gz"), tpath(LAB_NAME), -EINVAL,
 	                 "corrupt compressed data");
 	gz.p[gz.len - 6] ^= 0x55;
 
 	/* Wrong length in the trailer. */
 	gz.p[gz.len - 2] ^= 0x01;
-	write_plain(tpath(IMG_NAME ".gz"), gz.p, gz.len);
+	mn_test_write_file(tpath(IMG_NAME ".gz"), gz.p, gz.len);
 	expect_load_fail(tpath(IMG_NAME ".gz"), tpath(LAB_NAME), -EINVAL,
 	                 "corrupt compressed data");
 	gz.p[gz.len - 2] ^= 0x01;
@@ -881,7 +858,7 @@ START_TEST(test_file_corrupt_gzip)
 	/* Damage in the deflate stream: however zlib sees it, it is refused. */
 	for (size_t off = 10; off < gz.len - 8; off += 7) {
 		gz.p[off] ^= 0xa5;
-		write_plain(tpath(IMG_NAME ".gz"), gz.p, gz.len);
+		mn_test_write_file(tpath(IMG_NAME ".gz"), gz.p, gz.len);
 		expect_load_fail(tpath(IMG_NAME ".gz"), tpath(LAB_NAME), -EINVAL, IMG_NAME ".gz: ");
 		gz.p[off] ^= 0xa5;
 	}
@@ -890,7 +867,7 @@ START_TEST(test_file_corrupt_gzip)
 	{
 		struct mn_dataset *ds = NULL;
 
-		write_plain(tpath(IMG_NAME ".gz"), gz.p, gz.len);
+		mn_test_write_file(tpath(IMG_NAME ".gz"), gz.p, gz.len);
 		ck_assert_int_eq(
 		    mn_dataset_load(tpath(IMG_NAME ".gz"), tpath(LAB_NAME), &ds, err, sizeof(err)),
 		    0);
@@ -914,7 +891,7 @@ END_TEST
 START_TEST(test_file_empty_and_directory)
 {
 	write_set("train", 4, 8, 8, 0, 0);
-	write_plain(tpath("empty"), "", 0);
+	mn_test_write_file(tpath("empty"), "", 0);
 	expect_load_fail(tpath("empty"), tpath(LAB_NAME), -EINVAL, "file has 0");
 	ck_assert_int_eq(mkdir(tpath("adir"), 0700), 0);
 	expect_load_fail(tpath("adir"), tpath(LAB_NAME), -EIO, tpath("adir"));
@@ -977,7 +954,7 @@ START_TEST(test_load_images_rejects)
 	ck_assert_int_eq(mn_dataset_load_images(tpath("lab"), &ds, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "ndim is 1, expected 3"));
 	/* A truncated image file. */
-	write_plain(tpath("short"), img.p, img.len - 1);
+	mn_test_write_file(tpath("short"), img.p, img.len - 1);
 	ck_assert_int_eq(mn_dataset_load_images(tpath("short"), &ds, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "truncated"));
 	ck_assert_int_eq(mn_dataset_load_images(NULL, &ds, err, sizeof(err)), -EINVAL);
@@ -1042,7 +1019,7 @@ START_TEST(test_load_dir_bad_gz_no_fallback)
 
 	/* A damaged .gz must be reported, not silently replaced by the plain file. */
 	write_set("train", 5, 8, 8, 0, 0);
-	write_plain(tpath(IMG_NAME ".gz"), "\x1f\x8b\x08", 3);
+	mn_test_write_file(tpath(IMG_NAME ".gz"), "\x1f\x8b\x08", 3);
 	ck_assert_int_eq(mn_dataset_load_dir(tmpdir, "train", &ds, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_null(ds);
 	ck_assert_ptr_nonnull(strstr(err, IMG_NAME ".gz: truncated"));
@@ -1101,34 +1078,31 @@ START_TEST(test_real_fashion_mnist)
 }
 END_TEST
 
-static Suite *idx_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("idx");
 	TCase *tc;
 
-	tc = tcase_create("load");
+	tc = mn_test_tcase(s, "load");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_load_plain_8x8);
 	tcase_add_test(tc, test_load_gzip_28x28);
 	tcase_add_test(tc, test_load_rectangular);
 	tcase_add_test(tc, test_null_dataset);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("batch");
+	tc = mn_test_tcase(s, "batch");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_gather_exact_values);
 	tcase_add_test(tc, test_range_exact_values);
 	tcase_add_test(tc, test_all_pixels_scale);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("split");
+	tc = mn_test_tcase(s, "split");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_split_sizes);
 	tcase_add_test(tc, test_split_views_batch);
 	tcase_add_test(tc, test_split_rejects_too_big);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("parse");
+	tc = mn_test_tcase(s, "parse");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_parse_valid);
 	tcase_add_test(tc, test_parse_bad_magic);
@@ -1140,9 +1114,8 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, test_parse_at_limit_is_not_too_large);
 	tcase_add_test(tc, test_parse_truncated_every_prefix);
 	tcase_add_test(tc, test_parse_trailing);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("reject");
+	tc = mn_test_tcase(s, "reject");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_file_truncated_every_prefix_plain);
@@ -1156,9 +1129,8 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, test_file_empty_and_directory);
 	tcase_add_test(tc, test_load_images_only);
 	tcase_add_test(tc, test_load_images_rejects);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("load_dir");
+	tc = mn_test_tcase(s, "load_dir");
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_load_dir_gz);
 	tcase_add_test(tc, test_load_dir_plain);
@@ -1166,23 +1138,10 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, test_load_dir_prefers_gz);
 	tcase_add_test(tc, test_load_dir_bad_gz_no_fallback);
 	tcase_add_test(tc, test_load_dir_missing);
-	suite_add_tcase(s, tc);
 
-	tc = tcase_create("real");
+	tc = mn_test_tcase(s, "real");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_real_fashion_mnist);
-	suite_add_tcase(s, tc);
 
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(idx_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return mn_test_run(s);
 }

@@ -1,6 +1,5 @@
 /* test_model.c - tensor names, architecture checks, loading, save/restore, freezing, warm start. */
 #include <check.h>
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -13,6 +12,8 @@
 #include "model.h"
 #include "train.h"
 #include "util.h"
+
+#include "mn_test.h"
 
 #define N_EX   60
 #define IN_DIM 16
@@ -38,27 +39,13 @@ static void setup(void)
 		for (size_t j = 0; j < IN_DIM; j++)
 			images[i * IN_DIM + j] = (uint8_t)((labels[i] * 61 + j * 17 + i) & 0xff);
 	}
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_model.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	err[0] = '\0';
 }
 
 static void teardown(void)
 {
-	DIR *d = opendir(tmpdir);
-	struct dirent *e;
-	char path[PATH_MAX + 256];
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", tmpdir, e->d_name);
-		unlink(path);
-	}
-	closedir(d);
-	rmdir(tmpdir);
+	mn_test_rmtree(tmpdir);
 }
 
 static const char *tpath(const char *name)
@@ -485,10 +472,10 @@ START_TEST(test_warm_start_errors)
 }
 END_TEST
 
-static Suite *model_suite(void)
+int main(void)
 {
 	Suite *s = suite_create("model");
-	TCase *tc = tcase_create("core");
+	TCase *tc = mn_test_tcase(s, "core");
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_tensor_names);
@@ -499,17 +486,5 @@ static Suite *model_suite(void)
 	tcase_add_test(tc, test_warm_start_mapped);
 	tcase_add_test(tc, test_warm_start_identity);
 	tcase_add_test(tc, test_warm_start_errors);
-	suite_add_tcase(s, tc);
-	return s;
-}
-
-int main(void)
-{
-	SRunner *sr = srunner_create(model_suite());
-	int failed;
-
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mn_test_run(s);
 }
