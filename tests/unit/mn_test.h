@@ -43,16 +43,35 @@ static inline int mn_test_run(Suite *s)
 
 /*
  * Creates a test case called name, appends it to s and returns it. Test cases
- * run in the order they were appended, and tests added to the returned case
- * afterwards belong to it as usual.
+ * run in the order they were appended. When setup or teardown is not NULL it
+ * becomes the case's checked fixture: run around every test, in the test's
+ * own process.
  */
-static inline TCase *mn_test_tcase(Suite *s, const char *name)
+static inline TCase *mn_test_tcase(Suite *s, const char *name, void (*setup)(void),
+                                   void (*teardown)(void))
 {
 	TCase *tc = tcase_create(name);
 
+	if (setup || teardown)
+		tcase_add_checked_fixture(tc, setup, teardown);
 	suite_add_tcase(s, tc);
 	return tc;
 }
+
+/* Adds the n tests at tests to tc, in order. MN_TEST_ADD is the way to call it. */
+static inline void mn_test_add(TCase *tc, const TTest *const *tests, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		tcase_add_test(tc, tests[i]);
+}
+
+/*
+ * Adds the tests named after tc (the names given to START_TEST) to tc, in
+ * order: MN_TEST_ADD(tc, test_one, test_two). tc is evaluated once.
+ */
+#define MN_TEST_ADD(tc, ...)                                                                       \
+	mn_test_add((tc), (const TTest *const[]){__VA_ARGS__},                                     \
+	            sizeof((const TTest *const[]){__VA_ARGS__}) / sizeof(const TTest *))
 
 /* Room for any directory name mn_test_tmpdir makes (kept short for socket paths). */
 #define MN_TEST_DIRLEN 64

@@ -1042,30 +1042,15 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("ckpt");
-	TCase *tc = mn_test_tcase(s, "format");
 
-	tcase_add_test(tc, test_roundtrip_encode);
-	tcase_add_test(tc, test_roundtrip_write);
-	tcase_add_test(tc, test_read_fd);
-	tcase_add_test(tc, test_layout);
-	tcase_add_test(tc, test_alignment);
-	tcase_add_test(tc, test_dtypes);
-	tcase_add_test(tc, test_shape_format);
-
-	tc = mn_test_tcase(s, "reject");
-	tcase_add_test(tc, test_truncate_every_length);
-	tcase_add_test(tc, test_flip_every_byte);
-	tcase_add_test(tc, test_bad_headers);
-	tcase_add_test(tc, test_checksum_and_require);
-	tcase_add_test(tc, test_encode_rejects);
-	tcase_add_test(tc, test_copy);
-
-	tc = mn_test_tcase(s, "directory");
-	tcase_add_test(tc, test_filename);
-	tcase_add_test(tc, test_scan);
-	tcase_add_test(tc, test_publish_retention);
-	tcase_add_test(tc, test_publish_keep_all);
-	tcase_add_test(tc, test_publish_latest_not_newest);
-	tcase_add_test(tc, test_index_latest);
+	MN_TEST_ADD(mn_test_tcase(s, "format", NULL, NULL), test_roundtrip_encode,
+	            test_roundtrip_write, test_read_fd, test_layout, test_alignment, test_dtypes,
+	            test_shape_format);
+	MN_TEST_ADD(mn_test_tcase(s, "reject", NULL, NULL), test_truncate_every_length,
+	            test_flip_every_byte, test_bad_headers, test_checksum_and_require,
+	            test_encode_rejects, test_copy);
+	MN_TEST_ADD(mn_test_tcase(s, "directory", NULL, NULL), test_filename, test_scan,
+	            test_publish_retention, test_publish_keep_all, test_publish_latest_not_newest,
+	            test_index_latest);
 	return mn_test_run(s);
 }

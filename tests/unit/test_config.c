@@ -664,21 +664,12 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("config");
-	TCase *tc = mn_test_tcase(s, "core");
+	TCase *tc = mn_test_tcase(s, "core", setup, teardown);
 
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_defaults);
-	tcase_add_test(tc, test_shipped_file);
+	MN_TEST_ADD(tc, test_defaults, test_shipped_file);
 	tcase_add_loop_test(tc, test_errors, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
-	tcase_add_test(tc, test_string_lengths);
-	tcase_add_test(tc, test_init_from_limits);
-	tcase_add_test(tc, test_values);
-	tcase_add_test(tc, test_partial_file);
-	tcase_add_test(tc, test_load_failures);
-	tcase_add_test(tc, test_json_round_trip);
-	tcase_add_test(tc, test_diff);
-	tcase_add_test(tc, test_apply_reloadable);
-	tcase_add_test(tc, test_reloadable);
-	tcase_add_test(tc, test_decay_steps_and_arch);
+	MN_TEST_ADD(tc, test_string_lengths, test_init_from_limits, test_values, test_partial_file,
+	            test_load_failures, test_json_round_trip, test_diff, test_apply_reloadable,
+	            test_reloadable, test_decay_steps_and_arch);
 	return mn_test_run(s);
 }

@@ -220,14 +220,10 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("evaluate");
-	TCase *tc = mn_test_tcase(s, "core");
 
-	tcase_add_test(tc, test_hand_computed);
-	tcase_add_test(tc, test_batches_match_single_pass);
-	tcase_add_test(tc, test_unlabelled_predicts_only);
-	tcase_add_test(tc, test_input_size_mismatch);
-	tcase_add_test(tc, test_label_out_of_range);
-	tcase_add_test(tc, test_cancel);
-	tcase_add_test(tc, test_empty_view);
+	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_hand_computed,
+	            test_batches_match_single_pass, test_unlabelled_predicts_only,
+	            test_input_size_mismatch, test_label_out_of_range, test_cancel,
+	            test_empty_view);
 	return mn_test_run(s);
 }

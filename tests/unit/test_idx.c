@@ -1083,65 +1083,29 @@ int main(void)
 	Suite *s = suite_create("idx");
 	TCase *tc;
 
-	tc = mn_test_tcase(s, "load");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_load_plain_8x8);
-	tcase_add_test(tc, test_load_gzip_28x28);
-	tcase_add_test(tc, test_load_rectangular);
-	tcase_add_test(tc, test_null_dataset);
-
-	tc = mn_test_tcase(s, "batch");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_gather_exact_values);
-	tcase_add_test(tc, test_range_exact_values);
-	tcase_add_test(tc, test_all_pixels_scale);
-
-	tc = mn_test_tcase(s, "split");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_split_sizes);
-	tcase_add_test(tc, test_split_views_batch);
-	tcase_add_test(tc, test_split_rejects_too_big);
-
-	tc = mn_test_tcase(s, "parse");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_parse_valid);
-	tcase_add_test(tc, test_parse_bad_magic);
-	tcase_add_test(tc, test_parse_bad_type);
-	tcase_add_test(tc, test_parse_bad_ndim);
-	tcase_add_test(tc, test_parse_bad_kind);
-	tcase_add_test(tc, test_parse_zero_sizes);
-	tcase_add_test(tc, test_parse_huge_sizes);
-	tcase_add_test(tc, test_parse_at_limit_is_not_too_large);
-	tcase_add_test(tc, test_parse_truncated_every_prefix);
-	tcase_add_test(tc, test_parse_trailing);
-
-	tc = mn_test_tcase(s, "reject");
-	tcase_add_checked_fixture(tc, setup, teardown);
+	MN_TEST_ADD(mn_test_tcase(s, "load", setup, teardown), test_load_plain_8x8,
+	            test_load_gzip_28x28, test_load_rectangular, test_null_dataset);
+	MN_TEST_ADD(mn_test_tcase(s, "batch", setup, teardown), test_gather_exact_values,
+	            test_range_exact_values, test_all_pixels_scale);
+	MN_TEST_ADD(mn_test_tcase(s, "split", setup, teardown), test_split_sizes,
+	            test_split_views_batch, test_split_rejects_too_big);
+	MN_TEST_ADD(mn_test_tcase(s, "parse", setup, teardown), test_parse_valid,
+	            test_parse_bad_magic, test_parse_bad_type, test_parse_bad_ndim,
+	            test_parse_bad_kind, test_parse_zero_sizes, test_parse_huge_sizes,
+	            test_parse_at_limit_is_not_too_large, test_parse_truncated_every_prefix,
+	            test_parse_trailing);
+	tc = mn_test_tcase(s, "reject", setup, teardown);
 	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, test_file_truncated_every_prefix_plain);
-	tcase_add_test(tc, test_file_truncated_every_prefix_gzip);
-	tcase_add_test(tc, test_file_trailing);
-	tcase_add_test(tc, test_file_bad_headers);
-	tcase_add_test(tc, test_file_swapped);
-	tcase_add_test(tc, test_file_count_mismatch);
-	tcase_add_test(tc, test_file_corrupt_gzip);
-	tcase_add_test(tc, test_file_nonexistent);
-	tcase_add_test(tc, test_file_empty_and_directory);
-	tcase_add_test(tc, test_load_images_only);
-	tcase_add_test(tc, test_load_images_rejects);
-
-	tc = mn_test_tcase(s, "load_dir");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_load_dir_gz);
-	tcase_add_test(tc, test_load_dir_plain);
-	tcase_add_test(tc, test_load_dir_mixed);
-	tcase_add_test(tc, test_load_dir_prefers_gz);
-	tcase_add_test(tc, test_load_dir_bad_gz_no_fallback);
-	tcase_add_test(tc, test_load_dir_missing);
-
-	tc = mn_test_tcase(s, "real");
+	MN_TEST_ADD(tc, test_file_truncated_every_prefix_plain,
+	            test_file_truncated_every_prefix_gzip, test_file_trailing,
+	            test_file_bad_headers, test_file_swapped, test_file_count_mismatch,
+	            test_file_corrupt_gzip, test_file_nonexistent, test_file_empty_and_directory,
+	            test_load_images_only, test_load_images_rejects);
+	MN_TEST_ADD(mn_test_tcase(s, "load_dir", setup, teardown), test_load_dir_gz,
+	            test_load_dir_plain, test_load_dir_mixed, test_load_dir_prefers_gz,
+	            test_load_dir_bad_gz_no_fallback, test_load_dir_missing);
+	tc = mn_test_tcase(s, "real", NULL, NULL);
 	tcase_set_timeout(tc, 120);
-	tcase_add_test(tc, test_real_fashion_mnist);
-
+	MN_TEST_ADD(tc, test_real_fashion_mnist);
 	return mn_test_run(s);
 }

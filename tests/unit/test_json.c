@@ -70,10 +70,8 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("json");
-	TCase *tc = mn_test_tcase(s, "json");
 
-	tcase_add_test(tc, integers_are_exact);
-	tcase_add_test(tc, doubles_round_trip);
-	tcase_add_test(tc, add_frees_on_failure);
+	MN_TEST_ADD(mn_test_tcase(s, "json", NULL, NULL), integers_are_exact, doubles_round_trip,
+	            add_frees_on_failure);
 	return mn_test_run(s);
 }

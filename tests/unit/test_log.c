@@ -401,17 +401,9 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("log");
-	TCase *tc = mn_test_tcase(s, "core");
 
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_text_format);
-	tcase_add_test(tc, test_json_format);
-	tcase_add_test(tc, test_levels);
-	tcase_add_test(tc, test_open_errors);
-	tcase_add_test(tc, test_file_mode);
-	tcase_add_test(tc, test_reopen);
-	tcase_add_test(tc, test_stderr_before_open);
-	tcase_add_test(tc, test_truncation);
-	tcase_add_test(tc, test_concurrent);
+	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_text_format, test_json_format,
+	            test_levels, test_open_errors, test_file_mode, test_reopen,
+	            test_stderr_before_open, test_truncation, test_concurrent);
 	return mn_test_run(s);
 }

@@ -443,18 +443,11 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("mlp");
-	TCase *tc = mn_test_tcase(s, "core");
 
-	tcase_add_test(tc, test_arch_layout_784_500_10);
-	tcase_add_test(tc, test_arch_layout_multi);
-	tcase_add_test(tc, test_arch_validate);
-	tcase_add_test(tc, test_arch_equal);
-	tcase_add_test(tc, test_arch_json_roundtrip);
-	tcase_add_test(tc, test_arch_json_reject);
-	tcase_add_test(tc, test_gradient_check);
-	tcase_add_test(tc, test_gradient_check_784);
-	tcase_add_test(tc, test_softmax_stable);
-	tcase_add_test(tc, test_eval_correct_argmax);
-	tcase_add_test(tc, test_einval);
+	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_arch_layout_784_500_10,
+	            test_arch_layout_multi, test_arch_validate, test_arch_equal,
+	            test_arch_json_roundtrip, test_arch_json_reject, test_gradient_check,
+	            test_gradient_check_784, test_softmax_stable, test_eval_correct_argmax,
+	            test_einval);
 	return mn_test_run(s);
 }

@@ -475,16 +475,9 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("model");
-	TCase *tc = mn_test_tcase(s, "core");
 
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_tensor_names);
-	tcase_add_test(tc, test_arch_check);
-	tcase_add_test(tc, test_load_params_ema_raw);
-	tcase_add_test(tc, test_save_restore_round_trip);
-	tcase_add_test(tc, test_frozen);
-	tcase_add_test(tc, test_warm_start_mapped);
-	tcase_add_test(tc, test_warm_start_identity);
-	tcase_add_test(tc, test_warm_start_errors);
+	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_tensor_names, test_arch_check,
+	            test_load_params_ema_raw, test_save_restore_round_trip, test_frozen,
+	            test_warm_start_mapped, test_warm_start_identity, test_warm_start_errors);
 	return mn_test_run(s);
 }

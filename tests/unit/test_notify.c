@@ -183,15 +183,9 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("notify");
-	TCase *tc = mn_test_tcase(s, "core");
 
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, test_unset_is_silent);
-	tcase_add_test(tc, test_path_socket);
-	tcase_add_test(tc, test_abstract_socket);
-	tcase_add_test(tc, test_bad_addresses);
-	tcase_add_test(tc, test_too_long_message);
-	tcase_add_test(tc, test_full_socket_does_not_block);
-	tcase_add_test(tc, test_watchdog_usec);
+	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_unset_is_silent,
+	            test_path_socket, test_abstract_socket, test_bad_addresses,
+	            test_too_long_message, test_full_socket_does_not_block, test_watchdog_usec);
 	return mn_test_run(s);
 }

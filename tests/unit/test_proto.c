@@ -404,20 +404,14 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("proto");
-	TCase *tc = mn_test_tcase(s, "core");
+	TCase *tc = mn_test_tcase(s, "core", NULL, NULL);
 
-	tcase_add_test(tc, test_framer_lines);
-	tcase_add_test(tc, test_framer_byte_by_byte);
-	tcase_add_test(tc, test_framer_limit);
-	tcase_add_test(tc, test_framer_binary);
-	tcase_add_test(tc, test_parse_commands);
+	MN_TEST_ADD(tc, test_framer_lines, test_framer_byte_by_byte, test_framer_limit,
+	            test_framer_binary, test_parse_commands);
 	tcase_add_loop_test(tc, test_parse_errors, 0,
 	                    (int)(sizeof(bad_requests) / sizeof(bad_requests[0])));
-	tcase_add_test(tc, test_parse_reads_exactly_len_bytes);
-	tcase_add_test(tc, test_parse_deep_nesting);
-	tcase_add_test(tc, test_error_response);
-	tcase_add_test(tc, test_status_response);
-	tcase_add_test(tc, test_other_responses);
-	tcase_add_test(tc, test_keys_full);
+	MN_TEST_ADD(tc, test_parse_reads_exactly_len_bytes, test_parse_deep_nesting,
+	            test_error_response, test_status_response, test_other_responses,
+	            test_keys_full);
 	return mn_test_run(s);
 }

@@ -593,23 +593,11 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("train");
-	TCase *tc = mn_test_tcase(s, "core");
 
-	tcase_add_test(tc, test_learning_rate);
-	tcase_add_test(tc, test_ema_decay);
-	tcase_add_test(tc, test_ema_update);
-	tcase_add_test(tc, test_sgd_update);
-	tcase_add_test(tc, test_rng_known_answer);
-	tcase_add_test(tc, test_rng_determinism);
-	tcase_add_test(tc, test_rng_below);
-	tcase_add_test(tc, test_rng_shuffle);
-	tcase_add_test(tc, test_truncated_normal);
-	tcase_add_test(tc, test_params_init);
-	tcase_add_test(tc, test_trainer_learns);
-	tcase_add_test(tc, test_trainer_first_step_exact);
-	tcase_add_test(tc, test_trainer_determinism);
-	tcase_add_test(tc, test_trainer_resume);
-	tcase_add_test(tc, test_trainer_epochs);
-	tcase_add_test(tc, test_trainer_reject);
+	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_learning_rate, test_ema_decay,
+	            test_ema_update, test_sgd_update, test_rng_known_answer, test_rng_determinism,
+	            test_rng_below, test_rng_shuffle, test_truncated_normal, test_params_init,
+	            test_trainer_learns, test_trainer_first_step_exact, test_trainer_determinism,
+	            test_trainer_resume, test_trainer_epochs, test_trainer_reject);
 	return mn_test_run(s);
 }

@@ -170,15 +170,10 @@ END_TEST
 int main(void)
 {
 	Suite *s = suite_create("util");
-	TCase *tc = mn_test_tcase(s, "util");
 
-	tcase_add_test(tc, errf_and_prefix);
-	tcase_add_test(tc, rfc3339_format);
-	tcase_add_test(tc, write_atomic_publishes_complete_file);
-	tcase_add_test(tc, write_atomic_failure_leaves_nothing);
-	tcase_add_test(tc, stale_temps_removed);
-	tcase_add_test(tc, mkdir_p_creates_parents);
-	tcase_add_test(tc, read_file_bounds);
-	tcase_add_test(tc, basename_of_paths);
+	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
+	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
+	            stale_temps_removed, mkdir_p_creates_parents, read_file_bounds,
+	            basename_of_paths);
 	return mn_test_run(s);
 }
