@@ -183,7 +183,7 @@ static int roundtrip(const struct call *call, char **answer)
 	struct timeval tv = {.tv_sec = call->timeout_s};
 	char req[64], *buf = NULL;
 	size_t len = 0, cap = 0;
-	int fd = -1, rc = CTL_EXIT_UNREACHABLE, n;
+	int fd = -1, rc = CTL_EXIT_UNREACHABLE, n, send_errno = 0;
 	const char *name = call->ci->name;
 
 	if (strlen(call->path) >= sizeof(sa.sun_path)) {
@@ -211,11 +211,12 @@ static int roundtrip(const struct call *call, char **answer)
 		goto out;
 	}
 	n = snprintf(req, sizeof(req), "{\"cmd\":\"%s\"}\n", name);
-	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
-		fprintf(stderr, "mnistctl %s: cannot send to %s: %s\n", name, call->path,
-		        strerror(errno));
-		goto out;
-	}
+	/*
+	 * A daemon that refuses the connection (too many clients) answers and
+	 * closes at once, so the send may fail while its answer waits unread.
+	 */
+	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+		send_errno = errno;
 	for (;;) {
 		ssize_t got;
 		char *nl;
@@ -242,6 +243,8 @@ static int roundtrip(const struct call *call, char **answer)
 		got = recv(fd, buf + len, cap - len - 1, 0);
 		if (got < 0 && errno == EINTR)
 			continue;
+		if (got < 0 && send_errno && errno == ECONNRESET)
+			got = 0;
 		if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			fprintf(stderr, "mnistctl %s: no answer from %s within %ld s\n", name,
 			        call->path, call->timeout_s);
@@ -250,6 +253,11 @@ static int roundtrip(const struct call *call, char **answer)
 		if (got < 0) {
 			fprintf(stderr, "mnistctl %s: reading from %s: %s\n", name, call->path,
 			        strerror(errno));
+			goto out;
+		}
+		if (got <= 0 && send_errno) {
+			fprintf(stderr, "mnistctl %s: cannot send to %s: %s\n", name, call->path,
+			        strerror(send_errno));
 			goto out;
 		}
 		if (got == 0) {
