@@ -62,11 +62,65 @@ static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool em
 	return 0;
 }
 
+/* Checks one set of layer tensors (raw or EMA) by copying each into scratch. */
+static int check_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool ema, void *scratch,
+                        char *err, size_t errlen)
+{
+	for (size_t l = 0; l < mn_arch_layers(a); l++) {
+		for (int b = 0; b < 2; b++) {
+			char name[NAME_LEN];
+			uint64_t shape[2];
+			size_t ndim = layer_shape(a, l, b, shape);
+			int rc;
+
+			mn_model_tensor_name(l, b, ema, name, sizeof(name));
+			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape, scratch, err, errlen);
+			if (rc < 0)
+				return rc;
+		}
+	}
+	return 0;
+}
+
+/*
+ * A "layer<k>/..." tensor beyond the architecture's layers means the
+ * metadata describes a different network than the file holds (a
+ * 64-32-16-10 model labelled 64-32-16 passes every other check).
+ */
+static int check_no_extra_layers(const struct mn_ckpt *c, const struct mn_arch *a, char *err,
+                                 size_t errlen)
+{
+	size_t layers = mn_arch_layers(a);
+	char arch_s[128];
+
+	for (size_t i = 0; i < mn_ckpt_count(c); i++) {
+		const char *n = mn_ckpt_tensor(c, i)->name, *p = n + 5;
+		unsigned long long k = 0;
+
+		if (strncmp(n, "layer", 5) != 0 || *p < '0' || *p > '9')
+			continue;
+		while (*p >= '0' && *p <= '9' && k <= layers)
+			k = k * 10 + (unsigned long long)(*p++ - '0');
+		while (*p >= '0' && *p <= '9')
+			p++;
+		if (*p != '/' || (k >= 1 && k <= layers))
+			continue;
+		mn_arch_format(a, arch_s, sizeof(arch_s));
+		mn_errf(err, errlen,
+		        "%s: tensor \"%s\" is not part of the architecture %s (%zu layers): the "
+		        "metadata and the tensors describe different networks",
+		        mn_ckpt_name(c), n, arch_s, layers);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size_t errlen)
 {
 	const char *json = mn_ckpt_meta(c, "architecture");
 	struct mn_arch a;
-	float *scratch;
+	size_t largest = 0;
+	void *scratch;
 	int rc;
 
 	if (!json) {
@@ -75,19 +129,30 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 	}
 	rc = mn_arch_from_json(json, &a, err, errlen);
 	if (rc < 0) {
-		mn_errprefix(err, errlen, "%s: architecture", mn_ckpt_name(c));
+		/* The parser's messages already begin with "architecture: ". */
+		mn_errprefix(err, errlen, "%s", mn_ckpt_name(c));
 		return rc;
 	}
-	/* Checking by copying keeps one code path for "present, F32, right shape". */
-	scratch = malloc(mn_arch_param_count(&a) * sizeof(float));
+	/*
+	 * Checking by copying keeps one code path for "present, F32, right
+	 * shape". The scratch is sized by the largest tensor the file really
+	 * has, not by what the (untrusted) architecture claims: a tiny file
+	 * must not make us allocate a gigabyte.
+	 */
+	for (size_t i = 0; i < mn_ckpt_count(c); i++)
+		if (mn_ckpt_tensor(c, i)->nbytes > largest)
+			largest = mn_ckpt_tensor(c, i)->nbytes;
+	scratch = malloc(largest ? largest : 1);
 	if (!scratch) {
 		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
 		return -ENOMEM;
 	}
-	rc = copy_layers(c, &a, false, scratch, err, errlen);
+	rc = check_layers(c, &a, false, scratch, err, errlen);
 	if (rc == 0 && !is_frozen(c))
-		rc = copy_layers(c, &a, true, scratch, err, errlen);
+		rc = check_layers(c, &a, true, scratch, err, errlen);
 	free(scratch);
+	if (rc == 0)
+		rc = check_no_extra_layers(c, &a, err, errlen);
 	if (rc < 0)
 		return rc;
 	*arch = a;

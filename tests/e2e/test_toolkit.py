@@ -5,6 +5,7 @@ mnistd's warm start (checkpoint.init_from). Real processes, real files."""
 import gzip
 import json
 import os
+import random
 import re
 import struct
 import sys
@@ -20,6 +21,7 @@ LAYERS = ["layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"]
 EMA = [n + "/ExponentialMovingAverage" for n in LAYERS]
 STATE = ["global_step", "train/rng", "train/epoch", "train/perm_pos", "train/permutation"]
 SUBCOMMANDS = ["ls", "inspect", "verify", "convert", "freeze", "predict"]
+SANITIZER_REPORT = r"(Address|Leak|UndefinedBehavior)Sanitizer|runtime error:"
 
 
 def ckpt_name(step):
@@ -61,6 +63,8 @@ class ToolkitCase(mnlib.TestCase):
         argv = [MNISTCTL] + (["--config", config] if config else []) + [str(a) for a in args]
         r = self.run_prog(argv)
         self.assertEqual(r.returncode, expect, "%s\nstdout:\n%s\nstderr:\n%s" % (argv, r.stdout, r.stderr))
+        # A sanitizer report may exit 1, the status many refusals expect: look for it too.
+        self.assertNotRegex(r.stderr, SANITIZER_REPORT, argv)
         return r
 
     def ctl_json(self, *args, expect=0, config=None):
@@ -549,6 +553,63 @@ class FreezePredictTest(ToolkitCase):
         self.ctl("convert", self.ckpt, "-o", part, "--select", "layer1/*")
         r = self.ctl("predict", part, "--images", images, expect=1)
         self.assertIn('no "architecture"', r.stderr)
+
+
+def layer_tensors(sizes, seed=3, suffix=""):
+    """F32 layer<i>/weights and biases for a network of the given sizes."""
+    rng = random.Random(seed)
+    out = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:]), 1):
+        out.append(("layer%d/weights%s" % (i, suffix), "F32", [a, b],
+                    struct.pack("<%df" % (a * b), *[rng.uniform(-0.5, 0.5) for _ in range(a * b)])))
+        out.append(("layer%d/biases%s" % (i, suffix), "F32", [b], struct.pack("<%df" % b, *[0.0] * b)))
+    return out
+
+
+def frozen_meta(sizes, step="5"):
+    arch = {"input": sizes[0], "hidden": sizes[1:-1], "output": sizes[-1], "activation": "relu"}
+    return {"format": "mnistd.checkpoint.v1", "global_step": step, "frozen": "true",
+            "architecture": json.dumps(arch, separators=(",", ":"))}
+
+
+class HostileInputTest(ToolkitCase):
+    """Files and command lines a user or an attacker may hand the offline
+    tools: each must give a clean message and the documented exit status,
+    never a hang, a crash or output that is not what it claims to be."""
+
+    def model(self, name="model.safetensors", sizes=(64, 32, 10), step="5", extra=()):
+        blob = encode_safetensors(layer_tensors(list(sizes)) + list(extra), frozen_meta(list(sizes), step))
+        return write_bytes(os.path.join(self.work, name), blob)
+
+    def test_architecture_that_disagrees_with_the_tensors(self):
+        # A 64-32-16-10 network whose metadata says 64-32-16: the first two layers
+        # match that claim exactly, the third is left over. It is no 64-32-16 model.
+        path = self.model("extra.safetensors", sizes=(64, 32, 16, 10))
+        tensors, meta = tensors_of(path)
+        meta["architecture"] = '{"input":64,"hidden":[32],"output":16,"activation":"relu"}'
+        write_bytes(path, encode_safetensors(tensors, meta))
+        r = self.ctl("verify", path, expect=1)
+        self.assertIn('tensor "layer3/weights" is not part of the architecture 64-32-16 (2 layers)', r.stdout)
+        images, _, _ = self.validation_idx()
+        r = self.ctl("predict", path, "--images", images, expect=1)
+        self.assertIn("is not part of the architecture", r.stderr)
+        # A frozen model missing a tensor names it.
+        short = [t for t in layer_tensors([64, 32, 10]) if t[0] != "layer2/biases"]
+        bad = write_bytes(os.path.join(self.work, "short.safetensors"), encode_safetensors(short, frozen_meta([64, 32, 10])))
+        r = self.ctl("predict", bad, "--images", images, expect=1)
+        self.assertIn('tensor "layer2/biases" not found in %s' % bad, r.stderr)
+        # An architecture far larger than the file: rejected by name, not by allocating it.
+        meta = frozen_meta([64, 32, 10])
+        meta["architecture"] = '{"input":1048576,"hidden":[255],"output":10,"activation":"relu"}'
+        huge = write_bytes(os.path.join(self.work, "huge.safetensors"), encode_safetensors(layer_tensors([64, 32, 10]), meta))
+        r = self.ctl("verify", huge, expect=1)
+        self.assertIn('tensor "layer1/weights" has shape [64, 32], expected [1048576, 255]', r.stdout)
+        # A malformed architecture is named once, after the file.
+        meta["architecture"] = '{"input":64}'
+        write_bytes(huge, encode_safetensors(layer_tensors([64, 32, 10]), meta))
+        r = self.ctl("verify", huge, expect=1)
+        self.assertIn("%s: architecture: " % huge, r.stdout)
+        self.assertNotIn("architecture: architecture", r.stdout)
 
 
 class WarmStartTest(ToolkitCase):
