@@ -1,4 +1,5 @@
 /* mnistctl - the operator's client for mnistd and its checkpoint files. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,6 +47,25 @@ static void usage(FILE *f)
 	           "2 usage error, 3 no daemon reachable.\n");
 }
 
+/*
+ * Output that never arrived is a failure: "mnistctl ls > /dev/full" or a
+ * full disk under a redirected inspect must not exit 0.
+ */
+static int finish(int status)
+{
+	const char *why = NULL;
+
+	errno = 0;
+	if (fflush(stdout) != 0)
+		why = strerror(errno);
+	else if (ferror(stdout))
+		why = "write error"; /* an earlier write failed; its errno is long gone */
+	if (!why)
+		return status;
+	fprintf(stderr, "mnistctl: cannot write the output: %s\n", why);
+	return status == CTL_EXIT_OK ? CTL_EXIT_FAILED : status;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -70,10 +90,10 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			usage(stdout);
-			return CTL_EXIT_OK;
+			return finish(CTL_EXIT_OK);
 		case 'V':
 			printf("mnistctl %s\n", MN_VERSION);
-			return CTL_EXIT_OK;
+			return finish(CTL_EXIT_OK);
 		default:
 			usage(stderr);
 			return CTL_EXIT_USAGE;
@@ -89,7 +109,7 @@ int main(int argc, char **argv)
 			char **sub_argv = argv + optind;
 
 			optind = 0; /* reset getopt for the subcommand (glibc: full reinit) */
-			return commands[i].run(sub_argc, sub_argv, &g);
+			return finish(commands[i].run(sub_argc, sub_argv, &g));
 		}
 	}
 	fprintf(stderr, "mnistctl: unknown command \"%s\"\n\n", argv[optind]);

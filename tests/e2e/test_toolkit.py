@@ -611,6 +611,16 @@ class HostileInputTest(ToolkitCase):
         self.assertIn("%s: architecture: " % huge, r.stdout)
         self.assertNotIn("architecture: architecture", r.stdout)
 
+    def test_output_that_cannot_be_written_fails(self):
+        # Output lost to a full disk is a failure, not a silent success.
+        src = self.model()
+        for args in (["inspect", "--all", src], ["--json", "verify", src], ["--help"], ["ls", "--help"]):
+            with open("/dev/full", "w") as full:
+                r = mnlib.subprocess.run([MNISTCTL] + args, stdout=full, stderr=mnlib.subprocess.PIPE, text=True)
+            self.assertEqual(r.returncode, 1, args)
+            self.assertIn("cannot write the output: No space left on device", r.stderr)
+            self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+
 
 class WarmStartTest(ToolkitCase):
     def source(self):
