@@ -4,6 +4,7 @@
  * mnistd's safetensors files).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "ckpt.h"
 #include "config.h"
@@ -43,22 +45,6 @@ struct file_info {
 };
 
 static const char *const kind_names[] = {"checkpoint", "model", "frozen", "tensors"};
-
-/* Parses a decimal step; false unless the whole string is one. */
-static bool parse_step(const char *s, int64_t *out)
-{
-	char *end;
-	long long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return false;
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || *end)
-		return false;
-	*out = v;
-	return true;
-}
 
 /* Checks the training-state tensors that are present; sets *complete if all are. */
 static int check_train_state(const struct mn_ckpt *c, const struct file_info *fi, bool *complete,
@@ -174,7 +160,7 @@ static int check_file(const struct mn_ckpt *c, struct file_info *fi, char *err, 
 	int rc;
 
 	memset(fi, 0, sizeof(*fi));
-	fi->has_step = parse_step(step, &fi->step);
+	fi->has_step = ctl_parse_step(step, &fi->step);
 	if (step && !fi->has_step) {
 		mn_errf(err, errlen, "%s: __metadata__ global_step \"%.32s\" is not a decimal",
 		        mn_ckpt_name(c), step);
@@ -199,12 +185,16 @@ static int check_file(const struct mn_ckpt *c, struct file_info *fi, char *err, 
 	return 0;
 }
 
-/* Reads an mnistd file and runs every check verify makes. */
-static int verify_file(const char *path, struct mn_ckpt **out, struct file_info *fi, char *err,
-                       size_t errlen)
+/*
+ * Reads an mnistd file (from fd when it is not negative, else from path)
+ * and runs every check verify makes.
+ */
+static int verify_file(const char *path, int fd, struct mn_ckpt **out, struct file_info *fi,
+                       char *err, size_t errlen)
 {
 	struct mn_ckpt *c = NULL;
-	int rc = mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, errlen);
+	int rc = fd >= 0 ? mn_ckpt_read_fd(fd, path, MN_CKPT_REQUIRE_MNISTD, &c, err, errlen)
+	                 : mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, errlen);
 
 	if (rc == 0)
 		rc = check_file(c, fi, err, errlen);
@@ -282,7 +272,7 @@ int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
 			fputs(verify_help, stdout);
 			return CTL_EXIT_OK;
 		default:
-			return ctl_option_error("verify", c, argv);
+			return ctl_option_error("verify", c, argv, opts);
 		}
 	}
 	if (optind >= argc)
@@ -296,7 +286,7 @@ int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
 		struct mn_ckpt *ck = NULL;
 		struct file_info fi;
 		char err[MN_ERRLEN];
-		int rc = verify_file(path, &ck, &fi, err, sizeof(err));
+		int rc = verify_file(path, -1, &ck, &fi, err, sizeof(err));
 		cJSON *o = json ? ctl_json_add(files, NULL, cJSON_CreateObject()) : NULL;
 
 		if (rc < 0) {
@@ -349,7 +339,8 @@ static const char ls_help[] =
     "architecture, and the validation accuracy when the evaluator's metrics file\n"
     "has recorded one for that file (the last record wins). Why a file is\n"
     "invalid is printed after the table. The time of an invalid file is its\n"
-    "modification time.\n"
+    "modification time. A name that is not a regular file (a FIFO, a device, a\n"
+    "directory, a dangling symlink) is listed as invalid without being read.\n"
     "\n"
     "Options:\n"
     "  -p, --prefix PREFIX  checkpoint file prefix (default: checkpoint.prefix from\n"
@@ -415,30 +406,62 @@ static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row 
 	fclose(f);
 }
 
-static void ls_check_row(const char *dir, struct ls_row *r)
+/*
+ * Fills a row with what the file holds. Returns false if the file is gone
+ * (retention may delete it after the scan), so the row is not listed.
+ */
+static bool ls_check_row(const char *dir, struct ls_row *r)
 {
 	char path[CTL_PATH_MAX];
 	struct mn_ckpt *c = NULL;
 	struct file_info fi;
 	struct stat st;
 	const char *created;
+	int fd, w, rc;
 
-	snprintf(path, sizeof(path), "%s/%s", dir, r->name);
-	if (stat(path, &st) == 0) {
-		r->size = (int64_t)st.st_size;
-		mn_time_rfc3339_ns((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-		                   r->created);
-	} else {
-		r->size = -1;
+	r->size = -1;
+	w = snprintf(path, sizeof(path), "%s/%s", dir, r->name);
+	if (w < 0 || (size_t)w >= sizeof(path)) {
+		mn_errf(r->err, sizeof(r->err), "%s/%s: path too long", dir, r->name);
+		return true;
 	}
-	if (verify_file(path, &c, &fi, r->err, sizeof(r->err)) < 0)
-		return;
+	/*
+	 * Non-blocking, and only regular files are read: a FIFO or a device
+	 * under a checkpoint's name must not hang the listing or read forever.
+	 */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0) {
+		int e = errno;
+
+		/* A dangling symlink is listed as invalid; a file deleted since the scan is not. */
+		if (e == ENOENT && lstat(path, &st) < 0 && errno == ENOENT)
+			return false;
+		mn_errf(r->err, sizeof(r->err), "%s: cannot open: %s", path, strerror(e));
+		return true;
+	}
+	if (fstat(fd, &st) < 0) {
+		mn_errf(r->err, sizeof(r->err), "%s: cannot stat: %s", path, strerror(errno));
+		close(fd);
+		return true;
+	}
+	r->size = (int64_t)st.st_size;
+	mn_time_rfc3339_ns((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+	                   r->created);
+	if (!S_ISREG(st.st_mode)) {
+		mn_errf(r->err, sizeof(r->err), "%s: not a regular file", path);
+		close(fd);
+		return true;
+	}
+	rc = verify_file(path, fd, &c, &fi, r->err, sizeof(r->err));
+	close(fd);
+	if (rc < 0)
+		return true;
 	if (!fi.has_step || fi.step != r->step) {
 		mn_errf(r->err, sizeof(r->err),
 		        "%s: the file name says step %" PRId64 " but global_step is %" PRId64, path,
 		        r->step, fi.step);
 		mn_ckpt_free(c);
-		return;
+		return true;
 	}
 	created = mn_ckpt_meta(c, "created");
 	if (created)
@@ -446,6 +469,7 @@ static void ls_check_row(const char *dir, struct ls_row *r)
 	snprintf(r->arch, sizeof(r->arch), "%s", fi.arch[0] ? fi.arch : "-");
 	r->valid = true;
 	mn_ckpt_free(c);
+	return true;
 }
 
 static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *latest, bool json)
@@ -543,7 +567,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 			fputs(ls_help, stdout);
 			return CTL_EXIT_OK;
 		default:
-			return ctl_option_error("ls", c, argv);
+			return ctl_option_error("ls", c, argv, opts);
 		}
 	}
 	if (optind != argc - 1)
@@ -569,17 +593,13 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct ls_row *r = &rows[kept];
-		struct stat st;
-		char path[CTL_PATH_MAX];
 
-		/* Retention may delete a file between the scan and now: it is simply gone. */
-		snprintf(path, sizeof(path), "%s/%s", dir, list[i].name);
-		if (stat(path, &st) < 0 && errno == ENOENT)
-			continue;
 		r->name = list[i].name;
 		r->step = list[i].step;
-		ls_check_row(dir, r);
-		kept++;
+		if (ls_check_row(dir, r))
+			kept++;
+		else
+			memset(r, 0, sizeof(*r));
 	}
 	if (mn_ckpt_index_latest(dir, index_latest, sizeof(index_latest), err, sizeof(err)) == 0) {
 		for (size_t i = 0; i < kept; i++)
@@ -632,26 +652,41 @@ struct stats {
 	double min, max, mean, norm;
 };
 
+/*
+ * Any NaN makes every statistic NaN (as numpy's min and max do): a NaN
+ * weight is what the table must show, wherever in the tensor it sits.
+ */
 static struct stats tensor_stats(const struct mn_tensor *t)
 {
+	const struct stats none = {NAN, NAN, NAN, NAN};
 	uint64_t n = mn_tensor_elements(t);
-	struct stats s = {NAN, NAN, NAN, NAN};
-	double sum = 0.0, sq = 0.0;
+	struct stats s = none;
+	/*
+	 * Wider than double where the platform has it (x86-64's 80-bit format
+	 * reaches 1e4932), so F64 values near 1e308 do not overflow the sums
+	 * and tiny ones do not vanish from the sum of squares.
+	 */
+	long double sum = 0.0L, sq = 0.0L;
 
 	for (uint64_t i = 0; i < n; i++) {
 		double v = ctl_tensor_double(t, i);
 
+		if (isnan(v))
+			return none;
 		if (i == 0 || v < s.min)
 			s.min = v;
 		if (i == 0 || v > s.max)
 			s.max = v;
 		sum += v;
-		sq += v * v;
+		sq += (long double)v * v;
 	}
 	if (n > 0) {
-		s.mean = sum / (double)n;
-		s.norm = sqrt(sq);
+		s.mean = (double)(sum / (long double)n);
+		s.norm = (double)sqrtl(sq);
 	}
+	/* inf + -inf is a NaN with the sign bit set on x86; print it as "nan" like the rest. */
+	if (isnan(s.mean))
+		s.mean = NAN;
 	return s;
 }
 
@@ -822,7 +857,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 			rc = CTL_EXIT_OK;
 			goto out;
 		default:
-			rc = ctl_option_error("inspect", c, argv);
+			rc = ctl_option_error("inspect", c, argv, opts);
 			goto out;
 		}
 	}
@@ -972,7 +1007,7 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 	bool dropped = false;
 	int rc = CTL_EXIT_FAILED;
 
-	base = ctl_split_path(outpath, dir, sizeof(dir), err, sizeof(err));
+	base = ctl_output_path(outpath, dir, sizeof(dir), err, sizeof(err));
 	if (!base) {
 		ctl_errorf("convert", "%s", err);
 		return CTL_EXIT_FAILED;
@@ -1200,7 +1235,7 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 			rc = CTL_EXIT_OK;
 			goto done;
 		default:
-			rc = ctl_option_error("convert", c, argv);
+			rc = ctl_option_error("convert", c, argv, opts);
 			goto done;
 		}
 	}

@@ -87,7 +87,7 @@ static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
-	char *end;
+	char *end, msg[256];
 	int c;
 
 	call->json = g->json;
@@ -114,14 +114,9 @@ static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct
 		case 'h':
 			usage(stdout, call->ci);
 			return CTL_EXIT_OK;
-		case ':':
-			fprintf(stderr, "mnistctl %s: %s needs a value\n\n", call->ci->name,
-			        argv[optind - 1]);
-			usage(stderr, call->ci);
-			return CTL_EXIT_USAGE;
 		default:
-			fprintf(stderr, "mnistctl %s: unknown option \"%s\"\n\n", call->ci->name,
-			        argv[optind - 1]);
+			ctl_option_message(c, argv, opts, msg, sizeof(msg));
+			fprintf(stderr, "mnistctl %s: %s\n\n", call->ci->name, msg);
 			usage(stderr, call->ci);
 			return CTL_EXIT_USAGE;
 		}

@@ -33,7 +33,8 @@ static const char freeze_help[] =
     "published atomically.\n"
     "\n"
     "Given a directory, freezes its latest checkpoint: the one named by\n"
-    "DIR/checkpoint.json, else the highest-step PREFIX-<step>.safetensors.\n"
+    "DIR/checkpoint.json (unless that file is gone), else the highest-step\n"
+    "PREFIX-<step>.safetensors.\n"
     "\n"
     "Options:\n"
     "  -o, --output OUT     the file to write (required)\n"
@@ -71,7 +72,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	size_t nextra = 0;
 	int rc = CTL_EXIT_FAILED;
 
-	base = ctl_split_path(out, dir, sizeof(dir), err, sizeof(err));
+	base = ctl_output_path(out, dir, sizeof(dir), err, sizeof(err));
 	if (!base ||
 	    ctl_resolve_checkpoint(src, prefix, g, path, sizeof(path), err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
@@ -96,11 +97,16 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	mn_arch_format(&arch, arch_s, sizeof(arch_s));
 	if (json) {
 		cJSON *root = cJSON_CreateObject();
+		int64_t stepv = 0;
 
 		ctl_json_str(root, "file", out);
 		ctl_json_str(root, "source", path);
 		ctl_json_str(root, "architecture", arch_s);
-		ctl_json_add(root, "step", cJSON_CreateRaw(step));
+		/* Checked by the reader (MN_CKPT_REQUIRE_MNISTD); never pasted in as raw JSON. */
+		if (ctl_parse_step(step, &stepv))
+			ctl_json_int(root, "step", stepv);
+		else
+			ctl_json_add(root, "step", cJSON_CreateNull());
 		ctl_json_bool(root, "ema", strcmp(ema, "true") == 0);
 		if (ctl_json_print(root) < 0)
 			goto out;
@@ -146,7 +152,7 @@ int ctl_freeze(int argc, char **argv, const struct ctl_globals *g)
 			fputs(freeze_help, stdout);
 			return CTL_EXIT_OK;
 		default:
-			return ctl_option_error("freeze", c, argv);
+			return ctl_option_error("freeze", c, argv, opts);
 		}
 	}
 	if (optind != argc - 1)

@@ -21,8 +21,8 @@
 #include "util.h"
 
 static const char predict_help[] =
-    "Usage: mnistctl predict [--raw] [--json] [--threads N] MODEL --images IDX\n"
-    "                        [--labels IDX]\n"
+    "Usage: mnistctl predict [--raw] [--json] [--threads N] [--prefix PREFIX] MODEL\n"
+    "                        --images IDX [--labels IDX]\n"
     "\n"
     "Runs a model on the images of an IDX file (gzip or plain). MODEL is a frozen\n"
     "model ('mnistctl freeze'), a checkpoint, or a checkpoint directory (its\n"
@@ -49,9 +49,10 @@ static const char predict_help[] =
     "  -p, --prefix PREFIX  checkpoint file prefix when MODEL is a directory without\n"
     "                       checkpoint.json (default: checkpoint.prefix from the\n"
     "                       configuration, model.ckpt)\n"
-    "  -j, --json           a JSON object: {\"model\", \"architecture\", \"step\", \"ema\",\n"
-    "                       \"images\", and either \"predictions\": [...] or \"correct\",\n"
-    "                       \"accuracy\", \"loss\", \"confusion\": [[...]]}\n"
+    "  -j, --json           a JSON object: {\"model\", \"architecture\", \"step\" (null\n"
+    "                       if the file has no decimal global_step), \"frozen\",\n"
+    "                       \"ema\", \"images\", and either \"predictions\": [...] or\n"
+    "                       \"correct\", \"accuracy\", \"loss\", \"confusion\": [[...]]}\n"
     "  -h, --help           this help\n"
     "\n"
     "Exit status: 0 success, 1 error (invalid model or data, sizes that do not\n"
@@ -83,14 +84,18 @@ static int print_result(const struct predict_args *a, const char *path, const st
                         const struct mn_arch *arch, const struct mn_view *v, const uint8_t *pred,
                         const struct mn_eval_result *res)
 {
-	const char *step = mn_ckpt_meta(c, "global_step");
 	const char *frozen = mn_ckpt_meta(c, "frozen");
 	bool ema = uses_ema(c, a->raw), is_frozen = frozen && strcmp(frozen, "true") == 0;
 	size_t k = arch->output, *conf = NULL;
-	char arch_s[256];
+	char arch_s[256], step_s[32] = "?";
+	int64_t step = 0;
+	/* Any safetensors file can be run, so its global_step is only text until parsed. */
+	bool has_step = ctl_parse_step(mn_ckpt_meta(c, "global_step"), &step);
 	int rc = CTL_EXIT_FAILED;
 
 	mn_arch_format(arch, arch_s, sizeof(arch_s));
+	if (has_step)
+		snprintf(step_s, sizeof(step_s), "%" PRId64, step);
 	if (v->labels) {
 		conf = calloc(k * k, sizeof(*conf));
 		if (!conf) {
@@ -105,8 +110,10 @@ static int print_result(const struct predict_args *a, const char *path, const st
 
 		ctl_json_str(root, "model", path);
 		ctl_json_str(root, "architecture", arch_s);
-		if (step)
-			ctl_json_add(root, "step", cJSON_CreateRaw(step));
+		if (has_step)
+			ctl_json_int(root, "step", step);
+		else
+			ctl_json_add(root, "step", cJSON_CreateNull());
 		ctl_json_bool(root, "frozen", is_frozen);
 		ctl_json_bool(root, "ema", ema);
 		ctl_json_int(root, "images", (int64_t)res->images);
@@ -136,7 +143,7 @@ static int print_result(const struct predict_args *a, const char *path, const st
 		rc = CTL_EXIT_OK;
 		goto out;
 	}
-	printf("model     %s (%s, step %s, %s%s values)\n", path, arch_s, step ? step : "?",
+	printf("model     %s (%s, step %s, %s%s values)\n", path, arch_s, step_s,
 	       is_frozen ? "frozen " : "", ema ? "EMA" : "raw");
 	printf("images    %s (%zu)\n", a->images, res->images);
 	printf("accuracy  %.4f (%zu/%zu)\n", res->accuracy, res->correct, res->images);
@@ -275,7 +282,7 @@ int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
 			fputs(predict_help, stdout);
 			return CTL_EXIT_OK;
 		default:
-			return ctl_option_error("predict", c, argv);
+			return ctl_option_error("predict", c, argv, opts);
 		}
 	}
 	if (optind != argc - 1)

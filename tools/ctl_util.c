@@ -38,16 +38,52 @@ int ctl_usage_error(const char *cmd, const char *fmt, ...)
 	return CTL_EXIT_USAGE;
 }
 
-int ctl_option_error(const char *cmd, int c, char **argv)
+/* The long option whose val is v, or NULL. */
+static const struct option *long_option(const struct option *opts, int v)
 {
-	/* getopt leaves optind just past the offending argument. */
-	const char *arg = optind > 0 ? argv[optind - 1] : "?";
+	for (size_t i = 0; opts && opts[i].name; i++)
+		if (opts[i].val == v)
+			return &opts[i];
+	return NULL;
+}
 
-	if (c == ':')
-		return ctl_usage_error(cmd, "option %s needs a value", arg);
-	if (optopt && arg[0] == '-' && arg[1] != '-')
-		return ctl_usage_error(cmd, "unknown option -%c", optopt);
-	return ctl_usage_error(cmd, "unknown option %s", arg);
+void ctl_option_message(int c, char **argv, const struct option *opts, char *buf, size_t len)
+{
+	/*
+	 * A long option always moves optind past itself; a short one only when
+	 * it ends its cluster, so argv[optind - 1] is the offending argument for
+	 * long options and for ':' (which only the last argument can cause).
+	 */
+	const char *arg = optind > 0 ? argv[optind - 1] : "";
+	bool is_long = strncmp(arg, "--", 2) == 0;
+	const struct option *o = long_option(opts, optopt);
+
+	if (c == ':') {
+		if (is_long && o)
+			snprintf(buf, len, "option --%s needs a value", o->name);
+		else if (is_long)
+			snprintf(buf, len, "option %s needs a value", arg);
+		else
+			snprintf(buf, len, "option -%c needs a value", optopt);
+	} else if (optopt == 0) {
+		/* An unknown long option: name it without any "=VALUE". */
+		snprintf(buf, len, "unknown option %.*s", (int)strcspn(arg, "="), arg);
+	} else if (o && is_long) {
+		/* A known option that still failed: "--json=1" for one that takes no value. */
+		snprintf(buf, len, "option --%s takes no value", o->name);
+	} else if (optopt > ' ' && optopt < 127) {
+		snprintf(buf, len, "unknown option -%c", optopt);
+	} else {
+		snprintf(buf, len, "unknown option");
+	}
+}
+
+int ctl_option_error(const char *cmd, int c, char **argv, const struct option *opts)
+{
+	char msg[256];
+
+	ctl_option_message(c, argv, opts, msg, sizeof(msg));
+	return ctl_usage_error(cmd, "%s", msg);
 }
 
 static bool json_failed;
@@ -139,13 +175,46 @@ const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err
 	return slash + 1;
 }
 
+const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
+{
+	const char *base = ctl_split_path(path, dir, dirlen, err, errlen);
+	struct stat st;
+
+	if (!base)
+		return NULL;
+	if (stat(dir, &st) < 0) {
+		mn_errf(err, errlen, "%s: cannot write into %s: %s", path, dir, strerror(errno));
+		return NULL;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		mn_errf(err, errlen, "%s: cannot write into %s: not a directory", path, dir);
+		return NULL;
+	}
+	return base;
+}
+
+bool ctl_parse_step(const char *s, int64_t *out)
+{
+	char *end;
+	long long v;
+
+	if (!s || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end)
+		return false;
+	*out = v;
+	return true;
+}
+
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,
                            char *out, size_t len, char *err, size_t errlen)
 {
 	struct mn_config cfg;
 	char latest[MN_CKPT_MAX_NAME], ierr[MN_ERRLEN];
 	struct mn_ckpt_entry *list = NULL;
-	struct stat st;
+	struct stat st, fst;
 	size_t n = 0;
 	int rc, w;
 
@@ -161,7 +230,9 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 	rc = mn_ckpt_index_latest(path, latest, sizeof(latest), ierr, sizeof(ierr));
 	if (rc == 0) {
 		w = snprintf(out, len, "%s/%s", path, latest);
-		goto done;
+		/* An index naming a vanished file (retention, a stale copy): scan instead. */
+		if (w < 0 || (size_t)w >= len || lstat(out, &fst) == 0 || errno != ENOENT)
+			goto done;
 	}
 	/* No usable index (an older or hand-made directory): the highest step wins. */
 	if (!prefix) {
@@ -185,6 +256,11 @@ done:
 	if (w < 0 || (size_t)w >= len) {
 		mn_errf(err, errlen, "%s: path too long", path);
 		return -ENAMETOOLONG;
+	}
+	/* A name found in a directory may be a FIFO or a device, which would block or never end. */
+	if (S_ISDIR(st.st_mode) && stat(out, &fst) == 0 && !S_ISREG(fst.st_mode)) {
+		mn_errf(err, errlen, "%s: not a regular file", out);
+		return -EINVAL;
 	}
 	return 0;
 }

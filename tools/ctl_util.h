@@ -6,6 +6,7 @@
 #define MN_CTL_UTIL_H
 
 #include <cJSON.h>
+#include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,11 +27,17 @@ void ctl_errorf(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 int ctl_usage_error(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 
 /*
- * Reports what getopt_long() (with opterr = 0 and a ':' leading the short
- * options) rejected: c is its return value ('?' or ':'), argv the command's
- * arguments. Returns CTL_EXIT_USAGE.
+ * Describes what getopt_long() (with opterr = 0 and a ':' leading the short
+ * options) rejected, as "unknown option -x", "option --output needs a value"
+ * or "option --json takes no value": c is its return value ('?' or ':'),
+ * argv the command's arguments and opts the long options it was given.
+ * getopt's optind does not always point past the offending argument (not
+ * inside a cluster like -jx), so the option is named from optopt and opts.
  */
-int ctl_option_error(const char *cmd, int c, char **argv);
+void ctl_option_message(int c, char **argv, const struct option *opts, char *buf, size_t len);
+
+/* Reports ctl_option_message() as a usage error of cmd; returns CTL_EXIT_USAGE. */
+int ctl_option_error(const char *cmd, int c, char **argv, const struct option *opts);
 
 /*
  * JSON output. The builders below never fail outright: an allocation
@@ -76,8 +83,23 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
 const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
 
 /*
+ * ctl_split_path() for a file about to be written: also checks that its
+ * directory exists, so the message names the directory the user gave
+ * rather than the temporary file the atomic writer failed to create.
+ */
+const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
+
+/*
+ * Parses a step as written in "global_step" metadata: decimal digits only
+ * (no sign, no spaces), within int64. Returns false for anything else,
+ * including NULL.
+ */
+bool ctl_parse_step(const char *s, int64_t *out);
+
+/*
  * Resolves CKPT|DIR: a file is used as it is; for a directory the file
- * named by its checkpoint.json, or else its highest-step
+ * named by its checkpoint.json (unless that file no longer exists: readers
+ * tolerate a listed file vanishing), or else its highest-step
  * "<prefix>-<step>.safetensors", where prefix, when NULL, is
  * checkpoint.prefix from the configuration (see ctl_load_config; only read
  * when needed). The path is written to out.

@@ -581,6 +581,54 @@ class HostileInputTest(ToolkitCase):
         blob = encode_safetensors(layer_tensors(list(sizes)) + list(extra), frozen_meta(list(sizes), step))
         return write_bytes(os.path.join(self.work, name), blob)
 
+    def test_inspect_statistics_with_nan_inf_and_extreme_values(self):
+        nan, inf = float("nan"), float("inf")
+        tensors = [
+            # A NaN anywhere makes every statistic NaN, wherever it sits.
+            ("nan_first", "F32", [3], struct.pack("<3f", nan, 1, 2)),
+            ("nan_middle", "F32", [3], struct.pack("<3f", 1, nan, 2)),
+            ("nan_f16", "F16", [2], struct.pack("<2H", 0x3C00, 0x7E00)),
+            ("infs", "F32", [2], struct.pack("<2f", inf, -inf)),
+            # Neither the sums overflow nor the squares underflow for F64 extremes.
+            ("huge", "F64", [2], struct.pack("<2d", 1e200, 1e200)),
+            ("tiny", "F64", [], struct.pack("<d", 5e-270)),
+        ]
+        path = write_bytes(os.path.join(self.work, "stats.safetensors"), encode_safetensors(tensors, {}))
+        r = self.ctl("inspect", path)
+        self.assertNotIn("-nan", r.stdout)
+        for name in ("nan_first", "nan_middle", "nan_f16"):
+            self.assertRegex(r.stdout, r"(?m)^%s\s+F(32|16)\s+\[\d\]\s+nan\s+nan\s+nan\s+nan$" % name)
+        self.assertRegex(r.stdout, r"(?m)^infs\s+F32\s+\[2\]\s+-inf\s+inf\s+nan\s+inf$")
+        byname = {t["name"]: t for t in self.ctl_json("inspect", path)["tensors"]}
+        for name in ("nan_first", "nan_middle", "nan_f16"):
+            self.assertEqual([byname[name][k] for k in ("min", "max", "mean", "norm")], [None] * 4, name)
+        self.assertEqual(byname["huge"]["mean"], 1e200)
+        self.assertAlmostEqual(byname["huge"]["norm"] / (2 ** 0.5 * 1e200), 1.0, places=12)
+        self.assertAlmostEqual(byname["tiny"]["norm"] / 5e-270, 1.0, places=12)
+
+    def test_inspect_every_dtype_scalar_empty_and_matrix(self):
+        sizes = {"BOOL": 1, "U8": 1, "I8": 1, "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+                 "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8}
+        tensors = []
+        for d, n in sizes.items():
+            tensors += [("empty_" + d, d, [0], b""), ("hollow_" + d, d, [3, 0], b""),
+                        ("scalar_" + d, d, [], bytes([1] * n)), ("matrix_" + d, d, [2, 3], bytes([1] * 6 * n))]
+        path = write_bytes(os.path.join(self.work, "dtypes.safetensors"), encode_safetensors(tensors, {}))
+        r = self.ctl("inspect", "--all", path)
+        for d in sizes:
+            self.assertIn("empty_%s  %s [0]\n  (no elements)\n" % (d, d), r.stdout)
+            self.assertIn("hollow_%s  %s [3, 0]\n  (no elements)\n" % (d, d), r.stdout)
+            self.assertRegex(r.stdout, r"(?m)^scalar_%s  %s \[\]\n  \S+\n" % (d, d))
+            self.assertRegex(r.stdout, r"(?m)^matrix_%s  %s \[2, 3\]\n  \S+ \S+ \S+\n  \S+ \S+ \S+\n" % (d, d))
+        j = self.ctl_json("inspect", "--all", path)
+        byname = {t["name"]: t for t in j["tensors"]}
+        for d in sizes:
+            self.assertEqual(byname["empty_" + d]["values"], [])
+            self.assertEqual(len(byname["scalar_" + d]["values"]), 1)
+            self.assertEqual(len(byname["matrix_" + d]["values"]), 6)
+        self.assertEqual(byname["scalar_U64"]["values"], [0x0101010101010101])
+        self.assertEqual(byname["scalar_BOOL"]["values"], [True])
+
     def test_architecture_that_disagrees_with_the_tensors(self):
         # A 64-32-16-10 network whose metadata says 64-32-16: the first two layers
         # match that claim exactly, the third is left over. It is no 64-32-16 model.
@@ -611,6 +659,93 @@ class HostileInputTest(ToolkitCase):
         self.assertIn("%s: architecture: " % huge, r.stdout)
         self.assertNotIn("architecture: architecture", r.stdout)
 
+    def test_predict_json_survives_any_global_step_text(self):
+        # predict runs any safetensors file, so global_step is untrusted text: it must
+        # not be pasted into the JSON output.
+        path = self.model(step='1, "evil": [1')
+        images, labels, _ = self.validation_idx()
+        for extra in ([], ["--labels", labels]):
+            j = self.ctl_json("predict", path, "--images", images, *extra)
+            self.assertIsNone(j["step"])
+            self.assertNotIn("evil", j)
+        r = self.ctl("predict", path, "--images", images, "--labels", labels)
+        self.assertIn("(64-32-10, step ?, frozen raw values)", r.stdout)
+        j = self.ctl_json("predict", self.model("good.safetensors", step="42"), "--images", images)
+        self.assertEqual(j["step"], 42)
+
+    def test_ls_special_files(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        good = self.model(os.path.join("ckpt", ckpt_name(5)))
+        os.mkfifo(os.path.join(d, ckpt_name(6)))                       # would block a reader
+        os.symlink("nowhere", os.path.join(d, ckpt_name(7)))           # dangling
+        os.mkdir(os.path.join(d, "sub"))
+        os.symlink("sub", os.path.join(d, ckpt_name(8)))               # a directory
+        os.symlink(ckpt_name(5), os.path.join(d, ckpt_name(9)))        # a valid file, wrong step
+        write_bytes(os.path.join(d, "." + ckpt_name(10) + ".tmp"), b"x")  # a writer's temporary
+        write_bytes(os.path.join(d, "model.ckpt-011.safetensors"), b"x")  # not a checkpoint name
+        write_bytes(os.path.join(d, "notes.txt"), b"x")
+        r = self.run_prog([MNISTCTL, "--json", "ls", d], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+        rows = {c["step"]: c for c in json.loads(r.stdout)["checkpoints"]}
+        self.assertEqual(sorted(rows), [5, 6, 7, 8, 9])
+        self.assertTrue(rows[5]["valid"], rows[5])
+        self.assertIn("not a regular file", rows[6]["error"])
+        self.assertIn("No such file or directory", rows[7]["error"])
+        self.assertIn("not a regular file", rows[8]["error"])
+        self.assertIn("the file name says step 9 but global_step is 5", rows[9]["error"])
+        self.assertEqual(os.path.getsize(good), rows[5]["size"])
+        # Asked for a directory's latest checkpoint, freeze and predict refuse a FIFO
+        # instead of waiting for a writer forever.
+        os.unlink(os.path.join(d, ckpt_name(7)))
+        os.unlink(os.path.join(d, ckpt_name(8)))
+        os.unlink(os.path.join(d, ckpt_name(9)))
+        r = self.run_prog([MNISTCTL, "freeze", d, "-o", os.path.join(self.work, "f.safetensors")], timeout=30)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("%s: not a regular file" % os.path.join(d, ckpt_name(6)), r.stderr)
+        self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+
+    def test_stale_index_falls_back_to_the_highest_step(self):
+        # checkpoint.json may name a file retention (or a hand) removed since.
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        self.model(os.path.join("ckpt", ckpt_name(5)), step="5")
+        with open(os.path.join(d, "checkpoint.json"), "w") as f:
+            json.dump({"latest": ckpt_name(9), "all": [ckpt_name(5), ckpt_name(9)]}, f)
+        out = os.path.join(self.work, "f.safetensors")
+        j = self.ctl_json("freeze", d, "-o", out)
+        self.assertEqual((j["source"], j["step"]), (os.path.join(d, ckpt_name(5)), 5))
+        images, _, _ = self.validation_idx()
+        self.assertEqual(self.ctl_json("predict", d, "--images", images)["model"], os.path.join(d, ckpt_name(5)))
+
+    def test_output_paths(self):
+        src = self.model("in.safetensors")
+        with open(src, "rb") as f:
+            before = f.read()
+        # A refused conversion onto its own input leaves the input untouched.
+        r = self.ctl("convert", src, "-o", src, "--rename", "nope=x", expect=1)
+        with open(src, "rb") as f:
+            self.assertEqual(f.read(), before)
+        # A successful one replaces it whole (the input was read before the atomic rename).
+        self.ctl("convert", src, "-o", src, "--select", "layer2/*")
+        header, _, _ = read_safetensors(src)
+        self.assertEqual(sorted(header), ["__metadata__", "layer2/biases", "layer2/weights"])
+        self.ctl("verify", src)
+        src = self.model("in.safetensors")
+        self.ctl("freeze", src, "-o", src)
+        self.assertEqual(self.ctl("verify", src).stdout.strip(), "%s: OK (step 5, 64-32-10, frozen)" % src)
+        # A missing or non-directory output directory is named as such; nothing is created.
+        for cmd in ("convert", "freeze"):
+            missing = os.path.join(self.work, "no", "such", "out.safetensors")
+            r = self.ctl(cmd, src, "-o", missing, expect=1)
+            self.assertIn("cannot write into %s: No such file or directory" % os.path.join(self.work, "no", "such"),
+                          r.stderr)
+            r = self.ctl(cmd, src, "-o", os.path.join(src, "out.safetensors"), expect=1)
+            self.assertIn("cannot write into %s: not a directory" % src, r.stderr)
+            self.assertFalse(os.path.exists(os.path.join(self.work, "no")))
+        self.assertEqual(sorted(f for f in os.listdir(self.work) if f.startswith(".")), [])
+
     def test_output_that_cannot_be_written_fails(self):
         # Output lost to a full disk is a failure, not a silent success.
         src = self.model()
@@ -620,6 +755,23 @@ class HostileInputTest(ToolkitCase):
             self.assertEqual(r.returncode, 1, args)
             self.assertIn("cannot write the output: No space left on device", r.stderr)
             self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+
+    def test_option_errors_name_the_option(self):
+        cases = [
+            (["ls", "-xj", "d"], "unknown option -x"),
+            (["ls", "--json", "-xj", "d"], "unknown option -x"),
+            (["ls", "--json=1", "d"], "option --json takes no value"),
+            (["ls", "--bogus=3", "d"], "unknown option --bogus\n"),
+            (["ls", "-jp"], "option -p needs a value"),
+            (["ls", "--pre"], "option --prefix needs a value"),
+            (["freeze", "--raw=1", "x", "-o", "y"], "option --raw takes no value"),
+            (["predict", "x", "--threads"], "option --threads needs a value"),
+            (["status", "-xj"], "unknown option -x"),
+            (["status", "--json=1"], "option --json takes no value"),
+        ]
+        for args, msg in cases:
+            r = self.ctl(*args, expect=2)
+            self.assertIn(msg, r.stderr, args)
 
 
 class WarmStartTest(ToolkitCase):
