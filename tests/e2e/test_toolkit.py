@@ -424,6 +424,26 @@ class FileToolsTest(ToolkitCase):
         self.assertIn("nothing selected", r.stderr)
         self.assertFalse(os.path.exists(out))
 
+    def test_convert_does_not_launder_a_broken_checkpoint(self):
+        # Only a selection that breaks the architecture drops it; a fault of the
+        # input itself is refused, not turned into a file that verifies.
+        tensors, meta = tensors_of(self.ckpt)
+        broken = [(n, d, s, bytes(len(raw)) if n == "train/permutation" else raw) for n, d, s, raw in tensors]
+        src = write_bytes(os.path.join(self.work, "broken.safetensors"), encode_safetensors(broken, meta))
+        self.ctl("verify", src, expect=1)
+        out = os.path.join(self.work, "out.safetensors")
+        r = self.ctl("convert", src, "-o", out, expect=1)
+        self.assertIn("the result would not be valid", r.stderr)
+        self.assertIn("train/permutation is not a permutation", r.stderr)
+        self.assertNotIn("left out", r.stderr)
+        self.assertFalse(os.path.exists(out))
+        # The intact part can still be taken out of it.
+        r = self.ctl("convert", src, "-o", out, "--select", "layer*")
+        self.assertEqual(self.ctl("verify", out).stdout.strip(), "%s: OK (step 60, 64-32-10, no training state)" % out)
+        # A selection that is not the whole model says which tensor it lacks.
+        r = self.ctl("convert", src, "-o", out, "--select", "layer1/*")
+        self.assertIn('were left out of %s\'s metadata (tensor "layer2/weights" not found' % out, r.stderr)
+
 
 class FreezePredictTest(ToolkitCase):
     def setUp(self):
