@@ -377,14 +377,26 @@ struct ls_row {
 /* Sets the accuracy of each row from the metrics file: the last line naming it wins. */
 static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row *rows, size_t n)
 {
-	FILE *f = fopen(path, "re");
+	/* Non-blocking and regular files only, as for the checkpoints: a FIFO must not hang ls. */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	const char *why = NULL;
 	char *line = NULL;
 	size_t cap = 0;
+	struct stat st;
+	FILE *f = NULL;
 
+	if (fd < 0 || fstat(fd, &st) < 0)
+		why = strerror(errno);
+	else if (!S_ISREG(st.st_mode))
+		why = "not a regular file";
+	else if (!(f = fdopen(fd, "r")))
+		why = strerror(errno);
 	if (!f) {
+		if (fd >= 0)
+			close(fd);
 		/* The evaluator may not have written anything yet; only a named file must exist. */
 		if (explicit_path)
-			ctl_errorf("ls", "%s: %s (accuracy not shown)", path, strerror(errno));
+			ctl_errorf("ls", "%s: %s (accuracy not shown)", path, why);
 		return;
 	}
 	while (getline(&line, &cap, f) > 0) {
@@ -402,6 +414,8 @@ static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row 
 		}
 		cJSON_Delete(o);
 	}
+	if (ferror(f))
+		ctl_errorf("ls", "%s: read error (accuracy may be missing)", path);
 	free(line);
 	fclose(f);
 }

@@ -716,6 +716,12 @@ class HostileInputTest(ToolkitCase):
         self.assertIn("not a regular file", rows[8]["error"])
         self.assertIn("the file name says step 9 but global_step is 5", rows[9]["error"])
         self.assertEqual(os.path.getsize(good), rows[5]["size"])
+        # Nor does a metrics "file" that is a FIFO or a directory.
+        for metrics in (os.path.join(d, ckpt_name(6)), d):
+            r = self.run_prog([MNISTCTL, "ls", "--metrics", metrics, d], timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("%s: not a regular file (accuracy not shown)" % metrics, r.stderr)
+            self.assertNotRegex(r.stderr, SANITIZER_REPORT)
         # Asked for a directory's latest checkpoint, freeze and predict refuse a FIFO
         # instead of waiting for a writer forever.
         os.unlink(os.path.join(d, ckpt_name(7)))
