@@ -134,7 +134,14 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 		mn_errf(err, errlen, "%s/%s: path too long", dir, name);
 		return -ENAMETOOLONG;
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	/*
+	 * A crashed writer's temp is removed and ours created exclusively, so a
+	 * symlink or hard link planted under the temp name is replaced, never
+	 * written through (truncating whatever it points to). Should the unlink
+	 * fail, the exclusive open reports why.
+	 */
+	(void)unlink(tmp);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0) {
 		rc = -errno;
 		mn_errf(err, errlen, "%s: cannot create: %s", tmp, strerror(-rc));

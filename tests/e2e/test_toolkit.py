@@ -772,6 +772,26 @@ class HostileInputTest(ToolkitCase):
             self.assertFalse(os.path.exists(os.path.join(self.work, "no")))
         self.assertEqual(sorted(f for f in os.listdir(self.work) if f.startswith(".")), [])
 
+    def test_a_link_planted_under_the_temporary_name_is_not_written_through(self):
+        # The atomic writer's temporary is ".OUT.tmp" in OUT's directory; whoever
+        # can write there must not make convert or freeze overwrite another file.
+        src = self.model()
+        d = os.path.join(self.work, "shared")
+        os.makedirs(d)
+        victim = write_bytes(os.path.join(self.work, "victim"), b"precious")
+        for cmd, args in (("convert", ["--select", "layer1/*"]), ("freeze", [])):
+            out = os.path.join(d, cmd + ".safetensors")
+            os.symlink(victim, os.path.join(d, "." + cmd + ".safetensors.tmp"))
+            self.ctl(cmd, src, "-o", out, *args)
+            self.assertFalse(os.path.islink(out))
+            self.ctl("verify", out)
+        out = os.path.join(d, "hard.safetensors")
+        os.link(victim, os.path.join(d, ".hard.safetensors.tmp"))
+        self.ctl("freeze", src, "-o", out)
+        with open(victim, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+        self.assertEqual(sorted(os.listdir(d)), ["convert.safetensors", "freeze.safetensors", "hard.safetensors"])
+
     def test_output_that_cannot_be_written_fails(self):
         # Output lost to a full disk is a failure, not a silent success.
         src = self.model()
