@@ -420,6 +420,14 @@ static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row 
 	fclose(f);
 }
 
+/* Size and modification time, what a row shows when the file cannot be trusted. */
+static void ls_set_times(struct ls_row *r, const struct stat *st)
+{
+	r->size = (int64_t)st->st_size;
+	mn_time_rfc3339_ns((int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+	                   r->created);
+}
+
 /*
  * Fills a row with what the file holds. Returns false if the file is gone
  * (retention may delete it after the scan), so the row is not listed.
@@ -450,6 +458,9 @@ static bool ls_check_row(const char *dir, struct ls_row *r)
 		/* A dangling symlink is listed as invalid; a file deleted since the scan is not. */
 		if (e == ENOENT && lstat(path, &st) < 0 && errno == ENOENT)
 			return false;
+		/* An unreadable file still has a size and a time to show. */
+		if (stat(path, &st) == 0)
+			ls_set_times(r, &st);
 		mn_errf(r->err, sizeof(r->err), "%s: cannot open: %s", path, strerror(e));
 		return true;
 	}
@@ -458,9 +469,7 @@ static bool ls_check_row(const char *dir, struct ls_row *r)
 		close(fd);
 		return true;
 	}
-	r->size = (int64_t)st.st_size;
-	mn_time_rfc3339_ns((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-	                   r->created);
+	ls_set_times(r, &st);
 	if (!S_ISREG(st.st_mode)) {
 		mn_errf(r->err, sizeof(r->err), "%s: not a regular file", path);
 		close(fd);

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import struct
 import sys
 import unittest
@@ -731,6 +732,28 @@ class HostileInputTest(ToolkitCase):
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("%s: not a regular file" % os.path.join(d, ckpt_name(6)), r.stderr)
         self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+
+    def test_ls_lists_an_unreadable_file_as_invalid(self):
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        self.model(os.path.join("ckpt", ckpt_name(5)), step="5")
+        locked = self.model(os.path.join("ckpt", ckpt_name(6)), step="6")
+        os.chmod(locked, 0)
+        argv = [MNISTCTL, "--json", "ls", d]
+        if os.geteuid() == 0:
+            # Root reads anything: list as nobody, who can enter but not read.
+            if not shutil.which("setpriv"):
+                self.skipTest("running as root without setpriv")
+            os.chmod(self.work, 0o755)
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + argv
+        r = self.run_prog(argv)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+        rows = json.loads(r.stdout)["checkpoints"]
+        self.assertEqual([(c["step"], c["valid"]) for c in rows], [(5, True), (6, False)])
+        self.assertIn("cannot open: Permission denied", rows[1]["error"])
+        self.assertEqual(rows[1]["size"], os.path.getsize(locked))
+        self.assertIsNotNone(rows[1]["created"])
 
     def test_stale_index_falls_back_to_the_highest_step(self):
         # checkpoint.json may name a file retention (or a hand) removed since.
