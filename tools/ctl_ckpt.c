@@ -1241,6 +1241,16 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 				                     "--rename wants OLD=NEW, got \"%s\"", optarg);
 				goto done;
 			}
+			/* Said here, not as the writer's "tensor 0: invalid name" later. */
+			if (strcmp(eq + 1, "__metadata__") == 0 ||
+			    strlen(eq + 1) >= MN_CKPT_MAX_NAME) {
+				rc = ctl_usage_error(
+				    "convert",
+				    "--rename %.*s=...: NEW must be a tensor name of "
+				    "at most %d bytes other than __metadata__",
+				    (int)(eq - optarg), optarg, MN_CKPT_MAX_NAME - 1);
+				goto done;
+			}
 			copy = strdup(optarg);
 			if (!copy) {
 				ctl_errorf("convert", "out of memory");

@@ -412,6 +412,8 @@ class FileToolsTest(ToolkitCase):
             (["--rename", "v1=x"], 1, 'no tensor "v1" in'),
             (["--rename", "v1"], 2, "--rename wants OLD=NEW"),
             (["--rename", "layer1/biases=a", "--rename", "layer1/biases=b"], 2, "renamed twice"),
+            (["--rename", "layer1/biases=__metadata__"], 2, "NEW must be a tensor name of at most 255 bytes"),
+            (["--rename", "layer1/biases=" + "x" * 256], 2, "NEW must be a tensor name of at most 255 bytes"),
         ]
         for args, status, msg in cases:
             r = self.ctl("convert", self.ckpt, "-o", out, *args, expect=status)
