@@ -1,12 +1,8 @@
 /*
  * fuzz_ckpt.c - libFuzzer target for the checkpoint reader.
  *
- * Built by hand for now:
- *   clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
- *     -fno-sanitize-recover=all -Icommon $(pkg-config --cflags libcjson) \
- *     common/util.c common/ckpt.c tests/fuzz/fuzz_ckpt.c \
- *     $(pkg-config --libs libcjson zlib) -o fuzz_ckpt
- *   ./fuzz_ckpt -max_total_time=120 CORPUS_DIR
+ * Built by meson with -Dfuzzing=true (see tests/fuzz/meson.build); run by
+ * scripts/fuzz.sh.
  *
  * Besides "never crash, never leak", it checks that whatever the reader
  * accepts, the writer can write again and the reader reads back unchanged.
