@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -27,9 +28,6 @@
 
 /* checkpoint.json lists every kept file; this is far beyond any real index. */
 #define INDEX_MAX_BYTES ((size_t)16 << 20)
-
-/* mn_read_fd wants a cap; a checkpoint is bounded only by memory. */
-#define FILE_MAX_BYTES (SIZE_MAX / 4)
 
 #define METADATA_KEY "__metadata__"
 #define CRC_KEY      "data_crc32"
@@ -834,13 +832,19 @@ int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **o
 {
 	char *buf = NULL;
 	size_t len = 0;
+	struct stat st;
 	int rc;
 
 	if (out)
 		*out = NULL;
 	if (!name)
 		name = "checkpoint";
-	rc = mn_read_fd(fd, name, FILE_MAX_BYTES, &buf, &len, err, errlen);
+	/* A regular file says its size: refuse a huge one before reading any of it. */
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > MN_CKPT_MAX_FILE)
+		return fail(err, errlen, name, -EFBIG,
+		            "%" PRIu64 " bytes, more than the %zu allowed", (uint64_t)st.st_size,
+		            MN_CKPT_MAX_FILE);
+	rc = mn_read_fd(fd, name, MN_CKPT_MAX_FILE, &buf, &len, err, errlen);
 	if (rc < 0)
 		return rc;
 	return parse_impl((uint8_t *)buf, len, true, name, flags, out, err, errlen);

@@ -54,8 +54,14 @@
 #define MN_CKPT_SUFFIX     ".safetensors"
 #define MN_CKPT_INDEX      "checkpoint.json"
 #define MN_CKPT_MAX_HEADER ((size_t)100 << 20)
-#define MN_CKPT_MAX_DIMS   8
-#define MN_CKPT_MAX_NAME   256
+/*
+ * Files larger than this are refused before they are read whole: twice the
+ * largest parameter set mlp.h allows (weights and EMA shadows, 2 GiB) plus
+ * room for training state, and a bound on what a stray /dev/zero costs.
+ */
+#define MN_CKPT_MAX_FILE ((size_t)4 << 30)
+#define MN_CKPT_MAX_DIMS 8
+#define MN_CKPT_MAX_NAME 256
 
 enum mn_dtype {
 	MN_DTYPE_BOOL,
