@@ -134,6 +134,13 @@ class FileToolsTest(ToolkitCase):
         self.assertEqual(j, {"ok": True, "files": [{"file": self.ckpt, "ok": True, "kind": "checkpoint", "step": 60,
                                                     "architecture": "64-32-10", "tensors": 13}]})
 
+    def test_verify_refuses_a_huge_file_without_reading_it(self):
+        huge = os.path.join(self.work, "model.ckpt-1.safetensors")
+        with open(huge, "wb") as f:
+            f.truncate(5 << 30)  # sparse: costs no disk, but 5 GiB to read
+        r = self.ctl("verify", huge, expect=1)
+        self.assertIn("more than the 4294967296 allowed", r.stdout + r.stderr)
+
     def test_verify_tampered_truncated_and_broken_files(self):
         with open(self.ckpt, "rb") as f:
             blob = f.read()
