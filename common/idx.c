@@ -13,6 +13,9 @@
 #define IDX_TYPE_U8    0x08
 #define IDX_HEADER_MAX (4 + 4 * 3)
 
+/* The first allocation for elements; it doubles up to what the header promises. */
+#define IDX_INITIAL_ALLOC ((size_t)16 << 20)
+
 /* gzread() takes an unsigned length and returns an int, so big reads go in pieces. */
 #define IDX_READ_CHUNK ((size_t)1 << 30)
 
@@ -275,20 +278,36 @@ static int idx_load_file(const char *path, int kind, struct idx_file *f, char *e
 	if (rc < 0)
 		goto fail;
 
-	elems = malloc(nbytes);
-	if (!elems) {
-		mn_errf(err, errlen, "%s: out of memory for %zu bytes of %s", path, nbytes,
-		        idx_what(kind));
-		rc = -ENOMEM;
-		goto fail;
-	}
-	rc = idx_read(gz, elems, nbytes, &got, path, err, errlen);
-	if (rc < 0)
-		goto fail;
-	if (got < nbytes) {
-		idx_err_truncated(path, kind, nbytes, got, err, errlen);
-		rc = -EINVAL;
-		goto fail;
+	/*
+	 * Grow the buffer as the data arrives instead of trusting the header's
+	 * size up front: a 16-byte file promising 2 GiB costs 16 MiB, not 2 GiB.
+	 */
+	for (size_t cap = 0, filled = 0;;) {
+		size_t next = cap == 0 ? IDX_INITIAL_ALLOC : cap * 2;
+		uint8_t *grown;
+
+		if (next > nbytes)
+			next = nbytes;
+		grown = realloc(elems, next ? next : 1);
+		if (!grown) {
+			mn_errf(err, errlen, "%s: out of memory for %zu bytes of %s", path, nbytes,
+			        idx_what(kind));
+			rc = -ENOMEM;
+			goto fail;
+		}
+		elems = grown;
+		cap = next;
+		rc = idx_read(gz, elems + filled, cap - filled, &got, path, err, errlen);
+		if (rc < 0)
+			goto fail;
+		filled += got;
+		if (filled < cap) {
+			idx_err_truncated(path, kind, nbytes, filled, err, errlen);
+			rc = -EINVAL;
+			goto fail;
+		}
+		if (filled == nbytes)
+			break;
 	}
 	rc = idx_read(gz, &extra, 1, &got, path, err, errlen);
 	if (rc < 0)
