@@ -40,9 +40,13 @@ static size_t layer_shape(const struct mn_arch *a, size_t l, bool biases, uint64
 	return 2;
 }
 
-/* Copies all layers (raw or EMA) into params, checking dtype and shapes. */
+/*
+ * Copies all layers (raw or EMA), checking dtype and shapes: into params in
+ * mlp.h's layout, or, with scratch, each tensor over the last into params
+ * (large enough for the biggest), which checks without a whole model's memory.
+ */
 static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool ema, float *params,
-                       char *err, size_t errlen)
+                       bool scratch, char *err, size_t errlen)
 {
 	for (size_t l = 0; l < mn_arch_layers(a); l++) {
 		for (int b = 0; b < 2; b++) {
@@ -53,28 +57,8 @@ static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool em
 			int rc;
 
 			mn_model_tensor_name(l, b, ema, name, sizeof(name));
-			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape, params + off, err,
-			                  errlen);
-			if (rc < 0)
-				return rc;
-		}
-	}
-	return 0;
-}
-
-/* Checks one set of layer tensors (raw or EMA) by copying each into scratch. */
-static int check_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool ema, void *scratch,
-                        char *err, size_t errlen)
-{
-	for (size_t l = 0; l < mn_arch_layers(a); l++) {
-		for (int b = 0; b < 2; b++) {
-			char name[NAME_LEN];
-			uint64_t shape[2];
-			size_t ndim = layer_shape(a, l, b, shape);
-			int rc;
-
-			mn_model_tensor_name(l, b, ema, name, sizeof(name));
-			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape, scratch, err, errlen);
+			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape,
+			                  scratch ? params : params + off, err, errlen);
 			if (rc < 0)
 				return rc;
 		}
@@ -147,9 +131,9 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
 		return -ENOMEM;
 	}
-	rc = check_layers(c, &a, false, scratch, err, errlen);
+	rc = copy_layers(c, &a, false, scratch, true, err, errlen);
 	if (rc == 0 && !is_frozen(c))
-		rc = check_layers(c, &a, true, scratch, err, errlen);
+		rc = copy_layers(c, &a, true, scratch, true, err, errlen);
 	free(scratch);
 	if (rc == 0)
 		rc = check_no_extra_layers(c, &a, err, errlen);
@@ -173,7 +157,7 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
 		return -ENOMEM;
 	}
-	rc = copy_layers(c, &a, use_ema && !is_frozen(c), p, err, errlen);
+	rc = copy_layers(c, &a, use_ema && !is_frozen(c), p, false, err, errlen);
 	if (rc < 0) {
 		free(p);
 		return rc;
@@ -342,8 +326,8 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
 		goto out;
 	}
 	/* Stage everything first so a bad file leaves the trainer untouched. */
-	if ((rc = copy_layers(c, a, false, params, err, errlen)) < 0 ||
-	    (rc = copy_layers(c, a, true, shadow, err, errlen)) < 0 ||
+	if ((rc = copy_layers(c, a, false, params, false, err, errlen)) < 0 ||
+	    (rc = copy_layers(c, a, true, shadow, false, err, errlen)) < 0 ||
 	    (rc = mn_ckpt_copy(c, "global_step", MN_DTYPE_I64, 0, NULL, &step, err, errlen)) < 0 ||
 	    (rc = mn_ckpt_copy(c, "train/rng", MN_DTYPE_U64, 1, (uint64_t[]){4}, rng, err,
 	                       errlen)) < 0 ||
