@@ -1,10 +1,13 @@
 #!/bin/sh
 # Installs the Debian packages mnistd needs to build, run and test, if any
-# are missing. Safe to run again; does nothing when everything is present.
+# are missing, plus any package names given as arguments (scripts/fuzz.sh
+# adds clang's). Safe to run again; does nothing when everything is present.
+#
+#   scripts/deps.sh [PACKAGE...]
 set -eu
 
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libuv1-dev libcjson-dev libopenblas-dev
-check zlib1g-dev dataset-fashion-mnist python3 systemd strace bindfs"
+check zlib1g-dev dataset-fashion-mnist python3 systemd strace bindfs $*"
 
 missing=""
 for p in $PACKAGES; do

@@ -24,25 +24,9 @@ case "$SECS" in
 	;;
 esac
 
-sh scripts/deps.sh
 # clang and its sanitizer runtimes (libFuzzer is in libclang-rt), and
 # llvm-symbolizer (llvm-14) so crash reports name files and lines.
-missing=""
-for p in clang libclang-rt-14-dev llvm-14; do
-	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-	[ "$status" = "install ok installed" ] || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-	if [ "$(id -u)" -ne 0 ]; then
-		echo "fuzz: missing packages:$missing (run as root, or install them)" >&2
-		exit 1
-	fi
-	echo "fuzz: installing$missing" >&2
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	# shellcheck disable=SC2086
-	apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+sh scripts/deps.sh clang libclang-rt-14-dev llvm-14
 
 BUILD=${MN_FUZZ_BUILD_DIR:-build-fuzz}
 if [ ! -f "$BUILD/build.ninja" ]; then
