@@ -246,6 +246,15 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(out.count("invalid checkpoint checkpoint=model.ckpt-65.safetensors"), 1)
         self.assertEqual([x["step"] for x in metrics(self.metrics_path)], [60, 65])
 
+    def dir_with_foreign_checkpoint(self, step):
+        """A fresh checkpoint directory holding one foreign checkpoint; returns
+        (directory, its expected accuracy)."""
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        blob, accuracy, _ = self.foreign_checkpoint(step)
+        publish(d, ckpt_name(step), blob)
+        return d, accuracy
+
     def foreign_checkpoint(self, step, input_dim=64):
         """A checkpoint written here, not by mnistd: a linear nearest-class-mean
         model as the EMA weights, all-zero raw weights. Returns (blob, the
@@ -435,10 +444,7 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(len(LINE.findall(r.stdout)), 1)
 
     def test_json_log(self):
-        d = os.path.join(self.work, "ckpt")
-        os.makedirs(d)
-        blob, accuracy, _ = self.foreign_checkpoint(9)
-        publish(d, ckpt_name(9), blob)
+        d, accuracy = self.dir_with_foreign_checkpoint(9)
         path, _ = self.config("json.json", checkpoint={"dir": d}, log={"format": "json"})
         r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
@@ -451,10 +457,7 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertIsInstance(ev[0]["latency_ms"], float)
 
     def test_once_prints_at_any_log_level_and_check_config(self):
-        d = os.path.join(self.work, "ckpt")
-        os.makedirs(d)
-        blob, accuracy, _ = self.foreign_checkpoint(9)
-        publish(d, ckpt_name(9), blob)
+        d, accuracy = self.dir_with_foreign_checkpoint(9)
         path, cfg = self.config("warn.json", checkpoint={"dir": d}, log={"level": "error"})
         r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
