@@ -761,11 +761,6 @@ void mn_control_set_stopping(struct mn_control *c)
 	c->stopping = true;
 }
 
-size_t mn_control_clients(const struct mn_control *c)
-{
-	return c->nclients;
-}
-
 void mn_control_close(struct mn_control *c)
 {
 	struct stat st;

@@ -70,9 +70,6 @@ void mn_control_set_worker(struct mn_control *c, struct mn_worker *w);
 /* Marks the daemon as stopping: status reports "state":"stopping". */
 void mn_control_set_stopping(struct mn_control *c);
 
-/* Number of connected clients (for tests and logs). */
-size_t mn_control_clients(const struct mn_control *c);
-
 /*
  * Stops listening, closes every connection (queued answers are dropped)
  * and removes the socket file if it is still the one this server created.
