@@ -37,7 +37,7 @@ enum wait_kind {
 struct client {
 	uv_pipe_t pipe; /* pipe.data points back here */
 	uv_shutdown_t shutdown;
-	struct mn_control *srv;
+	struct mnd_control *srv;
 	struct client *prev, *next;
 	struct mn_framer *framer;
 	enum wait_kind wait;
@@ -56,7 +56,7 @@ struct client {
 /* A connection over the limit: answered with one line, then closed. */
 struct refused {
 	uv_pipe_t pipe;
-	struct mn_control *srv;
+	struct mnd_control *srv;
 };
 
 struct write_req {
@@ -64,7 +64,7 @@ struct write_req {
 	char *line;
 };
 
-struct mn_control {
+struct mnd_control {
 	uv_loop_t *loop;
 	uv_pipe_t listener;
 	uv_timer_t sweep;
@@ -75,13 +75,13 @@ struct mn_control {
 	bool bound;
 	dev_t dev;
 	ino_t ino;
-	struct mn_worker *worker;
+	struct mnd_worker *worker;
 	struct client *clients;
 	size_t nclients;
 	size_t nrefused; /* since the last sweep, for one log line */
 	size_t npause_waiting;
 	uint64_t pause_gen;
-	mn_control_reload_fn reload;
+	mnd_control_reload_fn reload;
 	void *reload_arg;
 	size_t max_clients, max_line, max_output;
 	uint64_t idle_timeout_ms;
@@ -93,7 +93,7 @@ struct mn_control {
 
 static void pump(struct client *cl);
 
-static void handle_closed(struct mn_control *srv)
+static void handle_closed(struct mnd_control *srv)
 {
 	if (--srv->open_handles == 0 && srv->closing)
 		free(srv);
@@ -107,7 +107,7 @@ static void on_handle_closed(uv_handle_t *h)
 static void on_client_closed(uv_handle_t *h)
 {
 	struct client *cl = h->data;
-	struct mn_control *srv = cl->srv;
+	struct mnd_control *srv = cl->srv;
 
 	if (cl->prev)
 		cl->prev->next = cl->next;
@@ -179,7 +179,7 @@ static void on_write(uv_write_t *req, int status)
 static void reply(struct client *cl, cJSON *resp)
 {
 	static const char oom[] = "{\"ok\":false,\"error\":\"out of memory\"}\n";
-	struct mn_control *srv = cl->srv;
+	struct mnd_control *srv = cl->srv;
 	struct write_req *wr;
 	uv_buf_t buf;
 	size_t len = 0;
@@ -239,18 +239,18 @@ static void reply_error(struct client *cl, const char *fmt, ...)
 	reply(cl, mn_proto_error(msg));
 }
 
-static const char *unavailable(const struct mn_control *srv)
+static const char *unavailable(const struct mnd_control *srv)
 {
 	return srv->stopping ? "the daemon is shutting down" : "the trainer is not running";
 }
 
 static void do_status(struct client *cl)
 {
-	struct mn_control *srv = cl->srv;
-	struct mn_worker_status ws;
+	struct mnd_control *srv = cl->srv;
+	struct mnd_worker_status ws;
 	struct mn_proto_status ps;
 
-	mn_worker_get_status(srv->worker, &ws);
+	mnd_worker_get_status(srv->worker, &ws);
 	ps = (struct mn_proto_status){
 	    .step = ws.step,
 	    .max_steps = ws.max_steps,
@@ -266,7 +266,7 @@ static void do_status(struct client *cl)
 
 static void do_reload(struct client *cl)
 {
-	struct mn_control *srv = cl->srv;
+	struct mnd_control *srv = cl->srv;
 	struct mn_proto_keys applied = {0}, restart = {0};
 	char err[MN_ERRLEN] = "";
 
@@ -304,7 +304,7 @@ static void on_saved(void *arg, int status, const char *name, const char *error)
 
 static void do_save(struct client *cl)
 {
-	int rc = mn_worker_save(cl->srv->worker, on_saved, cl);
+	int rc = mnd_worker_save(cl->srv->worker, on_saved, cl);
 
 	if (rc < 0) {
 		reply_error(cl, "save: %s",
@@ -319,9 +319,9 @@ static void on_pause_poll(uv_timer_t *t);
 
 static void do_pause(struct client *cl, bool paused)
 {
-	struct mn_control *srv = cl->srv;
+	struct mnd_control *srv = cl->srv;
 
-	mn_worker_set_paused(srv->worker, paused);
+	mnd_worker_set_paused(srv->worker, paused);
 	cl->wait = WAIT_PAUSE;
 	cl->want_paused = paused;
 	cl->pause_gen = ++srv->pause_gen;
@@ -331,12 +331,12 @@ static void do_pause(struct client *cl, bool paused)
 
 static void on_pause_poll(uv_timer_t *t)
 {
-	struct mn_control *srv = t->data;
-	struct mn_worker_status ws = {0};
+	struct mnd_control *srv = t->data;
+	struct mnd_worker_status ws = {0};
 	struct client *cl, *next;
 
 	if (srv->worker)
-		mn_worker_get_status(srv->worker, &ws);
+		mnd_worker_get_status(srv->worker, &ws);
 	for (cl = srv->clients; cl; cl = next) {
 		next = cl->next;
 		if (cl->wait != WAIT_PAUSE || cl->closing)
@@ -363,7 +363,7 @@ static void on_pause_poll(uv_timer_t *t)
 
 static void handle_request(struct client *cl, const char *line, size_t len)
 {
-	struct mn_control *srv = cl->srv;
+	struct mnd_control *srv = cl->srv;
 	enum mn_proto_cmd cmd;
 	char err[MN_ERRLEN];
 
@@ -422,7 +422,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
  */
 static void pump(struct client *cl)
 {
-	struct mn_control *srv = cl->srv;
+	struct mnd_control *srv = cl->srv;
 
 	while (!cl->closing && !cl->finishing && cl->wait == WAIT_NONE) {
 		char *line;
@@ -501,13 +501,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void on_refused_closed(uv_handle_t *h)
 {
 	struct refused *r = h->data;
-	struct mn_control *srv = r->srv;
+	struct mnd_control *srv = r->srv;
 
 	free(r);
 	handle_closed(srv);
 }
 
-static void refuse(struct mn_control *srv, uv_stream_t *server, const char *why)
+static void refuse(struct mnd_control *srv, uv_stream_t *server, const char *why)
 {
 	struct refused *r = calloc(1, sizeof(*r));
 	size_t len = 0;
@@ -541,7 +541,7 @@ static void refuse(struct mn_control *srv, uv_stream_t *server, const char *why)
 
 static void on_connection(uv_stream_t *server, int status)
 {
-	struct mn_control *srv = server->data;
+	struct mnd_control *srv = server->data;
 	struct client *cl;
 
 	if (status < 0) {
@@ -587,7 +587,7 @@ static void on_connection(uv_stream_t *server, int status)
 
 static void on_sweep(uv_timer_t *t)
 {
-	struct mn_control *srv = t->data;
+	struct mnd_control *srv = t->data;
 	uint64_t now = uv_now(srv->loop);
 	struct client *cl;
 
@@ -635,7 +635,7 @@ static int probe_listener(const char *path)
 	return rc;
 }
 
-static int bind_socket(struct mn_control *srv, char *err, size_t errlen)
+static int bind_socket(struct mnd_control *srv, char *err, size_t errlen)
 {
 	struct stat st;
 	int rc = uv_pipe_bind(&srv->listener, srv->path);
@@ -696,10 +696,10 @@ static int bind_socket(struct mn_control *srv, char *err, size_t errlen)
 	return 0;
 }
 
-int mn_control_start(uv_loop_t *loop, const struct mn_control_params *p, struct mn_control **out,
-                     char *err, size_t errlen)
+int mnd_control_start(uv_loop_t *loop, const struct mnd_control_params *p, struct mnd_control **out,
+                      char *err, size_t errlen)
 {
-	struct mn_control *srv;
+	struct mnd_control *srv;
 	int rc;
 
 	if (!p->path || !p->path[0] ||
@@ -740,7 +740,7 @@ int mn_control_start(uv_loop_t *loop, const struct mn_control_params *p, struct 
 
 	rc = bind_socket(srv, err, errlen);
 	if (rc < 0) {
-		mn_control_close(srv);
+		mnd_control_close(srv);
 		return rc;
 	}
 	uv_timer_start(&srv->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
@@ -751,17 +751,17 @@ int mn_control_start(uv_loop_t *loop, const struct mn_control_params *p, struct 
 	return 0;
 }
 
-void mn_control_set_worker(struct mn_control *c, struct mn_worker *w)
+void mnd_control_set_worker(struct mnd_control *c, struct mnd_worker *w)
 {
 	c->worker = w;
 }
 
-void mn_control_set_stopping(struct mn_control *c)
+void mnd_control_set_stopping(struct mnd_control *c)
 {
 	c->stopping = true;
 }
 
-void mn_control_close(struct mn_control *c)
+void mnd_control_close(struct mnd_control *c)
 {
 	struct stat st;
 

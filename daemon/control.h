@@ -11,8 +11,8 @@
  *
  * All functions run on the loop thread.
  */
-#ifndef MN_CONTROL_H
-#define MN_CONTROL_H
+#ifndef MND_CONTROL_H
+#define MND_CONTROL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,16 +27,16 @@
  * and restart with the changed key paths and returns 0, or returns a
  * negative errno with the reason in err; then nothing changed.
  */
-typedef int (*mn_control_reload_fn)(void *arg, struct mn_proto_keys *applied,
-                                    struct mn_proto_keys *restart, char *err, size_t errlen);
+typedef int (*mnd_control_reload_fn)(void *arg, struct mn_proto_keys *applied,
+                                     struct mn_proto_keys *restart, char *err, size_t errlen);
 
-struct mn_control_params {
+struct mnd_control_params {
 	/* Path of the socket, at most 107 bytes. */
 	const char *path;
 	/* Checkpoint file prefix, to read the step out of a saved file's name. */
 	const char *ckpt_prefix;
 	/* Called for "reload", with arg. */
-	mn_control_reload_fn reload;
+	mnd_control_reload_fn reload;
 	void *arg;
 	/* Connections served at once; more are answered with an error and closed. 0: 64. */
 	size_t max_clients;
@@ -48,7 +48,7 @@ struct mn_control_params {
 	uint64_t idle_timeout_ms;
 };
 
-struct mn_control;
+struct mnd_control;
 
 /*
  * Creates the socket with mode 0660 (whatever the umask) and starts
@@ -57,18 +57,18 @@ struct mn_control;
  * message saying so, and the file is left alone. A path that exists and is
  * not a socket is never removed (-EEXIST).
  */
-int mn_control_start(uv_loop_t *loop, const struct mn_control_params *p, struct mn_control **out,
-                     char *err, size_t errlen);
+int mnd_control_start(uv_loop_t *loop, const struct mnd_control_params *p, struct mnd_control **out,
+                      char *err, size_t errlen);
 
 /*
  * Gives the server the worker that commands act on. Until it is set,
  * commands other than reload are answered with an error. w must outlive
  * the server or be replaced by NULL before it is freed.
  */
-void mn_control_set_worker(struct mn_control *c, struct mn_worker *w);
+void mnd_control_set_worker(struct mnd_control *c, struct mnd_worker *w);
 
 /* Marks the daemon as stopping: status reports "state":"stopping". */
-void mn_control_set_stopping(struct mn_control *c);
+void mnd_control_set_stopping(struct mnd_control *c);
 
 /*
  * Stops listening, closes every connection (queued answers are dropped)
@@ -76,6 +76,6 @@ void mn_control_set_stopping(struct mn_control *c);
  * The memory is released once libuv has closed the handles: run the loop
  * after this. NULL is allowed.
  */
-void mn_control_close(struct mn_control *c);
+void mnd_control_close(struct mnd_control *c);
 
 #endif

@@ -30,7 +30,7 @@
 #define EXIT_NOINPUT         66
 #define PROGRESS_INTERVAL_MS 5000
 #define STATUS_INTERVAL_MS   2000
-#define MN_CLASSES           10
+#define MND_CLASSES          10
 /* A control connection without a request for this long is closed. */
 #define CONTROL_IDLE_MS (10 * 60 * 1000)
 
@@ -43,11 +43,11 @@ struct daemon {
 	int64_t last_status_ns;
 	bool notify_warned;
 	bool stopping;
-	struct mn_control *control;
+	struct mnd_control *control;
 	const char *config_path;
 	struct mn_config cfg;
 	struct mn_dataset *data;
-	struct mn_worker *worker;
+	struct mnd_worker *worker;
 	int exit_status;
 };
 
@@ -87,7 +87,7 @@ static void notify(struct daemon *d, const char *fmt, ...)
 	}
 }
 
-static void notify_status(struct daemon *d, const struct mn_worker_status *s)
+static void notify_status(struct daemon *d, const struct mnd_worker_status *s)
 {
 	if (d->stopping)
 		notify(d, "STATUS=stopping at step %" PRId64, s->step);
@@ -109,7 +109,7 @@ static void begin_stop(struct daemon *d)
 	d->stopping = true;
 	notify(d, "STOPPING=1");
 	if (d->control)
-		mn_control_set_stopping(d->control);
+		mnd_control_set_stopping(d->control);
 }
 
 static void close_handle(uv_handle_t *h, void *arg)
@@ -138,7 +138,7 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 		return;
 	}
 	mn_log(MN_LOG_INFO, "received %s, finishing the current step", strsignal(signum));
-	mn_worker_stop(d->worker);
+	mnd_worker_stop(d->worker);
 }
 
 struct reload_keys {
@@ -192,7 +192,7 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 	}
 	mn_config_diff(&d->cfg, &next, collect_key, &k);
 	if (applied->n > 0 && d->worker)
-		mn_worker_reconfigure(d->worker, &next);
+		mnd_worker_reconfigure(d->worker, &next);
 	mn_config_apply_reloadable(&d->cfg, &next);
 	join_keys(applied, a, sizeof(a));
 	join_keys(restart, r, sizeof(r));
@@ -226,12 +226,12 @@ static void on_hup(uv_signal_t *h, int signum)
 static void on_notify_timer(uv_timer_t *h)
 {
 	struct daemon *d = h->data;
-	struct mn_worker_status s;
+	struct mnd_worker_status s;
 	int64_t now = mn_monotonic_ns();
 
 	if (!d->worker)
 		return;
-	mn_worker_get_status(d->worker, &s);
+	mnd_worker_get_status(d->worker, &s);
 	if (d->watchdog_usec && !s.finished &&
 	    (s.paused || now - s.progress_ns < (int64_t)d->watchdog_usec * 1000))
 		notify(d, "WATCHDOG=1");
@@ -243,10 +243,10 @@ static void on_notify_timer(uv_timer_t *h)
 
 static void start_notify(struct daemon *d)
 {
-	struct mn_worker_status s;
+	struct mnd_worker_status s;
 	uint64_t period = STATUS_INTERVAL_MS;
 
-	mn_worker_get_status(d->worker, &s);
+	mnd_worker_get_status(d->worker, &s);
 	notify(d, "READY=1");
 	d->last_status_ns = mn_monotonic_ns();
 	notify_status(d, &s);
@@ -260,7 +260,7 @@ static void start_notify(struct daemon *d)
 
 static int start_control(struct daemon *d)
 {
-	struct mn_control_params p = {
+	struct mnd_control_params p = {
 	    .path = d->cfg.control.socket,
 	    .ckpt_prefix = d->cfg.checkpoint.prefix,
 	    .reload = reload_config,
@@ -268,7 +268,7 @@ static int start_control(struct daemon *d)
 	    .idle_timeout_ms = CONTROL_IDLE_MS,
 	};
 	char err[MN_ERRLEN];
-	int rc = mn_control_start(&d->loop, &p, &d->control, err, sizeof(err));
+	int rc = mnd_control_start(&d->loop, &p, &d->control, err, sizeof(err));
 
 	if (rc < 0)
 		mn_log(MN_LOG_ERROR, "%s", err);
@@ -278,11 +278,11 @@ static int start_control(struct daemon *d)
 static void on_progress(uv_timer_t *h)
 {
 	struct daemon *d = h->data;
-	struct mn_worker_status s;
+	struct mnd_worker_status s;
 
 	if (!d->worker)
 		return;
-	mn_worker_get_status(d->worker, &s);
+	mnd_worker_get_status(d->worker, &s);
 	if (s.paused || isnan(s.loss))
 		return;
 	mn_log_fields(MN_LOG_INFO, "training",
@@ -375,9 +375,9 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 		mn_log(MN_LOG_ERROR, "cannot load the training data: %s", err);
 		return rc == -ENOENT ? EXIT_NOINPUT : EXIT_FAILURE;
 	}
-	if (mn_dataset_max_label(d->data) >= MN_CLASSES) {
+	if (mn_dataset_max_label(d->data) >= MND_CLASSES) {
 		mn_log(MN_LOG_ERROR, "%s: label %u is out of range for %d classes", d->cfg.data.dir,
-		       mn_dataset_max_label(d->data), MN_CLASSES);
+		       mn_dataset_max_label(d->data), MND_CLASSES);
 		return EXIT_FAILURE;
 	}
 	rc = mn_dataset_split(d->data, (size_t)d->cfg.data.validation_size, &train, &validation,
@@ -386,7 +386,7 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
 		return MN_EX_CONFIG;
 	}
-	mn_config_arch(&d->cfg, train.dim, MN_CLASSES, &tp.arch);
+	mn_config_arch(&d->cfg, train.dim, MND_CLASSES, &tp.arch);
 	tp.batch_size = (size_t)d->cfg.train.batch_size;
 	tp.seed = d->cfg.model.seed;
 	tp.init_stddev = (float)d->cfg.model.init_stddev;
@@ -501,27 +501,27 @@ static int run(struct daemon *d)
 	struct mn_trainer_state ts;
 
 	mn_trainer_state(t, &ts);
-	rc = mn_worker_start(&d->loop, t, &d->cfg, ts.nperm, latest, on_worker_done, d, &d->worker,
-	                     err, sizeof(err));
+	rc = mnd_worker_start(&d->loop, t, &d->cfg, ts.nperm, latest, on_worker_done, d, &d->worker,
+	                      err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		mn_trainer_free(t);
 		d->exit_status = EXIT_FAILURE;
 		goto out;
 	}
-	mn_control_set_worker(d->control, d->worker);
+	mnd_control_set_worker(d->control, d->worker);
 	if (mn_notify_enabled())
 		start_notify(d);
 	uv_run(&d->loop, UV_RUN_DEFAULT);
 out:
 	if (d->control)
-		mn_control_set_worker(d->control, NULL);
+		mnd_control_set_worker(d->control, NULL);
 	/* Timers may still fire while the worker is freed: they must see it gone. */
-	struct mn_worker *w = d->worker;
+	struct mnd_worker *w = d->worker;
 
 	d->worker = NULL;
-	mn_worker_free(w);
-	mn_control_close(d->control);
+	mnd_worker_free(w);
+	mnd_control_close(d->control);
 	d->control = NULL;
 	uv_walk(&d->loop, close_handle, NULL);
 	uv_run(&d->loop, UV_RUN_DEFAULT);

@@ -17,14 +17,14 @@
 
 struct save_req {
 	struct save_req *next;
-	mn_worker_save_cb cb;
+	mnd_worker_save_cb cb;
 	void *arg;
 	int status;
 	char name[MN_CKPT_MAX_NAME];
 	char error[MN_ERRLEN];
 };
 
-struct mn_worker {
+struct mnd_worker {
 	uv_loop_t *loop;
 	uv_async_t async;
 	uv_thread_t thread;
@@ -49,15 +49,15 @@ struct mn_worker {
 	struct save_req *saves_done, **saves_done_tail;
 	bool finished;
 	int finish_status;
-	struct mn_worker_status status;
+	struct mnd_worker_status status;
 
 	/* Loop thread only. */
 	bool done_reported;
-	mn_worker_done_cb done;
+	mnd_worker_done_cb done;
 	void *done_arg;
 };
 
-static void hparams_from(const struct mn_worker *w, struct mn_hparams *h)
+static void hparams_from(const struct mnd_worker *w, struct mn_hparams *h)
 {
 	h->learning_rate = w->cfg.train.learning_rate;
 	h->learning_rate_decay = w->cfg.train.learning_rate_decay;
@@ -67,7 +67,7 @@ static void hparams_from(const struct mn_worker *w, struct mn_hparams *h)
 }
 
 /* Publishes the current state; returns 0 or -errno with the message in err. */
-static int save_now(struct mn_worker *w, char *name, size_t len, char *err, size_t errlen)
+static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, size_t errlen)
 {
 	int64_t step = mn_trainer_global_step(w->trainer);
 	int rc;
@@ -108,7 +108,7 @@ static int save_now(struct mn_worker *w, char *name, size_t len, char *err, size
 	return 0;
 }
 
-static void complete_saves(struct mn_worker *w, struct save_req *list)
+static void complete_saves(struct mnd_worker *w, struct save_req *list)
 {
 	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
 	int rc;
@@ -132,7 +132,7 @@ static void complete_saves(struct mn_worker *w, struct save_req *list)
 	uv_async_send(&w->async);
 }
 
-static void apply_config(struct mn_worker *w, const struct mn_config *next)
+static void apply_config(struct mnd_worker *w, const struct mn_config *next)
 {
 	char *json;
 
@@ -145,7 +145,7 @@ static void apply_config(struct mn_worker *w, const struct mn_config *next)
 	mn_log_set_level(w->cfg.log.level);
 }
 
-static void update_rate(struct mn_worker *w, int64_t now, int64_t step)
+static void update_rate(struct mnd_worker *w, int64_t now, int64_t step)
 {
 	int64_t dt = now - w->rate_t0;
 
@@ -158,7 +158,7 @@ static void update_rate(struct mn_worker *w, int64_t now, int64_t step)
 
 static void train_thread(void *arg)
 {
-	struct mn_worker *w = arg;
+	struct mnd_worker *w = arg;
 	char name[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
 	int status = 0;
 
@@ -260,7 +260,7 @@ static void train_thread(void *arg)
 
 static void on_async(uv_async_t *handle)
 {
-	struct mn_worker *w = handle->data;
+	struct mnd_worker *w = handle->data;
 	struct save_req *done;
 	bool finished;
 	int status;
@@ -287,11 +287,11 @@ static void on_async(uv_async_t *handle)
 	}
 }
 
-int mn_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-                    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
-                    struct mn_worker **out, char *err, size_t errlen)
+int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
+                     size_t train_count, const char *latest, mnd_worker_done_cb done, void *arg,
+                     struct mnd_worker **out, char *err, size_t errlen)
 {
-	struct mn_worker *w = calloc(1, sizeof(*w));
+	struct mnd_worker *w = calloc(1, sizeof(*w));
 	int rc;
 
 	if (!w) {
@@ -348,7 +348,7 @@ fail:
 	return rc;
 }
 
-void mn_worker_stop(struct mn_worker *w)
+void mnd_worker_stop(struct mnd_worker *w)
 {
 	pthread_mutex_lock(&w->lock);
 	w->stop_requested = true;
@@ -356,7 +356,7 @@ void mn_worker_stop(struct mn_worker *w)
 	pthread_mutex_unlock(&w->lock);
 }
 
-void mn_worker_set_paused(struct mn_worker *w, bool paused)
+void mnd_worker_set_paused(struct mnd_worker *w, bool paused)
 {
 	pthread_mutex_lock(&w->lock);
 	w->pause_requested = paused;
@@ -364,7 +364,7 @@ void mn_worker_set_paused(struct mn_worker *w, bool paused)
 	pthread_mutex_unlock(&w->lock);
 }
 
-int mn_worker_save(struct mn_worker *w, mn_worker_save_cb cb, void *arg)
+int mnd_worker_save(struct mnd_worker *w, mnd_worker_save_cb cb, void *arg)
 {
 	struct save_req *r;
 
@@ -387,7 +387,7 @@ int mn_worker_save(struct mn_worker *w, mn_worker_save_cb cb, void *arg)
 	return 0;
 }
 
-void mn_worker_reconfigure(struct mn_worker *w, const struct mn_config *cfg)
+void mnd_worker_reconfigure(struct mnd_worker *w, const struct mn_config *cfg)
 {
 	pthread_mutex_lock(&w->lock);
 	w->next_cfg = *cfg;
@@ -398,7 +398,7 @@ void mn_worker_reconfigure(struct mn_worker *w, const struct mn_config *cfg)
 	pthread_mutex_unlock(&w->lock);
 }
 
-void mn_worker_get_status(struct mn_worker *w, struct mn_worker_status *s)
+void mnd_worker_get_status(struct mnd_worker *w, struct mnd_worker_status *s)
 {
 	pthread_mutex_lock(&w->lock);
 	*s = w->status;
@@ -416,7 +416,7 @@ static void free_list(struct save_req *r)
 	}
 }
 
-void mn_worker_free(struct mn_worker *w)
+void mnd_worker_free(struct mnd_worker *w)
 {
 	if (!w)
 		return;

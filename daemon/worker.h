@@ -8,8 +8,8 @@
  * thread between steps, so a checkpoint is always a state the run really
  * passed through.
  */
-#ifndef MN_WORKER_H
-#define MN_WORKER_H
+#ifndef MND_WORKER_H
+#define MND_WORKER_H
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -20,7 +20,7 @@
 #include "train.h"
 
 /* A snapshot of the worker's progress, for status, logs and notify. */
-struct mn_worker_status {
+struct mnd_worker_status {
 	int64_t step;                  /* global_step */
 	int64_t max_steps;             /* current target */
 	double learning_rate;          /* of the last step */
@@ -33,46 +33,46 @@ struct mn_worker_status {
 };
 
 /* Called on the loop thread when a save request is done. name is "" on error. */
-typedef void (*mn_worker_save_cb)(void *arg, int status, const char *name, const char *error);
+typedef void (*mnd_worker_save_cb)(void *arg, int status, const char *name, const char *error);
 
 /* Called on the loop thread once the training thread has exited; status 0 or -errno. */
-typedef void (*mn_worker_done_cb)(void *arg, int status);
+typedef void (*mnd_worker_done_cb)(void *arg, int status);
 
-struct mn_worker;
+struct mnd_worker;
 
 /*
  * Starts the training thread on trainer t (whose ownership passes to the
  * worker) with configuration cfg. latest is the checkpoint the trainer was
  * restored from ("" or NULL if none). done is called when the thread exits.
  */
-int mn_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-                    size_t train_count, const char *latest, mn_worker_done_cb done, void *arg,
-                    struct mn_worker **out, char *err, size_t errlen);
+int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
+                     size_t train_count, const char *latest, mnd_worker_done_cb done, void *arg,
+                     struct mnd_worker **out, char *err, size_t errlen);
 
 /* Asks the thread to finish its step, publish a checkpoint and exit. */
-void mn_worker_stop(struct mn_worker *w);
+void mnd_worker_stop(struct mnd_worker *w);
 
 /* Pauses or resumes training at the next step boundary. */
-void mn_worker_set_paused(struct mn_worker *w, bool paused);
+void mnd_worker_set_paused(struct mnd_worker *w, bool paused);
 
 /*
  * Asks for a checkpoint of the current step; cb runs once it is durable (or
  * failed). Works while paused. -ENOMEM if the request cannot be queued,
  * -ESHUTDOWN if the thread has exited.
  */
-int mn_worker_save(struct mn_worker *w, mn_worker_save_cb cb, void *arg);
+int mnd_worker_save(struct mnd_worker *w, mnd_worker_save_cb cb, void *arg);
 
 /* Applies the reloadable keys of cfg at the next step boundary. */
-void mn_worker_reconfigure(struct mn_worker *w, const struct mn_config *cfg);
+void mnd_worker_reconfigure(struct mnd_worker *w, const struct mn_config *cfg);
 
 /* Copies the current status. */
-void mn_worker_get_status(struct mn_worker *w, struct mn_worker_status *s);
+void mnd_worker_get_status(struct mnd_worker *w, struct mnd_worker_status *s);
 
 /*
  * Joins the thread (which must have finished: call after done) and frees
  * the worker; pending save callbacks are called with -ESHUTDOWN. The async
  * handle is closed; run the loop once more to let it close.
  */
-void mn_worker_free(struct mn_worker *w);
+void mnd_worker_free(struct mnd_worker *w);
 
 #endif

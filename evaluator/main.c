@@ -46,8 +46,8 @@ struct evaluator {
 	struct mn_config cfg;
 	struct mn_dataset *data;
 	struct mn_view validation;
-	struct mn_watch *watch;
-	struct mn_runner *runner;
+	struct mne_watch *watch;
+	struct mne_runner *runner;
 	atomic_bool cancel;
 	bool stopping;
 	int metrics_fd;
@@ -116,7 +116,7 @@ static void drop_partial_line(struct evaluator *e, size_t written)
  * line. Returns false if the line could not be written (it is logged; the
  * evaluator carries on).
  */
-static bool write_metrics(struct evaluator *e, const struct mn_pick_result *r, double latency_ms)
+static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, double latency_ms)
 {
 	char when[MN_TIMELEN];
 	cJSON *o;
@@ -177,7 +177,7 @@ out:
 }
 
 /* Logs the result and appends it to the metrics file; false if that append failed. */
-static bool report(struct evaluator *e, const struct mn_pick_result *r)
+static bool report(struct evaluator *e, const struct mne_pick_result *r)
 {
 	double latency_ms = (double)(r->done_ns - r->published_ns) / 1e6;
 
@@ -198,7 +198,7 @@ static bool report(struct evaluator *e, const struct mn_pick_result *r)
 	return write_metrics(e, r, latency_ms);
 }
 
-static void on_result(const struct mn_pick_result *r, void *arg)
+static void on_result(const struct mne_pick_result *r, void *arg)
 {
 	/* A metrics file that cannot be written (disk full) is logged; evaluating goes on. */
 	report(arg, r);
@@ -208,14 +208,14 @@ static void on_missing(void *arg)
 {
 	struct evaluator *e = arg;
 
-	mn_watch_recheck(e->watch);
+	mne_watch_recheck(e->watch);
 }
 
 static void on_change(void *arg)
 {
 	struct evaluator *e = arg;
 
-	mn_runner_kick(e->runner);
+	mne_runner_kick(e->runner);
 }
 
 static void close_handle(uv_handle_t *h, void *arg)
@@ -230,9 +230,9 @@ static void stop(struct evaluator *e)
 		return;
 	e->stopping = true;
 	atomic_store(&e->cancel, true);
-	mn_runner_close(e->runner);
+	mne_runner_close(e->runner);
 	e->runner = NULL;
-	mn_watch_close(e->watch);
+	mne_watch_close(e->watch);
 	e->watch = NULL;
 	/* Still caught (a second SIGTERM must not kill us) but not keeping the loop alive. */
 	if (e->signals_ready) {
@@ -293,7 +293,7 @@ static void reload(struct evaluator *e)
 	mn_config_diff(&e->cfg, &next, note_restart_key, NULL);
 	mn_config_apply_reloadable(&e->cfg, &next);
 	mn_log_set_level(e->cfg.log.level);
-	mn_runner_set_use_ema(e->runner, e->cfg.eval.use_ema);
+	mne_runner_set_use_ema(e->runner, e->cfg.eval.use_ema);
 	mn_log_fields(MN_LOG_INFO, "reopened and reloaded",
 	              (struct mn_log_field[]){MN_F_STR("config", e->config_path),
 	                                      MN_F_BOOL("use_ema", e->cfg.eval.use_ema)},
@@ -346,9 +346,9 @@ static int load_data(struct evaluator *e)
 	return 0;
 }
 
-static struct mn_pick_params pick_params(struct evaluator *e)
+static struct mne_pick_params pick_params(struct evaluator *e)
 {
-	return (struct mn_pick_params){
+	return (struct mne_pick_params){
 	    .dir = e->cfg.checkpoint.dir,
 	    .prefix = e->cfg.checkpoint.prefix,
 	    .data = &e->validation,
@@ -359,14 +359,14 @@ static struct mn_pick_params pick_params(struct evaluator *e)
 
 static int run_once(struct evaluator *e)
 {
-	struct mn_pick_params p = pick_params(e);
-	struct mn_pick_state s;
-	struct mn_pick_result r;
+	struct mne_pick_params p = pick_params(e);
+	struct mne_pick_state s;
+	struct mne_pick_result r;
 	char err[MN_ERRLEN];
 	int rc;
 
-	mn_pick_state_init(&s);
-	rc = mn_pick_evaluate(&p, &s, &r, err, sizeof(err));
+	mne_pick_state_init(&s);
+	rc = mne_pick_evaluate(&p, &s, &r, err, sizeof(err));
 	/* A command whose record could not be kept has failed, though the line was logged. */
 	if (rc == 1)
 		return report(e, &r) ? 0 : EXIT_FAILURE;
@@ -380,13 +380,13 @@ static int run_once(struct evaluator *e)
 
 static int run_watch(struct evaluator *e)
 {
-	struct mn_runner_params rp = {
+	struct mne_runner_params rp = {
 	    .pick = pick_params(e),
 	    .on_result = on_result,
 	    .on_missing = on_missing,
 	    .arg = e,
 	};
-	struct mn_watch_params wp = {
+	struct mne_watch_params wp = {
 	    .dir = e->cfg.checkpoint.dir,
 	    .prefix = e->cfg.checkpoint.prefix,
 	    .mode = e->cfg.eval.watch,
@@ -396,8 +396,8 @@ static int run_watch(struct evaluator *e)
 	};
 	char err[MN_ERRLEN];
 
-	if (mn_runner_new(&e->loop, &rp, &e->runner, err, sizeof(err)) < 0 ||
-	    mn_watch_start(&e->loop, &wp, &e->watch, err, sizeof(err)) < 0) {
+	if (mne_runner_new(&e->loop, &rp, &e->runner, err, sizeof(err)) < 0 ||
+	    mne_watch_start(&e->loop, &wp, &e->watch, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		stop(e);
 		return EXIT_FAILURE;

@@ -18,7 +18,7 @@
 /* Outcome of trying one file. */
 enum attempt { TRY_DONE, TRY_SKIPPED, TRY_BAD, TRY_CANCELED };
 
-void mn_pick_state_init(struct mn_pick_state *s)
+void mne_pick_state_init(struct mne_pick_state *s)
 {
 	memset(s, 0, sizeof(*s));
 	s->last_step = -1;
@@ -29,10 +29,10 @@ static int64_t ctime_ns(const struct stat *st)
 	return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 }
 
-static bool known_bad(const struct mn_pick_state *s, int64_t step, const struct stat *st)
+static bool known_bad(const struct mne_pick_state *s, int64_t step, const struct stat *st)
 {
 	for (size_t i = 0; i < s->nfailed; i++) {
-		const struct mn_pick_failure *f = &s->failed[i];
+		const struct mne_pick_failure *f = &s->failed[i];
 
 		if (f->step == step && f->dev == st->st_dev && f->ino == st->st_ino &&
 		    f->ctime_ns == ctime_ns(st))
@@ -41,11 +41,11 @@ static bool known_bad(const struct mn_pick_state *s, int64_t step, const struct 
 	return false;
 }
 
-static void remember_bad(struct mn_pick_state *s, int64_t step, const struct stat *st)
+static void remember_bad(struct mne_pick_state *s, int64_t step, const struct stat *st)
 {
 	size_t slot = s->nfailed;
 
-	if (slot == MN_PICK_MAX_FAILED) {
+	if (slot == MNE_PICK_MAX_FAILED) {
 		slot = 0;
 		for (size_t i = 1; i < s->nfailed; i++)
 			if (s->failed[i].step < s->failed[slot].step)
@@ -53,12 +53,12 @@ static void remember_bad(struct mn_pick_state *s, int64_t step, const struct sta
 	} else {
 		s->nfailed++;
 	}
-	s->failed[slot] = (struct mn_pick_failure){
+	s->failed[slot] = (struct mne_pick_failure){
 	    .step = step, .dev = st->st_dev, .ino = st->st_ino, .ctime_ns = ctime_ns(st)};
 }
 
 /* Failures at or below the last evaluated step can never be candidates again. */
-static void forget_old(struct mn_pick_state *s)
+static void forget_old(struct mne_pick_state *s)
 {
 	size_t kept = 0;
 
@@ -89,8 +89,8 @@ static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_
 }
 
 /* Reads, validates and evaluates one open file. */
-static enum attempt evaluate_fd(const struct mn_pick_params *p, int fd, const char *path,
-                                const struct mn_ckpt_entry *e, struct mn_pick_result *res)
+static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const char *path,
+                                const struct mn_ckpt_entry *e, struct mne_pick_result *res)
 {
 	struct mn_ckpt *c = NULL;
 	struct mn_arch arch;
@@ -143,8 +143,8 @@ out:
 	return out;
 }
 
-static enum attempt try_file(const struct mn_pick_params *p, struct mn_pick_state *s,
-                             const struct mn_ckpt_entry *e, struct mn_pick_result *res)
+static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_state *s,
+                             const struct mn_ckpt_entry *e, struct mne_pick_result *res)
 {
 	char path[PATH_MAX + MN_CKPT_MAX_NAME];
 	struct stat st, fst;
@@ -192,8 +192,8 @@ static enum attempt try_file(const struct mn_pick_params *p, struct mn_pick_stat
 	return out;
 }
 
-int mn_pick_evaluate(const struct mn_pick_params *p, struct mn_pick_state *s,
-                     struct mn_pick_result *res, char *err, size_t errlen)
+int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
+                      struct mne_pick_result *res, char *err, size_t errlen)
 {
 	struct mn_ckpt_entry *list = NULL;
 	size_t n = 0;

@@ -15,8 +15,8 @@
  * remembered so it is not retried unless it is replaced (a new inode or
  * change time under the same name).
  */
-#ifndef MN_EVAL_PICK_H
-#define MN_EVAL_PICK_H
+#ifndef MNE_PICK_H
+#define MNE_PICK_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -28,24 +28,24 @@
 #include "idx.h"
 
 /* Bad files remembered at once; the oldest steps are forgotten first. */
-#define MN_PICK_MAX_FAILED 32
+#define MNE_PICK_MAX_FAILED 32
 
 /* A file that failed, identified so that a replacement is retried. */
-struct mn_pick_failure {
+struct mne_pick_failure {
 	int64_t step;
 	dev_t dev;
 	ino_t ino;
 	int64_t ctime_ns;
 };
 
-/* What has been done so far. Start with mn_pick_state_init(). */
-struct mn_pick_state {
+/* What has been done so far. Start with mne_pick_state_init(). */
+struct mne_pick_state {
 	int64_t last_step; /* newest step evaluated, -1 before the first */
 	size_t nfailed;
-	struct mn_pick_failure failed[MN_PICK_MAX_FAILED];
+	struct mne_pick_failure failed[MNE_PICK_MAX_FAILED];
 };
 
-struct mn_pick_params {
+struct mne_pick_params {
 	const char *dir;            /* checkpoint.dir */
 	const char *prefix;         /* checkpoint.prefix */
 	const struct mn_view *data; /* the validation split, with labels */
@@ -53,7 +53,7 @@ struct mn_pick_params {
 	const atomic_bool *cancel;  /* checked between files and batches; may be NULL */
 };
 
-struct mn_pick_result {
+struct mne_pick_result {
 	char name[MN_CKPT_MAX_NAME]; /* file name, without the directory */
 	int64_t step;                /* from the file name */
 	bool ema;                    /* whether EMA shadows were evaluated */
@@ -63,7 +63,7 @@ struct mn_pick_result {
 	int64_t eval_ns;      /* time spent in the forward passes alone */
 };
 
-void mn_pick_state_init(struct mn_pick_state *s);
+void mne_pick_state_init(struct mne_pick_state *s);
 
 /*
  * Evaluates the newest valid checkpoint newer than s->last_step. Returns 1
@@ -72,7 +72,7 @@ void mn_pick_state_init(struct mn_pick_state *s);
  * or another negative errno when the directory cannot be read (with a
  * message in err). Bad files are logged here, not returned.
  */
-int mn_pick_evaluate(const struct mn_pick_params *p, struct mn_pick_state *s,
-                     struct mn_pick_result *res, char *err, size_t errlen);
+int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
+                      struct mne_pick_result *res, char *err, size_t errlen);
 
 #endif

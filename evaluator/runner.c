@@ -8,25 +8,25 @@
 #include "log.h"
 #include "util.h"
 
-struct mn_runner {
+struct mne_runner {
 	uv_loop_t *loop;
 	uv_timer_t defer; /* starts the next job on the next loop turn */
 	uv_work_t work;
-	struct mn_runner_params params;
+	struct mne_runner_params params;
 	bool busy;    /* a job is queued or running */
 	bool pending; /* kicked while busy */
 	bool closing;
 	bool timer_closed;
 	/* Owned by the job while busy, by the loop thread otherwise. */
-	struct mn_pick_params job;
-	struct mn_pick_state state;
-	struct mn_pick_result result;
+	struct mne_pick_params job;
+	struct mne_pick_state state;
+	struct mne_pick_result result;
 	int rc;
 	char err[MN_ERRLEN];
 	char last_err[MN_ERRLEN]; /* a repeated scan error is logged once */
 };
 
-static void maybe_free(struct mn_runner *r)
+static void maybe_free(struct mne_runner *r)
 {
 	if (r->closing && r->timer_closed && !r->busy)
 		free(r);
@@ -34,15 +34,15 @@ static void maybe_free(struct mn_runner *r)
 
 static void work_cb(uv_work_t *req)
 {
-	struct mn_runner *r = req->data;
+	struct mne_runner *r = req->data;
 
 	r->err[0] = '\0';
-	r->rc = mn_pick_evaluate(&r->job, &r->state, &r->result, r->err, sizeof(r->err));
+	r->rc = mne_pick_evaluate(&r->job, &r->state, &r->result, r->err, sizeof(r->err));
 }
 
 static void after_work_cb(uv_work_t *req, int status)
 {
-	struct mn_runner *r = req->data;
+	struct mne_runner *r = req->data;
 
 	r->busy = false;
 	if (r->closing) {
@@ -64,13 +64,13 @@ static void after_work_cb(uv_work_t *req, int status)
 	/* The callbacks above may have closed us. */
 	if (!r->closing && r->pending) {
 		r->pending = false;
-		mn_runner_kick(r);
+		mne_runner_kick(r);
 	}
 }
 
 static void start_job(uv_timer_t *h)
 {
-	struct mn_runner *r = h->data;
+	struct mne_runner *r = h->data;
 	int rc;
 
 	if (r->closing || r->busy)
@@ -85,7 +85,7 @@ static void start_job(uv_timer_t *h)
 	r->busy = true;
 }
 
-void mn_runner_kick(struct mn_runner *r)
+void mne_runner_kick(struct mne_runner *r)
 {
 	if (!r || r->closing)
 		return;
@@ -99,20 +99,20 @@ void mn_runner_kick(struct mn_runner *r)
 		uv_timer_start(&r->defer, start_job, 0, 0);
 }
 
-void mn_runner_set_use_ema(struct mn_runner *r, bool use_ema)
+void mne_runner_set_use_ema(struct mne_runner *r, bool use_ema)
 {
 	r->params.pick.use_ema = use_ema;
 }
 
-int mn_runner_new(uv_loop_t *loop, const struct mn_runner_params *p, struct mn_runner **out,
-                  char *err, size_t errlen)
+int mne_runner_new(uv_loop_t *loop, const struct mne_runner_params *p, struct mne_runner **out,
+                   char *err, size_t errlen)
 {
-	struct mn_runner *r;
+	struct mne_runner *r;
 	int rc;
 
 	*out = NULL;
 	if (!p->pick.dir || !p->pick.prefix || !p->pick.data || !p->on_result || !p->on_missing) {
-		mn_errf(err, errlen, "mn_runner_new: invalid parameters");
+		mn_errf(err, errlen, "mne_runner_new: invalid parameters");
 		return -EINVAL;
 	}
 	r = calloc(1, sizeof(*r));
@@ -122,7 +122,7 @@ int mn_runner_new(uv_loop_t *loop, const struct mn_runner_params *p, struct mn_r
 	}
 	r->loop = loop;
 	r->params = *p;
-	mn_pick_state_init(&r->state);
+	mne_pick_state_init(&r->state);
 	rc = uv_timer_init(loop, &r->defer);
 	if (rc < 0) {
 		mn_errf(err, errlen, "uv_timer_init: %s", uv_strerror(rc));
@@ -136,13 +136,13 @@ int mn_runner_new(uv_loop_t *loop, const struct mn_runner_params *p, struct mn_r
 
 static void on_timer_closed(uv_handle_t *h)
 {
-	struct mn_runner *r = h->data;
+	struct mne_runner *r = h->data;
 
 	r->timer_closed = true;
 	maybe_free(r);
 }
 
-void mn_runner_close(struct mn_runner *r)
+void mne_runner_close(struct mne_runner *r)
 {
 	if (!r || r->closing)
 		return;

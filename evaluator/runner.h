@@ -1,8 +1,8 @@
 /*
- * runner.h - runs mn_pick_evaluate() off the loop thread, one job at a
+ * runner.h - runs mne_pick_evaluate() off the loop thread, one job at a
  * time, coalescing notifications.
  *
- * Any number of mn_runner_kick() calls before a job starts make one job; a
+ * Any number of mne_runner_kick() calls before a job starts make one job; a
  * kick while a job runs makes exactly one more job after it. So a burst of
  * publishes costs at most two scans and evaluates the newest file, and the
  * loop thread stays free for signals while the evaluation runs in libuv's
@@ -10,35 +10,35 @@
  *
  * All functions run on the loop's thread; the callbacks are called there too.
  */
-#ifndef MN_EVAL_RUNNER_H
-#define MN_EVAL_RUNNER_H
+#ifndef MNE_RUNNER_H
+#define MNE_RUNNER_H
 
 #include <stdbool.h>
 #include <uv.h>
 
 #include "pick.h"
 
-struct mn_runner_params {
+struct mne_runner_params {
 	/* dir, prefix and data must outlive the runner; cancel too. */
-	struct mn_pick_params pick;
+	struct mne_pick_params pick;
 	/* A checkpoint was evaluated. */
-	void (*on_result)(const struct mn_pick_result *res, void *arg);
+	void (*on_result)(const struct mne_pick_result *res, void *arg);
 	/* A scan found no directory (it may have been removed). */
 	void (*on_missing)(void *arg);
 	void *arg;
 };
 
 /* The runner. Opaque. */
-struct mn_runner;
+struct mne_runner;
 
-int mn_runner_new(uv_loop_t *loop, const struct mn_runner_params *p, struct mn_runner **out,
-                  char *err, size_t errlen);
+int mne_runner_new(uv_loop_t *loop, const struct mne_runner_params *p, struct mne_runner **out,
+                   char *err, size_t errlen);
 
 /* The directory may have changed: scan (soon, once) and evaluate what is new. */
-void mn_runner_kick(struct mn_runner *r);
+void mne_runner_kick(struct mne_runner *r);
 
 /* Takes effect from the next job on (eval.use_ema is reloadable). */
-void mn_runner_set_use_ema(struct mn_runner *r, bool use_ema);
+void mne_runner_set_use_ema(struct mne_runner *r, bool use_ema);
 
 /*
  * Stops: no new jobs start and no more callbacks are made. A running job is
@@ -46,6 +46,6 @@ void mn_runner_set_use_ema(struct mn_runner *r, bool use_ema);
  * the next batch. Memory is freed once the job and the handles are done, so
  * keep running the loop until it returns. Accepts NULL.
  */
-void mn_runner_close(struct mn_runner *r);
+void mne_runner_close(struct mne_runner *r);
 
 #endif

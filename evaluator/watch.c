@@ -19,7 +19,7 @@
 
 enum state { ST_NONE, ST_WAITING, ST_EVENTS, ST_POLL };
 
-struct mn_watch {
+struct mne_watch {
 	uv_loop_t *loop;
 	uv_fs_event_t ev; /* the directory, or its nearest existing parent while waiting */
 	uv_timer_t timer; /* polling (the directory, or for it while waiting) */
@@ -74,7 +74,7 @@ static bool is_dir(const char *path, struct stat *st)
 }
 
 /* Writes the nearest existing ancestor directory of w->dir into buf. */
-static void nearest_parent(const struct mn_watch *w, char *buf, size_t len)
+static void nearest_parent(const struct mne_watch *w, char *buf, size_t len)
 {
 	struct stat st;
 	size_t n;
@@ -101,7 +101,7 @@ static void nearest_parent(const struct mn_watch *w, char *buf, size_t len)
 	}
 }
 
-static void stop_all(struct mn_watch *w)
+static void stop_all(struct mne_watch *w)
 {
 	if (w->ev_active) {
 		uv_fs_event_stop(&w->ev);
@@ -113,7 +113,7 @@ static void stop_all(struct mn_watch *w)
 static void on_event(uv_fs_event_t *h, const char *name, int events, int status);
 static void on_timer(uv_timer_t *h);
 
-static int start_events(struct mn_watch *w, const char *path)
+static int start_events(struct mne_watch *w, const char *path)
 {
 	int rc = uv_fs_event_start(&w->ev, on_event, path, 0);
 
@@ -122,13 +122,13 @@ static int start_events(struct mn_watch *w, const char *path)
 	return rc;
 }
 
-static void start_poll(struct mn_watch *w)
+static void start_poll(struct mne_watch *w)
 {
 	uv_timer_start(&w->timer, on_timer, w->interval_ms, w->interval_ms);
 }
 
 /* Watches the existing directory; returns false if it vanished meanwhile (settle again). */
-static bool enter_watching(struct mn_watch *w)
+static bool enter_watching(struct mne_watch *w)
 {
 	const char *remote = w->mode == MN_WATCH_AUTO ? remote_fs_name(w->dir) : NULL;
 	const char *why = "eval.watch is poll";
@@ -179,7 +179,7 @@ static bool enter_watching(struct mn_watch *w)
 }
 
 /* Waits for the directory; returns true if it turned out to exist after all. */
-static bool enter_waiting(struct mn_watch *w)
+static bool enter_waiting(struct mne_watch *w)
 {
 	char parent[PATH_MAX], again[PATH_MAX];
 	struct stat st;
@@ -203,7 +203,7 @@ static bool enter_waiting(struct mn_watch *w)
 }
 
 /* Works out from scratch what to watch and how. */
-static void settle(struct mn_watch *w)
+static void settle(struct mne_watch *w)
 {
 	struct stat st;
 
@@ -224,14 +224,14 @@ static void settle(struct mn_watch *w)
 }
 
 /* True if the path still names the directory we watch. */
-static bool same_dir(const struct mn_watch *w)
+static bool same_dir(const struct mne_watch *w)
 {
 	struct stat st;
 
 	return is_dir(w->dir, &st) && st.st_dev == w->dev && st.st_ino == w->ino;
 }
 
-static void lost_dir(struct mn_watch *w)
+static void lost_dir(struct mne_watch *w)
 {
 	mn_log_fields(MN_LOG_WARN, "checkpoint directory gone or replaced",
 	              (struct mn_log_field[]){MN_F_STR("dir", w->dir)}, 1);
@@ -240,7 +240,7 @@ static void lost_dir(struct mn_watch *w)
 
 static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 {
-	struct mn_watch *w = h->data;
+	struct mne_watch *w = h->data;
 	int64_t step;
 
 	if (w->closing)
@@ -282,7 +282,7 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 
 static void on_timer(uv_timer_t *h)
 {
-	struct mn_watch *w = h->data;
+	struct mne_watch *w = h->data;
 
 	if (w->closing)
 		return;
@@ -296,7 +296,7 @@ static void on_timer(uv_timer_t *h)
 	settle(w);
 }
 
-void mn_watch_recheck(struct mn_watch *w)
+void mne_watch_recheck(struct mne_watch *w)
 {
 	if (!w || w->closing || w->state == ST_WAITING || w->state == ST_NONE)
 		return;
@@ -309,16 +309,16 @@ static void on_first(uv_timer_t *h)
 	settle(h->data);
 }
 
-int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_watch **out,
-                   char *err, size_t errlen)
+int mne_watch_start(uv_loop_t *loop, const struct mne_watch_params *p, struct mne_watch **out,
+                    char *err, size_t errlen)
 {
-	struct mn_watch *w;
+	struct mne_watch *w;
 	int rc;
 
 	*out = NULL;
 	if (!p->dir || !p->dir[0] || strlen(p->dir) >= sizeof(w->dir) || !p->prefix ||
 	    strlen(p->prefix) >= sizeof(w->prefix) || !p->on_change || p->poll_interval_ms == 0) {
-		mn_errf(err, errlen, "mn_watch_start: invalid parameters");
+		mn_errf(err, errlen, "mne_watch_start: invalid parameters");
 		return -EINVAL;
 	}
 	w = calloc(1, sizeof(*w));
@@ -345,7 +345,7 @@ int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_w
 	rc = uv_fs_event_init(loop, &w->ev);
 	if (rc < 0) {
 		mn_errf(err, errlen, "uv_fs_event_init: %s", uv_strerror(rc));
-		mn_watch_close(w);
+		mne_watch_close(w);
 		return rc;
 	}
 	w->ev.data = w;
@@ -358,13 +358,13 @@ int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_w
 
 static void on_closed(uv_handle_t *h)
 {
-	struct mn_watch *w = h->data;
+	struct mne_watch *w = h->data;
 
 	if (--w->open_handles == 0)
 		free(w);
 }
 
-void mn_watch_close(struct mn_watch *w)
+void mne_watch_close(struct mne_watch *w)
 {
 	if (!w || w->closing)
 		return;

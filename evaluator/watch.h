@@ -16,15 +16,15 @@
  *
  * All functions run on the loop's thread.
  */
-#ifndef MN_EVAL_WATCH_H
-#define MN_EVAL_WATCH_H
+#ifndef MNE_WATCH_H
+#define MNE_WATCH_H
 
 #include <stdint.h>
 #include <uv.h>
 
 #include "config.h"
 
-struct mn_watch_params {
+struct mne_watch_params {
 	const char *dir;           /* the directory to watch; copied */
 	const char *prefix;        /* checkpoint.prefix; copied */
 	enum mn_watch_mode mode;   /* auto, events or poll */
@@ -35,24 +35,24 @@ struct mn_watch_params {
 };
 
 /* The watcher. Opaque. */
-struct mn_watch;
+struct mne_watch;
 
 /*
  * Starts watching. The first on_change comes as soon as the directory
  * exists (at once if it does), so files published before the watch began
  * are seen too. Fails only on allocation or loop errors.
  */
-int mn_watch_start(uv_loop_t *loop, const struct mn_watch_params *p, struct mn_watch **out,
-                   char *err, size_t errlen);
+int mne_watch_start(uv_loop_t *loop, const struct mne_watch_params *p, struct mne_watch **out,
+                    char *err, size_t errlen);
 
 /*
  * Tells the watcher that the directory seemed to be missing (a scan failed
  * with ENOENT): it checks, and if the directory is really gone or replaced,
  * goes back to waiting for it. Harmless when all is well.
  */
-void mn_watch_recheck(struct mn_watch *w);
+void mne_watch_recheck(struct mne_watch *w);
 
 /* Stops and closes everything; memory is freed once libuv has closed the handles. Accepts NULL. */
-void mn_watch_close(struct mn_watch *w);
+void mne_watch_close(struct mne_watch *w);
 
 #endif

@@ -2,8 +2,8 @@
  * ctl.h - mnistctl's subcommands. Each takes the arguments after its name
  * (argv[0] is the subcommand) and returns an exit status:
  */
-#ifndef MN_CTL_H
-#define MN_CTL_H
+#ifndef CTL_H
+#define CTL_H
 
 #include <stdbool.h>
 

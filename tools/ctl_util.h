@@ -2,8 +2,8 @@
  * ctl_util.h - helpers shared by mnistctl's offline tools: messages, option
  * errors, JSON output, configuration, paths and tensor values.
  */
-#ifndef MN_CTL_UTIL_H
-#define MN_CTL_UTIL_H
+#ifndef CTL_UTIL_H
+#define CTL_UTIL_H
 
 #include <cJSON.h>
 #include <getopt.h>
