@@ -1,6 +1,7 @@
 /*
- * ckpt.h - checkpoint files: the safetensors format, strict reading, atomic
- * publishing, the checkpoint.json index and retention.
+ * ckpt.h - checkpoint files: the safetensors format, strict reading and
+ * writing. The directory of versions (file names, scan, checkpoint.json,
+ * retention) is ckptdir.h's.
  *
  * File format (byte-compatible with safetensors):
  *
@@ -38,11 +39,7 @@
  * overflow; offsets consistent with dtype and shape, in bounds and
  * contiguous; metadata values all strings; and data_crc32, when present,
  * matching. Model-level checks (architecture against tensors) are model.h's.
- *
- * Directory layout: "<dir>/<prefix>-<step>.safetensors" per version,
- * "<dir>/checkpoint.json" = {"latest": "<file>", "all": [oldest .. newest]}.
- * Temporary files are dot-files; readers ignore them.
- */
+ * */
 #ifndef MN_CKPT_H
 #define MN_CKPT_H
 
@@ -52,7 +49,6 @@
 
 #define MN_CKPT_FORMAT     "mnistd.checkpoint.v1"
 #define MN_CKPT_SUFFIX     ".safetensors"
-#define MN_CKPT_INDEX      "checkpoint.json"
 #define MN_CKPT_MAX_HEADER ((size_t)100 << 20)
 /*
  * Files larger than this are refused before they are read whole: twice the
@@ -174,42 +170,11 @@ int mn_ckpt_write(const char *dir, const char *name, const struct mn_tensor *ten
                   size_t ntensors, const struct mn_meta *meta, size_t nmeta, char *err,
                   size_t errlen);
 
-/* "<prefix>-<step>.safetensors" into buf; -ENAMETOOLONG if it does not fit. */
-int mn_ckpt_filename(const char *prefix, int64_t step, char *buf, size_t len);
-
 /*
- * True if name is exactly "<prefix>-<step>.safetensors" with step a
- * non-negative decimal without sign or leading zeros (except "0"); sets *step.
+ * The one rule for a step written as text (the global_step metadata value
+ * and the step in a file name): n bytes of plain decimal, digits only, no
+ * sign, no leading zero (except "0"), fitting int64. Sets *step when true.
  */
-bool mn_ckpt_filename_parse(const char *prefix, const char *name, int64_t *step);
-
-/* One checkpoint file found in a directory. */
-struct mn_ckpt_entry {
-	char name[MN_CKPT_MAX_NAME];
-	int64_t step;
-};
-
-/*
- * Lists the checkpoint files of dir with the given prefix, sorted by step
- * ascending, into a malloc'd array (free() it). Dot-files and other names
- * are ignored. -ENOENT if dir does not exist.
- */
-int mn_ckpt_scan(const char *dir, const char *prefix, struct mn_ckpt_entry **out, size_t *n,
-                 char *err, size_t errlen);
-
-/*
- * After publishing latest: writes "<dir>/checkpoint.json" atomically with
- * the files that retention keeps, then deletes in one pass every checkpoint
- * file beyond the newest max_to_keep (0 keeps all), never latest. Files that
- * vanish meanwhile are not errors.
- */
-int mn_ckpt_publish_index(const char *dir, const char *prefix, const char *latest,
-                          size_t max_to_keep, char *err, size_t errlen);
-
-/*
- * Reads "<dir>/checkpoint.json": the latest file name into latest (len
- * bytes). -ENOENT if there is none; -EINVAL if malformed.
- */
-int mn_ckpt_index_latest(const char *dir, char *latest, size_t len, char *err, size_t errlen);
+bool mn_ckpt_parse_step(const char *s, size_t n, int64_t *step);
 
 #endif

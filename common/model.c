@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ckptdir.h"
 #include "util.h"
 
 /* Layer tensors: weights, biases, and their EMA twins. */
@@ -231,7 +232,7 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 	    {"config", config_json ? config_json : "{}"},
 	};
 
-	rc = mn_ckpt_filename(prefix, *s.global_step, name, len);
+	rc = mn_ckptdir_filename(prefix, *s.global_step, name, len);
 	if (rc < 0) {
 		mn_errf(err, errlen, "checkpoint name too long for prefix \"%s\"", prefix);
 		goto out;
@@ -240,7 +241,7 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 	                   errlen);
 	if (rc < 0)
 		goto out;
-	rc = mn_ckpt_publish_index(dir, prefix, name, max_to_keep, err, errlen);
+	rc = mn_ckptdir_publish_index(dir, prefix, name, max_to_keep, err, errlen);
 out:
 	free(tensors);
 	free(names);

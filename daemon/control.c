@@ -13,6 +13,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "ckptdir.h"
 #include "config.h"
 #include "log.h"
 #include "util.h"
@@ -295,7 +296,7 @@ static void on_saved(void *arg, int status, const char *name, const char *error)
 	cl->wait = WAIT_NONE;
 	if (status < 0)
 		reply_error(cl, "save failed: %s", error && error[0] ? error : strerror(-status));
-	else if (!mn_ckpt_filename_parse(cl->srv->prefix, name, &step))
+	else if (!mn_ckptdir_filename_parse(cl->srv->prefix, name, &step))
 		reply_error(cl, "save: unexpected checkpoint name \"%s\"", name);
 	else
 		reply(cl, mn_proto_saved(name, step));

@@ -15,6 +15,7 @@
 #include <uv.h>
 
 #include "ckpt.h"
+#include "ckptdir.h"
 #include "config.h"
 #include "control.h"
 #include "idx.h"
@@ -304,14 +305,14 @@ static void on_progress(uv_timer_t *h)
 static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t len)
 {
 	const struct mn_arch *want = mn_trainer_arch(t);
-	struct mn_ckpt_entry *list = NULL;
+	struct mn_ckptdir_entry *list = NULL;
 	size_t n = 0;
 	char err[MN_ERRLEN];
 	int rc;
 
 	latest[0] = '\0';
-	rc = mn_ckpt_scan(d->cfg.checkpoint.dir, d->cfg.checkpoint.prefix, &list, &n, err,
-	                  sizeof(err));
+	rc = mn_ckptdir_scan(d->cfg.checkpoint.dir, d->cfg.checkpoint.prefix, &list, &n, err,
+	                     sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		return EXIT_FAILURE;

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckptdir.h"
 #include "log.h"
 #include "model.h"
 #include "util.h"
@@ -90,7 +91,7 @@ static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_
 
 /* Reads, validates and evaluates one open file. */
 static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const char *path,
-                                const struct mn_ckpt_entry *e, struct mne_pick_result *res)
+                                const struct mn_ckptdir_entry *e, struct mne_pick_result *res)
 {
 	struct mn_ckpt *c = NULL;
 	struct mn_arch arch;
@@ -144,7 +145,7 @@ out:
 }
 
 static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_state *s,
-                             const struct mn_ckpt_entry *e, struct mne_pick_result *res)
+                             const struct mn_ckptdir_entry *e, struct mne_pick_result *res)
 {
 	char path[PATH_MAX + MN_CKPT_MAX_NAME];
 	struct stat st, fst;
@@ -195,12 +196,12 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen)
 {
-	struct mn_ckpt_entry *list = NULL;
+	struct mn_ckptdir_entry *list = NULL;
 	size_t n = 0;
 	int rc;
 
 	memset(res, 0, sizeof(*res));
-	rc = mn_ckpt_scan(p->dir, p->prefix, &list, &n, err, errlen);
+	rc = mn_ckptdir_scan(p->dir, p->prefix, &list, &n, err, errlen);
 	if (rc < 0)
 		return rc;
 	rc = 0;

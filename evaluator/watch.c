@@ -11,6 +11,7 @@
 #include <sys/statfs.h>
 
 #include "ckpt.h"
+#include "ckptdir.h"
 #include "log.h"
 #include "util.h"
 
@@ -271,7 +272,7 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 			lost_dir(w);
 		return;
 	}
-	if (name && mn_ckpt_filename_parse(w->prefix, name, &step)) {
+	if (name && mn_ckptdir_filename_parse(w->prefix, name, &step)) {
 		w->on_change(w->arg);
 		return;
 	}

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "ckpt.h"
+#include "ckptdir.h"
 #include "config.h"
 #include "ctl.h"
 #include "ctl_util.h"
@@ -566,7 +567,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 	    {0},
 	};
 	const char *prefix = NULL, *metrics = NULL, *dir, *latest = NULL;
-	struct mn_ckpt_entry *list = NULL;
+	struct mn_ckptdir_entry *list = NULL;
 	struct ls_row *rows = NULL;
 	char index_latest[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
 	struct mn_config cfg;
@@ -604,7 +605,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 	}
 	if (!prefix)
 		prefix = cfg.checkpoint.prefix;
-	rc = mn_ckpt_scan(dir, prefix, &list, &n, err, sizeof(err));
+	rc = mn_ckptdir_scan(dir, prefix, &list, &n, err, sizeof(err));
 	if (rc < 0) {
 		ctl_errorf("ls", "%s", err);
 		return CTL_EXIT_FAILED;
@@ -625,7 +626,8 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 		else
 			memset(r, 0, sizeof(*r));
 	}
-	if (mn_ckpt_index_latest(dir, index_latest, sizeof(index_latest), err, sizeof(err)) == 0) {
+	if (mn_ckptdir_index_latest(dir, index_latest, sizeof(index_latest), err, sizeof(err)) ==
+	    0) {
 		for (size_t i = 0; i < kept; i++)
 			if (strcmp(rows[i].name, index_latest) == 0)
 				latest = rows[i].name;

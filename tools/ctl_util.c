@@ -1,6 +1,7 @@
 /* ctl_util.c - see ctl_util.h. */
 #include "ctl_util.h"
 
+#include "ckptdir.h"
 #include "json.h"
 
 #include <errno.h>
@@ -213,7 +214,7 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 {
 	struct mn_config cfg;
 	char latest[MN_CKPT_MAX_NAME], ierr[MN_ERRLEN];
-	struct mn_ckpt_entry *list = NULL;
+	struct mn_ckptdir_entry *list = NULL;
 	struct stat st, fst;
 	size_t n = 0;
 	int rc, w;
@@ -227,7 +228,7 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 		w = snprintf(out, len, "%s", path);
 		goto done;
 	}
-	rc = mn_ckpt_index_latest(path, latest, sizeof(latest), ierr, sizeof(ierr));
+	rc = mn_ckptdir_index_latest(path, latest, sizeof(latest), ierr, sizeof(ierr));
 	if (rc == 0) {
 		w = snprintf(out, len, "%s/%s", path, latest);
 		/* An index naming a vanished file (retention, a stale copy): scan instead. */
@@ -241,13 +242,13 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 			return rc;
 		prefix = cfg.checkpoint.prefix;
 	}
-	rc = mn_ckpt_scan(path, prefix, &list, &n, err, errlen);
+	rc = mn_ckptdir_scan(path, prefix, &list, &n, err, errlen);
 	if (rc < 0)
 		return rc;
 	if (n == 0) {
 		free(list);
 		mn_errf(err, errlen, "%s: no checkpoint (no %s and no %s-<step>%s files)", path,
-		        MN_CKPT_INDEX, prefix, MN_CKPT_SUFFIX);
+		        MN_CKPTDIR_INDEX, prefix, MN_CKPT_SUFFIX);
 		return -ENOENT;
 	}
 	w = snprintf(out, len, "%s/%s", path, list[n - 1].name);

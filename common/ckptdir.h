@@ -1,0 +1,59 @@
+/*
+ * ckptdir.h - a directory of checkpoint versions: their file names, the scan
+ * that lists them, the checkpoint.json index and retention. The files
+ * themselves are ckpt.h's.
+ *
+ * Layout: "<dir>/<prefix>-<step>.safetensors" per version,
+ * "<dir>/checkpoint.json" = {"latest": "<file>", "all": [oldest .. newest]}.
+ * Temporary files are dot-files; readers ignore them.
+ */
+#ifndef MN_CKPTDIR_H
+#define MN_CKPTDIR_H
+
+#include "ckpt.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define MN_CKPTDIR_INDEX "checkpoint.json"
+
+/* "<prefix>-<step>.safetensors" into buf; -ENAMETOOLONG if it does not fit. */
+int mn_ckptdir_filename(const char *prefix, int64_t step, char *buf, size_t len);
+
+/*
+ * True if name is exactly "<prefix>-<step>.safetensors" with step a
+ * non-negative decimal without sign or leading zeros (except "0"); sets *step.
+ */
+bool mn_ckptdir_filename_parse(const char *prefix, const char *name, int64_t *step);
+
+/* One checkpoint file found in a directory. */
+struct mn_ckptdir_entry {
+	char name[MN_CKPT_MAX_NAME];
+	int64_t step;
+};
+
+/*
+ * Lists the checkpoint files of dir with the given prefix, sorted by step
+ * ascending, into a malloc'd array (free() it). Dot-files and other names
+ * are ignored. -ENOENT if dir does not exist.
+ */
+int mn_ckptdir_scan(const char *dir, const char *prefix, struct mn_ckptdir_entry **out, size_t *n,
+                    char *err, size_t errlen);
+
+/*
+ * After publishing latest: writes "<dir>/checkpoint.json" atomically with
+ * the files that retention keeps, then deletes in one pass every checkpoint
+ * file beyond the newest max_to_keep (0 keeps all), never latest. Files that
+ * vanish meanwhile are not errors.
+ */
+int mn_ckptdir_publish_index(const char *dir, const char *prefix, const char *latest,
+                             size_t max_to_keep, char *err, size_t errlen);
+
+/*
+ * Reads "<dir>/checkpoint.json": the latest file name into latest (len
+ * bytes). -ENOENT if there is none; -EINVAL if malformed.
+ */
+int mn_ckptdir_index_latest(const char *dir, char *latest, size_t len, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,315 @@
+/* Unit tests for ckptdir.[ch]: file names, scan, checkpoint.json and retention. */
+#include "ckptdir.h"
+#include "util.h"
+
+#include <cJSON.h>
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "mn_test.h"
+
+START_TEST(test_filename)
+{
+	static const struct {
+		const char *name;
+		bool ok;
+		int64_t step;
+	} cases[] = {
+	    {"model.ckpt-0.safetensors", true, 0},
+	    {"model.ckpt-3000.safetensors", true, 3000},
+	    {"model.ckpt-9223372036854775807.safetensors", true, INT64_MAX},
+	    {"model.ckpt-9223372036854775808.safetensors", false, 0},
+	    {"model.ckpt-99999999999999999999.safetensors", false, 0},
+	    {"model.ckpt-01.safetensors", false, 0},
+	    {"model.ckpt-00.safetensors", false, 0},
+	    {"model.ckpt--1.safetensors", false, 0},
+	    {"model.ckpt-+1.safetensors", false, 0},
+	    {"model.ckpt- 1.safetensors", false, 0},
+	    {"model.ckpt-1a.safetensors", false, 0},
+	    {"model.ckpt-.safetensors", false, 0},
+	    {"model.ckpt-1.safetensors.tmp", false, 0},
+	    {"model.ckpt-1.safetensor", false, 0},
+	    {"model.ckpt-1.safetensors~", false, 0},
+	    {".model.ckpt-1.safetensors.tmp", false, 0},
+	    {"model.ckpt1.safetensors", false, 0},
+	    {"model.ckpt.safetensors", false, 0},
+	    {"other-1.safetensors", false, 0},
+	    {"model.ckpt-1-2.safetensors", false, 0},
+	    {"", false, 0},
+	};
+	char buf[64];
+	int64_t s;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		s = -1;
+		ck_assert_msg(mn_ckptdir_filename_parse("model.ckpt", cases[i].name, &s) ==
+		                  cases[i].ok,
+		              "%s", cases[i].name);
+		if (cases[i].ok)
+			ck_assert_int_eq(s, cases[i].step);
+	}
+	ck_assert(mn_ckptdir_filename_parse("a-b", "a-b-5.safetensors", &s) && s == 5);
+
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", 3000, buf, sizeof(buf)), 0);
+	ck_assert_str_eq(buf, "model.ckpt-3000.safetensors");
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", 3000, buf, 27), -ENAMETOOLONG);
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", 3000, buf, 28), 0);
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", -1, buf, sizeof(buf)), -EINVAL);
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", INT64_MAX, buf, sizeof(buf)), 0);
+	ck_assert(mn_ckptdir_filename_parse("model.ckpt", buf, &s) && s == INT64_MAX);
+}
+END_TEST
+
+static void touch(const char *dir, const char *name)
+{
+	char path[PATH_MAX];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	mn_test_write_file(path, NULL, 0);
+}
+
+static void touch_step(const char *dir, int64_t s)
+{
+	char name[64];
+
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", s, name, sizeof(name)), 0);
+	touch(dir, name);
+}
+
+START_TEST(test_scan)
+{
+	static const char *noise[] = {
+	    ".model.ckpt-7.safetensors.tmp",
+	    ".model.ckpt-8.safetensors",
+	    "model.ckpt-01.safetensors",
+	    "other-3.safetensors",
+	    "checkpoint.json",
+	    "model.ckpt-3.safetensors.tmp",
+	};
+	char err[MN_ERRLEN], path[PATH_MAX];
+	struct mn_ckptdir_entry *e = NULL;
+	char dir[MN_TEST_DIRLEN];
+	size_t n = 99;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	ck_assert_int_eq(mn_ckptdir_scan(dir, "model.ckpt", &e, &n, err, sizeof(err)), 0);
+	ck_assert_uint_eq(n, 0);
+	free(e);
+	touch_step(dir, 10000);
+	touch_step(dir, 900);
+	touch_step(dir, 5);
+	for (size_t i = 0; i < sizeof(noise) / sizeof(noise[0]); i++)
+		touch(dir, noise[i]);
+	ck_assert_int_eq(mn_ckptdir_scan(dir, "model.ckpt", &e, &n, err, sizeof(err)), 0);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_str_eq(e[0].name, "model.ckpt-5.safetensors");
+	ck_assert_int_eq(e[0].step, 5);
+	ck_assert_str_eq(e[1].name, "model.ckpt-900.safetensors");
+	ck_assert_int_eq(e[1].step, 900);
+	ck_assert_str_eq(e[2].name, "model.ckpt-10000.safetensors");
+	ck_assert_int_eq(e[2].step, 10000);
+	free(e);
+
+	snprintf(path, sizeof(path), "%s/nope", dir);
+	ck_assert_int_eq(mn_ckptdir_scan(path, "model.ckpt", &e, &n, err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, "nope"));
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+/* Reads checkpoint.json and checks it against latest and the kept steps. */
+static void assert_index(const char *dir, const char *latest, const int64_t *kept, size_t nkept)
+{
+	char path[PATH_MAX], err[MN_ERRLEN], *text, got[MN_CKPT_MAX_NAME];
+	cJSON *root, *all;
+	size_t len;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, MN_CKPTDIR_INDEX);
+	ck_assert_int_eq(mn_read_file(path, 1 << 20, &text, &len, err, sizeof(err)), 0);
+	root = cJSON_Parse(text);
+	ck_assert_ptr_nonnull(root);
+	ck_assert_str_eq(cJSON_GetObjectItemCaseSensitive(root, "latest")->valuestring, latest);
+	all = cJSON_GetObjectItemCaseSensitive(root, "all");
+	ck_assert_int_eq(cJSON_GetArraySize(all), (int)nkept);
+	for (size_t i = 0; i < nkept; i++) {
+		char name[64];
+
+		mn_ckptdir_filename("model.ckpt", kept[i], name, sizeof(name));
+		ck_assert_str_eq(cJSON_GetArrayItem(all, (int)i)->valuestring, name);
+		ck_assert(mn_test_exists(dir, name));
+	}
+	cJSON_Delete(root);
+	free(text);
+	ck_assert_int_eq(mn_ckptdir_index_latest(dir, got, sizeof(got), err, sizeof(err)), 0);
+	ck_assert_str_eq(got, latest);
+}
+
+START_TEST(test_publish_retention)
+{
+	static const int64_t newest3[] = {5000, 6000, 7000};
+	char err[MN_ERRLEN] = "";
+	char dir[MN_TEST_DIRLEN];
+	int rc;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	for (int64_t s = 1000; s <= 7000; s += 1000)
+		touch_step(dir, s);
+	touch(dir, "other-1.safetensors");
+	touch(dir, ".model.ckpt-8000.safetensors.tmp");
+	rc = mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-7000.safetensors", 3, err,
+	                              sizeof(err));
+	ck_assert_msg(rc == 0, "%s", err);
+	assert_index(dir, "model.ckpt-7000.safetensors", newest3, 3);
+	for (int64_t s = 1000; s <= 4000; s += 1000) {
+		char name[64];
+
+		mn_ckptdir_filename("model.ckpt", s, name, sizeof(name));
+		ck_assert_msg(!mn_test_exists(dir, name), "%s kept", name);
+	}
+	/* Other files are not retention's business. */
+	ck_assert(mn_test_exists(dir, "other-1.safetensors"));
+	ck_assert(mn_test_exists(dir, ".model.ckpt-8000.safetensors.tmp"));
+	ck_assert_uint_eq(mn_test_count_entries(dir), 6);
+
+	/* Publishing again is idempotent. */
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-7000.safetensors",
+	                                          3, err, sizeof(err)),
+	                 0);
+	assert_index(dir, "model.ckpt-7000.safetensors", newest3, 3);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+START_TEST(test_publish_keep_all)
+{
+	static const int64_t all[] = {1000, 2000, 3000, 4000, 5000, 6000, 7000};
+	char err[MN_ERRLEN] = "";
+	char dir[MN_TEST_DIRLEN];
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	for (int64_t s = 1000; s <= 7000; s += 1000)
+		touch_step(dir, s);
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-7000.safetensors",
+	                                          0, err, sizeof(err)),
+	                 0);
+	assert_index(dir, "model.ckpt-7000.safetensors", all, 7);
+	/* max_to_keep larger than what exists also keeps all. */
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-7000.safetensors",
+	                                          100, err, sizeof(err)),
+	                 0);
+	assert_index(dir, "model.ckpt-7000.safetensors", all, 7);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+START_TEST(test_publish_latest_not_newest)
+{
+	static const int64_t kept[] = {2000, 6000, 7000}, only[] = {2000};
+	char err[MN_ERRLEN] = "";
+	char dir[MN_TEST_DIRLEN];
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	for (int64_t s = 1000; s <= 7000; s += 1000)
+		touch_step(dir, s);
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-2000.safetensors",
+	                                          3, err, sizeof(err)),
+	                 0);
+	assert_index(dir, "model.ckpt-2000.safetensors", kept, 3);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 4);
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-2000.safetensors",
+	                                          1, err, sizeof(err)),
+	                 0);
+	assert_index(dir, "model.ckpt-2000.safetensors", only, 1);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 2);
+
+	/* An index never names a file that is not there, nor a path. */
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt", "model.ckpt-9000.safetensors",
+	                                          3, err, sizeof(err)),
+	                 -ENOENT);
+	ck_assert_int_eq(mn_ckptdir_publish_index(dir, "model.ckpt",
+	                                          "../model.ckpt-2000.safetensors", 3, err,
+	                                          sizeof(err)),
+	                 -EINVAL);
+	assert_index(dir, "model.ckpt-2000.safetensors", only, 1);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+static void write_index_text(const char *dir, const char *text, size_t len)
+{
+	char err[MN_ERRLEN];
+	struct iovec iov = {.iov_base = (void *)text, .iov_len = len};
+
+	ck_assert_int_eq(mn_write_atomic(dir, MN_CKPTDIR_INDEX, &iov, 1, 0644, err, sizeof(err)),
+	                 0);
+}
+
+START_TEST(test_index_latest)
+{
+	static const char *bad[] = {
+	    "",
+	    "not json",
+	    "[]",
+	    "{}",
+	    "{\"latest\": 5}",
+	    "{\"latest\": null}",
+	    "{\"latest\": \"\"}",
+	    "{\"latest\": \"../x.safetensors\"}",
+	    "{\"latest\": \"a/b\"}",
+	    "{\"latest\": \".model.ckpt-1.safetensors.tmp\"}",
+	    "{\"latest\": \"a\", \"latest\": \"b\"}",
+	    "{\"latest\": \"a\", \"all\": 3}",
+	    "{\"latest\": \"a\", \"all\": [1]}",
+	    "{\"latest\": \"a\"} trailing",
+	};
+	char err[MN_ERRLEN], got[MN_CKPT_MAX_NAME], tiny[4];
+	char dir[MN_TEST_DIRLEN], *big;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	ck_assert_int_eq(mn_ckptdir_index_latest(dir, got, sizeof(got), err, sizeof(err)), -ENOENT);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		write_index_text(dir, bad[i], strlen(bad[i]));
+		err[0] = '\0';
+		ck_assert_msg(mn_ckptdir_index_latest(dir, got, sizeof(got), err, sizeof(err)) ==
+		                  -EINVAL,
+		              "accepted %s", bad[i]);
+		ck_assert_msg(strstr(err, MN_CKPTDIR_INDEX) != NULL, "%s", err);
+	}
+	write_index_text(dir, "{\"latest\": \"a\"}\0x", 17);
+	ck_assert_int_eq(mn_ckptdir_index_latest(dir, got, sizeof(got), err, sizeof(err)), -EINVAL);
+
+	big = malloc((size_t)17 << 20);
+	ck_assert_ptr_nonnull(big);
+	memset(big, ' ', (size_t)17 << 20);
+	memcpy(big, "{\"latest\": \"a\"}", 15);
+	write_index_text(dir, big, (size_t)17 << 20);
+	free(big);
+	ck_assert_int_eq(mn_ckptdir_index_latest(dir, got, sizeof(got), err, sizeof(err)), -EINVAL);
+
+	write_index_text(dir, "{\"latest\": \"model.ckpt-5.safetensors\", \"all\": []}\n",
+	                 strlen("{\"latest\": \"model.ckpt-5.safetensors\", \"all\": []}\n"));
+	ck_assert_int_eq(mn_ckptdir_index_latest(dir, got, sizeof(got), err, sizeof(err)), 0);
+	ck_assert_str_eq(got, "model.ckpt-5.safetensors");
+	ck_assert_int_eq(mn_ckptdir_index_latest(dir, tiny, sizeof(tiny), err, sizeof(err)),
+	                 -ENAMETOOLONG);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("ckptdir");
+
+	MN_TEST_ADD(mn_test_tcase(s, "directory", NULL, NULL), test_filename, test_scan,
+	            test_publish_retention, test_publish_keep_all, test_publish_latest_not_newest,
+	            test_index_latest);
+	return mn_test_run(s);
+}
