@@ -557,238 +557,234 @@ static char *arena_put(char **p, const char *s)
 	return r;
 }
 
-/*
- * Validates buf; on success the checkpoint holds buf itself when owned
- * (read from a file, no second copy) or a copy of it. An owned buf is freed
- * on failure.
- */
-static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, unsigned flags,
-                      struct mn_ckpt **out, char *err, size_t errlen)
-{
-	struct mn_ckpt *c = NULL;
-	struct entry *ents = NULL;
-	const char **names = NULL, **keys = NULL;
-	const cJSON *md = NULL, *m, *v;
-	cJSON *root = NULL;
-	char *text = NULL, *ap;
-	size_t hlen, dlen, at, nmembers = 0, nt = 0, nm = 0, arena;
-	const uint8_t *data;
-	const char *dup, *pend = NULL;
-	uint64_t n = 0;
+/* What the stages of parse_impl hand on to each other. */
+struct parse {
+	const char *name; /* starts every message */
+	char *err;
+	size_t errlen;
+	size_t hlen;         /* header length as stored (with padding) */
+	const uint8_t *data; /* the data buffer */
+	size_t dlen;
+	char *text; /* the header without padding, NUL-terminated */
+	cJSON *root;
 	struct lex lx;
-	int rc = -EINVAL;
+	struct entry *ents; /* tensors, sorted by offset after check_layout */
+	size_t nt;
+	const char **names, **keys; /* scratch for duplicate checks */
+	const cJSON *md;            /* __metadata__, or NULL */
+	size_t nm;
+};
 
-	if (!name)
-		name = "checkpoint";
-	if (out)
-		*out = NULL;
-	if (!out || (!buf && len > 0)) {
-		rc = fail(err, errlen, name, -EINVAL, "invalid arguments");
-		goto fail;
-	}
-	if (len < 8) {
-		rc = fail(err, errlen, name, -EINVAL,
-		          "truncated: file size %zu is less than the 8-byte header length", len);
-		goto fail;
-	}
+/* Stage 1: the 8-byte header length, checked against the file and the limit. */
+static int parse_length(struct parse *p, const uint8_t *buf, size_t len)
+{
+	uint64_t n = 0;
+
+	if (len < 8)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "truncated: file size %zu is less than the 8-byte header length", len);
 	for (int i = 7; i >= 0; i--)
 		n = n << 8 | buf[i];
-	if (n > len) {
-		rc = fail(err, errlen, name, -EINVAL,
-		          "truncated: header length %" PRIu64 " exceeds file size %zu", n, len);
-		goto fail;
-	}
-	if (n > len - 8) {
-		rc = fail(err, errlen, name, -EINVAL,
-		          "truncated: header length %" PRIu64
-		          " plus its 8-byte prefix exceeds file size %zu",
-		          n, len);
-		goto fail;
-	}
-	if (n > MN_CKPT_MAX_HEADER) {
-		rc = fail(err, errlen, name, -EINVAL,
-		          "header length %" PRIu64 " exceeds the limit of %zu bytes", n,
-		          MN_CKPT_MAX_HEADER);
-		goto fail;
-	}
-	hlen = (size_t)n;
-	data = buf + 8 + hlen;
-	dlen = len - 8 - hlen;
+	if (n > len)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "truncated: header length %" PRIu64 " exceeds file size %zu", n, len);
+	if (n > len - 8)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "truncated: header length %" PRIu64
+		            " plus its 8-byte prefix exceeds file size %zu",
+		            n, len);
+	if (n > MN_CKPT_MAX_HEADER)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "header length %" PRIu64 " exceeds the limit of %zu bytes", n,
+		            MN_CKPT_MAX_HEADER);
+	p->hlen = (size_t)n;
+	p->data = buf + 8 + p->hlen;
+	p->dlen = len - 8 - p->hlen;
+	return 0;
+}
+
+/* Stage 2: the header's bytes as text, and that text as one JSON object. */
+static int parse_header_text(struct parse *p, const uint8_t *hdr)
+{
+	size_t hlen = p->hlen, at;
+	const char *pend = NULL;
 
 	/* cJSON would stop at a NUL and accept whatever came before it. */
-	if (memchr(buf + 8, '\0', hlen)) {
-		at = (size_t)((const uint8_t *)memchr(buf + 8, '\0', hlen) - (buf + 8));
-		rc = fail(err, errlen, name, -EINVAL, "header has a NUL byte at header byte %zu",
-		          at);
-		goto fail;
+	if (memchr(hdr, '\0', hlen)) {
+		at = (size_t)((const uint8_t *)memchr(hdr, '\0', hlen) - hdr);
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "header has a NUL byte at header byte %zu", at);
 	}
-	at = utf8_invalid_at(buf + 8, hlen);
-	if (at != hlen) {
-		rc = fail(err, errlen, name, -EINVAL,
-		          "header is not valid UTF-8 at header byte %zu", at);
-		goto fail;
-	}
+	at = utf8_invalid_at(hdr, hlen);
+	if (at != hlen)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "header is not valid UTF-8 at header byte %zu", at);
 	/* Trailing spaces are the alignment padding, not part of the JSON. */
-	while (hlen > 0 && buf[8 + hlen - 1] == ' ')
+	while (hlen > 0 && hdr[hlen - 1] == ' ')
 		hlen--;
-	if (hlen == 0) {
-		rc = fail(err, errlen, name, -EINVAL, "header is empty");
-		goto fail;
+	if (hlen == 0)
+		return fail(p->err, p->errlen, p->name, -EINVAL, "header is empty");
+	p->text = malloc(hlen + 1);
+	if (!p->text)
+		return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
+	memcpy(p->text, hdr, hlen);
+	p->text[hlen] = '\0';
+	p->root = cJSON_ParseWithLengthOpts(p->text, hlen + 1, &pend, 1);
+	if (!p->root) {
+		at = pend && pend >= p->text && pend <= p->text + hlen ? (size_t)(pend - p->text)
+		                                                       : 0;
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "header is not valid JSON (error at header byte %zu)", at);
 	}
-	text = malloc(hlen + 1);
-	if (!text)
-		goto nomem;
-	memcpy(text, buf + 8, hlen);
-	text[hlen] = '\0';
-	root = cJSON_ParseWithLengthOpts(text, hlen + 1, &pend, 1);
-	if (!root) {
-		at = pend && pend >= text && pend <= text + hlen ? (size_t)(pend - text) : 0;
-		rc = fail(err, errlen, name, -EINVAL,
-		          "header is not valid JSON (error at header byte %zu)", at);
-		goto fail;
-	}
-	if (!cJSON_IsObject(root)) {
-		rc = fail(err, errlen, name, -EINVAL, "header is not a JSON object");
-		goto fail;
-	}
-	lex_scan(text, hlen, &lx);
-	if (lx.str_at != SIZE_MAX) {
-		rc = fail(err, errlen, name, -EINVAL, "header has a %s at header byte %zu",
-		          lx.str_why, lx.str_at);
-		goto fail;
-	}
+	if (!cJSON_IsObject(p->root))
+		return fail(p->err, p->errlen, p->name, -EINVAL, "header is not a JSON object");
+	lex_scan(p->text, hlen, &p->lx);
+	if (p->lx.str_at != SIZE_MAX)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "header has a %s at header byte %zu", p->lx.str_why, p->lx.str_at);
+	return 0;
+}
 
-	cJSON_ArrayForEach(m, root) nmembers++;
-	names = calloc(nmembers + 1, sizeof(*names));
-	ents = calloc(nmembers + 1, sizeof(*ents));
-	if (!names || !ents)
-		goto nomem;
-	/* cJSON keeps every duplicate; a reader that took the first or last would disagree. */
-	at = 0;
-	cJSON_ArrayForEach(m, root) names[at++] = m->string;
-	dup = find_duplicate(names, nmembers);
-	if (dup) {
-		rc = fail(err, errlen, name, -EINVAL, "duplicate name \"%.64s\" in header", dup);
-		goto fail;
-	}
+/* __metadata__: an object of string values with unique keys. */
+static int parse_metadata(struct parse *p, const cJSON *md)
+{
+	const cJSON *v;
+	const char *dup;
 
-	cJSON_ArrayForEach(m, root)
+	p->md = md;
+	if (!cJSON_IsObject(md))
+		return fail(p->err, p->errlen, p->name, -EINVAL, "__metadata__ is not an object");
+	cJSON_ArrayForEach(v, md) p->nm++;
+	p->keys = calloc(p->nm + 1, sizeof(*p->keys));
+	if (!p->keys)
+		return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
+	p->nm = 0;
+	cJSON_ArrayForEach(v, md)
 	{
-		if (strcmp(m->string, METADATA_KEY) != 0) {
-			ents[nt].order = nt;
-			rc = parse_tensor(m, &ents[nt], dlen, name, err, errlen);
-			if (rc < 0)
-				goto fail;
-			nt++;
-			continue;
+		if (!cJSON_IsString(v) || !v->valuestring)
+			return fail(p->err, p->errlen, p->name, -EINVAL,
+			            "__metadata__ value of \"%.64s\" is not a string", v->string);
+		p->keys[p->nm++] = v->string;
+	}
+	dup = find_duplicate(p->keys, p->nm);
+	if (dup)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "duplicate __metadata__ key \"%.64s\"", dup);
+	return 0;
+}
+
+/* Stage 3: the members, unique by name: each tensor entry, and the metadata. */
+static int parse_members(struct parse *p)
+{
+	size_t nmembers = 0, at = 0;
+	const cJSON *m;
+	const char *dup;
+	int rc;
+
+	cJSON_ArrayForEach(m, p->root) nmembers++;
+	p->names = calloc(nmembers + 1, sizeof(*p->names));
+	p->ents = calloc(nmembers + 1, sizeof(*p->ents));
+	if (!p->names || !p->ents)
+		return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
+	/* cJSON keeps every duplicate; a reader that took the first or last would disagree. */
+	cJSON_ArrayForEach(m, p->root) p->names[at++] = m->string;
+	dup = find_duplicate(p->names, nmembers);
+	if (dup)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "duplicate name \"%.64s\" in header", dup);
+	cJSON_ArrayForEach(m, p->root)
+	{
+		if (strcmp(m->string, METADATA_KEY) == 0) {
+			rc = parse_metadata(p, m);
+		} else {
+			p->ents[p->nt].order = p->nt;
+			rc = parse_tensor(m, &p->ents[p->nt], p->dlen, p->name, p->err, p->errlen);
+			p->nt++;
 		}
-		md = m;
-		if (!cJSON_IsObject(md)) {
-			rc = fail(err, errlen, name, -EINVAL, "__metadata__ is not an object");
-			goto fail;
-		}
-		cJSON_ArrayForEach(v, md) nm++;
-		keys = calloc(nm + 1, sizeof(*keys));
-		if (!keys)
-			goto nomem;
-		nm = 0;
-		cJSON_ArrayForEach(v, md)
-		{
-			if (!cJSON_IsString(v) || !v->valuestring) {
-				rc = fail(err, errlen, name, -EINVAL,
-				          "__metadata__ value of \"%.64s\" is not a string",
-				          v->string);
-				goto fail;
-			}
-			keys[nm++] = v->string;
-		}
-		dup = find_duplicate(keys, nm);
-		if (dup) {
-			rc = fail(err, errlen, name, -EINVAL,
-			          "duplicate __metadata__ key \"%.64s\"", dup);
-			goto fail;
-		}
+		if (rc < 0)
+			return rc;
 	}
 	/* Last, so that shape and offset errors above get their more specific messages. */
-	if (lx.num_at != SIZE_MAX) {
-		rc = fail(err, errlen, name, -EINVAL,
-		          "header number \"%.*s\" at header byte %zu is not a plain non-negative "
-		          "integer",
-		          (int)(lx.num_len > 32 ? 32 : lx.num_len), text + lx.num_at, lx.num_at);
-		goto fail;
+	if (p->lx.num_at != SIZE_MAX)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "header number \"%.*s\" at header byte %zu is not a plain non-negative "
+		            "integer",
+		            (int)(p->lx.num_len > 32 ? 32 : p->lx.num_len), p->text + p->lx.num_at,
+		            p->lx.num_at);
+	return 0;
+}
+
+/* Stage 4: the tensors, in offset order, cover the data buffer without gaps or overlaps. */
+static int check_layout(struct parse *p)
+{
+	const struct entry *e = p->ents;
+	uint64_t pos = 0;
+
+	qsort(p->ents, p->nt, sizeof(*p->ents), cmp_entry);
+	for (size_t i = 0; i < p->nt; i++) {
+		if (e[i].begin > pos)
+			return fail(p->err, p->errlen, p->name, -EINVAL,
+			            "gap in data buffer between byte %" PRIu64 " and %" PRIu64
+			            " (before tensor \"%s\")",
+			            pos, e[i].begin, e[i].t.name);
+		if (e[i].begin < pos)
+			return fail(p->err, p->errlen, p->name, -EINVAL,
+			            "tensors \"%s\" [%" PRIu64 ", %" PRIu64 "] and \"%s\" [%" PRIu64
+			            ", %" PRIu64 "] overlap in the data buffer",
+			            e[i - 1].t.name, e[i - 1].begin, e[i - 1].end, e[i].t.name,
+			            e[i].begin, e[i].end);
+		pos = e[i].end;
 	}
+	if (pos != p->dlen)
+		return fail(p->err, p->errlen, p->name, -EINVAL,
+		            "%" PRIu64
+		            " trailing bytes in data buffer: tensors end at byte %" PRIu64
+		            " of %zu",
+		            (uint64_t)p->dlen - pos, pos, p->dlen);
+	return 0;
+}
 
-	qsort(ents, nt, sizeof(*ents), cmp_entry);
-	{
-		uint64_t pos = 0;
+/*
+ * Stage 5: everything checked, the checkpoint takes buf (*buf becomes NULL)
+ * when owned, or a copy, and copies names and metadata out of the cJSON tree.
+ */
+static int build(struct parse *p, uint8_t **buf, size_t len, bool owned, struct mn_ckpt **out)
+{
+	struct mn_ckpt *c;
+	size_t arena = strlen(p->name) + 1;
+	const cJSON *v;
+	char *ap;
 
-		for (size_t i = 0; i < nt; i++) {
-			if (ents[i].begin > pos) {
-				rc = fail(err, errlen, name, -EINVAL,
-				          "gap in data buffer between byte %" PRIu64 " and %" PRIu64
-				          " (before tensor \"%s\")",
-				          pos, ents[i].begin, ents[i].t.name);
-				goto fail;
-			}
-			if (ents[i].begin < pos) {
-				rc = fail(err, errlen, name, -EINVAL,
-				          "tensors \"%s\" [%" PRIu64 ", %" PRIu64
-				          "] and \"%s\" [%" PRIu64 ", %" PRIu64
-				          "] overlap in the data buffer",
-				          ents[i - 1].t.name, ents[i - 1].begin, ents[i - 1].end,
-				          ents[i].t.name, ents[i].begin, ents[i].end);
-				goto fail;
-			}
-			pos = ents[i].end;
-		}
-		if (pos != dlen) {
-			rc = fail(err, errlen, name, -EINVAL,
-			          "%" PRIu64
-			          " trailing bytes in data buffer: tensors end at byte %" PRIu64
-			          " of %zu",
-			          (uint64_t)dlen - pos, pos, dlen);
-			goto fail;
-		}
-	}
-	rc = check_metadata(md, data, dlen, flags, name, err, errlen);
-	if (rc < 0)
-		goto fail;
-
-	/* Everything checked: copy names and metadata out of the cJSON tree. */
-	arena = strlen(name) + 1;
-	for (size_t i = 0; i < nt; i++)
-		arena += strlen(ents[i].t.name) + 1;
-	if (md) {
-		cJSON_ArrayForEach(v, md) arena += strlen(v->string) + strlen(v->valuestring) + 2;
+	for (size_t i = 0; i < p->nt; i++)
+		arena += strlen(p->ents[i].t.name) + 1;
+	if (p->md) {
+		cJSON_ArrayForEach(v, p->md) arena +=
+		    strlen(v->string) + strlen(v->valuestring) + 2;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		goto nomem;
 	c->strings = malloc(arena);
-	c->tensors = calloc(nt + 1, sizeof(*c->tensors));
-	c->meta = calloc(nm + 1, sizeof(*c->meta));
-	if (!c->strings || !c->tensors || !c->meta)
+	c->tensors = calloc(p->nt + 1, sizeof(*c->tensors));
+	c->meta = calloc(p->nm + 1, sizeof(*c->meta));
+	c->buf = owned ? *buf : malloc(len);
+	if (!c->strings || !c->tensors || !c->meta || !c->buf)
 		goto nomem;
-	if (owned) {
-		c->buf = buf;
-		buf = NULL;
-	} else {
-		c->buf = malloc(len);
-		if (!c->buf)
-			goto nomem;
-		memcpy(c->buf, buf, len);
-	}
+	if (owned)
+		*buf = NULL;
+	else
+		memcpy(c->buf, *buf, len);
 	c->len = len;
 	ap = c->strings;
-	c->name = arena_put(&ap, name);
-	for (size_t i = 0; i < nt; i++) {
-		c->tensors[i] = ents[i].t;
-		c->tensors[i].name = arena_put(&ap, ents[i].t.name);
-		c->tensors[i].data = c->buf + 8 + n + ents[i].begin;
+	c->name = arena_put(&ap, p->name);
+	for (size_t i = 0; i < p->nt; i++) {
+		c->tensors[i] = p->ents[i].t;
+		c->tensors[i].name = arena_put(&ap, p->ents[i].t.name);
+		c->tensors[i].data = c->buf + 8 + p->hlen + p->ents[i].begin;
 	}
-	c->ntensors = nt;
-	if (md) {
-		cJSON_ArrayForEach(v, md)
+	c->ntensors = p->nt;
+	if (p->md) {
+		cJSON_ArrayForEach(v, p->md)
 		{
 			c->meta[c->nmeta].key = arena_put(&ap, v->string);
 			c->meta[c->nmeta].value = arena_put(&ap, v->valuestring);
@@ -796,20 +792,49 @@ static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, un
 		}
 	}
 	*out = c;
-	c = NULL;
-	rc = 0;
-	goto out;
-
+	return 0;
 nomem:
-	rc = fail(err, errlen, name, -ENOMEM, "out of memory");
-fail:
-out:
+	if (c && owned && c->buf == *buf)
+		c->buf = NULL; /* still the caller's to free */
 	mn_ckpt_free(c);
-	cJSON_Delete(root);
-	free(text);
-	free(names);
-	free(keys);
-	free(ents);
+	return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
+}
+
+/*
+ * Validates buf; on success the checkpoint holds buf itself when owned
+ * (read from a file, no second copy) or a copy of it. An owned buf is freed
+ * on failure. The stages run in this order so that each message is the most
+ * specific one the file deserves.
+ */
+static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, unsigned flags,
+                      struct mn_ckpt **out, char *err, size_t errlen)
+{
+	struct parse p = {.name = name ? name : "checkpoint", .err = err, .errlen = errlen};
+	int rc;
+
+	if (out)
+		*out = NULL;
+	if (!out || (!buf && len > 0)) {
+		rc = fail(err, errlen, p.name, -EINVAL, "invalid arguments");
+		goto out;
+	}
+	rc = parse_length(&p, buf, len);
+	if (rc == 0)
+		rc = parse_header_text(&p, buf + 8);
+	if (rc == 0)
+		rc = parse_members(&p);
+	if (rc == 0)
+		rc = check_layout(&p);
+	if (rc == 0)
+		rc = check_metadata(p.md, p.data, p.dlen, flags, p.name, err, errlen);
+	if (rc == 0)
+		rc = build(&p, &buf, len, owned, out);
+out:
+	cJSON_Delete(p.root);
+	free(p.text);
+	free(p.names);
+	free(p.keys);
+	free(p.ents);
 	if (owned)
 		free(buf);
 	return rc;

@@ -1022,20 +1022,189 @@ static int convert_encode(const struct mn_tensor *t, size_t nt, const struct mn_
 	return rc;
 }
 
+/* One conversion: the source, the selection and the result. */
+struct convert {
+	const char *in;
+	struct mn_ckpt *src, *res;
+	struct mn_tensor *sel; /* the selected tensors, renamed */
+	const char **orig;     /* their names in the source */
+	size_t nsel;
+	struct mn_meta *meta;
+	size_t nmeta;
+	uint8_t *buf; /* the encoded result */
+	size_t len;
+	bool dropped; /* architecture and frozen left out */
+	char why[MN_ERRLEN];
+};
+
+/* Takes the tensors some glob matches (all without globs); every glob must match. */
+static int convert_select(struct convert *cv, const char **globs, size_t nglobs)
+{
+	size_t n = mn_ckpt_count(cv->src);
+	char err[MN_ERRLEN];
+
+	for (size_t g = 0; g < nglobs; g++) {
+		bool hit = false;
+
+		for (size_t i = 0; i < n && !hit; i++)
+			hit = fnmatch(globs[g], mn_ckpt_tensor(cv->src, i)->name, 0) == 0;
+		if (!hit) {
+			ctl_errorf("convert", "--select '%s' matches no tensor in %s %s", globs[g],
+			           cv->in, names_hint(cv->src, err, sizeof(err)));
+			return -EINVAL;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		const struct mn_tensor *t = mn_ckpt_tensor(cv->src, i);
+		bool take = nglobs == 0;
+
+		for (size_t g = 0; g < nglobs && !take; g++)
+			take = fnmatch(globs[g], t->name, 0) == 0;
+		if (!take)
+			continue;
+		cv->orig[cv->nsel] = t->name;
+		cv->sel[cv->nsel++] = *t;
+	}
+	if (cv->nsel == 0) {
+		ctl_errorf("convert", "%s: nothing selected: the file has no tensors", cv->in);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Applies the renames to the selection; the new names must stay unique. */
+static int convert_rename(struct convert *cv, struct rename *ren, size_t nren)
+{
+	char err[MN_ERRLEN];
+
+	for (size_t r = 0; r < nren; r++) {
+		for (size_t i = 0; i < cv->nsel; i++) {
+			if (strcmp(cv->orig[i], ren[r].from) == 0) {
+				cv->sel[i].name = ren[r].to;
+				ren[r].used = true;
+			}
+		}
+		if (ren[r].used)
+			continue;
+		if (mn_ckpt_find(cv->src, ren[r].from))
+			ctl_errorf("convert",
+			           "--rename %s=%s: \"%s\" is not among the selected tensors",
+			           ren[r].from, ren[r].to, ren[r].from);
+		else
+			ctl_errorf("convert", "--rename %s=%s: no tensor \"%s\" in %s %s",
+			           ren[r].from, ren[r].to, ren[r].from, cv->in,
+			           names_hint(cv->src, err, sizeof(err)));
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < cv->nsel; i++) {
+		for (size_t j = i + 1; j < cv->nsel; j++) {
+			if (strcmp(cv->sel[i].name, cv->sel[j].name) == 0) {
+				ctl_errorf("convert",
+				           "two tensors would be named \"%s\": \"%s\" and \"%s\"",
+				           cv->sel[i].name, cv->orig[i], cv->orig[j]);
+				return -EINVAL;
+			}
+		}
+	}
+	return 0;
+}
+
+/*
+ * Encodes the selection with the source's metadata into cv->buf and parses
+ * it back into cv->res; drops "architecture" and "frozen" when the selection
+ * no longer forms the model. The result must pass what verify checks.
+ */
+static int convert_build(struct convert *cv, const char *base)
+{
+	char err[MN_ERRLEN];
+	struct file_info fi;
+	struct mn_arch arch;
+
+	for (size_t i = 0; i < mn_ckpt_meta_count(cv->src); i++) {
+		const struct mn_meta *m = mn_ckpt_meta_at(cv->src, i);
+
+		/* The writer computes the checksum of the new data itself. */
+		if (strcmp(m->key, "data_crc32") != 0)
+			cv->meta[cv->nmeta++] = *m;
+	}
+	if (convert_encode(cv->sel, cv->nsel, cv->meta, cv->nmeta, base, &cv->buf, &cv->len,
+	                   &cv->res, err, sizeof(err)) < 0)
+		goto fail;
+	/*
+	 * Only the architecture check decides whether the selection still forms
+	 * the model: any other fault (a broken training state, a bad step) must
+	 * refuse below, not be laundered into a valid-looking bag of tensors.
+	 */
+	if (mn_ckpt_meta(cv->res, "architecture") &&
+	    mn_model_arch(cv->res, &arch, cv->why, sizeof(cv->why)) < 0) {
+		size_t k = 0;
+
+		/* A frozen model's subset is no frozen model either. */
+		for (size_t i = 0; i < cv->nmeta; i++)
+			if (strcmp(cv->meta[i].key, "architecture") != 0 &&
+			    strcmp(cv->meta[i].key, "frozen") != 0)
+				cv->meta[k++] = cv->meta[i];
+		cv->nmeta = k;
+		cv->dropped = true;
+		free(cv->buf);
+		cv->buf = NULL;
+		mn_ckpt_free(cv->res);
+		cv->res = NULL;
+		if (convert_encode(cv->sel, cv->nsel, cv->meta, cv->nmeta, base, &cv->buf, &cv->len,
+		                   &cv->res, err, sizeof(err)) < 0)
+			goto fail;
+	}
+	if (check_file(cv->res, &fi, err, sizeof(err)) < 0) {
+		ctl_errorf("convert", "the result would not be valid: %s", err);
+		return -EINVAL;
+	}
+	return 0;
+fail:
+	ctl_errorf("convert", "%s", err);
+	return -EINVAL;
+}
+
+/* What was written, as JSON or text on standard output. */
+static int convert_report(const struct convert *cv, const char *outpath, bool json)
+{
+	if (json) {
+		cJSON *root = cJSON_CreateObject(), *arr;
+
+		ctl_json_str(root, "file", outpath);
+		ctl_json_str(root, "source", cv->in);
+		ctl_json_bool(root, "architecture_dropped", cv->dropped);
+		arr = ctl_json_add(root, "tensors", cJSON_CreateArray());
+		for (size_t i = 0; i < cv->nsel; i++) {
+			cJSON *o = ctl_json_add(arr, NULL, cJSON_CreateObject());
+
+			ctl_json_str(o, "name", cv->sel[i].name);
+			ctl_json_str(o, "from", cv->orig[i]);
+		}
+		return ctl_json_print(root);
+	}
+	printf("%s: %zu tensor%s from %s\n", outpath, cv->nsel, cv->nsel == 1 ? "" : "s", cv->in);
+	for (size_t i = 0; i < cv->nsel; i++) {
+		const struct mn_tensor *t = &cv->sel[i];
+		char shape[128];
+
+		mn_shape_format(t, shape, sizeof(shape));
+		if (strcmp(t->name, cv->orig[i]) == 0)
+			printf("  %s  %s %s\n", t->name, mn_dtype_name(t->dtype), shape);
+		else
+			printf("  %s  %s %s  (was %s)\n", t->name, mn_dtype_name(t->dtype), shape,
+			       cv->orig[i]);
+	}
+	return 0;
+}
+
 static int convert_run(const char *in, const char *outpath, const char **globs, size_t nglobs,
                        struct rename *ren, size_t nren, bool json)
 {
-	struct mn_ckpt *src = NULL, *res = NULL;
-	struct mn_tensor *sel = NULL;
-	struct mn_meta *meta = NULL;
-	const char **orig = NULL;
-	char err[MN_ERRLEN], why[MN_ERRLEN] = "", dir[CTL_PATH_MAX];
+	struct convert cv = {.in = in};
+	char err[MN_ERRLEN], dir[CTL_PATH_MAX];
+	struct iovec iov;
 	const char *base;
-	uint8_t *buf = NULL;
-	size_t n, nsel = 0, nmeta = 0, len = 0;
-	struct file_info fi;
-	struct mn_arch arch;
-	bool dropped = false;
+	size_t n;
 	int rc = CTL_EXIT_FAILED;
 
 	base = ctl_output_path(outpath, dir, sizeof(dir), err, sizeof(err));
@@ -1043,165 +1212,43 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 		ctl_errorf("convert", "%s", err);
 		return CTL_EXIT_FAILED;
 	}
-	if (mn_ckpt_read(in, 0, &src, err, sizeof(err)) < 0) {
+	if (mn_ckpt_read(in, 0, &cv.src, err, sizeof(err)) < 0) {
 		print_file_error(stderr, in, err);
 		return CTL_EXIT_FAILED;
 	}
-	n = mn_ckpt_count(src);
-	sel = calloc(n + 1, sizeof(*sel));
-	orig = calloc(n + 1, sizeof(*orig));
-	meta = calloc(mn_ckpt_meta_count(src) + 1, sizeof(*meta));
-	if (!sel || !orig || !meta) {
+	n = mn_ckpt_count(cv.src);
+	cv.sel = calloc(n + 1, sizeof(*cv.sel));
+	cv.orig = calloc(n + 1, sizeof(*cv.orig));
+	cv.meta = calloc(mn_ckpt_meta_count(cv.src) + 1, sizeof(*cv.meta));
+	if (!cv.sel || !cv.orig || !cv.meta) {
 		ctl_errorf("convert", "out of memory");
 		goto out;
 	}
-	for (size_t g = 0; g < nglobs; g++) {
-		bool hit = false;
-
-		for (size_t i = 0; i < n && !hit; i++)
-			hit = fnmatch(globs[g], mn_ckpt_tensor(src, i)->name, 0) == 0;
-		if (!hit) {
-			ctl_errorf("convert", "--select '%s' matches no tensor in %s %s", globs[g],
-			           in, names_hint(src, err, sizeof(err)));
-			goto out;
-		}
-	}
-	for (size_t i = 0; i < n; i++) {
-		const struct mn_tensor *t = mn_ckpt_tensor(src, i);
-		bool take = nglobs == 0;
-
-		for (size_t g = 0; g < nglobs && !take; g++)
-			take = fnmatch(globs[g], t->name, 0) == 0;
-		if (!take)
-			continue;
-		orig[nsel] = t->name;
-		sel[nsel++] = *t;
-	}
-	if (nsel == 0) {
-		ctl_errorf("convert", "%s: nothing selected: the file has no tensors", in);
+	if (convert_select(&cv, globs, nglobs) < 0 || convert_rename(&cv, ren, nren) < 0 ||
+	    convert_build(&cv, base) < 0)
 		goto out;
-	}
-	for (size_t r = 0; r < nren; r++) {
-		for (size_t i = 0; i < nsel; i++) {
-			if (strcmp(orig[i], ren[r].from) == 0) {
-				sel[i].name = ren[r].to;
-				ren[r].used = true;
-			}
-		}
-		if (!ren[r].used) {
-			if (mn_ckpt_find(src, ren[r].from))
-				ctl_errorf(
-				    "convert",
-				    "--rename %s=%s: \"%s\" is not among the selected tensors",
-				    ren[r].from, ren[r].to, ren[r].from);
-			else
-				ctl_errorf("convert", "--rename %s=%s: no tensor \"%s\" in %s %s",
-				           ren[r].from, ren[r].to, ren[r].from, in,
-				           names_hint(src, err, sizeof(err)));
-			goto out;
-		}
-	}
-	for (size_t i = 0; i < nsel; i++) {
-		for (size_t j = i + 1; j < nsel; j++) {
-			if (strcmp(sel[i].name, sel[j].name) == 0) {
-				ctl_errorf("convert",
-				           "two tensors would be named \"%s\": \"%s\" and \"%s\"",
-				           sel[i].name, orig[i], orig[j]);
-				goto out;
-			}
-		}
-	}
-	for (size_t i = 0; i < mn_ckpt_meta_count(src); i++) {
-		const struct mn_meta *m = mn_ckpt_meta_at(src, i);
-
-		/* The writer computes the checksum of the new data itself. */
-		if (strcmp(m->key, "data_crc32") != 0)
-			meta[nmeta++] = *m;
-	}
-	if (convert_encode(sel, nsel, meta, nmeta, base, &buf, &len, &res, err, sizeof(err)) < 0) {
+	iov.iov_base = cv.buf;
+	iov.iov_len = cv.len;
+	if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
 		ctl_errorf("convert", "%s", err);
 		goto out;
 	}
-	/*
-	 * Only the architecture check decides whether the selection still forms
-	 * the model: any other fault (a broken training state, a bad step) must
-	 * refuse below, not be laundered into a valid-looking bag of tensors.
-	 */
-	if (mn_ckpt_meta(res, "architecture") && mn_model_arch(res, &arch, why, sizeof(why)) < 0) {
-		size_t k = 0;
-
-		/* A frozen model's subset is no frozen model either. */
-		for (size_t i = 0; i < nmeta; i++)
-			if (strcmp(meta[i].key, "architecture") != 0 &&
-			    strcmp(meta[i].key, "frozen") != 0)
-				meta[k++] = meta[i];
-		nmeta = k;
-		dropped = true;
-		free(buf);
-		buf = NULL;
-		mn_ckpt_free(res);
-		res = NULL;
-		if (convert_encode(sel, nsel, meta, nmeta, base, &buf, &len, &res, err,
-		                   sizeof(err)) < 0) {
-			ctl_errorf("convert", "%s", err);
-			goto out;
-		}
-	}
-	if (check_file(res, &fi, err, sizeof(err)) < 0) {
-		ctl_errorf("convert", "the result would not be valid: %s", err);
-		goto out;
-	}
-	{
-		struct iovec iov = {.iov_base = buf, .iov_len = len};
-
-		if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
-			ctl_errorf("convert", "%s", err);
-			goto out;
-		}
-	}
-	if (dropped)
+	if (cv.dropped)
 		fprintf(stderr,
 		        "mnistctl convert: note: the selected tensors do not form %s's whole "
 		        "model, so \"architecture\" (and \"frozen\") were left out of %s's "
 		        "metadata (%s)\n",
-		        in, outpath, why);
-	if (json) {
-		cJSON *root = cJSON_CreateObject(), *arr;
-
-		ctl_json_str(root, "file", outpath);
-		ctl_json_str(root, "source", in);
-		ctl_json_bool(root, "architecture_dropped", dropped);
-		arr = ctl_json_add(root, "tensors", cJSON_CreateArray());
-		for (size_t i = 0; i < nsel; i++) {
-			cJSON *o = ctl_json_add(arr, NULL, cJSON_CreateObject());
-
-			ctl_json_str(o, "name", sel[i].name);
-			ctl_json_str(o, "from", orig[i]);
-		}
-		if (ctl_json_print(root) < 0)
-			goto out;
-	} else {
-		printf("%s: %zu tensor%s from %s\n", outpath, nsel, nsel == 1 ? "" : "s", in);
-		for (size_t i = 0; i < nsel; i++) {
-			char shape[128];
-
-			mn_shape_format(&sel[i], shape, sizeof(shape));
-			if (strcmp(sel[i].name, orig[i]) == 0)
-				printf("  %s  %s %s\n", sel[i].name, mn_dtype_name(sel[i].dtype),
-				       shape);
-			else
-				printf("  %s  %s %s  (was %s)\n", sel[i].name,
-				       mn_dtype_name(sel[i].dtype), shape, orig[i]);
-		}
-	}
+		        in, outpath, cv.why);
+	if (convert_report(&cv, outpath, json) < 0)
+		goto out;
 	rc = CTL_EXIT_OK;
 out:
-	free(buf);
-	mn_ckpt_free(res);
-	mn_ckpt_free(src);
-	free(sel);
-	free(orig);
-	free(meta);
+	free(cv.buf);
+	mn_ckpt_free(cv.res);
+	mn_ckpt_free(cv.src);
+	free(cv.sel);
+	free(cv.orig);
+	free(cv.meta);
 	return rc;
 }
 
