@@ -26,7 +26,6 @@
 #define MAX_JSON_INT ((uint64_t)1 << 53)
 
 #define METADATA_KEY "__metadata__"
-#define CRC_KEY      "data_crc32"
 
 struct mn_ckpt {
 	uint8_t *buf; /* the whole file */
@@ -507,10 +506,11 @@ static const cJSON *meta_get(const cJSON *md, const char *key)
 static int check_metadata(const cJSON *md, const uint8_t *data, size_t dlen, unsigned flags,
                           const char *name, char *err, size_t errlen)
 {
-	const cJSON *crc = meta_get(md, CRC_KEY);
+	const cJSON *crc = meta_get(md, MN_META_DATA_CRC32);
 
 	if (flags & MN_CKPT_REQUIRE_MNISTD) {
-		const cJSON *fmt = meta_get(md, "format"), *step = meta_get(md, "global_step");
+		const cJSON *fmt = meta_get(md, MN_META_FORMAT),
+		            *step = meta_get(md, MN_META_GLOBAL_STEP);
 		int64_t s;
 
 		if (!fmt)
@@ -522,7 +522,7 @@ static int check_metadata(const cJSON *md, const uint8_t *data, size_t dlen, uns
 			            fmt->valuestring, MN_CKPT_FORMAT);
 		if (!crc)
 			return fail(err, errlen, name, -EINVAL, "__metadata__ has no \"%s\"",
-			            CRC_KEY);
+			            MN_META_DATA_CRC32);
 		if (!step)
 			return fail(err, errlen, name, -EINVAL,
 			            "__metadata__ has no \"global_step\"");
@@ -537,7 +537,7 @@ static int check_metadata(const cJSON *md, const uint8_t *data, size_t dlen, uns
 		if (!is_crc_text(crc->valuestring))
 			return fail(err, errlen, name, -EINVAL,
 			            "__metadata__ %s \"%.32s\" is not 8 lowercase hex digits",
-			            CRC_KEY, crc->valuestring);
+			            MN_META_DATA_CRC32, crc->valuestring);
 		have = crc32_buf((uint32_t)crc32(0L, Z_NULL, 0), data, dlen);
 		if (strtoul(crc->valuestring, NULL, 16) != have)
 			return fail(err, errlen, name, -EINVAL,
@@ -1095,9 +1095,9 @@ static int check_inputs(const struct mn_tensor *tensors, size_t nt, const struct
 			mn_errf(err, errlen, "metadata entry %zu: invalid key or value", i);
 			goto fail;
 		}
-		if (strcmp(meta[i].key, CRC_KEY) == 0) {
+		if (strcmp(meta[i].key, MN_META_DATA_CRC32) == 0) {
 			mn_errf(err, errlen, "metadata must not contain %s: it is computed",
-			        CRC_KEY);
+			        MN_META_DATA_CRC32);
 			goto fail;
 		}
 		names[i] = meta[i].key;
@@ -1135,7 +1135,7 @@ static int build_header(const struct mn_tensor *tensors, size_t nt, const struct
 		if (!mn_json_add(md, meta[i].key, cJSON_CreateString(meta[i].value)))
 			goto nomem;
 	snprintf(crc_s, sizeof(crc_s), "%08" PRIx32, crc);
-	if (!mn_json_add(md, CRC_KEY, cJSON_CreateString(crc_s)))
+	if (!mn_json_add(md, MN_META_DATA_CRC32, cJSON_CreateString(crc_s)))
 		goto nomem;
 	for (size_t i = 0; i < nt; i++) {
 		const struct mn_tensor *t = &tensors[i];

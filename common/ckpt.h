@@ -47,6 +47,22 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * The __metadata__ keys above, as constants, so that no reader or writer
+ * spells one on its own (gguf's GGUF_KEY_* style). Frozen models also carry
+ * MN_META_SOURCE (the file they were frozen from) and MN_META_EMA ("true"
+ * when their values are EMA shadows).
+ */
+#define MN_META_FORMAT       "format"
+#define MN_META_GLOBAL_STEP  "global_step"
+#define MN_META_ARCHITECTURE "architecture"
+#define MN_META_DATA_CRC32   "data_crc32"
+#define MN_META_CREATED      "created"
+#define MN_META_CONFIG       "config"
+#define MN_META_FROZEN       "frozen"
+#define MN_META_SOURCE       "source"
+#define MN_META_EMA          "ema"
+
 #define MN_CKPT_FORMAT     "mnistd.checkpoint.v1"
 #define MN_CKPT_SUFFIX     ".safetensors"
 #define MN_CKPT_MAX_HEADER ((size_t)100 << 20)

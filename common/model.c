@@ -22,11 +22,170 @@ int mn_model_tensor_name(size_t l, bool biases, bool ema, char *buf, size_t len)
 	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
 }
 
-static bool is_frozen(const struct mn_ckpt *c)
+bool mn_model_is_frozen(const struct mn_ckpt *c)
 {
-	const char *f = mn_ckpt_meta(c, "frozen");
+	const char *f = mn_ckpt_meta(c, MN_META_FROZEN);
 
 	return f && strcmp(f, "true") == 0;
+}
+
+bool mn_model_uses_ema(const struct mn_ckpt *c, bool use_ema)
+{
+	const char *ema = mn_ckpt_meta(c, MN_META_EMA);
+
+	if (mn_model_is_frozen(c))
+		return ema && strcmp(ema, "true") == 0;
+	return use_ema;
+}
+
+int mn_model_step(const struct mn_ckpt *c, int64_t *step, char *err, size_t errlen)
+{
+	const char *s = mn_ckpt_meta(c, MN_META_GLOBAL_STEP);
+
+	if (!s)
+		return -ENOENT;
+	if (!mn_ckpt_parse_step(s, strlen(s), step)) {
+		mn_errf(err, errlen, "%s: __metadata__ global_step \"%.32s\" is not a decimal",
+		        mn_ckpt_name(c), s);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* Copies one training-state tensor, if the file has it or complete requires it. */
+static int state_tensor(const struct mn_ckpt *c, bool complete, const char *name,
+                        enum mn_dtype dtype, size_t ndim, const uint64_t *shape, void *dst,
+                        unsigned bit, unsigned *have, char *err, size_t errlen)
+{
+	int rc;
+
+	if (!complete && !mn_ckpt_find(c, name))
+		return 0;
+	rc = mn_ckpt_copy(c, name, dtype, ndim, shape, dst, err, errlen);
+	if (rc == 0)
+		*have |= bit;
+	return rc;
+}
+
+/* train/permutation: nperm entries when complete, else as many as the file has. */
+static int read_permutation(const struct mn_ckpt *c, bool complete, uint64_t nperm,
+                            struct mn_model_state *st, char *err, size_t errlen)
+{
+	const struct mn_tensor *t = mn_ckpt_find(c, MN_TENSOR_PERMUTATION);
+	const char *name = mn_ckpt_name(c);
+	uint8_t *seen = NULL;
+	uint64_t n = nperm;
+	int rc;
+
+	if (!t && !complete)
+		return 0;
+	if (!complete) {
+		char shape[128];
+
+		/* mn_ckpt_copy would say "expected [<its own count>]", which helps nobody. */
+		if (t->ndim != 1) {
+			mn_shape_format(t, shape, sizeof(shape));
+			mn_errf(err, errlen,
+			        "%s: tensor \"%s\" has shape %s, expected one dimension", name,
+			        MN_TENSOR_PERMUTATION, shape);
+			return -EINVAL;
+		}
+		n = t->shape[0];
+	}
+	st->perm = malloc(n ? n * sizeof(*st->perm) : 1);
+	seen = calloc(n ? n : 1, 1);
+	if (!st->perm || !seen) {
+		mn_errf(err, errlen, "%s: out of memory", name);
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = mn_ckpt_copy(c, MN_TENSOR_PERMUTATION, MN_DTYPE_U32, 1, &n, st->perm, err, errlen);
+	if (rc < 0)
+		goto out;
+	/* A permutation with repeats would silently skew training. */
+	for (uint64_t i = 0; i < n; i++) {
+		if (st->perm[i] >= n || seen[st->perm[i]]) {
+			mn_errf(err, errlen,
+			        "%s: %s is not a permutation of %" PRIu64 " images (entry %" PRIu64
+			        " is %" PRIu32 ")",
+			        name, MN_TENSOR_PERMUTATION, n, i, st->perm[i]);
+			rc = -EINVAL;
+			goto out;
+		}
+		seen[st->perm[i]] = 1;
+	}
+	st->nperm = n;
+	st->have |= MN_MODEL_HAVE_PERMUTATION;
+out:
+	free(seen);
+	return rc;
+}
+
+/* The values of the state that were read, each against the others and the metadata. */
+static int check_state(const struct mn_ckpt *c, const struct mn_model_state *st, char *err,
+                       size_t errlen)
+{
+	const char *name = mn_ckpt_name(c);
+	int64_t meta_step;
+
+	if (st->have & MN_MODEL_HAVE_STEP) {
+		if (mn_model_step(c, &meta_step, NULL, 0) == 0 && st->step != meta_step) {
+			mn_errf(err, errlen,
+			        "%s: tensor global_step is %" PRId64
+			        " but the metadata says global_step %" PRId64,
+			        name, st->step, meta_step);
+			return -EINVAL;
+		}
+		if (st->step < 0) {
+			mn_errf(err, errlen, "%s: global_step is negative (%" PRId64 ")", name,
+			        st->step);
+			return -EINVAL;
+		}
+	}
+	if ((st->have & MN_MODEL_HAVE_EPOCH) && st->epoch < 0) {
+		mn_errf(err, errlen, "%s: train/epoch is negative (%" PRId64 ")", name, st->epoch);
+		return -EINVAL;
+	}
+	if ((st->have & MN_MODEL_HAVE_PERM_POS) && (st->have & MN_MODEL_HAVE_PERMUTATION) &&
+	    st->perm_pos > st->nperm) {
+		mn_errf(err, errlen,
+		        "%s: train/perm_pos %" PRIu64 " is beyond the permutation's %" PRIu64
+		        " entries",
+		        name, st->perm_pos, st->nperm);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int mn_model_read_state(const struct mn_ckpt *c, bool complete, uint64_t nperm,
+                        struct mn_model_state *st, char *err, size_t errlen)
+{
+	int rc;
+
+	memset(st, 0, sizeof(*st));
+	if ((rc = state_tensor(c, complete, MN_TENSOR_GLOBAL_STEP, MN_DTYPE_I64, 0, NULL, &st->step,
+	                       MN_MODEL_HAVE_STEP, &st->have, err, errlen)) < 0 ||
+	    (rc = state_tensor(c, complete, MN_TENSOR_RNG, MN_DTYPE_U64, 1, (uint64_t[]){4},
+	                       st->rng, MN_MODEL_HAVE_RNG, &st->have, err, errlen)) < 0 ||
+	    (rc = state_tensor(c, complete, MN_TENSOR_EPOCH, MN_DTYPE_I64, 0, NULL, &st->epoch,
+	                       MN_MODEL_HAVE_EPOCH, &st->have, err, errlen)) < 0 ||
+	    (rc = read_permutation(c, complete, nperm, st, err, errlen)) < 0 ||
+	    (rc = state_tensor(c, complete, MN_TENSOR_PERM_POS, MN_DTYPE_U64, 0, NULL,
+	                       &st->perm_pos, MN_MODEL_HAVE_PERM_POS, &st->have, err, errlen)) <
+	        0 ||
+	    (rc = check_state(c, st, err, errlen)) < 0) {
+		mn_model_state_free(st);
+		return rc;
+	}
+	return 0;
+}
+
+void mn_model_state_free(struct mn_model_state *st)
+{
+	if (!st)
+		return;
+	free(st->perm);
+	st->perm = NULL;
 }
 
 /* Shape of layer l's weights ([in, out]) or biases ([out]). */
@@ -102,7 +261,7 @@ static int check_no_extra_layers(const struct mn_ckpt *c, const struct mn_arch *
 
 int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size_t errlen)
 {
-	const char *json = mn_ckpt_meta(c, "architecture");
+	const char *json = mn_ckpt_meta(c, MN_META_ARCHITECTURE);
 	struct mn_arch a;
 	size_t largest = 0;
 	void *scratch;
@@ -133,7 +292,7 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 		return -ENOMEM;
 	}
 	rc = copy_layers(c, &a, false, scratch, true, err, errlen);
-	if (rc == 0 && !is_frozen(c))
+	if (rc == 0 && !mn_model_is_frozen(c))
 		rc = copy_layers(c, &a, true, scratch, true, err, errlen);
 	free(scratch);
 	if (rc == 0)
@@ -158,7 +317,7 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
 		return -ENOMEM;
 	}
-	rc = copy_layers(c, &a, use_ema && !is_frozen(c), p, false, err, errlen);
+	rc = copy_layers(c, &a, use_ema && !mn_model_is_frozen(c), p, false, err, errlen);
 	if (rc < 0) {
 		free(p);
 		return rc;
@@ -203,15 +362,18 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 			}
 		}
 	}
-	tensors[nt++] =
-	    (struct mn_tensor){.name = "global_step", .dtype = MN_DTYPE_I64, .data = s.global_step};
 	tensors[nt++] = (struct mn_tensor){
-	    .name = "train/rng", .dtype = MN_DTYPE_U64, .ndim = 1, .shape = {4}, .data = s.rng->s};
+	    .name = MN_TENSOR_GLOBAL_STEP, .dtype = MN_DTYPE_I64, .data = s.global_step};
+	tensors[nt++] = (struct mn_tensor){.name = MN_TENSOR_RNG,
+	                                   .dtype = MN_DTYPE_U64,
+	                                   .ndim = 1,
+	                                   .shape = {4},
+	                                   .data = s.rng->s};
 	tensors[nt++] =
-	    (struct mn_tensor){.name = "train/epoch", .dtype = MN_DTYPE_I64, .data = s.epoch};
-	tensors[nt++] =
-	    (struct mn_tensor){.name = "train/perm_pos", .dtype = MN_DTYPE_U64, .data = s.perm_pos};
-	tensors[nt++] = (struct mn_tensor){.name = "train/permutation",
+	    (struct mn_tensor){.name = MN_TENSOR_EPOCH, .dtype = MN_DTYPE_I64, .data = s.epoch};
+	tensors[nt++] = (struct mn_tensor){
+	    .name = MN_TENSOR_PERM_POS, .dtype = MN_DTYPE_U64, .data = s.perm_pos};
+	tensors[nt++] = (struct mn_tensor){.name = MN_TENSOR_PERMUTATION,
 	                                   .dtype = MN_DTYPE_U32,
 	                                   .ndim = 1,
 	                                   .shape = {s.nperm},
@@ -225,11 +387,11 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 	snprintf(step_str, sizeof(step_str), "%" PRId64, *s.global_step);
 	mn_time_rfc3339(created);
 	const struct mn_meta meta[] = {
-	    {"format", MN_CKPT_FORMAT},
-	    {"global_step", step_str},
-	    {"architecture", arch_json},
-	    {"created", created},
-	    {"config", config_json ? config_json : "{}"},
+	    {MN_META_FORMAT, MN_CKPT_FORMAT},
+	    {MN_META_GLOBAL_STEP, step_str},
+	    {MN_META_ARCHITECTURE, arch_json},
+	    {MN_META_CREATED, created},
+	    {MN_META_CONFIG, config_json ? config_json : "{}"},
 	};
 
 	rc = mn_ckptdir_filename(prefix, *s.global_step, name, len);
@@ -252,8 +414,8 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
                           const float *params, const struct mn_meta *extra, size_t nextra,
                           char *err, size_t errlen)
 {
-	static const char *const own_keys[] = {"format", "architecture", "created", "frozen",
-	                                       "data_crc32"};
+	static const char *const own_keys[] = {MN_META_FORMAT, MN_META_ARCHITECTURE,
+	                                       MN_META_CREATED, MN_META_FROZEN, MN_META_DATA_CRC32};
 	size_t layers = mn_arch_layers(a), nt = 0, nm = 0;
 	struct mn_tensor *tensors = calloc(2 * layers, sizeof(*tensors));
 	char(*names)[NAME_LEN] = calloc(2 * layers, NAME_LEN);
@@ -284,10 +446,10 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
 		}
 	}
 	mn_time_rfc3339(created);
-	meta[nm++] = (struct mn_meta){"format", MN_CKPT_FORMAT};
-	meta[nm++] = (struct mn_meta){"architecture", arch_json};
-	meta[nm++] = (struct mn_meta){"created", created};
-	meta[nm++] = (struct mn_meta){"frozen", "true"};
+	meta[nm++] = (struct mn_meta){MN_META_FORMAT, MN_CKPT_FORMAT};
+	meta[nm++] = (struct mn_meta){MN_META_ARCHITECTURE, arch_json};
+	meta[nm++] = (struct mn_meta){MN_META_CREATED, created};
+	meta[nm++] = (struct mn_meta){MN_META_FROZEN, "true"};
 	for (size_t i = 0; i < nextra; i++) {
 		for (size_t k = 0; k < sizeof(own_keys) / sizeof(own_keys[0]); k++) {
 			if (extra[i].key && strcmp(extra[i].key, own_keys[k]) == 0) {
@@ -309,76 +471,35 @@ out:
 int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen)
 {
 	const struct mn_arch *a = mn_trainer_arch(t);
+	struct mn_model_state st = {0};
 	struct mn_trainer_state s;
-	int64_t step, epoch;
-	uint64_t pos, rng[4];
-	uint64_t nperm;
 	float *params = NULL, *shadow = NULL;
-	uint32_t *perm = NULL;
 	int rc = -ENOMEM;
 
 	mn_trainer_state(t, &s);
-	nperm = s.nperm;
 	params = malloc(s.nparams * sizeof(float));
 	shadow = malloc(s.nparams * sizeof(float));
-	perm = malloc(s.nperm * sizeof(uint32_t));
-	if (!params || !shadow || !perm) {
+	if (!params || !shadow) {
 		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
 		goto out;
 	}
 	/* Stage everything first so a bad file leaves the trainer untouched. */
 	if ((rc = copy_layers(c, a, false, params, false, err, errlen)) < 0 ||
 	    (rc = copy_layers(c, a, true, shadow, false, err, errlen)) < 0 ||
-	    (rc = mn_ckpt_copy(c, "global_step", MN_DTYPE_I64, 0, NULL, &step, err, errlen)) < 0 ||
-	    (rc = mn_ckpt_copy(c, "train/rng", MN_DTYPE_U64, 1, (uint64_t[]){4}, rng, err,
-	                       errlen)) < 0 ||
-	    (rc = mn_ckpt_copy(c, "train/epoch", MN_DTYPE_I64, 0, NULL, &epoch, err, errlen)) < 0 ||
-	    (rc = mn_ckpt_copy(c, "train/perm_pos", MN_DTYPE_U64, 0, NULL, &pos, err, errlen)) <
-	        0 ||
-	    (rc = mn_ckpt_copy(c, "train/permutation", MN_DTYPE_U32, 1, &nperm, perm, err,
-	                       errlen)) < 0)
+	    (rc = mn_model_read_state(c, true, s.nperm, &st, err, errlen)) < 0)
 		goto out;
-	rc = -EINVAL;
-	if (step < 0 || epoch < 0 || pos > s.nperm) {
-		mn_errf(err, errlen,
-		        "%s: training state out of range (step %" PRId64 ", epoch %" PRId64
-		        ", position %" PRIu64 " of %zu)",
-		        mn_ckpt_name(c), step, epoch, pos, s.nperm);
-		goto out;
-	}
-	/* A permutation with repeats would silently skew training; check it is one. */
-	{
-		uint8_t *seen = calloc(s.nperm, 1);
-
-		if (!seen) {
-			rc = -ENOMEM;
-			mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
-			goto out;
-		}
-		for (size_t i = 0; i < s.nperm; i++) {
-			if (perm[i] >= s.nperm || seen[perm[i]]) {
-				free(seen);
-				mn_errf(err, errlen,
-				        "%s: train/permutation is not a permutation of %zu images",
-				        mn_ckpt_name(c), s.nperm);
-				goto out;
-			}
-			seen[perm[i]] = 1;
-		}
-		free(seen);
-	}
 	memcpy(s.params, params, s.nparams * sizeof(float));
 	memcpy(s.shadow, shadow, s.nparams * sizeof(float));
-	memcpy(s.perm, perm, s.nperm * sizeof(uint32_t));
-	memcpy(s.rng->s, rng, sizeof(rng));
-	*s.global_step = step;
-	*s.epoch = epoch;
-	*s.perm_pos = pos;
+	memcpy(s.perm, st.perm, s.nperm * sizeof(uint32_t));
+	memcpy(s.rng->s, st.rng, sizeof(st.rng));
+	*s.global_step = st.step;
+	*s.epoch = st.epoch;
+	*s.perm_pos = st.perm_pos;
 	rc = 0;
 out:
+	mn_model_state_free(&st);
 	free(params);
 	free(shadow);
-	free(perm);
 	return rc;
 }
 
@@ -413,7 +534,7 @@ static int variable_index(const struct mn_arch *a, const char *to, char *err, si
 static void append_arch_hint(const struct mn_ckpt *c, const struct mn_arch *a, char *err,
                              size_t errlen)
 {
-	const char *json = mn_ckpt_meta(c, "architecture");
+	const char *json = mn_ckpt_meta(c, MN_META_ARCHITECTURE);
 	struct mn_arch theirs;
 	char mine_s[128], theirs_s[128];
 	size_t pos;

@@ -19,6 +19,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ckpt.h"
 #include "config.h"
@@ -26,6 +27,67 @@
 #include "train.h"
 
 #define MN_EMA_SUFFIX "/ExponentialMovingAverage"
+
+/* Tensor names of the training state (the layers' are mn_model_tensor_name()'s). */
+#define MN_TENSOR_GLOBAL_STEP "global_step"
+#define MN_TENSOR_RNG         "train/rng"
+#define MN_TENSOR_EPOCH       "train/epoch"
+#define MN_TENSOR_PERM_POS    "train/perm_pos"
+#define MN_TENSOR_PERMUTATION "train/permutation"
+
+/* True if the checkpoint is a frozen inference model (metadata frozen = "true"). */
+bool mn_model_is_frozen(const struct mn_ckpt *c);
+
+/*
+ * Whether a reader that asked for the EMA shadows (use_ema) gets them: a
+ * frozen model holds one set of values, and says in its "ema" metadata
+ * whether they were the shadows.
+ */
+bool mn_model_uses_ema(const struct mn_ckpt *c, bool use_ema);
+
+/*
+ * The "global_step" metadata, by the one rule for steps
+ * (mn_ckpt_parse_step). 0 and *step set; -ENOENT if the file has none;
+ * -EINVAL, with a message naming the file and the text, if it is not a
+ * plain decimal. err may be NULL.
+ */
+int mn_model_step(const struct mn_ckpt *c, int64_t *step, char *err, size_t errlen);
+
+/* Which training-state tensors a checkpoint holds (struct mn_model_state.have). */
+enum {
+	MN_MODEL_HAVE_STEP = 1 << 0,
+	MN_MODEL_HAVE_RNG = 1 << 1,
+	MN_MODEL_HAVE_EPOCH = 1 << 2,
+	MN_MODEL_HAVE_PERM_POS = 1 << 3,
+	MN_MODEL_HAVE_PERMUTATION = 1 << 4,
+	MN_MODEL_HAVE_ALL = (1 << 5) - 1,
+};
+
+/* The training state as read from a checkpoint; fields are set only where have says so. */
+struct mn_model_state {
+	unsigned have;
+	int64_t step, epoch;
+	uint64_t rng[4];
+	uint64_t perm_pos;
+	uint64_t nperm;
+	uint32_t *perm; /* nperm entries, malloc'd: mn_model_state_free() */
+};
+
+/*
+ * Reads and checks the training-state tensors, the one check of that state
+ * every reader shares: each with its dtype and shape; global_step
+ * non-negative and equal to the metadata's when that is present; train/epoch
+ * non-negative; train/permutation a permutation; train/perm_pos within it.
+ * With complete, all five are required and the permutation must have nperm
+ * entries (the training set of the trainer that resumes); without, only the
+ * tensors present are read and nperm is ignored (a partial file passes).
+ * Messages name the file and, on a mismatch, the tensor and both shapes.
+ */
+int mn_model_read_state(const struct mn_ckpt *c, bool complete, uint64_t nperm,
+                        struct mn_model_state *st, char *err, size_t errlen);
+
+/* Frees what mn_model_read_state() allocated. Accepts NULL. */
+void mn_model_state_free(struct mn_model_state *st);
 
 /* "layer<l+1>/weights" or ".../biases", with MN_EMA_SUFFIX when ema. */
 int mn_model_tensor_name(size_t l, bool biases, bool ema, char *buf, size_t len);

@@ -79,14 +79,14 @@ static void log_bad(const char *path, const char *what)
 
 static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_t step)
 {
-	const char *meta = mn_ckpt_meta(c, "global_step");
-	char want[32];
+	int64_t meta;
 
-	snprintf(want, sizeof(want), "%" PRId64, step);
-	if (meta && strcmp(meta, want) != 0)
+	/* The reader required a plain decimal global_step (MN_CKPT_REQUIRE_MNISTD). */
+	if (mn_model_step(c, &meta, NULL, 0) == 0 && meta != step)
 		mn_log(MN_LOG_WARN,
-		       "%s: __metadata__ global_step is %s; reporting the file name's %s", name,
-		       meta, want);
+		       "%s: __metadata__ global_step is %" PRId64
+		       "; reporting the file name's %" PRId64,
+		       name, meta, step);
 }
 
 /* Reads, validates and evaluates one open file. */
@@ -135,8 +135,7 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const c
 	warn_step_mismatch(c, path, e->step);
 	snprintf(res->name, sizeof(res->name), "%s", e->name);
 	res->step = e->step;
-	res->ema = p->use_ema &&
-	           !(mn_ckpt_meta(c, "frozen") && strcmp(mn_ckpt_meta(c, "frozen"), "true") == 0);
+	res->ema = p->use_ema && !mn_model_is_frozen(c);
 	out = TRY_DONE;
 out:
 	free(params);

@@ -47,106 +47,6 @@ struct file_info {
 
 static const char *const kind_names[] = {"checkpoint", "model", "frozen", "tensors"};
 
-/* Checks the training-state tensors that are present; sets *complete if all are. */
-static int check_train_state(const struct mn_ckpt *c, const struct file_info *fi, bool *complete,
-                             char *err, size_t errlen)
-{
-	const char *name = mn_ckpt_name(c);
-	const struct mn_tensor *perm = mn_ckpt_find(c, "train/permutation");
-	int64_t step, epoch;
-	uint64_t rng[4], pos, n = 0;
-	uint32_t *p = NULL;
-	uint8_t *seen = NULL;
-	int rc, have = 0;
-
-	if (mn_ckpt_find(c, "global_step")) {
-		have++;
-		rc = mn_ckpt_copy(c, "global_step", MN_DTYPE_I64, 0, NULL, &step, err, errlen);
-		if (rc < 0)
-			return rc;
-		if (fi->has_step && step != fi->step) {
-			mn_errf(err, errlen,
-			        "%s: tensor global_step is %" PRId64
-			        " but the metadata says global_step %" PRId64,
-			        name, step, fi->step);
-			return -EINVAL;
-		}
-	}
-	if (mn_ckpt_find(c, "train/rng")) {
-		have++;
-		rc = mn_ckpt_copy(c, "train/rng", MN_DTYPE_U64, 1, (uint64_t[]){4}, rng, err,
-		                  errlen);
-		if (rc < 0)
-			return rc;
-	}
-	if (mn_ckpt_find(c, "train/epoch")) {
-		have++;
-		rc = mn_ckpt_copy(c, "train/epoch", MN_DTYPE_I64, 0, NULL, &epoch, err, errlen);
-		if (rc < 0)
-			return rc;
-		if (epoch < 0) {
-			mn_errf(err, errlen, "%s: train/epoch is negative (%" PRId64 ")", name,
-			        epoch);
-			return -EINVAL;
-		}
-	}
-	if (perm) {
-		have++;
-		if (perm->ndim != 1) {
-			char shape[128];
-
-			mn_shape_format(perm, shape, sizeof(shape));
-			mn_errf(err, errlen,
-			        "%s: tensor \"train/permutation\" has shape %s, expected one "
-			        "dimension",
-			        name, shape);
-			return -EINVAL;
-		}
-		n = perm->shape[0];
-		p = malloc(n ? n * sizeof(*p) : 1);
-		seen = calloc(n ? n : 1, 1);
-		if (!p || !seen) {
-			mn_errf(err, errlen, "%s: out of memory", name);
-			rc = -ENOMEM;
-			goto out;
-		}
-		rc = mn_ckpt_copy(c, "train/permutation", MN_DTYPE_U32, 1, &n, p, err, errlen);
-		if (rc < 0)
-			goto out;
-		for (uint64_t i = 0; i < n; i++) {
-			if (p[i] >= n || seen[p[i]]) {
-				mn_errf(err, errlen,
-				        "%s: train/permutation is not a permutation of %" PRIu64
-				        " images (entry %" PRIu64 " is %" PRIu32 ")",
-				        name, n, i, p[i]);
-				rc = -EINVAL;
-				goto out;
-			}
-			seen[p[i]] = 1;
-		}
-	}
-	if (mn_ckpt_find(c, "train/perm_pos")) {
-		have++;
-		rc = mn_ckpt_copy(c, "train/perm_pos", MN_DTYPE_U64, 0, NULL, &pos, err, errlen);
-		if (rc < 0)
-			goto out;
-		if (perm && pos > n) {
-			mn_errf(err, errlen,
-			        "%s: train/perm_pos %" PRIu64
-			        " is beyond the permutation's %" PRIu64 " entries",
-			        name, pos, n);
-			rc = -EINVAL;
-			goto out;
-		}
-	}
-	*complete = have == 5;
-	rc = 0;
-out:
-	free(p);
-	free(seen);
-	return rc;
-}
-
 /*
  * The model-level checks, after the container validated: the architecture
  * against the layer tensors (mn_model_arch) and the training state that is
@@ -154,20 +54,17 @@ out:
  */
 static int check_file(const struct mn_ckpt *c, struct file_info *fi, char *err, size_t errlen)
 {
-	const char *frozen = mn_ckpt_meta(c, "frozen");
-	const char *step = mn_ckpt_meta(c, "global_step");
-	bool is_frozen = frozen && strcmp(frozen, "true") == 0, complete = false;
+	bool is_frozen = mn_model_is_frozen(c);
+	struct mn_model_state st;
 	struct mn_arch a;
 	int rc;
 
 	memset(fi, 0, sizeof(*fi));
-	fi->has_step = ctl_parse_step(step, &fi->step);
-	if (step && !fi->has_step) {
-		mn_errf(err, errlen, "%s: __metadata__ global_step \"%.32s\" is not a decimal",
-		        mn_ckpt_name(c), step);
-		return -EINVAL;
-	}
-	if (!is_frozen && !mn_ckpt_meta(c, "architecture")) {
+	rc = mn_model_step(c, &fi->step, err, errlen);
+	if (rc == -EINVAL)
+		return rc;
+	fi->has_step = rc == 0;
+	if (!is_frozen && !mn_ckpt_meta(c, MN_META_ARCHITECTURE)) {
 		fi->kind = KIND_TENSORS;
 		return 0;
 	}
@@ -179,10 +76,11 @@ static int check_file(const struct mn_ckpt *c, struct file_info *fi, char *err, 
 		fi->kind = KIND_FROZEN;
 		return 0;
 	}
-	rc = check_train_state(c, fi, &complete, err, errlen);
+	rc = mn_model_read_state(c, false, 0, &st, err, errlen);
 	if (rc < 0)
 		return rc;
-	fi->kind = complete ? KIND_CHECKPOINT : KIND_MODEL;
+	fi->kind = st.have == MN_MODEL_HAVE_ALL ? KIND_CHECKPOINT : KIND_MODEL;
+	mn_model_state_free(&st);
 	return 0;
 }
 
@@ -488,7 +386,7 @@ static bool ls_check_row(const char *dir, struct ls_row *r)
 		mn_ckpt_free(c);
 		return true;
 	}
-	created = mn_ckpt_meta(c, "created");
+	created = mn_ckpt_meta(c, MN_META_CREATED);
 	if (created)
 		snprintf(r->created, sizeof(r->created), "%s", created);
 	snprintf(r->arch, sizeof(r->arch), "%s", fi.arch[0] ? fi.arch : "-");
@@ -777,15 +675,16 @@ static cJSON *tensor_json(const struct mn_tensor *t, bool values)
 }
 
 /* Metadata keys shown first, in this order; the others follow in header order. */
-static const char *const meta_order[] = {"format", "global_step", "architecture", "created",
-                                         "frozen", "ema",         "source",       "data_crc32"};
+static const char *const meta_order[] = {MN_META_FORMAT,  MN_META_GLOBAL_STEP, MN_META_ARCHITECTURE,
+                                         MN_META_CREATED, MN_META_FROZEN,      MN_META_EMA,
+                                         MN_META_SOURCE,  MN_META_DATA_CRC32};
 
 static bool is_ordered_key(const char *k)
 {
 	for (size_t i = 0; i < sizeof(meta_order) / sizeof(meta_order[0]); i++)
 		if (strcmp(k, meta_order[i]) == 0)
 			return true;
-	return strcmp(k, "config") == 0;
+	return strcmp(k, MN_META_CONFIG) == 0;
 }
 
 static void print_meta_line(const char *key, const char *value)
@@ -795,7 +694,7 @@ static void print_meta_line(const char *key, const char *value)
 
 static void inspect_text(const char *path, const struct mn_ckpt *c)
 {
-	const char *archj = mn_ckpt_meta(c, "architecture");
+	const char *archj = mn_ckpt_meta(c, MN_META_ARCHITECTURE);
 	size_t w = 4;
 
 	printf("%-14s%s (%zu bytes, %zu tensors)\n", "file", path, mn_ckpt_file_size(c),
@@ -827,8 +726,8 @@ static void inspect_text(const char *path, const struct mn_ckpt *c)
 		if (!is_ordered_key(m->key))
 			print_meta_line(m->key, m->value);
 	}
-	if (mn_ckpt_meta(c, "config"))
-		print_meta_line("config", mn_ckpt_meta(c, "config"));
+	if (mn_ckpt_meta(c, MN_META_CONFIG))
+		print_meta_line(MN_META_CONFIG, mn_ckpt_meta(c, MN_META_CONFIG));
 
 	for (size_t i = 0; i < mn_ckpt_count(c); i++)
 		if (strlen(mn_ckpt_tensor(c, i)->name) > w)
@@ -1124,7 +1023,7 @@ static int convert_build(struct convert *cv, const char *base)
 		const struct mn_meta *m = mn_ckpt_meta_at(cv->src, i);
 
 		/* The writer computes the checksum of the new data itself. */
-		if (strcmp(m->key, "data_crc32") != 0)
+		if (strcmp(m->key, MN_META_DATA_CRC32) != 0)
 			cv->meta[cv->nmeta++] = *m;
 	}
 	if (convert_encode(cv->sel, cv->nsel, cv->meta, cv->nmeta, base, &cv->buf, &cv->len,
@@ -1135,14 +1034,14 @@ static int convert_build(struct convert *cv, const char *base)
 	 * the model: any other fault (a broken training state, a bad step) must
 	 * refuse below, not be laundered into a valid-looking bag of tensors.
 	 */
-	if (mn_ckpt_meta(cv->res, "architecture") &&
+	if (mn_ckpt_meta(cv->res, MN_META_ARCHITECTURE) &&
 	    mn_model_arch(cv->res, &arch, cv->why, sizeof(cv->why)) < 0) {
 		size_t k = 0;
 
 		/* A frozen model's subset is no frozen model either. */
 		for (size_t i = 0; i < cv->nmeta; i++)
-			if (strcmp(cv->meta[i].key, "architecture") != 0 &&
-			    strcmp(cv->meta[i].key, "frozen") != 0)
+			if (strcmp(cv->meta[i].key, MN_META_ARCHITECTURE) != 0 &&
+			    strcmp(cv->meta[i].key, MN_META_FROZEN) != 0)
 				cv->meta[k++] = cv->meta[i];
 		cv->nmeta = k;
 		cv->dropped = true;

@@ -50,16 +50,6 @@ static const char freeze_help[] =
     "Example:\n"
     "  mnistctl freeze /var/lib/mnistd -o fashion-mlp.safetensors\n";
 
-/* The "ema" value a frozen source recorded, else whether the EMA was asked for. */
-static const char *ema_value(const struct mn_ckpt *c, bool raw)
-{
-	const char *frozen = mn_ckpt_meta(c, "frozen"), *ema = mn_ckpt_meta(c, "ema");
-
-	if (frozen && strcmp(frozen, "true") == 0)
-		return ema && strcmp(ema, "true") == 0 ? "true" : "false";
-	return raw ? "false" : "true";
-}
-
 static int freeze_run(const char *src, const char *prefix, const struct ctl_globals *g,
                       const char *out, bool raw, bool json)
 {
@@ -83,13 +73,14 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		ctl_errorf("freeze", "%s", err);
 		goto out;
 	}
-	ema = ema_value(c, raw);
-	step = mn_ckpt_meta(c, "global_step");
-	extra[nextra++] = (struct mn_meta){"global_step", step};
-	if (mn_ckpt_meta(c, "config"))
-		extra[nextra++] = (struct mn_meta){"config", mn_ckpt_meta(c, "config")};
-	extra[nextra++] = (struct mn_meta){"source", mn_basename(path)};
-	extra[nextra++] = (struct mn_meta){"ema", ema};
+	/* A frozen source keeps the "ema" it recorded. */
+	ema = mn_model_uses_ema(c, !raw) ? "true" : "false";
+	step = mn_ckpt_meta(c, MN_META_GLOBAL_STEP);
+	extra[nextra++] = (struct mn_meta){MN_META_GLOBAL_STEP, step};
+	if (mn_ckpt_meta(c, MN_META_CONFIG))
+		extra[nextra++] = (struct mn_meta){MN_META_CONFIG, mn_ckpt_meta(c, MN_META_CONFIG)};
+	extra[nextra++] = (struct mn_meta){MN_META_SOURCE, mn_basename(path)};
+	extra[nextra++] = (struct mn_meta){MN_META_EMA, ema};
 	if (mn_model_write_frozen(dir, base, &arch, params, extra, nextra, err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;
@@ -103,7 +94,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		ctl_json_str(root, "source", path);
 		ctl_json_str(root, "architecture", arch_s);
 		/* Checked by the reader (MN_CKPT_REQUIRE_MNISTD); never pasted in as raw JSON. */
-		if (ctl_parse_step(step, &stepv))
+		if (mn_model_step(c, &stepv, NULL, 0) == 0)
 			ctl_json_int(root, "step", stepv);
 		else
 			ctl_json_add(root, "step", cJSON_CreateNull());

@@ -70,27 +70,16 @@ struct predict_args {
 	int threads; /* -1: train.threads from the configuration */
 };
 
-/* Whether the values used are EMA shadows: a frozen file says so in its metadata. */
-static bool uses_ema(const struct mn_ckpt *c, bool raw)
-{
-	const char *frozen = mn_ckpt_meta(c, "frozen"), *ema = mn_ckpt_meta(c, "ema");
-
-	if (frozen && strcmp(frozen, "true") == 0)
-		return ema && strcmp(ema, "true") == 0;
-	return !raw;
-}
-
 static int print_result(const struct predict_args *a, const char *path, const struct mn_ckpt *c,
                         const struct mn_arch *arch, const struct mn_view *v, const uint8_t *pred,
                         const struct mn_eval_result *res)
 {
-	const char *frozen = mn_ckpt_meta(c, "frozen");
-	bool ema = uses_ema(c, a->raw), is_frozen = frozen && strcmp(frozen, "true") == 0;
+	bool ema = mn_model_uses_ema(c, !a->raw), is_frozen = mn_model_is_frozen(c);
 	size_t k = arch->output, *conf = NULL;
 	char arch_s[256], step_s[32] = "?";
 	int64_t step = 0;
 	/* Any safetensors file can be run, so its global_step is only text until parsed. */
-	bool has_step = ctl_parse_step(mn_ckpt_meta(c, "global_step"), &step);
+	bool has_step = mn_model_step(c, &step, NULL, 0) == 0;
 	int rc = CTL_EXIT_FAILED;
 
 	mn_arch_format(arch, arch_s, sizeof(arch_s));

@@ -194,21 +194,6 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
 	return base;
 }
 
-bool ctl_parse_step(const char *s, int64_t *out)
-{
-	char *end;
-	long long v;
-
-	if (!s || *s < '0' || *s > '9')
-		return false;
-	errno = 0;
-	v = strtoll(s, &end, 10);
-	if (errno || *end)
-		return false;
-	*out = v;
-	return true;
-}
-
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,
                            char *out, size_t len, char *err, size_t errlen)
 {

@@ -90,13 +90,6 @@ const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
 
 /*
- * Parses a step as written in "global_step" metadata: decimal digits only
- * (no sign, no spaces), within int64. Returns false for anything else,
- * including NULL.
- */
-bool ctl_parse_step(const char *s, int64_t *out);
-
-/*
  * Resolves CKPT|DIR: a file is used as it is; for a directory the file
  * named by its checkpoint.json (unless that file no longer exists: readers
  * tolerate a listed file vanishing), or else its highest-step

@@ -472,12 +472,107 @@ START_TEST(test_warm_start_errors)
 }
 END_TEST
 
+/* c's tensors with one replaced (same name), and metadata as given; parsed back. */
+static struct mn_ckpt *edited(const struct mn_ckpt *c, const struct mn_tensor *swap,
+                              const struct mn_meta *m, size_t nm)
+{
+	struct mn_tensor t[32];
+	struct mn_ckpt *out = NULL;
+	uint8_t *buf = NULL;
+	size_t nt = 0, len = 0;
+
+	for (size_t i = 0; i < mn_ckpt_count(c); i++) {
+		const struct mn_tensor *src = mn_ckpt_tensor(c, i);
+
+		ck_assert_uint_lt(nt, 32);
+		t[nt++] = swap && strcmp(src->name, swap->name) == 0 ? *swap : *src;
+	}
+	ck_assert_int_eq(mn_ckpt_encode(t, nt, m, nm, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_ckpt_parse(buf, len, "edited.safetensors", 0, &out, err, sizeof(err)),
+	                 0);
+	free(buf);
+	return out;
+}
+
+START_TEST(test_schema)
+{
+	struct mn_view v = view();
+	struct mn_trainer *t = trainer(&v, (size_t[]){8}, 1, 5, 13);
+	struct mn_model_state st;
+	struct mn_trainer_state s;
+	struct mn_ckpt *c, *e;
+	int64_t step = -1;
+	uint32_t perm[N_EX];
+	char name[128];
+
+	mn_trainer_state(t, &s);
+	c = save_and_read(t, name, sizeof(name));
+	ck_assert(!mn_model_is_frozen(c));
+	ck_assert(mn_model_uses_ema(c, true) && !mn_model_uses_ema(c, false));
+	ck_assert_int_eq(mn_model_step(c, &step, err, sizeof(err)), 0);
+	ck_assert_int_eq(step, 13);
+	ck_assert_int_eq(mn_model_read_state(c, true, s.nperm, &st, err, sizeof(err)), 0);
+	ck_assert_uint_eq(st.have, MN_MODEL_HAVE_ALL);
+	ck_assert_int_eq(st.step, 13);
+	ck_assert_uint_eq(st.nperm, s.nperm);
+	ck_assert_mem_eq(st.perm, s.perm, s.nperm * sizeof(uint32_t));
+	mn_model_state_free(&st);
+	/* A trainer with another training set size cannot resume from it. */
+	ck_assert_int_lt(mn_model_read_state(c, true, s.nperm + 1, &st, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, MN_TENSOR_PERMUTATION));
+
+	/* One rule for a step: plain decimal, no leading zero (ckpt.h). */
+	e = edited(c, NULL, (struct mn_meta[]){{MN_META_GLOBAL_STEP, "007"}}, 1);
+	ck_assert_int_eq(mn_model_step(e, &step, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "global_step \"007\" is not a decimal"));
+	mn_ckpt_free(e);
+	e = edited(c, NULL, (struct mn_meta[]){{MN_META_FROZEN, "true"}, {MN_META_EMA, "true"}}, 2);
+	ck_assert_int_eq(mn_model_step(e, &step, err, sizeof(err)), -ENOENT);
+	ck_assert(mn_model_is_frozen(e));
+	ck_assert(mn_model_uses_ema(e, false));
+	mn_ckpt_free(e);
+
+	/* The tensor and the metadata must agree on the step. */
+	e = edited(c, NULL, (struct mn_meta[]){{MN_META_GLOBAL_STEP, "12"}}, 1);
+	ck_assert_int_eq(mn_model_read_state(e, false, 0, &st, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "tensor global_step is 13 but the metadata says "
+	                                  "global_step 12"));
+	mn_ckpt_free(e);
+
+	/* A permutation with a repeat is refused, whoever reads it. */
+	memcpy(perm, s.perm, s.nperm * sizeof(uint32_t));
+	perm[1] = perm[0];
+	e = edited(c,
+	           &(struct mn_tensor){.name = MN_TENSOR_PERMUTATION,
+	                               .dtype = MN_DTYPE_U32,
+	                               .ndim = 1,
+	                               .shape = {s.nperm},
+	                               .data = perm},
+	           NULL, 0);
+	ck_assert_int_eq(mn_model_read_state(e, false, 0, &st, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "train/permutation is not a permutation"));
+	ck_assert_int_eq(mn_model_restore(t, e, err, sizeof(err)), -EINVAL);
+	mn_ckpt_free(e);
+
+	/* A partial file passes the partial check and is not complete. */
+	e = reencode(c, MN_TENSOR_RNG, NULL);
+	ck_assert_int_eq(mn_model_read_state(e, false, 0, &st, err, sizeof(err)), 0);
+	ck_assert_uint_eq(st.have, MN_MODEL_HAVE_ALL & ~MN_MODEL_HAVE_RNG);
+	mn_model_state_free(&st);
+	ck_assert_int_eq(mn_model_read_state(e, true, s.nperm, &st, err, sizeof(err)), -ENOENT);
+	mn_ckpt_free(e);
+	mn_ckpt_free(c);
+	mn_trainer_free(t);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("model");
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_tensor_names, test_arch_check,
 	            test_load_params_ema_raw, test_save_restore_round_trip, test_frozen,
-	            test_warm_start_mapped, test_warm_start_identity, test_warm_start_errors);
+	            test_warm_start_mapped, test_warm_start_identity, test_warm_start_errors,
+	            test_schema);
 	return mn_test_run(s);
 }
