@@ -232,9 +232,13 @@ class ControlTest(mnlib.TestCase):
         # The new cadence: every 37 steps, and retention down to 3 files.
         d = self.cfg["checkpoint"]["dir"]
         def settled():
-            # Between a publish and its retention pass the directory briefly holds one more.
+            # Between a publish and its retention pass the directory briefly holds one more,
+            # and between the first publish and its index there is no checkpoint.json yet.
             steps = ckpt_steps(d)
-            index = mnlib.read_json(os.path.join(d, "checkpoint.json")) if steps else {"all": []}
+            try:
+                index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
+            except FileNotFoundError:
+                index = {"all": []}
             return steps if len(steps) == 3 and min(steps) > at and len(index["all"]) == 3 else None
 
         steps = wait_for(settled, 60, "three checkpoints at the new cadence")
