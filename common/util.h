@@ -19,8 +19,17 @@
 /* Size of the error-message buffers passed around the library. */
 #define MN_ERRLEN 512
 
-/* Exit status for a configuration error (sysexits.h EX_CONFIG). */
-#define MN_EX_CONFIG 78
+/*
+ * The programs' exit statuses, the one set all three use (sysexits.h values
+ * where one fits). A variable holding one is called ex (or *_ex), never rc,
+ * which holds 0 or a negative errno.
+ */
+#define MN_EX_OK          0  /* success */
+#define MN_EX_FAILURE     1  /* runtime error; mnistctl: the daemon said no, a file is invalid */
+#define MN_EX_USAGE       2  /* bad command line */
+#define MN_EX_UNREACHABLE 3  /* mnistctl: no daemon answers on the control socket */
+#define MN_EX_NOINPUT     66 /* the data set was not found (EX_NOINPUT) */
+#define MN_EX_CONFIG      78 /* configuration error (EX_CONFIG) */
 
 /* Length of an RFC 3339 UTC time stamp with milliseconds, plus NUL. */
 #define MN_TIMELEN 32

@@ -7,13 +7,13 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
+#include "app.h"
 #include "ckpt.h"
 #include "ckptdir.h"
 #include "config.h"
@@ -28,7 +28,6 @@
 #include "util.h"
 #include "worker.h"
 
-#define EXIT_NOINPUT         66
 #define PROGRESS_INTERVAL_MS 5000
 #define STATUS_INTERVAL_MS   2000
 #define MND_CLASSES          10
@@ -36,8 +35,7 @@
 #define CONTROL_IDLE_MS (10 * 60 * 1000)
 
 struct daemon {
-	uv_loop_t loop;
-	uv_signal_t sig_term, sig_int, sig_hup;
+	struct mn_app app;
 	uv_timer_t progress;
 	uv_timer_t notify_timer;
 	uint64_t watchdog_usec;
@@ -45,11 +43,8 @@ struct daemon {
 	bool notify_warned;
 	bool stopping;
 	struct mnd_control *control;
-	const char *config_path;
-	struct mn_config cfg;
-	struct mn_dataset *data;
 	struct mnd_worker *worker;
-	int exit_status;
+	int ex; /* exit status */
 };
 
 static void usage(FILE *f)
@@ -113,20 +108,14 @@ static void begin_stop(struct daemon *d)
 		mnd_control_set_stopping(d->control);
 }
 
-static void close_handle(uv_handle_t *h, void *arg)
-{
-	if (!uv_is_closing(h))
-		uv_close(h, NULL);
-}
-
 static void on_worker_done(void *arg, int status)
 {
 	struct daemon *d = arg;
 
 	if (status < 0)
-		d->exit_status = EXIT_FAILURE;
+		d->ex = MN_EX_FAILURE;
 	begin_stop(d);
-	uv_stop(&d->loop);
+	uv_stop(&d->app.loop);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)
@@ -179,27 +168,24 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
                          char *err, size_t errlen)
 {
 	struct daemon *d = arg;
-	struct mn_config next = d->cfg;
+	struct mn_config next;
 	struct reload_keys k = {applied, restart};
 	char a[1024], r[1024];
 	int rc;
 
 	notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
-	rc = mn_config_load(d->config_path, &next, err, errlen);
+	rc = mn_app_reload_config(&d->app, collect_key, &k, &next, err, errlen);
 	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
 		notify(d, "READY=1");
 		return rc;
 	}
-	mn_config_diff(&d->cfg, &next, collect_key, &k);
 	if (applied->n > 0 && d->worker)
 		mnd_worker_reconfigure(d->worker, &next);
-	mn_config_apply_reloadable(&d->cfg, &next);
 	join_keys(applied, a, sizeof(a));
 	join_keys(restart, r, sizeof(r));
 	mn_log_fields(MN_LOG_INFO, "configuration reloaded",
 	              (struct mn_log_field[]){
-	                  MN_F_STR("file", d->config_path),
+	                  MN_F_STR("file", d->app.config_path),
 	                  MN_F_STR("applied", a),
 	                  MN_F_STR("restart_required", r),
 	              },
@@ -254,7 +240,7 @@ static void start_notify(struct daemon *d)
 	d->watchdog_usec = mn_notify_watchdog_usec();
 	if (d->watchdog_usec && d->watchdog_usec / 2000 < period)
 		period = d->watchdog_usec / 2000 ? d->watchdog_usec / 2000 : 1;
-	uv_timer_init(&d->loop, &d->notify_timer);
+	uv_timer_init(&d->app.loop, &d->notify_timer);
 	d->notify_timer.data = d;
 	uv_timer_start(&d->notify_timer, on_notify_timer, period, period);
 }
@@ -262,14 +248,14 @@ static void start_notify(struct daemon *d)
 static int start_control(struct daemon *d)
 {
 	struct mnd_control_params p = {
-	    .path = d->cfg.control.socket,
-	    .ckpt_prefix = d->cfg.checkpoint.prefix,
+	    .path = d->app.cfg.control.socket,
+	    .ckpt_prefix = d->app.cfg.checkpoint.prefix,
 	    .reload = reload_config,
 	    .arg = d,
 	    .idle_timeout_ms = CONTROL_IDLE_MS,
 	};
 	char err[MN_ERRLEN];
-	int rc = mnd_control_start(&d->loop, &p, &d->control, err, sizeof(err));
+	int rc = mnd_control_start(&d->app.loop, &p, &d->control, err, sizeof(err));
 
 	if (rc < 0)
 		mn_log(MN_LOG_ERROR, "%s", err);
@@ -301,6 +287,7 @@ static void on_progress(uv_timer_t *h)
  * Restores the newest checkpoint that validates. Invalid files are skipped
  * with a warning; a valid one that does not fit the configured model is a
  * configuration error, because training over it would overwrite its history.
+ * Returns an exit status.
  */
 static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t len)
 {
@@ -311,18 +298,18 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 	int rc;
 
 	latest[0] = '\0';
-	rc = mn_ckptdir_scan(d->cfg.checkpoint.dir, d->cfg.checkpoint.prefix, &list, &n, err,
-	                     sizeof(err));
+	rc = mn_ckptdir_scan(d->app.cfg.checkpoint.dir, d->app.cfg.checkpoint.prefix, &list, &n,
+	                     err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
-		return EXIT_FAILURE;
+		return MN_EX_FAILURE;
 	}
 	for (size_t i = n; i-- > 0;) {
 		char path[4096], have_s[256], want_s[256];
 		struct mn_ckpt *c = NULL;
 		struct mn_arch have;
 
-		snprintf(path, sizeof(path), "%s/%s", d->cfg.checkpoint.dir, list[i].name);
+		snprintf(path, sizeof(path), "%s/%s", d->app.cfg.checkpoint.dir, list[i].name);
 		rc = mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
 		if (rc == 0)
 			rc = mn_model_arch(c, &have, err, sizeof(err));
@@ -356,60 +343,54 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 		                                      MN_F_INT("step", mn_trainer_global_step(t))},
 		              2);
 		free(list);
-		return 0;
+		return MN_EX_OK;
 	}
 	free(list);
-	return 0;
+	return MN_EX_OK;
 }
 
+/* Loads the data, builds the trainer and restores it. Returns an exit status. */
 static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t len)
 {
+	const struct mn_config *cfg = &d->app.cfg;
 	struct mn_trainer_params tp = {0};
 	struct mn_view train, validation;
 	char err[MN_ERRLEN];
-	int rc;
+	int ex, rc;
 
 	mn_log_fields(MN_LOG_INFO, "loading data",
-	              (struct mn_log_field[]){MN_F_STR("dir", d->cfg.data.dir)}, 1);
-	rc = mn_dataset_load_dir(d->cfg.data.dir, "train", &d->data, err, sizeof(err));
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "cannot load the training data: %s", err);
-		return rc == -ENOENT ? EXIT_NOINPUT : EXIT_FAILURE;
+	              (struct mn_log_field[]){MN_F_STR("dir", cfg->data.dir)}, 1);
+	ex = mn_app_load_split(&d->app, "training", &train, &validation);
+	if (ex != MN_EX_OK)
+		return ex;
+	if (mn_dataset_max_label(d->app.data) >= MND_CLASSES) {
+		mn_log(MN_LOG_ERROR, "%s: label %u is out of range for %d classes", cfg->data.dir,
+		       mn_dataset_max_label(d->app.data), MND_CLASSES);
+		return MN_EX_FAILURE;
 	}
-	if (mn_dataset_max_label(d->data) >= MND_CLASSES) {
-		mn_log(MN_LOG_ERROR, "%s: label %u is out of range for %d classes", d->cfg.data.dir,
-		       mn_dataset_max_label(d->data), MND_CLASSES);
-		return EXIT_FAILURE;
-	}
-	rc = mn_dataset_split(d->data, (size_t)d->cfg.data.validation_size, &train, &validation,
-	                      err, sizeof(err));
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
-		return MN_EX_CONFIG;
-	}
-	mn_config_arch(&d->cfg, train.dim, MND_CLASSES, &tp.arch);
-	tp.batch_size = (size_t)d->cfg.train.batch_size;
-	tp.seed = d->cfg.model.seed;
-	tp.init_stddev = (float)d->cfg.model.init_stddev;
-	rc = mn_mkdir_p(d->cfg.checkpoint.dir, 0755, err, sizeof(err));
+	mn_config_arch(cfg, train.dim, MND_CLASSES, &tp.arch);
+	tp.batch_size = (size_t)cfg->train.batch_size;
+	tp.seed = cfg->model.seed;
+	tp.init_stddev = (float)cfg->model.init_stddev;
+	rc = mn_mkdir_p(cfg->checkpoint.dir, 0755, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
-		return EXIT_FAILURE;
+		return MN_EX_FAILURE;
 	}
-	rc = mn_remove_stale_temps(d->cfg.checkpoint.dir, err, sizeof(err));
+	rc = mn_remove_stale_temps(cfg->checkpoint.dir, err, sizeof(err));
 	if (rc > 0)
 		mn_log(MN_LOG_INFO, "removed %d stale temporary file(s) from %s", rc,
-		       d->cfg.checkpoint.dir);
+		       cfg->checkpoint.dir);
 	rc = mn_trainer_new(&tp, &train, out, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		return MN_EX_CONFIG;
 	}
-	rc = resume(d, *out, latest, len);
-	if (rc != 0)
-		return rc;
-	if (!latest[0] && d->cfg.checkpoint.init_from_file[0]) {
-		rc = mn_model_warm_start(*out, &d->cfg, err, sizeof(err));
+	ex = resume(d, *out, latest, len);
+	if (ex != MN_EX_OK)
+		return ex;
+	if (!latest[0] && cfg->checkpoint.init_from_file[0]) {
+		rc = mn_model_warm_start(*out, cfg, err, sizeof(err));
 		if (rc < 0) {
 			mn_log(MN_LOG_ERROR, "checkpoint.init_from: %s", err);
 			return MN_EX_CONFIG;
@@ -417,9 +398,9 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 		mn_log_fields(
 		    MN_LOG_INFO, "warm start",
 		    (struct mn_log_field[]){
-		        MN_F_STR("file", d->cfg.checkpoint.init_from_file),
-		        MN_F_INT("tensors", (int64_t)(d->cfg.checkpoint.init_from_nmap
-		                                          ? d->cfg.checkpoint.init_from_nmap
+		        MN_F_STR("file", cfg->checkpoint.init_from_file),
+		        MN_F_INT("tensors", (int64_t)(cfg->checkpoint.init_from_nmap
+		                                          ? cfg->checkpoint.init_from_nmap
 		                                          : 2 * mn_arch_layers(&tp.arch))),
 		    },
 		    2);
@@ -433,56 +414,36 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	                  MN_F_INT("train_images", (int64_t)train.count),
 	                  MN_F_INT("validation_images", (int64_t)validation.count),
 	                  MN_F_INT("step", mn_trainer_global_step(*out)),
-	                  MN_F_INT("max_steps", d->cfg.train.max_steps),
+	                  MN_F_INT("max_steps", cfg->train.max_steps),
 	              },
 	              5);
-	return 0;
+	return MN_EX_OK;
 }
 
-static int start_signal(struct daemon *d, uv_signal_t *h, uv_signal_cb cb, int signum)
-{
-	int rc = uv_signal_init(&d->loop, h);
-
-	if (rc == 0) {
-		h->data = d;
-		rc = uv_signal_start(h, cb, signum);
-	}
-	if (rc < 0)
-		mn_log(MN_LOG_ERROR, "signal %d: %s", signum, uv_strerror(rc));
-	return rc;
-}
-
+/* Runs the daemon from the event loop's start to its end; returns the exit status. */
 static int run(struct daemon *d)
 {
 	struct mn_trainer *t = NULL;
 	char latest[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
 	int rc;
 
-	rc = uv_loop_init(&d->loop);
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "uv_loop_init: %s", uv_strerror(rc));
-		return EXIT_FAILURE;
+	/* Signals before setup, so a stop during the data load is a clean exit too. */
+	if (mn_app_loop_start(&d->app, true, on_stop_signal, on_hup, d) < 0) {
+		d->ex = MN_EX_FAILURE;
+		goto out;
 	}
 	/*
-	 * The control socket first: it tells whether another mnistd runs on
-	 * this configuration before setup touches checkpoint.dir (which
-	 * removes temporary files that daemon may be writing).
+	 * The control socket before setup: it tells whether another mnistd
+	 * runs on this configuration before setup touches checkpoint.dir
+	 * (which removes temporary files that daemon may be writing).
 	 */
 	if (start_control(d) < 0) {
-		d->exit_status = EXIT_FAILURE;
+		d->ex = MN_EX_FAILURE;
 		goto out;
 	}
-	/* Signals before setup, so a stop during the data load is a clean exit too. */
-	if (start_signal(d, &d->sig_term, on_stop_signal, SIGTERM) < 0 ||
-	    start_signal(d, &d->sig_int, on_stop_signal, SIGINT) < 0 ||
-	    start_signal(d, &d->sig_hup, on_hup, SIGHUP) < 0) {
-		d->exit_status = EXIT_FAILURE;
-		goto out;
-	}
-	rc = setup(d, &t, latest, sizeof(latest));
-	if (rc != 0) {
+	d->ex = setup(d, &t, latest, sizeof(latest));
+	if (d->ex != MN_EX_OK) {
 		mn_trainer_free(t);
-		d->exit_status = rc;
 		goto out;
 	}
 	/*
@@ -490,30 +451,30 @@ static int run(struct daemon *d)
 	 * there is nothing new to save: the state is the restored checkpoint
 	 * or the seeded initialisation.
 	 */
-	uv_run(&d->loop, UV_RUN_NOWAIT);
+	uv_run(&d->app.loop, UV_RUN_NOWAIT);
 	if (d->stopping) {
 		mn_trainer_free(t);
 		goto out;
 	}
-	uv_timer_init(&d->loop, &d->progress);
+	uv_timer_init(&d->app.loop, &d->progress);
 	d->progress.data = d;
 	uv_timer_start(&d->progress, on_progress, PROGRESS_INTERVAL_MS, PROGRESS_INTERVAL_MS);
 
 	struct mn_trainer_state ts;
 
 	mn_trainer_state(t, &ts);
-	rc = mnd_worker_start(&d->loop, t, &d->cfg, ts.nperm, latest, on_worker_done, d, &d->worker,
-	                      err, sizeof(err));
+	rc = mnd_worker_start(&d->app.loop, t, &d->app.cfg, ts.nperm, latest, on_worker_done, d,
+	                      &d->worker, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		mn_trainer_free(t);
-		d->exit_status = EXIT_FAILURE;
+		d->ex = MN_EX_FAILURE;
 		goto out;
 	}
 	mnd_control_set_worker(d->control, d->worker);
 	if (mn_notify_enabled())
 		start_notify(d);
-	uv_run(&d->loop, UV_RUN_DEFAULT);
+	uv_run(&d->app.loop, UV_RUN_DEFAULT);
 out:
 	if (d->control)
 		mnd_control_set_worker(d->control, NULL);
@@ -524,11 +485,8 @@ out:
 	mnd_worker_free(w);
 	mnd_control_close(d->control);
 	d->control = NULL;
-	uv_walk(&d->loop, close_handle, NULL);
-	uv_run(&d->loop, UV_RUN_DEFAULT);
-	if (uv_loop_close(&d->loop) < 0)
-		mn_log(MN_LOG_WARN, "event loop closed with handles still open");
-	return d->exit_status;
+	mn_app_loop_close(&d->app);
+	return d->ex;
 }
 
 int main(int argc, char **argv)
@@ -540,53 +498,37 @@ int main(int argc, char **argv)
 	    {"version", no_argument, NULL, 'V'},
 	    {0},
 	};
-	struct daemon d = {.config_path = MN_DEFAULT_CONFIG};
-	bool check_only = false;
-	char err[MN_ERRLEN];
-	int c, rc;
+	struct daemon d = {.app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG}};
+	struct mn_app_start_params sp = {0};
+	int c, ex;
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
-			d.config_path = optarg;
+			d.app.config_path = optarg;
 			break;
 		case 'C':
-			check_only = true;
+			sp.check_only = true;
 			break;
 		case 'h':
 			usage(stdout);
-			return 0;
+			return MN_EX_OK;
 		case 'V':
 			printf("mnistd %s\n", MN_VERSION);
-			return 0;
+			return MN_EX_OK;
 		default:
 			usage(stderr);
-			return 2;
+			return MN_EX_USAGE;
 		}
 	}
 	if (optind < argc) {
 		fprintf(stderr, "mnistd: unexpected argument \"%s\"\n", argv[optind]);
 		usage(stderr);
-		return 2;
+		return MN_EX_USAGE;
 	}
-	/* journald's stdout is a socket; a dead reader must not kill training. */
-	signal(SIGPIPE, SIG_IGN);
-	mn_config_defaults(&d.cfg);
-	if (mn_config_load(d.config_path, &d.cfg, err, sizeof(err)) < 0) {
-		fprintf(stderr, "mnistd: %s\n", err);
-		return MN_EX_CONFIG;
-	}
-	if (check_only) {
-		printf("%s: configuration is valid\n", d.config_path);
-		return 0;
-	}
-	if (mn_log_open(d.cfg.log.file, d.cfg.log.format, d.cfg.log.level, err, sizeof(err)) < 0) {
-		fprintf(stderr, "mnistd: log.file: %s\n", err);
-		return MN_EX_CONFIG;
-	}
-	mn_blas_set_threads((int)d.cfg.train.threads);
-	rc = run(&d);
-	mn_dataset_free(d.data);
-	mn_log_close();
-	return rc;
+	if (!mn_app_start(&d.app, &sp, &ex))
+		return ex;
+	ex = run(&d);
+	mn_app_end(&d.app);
+	return ex;
 }

@@ -11,7 +11,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,28 +22,20 @@
 
 #include <cJSON.h>
 
+#include "app.h"
 #include "ckpt.h"
 #include "config.h"
 #include "idx.h"
 #include "json.h"
 #include "log.h"
-#include "mlp.h"
 #include "mn_build_config.h"
 #include "pick.h"
 #include "runner.h"
 #include "util.h"
 #include "watch.h"
 
-#define EXIT_NOINPUT 66
-
 struct evaluator {
-	uv_loop_t loop;
-	bool loop_ready;
-	bool signals_ready;
-	uv_signal_t sig_term, sig_int, sig_hup;
-	const char *config_path;
-	struct mn_config cfg;
-	struct mn_dataset *data;
+	struct mn_app app;
 	struct mn_view validation;
 	struct mne_watch *watch;
 	struct mne_runner *runner;
@@ -52,7 +43,6 @@ struct evaluator {
 	bool stopping;
 	int metrics_fd;
 	bool metrics_torn; /* the metrics file ends in a partial line */
-	int exit_status;
 };
 
 static void usage(FILE *f)
@@ -106,7 +96,7 @@ static void drop_partial_line(struct evaluator *e, size_t written)
 	if (fstat(e->metrics_fd, &st) == 0 && (uintmax_t)st.st_size >= written &&
 	    ftruncate(e->metrics_fd, st.st_size - (off_t)written) == 0)
 		return;
-	mn_log(MN_LOG_ERROR, "%s: cannot remove the partial line: %s", e->cfg.eval.metrics_file,
+	mn_log(MN_LOG_ERROR, "%s: cannot remove the partial line: %s", e->app.cfg.eval.metrics_file,
 	       strerror(errno));
 	e->metrics_torn = true;
 }
@@ -155,11 +145,11 @@ static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, 
 	len = (size_t)(p - line);
 	n = write(e->metrics_fd, line, len);
 	if (n < 0) {
-		mn_log(MN_LOG_ERROR, "%s: cannot write: %s", e->cfg.eval.metrics_file,
+		mn_log(MN_LOG_ERROR, "%s: cannot write: %s", e->app.cfg.eval.metrics_file,
 		       strerror(errno));
 	} else if ((size_t)n != len) {
 		mn_log(MN_LOG_ERROR, "%s: short write (%zd of %zu bytes; disk full?)",
-		       e->cfg.eval.metrics_file, n, len);
+		       e->app.cfg.eval.metrics_file, n, len);
 		if (n > 0)
 			drop_partial_line(e, (size_t)n);
 	} else {
@@ -168,7 +158,7 @@ static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, 
 	}
 	goto out;
 nomem:
-	mn_log(MN_LOG_ERROR, "%s: out of memory for a metrics line", e->cfg.eval.metrics_file);
+	mn_log(MN_LOG_ERROR, "%s: out of memory for a metrics line", e->app.cfg.eval.metrics_file);
 out:
 	free(line);
 	cJSON_free(text);
@@ -218,12 +208,6 @@ static void on_change(void *arg)
 	mne_runner_kick(e->runner);
 }
 
-static void close_handle(uv_handle_t *h, void *arg)
-{
-	if (!uv_is_closing(h))
-		uv_close(h, NULL);
-}
-
 static void stop(struct evaluator *e)
 {
 	if (e->stopping)
@@ -234,12 +218,7 @@ static void stop(struct evaluator *e)
 	e->runner = NULL;
 	mne_watch_close(e->watch);
 	e->watch = NULL;
-	/* Still caught (a second SIGTERM must not kill us) but not keeping the loop alive. */
-	if (e->signals_ready) {
-		uv_unref((uv_handle_t *)&e->sig_term);
-		uv_unref((uv_handle_t *)&e->sig_int);
-		uv_unref((uv_handle_t *)&e->sig_hup);
-	}
+	mn_app_signals_unref(&e->app);
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)
@@ -268,13 +247,13 @@ static void note_restart_key(const char *key, bool reloadable, void *arg)
 
 static void reload(struct evaluator *e)
 {
-	struct mn_config next = e->cfg;
+	struct mn_config next;
 	char err[MN_ERRLEN];
 	int fd;
 
 	if (mn_log_reopen(err, sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "log.file: %s", err);
-	if (open_metrics(e->cfg.eval.metrics_file, &fd, err, sizeof(err)) < 0) {
+	if (open_metrics(e->app.cfg.eval.metrics_file, &fd, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s; keeping the old descriptor", err);
 	} else {
 		struct stat st;
@@ -286,17 +265,13 @@ static void reload(struct evaluator *e)
 		if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size == 0)
 			e->metrics_torn = false;
 	}
-	if (mn_config_load(e->config_path, &next, err, sizeof(err)) < 0) {
-		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
+	if (mn_app_reload_config(&e->app, note_restart_key, NULL, &next, err, sizeof(err)) < 0)
 		return;
-	}
-	mn_config_diff(&e->cfg, &next, note_restart_key, NULL);
-	mn_config_apply_reloadable(&e->cfg, &next);
-	mn_log_set_level(e->cfg.log.level);
-	mne_runner_set_use_ema(e->runner, e->cfg.eval.use_ema);
+	mn_log_set_level(e->app.cfg.log.level);
+	mne_runner_set_use_ema(e->runner, e->app.cfg.eval.use_ema);
 	mn_log_fields(MN_LOG_INFO, "reopened and reloaded",
-	              (struct mn_log_field[]){MN_F_STR("config", e->config_path),
-	                                      MN_F_BOOL("use_ema", e->cfg.eval.use_ema)},
+	              (struct mn_log_field[]){MN_F_STR("config", e->app.config_path),
+	                                      MN_F_BOOL("use_ema", e->app.cfg.eval.use_ema)},
 	              2);
 }
 
@@ -308,55 +283,28 @@ static void on_hup(uv_signal_t *h, int signum)
 		reload(e);
 }
 
-static int start_signal(struct evaluator *e, uv_signal_t *h, uv_signal_cb cb, int signum)
-{
-	int rc = uv_signal_init(&e->loop, h);
-
-	if (rc == 0) {
-		h->data = e;
-		rc = uv_signal_start(h, cb, signum);
-	}
-	if (rc < 0)
-		mn_log(MN_LOG_ERROR, "signal %d: %s", signum, uv_strerror(rc));
-	return rc;
-}
-
-/* Loads the training file once and keeps its validation split. */
+/* Loads the training file once and keeps its validation split. Returns an exit status. */
 static int load_data(struct evaluator *e)
 {
-	struct mn_view train;
-	char err[MN_ERRLEN];
-	int rc;
-
-	if (e->cfg.data.validation_size == 0) {
+	if (e->app.cfg.data.validation_size == 0) {
 		mn_log(MN_LOG_ERROR, "data.validation_size is 0: there is nothing to evaluate on");
 		return MN_EX_CONFIG;
 	}
-	rc = mn_dataset_load_dir(e->cfg.data.dir, "train", &e->data, err, sizeof(err));
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "cannot load the validation data: %s", err);
-		return rc == -ENOENT ? EXIT_NOINPUT : EXIT_FAILURE;
-	}
-	rc = mn_dataset_split(e->data, (size_t)e->cfg.data.validation_size, &train, &e->validation,
-	                      err, sizeof(err));
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
-		return MN_EX_CONFIG;
-	}
-	return 0;
+	return mn_app_load_split(&e->app, "validation", NULL, &e->validation);
 }
 
 static struct mne_pick_params pick_params(struct evaluator *e)
 {
 	return (struct mne_pick_params){
-	    .dir = e->cfg.checkpoint.dir,
-	    .prefix = e->cfg.checkpoint.prefix,
+	    .dir = e->app.cfg.checkpoint.dir,
+	    .prefix = e->app.cfg.checkpoint.prefix,
 	    .data = &e->validation,
-	    .use_ema = e->cfg.eval.use_ema,
+	    .use_ema = e->app.cfg.eval.use_ema,
 	    .cancel = &e->cancel,
 	};
 }
 
+/* --once: evaluates the latest valid checkpoint. Returns an exit status. */
 static int run_once(struct evaluator *e)
 {
 	struct mne_pick_params p = pick_params(e);
@@ -369,15 +317,16 @@ static int run_once(struct evaluator *e)
 	rc = mne_pick_evaluate(&p, &s, &r, err, sizeof(err));
 	/* A command whose record could not be kept has failed, though the line was logged. */
 	if (rc == 1)
-		return report(e, &r) ? 0 : EXIT_FAILURE;
+		return report(e, &r) ? MN_EX_OK : MN_EX_FAILURE;
 	if (rc == 0)
 		mn_log(MN_LOG_ERROR, "%s: no valid checkpoint named %s-<step>%s",
-		       e->cfg.checkpoint.dir, e->cfg.checkpoint.prefix, MN_CKPT_SUFFIX);
+		       e->app.cfg.checkpoint.dir, e->app.cfg.checkpoint.prefix, MN_CKPT_SUFFIX);
 	else
 		mn_log(MN_LOG_ERROR, "%s", err);
-	return EXIT_FAILURE;
+	return MN_EX_FAILURE;
 }
 
+/* Starts watching and evaluating. Returns 0 or a negative errno (logged). */
 static int run_watch(struct evaluator *e)
 {
 	struct mne_runner_params rp = {
@@ -387,57 +336,49 @@ static int run_watch(struct evaluator *e)
 	    .arg = e,
 	};
 	struct mne_watch_params wp = {
-	    .dir = e->cfg.checkpoint.dir,
-	    .prefix = e->cfg.checkpoint.prefix,
-	    .mode = e->cfg.eval.watch,
-	    .poll_interval_ms = (uint64_t)e->cfg.eval.poll_interval_ms,
+	    .dir = e->app.cfg.checkpoint.dir,
+	    .prefix = e->app.cfg.checkpoint.prefix,
+	    .mode = e->app.cfg.eval.watch,
+	    .poll_interval_ms = (uint64_t)e->app.cfg.eval.poll_interval_ms,
 	    .on_change = on_change,
 	    .arg = e,
 	};
 	char err[MN_ERRLEN];
+	int rc;
 
-	if (mne_runner_new(&e->loop, &rp, &e->runner, err, sizeof(err)) < 0 ||
-	    mne_watch_start(&e->loop, &wp, &e->watch, err, sizeof(err)) < 0) {
+	if ((rc = mne_runner_new(&e->app.loop, &rp, &e->runner, err, sizeof(err))) < 0 ||
+	    (rc = mne_watch_start(&e->app.loop, &wp, &e->watch, err, sizeof(err))) < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		stop(e);
-		return EXIT_FAILURE;
+		return rc;
 	}
 	mn_log_fields(MN_LOG_INFO, "ready",
 	              (struct mn_log_field[]){
-	                  MN_F_STR("dir", e->cfg.checkpoint.dir),
+	                  MN_F_STR("dir", e->app.cfg.checkpoint.dir),
 	                  MN_F_INT("validation_images", (int64_t)e->validation.count),
-	                  MN_F_STR("ema", e->cfg.eval.use_ema ? "yes" : "no"),
+	                  MN_F_STR("ema", e->app.cfg.eval.use_ema ? "yes" : "no"),
 	              },
 	              3);
 	return 0;
 }
 
+/* Runs the evaluator until it is stopped; returns the exit status. */
 static int run(struct evaluator *e, bool once)
 {
-	int rc;
+	int ex;
 
-	rc = uv_loop_init(&e->loop);
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "uv_loop_init: %s", uv_strerror(rc));
-		return EXIT_FAILURE;
-	}
-	e->loop_ready = true;
 	/* Signals first: a SIGTERM during the data load is acted on as the loop starts. */
-	if (!once && (start_signal(e, &e->sig_term, on_stop_signal, SIGTERM) < 0 ||
-	              start_signal(e, &e->sig_int, on_stop_signal, SIGINT) < 0 ||
-	              start_signal(e, &e->sig_hup, on_hup, SIGHUP) < 0))
-		return EXIT_FAILURE;
-	e->signals_ready = !once;
-	rc = load_data(e);
-	if (rc != 0)
-		return rc;
+	if (mn_app_loop_start(&e->app, !once, on_stop_signal, on_hup, e) < 0)
+		return MN_EX_FAILURE;
+	ex = load_data(e);
+	if (ex != MN_EX_OK)
+		return ex;
 	if (once)
 		return run_once(e);
-	rc = run_watch(e);
-	if (rc != 0)
-		return rc;
-	uv_run(&e->loop, UV_RUN_DEFAULT);
-	return e->exit_status;
+	if (run_watch(e) < 0)
+		return MN_EX_FAILURE;
+	uv_run(&e->app.loop, UV_RUN_DEFAULT);
+	return MN_EX_OK;
 }
 
 int main(int argc, char **argv)
@@ -447,77 +388,58 @@ int main(int argc, char **argv)
 	    {"check-config", no_argument, NULL, 'C'}, {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},      {0},
 	};
-	struct evaluator e = {.config_path = MN_DEFAULT_CONFIG, .metrics_fd = -1};
-	bool once = false, check_only = false;
+	struct evaluator e = {.app = {.name = "mnist-eval", .config_path = MN_DEFAULT_CONFIG},
+	                      .metrics_fd = -1};
+	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
-	int c, rc;
+	int c, ex;
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
-			e.config_path = optarg;
+			e.app.config_path = optarg;
 			break;
 		case 'o':
-			once = true;
+			/*
+			 * --once is a command: its line goes to the terminal, not to the
+			 * service's log file, and shows whatever log.level says.
+			 */
+			sp.terminal = true;
 			break;
 		case 'C':
-			check_only = true;
+			sp.check_only = true;
 			break;
 		case 'h':
 			usage(stdout);
-			return 0;
+			return MN_EX_OK;
 		case 'V':
 			printf("mnist-eval %s\n", MN_VERSION);
-			return 0;
+			return MN_EX_OK;
 		default:
 			usage(stderr);
-			return 2;
+			return MN_EX_USAGE;
 		}
 	}
 	if (optind < argc) {
 		fprintf(stderr, "mnist-eval: unexpected argument \"%s\"\n", argv[optind]);
 		usage(stderr);
-		return 2;
+		return MN_EX_USAGE;
 	}
-	/* journald's stdout is a socket; a dead reader must not kill the evaluator. */
-	signal(SIGPIPE, SIG_IGN);
 	atomic_init(&e.cancel, false);
-	mn_config_defaults(&e.cfg);
-	if (mn_config_load(e.config_path, &e.cfg, err, sizeof(err)) < 0) {
-		fprintf(stderr, "mnist-eval: %s\n", err);
-		return MN_EX_CONFIG;
-	}
-	if (check_only) {
-		printf("%s: configuration is valid\n", e.config_path);
-		return 0;
-	}
-	/*
-	 * --once is a command: its line goes to the terminal, not to the
-	 * service's log file, and shows whatever log.level says.
-	 */
-	if (mn_log_open(once ? NULL : e.cfg.log.file, e.cfg.log.format,
-	                once && e.cfg.log.level > MN_LOG_INFO ? MN_LOG_INFO : e.cfg.log.level, err,
-	                sizeof(err)) < 0) {
-		fprintf(stderr, "mnist-eval: log.file: %s\n", err);
-		return MN_EX_CONFIG;
-	}
-	if (open_metrics(e.cfg.eval.metrics_file, &e.metrics_fd, err, sizeof(err)) < 0) {
+	if (!mn_app_start(&e.app, &sp, &ex))
+		return ex;
+	if (open_metrics(e.app.cfg.eval.metrics_file, &e.metrics_fd, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s", err);
-		mn_log_close();
+		mn_app_end(&e.app);
 		return MN_EX_CONFIG;
 	}
-	mn_blas_set_threads((int)e.cfg.train.threads);
-	rc = run(&e, once);
-	if (e.loop_ready) {
+	ex = run(&e, sp.terminal);
+	if (e.app.loop_ready) {
 		stop(&e);
-		uv_walk(&e.loop, close_handle, NULL);
-		uv_run(&e.loop, UV_RUN_DEFAULT);
-		if (uv_loop_close(&e.loop) < 0)
-			mn_log(MN_LOG_WARN, "event loop closed with handles still open");
+		mn_app_loop_close(&e.app);
 	}
 	if (e.metrics_fd >= 0)
 		close(e.metrics_fd);
-	mn_dataset_free(e.data);
-	mn_log_close();
-	return rc;
+	mn_app_end(&e.app);
+	return ex;
 }

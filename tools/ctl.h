@@ -1,18 +1,16 @@
 /*
  * ctl.h - mnistctl's subcommands. Each takes the arguments after its name
- * (argv[0] is the subcommand) and returns an exit status:
+ * (argv[0] is the subcommand) and returns an exit status (util.h): MN_EX_OK,
+ * MN_EX_FAILURE when the daemon reported an error or a file is invalid,
+ * MN_EX_USAGE for a bad command line, MN_EX_UNREACHABLE when no daemon
+ * listens on the socket.
  */
 #ifndef CTL_H
 #define CTL_H
 
 #include <stdbool.h>
 
-enum {
-	CTL_EXIT_OK = 0,          /* success */
-	CTL_EXIT_FAILED = 1,      /* the daemon reported an error, or a file is invalid */
-	CTL_EXIT_USAGE = 2,       /* bad command line */
-	CTL_EXIT_UNREACHABLE = 3, /* no daemon listening on the socket */
-};
+#include "util.h"
 
 /* Options that come before the subcommand. */
 struct ctl_globals {

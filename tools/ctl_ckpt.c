@@ -170,7 +170,7 @@ int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(verify_help, stdout);
-			return CTL_EXIT_OK;
+			return MN_EX_OK;
 		default:
 			return ctl_option_error("verify", c, argv, opts);
 		}
@@ -221,9 +221,9 @@ int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
 	if (json) {
 		ctl_json_bool(root, "ok", all_ok);
 		if (ctl_json_print(root) < 0)
-			return CTL_EXIT_FAILED;
+			return MN_EX_FAILURE;
 	}
-	return all_ok ? CTL_EXIT_OK : CTL_EXIT_FAILED;
+	return all_ok ? MN_EX_OK : MN_EX_FAILURE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -421,11 +421,11 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 			else
 				ctl_json_add(o, "accuracy", cJSON_CreateNull());
 		}
-		return ctl_json_print(root) < 0 ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+		return ctl_json_print(root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 	}
 	if (n == 0) {
 		printf("no checkpoints in %s\n", dir);
-		return CTL_EXIT_OK;
+		return MN_EX_OK;
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (strlen(rows[i].name) > wname)
@@ -452,7 +452,7 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 	for (size_t i = 0; i < n; i++)
 		if (!rows[i].valid)
 			printf("invalid: %s\n", rows[i].err);
-	return CTL_EXIT_OK;
+	return MN_EX_OK;
 }
 
 int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
@@ -488,7 +488,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(ls_help, stdout);
-			return CTL_EXIT_OK;
+			return MN_EX_OK;
 		default:
 			return ctl_option_error("ls", c, argv, opts);
 		}
@@ -499,20 +499,20 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 	dir = argv[optind];
 	if ((!prefix || !metrics) && ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
 		ctl_errorf("ls", "%s", err);
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	if (!prefix)
 		prefix = cfg.checkpoint.prefix;
 	rc = mn_ckptdir_scan(dir, prefix, &list, &n, err, sizeof(err));
 	if (rc < 0) {
 		ctl_errorf("ls", "%s", err);
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	rows = calloc(n ? n : 1, sizeof(*rows));
 	if (!rows) {
 		ctl_errorf("ls", "out of memory");
 		free(list);
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct ls_row *r = &rows[kept];
@@ -760,12 +760,12 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 	struct mn_ckpt *ck = NULL;
 	char err[MN_ERRLEN];
 	const char *path;
-	int c, rc = CTL_EXIT_FAILED;
+	int c, rc = MN_EX_FAILURE;
 
 	names = calloc((size_t)argc + 1, sizeof(*names));
 	if (!names) {
 		ctl_errorf("inspect", "out of memory");
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":jt:ah", opts, NULL)) != -1) {
@@ -781,7 +781,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(inspect_help, stdout);
-			rc = CTL_EXIT_OK;
+			rc = MN_EX_OK;
 			goto out;
 		default:
 			rc = ctl_option_error("inspect", c, argv, opts);
@@ -828,7 +828,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 			for (size_t i = 0; i < mn_ckpt_count(ck); i++)
 				ctl_json_add(arr, NULL, tensor_json(mn_ckpt_tensor(ck, i), all));
 		}
-		rc = ctl_json_print(root) < 0 ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+		rc = ctl_json_print(root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 		goto out;
 	}
 	if (nnames) {
@@ -841,7 +841,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 			print_values(mn_ckpt_tensor(ck, i));
 		}
 	}
-	rc = CTL_EXIT_OK;
+	rc = MN_EX_OK;
 out:
 	mn_ckpt_free(ck);
 	free(names);
@@ -1104,16 +1104,16 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 	struct iovec iov;
 	const char *base;
 	size_t n;
-	int rc = CTL_EXIT_FAILED;
+	int rc = MN_EX_FAILURE;
 
 	base = ctl_output_path(outpath, dir, sizeof(dir), err, sizeof(err));
 	if (!base) {
 		ctl_errorf("convert", "%s", err);
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	if (mn_ckpt_read(in, 0, &cv.src, err, sizeof(err)) < 0) {
 		print_file_error(stderr, in, err);
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	n = mn_ckpt_count(cv.src);
 	cv.sel = calloc(n + 1, sizeof(*cv.sel));
@@ -1140,7 +1140,7 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 		        in, outpath, cv.why);
 	if (convert_report(&cv, outpath, json) < 0)
 		goto out;
-	rc = CTL_EXIT_OK;
+	rc = MN_EX_OK;
 out:
 	free(cv.buf);
 	mn_ckpt_free(cv.res);
@@ -1168,7 +1168,7 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 
 	if (!globs || !ren || !owned) {
 		ctl_errorf("convert", "out of memory");
-		rc = CTL_EXIT_FAILED;
+		rc = MN_EX_FAILURE;
 		goto done;
 	}
 	opterr = 0;
@@ -1202,7 +1202,7 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 			copy = strdup(optarg);
 			if (!copy) {
 				ctl_errorf("convert", "out of memory");
-				rc = CTL_EXIT_FAILED;
+				rc = MN_EX_FAILURE;
 				goto done;
 			}
 			owned[nren] = copy;
@@ -1224,7 +1224,7 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(convert_help, stdout);
-			rc = CTL_EXIT_OK;
+			rc = MN_EX_OK;
 			goto done;
 		default:
 			rc = ctl_option_error("convert", c, argv, opts);

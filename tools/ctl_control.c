@@ -108,24 +108,24 @@ static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct
 				    "mnistctl %s: --timeout must be whole seconds in [0, 86400], "
 				    "got \"%s\"\n",
 				    call->ci->name, optarg);
-				return CTL_EXIT_USAGE;
+				return MN_EX_USAGE;
 			}
 			break;
 		case 'h':
 			usage(stdout, call->ci);
-			return CTL_EXIT_OK;
+			return MN_EX_OK;
 		default:
 			ctl_option_message(c, argv, opts, msg, sizeof(msg));
 			fprintf(stderr, "mnistctl %s: %s\n\n", call->ci->name, msg);
 			usage(stderr, call->ci);
-			return CTL_EXIT_USAGE;
+			return MN_EX_USAGE;
 		}
 	}
 	if (optind < argc) {
 		fprintf(stderr, "mnistctl %s: unexpected argument \"%s\"\n\n", call->ci->name,
 		        argv[optind]);
 		usage(stderr, call->ci);
-		return CTL_EXIT_USAGE;
+		return MN_EX_USAGE;
 	}
 	return -1;
 }
@@ -148,7 +148,7 @@ static int socket_path(const struct ctl_globals *g, struct call *call)
 		fprintf(stderr,
 		        "mnistctl %s: %s\n(pass --socket PATH to name the socket directly)\n",
 		        call->ci->name, err);
-		return CTL_EXIT_USAGE;
+		return MN_EX_USAGE;
 	}
 	snprintf(call->path, sizeof(call->path), "%s", cfg.control.socket);
 	return -1;
@@ -178,19 +178,19 @@ static int roundtrip(const struct call *call, char **answer)
 	struct timeval tv = {.tv_sec = call->timeout_s};
 	char req[64], *buf = NULL;
 	size_t len = 0, cap = 0;
-	int fd = -1, rc = CTL_EXIT_UNREACHABLE, n, send_errno = 0;
+	int fd = -1, rc = MN_EX_UNREACHABLE, n, send_errno = 0;
 	const char *name = call->ci->name;
 
 	if (strlen(call->path) >= sizeof(sa.sun_path)) {
 		fprintf(stderr, "mnistctl %s: socket path %s is longer than %zu bytes\n", name,
 		        call->path, sizeof(sa.sun_path) - 1);
-		return CTL_EXIT_USAGE;
+		return MN_EX_USAGE;
 	}
 	memcpy(sa.sun_path, call->path, strlen(call->path) + 1);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		fprintf(stderr, "mnistctl %s: socket: %s\n", name, strerror(errno));
-		return CTL_EXIT_UNREACHABLE;
+		return MN_EX_UNREACHABLE;
 	}
 	/* Unix sockets honour the send timeout in connect() (a full backlog) too. */
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
@@ -223,14 +223,14 @@ static int roundtrip(const struct call *call, char **answer)
 				fprintf(stderr,
 				        "mnistctl %s: the answer from %s exceeds %d bytes\n", name,
 				        call->path, MAX_ANSWER);
-				rc = CTL_EXIT_FAILED;
+				rc = MN_EX_FAILURE;
 				goto out;
 			}
 			cap = cap ? cap * 2 : 8192;
 			nb = realloc(buf, cap);
 			if (!nb) {
 				fprintf(stderr, "mnistctl %s: out of memory\n", name);
-				rc = CTL_EXIT_FAILED;
+				rc = MN_EX_FAILURE;
 				goto out;
 			}
 			buf = nb;
@@ -408,7 +408,7 @@ static int run(int argc, char **argv, const struct ctl_globals *g, const struct 
 	if (!cJSON_IsObject(o) || !cJSON_IsBool(ok)) {
 		fprintf(stderr, "mnistctl %s: unexpected answer from %s: %.200s\n", ci->name,
 		        call.path, answer);
-		rc = CTL_EXIT_FAILED;
+		rc = MN_EX_FAILURE;
 		goto out;
 	}
 	if (call.json)
@@ -418,10 +418,10 @@ static int run(int argc, char **argv, const struct ctl_globals *g, const struct 
 
 		fprintf(stderr, "mnistctl %s: %s\n", ci->name,
 		        e ? e : "the daemon reported an error");
-		rc = CTL_EXIT_FAILED;
+		rc = MN_EX_FAILURE;
 		goto out;
 	}
-	rc = CTL_EXIT_OK;
+	rc = MN_EX_OK;
 	if (call.json)
 		goto out;
 	if (ci == &info_status) {

@@ -60,13 +60,13 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	float *params = NULL;
 	const char *base, *ema, *step;
 	size_t nextra = 0;
-	int rc = CTL_EXIT_FAILED;
+	int rc = MN_EX_FAILURE;
 
 	base = ctl_output_path(out, dir, sizeof(dir), err, sizeof(err));
 	if (!base ||
 	    ctl_resolve_checkpoint(src, prefix, g, path, sizeof(path), err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
-		return CTL_EXIT_FAILED;
+		return MN_EX_FAILURE;
 	}
 	if (mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
 	    mn_model_load_params(c, !raw, &arch, &params, err, sizeof(err)) < 0) {
@@ -105,7 +105,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		printf("%s: frozen %s model from %s (step %s, %s values)\n", out, arch_s, path,
 		       step, strcmp(ema, "true") == 0 ? "EMA" : "raw");
 	}
-	rc = CTL_EXIT_OK;
+	rc = MN_EX_OK;
 out:
 	free(params);
 	mn_ckpt_free(c);
@@ -141,7 +141,7 @@ int ctl_freeze(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(freeze_help, stdout);
-			return CTL_EXIT_OK;
+			return MN_EX_OK;
 		default:
 			return ctl_option_error("freeze", c, argv, opts);
 		}

@@ -80,7 +80,7 @@ static int print_result(const struct predict_args *a, const char *path, const st
 	int64_t step = 0;
 	/* Any safetensors file can be run, so its global_step is only text until parsed. */
 	bool has_step = mn_model_step(c, &step, NULL, 0) == 0;
-	int rc = CTL_EXIT_FAILED;
+	int rc = MN_EX_FAILURE;
 
 	mn_arch_format(arch, arch_s, sizeof(arch_s));
 	if (has_step)
@@ -89,7 +89,7 @@ static int print_result(const struct predict_args *a, const char *path, const st
 		conf = calloc(k * k, sizeof(*conf));
 		if (!conf) {
 			ctl_errorf("predict", "out of memory");
-			return CTL_EXIT_FAILED;
+			return MN_EX_FAILURE;
 		}
 		for (size_t i = 0; i < v->count; i++)
 			conf[(size_t)v->labels[i] * k + pred[i]]++;
@@ -123,13 +123,13 @@ static int print_result(const struct predict_args *a, const char *path, const st
 			}
 		}
 		if (ctl_json_print(root) == 0)
-			rc = CTL_EXIT_OK;
+			rc = MN_EX_OK;
 		goto out;
 	}
 	if (!v->labels) {
 		for (size_t i = 0; i < v->count; i++)
 			printf("%u\n", pred[i]);
-		rc = CTL_EXIT_OK;
+		rc = MN_EX_OK;
 		goto out;
 	}
 	printf("model     %s (%s, step %s, %s%s values)\n", path, arch_s, step_s,
@@ -147,7 +147,7 @@ static int print_result(const struct predict_args *a, const char *path, const st
 			printf(" %6zu", conf[t * k + p]);
 		putchar('\n');
 	}
-	rc = CTL_EXIT_OK;
+	rc = MN_EX_OK;
 out:
 	free(conf);
 	return rc;
@@ -163,7 +163,7 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 	struct mn_view v;
 	float *params = NULL;
 	uint8_t *pred = NULL;
-	int rc = CTL_EXIT_FAILED;
+	int rc = MN_EX_FAILURE;
 
 	if (ctl_resolve_checkpoint(a->model, a->prefix, g, path, sizeof(path), err, sizeof(err)) <
 	        0 ||
@@ -269,7 +269,7 @@ int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(predict_help, stdout);
-			return CTL_EXIT_OK;
+			return MN_EX_OK;
 		default:
 			return ctl_option_error("predict", c, argv, opts);
 		}

@@ -36,7 +36,7 @@ int ctl_usage_error(const char *cmd, const char *fmt, ...)
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "\nTry 'mnistctl %s --help'.\n", cmd);
-	return CTL_EXIT_USAGE;
+	return MN_EX_USAGE;
 }
 
 /* The long option whose val is v, or NULL. */

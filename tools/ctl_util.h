@@ -22,7 +22,7 @@ void ctl_errorf(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 
 /*
  * Reports a bad command line ("mnistctl CMD: message" and a pointer to
- * CMD --help) and returns CTL_EXIT_USAGE.
+ * CMD --help) and returns MN_EX_USAGE.
  */
 int ctl_usage_error(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 
@@ -36,7 +36,7 @@ int ctl_usage_error(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
  */
 void ctl_option_message(int c, char **argv, const struct option *opts, char *buf, size_t len);
 
-/* Reports ctl_option_message() as a usage error of cmd; returns CTL_EXIT_USAGE. */
+/* Reports ctl_option_message() as a usage error of cmd; returns MN_EX_USAGE. */
 int ctl_option_error(const char *cmd, int c, char **argv, const struct option *opts);
 
 /*

@@ -63,7 +63,7 @@ static int finish(int status)
 	if (!why)
 		return status;
 	fprintf(stderr, "mnistctl: cannot write the output: %s\n", why);
-	return status == CTL_EXIT_OK ? CTL_EXIT_FAILED : status;
+	return status == MN_EX_OK ? MN_EX_FAILURE : status;
 }
 
 int main(int argc, char **argv)
@@ -90,18 +90,18 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			usage(stdout);
-			return finish(CTL_EXIT_OK);
+			return finish(MN_EX_OK);
 		case 'V':
 			printf("mnistctl %s\n", MN_VERSION);
-			return finish(CTL_EXIT_OK);
+			return finish(MN_EX_OK);
 		default:
 			usage(stderr);
-			return CTL_EXIT_USAGE;
+			return MN_EX_USAGE;
 		}
 	}
 	if (optind >= argc) {
 		usage(stderr);
-		return CTL_EXIT_USAGE;
+		return MN_EX_USAGE;
 	}
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
 		if (strcmp(argv[optind], commands[i].name) == 0) {
@@ -114,5 +114,5 @@ int main(int argc, char **argv)
 	}
 	fprintf(stderr, "mnistctl: unknown command \"%s\"\n\n", argv[optind]);
 	usage(stderr);
-	return CTL_EXIT_USAGE;
+	return MN_EX_USAGE;
 }

@@ -1,0 +1,150 @@
+/* app.c - see app.h. */
+#include "app.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+
+#include "log.h"
+#include "mlp.h"
+#include "util.h"
+
+bool mn_app_start(struct mn_app *a, const struct mn_app_start_params *p, int *ex)
+{
+	enum mn_log_level level;
+	char err[MN_ERRLEN];
+
+	signal(SIGPIPE, SIG_IGN);
+	mn_config_defaults(&a->cfg);
+	if (mn_config_load(a->config_path, &a->cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s: %s\n", a->name, err);
+		*ex = MN_EX_CONFIG;
+		return false;
+	}
+	if (p->check_only) {
+		printf("%s: configuration is valid\n", a->config_path);
+		*ex = MN_EX_OK;
+		return false;
+	}
+	level = a->cfg.log.level;
+	if (p->terminal && level > MN_LOG_INFO)
+		level = MN_LOG_INFO;
+	if (mn_log_open(p->terminal ? NULL : a->cfg.log.file, a->cfg.log.format, level, err,
+	                sizeof(err)) < 0) {
+		fprintf(stderr, "%s: log.file: %s\n", a->name, err);
+		*ex = MN_EX_CONFIG;
+		return false;
+	}
+	mn_blas_set_threads((int)a->cfg.train.threads);
+	return true;
+}
+
+static int start_signal(struct mn_app *a, uv_signal_t *h, uv_signal_cb cb, int signum, void *data)
+{
+	int rc = uv_signal_init(&a->loop, h);
+
+	if (rc == 0) {
+		h->data = data;
+		rc = uv_signal_start(h, cb, signum);
+	}
+	if (rc < 0)
+		mn_log(MN_LOG_ERROR, "signal %d: %s", signum, uv_strerror(rc));
+	return rc;
+}
+
+int mn_app_loop_start(struct mn_app *a, bool signals, uv_signal_cb on_stop, uv_signal_cb on_hup,
+                      void *data)
+{
+	int rc = uv_loop_init(&a->loop);
+
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "uv_loop_init: %s", uv_strerror(rc));
+		return rc;
+	}
+	a->loop_ready = true;
+	if (!signals)
+		return 0;
+	if ((rc = start_signal(a, &a->sig_term, on_stop, SIGTERM, data)) < 0 ||
+	    (rc = start_signal(a, &a->sig_int, on_stop, SIGINT, data)) < 0 ||
+	    (rc = start_signal(a, &a->sig_hup, on_hup, SIGHUP, data)) < 0)
+		return rc;
+	a->signals_ready = true;
+	return 0;
+}
+
+void mn_app_signals_unref(struct mn_app *a)
+{
+	if (!a->signals_ready)
+		return;
+	uv_unref((uv_handle_t *)&a->sig_term);
+	uv_unref((uv_handle_t *)&a->sig_int);
+	uv_unref((uv_handle_t *)&a->sig_hup);
+}
+
+int mn_app_load_split(struct mn_app *a, const char *what, struct mn_view *train,
+                      struct mn_view *validation)
+{
+	struct mn_view t, v;
+	char err[MN_ERRLEN];
+	int rc;
+
+	rc = mn_dataset_load_dir(a->cfg.data.dir, "train", &a->data, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "cannot load the %s data: %s", what, err);
+		return rc == -ENOENT ? MN_EX_NOINPUT : MN_EX_FAILURE;
+	}
+	rc = mn_dataset_split(a->data, (size_t)a->cfg.data.validation_size, &t, &v, err,
+	                      sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "data.validation_size: %s", err);
+		return MN_EX_CONFIG;
+	}
+	if (train)
+		*train = t;
+	if (validation)
+		*validation = v;
+	return MN_EX_OK;
+}
+
+int mn_app_reload_config(struct mn_app *a,
+                         void (*key)(const char *path, bool reloadable, void *arg), void *arg,
+                         struct mn_config *next, char *err, size_t errlen)
+{
+	int rc;
+
+	*next = a->cfg;
+	rc = mn_config_load(a->config_path, next, err, errlen);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
+		return rc;
+	}
+	if (key)
+		mn_config_diff(&a->cfg, next, key, arg);
+	mn_config_apply_reloadable(&a->cfg, next);
+	return 0;
+}
+
+static void close_handle(uv_handle_t *h, void *arg)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+void mn_app_loop_close(struct mn_app *a)
+{
+	if (!a->loop_ready)
+		return;
+	uv_walk(&a->loop, close_handle, NULL);
+	uv_run(&a->loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&a->loop) < 0)
+		mn_log(MN_LOG_WARN, "event loop closed with handles still open");
+	a->loop_ready = false;
+	a->signals_ready = false;
+}
+
+void mn_app_end(struct mn_app *a)
+{
+	mn_dataset_free(a->data);
+	a->data = NULL;
+	mn_log_close();
+}

@@ -1,0 +1,107 @@
+/*
+ * app.h - the scaffolding mnistd and mnist-eval share: starting from a
+ * configuration file and a log, the event loop and its signals, loading the
+ * validation split, reloading the configuration, and closing everything.
+ *
+ * Unlike the rest of libmnistd, the functions that decide how a program
+ * ends return an exit status (MN_EX_*, util.h), not 0 or -errno; their
+ * descriptions say so, and callers keep such a value in a variable called
+ * ex, never rc. The messages are printed or logged here, so the program
+ * only has to return the status.
+ */
+#ifndef MN_APP_H
+#define MN_APP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "config.h"
+#include "idx.h"
+
+/*
+ * A program's shared state. Set name and config_path, zero the rest, then
+ * call mn_app_start(). The program keeps its own state beside this one and
+ * reaches it through the data pointer given to mn_app_loop_start().
+ */
+struct mn_app {
+	const char *name;        /* program name for messages on standard error: "mnistd" */
+	const char *config_path; /* the configuration file (--config) */
+	struct mn_config cfg;    /* the running configuration */
+	uv_loop_t loop;
+	bool loop_ready;    /* loop initialised: mn_app_loop_close() has work to do */
+	bool signals_ready; /* the three signal handles below are running */
+	uv_signal_t sig_term, sig_int, sig_hup;
+	struct mn_dataset *data; /* the training file, once mn_app_load_split() loaded it */
+};
+
+struct mn_app_start_params {
+	/* --check-config: validate, print that the file is valid and end. */
+	bool check_only;
+	/*
+	 * The program runs as a command (mnist-eval --once): its lines go to
+	 * standard output, not to log.file, at level info or more verbose.
+	 */
+	bool terminal;
+};
+
+/*
+ * Everything before the event loop: ignores SIGPIPE (a dead journald reader
+ * must not kill a service), loads a->config_path over the defaults, opens the
+ * log and sets the BLAS thread count to train.threads. Returns true to go
+ * on. Returns false when the program must end now with *ex: MN_EX_OK after
+ * --check-config said the file is valid, MN_EX_CONFIG after printing
+ * "<name>: <what is wrong>" on standard error.
+ */
+bool mn_app_start(struct mn_app *a, const struct mn_app_start_params *p, int *ex);
+
+/*
+ * Initialises a->loop and, unless signals is false, starts SIGTERM and
+ * SIGINT with on_stop and SIGHUP with on_hup, each handle's data set to
+ * data. Returns 0, or a negative errno after logging what failed.
+ */
+int mn_app_loop_start(struct mn_app *a, bool signals, uv_signal_cb on_stop, uv_signal_cb on_hup,
+                      void *data);
+
+/*
+ * Keeps the signals caught (a second SIGTERM must not kill the program)
+ * without letting them keep the loop alive: for a program that is stopping.
+ */
+void mn_app_signals_unref(struct mn_app *a);
+
+/*
+ * Loads the training file of data.dir and splits it: validation is the first
+ * data.validation_size images, train the rest (either pointer may be NULL).
+ * what names the data in the error message ("training", "validation").
+ * Returns an exit status, after logging the reason: MN_EX_OK, MN_EX_NOINPUT
+ * when the files do not exist, MN_EX_CONFIG when data.validation_size does
+ * not fit the file, MN_EX_FAILURE for any other error. The data set is kept
+ * in a->data and freed by mn_app_end().
+ */
+int mn_app_load_split(struct mn_app *a, const char *what, struct mn_view *train,
+                      struct mn_view *validation);
+
+/*
+ * Re-reads a->config_path for a reload. The file is validated in full
+ * first: if it is invalid, the rejection is logged, nothing changes and a
+ * negative errno is returned with the message in err. Otherwise key(path,
+ * reloadable, arg) is called for every key that differs (it may be NULL),
+ * the reloadable keys are applied to a->cfg, next holds the whole new file
+ * and 0 is returned.
+ */
+int mn_app_reload_config(struct mn_app *a,
+                         void (*key)(const char *path, bool reloadable, void *arg), void *arg,
+                         struct mn_config *next, char *err, size_t errlen);
+
+/*
+ * Closes every handle still open on the loop, runs it until they are
+ * closed and closes it; a loop that will not close is logged. The caller
+ * first stops what owns handles with close callbacks of its own, so they
+ * run here. Does nothing if the loop was never initialised.
+ */
+void mn_app_loop_close(struct mn_app *a);
+
+/* Frees the data set and closes the log. */
+void mn_app_end(struct mn_app *a);
+
+#endif
