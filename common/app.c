@@ -135,7 +135,9 @@ void mn_app_loop_close(struct mn_app *a)
 	if (!a->loop_ready)
 		return;
 	uv_walk(&a->loop, close_handle, NULL);
-	uv_run(&a->loop, UV_RUN_DEFAULT);
+	/* A uv_stop() made outside the loop ends the first run before it starts. */
+	while (uv_run(&a->loop, UV_RUN_DEFAULT) != 0)
+		;
 	if (uv_loop_close(&a->loop) < 0)
 		mn_log(MN_LOG_WARN, "event loop closed with handles still open");
 	a->loop_ready = false;

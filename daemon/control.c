@@ -13,7 +13,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "ckptdir.h"
 #include "config.h"
 #include "log.h"
 #include "util.h"
@@ -25,9 +24,7 @@
 #define SWEEP_MS            1000
 /* A client whose queued answers have not moved for this long is gone. */
 #define WRITE_STALL_MS 30000
-/* Pause and resume answer once the training thread has reached its step boundary. */
-#define PAUSE_POLL_MS 1
-#define SOCKET_MODE   0660
+#define SOCKET_MODE    0660
 
 enum wait_kind {
 	WAIT_NONE,  /* ready for the next request */
@@ -42,14 +39,13 @@ struct client {
 	struct client *prev, *next;
 	struct mn_framer *framer;
 	enum wait_kind wait;
-	bool want_paused;
-	uint64_t pause_gen;
+	bool want_paused; /* what the pause/resume being waited for asked */
 	bool reading;
-	bool eof;          /* the peer will send nothing more */
-	bool finishing;    /* shutting down after the queued answers */
-	bool closing;      /* uv_close called */
-	bool closed;       /* close_cb ran while a save was pending */
-	bool save_pending; /* the worker still holds a pointer to this client */
+	bool eof;            /* the peer will send nothing more */
+	bool finishing;      /* shutting down after the queued answers */
+	bool closing;        /* uv_close called */
+	bool closed;         /* close_cb ran while a worker request was pending */
+	bool worker_pending; /* the worker still holds a pointer to this client */
 	uint64_t last_request_ms;
 	uint64_t stalled_since_ms; /* 0: nothing queued, or writes are moving */
 };
@@ -69,7 +65,6 @@ struct mnd_control {
 	uv_loop_t *loop;
 	uv_pipe_t listener;
 	uv_timer_t sweep;
-	uv_timer_t pause_poll;
 	size_t open_handles; /* the struct is freed when this reaches 0 after close */
 	bool closing;
 	bool stopping;
@@ -80,14 +75,11 @@ struct mnd_control {
 	struct client *clients;
 	size_t nclients;
 	size_t nrefused; /* since the last sweep, for one log line */
-	size_t npause_waiting;
-	uint64_t pause_gen;
 	mnd_control_reload_fn reload;
 	void *reload_arg;
 	size_t max_clients, max_line, max_output;
 	uint64_t idle_timeout_ms;
 	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	char prefix[MN_CONFIG_NAME_MAX];
 	/* Every read is consumed before the next one, so one buffer serves all clients. */
 	char readbuf[READ_BUF_SIZE];
 };
@@ -117,13 +109,11 @@ static void on_client_closed(uv_handle_t *h)
 	if (cl->next)
 		cl->next->prev = cl->prev;
 	srv->nclients--;
-	if (cl->wait == WAIT_PAUSE)
-		srv->npause_waiting--;
 	mn_framer_free(cl->framer);
 	cl->framer = NULL;
 	cl->srv = NULL;
-	/* The worker will call back with this pointer; the save callback frees it then. */
-	if (cl->save_pending)
+	/* The worker will call back with this pointer; worker_answered() frees it then. */
+	if (cl->worker_pending)
 		cl->closed = true;
 	else
 		free(cl);
@@ -281,25 +271,34 @@ static void do_reload(struct client *cl)
 		reply(cl, mn_proto_reload(&applied, &restart));
 }
 
-static void on_saved(void *arg, int status, const char *name, const char *error)
+/*
+ * The worker answered this client's request. Returns false if the client
+ * is gone (then it may have been freed); otherwise it is ready for its
+ * next request.
+ */
+static bool worker_answered(struct client *cl)
 {
-	struct client *cl = arg;
-	int64_t step = -1;
-
-	cl->save_pending = false;
+	cl->worker_pending = false;
 	if (cl->closed) {
 		free(cl);
-		return;
+		return false;
 	}
 	if (cl->closing)
-		return; /* on_client_closed frees it */
+		return false; /* on_client_closed frees it */
 	cl->wait = WAIT_NONE;
-	if (status < 0)
-		reply_error(cl, "save failed: %s", error && error[0] ? error : strerror(-status));
-	else if (!mn_ckptdir_filename_parse(cl->srv->prefix, name, &step))
-		reply_error(cl, "save: unexpected checkpoint name \"%s\"", name);
+	return true;
+}
+
+static void on_saved(void *arg, const struct mnd_worker_reply *r)
+{
+	struct client *cl = arg;
+
+	if (!worker_answered(cl))
+		return;
+	if (r->status < 0)
+		reply_error(cl, "save failed: %s", r->error[0] ? r->error : strerror(-r->status));
 	else
-		reply(cl, mn_proto_saved(name, step));
+		reply(cl, mn_proto_saved(r->name, r->step));
 	pump(cl);
 }
 
@@ -312,54 +311,42 @@ static void do_save(struct client *cl)
 		            rc == -ESHUTDOWN ? "the daemon is shutting down" : strerror(-rc));
 		return;
 	}
-	cl->save_pending = true;
+	cl->worker_pending = true;
 	cl->wait = WAIT_SAVE;
 }
 
-static void on_pause_poll(uv_timer_t *t);
+/*
+ * The step boundary after this client's pause or resume. A later pause or
+ * resume from anyone decides the state; this one is answered as carried out.
+ */
+static void on_paused(void *arg, const struct mnd_worker_reply *r)
+{
+	struct client *cl = arg;
+
+	if (!worker_answered(cl))
+		return;
+	if (r->status < 0) {
+		reply_error(cl, "%s", unavailable(cl->srv));
+	} else {
+		mn_log_fields(MN_LOG_INFO, cl->want_paused ? "training paused" : "training resumed",
+		              (struct mn_log_field[]){MN_F_INT("step", r->step)}, 1);
+		reply(cl, mn_proto_paused(cl->want_paused, r->step));
+	}
+	pump(cl);
+}
 
 static void do_pause(struct client *cl, bool paused)
 {
 	struct mnd_control *srv = cl->srv;
+	int rc = mnd_worker_set_paused(srv->worker, paused, on_paused, cl);
 
-	mnd_worker_set_paused(srv->worker, paused);
+	if (rc < 0) {
+		reply_error(cl, "%s", rc == -ESHUTDOWN ? unavailable(srv) : strerror(-rc));
+		return;
+	}
+	cl->worker_pending = true;
 	cl->wait = WAIT_PAUSE;
 	cl->want_paused = paused;
-	cl->pause_gen = ++srv->pause_gen;
-	if (srv->npause_waiting++ == 0)
-		uv_timer_start(&srv->pause_poll, on_pause_poll, 0, PAUSE_POLL_MS);
-}
-
-static void on_pause_poll(uv_timer_t *t)
-{
-	struct mnd_control *srv = t->data;
-	struct mnd_worker_status ws = {0};
-	struct client *cl, *next;
-
-	if (srv->worker)
-		mnd_worker_get_status(srv->worker, &ws);
-	for (cl = srv->clients; cl; cl = next) {
-		next = cl->next;
-		if (cl->wait != WAIT_PAUSE || cl->closing)
-			continue;
-		/* A later pause/resume from anyone decides; this one was still carried out. */
-		if (srv->worker && !ws.finished && ws.paused != cl->want_paused &&
-		    cl->pause_gen == srv->pause_gen)
-			continue;
-		cl->wait = WAIT_NONE;
-		srv->npause_waiting--;
-		if (!srv->worker || ws.finished) {
-			reply_error(cl, "%s", unavailable(srv));
-		} else {
-			mn_log_fields(MN_LOG_INFO,
-			              cl->want_paused ? "training paused" : "training resumed",
-			              (struct mn_log_field[]){MN_F_INT("step", ws.step)}, 1);
-			reply(cl, mn_proto_paused(cl->want_paused, ws.step));
-		}
-		pump(cl);
-	}
-	if (srv->npause_waiting == 0)
-		uv_timer_stop(&srv->pause_poll);
 }
 
 static void handle_request(struct client *cl, const char *line, size_t len)
@@ -716,7 +703,6 @@ int mnd_control_start(uv_loop_t *loop, const struct mnd_control_params *p, struc
 	}
 	srv->loop = loop;
 	snprintf(srv->path, sizeof(srv->path), "%s", p->path);
-	snprintf(srv->prefix, sizeof(srv->prefix), "%s", p->ckpt_prefix ? p->ckpt_prefix : "");
 	srv->reload = p->reload;
 	srv->reload_arg = p->arg;
 	srv->max_clients = p->max_clients ? p->max_clients : DEFAULT_MAX_CLIENTS;
@@ -734,9 +720,6 @@ int mnd_control_start(uv_loop_t *loop, const struct mnd_control_params *p, struc
 	srv->open_handles++;
 	uv_timer_init(loop, &srv->sweep);
 	srv->sweep.data = srv;
-	srv->open_handles++;
-	uv_timer_init(loop, &srv->pause_poll);
-	srv->pause_poll.data = srv;
 	srv->open_handles++;
 
 	rc = bind_socket(srv, err, errlen);
@@ -776,5 +759,4 @@ void mnd_control_close(struct mnd_control *c)
 		drop(cl);
 	uv_close((uv_handle_t *)&c->listener, on_handle_closed);
 	uv_close((uv_handle_t *)&c->sweep, on_handle_closed);
-	uv_close((uv_handle_t *)&c->pause_poll, on_handle_closed);
 }

@@ -33,8 +33,6 @@ typedef int (*mnd_control_reload_fn)(void *arg, struct mn_proto_keys *applied,
 struct mnd_control_params {
 	/* Path of the socket, at most 107 bytes. */
 	const char *path;
-	/* Checkpoint file prefix, to read the step out of a saved file's name. */
-	const char *ckpt_prefix;
 	/* Called for "reload", with arg. */
 	mnd_control_reload_fn reload;
 	void *arg;

@@ -249,7 +249,6 @@ static int start_control(struct daemon *d)
 {
 	struct mnd_control_params p = {
 	    .path = d->app.cfg.control.socket,
-	    .ckpt_prefix = d->app.cfg.checkpoint.prefix,
 	    .reload = reload_config,
 	    .arg = d,
 	    .idle_timeout_ms = CONTROL_IDLE_MS,
@@ -478,11 +477,11 @@ static int run(struct daemon *d)
 out:
 	if (d->control)
 		mnd_control_set_worker(d->control, NULL);
-	/* Timers may still fire while the worker is freed: they must see it gone. */
+	/* Closing answers the worker's last requests: what they call must see it gone. */
 	struct mnd_worker *w = d->worker;
 
 	d->worker = NULL;
-	mnd_worker_free(w);
+	mnd_worker_close(w);
 	mnd_control_close(d->control);
 	d->control = NULL;
 	mn_app_loop_close(&d->app);

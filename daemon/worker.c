@@ -15,17 +15,20 @@
 #include "model.h"
 #include "util.h"
 
-struct save_req {
-	struct save_req *next;
-	mnd_worker_save_cb cb;
+/* A request from the loop thread, answered at a step boundary. */
+struct req {
+	struct req *next;
+	bool save; /* publish a checkpoint; otherwise a pause or resume */
+	mnd_worker_cb cb;
 	void *arg;
 	int status;
+	int64_t step;
+	bool paused;
 	char name[MN_CKPT_MAX_NAME];
 	char error[MN_ERRLEN];
 };
 
 struct mnd_worker {
-	uv_loop_t *loop;
 	uv_async_t async;
 	uv_thread_t thread;
 	bool thread_started;
@@ -45,15 +48,15 @@ struct mnd_worker {
 	bool next_cfg_pending;
 	bool stop_requested;
 	bool pause_requested;
-	struct save_req *saves_pending, **saves_pending_tail;
-	struct save_req *saves_done, **saves_done_tail;
+	struct req *pending, **pending_tail; /* for the training thread */
+	struct req *done, **done_tail;       /* answered, for the loop thread */
 	bool finished;
 	int finish_status;
 	struct mnd_worker_status status;
 
 	/* Loop thread only. */
 	bool done_reported;
-	mnd_worker_done_cb done;
+	mnd_worker_done_cb done_cb;
 	void *done_arg;
 };
 
@@ -108,25 +111,39 @@ static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, siz
 	return 0;
 }
 
-static void complete_saves(struct mnd_worker *w, struct save_req *list)
+/* Fills in r's reply and hands it to the loop thread. Called with the lock held. */
+static void answer_locked(struct mnd_worker *w, struct req *r, int status, const char *name,
+                          const char *error)
+{
+	r->next = NULL;
+	r->status = status;
+	r->step = w->status.step;
+	r->paused = w->status.paused;
+	snprintf(r->name, sizeof(r->name), "%s", r->save && status == 0 ? name : "");
+	snprintf(r->error, sizeof(r->error), "%s", status == 0 ? "" : error);
+	*w->done_tail = r;
+	w->done_tail = &r->next;
+}
+
+/* Carries out the requests taken at this step boundary: one checkpoint serves every save. */
+static void complete_requests(struct mnd_worker *w, struct req *list)
 {
 	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
-	int rc;
+	bool save = false;
+	int rc = 0;
 
 	if (!list)
 		return;
-	rc = save_now(w, name, sizeof(name), err, sizeof(err));
+	for (struct req *r = list; r; r = r->next)
+		save = save || r->save;
+	if (save)
+		rc = save_now(w, name, sizeof(name), err, sizeof(err));
 	pthread_mutex_lock(&w->lock);
 	while (list) {
-		struct save_req *r = list;
+		struct req *r = list;
 
 		list = r->next;
-		r->next = NULL;
-		r->status = rc;
-		snprintf(r->name, sizeof(r->name), "%s", rc == 0 ? name : "");
-		snprintf(r->error, sizeof(r->error), "%s", rc == 0 ? "" : err);
-		*w->saves_done_tail = r;
-		w->saves_done_tail = &r->next;
+		answer_locked(w, r, r->save ? rc : 0, name, err);
 	}
 	pthread_mutex_unlock(&w->lock);
 	uv_async_send(&w->async);
@@ -156,6 +173,52 @@ static void update_rate(struct mnd_worker *w, int64_t now, int64_t step)
 	}
 }
 
+/* What the loop thread asked for, taken at a step boundary. */
+struct mail {
+	struct req *reqs;
+	struct mn_config next;
+	bool have_next, stop, paused;
+};
+
+/*
+ * Takes the mail and publishes the pause state it sets. Returns false when
+ * paused with nothing to do, after waiting for mail (at most a second, so
+ * that progress_ns keeps the watchdog fed).
+ */
+static bool take_mail(struct mnd_worker *w, struct mail *m)
+{
+	int64_t now = mn_monotonic_ns();
+
+	pthread_mutex_lock(&w->lock);
+	m->have_next = w->next_cfg_pending;
+	if (m->have_next)
+		m->next = w->next_cfg;
+	w->next_cfg_pending = false;
+	m->stop = w->stop_requested;
+	m->paused = w->pause_requested;
+	m->reqs = w->pending;
+	w->pending = NULL;
+	w->pending_tail = &w->pending;
+	if (m->paused != w->status.paused) {
+		w->rate_t0 = now;
+		w->rate_step0 = w->status.step;
+		w->status.steps_per_sec = 0;
+	}
+	w->status.paused = m->paused;
+	w->status.progress_ns = now;
+	if (m->paused && !m->stop && !m->reqs && !m->have_next) {
+		struct timespec until;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 1;
+		pthread_cond_timedwait(&w->wake, &w->lock, &until);
+		pthread_mutex_unlock(&w->lock);
+		return false;
+	}
+	pthread_mutex_unlock(&w->lock);
+	return true;
+}
+
 static void train_thread(void *arg)
 {
 	struct mnd_worker *w = arg;
@@ -165,54 +228,24 @@ static void train_thread(void *arg)
 	w->rate_t0 = mn_monotonic_ns();
 	w->rate_step0 = mn_trainer_global_step(w->trainer);
 	for (;;) {
-		struct save_req *saves;
-		struct mn_config next;
-		bool have_next, stop, paused;
-		int64_t now = mn_monotonic_ns();
+		struct mail m;
 
-		pthread_mutex_lock(&w->lock);
-		have_next = w->next_cfg_pending;
-		if (have_next)
-			next = w->next_cfg;
-		w->next_cfg_pending = false;
-		stop = w->stop_requested;
-		paused = w->pause_requested;
-		saves = w->saves_pending;
-		w->saves_pending = NULL;
-		w->saves_pending_tail = &w->saves_pending;
-		if (paused != w->status.paused) {
-			w->rate_t0 = now;
-			w->rate_step0 = w->status.step;
-			w->status.steps_per_sec = 0;
-		}
-		w->status.paused = paused;
-		w->status.progress_ns = now;
-		if (paused && !stop && !saves && !have_next) {
-			/* Wake at least every second so progress_ns keeps the watchdog fed. */
-			struct timespec until;
-
-			clock_gettime(CLOCK_REALTIME, &until);
-			until.tv_sec += 1;
-			pthread_cond_timedwait(&w->wake, &w->lock, &until);
-			pthread_mutex_unlock(&w->lock);
+		if (!take_mail(w, &m))
 			continue;
-		}
-		pthread_mutex_unlock(&w->lock);
-
-		if (have_next) {
-			apply_config(w, &next);
+		if (m.have_next) {
+			apply_config(w, &m.next);
 			pthread_mutex_lock(&w->lock);
 			w->status.max_steps = w->cfg.train.max_steps;
 			pthread_mutex_unlock(&w->lock);
 		}
-		complete_saves(w, saves);
-		if (stop) {
+		complete_requests(w, m.reqs);
+		if (m.stop) {
 			mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
 			       mn_trainer_global_step(w->trainer));
 			status = save_now(w, name, sizeof(name), err, sizeof(err));
 			break;
 		}
-		if (paused)
+		if (m.paused)
 			continue;
 
 		int64_t step = mn_trainer_global_step(w->trainer);
@@ -238,7 +271,8 @@ static void train_thread(void *arg)
 			break;
 		}
 		step++;
-		now = mn_monotonic_ns();
+		int64_t now = mn_monotonic_ns();
+
 		pthread_mutex_lock(&w->lock);
 		w->status.step = step;
 		w->status.loss = loss;
@@ -258,33 +292,69 @@ static void train_thread(void *arg)
 	uv_async_send(&w->async);
 }
 
+/* Calls the callbacks of answered requests (the list is the caller's) and frees them. */
+static void deliver(struct req *list)
+{
+	while (list) {
+		struct req *r = list;
+		struct mnd_worker_reply reply = {
+		    .status = r->status,
+		    .step = r->step,
+		    .paused = r->paused,
+		    .name = r->name,
+		    .error = r->error,
+		};
+
+		list = r->next;
+		if (r->cb)
+			r->cb(r->arg, &reply);
+		free(r);
+	}
+}
+
 static void on_async(uv_async_t *handle)
 {
 	struct mnd_worker *w = handle->data;
-	struct save_req *done;
+	struct req *done;
 	bool finished;
 	int status;
 
 	pthread_mutex_lock(&w->lock);
-	done = w->saves_done;
-	w->saves_done = NULL;
-	w->saves_done_tail = &w->saves_done;
 	finished = w->finished;
 	status = w->finish_status;
+	/* The thread takes no more requests: answer those it left. */
+	while (finished && w->pending) {
+		struct req *r = w->pending;
+
+		w->pending = r->next;
+		answer_locked(w, r, -ESHUTDOWN, "", "the daemon is shutting down");
+	}
+	w->pending_tail = &w->pending;
+	done = w->done;
+	w->done = NULL;
+	w->done_tail = &w->done;
 	pthread_mutex_unlock(&w->lock);
 
-	while (done) {
-		struct save_req *r = done;
-
-		done = r->next;
-		r->cb(r->arg, r->status, r->name, r->error);
-		free(r);
-	}
+	deliver(done);
 	if (finished && !w->done_reported) {
 		w->done_reported = true;
-		if (w->done)
-			w->done(w->done_arg, status);
+		if (w->done_cb)
+			w->done_cb(w->done_arg, status);
 	}
+}
+
+static void free_worker(struct mnd_worker *w)
+{
+	mn_trainer_free(w->trainer);
+	pthread_cond_destroy(&w->wake);
+	pthread_mutex_destroy(&w->lock);
+	free(w->config_json);
+	free(w);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+	free_worker(h->data);
 }
 
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
@@ -298,14 +368,12 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 		mn_errf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	w->loop = loop;
-	w->trainer = t;
 	w->cfg = *cfg;
 	w->train_count = train_count;
-	w->done = done;
+	w->done_cb = done;
 	w->done_arg = arg;
-	w->saves_pending_tail = &w->saves_pending;
-	w->saves_done_tail = &w->saves_done;
+	w->pending_tail = &w->pending;
+	w->done_tail = &w->done;
 	w->status.step = mn_trainer_global_step(t);
 	w->status.max_steps = cfg->train.max_steps;
 	w->status.loss = NAN;
@@ -327,25 +395,23 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 	rc = uv_async_init(loop, &w->async, on_async);
 	if (rc < 0) {
 		mn_errf(err, errlen, "uv_async_init: %s", uv_strerror(rc));
-		goto fail;
+		free_worker(w);
+		return rc;
 	}
 	w->async.data = w;
+	/* The trainer is the worker's only once the thread runs: on failure it stays the caller's.
+	 */
+	w->trainer = t;
 	rc = uv_thread_create(&w->thread, train_thread, w);
 	if (rc < 0) {
 		mn_errf(err, errlen, "cannot start the training thread: %s", uv_strerror(rc));
-		uv_close((uv_handle_t *)&w->async, NULL);
-		uv_run(loop, UV_RUN_NOWAIT);
-		goto fail;
+		w->trainer = NULL;
+		uv_close((uv_handle_t *)&w->async, on_async_closed);
+		return rc;
 	}
 	w->thread_started = true;
 	*out = w;
 	return 0;
-fail:
-	pthread_cond_destroy(&w->wake);
-	pthread_mutex_destroy(&w->lock);
-	free(w->config_json);
-	free(w);
-	return rc;
 }
 
 void mnd_worker_stop(struct mnd_worker *w)
@@ -356,35 +422,48 @@ void mnd_worker_stop(struct mnd_worker *w)
 	pthread_mutex_unlock(&w->lock);
 }
 
-void mnd_worker_set_paused(struct mnd_worker *w, bool paused)
+/*
+ * Queues a request for the next step boundary, or (when cb is NULL and it
+ * is not a save) only wakes the thread. The pause flag is set in the same
+ * critical section, so the boundary that answers a request has seen it.
+ */
+static int queue_request(struct mnd_worker *w, bool save, bool paused, mnd_worker_cb cb, void *arg)
 {
-	pthread_mutex_lock(&w->lock);
-	w->pause_requested = paused;
-	pthread_cond_signal(&w->wake);
-	pthread_mutex_unlock(&w->lock);
-}
+	struct req *r = NULL;
 
-int mnd_worker_save(struct mnd_worker *w, mnd_worker_save_cb cb, void *arg)
-{
-	struct save_req *r;
-
+	if (cb || save) {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return -ENOMEM;
+		r->save = save;
+		r->cb = cb;
+		r->arg = arg;
+	}
 	pthread_mutex_lock(&w->lock);
 	if (w->finished) {
 		pthread_mutex_unlock(&w->lock);
+		free(r);
 		return -ESHUTDOWN;
 	}
-	pthread_mutex_unlock(&w->lock);
-	r = calloc(1, sizeof(*r));
-	if (!r)
-		return -ENOMEM;
-	r->cb = cb;
-	r->arg = arg;
-	pthread_mutex_lock(&w->lock);
-	*w->saves_pending_tail = r;
-	w->saves_pending_tail = &r->next;
+	if (!save)
+		w->pause_requested = paused;
+	if (r) {
+		*w->pending_tail = r;
+		w->pending_tail = &r->next;
+	}
 	pthread_cond_signal(&w->wake);
 	pthread_mutex_unlock(&w->lock);
 	return 0;
+}
+
+int mnd_worker_set_paused(struct mnd_worker *w, bool paused, mnd_worker_cb cb, void *arg)
+{
+	return queue_request(w, false, paused, cb, arg);
+}
+
+int mnd_worker_save(struct mnd_worker *w, mnd_worker_cb cb, void *arg)
+{
+	return queue_request(w, true, false, cb, arg);
 }
 
 void mnd_worker_reconfigure(struct mnd_worker *w, const struct mn_config *cfg)
@@ -405,31 +484,16 @@ void mnd_worker_get_status(struct mnd_worker *w, struct mnd_worker_status *s)
 	pthread_mutex_unlock(&w->lock);
 }
 
-static void free_list(struct save_req *r)
-{
-	while (r) {
-		struct save_req *next = r->next;
-
-		r->cb(r->arg, -ESHUTDOWN, "", "the daemon is shutting down");
-		free(r);
-		r = next;
-	}
-}
-
-void mnd_worker_free(struct mnd_worker *w)
+void mnd_worker_close(struct mnd_worker *w)
 {
 	if (!w)
 		return;
-	if (w->thread_started)
+	if (w->thread_started) {
+		mnd_worker_stop(w);
 		uv_thread_join(&w->thread);
+		w->thread_started = false;
+	}
 	/* Deliver what the thread finished but the async has not yet reported. */
 	on_async(&w->async);
-	free_list(w->saves_pending);
-	uv_close((uv_handle_t *)&w->async, NULL);
-	uv_run(w->loop, UV_RUN_NOWAIT);
-	mn_trainer_free(w->trainer);
-	pthread_cond_destroy(&w->wake);
-	pthread_mutex_destroy(&w->lock);
-	free(w->config_json);
-	free(w);
+	uv_close((uv_handle_t *)&w->async, on_async_closed);
 }

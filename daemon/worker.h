@@ -32,8 +32,17 @@ struct mnd_worker_status {
 	char latest[MN_CKPT_MAX_NAME]; /* newest checkpoint published ("" if none) */
 };
 
-/* Called on the loop thread when a save request is done. name is "" on error. */
-typedef void (*mnd_worker_save_cb)(void *arg, int status, const char *name, const char *error);
+/* What a request (save, pause, resume) came to; passed to its callback. */
+struct mnd_worker_reply {
+	int status;        /* 0, or -errno: -ESHUTDOWN when the thread exited before it */
+	int64_t step;      /* global_step of the state the request was carried out on */
+	bool paused;       /* whether training is paused from that step on */
+	const char *name;  /* save: the checkpoint file published; "" otherwise */
+	const char *error; /* why it failed when status < 0; "" otherwise */
+};
+
+/* Called on the loop thread once a request is carried out (or failed). */
+typedef void (*mnd_worker_cb)(void *arg, const struct mnd_worker_reply *r);
 
 /* Called on the loop thread once the training thread has exited; status 0 or -errno. */
 typedef void (*mnd_worker_done_cb)(void *arg, int status);
@@ -52,15 +61,21 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 /* Asks the thread to finish its step, publish a checkpoint and exit. */
 void mnd_worker_stop(struct mnd_worker *w);
 
-/* Pauses or resumes training at the next step boundary. */
-void mnd_worker_set_paused(struct mnd_worker *w, bool paused);
+/*
+ * Pauses or resumes training at the next step boundary; cb (which may be
+ * NULL) runs once the thread has reached it. The latest call decides, so a
+ * pause followed by a resume before the boundary is answered, both of
+ * them, at the boundary where training goes on. -ENOMEM if the request
+ * cannot be queued, -ESHUTDOWN if the thread has exited.
+ */
+int mnd_worker_set_paused(struct mnd_worker *w, bool paused, mnd_worker_cb cb, void *arg);
 
 /*
  * Asks for a checkpoint of the current step; cb runs once it is durable (or
- * failed). Works while paused. -ENOMEM if the request cannot be queued,
- * -ESHUTDOWN if the thread has exited.
+ * failed), with the file's name and step. Works while paused. -ENOMEM if
+ * the request cannot be queued, -ESHUTDOWN if the thread has exited.
  */
-int mnd_worker_save(struct mnd_worker *w, mnd_worker_save_cb cb, void *arg);
+int mnd_worker_save(struct mnd_worker *w, mnd_worker_cb cb, void *arg);
 
 /* Applies the reloadable keys of cfg at the next step boundary. */
 void mnd_worker_reconfigure(struct mnd_worker *w, const struct mn_config *cfg);
@@ -69,10 +84,12 @@ void mnd_worker_reconfigure(struct mnd_worker *w, const struct mn_config *cfg);
 void mnd_worker_get_status(struct mnd_worker *w, struct mnd_worker_status *s);
 
 /*
- * Joins the thread (which must have finished: call after done) and frees
- * the worker; pending save callbacks are called with -ESHUTDOWN. The async
- * handle is closed; run the loop once more to let it close.
+ * Closes the worker: a thread still running is asked to stop (it publishes
+ * its checkpoint) and joined, which blocks, so call it after done; requests
+ * not carried out get their callback with -ESHUTDOWN, here. The memory is
+ * released once libuv has closed the async handle: run the loop after
+ * this. NULL is allowed.
  */
-void mnd_worker_free(struct mnd_worker *w);
+void mnd_worker_close(struct mnd_worker *w);
 
 #endif
