@@ -145,136 +145,6 @@ static int fail(char *err, size_t errlen, const char *name, int rc, const char *
 	return rc;
 }
 
-/* Offset of the first byte that is not well-formed UTF-8 (RFC 3629), or n. */
-static size_t utf8_invalid_at(const uint8_t *s, size_t n)
-{
-	size_t i = 0;
-
-	while (i < n) {
-		uint8_t c = s[i];
-		uint32_t cp, min;
-		size_t k;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if ((c & 0xe0) == 0xc0) {
-			k = 1, cp = c & 0x1f, min = 0x80;
-		} else if ((c & 0xf0) == 0xe0) {
-			k = 2, cp = c & 0x0f, min = 0x800;
-		} else if ((c & 0xf8) == 0xf0) {
-			k = 3, cp = c & 0x07, min = 0x10000;
-		} else {
-			return i;
-		}
-		if (n - i <= k)
-			return i;
-		for (size_t j = 1; j <= k; j++) {
-			if ((s[i + j] & 0xc0) != 0x80)
-				return i;
-			cp = cp << 6 | (s[i + j] & 0x3f);
-		}
-		/* Overlong forms and surrogates would let two spellings mean one name. */
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return i;
-		i += k + 1;
-	}
-	return n;
-}
-
-static bool is_utf8(const char *s)
-{
-	size_t n = strlen(s);
-
-	return utf8_invalid_at((const uint8_t *)s, n) == n;
-}
-
-/*
- * What cJSON accepts but JSON (and the safetensors reference reader) does
- * not. cJSON lets raw control characters into strings, decodes \u0000 into a
- * C string that then ends early, and reads "01", "1.0", "1e2" and "-0" as
- * integers. Run on text cJSON has already parsed, so the structure is sound.
- */
-struct lex {
-	size_t str_at; /* first bad string byte, or SIZE_MAX */
-	const char *str_why;
-	size_t num_at; /* first number that is not a plain non-negative integer */
-	size_t num_len;
-};
-
-static unsigned hex4(const char *p)
-{
-	unsigned v = 0;
-
-	for (int i = 0; i < 4; i++) {
-		char c = p[i];
-
-		v <<= 4;
-		if (c >= '0' && c <= '9')
-			v |= (unsigned)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			v |= (unsigned)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			v |= (unsigned)(c - 'A' + 10);
-	}
-	return v;
-}
-
-static void lex_scan(const char *s, size_t n, struct lex *lx)
-{
-	bool in_string = false;
-	size_t i = 0;
-
-	lx->str_at = lx->num_at = SIZE_MAX;
-	lx->str_why = NULL;
-	lx->num_len = 0;
-	while (i < n) {
-		unsigned char c = (unsigned char)s[i];
-
-		if (in_string) {
-			if (c == '"') {
-				in_string = false;
-			} else if (c == '\\') {
-				if (i + 1 < n && s[i + 1] == 'u' && i + 5 < n &&
-				    hex4(s + i + 2) == 0 && lx->str_at == SIZE_MAX) {
-					lx->str_at = i;
-					lx->str_why = "\\u0000 escape in a string";
-				}
-				i += (i + 1 < n && s[i + 1] == 'u') ? 6 : 2;
-				continue;
-			} else if (c < 0x20 && lx->str_at == SIZE_MAX) {
-				lx->str_at = i;
-				lx->str_why = "raw control character in a string";
-			}
-			i++;
-			continue;
-		}
-		if (c == '"') {
-			in_string = true;
-			i++;
-			continue;
-		}
-		if (c == '-' || (c >= '0' && c <= '9')) {
-			size_t j = i;
-			bool digits = true;
-
-			while (j < n && s[j] != '\0' && strchr("0123456789+-.eE", s[j])) {
-				if (s[j] < '0' || s[j] > '9')
-					digits = false;
-				j++;
-			}
-			if ((!digits || (s[i] == '0' && j - i > 1)) && lx->num_at == SIZE_MAX) {
-				lx->num_at = i;
-				lx->num_len = j - i;
-			}
-			i = j;
-			continue;
-		}
-		i++;
-	}
-}
-
 /* A JSON number that is an integer in [0, 2^53]. */
 static bool json_uint(const cJSON *j, uint64_t *out)
 {
@@ -308,23 +178,6 @@ static void describe_json(const cJSON *j, char *buf, size_t len)
 		snprintf(buf, len, "null");
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The first name that occurs twice (sorts names in place), or NULL. */
-static const char *find_duplicate(const char **names, size_t n)
-{
-	if (n < 2)
-		return NULL;
-	qsort(names, n, sizeof(*names), cmp_str);
-	for (size_t i = 1; i < n; i++)
-		if (strcmp(names[i - 1], names[i]) == 0)
-			return names[i];
-	return NULL;
-}
-
 /* A tensor while parsing: name points into the cJSON tree until copied out. */
 struct entry {
 	struct mn_tensor t;
@@ -343,15 +196,13 @@ static int cmp_entry(const void *a, const void *b)
 	return x->order < y->order ? -1 : (x->order > y->order);
 }
 
+/* A JSON array (the caller checked the type) of at most max integers in [0, 2^53]. */
 static int parse_uint_list(const cJSON *arr, const char *what, const char *tname, uint64_t *vals,
                            size_t *count, size_t max, const char *name, char *err, size_t errlen)
 {
 	size_t n = 0;
 	const cJSON *v;
 
-	if (!cJSON_IsArray(arr))
-		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": %s is not an array", tname,
-		            what);
 	cJSON_ArrayForEach(v, arr)
 	{
 		char desc[64];
@@ -376,7 +227,14 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
                         size_t errlen)
 {
 	const char *tn = m->string;
-	const cJSON *dtype = NULL, *shape = NULL, *offs = NULL, *v;
+	const cJSON *dtype, *shape, *offs;
+	const struct mn_json_member members[] = {
+	    {"dtype", cJSON_String, true, &dtype},
+	    {"shape", cJSON_Array, true, &shape},
+	    {"data_offsets", cJSON_Array, true, &offs},
+	};
+	enum mn_json_fault fault;
+	const char *bad;
 	uint64_t off[2], need;
 	size_t noff = 0, tlen = strlen(tn);
 	char sbuf[256];
@@ -391,31 +249,20 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
 	if (!cJSON_IsObject(m))
 		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": entry is not an object",
 		            tn);
-	cJSON_ArrayForEach(v, m)
-	{
-		const cJSON **slot;
-
-		if (strcmp(v->string, "dtype") == 0)
-			slot = &dtype;
-		else if (strcmp(v->string, "shape") == 0)
-			slot = &shape;
-		else if (strcmp(v->string, "data_offsets") == 0)
-			slot = &offs;
-		else
+	if (mn_json_members(m, members, 3, &fault, &bad) < 0) {
+		if (fault == MN_JSON_UNKNOWN)
 			return fail(err, errlen, name, -EINVAL,
-			            "tensor \"%s\": unexpected member \"%.64s\"", tn, v->string);
-		if (*slot)
+			            "tensor \"%s\": unexpected member \"%.64s\"", tn, bad);
+		if (fault == MN_JSON_DUPLICATE)
 			return fail(err, errlen, name, -EINVAL,
-			            "tensor \"%s\": duplicate member \"%s\"", tn, v->string);
-		*slot = v;
+			            "tensor \"%s\": duplicate member \"%s\"", tn, bad);
+		if (fault == MN_JSON_MISSING)
+			return fail(err, errlen, name, -EINVAL, "tensor \"%s\": missing \"%s\"", tn,
+			            bad);
+		return fail(
+		    err, errlen, name, -EINVAL, "tensor \"%s\": %s is not %s", tn, bad,
+		    mn_json_type_name(strcmp(bad, "dtype") == 0 ? cJSON_String : cJSON_Array));
 	}
-	if (!dtype || !shape || !offs)
-		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": missing \"%s\"", tn,
-		            !dtype   ? "dtype"
-		            : !shape ? "shape"
-		                     : "data_offsets");
-	if (!cJSON_IsString(dtype))
-		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": dtype is not a string", tn);
 	if (mn_dtype_parse(dtype->valuestring, &e->t.dtype) < 0)
 		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": unknown dtype \"%.32s\"",
 		            tn, dtype->valuestring);
@@ -565,13 +412,12 @@ struct parse {
 	size_t hlen;         /* header length as stored (with padding) */
 	const uint8_t *data; /* the data buffer */
 	size_t dlen;
-	char *text; /* the header without padding, NUL-terminated */
+	const char *text; /* the header without padding (not NUL-terminated) */
+	size_t tlen;
 	cJSON *root;
-	struct lex lx;
 	struct entry *ents; /* tensors, sorted by offset after check_layout */
 	size_t nt;
-	const char **names, **keys; /* scratch for duplicate checks */
-	const cJSON *md;            /* __metadata__, or NULL */
+	const cJSON *md; /* __metadata__, or NULL */
 	size_t nm;
 };
 
@@ -603,46 +449,43 @@ static int parse_length(struct parse *p, const uint8_t *buf, size_t len)
 	return 0;
 }
 
-/* Stage 2: the header's bytes as text, and that text as one JSON object. */
+/* Stage 2: the header's bytes as strict JSON (json.h's rules, and UTF-8), one object. */
 static int parse_header_text(struct parse *p, const uint8_t *hdr)
 {
-	size_t hlen = p->hlen, at;
-	const char *pend = NULL;
+	struct mn_json_error e;
+	size_t hlen = p->hlen;
+	int rc;
 
-	/* cJSON would stop at a NUL and accept whatever came before it. */
-	if (memchr(hdr, '\0', hlen)) {
-		at = (size_t)((const uint8_t *)memchr(hdr, '\0', hlen) - hdr);
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "header has a NUL byte at header byte %zu", at);
-	}
-	at = utf8_invalid_at(hdr, hlen);
-	if (at != hlen)
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "header is not valid UTF-8 at header byte %zu", at);
 	/* Trailing spaces are the alignment padding, not part of the JSON. */
 	while (hlen > 0 && hdr[hlen - 1] == ' ')
 		hlen--;
 	if (hlen == 0)
 		return fail(p->err, p->errlen, p->name, -EINVAL, "header is empty");
-	p->text = malloc(hlen + 1);
-	if (!p->text)
-		return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
-	memcpy(p->text, hdr, hlen);
-	p->text[hlen] = '\0';
-	p->root = cJSON_ParseWithLengthOpts(p->text, hlen + 1, &pend, 1);
-	if (!p->root) {
-		at = pend && pend >= p->text && pend <= p->text + hlen ? (size_t)(pend - p->text)
-		                                                       : 0;
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "header is not valid JSON (error at header byte %zu)", at);
-	}
+	p->text = (const char *)hdr;
+	p->tlen = hlen;
+	rc = mn_json_parse(p->text, hlen, MN_JSON_UTF8, &p->root, &e);
+	if (rc == -ENOMEM)
+		return fail(p->err, p->errlen, p->name, rc, "out of memory");
+	if (rc < 0 && e.rule == MN_JSON_RULE_UTF8)
+		return fail(p->err, p->errlen, p->name, rc,
+		            "header is not valid UTF-8 at header byte %zu", e.at);
+	if (rc < 0 && e.rule == MN_JSON_RULE_SYNTAX)
+		return fail(p->err, p->errlen, p->name, rc,
+		            "header is not valid JSON (error at header byte %zu)", e.at);
+	if (rc < 0)
+		return fail(p->err, p->errlen, p->name, rc, "header has a %s at header byte %zu",
+		            e.what, e.at);
 	if (!cJSON_IsObject(p->root))
 		return fail(p->err, p->errlen, p->name, -EINVAL, "header is not a JSON object");
-	lex_scan(p->text, hlen, &p->lx);
-	if (p->lx.str_at != SIZE_MAX)
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "header has a %s at header byte %zu", p->lx.str_why, p->lx.str_at);
 	return 0;
+}
+
+/* The first name obj has twice, or NULL; -ENOMEM reported through p. */
+static int first_duplicate(struct parse *p, const cJSON *obj, const char **dup)
+{
+	int rc = mn_json_first_duplicate(obj, dup);
+
+	return rc < 0 ? fail(p->err, p->errlen, p->name, rc, "out of memory") : 0;
 }
 
 /* __metadata__: an object of string values with unique keys. */
@@ -650,48 +493,43 @@ static int parse_metadata(struct parse *p, const cJSON *md)
 {
 	const cJSON *v;
 	const char *dup;
+	int rc;
 
 	p->md = md;
 	if (!cJSON_IsObject(md))
 		return fail(p->err, p->errlen, p->name, -EINVAL, "__metadata__ is not an object");
-	cJSON_ArrayForEach(v, md) p->nm++;
-	p->keys = calloc(p->nm + 1, sizeof(*p->keys));
-	if (!p->keys)
-		return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
-	p->nm = 0;
 	cJSON_ArrayForEach(v, md)
 	{
 		if (!cJSON_IsString(v) || !v->valuestring)
 			return fail(p->err, p->errlen, p->name, -EINVAL,
 			            "__metadata__ value of \"%.64s\" is not a string", v->string);
-		p->keys[p->nm++] = v->string;
+		p->nm++;
 	}
-	dup = find_duplicate(p->keys, p->nm);
-	if (dup)
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "duplicate __metadata__ key \"%.64s\"", dup);
-	return 0;
+	rc = first_duplicate(p, md, &dup);
+	if (rc == 0 && dup)
+		rc = fail(p->err, p->errlen, p->name, -EINVAL,
+		          "duplicate __metadata__ key \"%.64s\"", dup);
+	return rc;
 }
 
 /* Stage 3: the members, unique by name: each tensor entry, and the metadata. */
 static int parse_members(struct parse *p)
 {
-	size_t nmembers = 0, at = 0;
+	size_t nmembers = 0, at, nlen;
 	const cJSON *m;
 	const char *dup;
 	int rc;
 
 	cJSON_ArrayForEach(m, p->root) nmembers++;
-	p->names = calloc(nmembers + 1, sizeof(*p->names));
 	p->ents = calloc(nmembers + 1, sizeof(*p->ents));
-	if (!p->names || !p->ents)
+	if (!p->ents)
 		return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
-	/* cJSON keeps every duplicate; a reader that took the first or last would disagree. */
-	cJSON_ArrayForEach(m, p->root) p->names[at++] = m->string;
-	dup = find_duplicate(p->names, nmembers);
-	if (dup)
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "duplicate name \"%.64s\" in header", dup);
+	rc = first_duplicate(p, p->root, &dup);
+	if (rc == 0 && dup)
+		rc = fail(p->err, p->errlen, p->name, -EINVAL, "duplicate name \"%.64s\" in header",
+		          dup);
+	if (rc < 0)
+		return rc;
 	cJSON_ArrayForEach(m, p->root)
 	{
 		if (strcmp(m->string, METADATA_KEY) == 0) {
@@ -705,12 +543,12 @@ static int parse_members(struct parse *p)
 			return rc;
 	}
 	/* Last, so that shape and offset errors above get their more specific messages. */
-	if (p->lx.num_at != SIZE_MAX)
+	at = mn_json_first_non_integer(p->text, p->tlen, &nlen);
+	if (at != SIZE_MAX)
 		return fail(p->err, p->errlen, p->name, -EINVAL,
 		            "header number \"%.*s\" at header byte %zu is not a plain non-negative "
 		            "integer",
-		            (int)(p->lx.num_len > 32 ? 32 : p->lx.num_len), p->text + p->lx.num_at,
-		            p->lx.num_at);
+		            (int)(nlen > 32 ? 32 : nlen), p->text + at, at);
 	return 0;
 }
 
@@ -831,9 +669,6 @@ static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, un
 		rc = build(&p, &buf, len, owned, out);
 out:
 	cJSON_Delete(p.root);
-	free(p.text);
-	free(p.names);
-	free(p.keys);
 	free(p.ents);
 	if (owned)
 		free(buf);
@@ -1056,7 +891,7 @@ static int check_inputs(const struct mn_tensor *tensors, size_t nt, const struct
 		uint64_t nb;
 
 		if (!t->name || !*t->name || strlen(t->name) >= MN_CKPT_MAX_NAME ||
-		    strcmp(t->name, METADATA_KEY) == 0 || !is_utf8(t->name)) {
+		    strcmp(t->name, METADATA_KEY) == 0 || !mn_json_utf8(t->name, strlen(t->name))) {
 			mn_errf(err, errlen, "tensor %zu: invalid name \"%.64s\"", i,
 			        t->name ? t->name : "(null)");
 			goto fail;
@@ -1084,14 +919,15 @@ static int check_inputs(const struct mn_tensor *tensors, size_t nt, const struct
 		total += nb;
 		names[i] = t->name;
 	}
-	dup = find_duplicate(names, nt);
+	dup = mn_json_first_duplicate_name(names, nt);
 	if (dup) {
 		mn_errf(err, errlen, "duplicate tensor name \"%.64s\"", dup);
 		goto fail;
 	}
 	for (size_t i = 0; i < nm; i++) {
-		if (!meta[i].key || !meta[i].value || !is_utf8(meta[i].key) ||
-		    !is_utf8(meta[i].value)) {
+		if (!meta[i].key || !meta[i].value ||
+		    !mn_json_utf8(meta[i].key, strlen(meta[i].key)) ||
+		    !mn_json_utf8(meta[i].value, strlen(meta[i].value))) {
 			mn_errf(err, errlen, "metadata entry %zu: invalid key or value", i);
 			goto fail;
 		}
@@ -1102,7 +938,7 @@ static int check_inputs(const struct mn_tensor *tensors, size_t nt, const struct
 		}
 		names[i] = meta[i].key;
 	}
-	dup = find_duplicate(names, nm);
+	dup = mn_json_first_duplicate_name(names, nm);
 	if (dup) {
 		mn_errf(err, errlen, "duplicate metadata key \"%.64s\"", dup);
 		goto fail;

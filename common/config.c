@@ -95,8 +95,6 @@ struct key {
 	}
 
 static const char *const watch_names[] = {"auto", "events", "poll", NULL};
-static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
-static const char *const format_names[] = {"text", "json", NULL};
 static const int64_t hidden_default[] = {500};
 
 _Static_assert(sizeof(enum mn_watch_mode) == sizeof(int), "enums are stored as int");
@@ -148,8 +146,8 @@ static const struct key keys[] = {
     ENUM("eval.watch", eval.watch, enum mn_watch_mode, watch_names, MN_WATCH_AUTO, 0),
     INT("eval.poll_interval_ms", eval.poll_interval_ms, 10, 3600000, 1000, 0),
     STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
-    ENUM("log.level", log.level, enum mn_log_level, level_names, MN_LOG_INFO, KF_RELOAD),
-    ENUM("log.format", log.format, enum mn_log_format, format_names, MN_LOG_TEXT, 0),
+    ENUM("log.level", log.level, enum mn_log_level, mn_log_level_names, MN_LOG_INFO, KF_RELOAD),
+    ENUM("log.format", log.format, enum mn_log_format, mn_log_format_names, MN_LOG_TEXT, 0),
     STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
 };
 

@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "log.h"
 #include "mlp.h"
 
 #define MN_CONFIG_PATH_MAX 1024
@@ -26,8 +27,6 @@
 #define MN_CONFIG_FILE_MAX (1 << 20)
 
 enum mn_watch_mode { MN_WATCH_AUTO, MN_WATCH_EVENTS, MN_WATCH_POLL };
-enum mn_log_format { MN_LOG_TEXT, MN_LOG_JSON };
-enum mn_log_level { MN_LOG_DEBUG, MN_LOG_INFO, MN_LOG_WARN, MN_LOG_ERROR };
 
 /* One "<name in this model>": "<name in that file>" pair of init_from.map. */
 struct mn_config_rename {

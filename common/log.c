@@ -36,13 +36,14 @@ static unsigned long log_gen;
 static enum mn_log_format log_format = MN_LOG_TEXT;
 static enum mn_log_level log_level = MN_LOG_INFO;
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
+const char *const mn_log_level_names[] = {"debug", "info", "warn", "error", NULL};
+const char *const mn_log_format_names[] = {"text", "json", NULL};
 
 const char *mn_log_level_name(enum mn_log_level level)
 {
-	if ((int)level < 0 || (size_t)level >= sizeof(level_names) / sizeof(level_names[0]))
+	if ((int)level < 0 || level > MN_LOG_ERROR)
 		return "unknown";
-	return level_names[level];
+	return mn_log_level_names[level];
 }
 
 static int open_file(const char *path, int *fd, char *err, size_t errlen)

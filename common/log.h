@@ -16,8 +16,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"
 #include "util.h"
+
+enum mn_log_format { MN_LOG_TEXT, MN_LOG_JSON };
+enum mn_log_level { MN_LOG_DEBUG, MN_LOG_INFO, MN_LOG_WARN, MN_LOG_ERROR };
+
+/*
+ * The names of the levels ("debug", "info", "warn", "error") and formats
+ * ("text", "json"), indexed by the enums and NULL-terminated: the one table
+ * the configuration's log.level and log.format are read against.
+ */
+extern const char *const mn_log_level_names[];
+extern const char *const mn_log_format_names[];
 
 enum mn_log_field_type { MN_LF_STR, MN_LF_INT, MN_LF_DBL, MN_LF_BOOL };
 
@@ -56,7 +66,7 @@ void mn_log_close(void);
 void mn_log_set_level(enum mn_log_level level);
 enum mn_log_level mn_log_get_level(void);
 
-/* "debug", "info", "warn", "error". */
+/* mn_log_level_names[level], or "unknown" out of range. */
 const char *mn_log_level_name(enum mn_log_level level);
 
 /* A line with a message and structured fields (text: key=value, strings quoted when needed). */
@@ -65,10 +75,5 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 
 /* A line with a printf-formatted message and no fields. */
 void mn_log(enum mn_log_level level, const char *fmt, ...) MN_PRINTF(2, 3);
-
-#define mn_debug(...) mn_log(MN_LOG_DEBUG, __VA_ARGS__)
-#define mn_info(...)  mn_log(MN_LOG_INFO, __VA_ARGS__)
-#define mn_warn(...)  mn_log(MN_LOG_WARN, __VA_ARGS__)
-#define mn_error(...) mn_log(MN_LOG_ERROR, __VA_ARGS__)
 
 #endif

@@ -169,16 +169,16 @@ START_TEST(test_levels)
 
 	open_log(MN_LOG_TEXT, MN_LOG_WARN);
 	ck_assert_int_eq(mn_log_get_level(), MN_LOG_WARN);
-	mn_debug("d1");
-	mn_info("i1");
-	mn_warn("w1");
-	mn_error("e1");
+	mn_log(MN_LOG_DEBUG, "d1");
+	mn_log(MN_LOG_INFO, "i1");
+	mn_log(MN_LOG_WARN, "w1");
+	mn_log(MN_LOG_ERROR, "e1");
 	mn_log_set_level(MN_LOG_DEBUG);
 	ck_assert_int_eq(mn_log_get_level(), MN_LOG_DEBUG);
-	mn_debug("d2");
+	mn_log(MN_LOG_DEBUG, "d2");
 	mn_log_set_level(MN_LOG_ERROR);
 	mn_log_fields(MN_LOG_WARN, "w2", NULL, 0);
-	mn_error("e2");
+	mn_log(MN_LOG_ERROR, "e2");
 	text = slurp(logpath);
 	ck_assert_msg(matches("^" TIME_RE " warn w1\n" TIME_RE " error e1\n" TIME_RE
 	                      " debug d2\n" TIME_RE " error e2\n$",
@@ -198,8 +198,8 @@ START_TEST(test_open_errors)
 	ck_assert_int_eq(mn_log_open(bad, MN_LOG_JSON, MN_LOG_DEBUG, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err, bad));
 	/* The old log, format and level stay. */
-	mn_debug("hidden");
-	mn_info("kept");
+	mn_log(MN_LOG_DEBUG, "hidden");
+	mn_log(MN_LOG_INFO, "kept");
 	text = slurp(logpath);
 	ck_assert(matches("^" TIME_RE " info kept\n$", text));
 	free(text);
@@ -230,12 +230,12 @@ START_TEST(test_reopen)
 	ck_assert_int_eq(mn_log_reopen(err, sizeof(err)), 0);
 
 	open_log(MN_LOG_TEXT, MN_LOG_INFO);
-	mn_info("one");
+	mn_log(MN_LOG_INFO, "one");
 	snprintf(rotated, sizeof(rotated), "%s.1", logpath);
 	ck_assert_int_eq(rename(logpath, rotated), 0);
-	mn_info("two"); /* still to the renamed file, like any daemon before SIGHUP */
+	mn_log(MN_LOG_INFO, "two"); /* still to the renamed file, like any daemon before SIGHUP */
 	ck_assert_int_eq(mn_log_reopen(err, sizeof(err)), 0);
-	mn_info("three");
+	mn_log(MN_LOG_INFO, "three");
 	text = slurp(rotated);
 	ck_assert_msg(matches("^" TIME_RE " info one\n" TIME_RE " info two\n$", text), "%s", text);
 	free(text);
@@ -248,7 +248,7 @@ START_TEST(test_reopen)
 	ck_assert_int_eq(mkdir(logpath, 0700), 0);
 	ck_assert_int_eq(mn_log_reopen(err, sizeof(err)), -EISDIR);
 	ck_assert_ptr_nonnull(strstr(err, logpath));
-	mn_info("four");
+	mn_log(MN_LOG_INFO, "four");
 	text = slurp(rotated);
 	ck_assert_msg(matches("^" TIME_RE " info three\n" TIME_RE " info four\n$", text), "%s",
 	              text);
@@ -269,11 +269,11 @@ START_TEST(test_stderr_before_open)
 	saved = dup(STDERR_FILENO);
 	ck_assert_int_ge(saved, 0);
 	ck_assert_int_eq(dup2(fd, STDERR_FILENO), STDERR_FILENO);
-	mn_debug("not shown");
-	mn_info("before open");
+	mn_log(MN_LOG_DEBUG, "not shown");
+	mn_log(MN_LOG_INFO, "before open");
 	open_log(MN_LOG_JSON, MN_LOG_DEBUG);
 	mn_log_close();
-	mn_debug("after close");
+	mn_log(MN_LOG_DEBUG, "after close");
 	ck_assert_int_eq(dup2(saved, STDERR_FILENO), STDERR_FILENO);
 	close(saved);
 	close(fd);
@@ -305,7 +305,7 @@ START_TEST(test_truncation)
 
 	open_log(MN_LOG_TEXT, MN_LOG_INFO);
 	mn_log_fields(MN_LOG_INFO, "long", f, 3);
-	mn_info("%s", big);
+	mn_log(MN_LOG_INFO, "%s", big);
 	text = slurp(logpath);
 	line2 = strchr(text, '\n') + 1;
 	ck_assert_uint_le((size_t)(line2 - text), 16384);
@@ -318,11 +318,11 @@ START_TEST(test_truncation)
 	ck_assert_int_eq(unlink(logpath), 0);
 	open_log(MN_LOG_JSON, MN_LOG_INFO);
 	mn_log_fields(MN_LOG_INFO, "long", f, 3);
-	mn_info("%s", big);
+	mn_log(MN_LOG_INFO, "%s", big);
 	/* Control characters escape to six bytes each: the worst case. */
 	memset(big, '\x01', 20000);
 	big[20000] = '\0';
-	mn_info("%s", big);
+	mn_log(MN_LOG_INFO, "%s", big);
 	text = slurp(logpath);
 	for (char *line = text, *end; *line; line = end + 1) {
 		end = strchr(line, '\n');
