@@ -249,7 +249,7 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
 	if (!cJSON_IsObject(m))
 		return fail(err, errlen, name, -EINVAL, "tensor \"%s\": entry is not an object",
 		            tn);
-	if (mn_json_members(m, members, 3, &fault, &bad) < 0) {
+	if (mn_json_members(m, members, 3, false, &fault, &bad) < 0) {
 		if (fault == MN_JSON_UNKNOWN)
 			return fail(err, errlen, name, -EINVAL,
 			            "tensor \"%s\": unexpected member \"%.64s\"", tn, bad);

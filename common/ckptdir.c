@@ -242,12 +242,28 @@ out:
 	return rc;
 }
 
+/* Absent, or an array of strings. */
+static bool names_array(const cJSON *all)
+{
+	const cJSON *v;
+	bool ok = !all || cJSON_IsArray(all);
+
+	cJSON_ArrayForEach(v, all) ok = ok && cJSON_IsString(v);
+	return ok;
+}
+
 int mn_ckptdir_index_latest(const char *dir, char *latest, size_t len, char *err, size_t errlen)
 {
 	char path[PATH_MAX], *text = NULL;
-	const cJSON *l, *all, *v;
+	const cJSON *l, *all;
+	const struct mn_json_member members[] = {
+	    {"latest", cJSON_String, true, &l},
+	    {"all", 0, false, &all},
+	};
+	struct mn_json_error e;
+	const char *bad = NULL;
 	cJSON *root = NULL;
-	size_t tlen = 0, nlatest = 0;
+	size_t tlen = 0;
 	int rc, w;
 
 	if (!dir || !latest || len == 0) {
@@ -264,31 +280,30 @@ int mn_ckptdir_index_latest(const char *dir, char *latest, size_t len, char *err
 		return -EINVAL;
 	if (rc < 0)
 		return rc;
-	rc = -EINVAL;
-	if (strlen(text) != tlen) {
+	rc = mn_json_parse(text, tlen, 0, &root, &e);
+	if (rc == -ENOMEM) {
+		mn_errf(err, errlen, "%s: out of memory", path);
+		goto out;
+	}
+	if (rc < 0 && e.rule == MN_JSON_RULE_NUL) {
 		mn_errf(err, errlen, "%s: contains a NUL byte", path);
 		goto out;
 	}
-	root = cJSON_ParseWithLengthOpts(text, tlen + 1, NULL, 1);
-	if (!cJSON_IsObject(root)) {
+	if (rc < 0 || !cJSON_IsObject(root)) {
 		mn_errf(err, errlen, "%s: not a JSON object", path);
+		rc = -EINVAL;
 		goto out;
 	}
-	cJSON_ArrayForEach(v, root) nlatest += strcmp(v->string, "latest") == 0;
-	l = cJSON_GetObjectItemCaseSensitive(root, "latest");
-	if (nlatest != 1 || !cJSON_IsString(l) || !plain_name(l->valuestring)) {
-		mn_errf(err, errlen, "%s: \"latest\" must be one plain file name", path);
-		goto out;
-	}
-	all = cJSON_GetObjectItemCaseSensitive(root, "all");
-	if (all) {
-		bool ok = cJSON_IsArray(all);
-
-		cJSON_ArrayForEach(v, all) ok = ok && cJSON_IsString(v);
-		if (!ok) {
+	rc = -EINVAL;
+	if (mn_json_members(root, members, 2, true, NULL, &bad) < 0 ||
+	    !plain_name(l->valuestring) || !names_array(all)) {
+		if (bad && strcmp(bad, "all") == 0)
 			mn_errf(err, errlen, "%s: \"all\" must be an array of file names", path);
-			goto out;
-		}
+		else if (bad || !plain_name(l->valuestring))
+			mn_errf(err, errlen, "%s: \"latest\" must be one plain file name", path);
+		else
+			mn_errf(err, errlen, "%s: \"all\" must be an array of file names", path);
+		goto out;
 	}
 	if (strlen(l->valuestring) >= len) {
 		mn_errf(err, errlen, "%s: latest file name too long", path);

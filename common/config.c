@@ -251,21 +251,10 @@ static size_t enum_count(const struct key *k)
 	return n;
 }
 
-/* Copies a key or section name for a message, replacing control bytes and capping its length. */
+/* A key or section name for a message (at most 64 bytes of it). */
 static void safe_name(char *dst, size_t len, const char *src)
 {
-	size_t i = 0;
-
-	for (; src && src[i] && i + 4 < len && i < 64; i++) {
-		unsigned char ch = (unsigned char)src[i];
-
-		dst[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-	}
-	if (src && src[i] && i + 4 < len) {
-		memcpy(dst + i, "...", 3);
-		i += 3;
-	}
-	dst[i] = '\0';
+	mn_printable(dst, len, src, 64);
 }
 
 /* The JSON text of a value for a message, shortened when long. */
@@ -285,65 +274,6 @@ static void describe(const cJSON *item, char *buf, size_t len)
 	else
 		snprintf(buf, len, "%s", s);
 	cJSON_free(s);
-}
-
-/* Position of byte off in text as 1-based line and column. */
-static void line_col(const char *text, size_t off, size_t *line, size_t *col)
-{
-	*line = 1;
-	*col = 1;
-	for (size_t i = 0; i < off; i++) {
-		if (text[i] == '\n') {
-			(*line)++;
-			*col = 1;
-		} else {
-			(*col)++;
-		}
-	}
-}
-
-/*
- * cJSON accepts what JSON forbids and silently truncates strings at an
- * escaped NUL ("dir\u0000x" would become "dir"), so the raw text is checked
- * first: no NUL byte anywhere, no \u0000 and no raw control byte in a string.
- */
-static int scan_text(const char *t, size_t len, char *err, size_t errlen)
-{
-	bool in_string = false;
-	const char *what = NULL;
-	size_t i, line, col;
-
-	for (i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)t[i];
-
-		if (ch == '\0') {
-			what = "NUL byte";
-			break;
-		}
-		if (!in_string) {
-			if (ch == '"')
-				in_string = true;
-			continue;
-		}
-		if (ch == '"') {
-			in_string = false;
-		} else if (ch < 0x20) {
-			what = "control character in a string (use an escape such as \\n)";
-			break;
-		} else if (ch == '\\' && i + 1 < len) {
-			if (t[i + 1] == 'u' && i + 5 < len && strncmp(t + i + 2, "0000", 4) == 0) {
-				what = "\\u0000 in a string";
-				break;
-			}
-			i++;
-		}
-	}
-	if (!what)
-		return 0;
-	line_col(t, i, &line, &col);
-	mn_errf(err, errlen, "invalid JSON at line %zu, column %zu (byte %zu): %s", line, col, i,
-	        what);
-	return -EINVAL;
 }
 
 /* The value described for "must be ..." messages. */
@@ -430,21 +360,18 @@ static bool json_str(const cJSON *item, size_t lo, size_t hi)
 	return n >= lo && n <= hi;
 }
 
-/* Whether a member of obj before item has the same name. */
-static bool duplicate(const cJSON *obj, const cJSON *item)
-{
-	for (const cJSON *p = obj->child; p && p != item; p = p->next)
-		if (p->string && item->string && strcmp(p->string, item->string) == 0)
-			return true;
-	return false;
-}
-
 /* ---- type handlers: set one key from JSON ---- */
 
 static int set_init_from(struct mn_config *c, const char *path, const cJSON *item, char *err,
                          size_t errlen)
 {
-	const cJSON *file = NULL, *map = NULL, *e;
+	const cJSON *file, *map, *e;
+	const struct mn_json_member members[] = {
+	    {"file", 0, true, &file},
+	    {"map", 0, false, &map},
+	};
+	enum mn_json_fault fault;
+	const char *bad;
 	char name[80], got[80];
 	size_t n = 0;
 
@@ -455,26 +382,16 @@ static int set_init_from(struct mn_config *c, const char *path, const cJSON *ite
 		return 0;
 	if (!cJSON_IsObject(item))
 		return bad_value(find_key(path), path, item, err, errlen);
-	cJSON_ArrayForEach(e, item)
-	{
-		safe_name(name, sizeof(name), e->string);
-		if (duplicate(item, e)) {
+	if (mn_json_members(item, members, 2, false, &fault, &bad) < 0) {
+		safe_name(name, sizeof(name), bad);
+		if (fault == MN_JSON_DUPLICATE)
 			mn_errf(err, errlen, "%s.%s: duplicate key", path, name);
-			return -EINVAL;
-		}
-		if (strcmp(e->string, "file") == 0) {
-			file = e;
-		} else if (strcmp(e->string, "map") == 0) {
-			map = e;
-		} else {
+		else if (fault == MN_JSON_UNKNOWN)
 			mn_errf(err, errlen, "%s.%s: unknown key (init_from has: file, map)", path,
 			        name);
-			return -EINVAL;
-		}
-	}
-	if (!file) {
-		mn_errf(err, errlen, "%s.file: missing (required when init_from is an object)",
-		        path);
+		else
+			mn_errf(err, errlen,
+			        "%s.file: missing (required when init_from is an object)", path);
 		return -EINVAL;
 	}
 	if (!json_str(file, 1, MN_CONFIG_PATH_MAX - 1)) {
@@ -508,7 +425,7 @@ static int set_init_from(struct mn_config *c, const char *path, const cJSON *ite
 			        path, MN_CONFIG_NAME_MAX - 1, name);
 			return -EINVAL;
 		}
-		if (duplicate(map, e)) {
+		if (mn_json_duplicate(map, e)) {
 			mn_errf(err, errlen, "%s.map.%s: duplicate key", path, name);
 			return -EINVAL;
 		}
@@ -732,7 +649,7 @@ static int apply_section(const cJSON *sec, struct mn_config *c, char *err, size_
 
 		safe_name(kname, sizeof(kname), item->string);
 		snprintf(path, sizeof(path), "%s.%s", sname, kname);
-		if (duplicate(sec, item)) {
+		if (mn_json_duplicate(sec, item)) {
 			mn_errf(err, errlen, "%s: duplicate key", path);
 			return -EINVAL;
 		}
@@ -773,7 +690,7 @@ static int apply_root(const cJSON *root, struct mn_config *c, char *err, size_t 
 			known = is_section(&keys[i], sec->string);
 		if (!known)
 			return unknown_section(sec->string, err, errlen);
-		if (duplicate(root, sec)) {
+		if (mn_json_duplicate(root, sec)) {
 			char sname[80];
 
 			safe_name(sname, sizeof(sname), sec->string);
@@ -791,9 +708,8 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
                     size_t errlen)
 {
 	struct mn_config *tmp = NULL;
-	const char *end = NULL;
+	struct mn_json_error e;
 	cJSON *root = NULL;
-	char *copy = NULL;
 	int rc;
 
 	if (!name)
@@ -802,41 +718,31 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
 		mn_errf(err, errlen, "%s: larger than %d bytes", name, MN_CONFIG_FILE_MAX);
 		return -EFBIG;
 	}
-	rc = scan_text(json, len, err, errlen);
-	if (rc < 0)
-		goto fail_prefix;
 	tmp = malloc(sizeof(*tmp));
-	copy = malloc(len + 1);
-	if (!tmp || !copy) {
+	rc = tmp ? mn_json_parse(json, len, 0, &root, &e) : -ENOMEM;
+	if (rc == -ENOMEM) {
 		mn_errf(err, errlen, "%s: out of memory", name);
-		rc = -ENOMEM;
 		goto out;
 	}
-	memcpy(copy, json, len);
-	copy[len] = '\0';
-	root = cJSON_ParseWithLengthOpts(copy, len + 1, &end, true);
-	if (!root) {
-		size_t off = end ? (size_t)(end - copy) : 0, line, col;
-
-		if (off > len)
-			off = len;
-		line_col(copy, off, &line, &col);
+	if (rc < 0 && e.rule == MN_JSON_RULE_SYNTAX) {
 		mn_errf(err, errlen, "%s: invalid JSON at line %zu, column %zu (byte %zu)", name,
-		        line, col, off);
-		rc = -EINVAL;
+		        e.line, e.col, e.at);
+		goto out;
+	}
+	if (rc < 0) {
+		mn_errf(err, errlen, "%s: invalid JSON at line %zu, column %zu (byte %zu): %s",
+		        name, e.line, e.col, e.at, e.what);
 		goto out;
 	}
 	mn_config_defaults(tmp);
 	rc = apply_root(root, tmp, err, errlen);
-	if (rc < 0)
-		goto fail_prefix;
+	if (rc < 0) {
+		mn_errprefix(err, errlen, "%s", name);
+		goto out;
+	}
 	*c = *tmp;
-	goto out;
-fail_prefix:
-	mn_errprefix(err, errlen, "%s", name);
 out:
 	cJSON_Delete(root);
-	free(copy);
 	free(tmp);
 	return rc;
 }

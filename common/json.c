@@ -161,13 +161,14 @@ static void lex_scan(const char *s, size_t n, struct lex *lx)
 				if (i + 1 < n && s[i + 1] == 'u' && i + 5 < n &&
 				    hex4(s + i + 2) == 0 && lx->str_at == SIZE_MAX) {
 					lx->str_at = i;
-					lx->str_why = "\\u0000 escape in a string";
+					lx->str_why = "\\u0000 in a string";
 				}
 				i += (i + 1 < n && s[i + 1] == 'u') ? 6 : 2;
 				continue;
 			} else if (c < 0x20 && lx->str_at == SIZE_MAX) {
 				lx->str_at = i;
-				lx->str_why = "raw control character in a string";
+				lx->str_why =
+				    "raw control character in a string (use an escape such as \\n)";
 			}
 			i++;
 			continue;
@@ -213,7 +214,7 @@ int mn_json_parse(const char *text, size_t len, unsigned flags, cJSON **out,
 	if (at != len)
 		return fault(text, at, MN_JSON_RULE_UTF8, "invalid UTF-8", e);
 	lex_scan(text, len, &lx);
-	if (lx.str_at != SIZE_MAX)
+	if (lx.str_at != SIZE_MAX && !(flags & MN_JSON_OPAQUE_STRINGS))
 		return fault(text, lx.str_at, MN_JSON_RULE_STRING, lx.str_why, e);
 	/* cJSON reads up to a NUL: give it exactly these bytes, terminated. */
 	copy = malloc(len + 1);
@@ -244,7 +245,7 @@ size_t mn_json_first_non_integer(const char *text, size_t len, size_t *nlen)
 	return lx.num_at;
 }
 
-int mn_json_members(const cJSON *obj, const struct mn_json_member *table, size_t n,
+int mn_json_members(const cJSON *obj, const struct mn_json_member *table, size_t n, bool others,
                     enum mn_json_fault *fault_out, const char **name)
 {
 	enum mn_json_fault f = MN_JSON_UNKNOWN;
@@ -260,6 +261,8 @@ int mn_json_members(const cJSON *obj, const struct mn_json_member *table, size_t
 
 		while (i < n && strcmp(table[i].name, k) != 0)
 			i++;
+		if (i == n && others)
+			continue;
 		if (i == n || *table[i].value) {
 			f = i == n ? MN_JSON_UNKNOWN : MN_JSON_DUPLICATE;
 			bad = k;

@@ -73,6 +73,12 @@ struct mn_json_error {
 enum {
 	/* The text must be well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates). */
 	MN_JSON_UTF8 = 1 << 0,
+	/*
+	 * Strings may hold raw control characters and \u0000: for a reader that
+	 * only compares them with names it knows (a control request), where
+	 * such a string is simply no known name.
+	 */
+	MN_JSON_OPAQUE_STRINGS = 1 << 1,
 };
 
 /*
@@ -113,12 +119,13 @@ struct mn_json_member {
 
 /*
  * Checks obj against n table entries: first every member in document order
- * (one the table does not name, or a second of one name), then the required
- * ones in table order, then the types in table order, and reports the first
- * fault in *fault with the member's name in *name (NULL-safe: either may be
- * NULL). Returns 0, with every value set, or -EINVAL.
+ * (one the table does not name, unless others allows it, or a second of
+ * one the table names), then the required ones in table order, then the
+ * types in table order, and reports the first fault in *fault with the
+ * member's name in *name (either may be NULL). Returns 0, with every value
+ * set, or -EINVAL.
  */
-int mn_json_members(const cJSON *obj, const struct mn_json_member *table, size_t n,
+int mn_json_members(const cJSON *obj, const struct mn_json_member *table, size_t n, bool others,
                     enum mn_json_fault *fault, const char **name);
 
 /* Whether a member of obj before item has item's name. */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "util.h"
 
 size_t mn_arch_layers(const struct mn_arch *a)
@@ -162,63 +163,58 @@ static int json_size(const cJSON *item, const char *what, size_t *out, char *err
 	return 0;
 }
 
+/* The four members of an architecture object, each once. */
+static int arch_members(const cJSON *root, const cJSON **input, const cJSON **hidden,
+                        const cJSON **output, const cJSON **activation, char *err, size_t errlen)
+{
+	const struct mn_json_member members[] = {
+	    {"input", 0, true, input},
+	    {"hidden", 0, true, hidden},
+	    {"output", 0, true, output},
+	    {"activation", 0, true, activation},
+	};
+	enum mn_json_fault fault;
+	const char *bad;
+
+	if (!cJSON_IsObject(root)) {
+		mn_errf(err, errlen, "architecture: must be a JSON object");
+		return -EINVAL;
+	}
+	if (mn_json_members(root, members, 4, false, &fault, &bad) == 0)
+		return 0;
+	if (fault == MN_JSON_UNKNOWN)
+		mn_errf(err, errlen, "architecture: unknown key \"%.64s\"", bad);
+	else if (fault == MN_JSON_DUPLICATE)
+		mn_errf(err, errlen, "architecture: duplicate key \"%s\"", bad);
+	else
+		mn_errf(err, errlen, "architecture: missing key \"%s\"", bad);
+	return -EINVAL;
+}
+
 int mn_arch_from_json(const char *json, struct mn_arch *a, char *err, size_t errlen)
 {
-	const cJSON *input = NULL, *hidden = NULL, *output = NULL, *activation = NULL;
-	const cJSON *it;
+	const cJSON *input, *hidden, *output, *activation, *it;
+	struct mn_json_error e;
 	struct mn_arch r;
-	cJSON *root;
+	cJSON *root = NULL;
 	char what[32];
-	int rc = -EINVAL;
+	int rc;
 
 	memset(&r, 0, sizeof(r));
 	if (!json) {
 		mn_errf(err, errlen, "architecture: missing");
 		return -EINVAL;
 	}
-	root = cJSON_Parse(json);
-	if (!root) {
-		mn_errf(err, errlen, "architecture: not valid JSON");
-		return -EINVAL;
+	rc = mn_json_parse(json, strlen(json), 0, &root, &e);
+	if (rc < 0) {
+		mn_errf(err, errlen,
+		        rc == -ENOMEM ? "architecture: out of memory"
+		                      : "architecture: not valid JSON");
+		return rc;
 	}
-	if (!cJSON_IsObject(root)) {
-		mn_errf(err, errlen, "architecture: must be a JSON object");
+	rc = arch_members(root, &input, &hidden, &output, &activation, err, errlen);
+	if (rc < 0)
 		goto out;
-	}
-	cJSON_ArrayForEach(it, root)
-	{
-		const cJSON **slot;
-
-		if (!it->string) {
-			mn_errf(err, errlen, "architecture: malformed object");
-			goto out;
-		}
-		if (strcmp(it->string, "input") == 0)
-			slot = &input;
-		else if (strcmp(it->string, "hidden") == 0)
-			slot = &hidden;
-		else if (strcmp(it->string, "output") == 0)
-			slot = &output;
-		else if (strcmp(it->string, "activation") == 0)
-			slot = &activation;
-		else {
-			mn_errf(err, errlen, "architecture: unknown key \"%.64s\"", it->string);
-			goto out;
-		}
-		if (*slot) {
-			mn_errf(err, errlen, "architecture: duplicate key \"%s\"", it->string);
-			goto out;
-		}
-		*slot = it;
-	}
-	if (!input || !hidden || !output || !activation) {
-		mn_errf(err, errlen, "architecture: missing key \"%s\"",
-		        !input    ? "input"
-		        : !hidden ? "hidden"
-		        : !output ? "output"
-		                  : "activation");
-		goto out;
-	}
 	if ((rc = json_size(input, "input", &r.input, err, errlen)) < 0)
 		goto out;
 	if ((rc = json_size(output, "output", &r.output, err, errlen)) < 0)

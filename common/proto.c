@@ -121,58 +121,46 @@ size_t mn_framer_pending(const struct mn_framer *f)
 	return f->end - f->start;
 }
 
-/* Copies at most 32 bytes of s for an error message, printable ASCII only. */
-static void sanitize(const char *s, char *out, size_t outlen)
+/* The request's "cmd" member, read by json.h's rules; *root holds it (free it either way). */
+static int request_cmd(const char *line, size_t len, cJSON **root, const cJSON **c, char *err,
+                       size_t errlen)
 {
-	size_t i = 0;
+	const struct mn_json_member members[] = {{"cmd", cJSON_String, true, c}};
+	struct mn_json_error e;
+	enum mn_json_fault fault;
+	/* Exactly len bytes: the caller's buffer need not be NUL-terminated. */
+	int rc = mn_json_parse(line, len, MN_JSON_OPAQUE_STRINGS, root, &e);
 
-	for (; s[i] && i < 32 && i + 1 < outlen; i++)
-		out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-	if (s[i] && i + 4 < outlen) {
-		memcpy(out + i, "...", 3);
-		i += 3;
+	if (rc == -ENOMEM) {
+		mn_errf(err, errlen, "out of memory");
+		return rc;
 	}
-	out[i] = '\0';
+	if (rc < 0 && e.rule == MN_JSON_RULE_NUL)
+		mn_errf(err, errlen, "request contains a NUL byte");
+	else if (rc < 0)
+		mn_errf(err, errlen, "invalid JSON; expected a request like {\"cmd\":\"status\"}");
+	else if (!cJSON_IsObject(*root))
+		mn_errf(err, errlen, "a request must be a JSON object like {\"cmd\":\"status\"}");
+	else if (mn_json_members(*root, members, 1, true, &fault, NULL) < 0)
+		mn_errf(err, errlen, "%s",
+		        fault == MN_JSON_MISSING     ? "missing \"cmd\""
+		        : fault == MN_JSON_DUPLICATE ? "\"cmd\" given twice"
+		                                     : "\"cmd\" must be a string");
+	else
+		return 0;
+	return -EINVAL;
 }
 
 int mn_proto_parse(const char *line, size_t len, enum mn_proto_cmd *cmd, char *err, size_t errlen)
 {
-	cJSON *root = NULL, *c;
-	const char *end = NULL;
+	const cJSON *c = NULL;
+	cJSON *root = NULL;
 	char name[40];
-	int rc = -EINVAL;
+	int rc = request_cmd(line, len, &root, &c, err, errlen);
 
-	/* cJSON stops at a NUL; a line with one inside would be judged by its prefix. */
-	if (memchr(line, '\0', len)) {
-		mn_errf(err, errlen, "request contains a NUL byte");
-		return -EINVAL;
-	}
-	/*
-	 * Exactly len bytes, whatever follows them (the caller's buffer need not
-	 * be NUL-terminated); only whitespace may follow the one value.
-	 */
-	root = cJSON_ParseWithLengthOpts(line, len, &end, false);
-	if (root) {
-		while (end < line + len && (unsigned char)*end <= ' ')
-			end++;
-	}
-	if (!root || end != line + len) {
-		mn_errf(err, errlen, "invalid JSON; expected a request like {\"cmd\":\"status\"}");
+	if (rc < 0)
 		goto out;
-	}
-	if (!cJSON_IsObject(root)) {
-		mn_errf(err, errlen, "a request must be a JSON object like {\"cmd\":\"status\"}");
-		goto out;
-	}
-	c = cJSON_GetObjectItemCaseSensitive(root, "cmd");
-	if (!c) {
-		mn_errf(err, errlen, "missing \"cmd\"");
-		goto out;
-	}
-	if (!cJSON_IsString(c) || !c->valuestring) {
-		mn_errf(err, errlen, "\"cmd\" must be a string");
-		goto out;
-	}
+	rc = -EINVAL;
 	for (size_t i = 0; i < NCMDS; i++) {
 		if (strcmp(c->valuestring, cmd_names[i]) == 0) {
 			*cmd = (enum mn_proto_cmd)i;
@@ -180,7 +168,7 @@ int mn_proto_parse(const char *line, size_t len, enum mn_proto_cmd *cmd, char *e
 			goto out;
 		}
 	}
-	sanitize(c->valuestring, name, sizeof(name));
+	mn_printable(name, sizeof(name), c->valuestring, 32);
 	mn_errf(err, errlen,
 	        "unknown command \"%s\"; commands are status, reload, save, pause, resume", name);
 out:

@@ -310,3 +310,18 @@ int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *er
 	close(fd);
 	return rc;
 }
+
+void mn_printable(char *dst, size_t len, const char *src, size_t max)
+{
+	size_t i = 0;
+
+	if (len == 0)
+		return;
+	for (; src && src[i] && i < max && i + 4 < len; i++)
+		dst[i] = (src[i] >= 0x20 && src[i] < 0x7f) ? src[i] : '?';
+	if (src && src[i] && i + 4 < len) {
+		memcpy(dst + i, "...", 3);
+		i += 3;
+	}
+	dst[i] = '\0';
+}

@@ -89,4 +89,13 @@ int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, ch
 /* The last path component of path (a pointer into path). */
 const char *mn_basename(const char *path);
 
+/*
+ * Copies an untrusted name (a JSON key, a command) into dst (len bytes) for
+ * a message: at most max bytes of it, "..." after when it was longer, every
+ * byte outside printable ASCII as '?', so that a message (and the JSON or
+ * log line that carries it) never holds control bytes or broken UTF-8.
+ * src may be NULL (an empty name).
+ */
+void mn_printable(char *dst, size_t len, const char *src, size_t max);
+
 #endif

@@ -2,6 +2,8 @@
 #include "json.h"
 
 #include <check.h>
+#include <errno.h>
+#include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,11 +69,138 @@ START_TEST(add_frees_on_failure)
 }
 END_TEST
 
+static enum mn_json_rule parse_fault(const char *text, size_t len, unsigned flags, size_t *at)
+{
+	struct mn_json_error e;
+	cJSON *root = NULL;
+
+	ck_assert_int_eq(mn_json_parse(text, len, flags, &root, &e), -EINVAL);
+	ck_assert_ptr_null(root);
+	ck_assert_ptr_nonnull(e.what);
+	*at = e.at;
+	return e.rule;
+}
+
+START_TEST(strict_parse_rules)
+{
+	struct mn_json_error e;
+	cJSON *root = NULL;
+	size_t at;
+
+	/* Exactly len bytes, whatever follows; whitespace after the value is fine. */
+	ck_assert_int_eq(mn_json_parse("{\"a\":[1,\"x\"]} \r\nJUNK", 15, 0, &root, &e), 0);
+	ck_assert(cJSON_IsObject(root));
+	cJSON_Delete(root);
+	ck_assert_int_eq(parse_fault("{\"a\":1}\0{}", 10, 0, &at), MN_JSON_RULE_NUL);
+	ck_assert_uint_eq(at, 7);
+	ck_assert_int_eq(parse_fault("\"a\xc0\xaf\"", 5, MN_JSON_UTF8, &at), MN_JSON_RULE_UTF8);
+	ck_assert_uint_eq(at, 2);
+	ck_assert_int_eq(mn_json_parse("\"a\xc0\xaf\"", 5, 0, &root, &e), 0);
+	cJSON_Delete(root);
+	ck_assert_int_eq(parse_fault("\"a\tb\"", 5, 0, &at), MN_JSON_RULE_STRING);
+	ck_assert_uint_eq(at, 2);
+	ck_assert_int_eq(parse_fault("[\"a\\u0000b\"]", 12, 0, &at), MN_JSON_RULE_STRING);
+	ck_assert_uint_eq(at, 3);
+	/* A reader that only compares names may take such strings as they are. */
+	ck_assert_int_eq(mn_json_parse("\"a\tb\"", 5, MN_JSON_OPAQUE_STRINGS, &root, &e), 0);
+	cJSON_Delete(root);
+	ck_assert_int_eq(parse_fault("{} {}", 5, 0, &at), MN_JSON_RULE_SYNTAX);
+	ck_assert_uint_eq(at, 3);
+	ck_assert_int_eq(parse_fault("{\n\"a\":", 6, 0, &at), MN_JSON_RULE_SYNTAX);
+	ck_assert_int_eq(parse_fault("", 0, 0, &at), MN_JSON_RULE_SYNTAX);
+	/* Positions come as lines and columns too. */
+	ck_assert_int_eq(mn_json_parse("{\n \"a\": \"\x01\"}", 11, 0, &root, &e), -EINVAL);
+	ck_assert_uint_eq(e.line, 2);
+	ck_assert_uint_eq(e.col, 8);
+}
+END_TEST
+
+START_TEST(non_integers_found)
+{
+	const char *t = "{\"a\":[0,12,\"-1\"],\"b\":1.5,\"c\":-2}";
+	size_t n;
+
+	ck_assert_uint_eq(mn_json_first_non_integer(t, strlen(t), &n), 21);
+	ck_assert_uint_eq(n, 3);
+	ck_assert_uint_eq(mn_json_first_non_integer("[0,7,10]", 8, &n), SIZE_MAX);
+	ck_assert_uint_eq(mn_json_first_non_integer("[01]", 4, &n), 1);
+	ck_assert_uint_eq(mn_json_first_non_integer("[1e2]", 5, &n), 1);
+}
+END_TEST
+
+static int members(const char *text, bool others, enum mn_json_fault *fault, const char **name)
+{
+	static cJSON *root;
+	static const cJSON *a, *b;
+	const struct mn_json_member table[] = {
+	    {"a", cJSON_String, true, &a},
+	    {"b", cJSON_Array | cJSON_NULL, false, &b},
+	};
+
+	cJSON_Delete(root);
+	root = cJSON_Parse(text);
+	ck_assert_ptr_nonnull(root);
+	*name = NULL;
+	return mn_json_members(root, table, 2, others, fault, name);
+}
+
+START_TEST(members_table)
+{
+	enum mn_json_fault f = 0;
+	const char *name;
+
+	ck_assert_int_eq(members("{\"b\":[],\"a\":\"x\"}", false, &f, &name), 0);
+	ck_assert_int_eq(members("{\"a\":\"x\",\"b\":null}", false, &f, &name), 0);
+	ck_assert_int_eq(members("{\"a\":\"x\",\"z\":1}", false, &f, &name), -EINVAL);
+	ck_assert_int_eq(f, MN_JSON_UNKNOWN);
+	ck_assert_str_eq(name, "z");
+	ck_assert_int_eq(members("{\"a\":\"x\",\"z\":1}", true, &f, &name), 0);
+	ck_assert_int_eq(members("{\"a\":\"x\",\"a\":\"y\"}", true, &f, &name), -EINVAL);
+	ck_assert_int_eq(f, MN_JSON_DUPLICATE);
+	ck_assert_str_eq(name, "a");
+	ck_assert_int_eq(members("{\"b\":[]}", false, &f, &name), -EINVAL);
+	ck_assert_int_eq(f, MN_JSON_MISSING);
+	ck_assert_str_eq(name, "a");
+	/* Names before presence, presence before types. */
+	ck_assert_int_eq(members("{\"b\":1,\"q\":1}", false, &f, &name), -EINVAL);
+	ck_assert_int_eq(f, MN_JSON_UNKNOWN);
+	ck_assert_int_eq(members("{\"b\":1}", false, &f, &name), -EINVAL);
+	ck_assert_int_eq(f, MN_JSON_MISSING);
+	ck_assert_int_eq(members("{\"a\":1,\"b\":1}", false, &f, &name), -EINVAL);
+	ck_assert_int_eq(f, MN_JSON_TYPE);
+	ck_assert_str_eq(name, "a");
+	ck_assert_str_eq(mn_json_type_name(cJSON_String), "a string");
+	ck_assert_str_eq(mn_json_type_name(cJSON_Array | cJSON_NULL), "null");
+}
+END_TEST
+
+START_TEST(duplicates_found)
+{
+	cJSON *o = cJSON_Parse("{\"b\":1,\"a\":2,\"c\":3,\"b\":4,\"a\":5}");
+	const char *dup = "x";
+	const char *names[] = {"q", "p", "q"};
+
+	ck_assert_int_eq(mn_json_first_duplicate(o, &dup), 0);
+	ck_assert_str_eq(dup, "a");
+	ck_assert(!mn_json_duplicate(o, o->child->next));
+	ck_assert(mn_json_duplicate(o, o->child->next->next->next));
+	cJSON_Delete(o);
+	o = cJSON_Parse("{\"a\":1}");
+	ck_assert_int_eq(mn_json_first_duplicate(o, &dup), 0);
+	ck_assert_ptr_null(dup);
+	cJSON_Delete(o);
+	ck_assert_str_eq(mn_json_first_duplicate_name(names, 3), "q");
+	ck_assert(mn_json_utf8("caf\xc3\xa9", 5));
+	ck_assert(!mn_json_utf8("\xed\xa0\x80", 3));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("json");
 
 	MN_TEST_ADD(mn_test_tcase(s, "json", NULL, NULL), integers_are_exact, doubles_round_trip,
-	            add_frees_on_failure);
+	            add_frees_on_failure, strict_parse_rules, non_integers_found, members_table,
+	            duplicates_found);
 	return mn_test_run(s);
 }
