@@ -360,15 +360,14 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 		return;
 	}
 	mn_log(MN_LOG_DEBUG, "control: %s", mn_proto_cmd_name(cmd));
-	if (cmd == MN_PROTO_RELOAD) {
-		do_reload(cl);
-		return;
-	}
-	if (!srv->worker) {
+	if (cmd != MN_PROTO_RELOAD && !srv->worker) {
 		reply_error(cl, "%s", unavailable(srv));
 		return;
 	}
 	switch (cmd) {
+	case MN_PROTO_RELOAD:
+		do_reload(cl);
+		break;
 	case MN_PROTO_STATUS:
 		do_status(cl);
 		break;
@@ -380,8 +379,6 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 		break;
 	case MN_PROTO_RESUME:
 		do_pause(cl, false);
-		break;
-	case MN_PROTO_RELOAD:
 		break;
 	}
 }

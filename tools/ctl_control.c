@@ -74,12 +74,15 @@ static void usage(FILE *f, const struct command_info *ci)
 struct call {
 	const struct command_info *ci;
 	bool json;
+	bool help;       /* --help: print the usage and succeed */
+	bool show_usage; /* the error is a bad command line: the usage follows its message */
 	long timeout_s;
 	char path[MN_CONFIG_PATH_MAX];
 };
 
-/* Parses the subcommand's options; returns -1 to go on, or an exit status. */
-static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct call *call)
+/* Parses the subcommand's options; returns 0, or -EINVAL with the message in err. */
+static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct call *call,
+                      char *err, size_t errlen)
 {
 	static const struct option opts[] = {
 	    {"json", no_argument, NULL, 'j'},
@@ -87,7 +90,7 @@ static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
-	char *end, msg[256];
+	char *end;
 	int c;
 
 	call->json = g->json;
@@ -103,60 +106,55 @@ static int parse_args(int argc, char **argv, const struct ctl_globals *g, struct
 			call->timeout_s = strtol(optarg, &end, 10);
 			if (errno || end == optarg || *end || call->timeout_s < 0 ||
 			    call->timeout_s > 86400) {
-				fprintf(
-				    stderr,
-				    "mnistctl %s: --timeout must be whole seconds in [0, 86400], "
-				    "got \"%s\"\n",
-				    call->ci->name, optarg);
-				return MN_EX_USAGE;
+				mn_errf(err, errlen,
+				        "--timeout must be whole seconds in [0, 86400], got \"%s\"",
+				        optarg);
+				return -EINVAL;
 			}
 			break;
 		case 'h':
-			usage(stdout, call->ci);
-			return MN_EX_OK;
+			call->help = true;
+			return 0;
 		default:
-			ctl_option_message(c, argv, opts, msg, sizeof(msg));
-			fprintf(stderr, "mnistctl %s: %s\n\n", call->ci->name, msg);
-			usage(stderr, call->ci);
-			return MN_EX_USAGE;
+			ctl_option_message(c, argv, opts, err, errlen);
+			call->show_usage = true;
+			return -EINVAL;
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "mnistctl %s: unexpected argument \"%s\"\n\n", call->ci->name,
-		        argv[optind]);
-		usage(stderr, call->ci);
-		return MN_EX_USAGE;
+		mn_errf(err, errlen, "unexpected argument \"%s\"", argv[optind]);
+		call->show_usage = true;
+		return -EINVAL;
 	}
-	return -1;
+	return 0;
 }
 
 /*
  * The socket path: --socket, else control.socket of the configuration. A
  * missing default configuration file means the default socket, so mnistctl
- * works on a host that runs mnistd with its built-in defaults.
+ * works on a host that runs mnistd with its built-in defaults. Returns 0,
+ * or -EINVAL with the message in err.
  */
-static int socket_path(const struct ctl_globals *g, struct call *call)
+static int socket_path(const struct ctl_globals *g, struct call *call, char *err, size_t errlen)
 {
 	struct mn_config cfg;
-	char err[MN_ERRLEN];
+	char why[MN_ERRLEN];
 
 	if (g->socket_path) {
 		snprintf(call->path, sizeof(call->path), "%s", g->socket_path);
-		return -1;
+		return 0;
 	}
-	if (ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
-		fprintf(stderr,
-		        "mnistctl %s: %s\n(pass --socket PATH to name the socket directly)\n",
-		        call->ci->name, err);
-		return MN_EX_USAGE;
+	if (ctl_load_config(g, true, &cfg, why, sizeof(why)) < 0) {
+		mn_errf(err, errlen, "%s\n(pass --socket PATH to name the socket directly)", why);
+		return -EINVAL;
 	}
 	snprintf(call->path, sizeof(call->path), "%s", cfg.control.socket);
-	return -1;
+	return 0;
 }
 
-static const char *connect_hint(int err)
+static const char *connect_hint(int e)
 {
-	switch (err) {
+	switch (e) {
 	case ENOENT:
 	case ECONNREFUSED:
 		return " (is mnistd running?)";
@@ -168,50 +166,18 @@ static const char *connect_hint(int err)
 }
 
 /*
- * Sends one request and reads the answer line into *answer (malloc'd,
- * NUL-terminated, without the newline). Returns -1 on success or an exit
- * status after printing why.
+ * Reads until the first newline. Returns 0 with the line in *answer
+ * (malloc'd, NUL-terminated, without the newline), or -errno with the
+ * message in err. send_errno is why sending the request failed (0 if it
+ * did not): a daemon that refused the connection may still have answered.
  */
-static int roundtrip(const struct call *call, char **answer)
+static int read_answer(const struct call *call, int fd, int send_errno, char **answer, char *err,
+                       size_t errlen)
 {
-	struct sockaddr_un sa = {.sun_family = AF_UNIX};
-	struct timeval tv = {.tv_sec = call->timeout_s};
-	char req[64], *buf = NULL;
+	char *buf = NULL;
 	size_t len = 0, cap = 0;
-	int fd = -1, rc = MN_EX_UNREACHABLE, n, send_errno = 0;
-	const char *name = call->ci->name;
+	int rc;
 
-	if (strlen(call->path) >= sizeof(sa.sun_path)) {
-		fprintf(stderr, "mnistctl %s: socket path %s is longer than %zu bytes\n", name,
-		        call->path, sizeof(sa.sun_path) - 1);
-		return MN_EX_USAGE;
-	}
-	memcpy(sa.sun_path, call->path, strlen(call->path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		fprintf(stderr, "mnistctl %s: socket: %s\n", name, strerror(errno));
-		return MN_EX_UNREACHABLE;
-	}
-	/* Unix sockets honour the send timeout in connect() (a full backlog) too. */
-	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
-		fprintf(stderr, "mnistctl %s: setsockopt: %s\n", name, strerror(errno));
-		goto out;
-	}
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-
-		fprintf(stderr, "mnistctl %s: cannot connect to %s: %s%s\n", name, call->path,
-		        strerror(e), connect_hint(e));
-		goto out;
-	}
-	n = snprintf(req, sizeof(req), "{\"cmd\":\"%s\"}\n", name);
-	/*
-	 * A daemon that refuses the connection (too many clients) answers and
-	 * closes at once, so the send may fail while its answer waits unread.
-	 */
-	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
-		send_errno = errno;
 	for (;;) {
 		ssize_t got;
 		char *nl;
@@ -220,18 +186,17 @@ static int roundtrip(const struct call *call, char **answer)
 			char *nb;
 
 			if (cap >= MAX_ANSWER) {
-				fprintf(stderr,
-				        "mnistctl %s: the answer from %s exceeds %d bytes\n", name,
+				mn_errf(err, errlen, "the answer from %s exceeds %d bytes",
 				        call->path, MAX_ANSWER);
-				rc = MN_EX_FAILURE;
-				goto out;
+				rc = -EMSGSIZE;
+				goto fail;
 			}
 			cap = cap ? cap * 2 : 8192;
 			nb = realloc(buf, cap);
 			if (!nb) {
-				fprintf(stderr, "mnistctl %s: out of memory\n", name);
-				rc = MN_EX_FAILURE;
-				goto out;
+				mn_errf(err, errlen, "out of memory");
+				rc = -ENOMEM;
+				goto fail;
 			}
 			buf = nb;
 		}
@@ -241,39 +206,144 @@ static int roundtrip(const struct call *call, char **answer)
 		if (got < 0 && send_errno && errno == ECONNRESET)
 			got = 0;
 		if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			fprintf(stderr, "mnistctl %s: no answer from %s within %ld s\n", name,
-			        call->path, call->timeout_s);
-			goto out;
+			mn_errf(err, errlen, "no answer from %s within %ld s", call->path,
+			        call->timeout_s);
+			rc = -ETIMEDOUT;
+			goto fail;
 		}
 		if (got < 0) {
-			fprintf(stderr, "mnistctl %s: reading from %s: %s\n", name, call->path,
-			        strerror(errno));
-			goto out;
+			rc = -errno;
+			mn_errf(err, errlen, "reading from %s: %s", call->path, strerror(errno));
+			goto fail;
 		}
-		if (got <= 0 && send_errno) {
-			fprintf(stderr, "mnistctl %s: cannot send to %s: %s\n", name, call->path,
+		if (got == 0 && send_errno) {
+			mn_errf(err, errlen, "cannot send to %s: %s", call->path,
 			        strerror(send_errno));
-			goto out;
+			rc = -send_errno;
+			goto fail;
 		}
 		if (got == 0) {
-			fprintf(stderr, "mnistctl %s: %s closed the connection without an answer\n",
-			        name, call->path);
-			goto out;
+			mn_errf(err, errlen, "%s closed the connection without an answer",
+			        call->path);
+			rc = -ECONNRESET;
+			goto fail;
 		}
 		nl = memchr(buf + len, '\n', (size_t)got);
 		len += (size_t)got;
 		if (nl) {
 			*nl = '\0';
 			*answer = buf;
-			buf = NULL;
-			rc = -1;
-			goto out;
+			return 0;
 		}
 	}
-out:
+fail:
 	free(buf);
+	return rc;
+}
+
+/*
+ * Sends one request and reads the answer line into *answer (see
+ * read_answer). Returns 0, or -errno with the message in err.
+ */
+static int roundtrip(const struct call *call, char **answer, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct timeval tv = {.tv_sec = call->timeout_s};
+	char req[64];
+	int fd, rc, n, send_errno = 0;
+
+	if (strlen(call->path) >= sizeof(sa.sun_path)) {
+		mn_errf(err, errlen, "socket path %s is longer than %zu bytes", call->path,
+		        sizeof(sa.sun_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	memcpy(sa.sun_path, call->path, strlen(call->path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "socket: %s", strerror(errno));
+		return rc;
+	}
+	/* Unix sockets honour the send timeout in connect() (a full backlog) too. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "setsockopt: %s", strerror(errno));
+		goto out;
+	}
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "cannot connect to %s: %s%s", call->path, strerror(-rc),
+		        connect_hint(-rc));
+		goto out;
+	}
+	n = snprintf(req, sizeof(req), "{\"cmd\":\"%s\"}\n", call->ci->name);
+	/*
+	 * A daemon that refuses the connection (too many clients) answers and
+	 * closes at once, so the send may fail while its answer waits unread.
+	 */
+	if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+		send_errno = errno;
+	rc = read_answer(call, fd, send_errno, answer, err, errlen);
+out:
 	close(fd);
 	return rc;
+}
+
+/*
+ * Parses the answer into *out. Returns 0, -EPROTO if it is not a protocol
+ * answer, or -EREMOTEIO if the daemon said no (*out is set for both of
+ * those last two too when it is an object), with the message in err.
+ */
+static int parse_answer(const struct call *call, const char *answer, cJSON **out, char *err,
+                        size_t errlen)
+{
+	cJSON *o = cJSON_Parse(answer);
+	const cJSON *ok = cJSON_GetObjectItemCaseSensitive(o, "ok");
+	const cJSON *e;
+
+	*out = o;
+	if (!cJSON_IsObject(o) || !cJSON_IsBool(ok)) {
+		mn_errf(err, errlen, "unexpected answer from %s: %.200s", call->path, answer);
+		return -EPROTO;
+	}
+	if (cJSON_IsTrue(ok))
+		return 0;
+	e = cJSON_GetObjectItemCaseSensitive(o, "error");
+	mn_errf(err, errlen, "%s",
+	        cJSON_IsString(e) ? e->valuestring : "the daemon reported an error");
+	return -EREMOTEIO;
+}
+
+/*
+ * The one place where a control command's outcome becomes its exit status:
+ * prints the message of a failure (and the usage after a bad command
+ * line), and maps the error to MN_EX_USAGE for the command line or the
+ * configuration, MN_EX_FAILURE when the daemon said no, answered nonsense
+ * or too much, or memory ran out, and MN_EX_UNREACHABLE for the rest
+ * (connecting, sending or waiting for the answer failed).
+ */
+static int exit_status(const struct call *call, int rc, const char *err)
+{
+	if (rc == 0)
+		return MN_EX_OK;
+	fprintf(stderr, "mnistctl %s: %s\n", call->ci->name, err);
+	if (call->show_usage) {
+		fputc('\n', stderr);
+		usage(stderr, call->ci);
+	}
+	switch (-rc) {
+	case EINVAL:
+	case ENAMETOOLONG:
+		return MN_EX_USAGE;
+	case EREMOTEIO:
+	case EPROTO:
+	case EMSGSIZE:
+	case ENOMEM:
+		return MN_EX_FAILURE;
+	default:
+		return MN_EX_UNREACHABLE;
+	}
 }
 
 static double num(const cJSON *o, const char *key)
@@ -386,44 +456,10 @@ static void print_reload(const cJSON *o)
 	print_keys("changed but needs a restart (not applied)", restart);
 }
 
-static int run(int argc, char **argv, const struct ctl_globals *g, const struct command_info *ci)
+static void print_answer(const struct call *call, const cJSON *o)
 {
-	struct call call = {.ci = ci};
-	char *answer = NULL;
-	cJSON *o = NULL;
-	const cJSON *ok;
-	int rc;
+	const struct command_info *ci = call->ci;
 
-	rc = parse_args(argc, argv, g, &call);
-	if (rc >= 0)
-		return rc;
-	rc = socket_path(g, &call);
-	if (rc >= 0)
-		return rc;
-	rc = roundtrip(&call, &answer);
-	if (rc >= 0)
-		return rc;
-	o = cJSON_Parse(answer);
-	ok = cJSON_GetObjectItemCaseSensitive(o, "ok");
-	if (!cJSON_IsObject(o) || !cJSON_IsBool(ok)) {
-		fprintf(stderr, "mnistctl %s: unexpected answer from %s: %.200s\n", ci->name,
-		        call.path, answer);
-		rc = MN_EX_FAILURE;
-		goto out;
-	}
-	if (call.json)
-		printf("%s\n", answer);
-	if (!cJSON_IsTrue(ok)) {
-		const char *e = str(o, "error");
-
-		fprintf(stderr, "mnistctl %s: %s\n", ci->name,
-		        e ? e : "the daemon reported an error");
-		rc = MN_EX_FAILURE;
-		goto out;
-	}
-	rc = MN_EX_OK;
-	if (call.json)
-		goto out;
 	if (ci == &info_status) {
 		print_status(o);
 	} else if (ci == &info_reload) {
@@ -436,10 +472,35 @@ static int run(int argc, char **argv, const struct ctl_globals *g, const struct 
 		printf("training %s at step %.0f\n", ci == &info_pause ? "paused" : "resumed",
 		       num(o, "step"));
 	}
-out:
+}
+
+static int run(int argc, char **argv, const struct ctl_globals *g, const struct command_info *ci)
+{
+	struct call call = {.ci = ci};
+	char *answer = NULL, err[2 * MN_ERRLEN];
+	cJSON *o = NULL;
+	int rc;
+
+	rc = parse_args(argc, argv, g, &call, err, sizeof(err));
+	if (rc == 0 && call.help) {
+		usage(stdout, ci);
+		return MN_EX_OK;
+	}
+	if (rc == 0)
+		rc = socket_path(g, &call, err, sizeof(err));
+	if (rc == 0)
+		rc = roundtrip(&call, &answer, err, sizeof(err));
+	if (rc == 0) {
+		rc = parse_answer(&call, answer, &o, err, sizeof(err));
+		/* --json shows the daemon's answer as it is, a refusal included. */
+		if (rc != -EPROTO && call.json)
+			printf("%s\n", answer);
+	}
+	if (rc == 0 && !call.json)
+		print_answer(&call, o);
 	cJSON_Delete(o);
 	free(answer);
-	return rc;
+	return exit_status(&call, rc, err);
 }
 
 int ctl_status(int argc, char **argv, const struct ctl_globals *g)

@@ -60,7 +60,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	float *params = NULL;
 	const char *base, *ema, *step;
 	size_t nextra = 0;
-	int rc = MN_EX_FAILURE;
+	int ex = MN_EX_FAILURE;
 
 	base = ctl_output_path(out, dir, sizeof(dir), err, sizeof(err));
 	if (!base ||
@@ -105,11 +105,11 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		printf("%s: frozen %s model from %s (step %s, %s values)\n", out, arch_s, path,
 		       step, strcmp(ema, "true") == 0 ? "EMA" : "raw");
 	}
-	rc = MN_EX_OK;
+	ex = MN_EX_OK;
 out:
 	free(params);
 	mn_ckpt_free(c);
-	return rc;
+	return ex;
 }
 
 int ctl_freeze(int argc, char **argv, const struct ctl_globals *g)

@@ -80,7 +80,7 @@ static int print_result(const struct predict_args *a, const char *path, const st
 	int64_t step = 0;
 	/* Any safetensors file can be run, so its global_step is only text until parsed. */
 	bool has_step = mn_model_step(c, &step, NULL, 0) == 0;
-	int rc = MN_EX_FAILURE;
+	int ex = MN_EX_FAILURE;
 
 	mn_arch_format(arch, arch_s, sizeof(arch_s));
 	if (has_step)
@@ -123,13 +123,13 @@ static int print_result(const struct predict_args *a, const char *path, const st
 			}
 		}
 		if (ctl_json_print(root) == 0)
-			rc = MN_EX_OK;
+			ex = MN_EX_OK;
 		goto out;
 	}
 	if (!v->labels) {
 		for (size_t i = 0; i < v->count; i++)
 			printf("%u\n", pred[i]);
-		rc = MN_EX_OK;
+		ex = MN_EX_OK;
 		goto out;
 	}
 	printf("model     %s (%s, step %s, %s%s values)\n", path, arch_s, step_s,
@@ -147,10 +147,10 @@ static int print_result(const struct predict_args *a, const char *path, const st
 			printf(" %6zu", conf[t * k + p]);
 		putchar('\n');
 	}
-	rc = MN_EX_OK;
+	ex = MN_EX_OK;
 out:
 	free(conf);
-	return rc;
+	return ex;
 }
 
 static int predict_run(const struct predict_args *a, const struct ctl_globals *g)
@@ -163,7 +163,7 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 	struct mn_view v;
 	float *params = NULL;
 	uint8_t *pred = NULL;
-	int rc = MN_EX_FAILURE;
+	int ex = MN_EX_FAILURE;
 
 	if (ctl_resolve_checkpoint(a->model, a->prefix, g, path, sizeof(path), err, sizeof(err)) <
 	        0 ||
@@ -212,13 +212,13 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 		ctl_errorf("predict", "%s", err);
 		goto out;
 	}
-	rc = print_result(a, path, c, &arch, &v, pred, &res);
+	ex = print_result(a, path, c, &arch, &v, pred, &res);
 out:
 	free(pred);
 	free(params);
 	mn_dataset_free(ds);
 	mn_ckpt_free(c);
-	return rc;
+	return ex;
 }
 
 int ctl_predict(int argc, char **argv, const struct ctl_globals *g)

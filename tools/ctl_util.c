@@ -153,7 +153,12 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
 	return mn_config_load(g->config_path, cfg, err, errlen);
 }
 
-const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
+/*
+ * Splits path into its directory (written to dir, "." when there is none)
+ * and returns its last component, or NULL (with a message) if path names
+ * no file (empty or ending in '/').
+ */
+static const char *split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
 {
 	const char *slash = strrchr(path, '/');
 	size_t n;
@@ -178,7 +183,7 @@ const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err
 
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
 {
-	const char *base = ctl_split_path(path, dir, dirlen, err, errlen);
+	const char *base = split_path(path, dir, dirlen, err, errlen);
 	struct stat st;
 
 	if (!base)

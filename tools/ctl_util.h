@@ -76,16 +76,11 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
                     char *err, size_t errlen);
 
 /*
- * Splits path into its directory (written to dir, "." when there is none)
- * and returns its last component, or NULL (with a message) if path names
- * no file (empty or ending in '/').
- */
-const char *ctl_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
-
-/*
- * ctl_split_path() for a file about to be written: also checks that its
- * directory exists, so the message names the directory the user gave
- * rather than the temporary file the atomic writer failed to create.
+ * Splits path, a file about to be written, into its directory (written to
+ * dir, "." when there is none) and returns its last component, or NULL
+ * (with a message) if path names no file (empty or ending in '/') or its
+ * directory does not exist: the message then names the directory the user
+ * gave rather than the temporary file the atomic writer failed to create.
  */
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
 

@@ -51,7 +51,7 @@ static void usage(FILE *f)
  * Output that never arrived is a failure: "mnistctl ls > /dev/full" or a
  * full disk under a redirected inspect must not exit 0.
  */
-static int finish(int status)
+static int finish(int ex)
 {
 	const char *why = NULL;
 
@@ -61,9 +61,9 @@ static int finish(int status)
 	else if (ferror(stdout))
 		why = "write error"; /* an earlier write failed; its errno is long gone */
 	if (!why)
-		return status;
+		return ex;
 	fprintf(stderr, "mnistctl: cannot write the output: %s\n", why);
-	return status == MN_EX_OK ? MN_EX_FAILURE : status;
+	return ex == MN_EX_OK ? MN_EX_FAILURE : ex;
 }
 
 int main(int argc, char **argv)
