@@ -70,85 +70,112 @@ struct predict_args {
 	int threads; /* -1: train.threads from the configuration */
 };
 
+/* What print_result() reports, gathered once for both forms. */
+struct report {
+	const char *path;   /* the model file */
+	const char *arch_s; /* its architecture, formatted */
+	bool has_step;      /* whether step holds a parsed global_step */
+	int64_t step;
+	bool frozen, ema;
+	size_t k;           /* classes */
+	const size_t *conf; /* k x k confusion counts (rows: true class), NULL without labels */
+};
+
+/* The result as one JSON document. Returns 0 or -ENOMEM (reported). */
+static int print_json(const struct report *rp, const struct mn_view *v, const uint8_t *pred,
+                      const struct mn_eval_result *res)
+{
+	cJSON *root = cJSON_CreateObject(), *arr;
+
+	ctl_json_str(root, "model", rp->path);
+	ctl_json_str(root, "architecture", rp->arch_s);
+	if (rp->has_step)
+		ctl_json_int(root, "step", rp->step);
+	else
+		ctl_json_add(root, "step", cJSON_CreateNull());
+	ctl_json_bool(root, "frozen", rp->frozen);
+	ctl_json_bool(root, "ema", rp->ema);
+	ctl_json_int(root, "images", (int64_t)res->images);
+	if (!rp->conf) {
+		arr = ctl_json_add(root, "predictions", cJSON_CreateArray());
+		for (size_t i = 0; i < v->count; i++)
+			ctl_json_add(arr, NULL, cJSON_CreateNumber(pred[i]));
+	} else {
+		ctl_json_int(root, "correct", (int64_t)res->correct);
+		ctl_json_num(root, "accuracy", res->accuracy);
+		ctl_json_num(root, "loss", res->loss);
+		arr = ctl_json_add(root, "confusion", cJSON_CreateArray());
+		for (size_t t = 0; t < rp->k; t++) {
+			cJSON *row = ctl_json_add(arr, NULL, cJSON_CreateArray());
+
+			for (size_t p = 0; p < rp->k; p++)
+				ctl_json_int(row, NULL, (int64_t)rp->conf[t * rp->k + p]);
+		}
+	}
+	return ctl_json_print(root);
+}
+
+/* The result as text: one class per line without labels, else a summary and the matrix. */
+static void print_text(const struct predict_args *a, const struct report *rp,
+                       const struct mn_view *v, const uint8_t *pred,
+                       const struct mn_eval_result *res)
+{
+	char step_s[32] = "?";
+
+	if (!rp->conf) {
+		for (size_t i = 0; i < v->count; i++)
+			printf("%u\n", pred[i]);
+		return;
+	}
+	if (rp->has_step)
+		snprintf(step_s, sizeof(step_s), "%" PRId64, rp->step);
+	printf("model     %s (%s, step %s, %s%s values)\n", rp->path, rp->arch_s, step_s,
+	       rp->frozen ? "frozen " : "", rp->ema ? "EMA" : "raw");
+	printf("images    %s (%zu)\n", a->images, res->images);
+	printf("accuracy  %.4f (%zu/%zu)\n", res->accuracy, res->correct, res->images);
+	printf("loss      %.6f\n", res->loss);
+	printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%5s", "");
+	for (size_t p = 0; p < rp->k; p++)
+		printf(" %6zu", p);
+	putchar('\n');
+	for (size_t t = 0; t < rp->k; t++) {
+		printf("%5zu", t);
+		for (size_t p = 0; p < rp->k; p++)
+			printf(" %6zu", rp->conf[t * rp->k + p]);
+		putchar('\n');
+	}
+}
+
+/* Prints the predictions (and, with labels, the confusion matrix); returns an exit status. */
 static int print_result(const struct predict_args *a, const char *path, const struct mn_ckpt *c,
                         const struct mn_arch *arch, const struct mn_view *v, const uint8_t *pred,
                         const struct mn_eval_result *res)
 {
-	bool ema = mn_model_uses_ema(c, !a->raw), is_frozen = mn_model_is_frozen(c);
-	size_t k = arch->output, *conf = NULL;
-	char arch_s[256], step_s[32] = "?";
-	int64_t step = 0;
-	/* Any safetensors file can be run, so its global_step is only text until parsed. */
-	bool has_step = mn_model_step(c, &step, NULL, 0) == 0;
-	int ex = MN_EX_FAILURE;
+	struct report rp = {.path = path, .k = arch->output};
+	char arch_s[256];
+	size_t *conf = NULL;
+	int ex = MN_EX_OK;
 
+	rp.ema = mn_model_uses_ema(c, !a->raw);
+	rp.frozen = mn_model_is_frozen(c);
+	/* Any safetensors file can be run, so its global_step is only text until parsed. */
+	rp.has_step = mn_model_step(c, &rp.step, NULL, 0) == 0;
 	mn_arch_format(arch, arch_s, sizeof(arch_s));
-	if (has_step)
-		snprintf(step_s, sizeof(step_s), "%" PRId64, step);
+	rp.arch_s = arch_s;
 	if (v->labels) {
-		conf = calloc(k * k, sizeof(*conf));
+		conf = calloc(rp.k * rp.k, sizeof(*conf));
 		if (!conf) {
 			ctl_errorf("predict", "out of memory");
 			return MN_EX_FAILURE;
 		}
 		for (size_t i = 0; i < v->count; i++)
-			conf[(size_t)v->labels[i] * k + pred[i]]++;
+			conf[(size_t)v->labels[i] * rp.k + pred[i]]++;
+		rp.conf = conf;
 	}
-	if (a->json) {
-		cJSON *root = cJSON_CreateObject(), *arr;
-
-		ctl_json_str(root, "model", path);
-		ctl_json_str(root, "architecture", arch_s);
-		if (has_step)
-			ctl_json_int(root, "step", step);
-		else
-			ctl_json_add(root, "step", cJSON_CreateNull());
-		ctl_json_bool(root, "frozen", is_frozen);
-		ctl_json_bool(root, "ema", ema);
-		ctl_json_int(root, "images", (int64_t)res->images);
-		if (!v->labels) {
-			arr = ctl_json_add(root, "predictions", cJSON_CreateArray());
-			for (size_t i = 0; i < v->count; i++)
-				ctl_json_add(arr, NULL, cJSON_CreateNumber(pred[i]));
-		} else {
-			ctl_json_int(root, "correct", (int64_t)res->correct);
-			ctl_json_num(root, "accuracy", res->accuracy);
-			ctl_json_num(root, "loss", res->loss);
-			arr = ctl_json_add(root, "confusion", cJSON_CreateArray());
-			for (size_t t = 0; t < k; t++) {
-				cJSON *row = ctl_json_add(arr, NULL, cJSON_CreateArray());
-
-				for (size_t p = 0; p < k; p++)
-					ctl_json_int(row, NULL, (int64_t)conf[t * k + p]);
-			}
-		}
-		if (ctl_json_print(root) == 0)
-			ex = MN_EX_OK;
-		goto out;
-	}
-	if (!v->labels) {
-		for (size_t i = 0; i < v->count; i++)
-			printf("%u\n", pred[i]);
-		ex = MN_EX_OK;
-		goto out;
-	}
-	printf("model     %s (%s, step %s, %s%s values)\n", path, arch_s, step_s,
-	       is_frozen ? "frozen " : "", ema ? "EMA" : "raw");
-	printf("images    %s (%zu)\n", a->images, res->images);
-	printf("accuracy  %.4f (%zu/%zu)\n", res->accuracy, res->correct, res->images);
-	printf("loss      %.6f\n", res->loss);
-	printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%5s", "");
-	for (size_t p = 0; p < k; p++)
-		printf(" %6zu", p);
-	putchar('\n');
-	for (size_t t = 0; t < k; t++) {
-		printf("%5zu", t);
-		for (size_t p = 0; p < k; p++)
-			printf(" %6zu", conf[t * k + p]);
-		putchar('\n');
-	}
-	ex = MN_EX_OK;
-out:
+	if (a->json)
+		ex = print_json(&rp, v, pred, res) == 0 ? MN_EX_OK : MN_EX_FAILURE;
+	else
+		print_text(a, &rp, v, pred, res);
 	free(conf);
 	return ex;
 }

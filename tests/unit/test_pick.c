@@ -1,0 +1,252 @@
+/* test_pick.c - mnist-eval's synchronous core (evaluator/pick.c): which checkpoint, and its result.
+ */
+#include <check.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model.h"
+#include "pick.h"
+#include "train.h"
+#include "util.h"
+
+#include "mn_test.h"
+
+#define N_EX   40
+#define IN_DIM 16
+#define OUT    4
+#define PREFIX "model.ckpt"
+
+static uint8_t images[N_EX * IN_DIM];
+static uint8_t labels[N_EX];
+static char tmpdir[PATH_MAX];
+static char err[MN_ERRLEN];
+static struct mn_view data;
+static struct mn_trainer *trainer;
+
+static const struct mn_hparams hp = {
+    .learning_rate = 0.3,
+    .learning_rate_decay = 0.99,
+    .decay_steps = 10,
+    .l2 = 1e-4,
+    .ema_decay = 0.99,
+};
+
+static void setup(void)
+{
+	struct mn_trainer_params p = {.batch_size = 10, .seed = 7, .init_stddev = 0.1f};
+
+	for (size_t i = 0; i < N_EX; i++) {
+		labels[i] = (uint8_t)(i % OUT);
+		for (size_t j = 0; j < IN_DIM; j++)
+			images[i * IN_DIM + j] = (uint8_t)((labels[i] * 61 + j * 17 + i) & 0xff);
+	}
+	data = (struct mn_view){.images = images, .labels = labels, .count = N_EX, .dim = IN_DIM};
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
+	err[0] = '\0';
+	p.arch.input = IN_DIM;
+	p.arch.output = OUT;
+	p.arch.nhidden = 1;
+	p.arch.hidden[0] = 8;
+	ck_assert_int_eq(mn_trainer_new(&p, &data, &trainer, err, sizeof(err)), 0);
+}
+
+static void teardown(void)
+{
+	mn_trainer_free(trainer);
+	trainer = NULL;
+	mn_test_rmtree(tmpdir);
+}
+
+static const char *tpath(const char *name)
+{
+	static char bufs[2][PATH_MAX + 256];
+	static int next;
+	char *b = bufs[next++ % 2];
+
+	snprintf(b, sizeof(bufs[0]), "%s/%s", tmpdir, name);
+	return b;
+}
+
+/* Trains up to step and publishes a checkpoint of it into tmpdir. */
+static void publish_step(int64_t step)
+{
+	char name[MN_CKPT_MAX_NAME];
+	double loss, lr;
+
+	while (mn_trainer_global_step(trainer) < step)
+		ck_assert_int_eq(mn_trainer_step(trainer, &hp, &loss, &lr), 0);
+	ck_assert_int_eq(
+	    mn_model_save(trainer, tmpdir, PREFIX, 0, "{}", name, sizeof(name), err, sizeof(err)),
+	    0);
+}
+
+static struct mne_pick_params params(void)
+{
+	return (struct mne_pick_params){
+	    .dir = tmpdir, .prefix = PREFIX, .data = &data, .use_ema = true, .cancel = NULL};
+}
+
+static const char *name_of(int64_t step)
+{
+	static char buf[MN_CKPT_MAX_NAME];
+
+	snprintf(buf, sizeof(buf), PREFIX "-%lld.safetensors", (long long)step);
+	return buf;
+}
+
+START_TEST(test_missing_and_empty_directory)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(s.last_step, -1);
+	p.dir = tpath("absent");
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), -ENOENT);
+	p = params();
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_int_eq(s.last_step, -1);
+}
+END_TEST
+
+START_TEST(test_burst_collapses_to_newest_and_never_twice)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(1);
+	publish_step(2);
+	publish_step(3);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 3);
+	ck_assert_str_eq(r.name, name_of(3));
+	ck_assert_int_eq(s.last_step, 3);
+	ck_assert_uint_eq(r.eval.images, N_EX);
+	ck_assert(r.eval.accuracy >= 0 && r.eval.accuracy <= 1);
+	ck_assert(r.ema);
+	ck_assert_int_gt(r.published_ns, 0);
+	ck_assert_int_ge(r.done_ns, r.published_ns - 1000000000);
+	/* Nothing new: nothing evaluated, and the older steps are never taken up. */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	publish_step(4);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 4);
+}
+END_TEST
+
+START_TEST(test_only_final_names_count)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(2);
+	/* A temporary, another prefix and a stray name, all "newer": all ignored. */
+	ck_assert_int_eq(link(tpath(name_of(2)), tpath("." PREFIX "-9.safetensors.tmp")), 0);
+	ck_assert_int_eq(link(tpath(name_of(2)), tpath("other-9.safetensors")), 0);
+	ck_assert_int_eq(link(tpath(name_of(2)), tpath(PREFIX "-9.safetensors.bak")), 0);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 2);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+}
+END_TEST
+
+START_TEST(test_bad_newest_falls_back_and_is_not_retried_until_replaced)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(4);
+	mn_test_write_file(tpath(name_of(5)), "not a checkpoint", 16);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 4);
+	/* Step 5 stays bad and is remembered: no result. */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(s.nfailed, 1);
+	ck_assert_int_eq(s.failed[0].step, 5);
+	/* A replacement under the same name (a new inode) is tried. */
+	publish_step(5);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 5);
+	ck_assert_uint_eq(s.nfailed, 0); /* failures at or below the last step are forgotten */
+}
+END_TEST
+
+START_TEST(test_model_for_other_data_is_bad)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	struct mn_view wide = data;
+
+	publish_step(1);
+	wide.dim = IN_DIM / 2;
+	wide.count = N_EX * 2;
+	p.data = &wide;
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(s.nfailed, 1);
+	ck_assert_int_eq(s.last_step, -1);
+}
+END_TEST
+
+START_TEST(test_raw_weights_when_asked)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result ema, raw;
+
+	publish_step(3);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &ema, err, sizeof(err)), 1);
+	p.use_ema = false;
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &raw, err, sizeof(err)), 1);
+	ck_assert(ema.ema);
+	ck_assert(!raw.ema);
+	/* Three steps in, the shadows still differ from the weights. */
+	ck_assert(ema.eval.loss != raw.eval.loss);
+}
+END_TEST
+
+START_TEST(test_cancelled)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	atomic_bool cancel;
+
+	publish_step(1);
+	atomic_init(&cancel, true);
+	p.cancel = &cancel;
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), -ECANCELED);
+	ck_assert_int_eq(s.last_step, -1);
+	atomic_store(&cancel, false);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 1);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("pick");
+	TCase *tc = mn_test_tcase(s, "pick", setup, teardown);
+
+	MN_TEST_ADD(tc, test_missing_and_empty_directory,
+	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
+	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
+	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled);
+	return mn_test_run(s);
+}
