@@ -171,6 +171,27 @@ static inline struct mn_arch mn_test_arch(size_t input, size_t nhidden, const si
 }
 
 /*
+ * Fills n examples of dim pixels and their labels (0..classes-1 in turn)
+ * with a pattern a small network learns in a few steps.
+ */
+static inline void mn_test_fill_classes(uint8_t *images, uint8_t *labels, size_t n, size_t dim,
+                                        size_t classes)
+{
+	for (size_t i = 0; i < n; i++) {
+		labels[i] = (uint8_t)(i % classes);
+		for (size_t j = 0; j < dim; j++)
+			images[i * dim + j] = (uint8_t)((labels[i] * 61 + j * 17 + i) & 0xff);
+	}
+}
+
+/* Initialises a struct mn_hparams (train.h) for tests that need a few ordinary SGD steps. */
+#define MN_TEST_HPARAMS                                                                            \
+	{                                                                                          \
+		.learning_rate = 0.3, .learning_rate_decay = 0.99, .decay_steps = 10, .l2 = 1e-4,  \
+		.ema_decay = 0.99,                                                                 \
+	}
+
+/*
  * A 64-bit linear congruential generator (Knuth's MMIX constants): test data
  * that is the same on every run and independent of the library's own RNG,
  * whose output is what some tests check. Seed it by setting state.

@@ -24,21 +24,11 @@ static uint8_t labels[N_EX];
 static char tmpdir[PATH_MAX];
 static char err[MN_ERRLEN];
 
-static const struct mn_hparams hp = {
-    .learning_rate = 0.3,
-    .learning_rate_decay = 0.99,
-    .decay_steps = 10,
-    .l2 = 1e-4,
-    .ema_decay = 0.99,
-};
+static const struct mn_hparams hp = MN_TEST_HPARAMS;
 
 static void setup(void)
 {
-	for (size_t i = 0; i < N_EX; i++) {
-		labels[i] = (uint8_t)(i % OUT);
-		for (size_t j = 0; j < IN_DIM; j++)
-			images[i * IN_DIM + j] = (uint8_t)((labels[i] * 61 + j * 17 + i) & 0xff);
-	}
+	mn_test_fill_classes(images, labels, N_EX, IN_DIM, OUT);
 	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	err[0] = '\0';
 }

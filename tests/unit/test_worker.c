@@ -40,11 +40,7 @@ static struct seen done_seen;
 
 static void setup(void)
 {
-	for (size_t i = 0; i < N_EX; i++) {
-		labels[i] = (uint8_t)(i % OUT);
-		for (size_t j = 0; j < IN_DIM; j++)
-			images[i * IN_DIM + j] = (uint8_t)((labels[i] * 61 + j * 17 + i) & 0xff);
-	}
+	mn_test_fill_classes(images, labels, N_EX, IN_DIM, OUT);
 	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	err[0] = '\0';
 	memset(&done_seen, 0, sizeof(done_seen));
