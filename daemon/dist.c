@@ -1,0 +1,376 @@
+/* dist.c - see dist.h. */
+#include "dist.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zlib.h>
+
+#include "util.h"
+
+#ifdef MN_HAVE_MPI
+#include <mpi.h>
+#endif
+
+bool mnd_dist_launched(void)
+{
+	/* Open MPI's launcher, PMIx (srun --mpi=pmix, prterun) and PMI-1/2 (srun --mpi=pmi2). */
+	static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"};
+
+	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
+		if (getenv(vars[i]))
+			return true;
+	return false;
+}
+
+#ifndef MN_HAVE_MPI
+
+struct mnd_dist {
+	int unused;
+};
+
+bool mnd_dist_available(void)
+{
+	return false;
+}
+
+int mnd_dist_init(int *argc, char ***argv, struct mnd_dist **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	mn_errf(err, errlen,
+	        "started by an MPI launcher, but this mnistd was built without MPI "
+	        "(install libopenmpi-dev and rebuild with -Dmpi=enabled)");
+	return -ENOTSUP;
+}
+
+void mnd_dist_finalize(struct mnd_dist *d)
+{
+}
+
+void mnd_dist_abort(struct mnd_dist *d, int status)
+{
+}
+
+int mnd_dist_rank(const struct mnd_dist *d)
+{
+	return 0;
+}
+
+int mnd_dist_size(const struct mnd_dist *d)
+{
+	return 1;
+}
+
+int mnd_dist_allreduce(void *dist, float *buf, size_t n)
+{
+	return -ENOTSUP;
+}
+
+int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quietly)
+{
+	return 0;
+}
+
+int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, size_t errlen)
+{
+	return 0;
+}
+
+int mnd_dist_bcast_state(struct mnd_dist *d, struct mn_trainer_state *s, char *err, size_t errlen)
+{
+	return 0;
+}
+
+int mnd_dist_check_state(struct mnd_dist *d, const struct mn_trainer_state *s, char *err,
+                         size_t errlen)
+{
+	return 0;
+}
+
+#else
+
+struct mnd_dist {
+	int rank;
+	int size;
+};
+
+bool mnd_dist_available(void)
+{
+	return true;
+}
+
+/* MPI's error text, for messages that say what failed. */
+static void mpi_errf(char *err, size_t errlen, const char *what, int code)
+{
+	char text[MPI_MAX_ERROR_STRING] = "";
+	int len = 0;
+
+	if (MPI_Error_string(code, text, &len) != MPI_SUCCESS)
+		snprintf(text, sizeof(text), "MPI error %d", code);
+	mn_errf(err, errlen, "%s: %s", what, text);
+}
+
+int mnd_dist_init(int *argc, char ***argv, struct mnd_dist **out, char *err, size_t errlen)
+{
+	struct mnd_dist *d;
+	int provided = MPI_THREAD_SINGLE, rc;
+
+	*out = NULL;
+	rc = MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided);
+	if (rc != MPI_SUCCESS) {
+		mpi_errf(err, errlen, "MPI_Init_thread", rc);
+		return -EIO;
+	}
+	/* Errors come back as codes, so a failing collective is reported, not fatal in MPI. */
+	MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+	if (provided < MPI_THREAD_SERIALIZED) {
+		mn_errf(err, errlen,
+		        "the MPI library gives thread level %d; the training thread needs "
+		        "MPI_THREAD_SERIALIZED",
+		        provided);
+		MPI_Finalize();
+		return -ENOTSUP;
+	}
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		mn_errf(err, errlen, "out of memory");
+		MPI_Finalize();
+		return -ENOMEM;
+	}
+	MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
+	MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+	*out = d;
+	return 0;
+}
+
+void mnd_dist_finalize(struct mnd_dist *d)
+{
+	if (!d)
+		return;
+	MPI_Finalize();
+	free(d);
+}
+
+void mnd_dist_abort(struct mnd_dist *d, int status)
+{
+	if (d)
+		MPI_Abort(MPI_COMM_WORLD, status);
+}
+
+int mnd_dist_rank(const struct mnd_dist *d)
+{
+	return d ? d->rank : 0;
+}
+
+int mnd_dist_size(const struct mnd_dist *d)
+{
+	return d ? d->size : 1;
+}
+
+int mnd_dist_allreduce(void *dist, float *buf, size_t n)
+{
+	(void)dist;
+	if (n > INT32_MAX)
+		return -EOVERFLOW;
+	if (MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) !=
+	    MPI_SUCCESS)
+		return -EIO;
+	return 0;
+}
+
+/* Waits for a non-blocking collective, sleeping between tests instead of spinning. */
+static int wait_quiet(MPI_Request *req)
+{
+	const struct timespec nap = {0, 2 * 1000 * 1000};
+	int done = 0;
+
+	for (;;) {
+		if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+			return -EIO;
+		if (done)
+			return 0;
+		nanosleep(&nap, NULL);
+	}
+}
+
+enum { CMD_STOP, CMD_PAUSE, CMD_SAVE, CMD_RELOAD, CMD_COUNT };
+
+int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quietly)
+{
+	int32_t v[CMD_COUNT] = {0};
+	MPI_Request req;
+	int rc;
+
+	v[CMD_STOP] = cmd->stop;
+	if (d->rank == 0) {
+		v[CMD_PAUSE] = cmd->pause;
+		v[CMD_SAVE] = cmd->save;
+		v[CMD_RELOAD] = cmd->reload;
+	}
+	if (wait_quietly && d->rank != 0) {
+		rc = MPI_Iallreduce(MPI_IN_PLACE, v, CMD_COUNT, MPI_INT32_T, MPI_MAX, MPI_COMM_WORLD,
+		                    &req);
+		rc = rc == MPI_SUCCESS ? wait_quiet(&req) : -EIO;
+	} else {
+		rc = MPI_Allreduce(MPI_IN_PLACE, v, CMD_COUNT, MPI_INT32_T, MPI_MAX,
+		                   MPI_COMM_WORLD) == MPI_SUCCESS
+		         ? 0
+		         : -EIO;
+	}
+	if (rc < 0)
+		return rc;
+	cmd->stop = v[CMD_STOP] != 0;
+	cmd->pause = v[CMD_PAUSE] != 0;
+	cmd->save = v[CMD_SAVE] != 0;
+	cmd->reload = v[CMD_RELOAD] != 0;
+	return 0;
+}
+
+int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, size_t errlen)
+{
+	char *json = NULL;
+	int64_t len = 0;
+	int rc = 0;
+
+	/* As JSON, not as bytes: ranks may run on machines whose struct layouts differ. */
+	if (d->rank == 0) {
+		json = mn_config_to_json(cfg);
+		if (!json)
+			len = -1;
+		else
+			len = (int64_t)strlen(json);
+	}
+	if (MPI_Bcast(&len, 1, MPI_INT64_T, 0, MPI_COMM_WORLD) != MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot broadcast the configuration");
+		free(json);
+		return -EIO;
+	}
+	if (len < 0 || len > INT32_MAX) {
+		mn_errf(err, errlen, "rank 0 could not serialise its configuration");
+		free(json);
+		return -ENOMEM;
+	}
+	if (d->rank != 0) {
+		json = malloc((size_t)len + 1);
+		if (!json) {
+			/* The caller aborts the job: rank 0 is already in the broadcast. */
+			mn_errf(err, errlen, "out of memory");
+			return -ENOMEM;
+		}
+	}
+	if (MPI_Bcast(json, (int)len, MPI_CHAR, 0, MPI_COMM_WORLD) != MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot broadcast the configuration");
+		free(json);
+		return -EIO;
+	}
+	if (d->rank != 0) {
+		struct mn_config next;
+
+		json[len] = '\0';
+		rc = mn_config_parse(json, (size_t)len, "rank 0's configuration", &next, err, errlen);
+		if (rc == 0)
+			*cfg = next;
+	}
+	free(json);
+	return rc;
+}
+
+static int bcast(void *buf, size_t count, MPI_Datatype type)
+{
+	/* Large parameter arrays go in chunks that fit MPI's int counts. */
+	size_t elem = type == MPI_FLOAT || type == MPI_UINT32_T ? 4 : 8;
+	char *p = buf;
+
+	while (count > 0) {
+		int n = count > (size_t)INT32_MAX ? INT32_MAX : (int)count;
+
+		if (MPI_Bcast(p, n, type, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+			return -EIO;
+		p += (size_t)n * elem;
+		count -= (size_t)n;
+	}
+	return 0;
+}
+
+int mnd_dist_bcast_state(struct mnd_dist *d, struct mn_trainer_state *s, char *err, size_t errlen)
+{
+	uint64_t sizes[2] = {s->nparams, s->nperm};
+
+	/* A rank whose configuration or data differ would be caught here, not later. */
+	if (MPI_Bcast(sizes, 2, MPI_UINT64_T, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
+		goto io;
+	if (sizes[0] != s->nparams || sizes[1] != s->nperm) {
+		mn_errf(err, errlen,
+		        "rank %d has %zu parameters and %zu training images, rank 0 has %" PRIu64
+		        " and %" PRIu64 ": every rank needs the same configuration and data",
+		        d->rank, s->nparams, s->nperm, sizes[0], sizes[1]);
+		return -EPROTO;
+	}
+	if (bcast(s->params, s->nparams, MPI_FLOAT) < 0 || bcast(s->shadow, s->nparams, MPI_FLOAT) < 0 ||
+	    bcast(s->global_step, 1, MPI_INT64_T) < 0 || bcast(s->epoch, 1, MPI_INT64_T) < 0 ||
+	    bcast(s->perm_pos, 1, MPI_UINT64_T) < 0 || bcast(s->perm, s->nperm, MPI_UINT32_T) < 0 ||
+	    bcast(s->rng->s, 4, MPI_UINT64_T) < 0)
+		goto io;
+	return 0;
+io:
+	mn_errf(err, errlen, "cannot broadcast the training state from rank 0");
+	return -EIO;
+}
+
+static uint32_t state_crc(const struct mn_trainer_state *s)
+{
+	uLong crc = crc32(0L, Z_NULL, 0);
+	const unsigned char *p[2] = {(const unsigned char *)s->params,
+	                             (const unsigned char *)s->shadow};
+
+	for (int i = 0; i < 2; i++) {
+		size_t left = s->nparams * sizeof(float);
+		const unsigned char *q = p[i];
+
+		while (left > 0) {
+			uInt n = left > (1u << 30) ? (1u << 30) : (uInt)left;
+
+			crc = crc32(crc, q, n);
+			q += n;
+			left -= n;
+		}
+	}
+	crc = crc32(crc, (const unsigned char *)s->global_step, sizeof(*s->global_step));
+	crc = crc32(crc, (const unsigned char *)s->rng->s, sizeof(s->rng->s));
+	return (uint32_t)crc;
+}
+
+int mnd_dist_check_state(struct mnd_dist *d, const struct mn_trainer_state *s, char *err,
+                         size_t errlen)
+{
+	uint32_t mine = state_crc(s), *all = calloc((size_t)d->size, sizeof(*all));
+	int rc = 0;
+
+	if (!all) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if (MPI_Allgather(&mine, 1, MPI_UINT32_T, all, 1, MPI_UINT32_T, MPI_COMM_WORLD) !=
+	    MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot compare the ranks' parameters");
+		free(all);
+		return -EIO;
+	}
+	for (int r = 1; r < d->size; r++) {
+		if (all[r] != all[0]) {
+			mn_errf(err, errlen,
+			        "rank %d diverged from rank 0 at step %" PRId64
+			        " (parameter checksum %08" PRIx32 ", rank 0 has %08" PRIx32 ")",
+			        r, *s->global_step, all[r], all[0]);
+			rc = -EPROTO;
+			break;
+		}
+	}
+	free(all);
+	return rc;
+}
+
+#endif
