@@ -156,6 +156,10 @@ struct mn_trainer {
 	int64_t epoch;
 	int64_t global_step;
 	struct mn_rng rng;
+	/* Data-parallel share of each batch (mn_trainer_set_shard); 0 of 1 alone. */
+	size_t shard_index, shard_count;
+	mn_trainer_reduce_fn reduce;
+	void *reduce_ctx;
 };
 
 /* malloc(n * size) with an overflow check. */
@@ -219,9 +223,11 @@ int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *trai
 	t->train = *train;
 	t->nparams = mn_arch_param_count(&p->arch);
 	t->nperm = train->count;
+	t->shard_count = 1;
 	t->params = alloc_array(t->nparams, sizeof(float));
 	t->shadow = alloc_array(t->nparams, sizeof(float));
-	t->grad = alloc_array(t->nparams, sizeof(float));
+	/* One slot more: a sharded step sums its loss with the gradient. */
+	t->grad = alloc_array(t->nparams + 1, sizeof(float));
 	t->batch = alloc_array(p->batch_size, sizeof(uint32_t));
 	t->y = alloc_array(p->batch_size, sizeof(uint8_t));
 	t->perm = alloc_array(t->nperm, sizeof(uint32_t));
@@ -282,6 +288,34 @@ static bool hparams_ok(const struct mn_hparams *h)
 	       h->l2 >= 0.0 && isfinite(h->ema_decay) && h->ema_decay >= 0.0 && h->ema_decay <= 1.0;
 }
 
+/*
+ * The gradient of this trainer's share of the batch, summed with the other
+ * shards' when there are any. Each share is weighted by its size, so the sum
+ * is the whole batch's mean gradient and mean loss however the batch splits.
+ */
+static int shard_loss_grad(struct mn_trainer *t, double *batch_loss)
+{
+	size_t bs = t->p.batch_size;
+	size_t lo = t->shard_index * bs / t->shard_count;
+	size_t hi = (t->shard_index + 1) * bs / t->shard_count;
+	float share;
+	int rc;
+
+	mn_view_gather(&t->train, t->batch + lo, hi - lo, t->x, t->y);
+	rc = mn_mlp_loss_grad(t->mlp, t->params, t->x, t->y, hi - lo, t->grad, batch_loss);
+	if (rc < 0 || !t->reduce)
+		return rc;
+	share = (float)((double)(hi - lo) / (double)bs);
+	for (size_t i = 0; i < t->nparams; i++)
+		t->grad[i] *= share;
+	t->grad[t->nparams] = (float)(*batch_loss * (double)share);
+	rc = t->reduce(t->reduce_ctx, t->grad, t->nparams + 1);
+	if (rc < 0)
+		return rc;
+	*batch_loss = t->grad[t->nparams];
+	return 0;
+}
+
 int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *loss, double *lr)
 {
 	const struct mn_arch *a = &t->p.arch;
@@ -303,8 +337,7 @@ int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *lo
 		if (t->batch[i] >= t->train.count)
 			return -EINVAL;
 	}
-	mn_view_gather(&t->train, t->batch, bs, t->x, t->y);
-	rc = mn_mlp_loss_grad(t->mlp, t->params, t->x, t->y, bs, t->grad, &batch_loss);
+	rc = shard_loss_grad(t, &batch_loss);
 	if (rc < 0)
 		return rc;
 
@@ -325,6 +358,18 @@ int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *lo
 		*loss = batch_loss;
 	if (lr)
 		*lr = rate;
+	return 0;
+}
+
+int mn_trainer_set_shard(struct mn_trainer *t, size_t index, size_t count,
+                         mn_trainer_reduce_fn reduce, void *ctx)
+{
+	if (count < 1 || index >= count || count > t->p.batch_size || (count > 1 && !reduce))
+		return -EINVAL;
+	t->shard_index = index;
+	t->shard_count = count;
+	t->reduce = reduce;
+	t->reduce_ctx = ctx;
 	return 0;
 }
 

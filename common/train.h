@@ -110,6 +110,22 @@ void mn_trainer_free(struct mn_trainer *t);
  */
 int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *loss, double *lr);
 
+/* Sums n floats of buf over every cooperating trainer, in place; 0 or -errno. */
+typedef int (*mn_trainer_reduce_fn)(void *ctx, float *buf, size_t n);
+
+/*
+ * Makes t one of count data-parallel trainers that share every step's
+ * batch: t computes the gradient of examples [index * batch / count,
+ * (index + 1) * batch / count) of it, weighted by that share, and reduce
+ * sums the weighted gradients and losses of all count trainers (one call
+ * over nparams + 1 floats) before the update. All must start from the same
+ * state (they then draw the same permutations). count 1 with a reduce
+ * function still reduces; count 1 without one is a trainer on its own.
+ * -EINVAL if index >= count, count > batch_size, or count > 1 without reduce.
+ */
+int mn_trainer_set_shard(struct mn_trainer *t, size_t index, size_t count,
+                         mn_trainer_reduce_fn reduce, void *ctx);
+
 int64_t mn_trainer_global_step(const struct mn_trainer *t);
 const struct mn_arch *mn_trainer_arch(const struct mn_trainer *t);
 

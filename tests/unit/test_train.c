@@ -2,6 +2,7 @@
 #include <check.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -590,6 +591,136 @@ START_TEST(test_trainer_reject)
 }
 END_TEST
 
+/*
+ * Data-parallel shards in threads: a reducer that sums through a barrier, as
+ * MPI_Allreduce does across processes.
+ */
+enum { SHARD_MAX = 3, SHARD_STEPS = 40 };
+
+struct shard_group {
+	pthread_barrier_t barrier;
+	float *bufs[SHARD_MAX];
+	size_t count;
+};
+
+struct shard_ctx {
+	struct shard_group *g;
+	size_t index;
+	struct mn_trainer *t;
+	double loss[SHARD_STEPS];
+	int rc;
+};
+
+static int shard_reduce(void *arg, float *buf, size_t n)
+{
+	struct shard_ctx *c = arg;
+	struct shard_group *g = c->g;
+	float *sum = malloc(n * sizeof(float));
+
+	if (!sum)
+		return -ENOMEM;
+	g->bufs[c->index] = buf;
+	pthread_barrier_wait(&g->barrier);
+	for (size_t i = 0; i < n; i++) {
+		sum[i] = 0.0f;
+		for (size_t r = 0; r < g->count; r++)
+			sum[i] += g->bufs[r][i];
+	}
+	pthread_barrier_wait(&g->barrier);
+	memcpy(buf, sum, n * sizeof(float));
+	free(sum);
+	return 0;
+}
+
+static void *shard_run(void *arg)
+{
+	struct shard_ctx *c = arg;
+
+	for (int i = 0; i < SHARD_STEPS && c->rc == 0; i++)
+		c->rc = mn_trainer_step(c->t, &syn_h, &c->loss[i], NULL);
+	return NULL;
+}
+
+/* count shards of a batch of batch examples match one trainer on it. */
+static void check_shards(size_t batch, size_t count)
+{
+	struct mn_view v = syn_view(SYN_COUNT);
+	struct mn_trainer_params p = syn_params(batch, 5);
+	struct mn_trainer *one = NULL;
+	struct shard_group g = {.count = count};
+	struct shard_ctx c[SHARD_MAX];
+	pthread_t th[SHARD_MAX];
+	struct mn_trainer_state s1, sr;
+	double loss;
+
+	ck_assert_int_eq(mn_trainer_new(&p, &v, &one, NULL, 0), 0);
+	pthread_barrier_init(&g.barrier, NULL, (unsigned)count);
+	for (size_t r = 0; r < count; r++) {
+		memset(&c[r], 0, sizeof(c[r]));
+		c[r].g = &g;
+		c[r].index = r;
+		ck_assert_int_eq(mn_trainer_new(&p, &v, &c[r].t, NULL, 0), 0);
+		ck_assert_int_eq(mn_trainer_set_shard(c[r].t, r, count, shard_reduce, &c[r]), 0);
+	}
+	for (size_t r = 0; r < count; r++)
+		ck_assert_int_eq(pthread_create(&th[r], NULL, shard_run, &c[r]), 0);
+	for (size_t r = 0; r < count; r++)
+		pthread_join(th[r], NULL);
+	mn_trainer_state(one, &s1);
+	for (int i = 0; i < SHARD_STEPS; i++) {
+		ck_assert_int_eq(mn_trainer_step(one, &syn_h, &loss, NULL), 0);
+		for (size_t r = 0; r < count; r++) {
+			ck_assert_int_eq(c[r].rc, 0);
+			/* The summed, weighted shares are the whole batch's mean loss. */
+			ck_assert_double_eq_tol(c[r].loss[i], loss, 1e-4 * fabs(loss) + 1e-6);
+		}
+	}
+	for (size_t r = 0; r < count; r++) {
+		mn_trainer_state(c[r].t, &sr);
+		ck_assert_int_eq(*sr.global_step, *s1.global_step);
+		ck_assert_mem_eq(sr.perm, s1.perm, s1.nperm * sizeof(uint32_t));
+		/* Every shard applied the same update: identical to each other... */
+		if (r > 0) {
+			struct mn_trainer_state s0;
+
+			mn_trainer_state(c[0].t, &s0);
+			ck_assert_mem_eq(sr.params, s0.params, s0.nparams * sizeof(float));
+		}
+		/* ...and to the single trainer up to summation order. */
+		for (size_t i = 0; i < s1.nparams; i++)
+			ck_assert_float_eq_tol(sr.params[i], s1.params[i], 1e-4f);
+	}
+	for (size_t r = 0; r < count; r++)
+		mn_trainer_free(c[r].t);
+	pthread_barrier_destroy(&g.barrier);
+	mn_trainer_free(one);
+}
+
+START_TEST(test_trainer_shards)
+{
+	check_shards(20, 2); /* even split */
+	check_shards(20, 3); /* 6, 7, 7: weighted by share */
+	check_shards(3, 3);  /* one example each */
+	check_shards(10, 1); /* one shard that still reduces */
+}
+END_TEST
+
+START_TEST(test_trainer_shard_reject)
+{
+	struct mn_view v = syn_view(SYN_COUNT);
+	struct mn_trainer_params p = syn_params(4, 5);
+	struct mn_trainer *t = NULL;
+
+	ck_assert_int_eq(mn_trainer_new(&p, &v, &t, NULL, 0), 0);
+	ck_assert_int_eq(mn_trainer_set_shard(t, 0, 5, shard_reduce, NULL), -EINVAL);
+	ck_assert_int_eq(mn_trainer_set_shard(t, 2, 2, shard_reduce, NULL), -EINVAL);
+	ck_assert_int_eq(mn_trainer_set_shard(t, 0, 2, NULL, NULL), -EINVAL);
+	ck_assert_int_eq(mn_trainer_set_shard(t, 0, 0, shard_reduce, NULL), -EINVAL);
+	ck_assert_int_eq(mn_trainer_set_shard(t, 0, 1, NULL, NULL), 0);
+	mn_trainer_free(t);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("train");
@@ -598,6 +729,7 @@ int main(void)
 	            test_ema_update, test_sgd_update, test_rng_known_answer, test_rng_determinism,
 	            test_rng_below, test_rng_shuffle, test_truncated_normal, test_params_init,
 	            test_trainer_learns, test_trainer_first_step_exact, test_trainer_determinism,
-	            test_trainer_resume, test_trainer_epochs, test_trainer_reject);
+	            test_trainer_resume, test_trainer_epochs, test_trainer_reject,
+	            test_trainer_shards, test_trainer_shard_reject);
 	return mn_test_run(s);
 }
