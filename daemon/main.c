@@ -18,6 +18,7 @@
 #include "ckptdir.h"
 #include "config.h"
 #include "control.h"
+#include "dist.h"
 #include "idx.h"
 #include "log.h"
 #include "mlp.h"
@@ -44,7 +45,8 @@ struct daemon {
 	bool stopping;
 	struct mnd_control *control;
 	struct mnd_worker *worker;
-	int ex; /* exit status */
+	struct mnd_dist *dist; /* NULL unless an MPI launcher started us */
+	int ex;                /* exit status */
 };
 
 static void usage(FILE *f)
@@ -371,6 +373,13 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	tp.batch_size = (size_t)cfg->train.batch_size;
 	tp.seed = cfg->model.seed;
 	tp.init_stddev = (float)cfg->model.init_stddev;
+	if (mnd_dist_rank(d->dist) != 0) {
+		/* Rank 0's state reaches this rank by broadcast; the directory is rank 0's. */
+		rc = mn_trainer_new(&tp, &train, out, err, sizeof(err));
+		if (rc < 0)
+			mn_log(MN_LOG_ERROR, "%s", err);
+		return rc < 0 ? MN_EX_CONFIG : MN_EX_OK;
+	}
 	rc = mn_mkdir_p(cfg->checkpoint.dir, 0755, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
@@ -436,7 +445,7 @@ static int run(struct daemon *d)
 	 * runs on this configuration before setup touches checkpoint.dir
 	 * (which removes temporary files that daemon may be writing).
 	 */
-	if (start_control(d) < 0) {
+	if (mnd_dist_rank(d->dist) == 0 && start_control(d) < 0) {
 		d->ex = MN_EX_FAILURE;
 		goto out;
 	}
@@ -451,27 +460,32 @@ static int run(struct daemon *d)
 	 * or the seeded initialisation.
 	 */
 	uv_run(&d->app.loop, UV_RUN_NOWAIT);
-	if (d->stopping) {
+	/* Ranks stop together, at a step they agree on: that needs the worker. */
+	if (d->stopping && !d->dist) {
 		mn_trainer_free(t);
 		goto out;
 	}
-	uv_timer_init(&d->app.loop, &d->progress);
-	d->progress.data = d;
-	uv_timer_start(&d->progress, on_progress, PROGRESS_INTERVAL_MS, PROGRESS_INTERVAL_MS);
+	if (mnd_dist_rank(d->dist) == 0) {
+		uv_timer_init(&d->app.loop, &d->progress);
+		d->progress.data = d;
+		uv_timer_start(&d->progress, on_progress, PROGRESS_INTERVAL_MS,
+		               PROGRESS_INTERVAL_MS);
+	}
 
 	struct mn_trainer_state ts;
 
 	mn_trainer_state(t, &ts);
-	rc = mnd_worker_start(&d->app.loop, t, &d->app.cfg, ts.nperm, latest, on_worker_done, d,
-	                      &d->worker, err, sizeof(err));
+	rc = mnd_worker_start(&d->app.loop, t, &d->app.cfg, ts.nperm, latest, d->dist,
+	                      on_worker_done, d, &d->worker, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
 		mn_trainer_free(t);
 		d->ex = MN_EX_FAILURE;
 		goto out;
 	}
-	mnd_control_set_worker(d->control, d->worker);
-	if (mn_notify_enabled())
+	if (d->control)
+		mnd_control_set_worker(d->control, d->worker);
+	if (mnd_dist_rank(d->dist) == 0 && mn_notify_enabled())
 		start_notify(d);
 	uv_run(&d->app.loop, UV_RUN_DEFAULT);
 out:
@@ -486,6 +500,24 @@ out:
 	d->control = NULL;
 	mn_app_loop_close(&d->app);
 	return d->ex;
+}
+
+/* Joins the MPI job that launched us; rank 0 speaks for it, the others report only trouble. */
+static int start_dist(struct daemon *d, int *argc, char ***argv)
+{
+	char err[MN_ERRLEN];
+
+	if (mnd_dist_init(argc, argv, &d->dist, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "%s", err);
+		return MN_EX_FAILURE;
+	}
+	if (mnd_dist_rank(d->dist) != 0 && d->app.cfg.log.level < MN_LOG_WARN)
+		mn_log_set_level(MN_LOG_WARN);
+	mn_log_fields(MN_LOG_INFO, "data-parallel job",
+	              (struct mn_log_field[]){MN_F_INT("rank", mnd_dist_rank(d->dist)),
+	                                      MN_F_INT("world_size", mnd_dist_size(d->dist))},
+	              2);
+	return MN_EX_OK;
 }
 
 int main(int argc, char **argv)
@@ -513,7 +545,8 @@ int main(int argc, char **argv)
 			usage(stdout);
 			return MN_EX_OK;
 		case 'V':
-			printf("mnistd %s\n", MN_VERSION);
+			printf("mnistd %s (MPI %s)\n", MN_VERSION,
+			       mnd_dist_available() ? "available" : "not built in");
 			return MN_EX_OK;
 		default:
 			usage(stderr);
@@ -527,7 +560,15 @@ int main(int argc, char **argv)
 	}
 	if (!mn_app_start(&d.app, &sp, &ex))
 		return ex;
+	if (mnd_dist_launched()) {
+		ex = start_dist(&d, &argc, &argv);
+		if (ex != MN_EX_OK) {
+			mn_app_end(&d.app);
+			return ex;
+		}
+	}
 	ex = run(&d);
 	mn_app_end(&d.app);
+	mnd_dist_finalize(d.dist);
 	return ex;
 }

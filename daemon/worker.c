@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "log.h"
 #include "model.h"
 #include "util.h"
@@ -42,6 +43,9 @@ struct mnd_worker {
 	size_t train_count;
 	int64_t last_saved_step;
 	int64_t rate_t0, rate_step0;
+	struct mnd_dist *dist; /* NULL when training alone */
+	bool dist_paused;      /* the ranks last agreed to pause */
+	bool diverged;         /* the ranks' parameters differ: nothing more is saved */
 
 	/* Shared, under lock. */
 	struct mn_config next_cfg;
@@ -75,6 +79,20 @@ static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, siz
 	int64_t step = mn_trainer_global_step(w->trainer);
 	int rc;
 
+	if (w->dist) {
+		/* Every rank takes part in the comparison; only rank 0 writes. */
+		struct mn_trainer_state s;
+
+		mn_trainer_state(w->trainer, &s);
+		rc = mnd_dist_check_state(w->dist, &s, err, errlen);
+		if (rc < 0) {
+			mn_log(MN_LOG_ERROR, "not saving: %s", err);
+			w->diverged = true;
+			return rc;
+		}
+		if (mnd_dist_rank(w->dist) != 0)
+			return 0;
+	}
 	if (step == w->last_saved_step) {
 		char path[PATH_MAX];
 
@@ -89,8 +107,8 @@ static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, siz
 	int64_t t0 = mn_monotonic_ns();
 
 	rc = mn_model_save(w->trainer, w->cfg.checkpoint.dir, w->cfg.checkpoint.prefix,
-	                   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json, name, len, err,
-	                   errlen);
+	                   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json,
+	                   mnd_dist_size(w->dist), name, len, err, errlen);
 	if (rc < 0) {
 		mn_log_fields(
 		    MN_LOG_ERROR, "checkpoint failed",
@@ -125,19 +143,12 @@ static void answer_locked(struct mnd_worker *w, struct req *r, int status, const
 	w->done_tail = &r->next;
 }
 
-/* Carries out the requests taken at this step boundary: one checkpoint serves every save. */
-static void complete_requests(struct mnd_worker *w, struct req *list)
+/* Answers every request in list: saves with rc (and name or err), the others with 0. */
+static void answer_all(struct mnd_worker *w, struct req *list, int rc, const char *name,
+                       const char *err)
 {
-	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
-	bool save = false;
-	int rc = 0;
-
 	if (!list)
 		return;
-	for (struct req *r = list; r; r = r->next)
-		save = save || r->save;
-	if (save)
-		rc = save_now(w, name, sizeof(name), err, sizeof(err));
 	pthread_mutex_lock(&w->lock);
 	while (list) {
 		struct req *r = list;
@@ -147,6 +158,25 @@ static void complete_requests(struct mnd_worker *w, struct req *list)
 	}
 	pthread_mutex_unlock(&w->lock);
 	uv_async_send(&w->async);
+}
+
+static bool any_save(const struct req *list)
+{
+	for (; list; list = list->next)
+		if (list->save)
+			return true;
+	return false;
+}
+
+/* Carries out the requests taken at this step boundary: one checkpoint serves every save. */
+static void complete_requests(struct mnd_worker *w, struct req *list)
+{
+	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
+	int rc = 0;
+
+	if (any_save(list))
+		rc = save_now(w, name, sizeof(name), err, sizeof(err));
+	answer_all(w, list, rc, name, err);
 }
 
 static void apply_config(struct mnd_worker *w, const struct mn_config *next)
@@ -159,7 +189,34 @@ static void apply_config(struct mnd_worker *w, const struct mn_config *next)
 		free(w->config_json);
 		w->config_json = json;
 	}
-	mn_log_set_level(w->cfg.log.level);
+	if (mnd_dist_rank(w->dist) == 0 || w->cfg.log.level > MN_LOG_WARN)
+		mn_log_set_level(w->cfg.log.level);
+}
+
+/*
+ * Makes this rank's trainer one shard of the job's and starts it from rank
+ * 0's state and configuration, whether rank 0 restored them or drew them.
+ */
+static int dist_start(struct mnd_worker *w, char *err, size_t errlen)
+{
+	struct mn_trainer_state s;
+	struct mn_config cfg = w->cfg;
+	int rank = mnd_dist_rank(w->dist), size = mnd_dist_size(w->dist), rc;
+
+	rc = mn_trainer_set_shard(w->trainer, (size_t)rank, (size_t)size, mnd_dist_allreduce,
+	                          w->dist);
+	if (rc < 0) {
+		mn_errf(err, errlen, "%d ranks cannot share a batch of %" PRId64 " (train.batch_size)",
+		        size, w->cfg.train.batch_size);
+		return rc;
+	}
+	mn_trainer_state(w->trainer, &s);
+	rc = mnd_dist_bcast_state(w->dist, &s, err, errlen);
+	if (rc == 0)
+		rc = mnd_dist_bcast_config(w->dist, &cfg, err, errlen);
+	if (rc == 0 && rank != 0)
+		apply_config(w, &cfg);
+	return rc;
 }
 
 static void update_rate(struct mnd_worker *w, int64_t now, int64_t step)
@@ -219,19 +276,66 @@ static bool take_mail(struct mnd_worker *w, struct mail *m)
 	return true;
 }
 
+/*
+ * The ranks agree on this boundary's mail: a stop any rank received, and
+ * rank 0's pause, save and reload, which the others then follow. *save
+ * tells a rank without save requests of its own to join the check.
+ */
+static int dist_agree(struct mnd_worker *w, struct mail *m, bool *save, char *err, size_t errlen)
+{
+	struct mnd_dist_cmd cmd = {m->stop, m->paused, any_save(m->reqs), m->have_next};
+	int rc = mnd_dist_agree(w->dist, &cmd, w->dist_paused);
+
+	if (rc < 0) {
+		mn_errf(err, errlen, "the ranks cannot agree on the next step: %s", strerror(-rc));
+		return rc;
+	}
+	m->stop = cmd.stop;
+	m->paused = w->dist_paused = cmd.pause;
+	*save = cmd.save;
+	if (cmd.reload) {
+		struct mn_config cfg = w->cfg;
+
+		if (mnd_dist_rank(w->dist) == 0)
+			mn_config_apply_reloadable(&cfg, &m->next);
+		rc = mnd_dist_bcast_config(w->dist, &cfg, err, errlen);
+		if (rc < 0)
+			return rc;
+		m->next = cfg;
+		m->have_next = true;
+	}
+	return 0;
+}
+
 static void train_thread(void *arg)
 {
 	struct mnd_worker *w = arg;
 	char name[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
 	int status = 0;
 
+	if (w->dist) {
+		status = dist_start(w, err, sizeof(err));
+		if (status < 0)
+			goto dist_failed;
+	}
 	w->rate_t0 = mn_monotonic_ns();
 	w->rate_step0 = mn_trainer_global_step(w->trainer);
 	for (;;) {
 		struct mail m;
+		bool dist_save = false;
 
 		if (!take_mail(w, &m))
 			continue;
+		if (w->dist) {
+			status = dist_agree(w, &m, &dist_save, err, sizeof(err));
+			if (status < 0) {
+				answer_all(w, m.reqs, status, "", err);
+				goto dist_failed;
+			}
+			/* Rank 0 answers its save requests; the others only join the check. */
+			if (dist_save && !m.reqs)
+				save_now(w, name, sizeof(name), err, sizeof(err));
+		}
 		if (m.have_next) {
 			apply_config(w, &m.next);
 			pthread_mutex_lock(&w->lock);
@@ -239,6 +343,10 @@ static void train_thread(void *arg)
 			pthread_mutex_unlock(&w->lock);
 		}
 		complete_requests(w, m.reqs);
+		if (w->diverged) {
+			status = -EPROTO;
+			break;
+		}
 		if (m.stop) {
 			mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
 			       mn_trainer_global_step(w->trainer));
@@ -271,6 +379,12 @@ static void train_thread(void *arg)
 			break;
 		}
 		step++;
+		if (mn_log_get_level() <= MN_LOG_DEBUG)
+			mn_log_fields(MN_LOG_DEBUG, "step",
+			              (struct mn_log_field[]){MN_F_INT("step", step),
+			                                      MN_F_DBL("loss", loss, 8),
+			                                      MN_F_DBL("learning_rate", lr, 8)},
+			              3);
 		int64_t now = mn_monotonic_ns();
 
 		pthread_mutex_lock(&w->lock);
@@ -281,8 +395,20 @@ static void train_thread(void *arg)
 		update_rate(w, now, step);
 		pthread_mutex_unlock(&w->lock);
 
-		if (step % w->cfg.checkpoint.every_steps == 0 && step < w->cfg.train.max_steps)
+		if (step % w->cfg.checkpoint.every_steps == 0 && step < w->cfg.train.max_steps) {
 			save_now(w, name, sizeof(name), err, sizeof(err));
+			if (w->diverged) {
+				status = -EPROTO;
+				break;
+			}
+		}
+	}
+	mnd_dist_log_summary(w->dist);
+	if (0) {
+	dist_failed:
+		/* A collective this rank cannot finish would hang the others: end the job. */
+		mn_log(MN_LOG_ERROR, "rank %d: %s; ending the job", mnd_dist_rank(w->dist), err);
+		mnd_dist_abort(w->dist, 1);
 	}
 	pthread_mutex_lock(&w->lock);
 	w->finished = true;
@@ -358,7 +484,8 @@ static void on_async_closed(uv_handle_t *h)
 }
 
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-                     size_t train_count, const char *latest, mnd_worker_done_cb done, void *arg,
+                     size_t train_count, const char *latest, struct mnd_dist *dist,
+                     mnd_worker_done_cb done, void *arg,
                      struct mnd_worker **out, char *err, size_t errlen)
 {
 	struct mnd_worker *w = calloc(1, sizeof(*w));
@@ -370,6 +497,7 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 	}
 	w->cfg = *cfg;
 	w->train_count = train_count;
+	w->dist = dist;
 	w->done_cb = done;
 	w->done_arg = arg;
 	w->pending_tail = &w->pending;

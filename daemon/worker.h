@@ -17,6 +17,7 @@
 
 #include "ckpt.h"
 #include "config.h"
+#include "dist.h"
 #include "train.h"
 
 /* A snapshot of the worker's progress, for status, logs and notify. */
@@ -55,7 +56,8 @@ struct mnd_worker;
  * restored from ("" or NULL if none). done is called when the thread exits.
  */
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-                     size_t train_count, const char *latest, mnd_worker_done_cb done, void *arg,
+                     size_t train_count, const char *latest, struct mnd_dist *dist,
+                     mnd_worker_done_cb done, void *arg,
                      struct mnd_worker **out, char *err, size_t errlen);
 
 /* Asks the thread to finish its step, publish a checkpoint and exit. */
