@@ -210,16 +210,18 @@ int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quiet
 		v[CMD_SAVE] = cmd->save;
 		v[CMD_RELOAD] = cmd->reload;
 	}
-	if (wait_quietly && d->rank != 0) {
-		rc = MPI_Iallreduce(MPI_IN_PLACE, v, CMD_COUNT, MPI_INT32_T, MPI_MAX, MPI_COMM_WORLD,
-		                    &req);
-		rc = rc == MPI_SUCCESS ? wait_quiet(&req) : -EIO;
-	} else {
-		rc = MPI_Allreduce(MPI_IN_PLACE, v, CMD_COUNT, MPI_INT32_T, MPI_MAX,
-		                   MPI_COMM_WORLD) == MPI_SUCCESS
-		         ? 0
-		         : -EIO;
-	}
+	/*
+	 * Always the non-blocking form: MPI never matches a blocking collective
+	 * with a non-blocking one, and a paused rank must not spin in a
+	 * blocking wait.
+	 */
+	rc = MPI_Iallreduce(MPI_IN_PLACE, v, CMD_COUNT, MPI_INT32_T, MPI_MAX, MPI_COMM_WORLD, &req);
+	if (rc != MPI_SUCCESS)
+		rc = -EIO;
+	else if (wait_quietly && d->rank != 0)
+		rc = wait_quiet(&req);
+	else
+		rc = MPI_Wait(&req, MPI_STATUS_IGNORE) == MPI_SUCCESS ? 0 : -EIO;
 	if (rc < 0)
 		return rc;
 	cmd->stop = v[CMD_STOP] != 0;

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""End-to-end tests of data-parallel training: the real mnistd started by
+Open MPI's mpirun as 2 and 3 ranks on the tiny data set, against a plain
+mnistd on the same configuration."""
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+
+MPIRUN = shutil.which("mpirun")
+
+# mpirun refuses root without these; the sanitizer's leak checker would
+# report Open MPI's own allocations at exit, which are not ours to fix.
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+}
+
+
+def mpi_built_in():
+    out = subprocess.run([mnlib.MNISTD, "--version"], capture_output=True, text=True).stdout
+    return "MPI available" in out
+
+
+STEP_RE = re.compile(r"debug step step=(\d+) loss=([0-9.eE+-]+|nan|inf)")
+
+
+def step_losses(text):
+    return {int(m.group(1)): float(m.group(2)) for m in STEP_RE.finditer(text)}
+
+
+@unittest.skipUnless(MPIRUN, "mpirun is not installed (Debian: openmpi-bin)")
+@unittest.skipUnless(os.path.exists(mnlib.MNISTD) and mpi_built_in(), "mnistd was built without MPI")
+class MpiTest(mnlib.TestCase):
+    def mpi_argv(self, n, cfg_path, *extra):
+        return [MPIRUN, "-np", str(n), *extra, mnlib.MNISTD, "--config", cfg_path]
+
+    def mpi_env(self):
+        env = dict(MPI_ENV)
+        lsan = os.path.join(os.path.dirname(__file__), "lsan-mpi.supp")
+        env["LSAN_OPTIONS"] = "suppressions=%s:print_suppressions=0" % lsan
+        return env
+
+    def run_mpi(self, n, cfg_path, name, timeout=120, extra=()):
+        p = self.start(self.mpi_argv(n, cfg_path, *extra), name, env=self.mpi_env())
+        rc = p.wait(timeout)
+        return rc, p.output()
+
+    def run_plain(self, cfg_path, name, timeout=120):
+        p = self.start([mnlib.MNISTD, "--config", cfg_path], name)
+        rc = p.wait(timeout)
+        return rc, p.output()
+
+    def ckpt_dir(self, cfg):
+        return cfg["checkpoint"]["dir"]
+
+    def test_losses_match_a_single_process(self):
+        """Every one of the first 200 steps has the single process's loss (2
+        ranks: an even split; 3 ranks: 6, 7 and 7 of a batch of 20)."""
+        path, cfg = self.config("one.json", train={"max_steps": 200}, log={"level": "debug"},
+                                checkpoint={"every_steps": 100})
+        rc, out = self.run_plain(path, "one")
+        self.assertEqual(rc, 0, out)
+        want = step_losses(out)
+        self.assertEqual(sorted(want), list(range(1, 201)))
+        for n in (2, 3):
+            path, cfg = self.config("np%d.json" % n, train={"max_steps": 200}, log={"level": "debug"},
+                                    checkpoint={"every_steps": 100, "dir": os.path.join(self.work, "ck%d" % n)},
+                                    control={"socket": os.path.join(self.work, "c%d.sock" % n)})
+            rc, out = self.run_mpi(n, path, "np%d" % n)
+            self.assertEqual(rc, 0, out)
+            got = step_losses(out)
+            # Rank 0 alone logs: one line per step, not one per rank.
+            self.assertEqual(sorted(got), list(range(1, 201)), "np %d" % n)
+            for step in range(1, 201):
+                self.assertAlmostEqual(got[step], want[step], delta=1e-4 * abs(want[step]),
+                                       msg="np %d step %d" % (n, step))
+            self.assertIn("world_size=%d" % n, out)
+
+    def test_restart_with_same_ranks_is_byte_identical(self):
+        full_path, full = self.config("full.json", train={"max_steps": 120},
+                                      checkpoint={"every_steps": 40, "dir": os.path.join(self.work, "full")},
+                                      control={"socket": os.path.join(self.work, "full.sock")})
+        rc, out = self.run_mpi(2, full_path, "full")
+        self.assertEqual(rc, 0, out)
+        part_path, part = self.config("part.json", train={"max_steps": 60},
+                                      checkpoint={"every_steps": 40, "dir": os.path.join(self.work, "part")},
+                                      control={"socket": os.path.join(self.work, "part.sock")})
+        rc, out = self.run_mpi(2, part_path, "part1")
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(part))[-1], 60)
+        part["train"]["max_steps"] = 120
+        mnlib.write_config(part_path, part)
+        rc, out = self.run_mpi(2, part_path, "part2")
+        self.assertEqual(rc, 0, out)
+        self.assertRegex(out, r"resumed file=model\.ckpt-60\.safetensors step=60")
+        a = os.path.join(self.ckpt_dir(full), "model.ckpt-120.safetensors")
+        b = os.path.join(self.ckpt_dir(part), "model.ckpt-120.safetensors")
+        ha, da, _ = mnlib.read_safetensors(a)
+        hb, db, _ = mnlib.read_safetensors(b)
+        self.assertEqual(da, db, "an interrupted 2-rank run must end byte-identical")
+        self.assertEqual(ha["__metadata__"]["data_crc32"], hb["__metadata__"]["data_crc32"])
+        self.assertEqual(ha["__metadata__"].get("world_size"), "2")
+
+    def test_checkpoint_resumes_with_other_world_sizes(self):
+        """A 2-rank checkpoint resumes under 3 ranks and under a plain mnistd,
+        and the two continuations agree step by step."""
+        path, cfg = self.config("two.json", train={"max_steps": 60}, checkpoint={"every_steps": 30})
+        rc, out = self.run_mpi(2, path, "two")
+        self.assertEqual(rc, 0, out)
+        src = self.ckpt_dir(cfg)
+        losses = {}
+        for label in ("np3", "plain"):
+            dst = os.path.join(self.work, "ck-" + label)
+            shutil.copytree(src, dst)
+            p, c = self.config(label + ".json", train={"max_steps": 100}, log={"level": "debug"},
+                               checkpoint={"every_steps": 50, "dir": dst},
+                               control={"socket": os.path.join(self.work, label + ".sock")})
+            if label == "np3":
+                rc, out = self.run_mpi(3, p, label)
+            else:
+                rc, out = self.run_plain(p, label)
+            self.assertEqual(rc, 0, out)
+            self.assertRegex(out, r"resumed file=model\.ckpt-60\.safetensors step=60")
+            self.assertEqual(mnlib.ckpt_steps(dst)[-1], 100)
+            losses[label] = step_losses(out)
+            self.assertEqual(sorted(losses[label]), list(range(61, 101)))
+        for step in range(61, 101):
+            want = losses["plain"][step]
+            self.assertAlmostEqual(losses["np3"][step], want, delta=1e-4 * abs(want), msg="step %d" % step)
+        # The plain run's checkpoint says it ran alone.
+        h, _, _ = mnlib.read_safetensors(os.path.join(self.work, "ck-plain", "model.ckpt-100.safetensors"))
+        self.assertEqual(h["__metadata__"].get("world_size"), "1")
+
+    def test_control_socket_and_sigterm_to_the_launcher(self):
+        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 50})
+        sock = cfg["control"]["socket"]
+        p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
+        mnlib.wait_for(lambda: len(mnlib.ckpt_steps(self.ckpt_dir(cfg))) >= 1, 60, "a first checkpoint")
+
+        def ctl(*args):
+            r = self.run_prog([mnlib.MNISTCTL, "--socket", sock, *args])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            return r.stdout
+
+        self.assertIn('"ok": true', ctl("status", "--json").replace('"ok":true', '"ok": true'))
+        ctl("pause")
+        s1 = mnlib.json.loads(ctl("status", "--json"))
+        mnlib.wait_for(lambda: mnlib.json.loads(ctl("status", "--json"))["paused"], 20, "paused")
+        s1 = mnlib.json.loads(ctl("status", "--json"))
+        s2 = mnlib.json.loads(ctl("status", "--json"))
+        self.assertEqual(s1["step"], s2["step"], "paused ranks do not step")
+        saved = ctl("save")
+        m = re.search(r"model\.ckpt-(\d+)\.safetensors", saved)
+        self.assertTrue(m, saved)
+        self.assertTrue(os.path.exists(os.path.join(self.ckpt_dir(cfg), m.group(0))))
+        ctl("resume")
+        mnlib.wait_for(lambda: mnlib.json.loads(ctl("status", "--json"))["step"] > s2["step"], 20, "training again")
+        p.signal(signal.SIGTERM)
+        p.wait(60)
+        out = p.output()
+        m = re.search(r"stopping at step (\d+)", out)
+        self.assertTrue(m, out)
+        final = int(m.group(1))
+        self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg))[-1], final, out)
+        self.assertEqual(out.count("stopping at step"), 1, "rank 0 alone logs")
+        self.assert_all_valid(self.ckpt_dir(cfg))
+
+    def assert_all_valid(self, d):
+        names = os.listdir(d)
+        self.assertFalse([n for n in names if n.startswith(".")], names)
+        for f in glob.glob(os.path.join(d, "*.safetensors")):
+            r = self.run_prog([mnlib.MNISTCTL, "verify", f])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_a_dead_rank_ends_the_job_and_the_run_resumes(self):
+        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 40})
+        p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
+        mnlib.wait_for(lambda: len(mnlib.ckpt_steps(self.ckpt_dir(cfg))) >= 2, 60, "two checkpoints")
+        ranks = subprocess.run(["pgrep", "-P", str(p.p.pid), "-f", "mnistd"], capture_output=True,
+                               text=True).stdout.split()
+        self.assertEqual(len(ranks), 2, ranks)
+        os.kill(int(max(ranks, key=int)), signal.SIGKILL)
+        rc = p.wait(60)
+        self.assertNotEqual(rc, 0)
+        self.assert_all_valid(self.ckpt_dir(cfg))
+        last = mnlib.ckpt_steps(self.ckpt_dir(cfg))[-1]
+        cfg["train"]["max_steps"] = last + 40
+        mnlib.write_config(path, cfg)
+        rc, out = self.run_mpi(2, path, "again")
+        self.assertEqual(rc, 0, out)
+        self.assertIn("step=%d" % last, re.search(r"resumed .*", out).group(0))
+
+    def test_a_diverging_rank_is_named_and_nothing_is_published(self):
+        """Rank 1 reads a different copy of the data (same shape): its
+        parameters drift, and the first checkpoint's comparison stops the job."""
+        other = mnlib.make_dataset(os.path.join(self.work, "other"), seed=99)
+        path0, cfg = self.config("r0.json", train={"max_steps": 100}, checkpoint={"every_steps": 20})
+        path1, _ = self.config("r1.json", data={"dir": other}, train={"max_steps": 100},
+                               checkpoint={"every_steps": 20})
+        argv = [MPIRUN, "-np", "1", mnlib.MNISTD, "--config", path0, ":",
+                "-np", "1", mnlib.MNISTD, "--config", path1]
+        p = self.start(argv, "mpmd", env=self.mpi_env())
+        rc = p.wait(120)
+        out = p.output()
+        self.assertNotEqual(rc, 0, out)
+        self.assertRegex(out, r"rank 1 diverged from rank 0 at step 20")
+        self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg)), [])
+
+    def test_more_ranks_than_examples_in_a_batch(self):
+        path, _ = self.config(train={"batch_size": 2, "max_steps": 10})
+        rc, out = self.run_mpi(3, path, "three")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("3 ranks cannot share a batch of 2", out)
+
+    def test_the_evaluator_reads_an_mpi_run(self):
+        path, cfg = self.config(train={"max_steps": 60}, checkpoint={"every_steps": 30})
+        rc, out = self.run_mpi(2, path, "job")
+        self.assertEqual(rc, 0, out)
+        r = self.run_prog([mnlib.MNIST_EVAL, "--config", path, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout + r.stderr, r"step=60 accuracy=0\.\d{4}")
+
+    def test_a_plain_mnistd_does_not_start_mpi(self):
+        path, _ = self.config(train={"max_steps": 20})
+        rc, out = self.run_plain(path, "plain")
+        self.assertEqual(rc, 0, out)
+        self.assertNotIn("data-parallel", out)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
