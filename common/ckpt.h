@@ -30,6 +30,7 @@
  *   data_crc32    zlib CRC-32 of the whole data buffer, 8 lowercase hex digits
  *   created       RFC 3339 UTC time
  *   config        the effective configuration, compact JSON
+ *   world_size    decimal: the processes that trained it (mpirun -np N), 1 alone
  *   frozen        "true" only in frozen inference models
  *
  * The reader checks, before trusting anything: N within the file and within
@@ -62,6 +63,7 @@
 #define MN_META_FROZEN       "frozen"
 #define MN_META_SOURCE       "source"
 #define MN_META_EMA          "ema"
+#define MN_META_WORLD_SIZE   "world_size"
 
 #define MN_CKPT_FORMAT     "mnistd.checkpoint.v1"
 #define MN_CKPT_SUFFIX     ".safetensors"

@@ -328,7 +328,8 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 }
 
 int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
-                  const char *config_json, char *name, size_t len, char *err, size_t errlen)
+                  const char *config_json, int world_size, char *name, size_t len, char *err,
+                  size_t errlen)
 {
 	const struct mn_arch *a = mn_trainer_arch(t);
 	struct mn_trainer_state s;
@@ -336,7 +337,7 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 	size_t cap = layers * TENSORS_PER_LAYER + 5;
 	struct mn_tensor *tensors = calloc(cap, sizeof(*tensors));
 	char(*names)[NAME_LEN] = calloc(layers * TENSORS_PER_LAYER, NAME_LEN);
-	char arch_json[1024], step_str[32], created[MN_TIMELEN];
+	char arch_json[1024], step_str[32], world_str[16], created[MN_TIMELEN];
 	int rc = -ENOMEM;
 
 	if (!tensors || !names) {
@@ -385,6 +386,7 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 		goto out;
 	}
 	snprintf(step_str, sizeof(step_str), "%" PRId64, *s.global_step);
+	snprintf(world_str, sizeof(world_str), "%d", world_size);
 	mn_time_rfc3339(created);
 	const struct mn_meta meta[] = {
 	    {MN_META_FORMAT, MN_CKPT_FORMAT},
@@ -392,6 +394,7 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 	    {MN_META_ARCHITECTURE, arch_json},
 	    {MN_META_CREATED, created},
 	    {MN_META_CONFIG, config_json ? config_json : "{}"},
+	    {MN_META_WORLD_SIZE, world_str},
 	};
 
 	rc = mn_ckptdir_filename(prefix, *s.global_step, name, len);

@@ -110,10 +110,12 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 /*
  * Writes the trainer's full state as "<dir>/<prefix>-<step>.safetensors"
  * (atomic), then checkpoint.json and retention. config_json is stored as the
- * "config" metadata. The file name is written to name (len bytes).
+ * "config" metadata and world_size (the data-parallel processes that
+ * trained it) as "world_size". The file name is written to name (len bytes).
  */
 int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
-                  const char *config_json, char *name, size_t len, char *err, size_t errlen);
+                  const char *config_json, int world_size, char *name, size_t len, char *err,
+                  size_t errlen);
 
 /*
  * Writes an inference-only model as "<dir>/<name>", atomically: the tensors

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <zlib.h>
 
+#include "log.h"
 #include "util.h"
 
 #ifdef MN_HAVE_MPI
@@ -54,6 +55,10 @@ void mnd_dist_abort(struct mnd_dist *d, int status)
 {
 }
 
+void mnd_dist_log_summary(const struct mnd_dist *d)
+{
+}
+
 int mnd_dist_rank(const struct mnd_dist *d)
 {
 	return 0;
@@ -95,6 +100,9 @@ int mnd_dist_check_state(struct mnd_dist *d, const struct mn_trainer_state *s, c
 struct mnd_dist {
 	int rank;
 	int size;
+	/* Where the job's time goes, for the summary at the end. */
+	int64_t allreduce_ns, agree_ns;
+	int64_t allreduces, agreements;
 };
 
 bool mnd_dist_available(void)
@@ -160,6 +168,22 @@ void mnd_dist_abort(struct mnd_dist *d, int status)
 		MPI_Abort(MPI_COMM_WORLD, status);
 }
 
+void mnd_dist_log_summary(const struct mnd_dist *d)
+{
+	if (!d || d->rank != 0 || d->allreduces == 0 || d->agreements == 0)
+		return;
+	mn_log_fields(MN_LOG_INFO, "data-parallel summary",
+	              (struct mn_log_field[]){
+	                  MN_F_INT("world_size", d->size),
+	                  MN_F_INT("allreduces", d->allreduces),
+	                  MN_F_DBL("allreduce_ms_per_step",
+	                           (double)d->allreduce_ns / 1e6 / (double)d->allreduces, 3),
+	                  MN_F_DBL("commands_us_per_step",
+	                           (double)d->agree_ns / 1e3 / (double)d->agreements, 1),
+	              },
+	              4);
+}
+
 int mnd_dist_rank(const struct mnd_dist *d)
 {
 	return d ? d->rank : 0;
@@ -172,13 +196,16 @@ int mnd_dist_size(const struct mnd_dist *d)
 
 int mnd_dist_allreduce(void *dist, float *buf, size_t n)
 {
-	(void)dist;
+	struct mnd_dist *d = dist;
+	int64_t t0 = mn_monotonic_ns();
+	int rc;
+
 	if (n > INT32_MAX)
 		return -EOVERFLOW;
-	if (MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) !=
-	    MPI_SUCCESS)
-		return -EIO;
-	return 0;
+	rc = MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+	d->allreduce_ns += mn_monotonic_ns() - t0;
+	d->allreduces++;
+	return rc == MPI_SUCCESS ? 0 : -EIO;
 }
 
 /* Waits for a non-blocking collective, sleeping between tests instead of spinning. */
@@ -201,6 +228,7 @@ enum { CMD_STOP, CMD_PAUSE, CMD_SAVE, CMD_RELOAD, CMD_COUNT };
 int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quietly)
 {
 	int32_t v[CMD_COUNT] = {0};
+	int64_t t0 = mn_monotonic_ns();
 	MPI_Request req;
 	int rc;
 
@@ -222,6 +250,10 @@ int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quiet
 		rc = wait_quiet(&req);
 	else
 		rc = MPI_Wait(&req, MPI_STATUS_IGNORE) == MPI_SUCCESS ? 0 : -EIO;
+	if (!wait_quietly) {
+		d->agree_ns += mn_monotonic_ns() - t0;
+		d->agreements++;
+	}
 	if (rc < 0)
 		return rc;
 	cmd->stop = v[CMD_STOP] != 0;

@@ -58,6 +58,12 @@ void mnd_dist_finalize(struct mnd_dist *d);
 /* Ends the whole job at once (another rank failed or diverged). */
 void mnd_dist_abort(struct mnd_dist *d, int status);
 
+/*
+ * Logs (on rank 0) the time the job spent summing gradients and agreeing on
+ * commands, per step, so an operator sees what scaling out costs.
+ */
+void mnd_dist_log_summary(const struct mnd_dist *d);
+
 /* This process's rank and the job's size; 0 and 1 for NULL. */
 int mnd_dist_rank(const struct mnd_dist *d);
 int mnd_dist_size(const struct mnd_dist *d);

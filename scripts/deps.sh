@@ -8,6 +8,8 @@ set -eu
 
 PACKAGES="gcc libc6-dev meson ninja-build pkg-config libuv1-dev libcjson-dev libopenblas-dev
 check zlib1g-dev dataset-fashion-mnist python3 systemd strace bindfs $*"
+# Data-parallel training under mpirun (mnistd's mpi option) and its tests.
+PACKAGES="$PACKAGES libopenmpi-dev openmpi-bin"
 
 missing=""
 for p in $PACKAGES; do
