@@ -304,7 +304,8 @@ int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, 
 		struct mn_config next;
 
 		json[len] = '\0';
-		rc = mn_config_parse(json, (size_t)len, "rank 0's configuration", &next, err, errlen);
+		rc = mn_config_parse(json, (size_t)len, "rank 0's configuration", &next, err,
+		                     errlen);
 		if (rc == 0)
 			*cfg = next;
 	}
@@ -343,7 +344,8 @@ int mnd_dist_bcast_state(struct mnd_dist *d, struct mn_trainer_state *s, char *e
 		        d->rank, s->nparams, s->nperm, sizes[0], sizes[1]);
 		return -EPROTO;
 	}
-	if (bcast(s->params, s->nparams, MPI_FLOAT) < 0 || bcast(s->shadow, s->nparams, MPI_FLOAT) < 0 ||
+	if (bcast(s->params, s->nparams, MPI_FLOAT) < 0 ||
+	    bcast(s->shadow, s->nparams, MPI_FLOAT) < 0 ||
 	    bcast(s->global_step, 1, MPI_INT64_T) < 0 || bcast(s->epoch, 1, MPI_INT64_T) < 0 ||
 	    bcast(s->perm_pos, 1, MPI_UINT64_T) < 0 || bcast(s->perm, s->nperm, MPI_UINT32_T) < 0 ||
 	    bcast(s->rng->s, 4, MPI_UINT64_T) < 0)

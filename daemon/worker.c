@@ -206,8 +206,9 @@ static int dist_start(struct mnd_worker *w, char *err, size_t errlen)
 	rc = mn_trainer_set_shard(w->trainer, (size_t)rank, (size_t)size, mnd_dist_allreduce,
 	                          w->dist);
 	if (rc < 0) {
-		mn_errf(err, errlen, "%d ranks cannot share a batch of %" PRId64 " (train.batch_size)",
-		        size, w->cfg.train.batch_size);
+		mn_errf(err, errlen,
+		        "%d ranks cannot share a batch of %" PRId64 " (train.batch_size)", size,
+		        w->cfg.train.batch_size);
 		return rc;
 	}
 	mn_trainer_state(w->trainer, &s);
@@ -485,8 +486,8 @@ static void on_async_closed(uv_handle_t *h)
 
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
                      size_t train_count, const char *latest, struct mnd_dist *dist,
-                     mnd_worker_done_cb done, void *arg,
-                     struct mnd_worker **out, char *err, size_t errlen)
+                     mnd_worker_done_cb done, void *arg, struct mnd_worker **out, char *err,
+                     size_t errlen)
 {
 	struct mnd_worker *w = calloc(1, sizeof(*w));
 	int rc;

@@ -57,8 +57,8 @@ struct mnd_worker;
  */
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
                      size_t train_count, const char *latest, struct mnd_dist *dist,
-                     mnd_worker_done_cb done, void *arg,
-                     struct mnd_worker **out, char *err, size_t errlen);
+                     mnd_worker_done_cb done, void *arg, struct mnd_worker **out, char *err,
+                     size_t errlen);
 
 /* Asks the thread to finish its step, publish a checkpoint and exit. */
 void mnd_worker_stop(struct mnd_worker *w);

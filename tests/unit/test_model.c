@@ -75,7 +75,8 @@ static struct mn_ckpt *save_and_read(struct mn_trainer *t, char *name, size_t le
 	struct mn_ckpt *c = NULL;
 
 	ck_assert_int_eq(
-	    mn_model_save(t, tmpdir, "model.ckpt", 0, "{\"k\":1}", 1, name, len, err, sizeof(err)), 0);
+	    mn_model_save(t, tmpdir, "model.ckpt", 0, "{\"k\":1}", 1, name, len, err, sizeof(err)),
+	    0);
 	ck_assert_int_eq(mn_ckpt_read(tpath(name), MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)),
 	                 0);
 	return c;
