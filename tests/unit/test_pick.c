@@ -70,9 +70,9 @@ static void publish_step(int64_t step)
 
 	while (mn_trainer_global_step(trainer) < step)
 		ck_assert_int_eq(mn_trainer_step(trainer, &hp, &loss, &lr), 0);
-	ck_assert_int_eq(
-	    mn_model_save(trainer, tmpdir, PREFIX, 0, "{}", name, sizeof(name), err, sizeof(err)),
-	    0);
+	ck_assert_int_eq(mn_model_save(trainer, tmpdir, PREFIX, 0, "{}", 1, name, sizeof(name), err,
+	                               sizeof(err)),
+	                 0);
 }
 
 static struct mne_pick_params params(void)
