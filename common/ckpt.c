@@ -827,15 +827,15 @@ static void missing_message(const struct mn_ckpt *c, const char *name, char *err
 	err_append(err, errlen, &pos, ")");
 }
 
-int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
-                 const uint64_t *shape, void *dst, char *err, size_t errlen)
+int mn_ckpt_check(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
+                  const uint64_t *shape, const struct mn_tensor **out, char *err, size_t errlen)
 {
 	const struct mn_tensor *t;
 	struct mn_tensor want = {0};
 	char have_s[256], want_s[256];
 
 	if (!c || !name || ndim > MN_CKPT_MAX_DIMS || (ndim > 0 && !shape)) {
-		mn_errf(err, errlen, "%s: mn_ckpt_copy: invalid arguments", c ? c->name : "?");
+		mn_errf(err, errlen, "%s: mn_ckpt_check: invalid arguments", c ? c->name : "?");
 		return -EINVAL;
 	}
 	t = mn_ckpt_find(c, name);
@@ -856,6 +856,19 @@ int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype,
 		return fail(err, errlen, c->name, -EINVAL,
 		            "tensor \"%s\" has shape %s, expected %s", name, have_s, want_s);
 	}
+	if (out)
+		*out = t;
+	return 0;
+}
+
+int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
+                 const uint64_t *shape, void *dst, char *err, size_t errlen)
+{
+	const struct mn_tensor *t;
+	int rc = mn_ckpt_check(c, name, dtype, ndim, shape, &t, err, errlen);
+
+	if (rc < 0)
+		return rc;
 	if (t->nbytes > 0) {
 		if (!dst)
 			return fail(err, errlen, c->name, -EINVAL,

@@ -167,10 +167,15 @@ const char *mn_ckpt_meta(const struct mn_ckpt *c, const char *key);
 size_t mn_ckpt_file_size(const struct mn_ckpt *c);
 
 /*
- * Copies tensor name into dst, checking that it exists, has the dtype and
- * exactly the shape (ndim dims) given. Messages name the file, the tensor and
- * both shapes; a missing name lists the names the file has.
+ * Checks that tensor name exists, has the dtype and exactly the shape (ndim
+ * dims) given, and points *out (when not NULL) at it. Messages name the
+ * file, the tensor and both shapes; a missing name (-ENOENT) lists the names
+ * the file has.
  */
+int mn_ckpt_check(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
+                  const uint64_t *shape, const struct mn_tensor **out, char *err, size_t errlen);
+
+/* Checks as mn_ckpt_check() does, then copies the tensor's bytes into dst. */
 int mn_ckpt_copy(const struct mn_ckpt *c, const char *name, enum mn_dtype dtype, size_t ndim,
                  const uint64_t *shape, void *dst, char *err, size_t errlen);
 

@@ -57,9 +57,9 @@ int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn
 	if (v->count == 0)
 		return 0;
 	batch = v->count < MN_EVAL_BATCH ? v->count : MN_EVAL_BATCH;
-	rc = mn_mlp_new(arch, batch, &m);
+	rc = mn_mlp_new(arch, batch, &m, err, errlen);
 	if (rc < 0) {
-		mn_errf(err, errlen, "cannot allocate the evaluation workspace: %s", strerror(-rc));
+		mn_errprefix(err, errlen, "evaluation workspace");
 		goto out;
 	}
 	x = malloc(batch * v->dim * sizeof(float));

@@ -307,32 +307,39 @@ static void mn_sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, c
 	            (int)(trans_a ? m : k), b, (int)(trans_b ? k : n), beta, c, (int)n);
 }
 
-int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out)
+int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out, char *err,
+               size_t errlen)
 {
 	struct mn_mlp *m;
 	size_t units = 0, off = 0;
+	int rc;
 
 	*out = NULL;
-	if (mn_arch_validate(arch, NULL, 0) < 0 || max_batch == 0)
+	rc = mn_arch_validate(arch, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (max_batch == 0) {
+		mn_errf(err, errlen, "batch_size must be at least 1");
 		return -EINVAL;
+	}
 	for (size_t l = 0; l < mn_arch_layers(arch); l++)
 		units += mn_arch_layer_out(arch, l);
 	/* The BLAS interface takes int sizes; keep every matrix well inside that. */
-	if (max_batch > INT32_MAX / 2 / units || max_batch > INT32_MAX / 2 / arch->input)
+	if (max_batch > INT32_MAX / 2 / units || max_batch > INT32_MAX / 2 / arch->input) {
+		mn_errf(err, errlen, "batch_size %zu is too large for this network", max_batch);
 		return -EINVAL;
-	if (max_batch > SIZE_MAX / sizeof(float) / 2 / units)
+	}
+	m = max_batch > SIZE_MAX / sizeof(float) / 2 / units ? NULL : calloc(1, sizeof(*m));
+	if (m)
+		m->mem = malloc(2 * units * max_batch * sizeof(float));
+	if (!m || !m->mem) {
+		free(m);
+		mn_errf(err, errlen, "out of memory");
 		return -ENOMEM;
-	m = calloc(1, sizeof(*m));
-	if (!m)
-		return -ENOMEM;
+	}
 	m->arch = *arch;
 	m->layers = mn_arch_layers(arch);
 	m->max_batch = max_batch;
-	m->mem = malloc(2 * units * max_batch * sizeof(float));
-	if (!m->mem) {
-		free(m);
-		return -ENOMEM;
-	}
 	for (size_t l = 0; l < m->layers; l++) {
 		size_t sz = mn_arch_layer_out(arch, l) * max_batch;
 

@@ -67,7 +67,13 @@ void mn_blas_set_threads(int threads);
 /* Activation workspace for batches of up to max_batch rows. Opaque. */
 struct mn_mlp;
 
-int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out);
+/*
+ * Allocates the workspace. -EINVAL with a message for an invalid
+ * architecture or a batch the BLAS interface's int sizes cannot hold,
+ * -ENOMEM ("out of memory").
+ */
+int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out, char *err,
+               size_t errlen);
 /* Frees the workspace. Accepts NULL. */
 void mn_mlp_free(struct mn_mlp *m);
 

@@ -201,12 +201,11 @@ static size_t layer_shape(const struct mn_arch *a, size_t l, bool biases, uint64
 }
 
 /*
- * Copies all layers (raw or EMA), checking dtype and shapes: into params in
- * mlp.h's layout, or, with scratch, each tensor over the last into params
- * (large enough for the biggest), which checks without a whole model's memory.
+ * Checks all layers (raw or EMA) for dtype and shape and, when params is not
+ * NULL, copies them into it in mlp.h's layout.
  */
 static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool ema, float *params,
-                       bool scratch, char *err, size_t errlen)
+                       char *err, size_t errlen)
 {
 	for (size_t l = 0; l < mn_arch_layers(a); l++) {
 		for (int b = 0; b < 2; b++) {
@@ -217,8 +216,10 @@ static int copy_layers(const struct mn_ckpt *c, const struct mn_arch *a, bool em
 			int rc;
 
 			mn_model_tensor_name(l, b, ema, name, sizeof(name));
-			rc = mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape,
-			                  scratch ? params : params + off, err, errlen);
+			rc = params ? mn_ckpt_copy(c, name, MN_DTYPE_F32, ndim, shape, params + off,
+			                           err, errlen)
+			            : mn_ckpt_check(c, name, MN_DTYPE_F32, ndim, shape, NULL, err,
+			                            errlen);
 			if (rc < 0)
 				return rc;
 		}
@@ -263,8 +264,6 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 {
 	const char *json = mn_ckpt_meta(c, MN_META_ARCHITECTURE);
 	struct mn_arch a;
-	size_t largest = 0;
-	void *scratch;
 	int rc;
 
 	if (!json) {
@@ -277,24 +276,9 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 		mn_errprefix(err, errlen, "%s", mn_ckpt_name(c));
 		return rc;
 	}
-	/*
-	 * Checking by copying keeps one code path for "present, F32, right
-	 * shape". The scratch is sized by the largest tensor the file really
-	 * has, not by what the (untrusted) architecture claims: a tiny file
-	 * must not make us allocate a gigabyte.
-	 */
-	for (size_t i = 0; i < mn_ckpt_count(c); i++)
-		if (mn_ckpt_tensor(c, i)->nbytes > largest)
-			largest = mn_ckpt_tensor(c, i)->nbytes;
-	scratch = malloc(largest ? largest : 1);
-	if (!scratch) {
-		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
-		return -ENOMEM;
-	}
-	rc = copy_layers(c, &a, false, scratch, true, err, errlen);
+	rc = copy_layers(c, &a, false, NULL, err, errlen);
 	if (rc == 0 && !mn_model_is_frozen(c))
-		rc = copy_layers(c, &a, true, scratch, true, err, errlen);
-	free(scratch);
+		rc = copy_layers(c, &a, true, NULL, err, errlen);
 	if (rc == 0)
 		rc = check_no_extra_layers(c, &a, err, errlen);
 	if (rc < 0)
@@ -317,7 +301,7 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
 		return -ENOMEM;
 	}
-	rc = copy_layers(c, &a, use_ema && !mn_model_is_frozen(c), p, false, err, errlen);
+	rc = copy_layers(c, &a, use_ema && !mn_model_is_frozen(c), p, err, errlen);
 	if (rc < 0) {
 		free(p);
 		return rc;
@@ -487,8 +471,8 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
 		goto out;
 	}
 	/* Stage everything first so a bad file leaves the trainer untouched. */
-	if ((rc = copy_layers(c, a, false, params, false, err, errlen)) < 0 ||
-	    (rc = copy_layers(c, a, true, shadow, false, err, errlen)) < 0 ||
+	if ((rc = copy_layers(c, a, false, params, err, errlen)) < 0 ||
+	    (rc = copy_layers(c, a, true, shadow, err, errlen)) < 0 ||
 	    (rc = mn_model_read_state(c, true, s.nperm, &st, err, errlen)) < 0)
 		goto out;
 	memcpy(s.params, params, s.nparams * sizeof(float));

@@ -236,14 +236,11 @@ int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *trai
 	t->x = alloc_array(p->batch_size * p->arch.input, sizeof(float));
 	if (!t->params || !t->shadow || !t->grad || !t->batch || !t->y || !t->perm || !t->x)
 		goto nomem;
-	rc = mn_mlp_new(&p->arch, p->batch_size, &t->mlp);
-	if (rc == -EINVAL) {
-		mn_errf(err, errlen, "trainer: batch_size %zu is too large for this network",
-		        p->batch_size);
+	rc = mn_mlp_new(&p->arch, p->batch_size, &t->mlp, err, errlen);
+	if (rc < 0) {
+		mn_errprefix(err, errlen, "trainer");
 		goto fail;
 	}
-	if (rc < 0)
-		goto nomem;
 
 	mn_rng_seed(&t->rng, p->seed);
 	mn_params_init(&p->arch, p->init_stddev, &t->rng, t->params);

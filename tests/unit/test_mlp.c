@@ -245,7 +245,7 @@ START_TEST(test_gradient_check)
 			params[mn_arch_biases_offset(&a, l) + j] = 0.6f + mn_test_lcg_sym(&g, 0.2f);
 	for (size_t i = 0; i < N * 5; i++)
 		x[i] = mn_test_lcg_sym(&g, 1.0f);
-	ck_assert_int_eq(mn_mlp_new(&a, N, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(&a, N, &m, NULL, 0), 0);
 	/* grad is overwritten, whatever it held. */
 	for (size_t i = 0; i < np; i++)
 		grad[i] = NAN;
@@ -299,7 +299,7 @@ START_TEST(test_gradient_check_784)
 		x[i] = mn_test_lcg_uniform(&g);
 	for (size_t i = 0; i < N; i++)
 		y[i] = (uint8_t)(i % 10);
-	ck_assert_int_eq(mn_mlp_new(&a, 100, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(&a, 100, &m, NULL, 0), 0);
 	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, N, grad, &loss), 0);
 	/* A sample of parameters from every block. */
 	size_t idx[] = {0, 1, 783 * 50 + 49, 1234, 39200, 39249, 39250, 39250 + 499, 39750, 39759};
@@ -339,7 +339,7 @@ START_TEST(test_softmax_stable)
 	struct mn_mlp *m = NULL;
 	double loss, sum = 0.0;
 
-	ck_assert_int_eq(mn_mlp_new(&a, 2, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(&a, 2, &m, NULL, 0), 0);
 	/* Row 0 logits (1e4, 5e3, 0); row 1 (0, 0, -1e4). */
 	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y0, 2, grad, &loss), 0);
 	ck_assert(isfinite(loss));
@@ -374,7 +374,7 @@ START_TEST(test_eval_correct_argmax)
 	double sum = 0.5, want = 0.0;
 	size_t correct = 3;
 
-	ck_assert_int_eq(mn_mlp_new(&a, 4, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(&a, 4, &m, NULL, 0), 0);
 	memset(pred, 0xff, sizeof(pred));
 	ck_assert_int_eq(mn_mlp_eval(m, params, x, y, 4, &sum, &correct, pred), 0);
 	ck_assert_uint_eq(pred[0], 0);
@@ -406,6 +406,7 @@ END_TEST
 
 START_TEST(test_einval)
 {
+	char err[MN_ERRLEN];
 	size_t h[] = {4};
 	struct mn_arch a = mn_test_arch(3, 1, h, 3), bad = mn_test_arch(0, 1, h, 3);
 	size_t np = mn_arch_param_count(&a);
@@ -417,11 +418,17 @@ START_TEST(test_einval)
 
 	ck_assert_uint_le(np, 64);
 	memset(params, 0, sizeof(params));
-	ck_assert_int_eq(mn_mlp_new(&bad, 4, &m), -EINVAL);
+	ck_assert_int_eq(mn_mlp_new(&bad, 4, &m, NULL, 0), -EINVAL);
 	ck_assert_ptr_null(m);
-	ck_assert_int_eq(mn_mlp_new(&a, 0, &m), -EINVAL);
+	ck_assert_int_eq(mn_mlp_new(&a, 0, &m, NULL, 0), -EINVAL);
 	ck_assert_ptr_null(m);
-	ck_assert_int_eq(mn_mlp_new(&a, 4, &m), 0);
+	/* The workspace says what is wrong itself; its callers need not guess from -EINVAL. */
+	ck_assert_int_eq(mn_mlp_new(&bad, 4, &m, err, sizeof(err)), -EINVAL);
+	ck_assert_msg(strstr(err, "input") != NULL, "%s", err);
+	ck_assert_int_eq(mn_mlp_new(&a, (size_t)1 << 40, &m, err, sizeof(err)), -EINVAL);
+	ck_assert_msg(strstr(err, "too large for this network") != NULL, "%s", err);
+	ck_assert_ptr_null(m);
+	ck_assert_int_eq(mn_mlp_new(&a, 4, &m, NULL, 0), 0);
 	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, 0, grad, &loss), -EINVAL);
 	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, y, 5, grad, &loss), -EINVAL);
 	ck_assert_int_eq(mn_mlp_loss_grad(m, params, x, ybad, 4, grad, &loss), -EINVAL);

@@ -299,7 +299,7 @@ static double accuracy(const struct mn_arch *a, const float *params, const struc
 	ck_assert_ptr_nonnull(x);
 	for (size_t i = 0; i < v->count * v->dim; i++)
 		x[i] = v->images[i] / 255.0f;
-	ck_assert_int_eq(mn_mlp_new(a, v->count, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(a, v->count, &m, NULL, 0), 0);
 	ck_assert_int_eq(mn_mlp_eval(m, params, x, v->labels, v->count, NULL, &correct, NULL), 0);
 	mn_mlp_free(m);
 	free(x);
@@ -369,7 +369,7 @@ START_TEST(test_trainer_first_step_exact)
 	ck_assert_uint_eq(*s.perm_pos, 10);
 
 	mn_view_gather(&v, s.perm, 10, x, y);
-	ck_assert_int_eq(mn_mlp_new(a, 10, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(a, 10, &m, NULL, 0), 0);
 	ck_assert_int_eq(mn_mlp_loss_grad(m, w0, x, y, 10, g, &want_loss), 0);
 	ck_assert_double_eq(loss, want_loss);
 	memcpy(sh, w0, np * sizeof(float));
