@@ -444,6 +444,36 @@ static int set_init_from(struct mn_config *c, const char *path, const cJSON *ite
 	return 0;
 }
 
+static int set_int_array(const struct key *k, const char *path, const cJSON *item,
+                         struct mn_config *c, char *err, size_t errlen)
+{
+	int64_t vals[MN_MAX_HIDDEN];
+	size_t n = 0;
+	const cJSON *e;
+
+	if (!cJSON_IsArray(item) || (size_t)cJSON_GetArraySize(item) > k->amax)
+		return bad_value(k, path, item, err, errlen);
+	cJSON_ArrayForEach(e, item)
+	{
+		if (n >= k->amax || n >= MN_MAX_HIDDEN)
+			return bad_value(k, path, item, err, errlen);
+		if (!json_int(e, k->min, k->max, &vals[n])) {
+			char got[80];
+
+			describe(e, got, sizeof(got));
+			mn_errf(err, errlen,
+			        "%s[%zu]: must be an integer in [%" PRId64 ", %" PRId64 "], got %s",
+			        path, n, k->min, k->max, got);
+			return -EINVAL;
+		}
+		n++;
+	}
+	memset(field(c, k->offset), 0, k->size);
+	memcpy(field(c, k->offset), &n, sizeof(n));
+	memcpy(field(c, k->aoffset), vals, n * sizeof(vals[0]));
+	return 0;
+}
+
 static int set_value(const struct key *k, const char *path, const cJSON *item, struct mn_config *c,
                      char *err, size_t errlen)
 {
@@ -509,34 +539,8 @@ static int set_value(const struct key *k, const char *path, const cJSON *item, s
 		memcpy(p, s, strlen(s) + 1);
 		return 0;
 	}
-	case KT_INT_ARRAY: {
-		int64_t vals[MN_MAX_HIDDEN];
-		size_t n = 0;
-		const cJSON *e;
-
-		if (!cJSON_IsArray(item) || (size_t)cJSON_GetArraySize(item) > k->amax)
-			return bad_value(k, path, item, err, errlen);
-		cJSON_ArrayForEach(e, item)
-		{
-			if (n >= k->amax || n >= MN_MAX_HIDDEN)
-				return bad_value(k, path, item, err, errlen);
-			if (!json_int(e, k->min, k->max, &vals[n])) {
-				char got[80];
-
-				describe(e, got, sizeof(got));
-				mn_errf(err, errlen,
-				        "%s[%zu]: must be an integer in [%" PRId64 ", %" PRId64
-				        "], got %s",
-				        path, n, k->min, k->max, got);
-				return -EINVAL;
-			}
-			n++;
-		}
-		memset(p, 0, k->size);
-		memcpy(p, &n, sizeof(n));
-		memcpy(field(c, k->aoffset), vals, n * sizeof(vals[0]));
-		return 0;
-	}
+	case KT_INT_ARRAY:
+		return set_int_array(k, path, item, c, err, errlen);
 	case KT_INIT_FROM:
 		return set_init_from(c, path, item, err, errlen);
 	}

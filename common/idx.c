@@ -237,55 +237,43 @@ static int idx_read(gzFile gz, uint8_t *buf, size_t len, size_t *got, const char
  * data buffer sized from it, so a hostile file can never make us grow a
  * buffer beyond what a valid header allows.
  */
-static int idx_load_file(const char *path, int kind, struct idx_file *f, char *err, size_t errlen)
+/* Reads the header, as many bytes as it turns out to need; sets f->dims and *nbytes. */
+static int idx_read_header(gzFile gz, const char *path, int kind, struct idx_file *f,
+                           size_t *nbytes, char *err, size_t errlen)
 {
 	uint8_t hdr[IDX_HEADER_MAX];
-	size_t have = 0, got = 0, hdrlen = 0, nbytes = 0;
-	uint8_t *elems = NULL;
-	uint8_t extra;
-	gzFile gz;
-	int rc, zerr = Z_OK;
-
-	errno = 0;
-	gz = gzopen(path, "rbe");
-	if (!gz) {
-		/* zlib leaves errno alone when its own allocation fails. */
-		rc = errno ? -errno : -ENOMEM;
-		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
-		return rc;
-	}
-	if (gzbuffer(gz, IDX_GZ_BUFFER) != 0) {
-		mn_errf(err, errlen, "%s: cannot set the zlib buffer size", path);
-		rc = -EIO;
-		goto fail;
-	}
+	size_t have = 0, got = 0, hdrlen = 0;
+	int rc;
 
 	for (;;) {
-		rc =
-		    idx_check_header(hdr, have, kind, path, f->dims, &hdrlen, &nbytes, err, errlen);
+		rc = idx_check_header(hdr, have, kind, path, f->dims, &hdrlen, nbytes, err, errlen);
 		if (rc <= 0)
-			break;
+			return rc;
 		rc = idx_read(gz, hdr + have, (size_t)rc, &got, path, err, errlen);
 		if (rc < 0)
-			goto fail;
+			return rc;
 		if (got == 0) {
 			idx_err_short_header(path, kind, have, err, errlen);
-			rc = -EINVAL;
-			goto fail;
+			return -EINVAL;
 		}
 		have += got;
 	}
-	if (rc < 0)
-		goto fail;
+}
 
-	/*
-	 * Grow the buffer as the data arrives instead of trusting the header's
-	 * size up front: a 16-byte file promising 2 GiB costs 16 MiB, not 2 GiB.
-	 */
-	for (size_t cap = 0, filled = 0;;) {
-		size_t next = cap == 0 ? IDX_INITIAL_ALLOC : cap * 2;
-		uint8_t *grown;
+/*
+ * Reads the nbytes of elements into a malloc'd *out, growing the buffer as
+ * the data arrives instead of trusting the header's size up front: a 16-byte
+ * file promising 2 GiB costs 16 MiB, not 2 GiB.
+ */
+static int idx_read_elements(gzFile gz, const char *path, int kind, size_t nbytes, uint8_t **out,
+                             char *err, size_t errlen)
+{
+	uint8_t *elems = NULL, *grown;
+	size_t cap = 0, filled = 0, got = 0, next;
+	int rc;
 
+	for (;;) {
+		next = cap == 0 ? IDX_INITIAL_ALLOC : cap * 2;
 		if (next > nbytes)
 			next = nbytes;
 		grown = realloc(elems, next ? next : 1);
@@ -309,21 +297,58 @@ static int idx_load_file(const char *path, int kind, struct idx_file *f, char *e
 		if (filled == nbytes)
 			break;
 	}
+	*out = elems;
+	return 0;
+fail:
+	free(elems);
+	return rc;
+}
+
+/* Nothing may follow the elements, and a gzip stream must end cleanly. */
+static int idx_check_end(gzFile gz, const char *path, int kind, size_t nbytes, char *err,
+                         size_t errlen)
+{
+	uint8_t extra;
+	size_t got = 0;
+	int rc, zerr = Z_OK;
+
 	rc = idx_read(gz, &extra, 1, &got, path, err, errlen);
 	if (rc < 0)
-		goto fail;
+		return rc;
 	if (got != 0) {
 		mn_errf(err, errlen, "%s: trailing data after the %zu bytes of %s", path, nbytes,
 		        idx_what(kind));
-		rc = -EINVAL;
-		goto fail;
+		return -EINVAL;
 	}
 	/* A gzip file cut off in its trailer yields all the data, then no clean end. */
 	gzerror(gz, &zerr);
-	if (zerr != Z_OK) {
-		rc = idx_gz_error(gz, path, err, errlen);
+	return zerr != Z_OK ? idx_gz_error(gz, path, err, errlen) : 0;
+}
+
+static int idx_load_file(const char *path, int kind, struct idx_file *f, char *err, size_t errlen)
+{
+	size_t nbytes = 0;
+	uint8_t *elems = NULL;
+	gzFile gz;
+	int rc, zerr;
+
+	errno = 0;
+	gz = gzopen(path, "rbe");
+	if (!gz) {
+		/* zlib leaves errno alone when its own allocation fails. */
+		rc = errno ? -errno : -ENOMEM;
+		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
+		return rc;
+	}
+	if (gzbuffer(gz, IDX_GZ_BUFFER) != 0) {
+		mn_errf(err, errlen, "%s: cannot set the zlib buffer size", path);
+		rc = -EIO;
 		goto fail;
 	}
+	if ((rc = idx_read_header(gz, path, kind, f, &nbytes, err, errlen)) < 0 ||
+	    (rc = idx_read_elements(gz, path, kind, nbytes, &elems, err, errlen)) < 0 ||
+	    (rc = idx_check_end(gz, path, kind, nbytes, err, errlen)) < 0)
+		goto fail;
 	zerr = gzclose(gz);
 	gz = NULL;
 	if (zerr != Z_OK) {
@@ -331,7 +356,6 @@ static int idx_load_file(const char *path, int kind, struct idx_file *f, char *e
 		rc = zerr == Z_BUF_ERROR ? -EINVAL : -EIO;
 		goto fail;
 	}
-
 	f->elems = elems;
 	f->nbytes = nbytes;
 	return 0;

@@ -311,6 +311,28 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
 	return 0;
 }
 
+/*
+ * Describes the layer tensors (raw, or their EMA twins) whose values are in
+ * params (mlp.h's layout): 2 per layer into t, named in names. Returns the count.
+ */
+static size_t layer_tensors(const struct mn_arch *a, const float *params, bool ema,
+                            struct mn_tensor *t, char (*names)[NAME_LEN])
+{
+	size_t n = 0;
+
+	for (size_t l = 0; l < mn_arch_layers(a); l++) {
+		for (int b = 0; b < 2; b++, n++) {
+			mn_model_tensor_name(l, b, ema, names[n], NAME_LEN);
+			t[n].name = names[n];
+			t[n].dtype = MN_DTYPE_F32;
+			t[n].ndim = layer_shape(a, l, b, t[n].shape);
+			t[n].data = params + (b ? mn_arch_biases_offset(a, l)
+			                        : mn_arch_weights_offset(a, l));
+		}
+	}
+	return n;
+}
+
 int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,
                   const char *config_json, int world_size, char *name, size_t len, char *err,
                   size_t errlen)
@@ -329,24 +351,8 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 		goto out;
 	}
 	mn_trainer_state(t, &s);
-	for (int ema = 0; ema < 2; ema++) {
-		const float *base = ema ? s.shadow : s.params;
-
-		for (size_t l = 0; l < layers; l++) {
-			for (int b = 0; b < 2; b++) {
-				struct mn_tensor *tn = &tensors[nt];
-				size_t off =
-				    b ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l);
-
-				mn_model_tensor_name(l, b, ema, names[nt], NAME_LEN);
-				tn->name = names[nt];
-				tn->dtype = MN_DTYPE_F32;
-				tn->ndim = layer_shape(a, l, b, tn->shape);
-				tn->data = base + off;
-				nt++;
-			}
-		}
-	}
+	nt += layer_tensors(a, s.params, false, tensors + nt, names + nt);
+	nt += layer_tensors(a, s.shadow, true, tensors + nt, names + nt);
 	tensors[nt++] = (struct mn_tensor){
 	    .name = MN_TENSOR_GLOBAL_STEP, .dtype = MN_DTYPE_I64, .data = s.global_step};
 	tensors[nt++] = (struct mn_tensor){.name = MN_TENSOR_RNG,
@@ -419,19 +425,7 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
 		mn_errf(err, errlen, "architecture too large to describe");
 		goto out;
 	}
-	for (size_t l = 0; l < layers; l++) {
-		for (int b = 0; b < 2; b++) {
-			struct mn_tensor *tn = &tensors[nt];
-
-			mn_model_tensor_name(l, b, false, names[nt], NAME_LEN);
-			tn->name = names[nt];
-			tn->dtype = MN_DTYPE_F32;
-			tn->ndim = layer_shape(a, l, b, tn->shape);
-			tn->data = params +
-			           (b ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l));
-			nt++;
-		}
-	}
+	nt = layer_tensors(a, params, false, tensors, names);
 	mn_time_rfc3339(created);
 	meta[nm++] = (struct mn_meta){MN_META_FORMAT, MN_CKPT_FORMAT};
 	meta[nm++] = (struct mn_meta){MN_META_ARCHITECTURE, arch_json};

@@ -455,6 +455,18 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 	return MN_EX_OK;
 }
 
+/* The row checkpoint.json names as latest, else the newest listed (NULL if none). */
+static const char *ls_latest(const char *dir, const struct ls_row *rows, size_t n)
+{
+	char name[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
+
+	if (mn_ckptdir_index_latest(dir, name, sizeof(name), err, sizeof(err)) == 0)
+		for (size_t i = n; i-- > 0;)
+			if (strcmp(rows[i].name, name) == 0)
+				return rows[i].name;
+	return n > 0 ? rows[n - 1].name : NULL;
+}
+
 int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 {
 	static const struct option opts[] = {
@@ -464,10 +476,10 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 	    {"help", no_argument, NULL, 'h'},
 	    {0},
 	};
-	const char *prefix = NULL, *metrics = NULL, *dir, *latest = NULL;
+	const char *prefix = NULL, *metrics = NULL, *dir, *latest;
 	struct mn_ckptdir_entry *list = NULL;
 	struct ls_row *rows = NULL;
-	char index_latest[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
+	char err[MN_ERRLEN];
 	struct mn_config cfg;
 	bool json = g->json;
 	size_t n = 0, kept = 0;
@@ -524,14 +536,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 		else
 			memset(r, 0, sizeof(*r));
 	}
-	if (mn_ckptdir_index_latest(dir, index_latest, sizeof(index_latest), err, sizeof(err)) ==
-	    0) {
-		for (size_t i = 0; i < kept; i++)
-			if (strcmp(rows[i].name, index_latest) == 0)
-				latest = rows[i].name;
-	}
-	if (!latest && kept > 0)
-		latest = rows[kept - 1].name;
+	latest = ls_latest(dir, rows, kept);
 	if (metrics)
 		ls_read_metrics(metrics, true, rows, kept);
 	else if (cfg.eval.metrics_file[0])
@@ -745,6 +750,31 @@ static void inspect_text(const char *path, const struct mn_ckpt *c)
 	}
 }
 
+/* inspect --json: the named tensors with their values, or the metadata and every tensor. */
+static int inspect_json(const char *path, const struct mn_ckpt *ck, const char **names,
+                        size_t nnames, bool all)
+{
+	cJSON *root = cJSON_CreateObject(), *meta, *arr;
+
+	ctl_json_str(root, "file", path);
+	ctl_json_int(root, "size", (int64_t)mn_ckpt_file_size(ck));
+	if (!nnames) {
+		meta = ctl_json_add(root, "metadata", cJSON_CreateObject());
+		for (size_t i = 0; i < mn_ckpt_meta_count(ck); i++)
+			ctl_json_str(meta, mn_ckpt_meta_at(ck, i)->key,
+			             mn_ckpt_meta_at(ck, i)->value);
+	}
+	arr = ctl_json_add(root, "tensors", cJSON_CreateArray());
+	if (nnames) {
+		for (size_t i = 0; i < nnames; i++)
+			ctl_json_add(arr, NULL, tensor_json(mn_ckpt_find(ck, names[i]), true));
+	} else {
+		for (size_t i = 0; i < mn_ckpt_count(ck); i++)
+			ctl_json_add(arr, NULL, tensor_json(mn_ckpt_tensor(ck, i), all));
+	}
+	return ctl_json_print(root);
+}
+
 int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 {
 	static const struct option opts[] = {
@@ -809,26 +839,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 		}
 	}
 	if (json) {
-		cJSON *root = cJSON_CreateObject(), *meta, *arr;
-
-		ctl_json_str(root, "file", path);
-		ctl_json_int(root, "size", (int64_t)mn_ckpt_file_size(ck));
-		if (!nnames) {
-			meta = ctl_json_add(root, "metadata", cJSON_CreateObject());
-			for (size_t i = 0; i < mn_ckpt_meta_count(ck); i++)
-				ctl_json_str(meta, mn_ckpt_meta_at(ck, i)->key,
-				             mn_ckpt_meta_at(ck, i)->value);
-		}
-		arr = ctl_json_add(root, "tensors", cJSON_CreateArray());
-		if (nnames) {
-			for (size_t i = 0; i < nnames; i++)
-				ctl_json_add(arr, NULL,
-				             tensor_json(mn_ckpt_find(ck, names[i]), true));
-		} else {
-			for (size_t i = 0; i < mn_ckpt_count(ck); i++)
-				ctl_json_add(arr, NULL, tensor_json(mn_ckpt_tensor(ck, i), all));
-		}
-		rc = ctl_json_print(root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
+		rc = inspect_json(path, ck, names, nnames, all) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 		goto out;
 	}
 	if (nnames) {
@@ -1151,6 +1162,40 @@ out:
 	return rc;
 }
 
+/*
+ * Parses one --rename OLD=NEW into ren[*n] (the copy it points into goes to
+ * owned[*n], which the caller frees). An exit status: MN_EX_OK, or the error
+ * already reported.
+ */
+static int add_rename(const char *arg, struct rename *ren, char **owned, size_t *n)
+{
+	const char *eq = strchr(arg, '=');
+	char *copy;
+
+	if (!eq || eq == arg || !eq[1])
+		return ctl_usage_error("convert", "--rename wants OLD=NEW, got \"%s\"", arg);
+	/* Said here, not as the writer's "tensor 0: invalid name" later. */
+	if (strcmp(eq + 1, "__metadata__") == 0 || strlen(eq + 1) >= MN_CKPT_MAX_NAME)
+		return ctl_usage_error("convert",
+		                       "--rename %.*s=...: NEW must be a tensor name of "
+		                       "at most %d bytes other than __metadata__",
+		                       (int)(eq - arg), arg, MN_CKPT_MAX_NAME - 1);
+	copy = strdup(arg);
+	if (!copy) {
+		ctl_errorf("convert", "out of memory");
+		return MN_EX_FAILURE;
+	}
+	owned[*n] = copy;
+	copy[eq - arg] = '\0';
+	ren[*n].from = copy;
+	ren[*n].to = copy + (eq - arg) + 1;
+	(*n)++;
+	for (size_t i = 0; i + 1 < *n; i++)
+		if (strcmp(ren[i].from, copy) == 0)
+			return ctl_usage_error("convert", "\"%s\" is renamed twice", copy);
+	return MN_EX_OK;
+}
+
 int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 {
 	static const struct option opts[] = {
@@ -1173,8 +1218,6 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 	}
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":o:s:r:jh", opts, NULL)) != -1) {
-		char *eq, *copy;
-
 		switch (c) {
 		case 'o':
 			out = optarg;
@@ -1183,41 +1226,9 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g)
 			globs[nglobs++] = optarg;
 			break;
 		case 'r':
-			eq = strchr(optarg, '=');
-			if (!eq || eq == optarg || !eq[1]) {
-				rc = ctl_usage_error("convert",
-				                     "--rename wants OLD=NEW, got \"%s\"", optarg);
+			rc = add_rename(optarg, ren, owned, &nren);
+			if (rc != MN_EX_OK)
 				goto done;
-			}
-			/* Said here, not as the writer's "tensor 0: invalid name" later. */
-			if (strcmp(eq + 1, "__metadata__") == 0 ||
-			    strlen(eq + 1) >= MN_CKPT_MAX_NAME) {
-				rc = ctl_usage_error(
-				    "convert",
-				    "--rename %.*s=...: NEW must be a tensor name of "
-				    "at most %d bytes other than __metadata__",
-				    (int)(eq - optarg), optarg, MN_CKPT_MAX_NAME - 1);
-				goto done;
-			}
-			copy = strdup(optarg);
-			if (!copy) {
-				ctl_errorf("convert", "out of memory");
-				rc = MN_EX_FAILURE;
-				goto done;
-			}
-			owned[nren] = copy;
-			copy[eq - optarg] = '\0';
-			ren[nren].from = copy;
-			ren[nren].to = copy + (eq - optarg) + 1;
-			for (size_t i = 0; i < nren; i++) {
-				if (strcmp(ren[i].from, copy) == 0) {
-					nren++;
-					rc = ctl_usage_error("convert", "\"%s\" is renamed twice",
-					                     copy);
-					goto done;
-				}
-			}
-			nren++;
 			break;
 		case 'j':
 			json = true;
