@@ -223,6 +223,36 @@ static int parse_uint_list(const cJSON *arr, const char *what, const char *tname
 	return 0;
 }
 
+/* data_offsets against the dtype, the shape and the data buffer; *need is the byte count. */
+static int check_offsets(const struct entry *e, const char *tn, size_t dlen, uint64_t *need,
+                         const char *name, char *err, size_t errlen)
+{
+	char sbuf[256];
+
+	mn_shape_format(&e->t, sbuf, sizeof(sbuf));
+	if (e->end < e->begin)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
+		            "] end before they begin",
+		            tn, e->begin, e->end);
+	if (!tensor_bytes(e->t.dtype, e->t.ndim, e->t.shape, need))
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": %s %s has too many elements (size overflows)", tn,
+		            mn_dtype_name(e->t.dtype), sbuf);
+	if (e->end - e->begin != *need)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
+		            " bytes but %s %s needs %" PRIu64,
+		            tn, e->begin, e->end, e->end - e->begin, mn_dtype_name(e->t.dtype),
+		            sbuf, *need);
+	if (e->end > dlen)
+		return fail(err, errlen, name, -EINVAL,
+		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
+		            "] out of bounds of the %zu-byte data buffer (is the file truncated?)",
+		            tn, e->begin, e->end, dlen);
+	return 0;
+}
+
 static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char *name, char *err,
                         size_t errlen)
 {
@@ -235,9 +265,8 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
 	};
 	enum mn_json_fault fault;
 	const char *bad;
-	uint64_t off[2], need;
+	uint64_t off[2], need = 0;
 	size_t noff = 0, tlen = strlen(tn);
-	char sbuf[256];
 	int rc;
 
 	if (tlen == 0)
@@ -279,27 +308,9 @@ static int parse_tensor(const cJSON *m, struct entry *e, size_t dlen, const char
 		            noff);
 	e->begin = off[0];
 	e->end = off[1];
-	mn_shape_format(&e->t, sbuf, sizeof(sbuf));
-	if (e->end < e->begin)
-		return fail(err, errlen, name, -EINVAL,
-		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
-		            "] end before they begin",
-		            tn, e->begin, e->end);
-	if (!tensor_bytes(e->t.dtype, e->t.ndim, e->t.shape, &need))
-		return fail(err, errlen, name, -EINVAL,
-		            "tensor \"%s\": %s %s has too many elements (size overflows)", tn,
-		            mn_dtype_name(e->t.dtype), sbuf);
-	if (e->end - e->begin != need)
-		return fail(err, errlen, name, -EINVAL,
-		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
-		            " bytes but %s %s needs %" PRIu64,
-		            tn, e->begin, e->end, e->end - e->begin, mn_dtype_name(e->t.dtype),
-		            sbuf, need);
-	if (e->end > dlen)
-		return fail(err, errlen, name, -EINVAL,
-		            "tensor \"%s\": data_offsets [%" PRIu64 ", %" PRIu64
-		            "] out of bounds of the %zu-byte data buffer (is the file truncated?)",
-		            tn, e->begin, e->end, dlen);
+	rc = check_offsets(e, tn, dlen, &need, name, err, errlen);
+	if (rc < 0)
+		return rc;
 	e->t.name = tn;
 	e->t.nbytes = (size_t)need;
 	return 0;

@@ -362,10 +362,52 @@ static bool json_str(const cJSON *item, size_t lo, size_t hi)
 
 /* ---- type handlers: set one key from JSON ---- */
 
+/* init_from.map: "<name in this model>": "<name in that file>" pairs, into c; *n of them. */
+static int set_rename_map(struct mn_config *c, const char *path, const cJSON *map, size_t *count,
+                          char *err, size_t errlen)
+{
+	char name[80], got[80];
+	const cJSON *e;
+	size_t n = 0;
+
+	cJSON_ArrayForEach(e, map)
+	{
+		struct mn_config_rename *r = &c->checkpoint.init_from_map[n];
+		size_t klen = strlen(e->string);
+
+		if (n == MN_CONFIG_MAP_MAX) {
+			mn_errf(err, errlen, "%s.map: more than %d entries", path,
+			        MN_CONFIG_MAP_MAX);
+			return -EINVAL;
+		}
+		safe_name(name, sizeof(name), e->string);
+		if (klen == 0 || klen >= MN_CONFIG_NAME_MAX) {
+			mn_errf(err, errlen, "%s.map: names must be 1 to %d bytes, got \"%s\"",
+			        path, MN_CONFIG_NAME_MAX - 1, name);
+			return -EINVAL;
+		}
+		if (mn_json_duplicate(map, e)) {
+			mn_errf(err, errlen, "%s.map.%s: duplicate key", path, name);
+			return -EINVAL;
+		}
+		if (!json_str(e, 1, MN_CONFIG_NAME_MAX - 1)) {
+			describe(e, got, sizeof(got));
+			mn_errf(err, errlen, "%s.map.%s: must be a name of 1 to %d bytes, got %s",
+			        path, name, MN_CONFIG_NAME_MAX - 1, got);
+			return -EINVAL;
+		}
+		memcpy(r->to, e->string, klen + 1);
+		memcpy(r->from, e->valuestring, strlen(e->valuestring) + 1);
+		n++;
+	}
+	*count = n;
+	return 0;
+}
+
 static int set_init_from(struct mn_config *c, const char *path, const cJSON *item, char *err,
                          size_t errlen)
 {
-	const cJSON *file, *map, *e;
+	const cJSON *file, *map;
 	const struct mn_json_member members[] = {
 	    {"file", 0, true, &file},
 	    {"map", 0, false, &map},
@@ -374,6 +416,7 @@ static int set_init_from(struct mn_config *c, const char *path, const cJSON *ite
 	const char *bad;
 	char name[80], got[80];
 	size_t n = 0;
+	int rc;
 
 	c->checkpoint.init_from_file[0] = '\0';
 	c->checkpoint.init_from_nmap = 0;
@@ -409,36 +452,9 @@ static int set_init_from(struct mn_config *c, const char *path, const cJSON *ite
 		    path, MN_CONFIG_MAP_MAX, got);
 		return -EINVAL;
 	}
-	cJSON_ArrayForEach(e, map)
-	{
-		struct mn_config_rename *r = &c->checkpoint.init_from_map[n];
-		size_t klen = strlen(e->string);
-
-		if (n == MN_CONFIG_MAP_MAX) {
-			mn_errf(err, errlen, "%s.map: more than %d entries", path,
-			        MN_CONFIG_MAP_MAX);
-			return -EINVAL;
-		}
-		safe_name(name, sizeof(name), e->string);
-		if (klen == 0 || klen >= MN_CONFIG_NAME_MAX) {
-			mn_errf(err, errlen, "%s.map: names must be 1 to %d bytes, got \"%s\"",
-			        path, MN_CONFIG_NAME_MAX - 1, name);
-			return -EINVAL;
-		}
-		if (mn_json_duplicate(map, e)) {
-			mn_errf(err, errlen, "%s.map.%s: duplicate key", path, name);
-			return -EINVAL;
-		}
-		if (!json_str(e, 1, MN_CONFIG_NAME_MAX - 1)) {
-			describe(e, got, sizeof(got));
-			mn_errf(err, errlen, "%s.map.%s: must be a name of 1 to %d bytes, got %s",
-			        path, name, MN_CONFIG_NAME_MAX - 1, got);
-			return -EINVAL;
-		}
-		memcpy(r->to, e->string, klen + 1);
-		memcpy(r->from, e->valuestring, strlen(e->valuestring) + 1);
-		n++;
-	}
+	rc = set_rename_map(c, path, map, &n, err, errlen);
+	if (rc < 0)
+		return rc;
 	memcpy(c->checkpoint.init_from_file, file->valuestring, strlen(file->valuestring) + 1);
 	c->checkpoint.init_from_nmap = n;
 	return 0;

@@ -530,6 +530,37 @@ static void append_arch_hint(const struct mn_ckpt *c, const struct mn_arch *a, c
 		         theirs_s);
 }
 
+/* Stages one init_from entry: the file's tensor from into this model's variable to. */
+static int warm_load(const struct mn_ckpt *c, const struct mn_arch *a, const char *to,
+                     const char *from, bool *loaded, float *staged, char *err, size_t errlen)
+{
+	int v = variable_index(a, to, err, errlen);
+	uint64_t shape[2];
+	size_t ndim, off;
+	int rc;
+
+	if (v < 0) {
+		mn_errprefix(err, errlen, "map");
+		return -EINVAL;
+	}
+	if (loaded[v]) {
+		mn_errf(err, errlen, "map: \"%s\" is mapped twice", to);
+		return -EINVAL;
+	}
+	ndim = layer_shape(a, (size_t)v / 2, v % 2, shape);
+	off = v % 2 ? mn_arch_biases_offset(a, (size_t)v / 2)
+	            : mn_arch_weights_offset(a, (size_t)v / 2);
+	rc = mn_ckpt_copy(c, from, MN_DTYPE_F32, ndim, shape, staged + off, err, errlen);
+	if (rc < 0) {
+		if (rc != -ENOENT)
+			append_arch_hint(c, a, err, errlen);
+		mn_errprefix(err, errlen, "map \"%s\"", to);
+		return rc;
+	}
+	loaded[v] = true;
+	return 0;
+}
+
 int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char *err, size_t errlen)
 {
 	const struct mn_arch *a = mn_trainer_arch(t);
@@ -560,9 +591,6 @@ int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char 
 	for (size_t i = 0; i < (nmap ? nmap : nvars); i++) {
 		char own[NAME_LEN];
 		const char *to, *from;
-		uint64_t shape[2];
-		size_t ndim, off;
-		int v;
 
 		if (nmap) {
 			to = cfg->checkpoint.init_from_map[i].to;
@@ -571,28 +599,9 @@ int mn_model_warm_start(struct mn_trainer *t, const struct mn_config *cfg, char 
 			mn_model_tensor_name(i / 2, i % 2, false, own, sizeof(own));
 			to = from = own;
 		}
-		v = variable_index(a, to, err, errlen);
-		if (v < 0) {
-			mn_errprefix(err, errlen, "map");
-			rc = -EINVAL;
+		rc = warm_load(c, a, to, from, loaded, staged, err, errlen);
+		if (rc < 0)
 			goto out;
-		}
-		if (loaded[v]) {
-			mn_errf(err, errlen, "map: \"%s\" is mapped twice", to);
-			rc = -EINVAL;
-			goto out;
-		}
-		ndim = layer_shape(a, (size_t)v / 2, v % 2, shape);
-		off = v % 2 ? mn_arch_biases_offset(a, (size_t)v / 2)
-		            : mn_arch_weights_offset(a, (size_t)v / 2);
-		rc = mn_ckpt_copy(c, from, MN_DTYPE_F32, ndim, shape, staged + off, err, errlen);
-		if (rc < 0) {
-			if (rc != -ENOENT)
-				append_arch_hint(c, a, err, errlen);
-			mn_errprefix(err, errlen, "map \"%s\"", to);
-			goto out;
-		}
-		loaded[v] = true;
 	}
 	/* Commit only once every tensor loaded, so a bad map leaves the fresh model intact. */
 	for (size_t v = 0; v < nvars; v++) {

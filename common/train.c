@@ -170,14 +170,13 @@ static void *alloc_array(size_t n, size_t size)
 	return malloc(n * size > 0 ? n * size : 1);
 }
 
-int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *train,
-                   struct mn_trainer **out, char *err, size_t errlen)
+/* The parameters and the training set, checked before anything is allocated. */
+static int check_params(const struct mn_trainer_params *p, const struct mn_view *train, char *err,
+                        size_t errlen)
 {
-	struct mn_trainer *t = NULL;
-	int rc;
+	int rc = mn_arch_validate(&p->arch, err, errlen);
 
-	*out = NULL;
-	if ((rc = mn_arch_validate(&p->arch, err, errlen)) < 0)
+	if (rc < 0)
 		return rc;
 	if (p->batch_size < 1 || p->batch_size > INT32_MAX) {
 		mn_errf(err, errlen, "trainer: batch_size must be in [1, %d], got %zu", INT32_MAX,
@@ -215,7 +214,19 @@ int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *trai
 			return -EINVAL;
 		}
 	}
+	return 0;
+}
 
+int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *train,
+                   struct mn_trainer **out, char *err, size_t errlen)
+{
+	struct mn_trainer *t = NULL;
+	int rc;
+
+	*out = NULL;
+	rc = check_params(p, train, err, errlen);
+	if (rc < 0)
+		return rc;
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		goto nomem;
