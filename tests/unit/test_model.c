@@ -82,6 +82,21 @@ static struct mn_ckpt *save_and_read(struct mn_trainer *t, char *name, size_t le
 	return c;
 }
 
+/* Encodes tensors and metadata and parses the result back as "edited.safetensors". */
+static struct mn_ckpt *encode_parse(const struct mn_tensor *t, size_t nt, const struct mn_meta *m,
+                                    size_t nm)
+{
+	struct mn_ckpt *out = NULL;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+
+	ck_assert_int_eq(mn_ckpt_encode(t, nt, m, nm, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_ckpt_parse(buf, len, "edited.safetensors", 0, &out, err, sizeof(err)),
+	                 0);
+	free(buf);
+	return out;
+}
+
 /*
  * Re-encodes c's tensors, leaving out skip and replacing the architecture
  * when arch is set (dropping it when arch is "").
@@ -91,9 +106,6 @@ static struct mn_ckpt *reencode(const struct mn_ckpt *c, const char *skip, const
 	struct mn_tensor t[32];
 	struct mn_meta m[16];
 	size_t nt = 0, nm = 0;
-	uint8_t *buf = NULL;
-	size_t len = 0;
-	struct mn_ckpt *out = NULL;
 
 	for (size_t i = 0; i < mn_ckpt_count(c); i++) {
 		const struct mn_tensor *src = mn_ckpt_tensor(c, i);
@@ -115,11 +127,7 @@ static struct mn_ckpt *reencode(const struct mn_ckpt *c, const char *skip, const
 		}
 		m[nm++] = *e;
 	}
-	ck_assert_int_eq(mn_ckpt_encode(t, nt, m, nm, &buf, &len, err, sizeof(err)), 0);
-	ck_assert_int_eq(mn_ckpt_parse(buf, len, "edited.safetensors", 0, &out, err, sizeof(err)),
-	                 0);
-	free(buf);
-	return out;
+	return encode_parse(t, nt, m, nm);
 }
 
 START_TEST(test_tensor_names)
@@ -468,9 +476,7 @@ static struct mn_ckpt *edited(const struct mn_ckpt *c, const struct mn_tensor *s
                               const struct mn_meta *m, size_t nm)
 {
 	struct mn_tensor t[32];
-	struct mn_ckpt *out = NULL;
-	uint8_t *buf = NULL;
-	size_t nt = 0, len = 0;
+	size_t nt = 0;
 
 	for (size_t i = 0; i < mn_ckpt_count(c); i++) {
 		const struct mn_tensor *src = mn_ckpt_tensor(c, i);
@@ -478,11 +484,7 @@ static struct mn_ckpt *edited(const struct mn_ckpt *c, const struct mn_tensor *s
 		ck_assert_uint_lt(nt, 32);
 		t[nt++] = swap && strcmp(src->name, swap->name) == 0 ? *swap : *src;
 	}
-	ck_assert_int_eq(mn_ckpt_encode(t, nt, m, nm, &buf, &len, err, sizeof(err)), 0);
-	ck_assert_int_eq(mn_ckpt_parse(buf, len, "edited.safetensors", 0, &out, err, sizeof(err)),
-	                 0);
-	free(buf);
-	return out;
+	return encode_parse(t, nt, m, nm);
 }
 
 START_TEST(test_schema)
