@@ -30,10 +30,11 @@ enum key_type {
 	KT_INIT_FROM, /* checkpoint.init_from: file and rename map */
 };
 
-#define KF_RELOAD     0x1u /* can change without a restart */
-#define KF_MIN_OPEN   0x2u /* KT_DOUBLE: the minimum is excluded */
-#define KF_MAX_OPEN   0x4u /* KT_DOUBLE: the maximum is excluded */
-#define KF_PLAIN_NAME 0x8u /* KT_STRING: a file name, no '/', no leading '.' */
+#define KF_RELOAD     0x1u  /* can change without a restart */
+#define KF_MIN_OPEN   0x2u  /* KT_DOUBLE: the minimum is excluded */
+#define KF_MAX_OPEN   0x4u  /* KT_DOUBLE: the maximum is excluded */
+#define KF_PLAIN_NAME 0x8u  /* KT_STRING: a file name, no '/', no leading '.' */
+#define KF_PROM_FILE  0x10u /* KT_STRING: "" or a path whose file name ends in .prom */
 
 struct key {
 	const char *path; /* "section.name" */
@@ -146,14 +147,32 @@ static const struct key keys[] = {
     ENUM("eval.watch", eval.watch, enum mn_watch_mode, watch_names, MN_WATCH_AUTO, 0),
     INT("eval.poll_interval_ms", eval.poll_interval_ms, 10, 3600000, 1000, 0),
     STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+    STR("eval.textfile", eval.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE),
     ENUM("log.level", log.level, enum mn_log_level, mn_log_level_names, MN_LOG_INFO, KF_RELOAD),
     ENUM("log.format", log.format, enum mn_log_format, mn_log_format_names, MN_LOG_TEXT, 0),
     STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+    STR("metrics.textfile", metrics.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE),
+    INT("metrics.interval_ms", metrics.interval_ms, 100, 3600000, 10000, 0),
+    STR("metrics.run", metrics.run, 0, MN_CONFIG_NAME_MAX - 1, "", 0),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
 /* ---- small helpers ---- */
+
+/*
+ * node-exporter's textfile collector reads only "*.prom" files, and a
+ * dot-file would collide with mn_write_atomic's temporary names.
+ */
+static bool prom_file_name(const char *path)
+{
+	const char *name = strrchr(path, '/');
+	size_t len;
+
+	name = name ? name + 1 : path;
+	len = strlen(name);
+	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".prom") == 0;
+}
 
 static size_t section_len(const char *path)
 {
@@ -306,6 +325,12 @@ static void format_range(const struct key *k, char *buf, size_t len)
 			         "a plain file name (1 to %" PRId64
 			         " bytes, no '/', not starting with '.')",
 			         k->max);
+		else if (k->flags & KF_PROM_FILE)
+			snprintf(
+			    buf, len,
+			    "\"\" or a path of at most %" PRId64
+			    " bytes whose file name ends in \".prom\" and does not start with '.'",
+			    k->max);
 		else if (k->min > 0)
 			snprintf(buf, len, "a non-empty string of at most %" PRId64 " bytes",
 			         k->max);
@@ -550,6 +575,8 @@ static int set_value(const struct key *k, const char *path, const cJSON *item, s
 			return bad_value(k, path, item, err, errlen);
 		s = item->valuestring;
 		if ((k->flags & KF_PLAIN_NAME) && (strchr(s, '/') || s[0] == '.'))
+			return bad_value(k, path, item, err, errlen);
+		if ((k->flags & KF_PROM_FILE) && *s && !prom_file_name(s))
 			return bad_value(k, path, item, err, errlen);
 		memset(p, 0, k->size);
 		memcpy(p, s, strlen(s) + 1);

@@ -73,12 +73,19 @@ struct mn_config {
 		enum mn_watch_mode watch;
 		int64_t poll_interval_ms;              /* poll mode's interval */
 		char metrics_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
+		char textfile[MN_CONFIG_PATH_MAX];     /* Prometheus textfile, "" when off */
 	} eval;
 	struct {
 		enum mn_log_level level;
 		enum mn_log_format format;
 		char file[MN_CONFIG_PATH_MAX]; /* "" = standard output */
 	} log;
+	struct {
+		char textfile[MN_CONFIG_PATH_MAX]; /* the trainer's Prometheus textfile, "" when off
+		                                    */
+		int64_t interval_ms;               /* how often the trainer rewrites it */
+		char run[MN_CONFIG_NAME_MAX]; /* label run="..." on both files' samples, "" none */
+	} metrics;
 };
 
 /* Fills c with every default. */

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "log.h"
 #include "util.h"
 
 struct mn_prom {
@@ -20,6 +21,7 @@ struct mn_prom {
 	size_t llen, lcap;
 	int rc; /* first error, sticky */
 	char err[MN_ERRLEN];
+	char failed[MN_ERRLEN]; /* mn_prom_publish's last failure, "" after a success */
 };
 
 static void fail(struct mn_prom *p, int rc, const char *fmt, ...) MN_PRINTF(3, 4);
@@ -310,4 +312,20 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 	iov.iov_base = (void *)text;
 	iov.iov_len = len;
 	return mn_write_atomic(dir, name, &iov, 1, 0644, err, errlen);
+}
+
+int mn_prom_publish(struct mn_prom *p, const char *path, const char *key)
+{
+	char err[MN_ERRLEN] = "";
+	int rc = mn_prom_write(p, path, err, sizeof(err));
+
+	if (rc < 0) {
+		if (strcmp(err, p->failed) != 0)
+			mn_log(MN_LOG_ERROR, "%s: %s", key, err);
+		snprintf(p->failed, sizeof(p->failed), "%s", err);
+	} else if (p->failed[0]) {
+		mn_log(MN_LOG_INFO, "%s: %s written again", key, path);
+		p->failed[0] = '\0';
+	}
+	return rc;
 }

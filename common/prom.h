@@ -101,4 +101,13 @@ int mn_prom_text(const struct mn_prom *p, const char **text, size_t *len, char *
  */
 int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t errlen);
 
+/*
+ * Writes as mn_prom_write() does, for a program that rewrites the file
+ * periodically, and logs the outcome: a failure at error level as
+ * "<key>: <message>", once until the message changes, and the first success
+ * after failures. p remembers the last failure (mn_prom_reset keeps it).
+ * Returns what mn_prom_write returned.
+ */
+int mn_prom_publish(struct mn_prom *p, const char *path, const char *key);
+
 #endif

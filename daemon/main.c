@@ -21,6 +21,7 @@
 #include "dist.h"
 #include "idx.h"
 #include "log.h"
+#include "metrics.h"
 #include "mlp.h"
 #include "mn_build_config.h"
 #include "model.h"
@@ -46,7 +47,9 @@ struct daemon {
 	struct mnd_control *control;
 	struct mnd_worker *worker;
 	struct mnd_dist *dist; /* NULL unless an MPI launcher started us */
-	int ex;                /* exit status */
+	struct mnd_metrics *metrics;
+	int64_t start_ns; /* wall clock at start, for the metrics */
+	int ex;           /* exit status */
 };
 
 static void usage(FILE *f)
@@ -487,6 +490,11 @@ static int run(struct daemon *d)
 		mnd_control_set_worker(d->control, d->worker);
 	if (mnd_dist_rank(d->dist) == 0 && mn_notify_enabled())
 		start_notify(d);
+	/* Rank 0 alone speaks for the run, as it alone writes checkpoints and serves the socket. */
+	if (mnd_dist_rank(d->dist) == 0 &&
+	    mnd_metrics_start(&d->app.loop, d->worker, &d->app.cfg, d->start_ns, &d->metrics, err,
+	                      sizeof(err)) < 0)
+		mn_log(MN_LOG_ERROR, "metrics.textfile: %s", err);
 	uv_run(&d->app.loop, UV_RUN_DEFAULT);
 out:
 	if (d->control)
@@ -495,6 +503,10 @@ out:
 	struct mnd_worker *w = d->worker;
 
 	d->worker = NULL;
+	/* The final state, with the exit checkpoint, and that the trainer no longer runs. */
+	mnd_metrics_write(d->metrics, false);
+	mnd_metrics_close(d->metrics);
+	d->metrics = NULL;
 	mnd_worker_close(w);
 	mnd_control_close(d->control);
 	d->control = NULL;
@@ -558,6 +570,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return MN_EX_USAGE;
 	}
+	d.start_ns = mn_realtime_ns();
 	if (!mn_app_start(&d.app, &sp, &ex))
 		return ex;
 	if (mnd_dist_launched()) {

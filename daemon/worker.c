@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dist.h"
@@ -73,6 +74,26 @@ static void hparams_from(const struct mnd_worker *w, struct mn_hparams *h)
 	h->ema_decay = w->cfg.train.ema_decay;
 }
 
+/* Checkpoint writes seen from a scrape: a fast disk takes milliseconds, a slow one seconds. */
+static const double write_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+
+/* Counts a checkpoint write (rc 0: name was published at step) for status and metrics. */
+static void note_write(struct mnd_worker *w, int rc, int64_t step, const char *name,
+                       int64_t took_ns)
+{
+	pthread_mutex_lock(&w->lock);
+	if (rc < 0) {
+		w->status.ckpt_failed++;
+	} else {
+		w->status.ckpt_published++;
+		snprintf(w->status.latest, sizeof(w->status.latest), "%s", name);
+		w->status.latest_step = step;
+		w->status.latest_ns = mn_realtime_ns();
+	}
+	mn_prom_hist_observe(&w->status.ckpt_write, (double)took_ns / 1e9);
+	pthread_mutex_unlock(&w->lock);
+}
+
 /* Publishes the current state; returns 0 or -errno with the message in err. */
 static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, size_t errlen)
 {
@@ -109,6 +130,7 @@ static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, siz
 	rc = mn_model_save(w->trainer, w->cfg.checkpoint.dir, w->cfg.checkpoint.prefix,
 	                   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json,
 	                   mnd_dist_size(w->dist), name, len, err, errlen);
+	note_write(w, rc, step, name, mn_monotonic_ns() - t0);
 	if (rc < 0) {
 		mn_log_fields(
 		    MN_LOG_ERROR, "checkpoint failed",
@@ -116,9 +138,6 @@ static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, siz
 		return rc;
 	}
 	w->last_saved_step = step;
-	pthread_mutex_lock(&w->lock);
-	snprintf(w->status.latest, sizeof(w->status.latest), "%s", name);
-	pthread_mutex_unlock(&w->lock);
 	mn_log_fields(MN_LOG_INFO, "checkpoint published",
 	              (struct mn_log_field[]){
 	                  MN_F_INT("step", step),
@@ -509,9 +528,21 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 	w->status.learning_rate = NAN;
 	w->status.progress_ns = mn_monotonic_ns();
 	w->last_saved_step = -1;
+	w->status.latest_step = -1;
+	mn_prom_hist_init(&w->status.ckpt_write, write_bounds,
+	                  sizeof(write_bounds) / sizeof(write_bounds[0]));
 	if (latest && *latest) {
+		struct stat st;
+		char path[PATH_MAX];
+
 		snprintf(w->status.latest, sizeof(w->status.latest), "%s", latest);
 		w->last_saved_step = w->status.step;
+		w->status.latest_step = w->status.step;
+		/* Resumed: the checkpoint was published when its file was last changed. */
+		snprintf(path, sizeof(path), "%s/%s", cfg->checkpoint.dir, latest);
+		if (stat(path, &st) == 0)
+			w->status.latest_ns =
+			    (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
 	}
 	w->config_json = mn_config_to_json(cfg);
 	if (!w->config_json) {

@@ -18,6 +18,7 @@
 #include "ckpt.h"
 #include "config.h"
 #include "dist.h"
+#include "prom.h"
 #include "train.h"
 
 /* A snapshot of the worker's progress, for status, logs and notify. */
@@ -31,6 +32,12 @@ struct mnd_worker_status {
 	bool finished;                 /* the thread has exited */
 	int64_t progress_ns;           /* monotonic time of the last step or pause check */
 	char latest[MN_CKPT_MAX_NAME]; /* newest checkpoint published ("" if none) */
+	int64_t latest_step;           /* its global step (-1 if none) */
+	int64_t latest_ns;             /* when it was published, wall clock (0 if unknown) */
+	/* For metrics.textfile: checkpoint writes by this process. */
+	int64_t ckpt_published;         /* that succeeded */
+	int64_t ckpt_failed;            /* that failed */
+	struct mn_prom_hist ckpt_write; /* their durations, seconds */
 };
 
 /* What a request (save, pause, resume) came to; passed to its callback. */

@@ -31,6 +31,7 @@
 #include "mn_build_config.h"
 #include "pick.h"
 #include "runner.h"
+#include "textfile.h"
 #include "util.h"
 #include "watch.h"
 
@@ -42,7 +43,8 @@ struct evaluator {
 	atomic_bool cancel;
 	bool stopping;
 	int metrics_fd;
-	bool metrics_torn; /* the metrics file ends in a partial line */
+	bool metrics_torn;             /* the metrics file ends in a partial line */
+	struct mne_textfile *textfile; /* eval.textfile, NULL when off */
 };
 
 static void usage(FILE *f)
@@ -166,14 +168,18 @@ out:
 	return ok;
 }
 
+/* From the checkpoint's publication to its result, in milliseconds. */
+static double latency_ms(const struct mne_pick_result *r)
+{
+	double ms = (double)(r->done_ns - r->published_ns) / 1e6;
+
+	/* ctime comes from a coarse clock; never report a negative delay. */
+	return ms < 0 ? 0 : ms;
+}
+
 /* Logs the result and appends it to the metrics file; false if that append failed. */
 static bool report(struct evaluator *e, const struct mne_pick_result *r)
 {
-	double latency_ms = (double)(r->done_ns - r->published_ns) / 1e6;
-
-	/* ctime comes from a coarse clock; never report a negative delay. */
-	if (latency_ms < 0)
-		latency_ms = 0;
 	mn_log_fields(MN_LOG_INFO, "evaluation",
 	              (struct mn_log_field[]){
 	                  MN_F_INT("step", r->step),
@@ -181,17 +187,29 @@ static bool report(struct evaluator *e, const struct mne_pick_result *r)
 	                  MN_F_DBL("loss", r->eval.loss, 4),
 	                  MN_F_STR("ema", r->ema ? "yes" : "no"),
 	                  MN_F_STR("checkpoint", r->name),
-	                  MN_F_DBL("latency_ms", latency_ms, 1),
+	                  MN_F_DBL("latency_ms", latency_ms(r), 1),
 	                  MN_F_INT("images", (int64_t)r->eval.images),
 	              },
 	              7);
-	return write_metrics(e, r, latency_ms);
+	return write_metrics(e, r, latency_ms(r));
 }
 
 static void on_result(const struct mne_pick_result *r, void *arg)
 {
+	struct evaluator *e = arg;
+
 	/* A metrics file that cannot be written (disk full) is logged; evaluating goes on. */
-	report(arg, r);
+	report(e, r);
+	mne_textfile_result(e->textfile, r, latency_ms(r) / 1e3);
+	mne_textfile_write(e->textfile, true);
+}
+
+static void on_rejected(uint64_t total, void *arg)
+{
+	struct evaluator *e = arg;
+
+	mne_textfile_rejected(e->textfile, total);
+	mne_textfile_write(e->textfile, true);
 }
 
 static void on_missing(void *arg)
@@ -232,8 +250,8 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 /* Only keys the evaluator reads; the trainer's settings are none of its business. */
 static void note_restart_key(const char *key, bool reloadable, void *arg)
 {
-	static const char *const used[] = {"data.", "checkpoint.dir", "checkpoint.prefix",
-	                                   "eval.", "log.",           "train.threads"};
+	static const char *const used[] = {"data.", "checkpoint.dir", "checkpoint.prefix", "eval.",
+	                                   "log.",  "train.threads",  "metrics.run"};
 
 	if (reloadable)
 		return;
@@ -333,6 +351,7 @@ static int run_watch(struct evaluator *e)
 	    .pick = pick_params(e),
 	    .on_result = on_result,
 	    .on_missing = on_missing,
+	    .on_rejected = on_rejected,
 	    .arg = e,
 	};
 	struct mne_watch_params wp = {
@@ -352,6 +371,7 @@ static int run_watch(struct evaluator *e)
 		stop(e);
 		return rc;
 	}
+	mne_textfile_write(e->textfile, true);
 	mn_log_fields(MN_LOG_INFO, "ready",
 	              (struct mn_log_field[]){
 	                  MN_F_STR("dir", e->app.cfg.checkpoint.dir),
@@ -392,6 +412,7 @@ int main(int argc, char **argv)
 	                      .metrics_fd = -1};
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
+	int64_t start_ns;
 	int c, ex;
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
@@ -426,6 +447,7 @@ int main(int argc, char **argv)
 		return MN_EX_USAGE;
 	}
 	atomic_init(&e.cancel, false);
+	start_ns = mn_realtime_ns();
 	if (!mn_app_start(&e.app, &sp, &ex))
 		return ex;
 	if (open_metrics(e.app.cfg.eval.metrics_file, &e.metrics_fd, err, sizeof(err)) < 0) {
@@ -433,11 +455,22 @@ int main(int argc, char **argv)
 		mn_app_end(&e.app);
 		return MN_EX_CONFIG;
 	}
+	/* --once is a command, not the service the textfile describes. */
+	if (!sp.terminal && mne_textfile_new(e.app.cfg.eval.textfile, e.app.cfg.metrics.run,
+	                                     start_ns, &e.textfile, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "eval.textfile: %s", err);
+		ex = MN_EX_FAILURE;
+		goto out;
+	}
 	ex = run(&e, sp.terminal);
 	if (e.app.loop_ready) {
 		stop(&e);
 		mn_app_loop_close(&e.app);
 	}
+	/* The file stays behind, saying that the evaluator has stopped. */
+	mne_textfile_write(e.textfile, false);
+	mne_textfile_free(e.textfile);
+out:
 	if (e.metrics_fd >= 0)
 		close(e.metrics_fd);
 	mn_app_end(&e.app);

@@ -46,6 +46,7 @@ static void remember_bad(struct mne_pick_state *s, int64_t step, const struct st
 {
 	size_t slot = s->nfailed;
 
+	s->rejected++;
 	if (slot == MNE_PICK_MAX_FAILED) {
 		slot = 0;
 		for (size_t i = 1; i < s->nfailed; i++)

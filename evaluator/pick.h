@@ -41,6 +41,7 @@ struct mne_pick_failure {
 /* What has been done so far. Start with mne_pick_state_init(). */
 struct mne_pick_state {
 	int64_t last_step; /* newest step evaluated, -1 before the first */
+	uint64_t rejected; /* bad files logged so far (a replaced one counts again) */
 	size_t nfailed;
 	struct mne_pick_failure failed[MNE_PICK_MAX_FAILED];
 };

@@ -24,6 +24,7 @@ struct mne_runner {
 	int rc;
 	char err[MN_ERRLEN];
 	char last_err[MN_ERRLEN]; /* a repeated scan error is logged once */
+	uint64_t rejected;        /* state.rejected as last reported */
 };
 
 static void maybe_free(struct mne_runner *r)
@@ -48,6 +49,13 @@ static void after_work_cb(uv_work_t *req, int status)
 	if (r->closing) {
 		maybe_free(r);
 		return;
+	}
+	/* Before the result: a job may reject newer files and then evaluate an older one. */
+	if (r->state.rejected != r->rejected && r->params.on_rejected) {
+		r->rejected = r->state.rejected;
+		r->params.on_rejected(r->rejected, r->params.arg);
+		if (r->closing)
+			return;
 	}
 	if (status < 0 || r->rc == -ECANCELED) {
 		/* Not cancelled by us (we never uv_cancel): nothing to report. */

@@ -14,6 +14,7 @@
 #define MNE_RUNNER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "pick.h"
@@ -25,6 +26,8 @@ struct mne_runner_params {
 	void (*on_result)(const struct mne_pick_result *res, void *arg);
 	/* A scan found no directory (it may have been removed). */
 	void (*on_missing)(void *arg);
+	/* Optional: more bad files were rejected; total counts them since the start. */
+	void (*on_rejected)(uint64_t total, void *arg);
 	void *arg;
 };
 

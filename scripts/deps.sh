@@ -10,6 +10,9 @@ PACKAGES="gcc libc6-dev meson ninja-build pkg-config libuv1-dev libcjson-dev lib
 check zlib1g-dev dataset-fashion-mnist python3 systemd strace bindfs $*"
 # Data-parallel training under mpirun (mnistd's mpi option) and its tests.
 PACKAGES="$PACKAGES libopenmpi-dev openmpi-bin"
+# Prometheus metrics (tests/e2e/test_metrics.py): promtool checks the textfiles
+# and the alerting rules, a real node-exporter serves the textfiles.
+PACKAGES="$PACKAGES prometheus prometheus-node-exporter"
 
 missing=""
 for p in $PACKAGES; do

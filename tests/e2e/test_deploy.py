@@ -80,6 +80,9 @@ class Build:
         files["logrotate"] = self.path("sysconfdir", "logrotate.d", "mnist-eval")
         files["config"] = self.path("sysconfdir", "mnistd", "mnistd.json")
         files["config.example"] = self.path("datadir", "doc", "mnistd", "mnistd.json.example")
+        files["textfile.conf"] = self.path("datadir", "doc", "mnistd", "textfile.conf")
+        files["rules"] = self.path("datadir", "mnistd", "prometheus", "mnistd.rules.yml")
+        files["rules.test"] = self.path("datadir", "mnistd", "prometheus", "mnistd.rules.test.yml")
         files.update({m: self.path("mandir", m) for m in MAN_PAGES})
         return files
 
@@ -116,6 +119,15 @@ def unit_settings(path, section="Service"):
             if cur == section and "=" in s:
                 k, v = s.split("=", 1)
                 out.append((k.strip(), v.strip()))
+    return out
+
+
+def with_dropin(unit_path, dropin_path, outdir):
+    """The unit as systemd sees it with the drop-in applied (its lines appended), as a file in outdir."""
+    os.makedirs(outdir, exist_ok=True)
+    out = os.path.join(outdir, os.path.basename(unit_path))
+    with open(unit_path) as u, open(dropin_path) as d, open(out, "w") as f:
+        f.write(u.read() + "\n" + d.read())
     return out
 
 
@@ -557,8 +569,12 @@ class DeployTest(unittest.TestCase):
 
     @unittest.skipUnless(HAVE_ANALYZE, "systemd-analyze is not installed (scripts/deps.sh installs systemd)")
     def test_units_exposure_at_most_1(self):
-        for unit in UNITS:
-            r = run(["systemd-analyze", "security", "--offline=yes", self.dest_path(unit)], ok=None)
+        # As installed, and with the metrics drop-in that opens node-exporter's directory.
+        paths = [self.dest_path(u) for u in UNITS]
+        paths += [with_dropin(self.dest_path(u), self.dest_path("textfile.conf"), os.path.join(self.tmp, "exposure"))
+                  for u in UNITS]
+        for unit in paths:
+            r = run(["systemd-analyze", "security", "--offline=yes", unit], ok=None)
             m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
             self.assertIsNotNone(m, r.stdout + r.stderr)
             self.assertLessEqual(float(m.group(1)), MAX_EXPOSURE, "%s:\n%s" % (unit, r.stdout))
@@ -763,7 +779,9 @@ class Scenario:
         t = self.t
         self.build, self.dest = self.plain_install()
         files = self.build.expected_files()
-        self.units = {u: in_root(self.dest, files[u]) for u in UNITS}
+        # With metrics on, as the README deploys them: the units with the textfile drop-in.
+        self.units = {u: with_dropin(in_root(self.dest, files[u]), in_root(self.dest, files["textfile.conf"]),
+                                     os.path.join(self.work, "units")) for u in UNITS}
         for p in ("mnistd", "mnist-eval"):
             t.assertTrue(os.access(in_root(self.dest, files[p]), os.X_OK), "%s not installed" % p)
 
@@ -771,7 +789,8 @@ class Scenario:
         state = in_root(self.root, "/var/lib/mnistd")
         rundir = in_root(self.root, "/run/mnistd")
         logs = in_root(self.root, "/var/log/mnist-eval")
-        for d in (state, rundir, logs):
+        textfiles = in_root(self.root, "/var/lib/prometheus/node-exporter")
+        for d in (state, rundir, logs, textfiles):
             os.makedirs(d, mode=0o750)
         data = mnlib.make_dataset(os.path.join(self.work, "data"))
         self.sock_path = os.path.join(rundir, "control.sock")
@@ -781,7 +800,8 @@ class Scenario:
                                 train={"max_steps": 10 ** 9, "threads": 0},
                                 checkpoint={"dir": state, "every_steps": 100, "max_to_keep": 3},
                                 control={"socket": self.sock_path},
-                                eval={"metrics_file": metrics})
+                                eval={"metrics_file": metrics, "textfile": os.path.join(textfiles, "mnist-eval.prom")},
+                                metrics={"textfile": os.path.join(textfiles, "mnistd.prom"), "interval_ms": 100})
         cfg_path = mnlib.write_config(os.path.join(self.work, "mnistd.json"), cfg)
 
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -845,6 +865,12 @@ class Scenario:
         once = self.traced("mnist-eval.service", self.unit_argv("mnist-eval.service", "ExecStart", cfg_path) + ["--once"], "eval-once")
         t.assertEqual(self.wait_exit(once), 0, self.output(once))
         t.assertRegex(self.output(once), r"accuracy=\d\.\d{4}")
+
+        # Both left their metrics behind, saying they stopped.
+        for name, family in (("mnistd.prom", "mnistd_running"), ("mnist-eval.prom", "mnist_eval_running")):
+            with open(os.path.join(textfiles, name)) as f:
+                t.assertRegex(f.read(), r"(?m)^%s 0$" % family)
+        t.assertEqual(sorted(os.listdir(textfiles)), ["mnist-eval.prom", "mnistd.prom"])
 
         # A bad configuration: both exit 78 (the units' RestartPreventExitStatus=).
         bad = mnlib.write_config(os.path.join(self.work, "bad.json"), dict(cfg, train={"batch_size": 0}))

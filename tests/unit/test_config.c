@@ -107,9 +107,16 @@ static const struct bad_case bad_cases[] = {
     {"{\"train\":{\"batchsize\":1}}",
      "test.json: train.batchsize: unknown key (train has: batch_size, learning_rate, "
      "learning_rate_decay, decay_steps, l2, ema_decay, max_steps, threads)"},
+    {"{\"eval\":{\"textfile\":\"/var/lib/node-exporter/eval.txt\"}}",
+     "test.json: eval.textfile: must be \"\" or a path of at most 1023 bytes whose file name ends "
+     "in \".prom\" and does not start with '.', got \"/var/lib/node-exporter/eval.txt\""},
+    {"{\"metrics\":{\"textfile\":\"/d/.mnistd.prom\"}}", "metrics.textfile: must be \"\" or"},
+    {"{\"metrics\":{\"textfile\":\"/d/.prom\"}}", "metrics.textfile: must be \"\" or"},
+    {"{\"metrics\":{\"interval_ms\":99}}",
+     "metrics.interval_ms: must be an integer in [100, 3600000], got 99"},
     {"{\"trian\":{}}",
      "test.json: trian: unknown section (sections: data, model, train, checkpoint, control, "
-     "eval, log)"},
+     "eval, log, metrics)"},
     {"{\"train\":{\"batch_size\":\"100\"}}",
      "test.json: train.batch_size: must be an integer in [1, 65536], got \"100\""},
     {"{\"train\":{\"batch_size\":0}}",

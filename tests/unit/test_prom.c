@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "mn_test.h"
 #include "util.h"
@@ -200,6 +201,26 @@ START_TEST(write_replaces_the_file_atomically)
 }
 END_TEST
 
+START_TEST(publish_reports_and_recovers)
+{
+	char dir[MN_TEST_DIRLEN], sub[PATH_MAX], path[PATH_MAX];
+	struct mn_prom *p = mn_prom_new();
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	snprintf(sub, sizeof(sub), "%s/later", dir);
+	snprintf(path, sizeof(path), "%s/x.prom", sub);
+	mn_prom_gauge(p, "g", "h", 1);
+	/* Failing twice (logged once), then succeeding once the directory exists. */
+	ck_assert_int_eq(mn_prom_publish(p, path, "test.textfile"), -ENOENT);
+	ck_assert_int_eq(mn_prom_publish(p, path, "test.textfile"), -ENOENT);
+	ck_assert_int_eq(mkdir(sub, 0755), 0);
+	ck_assert_int_eq(mn_prom_publish(p, path, "test.textfile"), 0);
+	ck_assert_int_eq(access(path, R_OK), 0);
+	mn_prom_free(p);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("prom");
@@ -211,5 +232,6 @@ int main(void)
 	tcase_add_test(tc, histogram_buckets_are_cumulative);
 	tcase_add_test(tc, bad_input_is_a_sticky_error);
 	tcase_add_test(tc, write_replaces_the_file_atomically);
+	tcase_add_test(tc, publish_reports_and_recovers);
 	return mn_test_run(s);
 }

@@ -1,0 +1,47 @@
+/*
+ * metrics.h - the trainer's Prometheus textfile (metrics.textfile).
+ *
+ * A timer on the loop thread rewrites the file every metrics.interval_ms from
+ * the worker's status snapshot, so the training thread never waits on it.
+ * Each rewrite replaces the file atomically (mn_prom_write), so
+ * node-exporter's textfile collector always reads a whole exposition. The
+ * families are listed in mnistd(8); every sample carries run="<metrics.run>"
+ * when that key is set.
+ *
+ * A write that fails (the directory is missing or read-only) is logged once,
+ * and again only when the error changes; training is never affected, and the
+ * next success is logged too.
+ */
+#ifndef MND_METRICS_H
+#define MND_METRICS_H
+
+#include <stdbool.h>
+#include <uv.h>
+
+#include "config.h"
+#include "worker.h"
+
+struct mnd_metrics;
+
+/*
+ * Writes the file at once and then every metrics.interval_ms, reading w's
+ * status. start_ns is the process's start (wall clock, ns since the epoch).
+ * With metrics.textfile empty, sets *out to NULL and returns 0 (every other
+ * function accepts NULL). cfg's metrics keys are copied.
+ */
+int mnd_metrics_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
+                      int64_t start_ns, struct mnd_metrics **out, char *err, size_t errlen);
+
+/*
+ * Writes the file now. With running false the file says the trainer has
+ * stopped (mnistd_running 0), which is what it leaves behind on a clean exit.
+ */
+void mnd_metrics_write(struct mnd_metrics *m, bool running);
+
+/*
+ * Stops the timer and frees m once the loop has closed it (run the loop
+ * afterwards). Does not touch the worker, which may already be freed.
+ */
+void mnd_metrics_close(struct mnd_metrics *m);
+
+#endif

@@ -1,0 +1,248 @@
+"""Prometheus metrics end to end: both programs write their textfiles
+(metrics.textfile, eval.textfile) during a real run; the real `promtool
+check metrics` accepts both files at several moments; a real
+prometheus-node-exporter, started here with its textfile collector on that
+directory and listening on a loopback port, serves our families over HTTP
+with the values `mnistctl status --json` and the evaluator's metrics file
+report at the same step; the alerting rules pass `promtool check rules` and
+their unit test, `promtool test rules`."""
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import unittest
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+from mnlib import MNIST_EVAL, MNISTCTL, MNISTD, wait_for  # noqa: E402
+
+SOURCE = os.path.abspath(os.environ.get("MN_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", "..")))
+RULES = os.path.join(SOURCE, "contrib", "prometheus")
+PROMTOOL = shutil.which("promtool")
+NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+NEED = "the Debian packages prometheus and prometheus-node-exporter (scripts/deps.sh installs them)"
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_exposition(text):
+    """{(name, frozenset of (label, value)): float} from Prometheus text format."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            raise AssertionError("not a sample line: %r" % line)
+        labels = frozenset((k, v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\"))
+                           for k, v in _LABEL.findall(m.group(2) or ""))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def value(samples, name, **labels):
+    """The one sample of name whose labels include labels."""
+    hits = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    if len(hits) != 1:
+        raise AssertionError("%d samples of %s%s" % (len(hits), name, labels))
+    return hits[0]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@unittest.skipUnless(PROMTOOL and NODE_EXPORTER, "needs " + NEED)
+class MetricsTest(mnlib.TestCase):
+    def promtool_check(self, path):
+        """`promtool check metrics` reads the file on standard input and must report nothing."""
+        with open(path, "rb") as f:
+            r = subprocess.run([PROMTOOL, "check", "metrics"], stdin=f, capture_output=True, text=True, timeout=60)
+        self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""), path)
+        with open(path) as f:
+            return parse_exposition(f.read())
+
+    def read(self, path):
+        try:
+            with open(path) as f:
+                return parse_exposition(f.read())
+        except FileNotFoundError:
+            return None
+
+    def ctl(self, cfg_path, *args):
+        r = self.run_prog([MNISTCTL, "--config", cfg_path] + list(args))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return r.stdout
+
+    def node_exporter(self, directory):
+        """A real node-exporter serving only its textfile collector on directory; returns its URL."""
+        port = free_port()
+        p = self.start([NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
+                        "--collector.textfile.directory=" + directory,
+                        "--web.listen-address=127.0.0.1:%d" % port], "node-exporter")
+        url = "http://127.0.0.1:%d/metrics" % port
+
+        def up():
+            if p.p.poll() is not None:
+                raise AssertionError("node-exporter exited:\n" + p.output())
+            try:
+                with urllib.request.urlopen(url, timeout=5):
+                    return True
+            except OSError:
+                return False
+        wait_for(up, 60, "node-exporter on port %d" % port)
+        return url
+
+    def scrape(self, url):
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return parse_exposition(r.read().decode())
+
+    def test_textfiles_are_valid_and_node_exporter_serves_what_status_says(self):
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        trainer_prom = os.path.join(tdir, "mnistd.prom")
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        jsonl = os.path.join(self.work, "eval.jsonl")
+        cfg_path, cfg = self.config(train={"max_steps": 10 ** 9, "batch_size": 20},
+                                    checkpoint={"every_steps": 50, "max_to_keep": 0},
+                                    eval={"metrics_file": jsonl, "textfile": eval_prom},
+                                    metrics={"textfile": trainer_prom, "interval_ms": 100, "run": "e2e"})
+        url = self.node_exporter(tdir)
+
+        # Moment 1: the evaluator alone, before any checkpoint: NaN where nothing is known yet.
+        ev = self.start([MNIST_EVAL, "--config", cfg_path], "eval")
+        wait_for(lambda: self.read(eval_prom), 60, "the evaluator's textfile")
+        s = self.promtool_check(eval_prom)
+        self.assertEqual(value(s, "mnist_eval_running", run="e2e"), 1)
+        self.assertEqual(value(s, "mnist_eval_step"), -1)
+        self.assertTrue(math.isnan(value(s, "mnist_eval_validation_accuracy_ratio")))
+        self.assertEqual(value(s, "mnist_eval_evaluations_total"), 0)
+
+        # Moment 2: training, checkpoints published and evaluated.
+        d = self.start([MNISTD, "--config", cfg_path], "mnistd")
+        wait_for(lambda: len(mnlib.ckpt_steps(cfg["checkpoint"]["dir"])) >= 3, 120, "three checkpoints")
+        s = self.promtool_check(trainer_prom)
+        self.assertEqual(value(s, "mnistd_running", run="e2e"), 1)
+        self.assertGreater(value(s, "mnistd_global_step"), 0)
+        wait_for(lambda: (self.read(eval_prom) or {}) and value(self.read(eval_prom), "mnist_eval_step") > 0,
+                 60, "an evaluation in the textfile")
+        self.promtool_check(eval_prom)
+
+        # Moment 3: paused, so nothing moves; the evaluator catches up with the last checkpoint.
+        self.ctl(cfg_path, "pause")
+        status = json.loads(self.ctl(cfg_path, "status", "--json"))
+        self.assertTrue(status["paused"], status)
+        latest_step = int(re.search(r"-(\d+)\.safetensors$", status["latest_checkpoint"]).group(1))
+
+        def trainer_caught_up():
+            t = self.read(trainer_prom)
+            return t if t and value(t, "mnistd_paused") == 1 and value(t, "mnistd_global_step") == status["step"] else None
+        wait_for(trainer_caught_up, 60, "the trainer's textfile at the paused step")
+
+        def evaluator_caught_up():
+            e = self.read(eval_prom)
+            return e if e and value(e, "mnist_eval_step") == latest_step else None
+        wait_for(evaluator_caught_up, 60, "the evaluation of step %d in the textfile" % latest_step)
+        local = {**self.promtool_check(trainer_prom), **self.promtool_check(eval_prom)}
+
+        served = self.scrape(url)
+        self.assertEqual(value(served, "node_textfile_scrape_error"), 0)
+        for name in ("mnistd_global_step", "mnist_eval_step", "mnistd_checkpoints_published_total",
+                     "mnist_eval_validation_accuracy_ratio", "mnistd_checkpoint_write_duration_seconds_count"):
+            self.assertEqual(value(served, name, run="e2e"), value(local, name), name)
+        # The trainer's families against mnistctl status --json.
+        self.assertEqual(value(served, "mnistd_global_step"), status["step"])
+        self.assertEqual(value(served, "mnistd_max_steps"), status["max_steps"])
+        self.assertEqual(value(served, "mnistd_loss"), status["loss"])
+        self.assertEqual(value(served, "mnistd_learning_rate"), status["learning_rate"])
+        self.assertEqual(value(served, "mnistd_steps_per_second"), status["steps_per_sec"])
+        self.assertEqual(value(served, "mnistd_paused"), 1)
+        self.assertEqual(value(served, "mnistd_last_checkpoint_step"), latest_step)
+        published = mnlib.ckpt_steps(cfg["checkpoint"]["dir"])
+        self.assertEqual(value(served, "mnistd_checkpoints_published_total"), len(published))
+        self.assertEqual(value(served, "mnistd_checkpoint_failures_total"), 0)
+        self.assertEqual(value(served, "mnistd_checkpoint_write_duration_seconds_count"), len(published))
+        self.assertEqual(value(served, "mnistd_checkpoint_write_duration_seconds_bucket", le="+Inf"), len(published))
+        ckpt = os.path.join(cfg["checkpoint"]["dir"], status["latest_checkpoint"])
+        self.assertAlmostEqual(value(served, "mnistd_last_checkpoint_timestamp_seconds"), os.stat(ckpt).st_mtime, delta=5)
+        # The evaluator's families against its own JSON lines.
+        with open(jsonl) as f:
+            lines = [json.loads(l) for l in f]
+        self.assertEqual(value(served, "mnist_eval_step"), lines[-1]["step"])
+        self.assertEqual(value(served, "mnist_eval_validation_accuracy_ratio"), lines[-1]["accuracy"])
+        self.assertEqual(value(served, "mnist_eval_validation_loss"), lines[-1]["loss"])
+        self.assertEqual(value(served, "mnist_eval_best_validation_accuracy_ratio"), max(l["accuracy"] for l in lines))
+        self.assertEqual(value(served, "mnist_eval_evaluations_total"), len(lines))
+        self.assertEqual(value(served, "mnist_eval_latency_seconds_count"), len(lines))
+        self.assertAlmostEqual(value(served, "mnist_eval_latency_seconds_sum"),
+                               sum(l["latency_ms"] for l in lines) / 1e3, delta=0.001 * len(lines))
+        self.assertEqual(value(served, "mnist_eval_rejected_files_total"), 0)
+
+        # Moment 4: both stopped cleanly; the files say so and stay valid.
+        d.signal(signal.SIGTERM)
+        self.assertEqual(d.wait(), 0, d.output())
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(), 0, ev.output())
+        self.assertEqual(value(self.promtool_check(trainer_prom), "mnistd_running"), 0)
+        self.assertEqual(value(self.promtool_check(eval_prom), "mnist_eval_running"), 0)
+        self.assertEqual(sorted(os.listdir(tdir)), ["mnist-eval.prom", "mnistd.prom"], "no temporary files left")
+
+    def test_rejected_files_are_counted(self):
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        cfg_path, cfg = self.config(eval={"textfile": eval_prom})
+        os.makedirs(cfg["checkpoint"]["dir"])
+        with open(os.path.join(cfg["checkpoint"]["dir"], "model.ckpt-7.safetensors"), "wb") as f:
+            f.write(b"\x08" + b"\x00" * 7 + b"not json")
+        self.start([MNIST_EVAL, "--config", cfg_path], "eval")
+
+        def rejected():
+            s = self.read(eval_prom)
+            return s if s and value(s, "mnist_eval_rejected_files_total") == 1 else None
+        wait_for(rejected, 60, "one rejected file in the textfile")
+        s = self.promtool_check(eval_prom)
+        self.assertEqual(value(s, "mnist_eval_evaluations_total"), 0)
+        self.assertEqual(value(s, "mnist_eval_step"), -1)
+
+    def test_unwritable_textfile_is_logged_once_and_training_goes_on(self):
+        prom = os.path.join(self.work, "missing-dir", "mnistd.prom")
+        cfg_path, cfg = self.config(train={"max_steps": 200}, metrics={"textfile": prom, "interval_ms": 100})
+        d = self.start([MNISTD, "--config", cfg_path], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        self.assertEqual(max(mnlib.ckpt_steps(cfg["checkpoint"]["dir"])), 200)
+        self.assertEqual(d.output().count("metrics.textfile:"), 1, d.output())
+        self.assertIn("missing-dir", d.output())
+
+    def test_a_textfile_name_node_exporter_would_ignore_is_a_config_error(self):
+        cfg_path, _ = self.config(metrics={"textfile": os.path.join(self.work, "mnistd.txt")})
+        for prog in (MNISTD, MNIST_EVAL):
+            r = self.run_prog([prog, "--config", cfg_path, "--check-config"])
+            self.assertEqual(r.returncode, 78, r.stdout + r.stderr)
+            self.assertIn("metrics.textfile", r.stderr)
+
+    def test_alerting_rules_pass_promtool(self):
+        r = subprocess.run([PROMTOOL, "check", "rules", os.path.join(RULES, "mnistd.rules.yml")],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCESS: 4 rules found", r.stdout)
+        r = subprocess.run([PROMTOOL, "test", "rules", "mnistd.rules.test.yml"], cwd=RULES,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("SUCCESS", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
