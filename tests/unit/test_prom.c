@@ -203,7 +203,7 @@ END_TEST
 
 START_TEST(publish_reports_and_recovers)
 {
-	char dir[MN_TEST_DIRLEN], sub[PATH_MAX], path[PATH_MAX];
+	char dir[MN_TEST_DIRLEN], sub[PATH_MAX], path[PATH_MAX + 16];
 	struct mn_prom *p = mn_prom_new();
 
 	mn_test_tmpdir(dir, sizeof(dir));
