@@ -165,6 +165,7 @@ START_TEST(test_bad_newest_falls_back_and_is_not_retried_until_replaced)
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
 	ck_assert_uint_eq(s.nfailed, 1);
 	ck_assert_int_eq(s.failed[0].step, 5);
+	ck_assert_uint_eq(s.rejected, 1); /* counted once, not at every look */
 	/* A replacement under the same name (a new inode) is tried. */
 	publish_step(5);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
