@@ -145,23 +145,6 @@ static int fail(char *err, size_t errlen, const char *name, int rc, const char *
 	return rc;
 }
 
-/* A JSON number that is an integer in [0, 2^53]. */
-static bool json_uint(const cJSON *j, uint64_t *out)
-{
-	double d;
-
-	if (!cJSON_IsNumber(j))
-		return false;
-	d = j->valuedouble;
-	/* Written so that NaN fails too. */
-	if (!(d >= 0 && d <= (double)MAX_JSON_INT))
-		return false;
-	if ((double)(uint64_t)d != d)
-		return false;
-	*out = (uint64_t)d;
-	return true;
-}
-
 static void describe_json(const cJSON *j, char *buf, size_t len)
 {
 	if (cJSON_IsNumber(j))
@@ -206,18 +189,19 @@ static int parse_uint_list(const cJSON *arr, const char *what, const char *tname
 	cJSON_ArrayForEach(v, arr)
 	{
 		char desc[64];
+		int64_t x;
 
 		if (n >= max)
 			return fail(err, errlen, name, -EINVAL,
 			            "tensor \"%s\": %s has more than %zu entries", tname, what,
 			            max);
-		if (!json_uint(v, &vals[n])) {
+		if (!mn_json_get_int(v, 0, (int64_t)MAX_JSON_INT, &x)) {
 			describe_json(v, desc, sizeof(desc));
 			return fail(err, errlen, name, -EINVAL,
 			            "tensor \"%s\": %s[%zu] is %s, not an integer in [0, 2^53]",
 			            tname, what, n, desc);
 		}
-		n++;
+		vals[n++] = (uint64_t)x;
 	}
 	*count = n;
 	return 0;

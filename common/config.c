@@ -360,20 +360,6 @@ static int bad_value(const struct key *k, const char *path, const cJSON *item, c
 	return -EINVAL;
 }
 
-/* An integral JSON number in [lo, hi]; cJSON holds numbers as doubles. */
-static bool json_int(const cJSON *item, int64_t lo, int64_t hi, int64_t *out)
-{
-	double d;
-
-	if (!cJSON_IsNumber(item))
-		return false;
-	d = item->valuedouble;
-	if (!isfinite(d) || d != floor(d) || d < (double)lo || d > (double)hi)
-		return false;
-	*out = (int64_t)d;
-	return true;
-}
-
 /* A string of length in [lo, hi] (already free of NUL bytes, see scan_text). */
 static bool json_str(const cJSON *item, size_t lo, size_t hi)
 {
@@ -498,7 +484,7 @@ static int set_int_array(const struct key *k, const char *path, const cJSON *ite
 	{
 		if (n >= k->amax || n >= MN_MAX_HIDDEN)
 			return bad_value(k, path, item, err, errlen);
-		if (!json_int(e, k->min, k->max, &vals[n])) {
+		if (!mn_json_get_int(e, k->min, k->max, &vals[n])) {
 			char got[80];
 
 			describe(e, got, sizeof(got));
@@ -523,14 +509,14 @@ static int set_value(const struct key *k, const char *path, const cJSON *item, s
 
 	switch (k->type) {
 	case KT_INT:
-		if (!json_int(item, k->min, k->max, &i))
+		if (!mn_json_get_int(item, k->min, k->max, &i))
 			return bad_value(k, path, item, err, errlen);
 		memcpy(p, &i, sizeof(i));
 		return 0;
 	case KT_UINT: {
 		uint64_t u;
 
-		if (!json_int(item, k->min, k->max, &i))
+		if (!mn_json_get_int(item, k->min, k->max, &i))
 			return bad_value(k, path, item, err, errlen);
 		u = (uint64_t)i;
 		memcpy(p, &u, sizeof(u));

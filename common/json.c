@@ -360,3 +360,17 @@ const char *mn_json_type_name(int type)
 		return "an object";
 	return "a JSON value";
 }
+
+bool mn_json_get_int(const cJSON *item, int64_t lo, int64_t hi, int64_t *out)
+{
+	double d;
+
+	if (!cJSON_IsNumber(item))
+		return false;
+	d = item->valuedouble;
+	/* Written so that NaN fails too. */
+	if (!isfinite(d) || d != floor(d) || !(d >= (double)lo && d <= (double)hi))
+		return false;
+	*out = (int64_t)d;
+	return true;
+}

@@ -139,6 +139,13 @@ bool mn_json_duplicate(const cJSON *obj, const cJSON *item);
  */
 int mn_json_first_duplicate(const cJSON *obj, const char **dup);
 
+/*
+ * The integer a JSON number holds, if it is one (finite, no fraction) in
+ * [lo, hi]. cJSON keeps numbers as doubles, so keep lo and hi within
+ * [-2^53, 2^53], where every integer is exact.
+ */
+bool mn_json_get_int(const cJSON *item, int64_t lo, int64_t hi, int64_t *out);
+
 /* Whether n bytes of s are well-formed UTF-8 (the MN_JSON_UTF8 rule). */
 bool mn_json_utf8(const char *s, size_t n);
 

@@ -115,6 +115,24 @@ START_TEST(strict_parse_rules)
 }
 END_TEST
 
+START_TEST(integers_read)
+{
+	cJSON *a = cJSON_Parse("[7, -3, 2.5, 9007199254740992, \"7\", null, 1e400]");
+	int64_t v = 0;
+
+	ck_assert(mn_json_get_int(cJSON_GetArrayItem(a, 0), 0, 10, &v) && v == 7);
+	ck_assert(!mn_json_get_int(cJSON_GetArrayItem(a, 0), 0, 6, &v));
+	ck_assert(mn_json_get_int(cJSON_GetArrayItem(a, 1), -5, 0, &v) && v == -3);
+	ck_assert(!mn_json_get_int(cJSON_GetArrayItem(a, 1), 0, 10, &v));
+	ck_assert(!mn_json_get_int(cJSON_GetArrayItem(a, 2), 0, 10, &v));
+	ck_assert(mn_json_get_int(cJSON_GetArrayItem(a, 3), 0, (int64_t)1 << 53, &v) &&
+	          v == (int64_t)1 << 53);
+	for (int i = 4; i < 7; i++)
+		ck_assert(!mn_json_get_int(cJSON_GetArrayItem(a, i), INT32_MIN, INT32_MAX, &v));
+	cJSON_Delete(a);
+}
+END_TEST
+
 START_TEST(non_integers_found)
 {
 	const char *t = "{\"a\":[0,12,\"-1\"],\"b\":1.5,\"c\":-2}";
@@ -200,7 +218,7 @@ int main(void)
 	Suite *s = suite_create("json");
 
 	MN_TEST_ADD(mn_test_tcase(s, "json", NULL, NULL), integers_are_exact, doubles_round_trip,
-	            add_frees_on_failure, strict_parse_rules, non_integers_found, members_table,
-	            duplicates_found);
+	            add_frees_on_failure, strict_parse_rules, integers_read, non_integers_found,
+	            members_table, duplicates_found);
 	return mn_test_run(s);
 }
