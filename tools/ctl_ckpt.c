@@ -750,6 +750,22 @@ static void inspect_text(const char *path, const struct mn_ckpt *c)
 	}
 }
 
+/* inspect: the named tensors' values, or the summary (and with all every tensor's values). */
+static void inspect_print(const char *path, const struct mn_ckpt *ck, const char **names,
+                          size_t nnames, bool all)
+{
+	if (nnames) {
+		for (size_t i = 0; i < nnames; i++)
+			print_values(mn_ckpt_find(ck, names[i]));
+		return;
+	}
+	inspect_text(path, ck);
+	for (size_t i = 0; all && i < mn_ckpt_count(ck); i++) {
+		putchar('\n');
+		print_values(mn_ckpt_tensor(ck, i));
+	}
+}
+
 /* inspect --json: the named tensors with their values, or the metadata and every tensor. */
 static int inspect_json(const char *path, const struct mn_ckpt *ck, const char **names,
                         size_t nnames, bool all)
@@ -842,16 +858,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 		rc = inspect_json(path, ck, names, nnames, all) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 		goto out;
 	}
-	if (nnames) {
-		for (size_t i = 0; i < nnames; i++)
-			print_values(mn_ckpt_find(ck, names[i]));
-	} else {
-		inspect_text(path, ck);
-		for (size_t i = 0; all && i < mn_ckpt_count(ck); i++) {
-			putchar('\n');
-			print_values(mn_ckpt_tensor(ck, i));
-		}
-	}
+	inspect_print(path, ck, names, nnames, all);
 	rc = MN_EX_OK;
 out:
 	mn_ckpt_free(ck);
