@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "model.h"
@@ -230,6 +231,41 @@ START_TEST(test_cancelled)
 }
 END_TEST
 
+START_TEST(test_fifo_is_never_opened)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(1);
+	/* Opening a FIFO without a writer would block the evaluator forever. */
+	ck_assert_int_eq(mkfifo(tpath(name_of(2)), 0600), 0);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 1);
+}
+END_TEST
+
+START_TEST(test_frozen_model_has_no_shadows)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	struct mn_trainer_state st;
+
+	mn_trainer_state(trainer, &st);
+	ck_assert_int_eq(mn_model_write_frozen(
+	                     tmpdir, name_of(6), mn_trainer_arch(trainer), st.shadow,
+	                     (struct mn_meta[]){{MN_META_GLOBAL_STEP, "6"}}, 1, err, sizeof(err)),
+	                 0);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 6);
+	/* Asked for the EMA, a frozen model has one set of values, and says so. */
+	ck_assert(!r.ema);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pick");
@@ -238,6 +274,7 @@ int main(void)
 	MN_TEST_ADD(tc, test_missing_and_empty_directory,
 	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
-	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled);
+	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
+	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows);
 	return mn_test_run(s);
 }
