@@ -133,6 +133,7 @@ static const struct key keys[] = {
     DBL("train.ema_decay", train.ema_decay, 0, 1, 0.99, KF_MAX_OPEN),
     INT("train.max_steps", train.max_steps, 1, P53, 30000, KF_RELOAD),
     INT("train.threads", train.threads, 0, 256, 0, 0),
+    STR("train.metrics_file", train.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
     STR("checkpoint.dir", checkpoint.dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnistd", 0),
     STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME),
     INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),

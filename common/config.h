@@ -54,7 +54,8 @@ struct mn_config {
 		double l2;
 		double ema_decay;
 		int64_t max_steps;
-		int64_t threads; /* BLAS threads, 0: one per CPU */
+		int64_t threads;                       /* BLAS threads, 0: one per CPU */
+		char metrics_file[MN_CONFIG_PATH_MAX]; /* history, JSON lines; "" when unset */
 	} train;
 	struct {
 		char dir[MN_CONFIG_PATH_MAX];

@@ -19,6 +19,7 @@
 #include "config.h"
 #include "control.h"
 #include "dist.h"
+#include "history.h"
 #include "idx.h"
 #include "log.h"
 #include "metrics.h"
@@ -48,8 +49,9 @@ struct daemon {
 	struct mnd_worker *worker;
 	struct mnd_dist *dist; /* NULL unless an MPI launcher started us */
 	struct mnd_metrics *metrics;
-	int64_t start_ns; /* wall clock at start, for the metrics */
-	int ex;           /* exit status */
+	struct mnd_history *history; /* train.metrics_file (rank 0), NULL when unset */
+	int64_t start_ns;            /* wall clock at start, for the metrics */
+	int ex;                      /* exit status */
 };
 
 static void usage(FILE *f)
@@ -113,9 +115,23 @@ static void begin_stop(struct daemon *d)
 		mnd_control_set_stopping(d->control);
 }
 
+/* A train.metrics_file line for the steps since the last one, if any ran. */
+static void record_history(struct daemon *d, const struct mnd_worker_status *s)
+{
+	char err[MN_ERRLEN];
+
+	if (mnd_history_record(d->history, s, err, sizeof(err)) < 0)
+		mn_log(MN_LOG_ERROR, "%s", err);
+}
+
 static void on_worker_done(void *arg, int status)
 {
 	struct daemon *d = arg;
+	struct mnd_worker_status s;
+
+	/* The last steps, so a run's history ends at its final step. */
+	mnd_worker_get_status(d->worker, &s);
+	record_history(d, &s);
 
 	if (status < 0)
 		d->ex = MN_EX_FAILURE;
@@ -207,6 +223,8 @@ static void on_hup(uv_signal_t *h, int signum)
 	/* logrotate's postrotate sends SIGHUP too: start a fresh log file. */
 	if (mn_log_reopen(err, sizeof(err)) < 0)
 		mn_log(MN_LOG_WARN, "log.file: %s", err);
+	if (mnd_history_reopen(((struct daemon *)h->data)->history, err, sizeof(err)) < 0)
+		mn_log(MN_LOG_WARN, "train.metrics_file: %s; keeping the old descriptor", err);
 	reload_config(h->data, &applied, &restart, err, sizeof(err));
 }
 
@@ -274,6 +292,7 @@ static void on_progress(uv_timer_t *h)
 	if (!d->worker)
 		return;
 	mnd_worker_get_status(d->worker, &s);
+	record_history(d, &s);
 	if (s.paused || isnan(s.loss))
 		return;
 	mn_log_fields(MN_LOG_INFO, "training",
@@ -543,6 +562,7 @@ int main(int argc, char **argv)
 	};
 	struct daemon d = {.app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG}};
 	struct mn_app_start_params sp = {0};
+	char err[MN_ERRLEN];
 	int c, ex;
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
@@ -580,7 +600,15 @@ int main(int argc, char **argv)
 			return ex;
 		}
 	}
-	ex = run(&d);
+	/* Rank 0 speaks for the job: it alone keeps the history. */
+	if (mnd_dist_rank(d.dist) == 0 &&
+	    mnd_history_open(d.app.cfg.train.metrics_file, &d.history, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "train.metrics_file: %s", err);
+		ex = MN_EX_CONFIG;
+	} else {
+		ex = run(&d);
+	}
+	mnd_history_close(d.history);
 	mn_app_end(&d.app);
 	mnd_dist_finalize(d.dist);
 	return ex;

@@ -410,6 +410,8 @@ static void train_thread(void *arg)
 		pthread_mutex_lock(&w->lock);
 		w->status.step = step;
 		w->status.loss = loss;
+		w->status.loss_sum += loss;
+		w->status.loss_count++;
 		w->status.learning_rate = lr;
 		w->status.progress_ns = now;
 		update_rate(w, now, step);

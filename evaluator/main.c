@@ -8,7 +8,6 @@
  * at once and cancels a running evaluation between batches.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -16,8 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include <cJSON.h>
@@ -27,6 +24,7 @@
 #include "config.h"
 #include "idx.h"
 #include "json.h"
+#include "jsonl.h"
 #include "log.h"
 #include "mn_build_config.h"
 #include "pick.h"
@@ -42,8 +40,7 @@ struct evaluator {
 	struct mne_runner *runner;
 	atomic_bool cancel;
 	bool stopping;
-	int metrics_fd;
-	bool metrics_torn;             /* the metrics file ends in a partial line */
+	struct mn_jsonl *metrics;      /* eval.metrics_file, NULL when unset */
 	struct mne_textfile *textfile; /* eval.textfile, NULL when off */
 };
 
@@ -71,53 +68,17 @@ static void usage(FILE *f)
 	           "78 configuration error.\n");
 }
 
-static int open_metrics(const char *path, int *fd, char *err, size_t errlen)
-{
-	*fd = -1;
-	if (!path[0])
-		return 0;
-	*fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
-	if (*fd < 0) {
-		int rc = -errno;
-
-		mn_errf(err, errlen, "%s: cannot open metrics file: %s", path, strerror(-rc));
-		return rc;
-	}
-	return 0;
-}
-
 /*
- * A short write (the disk filled up mid-line) leaves half a line, which would
- * swallow the next record too: cut it off again, so the file stays one whole
- * JSON object per line. Only if that fails is the next line started afresh.
- */
-static void drop_partial_line(struct evaluator *e, size_t written)
-{
-	struct stat st;
-
-	if (fstat(e->metrics_fd, &st) == 0 && (uintmax_t)st.st_size >= written &&
-	    ftruncate(e->metrics_fd, st.st_size - (off_t)written) == 0)
-		return;
-	mn_log(MN_LOG_ERROR, "%s: cannot remove the partial line: %s", e->app.cfg.eval.metrics_file,
-	       strerror(errno));
-	e->metrics_torn = true;
-}
-
-/*
- * One JSON object per line, in one write(2), so a reader never sees half a
- * line. Returns false if the line could not be written (it is logged; the
- * evaluator carries on).
+ * One JSON object per line, in one write(2) (jsonl.h). Returns false if the
+ * line could not be written (it is logged; the evaluator carries on).
  */
 static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, double latency_ms)
 {
-	char when[MN_TIMELEN];
+	char when[MN_TIMELEN], err[MN_ERRLEN];
 	cJSON *o;
-	char *text = NULL, *line = NULL, *p;
-	size_t len;
-	ssize_t n;
-	bool ok = false;
+	int rc = -ENOMEM;
 
-	if (e->metrics_fd < 0)
+	if (!e->metrics)
 		return true;
 	o = cJSON_CreateObject();
 	mn_time_rfc3339_ns(r->done_ns, when);
@@ -129,43 +90,14 @@ static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, 
 	    !mn_json_add(o, "latency_ms", mn_json_double(latency_ms, 3)) ||
 	    !mn_json_add(o, "images", mn_json_uint(r->eval.images)) ||
 	    !mn_json_add(o, "eval_ms", mn_json_double((double)r->eval_ns / 1e6, 3)))
-		goto nomem;
-	text = cJSON_PrintUnformatted(o);
-	if (!text)
-		goto nomem;
-	len = strlen(text);
-	line = malloc(len + 2);
-	if (!line)
-		goto nomem;
-	/* After a partial line that could not be removed, end that one first. */
-	p = line;
-	if (e->metrics_torn)
-		*p++ = '\n';
-	memcpy(p, text, len);
-	p += len;
-	*p++ = '\n';
-	len = (size_t)(p - line);
-	n = write(e->metrics_fd, line, len);
-	if (n < 0) {
-		mn_log(MN_LOG_ERROR, "%s: cannot write: %s", e->app.cfg.eval.metrics_file,
-		       strerror(errno));
-	} else if ((size_t)n != len) {
-		mn_log(MN_LOG_ERROR, "%s: short write (%zd of %zu bytes; disk full?)",
-		       e->app.cfg.eval.metrics_file, n, len);
-		if (n > 0)
-			drop_partial_line(e, (size_t)n);
-	} else {
-		e->metrics_torn = false;
-		ok = true;
-	}
-	goto out;
-nomem:
-	mn_log(MN_LOG_ERROR, "%s: out of memory for a metrics line", e->app.cfg.eval.metrics_file);
-out:
-	free(line);
-	cJSON_free(text);
+		mn_errf(err, sizeof(err), "%s: out of memory for a metrics line",
+		        e->app.cfg.eval.metrics_file);
+	else
+		rc = mn_jsonl_append(e->metrics, o, err, sizeof(err));
 	cJSON_Delete(o);
-	return ok;
+	if (rc < 0)
+		mn_log(MN_LOG_ERROR, "%s", err);
+	return rc == 0;
 }
 
 /* From the checkpoint's publication to its result, in milliseconds. */
@@ -267,22 +199,11 @@ static void reload(struct evaluator *e)
 {
 	struct mn_config next;
 	char err[MN_ERRLEN];
-	int fd;
 
 	if (mn_log_reopen(err, sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "log.file: %s", err);
-	if (open_metrics(e->app.cfg.eval.metrics_file, &fd, err, sizeof(err)) < 0) {
+	if (mn_jsonl_reopen(e->metrics, err, sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s; keeping the old descriptor", err);
-	} else {
-		struct stat st;
-
-		if (e->metrics_fd >= 0)
-			close(e->metrics_fd);
-		e->metrics_fd = fd;
-		/* A fresh file (logrotate's create) has no partial line to end. */
-		if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size == 0)
-			e->metrics_torn = false;
-	}
 	if (mn_app_reload_config(&e->app, note_restart_key, NULL, &next, err, sizeof(err)) < 0)
 		return;
 	mn_log_set_level(e->app.cfg.log.level);
@@ -408,8 +329,7 @@ int main(int argc, char **argv)
 	    {"check-config", no_argument, NULL, 'C'}, {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},      {0},
 	};
-	struct evaluator e = {.app = {.name = "mnist-eval", .config_path = MN_DEFAULT_CONFIG},
-	                      .metrics_fd = -1};
+	struct evaluator e = {.app = {.name = "mnist-eval", .config_path = MN_DEFAULT_CONFIG}};
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
 	int64_t start_ns;
@@ -450,7 +370,7 @@ int main(int argc, char **argv)
 	start_ns = mn_realtime_ns();
 	if (!mn_app_start(&e.app, &sp, &ex))
 		return ex;
-	if (open_metrics(e.app.cfg.eval.metrics_file, &e.metrics_fd, err, sizeof(err)) < 0) {
+	if (mn_jsonl_open(e.app.cfg.eval.metrics_file, &e.metrics, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s", err);
 		mn_app_end(&e.app);
 		return MN_EX_CONFIG;
@@ -471,8 +391,7 @@ int main(int argc, char **argv)
 	mne_textfile_write(e.textfile, false);
 	mne_textfile_free(e.textfile);
 out:
-	if (e.metrics_fd >= 0)
-		close(e.metrics_fd);
+	mn_jsonl_close(e.metrics);
 	mn_app_end(&e.app);
 	return ex;
 }

@@ -1,0 +1,146 @@
+/*
+ * jsonl.c - appending JSON lines, one write(2) per record.
+ */
+#include "jsonl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util.h"
+
+struct mn_jsonl {
+	int fd;
+	bool torn; /* the file ends in a partial line */
+	char *path;
+};
+
+static int open_fd(const char *path, int *fd, char *err, size_t errlen)
+{
+	*fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	if (*fd < 0) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot open metrics file: %s", path, strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+int mn_jsonl_open(const char *path, struct mn_jsonl **out, char *err, size_t errlen)
+{
+	struct mn_jsonl *f;
+	int rc;
+
+	*out = NULL;
+	if (!path[0])
+		return 0;
+	f = calloc(1, sizeof(*f));
+	if (!f || !(f->path = strdup(path))) {
+		free(f);
+		mn_errf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
+	rc = open_fd(path, &f->fd, err, errlen);
+	if (rc < 0) {
+		free(f->path);
+		free(f);
+		return rc;
+	}
+	*out = f;
+	return 0;
+}
+
+int mn_jsonl_reopen(struct mn_jsonl *f, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd, rc;
+
+	if (!f)
+		return 0;
+	rc = open_fd(f->path, &fd, err, errlen);
+	if (rc < 0)
+		return rc;
+	close(f->fd);
+	f->fd = fd;
+	/* A fresh file (logrotate's create) has no partial line to end. */
+	if (fstat(fd, &st) == 0 && st.st_size == 0)
+		f->torn = false;
+	return 0;
+}
+
+/*
+ * Cuts a partial line off again, so the file stays one whole JSON object
+ * per line. Only if that fails is the next line started afresh.
+ */
+static bool drop_partial_line(struct mn_jsonl *f, size_t written)
+{
+	struct stat st;
+
+	if (fstat(f->fd, &st) == 0 && (uintmax_t)st.st_size >= written &&
+	    ftruncate(f->fd, st.st_size - (off_t)written) == 0)
+		return true;
+	f->torn = true;
+	return false;
+}
+
+int mn_jsonl_append(struct mn_jsonl *f, const cJSON *obj, char *err, size_t errlen)
+{
+	char *text = NULL, *line = NULL, *p;
+	size_t len;
+	ssize_t n;
+	int rc = -ENOMEM;
+
+	if (!f)
+		return 0;
+	text = cJSON_PrintUnformatted(obj);
+	if (!text || !(line = malloc(strlen(text) + 2))) {
+		mn_errf(err, errlen, "%s: out of memory for a metrics line", f->path);
+		goto out;
+	}
+	/* After a partial line that could not be removed, end that one first. */
+	p = line;
+	if (f->torn)
+		*p++ = '\n';
+	len = strlen(text);
+	memcpy(p, text, len);
+	p += len;
+	*p++ = '\n';
+	len = (size_t)(p - line);
+	n = write(f->fd, line, len);
+	if (n < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot write: %s", f->path, strerror(-rc));
+	} else if ((size_t)n != len) {
+		rc = -ENOSPC;
+		mn_errf(err, errlen, "%s: short write (%zd of %zu bytes; disk full?)", f->path, n,
+		        len);
+		if (n > 0 && !drop_partial_line(f, (size_t)n))
+			mn_errf(
+			    err, errlen,
+			    "%s: short write (%zd of %zu bytes; disk full?), and the partial line "
+			    "cannot be removed: %s",
+			    f->path, n, len, strerror(errno));
+	} else {
+		f->torn = false;
+		rc = 0;
+	}
+out:
+	free(line);
+	cJSON_free(text);
+	return rc;
+}
+
+void mn_jsonl_close(struct mn_jsonl *f)
+{
+	if (!f)
+		return;
+	close(f->fd);
+	free(f->path);
+	free(f);
+}
