@@ -128,7 +128,7 @@ int main(void)
 	Suite *s = suite_create("jsonl");
 
 	MN_TEST_ADD(mn_test_tcase(s, "jsonl", setup, teardown), appends_whole_lines,
-	            reopen_follows_rotation, failed_reopen_keeps_the_old_file, empty_path_is_no_file,
-	            open_error_names_the_file);
+	            reopen_follows_rotation, failed_reopen_keeps_the_old_file,
+	            empty_path_is_no_file, open_error_names_the_file);
 	return mn_test_run(s);
 }
