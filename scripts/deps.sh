@@ -13,6 +13,9 @@ PACKAGES="$PACKAGES libopenmpi-dev openmpi-bin"
 # Prometheus metrics (tests/e2e/test_metrics.py): promtool checks the textfiles
 # and the alerting rules, a real node-exporter serves the textfiles.
 PACKAGES="$PACKAGES prometheus prometheus-node-exporter"
+# Curves (mnistctl plot, eval.report_html): gnuplot draws them; the tests
+# load the report page in headless chromium.
+PACKAGES="$PACKAGES gnuplot-nox chromium"
 
 missing=""
 for p in $PACKAGES; do

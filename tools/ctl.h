@@ -34,4 +34,7 @@ int ctl_convert(int argc, char **argv, const struct ctl_globals *g);
 int ctl_freeze(int argc, char **argv, const struct ctl_globals *g);
 int ctl_predict(int argc, char **argv, const struct ctl_globals *g);
 
+/* A run's curves from its metrics files, drawn by gnuplot (ctl_plot.c). */
+int ctl_plot(int argc, char **argv, const struct ctl_globals *g);
+
 #endif

@@ -25,6 +25,7 @@ static const struct command commands[] = {
     {"convert", ctl_convert, "convert IN -o OUT      copy selected, renamed tensors"},
     {"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},
     {"predict", ctl_predict, "predict MODEL --images IDX [--labels IDX]  run a model"},
+    {"plot", ctl_plot, "plot [--terminal | -o REPORT.html]  draw the run's curves"},
 };
 
 static void usage(FILE *f)

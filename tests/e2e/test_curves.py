@@ -2,16 +2,26 @@
 (train.metrics_file), `mnistctl plot` on a terminal and as an HTML page,
 and the evaluator's eval.report_html, loaded in headless Chromium."""
 
+import datetime
+import fcntl
 import json
 import math
 import os
+import pty
+import re
+import shutil
 import signal
+import struct
+import subprocess
 import sys
+import tempfile
+import termios
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
-from mnlib import MNISTD  # noqa: E402
+from mnlib import MNISTCTL, MNISTD  # noqa: E402
 
 HISTORY_KEYS = {"step": int, "loss": float, "learning_rate": float, "steps_per_sec": (int, float),
                 "time": str, "max_steps": int}
@@ -87,6 +97,268 @@ class HistoryTest(mnlib.TestCase):
         path, _ = self.config(train={"metrics_file": hist})
         p = self.train(path, "mnistd", expect=78)
         self.assertIn("train.metrics_file: %s: cannot open metrics file" % hist, p.output())
+
+
+
+def write_run(work, n_train=40, n_eval=12):
+    """Synthetic metrics files of a 6000-step run, as the two programs write them."""
+    train, ev = os.path.join(work, "train.jsonl"), os.path.join(work, "eval.jsonl")
+    with open(train, "w") as f:
+        for i in range(1, n_train + 1):
+            s = i * 150
+            f.write(json.dumps({"step": s, "loss": round(2.3 * math.exp(-s / 1500) + 0.3, 6),
+                                "learning_rate": 0.8 * 0.99 ** (s / 550), "steps_per_sec": 300.5 + i,
+                                "time": "2026-11-29T19:%02d:%02d.000Z" % (i // 12, (i * 5) % 60),
+                                "max_steps": 6000}) + "\n")
+    with open(ev, "w") as f:
+        for i in range(1, n_eval + 1):
+            s = i * 500
+            f.write(json.dumps({"step": s, "accuracy": 0.8 + 0.007 * i - (0.02 if i == n_eval else 0),
+                                "loss": 0.5 - 0.02 * i, "checkpoint": "model.ckpt-%d.safetensors" % s,
+                                "ema": True, "time": "2026-11-29T19:%02d:%02d.500Z" % (i // 6, (i * 10) % 60),
+                                "latency_ms": 35.5, "images": 200, "eval_ms": 3.0}) + "\n")
+    return train, ev
+
+
+def png_pixels(path):
+    """Decodes an 8-bit RGB(A), non-interlaced PNG (what Chromium writes) into
+    (width, height, rows of bytes per pixel)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width = 8, b"", 0
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and ctype in (2, 6) and interlace == 0, (depth, ctype, interlace)
+            bpp = 3 if ctype == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    raw, rows, prev = zlib.decompress(idat), [], bytearray(width * bpp)
+    stride = width * bpp + 1
+    for y in range(height):
+        ftype, line = raw[y * stride], bytearray(raw[y * stride + 1:(y + 1) * stride])
+        for x in range(len(line)):
+            a = line[x - bpp] if x >= bpp else 0
+            b, c = prev[x], prev[x - bpp] if x >= bpp else 0
+            if ftype == 1:
+                line[x] = (line[x] + a) & 255
+            elif ftype == 2:
+                line[x] = (line[x] + b) & 255
+            elif ftype == 3:
+                line[x] = (line[x] + (a + b) // 2) & 255
+            elif ftype == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return width, height, bpp, rows
+
+
+class Chromium:
+    """Headless Debian chromium loading a local page: its DOM, a screenshot,
+    its console messages (stderr log) and every network request it made
+    (its net log)."""
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--enable-logging=stderr", "--v=0"]
+
+    def __init__(self, test):
+        self.test = test
+        self.binary = shutil.which("chromium")
+        if not self.binary:
+            test.skipTest("chromium is not installed (scripts/deps.sh installs it)")
+
+    def run(self, url, *extra):
+        profile = tempfile.mkdtemp(prefix="mn-chromium-", dir=self.test.work)
+        netlog = os.path.join(profile, "netlog.json")
+        argv = [self.binary] + self.FLAGS + ["--user-data-dir=" + profile, "--log-net-log=" + netlog,
+                                             "--net-log-capture-mode=Everything"] + list(extra) + [url]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120 * mnlib.SLOW)
+        self.test.assertEqual(r.returncode, 0, r.stderr)
+        with open(netlog) as f:
+            text = f.read()
+        # The requests the page made: those in its network isolation key
+        # (file://). Chromium's own (component updates, time queries) are
+        # keyed otherwise. A net log cut short at exit lacks its closing
+        # brackets, so each params object is read on its own.
+        urls, decoder = set(), json.JSONDecoder()
+        for m in re.finditer(r'"params":', text):
+            try:
+                params, _ = decoder.raw_decode(text, m.end())
+            except ValueError:  # the last event, cut short
+                continue
+            if "url" in params and str(params.get("network_isolation_key", "")).startswith("file://"):
+                urls.add(params["url"])
+        console = [line for line in r.stderr.splitlines() if ":CONSOLE" in line]
+        return r.stdout, console, urls
+
+    def dump_dom(self, url):
+        return self.run(url, "--dump-dom")
+
+    def screenshot(self, url, png):
+        return self.run(url, "--screenshot=" + png, "--window-size=1280,1400")
+
+
+def iso_ms(t):
+    """Milliseconds since the epoch of an RFC 3339 UTC time as the programs write it."""
+    d = datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return round(d.timestamp() * 1000)
+
+
+def figures(dom):
+    """{chart id: (data-points, plotted point markers)} from the DOM."""
+    out = {}
+    for m in re.finditer(r'<figure id="chart-([a-z-]+)" data-points="(\d+)">(.*?)</figure>', dom, re.S):
+        markers = len(re.findall(r"<use [^>]*href=[\"']#gpPt\d+[\"'][^>]*transform=[\"']translate", m.group(3)))
+        out[m.group(1)] = (int(m.group(2)), markers)
+    return out
+
+
+def summary(dom):
+    return dict(re.findall(r'<td id="summary-([a-z-]+)"[^>]*>([^<]*)</td>', dom))
+
+
+class PlotTest(mnlib.TestCase):
+    def plot(self, *args, env=None):
+        return self.run_prog([MNISTCTL, "--config", self.cfg_path, "plot"] + list(args), env=env)
+
+    def setUp(self):
+        super().setUp()
+        self.train_path, self.eval_path = write_run(self.work)
+        self.cfg_path, _ = self.config(train={"metrics_file": self.train_path},
+                                       eval={"metrics_file": self.eval_path})
+
+    def test_terminal_chart_fits_a_fixed_size_pty(self):
+        for cols, rows in ((100, 30), (72, 24)):
+            master, slave = pty.openpty()
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            # Standard output a terminal: --terminal is the default.
+            p = subprocess.Popen([MNISTCTL, "--config", self.cfg_path, "plot"], stdout=slave,
+                                 stderr=subprocess.PIPE)
+            os.close(slave)
+            out = b""
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the last writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            os.close(master)
+            self.assertEqual(p.wait(60 * mnlib.SLOW), 0, p.stderr.read())
+            p.stderr.close()
+            lines = out.decode().replace("\r\n", "\n").rstrip("\n").split("\n")
+            self.assertEqual(len(lines), rows - 1, "the chart fills the terminal but its last line")
+            self.assertLessEqual(max(len(x) for x in lines), cols)
+            self.assertGreaterEqual(max(len(x.rstrip()) for x in lines), cols - 5)
+            text = "\n".join(lines)
+            self.assertIn("training loss", text)
+            self.assertIn("validation accuracy", text)
+            self.assertIn("6000", text)  # the last step on the step axis
+            self.assertIn("*", text)
+
+    def test_page_in_a_real_browser(self):
+        page = os.path.join(self.work, "report.html")
+        r = self.plot("-o", page)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        chromium = Chromium(self)
+        dom, console, urls = chromium.dump_dom("file://" + page)
+        train, ev = read_lines(self.train_path), read_lines(self.eval_path)
+        # One chart per curve, one plotted point per line.
+        self.assertEqual(figures(dom), {"validation-accuracy": (len(ev), len(ev)),
+                                        "validation-loss": (len(ev), len(ev)),
+                                        "training-loss": (len(train), len(train)),
+                                        "learning-rate": (len(train), len(train))})
+        s = summary(dom)
+        best = max(ev, key=lambda x: x["accuracy"])
+        self.assertEqual(int(s["steps"]), 6000)
+        self.assertEqual(float(s["best-accuracy"]), best["accuracy"])
+        self.assertEqual(int(s["best-step"]), best["step"])
+        self.assertEqual(s["best-checkpoint"], best["checkpoint"])
+        self.assertEqual(float(s["latest-accuracy"]), ev[-1]["accuracy"])
+        self.assertEqual(int(s["latest-step"]), ev[-1]["step"])
+        self.assertEqual(float(s["steps-per-sec"]), train[-1]["steps_per_sec"])
+        times = [t["time"] for t in train + ev]
+        elapsed = (iso_ms(max(times)) - iso_ms(min(times))) / 1000
+        self.assertTrue('id="summary-elapsed" data-seconds="%.3f"' % elapsed in dom, s)
+        self.assertTrue('<pre id="config">' in dom and self.train_path in dom, "configuration")
+        self.assertEqual(console, [], "console messages")
+        self.assertEqual(urls, set(), "network requests")
+        png = os.path.join(self.work, "report.png")
+        chromium.screenshot("file://" + page, png)
+        width, height, bpp, rows = png_pixels(png)
+        colours = {row[x:x + 3] for row in rows[::7] for x in range(0, width * bpp, 7 * bpp)}
+        self.assertGreater(len(colours), 20, "the screenshot is (nearly) blank")
+
+    def test_browser_checks_can_fail(self):
+        # The same checks see a console error and a network request when there is one.
+        page = os.path.join(self.work, "bad.html")
+        with open(page, "w") as f:
+            f.write('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/x.png">'
+                    '<script>console.error("boom")</script></body></html>')
+        _, console, urls = Chromium(self).dump_dom("file://" + page)
+        self.assertTrue(any("boom" in line for line in console), console)
+        self.assertIn("http://127.0.0.1:9/x.png", urls)
+
+    def test_best_json_marks_the_best_checkpoint(self):
+        best = os.path.join(self.work, "best.json")
+        with open(best, "w") as f:
+            json.dump({"best": [{"step": 3000, "accuracy": 0.821, "loss": 0.4, "file": "model.ckpt-3000.safetensors",
+                                 "time": "2026-11-29T19:00:00Z"}]}, f)
+        r = self.plot("--best", best, "-o", "-")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        s = summary(r.stdout)
+        self.assertEqual((s["best-step"], s["best-accuracy"], s["best-checkpoint"]),
+                         ("3000", "0.821", "model.ckpt-3000.safetensors"))
+        self.assertIn("best: step 3000", r.stdout)
+
+    def test_resumed_history_keeps_the_last_line_of_a_step(self):
+        with open(self.train_path, "a") as f:  # a crash after 6000, resumed from 5700
+            f.write(json.dumps({"step": 5700, "loss": 0.25, "learning_rate": 0.7, "steps_per_sec": 1,
+                                "time": "2026-11-29T19:04:00.000Z"}) + "\n")
+        r = self.plot("--train", self.train_path, "-o", "-")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(figures(r.stdout)["training-loss"], (38, 38))
+        self.assertEqual(summary(r.stdout)["steps"], "5700")
+
+    def test_bad_inputs_are_errors_and_write_nothing(self):
+        page = os.path.join(self.work, "report.html")
+        empty, garbage = os.path.join(self.work, "empty.jsonl"), os.path.join(self.work, "garbage.jsonl")
+        open(empty, "w").close()
+        with open(self.eval_path) as f:
+            text = f.read()
+        with open(garbage, "w") as f:
+            f.write(text + "not json\n")
+        cases = [
+            (["--eval", os.path.join(self.work, "missing.jsonl")], {}, "missing.jsonl: cannot open"),
+            (["--eval", empty], {}, "empty.jsonl: has no lines yet"),
+            (["--eval", garbage], {}, "garbage.jsonl:13: not a JSON object"),
+            (["--train", self.eval_path], {}, "eval.jsonl:1: \"learning_rate\" must be a number"),
+            ([], {"PATH": "/nonexistent"}, "gnuplot is not installed"),
+        ]
+        for args, env, message in cases:
+            for mode in (["-o", page], ["--terminal"]):
+                r = self.plot(*(args + mode), env=env)
+                self.assertEqual(r.returncode, 1, (args, mode, r.stdout, r.stderr))
+                self.assertIn(message, r.stderr, (args, mode))
+                self.assertEqual(r.stdout, "")
+                self.assertFalse(os.path.exists(page))
+        r = self.run_prog([MNISTCTL, "--config", os.path.join(self.work, "none.json"), "plot", "-o", page])
+        self.assertEqual(r.returncode, 1)
+        mnlib.write_config(self.cfg_path, mnlib.base_config(self.work, self.data))
+        r = self.plot("-o", page)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sets neither train.metrics_file nor eval.metrics_file", r.stderr)
+        r = self.plot()  # standard output is a pipe here
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("not a terminal", r.stderr)
 
 
 if __name__ == "__main__":

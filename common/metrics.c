@@ -1,0 +1,332 @@
+/*
+ * metrics.c - strict reading of metrics files and best.json, and the summary.
+ */
+#include "metrics.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cJSON.h>
+
+#include "util.h"
+
+/* The largest best.json read; it lists eval.keep_best entries. */
+#define BEST_FILE_MAX (1 << 20)
+/* Integers beyond 2^53 do not survive a double. */
+#define STEP_MAX 9007199254740992.0
+
+static bool parse_digits(const char **p, int n, int *out)
+{
+	int v = 0;
+
+	for (int i = 0; i < n; i++, (*p)++) {
+		if (**p < '0' || **p > '9')
+			return false;
+		v = v * 10 + (**p - '0');
+	}
+	*out = v;
+	return true;
+}
+
+static bool expect(const char **p, char c)
+{
+	if (**p != c)
+		return false;
+	(*p)++;
+	return true;
+}
+
+bool mn_metrics_parse_time(const char *s, int64_t *ms)
+{
+	int y, mo, d, h, mi, sec, oh = 0, om = 0, frac = 0, sign = 0;
+	struct tm tm = {0};
+	const char *p = s;
+	time_t t;
+
+	if (!parse_digits(&p, 4, &y) || !expect(&p, '-') || !parse_digits(&p, 2, &mo) ||
+	    !expect(&p, '-') || !parse_digits(&p, 2, &d) || !(expect(&p, 'T') || expect(&p, 't')) ||
+	    !parse_digits(&p, 2, &h) || !expect(&p, ':') || !parse_digits(&p, 2, &mi) ||
+	    !expect(&p, ':') || !parse_digits(&p, 2, &sec))
+		return false;
+	if (*p == '.') {
+		int scale = 100;
+
+		p++;
+		if (*p < '0' || *p > '9')
+			return false;
+		for (; *p >= '0' && *p <= '9'; p++, scale /= 10)
+			frac += (*p - '0') * scale;
+	}
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		sign = *p++ == '+' ? 1 : -1;
+		if (!parse_digits(&p, 2, &oh) || !expect(&p, ':') || !parse_digits(&p, 2, &om) ||
+		    oh > 23 || om > 59)
+			return false;
+	} else {
+		return false;
+	}
+	if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+		return false;
+	tm.tm_year = y - 1900;
+	tm.tm_mon = mo - 1;
+	tm.tm_mday = d;
+	tm.tm_hour = h;
+	tm.tm_min = mi;
+	tm.tm_sec = sec;
+	t = timegm(&tm);
+	*ms = ((int64_t)t - sign * (int64_t)(oh * 3600 + om * 60)) * 1000 + frac;
+	return true;
+}
+
+/* A finite number, or NAN for null (what the writers put for a non-finite value). */
+static bool get_number(const cJSON *o, const char *key, bool nullable, double *out)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	if (nullable && cJSON_IsNull(v)) {
+		*out = NAN;
+		return true;
+	}
+	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+		return false;
+	*out = v->valuedouble;
+	return true;
+}
+
+static bool get_step(const cJSON *o, int64_t *out)
+{
+	double v;
+
+	if (!get_number(o, "step", false, &v) || v < 0 || v > STEP_MAX || v != floor(v))
+		return false;
+	*out = (int64_t)v;
+	return true;
+}
+
+/* Fills p from one line's object; on failure returns the member at fault. */
+static const char *parse_point(enum mn_metrics_kind kind, const cJSON *o,
+                               struct mn_metrics_point *p)
+{
+	const cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "time");
+
+	*p = (struct mn_metrics_point){.learning_rate = NAN, .steps_per_sec = NAN, .accuracy = NAN};
+	if (!get_step(o, &p->step))
+		return "\"step\" must be an integer in [0, 2^53]";
+	if (!get_number(o, "loss", true, &p->loss))
+		return "\"loss\" must be a number";
+	if (!cJSON_IsString(t) || !mn_metrics_parse_time(t->valuestring, &p->time_ms))
+		return "\"time\" must be an RFC 3339 time";
+	if (kind == MN_METRICS_TRAIN) {
+		if (!get_number(o, "learning_rate", true, &p->learning_rate))
+			return "\"learning_rate\" must be a number";
+		if (!get_number(o, "steps_per_sec", false, &p->steps_per_sec) ||
+		    p->steps_per_sec < 0)
+			return "\"steps_per_sec\" must be a number >= 0";
+		return NULL;
+	}
+	const cJSON *ck = cJSON_GetObjectItemCaseSensitive(o, "checkpoint");
+
+	if (!get_number(o, "accuracy", false, &p->accuracy) || p->accuracy < 0 || p->accuracy > 1)
+		return "\"accuracy\" must be a number in [0, 1]";
+	if (!cJSON_IsString(ck) || strlen(ck->valuestring) >= sizeof(p->checkpoint))
+		return "\"checkpoint\" must be a file name";
+	snprintf(p->checkpoint, sizeof(p->checkpoint), "%s", ck->valuestring);
+	return NULL;
+}
+
+/* Appends p under the step rule of metrics.h. */
+static int keep_point(struct mn_metrics_series *s, size_t *cap, const struct mn_metrics_point *p)
+{
+	while (s->n > 0 && s->points[s->n - 1].step >= p->step)
+		s->n--;
+	if (s->n == *cap) {
+		size_t ncap = *cap ? *cap * 2 : 64;
+		struct mn_metrics_point *np = realloc(s->points, ncap * sizeof(*np));
+
+		if (!np)
+			return -ENOMEM;
+		s->points = np;
+		*cap = ncap;
+	}
+	s->points[s->n++] = *p;
+	return 0;
+}
+
+static int parse_line(enum mn_metrics_kind kind, const char *line, size_t len, const char *name,
+                      size_t lineno, struct mn_metrics_point *p, char *err, size_t errlen)
+{
+	cJSON *o = cJSON_ParseWithLengthOpts(line, len, NULL, false);
+	const char *why;
+
+	if (!cJSON_IsObject(o)) {
+		cJSON_Delete(o);
+		mn_errf(err, errlen, "%s:%zu: not a JSON object", name, lineno);
+		return -EINVAL;
+	}
+	why = parse_point(kind, o, p);
+	cJSON_Delete(o);
+	if (why) {
+		mn_errf(err, errlen, "%s:%zu: %s", name, lineno, why);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, const char *name,
+                     struct mn_metrics_series *out, char *err, size_t errlen)
+{
+	struct mn_metrics_series s = {0};
+	const char *p = text, *end = text + len;
+	size_t cap = 0;
+	int rc;
+
+	*out = s;
+	for (const char *nl; p < end && (nl = memchr(p, '\n', (size_t)(end - p))); p = nl + 1) {
+		struct mn_metrics_point pt;
+
+		s.lines++;
+		if (memchr(p, '\0', (size_t)(nl - p))) {
+			mn_errf(err, errlen, "%s:%zu: not a JSON object (NUL byte)", name, s.lines);
+			rc = -EINVAL;
+			goto fail;
+		}
+		rc = parse_line(kind, p, (size_t)(nl - p), name, s.lines, &pt, err, errlen);
+		if (rc == 0 && (rc = keep_point(&s, &cap, &pt)) < 0)
+			mn_errf(err, errlen, "%s: out of memory", name);
+		if (rc < 0)
+			goto fail;
+	}
+	if (s.n == 0) {
+		mn_errf(err, errlen, "%s: has no lines yet", name);
+		rc = -ENODATA;
+		goto fail;
+	}
+	*out = s;
+	return 0;
+fail:
+	mn_metrics_series_free(&s);
+	return rc;
+}
+
+int mn_metrics_load(enum mn_metrics_kind kind, const char *path, struct mn_metrics_series *out,
+                    char *err, size_t errlen)
+{
+	char *text = NULL;
+	size_t len;
+	int rc;
+
+	out->points = NULL;
+	out->n = out->lines = 0;
+	rc = mn_read_file(path, MN_METRICS_FILE_MAX, &text, &len, err, errlen);
+	if (rc == 0)
+		rc = mn_metrics_parse(kind, text, len, path, out, err, errlen);
+	free(text);
+	return rc;
+}
+
+void mn_metrics_series_free(struct mn_metrics_series *s)
+{
+	free(s->points);
+	s->points = NULL;
+	s->n = s->lines = 0;
+}
+
+int mn_metrics_load_best(const char *path, struct mn_metrics_best *out, char *err, size_t errlen)
+{
+	char *text = NULL;
+	size_t len;
+	cJSON *o = NULL;
+	const cJSON *first, *file;
+	int rc;
+
+	rc = mn_read_file(path, BEST_FILE_MAX, &text, &len, err, errlen);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc < 0)
+		return rc;
+	o = cJSON_ParseWithLength(text, len);
+	first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "best"), 0);
+	file = cJSON_GetObjectItemCaseSensitive(first, "file");
+	rc = 0;
+	if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "best"))) {
+		mn_errf(err, errlen, "%s: not an object with a \"best\" array", path);
+		rc = -EINVAL;
+	} else if (first &&
+	           (!get_step(first, &out->step) ||
+	            !get_number(first, "accuracy", false, &out->accuracy) ||
+	            !cJSON_IsString(file) || strlen(file->valuestring) >= sizeof(out->file))) {
+		mn_errf(err, errlen,
+		        "%s: the first entry needs \"step\", \"accuracy\" and \"file\"", path);
+		rc = -EINVAL;
+	} else if (first) {
+		snprintf(out->file, sizeof(out->file), "%s", file->valuestring);
+		rc = 1;
+	}
+	cJSON_Delete(o);
+	free(text);
+	return rc;
+}
+
+static void time_span(const struct mn_metrics_series *s, int64_t *first, int64_t *last)
+{
+	if (!s)
+		return;
+	for (size_t i = 0; i < s->n; i++) {
+		if (s->points[i].time_ms < *first)
+			*first = s->points[i].time_ms;
+		if (s->points[i].time_ms > *last)
+			*last = s->points[i].time_ms;
+	}
+}
+
+void mn_metrics_summarize(const struct mn_metrics_series *train,
+                          const struct mn_metrics_series *eval, const struct mn_metrics_best *best,
+                          struct mn_metrics_summary *out)
+{
+	int64_t first = INT64_MAX, last = INT64_MIN;
+
+	*out = (struct mn_metrics_summary){.steps = -1,
+	                                   .best_step = -1,
+	                                   .best_accuracy = NAN,
+	                                   .latest_step = -1,
+	                                   .latest_accuracy = NAN,
+	                                   .steps_per_sec = NAN,
+	                                   .elapsed_s = NAN};
+	if (train && train->n) {
+		out->steps = train->points[train->n - 1].step;
+		out->steps_per_sec = train->points[train->n - 1].steps_per_sec;
+	}
+	if (eval && eval->n) {
+		const struct mn_metrics_point *l = &eval->points[eval->n - 1];
+
+		if (l->step > out->steps)
+			out->steps = l->step;
+		out->latest_step = l->step;
+		out->latest_accuracy = l->accuracy;
+		for (size_t i = 0; i < eval->n; i++) {
+			const struct mn_metrics_point *p = &eval->points[i];
+
+			if (out->best_step < 0 || p->accuracy > out->best_accuracy) {
+				out->best_step = p->step;
+				out->best_accuracy = p->accuracy;
+				snprintf(out->best_checkpoint, sizeof(out->best_checkpoint), "%s",
+				         p->checkpoint);
+			}
+		}
+	}
+	if (best) {
+		out->best_step = best->step;
+		out->best_accuracy = best->accuracy;
+		snprintf(out->best_checkpoint, sizeof(out->best_checkpoint), "%s", best->file);
+	}
+	time_span(train, &first, &last);
+	time_span(eval, &first, &last);
+	if (first <= last)
+		out->elapsed_s = (double)(last - first) / 1000.0;
+}

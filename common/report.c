@@ -1,0 +1,424 @@
+/*
+ * report.c - gnuplot scripts for a run's curves and the HTML page around them.
+ */
+#include "report.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "json.h"
+#include "util.h"
+
+/* What the SVG script prints between two charts, on a line of its own. */
+#define CHART_MARK "@@mnistd-chart@@"
+
+/* A growing string; after an allocation failure every append is a no-op. */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void sb_put(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->failed)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		char *p;
+
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		p = realloc(b->p, cap);
+		if (!p) {
+			b->failed = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...) MN_PRINTF(2, 3);
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+	char small[512], *big = NULL;
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(small, sizeof(small), fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		b->failed = true;
+		return;
+	}
+	if ((size_t)n < sizeof(small)) {
+		sb_put(b, small, (size_t)n);
+		return;
+	}
+	big = malloc((size_t)n + 1);
+	if (!big) {
+		b->failed = true;
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(big, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	sb_put(b, big, (size_t)n);
+	free(big);
+}
+
+/* Text into HTML (element content and quoted attribute values alike). */
+static void sb_escape(struct sbuf *b, const char *s)
+{
+	for (; *s; s++) {
+		switch (*s) {
+		case '&':
+			sb_put(b, "&amp;", 5);
+			break;
+		case '<':
+			sb_put(b, "&lt;", 4);
+			break;
+		case '>':
+			sb_put(b, "&gt;", 4);
+			break;
+		case '"':
+			sb_put(b, "&quot;", 6);
+			break;
+		case '\'':
+			sb_put(b, "&#39;", 5);
+			break;
+		default:
+			sb_put(b, s, 1);
+		}
+	}
+}
+
+/* Hands the string out, or reports the allocation failure. */
+static int sb_finish(struct sbuf *b, char **out, size_t *len, char *err, size_t errlen)
+{
+	if (b->failed || !b->p) {
+		free(b->p);
+		mn_errf(err, errlen, "report: out of memory");
+		return -ENOMEM;
+	}
+	*out = b->p;
+	*len = b->len;
+	return 0;
+}
+
+static bool has(const struct mn_metrics_series *s)
+{
+	return s && s->n > 0;
+}
+
+/* A number as the data blocks and the page show it: exact, "NaN" for a missing one. */
+static void fmt_num(double v, char buf[MN_JSON_NUMLEN])
+{
+	if (isnan(v) || !isfinite(v))
+		snprintf(buf, MN_JSON_NUMLEN, "NaN");
+	else
+		mn_json_format_double(v, -1, buf, MN_JSON_NUMLEN);
+}
+
+/* $train: step loss learning_rate steps_per_sec; $eval: step accuracy loss. */
+static void data_blocks(struct sbuf *b, const struct mn_report_input *in)
+{
+	char x[MN_JSON_NUMLEN], y[MN_JSON_NUMLEN], z[MN_JSON_NUMLEN];
+
+	if (has(in->train)) {
+		sb_printf(b, "$train << EOD\n");
+		for (size_t i = 0; i < in->train->n; i++) {
+			const struct mn_metrics_point *p = &in->train->points[i];
+
+			fmt_num(p->loss, x);
+			fmt_num(p->learning_rate, y);
+			fmt_num(p->steps_per_sec, z);
+			sb_printf(b, "%" PRId64 " %s %s %s\n", p->step, x, y, z);
+		}
+		sb_printf(b, "EOD\n");
+	}
+	if (has(in->eval)) {
+		sb_printf(b, "$eval << EOD\n");
+		for (size_t i = 0; i < in->eval->n; i++) {
+			const struct mn_metrics_point *p = &in->eval->points[i];
+
+			fmt_num(p->accuracy, x);
+			fmt_num(p->loss, y);
+			sb_printf(b, "%" PRId64 " %s %s\n", p->step, x, y);
+		}
+		sb_printf(b, "EOD\n");
+	}
+}
+
+int mn_report_text_script(const struct mn_report_input *in, int cols, int rows, char **script,
+                          size_t *len, char *err, size_t errlen)
+{
+	struct sbuf b = {0};
+	int charts = has(in->train) + has(in->eval);
+
+	if (!charts) {
+		mn_errf(err, errlen, "no metrics to plot");
+		return -ENODATA;
+	}
+	data_blocks(&b, in);
+	sb_printf(&b,
+	          "set terminal dumb size %d,%d\n"
+	          "unset key\n"
+	          "set xlabel \"step\"\n"
+	          "set multiplot layout %d,1\n",
+	          cols < 40 ? 40 : cols, rows < 10 * charts ? 10 * charts : rows, charts);
+	if (has(in->train))
+		sb_printf(&b, "set title \"training loss\"\n"
+		              "plot $train using 1:2 with lines\n");
+	if (has(in->eval))
+		sb_printf(&b, "set title \"validation accuracy\"\n"
+		              "plot $eval using 1:2 with linespoints pt \"*\"\n");
+	sb_printf(&b, "unset multiplot\n");
+	return sb_finish(&b, script, len, err, errlen);
+}
+
+/* The charts of a page, in page order. */
+static const struct chart {
+	const char *id, *title, *ylabel;
+	bool eval;  /* from $eval, else $train */
+	int column; /* y column of the data block */
+	bool best;  /* marks the best checkpoint */
+} charts[] = {
+    {"validation-accuracy", "Validation accuracy", "accuracy", true, 2, true},
+    {"validation-loss", "Validation loss", "loss", true, 3, false},
+    {"training-loss", "Training loss (mean since the previous line)", "loss", false, 2, false},
+    {"learning-rate", "Learning rate", "learning rate", false, 3, false},
+};
+
+#define NCHARTS (sizeof(charts) / sizeof(charts[0]))
+
+static const struct mn_metrics_series *chart_series(const struct chart *c,
+                                                    const struct mn_report_input *in)
+{
+	return c->eval ? in->eval : in->train;
+}
+
+/* The points a chart draws: the lines whose value is a number. */
+static size_t chart_points(const struct chart *c, const struct mn_report_input *in)
+{
+	const struct mn_metrics_series *s = chart_series(c, in);
+	size_t n = 0;
+
+	for (size_t i = 0; s && i < s->n; i++) {
+		const struct mn_metrics_point *p = &s->points[i];
+		double v = c->eval ? (c->column == 2 ? p->accuracy : p->loss)
+		                   : (c->column == 2 ? p->loss : p->learning_rate);
+
+		n += isfinite(v) ? 1 : 0;
+	}
+	return n;
+}
+
+int mn_report_svg_script(const struct mn_report_input *in, char **script, size_t *len, char *err,
+                         size_t errlen)
+{
+	struct mn_metrics_summary sum;
+	struct sbuf b = {0};
+
+	if (!has(in->train) && !has(in->eval)) {
+		mn_errf(err, errlen, "no metrics to plot");
+		return -ENODATA;
+	}
+	mn_metrics_summarize(in->train, in->eval, in->best, &sum);
+	data_blocks(&b, in);
+	sb_printf(&b,
+	          "set terminal svg size 720,300 dynamic font \"sans,11\" background \"#ffffff\"\n"
+	          "set print \"-\"\n"
+	          "unset key\n"
+	          "set grid lc rgb \"#dddddd\"\n"
+	          "set border lc rgb \"#555555\"\n"
+	          "set xlabel \"step\"\n"
+	          "set style line 1 lc rgb \"#1f77b4\" lw 1.5 pt 7 ps 0.5\n");
+	for (size_t i = 0; i < NCHARTS; i++) {
+		const struct chart *c = &charts[i];
+
+		if (!has(chart_series(c, in)))
+			continue;
+		sb_printf(&b, "set title \"%s\"\nset ylabel \"%s\"\n", c->title, c->ylabel);
+		if (c->best && sum.best_step >= 0) {
+			/* The label goes on the side of the line with more room. */
+			bool left = sum.best_step * 2 > in->eval->points[in->eval->n - 1].step;
+
+			sb_printf(&b,
+			          "set arrow 1 from %" PRId64 ", graph 0 to %" PRId64
+			          ", graph 1 nohead lc rgb \"#d62728\" dt 2\n"
+			          "set label 1 \"best: step %" PRId64 "\" at %" PRId64
+			          ", graph 0.06 %s offset %s,0 tc rgb \"#d62728\"\n",
+			          sum.best_step, sum.best_step, sum.best_step, sum.best_step,
+			          left ? "right" : "left", left ? "-0.5" : "0.5");
+		}
+		sb_printf(&b, "plot $%s using 1:%d with linespoints ls 1\n",
+		          c->eval ? "eval" : "train", c->column);
+		sb_printf(&b, "unset arrow 1\nunset label 1\nprint \"" CHART_MARK "\"\n");
+	}
+	return sb_finish(&b, script, len, err, errlen);
+}
+
+static void summary_row(struct sbuf *b, const char *id, const char *label, const char *value)
+{
+	sb_printf(b, "<tr><th>%s</th><td id=\"summary-%s\">", label, id);
+	sb_escape(b, value);
+	sb_printf(b, "</td></tr>\n");
+}
+
+static void summary_table(struct sbuf *b, const struct mn_metrics_summary *s)
+{
+	char v[MN_JSON_NUMLEN + 64];
+	double e = s->elapsed_s;
+
+	summary_row(b, "steps", "steps",
+	            s->steps >= 0 ? (snprintf(v, sizeof(v), "%" PRId64, s->steps), v) : "-");
+	fmt_num(s->best_accuracy, v);
+	summary_row(b, "best-accuracy", "best accuracy", s->best_step >= 0 ? v : "-");
+	snprintf(v, sizeof(v), "%" PRId64, s->best_step);
+	summary_row(b, "best-step", "best at step", s->best_step >= 0 ? v : "-");
+	summary_row(b, "best-checkpoint", "best checkpoint",
+	            s->best_checkpoint[0] ? s->best_checkpoint : "-");
+	fmt_num(s->latest_accuracy, v);
+	summary_row(b, "latest-accuracy", "latest accuracy", s->latest_step >= 0 ? v : "-");
+	snprintf(v, sizeof(v), "%" PRId64, s->latest_step);
+	summary_row(b, "latest-step", "latest evaluation at step", s->latest_step >= 0 ? v : "-");
+	fmt_num(s->steps_per_sec, v);
+	summary_row(b, "steps-per-sec", "steps/s", isfinite(s->steps_per_sec) ? v : "-");
+	if (isfinite(e)) {
+		long t = (long)e;
+
+		snprintf(v, sizeof(v), "%ldh %02ldm %02lds", t / 3600, t / 60 % 60, t % 60);
+		sb_printf(b,
+		          "<tr><th>elapsed</th><td id=\"summary-elapsed\" "
+		          "data-seconds=\"%.3f\">%s</td></tr>\n",
+		          e, v);
+	} else {
+		summary_row(b, "elapsed", "elapsed", "-");
+	}
+}
+
+/* The charts from gnuplot's output, each SVG in a figure. */
+static int figures(struct sbuf *b, const struct mn_report_input *in, const char *svg, size_t len,
+                   char *err, size_t errlen)
+{
+	const char *p = svg, *end = svg + len;
+
+	for (size_t i = 0; i < NCHARTS; i++) {
+		const struct chart *c = &charts[i];
+		const char *mark, *start;
+
+		if (!has(chart_series(c, in)))
+			continue;
+		mark = memmem(p, (size_t)(end - p), CHART_MARK "\n", strlen(CHART_MARK) + 1);
+		start = mark ? memmem(p, (size_t)(mark - p), "<svg", 4) : NULL;
+		if (!start) {
+			mn_errf(err, errlen, "gnuplot's output does not hold the %s chart", c->id);
+			return -EPROTO;
+		}
+		sb_printf(b, "<figure id=\"chart-%s\" data-points=\"%zu\">\n", c->id,
+		          chart_points(c, in));
+		sb_put(b, start, (size_t)(mark - start));
+		sb_printf(b, "</figure>\n");
+		p = mark + strlen(CHART_MARK) + 1;
+	}
+	return 0;
+}
+
+static void config_section(struct sbuf *b, const struct mn_config *cfg)
+{
+	char *compact = cfg ? mn_config_to_json(cfg) : NULL;
+	cJSON *o = compact ? cJSON_Parse(compact) : NULL;
+	char *pretty = o ? cJSON_Print(o) : NULL;
+
+	sb_printf(b, "<h2>Configuration</h2>\n<pre id=\"config\">");
+	sb_escape(b, pretty ? pretty : "(not available)");
+	sb_printf(b, "</pre>\n");
+	cJSON_free(pretty);
+	cJSON_Delete(o);
+	free(compact);
+}
+
+static const char *const style =
+    "body{font-family:sans-serif;margin:1.5em auto;max-width:1500px;padding:0 1em;color:#222}"
+    "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.5em}"
+    "table{border-collapse:collapse}th,td{padding:.25em .9em;border-bottom:1px solid #ddd;"
+    "text-align:left}td{font-variant-numeric:tabular-nums}"
+    ".charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1em}"
+    "figure{margin:0;border:1px solid #ddd}figure svg{width:100%;height:auto;display:block}"
+    "pre{background:#f6f6f6;padding:.8em;overflow:auto}.meta{color:#666}";
+
+static void head(struct sbuf *b, const struct mn_report_input *in,
+                 const struct mn_metrics_summary *s)
+{
+	char when[MN_TIMELEN];
+
+	sb_printf(b, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+	             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+	             "style-src 'unsafe-inline'\">\n");
+	if (in->refresh_seconds > 0)
+		sb_printf(b, "<meta http-equiv=\"refresh\" content=\"%d\">\n", in->refresh_seconds);
+	sb_printf(b,
+	          "<title>mnistd run: step %" PRId64
+	          "</title>\n<style>%s</style>\n</head>\n<body>\n"
+	          "<h1>mnistd run</h1>\n<p class=\"meta\">",
+	          s->steps, style);
+	mn_time_rfc3339(when);
+	sb_printf(b, "Generated %s from ", when);
+	if (has(in->train)) {
+		sb_printf(b, "<code>");
+		sb_escape(b, in->train_path ? in->train_path : "train.metrics_file");
+		sb_printf(b, "</code> (%zu lines)%s", in->train->lines,
+		          has(in->eval) ? " and " : "");
+	}
+	if (has(in->eval)) {
+		sb_printf(b, "<code>");
+		sb_escape(b, in->eval_path ? in->eval_path : "eval.metrics_file");
+		sb_printf(b, "</code> (%zu lines)", in->eval->lines);
+	}
+	sb_printf(b, ".%s</p>\n", in->refresh_seconds > 0 ? " The page reloads itself." : "");
+}
+
+int mn_report_html(const struct mn_report_input *in, const char *svg, size_t svg_len, char **html,
+                   size_t *len, char *err, size_t errlen)
+{
+	struct mn_metrics_summary s;
+	struct sbuf b = {0};
+	int rc;
+
+	mn_metrics_summarize(in->train, in->eval, in->best, &s);
+	head(&b, in, &s);
+	sb_printf(&b, "<h2>Summary</h2>\n<table id=\"summary\">\n");
+	summary_table(&b, &s);
+	sb_printf(&b, "</table>\n<h2>Curves</h2>\n<div class=\"charts\">\n");
+	rc = figures(&b, in, svg, svg_len, err, errlen);
+	if (rc < 0) {
+		free(b.p);
+		return rc;
+	}
+	sb_printf(&b, "</div>\n");
+	if (!has(in->eval))
+		sb_printf(&b,
+		          "<p class=\"meta\">No evaluations (eval.metrics_file) to show.</p>\n");
+	if (!has(in->train))
+		sb_printf(
+		    &b,
+		    "<p class=\"meta\">No training history (train.metrics_file) to show.</p>\n");
+	config_section(&b, in->config);
+	sb_printf(&b, "</body>\n</html>\n");
+	return sb_finish(&b, html, len, err, errlen);
+}

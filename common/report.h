@@ -1,0 +1,58 @@
+/*
+ * report.h - a run's curves, drawn by gnuplot: the scripts that draw them
+ * (as text for a terminal, as SVG for a page) and the self-contained HTML
+ * page around the SVG charts. mnistctl plot and the evaluator's
+ * eval.report_html both build their output here; gnuplot.h runs the script.
+ *
+ * The page needs nothing but itself: the charts are inline SVG, the style
+ * is inline, and a Content-Security-Policy forbids every fetch. Everything
+ * that comes from files (paths, checkpoint names, the configuration) is
+ * HTML-escaped; gnuplot only ever sees numbers and our own titles.
+ *
+ * Page structure (tests and scripts rely on it): a table id="summary" whose
+ * cells have ids summary-steps, summary-best-accuracy, summary-best-step,
+ * summary-best-checkpoint, summary-latest-accuracy, summary-latest-step,
+ * summary-steps-per-sec and summary-elapsed (data-seconds holds the
+ * number); one <figure id="chart-NAME" data-points="N"> per chart, NAME one
+ * of validation-accuracy, validation-loss, training-loss, learning-rate,
+ * holding gnuplot's <svg> with one marker per point; <pre id="config">.
+ */
+#ifndef MN_REPORT_H
+#define MN_REPORT_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "metrics.h"
+
+/* What a page or a chart is made of. NULL or empty series are left out. */
+struct mn_report_input {
+	const struct mn_metrics_series *train; /* train.metrics_file */
+	const struct mn_metrics_series *eval;  /* eval.metrics_file */
+	const struct mn_metrics_best *best;    /* best.json's first entry, or NULL */
+	const char *train_path, *eval_path;    /* shown on the page (may be NULL) */
+	const struct mn_config *config;        /* shown on the page (may be NULL) */
+	int refresh_seconds;                   /* > 0: the page reloads itself this often */
+};
+
+/*
+ * The gnuplot script for a terminal: training loss and validation accuracy
+ * against step, stacked, as text in cols x rows characters. Returns 0 with
+ * a malloc'd script in *script (*len bytes), -ENOMEM, or -ENODATA when
+ * both series are empty.
+ */
+int mn_report_text_script(const struct mn_report_input *in, int cols, int rows, char **script,
+                          size_t *len, char *err, size_t errlen);
+
+/* The gnuplot script that writes one SVG chart after another on its output. */
+int mn_report_svg_script(const struct mn_report_input *in, char **script, size_t *len, char *err,
+                         size_t errlen);
+
+/*
+ * The page, from what gnuplot printed for mn_report_svg_script() (svg,
+ * svg_len bytes). -EPROTO if that output does not hold the expected charts.
+ */
+int mn_report_html(const struct mn_report_input *in, const char *svg, size_t svg_len, char **html,
+                   size_t *len, char *err, size_t errlen);
+
+#endif

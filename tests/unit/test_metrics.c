@@ -1,0 +1,249 @@
+/* test_metrics.c - strict metrics files, the step rule, best.json, the summary. */
+#include "metrics.h"
+
+#include <check.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mn_test.h"
+#include "util.h"
+
+#define T(step, loss)                                                                              \
+	"{\"step\":" #step ",\"loss\":" #loss ",\"learning_rate\":0.5,\"steps_per_sec\":10,"       \
+	"\"time\":\"2026-11-29T10:00:0" #step ".000Z\",\"max_steps\":9}\n"
+#define E(step, acc)                                                                               \
+	"{\"step\":" #step ",\"accuracy\":" #acc ",\"loss\":0.3,\"checkpoint\":\"m-" #step         \
+	"\",\"ema\":true,\"time\":\"2026-11-29T10:00:0" #step ".500Z\",\"latency_ms\":1}\n"
+
+static char dir[MN_TEST_DIRLEN];
+
+static void setup(void)
+{
+	mn_test_tmpdir(dir, sizeof(dir));
+}
+
+static void teardown(void)
+{
+	mn_test_rmtree(dir);
+}
+
+static int parse(enum mn_metrics_kind kind, const char *text, struct mn_metrics_series *s,
+                 char *err)
+{
+	return mn_metrics_parse(kind, text, strlen(text), "f.jsonl", s, err, MN_ERRLEN);
+}
+
+START_TEST(train_lines_parse)
+{
+	struct mn_metrics_series s;
+	char err[MN_ERRLEN];
+
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, T(1, 2.5) T(2, 1.25), &s, err), 0);
+	ck_assert_uint_eq(s.n, 2);
+	ck_assert_uint_eq(s.lines, 2);
+	ck_assert_int_eq(s.points[1].step, 2);
+	ck_assert(s.points[1].loss == 1.25);
+	ck_assert(s.points[0].learning_rate == 0.5);
+	ck_assert(s.points[0].steps_per_sec == 10);
+	ck_assert(isnan(s.points[0].accuracy));
+	ck_assert_int_eq(s.points[1].time_ms - s.points[0].time_ms, 1000);
+	mn_metrics_series_free(&s);
+}
+END_TEST
+
+START_TEST(backwards_step_starts_over)
+{
+	struct mn_metrics_series s;
+	char err[MN_ERRLEN];
+
+	/* A crash after step 3, a resume from 2: 2 and 3 are replaced, 1 is kept. */
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, T(1, 1) T(2, 2) T(3, 3) T(2, 5) T(4, 6), &s, err),
+	                 0);
+	ck_assert_uint_eq(s.n, 3);
+	ck_assert_uint_eq(s.lines, 5);
+	ck_assert_int_eq(s.points[0].step, 1);
+	ck_assert_int_eq(s.points[1].step, 2);
+	ck_assert(s.points[1].loss == 5);
+	ck_assert_int_eq(s.points[2].step, 4);
+	mn_metrics_series_free(&s);
+	/* The last line for a repeated step wins. */
+	ck_assert_int_eq(parse(MN_METRICS_EVAL, E(1, 0.5) E(1, 0.75), &s, err), 0);
+	ck_assert_uint_eq(s.n, 1);
+	ck_assert(s.points[0].accuracy == 0.75);
+	ck_assert_str_eq(s.points[0].checkpoint, "m-1");
+	mn_metrics_series_free(&s);
+}
+END_TEST
+
+START_TEST(unfinished_last_line_is_left_out)
+{
+	struct mn_metrics_series s;
+	char err[MN_ERRLEN];
+
+	ck_assert_int_eq(parse(MN_METRICS_EVAL, E(1, 0.5) "{\"step\":2,\"accu", &s, err), 0);
+	ck_assert_uint_eq(s.n, 1);
+	mn_metrics_series_free(&s);
+}
+END_TEST
+
+START_TEST(bad_lines_name_the_line)
+{
+	static const struct {
+		enum mn_metrics_kind kind;
+		const char *text, *want;
+	} cases[] = {
+	    {MN_METRICS_TRAIN, "", "f.jsonl: has no lines yet"},
+	    {MN_METRICS_TRAIN, "{\"step\":1", "f.jsonl: has no lines yet"},
+	    {MN_METRICS_TRAIN, T(1, 1) "garbage\n", "f.jsonl:2: not a JSON object"},
+	    {MN_METRICS_TRAIN, "[1]\n", "f.jsonl:1: not a JSON object"},
+	    {MN_METRICS_TRAIN, "\n", "f.jsonl:1: not a JSON object"},
+	    {MN_METRICS_TRAIN, "{\"step\":1.5}\n", "f.jsonl:1: \"step\" must be an integer"},
+	    {MN_METRICS_TRAIN, "{\"step\":-1}\n", "f.jsonl:1: \"step\" must be an integer"},
+	    {MN_METRICS_TRAIN, "{\"step\":1,\"loss\":\"x\"}\n", "f.jsonl:1: \"loss\" must be"},
+	    {MN_METRICS_TRAIN, "{\"step\":1,\"loss\":1,\"time\":\"yesterday\"}\n",
+	     "f.jsonl:1: \"time\" must be an RFC 3339 time"},
+	    {MN_METRICS_TRAIN,
+	     "{\"step\":1,\"loss\":1,\"time\":\"2026-11-29T10:00:00Z\",\"learning_rate\":1}\n",
+	     "f.jsonl:1: \"steps_per_sec\" must be"},
+	    {MN_METRICS_EVAL,
+	     "{\"step\":1,\"loss\":1,\"time\":\"2026-11-29T10:00:00Z\",\"accuracy\":1.5}\n",
+	     "f.jsonl:1: \"accuracy\" must be a number in [0, 1]"},
+	    {MN_METRICS_EVAL,
+	     "{\"step\":1,\"loss\":1,\"time\":\"2026-11-29T10:00:00Z\",\"accuracy\":1}\n",
+	     "f.jsonl:1: \"checkpoint\" must be"},
+	    /* A training history is not an evaluation file. */
+	    {MN_METRICS_EVAL, T(1, 1), "f.jsonl:1: \"accuracy\" must be"},
+	};
+	struct mn_metrics_series s;
+	char err[MN_ERRLEN];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int rc = parse(cases[i].kind, cases[i].text, &s, err);
+
+		ck_assert_msg(rc < 0, "case %zu accepted", i);
+		ck_assert_msg(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0,
+		              "case %zu: got \"%s\", want \"%s...\"", i, err, cases[i].want);
+		ck_assert_ptr_null(s.points);
+	}
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, "", &s, err), -ENODATA);
+}
+END_TEST
+
+START_TEST(null_loss_is_nan)
+{
+	struct mn_metrics_series s;
+	char err[MN_ERRLEN];
+
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, T(1, null), &s, err), 0);
+	ck_assert(isnan(s.points[0].loss));
+	mn_metrics_series_free(&s);
+}
+END_TEST
+
+START_TEST(times)
+{
+	int64_t ms;
+
+	ck_assert(mn_metrics_parse_time("1970-01-01T00:00:01.5Z", &ms));
+	ck_assert_int_eq(ms, 1500);
+	ck_assert(mn_metrics_parse_time("1970-01-01T01:00:00+01:00", &ms));
+	ck_assert_int_eq(ms, 0);
+	ck_assert(mn_metrics_parse_time("2026-11-29T19:05:52.330Z", &ms));
+	ck_assert_int_eq(ms, 1795979152330LL);
+	ck_assert(!mn_metrics_parse_time("2026-11-29 19:05:52Z", &ms));
+	ck_assert(!mn_metrics_parse_time("2026-11-29T19:05:52", &ms));
+	ck_assert(!mn_metrics_parse_time("2026-13-29T19:05:52Z", &ms));
+	ck_assert(!mn_metrics_parse_time("2026-11-29T19:05:52.Z", &ms));
+	ck_assert(!mn_metrics_parse_time("2026-11-29T19:05:52Zx", &ms));
+}
+END_TEST
+
+START_TEST(summary_of_both_files)
+{
+	struct mn_metrics_series t, e;
+	struct mn_metrics_summary s;
+	struct mn_metrics_best b = {.step = 2, .accuracy = 0.5, .file = "kept-2"};
+	char err[MN_ERRLEN];
+
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, T(1, 1) T(2, 2) T(5, 3), &t, err), 0);
+	ck_assert_int_eq(
+	    parse(MN_METRICS_EVAL, E(1, 0.5) E(3, 0.75) E(4, 0.75) E(6, 0.625), &e, err), 0);
+	mn_metrics_summarize(&t, &e, NULL, &s);
+	ck_assert_int_eq(s.steps, 6);
+	ck_assert_int_eq(s.best_step, 3); /* the earliest of equals */
+	ck_assert(s.best_accuracy == 0.75);
+	ck_assert_str_eq(s.best_checkpoint, "m-3");
+	ck_assert_int_eq(s.latest_step, 6);
+	ck_assert(s.latest_accuracy == 0.625);
+	ck_assert(s.steps_per_sec == 10);
+	ck_assert(s.elapsed_s == 5.5); /* 10:00:01.000 to 10:00:06.500 */
+	mn_metrics_summarize(&t, &e, &b, &s);
+	ck_assert_int_eq(s.best_step, 2);
+	ck_assert_str_eq(s.best_checkpoint, "kept-2");
+	mn_metrics_summarize(&t, NULL, NULL, &s);
+	ck_assert_int_eq(s.steps, 5);
+	ck_assert_int_eq(s.best_step, -1);
+	ck_assert(isnan(s.latest_accuracy));
+	ck_assert(s.elapsed_s == 4);
+	mn_metrics_summarize(NULL, NULL, NULL, &s);
+	ck_assert_int_eq(s.steps, -1);
+	ck_assert(isnan(s.elapsed_s));
+	mn_metrics_series_free(&t);
+	mn_metrics_series_free(&e);
+}
+END_TEST
+
+START_TEST(best_json)
+{
+	char path[300], err[MN_ERRLEN];
+	struct mn_metrics_best b;
+	static const char good[] = "{\"best\":[{\"step\":3000,\"accuracy\":0.875,\"loss\":0.3,"
+	                           "\"file\":\"model.ckpt-3000.safetensors\",\"time\":\"t\"},"
+	                           "{\"step\":2000,\"accuracy\":0.8,\"loss\":0.4,\"file\":\"x\"}]}";
+
+	snprintf(path, sizeof(path), "%s/best.json", dir);
+	ck_assert_int_eq(mn_metrics_load_best(path, &b, err, sizeof(err)), 0);
+	mn_test_write_file(path, good, strlen(good));
+	ck_assert_int_eq(mn_metrics_load_best(path, &b, err, sizeof(err)), 1);
+	ck_assert_int_eq(b.step, 3000);
+	ck_assert(b.accuracy == 0.875);
+	ck_assert_str_eq(b.file, "model.ckpt-3000.safetensors");
+	mn_test_write_file(path, "{\"best\":[]}", 11);
+	ck_assert_int_eq(mn_metrics_load_best(path, &b, err, sizeof(err)), 0);
+	mn_test_write_file(path, "{\"best\":[{\"step\":1}]}", 21);
+	ck_assert_int_eq(mn_metrics_load_best(path, &b, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "best.json"));
+	mn_test_write_file(path, "garbage", 7);
+	ck_assert_int_eq(mn_metrics_load_best(path, &b, err, sizeof(err)), -EINVAL);
+}
+END_TEST
+
+START_TEST(load_names_a_missing_file)
+{
+	char path[300], err[MN_ERRLEN];
+	struct mn_metrics_series s;
+
+	snprintf(path, sizeof(path), "%s/none.jsonl", dir);
+	ck_assert_int_eq(mn_metrics_load(MN_METRICS_EVAL, path, &s, err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, path));
+	mn_test_write_file(path, E(1, 0.5), strlen(E(1, 0.5)));
+	ck_assert_int_eq(mn_metrics_load(MN_METRICS_EVAL, path, &s, err, sizeof(err)), 0);
+	ck_assert_uint_eq(s.n, 1);
+	mn_metrics_series_free(&s);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("metrics");
+
+	MN_TEST_ADD(mn_test_tcase(s, "parse", NULL, NULL), train_lines_parse,
+	            backwards_step_starts_over, unfinished_last_line_is_left_out,
+	            bad_lines_name_the_line, null_loss_is_nan, times, summary_of_both_files);
+	MN_TEST_ADD(mn_test_tcase(s, "files", setup, teardown), best_json,
+	            load_names_a_missing_file);
+	return mn_test_run(s);
+}

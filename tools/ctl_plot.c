@@ -1,0 +1,273 @@
+/*
+ * ctl_plot.c - mnistctl plot: a run's curves from the trainer's and the
+ * evaluator's metrics files, drawn by gnuplot as text on a terminal or as a
+ * self-contained HTML page (report.h builds both).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "ctl_util.h"
+#include "gnuplot.h"
+#include "metrics.h"
+#include "report.h"
+#include "util.h"
+
+static const char plot_help[] =
+    "Usage: mnistctl plot [--train FILE] [--eval FILE] [--best FILE]\n"
+    "                     [--terminal | -o REPORT.html]\n"
+    "\n"
+    "Draws a run's curves with gnuplot (Debian package gnuplot-nox) from the\n"
+    "trainer's history (train.metrics_file) and the evaluator's metrics\n"
+    "(eval.metrics_file), both JSON lines. Without --train or --eval both come\n"
+    "from the configuration; with either, only the files given are read.\n"
+    "\n"
+    "--terminal (the default when standard output is a terminal) draws training\n"
+    "loss and validation accuracy against step as text, sized to the terminal.\n"
+    "-o writes one self-contained HTML page (inline SVG, no network access\n"
+    "needed): validation accuracy and loss, training loss and learning rate\n"
+    "against step, the best checkpoint marked, a summary table and the\n"
+    "configuration. The page is replaced atomically; '-o -' prints it.\n"
+    "\n"
+    "A line whose step is not greater than the one before it (a resumed run)\n"
+    "replaces the lines at that step and later. A missing, empty or malformed\n"
+    "file, or a missing gnuplot, is an error.\n"
+    "\n"
+    "Options:\n"
+    "  -t, --train FILE   the trainer's history\n"
+    "  -e, --eval FILE    the evaluator's metrics\n"
+    "  -b, --best FILE    best.json, whose first entry is marked as the best\n"
+    "                     checkpoint (default: the highest validation accuracy)\n"
+    "  -T, --terminal     text charts on standard output\n"
+    "  -o, --output FILE  the HTML page to write\n"
+    "  -h, --help         this help\n"
+    "\n"
+    "Exit status: 0 drawn, 1 error (nothing written), 2 usage error.\n"
+    "\n"
+    "Examples:\n"
+    "  mnistctl plot\n"
+    "  mnistctl plot -o /tmp/report.html\n";
+
+struct plot_opts {
+	const char *train, *eval, *best, *output;
+	bool terminal;
+};
+
+/* The files to read and the page's configuration; false (reported) on error. */
+static bool load_inputs(const struct ctl_globals *g, const struct plot_opts *o,
+                        struct mn_config *cfg, bool *have_cfg, struct mn_metrics_series *train,
+                        struct mn_metrics_series *eval, struct mn_metrics_best *best,
+                        bool *have_best)
+{
+	const char *tp = o->train, *ep = o->eval;
+	char err[MN_ERRLEN];
+	struct stat st;
+	int rc;
+
+	if (ctl_load_config(g, true, cfg, err, sizeof(err)) < 0) {
+		ctl_errorf("plot", "%s", err);
+		return false;
+	}
+	*have_cfg = stat(g->config_path, &st) == 0;
+	if (!tp && !ep) {
+		tp = cfg->train.metrics_file[0] ? cfg->train.metrics_file : NULL;
+		ep = cfg->eval.metrics_file[0] ? cfg->eval.metrics_file : NULL;
+		if (!tp && !ep) {
+			ctl_errorf("plot",
+			           "no metrics files: %s sets neither train.metrics_file nor "
+			           "eval.metrics_file; give --train or --eval",
+			           g->config_path);
+			return false;
+		}
+	}
+	if ((tp && mn_metrics_load(MN_METRICS_TRAIN, tp, train, err, sizeof(err)) < 0) ||
+	    (ep && mn_metrics_load(MN_METRICS_EVAL, ep, eval, err, sizeof(err)) < 0)) {
+		ctl_errorf("plot", "%s", err);
+		return false;
+	}
+	*have_best = false;
+	if (o->best) {
+		rc = mn_metrics_load_best(o->best, best, err, sizeof(err));
+		if (rc == 0)
+			mn_errf(err, sizeof(err), "%s: no such file or no entry in it", o->best);
+		if (rc <= 0) {
+			ctl_errorf("plot", "%s", err);
+			return false;
+		}
+		*have_best = true;
+	}
+	return true;
+}
+
+/* The terminal's size, else $COLUMNS x $LINES, else 80 x 24. */
+static void terminal_size(int *cols, int *rows)
+{
+	struct winsize ws;
+	const char *c = getenv("COLUMNS"), *l = getenv("LINES");
+
+	*cols = 80;
+	*rows = 24;
+	if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 && ws.ws_row > 0) {
+		*cols = ws.ws_col;
+		*rows = ws.ws_row;
+		return;
+	}
+	if (c && atoi(c) > 0)
+		*cols = atoi(c);
+	if (l && atoi(l) > 0)
+		*rows = atoi(l);
+}
+
+static int draw_terminal(const struct mn_report_input *in)
+{
+	char *script = NULL, *out = NULL, err[MN_ERRLEN];
+	size_t len, outlen;
+	int cols, rows, ex = MN_EX_FAILURE;
+
+	terminal_size(&cols, &rows);
+	/* One line less than the screen, so the shell's prompt does not scroll a chart away. */
+	if (mn_report_text_script(in, cols, rows - 1, &script, &len, err, sizeof(err)) < 0 ||
+	    mn_gnuplot_run(script, len, &out, &outlen, err, sizeof(err)) < 0) {
+		ctl_errorf("plot", "%s", err);
+		goto out;
+	}
+	/* The dumb terminal starts each page with a form feed. */
+	fwrite(out[0] == '\f' ? out + 1 : out, 1, out[0] == '\f' ? outlen - 1 : outlen, stdout);
+	ex = MN_EX_OK;
+out:
+	free(script);
+	free(out);
+	return ex;
+}
+
+static int write_page(const char *path, const char *html, size_t len)
+{
+	char dir[4096], err[MN_ERRLEN];
+	const char *name;
+	struct iovec iov = {.iov_base = (void *)html, .iov_len = len};
+
+	if (strcmp(path, "-") == 0) {
+		fwrite(html, 1, len, stdout);
+		return MN_EX_OK;
+	}
+	name = ctl_output_path(path, dir, sizeof(dir), err, sizeof(err));
+	if (!name || mn_write_atomic(dir, name, &iov, 1, 0644, err, sizeof(err)) < 0) {
+		ctl_errorf("plot", "%s", err);
+		return MN_EX_FAILURE;
+	}
+	return MN_EX_OK;
+}
+
+static int draw_page(const struct mn_report_input *in, const char *path)
+{
+	char *script = NULL, *svg = NULL, *html = NULL, err[MN_ERRLEN];
+	size_t len, svglen, htmllen;
+	int ex = MN_EX_FAILURE;
+
+	if (mn_report_svg_script(in, &script, &len, err, sizeof(err)) < 0 ||
+	    mn_gnuplot_run(script, len, &svg, &svglen, err, sizeof(err)) < 0 ||
+	    mn_report_html(in, svg, svglen, &html, &htmllen, err, sizeof(err)) < 0) {
+		ctl_errorf("plot", "%s", err);
+		goto out;
+	}
+	ex = write_page(path, html, htmllen);
+out:
+	free(script);
+	free(svg);
+	free(html);
+	return ex;
+}
+
+/* 0 to go on, -1 after --help, else the exit status of a usage error. */
+static int parse_args(int argc, char **argv, struct plot_opts *o)
+{
+	static const struct option opts[] = {
+	    {"train", required_argument, NULL, 't'},
+	    {"eval", required_argument, NULL, 'e'},
+	    {"best", required_argument, NULL, 'b'},
+	    {"terminal", no_argument, NULL, 'T'},
+	    {"output", required_argument, NULL, 'o'},
+	    {"help", no_argument, NULL, 'h'},
+	    {0},
+	};
+	int c;
+
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":t:e:b:To:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			o->train = optarg;
+			break;
+		case 'e':
+			o->eval = optarg;
+			break;
+		case 'b':
+			o->best = optarg;
+			break;
+		case 'T':
+			o->terminal = true;
+			break;
+		case 'o':
+			o->output = optarg;
+			break;
+		case 'h':
+			fputs(plot_help, stdout);
+			return -1;
+		default:
+			return ctl_option_error("plot", c, argv, opts);
+		}
+	}
+	if (optind < argc)
+		return ctl_usage_error("plot", "unexpected argument \"%s\"", argv[optind]);
+	if (o->terminal && o->output)
+		return ctl_usage_error("plot", "--terminal and -o exclude each other");
+	if (!o->terminal && !o->output) {
+		if (!isatty(STDOUT_FILENO))
+			return ctl_usage_error("plot", "standard output is not a terminal: give "
+			                               "--terminal or -o REPORT.html");
+		o->terminal = true;
+	}
+	return 0;
+}
+
+int ctl_plot(int argc, char **argv, const struct ctl_globals *g)
+{
+	struct plot_opts o = {0};
+	struct mn_config cfg;
+	struct mn_metrics_series train = {0}, eval = {0};
+	struct mn_metrics_best best;
+	bool have_cfg = false, have_best = false;
+	int ex;
+
+	ex = parse_args(argc, argv, &o);
+	if (ex != 0)
+		return ex < 0 ? MN_EX_OK : ex;
+	/* gnuplot dying early must be an error message, not a silent SIGPIPE. */
+	signal(SIGPIPE, SIG_IGN);
+	if (!load_inputs(g, &o, &cfg, &have_cfg, &train, &eval, &best, &have_best)) {
+		ex = MN_EX_FAILURE;
+		goto out;
+	}
+	struct mn_report_input in = {
+	    .train = &train,
+	    .eval = &eval,
+	    .best = have_best ? &best : NULL,
+	    .train_path = o.train ? o.train : cfg.train.metrics_file,
+	    .eval_path = o.eval ? o.eval : cfg.eval.metrics_file,
+	    .config = have_cfg ? &cfg : NULL,
+	};
+
+	ex = o.terminal ? draw_terminal(&in) : draw_page(&in, o.output);
+out:
+	mn_metrics_series_free(&train);
+	mn_metrics_series_free(&eval);
+	return ex;
+}
