@@ -149,6 +149,7 @@ static const struct key keys[] = {
     INT("eval.poll_interval_ms", eval.poll_interval_ms, 10, 3600000, 1000, 0),
     STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
     STR("eval.textfile", eval.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE),
+    STR("eval.report_html", eval.report_html, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
     ENUM("log.level", log.level, enum mn_log_level, mn_log_level_names, MN_LOG_INFO, KF_RELOAD),
     ENUM("log.format", log.format, enum mn_log_format, mn_log_format_names, MN_LOG_TEXT, 0),
     STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),

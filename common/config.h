@@ -75,6 +75,7 @@ struct mn_config {
 		int64_t poll_interval_ms;              /* poll mode's interval */
 		char metrics_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
 		char textfile[MN_CONFIG_PATH_MAX];     /* Prometheus textfile, "" when off */
+		char report_html[MN_CONFIG_PATH_MAX];  /* the curves page; "" when unset */
 	} eval;
 	struct {
 		enum mn_log_level level;

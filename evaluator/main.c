@@ -27,6 +27,7 @@
 #include "jsonl.h"
 #include "log.h"
 #include "mn_build_config.h"
+#include "page.h"
 #include "pick.h"
 #include "runner.h"
 #include "textfile.h"
@@ -42,6 +43,7 @@ struct evaluator {
 	bool stopping;
 	struct mn_jsonl *metrics;      /* eval.metrics_file, NULL when unset */
 	struct mne_textfile *textfile; /* eval.textfile, NULL when off */
+	struct mne_page *page;         /* eval.report_html, NULL when unset */
 };
 
 static void usage(FILE *f)
@@ -109,9 +111,14 @@ static double latency_ms(const struct mne_pick_result *r)
 	return ms < 0 ? 0 : ms;
 }
 
-/* Logs the result and appends it to the metrics file; false if that append failed. */
+/*
+ * Logs the result, appends it to the metrics file and has the report page
+ * redrawn; false if the append failed.
+ */
 static bool report(struct evaluator *e, const struct mne_pick_result *r)
 {
+	bool ok;
+
 	mn_log_fields(MN_LOG_INFO, "evaluation",
 	              (struct mn_log_field[]){
 	                  MN_F_INT("step", r->step),
@@ -123,7 +130,9 @@ static bool report(struct evaluator *e, const struct mne_pick_result *r)
 	                  MN_F_INT("images", (int64_t)r->eval.images),
 	              },
 	              7);
-	return write_metrics(e, r, latency_ms(r));
+	ok = write_metrics(e, r, latency_ms(r));
+	mne_page_kick(e->page);
+	return ok;
 }
 
 static void on_result(const struct mne_pick_result *r, void *arg)
@@ -168,6 +177,8 @@ static void stop(struct evaluator *e)
 	e->runner = NULL;
 	mne_watch_close(e->watch);
 	e->watch = NULL;
+	mne_page_close(e->page);
+	e->page = NULL;
 	mn_app_signals_unref(&e->app);
 }
 
@@ -255,8 +266,12 @@ static int run_once(struct evaluator *e)
 	mne_pick_state_init(&s);
 	rc = mne_pick_evaluate(&p, &s, &r, err, sizeof(err));
 	/* A command whose record could not be kept has failed, though the line was logged. */
-	if (rc == 1)
-		return report(e, &r) ? MN_EX_OK : MN_EX_FAILURE;
+	if (rc == 1) {
+		rc = report(e, &r) ? MN_EX_OK : MN_EX_FAILURE;
+		/* Only the page's gnuplot keeps the loop alive: until the page is written. */
+		uv_run(&e->app.loop, UV_RUN_DEFAULT);
+		return rc;
+	}
 	if (rc == 0)
 		mn_log(MN_LOG_ERROR, "%s: no valid checkpoint named %s-<step>%s",
 		       e->app.cfg.checkpoint.dir, e->app.cfg.checkpoint.prefix, MN_CKPT_SUFFIX);
@@ -300,17 +315,24 @@ static int run_watch(struct evaluator *e)
 	                  MN_F_STR("ema", e->app.cfg.eval.use_ema ? "yes" : "no"),
 	              },
 	              3);
+	/* The page of what was evaluated before a restart, before the next evaluation. */
+	mne_page_kick(e->page);
 	return 0;
 }
 
 /* Runs the evaluator until it is stopped; returns the exit status. */
 static int run(struct evaluator *e, bool once)
 {
+	char err[MN_ERRLEN];
 	int ex;
 
 	/* Signals first: a SIGTERM during the data load is acted on as the loop starts. */
 	if (mn_app_loop_start(&e->app, !once, on_stop_signal, on_hup, e) < 0)
 		return MN_EX_FAILURE;
+	if (mne_page_new(&e->app.loop, &e->app.cfg, &e->page, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "%s", err);
+		return MN_EX_CONFIG;
+	}
 	ex = load_data(e);
 	if (ex != MN_EX_OK)
 		return ex;

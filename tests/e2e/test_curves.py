@@ -21,7 +21,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
-from mnlib import MNISTCTL, MNISTD  # noqa: E402
+from mnlib import MNIST_EVAL, MNISTCTL, MNISTD  # noqa: E402
 
 HISTORY_KEYS = {"step": int, "loss": float, "learning_rate": float, "steps_per_sec": (int, float),
                 "time": str, "max_steps": int}
@@ -359,6 +359,73 @@ class PlotTest(mnlib.TestCase):
         r = self.plot()  # standard output is a pipe here
         self.assertEqual(r.returncode, 2)
         self.assertIn("not a terminal", r.stderr)
+
+
+class EvaluatorPageTest(mnlib.TestCase):
+    def run_both(self, steps=300, env=None, **eval_cfg):
+        self.train_path = os.path.join(self.work, "train.jsonl")
+        self.eval_path = os.path.join(self.work, "eval.jsonl")
+        self.page = os.path.join(self.work, "report.html")
+        ev = dict({"metrics_file": self.eval_path, "report_html": self.page}, **eval_cfg)
+        path, _ = self.config(train={"max_steps": steps, "metrics_file": self.train_path},
+                              checkpoint={"every_steps": 50}, eval=ev)
+        e = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
+        d = self.start([MNISTD, "--config", path], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        mnlib.wait_for(lambda: any(x["step"] == steps for x in read_lines(self.eval_path)), 60,
+                       "the last checkpoint's evaluation")
+        return e
+
+    def page_step(self):
+        try:
+            with open(self.page) as f:
+                return int(summary(f.read()).get("latest-step", "-1"))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def test_page_follows_the_evaluations(self):
+        e = self.run_both()
+        mnlib.wait_for(lambda: self.page_step() == 300, 60, "the page of the last evaluation")
+        e.signal(signal.SIGTERM)
+        self.assertEqual(e.wait(30), 0, e.output())
+        self.assertEqual([n for n in os.listdir(self.work) if n.startswith(".")], [], "temporary files left")
+        chromium = Chromium(self)
+        dom, console, urls = chromium.dump_dom("file://" + self.page)
+        train, ev = read_lines(self.train_path), read_lines(self.eval_path)
+        self.assertEqual(figures(dom), {"validation-accuracy": (len(ev), len(ev)),
+                                        "validation-loss": (len(ev), len(ev)),
+                                        "training-loss": (len(train), len(train)),
+                                        "learning-rate": (len(train), len(train))})
+        s = summary(dom)
+        self.assertEqual(float(s["best-accuracy"]), max(x["accuracy"] for x in ev))
+        self.assertEqual(float(s["latest-accuracy"]), ev[-1]["accuracy"])
+        self.assertEqual(int(s["steps"]), 300)
+        self.assertTrue('<meta http-equiv="refresh" content="15">' in dom, "the page reloads itself")
+        self.assertEqual(console, [], "console messages")
+        self.assertEqual(urls, set(), "network requests")
+        png = os.path.join(self.work, "page.png")
+        chromium.screenshot("file://" + self.page, png)
+        width, height, bpp, rows = png_pixels(png)
+        colours = {row[x:x + 3] for row in rows[::7] for x in range(0, width * bpp, 7 * bpp)}
+        self.assertGreater(len(colours), 20, "the screenshot is (nearly) blank")
+
+    def test_without_gnuplot_evaluating_goes_on(self):
+        # mnist-eval finds gnuplot in PATH; without it each page fails, loudly, and nothing else does.
+        e = self.run_both(steps=100, env={"PATH": "/nonexistent"})
+        e.wait_output("eval.report_html not updated: gnuplot is not installed", 30)
+        self.assertFalse(os.path.exists(self.page))
+        self.assertEqual([x["step"] for x in read_lines(self.eval_path)][-1], 100)
+
+    def test_configuration_errors_exit_78(self):
+        for ev, message in (({"report_html": os.path.join(self.work, "r.html")},
+                             "eval.report_html needs eval.metrics_file"),
+                            ({"report_html": os.path.join(self.work, "no", "r.html"),
+                              "metrics_file": os.path.join(self.work, "e.jsonl")},
+                             "eval.report_html: %s: No such file or directory" % os.path.join(self.work, "no"))):
+            path, _ = self.config(eval=ev)
+            r = self.run_prog([MNIST_EVAL, "--config", path])
+            self.assertEqual(r.returncode, 78, r.stdout + r.stderr)
+            self.assertIn(message, r.stdout + r.stderr)
 
 
 if __name__ == "__main__":
