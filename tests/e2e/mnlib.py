@@ -202,6 +202,16 @@ class TestCase(unittest.TestCase):
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout * SLOW, env=e)
 
 
+def read_jsonl(path):
+    """The complete lines of a JSON-lines file (a metrics file), parsed; [] if there is none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1]]
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

@@ -27,14 +27,7 @@ HISTORY_KEYS = {"step": int, "loss": float, "learning_rate": float, "steps_per_s
                 "time": str, "max_steps": int}
 
 
-def read_lines(path):
-    """The complete lines of a JSON-lines file, parsed."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.split("\n")[:-1]]
+read_lines = mnlib.read_jsonl
 
 
 class HistoryTest(mnlib.TestCase):
@@ -224,6 +217,41 @@ def summary(dom):
     return dict(re.findall(r'<td id="summary-([a-z-]+)"[^>]*>([^<]*)</td>', dom))
 
 
+def check_page(test, page, train_path, eval_path):
+    """Loads a report page in Chromium and holds it against the metrics files
+    it was drawn from: one chart per curve with one plotted point per line,
+    the summary's numbers, no console message, no network request, a
+    screenshot that is not blank. Returns the DOM."""
+    chromium = Chromium(test)
+    dom, console, urls = chromium.dump_dom("file://" + page)
+    train, ev = read_lines(train_path), read_lines(eval_path)
+    test.assertEqual(figures(dom), {"validation-accuracy": (len(ev), len(ev)),
+                                    "validation-loss": (len(ev), len(ev)),
+                                    "training-loss": (len(train), len(train)),
+                                    "learning-rate": (len(train), len(train))})
+    s = summary(dom)
+    best = max(ev, key=lambda x: x["accuracy"])  # the earliest of equals, as the page
+    test.assertEqual(int(s["steps"]), max(train[-1]["step"], ev[-1]["step"]))
+    test.assertEqual(float(s["best-accuracy"]), best["accuracy"])
+    test.assertEqual(int(s["best-step"]), best["step"])
+    test.assertEqual(s["best-checkpoint"], best["checkpoint"])
+    test.assertEqual(float(s["latest-accuracy"]), ev[-1]["accuracy"])
+    test.assertEqual(int(s["latest-step"]), ev[-1]["step"])
+    test.assertEqual(float(s["steps-per-sec"]), train[-1]["steps_per_sec"])
+    times = [t["time"] for t in train + ev]
+    elapsed = (iso_ms(max(times)) - iso_ms(min(times))) / 1000
+    test.assertTrue('id="summary-elapsed" data-seconds="%.3f"' % elapsed in dom, s)
+    test.assertTrue('<pre id="config">' in dom, "the configuration")
+    test.assertEqual(console, [], "console messages")
+    test.assertEqual(urls, set(), "network requests")
+    png = page + ".png"
+    chromium.screenshot("file://" + page, png)
+    width, height, bpp, rows = png_pixels(png)
+    colours = {row[x:x + 3] for row in rows[::7] for x in range(0, width * bpp, 7 * bpp)}
+    test.assertGreater(len(colours), 20, "the screenshot is (nearly) blank")
+    return dom
+
+
 class PlotTest(mnlib.TestCase):
     def plot(self, *args, env=None):
         return self.run_prog([MNISTCTL, "--config", self.cfg_path, "plot"] + list(args), env=env)
@@ -268,34 +296,8 @@ class PlotTest(mnlib.TestCase):
         page = os.path.join(self.work, "report.html")
         r = self.plot("-o", page)
         self.assertEqual(r.returncode, 0, r.stderr)
-        chromium = Chromium(self)
-        dom, console, urls = chromium.dump_dom("file://" + page)
-        train, ev = read_lines(self.train_path), read_lines(self.eval_path)
-        # One chart per curve, one plotted point per line.
-        self.assertEqual(figures(dom), {"validation-accuracy": (len(ev), len(ev)),
-                                        "validation-loss": (len(ev), len(ev)),
-                                        "training-loss": (len(train), len(train)),
-                                        "learning-rate": (len(train), len(train))})
-        s = summary(dom)
-        best = max(ev, key=lambda x: x["accuracy"])
-        self.assertEqual(int(s["steps"]), 6000)
-        self.assertEqual(float(s["best-accuracy"]), best["accuracy"])
-        self.assertEqual(int(s["best-step"]), best["step"])
-        self.assertEqual(s["best-checkpoint"], best["checkpoint"])
-        self.assertEqual(float(s["latest-accuracy"]), ev[-1]["accuracy"])
-        self.assertEqual(int(s["latest-step"]), ev[-1]["step"])
-        self.assertEqual(float(s["steps-per-sec"]), train[-1]["steps_per_sec"])
-        times = [t["time"] for t in train + ev]
-        elapsed = (iso_ms(max(times)) - iso_ms(min(times))) / 1000
-        self.assertTrue('id="summary-elapsed" data-seconds="%.3f"' % elapsed in dom, s)
-        self.assertTrue('<pre id="config">' in dom and self.train_path in dom, "configuration")
-        self.assertEqual(console, [], "console messages")
-        self.assertEqual(urls, set(), "network requests")
-        png = os.path.join(self.work, "report.png")
-        chromium.screenshot("file://" + page, png)
-        width, height, bpp, rows = png_pixels(png)
-        colours = {row[x:x + 3] for row in rows[::7] for x in range(0, width * bpp, 7 * bpp)}
-        self.assertGreater(len(colours), 20, "the screenshot is (nearly) blank")
+        dom = check_page(self, page, self.train_path, self.eval_path)
+        self.assertTrue(self.train_path in dom, "the files are named")
 
     def test_browser_checks_can_fail(self):
         # The same checks see a console error and a network request when there is one.
@@ -389,25 +391,8 @@ class EvaluatorPageTest(mnlib.TestCase):
         e.signal(signal.SIGTERM)
         self.assertEqual(e.wait(30), 0, e.output())
         self.assertEqual([n for n in os.listdir(self.work) if n.startswith(".")], [], "temporary files left")
-        chromium = Chromium(self)
-        dom, console, urls = chromium.dump_dom("file://" + self.page)
-        train, ev = read_lines(self.train_path), read_lines(self.eval_path)
-        self.assertEqual(figures(dom), {"validation-accuracy": (len(ev), len(ev)),
-                                        "validation-loss": (len(ev), len(ev)),
-                                        "training-loss": (len(train), len(train)),
-                                        "learning-rate": (len(train), len(train))})
-        s = summary(dom)
-        self.assertEqual(float(s["best-accuracy"]), max(x["accuracy"] for x in ev))
-        self.assertEqual(float(s["latest-accuracy"]), ev[-1]["accuracy"])
-        self.assertEqual(int(s["steps"]), 300)
+        dom = check_page(self, self.page, self.train_path, self.eval_path)
         self.assertTrue('<meta http-equiv="refresh" content="15">' in dom, "the page reloads itself")
-        self.assertEqual(console, [], "console messages")
-        self.assertEqual(urls, set(), "network requests")
-        png = os.path.join(self.work, "page.png")
-        chromium.screenshot("file://" + self.page, png)
-        width, height, bpp, rows = png_pixels(png)
-        colours = {row[x:x + 3] for row in rows[::7] for x in range(0, width * bpp, 7 * bpp)}
-        self.assertGreater(len(colours), 20, "the screenshot is (nearly) blank")
 
     def test_without_gnuplot_evaluating_goes_on(self):
         # mnist-eval finds gnuplot in PATH; without it each page fails, loudly, and nothing else does.

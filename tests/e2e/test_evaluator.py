@@ -81,14 +81,7 @@ def read_text(path):
         return ""
 
 
-def metrics(path):
-    """The complete lines of a metrics file, parsed."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in text.split("\n")[:-1]]
+metrics = mnlib.read_jsonl
 
 
 class EvaluatorTest(mnlib.TestCase):
