@@ -12,6 +12,7 @@
 
 #include <cJSON.h>
 
+#include "json.h"
 #include "util.h"
 
 /* The largest best.json read; it lists eval.keep_best entries. */
@@ -161,12 +162,19 @@ static int keep_point(struct mn_metrics_series *s, size_t *cap, const struct mn_
 static int parse_line(enum mn_metrics_kind kind, const char *line, size_t len, const char *name,
                       size_t lineno, struct mn_metrics_point *p, char *err, size_t errlen)
 {
-	cJSON *o = cJSON_ParseWithLengthOpts(line, len, NULL, false);
+	struct mn_json_error e;
+	cJSON *o = NULL;
 	const char *why;
+	int rc = mn_json_parse(line, len, MN_JSON_UTF8, &o, &e);
 
-	if (!cJSON_IsObject(o)) {
+	if (rc == -ENOMEM) {
+		mn_errf(err, errlen, "%s: out of memory", name);
+		return rc;
+	}
+	if (rc < 0 || !cJSON_IsObject(o)) {
 		cJSON_Delete(o);
-		mn_errf(err, errlen, "%s:%zu: not a JSON object", name, lineno);
+		mn_errf(err, errlen, "%s:%zu: not a JSON object%s%s", name, lineno,
+		        rc < 0 ? ": " : "", rc < 0 ? e.what : "");
 		return -EINVAL;
 	}
 	why = parse_point(kind, o, p);
@@ -191,11 +199,6 @@ int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, co
 		struct mn_metrics_point pt;
 
 		s.lines++;
-		if (memchr(p, '\0', (size_t)(nl - p))) {
-			mn_errf(err, errlen, "%s:%zu: not a JSON object (NUL byte)", name, s.lines);
-			rc = -EINVAL;
-			goto fail;
-		}
 		rc = parse_line(kind, p, (size_t)(nl - p), name, s.lines, &pt, err, errlen);
 		if (rc == 0 && (rc = keep_point(&s, &cap, &pt)) < 0)
 			mn_errf(err, errlen, "%s: out of memory", name);
@@ -243,6 +246,7 @@ int mn_metrics_load_best(const char *path, struct mn_metrics_best *out, char *er
 	size_t len;
 	cJSON *o = NULL;
 	const cJSON *first, *file;
+	struct mn_json_error je;
 	int rc;
 
 	rc = mn_read_file(path, BEST_FILE_MAX, &text, &len, err, errlen);
@@ -250,7 +254,12 @@ int mn_metrics_load_best(const char *path, struct mn_metrics_best *out, char *er
 		return 0;
 	if (rc < 0)
 		return rc;
-	o = cJSON_ParseWithLength(text, len);
+	/* Not strict JSON is no "best" array: reported below. */
+	if (mn_json_parse(text, len, MN_JSON_UTF8, &o, &je) == -ENOMEM) {
+		free(text);
+		mn_errf(err, errlen, "%s: out of memory", path);
+		return -ENOMEM;
+	}
 	first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "best"), 0);
 	file = cJSON_GetObjectItemCaseSensitive(first, "file");
 	rc = 0;
