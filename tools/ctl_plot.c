@@ -61,50 +61,85 @@ struct plot_opts {
 	bool terminal;
 };
 
-/* The files to read and the page's configuration; false (reported) on error. */
-static bool load_inputs(const struct ctl_globals *g, const struct plot_opts *o,
-                        struct mn_config *cfg, bool *have_cfg, struct mn_metrics_series *train,
-                        struct mn_metrics_series *eval, struct mn_metrics_best *best,
-                        bool *have_best)
+/* A plot: its options, configuration, the files it reads and what they hold. */
+struct plot {
+	struct plot_opts o;
+	struct mn_config cfg;
+	bool have_cfg;
+	const char *train_path, *eval_path; /* NULL: not read */
+	struct mn_metrics_series train, eval;
+	struct mn_metrics_best best;
+	bool have_best;
+};
+
+/* The configuration and the files to read; an exit status (errors printed). */
+static int plot_setup(const struct ctl_globals *g, struct plot *p)
 {
-	const char *tp = o->train, *ep = o->eval;
 	char err[MN_ERRLEN];
 	struct stat st;
-	int rc;
 
-	if (ctl_load_config(g, true, cfg, err, sizeof(err)) < 0) {
+	if (ctl_load_config(g, true, &p->cfg, err, sizeof(err)) < 0) {
 		ctl_errorf("plot", "%s", err);
-		return false;
+		return MN_EX_FAILURE;
 	}
-	*have_cfg = stat(g->config_path, &st) == 0;
-	if (!tp && !ep) {
-		tp = cfg->train.metrics_file[0] ? cfg->train.metrics_file : NULL;
-		ep = cfg->eval.metrics_file[0] ? cfg->eval.metrics_file : NULL;
-		if (!tp && !ep) {
-			ctl_errorf("plot",
-			           "no metrics files: %s sets neither train.metrics_file nor "
-			           "eval.metrics_file; give --train or --eval",
-			           g->config_path);
-			return false;
+	p->have_cfg = stat(g->config_path, &st) == 0;
+	p->train_path = p->o.train;
+	p->eval_path = p->o.eval;
+	if (p->train_path || p->eval_path)
+		return MN_EX_OK;
+	p->train_path = p->cfg.train.metrics_file[0] ? p->cfg.train.metrics_file : NULL;
+	p->eval_path = p->cfg.eval.metrics_file[0] ? p->cfg.eval.metrics_file : NULL;
+	if (p->train_path || p->eval_path)
+		return MN_EX_OK;
+	ctl_errorf("plot",
+	           "no metrics files: %s sets neither train.metrics_file nor eval.metrics_file; "
+	           "give --train or --eval",
+	           g->config_path);
+	return MN_EX_FAILURE;
+}
+
+/* (Re)reads the files. 0, or -errno with err filled. */
+static int plot_load(struct plot *p, char *err, size_t errlen)
+{
+	int rc = 0;
+
+	mn_metrics_series_free(&p->train);
+	mn_metrics_series_free(&p->eval);
+	p->have_best = false;
+	if ((p->train_path &&
+	     (rc = mn_metrics_load(MN_METRICS_TRAIN, p->train_path, &p->train, err, errlen)) < 0) ||
+	    (p->eval_path &&
+	     (rc = mn_metrics_load(MN_METRICS_EVAL, p->eval_path, &p->eval, err, errlen)) < 0))
+		return rc;
+	if (p->o.best) {
+		rc = mn_metrics_load_best(p->o.best, &p->best, err, errlen);
+		if (rc == 0) {
+			mn_errf(err, errlen, "%s: no such file or no entry in it", p->o.best);
+			rc = -ENOENT;
 		}
+		if (rc < 0)
+			return rc;
+		p->have_best = true;
 	}
-	if ((tp && mn_metrics_load(MN_METRICS_TRAIN, tp, train, err, sizeof(err)) < 0) ||
-	    (ep && mn_metrics_load(MN_METRICS_EVAL, ep, eval, err, sizeof(err)) < 0)) {
-		ctl_errorf("plot", "%s", err);
-		return false;
-	}
-	*have_best = false;
-	if (o->best) {
-		rc = mn_metrics_load_best(o->best, best, err, sizeof(err));
-		if (rc == 0)
-			mn_errf(err, sizeof(err), "%s: no such file or no entry in it", o->best);
-		if (rc <= 0) {
-			ctl_errorf("plot", "%s", err);
-			return false;
-		}
-		*have_best = true;
-	}
-	return true;
+	return 0;
+}
+
+static struct mn_report_input plot_input(const struct plot *p)
+{
+	return (struct mn_report_input){
+	    .train = &p->train,
+	    .eval = &p->eval,
+	    .best = p->have_best ? &p->best : NULL,
+	    .train_path = p->train_path,
+	    .eval_path = p->eval_path,
+	    .config = p->have_cfg ? &p->cfg : NULL,
+	};
+}
+
+static void plot_free(struct plot *p)
+{
+	mn_metrics_series_free(&p->train);
+	mn_metrics_series_free(&p->eval);
 }
 
 /* The terminal's size, else $COLUMNS x $LINES, else 80 x 24. */
@@ -126,26 +161,49 @@ static void terminal_size(int *cols, int *rows)
 		*rows = atoi(l);
 }
 
+/*
+ * The text charts for a terminal of cols x rows: gnuplot's output in *buf
+ * (malloc'd; free it), *text and *len the charts in it without the form
+ * feed that starts a page. 0, or -errno with err filled.
+ */
+static int render_text(const struct mn_report_input *in, int cols, int rows, char **buf,
+                       const char **text, size_t *len, char *err, size_t errlen)
+{
+	char *script = NULL;
+	size_t slen;
+	int rc;
+
+	*buf = NULL;
+	rc = mn_report_text_script(in, cols, rows, &script, &slen, err, errlen);
+	if (rc == 0)
+		rc = mn_gnuplot_run(script, slen, buf, len, err, errlen);
+	free(script);
+	if (rc < 0)
+		return rc;
+	*text = *buf;
+	if (*len > 0 && (*buf)[0] == '\f') {
+		(*text)++;
+		(*len)--;
+	}
+	return 0;
+}
+
 static int draw_terminal(const struct mn_report_input *in)
 {
-	char *script = NULL, *out = NULL, err[MN_ERRLEN];
-	size_t len, outlen;
-	int cols, rows, ex = MN_EX_FAILURE;
+	char *buf, err[MN_ERRLEN];
+	const char *text;
+	size_t len;
+	int cols, rows;
 
 	terminal_size(&cols, &rows);
 	/* One line less than the screen, so the shell's prompt does not scroll a chart away. */
-	if (mn_report_text_script(in, cols, rows - 1, &script, &len, err, sizeof(err)) < 0 ||
-	    mn_gnuplot_run(script, len, &out, &outlen, err, sizeof(err)) < 0) {
+	if (render_text(in, cols, rows - 1, &buf, &text, &len, err, sizeof(err)) < 0) {
 		ctl_errorf("plot", "%s", err);
-		goto out;
+		return MN_EX_FAILURE;
 	}
-	/* The dumb terminal starts each page with a form feed. */
-	fwrite(out[0] == '\f' ? out + 1 : out, 1, out[0] == '\f' ? outlen - 1 : outlen, stdout);
-	ex = MN_EX_OK;
-out:
-	free(script);
-	free(out);
-	return ex;
+	fwrite(text, 1, len, stdout);
+	free(buf);
+	return MN_EX_OK;
 }
 
 static int write_page(const char *path, const char *html, size_t len)
@@ -240,34 +298,26 @@ static int parse_args(int argc, char **argv, struct plot_opts *o)
 
 int ctl_plot(int argc, char **argv, const struct ctl_globals *g)
 {
-	struct plot_opts o = {0};
-	struct mn_config cfg;
-	struct mn_metrics_series train = {0}, eval = {0};
-	struct mn_metrics_best best;
-	bool have_cfg = false, have_best = false;
+	struct plot p = {0};
+	struct mn_report_input in;
+	char err[MN_ERRLEN];
 	int ex;
 
-	ex = parse_args(argc, argv, &o);
+	ex = parse_args(argc, argv, &p.o);
 	if (ex != 0)
 		return ex < 0 ? MN_EX_OK : ex;
 	/* gnuplot dying early must be an error message, not a silent SIGPIPE. */
 	signal(SIGPIPE, SIG_IGN);
-	if (!load_inputs(g, &o, &cfg, &have_cfg, &train, &eval, &best, &have_best)) {
-		ex = MN_EX_FAILURE;
-		goto out;
+	ex = plot_setup(g, &p);
+	if (ex != MN_EX_OK)
+		return ex;
+	if (plot_load(&p, err, sizeof(err)) < 0) {
+		ctl_errorf("plot", "%s", err);
+		plot_free(&p);
+		return MN_EX_FAILURE;
 	}
-	struct mn_report_input in = {
-	    .train = &train,
-	    .eval = &eval,
-	    .best = have_best ? &best : NULL,
-	    .train_path = o.train ? o.train : cfg.train.metrics_file,
-	    .eval_path = o.eval ? o.eval : cfg.eval.metrics_file,
-	    .config = have_cfg ? &cfg : NULL,
-	};
-
-	ex = o.terminal ? draw_terminal(&in) : draw_page(&in, o.output);
-out:
-	mn_metrics_series_free(&train);
-	mn_metrics_series_free(&eval);
+	in = plot_input(&p);
+	ex = p.o.terminal ? draw_terminal(&in) : draw_page(&in, p.o.output);
+	plot_free(&p);
 	return ex;
 }
