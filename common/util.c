@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -324,4 +325,31 @@ void mn_printable(char *dst, size_t len, const char *src, size_t max)
 		i += 3;
 	}
 	dst[i] = '\0';
+}
+
+/*
+ * Filesystems whose inotify sees only this machine's changes (network and
+ * cluster filesystems) or none at all (FUSE): values of statfs' f_type.
+ */
+static const struct {
+	unsigned long magic;
+	const char *name;
+} remote_fs[] = {
+    {0x6969, "nfs"},          {0x517B, "smb"},        {0xFF534D42, "cifs"}, {0xFE534D42, "smb2"},
+    {0x65735546, "fuse"},     {0x73757245, "coda"},   {0x5346414F, "afs"},  {0x6B414653, "kafs"},
+    {0x00C36400, "ceph"},     {0x01021997, "9p"},     {0x01161970, "gfs2"}, {0x7461636F, "ocfs2"},
+    {0x0000564C, "ncp"},      {0x0BD00BD0, "lustre"}, {0x47504653, "gpfs"}, {0x786F4256, "vboxsf"},
+    {0x20030528, "orangefs"},
+};
+
+const char *mn_fs_remote_name(const char *path)
+{
+	struct statfs sfs;
+
+	if (statfs(path, &sfs) < 0)
+		return NULL;
+	for (size_t i = 0; i < sizeof(remote_fs) / sizeof(remote_fs[0]); i++)
+		if ((unsigned long)(unsigned int)sfs.f_type == remote_fs[i].magic)
+			return remote_fs[i].name;
+	return NULL;
 }

@@ -86,6 +86,15 @@ int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *er
 int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
                size_t errlen);
 
+/*
+ * The name of path's filesystem type ("nfs", "fuse", ...) when inotify
+ * cannot be trusted there: network and cluster filesystems, whose events
+ * show only this machine's changes, and FUSE, which shows none. NULL for a
+ * local filesystem or when statfs fails. Watchers poll where this is not
+ * NULL.
+ */
+const char *mn_fs_remote_name(const char *path);
+
 /* The last path component of path (a pointer into path). */
 const char *mn_basename(const char *path);
 

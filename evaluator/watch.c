@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 
 #include "ckpt.h"
 #include "ckptdir.h"
@@ -40,34 +39,6 @@ struct mne_watch {
 	void (*on_change)(void *arg);
 	void *arg;
 };
-
-/*
- * Filesystems whose inotify sees only this machine's changes (network and
- * cluster filesystems) or none at all (FUSE): values of statfs' f_type.
- */
-static const struct {
-	unsigned long magic;
-	const char *name;
-} remote_fs[] = {
-    {0x6969, "nfs"},          {0x517B, "smb"},        {0xFF534D42, "cifs"}, {0xFE534D42, "smb2"},
-    {0x65735546, "fuse"},     {0x73757245, "coda"},   {0x5346414F, "afs"},  {0x6B414653, "kafs"},
-    {0x00C36400, "ceph"},     {0x01021997, "9p"},     {0x01161970, "gfs2"}, {0x7461636F, "ocfs2"},
-    {0x0000564C, "ncp"},      {0x0BD00BD0, "lustre"}, {0x47504653, "gpfs"}, {0x786F4256, "vboxsf"},
-    {0x20030528, "orangefs"},
-};
-
-/* The name of path's filesystem type if inotify cannot be trusted there, else NULL. */
-static const char *remote_fs_name(const char *path)
-{
-	struct statfs sfs;
-
-	if (statfs(path, &sfs) < 0)
-		return NULL;
-	for (size_t i = 0; i < sizeof(remote_fs) / sizeof(remote_fs[0]); i++)
-		if ((unsigned long)(unsigned int)sfs.f_type == remote_fs[i].magic)
-			return remote_fs[i].name;
-	return NULL;
-}
 
 static bool is_dir(const char *path, struct stat *st)
 {
@@ -131,7 +102,7 @@ static void start_poll(struct mne_watch *w)
 /* Watches the existing directory; returns false if it vanished meanwhile (settle again). */
 static bool enter_watching(struct mne_watch *w)
 {
-	const char *remote = w->mode == MN_WATCH_AUTO ? remote_fs_name(w->dir) : NULL;
+	const char *remote = w->mode == MN_WATCH_AUTO ? mn_fs_remote_name(w->dir) : NULL;
 	const char *why = "eval.watch is poll";
 	struct stat st;
 	int rc;
@@ -192,7 +163,7 @@ static bool enter_waiting(struct mne_watch *w)
 		w->said_waiting = true;
 	}
 	nearest_parent(w, parent, sizeof(parent));
-	if (w->mode == MN_WATCH_POLL || (w->mode == MN_WATCH_AUTO && remote_fs_name(parent)) ||
+	if (w->mode == MN_WATCH_POLL || (w->mode == MN_WATCH_AUTO && mn_fs_remote_name(parent)) ||
 	    start_events(w, parent) < 0) {
 		start_poll(w);
 		return false;
