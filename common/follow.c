@@ -221,7 +221,8 @@ void mn_follow_check(struct mn_follow *f)
 			if (f->closing)
 				return;
 		}
-		/* Lines written before a rename or removal still count: finish the old file first. */
+		/* Lines written before a rename or removal still count: finish the old file first.
+		 */
 		if (read_some(f)) {
 			schedule_more(f);
 			return;
