@@ -28,6 +28,7 @@ enum key_type {
 	KT_STRING,    /* char[size], length in [min, max] */
 	KT_INT_ARRAY, /* size_t count at offset, int64_t[amax] at aoffset */
 	KT_INIT_FROM, /* checkpoint.init_from: file and rename map */
+	KT_EARLY,     /* train.early_stopping: null or an object of early_keys */
 };
 
 #define KF_RELOAD     0x1u  /* can change without a restart */
@@ -134,6 +135,11 @@ static const struct key keys[] = {
     INT("train.max_steps", train.max_steps, 1, P53, 30000, KF_RELOAD),
     INT("train.threads", train.threads, 0, 256, 0, 0),
     STR("train.metrics_file", train.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+    {
+        .path = "train.early_stopping",
+        .type = KT_EARLY,
+        SPAN(train.early_stopping.enabled, train.early_stopping.min_delta),
+    },
     STR("checkpoint.dir", checkpoint.dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnistd", 0),
     STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME),
     INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),
@@ -150,6 +156,8 @@ static const struct key keys[] = {
     STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
     STR("eval.textfile", eval.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE),
     STR("eval.report_html", eval.report_html, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+    INT("eval.keep_best", eval.keep_best, 0, 1000, 1, 0),
+    STR("eval.best_dir", eval.best_dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnist-eval", 0),
     ENUM("log.level", log.level, enum mn_log_level, mn_log_level_names, MN_LOG_INFO, KF_RELOAD),
     ENUM("log.format", log.format, enum mn_log_format, mn_log_format_names, MN_LOG_TEXT, 0),
     STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
@@ -159,6 +167,16 @@ static const struct key keys[] = {
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+/* The members of train.early_stopping when it is an object; metrics_file is required. */
+static const struct key early_keys[] = {
+    STR("train.early_stopping.metrics_file", train.early_stopping.metrics_file, 1,
+        MN_CONFIG_PATH_MAX - 1, "", 0),
+    INT("train.early_stopping.patience", train.early_stopping.patience, 1, 1000000, 5, 0),
+    DBL("train.early_stopping.min_delta", train.early_stopping.min_delta, 0, 1, 0, 0),
+};
+
+#define NEARLY (sizeof(early_keys) / sizeof(early_keys[0]))
 
 /* ---- small helpers ---- */
 
@@ -348,6 +366,11 @@ static void format_range(const struct key *k, char *buf, size_t len)
 		    buf, len,
 		    "null or an object {\"file\": \"...\", \"map\": {\"name\": \"name\", ...}}");
 		break;
+	case KT_EARLY:
+		snprintf(buf, len,
+		         "null or an object {\"metrics_file\": \"...\", \"patience\": N, "
+		         "\"min_delta\": X}");
+		break;
 	}
 }
 
@@ -504,6 +527,62 @@ static int set_int_array(const struct key *k, const char *path, const cJSON *ite
 }
 
 static int set_value(const struct key *k, const char *path, const cJSON *item, struct mn_config *c,
+                     char *err, size_t errlen);
+static void set_default(const struct key *k, struct mn_config *c);
+
+/* Each member is checked like a key of its own, so messages name "train.early_stopping.patience".
+ */
+static int set_early(const struct key *k, const char *path, const cJSON *item, struct mn_config *c,
+                     char *err, size_t errlen)
+{
+	const cJSON *vals[NEARLY];
+	struct mn_json_member members[NEARLY];
+	enum mn_json_fault fault;
+	const char *bad;
+	char name[80];
+	int rc;
+
+	memset(field(c, k->offset), 0, k->size);
+	for (size_t i = 0; i < NEARLY; i++) {
+		set_default(&early_keys[i], c);
+		/* Types are left to set_value, whose messages give the range. */
+		members[i] = (struct mn_json_member){
+		    .name = early_keys[i].path + strlen("train.early_stopping."),
+		    .required = i == 0,
+		    .value = &vals[i],
+		};
+	}
+	if (cJSON_IsNull(item))
+		return 0;
+	if (!cJSON_IsObject(item))
+		return bad_value(k, path, item, err, errlen);
+	if (mn_json_members(item, members, NEARLY, false, &fault, &bad) < 0) {
+		safe_name(name, sizeof(name), bad);
+		if (fault == MN_JSON_DUPLICATE)
+			mn_errf(err, errlen, "%s.%s: duplicate key", path, name);
+		else if (fault == MN_JSON_UNKNOWN)
+			mn_errf(err, errlen,
+			        "%s.%s: unknown key (early_stopping has: metrics_file, patience, "
+			        "min_delta)",
+			        path, name);
+		else
+			mn_errf(err, errlen,
+			        "%s.%s: missing (required when early_stopping is an object)", path,
+			        name);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < NEARLY; i++) {
+		rc = vals[i]
+		         ? set_value(&early_keys[i], early_keys[i].path, vals[i], c, err, errlen)
+		         : 0;
+		if (rc < 0)
+			return rc;
+	}
+	c->train.early_stopping.enabled = true;
+	return 0;
+}
+
+static int set_value(const struct key *k, const char *path, const cJSON *item, struct mn_config *c,
                      char *err, size_t errlen)
 {
 	void *p = field(c, k->offset);
@@ -574,6 +653,8 @@ static int set_value(const struct key *k, const char *path, const cJSON *item, s
 		return set_int_array(k, path, item, c, err, errlen);
 	case KT_INIT_FROM:
 		return set_init_from(c, path, item, err, errlen);
+	case KT_EARLY:
+		return set_early(k, path, item, c, err, errlen);
 	}
 	mn_errf(err, errlen, "%s: internal error: unknown type", path);
 	return -EINVAL;
@@ -619,6 +700,11 @@ static void set_default(const struct key *k, struct mn_config *c)
 		break;
 	case KT_INIT_FROM:
 		memset(p, 0, k->size);
+		break;
+	case KT_EARLY:
+		memset(p, 0, k->size);
+		for (size_t i = 0; i < NEARLY; i++)
+			set_default(&early_keys[i], c);
 		break;
 	}
 }
@@ -821,6 +907,27 @@ fail:
 	return NULL;
 }
 
+static cJSON *value_json(const struct key *k, const struct mn_config *c);
+
+static cJSON *early_json(const struct mn_config *c)
+{
+	cJSON *o;
+
+	if (!c->train.early_stopping.enabled)
+		return cJSON_CreateNull();
+	o = cJSON_CreateObject();
+	for (size_t i = 0; o && i < NEARLY; i++) {
+		const struct key *sub = &early_keys[i];
+
+		if (!mn_json_add(o, sub->path + strlen("train.early_stopping."),
+		                 value_json(sub, c))) {
+			cJSON_Delete(o);
+			return NULL;
+		}
+	}
+	return o;
+}
+
 static cJSON *value_json(const struct key *k, const struct mn_config *c)
 {
 	switch (k->type) {
@@ -861,6 +968,8 @@ static cJSON *value_json(const struct key *k, const struct mn_config *c)
 	}
 	case KT_INIT_FROM:
 		return init_from_json(c);
+	case KT_EARLY:
+		return early_json(c);
 	}
 	return NULL;
 }
@@ -939,6 +1048,18 @@ static bool init_from_equal(const struct mn_config *a, const struct mn_config *b
 	return true;
 }
 
+static bool value_equal(const struct key *k, const struct mn_config *a, const struct mn_config *b);
+
+static bool early_equal(const struct mn_config *a, const struct mn_config *b)
+{
+	if (a->train.early_stopping.enabled != b->train.early_stopping.enabled)
+		return false;
+	for (size_t i = 0; a->train.early_stopping.enabled && i < NEARLY; i++)
+		if (!value_equal(&early_keys[i], a, b))
+			return false;
+	return true;
+}
+
 static bool value_equal(const struct key *k, const struct mn_config *a, const struct mn_config *b)
 {
 	switch (k->type) {
@@ -964,6 +1085,8 @@ static bool value_equal(const struct key *k, const struct mn_config *a, const st
 	}
 	case KT_INIT_FROM:
 		return init_from_equal(a, b);
+	case KT_EARLY:
+		return early_equal(a, b);
 	}
 	return true;
 }

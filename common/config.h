@@ -56,6 +56,12 @@ struct mn_config {
 		int64_t max_steps;
 		int64_t threads;                       /* BLAS threads, 0: one per CPU */
 		char metrics_file[MN_CONFIG_PATH_MAX]; /* history, JSON lines; "" when unset */
+		struct {
+			bool enabled;                          /* false: null, off */
+			char metrics_file[MN_CONFIG_PATH_MAX]; /* the evaluator's metrics */
+			int64_t patience; /* evaluations without improvement before stopping */
+			double min_delta; /* accuracy gain that counts as an improvement */
+		} early_stopping;
 	} train;
 	struct {
 		char dir[MN_CONFIG_PATH_MAX];
@@ -76,6 +82,8 @@ struct mn_config {
 		char metrics_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
 		char textfile[MN_CONFIG_PATH_MAX];     /* Prometheus textfile, "" when off */
 		char report_html[MN_CONFIG_PATH_MAX];  /* the curves page; "" when unset */
+		int64_t keep_best;                     /* best checkpoints kept, 0: off */
+		char best_dir[MN_CONFIG_PATH_MAX];     /* where they are kept */
 	} eval;
 	struct {
 		enum mn_log_level level;

@@ -67,6 +67,9 @@ START_TEST(test_defaults)
 	ck_assert_int_eq(c.eval.watch, MN_WATCH_AUTO);
 	ck_assert_int_eq(c.eval.poll_interval_ms, 1000);
 	ck_assert_str_eq(c.eval.metrics_file, "");
+	ck_assert_int_eq(c.eval.keep_best, 1);
+	ck_assert_str_eq(c.eval.best_dir, "/var/lib/mnist-eval");
+	ck_assert(!c.train.early_stopping.enabled);
 	ck_assert_int_eq(c.log.level, MN_LOG_INFO);
 	ck_assert_int_eq(c.log.format, MN_LOG_TEXT);
 	ck_assert_str_eq(c.log.file, "");
@@ -106,7 +109,8 @@ struct bad_case {
 static const struct bad_case bad_cases[] = {
     {"{\"train\":{\"batchsize\":1}}",
      "test.json: train.batchsize: unknown key (train has: batch_size, learning_rate, "
-     "learning_rate_decay, decay_steps, l2, ema_decay, max_steps, threads, metrics_file)"},
+     "learning_rate_decay, decay_steps, l2, ema_decay, max_steps, threads, metrics_file, "
+     "early_stopping)"},
     {"{\"eval\":{\"textfile\":\"/var/lib/node-exporter/eval.txt\"}}",
      "test.json: eval.textfile: must be \"\" or a path of at most 1023 bytes whose file name ends "
      "in \".prom\" and does not start with '.', got \"/var/lib/node-exporter/eval.txt\""},
@@ -184,6 +188,21 @@ static const struct bad_case bad_cases[] = {
     {"{\"checkpoint\":{\"init_from\":{\"file\":\"a\",\"file\":\"b\"}}}",
      "checkpoint.init_from.file: duplicate key"},
     {"{\"train\":{\"batch_size\":1,\"batch_size\":2}}", "train.batch_size: duplicate key"},
+    {"{\"train\":{\"early_stopping\":true}}", "train.early_stopping: must be null or an object"},
+    {"{\"train\":{\"early_stopping\":{}}}", "train.early_stopping.metrics_file: missing"},
+    {"{\"train\":{\"early_stopping\":{\"metrics_file\":\"m\",\"patience\":0}}}",
+     "train.early_stopping.patience: must be an integer in [1, 1000000], got 0"},
+    {"{\"train\":{\"early_stopping\":{\"metrics_file\":\"m\",\"min_delta\":-1}}}",
+     "train.early_stopping.min_delta: must be a number in [0, 1], got -1"},
+    {"{\"train\":{\"early_stopping\":{\"metrics_file\":\"\"}}}",
+     "train.early_stopping.metrics_file: must be a non-empty string"},
+    {"{\"train\":{\"early_stopping\":{\"metrics_file\":\"m\",\"wait\":1}}}",
+     "train.early_stopping.wait: unknown key (early_stopping has: metrics_file, patience, "
+     "min_delta)"},
+    {"{\"train\":{\"early_stopping\":{\"metrics_file\":\"m\",\"metrics_file\":\"n\"}}}",
+     "train.early_stopping.metrics_file: duplicate key"},
+    {"{\"eval\":{\"keep_best\":-1}}", "eval.keep_best: must be an integer in [0, 1000], got -1"},
+    {"{\"eval\":{\"best_dir\":\"\"}}", "eval.best_dir: must be a non-empty string"},
     {"{\"train\":{},\"train\":{}}", "train: duplicate section"},
     {"{\n \"train\": {\n  \"batch_size\": 1,\n }\n}", "test.json: invalid JSON at line 4"},
     {"{} x", "test.json: invalid JSON at line 1"},
@@ -358,6 +377,25 @@ START_TEST(test_values)
 	ck_assert_int_eq(c.log.level, MN_LOG_DEBUG);
 	ck_assert_int_eq(c.log.format, MN_LOG_JSON);
 
+	rc = parse("{\"train\":{\"early_stopping\":{\"metrics_file\":\"/m.jsonl\"}},"
+	           "\"eval\":{\"keep_best\":3,\"best_dir\":\"/b\"}}",
+	           &c, err);
+	ck_assert_msg(rc == 0, "%s", err);
+	ck_assert(c.train.early_stopping.enabled);
+	ck_assert_str_eq(c.train.early_stopping.metrics_file, "/m.jsonl");
+	ck_assert_int_eq(c.train.early_stopping.patience, 5);
+	ck_assert_double_eq(c.train.early_stopping.min_delta, 0);
+	ck_assert_int_eq(c.eval.keep_best, 3);
+	ck_assert_str_eq(c.eval.best_dir, "/b");
+	rc = parse("{\"train\":{\"early_stopping\":{\"metrics_file\":\"m\",\"patience\":2,"
+	           "\"min_delta\":0.001}}}",
+	           &c, err);
+	ck_assert_msg(rc == 0, "%s", err);
+	ck_assert_int_eq(c.train.early_stopping.patience, 2);
+	ck_assert_double_eq(c.train.early_stopping.min_delta, 0.001);
+	ck_assert_int_eq(parse("{\"train\":{\"early_stopping\":null}}", &c, err), 0);
+	ck_assert(!c.train.early_stopping.enabled);
+
 	/* Empty sections and an empty object are fine; whitespace around it too. */
 	ck_assert_int_eq(parse(" \n{ \"data\": {}, \"log\": {} }\n\n", &c, err), 0);
 }
@@ -464,6 +502,13 @@ static void unusual(struct mn_config *c)
 	c->eval.watch = MN_WATCH_EVENTS;
 	c->eval.poll_interval_ms = 3600000;
 	snprintf(c->eval.metrics_file, sizeof(c->eval.metrics_file), "/tmp/m.jsonl");
+	c->eval.keep_best = 1000;
+	snprintf(c->eval.best_dir, sizeof(c->eval.best_dir), "best");
+	c->train.early_stopping.enabled = true;
+	snprintf(c->train.early_stopping.metrics_file, sizeof(c->train.early_stopping.metrics_file),
+	         "/tmp/m.jsonl");
+	c->train.early_stopping.patience = 1000000;
+	c->train.early_stopping.min_delta = 0.1 + 0.2;
 	c->log.level = MN_LOG_ERROR;
 	c->log.format = MN_LOG_JSON;
 	snprintf(c->log.file, sizeof(c->log.file), "/tmp/l\nog");
@@ -482,6 +527,7 @@ START_TEST(test_json_round_trip)
 	ck_assert_ptr_nonnull(strstr(j1, "\"model\":{\"hidden\":[500],\"init_stddev\":0.1,"
 	                                 "\"seed\":42}"));
 	ck_assert_ptr_nonnull(strstr(j1, "\"init_from\":null"));
+	ck_assert_ptr_nonnull(strstr(j1, "\"early_stopping\":null"));
 	ck_assert_ptr_null(strchr(j1, '\n'));
 	free(j1);
 
@@ -493,6 +539,9 @@ START_TEST(test_json_round_trip)
 	ck_assert_ptr_nonnull(strstr(j1, "\"init_from\":{\"file\":\"/w.st\",\"map\":{"
 	                                 "\"layer1/weights\":\"hidden1/weights\","
 	                                 "\"layer1/biases\":\"hidden1/biases\"}}"));
+	ck_assert_ptr_nonnull(strstr(j1,
+	                             "\"early_stopping\":{\"metrics_file\":\"/tmp/m.jsonl\","
+	                             "\"patience\":1000000,\"min_delta\":0.30000000000000004}"));
 	memset(&b, 0, sizeof(b));
 	rc = mn_config_parse(j1, strlen(j1), "round", &b, err, sizeof(err));
 	ck_assert_msg(rc == 0, "%s\n%s", err, j1);
