@@ -111,7 +111,7 @@ static int write_all_iov(int fd, const struct iovec *iov, int iovcnt)
 	return 0;
 }
 
-static int fsync_dir(const char *dir)
+int mn_fsync_dir(const char *dir)
 {
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int rc = 0;
@@ -170,7 +170,7 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 		mn_errf(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(-rc));
 		goto fail;
 	}
-	rc = fsync_dir(dir);
+	rc = mn_fsync_dir(dir);
 	if (rc < 0) {
 		/* The file is complete under its final name; only its durability is in doubt. */
 		mn_errf(err, errlen, "%s: directory fsync failed: %s", dir, strerror(-rc));

@@ -70,6 +70,9 @@ int64_t mn_monotonic_ns(void);
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
                     unsigned mode, char *err, size_t errlen);
 
+/* fsyncs a directory, making renames and unlinks in it durable. 0 or -errno. */
+int mn_fsync_dir(const char *dir);
+
 /* Removes "<dir>/.*.tmp" files left by a crashed writer. Returns the count or -errno. */
 int mn_remove_stale_temps(const char *dir, char *err, size_t errlen);
 

@@ -25,6 +25,7 @@
 #include "idx.h"
 #include "json.h"
 #include "jsonl.h"
+#include "keep.h"
 #include "log.h"
 #include "mn_build_config.h"
 #include "page.h"
@@ -39,6 +40,7 @@ struct evaluator {
 	struct mn_view validation;
 	struct mne_watch *watch;
 	struct mne_runner *runner;
+	struct mne_keep *keep; /* eval.best_dir, NULL when not kept */
 	atomic_bool cancel;
 	bool stopping;
 	struct mn_jsonl *metrics;      /* eval.metrics_file, NULL when unset */
@@ -243,6 +245,16 @@ static int load_data(struct evaluator *e)
 	return mn_app_load_split(&e->app, "validation", NULL, &e->validation);
 }
 
+/* Runs on the evaluating thread, which alone touches e->keep once evaluating has begun. */
+static void on_evaluated(int fd, const char *path, const struct mne_pick_result *res, void *arg)
+{
+	struct evaluator *e = arg;
+	char err[MN_ERRLEN];
+
+	if (mne_keep_offer(e->keep, fd, path, res, err, sizeof(err)) < 0)
+		mn_log(MN_LOG_ERROR, "%s", err);
+}
+
 static struct mne_pick_params pick_params(struct evaluator *e)
 {
 	return (struct mne_pick_params){
@@ -251,7 +263,39 @@ static struct mne_pick_params pick_params(struct evaluator *e)
 	    .data = &e->validation,
 	    .use_ema = e->app.cfg.eval.use_ema,
 	    .cancel = &e->cancel,
+	    .on_evaluated = e->keep ? on_evaluated : NULL,
+	    .arg = e,
 	};
+}
+
+/*
+ * Opens eval.best_dir (a rebuild evaluates its files). A best_dir that
+ * cannot be used is logged and evaluating goes on without keeping: the
+ * evaluations matter more than the copies.
+ */
+static void open_keep(struct evaluator *e)
+{
+	struct mne_pick_params eval = pick_params(e);
+	struct mne_keep_params kp = {
+	    .dir = e->app.cfg.eval.best_dir,
+	    .keep = (size_t)e->app.cfg.eval.keep_best,
+	    .prefix = e->app.cfg.checkpoint.prefix,
+	    .ckpt_dir = e->app.cfg.checkpoint.dir,
+	    .eval = &eval,
+	};
+	char err[MN_ERRLEN];
+
+	if (e->app.cfg.eval.keep_best == 0)
+		return;
+	if (mne_keep_open(&kp, &e->keep, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "eval.best_dir: %s; the best checkpoints are not kept", err);
+		return;
+	}
+	mn_log_fields(MN_LOG_INFO, "keeping the best checkpoints",
+	              (struct mn_log_field[]){MN_F_STR("dir", e->app.cfg.eval.best_dir),
+	                                      MN_F_INT("keep_best", e->app.cfg.eval.keep_best),
+	                                      MN_F_INT("kept", (int64_t)mne_keep_count(e->keep))},
+	              3);
 }
 
 /* --once: evaluates the latest valid checkpoint. Returns an exit status. */
@@ -336,6 +380,7 @@ static int run(struct evaluator *e, bool once)
 	ex = load_data(e);
 	if (ex != MN_EX_OK)
 		return ex;
+	open_keep(e);
 	if (once)
 		return run_once(e);
 	if (run_watch(e) < 0)
@@ -414,6 +459,7 @@ int main(int argc, char **argv)
 	mne_textfile_free(e.textfile);
 out:
 	mn_jsonl_close(e.metrics);
+	mne_keep_free(e.keep);
 	mn_app_end(&e.app);
 	return ex;
 }

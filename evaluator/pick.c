@@ -187,6 +187,8 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
 	              (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
 	out = evaluate_fd(p, fd, path, e, res);
+	if (out == TRY_DONE && p->on_evaluated)
+		p->on_evaluated(fd, path, res, p->arg);
 	close(fd);
 	if (out == TRY_BAD)
 		remember_bad(s, e->step, &fst);
@@ -228,4 +230,24 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 	if (rc == -ECANCELED)
 		mn_errf(err, errlen, "cancelled");
 	return rc;
+}
+
+int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,
+                           const struct mn_ckptdir_entry *e, struct mne_pick_result *res)
+{
+	struct mne_pick_params q = *p;
+	struct mne_pick_state s;
+
+	q.dir = dir;
+	q.on_evaluated = NULL;
+	mne_pick_state_init(&s);
+	memset(res, 0, sizeof(*res));
+	switch (try_file(&q, &s, e, res)) {
+	case TRY_DONE:
+		return 0;
+	case TRY_CANCELED:
+		return -ECANCELED;
+	default:
+		return -EINVAL;
+	}
 }

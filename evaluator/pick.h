@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include "ckpt.h"
+#include "ckptdir.h"
 #include "evaluate.h"
 #include "idx.h"
 
@@ -46,12 +47,22 @@ struct mne_pick_state {
 	struct mne_pick_failure failed[MNE_PICK_MAX_FAILED];
 };
 
+struct mne_pick_result;
+
 struct mne_pick_params {
 	const char *dir;            /* checkpoint.dir */
 	const char *prefix;         /* checkpoint.prefix */
 	const struct mn_view *data; /* the validation split, with labels */
 	bool use_ema;               /* evaluate the EMA shadows (if the file has them) */
 	const atomic_bool *cancel;  /* checked between files and batches; may be NULL */
+	/*
+	 * Called (on the evaluating thread) after a successful evaluation, with
+	 * the file still open as fd, before the result is returned: the
+	 * evaluator keeps the best checkpoints here (keep.h). May be NULL.
+	 */
+	void (*on_evaluated)(int fd, const char *path, const struct mne_pick_result *res,
+	                     void *arg);
+	void *arg;
 };
 
 struct mne_pick_result {
@@ -75,5 +86,13 @@ void mne_pick_state_init(struct mne_pick_state *s);
  */
 int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen);
+
+/*
+ * Evaluates the one checkpoint e in dir (p's dir is ignored, on_evaluated
+ * not called). Returns 0 with *res filled, -ECANCELED, or -EINVAL if the
+ * file is missing or bad (logged).
+ */
+int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,
+                           const struct mn_ckptdir_entry *e, struct mne_pick_result *res);
 
 #endif

@@ -21,13 +21,13 @@ meson compile -C "$BUILD" >/dev/null
 
 # A fresh run each time: an old final checkpoint would make mnistd resume at the end.
 mkdir -p "$WORK"
-rm -rf "$WORK/ckpt" "$WORK/metrics.jsonl" "$WORK/train.jsonl" "$WORK/report.html" "$WORK/mnistd.log"
+rm -rf "$WORK/ckpt" "$WORK/best" "$WORK/metrics.jsonl" "$WORK/train.jsonl" "$WORK/report.html" "$WORK/mnistd.log"
 cat >"$WORK/mnistd.json" <<EOF
 {
   "train": {"max_steps": $MAX_STEPS, "metrics_file": "$WORK/train.jsonl"},
   "checkpoint": {"dir": "$WORK/ckpt", "every_steps": $EVERY},
   "control": {"socket": "$WORK/control.sock"},
-  "eval": {"metrics_file": "$WORK/metrics.jsonl", "report_html": "$WORK/report.html"}
+  "eval": {"metrics_file": "$WORK/metrics.jsonl", "report_html": "$WORK/report.html", "best_dir": "$WORK/best"}
 }
 EOF
 

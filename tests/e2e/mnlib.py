@@ -80,7 +80,8 @@ def base_config(work, data_dir, **sections):
         "train": {"batch_size": 20, "learning_rate": 0.1, "max_steps": 100, "threads": 1},
         "checkpoint": {"dir": os.path.join(work, "ckpt"), "every_steps": 20, "max_to_keep": 5},
         "control": {"socket": os.path.join(work, "control.sock")},
-        "eval": {"watch": "auto"},
+        # best_dir in the work directory: the default is the system's /var/lib/mnist-eval.
+        "eval": {"watch": "auto", "best_dir": os.path.join(work, "best")},
         "log": {"level": "info", "format": "text"},
     }
     for sec, vals in sections.items():

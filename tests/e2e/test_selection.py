@@ -1,0 +1,175 @@
+"""End-to-end tests of model selection (issue 12) with the real programs: the
+evaluator keeping the best checkpoints in eval.best_dir, and the trainer
+stopping early on the evaluator's metrics file."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+import test_evaluator as te  # noqa: E402
+from mnlib import MNISTCTL, MNISTD, ckpt_steps, read_json  # noqa: E402
+from test_evaluator import ckpt_name, metrics, publish, read_text, restep  # noqa: E402
+
+
+def ranked(lines):
+    """Metrics lines best first, as best.json orders them: accuracy, then the earlier step."""
+    return sorted(lines, key=lambda m: (-m["accuracy"], m["step"]))
+
+
+class BestTest(mnlib.TestCase):
+    # Borrowed from the evaluator's tests (not inherited: their tests would run again here).
+    eval_config = te.EvaluatorTest.eval_config
+    start_eval = te.EvaluatorTest.start_eval
+    wait_metric = te.EvaluatorTest.wait_metric
+    real_checkpoints = te.EvaluatorTest.real_checkpoints
+    full_disk = te.EvaluatorTest.full_disk
+    fill = staticmethod(te.EvaluatorTest.fill)
+
+    def setUp(self):
+        super().setUp()
+        self.metrics_path = os.path.join(self.work, "metrics.jsonl")
+        self.best = os.path.join(self.work, "best")
+
+    def sources(self):
+        """Real checkpoints of increasing quality (steps 20..80 of a short run)."""
+        self.src = self.real_checkpoints(steps=80, every=20)
+
+    def offer(self, src_step, step, d):
+        """Publishes the source checkpoint of src_step as step into d; returns its metrics line."""
+        publish(d, ckpt_name(step), restep(os.path.join(self.src, ckpt_name(src_step)), step))
+        return self.wait_metric(step)
+
+    def best_json(self, best=None):
+        return read_json(os.path.join(best or self.best, "best.json"))["best"]
+
+    def best_files(self, best=None):
+        return sorted(n for n in os.listdir(best or self.best) if n != "best.json")
+
+    def assert_best(self, lines, k, best=None):
+        """best.json and best_dir hold exactly the top k of the evaluated lines."""
+        want = ranked(lines)[:k]
+        got = self.best_json(best)
+        self.assertEqual([(b["step"], b["file"]) for b in got], [(m["step"], m["checkpoint"]) for m in want])
+        for b, m in zip(got, want):
+            self.assertEqual(b["accuracy"], m["accuracy"])
+            self.assertEqual(b["loss"], m["loss"])
+            self.assertRegex(b["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertEqual(self.best_files(best), sorted(m["checkpoint"] for m in want))
+        return got
+
+    def stop(self, p):
+        p.signal(signal.SIGTERM)
+        self.assertEqual(p.wait(30), 0, p.output())
+
+    def test_best_outlives_retention(self):
+        # A real trainer with max_to_keep 1 and a real evaluator: the best
+        # checkpoint is gone from checkpoint.dir but kept in best_dir.
+        path, cfg = self.config(train={"max_steps": 200}, checkpoint={"every_steps": 20, "max_to_keep": 1},
+                                eval={"metrics_file": self.metrics_path})
+        ev = self.start_eval(path)
+        ev.wait_output(" ready ")
+        d = self.start([MNISTD, "--config", path], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        self.wait_metric(200)
+        ckpt_dir = cfg["checkpoint"]["dir"]
+        self.assertEqual(ckpt_steps(ckpt_dir), [200])
+        lines = metrics(self.metrics_path)
+        best = self.assert_best(lines, 1)[0]
+        self.assertNotEqual(best["step"], 200, "the data should peak before the last step: %s" % lines)
+        self.assertFalse(os.path.exists(os.path.join(ckpt_dir, best["file"])))
+        r = self.run_prog([MNISTCTL, "verify", os.path.join(self.best, best["file"])])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("method=link", ev.output())
+        self.stop(ev)
+
+    def test_better_replaces_worse_does_not_and_restarts_keep_the_set(self):
+        self.sources()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        mid = self.offer(40, 100, d)
+        self.assert_best([mid], 1)
+        worse = self.offer(20, 200, d)
+        self.assertLess(worse["accuracy"], mid["accuracy"])
+        self.assert_best([mid], 1)
+        # A restart reads best.json and re-evaluates the newest (worse) one: the set stays.
+        self.stop(ev)
+        ev = self.start_eval(path, "eval2")
+        ev.wait_output("evaluation step=200 ")
+        self.assertIn("kept=1", ev.output())
+        self.assert_best([mid], 1)
+        better = self.offer(80, 300, d)
+        self.assertGreater(better["accuracy"], mid["accuracy"])
+        self.assert_best([better], 1)
+        self.stop(ev)
+        # A corrupt best.json is rebuilt from the files, with a warning.
+        with open(os.path.join(self.best, "best.json"), "w") as f:
+            f.write('{"best": [{"step": "garbage"')
+        ev = self.start_eval(path, "eval3")
+        ev.wait_output("evaluation step=300 ")
+        self.assertRegex(ev.output(), r"warn .*best\.json.*rebuilding")
+        self.assertIn("rebuilt best.json", ev.output())
+        self.assertEqual([b["step"] for b in self.best_json()], [300])
+        self.assertEqual(self.best_json()[0]["accuracy"], better["accuracy"])
+        self.assertEqual(self.best_files(), [ckpt_name(300)])
+        self.stop(ev)
+
+    def test_keep_best_three(self):
+        self.sources()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d, eval={"keep_best": 3})
+        ev = self.start_eval(path)
+        lines = []
+        # 600 re-publishes 300's weights, third best: the tie keeps the earlier step.
+        for src, step in ((20, 100), (60, 200), (40, 300), (80, 400), (20, 500), (40, 600)):
+            lines.append(self.offer(src, step, d))
+            self.assert_best(lines, 3)
+        self.assertEqual(lines[5]["accuracy"], lines[2]["accuracy"])
+        self.assertEqual([b["step"] for b in self.best_json()][2], 300)
+        self.assertNotIn(600, [b["step"] for b in self.best_json()])
+        self.assertEqual(len(self.best_files()), 3)
+        self.stop(ev)
+
+    def test_best_dir_on_another_filesystem_and_a_full_disk(self):
+        self.sources()
+        mnt = self.full_disk("6m")
+        best = os.path.join(mnt, "best")
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d, eval={"best_dir": best})
+        ev = self.start_eval(path)
+        mid = self.offer(40, 100, d)
+        self.assert_best([mid], 1, best)
+        self.assertIn("method=copy", ev.output())
+        kept = os.path.join(best, ckpt_name(100))
+        self.assertNotEqual(os.stat(kept).st_ino, os.stat(os.path.join(d, ckpt_name(100))).st_ino)
+        with open(kept, "rb") as f, open(os.path.join(d, ckpt_name(100)), "rb") as g:
+            kept_bytes = f.read()
+            self.assertEqual(kept_bytes, g.read())
+        best_text = read_text(os.path.join(best, "best.json"))
+        # The disk fills up: a better checkpoint cannot be kept, the previous best stays intact.
+        self.fill(os.path.join(mnt, "filler"))
+        better = self.offer(80, 200, d)
+        self.assertGreater(better["accuracy"], mid["accuracy"])
+        self.assertRegex(ev.output(), r"error keeping %s in eval.best_dir" % re.escape(ckpt_name(200)))
+        self.assertEqual(read_text(os.path.join(best, "best.json")), best_text)
+        self.assertEqual(sorted(os.listdir(best)), sorted(["best.json", ckpt_name(100)]))
+        with open(kept, "rb") as f:
+            self.assertEqual(f.read(), kept_bytes)
+        # Space again: the next better one is kept.
+        os.unlink(os.path.join(mnt, "filler"))
+        best3 = self.offer(80, 300, d)
+        self.assert_best([mid, best3], 1, best)
+        self.stop(ev)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
