@@ -539,6 +539,7 @@ class DeployTest(unittest.TestCase):
         self.assertEqual(cfg["checkpoint"]["dir"], "/var/lib/" + last(d, "StateDirectory"))
         self.assertEqual(os.path.dirname(cfg["control"]["socket"]), "/run/" + last(d, "RuntimeDirectory"))
         self.assertIn(cfg["checkpoint"]["dir"], [p.lstrip("-") for p in values(e, "ReadOnlyPaths")])
+        self.assertEqual(cfg["eval"]["best_dir"], "/var/lib/" + last(e, "StateDirectory"))
         self.assertEqual(cfg["log"]["file"], "", "the units log to the journal")
         with open(self.dest_path("logrotate")) as f:
             rot = f.read()
@@ -802,7 +803,8 @@ class Scenario:
         rundir = in_root(self.root, "/run/mnistd")
         logs = in_root(self.root, "/var/log/mnist-eval")
         textfiles = in_root(self.root, "/var/lib/prometheus/node-exporter")
-        for d in (state, rundir, logs, textfiles):
+        best = in_root(self.root, "/var/lib/mnist-eval")
+        for d in (state, rundir, logs, textfiles, best):
             os.makedirs(d, mode=0o750)
         data = mnlib.make_dataset(os.path.join(self.work, "data"))
         self.sock_path = os.path.join(rundir, "control.sock")
@@ -815,7 +817,7 @@ class Scenario:
                                 train={"max_steps": 10 ** 9, "threads": 0, "metrics_file": history},
                                 checkpoint={"dir": state, "every_steps": 100, "max_to_keep": 3},
                                 control={"socket": self.sock_path},
-                                eval={"metrics_file": metrics, "textfile": os.path.join(textfiles, "mnist-eval.prom"),
+                                eval={"metrics_file": metrics, "best_dir": best, "textfile": os.path.join(textfiles, "mnist-eval.prom"),
                                       "report_html": page},
                                 metrics={"textfile": os.path.join(textfiles, "mnistd.prom"), "interval_ms": 100})
         cfg_path = mnlib.write_config(os.path.join(self.work, "mnistd.json"), cfg)
