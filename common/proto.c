@@ -234,6 +234,13 @@ cJSON *mn_proto_status(const struct mn_proto_status *s)
 		else
 			ok = cJSON_AddNullToObject(o, "latest_checkpoint");
 	}
+	if (ok && s->early_stopping)
+		ok = mn_json_add(o, "best_accuracy", mn_json_double(s->best_accuracy, -1)) &&
+		     mn_json_add(o, "best_step",
+		                 s->best_step < 0 ? cJSON_CreateNull()
+		                                  : mn_json_int(s->best_step)) &&
+		     mn_json_add(o, "evals_since_best", mn_json_int(s->evals_since_best)) &&
+		     mn_json_add(o, "patience", mn_json_int(s->patience));
 	if (!ok) {
 		cJSON_Delete(o);
 		return NULL;

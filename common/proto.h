@@ -13,7 +13,9 @@
  *   status  step, max_steps (integers), learning_rate, loss (numbers, null
  *           before the first step), steps_per_sec, paused (boolean),
  *           latest_checkpoint (file name or null), state ("training",
- *           "paused" or "stopping")
+ *           "paused" or "stopping"); with train.early_stopping on, also
+ *           best_accuracy and best_step (null before the first evaluation
+ *           counted), evals_since_best and patience (integers)
  *   reload  applied, restart_required: arrays of key paths ("train.max_steps")
  *   save    checkpoint (file name), step
  *   pause   paused: true, step (where training stopped)
@@ -95,6 +97,12 @@ struct mn_proto_status {
 	bool paused;
 	bool stopping;
 	const char *latest_checkpoint; /* NULL or "": none yet */
+	/* train.early_stopping is on: best_accuracy, best_step and evals_since_best are sent. */
+	bool early_stopping;
+	double best_accuracy;     /* NAN before the first counted evaluation (sent as null) */
+	int64_t best_step;        /* -1 before it (sent as null) */
+	int64_t evals_since_best; /* counted evaluations since best_step */
+	int64_t patience;         /* train.early_stopping.patience */
 };
 
 /* A list of configuration key paths; the strings are not owned. */

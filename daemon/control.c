@@ -2,6 +2,7 @@
 #include "control.h"
 
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -72,6 +73,7 @@ struct mnd_control {
 	dev_t dev;
 	ino_t ino;
 	struct mnd_worker *worker;
+	struct mnd_early *early; /* NULL unless train.early_stopping is on */
 	struct client *clients;
 	size_t nclients;
 	size_t nrefused; /* since the last sweep, for one log line */
@@ -252,6 +254,16 @@ static void do_status(struct client *cl)
 	    .stopping = srv->stopping || ws.finished,
 	    .latest_checkpoint = ws.latest,
 	};
+	if (srv->early) {
+		struct mnd_early_status es;
+
+		mnd_early_get_status(srv->early, &es);
+		ps.early_stopping = true;
+		ps.best_accuracy = es.have_best ? es.best_accuracy : NAN;
+		ps.best_step = es.have_best ? es.best_step : -1;
+		ps.evals_since_best = es.since_best;
+		ps.patience = es.patience;
+	}
 	reply(cl, mn_proto_status(&ps));
 }
 
@@ -735,6 +747,11 @@ int mnd_control_start(uv_loop_t *loop, const struct mnd_control_params *p, struc
 void mnd_control_set_worker(struct mnd_control *c, struct mnd_worker *w)
 {
 	c->worker = w;
+}
+
+void mnd_control_set_early(struct mnd_control *c, struct mnd_early *e)
+{
+	c->early = e;
 }
 
 void mnd_control_set_stopping(struct mnd_control *c)

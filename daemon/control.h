@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "proto.h"
+#include "early.h"
 #include "worker.h"
 
 /*
@@ -64,6 +65,9 @@ int mnd_control_start(uv_loop_t *loop, const struct mnd_control_params *p, struc
  * the server or be replaced by NULL before it is freed.
  */
 void mnd_control_set_worker(struct mnd_control *c, struct mnd_worker *w);
+
+/* Gives the server the early stopper whose state status reports (NULL: off). */
+void mnd_control_set_early(struct mnd_control *c, struct mnd_early *e);
 
 /* Marks the daemon as stopping: status reports "state":"stopping". */
 void mnd_control_set_stopping(struct mnd_control *c);

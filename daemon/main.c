@@ -19,6 +19,7 @@
 #include "config.h"
 #include "control.h"
 #include "dist.h"
+#include "early.h"
 #include "history.h"
 #include "idx.h"
 #include "log.h"
@@ -51,6 +52,7 @@ struct daemon {
 	struct mnd_metrics *metrics;
 	struct mnd_history *history; /* train.metrics_file (rank 0), NULL when unset */
 	int64_t start_ns;            /* wall clock at start, for the metrics */
+	struct mnd_early *early;     /* train.early_stopping, NULL when off */
 	int ex;                      /* exit status */
 };
 
@@ -450,6 +452,73 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	return MN_EX_OK;
 }
 
+static int64_t current_step(void *arg)
+{
+	struct daemon *d = arg;
+	struct mnd_worker_status s;
+
+	if (!d->worker)
+		return -1;
+	mnd_worker_get_status(d->worker, &s);
+	return s.step;
+}
+
+/* Patience ran out: the same clean stop as SIGTERM (a final checkpoint, exit 0). */
+static void on_early_stop(const struct mnd_early_status *s, void *arg)
+{
+	struct daemon *d = arg;
+
+	mn_log_fields(MN_LOG_INFO, "early stopping: no improvement, finishing the current step",
+	              (struct mn_log_field[]){
+	                  MN_F_INT("best_step", s->best_step),
+	                  MN_F_DBL("best_accuracy", s->best_accuracy, 4),
+	                  MN_F_INT("evaluations_since", s->since_best),
+	                  MN_F_DBL("min_delta", d->app.cfg.train.early_stopping.min_delta, -1),
+	              },
+	              4);
+	if (d->stopping || !d->worker)
+		return;
+	begin_stop(d);
+	mnd_worker_stop(d->worker);
+}
+
+/*
+ * Follows the evaluator's metrics file on this (the loop) thread. If that
+ * cannot start, training goes on without it: stopping early is an
+ * optimisation, and a failure here must never stop training.
+ */
+static void start_early(struct daemon *d)
+{
+	const struct mn_config *c = &d->app.cfg;
+	struct mnd_early_params p = {
+	    .metrics_file = c->train.early_stopping.metrics_file,
+	    .patience = c->train.early_stopping.patience,
+	    .min_delta = c->train.early_stopping.min_delta,
+	    .mode = c->eval.watch,
+	    .poll_interval_ms = (uint64_t)c->eval.poll_interval_ms,
+	    .current_step = current_step,
+	    .on_stop = on_early_stop,
+	    .arg = d,
+	};
+	char err[MN_ERRLEN];
+
+	if (!c->train.early_stopping.enabled)
+		return;
+	if (mnd_early_start(&d->app.loop, &p, &d->early, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "%s; training without early stopping", err);
+		return;
+	}
+	if (d->control)
+		mnd_control_set_early(d->control, d->early);
+	mn_log_fields(MN_LOG_INFO, "early stopping on",
+	              (struct mn_log_field[]){
+	                  MN_F_STR("metrics_file", p.metrics_file),
+	                  MN_F_INT("patience", p.patience),
+	                  MN_F_DBL("min_delta", p.min_delta, -1),
+	              },
+	              3);
+}
+
 /* Runs the daemon from the event loop's start to its end; returns the exit status. */
 static int run(struct daemon *d)
 {
@@ -514,10 +583,17 @@ static int run(struct daemon *d)
 	    mnd_metrics_start(&d->app.loop, d->worker, &d->app.cfg, d->start_ns, &d->metrics, err,
 	                      sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "metrics.textfile: %s", err);
+	/* Rank 0 alone follows the evaluator: a stop is any rank's, agreed at the next step. */
+	if (mnd_dist_rank(d->dist) == 0)
+		start_early(d);
 	uv_run(&d->app.loop, UV_RUN_DEFAULT);
 out:
-	if (d->control)
+	if (d->control) {
 		mnd_control_set_worker(d->control, NULL);
+		mnd_control_set_early(d->control, NULL);
+	}
+	mnd_early_close(d->early);
+	d->early = NULL;
 	/* Closing answers the worker's last requests: what they call must see it gone. */
 	struct mnd_worker *w = d->worker;
 

@@ -381,6 +381,22 @@ static void format_duration(double s, char *buf, size_t len)
 		snprintf(buf, len, "%lldd %02lldh", t / 86400, t % 86400 / 3600);
 }
 
+/* Present only when train.early_stopping is on. */
+static void print_early(const cJSON *o)
+{
+	double best = num(o, "best_accuracy"), step = num(o, "best_step");
+	double since = num(o, "evals_since_best"), patience = num(o, "patience");
+
+	if (!cJSON_GetObjectItemCaseSensitive(o, "evals_since_best"))
+		return;
+	if (!isfinite(best) || !isfinite(step))
+		printf("best accuracy  - (no evaluation yet)\n");
+	else
+		printf("best accuracy  %.4f at step %.0f\n", best, step);
+	printf("since best     %.0f of %.0f evaluations (early stopping)\n",
+	       isfinite(since) ? since : 0.0, isfinite(patience) ? patience : 0.0);
+}
+
 static void print_status(const cJSON *o)
 {
 	double step = num(o, "step"), max = num(o, "max_steps"), lr = num(o, "learning_rate");
@@ -422,6 +438,7 @@ static void print_status(const cJSON *o)
 	printf("speed          %.1f steps/s\n", isfinite(sps) ? sps : 0.0);
 	printf("ETA            %s\n", eta);
 	printf("checkpoint     %s\n", latest ? latest : "- (none yet)");
+	print_early(o);
 }
 
 static void print_keys(const char *title, const cJSON *arr)

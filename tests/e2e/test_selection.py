@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
 import test_evaluator as te  # noqa: E402
 from mnlib import MNISTCTL, MNISTD, ckpt_steps, read_json  # noqa: E402
+from test_control import Client  # noqa: E402
 from test_evaluator import ckpt_name, metrics, publish, read_text, restep  # noqa: E402
 
 
@@ -169,6 +170,125 @@ class BestTest(mnlib.TestCase):
         best3 = self.offer(80, 300, d)
         self.assert_best([mid, best3], 1, best)
         self.stop(ev)
+
+
+class EarlyStoppingTest(mnlib.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.metrics_path = os.path.join(self.work, "metrics.jsonl")
+
+    def trainer(self, patience=3, min_delta=0, **sections):
+        sections.setdefault("train", {})
+        sections["train"] = dict({"max_steps": 10 ** 9, "early_stopping": {
+            "metrics_file": self.metrics_path, "patience": patience, "min_delta": min_delta}}, **sections["train"])
+        sections.setdefault("checkpoint", {"every_steps": 10 ** 6})
+        self.cfg_path, self.cfg = self.config(**sections)
+        d = self.start([MNISTD, "--config", self.cfg_path], "mnistd")
+        d.wait_output("early stopping on")
+        return d
+
+    def status(self):
+        c = Client(self.cfg["control"]["socket"])
+        try:
+            r = c.request("status")
+        finally:
+            c.s.close()
+        self.assertTrue(r["ok"], r)
+        return r
+
+    def wait_status(self, pred, what):
+        return mnlib.wait_for(lambda: (lambda r: r if pred(r) else None)(self.status()), 60, what)
+
+    def write(self, *lines, path=None):
+        """Appends lines (dicts as JSON, strings as they are), each in one write."""
+        with open(path or self.metrics_path, "a") as f:
+            for x in lines:
+                f.write((json.dumps(x) if isinstance(x, dict) else x) + "\n")
+                f.flush()
+
+    def ev(self, step, accuracy):
+        return {"step": step, "accuracy": accuracy, "loss": 1.0, "checkpoint": ckpt_name(step)}
+
+    def test_fires_after_exactly_patience_evaluations(self):
+        # The metrics file does not exist when the trainer starts.
+        d = self.trainer(patience=3)
+        self.wait_status(lambda r: r["step"] >= 500, "step 500")
+        r = self.status()
+        self.assertEqual((r["best_accuracy"], r["best_step"], r["evals_since_best"], r["patience"]),
+                         (None, None, 0, 3))
+        self.write(self.ev(100, 0.5), self.ev(200, 0.6))
+        self.wait_status(lambda r: r["best_step"] == 200, "best at step 200")
+        # Not improvements: equal accuracy, a step counted already, a step beyond this run.
+        self.write(self.ev(300, 0.6), self.ev(300, 0.1), self.ev(200, 0.1), self.ev(10 ** 8, 0.1))
+        self.write(self.ev(400, 0.55))
+        r = self.wait_status(lambda r: r["evals_since_best"] == 2, "two evaluations without improvement")
+        self.assertEqual((r["best_accuracy"], r["best_step"], r["state"]), (0.6, 200, "training"))
+        self.assertIsNone(d.p.poll())
+        r = self.run_prog([MNISTCTL, "--socket", self.cfg["control"]["socket"], "status"])
+        self.assertIn("best accuracy  0.6000 at step 200", r.stdout)
+        self.assertIn("since best     2 of 3 evaluations", r.stdout)
+        self.write(self.ev(500, 0.59))
+        self.assertEqual(d.wait(60), 0, d.output())
+        out = d.output()
+        self.assertRegex(out, r"early stopping: no improvement.* best_step=200 best_accuracy=0\.6000 evaluations_since=3")
+        # It stopped like SIGTERM does: a final checkpoint of the step it reached.
+        steps = ckpt_steps(self.cfg["checkpoint"]["dir"])
+        self.assertTrue(steps and steps[-1] >= 500, steps)
+        self.assertRegex(out, r"checkpoint published step=%d " % steps[-1])
+
+    def test_garbage_truncation_and_rotation_never_stop_training(self):
+        d = self.trainer(patience=2)
+        self.wait_status(lambda r: r["step"] >= 500, "step 500")
+        self.write(self.ev(100, 0.9))
+        self.wait_status(lambda r: r["best_step"] == 100, "best at step 100")
+        garbage = ["not json", "{", "[1, 2]", '{"step": "200", "accuracy": 0.1}', '{"step": 200}',
+                   '{"step": 200, "accuracy": 1.5}', '{"step": -5, "accuracy": 0.1}',
+                   '{"step": 2.5, "accuracy": 0.1}', "null", '"x"', "\x00\x01", "x" * 10000]
+        self.write(*(garbage * 5))
+        # A partial line is not a line until its newline comes.
+        with open(self.metrics_path, "a") as f:
+            f.write('{"step": 150, "accuracy": 0.1')
+        mnlib.wait_for(lambda: d.output().count("not an evaluation") >= 10, 60, "garbage logged")
+        # Truncated and rewritten with the same history: nothing counts twice.
+        with open(self.metrics_path, "w") as f:
+            f.write(json.dumps(self.ev(100, 0.9)) + "\n")
+        # Rotated: renamed away, a new file under the name (with one line repeating history).
+        os.rename(self.metrics_path, self.metrics_path + ".1")
+        self.write(self.ev(100, 0.1))
+        # Removed: waited for.
+        os.unlink(self.metrics_path + ".1")
+        self.write(self.ev(200, 0.95))
+        r = self.wait_status(lambda r: r["best_step"] == 200, "best at step 200 from the new file")
+        self.assertEqual(r["evals_since_best"], 0)
+        self.assertEqual(r["state"], "training")
+        self.assertIsNone(d.p.poll())
+        self.assertIn("reading it from the start", d.output())
+        # And it still fires on a real verdict.
+        self.write(self.ev(300, 0.9), self.ev(400, 0.9))
+        self.assertEqual(d.wait(60), 0, d.output())
+
+    def test_real_trainer_and_evaluator_stop_early(self):
+        path, cfg = self.config(train={"max_steps": 100000, "early_stopping": {
+                                    "metrics_file": self.metrics_path, "patience": 2}},
+                                checkpoint={"every_steps": 50, "max_to_keep": 2},
+                                eval={"metrics_file": self.metrics_path})
+        ev = self.start([te.MNIST_EVAL, "--config", path], "eval")
+        ev.wait_output(" ready ")
+        d = self.start([MNISTD, "--config", path], "mnistd")
+        self.assertEqual(d.wait(300), 0, d.output())
+        out = d.output()
+        m = re.search(r"early stopping: no improvement.* best_step=(\d+) best_accuracy=(\S+) evaluations_since=2", out)
+        self.assertTrue(m, out)
+        final = ckpt_steps(cfg["checkpoint"]["dir"])[-1]
+        self.assertLess(final, 100000)
+        lines = metrics(self.metrics_path)
+        best = ranked([x for x in lines if x["step"] <= final])[0]
+        self.assertEqual((int(m.group(1)), "%.4f" % best["accuracy"]), (best["step"], m.group(2)))
+        # The evaluator kept that best checkpoint too.
+        self.assertEqual(read_json(os.path.join(cfg["eval"]["best_dir"], "best.json"))["best"][0]["step"],
+                         best["step"])
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
 
 
 if __name__ == "__main__":
