@@ -98,8 +98,8 @@ static void on_line(const char *line, size_t len, void *arg)
 		return; /* counted already, or older than what was */
 	now = e->p.current_step(e->p.arg);
 	if (step > now) {
-		mn_log(MN_LOG_DEBUG, "%s: step %lld is beyond this run's %lld; not counted", e->path,
-		       (long long)step, (long long)now);
+		mn_log(MN_LOG_DEBUG, "%s: step %lld is beyond this run's %lld; not counted",
+		       e->path, (long long)step, (long long)now);
 		return;
 	}
 	if (count(e, step, accuracy)) {

@@ -8,6 +8,7 @@
 #include <fnmatch.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "best.h"
 #include "ckpt.h"
 #include "ckptdir.h"
 #include "config.h"
@@ -236,8 +238,9 @@ static const char ls_help[] =
     "creation time, size, whether the file is valid (the checks of 'mnistctl\n"
     "verify', plus the step in the file name matching the step inside), which one\n"
     "is the latest (named by DIR/checkpoint.json, else the highest step), the\n"
-    "architecture, and the validation accuracy when the evaluator's metrics file\n"
-    "has recorded one for that file (the last record wins). Why a file is\n"
+    "architecture, and the validation accuracy: from DIR/best.json in the\n"
+    "evaluator's eval.best_dir, else when the evaluator's metrics file has\n"
+    "recorded one for that file (the last record wins). Why a file is\n"
     "invalid is printed after the table. The time of an invalid file is its\n"
     "modification time. A name that is not a regular file (a FIFO, a device, a\n"
     "directory, a dangling symlink) is listed as invalid without being read.\n"
@@ -318,6 +321,31 @@ static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row 
 		ctl_errorf("ls", "%s: read error (accuracy may be missing)", path);
 	free(line);
 	fclose(f);
+}
+
+/* In the evaluator's eval.best_dir, best.json has the accuracy of every file kept there. */
+static void ls_read_best(const char *dir, struct ls_row *rows, size_t n)
+{
+	struct mn_best_entry *best = NULL;
+	char err[MN_ERRLEN];
+	size_t nbest = 0;
+	int rc = mn_best_load(dir, &best, &nbest, err, sizeof(err));
+
+	if (rc == -ENOENT)
+		return;
+	if (rc < 0) {
+		ctl_errorf("ls", "%s (accuracy not shown)", err);
+		return;
+	}
+	for (size_t i = 0; i < nbest; i++) {
+		for (size_t j = 0; j < n; j++) {
+			if (strcmp(rows[j].name, best[i].file) == 0) {
+				rows[j].has_acc = true;
+				rows[j].accuracy = best[i].accuracy;
+			}
+		}
+	}
+	free(best);
 }
 
 /* Size and modification time, what a row shows when the file cannot be trusted. */
@@ -541,6 +569,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 		ls_read_metrics(metrics, true, rows, kept);
 	else if (cfg.eval.metrics_file[0])
 		ls_read_metrics(cfg.eval.metrics_file, false, rows, kept);
+	ls_read_best(dir, rows, kept);
 	rc = ls_print(dir, rows, kept, latest, json);
 	free(rows);
 	free(list);
@@ -551,14 +580,16 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 /* inspect */
 
 static const char inspect_help[] =
-    "Usage: mnistctl inspect [--json] [--tensor NAME]... [--all] FILE\n"
+    "Usage: mnistctl inspect [--json] [--tensor NAME]... [--all] FILE|DIR\n"
     "\n"
     "Shows what a safetensors file holds, like TensorFlow's inspect_checkpoint:\n"
     "its metadata (format, global_step, architecture, created, frozen, config and\n"
     "any other key) and a table of its tensors with name, dtype, shape and the\n"
     "minimum, maximum, mean and L2 norm of the values. Any valid safetensors file\n"
     "can be inspected (the container and, when present, the checksum are checked;\n"
-    "'mnistctl verify' checks the model too).\n"
+    "'mnistctl verify' checks the model too). Given a directory, inspects its\n"
+    "best checkpoint when it is the evaluator's eval.best_dir (DIR/best.json),\n"
+    "else its latest, as freeze does.\n"
     "\n"
     "Options:\n"
     "  -t, --tensor NAME  print only this tensor, with all its values (repeatable):\n"
@@ -804,7 +835,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 	size_t nnames = 0;
 	bool json = g->json, all = false;
 	struct mn_ckpt *ck = NULL;
-	char err[MN_ERRLEN];
+	char err[MN_ERRLEN], resolved[PATH_MAX];
 	const char *path;
 	int c, rc = MN_EX_FAILURE;
 
@@ -843,7 +874,12 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 		rc = ctl_usage_error("inspect", "--all and --tensor exclude each other");
 		goto out;
 	}
-	path = argv[optind];
+	if (ctl_resolve_checkpoint(argv[optind], NULL, g, resolved, sizeof(resolved), err,
+	                           sizeof(err)) < 0) {
+		ctl_errorf("inspect", "%s", err);
+		goto out;
+	}
+	path = resolved;
 	if (mn_ckpt_read(path, 0, &ck, err, sizeof(err)) < 0) {
 		print_file_error(stderr, path, err);
 		goto out;

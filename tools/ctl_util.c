@@ -1,6 +1,7 @@
 /* ctl_util.c - see ctl_util.h. */
 #include "ctl_util.h"
 
+#include "best.h"
 #include "ckptdir.h"
 #include "json.h"
 
@@ -205,6 +206,7 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 	struct mn_config cfg;
 	char latest[MN_CKPT_MAX_NAME], ierr[MN_ERRLEN];
 	struct mn_ckptdir_entry *list = NULL;
+	struct mn_best_entry best;
 	struct stat st, fst;
 	size_t n = 0;
 	int rc, w;
@@ -217,6 +219,16 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 	if (!S_ISDIR(st.st_mode)) {
 		w = snprintf(out, len, "%s", path);
 		goto done;
+	}
+	/* The evaluator's eval.best_dir: its best checkpoint. */
+	rc = mn_best_first(path, &best, ierr, sizeof(ierr));
+	if (rc == 0) {
+		w = snprintf(out, len, "%s/%s", path, best.file);
+		goto done;
+	}
+	if (rc != -ENOENT) {
+		mn_errf(err, errlen, "%s", ierr);
+		return rc;
 	}
 	rc = mn_ckptdir_index_latest(path, latest, sizeof(latest), ierr, sizeof(ierr));
 	if (rc == 0) {

@@ -85,9 +85,10 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
 
 /*
- * Resolves CKPT|DIR: a file is used as it is; for a directory the file
- * named by its checkpoint.json (unless that file no longer exists: readers
- * tolerate a listed file vanishing), or else its highest-step
+ * Resolves CKPT|DIR: a file is used as it is; for a directory the best
+ * checkpoint its best.json lists (the evaluator's eval.best_dir; an invalid
+ * best.json is an error), else the file named by its checkpoint.json (unless that file no longer
+ * exists: readers tolerate a listed file vanishing), or else its highest-step
  * "<prefix>-<step>.safetensors", where prefix, when NULL, is
  * checkpoint.prefix from the configuration (see ctl_load_config; only read
  * when needed). The path is written to out.

@@ -138,6 +138,42 @@ class BestTest(mnlib.TestCase):
         self.assertNotIn(600, [b["step"] for b in self.best_json()])
         self.assertEqual(len(self.best_files()), 3)
         self.stop(ev)
+        self.check_tools(d)
+
+    def check_tools(self, ckpt_dir):
+        """mnistctl knows best_dir: ls shows best.json's accuracies, freeze, predict
+        and inspect take the best file (and a checkpoint directory still its latest)."""
+        best = self.best_json()
+        top = os.path.join(self.best, best[0]["file"])
+        r = self.run_prog([MNISTCTL, "ls", "--json", self.best])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        listed = {c["file"]: c["accuracy"] for c in json.loads(r.stdout)["checkpoints"]}
+        self.assertEqual(listed, {b["file"]: b["accuracy"] for b in best})
+        r = self.run_prog([MNISTCTL, "ls", self.best])
+        self.assertRegex(r.stdout, r"%s .* %.4f\n" % (re.escape(best[0]["file"]), best[0]["accuracy"]))
+        r = self.run_prog([MNISTCTL, "inspect", "--json", self.best])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["file"], top)
+        r = self.run_prog([MNISTCTL, "inspect", "--json", ckpt_dir])
+        self.assertEqual(json.loads(r.stdout)["file"], os.path.join(ckpt_dir, ckpt_name(max(ckpt_steps(ckpt_dir)))))
+        out = os.path.join(self.work, "frozen.safetensors")
+        r = self.run_prog([MNISTCTL, "freeze", self.best, "-o", out])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("from " + top, r.stdout)
+        images = os.path.join(self.data, "train-images-idx3-ubyte.gz")
+        labels = os.path.join(self.data, "train-labels-idx1-ubyte.gz")
+        r = self.run_prog([MNISTCTL, "predict", "--json", self.best, "--images", images, "--labels", labels])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["model"], top)
+        # An invalid best.json is an error, not a silent other choice.
+        with open(os.path.join(self.best, "best.json"), "w") as f:
+            f.write("[]")
+        r = self.run_prog([MNISTCTL, "freeze", self.best, "-o", out])
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("best.json", r.stderr)
+        r = self.run_prog([MNISTCTL, "ls", self.best])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("best.json", r.stderr)
 
     def test_best_dir_on_another_filesystem_and_a_full_disk(self):
         self.sources()
