@@ -51,34 +51,34 @@ static void tick(uv_timer_t *h)
 	(void)h;
 }
 
-/* Runs the loop until at least n lines were seen (or the deadline passes). */
-static void run_until_lines(size_t n)
+/*
+ * Runs the loop until at least n lines were seen (n > 0) or ms milliseconds
+ * passed. A tick keeps the loop waking up, so the deadline is checked even
+ * without events.
+ */
+static void run_loop(size_t n, int64_t ms)
 {
 	uv_timer_t t;
-	int64_t end = mn_monotonic_ns() + (int64_t)30 * 1000000000;
+	int64_t end = mn_monotonic_ns() + ms * 1000000;
 
-	/* The tick keeps the loop waking up, so the deadline is checked even without events. */
 	uv_timer_init(&loop, &t);
 	uv_timer_start(&t, tick, 5, 5);
-	while (seen.n < n && mn_monotonic_ns() < end)
+	while ((n == 0 || seen.n < n) && mn_monotonic_ns() < end)
 		uv_run(&loop, UV_RUN_ONCE);
 	uv_close((uv_handle_t *)&t, NULL);
 	uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static void run_until_lines(size_t n)
+{
+	run_loop(n, 30000);
 	ck_assert_uint_ge(seen.n, n);
 }
 
-/* Runs the loop for a number of poll periods' worth of turns (to show nothing more arrives). */
+/* Runs the loop a while, to show that nothing (more) arrives. */
 static void run_turns(int ms)
 {
-	uv_timer_t t;
-	int64_t end = mn_monotonic_ns() + (int64_t)ms * 1000000;
-
-	uv_timer_init(&loop, &t);
-	uv_timer_start(&t, tick, 5, 5);
-	while (mn_monotonic_ns() < end)
-		uv_run(&loop, UV_RUN_ONCE);
-	uv_close((uv_handle_t *)&t, NULL);
-	uv_run(&loop, UV_RUN_NOWAIT);
+	run_loop(0, ms);
 }
 
 static void append(const char *p, const char *text)
