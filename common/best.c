@@ -53,6 +53,19 @@ static bool number_in(const cJSON *v, double lo, double hi, double *out)
 	return true;
 }
 
+/* Whether an object has a member twice (readers taking the first or the last would disagree). */
+static bool duplicated(const cJSON *o)
+{
+	const cJSON *m;
+
+	cJSON_ArrayForEach(m, o)
+	{
+		if (mn_json_duplicate(o, m))
+			return true;
+	}
+	return false;
+}
+
 /* Fills e from one member of "best"; the message says what is wrong. */
 static int parse_entry(const cJSON *o, struct mn_best_entry *e, char *err, size_t errlen)
 {
@@ -62,8 +75,8 @@ static int parse_entry(const cJSON *o, struct mn_best_entry *e, char *err, size_
 	double s;
 
 	memset(e, 0, sizeof(*e));
-	if (!cJSON_IsObject(o)) {
-		mn_errf(err, errlen, "not an object");
+	if (!cJSON_IsObject(o) || duplicated(o)) {
+		mn_errf(err, errlen, "not an object with each member once");
 		return -EINVAL;
 	}
 	if (!number_in(step, 0, 9007199254740992.0, &s) || s != floor(s)) {
@@ -96,14 +109,27 @@ static int parse_entry(const cJSON *o, struct mn_best_entry *e, char *err, size_
 static int parse(const char *text, size_t len, struct mn_best_entry **out, size_t *n, char *err,
                  size_t errlen)
 {
-	cJSON *root = cJSON_ParseWithLength(text, len);
-	const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "best"), *o;
+	struct mn_json_error je;
+	const cJSON *list, *o;
 	struct mn_best_entry *e = NULL;
+	cJSON *root = NULL;
 	size_t count = 0, i = 0;
-	int rc = -EINVAL;
+	int rc;
 
-	if (!root || !cJSON_IsObject(root) || !cJSON_IsArray(list)) {
-		mn_errf(err, errlen, "not a JSON object with a \"best\" array");
+	rc = mn_json_parse(text, len, MN_JSON_UTF8, &root, &je);
+	if (rc == -ENOMEM) {
+		mn_errf(err, errlen, "out of memory");
+		return rc;
+	}
+	if (rc < 0) {
+		mn_errf(err, errlen, "not JSON: %s at line %zu, column %zu", je.what, je.line,
+		        je.col);
+		return rc;
+	}
+	rc = -EINVAL;
+	list = cJSON_GetObjectItemCaseSensitive(root, "best");
+	if (!cJSON_IsObject(root) || !cJSON_IsArray(list) || duplicated(root)) {
+		mn_errf(err, errlen, "not a JSON object with one \"best\" array");
 		goto out;
 	}
 	count = (size_t)cJSON_GetArraySize(list);

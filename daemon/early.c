@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "follow.h"
+#include "json.h"
 #include "log.h"
 #include "util.h"
 
@@ -28,14 +29,21 @@ struct mnd_early {
 /* The step and accuracy of a metrics line; false if it is not an evaluation. */
 static bool parse_line(const char *line, size_t len, int64_t *step, double *accuracy)
 {
-	cJSON *o = cJSON_ParseWithLength(line, len);
-	const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "step");
-	const cJSON *acc = cJSON_GetObjectItemCaseSensitive(o, "accuracy");
-	bool ok = cJSON_IsObject(o) && cJSON_IsNumber(st) && cJSON_IsNumber(acc) &&
-	          isfinite(st->valuedouble) && st->valuedouble >= 0 &&
-	          st->valuedouble <= 9007199254740992.0 &&
-	          st->valuedouble == floor(st->valuedouble) && isfinite(acc->valuedouble) &&
-	          acc->valuedouble >= 0 && acc->valuedouble <= 1;
+	const cJSON *st = NULL, *acc = NULL;
+	struct mn_json_member members[] = {
+	    {.name = "step", .type = cJSON_Number, .required = true, .value = &st},
+	    {.name = "accuracy", .type = cJSON_Number, .required = true, .value = &acc},
+	};
+	struct mn_json_error je;
+	cJSON *o = NULL;
+	bool ok;
+
+	if (mn_json_parse(line, len, 0, &o, &je) < 0)
+		return false;
+	ok = cJSON_IsObject(o) && mn_json_members(o, members, 2, true, NULL, NULL) == 0 &&
+	     isfinite(st->valuedouble) && st->valuedouble >= 0 &&
+	     st->valuedouble <= 9007199254740992.0 && st->valuedouble == floor(st->valuedouble) &&
+	     isfinite(acc->valuedouble) && acc->valuedouble >= 0 && acc->valuedouble <= 1;
 
 	if (ok) {
 		*step = (int64_t)st->valuedouble;

@@ -97,11 +97,16 @@ END_TEST
 static const struct {
 	const char *text, *want;
 } bad[] = {
-    {"", "not a JSON object"},
-    {"{\"best\": [", "not a JSON object"},
+    {"", "not JSON: "},
+    {"{\"best\": [", "not JSON: "},
+    {"{\"best\": []} x", "not JSON: "},
     {"[]", "not a JSON object"},
-    {"{\"best\": {}}", "not a JSON object with a \"best\" array"},
+    {"{\"best\": {}}", "not a JSON object with one \"best\" array"},
+    {"{\"best\": [], \"best\": []}", "not a JSON object with one \"best\" array"},
     {"{\"best\": [1]}", "best[0]: not an object"},
+    {"{\"best\": [{\"step\": 1, \"step\": 2, \"accuracy\": 0.5, \"loss\": 1, \"file\": "
+     "\"a.safetensors\", \"time\": \"t\"}]}",
+     "best[0]: not an object with each member once"},
     {"{\"best\": [{\"step\": -1, \"accuracy\": 0.5, \"loss\": 1, \"file\": \"a.safetensors\", "
      "\"time\": \"t\"}]}",
      "best[0]: step must be an integer"},
