@@ -175,6 +175,17 @@ class BestTest(mnlib.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("best.json", r.stderr)
 
+    def test_best_dir_must_not_be_the_checkpoint_dir(self):
+        # Its removals would fight the trainer's retention: refused, and evaluating goes on.
+        self.sources()
+        path, _ = self.eval_config(self.src, eval={"best_dir": self.src + "/"})
+        r = self.run_prog([te.MNIST_EVAL, "--config", path, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("eval.best_dir is checkpoint.dir", r.stdout)
+        self.assertIn("evaluation step=80 ", r.stdout)
+        self.assertEqual(ckpt_steps(self.src), [20, 40, 60, 80])
+        self.assertFalse(os.path.exists(os.path.join(self.src, "best.json")))
+
     def test_best_dir_on_another_filesystem_and_a_full_disk(self):
         self.sources()
         mnt = self.full_disk("6m")
