@@ -31,18 +31,13 @@ static struct mn_view data;
 static struct mn_trainer *trainer;
 static struct mne_pick_params eval;
 
-static const struct mn_hparams hp = {
-    .learning_rate = 0.3, .learning_rate_decay = 0.99, .decay_steps = 10, .ema_decay = 0.99};
+static const struct mn_hparams hp = MN_TEST_HPARAMS;
 
 static void setup(void)
 {
 	struct mn_trainer_params p = {.batch_size = 10, .seed = 7, .init_stddev = 0.1f};
 
-	for (size_t i = 0; i < N_EX; i++) {
-		labels[i] = (uint8_t)(i % OUT);
-		for (size_t j = 0; j < IN_DIM; j++)
-			images[i * IN_DIM + j] = (uint8_t)((labels[i] * 61 + j * 17 + i) & 0xff);
-	}
+	mn_test_fill_classes(images, labels, N_EX, IN_DIM, OUT);
 	data = (struct mn_view){.images = images, .labels = labels, .count = N_EX, .dim = IN_DIM};
 	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	snprintf(ckdir, sizeof(ckdir), "%s/ckpt", tmpdir);
@@ -82,7 +77,8 @@ static void publish_step(const char *dir, int64_t step)
 	while (mn_trainer_global_step(trainer) < step)
 		ck_assert_int_eq(mn_trainer_step(trainer, &hp, &loss, &lr), 0);
 	ck_assert_int_eq(
-	    mn_model_save(trainer, dir, PREFIX, 0, "{}", name, sizeof(name), err, sizeof(err)), 0);
+	    mn_model_save(trainer, dir, PREFIX, 0, "{}", 1, name, sizeof(name), err, sizeof(err)),
+	    0);
 }
 
 static struct mne_keep *open_keep(size_t keep)
@@ -98,7 +94,8 @@ static struct mne_keep *open_keep(size_t keep)
 /* Offers the checkpoint of step in ckdir as if it had evaluated to accuracy. */
 static int offer(struct mne_keep *k, int64_t step, double accuracy)
 {
-	struct mne_pick_result r = {.step = step, .eval = {.accuracy = accuracy, .loss = 1 - accuracy}};
+	struct mne_pick_result r = {.step = step,
+	                            .eval = {.accuracy = accuracy, .loss = 1 - accuracy}};
 	int fd, rc;
 
 	snprintf(r.name, sizeof(r.name), "%s", mn_basename(in(ckdir, step)));
@@ -286,7 +283,8 @@ START_TEST(a_corrupt_best_json_is_rebuilt_by_evaluating)
 	ck_assert_int_eq(mn_best_first(bestdir, &first, err, sizeof(err)), 0);
 	for (int i = 0; i < 3; i++)
 		ck_assert(first.accuracy >= acc[i]);
-	/* The third file fell out; checkpoint.json (of mn_model_save) is none of keep's business. */
+	/* The third file fell out; checkpoint.json (of mn_model_save) is none of keep's business.
+	 */
 	ck_assert_uint_eq(mn_test_count_entries(bestdir), 4);
 	ck_assert_int_eq(access(in(bestdir, 10), F_OK) + access(in(bestdir, 20), F_OK) +
 	                     access(in(bestdir, 30), F_OK),
@@ -325,6 +323,7 @@ int main(void)
 	MN_TEST_ADD(tc, top_k_with_ties_to_the_earlier_step,
 	            copies_the_evaluated_file_when_the_name_moved_on,
 	            a_failed_publish_leaves_the_previous_set, reopening_keeps_and_repairs_the_set,
-	            a_corrupt_best_json_is_rebuilt_by_evaluating, best_dir_must_not_be_checkpoint_dir);
+	            a_corrupt_best_json_is_rebuilt_by_evaluating,
+	            best_dir_must_not_be_checkpoint_dir);
 	return mn_test_run(s);
 }
