@@ -72,18 +72,15 @@ static int parse_entry(const cJSON *o, struct mn_best_entry *e, char *err, size_
 	const cJSON *step = cJSON_GetObjectItemCaseSensitive(o, "step");
 	const cJSON *file = cJSON_GetObjectItemCaseSensitive(o, "file");
 	const cJSON *time = cJSON_GetObjectItemCaseSensitive(o, "time");
-	double s;
-
 	memset(e, 0, sizeof(*e));
 	if (!cJSON_IsObject(o) || duplicated(o)) {
 		mn_errf(err, errlen, "not an object with each member once");
 		return -EINVAL;
 	}
-	if (!number_in(step, 0, 9007199254740992.0, &s) || s != floor(s)) {
+	if (!mn_json_get_int(step, 0, (int64_t)1 << 53, &e->step)) {
 		mn_errf(err, errlen, "step must be an integer >= 0");
 		return -EINVAL;
 	}
-	e->step = (int64_t)s;
 	if (!number_in(cJSON_GetObjectItemCaseSensitive(o, "accuracy"), 0, 1, &e->accuracy)) {
 		mn_errf(err, errlen, "accuracy must be a number in [0, 1]");
 		return -EINVAL;

@@ -41,14 +41,10 @@ static bool parse_line(const char *line, size_t len, int64_t *step, double *accu
 	if (mn_json_parse(line, len, 0, &o, &je) < 0)
 		return false;
 	ok = cJSON_IsObject(o) && mn_json_members(o, members, 2, true, NULL, NULL) == 0 &&
-	     isfinite(st->valuedouble) && st->valuedouble >= 0 &&
-	     st->valuedouble <= 9007199254740992.0 && st->valuedouble == floor(st->valuedouble) &&
-	     isfinite(acc->valuedouble) && acc->valuedouble >= 0 && acc->valuedouble <= 1;
-
-	if (ok) {
-		*step = (int64_t)st->valuedouble;
+	     mn_json_get_int(st, 0, (int64_t)1 << 53, step) && isfinite(acc->valuedouble) &&
+	     acc->valuedouble >= 0 && acc->valuedouble <= 1;
+	if (ok)
 		*accuracy = acc->valuedouble;
-	}
 	cJSON_Delete(o);
 	return ok;
 }
