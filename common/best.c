@@ -168,16 +168,15 @@ out:
 	return rc;
 }
 
-int mn_best_load(const char *dir, struct mn_best_entry **out, size_t *n, char *err, size_t errlen)
+int mn_best_load_file(const char *path, struct mn_best_entry **out, size_t *n, char *err,
+                      size_t errlen)
 {
-	char path[4096];
 	char *text = NULL;
 	size_t len = 0;
 	int rc;
 
 	*out = NULL;
 	*n = 0;
-	snprintf(path, sizeof(path), "%s/%s", dir, MN_BEST_FILE);
 	rc = mn_read_file(path, BEST_FILE_MAX, &text, &len, err, errlen);
 	if (rc < 0)
 		return rc;
@@ -186,6 +185,14 @@ int mn_best_load(const char *dir, struct mn_best_entry **out, size_t *n, char *e
 	if (rc < 0)
 		mn_errprefix(err, errlen, "%s", path);
 	return rc;
+}
+
+int mn_best_load(const char *dir, struct mn_best_entry **out, size_t *n, char *err, size_t errlen)
+{
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, MN_BEST_FILE);
+	return mn_best_load_file(path, out, n, err, errlen);
 }
 
 int mn_best_first(const char *dir, struct mn_best_entry *out, char *err, size_t errlen)

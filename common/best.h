@@ -47,6 +47,10 @@ void mn_best_sort(struct mn_best_entry *e, size_t n);
  */
 int mn_best_load(const char *dir, struct mn_best_entry **out, size_t *n, char *err, size_t errlen);
 
+/* The same, from a best.json given by its own path (mnistctl plot --best FILE). */
+int mn_best_load_file(const char *path, struct mn_best_entry **out, size_t *n, char *err,
+                      size_t errlen);
+
 /* The best entry of "<dir>/best.json" alone, as mn_best_load() reports errors; -ENOENT if empty. */
 int mn_best_first(const char *dir, struct mn_best_entry *out, char *err, size_t errlen);
 

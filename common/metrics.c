@@ -12,11 +12,10 @@
 
 #include <cJSON.h>
 
+#include "best.h"
 #include "json.h"
 #include "util.h"
 
-/* The largest best.json read; it lists eval.keep_best entries. */
-#define BEST_FILE_MAX (1 << 20)
 /* Integers beyond 2^53 do not survive a double. */
 #define STEP_MAX 9007199254740992.0
 
@@ -242,43 +241,21 @@ void mn_metrics_series_free(struct mn_metrics_series *s)
 
 int mn_metrics_load_best(const char *path, struct mn_metrics_best *out, char *err, size_t errlen)
 {
-	char *text = NULL;
-	size_t len;
-	cJSON *o = NULL;
-	const cJSON *first, *file;
-	struct mn_json_error je;
-	int rc;
+	struct mn_best_entry *e = NULL;
+	size_t n = 0;
+	int rc = mn_best_load_file(path, &e, &n, err, errlen);
 
-	rc = mn_read_file(path, BEST_FILE_MAX, &text, &len, err, errlen);
 	if (rc == -ENOENT)
 		return 0;
 	if (rc < 0)
 		return rc;
-	/* Not strict JSON is no "best" array: reported below. */
-	if (mn_json_parse(text, len, MN_JSON_UTF8, &o, &je) == -ENOMEM) {
-		free(text);
-		mn_errf(err, errlen, "%s: out of memory", path);
-		return -ENOMEM;
-	}
-	first = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(o, "best"), 0);
-	file = cJSON_GetObjectItemCaseSensitive(first, "file");
-	rc = 0;
-	if (!cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(o, "best"))) {
-		mn_errf(err, errlen, "%s: not an object with a \"best\" array", path);
-		rc = -EINVAL;
-	} else if (first &&
-	           (!get_step(first, &out->step) ||
-	            !get_number(first, "accuracy", false, &out->accuracy) ||
-	            !cJSON_IsString(file) || strlen(file->valuestring) >= sizeof(out->file))) {
-		mn_errf(err, errlen,
-		        "%s: the first entry needs \"step\", \"accuracy\" and \"file\"", path);
-		rc = -EINVAL;
-	} else if (first) {
-		snprintf(out->file, sizeof(out->file), "%s", file->valuestring);
+	if (n > 0) {
+		out->step = e[0].step;
+		out->accuracy = e[0].accuracy;
+		snprintf(out->file, sizeof(out->file), "%s", e[0].file);
 		rc = 1;
 	}
-	cJSON_Delete(o);
-	free(text);
+	free(e);
 	return rc;
 }
 

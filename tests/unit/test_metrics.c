@@ -202,7 +202,8 @@ START_TEST(best_json)
 	struct mn_metrics_best b;
 	static const char good[] = "{\"best\":[{\"step\":3000,\"accuracy\":0.875,\"loss\":0.3,"
 	                           "\"file\":\"model.ckpt-3000.safetensors\",\"time\":\"t\"},"
-	                           "{\"step\":2000,\"accuracy\":0.8,\"loss\":0.4,\"file\":\"x\"}]}";
+	                           "{\"step\":2000,\"accuracy\":0.8,\"loss\":0.4,"
+	                           "\"file\":\"model.ckpt-2000.safetensors\",\"time\":\"t\"}]}";
 
 	snprintf(path, sizeof(path), "%s/best.json", dir);
 	ck_assert_int_eq(mn_metrics_load_best(path, &b, err, sizeof(err)), 0);
