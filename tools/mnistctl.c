@@ -1,6 +1,7 @@
 /* mnistctl - the operator's client for mnistd and its checkpoint files. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -30,15 +31,20 @@ static const struct command commands[] = {
 
 static void usage(FILE *f)
 {
-	fprintf(f, "Usage: mnistctl [--config PATH] [--socket PATH] [--json] COMMAND [ARGS]\n"
-	           "\n"
-	           "Commands:\n");
+	fprintf(
+	    f, "Usage: mnistctl [--config PATH | --instance NAME] [--socket PATH] [--json] COMMAND "
+	       "[ARGS]\n"
+	       "\n"
+	       "Commands:\n");
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(f, "  %s\n", commands[i].synopsis);
 	fprintf(f, "\n"
 	           "Options:\n"
 	           "  -c, --config PATH   configuration file, for the socket path (default\n"
 	           "                      " MN_DEFAULT_CONFIG ")\n"
+	           "  -i, --instance NAME the instance NAME of the template units mnistd@.service\n"
+	           "                      and mnist-eval@.service: --config\n"
+	           "                      " MN_SYSCONFDIR "/mnistd/NAME.json\n"
 	           "  -s, --socket PATH   the daemon's control socket (overrides the config)\n"
 	           "  -j, --json          machine-readable output\n"
 	           "  -h, --help          this help; 'mnistctl COMMAND --help' for a command's\n"
@@ -67,21 +73,54 @@ static int finish(int ex)
 	return ex == MN_EX_OK ? MN_EX_FAILURE : ex;
 }
 
+/*
+ * The configuration of the template units' instance name: the units read
+ * /etc/mnistd/%i.json, so the name is a plain file name.
+ */
+static int instance_config(const char *name, char *path, size_t len)
+{
+	int n;
+
+	if (!*name || strchr(name, '/') || name[0] == '.') {
+		fprintf(stderr,
+		        "mnistctl: --instance \"%s\": not an instance name (a plain file name, "
+		        "not starting with '.')\n",
+		        name);
+		return -EINVAL;
+	}
+	n = snprintf(path, len, "%s/mnistd/%s.json", MN_SYSCONFDIR, name);
+	if (n < 0 || (size_t)n >= len) {
+		fprintf(stderr, "mnistctl: --instance: name too long\n");
+		return -ENAMETOOLONG;
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"config", required_argument, NULL, 'c'}, {"socket", required_argument, NULL, 's'},
-	    {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-	    {"version", no_argument, NULL, 'V'},      {0},
+	    {"config", required_argument, NULL, 'c'},
+	    {"socket", required_argument, NULL, 's'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"instance", required_argument, NULL, 'i'},
+	    {0},
 	};
 	struct ctl_globals g = {.config_path = MN_DEFAULT_CONFIG};
+	char instance[PATH_MAX];
 	int c;
 
 	/* '+' stops at the subcommand, whose options are its own. */
-	while ((c = getopt_long(argc, argv, "+c:s:jhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+c:i:s:jhV", opts, NULL)) != -1) {
 		switch (c) {
 		case 'c':
 			g.config_path = optarg;
+			break;
+		case 'i':
+			if (instance_config(optarg, instance, sizeof(instance)) < 0)
+				return MN_EX_USAGE;
+			g.config_path = instance;
 			break;
 		case 's':
 			g.socket_path = optarg;

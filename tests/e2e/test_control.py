@@ -4,6 +4,7 @@ client limits and bad clients, the systemd notify protocol, SIGTERM."""
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -214,6 +215,19 @@ class ControlTest(mnlib.TestCase):
             self.assertEqual(p.returncode, 0)
             self.assertIn("Usage: mnistctl", p.stdout)
             self.assertIn(cmd, p.stdout)
+
+    def test_mnistctl_instance_reads_the_instance_configuration(self):
+        """--instance NAME is --config <sysconfdir>/mnistd/NAME.json, as the template units read it."""
+        p = self.run_prog([MNISTCTL, "--help"])
+        conf = re.search(r"--config\s+(\S+)/NAME\.json", p.stdout)
+        self.assertIsNotNone(conf, p.stdout)
+        p = self.run_prog([MNISTCTL, "--instance", "mn-e2e-no-such-run", "status"])
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(conf.group(1) + "/mn-e2e-no-such-run.json", p.stderr)
+        for bad in ("../x", ".hidden", ""):
+            p = self.run_prog([MNISTCTL, "--instance", bad, "status"])
+            self.assertEqual(p.returncode, 2, (bad, p.stderr))
+            self.assertIn("not an instance name", p.stderr)
 
     def test_reload_applies_keys_and_checkpoint_cadence_follows(self):
         self.daemon()

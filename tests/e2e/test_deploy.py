@@ -31,6 +31,8 @@ BUILD = os.path.abspath(mnlib.BUILD)
 SOURCE = os.path.abspath(os.environ.get("MN_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", "..")))
 PROGRAMS = ("mnistd", "mnist-eval", "mnistctl")
 UNITS = ("mnistd.service", "mnist-eval.service")
+# The templates: mnistd@NAME.service and mnist-eval@NAME.service run the instance NAME.
+TEMPLATES = ("mnistd@.service", "mnist-eval@.service")
 MAN_PAGES = ("man8/mnistd.8", "man8/mnist-eval.8", "man1/mnistctl.1", "man5/mnistd.json.5")
 MAX_EXPOSURE = 1.0
 
@@ -74,7 +76,7 @@ class Build:
     def expected_files(self):
         files = {p: self.path("bindir", p) for p in PROGRAMS}
         unitdir = self.systemd_dir("systemdunitdir", "systemdsystemunitdir", "/lib/systemd/system")
-        files.update({u: os.path.join(unitdir, u) for u in UNITS})
+        files.update({u: os.path.join(unitdir, u) for u in UNITS + TEMPLATES})
         files["sysusers"] = os.path.join(self.systemd_dir("sysusersdir", "sysusersdir", "/usr/lib/sysusers.d"), "mnistd.conf")
         files["tmpfiles"] = os.path.join(self.systemd_dir("tmpfilesdir", "tmpfilesdir", "/usr/lib/tmpfiles.d"), "mnistd.conf")
         files["logrotate"] = self.path("sysconfdir", "logrotate.d", "mnist-eval")
@@ -128,6 +130,20 @@ def with_dropin(unit_path, dropin_path, outdir):
     out = os.path.join(outdir, os.path.basename(unit_path))
     with open(unit_path) as u, open(dropin_path) as d, open(out, "w") as f:
         f.write(u.read() + "\n" + d.read())
+    return out
+
+
+def instance_unit(template_path, name, outdir, dropin_path=None):
+    """The template's unit for instance name as a file in outdir, %i (and %I) expanded; a drop-in appended."""
+    os.makedirs(outdir, exist_ok=True)
+    out = os.path.join(outdir, os.path.basename(template_path).replace("@.", "@%s." % name))
+    with open(template_path) as f:
+        text = f.read().replace("%i", name).replace("%I", name)
+    if dropin_path:
+        with open(dropin_path) as d:
+            text += "\n" + d.read()
+    with open(out, "w") as f:
+        f.write(text)
     return out
 
 
@@ -514,6 +530,11 @@ class DeployTest(unittest.TestCase):
             s = unit_settings(self.dest_path(unit))
             argv = exec_argv(last(s, "ExecStart"))
             self.assertEqual(argv, [self.files[prog], "--config", self.files["config"]], unit)
+        # The templates run the instance's configuration, /etc/mnistd/%i.json.
+        inst_cfg = os.path.join(os.path.dirname(self.files["config"]), "%i.json")
+        for unit, prog in (("mnistd@.service", "mnistd"), ("mnist-eval@.service", "mnist-eval")):
+            s = unit_settings(self.dest_path(unit))
+            self.assertEqual(exec_argv(last(s, "ExecStart")), [self.files[prog], "--config", inst_cfg], unit)
         with open(self.dest_path("config")) as a, open(os.path.join(SOURCE, "config", "mnistd.json")) as b:
             self.assertEqual(json.load(a), json.load(b))
         self.assertEqual(os.stat(self.dest_path("config")).st_mode & 0o777, 0o644)
@@ -572,6 +593,32 @@ class DeployTest(unittest.TestCase):
             r = run(["systemd-analyze", "verify"] + man + [copy], ok=None, env=env)
             # verify exits 0 even for unknown keys, so any output is a failure.
             self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""), unit)
+
+    @unittest.skipUnless(HAVE_ANALYZE, "systemd-analyze is not installed (scripts/deps.sh installs systemd)")
+    def test_templates_verify_cleanly_and_keep_exposure_with_an_instance(self):
+        env = dict(os.environ, MANPATH=in_root(self.dest, self.build.path("mandir")))
+        man = [] if shutil.which("man") else ["--man=no"]
+        outdir = os.path.join(self.tmp, "verify-templates")
+        for unit in TEMPLATES:
+            copy = self.verify_copy(unit, self.dest, outdir)
+            instance = copy.replace("@.", "@nightly.")
+            r = run(["systemd-analyze", "verify"] + man + [instance], ok=None, env=env)
+            self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""), instance)
+            for path in (instance, with_dropin(copy, self.dest_path("textfile.conf"), os.path.join(outdir, "dropin"))
+                         .replace("@.", "@nightly.")):
+                r = run(["systemd-analyze", "security", "--offline=yes", path], ok=None)
+                m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+                self.assertIsNotNone(m, r.stdout + r.stderr)
+                self.assertLessEqual(float(m.group(1)), MAX_EXPOSURE, "%s:\n%s" % (path, r.stdout))
+        # Each instance has directories of its own, beside (not inside) the plain units' runtime one.
+        s = unit_settings(instance_unit(self.dest_path("mnistd@.service"), "nightly", outdir))
+        self.assertEqual((last(s, "StateDirectory"), last(s, "RuntimeDirectory")), ("mnistd/nightly", "mnistd-nightly"))
+        e = unit_settings(instance_unit(self.dest_path("mnist-eval@.service"), "nightly", outdir))
+        self.assertEqual((last(e, "LogsDirectory"), values(e, "ReadOnlyPaths")), ("mnist-eval/nightly", ["-/var/lib/mnistd/nightly"]))
+
+    @unittest.skipUnless(HAVE_STRACE and HAVE_ANALYZE, "strace or systemd-analyze is not installed (scripts/deps.sh installs both)")
+    def test_two_instances_side_by_side_stay_in_their_sandboxes(self):
+        InstancesScenario(self).run()
 
     @unittest.skipUnless(HAVE_ANALYZE, "systemd-analyze is not installed (scripts/deps.sh installs systemd)")
     def test_units_exposure_at_most_1(self):
@@ -899,6 +946,77 @@ class Scenario:
             p = self.traced(unit, self.unit_argv(unit, "ExecStart", bad), name)
             t.assertEqual(self.wait_exit(p), 78, self.output(p))
             t.assertIn("78", " ".join(values(unit_settings(self.units[unit]), "RestartPreventExitStatus")).split())
+
+
+class InstancesScenario(Scenario):
+    """Two runs side by side from the templates, mnistd@a and mnistd@b with
+    mnist-eval@a and mnist-eval@b, each under strace with metrics on: each
+    trains, publishes and is evaluated in its own directories, answers on
+    its own socket (found by the instance's configuration, as mnistctl
+    --instance does), and each trace is held against its own instance's
+    unit, so no run writes into the other's files."""
+
+    NAMES = ("a", "b")
+
+    def _run(self):
+        t = self.t
+        self.build, self.dest = self.plain_install()
+        files = self.build.expected_files()
+        dropin = in_root(self.dest, files["textfile.conf"])
+        self.units, self.traces = {}, {}
+        for name in self.NAMES:
+            for tmpl in TEMPLATES:
+                unit = tmpl.replace("@.", "@%s." % name)
+                self.units[unit] = instance_unit(in_root(self.dest, files[tmpl]), name,
+                                                 os.path.join(self.work, "units"), dropin)
+                self.traces[unit] = []
+        data = mnlib.make_dataset(os.path.join(self.work, "data"))
+        textfiles = in_root(self.root, "/var/lib/prometheus/node-exporter")
+        os.makedirs(textfiles)
+        runs = {}
+        for name in self.NAMES:
+            d = unit_settings(self.units["mnistd@%s.service" % name])
+            e = unit_settings(self.units["mnist-eval@%s.service" % name])
+            state = in_root(self.root, "/var/lib/" + last(d, "StateDirectory"))
+            rundir = in_root(self.root, "/run/" + last(d, "RuntimeDirectory"))
+            logs = in_root(self.root, "/var/log/" + last(e, "LogsDirectory"))
+            for x in (state, rundir, logs):
+                os.makedirs(x, mode=0o750)
+            cfg = mnlib.base_config(self.work, data, train={"max_steps": 10 ** 9, "threads": 1},
+                                    checkpoint={"dir": state, "every_steps": 50, "max_to_keep": 3},
+                                    control={"socket": os.path.join(rundir, "control.sock")},
+                                    eval={"metrics_file": os.path.join(logs, "metrics.jsonl"),
+                                          "textfile": os.path.join(textfiles, "mnist-eval-%s.prom" % name)},
+                                    metrics={"textfile": os.path.join(textfiles, "mnistd-%s.prom" % name),
+                                             "interval_ms": 100, "run": name})
+            # What /etc/mnistd/<name>.json holds for the instance.
+            cfg_path = mnlib.write_config(os.path.join(self.work, "%s.json" % name), cfg)
+            runs[name] = (cfg, cfg_path)
+        procs = {}
+        for name, (cfg, cfg_path) in runs.items():
+            ev_unit, d_unit = "mnist-eval@%s.service" % name, "mnistd@%s.service" % name
+            ev = self.traced(ev_unit, self.unit_argv(ev_unit, "ExecStart", cfg_path), "eval-" + name)
+            d = self.traced(d_unit, self.unit_argv(d_unit, "ExecStart", cfg_path), "mnistd-" + name)
+            procs[name] = (self.pid_of(d), d, self.pid_of(ev), ev)
+        for name, (cfg, cfg_path) in runs.items():
+            state = cfg["checkpoint"]["dir"]
+            mnlib.wait_for(lambda: len(mnlib.ckpt_steps(state)) >= 2, 120, "two checkpoints of run " + name)
+            self.sock_path = cfg["control"]["socket"]
+            t.assertTrue(self.control({"cmd": "pause"})["paused"])
+            saved = self.control({"cmd": "save"})
+            t.assertTrue(os.path.exists(os.path.join(state, saved["checkpoint"])), saved)
+            mnlib.wait_for(lambda: any(m["step"] == saved["step"] for m in self.metrics(cfg["eval"]["metrics_file"])),
+                           60, "run %s's evaluation of its saved checkpoint" % name)
+        for name, (d_pid, d, ev_pid, ev) in procs.items():
+            os.kill(d_pid, signal.SIGTERM)
+            t.assertEqual(self.wait_exit(d), 0, self.output(d))
+            os.kill(ev_pid, signal.SIGTERM)
+            t.assertEqual(self.wait_exit(ev), 0, self.output(ev))
+        # Each run's metrics in its own files, labelled with its name.
+        for name in self.NAMES:
+            for f, family in (("mnistd-%s.prom", "mnistd_running"), ("mnist-eval-%s.prom", "mnist_eval_running")):
+                with open(os.path.join(textfiles, f % name)) as fh:
+                    t.assertRegex(fh.read(), r'(?m)^%s\{run="%s"\} 0$' % (family, name))
 
 
 if __name__ == "__main__":
