@@ -614,7 +614,8 @@ class DeployTest(unittest.TestCase):
         s = unit_settings(instance_unit(self.dest_path("mnistd@.service"), "nightly", outdir))
         self.assertEqual((last(s, "StateDirectory"), last(s, "RuntimeDirectory")), ("mnistd/nightly", "mnistd-nightly"))
         e = unit_settings(instance_unit(self.dest_path("mnist-eval@.service"), "nightly", outdir))
-        self.assertEqual((last(e, "LogsDirectory"), values(e, "ReadOnlyPaths")), ("mnist-eval/nightly", ["-/var/lib/mnistd/nightly"]))
+        self.assertEqual((last(e, "LogsDirectory"), last(e, "StateDirectory"), values(e, "ReadOnlyPaths")),
+                         ("mnist-eval/nightly", "mnist-eval/nightly", ["-/var/lib/mnistd/nightly"]))
 
     @unittest.skipUnless(HAVE_STRACE and HAVE_ANALYZE, "strace or systemd-analyze is not installed (scripts/deps.sh installs both)")
     def test_two_instances_side_by_side_stay_in_their_sandboxes(self):
@@ -980,12 +981,13 @@ class InstancesScenario(Scenario):
             state = in_root(self.root, "/var/lib/" + last(d, "StateDirectory"))
             rundir = in_root(self.root, "/run/" + last(d, "RuntimeDirectory"))
             logs = in_root(self.root, "/var/log/" + last(e, "LogsDirectory"))
-            for x in (state, rundir, logs):
+            best = in_root(self.root, "/var/lib/" + last(e, "StateDirectory"))
+            for x in (state, rundir, logs, best):
                 os.makedirs(x, mode=0o750)
             cfg = mnlib.base_config(self.work, data, train={"max_steps": 10 ** 9, "threads": 1},
                                     checkpoint={"dir": state, "every_steps": 50, "max_to_keep": 3},
                                     control={"socket": os.path.join(rundir, "control.sock")},
-                                    eval={"metrics_file": os.path.join(logs, "metrics.jsonl"),
+                                    eval={"metrics_file": os.path.join(logs, "metrics.jsonl"), "best_dir": best,
                                           "textfile": os.path.join(textfiles, "mnist-eval-%s.prom" % name)},
                                     metrics={"textfile": os.path.join(textfiles, "mnistd-%s.prom" % name),
                                              "interval_ms": 100, "run": name})
