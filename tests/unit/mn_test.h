@@ -26,6 +26,8 @@
 #include <unistd.h>
 
 #include "mlp.h"
+#include "model.h"
+#include "train.h"
 
 /*
  * Runs every test in s, prints check's summary and frees s. Returns the
@@ -190,6 +192,45 @@ static inline void mn_test_fill_classes(uint8_t *images, uint8_t *labels, size_t
 		.learning_rate = 0.3, .learning_rate_decay = 0.99, .decay_steps = 10, .l2 = 1e-4,  \
 		.ema_decay = 0.99,                                                                 \
 	}
+
+/*
+ * A small trainer (one hidden layer of 8, batch 10, seed 7) on a toy data
+ * set of n examples of dim pixels in classes classes, filled into images,
+ * labels and *data (which must outlive the trainer). For the tests of the
+ * programs' checkpoint handling (pick, keep).
+ */
+static inline struct mn_trainer *mn_test_toy_trainer(uint8_t *images, uint8_t *labels, size_t n,
+                                                     size_t dim, size_t classes,
+                                                     struct mn_view *data)
+{
+	struct mn_trainer_params p = {.batch_size = 10, .seed = 7, .init_stddev = 0.1f};
+	struct mn_trainer *t = NULL;
+	char err[256] = "";
+
+	mn_test_fill_classes(images, labels, n, dim, classes);
+	*data = (struct mn_view){.images = images, .labels = labels, .count = n, .dim = dim};
+	p.arch.input = dim;
+	p.arch.output = classes;
+	p.arch.nhidden = 1;
+	p.arch.hidden[0] = 8;
+	ck_assert_msg(mn_trainer_new(&p, data, &t, err, sizeof(err)) == 0, "%s", err);
+	return t;
+}
+
+/* Trains t up to step (MN_TEST_HPARAMS) and publishes a checkpoint of it into dir. */
+static inline void mn_test_publish_step(struct mn_trainer *t, const char *dir, const char *prefix,
+                                        int64_t step)
+{
+	static const struct mn_hparams hp = MN_TEST_HPARAMS;
+	char name[MN_CKPT_MAX_NAME], err[256] = "";
+	double loss, lr;
+
+	while (mn_trainer_global_step(t) < step)
+		ck_assert_int_eq(mn_trainer_step(t, &hp, &loss, &lr), 0);
+	ck_assert_msg(
+	    mn_model_save(t, dir, prefix, 0, "{}", 1, name, sizeof(name), err, sizeof(err)) == 0,
+	    "%s", err);
+}
 
 /*
  * A 64-bit linear congruential generator (Knuth's MMIX constants): test data

@@ -29,21 +29,11 @@ static char err[MN_ERRLEN];
 static struct mn_view data;
 static struct mn_trainer *trainer;
 
-static const struct mn_hparams hp = MN_TEST_HPARAMS;
-
 static void setup(void)
 {
-	struct mn_trainer_params p = {.batch_size = 10, .seed = 7, .init_stddev = 0.1f};
-
-	mn_test_fill_classes(images, labels, N_EX, IN_DIM, OUT);
-	data = (struct mn_view){.images = images, .labels = labels, .count = N_EX, .dim = IN_DIM};
 	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
 	err[0] = '\0';
-	p.arch.input = IN_DIM;
-	p.arch.output = OUT;
-	p.arch.nhidden = 1;
-	p.arch.hidden[0] = 8;
-	ck_assert_int_eq(mn_trainer_new(&p, &data, &trainer, err, sizeof(err)), 0);
+	trainer = mn_test_toy_trainer(images, labels, N_EX, IN_DIM, OUT, &data);
 }
 
 static void teardown(void)
@@ -66,14 +56,7 @@ static const char *tpath(const char *name)
 /* Trains up to step and publishes a checkpoint of it into tmpdir. */
 static void publish_step(int64_t step)
 {
-	char name[MN_CKPT_MAX_NAME];
-	double loss, lr;
-
-	while (mn_trainer_global_step(trainer) < step)
-		ck_assert_int_eq(mn_trainer_step(trainer, &hp, &loss, &lr), 0);
-	ck_assert_int_eq(mn_model_save(trainer, tmpdir, PREFIX, 0, "{}", 1, name, sizeof(name), err,
-	                               sizeof(err)),
-	                 0);
+	mn_test_publish_step(trainer, tmpdir, PREFIX, step);
 }
 
 static struct mne_pick_params params(void)
