@@ -128,8 +128,8 @@ int main(int argc, char **argv)
 		else
 			break;
 	}
-	if (argc % 2 == 0 || input < 1 || output < 1 || s.batch < 1 || rounds < 1 ||
-	    rounds > 64 || parse_hidden(hidden, &s, input, output) < 0) {
+	if (argc % 2 == 0 || input < 1 || output < 1 || s.batch < 1 || rounds < 1 || rounds > 64 ||
+	    parse_hidden(hidden, &s, input, output) < 0) {
 		fprintf(stderr, "usage: ceiling [--input N] [--hidden H[,H...]] [--output N] "
 		                "[--batch N] [--threads T] [--rounds R<=64] [--seconds S]\n");
 		return 2;
@@ -163,7 +163,7 @@ int main(int argc, char **argv)
 	qsort(rate, (size_t)rounds, sizeof(rate[0]), cmp_double);
 	printf("ceiling threads=%d batch=%d hidden=%s steps_per_sec=%.1f gflops=%.1f "
 	       "min=%.1f max=%.1f\n",
-	       threads, s.batch, hidden, rate[rounds / 2], rate[rounds / 2] * flops / 1e9,
-	       rate[0], rate[rounds - 1]);
+	       threads, s.batch, hidden, rate[rounds / 2], rate[rounds / 2] * flops / 1e9, rate[0],
+	       rate[rounds - 1]);
 	return 0;
 }

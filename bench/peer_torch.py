@@ -5,7 +5,9 @@ SGD with lr 0.8 * 0.99^(step/550), L2 1e-4 on weights, EMA with TensorFlow's
 num_updates decay. Prints one line: steps, seconds, steps/s, test accuracy
 (EMA and raw).
 
-usage: peer_torch.py [--steps N] [--threads T] [--data DIR]
+--warmup N leaves the first N steps out of the timing (steady state).
+
+usage: peer_torch.py [--steps N] [--warmup N] [--threads T] [--data DIR]
 """
 import argparse
 import gzip
@@ -33,6 +35,7 @@ def trunc_normal(shape, std):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=30000)
+    ap.add_argument("--warmup", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     a = ap.parse_args()
@@ -57,6 +60,8 @@ def main():
 
     t0 = time.perf_counter()
     for step in range(a.steps):
+        if step == a.warmup:
+            t0 = time.perf_counter()
         if pos + 100 > n:
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos:pos + 100]
@@ -76,6 +81,7 @@ def main():
             for s, p in zip(shadow, params):
                 s.mul_(d).add_(p, alpha=1 - d)
     secs = time.perf_counter() - t0
+    timed = a.steps - a.warmup
 
     def acc(ps):
         with torch.no_grad():
@@ -83,7 +89,7 @@ def main():
             return (out.argmax(1) == y_test).float().mean().item()
 
     print("pytorch steps=%d seconds=%.1f steps_per_sec=%.0f test_ema=%.4f test_raw=%.4f"
-          % (a.steps, secs, a.steps / secs, acc(shadow), acc([p.detach() for p in params])))
+          % (timed, secs, timed / secs, acc(shadow), acc([p.detach() for p in params])))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -284,6 +287,19 @@ void mn_blas_set_threads(int threads)
 	openblas_set_num_threads(threads);
 }
 
+/* Per thread: its share of the batch's loss, one cache line each. */
+struct mn_part {
+	double loss;
+	char pad[64 - sizeof(double)];
+};
+
+/* A worker's identity: its team and its index (1 .. nthreads - 1). */
+struct mn_member {
+	struct mn_mlp *m;
+	size_t j;
+	pthread_t tid;
+};
+
 struct mn_mlp {
 	struct mn_arch arch;
 	size_t layers;
@@ -292,19 +308,49 @@ struct mn_mlp {
 	float *act[MN_MAX_HIDDEN + 1];
 	/* Per layer: the loss gradient with respect to the layer's pre-activation. */
 	float *delta[MN_MAX_HIDDEN + 1];
+	/* Per layer: column sums of delta (the bias gradient), out_l floats. */
+	float *gb[MN_MAX_HIDDEN + 1];
+	float *x;   /* max_batch x input: the gathered batch of a training step */
+	uint8_t *y; /* max_batch labels */
 	float *mem;
+
+	/* The team of mn_mlp_train_step; the caller is member 0. */
+	size_t nthreads;
+	struct mn_member *members; /* nthreads - 1 workers */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool sync_ready;
+	atomic_uint go;        /* job generation: workers start a step when it moves */
+	atomic_int sleepers;   /* workers waiting on cond */
+	atomic_bool quit;      /* workers exit at the next generation */
+	atomic_uint bar_count; /* arrivals at the current barrier */
+	atomic_uint bar_gen;   /* barriers passed */
+	/* The current job, written before go moves. */
+	const struct mn_mlp_step *job;
+	float *job_params, *job_shadow;
+	struct mn_part part[MN_MLP_MAX_THREADS];
 };
 
 /*
- * C = op(A) op(B) + beta C, all row-major and densely packed: op(A) is M x K,
- * op(B) is K x N, C is M x N. beta 0 overwrites C (OpenBLAS does not read it).
+ * C = alpha op(A) op(B) + beta C, row-major with leading dimensions: op(A)
+ * is M x K, op(B) is K x N, C is M x N. beta 0 overwrites C (OpenBLAS does
+ * not read it).
  */
+static void sgemm_ld(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, float alpha,
+                     const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
+                     size_t ldc)
+{
+	cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+	            trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha, a, (int)lda,
+	            b, (int)ldb, beta, c, (int)ldc);
+}
+
+/* The same for densely packed matrices with alpha 1. */
 static void mn_sgemm(bool trans_a, bool trans_b, size_t m, size_t n, size_t k, const float *a,
                      const float *b, float beta, float *c)
 {
-	cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-	            trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a,
-	            (int)(trans_a ? m : k), b, (int)(trans_b ? k : n), beta, c, (int)n);
+	sgemm_ld(trans_a, trans_b, m, n, k, 1.0f, a, trans_a ? m : k, b, trans_b ? k : n, beta, c,
+	         n);
 }
 
 int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out, char *err,
@@ -329,9 +375,14 @@ int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out
 		mn_errf(err, errlen, "batch_size %zu is too large for this network", max_batch);
 		return -EINVAL;
 	}
-	m = max_batch > SIZE_MAX / sizeof(float) / 2 / units ? NULL : calloc(1, sizeof(*m));
+	m = max_batch > SIZE_MAX / sizeof(float) / 4 / (units + arch->input)
+	        ? NULL
+	        : calloc(1, sizeof(*m));
+	/* act and delta per layer, the bias gradients, the batch and its labels. */
 	if (m)
-		m->mem = malloc(2 * units * max_batch * sizeof(float));
+		m->mem =
+		    malloc(((2 * max_batch + 1) * units + max_batch * arch->input) * sizeof(float) +
+		           max_batch);
 	if (!m || !m->mem) {
 		free(m);
 		mn_errf(err, errlen, "out of memory");
@@ -340,6 +391,7 @@ int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out
 	m->arch = *arch;
 	m->layers = mn_arch_layers(arch);
 	m->max_batch = max_batch;
+	m->nthreads = 1;
 	for (size_t l = 0; l < m->layers; l++) {
 		size_t sz = mn_arch_layer_out(arch, l) * max_batch;
 
@@ -347,14 +399,23 @@ int mn_mlp_new(const struct mn_arch *arch, size_t max_batch, struct mn_mlp **out
 		m->delta[l] = m->mem + off + sz;
 		off += 2 * sz;
 	}
+	for (size_t l = 0; l < m->layers; l++) {
+		m->gb[l] = m->mem + off;
+		off += mn_arch_layer_out(arch, l);
+	}
+	m->x = m->mem + off;
+	m->y = (uint8_t *)(m->x + max_batch * arch->input);
 	*out = m;
 	return 0;
 }
+
+static void team_stop(struct mn_mlp *m);
 
 void mn_mlp_free(struct mn_mlp *m)
 {
 	if (!m)
 		return;
+	team_stop(m);
 	free(m->mem);
 	free(m);
 }
@@ -507,5 +568,372 @@ int mn_mlp_eval(struct mn_mlp *m, const float *params, const float *x, const uin
 		*loss_sum += total;
 	if (y && correct)
 		*correct += ok;
+	return 0;
+}
+
+/*
+ * The training step's team. Why a team of our own: on a machine with as
+ * many cores as threads, OpenBLAS's pool would leave its threads spinning
+ * while the step's element-wise work ran on one core. Here every thread
+ * takes a share of each product (one BLAS thread each) and then the
+ * element-wise work on the same rows or columns, while they are still in
+ * its cache. Threads meet at barriers between the phases that read what
+ * others wrote.
+ */
+
+/* Spin politely: a pause, and after a while let others run. */
+static void relax(unsigned *spins)
+{
+	if (++*spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+		__builtin_ia32_pause();
+#endif
+		return;
+	}
+	sched_yield();
+}
+
+static void team_barrier(struct mn_mlp *m)
+{
+	unsigned gen, spins = 0;
+
+	if (m->nthreads == 1)
+		return;
+	gen = atomic_load_explicit(&m->bar_gen, memory_order_acquire);
+	if (atomic_fetch_add_explicit(&m->bar_count, 1, memory_order_acq_rel) + 1 == m->nthreads) {
+		atomic_store_explicit(&m->bar_count, 0, memory_order_relaxed);
+		atomic_fetch_add_explicit(&m->bar_gen, 1, memory_order_release);
+		return;
+	}
+	while (atomic_load_explicit(&m->bar_gen, memory_order_acquire) == gen)
+		relax(&spins);
+}
+
+/* Thread j's share [*lo, *hi) of count items, in blocks that are multiples of align. */
+static void share(size_t count, size_t threads, size_t j, size_t align, size_t *lo, size_t *hi)
+{
+	size_t chunk = (count + threads - 1) / threads;
+
+	chunk = (chunk + align - 1) / align * align;
+	*lo = j * chunk < count ? j * chunk : count;
+	*hi = count - *lo > chunk ? *lo + chunk : count;
+}
+
+/*
+ * Wide layers are shared out by output columns, so a thread's weights stay
+ * its own from the forward product through the update and the EMA; narrow
+ * ones (the logits) by batch rows, as their weights are small.
+ */
+static bool by_columns(const struct mn_mlp *m, size_t out)
+{
+	return out >= 32 * m->nthreads;
+}
+
+/* h = act(h + b) on a rows x cols block with leading dimension ld. */
+static void bias_act(size_t rows, size_t cols, const float *restrict b, float *restrict h,
+                     size_t ld, bool relu)
+{
+	for (size_t i = 0; i < rows; i++) {
+		float *restrict row = h + i * ld;
+
+		if (relu) {
+#pragma omp simd
+			for (size_t j = 0; j < cols; j++) {
+				float v = row[j] + b[j];
+
+				row[j] = v > 0.0f ? v : 0.0f;
+			}
+		} else {
+#pragma omp simd
+			for (size_t j = 0; j < cols; j++)
+				row[j] += b[j];
+		}
+	}
+}
+
+/* shadow = d * shadow + (1 - d) * w on a rows x cols block with leading dimension ld. */
+static void ema_block(size_t rows, size_t cols, size_t ld, float d, const float *restrict w,
+                      float *restrict shadow)
+{
+	float e = 1.0f - d;
+
+	for (size_t i = 0; i < rows; i++) {
+		const float *restrict wr = w + i * ld;
+		float *restrict sr = shadow + i * ld;
+
+#pragma omp simd
+		for (size_t j = 0; j < cols; j++)
+			sr[j] = d * sr[j] + e * wr[j];
+	}
+}
+
+/* b -= lr * (column sums of the rows x cols block d), summing in gb. */
+static void bias_step(size_t rows, size_t cols, const float *restrict d, size_t ld, float lr,
+                      float *restrict gb, float *restrict b)
+{
+	memcpy(gb, d, cols * sizeof(float));
+	for (size_t i = 1; i < rows; i++) {
+		const float *restrict row = d + i * ld;
+
+#pragma omp simd
+		for (size_t j = 0; j < cols; j++)
+			gb[j] += row[j];
+	}
+#pragma omp simd
+	for (size_t j = 0; j < cols; j++)
+		b[j] -= lr * gb[j];
+}
+
+/* d = h > 0 ? d : 0 (the ReLU's derivative) for n floats. */
+static void relu_mask(size_t n, const float *restrict h, float *restrict d)
+{
+#pragma omp simd
+	for (size_t i = 0; i < n; i++)
+		d[i] = h[i] > 0.0f ? d[i] : 0.0f;
+}
+
+/* Thread j's share of layer l's forward product, bias and activation. */
+static void step_forward(struct mn_mlp *m, size_t l, const float *params, size_t n, size_t j)
+{
+	size_t ni = mn_arch_layer_in(&m->arch, l), no = mn_arch_layer_out(&m->arch, l), lo, hi;
+	const float *in = l == 0 ? m->x : m->act[l - 1];
+	const float *w = params + mn_arch_weights_offset(&m->arch, l);
+	const float *b = params + mn_arch_biases_offset(&m->arch, l);
+	bool relu = l + 1 < m->layers;
+	float *h = m->act[l];
+
+	if (by_columns(m, no)) {
+		share(no, m->nthreads, j, 16, &lo, &hi);
+		if (hi > lo) {
+			sgemm_ld(false, false, n, hi - lo, ni, 1.0f, in, ni, w + lo, no, 0.0f,
+			         h + lo, no);
+			bias_act(n, hi - lo, b + lo, h + lo, no, relu);
+		}
+	} else {
+		share(n, m->nthreads, j, 1, &lo, &hi);
+		if (hi > lo) {
+			sgemm_ld(false, false, hi - lo, no, ni, 1.0f, in + lo * ni, ni, w, no, 0.0f,
+			         h + lo * no, no);
+			bias_act(hi - lo, no, b, h + lo * no, no, relu);
+		}
+	}
+}
+
+/* Thread j's share of the loss and its gradient with respect to the logits. */
+static void step_loss(struct mn_mlp *m, size_t n, size_t j)
+{
+	size_t last = m->layers - 1, k = m->arch.output, lo, hi;
+	float inv_n = 1.0f / (float)n;
+	double total = 0.0;
+
+	share(n, m->nthreads, j, 1, &lo, &hi);
+	for (size_t i = lo; i < hi; i++) {
+		float *d = m->delta[last] + i * k;
+
+		total += row_xent(m->act[last] + i * k, k, m->y[i], d);
+		d[m->y[i]] -= 1.0f;
+		for (size_t c = 0; c < k; c++)
+			d[c] *= inv_n;
+	}
+	m->part[j].loss = total;
+}
+
+/* Thread j's share of layer l's update and EMA: w = keep * w - lr * in^T delta. */
+static void step_update(struct mn_mlp *m, size_t l, size_t n, size_t j)
+{
+	const struct mn_mlp_step *s = m->job;
+	size_t ni = mn_arch_layer_in(&m->arch, l), no = mn_arch_layer_out(&m->arch, l), lo, hi;
+	size_t wo = mn_arch_weights_offset(&m->arch, l), bo = mn_arch_biases_offset(&m->arch, l);
+	const float *in = l == 0 ? m->x : m->act[l - 1], *d = m->delta[l];
+	float *w = m->job_params + wo, *b = m->job_params + bo, *sh = m->job_shadow;
+	float keep = 1.0f - s->lr * s->l2;
+
+	if (by_columns(m, no)) {
+		share(no, m->nthreads, j, 16, &lo, &hi);
+		if (hi == lo)
+			return;
+		sgemm_ld(true, false, ni, hi - lo, n, -s->lr, in, ni, d + lo, no, keep, w + lo, no);
+		bias_step(n, hi - lo, d + lo, no, s->lr, m->gb[l] + lo, b + lo);
+		if (sh) {
+			ema_block(ni, hi - lo, no, s->ema_decay, w + lo, sh + wo + lo);
+			ema_block(1, hi - lo, no, s->ema_decay, b + lo, sh + bo + lo);
+		}
+		return;
+	}
+	share(ni, m->nthreads, j, 16, &lo, &hi);
+	if (hi > lo) {
+		sgemm_ld(true, false, hi - lo, no, n, -s->lr, in + lo, ni, d, no, keep, w + lo * no,
+		         no);
+		if (sh)
+			ema_block(1, (hi - lo) * no, 0, s->ema_decay, w + lo * no,
+			          sh + wo + lo * no);
+	}
+	if (j == 0) {
+		bias_step(n, no, d, no, s->lr, m->gb[l], b);
+		if (sh)
+			ema_block(1, no, 0, s->ema_decay, b, sh + bo);
+	}
+}
+
+/* Thread j's part of a whole step. Ends at a barrier, so the step is done for all. */
+static void step_part(struct mn_mlp *m, size_t j)
+{
+	const struct mn_mlp_step *s = m->job;
+	size_t n = s->n, dim = m->arch.input, lo, hi;
+
+	share(n, m->nthreads, j, 1, &lo, &hi);
+	if (hi > lo)
+		mn_view_gather(s->data, s->rows + lo, hi - lo, m->x + lo * dim, m->y + lo);
+	team_barrier(m);
+	for (size_t l = 0; l < m->layers; l++) {
+		step_forward(m, l, m->job_params, n, j);
+		team_barrier(m);
+	}
+	step_loss(m, n, j);
+	team_barrier(m);
+	for (size_t l = m->layers; l-- > 0;) {
+		if (l > 0) {
+			/* delta_{l-1} = (delta_l W_l^T) masked by the ReLU, before W_l changes */
+			size_t ni = mn_arch_layer_in(&m->arch, l);
+			size_t no = mn_arch_layer_out(&m->arch, l);
+			const float *w = m->job_params + mn_arch_weights_offset(&m->arch, l);
+
+			share(n, m->nthreads, j, 1, &lo, &hi);
+			if (hi > lo) {
+				sgemm_ld(false, true, hi - lo, ni, no, 1.0f, m->delta[l] + lo * no,
+				         no, w, no, 0.0f, m->delta[l - 1] + lo * ni, ni);
+				relu_mask((hi - lo) * ni, m->act[l - 1] + lo * ni,
+				          m->delta[l - 1] + lo * ni);
+			}
+			team_barrier(m);
+		}
+		step_update(m, l, n, j);
+	}
+	team_barrier(m);
+}
+
+static void *team_main(void *arg)
+{
+	struct mn_member *me = arg;
+	struct mn_mlp *m = me->m;
+	unsigned seen = 0;
+
+	for (;;) {
+		unsigned go, spins = 0;
+
+		/* About a millisecond of polite spinning covers the gap between steps. */
+		while ((go = atomic_load(&m->go)) == seen) {
+			if (spins < 2000) {
+				relax(&spins);
+				continue;
+			}
+			pthread_mutex_lock(&m->lock);
+			atomic_fetch_add(&m->sleepers, 1);
+			while (atomic_load(&m->go) == seen)
+				pthread_cond_wait(&m->cond, &m->lock);
+			atomic_fetch_sub(&m->sleepers, 1);
+			pthread_mutex_unlock(&m->lock);
+		}
+		seen = go;
+		if (atomic_load(&m->quit))
+			return NULL;
+		step_part(m, me->j);
+	}
+}
+
+/* Starts a generation: the workers run step_part (or exit if quit is set). */
+static void team_go(struct mn_mlp *m)
+{
+	atomic_fetch_add(&m->go, 1);
+	if (atomic_load(&m->sleepers) > 0) {
+		pthread_mutex_lock(&m->lock);
+		pthread_cond_broadcast(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+	}
+}
+
+static void team_stop(struct mn_mlp *m)
+{
+	if (m->nthreads > 1) {
+		atomic_store(&m->quit, true);
+		team_go(m);
+		for (size_t j = 1; j < m->nthreads; j++)
+			pthread_join(m->members[j - 1].tid, NULL);
+		atomic_store(&m->quit, false);
+	}
+	free(m->members);
+	m->members = NULL;
+	m->nthreads = 1;
+	if (m->sync_ready) {
+		pthread_cond_destroy(&m->cond);
+		pthread_mutex_destroy(&m->lock);
+		m->sync_ready = false;
+	}
+}
+
+int mn_mlp_set_threads(struct mn_mlp *m, int threads)
+{
+	size_t want;
+	int rc = 0;
+
+	team_stop(m);
+	if (threads <= 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		threads = n > 0 ? (int)(n < MN_MLP_MAX_THREADS ? n : MN_MLP_MAX_THREADS) : 1;
+	}
+	want = threads < MN_MLP_MAX_THREADS ? (size_t)threads : MN_MLP_MAX_THREADS;
+	openblas_set_num_threads(1);
+	if (want == 1)
+		return 0;
+	m->members = calloc(want - 1, sizeof(*m->members));
+	if (!m->members)
+		return -ENOMEM;
+	if (pthread_mutex_init(&m->lock, NULL) != 0)
+		goto nomem;
+	if (pthread_cond_init(&m->cond, NULL) != 0) {
+		pthread_mutex_destroy(&m->lock);
+		goto nomem;
+	}
+	m->sync_ready = true;
+	for (size_t j = 1; j < want; j++) {
+		m->members[j - 1] = (struct mn_member){.m = m, .j = j};
+		rc = -pthread_create(&m->members[j - 1].tid, NULL, team_main, &m->members[j - 1]);
+		if (rc < 0)
+			break;
+		/* Counting each one as it starts lets team_stop join exactly those. */
+		m->nthreads = j + 1;
+	}
+	if (rc < 0)
+		team_stop(m);
+	return rc;
+nomem:
+	free(m->members);
+	m->members = NULL;
+	return -ENOMEM;
+}
+
+int mn_mlp_train_step(struct mn_mlp *m, const struct mn_mlp_step *s, float *params, float *shadow,
+                      double *loss)
+{
+	const struct mn_view *v = s->data;
+	double total = 0.0;
+
+	if (s->n == 0 || s->n > m->max_batch || v->dim != m->arch.input || !v->labels)
+		return -EINVAL;
+	for (size_t i = 0; i < s->n; i++)
+		if (s->rows[i] >= v->count || v->labels[s->rows[i]] >= m->arch.output)
+			return -EINVAL;
+	m->job = s;
+	m->job_params = params;
+	m->job_shadow = shadow;
+	if (m->nthreads > 1)
+		team_go(m);
+	step_part(m, 0);
+	/* In thread order, so the sum is the same on every run. */
+	for (size_t j = 0; j < m->nthreads; j++)
+		total += m->part[j].loss;
+	if (loss)
+		*loss = total / (double)s->n;
 	return 0;
 }

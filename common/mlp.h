@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "idx.h"
+
 #define MN_MAX_HIDDEN 8
 /* Upper bounds that keep every size computation far from overflow. */
 #define MN_MAX_UNITS  (1u << 20)
@@ -85,6 +87,45 @@ void mn_mlp_free(struct mn_mlp *m);
  */
 int mn_mlp_loss_grad(struct mn_mlp *m, const float *params, const float *x, const uint8_t *y,
                      size_t n, float *grad, double *loss);
+
+/*
+ * Uses threads threads (0: one per CPU, at most MN_MLP_MAX_THREADS) for
+ * mn_mlp_train_step: the calling thread and threads - 1 workers started
+ * here, which share out every matrix product and every element-wise pass of
+ * the step. Each product then runs on one BLAS thread, so this sets the
+ * process's BLAS thread count to 1 (a second thread pool spinning against
+ * OpenBLAS's own would slow both down; mn_blas_set_threads changes it back
+ * for code that wants BLAS's threads). Between steps the workers spin for
+ * about a millisecond, then sleep. Returns 0, or -errno if a thread could not
+ * be started (the team is then the calling thread alone).
+ */
+#define MN_MLP_MAX_THREADS 64
+int mn_mlp_set_threads(struct mn_mlp *m, int threads);
+
+/* One fused training step: see mn_mlp_train_step. */
+struct mn_mlp_step {
+	const struct mn_view *data; /* training images and labels (dim == input) */
+	const uint32_t *rows;       /* the batch: n indices into data */
+	size_t n;                   /* batch rows, 1 .. max_batch */
+	float lr;                   /* learning rate of this update */
+	float l2;                   /* L2 factor on the weight matrices (not the biases) */
+	float ema_decay;            /* d of the EMA update that follows the SGD update */
+};
+
+/*
+ * One SGD step in place: gathers the batch (pixels scaled to [0, 1]), runs
+ * the forward and backward pass, updates params with
+ * w = (1 - lr * l2) * w - lr * dw for weights and b -= lr * db for biases
+ * (the gradient of the mean cross-entropy), then, if shadow is not NULL,
+ * shadow = d * shadow + (1 - d) * params. The gradient is never stored: the
+ * weight update is the gradient's own matrix product. Writes the batch's
+ * mean cross-entropy (before the update) to *loss if loss is not NULL.
+ * Allocates nothing. -EINVAL, with params and shadow unchanged, if n is 0
+ * or too large, a row index is out of the data set, a label is >= output or
+ * the images do not have input pixels.
+ */
+int mn_mlp_train_step(struct mn_mlp *m, const struct mn_mlp_step *s, float *params, float *shadow,
+                      double *loss);
 
 /*
  * Forward pass only. For n <= max_batch rows: if y is not NULL, adds the

@@ -145,10 +145,7 @@ struct mn_trainer {
 	size_t nparams;
 	float *params;
 	float *shadow;
-	float *grad;
 	struct mn_mlp *mlp;
-	float *x;        /* batch_size x input */
-	uint8_t *y;      /* batch_size labels */
 	uint32_t *batch; /* batch_size indices into train */
 	uint32_t *perm;  /* nperm */
 	size_t nperm;
@@ -160,6 +157,10 @@ struct mn_trainer {
 	size_t shard_index, shard_count;
 	mn_trainer_reduce_fn reduce;
 	void *reduce_ctx;
+	/* A sharded step's own buffers, allocated by mn_trainer_set_shard. */
+	float *grad; /* nparams + 1: the gradient, then the loss */
+	float *x;    /* batch_size x input */
+	uint8_t *y;  /* batch_size labels */
 };
 
 /* malloc(n * size) with an overflow check. */
@@ -237,19 +238,19 @@ int mn_trainer_new(const struct mn_trainer_params *p, const struct mn_view *trai
 	t->shard_count = 1;
 	t->params = alloc_array(t->nparams, sizeof(float));
 	t->shadow = alloc_array(t->nparams, sizeof(float));
-	/* One slot more: a sharded step sums its loss with the gradient. */
-	t->grad = alloc_array(t->nparams + 1, sizeof(float));
 	t->batch = alloc_array(p->batch_size, sizeof(uint32_t));
-	t->y = alloc_array(p->batch_size, sizeof(uint8_t));
 	t->perm = alloc_array(t->nperm, sizeof(uint32_t));
-	if (p->batch_size > SIZE_MAX / p->arch.input)
-		goto nomem;
-	t->x = alloc_array(p->batch_size * p->arch.input, sizeof(float));
-	if (!t->params || !t->shadow || !t->grad || !t->batch || !t->y || !t->perm || !t->x)
+	if (!t->params || !t->shadow || !t->batch || !t->perm)
 		goto nomem;
 	rc = mn_mlp_new(&p->arch, p->batch_size, &t->mlp, err, errlen);
 	if (rc < 0) {
 		mn_errprefix(err, errlen, "trainer");
+		goto fail;
+	}
+	rc = mn_mlp_set_threads(t->mlp, p->threads);
+	if (rc < 0) {
+		mn_errf(err, errlen, "trainer: cannot start %d training threads: %s", p->threads,
+		        strerror(-rc));
 		goto fail;
 	}
 
@@ -278,11 +279,11 @@ void mn_trainer_free(struct mn_trainer *t)
 	if (!t)
 		return;
 	mn_mlp_free(t->mlp);
-	free(t->params);
-	free(t->shadow);
 	free(t->grad);
 	free(t->x);
 	free(t->y);
+	free(t->params);
+	free(t->shadow);
 	free(t->batch);
 	free(t->perm);
 	free(t);
@@ -324,12 +325,36 @@ static int shard_loss_grad(struct mn_trainer *t, double *batch_loss)
 	return 0;
 }
 
-int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *loss, double *lr)
+/*
+ * A data-parallel step: the gradient is summed over the shards before the
+ * update, so it is stored, and SGD and the EMA are passes of their own.
+ */
+static int shard_step(struct mn_trainer *t, const struct mn_hparams *h, float rate,
+                      double *batch_loss)
 {
 	const struct mn_arch *a = &t->p.arch;
+	int rc = shard_loss_grad(t, batch_loss);
+
+	if (rc < 0)
+		return rc;
+	for (size_t l = 0; l < mn_arch_layers(a); l++) {
+		size_t in = mn_arch_layer_in(a, l), out = mn_arch_layer_out(a, l);
+		size_t wo = mn_arch_weights_offset(a, l), bo = mn_arch_biases_offset(a, l);
+
+		mn_sgd_update(in * out, rate, (float)h->l2, t->grad + wo, t->params + wo);
+		mn_sgd_update(out, rate, 0.0f, t->grad + bo, t->params + bo);
+	}
+	t->global_step++;
+	mn_ema_update(t->nparams, (float)mn_ema_decay_at(h->ema_decay, t->global_step), t->params,
+	              t->shadow);
+	return 0;
+}
+
+int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *loss, double *lr)
+{
 	size_t bs = t->p.batch_size;
+	struct mn_mlp_step step;
 	double batch_loss, rate;
-	float d;
 	int rc;
 
 	if (!hparams_ok(h))
@@ -345,22 +370,26 @@ int mn_trainer_step(struct mn_trainer *t, const struct mn_hparams *h, double *lo
 		if (t->batch[i] >= t->train.count)
 			return -EINVAL;
 	}
-	rc = shard_loss_grad(t, &batch_loss);
-	if (rc < 0)
-		return rc;
-
 	rate = mn_learning_rate(h->learning_rate, h->learning_rate_decay, h->decay_steps,
 	                        t->global_step);
-	for (size_t l = 0; l < mn_arch_layers(a); l++) {
-		size_t in = mn_arch_layer_in(a, l), out = mn_arch_layer_out(a, l);
-		size_t wo = mn_arch_weights_offset(a, l), bo = mn_arch_biases_offset(a, l);
-
-		mn_sgd_update(in * out, (float)rate, (float)h->l2, t->grad + wo, t->params + wo);
-		mn_sgd_update(out, (float)rate, 0.0f, t->grad + bo, t->params + bo);
+	if (t->reduce) {
+		rc = shard_step(t, h, (float)rate, &batch_loss);
+		if (rc < 0)
+			return rc;
+		goto done;
 	}
+	step.data = &t->train;
+	step.rows = t->batch;
+	step.n = bs;
+	step.lr = (float)rate;
+	step.l2 = (float)h->l2;
+	/* The EMA's decay is that of global_step after the update. */
+	step.ema_decay = (float)mn_ema_decay_at(h->ema_decay, t->global_step + 1);
+	rc = mn_mlp_train_step(t->mlp, &step, t->params, t->shadow, &batch_loss);
+	if (rc < 0)
+		return rc;
 	t->global_step++;
-	d = (float)mn_ema_decay_at(h->ema_decay, t->global_step);
-	mn_ema_update(t->nparams, d, t->params, t->shadow);
+done:
 
 	if (loss)
 		*loss = batch_loss;
@@ -374,6 +403,27 @@ int mn_trainer_set_shard(struct mn_trainer *t, size_t index, size_t count,
 {
 	if (count < 1 || index >= count || count > t->p.batch_size || (count > 1 && !reduce))
 		return -EINVAL;
+	/* Only a sharded step stores its gradient; the fused one needs none of this. */
+	if (reduce && !t->grad) {
+		if (t->p.batch_size > SIZE_MAX / t->p.arch.input)
+			return -ENOMEM;
+		t->grad = alloc_array(t->nparams + 1, sizeof(float));
+		t->x = alloc_array(t->p.batch_size * t->p.arch.input, sizeof(float));
+		t->y = alloc_array(t->p.batch_size, sizeof(uint8_t));
+		if (!t->grad || !t->x || !t->y) {
+			free(t->grad);
+			free(t->x);
+			free(t->y);
+			t->grad = t->x = NULL;
+			t->y = NULL;
+			return -ENOMEM;
+		}
+	}
+	if (reduce) {
+		/* Sharded steps use BLAS's own threads, as they did before the fused step. */
+		mn_mlp_set_threads(t->mlp, 1);
+		mn_blas_set_threads(t->p.threads);
+	}
 	t->shard_index = index;
 	t->shard_count = count;
 	t->reduce = reduce;

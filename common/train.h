@@ -60,6 +60,7 @@ struct mn_trainer_params {
 	size_t batch_size;   /* examples per step */
 	uint64_t seed;       /* RNG seed (initial weights, permutations) */
 	float init_stddev;   /* stddev of the truncated-normal weight init */
+	int threads;         /* threads of a step (0: one per CPU), see mn_mlp_set_threads */
 };
 
 /* Settings that may change between steps (config reload). */
@@ -102,7 +103,9 @@ void mn_trainer_free(struct mn_trainer *t);
 
 /*
  * One SGD step on the next batch: forward/backward, SGD+L2 with the
- * learning rate at global_step, global_step += 1, EMA update. Batches take
+ * learning rate at global_step, global_step += 1, EMA update, fused in
+ * mn_mlp_train_step (so the step allocates nothing and never stores the
+ * gradient). Batches take
  * the next batch_size indices of the epoch permutation; when it runs out, a
  * fresh permutation is drawn and the batch continues from its start.
  * Reports the batch's mean cross-entropy (without L2) and the learning rate

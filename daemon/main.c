@@ -397,6 +397,7 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	tp.batch_size = (size_t)cfg->train.batch_size;
 	tp.seed = cfg->model.seed;
 	tp.init_stddev = (float)cfg->model.init_stddev;
+	tp.threads = (int)cfg->train.threads;
 	if (mnd_dist_rank(d->dist) != 0) {
 		/* Rank 0's state reaches this rank by broadcast; the directory is rank 0's. */
 		rc = mn_trainer_new(&tp, &train, out, err, sizeof(err));

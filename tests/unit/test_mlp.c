@@ -447,6 +447,194 @@ START_TEST(test_einval)
 }
 END_TEST
 
+/* A synthetic data set for the fused step: count images of dim pixels. */
+struct syn_data {
+	uint8_t *images, *labels;
+	struct mn_view v;
+};
+
+static void syn_make(struct syn_data *d, struct mn_test_lcg *g, size_t count, size_t dim,
+                     size_t classes)
+{
+	d->images = malloc(count * dim);
+	d->labels = malloc(count);
+	ck_assert(d->images && d->labels);
+	for (size_t i = 0; i < count * dim; i++)
+		d->images[i] = (uint8_t)(mn_test_lcg_u32(g) & 0xff);
+	for (size_t i = 0; i < count; i++)
+		d->labels[i] = (uint8_t)(mn_test_lcg_u32(g) % classes);
+	d->v =
+	    (struct mn_view){.images = d->images, .labels = d->labels, .count = count, .dim = dim};
+}
+
+static void assert_close(const float *a, const float *b, size_t n, const char *what)
+{
+	for (size_t i = 0; i < n; i++)
+		ck_assert_msg(fabsf(a[i] - b[i]) <= 2e-6f + 2e-5f * fabsf(b[i]),
+		              "%s[%zu]: %.9g, want %.9g", what, i, (double)a[i], (double)b[i]);
+}
+
+/*
+ * The fused step equals its parts (gather, mn_mlp_loss_grad, SGD with L2 on
+ * the weights only, EMA) to rounding, for every way the threads share the
+ * layers out (by columns, by rows, empty shares), and repeats itself to the
+ * bit with the same thread count.
+ */
+START_TEST(test_train_step_matches_parts)
+{
+	static const struct {
+		size_t input, nhidden, hidden[2], output, n;
+	} shapes[] = {
+	    {5, 2, {4, 3}, 3, 4},
+	    {784, 1, {100, 0}, 10, 37},
+	    {30, 2, {70, 40}, 10, 23},
+	};
+	const float lr = 0.3f, l2 = 1e-3f, d = 0.9f;
+
+	for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
+		struct mn_arch a = mn_test_arch(shapes[k].input, shapes[k].nhidden,
+		                                shapes[k].hidden, shapes[k].output);
+		size_t np = mn_arch_param_count(&a), n = shapes[k].n, count = 3 * n;
+		float *p0 = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
+		float *want = malloc(np * sizeof(float)), *want_sh = malloc(np * sizeof(float));
+		float *p = malloc(np * sizeof(float)), *sh = malloc(np * sizeof(float));
+		float *p2 = malloc(np * sizeof(float)), *sh2 = malloc(np * sizeof(float));
+		float *x = malloc(n * a.input * sizeof(float));
+		uint32_t rows[64];
+		uint8_t y[64];
+		struct mn_test_lcg lcg = {42 + k};
+		struct syn_data data;
+		struct mn_mlp *ref = NULL;
+		double want_loss;
+
+		ck_assert(p0 && g && want && want_sh && p && sh && p2 && sh2 && x);
+		syn_make(&data, &lcg, count, a.input, a.output);
+		fill_params(&lcg, &a, 0.3f, p0);
+		for (size_t i = 0; i < n; i++)
+			rows[i] = (uint32_t)((i * 7 + 3) % count);
+		mn_view_gather(&data.v, rows, n, x, y);
+		ck_assert_int_eq(mn_mlp_new(&a, n, &ref, NULL, 0), 0);
+		ck_assert_int_eq(mn_mlp_loss_grad(ref, p0, x, y, n, g, &want_loss), 0);
+		memcpy(want, p0, np * sizeof(float));
+		for (size_t i = 0; i < np; i++)
+			want_sh[i] = p0[i] * 0.5f;
+		for (size_t l = 0; l < mn_arch_layers(&a); l++) {
+			size_t wo = mn_arch_weights_offset(&a, l),
+			       bo = mn_arch_biases_offset(&a, l);
+
+			for (size_t i = wo; i < bo; i++)
+				want[i] -= lr * (g[i] + l2 * want[i]);
+			for (size_t i = bo; i < bo + mn_arch_layer_out(&a, l); i++)
+				want[i] -= lr * g[i];
+		}
+		for (size_t i = 0; i < np; i++)
+			want_sh[i] = d * want_sh[i] + (1.0f - d) * want[i];
+
+		for (int threads = 1; threads <= 3; threads++) {
+			struct mn_mlp_step st = {.data = &data.v,
+			                         .rows = rows,
+			                         .n = n,
+			                         .lr = lr,
+			                         .l2 = l2,
+			                         .ema_decay = d};
+			struct mn_mlp *m = NULL;
+			double loss = 0.0, loss2 = 0.0;
+
+			ck_assert_int_eq(mn_mlp_new(&a, n + 5, &m, NULL, 0), 0);
+			ck_assert_int_eq(mn_mlp_set_threads(m, threads), 0);
+			for (int rep = 0; rep < 2; rep++) {
+				float *pp = rep ? p2 : p, *ss = rep ? sh2 : sh;
+
+				memcpy(pp, p0, np * sizeof(float));
+				for (size_t i = 0; i < np; i++)
+					ss[i] = p0[i] * 0.5f;
+				ck_assert_int_eq(
+				    mn_mlp_train_step(m, &st, pp, ss, rep ? &loss2 : &loss), 0);
+			}
+			ck_assert_double_eq_tol(loss, want_loss, 1e-5 * fabs(want_loss));
+			assert_close(p, want, np, "params");
+			assert_close(sh, want_sh, np, "shadow");
+			ck_assert_double_eq(loss, loss2);
+			ck_assert_mem_eq(p, p2, np * sizeof(float));
+			ck_assert_mem_eq(sh, sh2, np * sizeof(float));
+			/* Without a shadow only the parameters move. */
+			memcpy(p2, p0, np * sizeof(float));
+			ck_assert_int_eq(mn_mlp_train_step(m, &st, p2, NULL, NULL), 0);
+			ck_assert_mem_eq(p, p2, np * sizeof(float));
+			mn_mlp_free(m);
+		}
+		mn_mlp_free(ref);
+		free(data.images);
+		free(data.labels);
+		free(p0);
+		free(g);
+		free(want);
+		free(want_sh);
+		free(p);
+		free(sh);
+		free(p2);
+		free(sh2);
+		free(x);
+	}
+}
+END_TEST
+
+/* A bad batch changes nothing. */
+START_TEST(test_train_step_einval)
+{
+	size_t h[] = {40};
+	struct mn_arch a = mn_test_arch(6, 1, h, 4);
+	size_t np = mn_arch_param_count(&a);
+	float *p = malloc(np * sizeof(float)), *sh = malloc(np * sizeof(float));
+	float *p0 = malloc(np * sizeof(float));
+	uint32_t rows[4] = {0, 1, 2, 3};
+	struct mn_test_lcg lcg = {9};
+	struct syn_data data;
+	struct mn_view wrong_dim;
+	struct mn_mlp_step st = {.rows = rows, .n = 4, .lr = 0.1f, .ema_decay = 0.5f};
+	struct mn_mlp *m = NULL;
+
+	ck_assert(p && sh && p0);
+	syn_make(&data, &lcg, 4, 6, 4);
+	wrong_dim = data.v;
+	wrong_dim.dim = 5;
+	fill_params(&lcg, &a, 0.3f, p0);
+	memcpy(p, p0, np * sizeof(float));
+	memcpy(sh, p0, np * sizeof(float));
+	ck_assert_int_eq(mn_mlp_new(&a, 4, &m, NULL, 0), 0);
+	ck_assert_int_eq(mn_mlp_set_threads(m, 2), 0);
+	st.data = &data.v;
+	st.n = 0;
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), -EINVAL);
+	st.n = 5;
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), -EINVAL);
+	st.n = 4;
+	rows[3] = 4;
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), -EINVAL);
+	rows[3] = 3;
+	data.labels[2] = 4;
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), -EINVAL);
+	data.labels[2] = 3;
+	st.data = &wrong_dim;
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), -EINVAL);
+	ck_assert_mem_eq(p, p0, np * sizeof(float));
+	ck_assert_mem_eq(sh, p0, np * sizeof(float));
+	st.data = &data.v;
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), 0);
+	/* A team can be resized, and one thread needs no team. */
+	ck_assert_int_eq(mn_mlp_set_threads(m, 1), 0);
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), 0);
+	ck_assert_int_eq(mn_mlp_set_threads(m, 0), 0);
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, p, sh, NULL), 0);
+	mn_mlp_free(m);
+	free(data.images);
+	free(data.labels);
+	free(p);
+	free(sh);
+	free(p0);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("mlp");
@@ -455,6 +643,6 @@ int main(void)
 	            test_arch_layout_multi, test_arch_validate, test_arch_equal,
 	            test_arch_json_roundtrip, test_arch_json_reject, test_gradient_check,
 	            test_gradient_check_784, test_softmax_stable, test_eval_correct_argmax,
-	            test_einval);
+	            test_einval, test_train_step_matches_parts, test_train_step_einval);
 	return mn_test_run(s);
 }
