@@ -69,8 +69,9 @@ def status(sock_path):
     return json.loads(buf)
 
 
-def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None):
-    """Steady-state steps/s of one mnistd run, from two status reads."""
+def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, logs=None):
+    """Steady-state steps/s of one mnistd run, from two status reads; the
+    log's text is appended to logs if given."""
     with tempfile.TemporaryDirectory() as work:
         cfg = {"model": {"hidden": [int(h) for h in hidden.split(",")]},
                "train": {"max_steps": 10 ** 9, "threads": threads},
@@ -104,6 +105,9 @@ def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
+            if logs is not None:
+                with open(work + "/mnistd.log") as f:
+                    logs.append(f.read())
         return (s1 - s0) / (t1 - t0)
 
 

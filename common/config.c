@@ -144,6 +144,7 @@ static const struct key keys[] = {
     STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME),
     INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),
     INT("checkpoint.max_to_keep", checkpoint.max_to_keep, 0, 1000000, 5, KF_RELOAD),
+    BOOL("checkpoint.write_all", checkpoint.write_all, false, KF_RELOAD),
     {
         .path = "checkpoint.init_from",
         .type = KT_INIT_FROM,

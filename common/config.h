@@ -67,7 +67,8 @@ struct mn_config {
 		char dir[MN_CONFIG_PATH_MAX];
 		char prefix[MN_CONFIG_NAME_MAX];
 		int64_t every_steps;
-		int64_t max_to_keep;                     /* 0 keeps all */
+		int64_t max_to_keep; /* 0 keeps all */
+		bool write_all;      /* training waits rather than skip a scheduled checkpoint */
 		char init_from_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
 		size_t init_from_nmap;
 		struct mn_config_rename init_from_map[MN_CONFIG_MAP_MAX];

@@ -337,8 +337,18 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
                   const char *config_json, int world_size, char *name, size_t len, char *err,
                   size_t errlen)
 {
-	const struct mn_arch *a = mn_trainer_arch(t);
 	struct mn_trainer_state s;
+
+	mn_trainer_state(t, &s);
+	return mn_model_save_state(mn_trainer_arch(t), &s, dir, prefix, max_to_keep, config_json,
+	                           world_size, name, len, err, errlen);
+}
+
+int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *sp, const char *dir,
+                        const char *prefix, size_t max_to_keep, const char *config_json,
+                        int world_size, char *name, size_t len, char *err, size_t errlen)
+{
+	struct mn_trainer_state s = *sp;
 	size_t layers = mn_arch_layers(a), nt = 0;
 	size_t cap = layers * TENSORS_PER_LAYER + 5;
 	struct mn_tensor *tensors = calloc(cap, sizeof(*tensors));
@@ -350,7 +360,6 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
 		mn_errf(err, errlen, "out of memory");
 		goto out;
 	}
-	mn_trainer_state(t, &s);
 	nt += layer_tensors(a, s.params, false, tensors + nt, names + nt);
 	nt += layer_tensors(a, s.shadow, true, tensors + nt, names + nt);
 	tensors[nt++] = (struct mn_tensor){

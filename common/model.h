@@ -117,6 +117,11 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
                   const char *config_json, int world_size, char *name, size_t len, char *err,
                   size_t errlen);
 
+/* The same for a training state s of architecture a (a snapshot's, for instance). */
+int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *s, const char *dir,
+                        const char *prefix, size_t max_to_keep, const char *config_json,
+                        int world_size, char *name, size_t len, char *err, size_t errlen);
+
 /*
  * Writes an inference-only model as "<dir>/<name>", atomically: the tensors
  * layer<i>/weights and layer<i>/biases taken from params (mlp.h's layout,

@@ -453,3 +453,73 @@ void mn_trainer_state(struct mn_trainer *t, struct mn_trainer_state *s)
 	s->nperm = t->nperm;
 	s->rng = &t->rng;
 }
+
+struct mn_trainer_snapshot {
+	struct mn_arch arch;
+	size_t nparams, nperm;
+	int64_t global_step, epoch;
+	uint64_t perm_pos;
+	struct mn_rng rng;
+	float *params, *shadow;
+	uint32_t *perm;
+};
+
+int mn_trainer_snapshot_new(const struct mn_trainer *t, struct mn_trainer_snapshot **out)
+{
+	struct mn_trainer_snapshot *s = calloc(1, sizeof(*s));
+
+	*out = NULL;
+	if (!s)
+		return -ENOMEM;
+	s->arch = t->p.arch;
+	s->nparams = t->nparams;
+	s->nperm = t->nperm;
+	s->params = alloc_array(t->nparams, sizeof(float));
+	s->shadow = alloc_array(t->nparams, sizeof(float));
+	s->perm = alloc_array(t->nperm, sizeof(uint32_t));
+	if (!s->params || !s->shadow || !s->perm) {
+		mn_trainer_snapshot_free(s);
+		return -ENOMEM;
+	}
+	*out = s;
+	return 0;
+}
+
+void mn_trainer_snapshot_free(struct mn_trainer_snapshot *s)
+{
+	if (!s)
+		return;
+	free(s->params);
+	free(s->shadow);
+	free(s->perm);
+	free(s);
+}
+
+void mn_trainer_snapshot_take(struct mn_trainer_snapshot *s, struct mn_trainer *t)
+{
+	memcpy(s->params, t->params, t->nparams * sizeof(float));
+	memcpy(s->shadow, t->shadow, t->nparams * sizeof(float));
+	memcpy(s->perm, t->perm, t->nperm * sizeof(uint32_t));
+	s->global_step = t->global_step;
+	s->epoch = t->epoch;
+	s->perm_pos = t->perm_pos;
+	s->rng = t->rng;
+}
+
+void mn_trainer_snapshot_state(struct mn_trainer_snapshot *s, struct mn_trainer_state *st)
+{
+	st->params = s->params;
+	st->shadow = s->shadow;
+	st->nparams = s->nparams;
+	st->global_step = &s->global_step;
+	st->epoch = &s->epoch;
+	st->perm_pos = &s->perm_pos;
+	st->perm = s->perm;
+	st->nperm = s->nperm;
+	st->rng = &s->rng;
+}
+
+const struct mn_arch *mn_trainer_snapshot_arch(const struct mn_trainer_snapshot *s)
+{
+	return &s->arch;
+}

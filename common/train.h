@@ -135,4 +135,26 @@ const struct mn_arch *mn_trainer_arch(const struct mn_trainer *t);
 /* Fills s with views into t's state (see struct mn_trainer_state). */
 void mn_trainer_state(struct mn_trainer *t, struct mn_trainer_state *s);
 
+/*
+ * A copy of a trainer's whole state (everything struct mn_trainer_state
+ * views), for writing a checkpoint on another thread while training goes
+ * on. Opaque.
+ */
+struct mn_trainer_snapshot;
+
+/* Allocates a snapshot sized for t (its contents are undefined until taken). */
+int mn_trainer_snapshot_new(const struct mn_trainer *t, struct mn_trainer_snapshot **out);
+
+/* Frees a snapshot. Accepts NULL. */
+void mn_trainer_snapshot_free(struct mn_trainer_snapshot *s);
+
+/* Copies t's current state into s, which must have been made for t. Allocates nothing. */
+void mn_trainer_snapshot_take(struct mn_trainer_snapshot *s, struct mn_trainer *t);
+
+/* Fills st with views into the snapshot's copy. */
+void mn_trainer_snapshot_state(struct mn_trainer_snapshot *s, struct mn_trainer_state *st);
+
+/* The architecture of the snapshot's trainer. */
+const struct mn_arch *mn_trainer_snapshot_arch(const struct mn_trainer_snapshot *s);
+
 #endif

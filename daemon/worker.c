@@ -16,6 +16,7 @@
 #include "log.h"
 #include "model.h"
 #include "util.h"
+#include "writer.h"
 
 /* A request from the loop thread, answered at a step boundary. */
 struct req {
@@ -25,6 +26,7 @@ struct req {
 	void *arg;
 	int status;
 	int64_t step;
+	uint64_t seq; /* a save waiting for the write with this sequence number */
 	bool paused;
 	char name[MN_CKPT_MAX_NAME];
 	char error[MN_ERRLEN];
@@ -42,11 +44,12 @@ struct mnd_worker {
 	struct mn_config cfg;
 	char *config_json;
 	size_t train_count;
-	int64_t last_saved_step;
 	int64_t rate_t0, rate_step0;
-	struct mnd_dist *dist; /* NULL when training alone */
-	bool dist_paused;      /* the ranks last agreed to pause */
-	bool diverged;         /* the ranks' parameters differ: nothing more is saved */
+	struct mnd_writer *writer;
+	int64_t submitted_seq, submitted_step; /* the newest snapshot handed to the writer */
+	struct mnd_dist *dist;                 /* NULL when training alone */
+	bool dist_paused;                      /* the ranks last agreed to pause */
+	bool diverged; /* the ranks' parameters differ: nothing more is saved */
 
 	/* Shared, under lock. */
 	struct mn_config next_cfg;
@@ -55,6 +58,14 @@ struct mnd_worker {
 	bool pause_requested;
 	struct req *pending, **pending_tail; /* for the training thread */
 	struct req *done, **done_tail;       /* answered, for the loop thread */
+	struct req *saving;                  /* saves waiting for their write (req.seq) */
+	int64_t last_saved_step;             /* of the newest checkpoint published */
+	/* The newest write the writer reported. */
+	uint64_t written_seq;
+	int written_status;
+	int64_t written_step;
+	char written_name[MN_CKPT_MAX_NAME];
+	char written_error[MN_ERRLEN];
 	bool finished;
 	int finish_status;
 	struct mnd_worker_status status;
@@ -94,58 +105,104 @@ static void note_write(struct mnd_worker *w, int rc, int64_t step, const char *n
 	pthread_mutex_unlock(&w->lock);
 }
 
-/* Publishes the current state; returns 0 or -errno with the message in err. */
-static int save_now(struct mnd_worker *w, char *name, size_t len, char *err, size_t errlen)
+/*
+ * The ranks' comparison before any checkpoint (a collective: every rank
+ * takes part). Returns 1 if this rank writes checkpoints, 0 if another
+ * does, or -errno with the message in err if the ranks disagree (nothing
+ * more is saved then).
+ */
+static int dist_precheck(struct mnd_worker *w, char *err, size_t errlen)
 {
-	int64_t step = mn_trainer_global_step(w->trainer);
+	struct mn_trainer_state s;
 	int rc;
 
-	if (w->dist) {
-		/* Every rank takes part in the comparison; only rank 0 writes. */
-		struct mn_trainer_state s;
-
-		mn_trainer_state(w->trainer, &s);
-		rc = mnd_dist_check_state(w->dist, &s, err, errlen);
-		if (rc < 0) {
-			mn_log(MN_LOG_ERROR, "not saving: %s", err);
-			w->diverged = true;
-			return rc;
-		}
-		if (mnd_dist_rank(w->dist) != 0)
-			return 0;
-	}
-	if (step == w->last_saved_step) {
-		char path[PATH_MAX];
-
-		/* This exact state is already durable (unless someone removed it since). */
-		pthread_mutex_lock(&w->lock);
-		snprintf(name, len, "%s", w->status.latest);
-		pthread_mutex_unlock(&w->lock);
-		snprintf(path, sizeof(path), "%s/%s", w->cfg.checkpoint.dir, name);
-		if (access(path, F_OK) == 0)
-			return 0;
-	}
-	int64_t t0 = mn_monotonic_ns();
-
-	rc = mn_model_save(w->trainer, w->cfg.checkpoint.dir, w->cfg.checkpoint.prefix,
-	                   (size_t)w->cfg.checkpoint.max_to_keep, w->config_json,
-	                   mnd_dist_size(w->dist), name, len, err, errlen);
-	note_write(w, rc, step, name, mn_monotonic_ns() - t0);
+	if (!w->dist)
+		return 1;
+	mn_trainer_state(w->trainer, &s);
+	rc = mnd_dist_check_state(w->dist, &s, err, errlen);
 	if (rc < 0) {
-		mn_log_fields(
-		    MN_LOG_ERROR, "checkpoint failed",
-		    (struct mn_log_field[]){MN_F_INT("step", step), MN_F_STR("error", err)}, 2);
+		mn_log(MN_LOG_ERROR, "not saving: %s", err);
+		w->diverged = true;
 		return rc;
 	}
-	w->last_saved_step = step;
-	mn_log_fields(MN_LOG_INFO, "checkpoint published",
-	              (struct mn_log_field[]){
-	                  MN_F_INT("step", step),
-	                  MN_F_STR("file", name),
-	                  MN_F_DBL("write_ms", (double)(mn_monotonic_ns() - t0) / 1e6, 1),
-	              },
-	              3);
-	return 0;
+	return mnd_dist_rank(w->dist) == 0;
+}
+
+/*
+ * Hands a snapshot of the current state to the writer. Returns 0 if this
+ * very state is already durable (and its file still there), else the
+ * sequence number of the write that will settle it (> 0), or -ENOMEM.
+ */
+static int64_t checkpoint_async(struct mnd_worker *w)
+{
+	int64_t step = mn_trainer_global_step(w->trainer), seq;
+	struct mnd_writer_target where = {
+	    .dir = w->cfg.checkpoint.dir,
+	    .prefix = w->cfg.checkpoint.prefix,
+	    .max_to_keep = (size_t)w->cfg.checkpoint.max_to_keep,
+	    .config_json = w->config_json,
+	    .world_size = mnd_dist_size(w->dist),
+	    .wait = w->cfg.checkpoint.write_all,
+	};
+	bool durable, pending;
+	char path[PATH_MAX];
+
+	pthread_mutex_lock(&w->lock);
+	durable = step == w->last_saved_step;
+	snprintf(path, sizeof(path), "%s/%s", w->cfg.checkpoint.dir, w->status.latest);
+	pending = step == w->submitted_step && (uint64_t)w->submitted_seq > w->written_seq;
+	pthread_mutex_unlock(&w->lock);
+	/* This exact state is already durable (unless someone removed it since). */
+	if (durable && !pending && access(path, F_OK) == 0)
+		return 0;
+	if (pending)
+		return w->submitted_seq;
+	seq = mnd_writer_submit(w->writer, w->trainer, &where);
+	if (seq < 0) {
+		mn_log_fields(MN_LOG_ERROR, "checkpoint failed",
+		              (struct mn_log_field[]){MN_F_INT("step", step),
+		                                      MN_F_STR("error", "out of memory")},
+		              2);
+		return seq;
+	}
+	w->submitted_seq = seq;
+	w->submitted_step = step;
+	return seq;
+}
+
+/* A checkpoint nobody waits for (the periodic ones). */
+static void checkpoint_periodic(struct mnd_worker *w)
+{
+	char err[MN_ERRLEN];
+
+	if (dist_precheck(w, err, sizeof(err)) > 0)
+		checkpoint_async(w);
+}
+
+/*
+ * Publishes the current state and waits until it is durable (the final
+ * checkpoint). Returns 0 or -errno with the message in err.
+ */
+static int save_and_wait(struct mnd_worker *w, char *name, size_t len, char *err, size_t errlen)
+{
+	int64_t seq;
+	int rc = dist_precheck(w, err, errlen);
+
+	snprintf(name, len, "%s", "");
+	if (rc <= 0)
+		return rc;
+	seq = checkpoint_async(w);
+	if (seq < 0) {
+		mn_errf(err, errlen, "out of memory");
+		return (int)seq;
+	}
+	mnd_writer_drain(w->writer);
+	pthread_mutex_lock(&w->lock);
+	rc = seq == 0 ? 0 : w->written_status;
+	snprintf(name, len, "%s", seq == 0 ? w->status.latest : w->written_name);
+	snprintf(err, errlen, "%s", seq == 0 ? "" : w->written_error);
+	pthread_mutex_unlock(&w->lock);
+	return rc;
 }
 
 /* Fills in r's reply and hands it to the loop thread. Called with the lock held. */
@@ -187,15 +244,87 @@ static bool any_save(const struct req *list)
 	return false;
 }
 
-/* Carries out the requests taken at this step boundary: one checkpoint serves every save. */
+/*
+ * Answers a save settled by the newest write. Called with the lock held; the
+ * reply carries the step that was written.
+ */
+static void answer_written_locked(struct mnd_worker *w, struct req *r)
+{
+	answer_locked(w, r, w->written_status, w->written_name, w->written_error);
+	r->step = w->written_step;
+}
+
+/*
+ * Carries out the requests taken at this step boundary: one snapshot serves
+ * every save, and the saves are answered once the writer has made it durable.
+ */
 static void complete_requests(struct mnd_worker *w, struct req *list)
 {
-	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
-	int rc = 0;
+	char err[MN_ERRLEN] = "";
+	int64_t seq = 0;
+	int rc;
 
-	if (any_save(list))
-		rc = save_now(w, name, sizeof(name), err, sizeof(err));
-	answer_all(w, list, rc, name, err);
+	if (!list)
+		return;
+	if (any_save(list)) {
+		rc = dist_precheck(w, err, sizeof(err));
+		if (rc < 0) {
+			answer_all(w, list, rc, "", err);
+			return;
+		}
+		if (rc > 0)
+			seq = checkpoint_async(w);
+	}
+	pthread_mutex_lock(&w->lock);
+	while (list) {
+		struct req *r = list, **tail;
+
+		list = r->next;
+		if (!r->save || seq == 0) {
+			answer_locked(w, r, 0, w->status.latest, "");
+		} else if (seq < 0) {
+			answer_locked(w, r, (int)seq, "", "out of memory");
+		} else if ((uint64_t)seq <= w->written_seq) {
+			answer_written_locked(w, r);
+		} else {
+			r->seq = (uint64_t)seq;
+			r->next = NULL;
+			for (tail = &w->saving; *tail; tail = &(*tail)->next)
+				;
+			*tail = r;
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	uv_async_send(&w->async);
+}
+
+/* The writer's report (on its thread): settles the saves it covers. */
+static void on_written(void *arg, const struct mnd_writer_result *res)
+{
+	struct mnd_worker *w = arg;
+	struct req **pp;
+
+	note_write(w, res->status, res->step, res->name, res->write_ns);
+	pthread_mutex_lock(&w->lock);
+	w->written_seq = res->seq;
+	w->written_status = res->status;
+	w->written_step = res->step;
+	snprintf(w->written_name, sizeof(w->written_name), "%s", res->name);
+	snprintf(w->written_error, sizeof(w->written_error), "%s", res->error);
+	if (res->status == 0)
+		w->last_saved_step = res->step;
+	for (pp = &w->saving; *pp;) {
+		struct req *r = *pp;
+
+		if (r->seq > res->seq) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		answer_written_locked(w, r);
+	}
+	pthread_mutex_unlock(&w->lock);
+	uv_async_send(&w->async);
 }
 
 static void apply_config(struct mnd_worker *w, const struct mn_config *next)
@@ -354,7 +483,7 @@ static void train_thread(void *arg)
 			}
 			/* Rank 0 answers its save requests; the others only join the check. */
 			if (dist_save && !m.reqs)
-				save_now(w, name, sizeof(name), err, sizeof(err));
+				checkpoint_periodic(w);
 		}
 		if (m.have_next) {
 			apply_config(w, &m.next);
@@ -362,6 +491,9 @@ static void train_thread(void *arg)
 			w->status.max_steps = w->cfg.train.max_steps;
 			pthread_mutex_unlock(&w->lock);
 		}
+		/* Paused means quiet: what was queued is on disk before a pause is answered. */
+		if (m.paused)
+			mnd_writer_drain(w->writer);
 		complete_requests(w, m.reqs);
 		if (w->diverged) {
 			status = -EPROTO;
@@ -370,7 +502,7 @@ static void train_thread(void *arg)
 		if (m.stop) {
 			mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
 			       mn_trainer_global_step(w->trainer));
-			status = save_now(w, name, sizeof(name), err, sizeof(err));
+			status = save_and_wait(w, name, sizeof(name), err, sizeof(err));
 			break;
 		}
 		if (m.paused)
@@ -379,7 +511,7 @@ static void train_thread(void *arg)
 		int64_t step = mn_trainer_global_step(w->trainer);
 
 		if (step >= w->cfg.train.max_steps) {
-			status = save_now(w, name, sizeof(name), err, sizeof(err));
+			status = save_and_wait(w, name, sizeof(name), err, sizeof(err));
 			if (status == 0)
 				mn_log_fields(MN_LOG_INFO, "training finished",
 				              (struct mn_log_field[]){MN_F_INT("step", step),
@@ -418,13 +550,15 @@ static void train_thread(void *arg)
 		pthread_mutex_unlock(&w->lock);
 
 		if (step % w->cfg.checkpoint.every_steps == 0 && step < w->cfg.train.max_steps) {
-			save_now(w, name, sizeof(name), err, sizeof(err));
+			checkpoint_periodic(w);
 			if (w->diverged) {
 				status = -EPROTO;
 				break;
 			}
 		}
 	}
+	/* Whatever the writer still holds is written before the thread says it is done. */
+	mnd_writer_drain(w->writer);
 	mnd_dist_log_summary(w->dist);
 	if (0) {
 	dist_failed:
@@ -477,6 +611,13 @@ static void on_async(uv_async_t *handle)
 		w->pending = r->next;
 		answer_locked(w, r, -ESHUTDOWN, "", "the daemon is shutting down");
 	}
+	/* The thread drained the writer before finishing, so this is only a safety net. */
+	while (finished && w->saving) {
+		struct req *r = w->saving;
+
+		w->saving = r->next;
+		answer_locked(w, r, -ESHUTDOWN, "", "the daemon is shutting down");
+	}
 	w->pending_tail = &w->pending;
 	done = w->done;
 	w->done = NULL;
@@ -493,6 +634,7 @@ static void on_async(uv_async_t *handle)
 
 static void free_worker(struct mnd_worker *w)
 {
+	mnd_writer_free(w->writer);
 	mn_trainer_free(w->trainer);
 	pthread_cond_destroy(&w->wake);
 	pthread_mutex_destroy(&w->lock);
@@ -533,6 +675,7 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 	w->status.latest_step = -1;
 	mn_prom_hist_init(&w->status.ckpt_write, write_bounds,
 	                  sizeof(write_bounds) / sizeof(write_bounds[0]));
+	w->submitted_step = -1;
 	if (latest && *latest) {
 		struct stat st;
 		char path[PATH_MAX];
@@ -561,6 +704,14 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 		return rc;
 	}
 	w->async.data = w;
+	/* Only the rank that writes checkpoints needs the writer and its snapshots. */
+	if (mnd_dist_rank(dist) == 0) {
+		rc = mnd_writer_start(t, on_written, w, &w->writer, err, errlen);
+		if (rc < 0) {
+			uv_close((uv_handle_t *)&w->async, on_async_closed);
+			return rc;
+		}
+	}
 	/* The trainer is the worker's only once the thread runs: on failure it stays the caller's.
 	 */
 	w->trainer = t;

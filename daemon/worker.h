@@ -4,9 +4,10 @@
  * The loop thread owns the worker. Requests (stop, pause, save, new
  * hyper-parameters) go in under a mutex and take effect at the next step
  * boundary; results come back through a uv_async_t, so every callback given
- * here runs on the loop thread. Checkpoints are written by the training
- * thread between steps, so a checkpoint is always a state the run really
- * passed through.
+ * here runs on the loop thread. Checkpoints are snapshots the training
+ * thread copies between steps, so a checkpoint is always a state the run
+ * really passed through; a writer thread (writer.h) publishes them while
+ * training goes on, and a save is answered once its file is durable.
  */
 #ifndef MND_WORKER_H
 #define MND_WORKER_H
@@ -74,7 +75,8 @@ void mnd_worker_stop(struct mnd_worker *w);
 
 /*
  * Pauses or resumes training at the next step boundary; cb (which may be
- * NULL) runs once the thread has reached it. The latest call decides, so a
+ * NULL) runs once the thread has reached it (for a pause, once every
+ * checkpoint queued before it is durable too). The latest call decides, so a
  * pause followed by a resume before the boundary is answered, both of
  * them, at the boundary where training goes on. -ENOMEM if the request
  * cannot be queued, -ESHUTDOWN if the thread has exited.

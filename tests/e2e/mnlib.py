@@ -78,7 +78,10 @@ def base_config(work, data_dir, **sections):
         "data": {"dir": data_dir, "validation_size": 200},
         "model": {"hidden": [32], "seed": 7},
         "train": {"batch_size": 20, "learning_rate": 0.1, "max_steps": 100, "threads": 1},
-        "checkpoint": {"dir": os.path.join(work, "ckpt"), "every_steps": 20, "max_to_keep": 5},
+        # Tiny models train faster than checkpoints are written: write_all keeps
+        # every scheduled checkpoint, so tests can name the steps they expect.
+        "checkpoint": {"dir": os.path.join(work, "ckpt"), "every_steps": 20, "max_to_keep": 5,
+                       "write_all": True},
         "control": {"socket": os.path.join(work, "control.sock")},
         # best_dir in the work directory: the default is the system's /var/lib/mnist-eval.
         "eval": {"watch": "auto", "best_dir": os.path.join(work, "best")},

@@ -79,6 +79,27 @@ class TrainerTest(mnlib.TestCase):
         self.assertNotEqual(tensor_bytes(f, "layer1/weights"),
                             tensor_bytes(f, "layer1/weights/ExponentialMovingAverage"))
 
+    def test_writer_replaces_a_waiting_checkpoint(self):
+        """By default training never waits for the checkpoint writer: with a
+        checkpoint due at every step, snapshots that were still waiting are
+        replaced by newer ones and the log says so; every file published is
+        valid, and the final one is the state at max_steps."""
+        path, cfg = self.config(train={"max_steps": 3000},
+                                checkpoint={"every_steps": 1, "max_to_keep": 3, "write_all": False})
+        p = self.train(path)
+        out = p.output()
+        self.assertIn("checkpoint replaced before it was written", out)
+        d = cfg["checkpoint"]["dir"]
+        steps = ckpt_steps(d)
+        self.assertEqual(steps[-1], 3000)
+        self.assertLessEqual(len(steps), 3)
+        for step in steps:
+            header, data, _ = read_safetensors(os.path.join(d, "model.ckpt-%d.safetensors" % step))
+            self.assertEqual(header["__metadata__"]["global_step"], str(step))
+            self.assertEqual(header["__metadata__"]["data_crc32"], "%08x" % zlib.crc32(data))
+        self.assertEqual(mnlib.read_json(os.path.join(d, "checkpoint.json"))["latest"],
+                         "model.ckpt-3000.safetensors")
+
     def test_sigterm_publishes_and_exits_zero(self):
         path, cfg = self.config(train={"max_steps": 10 ** 9}, checkpoint={"every_steps": 50})
         d = cfg["checkpoint"]["dir"]

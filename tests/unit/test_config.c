@@ -60,6 +60,7 @@ START_TEST(test_defaults)
 	ck_assert_str_eq(c.checkpoint.prefix, "model.ckpt");
 	ck_assert_int_eq(c.checkpoint.every_steps, 1000);
 	ck_assert_int_eq(c.checkpoint.max_to_keep, 5);
+	ck_assert(!c.checkpoint.write_all);
 	ck_assert_str_eq(c.checkpoint.init_from_file, "");
 	ck_assert_uint_eq(c.checkpoint.init_from_nmap, 0);
 	ck_assert_str_eq(c.control.socket, "/run/mnistd/control.sock");
@@ -659,13 +660,10 @@ END_TEST
 START_TEST(test_reloadable)
 {
 	static const char *const yes[] = {
-	    "train.learning_rate",
-	    "train.learning_rate_decay",
-	    "train.decay_steps",
-	    "train.max_steps",
-	    "checkpoint.every_steps",
-	    "checkpoint.max_to_keep",
-	    "log.level",
+	    "train.learning_rate",    "train.learning_rate_decay",
+	    "train.decay_steps",      "train.max_steps",
+	    "checkpoint.every_steps", "checkpoint.max_to_keep",
+	    "checkpoint.write_all",   "log.level",
 	    "eval.use_ema",
 	};
 	static const char *const no[] = {
