@@ -166,6 +166,11 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
             time.sleep(0.0005)
         if last not in records:
             raise SystemExit("bench: the last checkpoint was never evaluated (%s)" % name)
+        rss_kb = 0
+        with open("/proc/%d/status" % ev.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    rss_kb = int(line.split()[1])
     finally:
         ev.terminate()
         ev.wait(30)
@@ -185,6 +190,14 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
         "images": images,
         "eval_ips": images / (statistics.median(eval_ms) / 1000.0),
         "e2e_ips": images / (statistics.median(internal) / 1000.0),
+        # The breakdown: the forward passes, and the rest (the event, opening,
+        # reading and verifying the file, picking it), per checkpoint.
+        "eval_p50": percentile(eval_ms, 50),
+        "rest_p50": percentile([records[s]["latency_ms"] - records[s]["eval_ms"]
+                                for s in records], 50),
+        "rest_p99": percentile([records[s]["latency_ms"] - records[s]["eval_ms"]
+                                for s in records], 99),
+        "rss_mb": rss_kb / 1024.0,
         "accuracy": records[last]["accuracy"],
     }
 
@@ -228,6 +241,13 @@ def main():
             print("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f |" % (
                 r["mode"], r["published"], r["evaluated"], r["p50"], r["p99"], r["ext_p50"],
                 r["ext_p99"], r["eval_ips"], r["e2e_ips"]))
+        print()
+        print("| mode | forward passes p50 (ms) | event + open + read + verify p50 (ms) | p99 (ms) "
+              "| mnist-eval peak RSS (MiB) |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print("| %s | %.1f | %.1f | %.1f | %.1f |" % (r["mode"], r["eval_p50"], r["rest_p50"],
+                                                       r["rest_p99"], r["rss_mb"]))
         print()
         print("validation images: %d; accuracy of the copied checkpoint: %.4f" % (rows[0]["images"],
                                                                               rows[0]["accuracy"]))

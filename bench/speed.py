@@ -69,9 +69,12 @@ def status(sock_path):
     return json.loads(buf)
 
 
-def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, logs=None):
+def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, logs=None,
+                info=None):
     """Steady-state steps/s of one mnistd run, from two status reads; the
-    log's text is appended to logs if given."""
+    log's text is appended to logs if given; info (a dict) gets the peak RSS
+    (vmhwm_kb, before the final checkpoint) and the newest checkpoint's size
+    (ckpt_bytes)."""
     with tempfile.TemporaryDirectory() as work:
         cfg = {"model": {"hidden": [int(h) for h in hidden.split(",")]},
                "train": {"max_steps": 10 ** 9, "threads": threads},
@@ -102,6 +105,15 @@ def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, 
             time.sleep(seconds)
             st = status(work + "/control.sock")
             t1, s1 = time.monotonic(), st["step"]
+            if info is not None:
+                with open("/proc/%d/status" % proc.pid) as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            info["vmhwm_kb"] = int(line.split()[1])
+                files = [os.path.join(work, "ckpt", n) for n in os.listdir(work + "/ckpt")
+                         if n.endswith(".safetensors")]
+                if files:
+                    info["ckpt_bytes"] = os.path.getsize(max(files, key=os.path.getmtime))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
@@ -166,7 +178,11 @@ def main():
         for t in threads:
             add(("ceiling", t), ceiling(builds[0][0], t, a.hidden))
             for path, label in builds:
-                add((label, t), mnistd_rate(path, t, a.hidden, a.seconds, a.warmup, a.every))
+                info = {}
+                add((label, t), mnistd_rate(path, t, a.hidden, a.seconds, a.warmup, a.every,
+                                            info=info))
+                if "vmhwm_kb" in info:
+                    add(("rss", label), info["vmhwm_kb"])
             if not a.no_peers:
                 for k, v in peers(t, a.peer_steps, a.warmup, a.hidden).items():
                     add((k, t), v)
@@ -207,6 +223,13 @@ def main():
         if best_peer:
             print("best peer: %s at %.0f steps/s (ratios /peer use it)" % (best_peer[1],
                                                                       best_peer[0]))
+    data_mb = 60000 * (784 + 1) / 2 ** 20
+    sizes = [784] + [int(h) for h in a.hidden.split(",")] + [10]
+    param_mb = sum(i * o + o for i, o in zip(sizes, sizes[1:])) * 4 / 2 ** 20
+    print("peak RSS of mnistd (MiB, max over runs): %s; bound 1.2 x (%.1f data + 4 x %.2f params)"
+          " + 16 = %.1f" % (", ".join("%s %.1f" % (l, max(samples[("rss", l)]) / 1024)
+                                      for l in labels if ("rss", l) in samples),
+                           data_mb, param_mb, 1.2 * (data_mb + 4 * param_mb) + 16))
     print("loadavg after: %s" % open("/proc/loadavg").read().strip())
 
 

@@ -590,6 +590,8 @@ static inline void idx_scale(float *restrict dst, const uint8_t *restrict src, s
 {
 	size_t j;
 
+	/* Vectorised even at -O2: the training step converts every batch here. */
+#pragma omp simd
 	for (j = 0; j < n; j++)
 		dst[j] = (float)src[j] / 255.0f;
 }
