@@ -10,19 +10,14 @@ Prints one line: steps, seconds and steps/s of the steps after --warmup.
 usage: peer_numpy.py [--steps N] [--warmup N] [--hidden H[,H...]] [--data DIR]
 """
 import argparse
-import gzip
-import struct
+import os
+import sys
 import time
 
 import numpy as np
 
-
-def load_idx(path):
-    with gzip.open(path, "rb") as f:
-        blob = f.read()
-    ndim = blob[3]
-    dims = struct.unpack(">%dI" % ndim, blob[4:4 + 4 * ndim])
-    return np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from st_eval import load_idx  # noqa: E402
 
 
 def trunc_normal(rng, shape, std):
