@@ -133,6 +133,9 @@ class MetricsTest(mnlib.TestCase):
         # Moment 2: training, checkpoints published and evaluated.
         d = self.start([MNISTD, "--config", cfg_path], "mnistd")
         wait_for(lambda: len(mnlib.ckpt_steps(cfg["checkpoint"]["dir"])) >= 3, 120, "three checkpoints")
+        # The writer thread can publish checkpoints before the loop's next textfile refresh.
+        wait_for(lambda: (self.read(trainer_prom) or {}) and value(self.read(trainer_prom), "mnistd_global_step") > 0,
+                 60, "a step in the trainer's textfile")
         s = self.promtool_check(trainer_prom)
         self.assertEqual(value(s, "mnistd_running", run="e2e"), 1)
         self.assertGreater(value(s, "mnistd_global_step"), 0)
