@@ -35,9 +35,9 @@ static int check_inputs(const struct mn_arch *arch, const struct mn_view *v, cha
 	return 0;
 }
 
-int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-                uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
-                size_t errlen)
+static int run(const struct mn_arch *arch, const float *params, const struct mn_view *v,
+               uint8_t *pred, float *logits, const atomic_bool *cancel, struct mn_eval_result *res,
+               char *err, size_t errlen)
 {
 	size_t batch, correct = 0;
 	double loss_sum = 0.0;
@@ -84,6 +84,9 @@ int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn
 			mn_errf(err, errlen, "forward pass failed: %s", strerror(-rc));
 			goto out;
 		}
+		if (logits)
+			memcpy(logits + first * arch->output, mn_mlp_logits(m),
+			       n * arch->output * sizeof(float));
 	}
 	res->images = v->count;
 	if (v->labels) {
@@ -97,4 +100,18 @@ out:
 	free(x);
 	mn_mlp_free(m);
 	return rc;
+}
+
+int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
+                uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
+                size_t errlen)
+{
+	return run(arch, params, v, pred, NULL, cancel, res, err, errlen);
+}
+
+int mn_evaluate_logits(const struct mn_arch *arch, const float *params, const struct mn_view *v,
+                       uint8_t *pred, float *logits, struct mn_eval_result *res, char *err,
+                       size_t errlen)
+{
+	return run(arch, params, v, pred, logits, NULL, res, err, errlen);
 }

@@ -36,4 +36,13 @@ int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn
                 uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
                 size_t errlen);
 
+/*
+ * mn_evaluate without cancellation that also copies each example's logits
+ * (the network's output before softmax) into logits, if not NULL:
+ * v->count rows of arch->output floats, row-major, in example order.
+ */
+int mn_evaluate_logits(const struct mn_arch *arch, const float *params, const struct mn_view *v,
+                       uint8_t *pred, float *logits, struct mn_eval_result *res, char *err,
+                       size_t errlen);
+
 #endif

@@ -937,3 +937,8 @@ int mn_mlp_train_step(struct mn_mlp *m, const struct mn_mlp_step *s, float *para
 		*loss = total / (double)s->n;
 	return 0;
 }
+
+const float *mn_mlp_logits(const struct mn_mlp *m)
+{
+	return m->act[m->layers - 1];
+}

@@ -136,4 +136,10 @@ int mn_mlp_train_step(struct mn_mlp *m, const struct mn_mlp_step *s, float *para
 int mn_mlp_eval(struct mn_mlp *m, const float *params, const float *x, const uint8_t *y, size_t n,
                 double *loss_sum, size_t *correct, uint8_t *pred);
 
+/*
+ * The logits of the last forward pass (mn_mlp_eval or mn_mlp_loss_grad):
+ * its n rows of output floats, row-major, valid until the next pass.
+ */
+const float *mn_mlp_logits(const struct mn_mlp *m);
+
 #endif

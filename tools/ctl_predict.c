@@ -21,8 +21,8 @@
 #include "util.h"
 
 static const char predict_help[] =
-    "Usage: mnistctl predict [--raw] [--json] [--threads N] [--prefix PREFIX] MODEL\n"
-    "                        --images IDX [--labels IDX]\n"
+    "Usage: mnistctl predict [--raw] [--json] [--logits] [--threads N] [--prefix PREFIX]\n"
+    "                        MODEL --images IDX [--labels IDX]\n"
     "\n"
     "Runs a model on the images of an IDX file (gzip or plain). MODEL is a frozen\n"
     "model ('mnistctl freeze'), a checkpoint, or a directory: the evaluator's\n"
@@ -39,12 +39,17 @@ static const char predict_help[] =
     "split (the first data.validation_size training images) is exactly the one\n"
     "mnist-eval reports for that file.\n"
     "\n"
+    "With --logits, each image's line holds its predicted class followed by its\n"
+    "logits (the network's outputs before softmax, 9 significant digits), before\n"
+    "the summary if there are labels; in JSON they are \"logits\": [[...], ...].\n"
+    "\n"
     "Options:\n"
     "  -i, --images IDX     the images (required); their size must be the model's\n"
     "                       input size\n"
     "  -l, --labels IDX     the labels, one per image, each below the model's number\n"
     "                       of classes\n"
     "      --raw            a checkpoint's raw variables instead of its EMA shadows\n"
+    "      --logits         also print each image's logits\n"
     "      --threads N      BLAS threads, 0 for one per CPU (default: train.threads\n"
     "                       from the configuration, as mnist-eval uses it; the\n"
     "                       rounding of the matrix products depends on it)\n"
@@ -68,7 +73,7 @@ static const char predict_help[] =
 
 struct predict_args {
 	const char *model, *images, *labels, *prefix;
-	bool raw, json;
+	bool raw, json, logits;
 	int threads; /* -1: train.threads from the configuration */
 };
 
@@ -79,8 +84,9 @@ struct report {
 	bool has_step;      /* whether step holds a parsed global_step */
 	int64_t step;
 	bool frozen, ema;
-	size_t k;           /* classes */
-	const size_t *conf; /* k x k confusion counts (rows: true class), NULL without labels */
+	size_t k;            /* classes */
+	const size_t *conf;  /* k x k confusion counts (rows: true class), NULL without labels */
+	const float *logits; /* count x k logits (--logits), else NULL */
 };
 
 /* The result as one JSON document. Returns 0 or -ENOMEM (reported). */
@@ -114,21 +120,38 @@ static int print_json(const struct report *rp, const struct mn_view *v, const ui
 				ctl_json_int(row, NULL, (int64_t)rp->conf[t * rp->k + p]);
 		}
 	}
+	if (rp->logits) {
+		arr = ctl_json_add(root, "logits", cJSON_CreateArray());
+		for (size_t i = 0; i < v->count; i++) {
+			cJSON *row = ctl_json_add(arr, NULL, cJSON_CreateArray());
+
+			for (size_t j = 0; j < rp->k; j++)
+				ctl_json_num(row, NULL, rp->logits[i * rp->k + j]);
+		}
+	}
 	return ctl_json_print(root);
 }
 
-/* The result as text: one class per line without labels, else a summary and the matrix. */
+/*
+ * The result as text: one class per line (followed by the logits with
+ * --logits), then, with labels, a summary and the matrix.
+ */
 static void print_text(const struct predict_args *a, const struct report *rp,
                        const struct mn_view *v, const uint8_t *pred,
                        const struct mn_eval_result *res)
 {
 	char step_s[32] = "?";
 
-	if (!rp->conf) {
-		for (size_t i = 0; i < v->count; i++)
-			printf("%u\n", pred[i]);
-		return;
+	for (size_t i = 0; (!rp->conf || rp->logits) && i < v->count; i++) {
+		printf("%u", pred[i]);
+		for (size_t j = 0; rp->logits && j < rp->k; j++)
+			printf(" %.9g", rp->logits[i * rp->k + j]);
+		putchar('\n');
 	}
+	if (!rp->conf)
+		return;
+	if (rp->logits)
+		putchar('\n');
 	if (rp->has_step)
 		snprintf(step_s, sizeof(step_s), "%" PRId64, rp->step);
 	printf("model     %s (%s, step %s, %s%s values)\n", rp->path, rp->arch_s, step_s,
@@ -151,9 +174,9 @@ static void print_text(const struct predict_args *a, const struct report *rp,
 /* Prints the predictions (and, with labels, the confusion matrix); returns an exit status. */
 static int print_result(const struct predict_args *a, const char *path, const struct mn_ckpt *c,
                         const struct mn_arch *arch, const struct mn_view *v, const uint8_t *pred,
-                        const struct mn_eval_result *res)
+                        const float *logits, const struct mn_eval_result *res)
 {
-	struct report rp = {.path = path, .k = arch->output};
+	struct report rp = {.path = path, .k = arch->output, .logits = logits};
 	char arch_s[256];
 	size_t *conf = NULL;
 	int ex = MN_EX_OK;
@@ -190,7 +213,7 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 	struct mn_eval_result res;
 	struct mn_arch arch;
 	struct mn_view v;
-	float *params = NULL;
+	float *params = NULL, *logits = NULL;
 	uint8_t *pred = NULL;
 	int ex = MN_EX_FAILURE;
 
@@ -222,7 +245,10 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 		goto out;
 	}
 	pred = malloc(v.count ? v.count : 1);
-	if (!pred) {
+	/* v.count and arch.output are both bounded far below SIZE_MAX / 4. */
+	if (a->logits)
+		logits = malloc(v.count ? v.count * arch.output * sizeof(float) : 1);
+	if (!pred || (a->logits && !logits)) {
 		ctl_errorf("predict", "out of memory for %zu predictions", v.count);
 		goto out;
 	}
@@ -237,12 +263,13 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 	} else {
 		mn_blas_set_threads(a->threads);
 	}
-	if (mn_evaluate(&arch, params, &v, pred, NULL, &res, err, sizeof(err)) < 0) {
+	if (mn_evaluate_logits(&arch, params, &v, pred, logits, &res, err, sizeof(err)) < 0) {
 		ctl_errorf("predict", "%s", err);
 		goto out;
 	}
-	ex = print_result(a, path, c, &arch, &v, pred, &res);
+	ex = print_result(a, path, c, &arch, &v, pred, logits, &res);
 out:
+	free(logits);
 	free(pred);
 	free(params);
 	mn_dataset_free(ds);
@@ -252,11 +279,12 @@ out:
 
 int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
 {
-	enum { OPT_RAW = 256, OPT_THREADS };
+	enum { OPT_RAW = 256, OPT_THREADS, OPT_LOGITS };
 	static const struct option opts[] = {
 	    {"images", required_argument, NULL, 'i'},
 	    {"labels", required_argument, NULL, 'l'},
 	    {"raw", no_argument, NULL, OPT_RAW},
+	    {"logits", no_argument, NULL, OPT_LOGITS},
 	    {"threads", required_argument, NULL, OPT_THREADS},
 	    {"prefix", required_argument, NULL, 'p'},
 	    {"json", no_argument, NULL, 'j'},
@@ -279,6 +307,9 @@ int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case OPT_RAW:
 			a.raw = true;
+			break;
+		case OPT_LOGITS:
+			a.logits = true;
 			break;
 		case OPT_THREADS:
 			errno = 0;

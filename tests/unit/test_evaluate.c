@@ -125,6 +125,49 @@ START_TEST(test_batches_match_single_pass)
 }
 END_TEST
 
+/*
+ * Logits across batch boundaries: each row is the one a single pass gives
+ * (same arithmetic, so bit for bit), and its arg-max is the prediction.
+ */
+START_TEST(test_logits_match_single_pass)
+{
+	const size_t count = MN_EVAL_BATCH + 21;
+	struct fixture f;
+	struct mn_eval_result r;
+	struct mn_mlp *m = NULL;
+	float *x = malloc(count * 6 * sizeof(float)), *logits = malloc(count * 3 * sizeof(float));
+	uint8_t *pred = malloc(count), *y = malloc(count);
+	char err[MN_ERRLEN];
+
+	ck_assert_ptr_nonnull(x);
+	ck_assert_ptr_nonnull(logits);
+	ck_assert_ptr_nonnull(pred);
+	ck_assert_ptr_nonnull(y);
+	fixture_init(&f, count);
+	ck_assert_int_eq(mn_mlp_new(&f.arch, count, &m), 0);
+	mn_view_range(&f.v, 0, count, x, y);
+	ck_assert_int_eq(mn_mlp_eval(m, f.params, x, NULL, count, NULL, NULL, NULL), 0);
+	ck_assert_int_eq(
+	    mn_evaluate_logits(&f.arch, f.params, &f.v, pred, logits, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.images, count);
+	for (size_t i = 0; i < count * 3; i++)
+		ck_assert_float_eq_tol(logits[i], mn_mlp_logits(m)[i], 1e-5);
+	for (size_t i = 0; i < count; i++) {
+		const float *z = logits + i * 3;
+		size_t best = z[1] > z[0] ? 1 : 0;
+
+		best = z[2] > z[best] ? 2 : best;
+		ck_assert_uint_eq(pred[i], best);
+	}
+	mn_mlp_free(m);
+	free(x);
+	free(logits);
+	free(pred);
+	free(y);
+	fixture_free(&f);
+}
+END_TEST
+
 START_TEST(test_unlabelled_predicts_only)
 {
 	const size_t count = MN_EVAL_BATCH + 7;
@@ -222,8 +265,8 @@ int main(void)
 	Suite *s = suite_create("evaluate");
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_hand_computed,
-	            test_batches_match_single_pass, test_unlabelled_predicts_only,
-	            test_input_size_mismatch, test_label_out_of_range, test_cancel,
-	            test_empty_view);
+	            test_batches_match_single_pass, test_logits_match_single_pass,
+	            test_unlabelled_predicts_only, test_input_size_mismatch,
+	            test_label_out_of_range, test_cancel, test_empty_view);
 	return mn_test_run(s);
 }
