@@ -37,4 +37,7 @@ int ctl_predict(int argc, char **argv, const struct ctl_globals *g);
 /* A run's curves from its metrics files, drawn by gnuplot (ctl_plot.c). */
 int ctl_plot(int argc, char **argv, const struct ctl_globals *g);
 
+/* ONNX export (ctl_export.c). */
+int ctl_export(int argc, char **argv, const struct ctl_globals *g);
+
 #endif

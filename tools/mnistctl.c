@@ -25,6 +25,7 @@ static const struct command commands[] = {
     {"verify", ctl_verify, "verify FILE...         validate checkpoint files"},
     {"convert", ctl_convert, "convert IN -o OUT      copy selected, renamed tensors"},
     {"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},
+    {"export", ctl_export, "export CKPT|DIR -o OUT write an ONNX model"},
     {"predict", ctl_predict, "predict MODEL --images IDX [--labels IDX]  run a model"},
     {"plot", ctl_plot, "plot [--terminal | -o REPORT.html]  draw the run's curves"},
 };
