@@ -16,6 +16,13 @@ PACKAGES="$PACKAGES prometheus prometheus-node-exporter"
 # Curves (mnistctl plot, eval.report_html): gnuplot draws them; the tests
 # load the report page in headless chromium.
 PACKAGES="$PACKAGES gnuplot-nox chromium"
+# mnistctl export writes ONNX with protobuf-c; its tests check the files with
+# ONNX's checker (python3-onnx) and run them in ONNX Runtime (the npm package
+# onnxruntime-node, which needs node and npm: tests/onnxruntime).
+PACKAGES="$PACKAGES libprotobuf-c-dev protobuf-c-compiler python3-onnx nodejs"
+# A Node.js from elsewhere (such as NodeSource's) brings its own npm, which
+# Debian's npm package would conflict with.
+command -v npm >/dev/null 2>&1 || PACKAGES="$PACKAGES npm"
 
 missing=""
 for p in $PACKAGES; do

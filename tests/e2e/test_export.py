@@ -1,0 +1,315 @@
+"""End-to-end tests of mnistctl export: models exported from checkpoints the
+real mnistd wrote are accepted by ONNX's own checker (Debian's python3-onnx,
+full_check) and run in ONNX Runtime (onnxruntime-node, tests/onnxruntime)
+to the logits mnistctl predict computes; bad input is refused with a clear
+message and leaves no file behind.
+
+scripts/test.sh installs both verifiers and sets MN_REQUIRE_ONNX=1, which
+turns their absence into a failure; a bare 'meson test' skips those checks
+when they are missing."""
+
+import json
+import math
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import mnlib  # noqa: E402
+from mnlib import MNISTCTL, MNISTD, read_safetensors, tensor_floats  # noqa: E402
+
+SOURCE = os.environ.get("MN_SOURCE_ROOT", os.path.join(os.path.dirname(__file__), "..", ".."))
+ORT_DIR = os.path.join(SOURCE, "tests", "onnxruntime")
+RUN_JS = os.path.join(ORT_DIR, "run.js")
+# Debian's interpreter: python3-onnx is installed for it, not for others on PATH.
+DEBIAN_PYTHON = "/usr/bin/python3"
+REQUIRE = os.environ.get("MN_REQUIRE_ONNX") == "1"
+SANITIZER_REPORT = r"(Address|Leak|UndefinedBehavior)Sanitizer|runtime error:"
+TOLERANCE = 1e-4
+
+# Loads a model with python3-onnx, runs the full checker and prints what the file holds.
+CHECK_PY = r"""
+import json, sys
+import onnx
+from onnx import numpy_helper
+m = onnx.load(sys.argv[1])
+onnx.checker.check_model(m, full_check=True)
+def dims(v):
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in v.type.tensor_type.shape.dim]
+g = m.graph
+print(json.dumps({
+    "ir_version": m.ir_version,
+    "opset": [[o.domain, o.version] for o in m.opset_import],
+    "producer_name": m.producer_name, "producer_version": m.producer_version,
+    "model_version": m.model_version, "doc_string": m.doc_string,
+    "metadata": [[p.key, p.value] for p in m.metadata_props],
+    "inputs": [[v.name, v.type.tensor_type.elem_type, dims(v)] for v in g.input],
+    "outputs": [[v.name, v.type.tensor_type.elem_type, dims(v)] for v in g.output],
+    "nodes": [[n.op_type, list(n.input), list(n.output)] for n in g.node],
+    "initializers": {t.name: [list(t.dims), numpy_helper.to_array(t).ravel().tolist()] for t in g.initializer},
+}))
+"""
+
+
+def have_onnx():
+    return os.access(DEBIAN_PYTHON, os.X_OK) and subprocess.run(
+        [DEBIAN_PYTHON, "-c", "import onnx"], capture_output=True).returncode == 0
+
+
+def have_ort():
+    return shutil.which("node") is not None and os.path.isdir(os.path.join(ORT_DIR, "node_modules", "onnxruntime-node"))
+
+
+def needs(available, what):
+    """Skips a test when a verifier is missing, unless the suite must have it."""
+    if available or REQUIRE:
+        return lambda f: f
+    return unittest.skip("%s is not installed (scripts/test.sh installs it)" % what)
+
+
+def ckpt_name(step):
+    return "model.ckpt-%d.safetensors" % step
+
+
+def argmax(row):
+    return max(range(len(row)), key=lambda j: (row[j], -j))
+
+
+class ExportCase(mnlib.TestCase):
+    def ctl(self, *args, expect=0, cwd=None):
+        argv = [MNISTCTL] + [str(a) for a in args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120 * mnlib.SLOW, cwd=cwd)
+        self.assertEqual(r.returncode, expect, "%s\nstdout:\n%s\nstderr:\n%s" % (argv, r.stdout, r.stderr))
+        self.assertNotRegex(r.stderr, SANITIZER_REPORT, argv)
+        return r
+
+    def train(self, name, hidden, size=8, steps=60):
+        """Trains a model on its own size x size data set; returns (dir, data dir)."""
+        data = mnlib.make_dataset(os.path.join(self.work, name + "-data"), n_train=600, n_test=150,
+                                  rows=size, cols=size, seed=len(name))
+        cfg = mnlib.base_config(self.work, data, model={"hidden": hidden, "seed": 3},
+                                train={"max_steps": steps},
+                                checkpoint={"dir": os.path.join(self.work, name)})
+        path = mnlib.write_config(os.path.join(self.work, name + ".json"), cfg)
+        p = self.start([MNISTD, "--config", path], name)
+        self.assertEqual(p.wait(120), 0, p.output())
+        return cfg["checkpoint"]["dir"], data
+
+    def check_onnx(self, model):
+        r = subprocess.run([DEBIAN_PYTHON, "-c", CHECK_PY, model], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, "onnx.checker refused %s:\n%s" % (model, r.stderr))
+        return json.loads(r.stdout)
+
+    def run_ort(self, model, images):
+        r = subprocess.run(["node", RUN_JS, model, images], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, "ONNX Runtime failed on %s:\n%s" % (model, r.stderr))
+        return json.loads(r.stdout)
+
+    def predict(self, model, images, *flags):
+        r = self.ctl("--json", "predict", "--logits", "--threads", "1", *flags, model, "--images", images)
+        return json.loads(r.stdout)
+
+    def assert_same_logits(self, ort, ref, what):
+        self.assertEqual(ort["images"], ref["images"], what)
+        self.assertEqual(len(ort["logits"]), ref["images"], what)
+        worst = max(abs(a - b) for ra, rb in zip(ort["logits"], ref["logits"]) for a, b in zip(ra, rb))
+        self.assertLessEqual(worst, TOLERANCE, what)
+        self.assertEqual([argmax(r) for r in ort["logits"]], ref["predictions"], what)
+        for lrow, prow in zip(ort["logits"], ort["probabilities"]):
+            m = max(lrow)
+            z = sum(math.exp(v - m) for v in lrow)
+            for lv, pv in zip(lrow, prow):
+                self.assertAlmostEqual(pv, math.exp(lv - m) / z, delta=1e-5)
+        return worst
+
+
+class ExportTest(ExportCase):
+    # (name, hidden layers, image side): the default shape on real-size
+    # images, a deeper network, and the 8x8 images of the other e2e tests.
+    MODELS = [("one-hidden-28x28", [32], 28), ("two-hidden", [24, 16], 8), ("one-hidden-8x8", [32], 8)]
+
+    @needs(have_onnx(), "python3-onnx")
+    @needs(have_ort(), "onnxruntime-node (tests/onnxruntime)")
+    def test_models_check_and_run_like_predict(self):
+        for name, hidden, size in self.MODELS:
+            with self.subTest(model=name):
+                d, data = self.train(name, hidden, size)
+                self.check_model(d, data, hidden, size)
+
+    def check_model(self, d, data, hidden, size):
+        ckpt = os.path.join(d, ckpt_name(60))
+        images = os.path.join(data, "t10k-images-idx3-ubyte.gz")
+        out = os.path.join(self.work, os.path.basename(d) + ".onnx")
+        j = json.loads(self.ctl("--json", "export", d, "-o", out).stdout)
+        arch_s = "-".join(str(v) for v in [size * size] + hidden + [10])
+        self.assertEqual(j, {"file": out, "source": ckpt, "architecture": arch_s, "step": 60, "ema": True,
+                             "bytes": os.path.getsize(out), "ir_version": 7, "opset": 13,
+                             "inputs": ["images"], "outputs": ["logits", "probabilities"]})
+
+        m = self.check_onnx(out)
+        src = read_safetensors(ckpt)[0]["__metadata__"]
+        self.assertEqual(m["ir_version"], 7)
+        self.assertEqual(m["opset"], [["", 13]])
+        self.assertEqual(m["producer_name"], "mnistd")
+        self.assertRegex(m["producer_version"], r"^\d+\.\d+\.\d+$")
+        self.assertEqual(m["model_version"], 60)
+        meta = dict(m["metadata"])
+        self.assertEqual(meta, {"source": ckpt_name(60), "global_step": "60",
+                                "architecture": src["architecture"], "data_crc32": src["data_crc32"],
+                                "ema": "true"})
+        for text in (ckpt_name(60), "step 60", src["data_crc32"], arch_s, "[0, 1]"):
+            self.assertIn(text, m["doc_string"])
+        self.assertEqual(m["inputs"], [["images", 1, ["N", size * size]]])
+        self.assertEqual(m["outputs"], [["logits", 1, ["N", 10]], ["probabilities", 1, ["N", 10]]])
+        ops = [n[0] for n in m["nodes"]]
+        self.assertEqual(ops, ["MatMul", "Add", "Relu"] * len(hidden) + ["MatMul", "Add", "Softmax"])
+        self.assertEqual(m["nodes"][-2][2], ["logits"])
+        self.assertEqual(m["nodes"][-1], ["Softmax", ["logits"], ["probabilities"]])
+        # Initializers: TensorFlow's names, the EMA shadows' exact values.
+        layers = len(hidden) + 1
+        names = ["layer%d/%s" % (i, k) for i in range(1, layers + 1) for k in ("weights", "biases")]
+        self.assertEqual(sorted(m["initializers"]), sorted(names))
+        for n in names:
+            self.assertEqual(m["initializers"][n][1], list(tensor_floats(ckpt, n + "/ExponentialMovingAverage")), n)
+
+        ort = self.run_ort(out, images)
+        self.assertEqual((ort["inputs"], ort["outputs"]), (["images"], ["logits", "probabilities"]))
+        self.assert_same_logits(ort, self.predict(ckpt, images), out)
+
+        # --raw: the raw variables, equal to predict --raw.
+        raw = os.path.join(self.work, os.path.basename(d) + "-raw.onnx")
+        self.assertFalse(json.loads(self.ctl("--json", "export", "--raw", ckpt, "-o", raw).stdout)["ema"])
+        mr = self.check_onnx(raw)
+        self.assertEqual(dict(mr["metadata"])["ema"], "false")
+        self.assertEqual(mr["initializers"]["layer1/weights"][1], list(tensor_floats(ckpt, "layer1/weights")))
+        self.assert_same_logits(self.run_ort(raw, images), self.predict(ckpt, images, "--raw"), raw)
+
+        # A frozen model exports to the same graph and values as its checkpoint.
+        frozen = os.path.join(self.work, os.path.basename(d) + "-frozen.safetensors")
+        self.ctl("freeze", ckpt, "-o", frozen)
+        ff = os.path.join(self.work, os.path.basename(d) + "-frozen.onnx")
+        self.ctl("export", frozen, "-o", ff)
+        mf = self.check_onnx(ff)
+        self.assertEqual(mf["initializers"], m["initializers"])
+        self.assertEqual(dict(mf["metadata"])["ema"], "true")
+
+
+class ExportRefusalTest(ExportCase):
+    def setUp(self):
+        super().setUp()
+        self.dir, self.data_dir = self.train("ckpt", [32])
+        self.ckpt = os.path.join(self.dir, ckpt_name(60))
+
+    def assert_refused(self, args, message, out, expect=1):
+        """The export fails with message, and out's directory gains nothing."""
+        where = os.path.dirname(out) if os.path.isdir(os.path.dirname(out)) else self.work
+        before = sorted(os.listdir(where))
+        r = self.ctl("export", *args, "-o", out, expect=expect)
+        self.assertIn(message, r.stderr)
+        self.assertTrue(r.stderr.startswith("mnistctl export: "), r.stderr)
+        self.assertEqual(sorted(os.listdir(where)), before, "export left files behind")
+        return r
+
+    def test_invalid_and_incompatible_checkpoints(self):
+        out = os.path.join(self.work, "out.onnx")
+        with open(self.ckpt, "rb") as f:
+            blob = f.read()
+        bad = os.path.join(self.work, "truncated.safetensors")
+        with open(bad, "wb") as f:
+            f.write(blob[:-8])
+        self.assert_refused([bad], "truncated.safetensors", out)
+        self.assertFalse(os.path.exists(out))
+        self.assert_refused([os.path.join(self.work, "nope")], "nope", out)
+        os.makedirs(os.path.join(self.work, "empty"))
+        self.assert_refused([os.path.join(self.work, "empty")], "no checkpoint", out)
+
+        # Not an mnistd checkpoint (no format or architecture): what freeze refuses, export refuses.
+        header, data, _ = read_safetensors(self.ckpt)
+        plain, blob = {}, bytearray()
+        for name in ("layer1/weights", "layer1/biases", "layer2/weights", "layer2/biases"):
+            b, e = header[name]["data_offsets"]
+            plain[name] = dict(header[name], data_offsets=[len(blob), len(blob) + e - b])
+            blob += data[b:e]
+        hj = json.dumps(plain).encode()
+        hj += b" " * ((8 - (8 + len(hj)) % 8) % 8)
+        foreign = os.path.join(self.work, "foreign.safetensors")
+        with open(foreign, "wb") as f:
+            f.write(len(hj).to_bytes(8, "little") + hj + bytes(blob))
+        self.ctl("inspect", foreign)  # a valid safetensors file, just not a checkpoint
+        r = self.ctl("freeze", foreign, "-o", os.path.join(self.work, "f.safetensors"), expect=1)
+        self.assert_refused([foreign], r.stderr.split(": ", 1)[1].strip(), out)
+
+        # Tensors that disagree with the recorded architecture.
+        meta = header["__metadata__"]
+        arch = json.loads(meta["architecture"])
+        arch["hidden"] = [16]
+        header["__metadata__"] = dict(meta, architecture=json.dumps(arch))
+        hj = json.dumps(header).encode()
+        hj += b" " * ((8 - (8 + len(hj)) % 8) % 8)
+        liar = os.path.join(self.work, "liar.safetensors")
+        with open(liar, "wb") as f:
+            f.write(len(hj).to_bytes(8, "little") + hj + data)
+        self.assert_refused([liar], "liar.safetensors", out)
+        self.assertFalse(os.path.exists(out))
+
+    def test_unwritable_paths(self):
+        missing = os.path.join(self.work, "no", "such", "m.onnx")
+        self.assert_refused([self.ckpt], "cannot write into %s" % os.path.join(self.work, "no", "such"), missing)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "no")))
+        self.assert_refused([self.ckpt], "not a directory", os.path.join(self.ckpt, "m.onnx"))
+        r = self.ctl("export", self.ckpt, expect=2)
+        self.assertIn("-o OUT is required", r.stderr)
+        r = self.ctl("export", "-o", os.path.join(self.work, "x.onnx"), expect=2)
+        self.assertIn("no CKPT or DIR given", r.stderr)
+        if os.geteuid() != 0:  # root writes into a mode 0555 directory anyway
+            ro = os.path.join(self.work, "ro")
+            os.makedirs(ro)
+            os.chmod(ro, 0o555)
+            self.assert_refused([self.ckpt], "ro", os.path.join(ro, "m.onnx"))
+        self.assertEqual([f for f in os.listdir(self.work) if f.startswith(".")], [])
+
+    def test_existing_output_needs_force(self):
+        out = os.path.join(self.work, "m.onnx")
+        with open(out, "wb") as f:
+            f.write(b"precious")
+        self.assert_refused([self.ckpt], "%s exists (--force replaces it)" % out, out)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+        self.ctl("export", "--force", self.ckpt, "-o", out)
+        with open(out, "rb") as f:
+            self.assertNotEqual(f.read(), b"precious")
+        self.ctl("export", "-f", self.dir, "-o", out)
+
+        # Never replaced, even with --force: what is not a regular file.
+        target = os.path.join(self.work, "target")
+        with open(target, "wb") as f:
+            f.write(b"keep")
+        link = os.path.join(self.work, "link.onnx")
+        os.symlink(target, link)
+        fifo = os.path.join(self.work, "fifo.onnx")
+        os.mkfifo(fifo)
+        dirout = os.path.join(self.work, "dir.onnx")
+        os.makedirs(dirout)
+        for path in (link, fifo, dirout):
+            self.assert_refused(["--force", self.ckpt], "%s exists and is not a regular file" % path, path)
+        self.assertTrue(os.path.islink(link))
+        self.assertTrue(stat.S_ISFIFO(os.lstat(fifo).st_mode))
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"keep")
+
+    def test_help_and_text_output(self):
+        r = self.ctl("export", "--help")
+        for text in ("ONNX", "--raw", "--force", "images", "logits", "probabilities"):
+            self.assertIn(text, r.stdout)
+        self.assertIn("export CKPT|DIR -o OUT", self.ctl("--help").stdout)
+        out = os.path.join(self.work, "bare.onnx")
+        r = self.ctl("export", self.dir, "-o", "bare.onnx", cwd=self.work)
+        self.assertEqual(r.stdout.strip(), "bare.onnx: ONNX model (IR 7, opset 13, %d bytes) of 64-32-10 from %s "
+                         "(step 60, EMA values)" % (os.path.getsize(out), self.ckpt))
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
