@@ -18,8 +18,8 @@
  * given in mlp.h's parameter layout. The encoding is protobuf-c's, from the
  * schema subset in tools/onnx.proto.
  */
-#ifndef MN_CTL_ONNX_H
-#define MN_CTL_ONNX_H
+#ifndef CTL_ONNX_H
+#define CTL_ONNX_H
 
 #include <stddef.h>
 #include <stdint.h>
