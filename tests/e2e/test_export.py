@@ -11,6 +11,7 @@ when they are missing."""
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -138,6 +139,32 @@ class ExportTest(ExportCase):
             with self.subTest(model=name):
                 d, data = self.train(name, hidden, size)
                 self.check_model(d, data, hidden, size)
+                if size == 28:
+                    self.check_readme_code(os.path.join(self.work, os.path.basename(d) + ".onnx"),
+                                           os.path.join(d, ckpt_name(60)))
+
+    def check_readme_code(self, model, ckpt):
+        """The Node.js code of README's "Serving the model" runs as printed."""
+        with open(os.path.join(SOURCE, "README.md")) as f:
+            readme = f.read()
+        section = readme.split("## Serving the model", 1)[1].split("\n## ", 1)[0]
+        code = re.search(r"```js\n(.*?)```", section, re.S).group(1)
+        self.assertIn("'fashion-mlp.onnx'", code)
+        script = os.path.join(self.work, "serve.js")
+        with open(script, "w") as f:
+            f.write(code.replace("'fashion-mlp.onnx'", json.dumps(model)))
+        r = subprocess.run(["node", script], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, NODE_PATH=os.path.join(ORT_DIR, "node_modules")))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        # The code classifies one blank image: what predict says of it.
+        blank = os.path.join(self.work, "blank-idx3-ubyte")
+        mnlib.write_idx(blank, 2051, (1, 28, 28), bytes(784), gz=False)
+        ref = self.predict(ckpt, blank)
+        z = ref["logits"][0]
+        m = max(z)
+        self.assertEqual(got[0]["class"], ref["predictions"][0])
+        self.assertAlmostEqual(got[0]["probability"], 1 / sum(math.exp(v - m) for v in z), delta=1e-5)
 
     def check_model(self, d, data, hidden, size):
         ckpt = os.path.join(d, ckpt_name(60))
