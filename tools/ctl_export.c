@@ -71,8 +71,9 @@ struct export_args {
 struct export_info {
 	char path[CTL_PATH_MAX];
 	char arch_s[256];
-	const char *step;
-	bool ema;
+	const char *step; /* the "global_step" text */
+	int64_t stepv;    /* its value, when has_step */
+	bool has_step, ema;
 	size_t bytes;
 };
 
@@ -107,23 +108,22 @@ static int encode(const struct mn_ckpt *c, const struct mn_arch *arch, const flo
                   struct export_info *info, uint8_t **buf, size_t *len, char *err, size_t errlen)
 {
 	char arch_json[512], doc[1024];
-	const char *crc = mn_ckpt_meta(c, "data_crc32");
+	const char *crc = mn_ckpt_meta(c, MN_META_DATA_CRC32);
 	struct mn_meta props[5];
 	struct ctl_onnx_desc d = {.producer_version = MN_VERSION, .props = props};
-	int64_t step = 0;
 
 	if (mn_arch_to_json(arch, arch_json, sizeof(arch_json)) < 0) {
 		mn_errf(err, errlen, "%s: architecture too long to describe", info->path);
 		return -EINVAL;
 	}
-	if (ctl_parse_step(info->step, &step))
-		d.model_version = step;
-	props[d.nprops++] = (struct mn_meta){"source", mn_basename(info->path)};
-	props[d.nprops++] = (struct mn_meta){"global_step", info->step};
-	props[d.nprops++] = (struct mn_meta){"architecture", arch_json};
+	if (info->has_step)
+		d.model_version = info->stepv;
+	props[d.nprops++] = (struct mn_meta){MN_META_SOURCE, mn_basename(info->path)};
+	props[d.nprops++] = (struct mn_meta){MN_META_GLOBAL_STEP, info->step};
+	props[d.nprops++] = (struct mn_meta){MN_META_ARCHITECTURE, arch_json};
 	if (crc)
-		props[d.nprops++] = (struct mn_meta){"data_crc32", crc};
-	props[d.nprops++] = (struct mn_meta){"ema", info->ema ? "true" : "false"};
+		props[d.nprops++] = (struct mn_meta){MN_META_DATA_CRC32, crc};
+	props[d.nprops++] = (struct mn_meta){MN_META_EMA, info->ema ? "true" : "false"};
 	snprintf(doc, sizeof(doc),
 	         "mnistd MLP %s exported from %s (global step %s, data_crc32 %s, %s values). "
 	         "Input \"images\": float [N, %zu], pixels scaled to [0, 1]. Outputs "
@@ -137,7 +137,6 @@ static int encode(const struct mn_ckpt *c, const struct mn_arch *arch, const flo
 static int report(const struct export_args *a, const struct export_info *info)
 {
 	cJSON *root, *arr;
-	int64_t step = 0;
 
 	if (!a->json) {
 		printf("%s: ONNX model (IR %d, opset %d, %zu bytes) of %s from %s (step %s, %s "
@@ -150,9 +149,8 @@ static int report(const struct export_args *a, const struct export_info *info)
 	ctl_json_str(root, "file", a->out);
 	ctl_json_str(root, "source", info->path);
 	ctl_json_str(root, "architecture", info->arch_s);
-	/* Checked by the reader (MN_CKPT_REQUIRE_MNISTD); never pasted in as raw JSON. */
-	if (ctl_parse_step(info->step, &step))
-		ctl_json_int(root, "step", step);
+	if (info->has_step)
+		ctl_json_int(root, "step", info->stepv);
 	else
 		ctl_json_add(root, "step", cJSON_CreateNull());
 	ctl_json_bool(root, "ema", info->ema);
@@ -189,8 +187,9 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 		goto out;
 	}
 	mn_arch_format(&arch, info.arch_s, sizeof(info.arch_s));
-	info.step = mn_ckpt_meta(c, "global_step");
-	info.ema = ctl_values_are_ema(c, a->raw);
+	info.step = mn_ckpt_meta(c, MN_META_GLOBAL_STEP);
+	info.has_step = mn_model_step(c, &info.stepv, NULL, 0) == 0;
+	info.ema = mn_model_uses_ema(c, !a->raw);
 	if (encode(c, &arch, params, &info, &buf, &info.bytes, err, sizeof(err)) < 0) {
 		ctl_errorf("export", "%s", err);
 		goto out;
