@@ -143,7 +143,7 @@ static int report(const struct export_args *a, const struct export_info *info)
 		       "values)\n",
 		       a->out, CTL_ONNX_IR_VERSION, CTL_ONNX_OPSET, info->bytes, info->arch_s,
 		       info->path, info->step, info->ema ? "EMA" : "raw");
-		return CTL_EXIT_OK;
+		return MN_EX_OK;
 	}
 	root = cJSON_CreateObject();
 	ctl_json_str(root, "file", a->out);
@@ -162,7 +162,7 @@ static int report(const struct export_args *a, const struct export_info *info)
 	arr = ctl_json_add(root, "outputs", cJSON_CreateArray());
 	ctl_json_str(arr, NULL, "logits");
 	ctl_json_str(arr, NULL, "probabilities");
-	return ctl_json_print(root) < 0 ? CTL_EXIT_FAILED : CTL_EXIT_OK;
+	return ctl_json_print(root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 }
 
 static int export_run(const struct export_args *a, const struct ctl_globals *g)
@@ -175,7 +175,7 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 	float *params = NULL;
 	uint8_t *buf = NULL;
 	const char *base;
-	int rc = CTL_EXIT_FAILED;
+	int rc = MN_EX_FAILURE;
 
 	base = ctl_output_path(a->out, dir, sizeof(dir), err, sizeof(err));
 	if (!base || check_target(a->out, a->force, err, sizeof(err)) < 0 ||
@@ -242,7 +242,7 @@ int ctl_export(int argc, char **argv, const struct ctl_globals *g)
 			break;
 		case 'h':
 			fputs(export_help, stdout);
-			return CTL_EXIT_OK;
+			return MN_EX_OK;
 		default:
 			return ctl_option_error("export", c, argv, opts);
 		}
