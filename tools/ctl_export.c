@@ -175,7 +175,7 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 	float *params = NULL;
 	uint8_t *buf = NULL;
 	const char *base;
-	int rc = MN_EX_FAILURE;
+	int ex = MN_EX_FAILURE;
 
 	base = ctl_output_path(a->out, dir, sizeof(dir), err, sizeof(err));
 	if (!base || check_target(a->out, a->force, err, sizeof(err)) < 0 ||
@@ -199,12 +199,12 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 		ctl_errorf("export", "%s", err);
 		goto out;
 	}
-	rc = report(a, &info);
+	ex = report(a, &info);
 out:
 	free(buf);
 	free(params);
 	mn_ckpt_free(c);
-	return rc;
+	return ex;
 }
 
 int ctl_export(int argc, char **argv, const struct ctl_globals *g)
