@@ -234,7 +234,7 @@ START_TEST(test_graph_computes_the_mlp)
 		ck_assert_str_eq(g->node[i]->op_type, ops[i]);
 		run_node(g, g->node[i], vals, &nvals);
 	}
-	ck_assert_int_eq(mn_mlp_new(&e.arch, ROWS, &mlp), 0);
+	ck_assert_int_eq(mn_mlp_new(&e.arch, ROWS, &mlp, NULL, 0), 0);
 	ck_assert_int_eq(mn_mlp_eval(mlp, e.params, x, NULL, ROWS, NULL, NULL, pred), 0);
 	logits = mn_mlp_logits(mlp);
 	for (size_t i = 0; i < ROWS * 3; i++)

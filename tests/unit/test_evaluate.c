@@ -144,7 +144,7 @@ START_TEST(test_logits_match_single_pass)
 	ck_assert_ptr_nonnull(pred);
 	ck_assert_ptr_nonnull(y);
 	fixture_init(&f, count);
-	ck_assert_int_eq(mn_mlp_new(&f.arch, count, &m), 0);
+	ck_assert_int_eq(mn_mlp_new(&f.arch, count, &m, NULL, 0), 0);
 	mn_view_range(&f.v, 0, count, x, y);
 	ck_assert_int_eq(mn_mlp_eval(m, f.params, x, NULL, count, NULL, NULL, NULL), 0);
 	ck_assert_int_eq(
