@@ -327,6 +327,22 @@ class ExportRefusalTest(ExportCase):
         with open(target, "rb") as f:
             self.assertEqual(f.read(), b"keep")
 
+    def test_a_best_dir_exports_its_best_checkpoint(self):
+        # The evaluator's eval.best_dir: best.json names the best checkpoint, best first.
+        best = os.path.join(self.work, "best")
+        os.makedirs(best)
+        for step in (40, 60):
+            shutil.copy(os.path.join(self.dir, ckpt_name(step)), best)
+        entries = [{"step": 40, "accuracy": 0.9, "loss": 0.3, "file": ckpt_name(40),
+                    "time": "2026-11-29T20:00:00.000Z"},
+                   {"step": 60, "accuracy": 0.8, "loss": 0.4, "file": ckpt_name(60),
+                    "time": "2026-11-29T20:00:01.000Z"}]
+        with open(os.path.join(best, "best.json"), "w") as f:
+            json.dump({"best": entries}, f)
+        out = os.path.join(self.work, "best.onnx")
+        j = json.loads(self.ctl("--json", "export", best, "-o", out).stdout)
+        self.assertEqual((j["source"], j["step"]), (os.path.join(best, ckpt_name(40)), 40))
+
     def test_help_and_text_output(self):
         r = self.ctl("export", "--help")
         for text in ("ONNX", "--raw", "--force", "images", "logits", "probabilities"):
