@@ -364,16 +364,19 @@ class PlotTest(mnlib.TestCase):
 
 
 class EvaluatorPageTest(mnlib.TestCase):
-    def run_both(self, steps=300, env=None, **eval_cfg):
+    def run_both(self, steps=300, env=None, evaluator_first=True, **eval_cfg):
         self.train_path = os.path.join(self.work, "train.jsonl")
         self.eval_path = os.path.join(self.work, "eval.jsonl")
         self.page = os.path.join(self.work, "report.html")
         ev = dict({"metrics_file": self.eval_path, "report_html": self.page}, **eval_cfg)
         path, _ = self.config(train={"max_steps": steps, "metrics_file": self.train_path},
                               checkpoint={"every_steps": 50}, eval=ev)
-        e = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
+        if evaluator_first:
+            e = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
         d = self.start([MNISTD, "--config", path], "mnistd")
         self.assertEqual(d.wait(120), 0, d.output())
+        if not evaluator_first:
+            e = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
         mnlib.wait_for(lambda: any(x["step"] == steps for x in read_lines(self.eval_path)), 60,
                        "the last checkpoint's evaluation")
         return e
@@ -391,6 +394,18 @@ class EvaluatorPageTest(mnlib.TestCase):
         e.signal(signal.SIGTERM)
         self.assertEqual(e.wait(30), 0, e.output())
         self.assertEqual([n for n in os.listdir(self.work) if n.startswith(".")], [], "temporary files left")
+        self.assertTrue(os.path.exists(self.page))
+
+    def test_page_of_a_finished_run(self):
+        """The page is drawn at each evaluation from what the files hold then:
+        the trainer's last history line is written as it exits, which may be
+        after the evaluator drew the last page of a run as short as this one.
+        An evaluator started on the finished run draws from complete files,
+        so every number can be held against them."""
+        e = self.run_both(evaluator_first=False)
+        mnlib.wait_for(lambda: self.page_step() == 300, 60, "the page of the last evaluation")
+        e.signal(signal.SIGTERM)
+        self.assertEqual(e.wait(30), 0, e.output())
         dom = check_page(self, self.page, self.train_path, self.eval_path)
         self.assertTrue('<meta http-equiv="refresh" content="15">' in dom, "the page reloads itself")
 
