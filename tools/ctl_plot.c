@@ -14,8 +14,11 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <uv.h>
+
 #include "ctl.h"
 #include "ctl_util.h"
+#include "follow.h"
 #include "gnuplot.h"
 #include "metrics.h"
 #include "report.h"
@@ -23,7 +26,7 @@
 
 static const char plot_help[] =
     "Usage: mnistctl plot [--train FILE] [--eval FILE] [--best FILE]\n"
-    "                     [--terminal | -o REPORT.html]\n"
+    "                     [--terminal | -o REPORT.html | --watch]\n"
     "\n"
     "Draws a run's curves with gnuplot (Debian package gnuplot-nox) from the\n"
     "trainer's history (train.metrics_file) and the evaluator's metrics\n"
@@ -36,6 +39,9 @@ static const char plot_help[] =
     "needed): validation accuracy and loss, training loss and learning rate\n"
     "against step, the best checkpoint marked, a summary table and the\n"
     "configuration. The page is replaced atomically; '-o -' prints it.\n"
+    "--watch draws the terminal charts again, over the screen, as lines arrive\n"
+    "in either file (filesystem events), at most 4 times a second, until\n"
+    "SIGINT (Ctrl-C) or SIGTERM; a file that is missing or empty is waited for.\n"
     "\n"
     "A line whose step is not greater than the one before it (a resumed run)\n"
     "replaces the lines at that step and later. A missing, empty or malformed\n"
@@ -48,17 +54,20 @@ static const char plot_help[] =
     "                     checkpoint (default: the highest validation accuracy)\n"
     "  -T, --terminal     text charts on standard output\n"
     "  -o, --output FILE  the HTML page to write\n"
+    "  -w, --watch        redraw the terminal charts as the files grow\n"
     "  -h, --help         this help\n"
     "\n"
-    "Exit status: 0 drawn, 1 error (nothing written), 2 usage error.\n"
+    "Exit status: 0 drawn (--watch: ended by a signal), 1 error (nothing\n"
+    "written), 2 usage error.\n"
     "\n"
     "Examples:\n"
     "  mnistctl plot\n"
-    "  mnistctl plot -o /tmp/report.html\n";
+    "  mnistctl plot -o /tmp/report.html\n"
+    "  mnistctl plot --watch\n";
 
 struct plot_opts {
 	const char *train, *eval, *best, *output;
-	bool terminal;
+	bool terminal, watch;
 };
 
 /* A plot: its options, configuration, the files it reads and what they hold. */
@@ -98,21 +107,50 @@ static int plot_setup(const struct ctl_globals *g, struct plot *p)
 	return MN_EX_FAILURE;
 }
 
-/* (Re)reads the files. 0, or -errno with err filled. */
-static int plot_load(struct plot *p, char *err, size_t errlen)
+/*
+ * Reads one metrics file into s. With yet, a file that is missing or has no
+ * lines yet (--watch waits for it) leaves s empty and is no error.
+ */
+static int load_series(enum mn_metrics_kind kind, const char *path, struct mn_metrics_series *s,
+                       bool yet, char *err, size_t errlen)
+{
+	int rc;
+
+	if (!path)
+		return 0;
+	rc = mn_metrics_load(kind, path, s, err, errlen);
+	if (rc < 0 && yet && (rc == -ENOENT || rc == -ENODATA)) {
+		*s = (struct mn_metrics_series){0};
+		return 0;
+	}
+	return rc;
+}
+
+/*
+ * (Re)reads the files. 0, or -errno with err filled. With yet (--watch),
+ * missing or empty files are not errors as long as one file has lines, and
+ * a missing best.json is only not marked.
+ */
+static int plot_load(struct plot *p, bool yet, char *err, size_t errlen)
 {
 	int rc = 0;
 
 	mn_metrics_series_free(&p->train);
 	mn_metrics_series_free(&p->eval);
 	p->have_best = false;
-	if ((p->train_path &&
-	     (rc = mn_metrics_load(MN_METRICS_TRAIN, p->train_path, &p->train, err, errlen)) < 0) ||
-	    (p->eval_path &&
-	     (rc = mn_metrics_load(MN_METRICS_EVAL, p->eval_path, &p->eval, err, errlen)) < 0))
+	if ((rc = load_series(MN_METRICS_TRAIN, p->train_path, &p->train, yet, err, errlen)) < 0 ||
+	    (rc = load_series(MN_METRICS_EVAL, p->eval_path, &p->eval, yet, err, errlen)) < 0)
 		return rc;
+	if (yet && p->train.n == 0 && p->eval.n == 0) {
+		mn_errf(err, errlen, "%s%s%s: no lines yet", p->train_path ? p->train_path : "",
+		        p->train_path && p->eval_path ? ", " : "",
+		        p->eval_path ? p->eval_path : "");
+		return -ENODATA;
+	}
 	if (p->o.best) {
 		rc = mn_metrics_load_best(p->o.best, &p->best, err, errlen);
+		if (rc == 0 && yet)
+			return 0;
 		if (rc == 0) {
 			mn_errf(err, errlen, "%s: no such file or no entry in it", p->o.best);
 			rc = -ENOENT;
@@ -244,22 +282,189 @@ out:
 	return ex;
 }
 
+/*
+ * --watch: the terminal charts, drawn again over the screen whenever a
+ * metrics file grows (common/follow.h notices). The files are then read
+ * again whole, so a resumed run's repeated steps resolve as in any plot.
+ */
+struct watch {
+	struct plot *p;
+	uv_loop_t loop;
+	uv_timer_t settle;
+	uv_signal_t sig_int, sig_term, sig_winch;
+	struct mn_follow *follow[2];
+	bool tty, stopping;
+};
+
+/*
+ * Lines come in bursts (a whole file at the start, a resumed run): the first
+ * line of a burst starts the timer and the rest ride on it, so a file that
+ * grows without pause is still drawn, at most 1000 / WATCH_SETTLE_MS times a
+ * second.
+ */
+#define WATCH_SETTLE_MS 250
+
+/* Draws what the files hold now; a file that is malformed for now is said on the screen. */
+static void watch_draw(uv_timer_t *t)
+{
+	struct watch *w = t->data;
+	struct mn_report_input in;
+	char *buf = NULL, err[MN_ERRLEN];
+	const char *text = NULL;
+	size_t len = 0;
+	int cols, rows, rc;
+
+	/* Asked for at every drawing, so a SIGWINCH only has to ask for one. */
+	terminal_size(&cols, &rows);
+	rc = plot_load(w->p, true, err, sizeof(err));
+	if (rc == 0) {
+		in = plot_input(w->p);
+		/* The screen's last line says what this is. */
+		rc = render_text(&in, cols, rows - 1, &buf, &text, &len, err, sizeof(err));
+	}
+	fputs(w->tty ? "\033[H\033[2J" : "\f", stdout); /* home and clear, or a new page */
+	if (rc == 0)
+		fwrite(text, 1, len, stdout);
+	else
+		printf("waiting: %s\n", err);
+	printf("mnistctl plot --watch: drawn again as lines arrive; Ctrl-C ends");
+	fflush(stdout);
+	free(buf);
+}
+
+static void watch_schedule(struct watch *w)
+{
+	if (!w->stopping && !uv_is_active((uv_handle_t *)&w->settle))
+		uv_timer_start(&w->settle, watch_draw, WATCH_SETTLE_MS, 0);
+}
+
+static void on_watch_line(const char *line, size_t len, void *arg)
+{
+	(void)line;
+	(void)len;
+	watch_schedule(arg);
+}
+
+static void on_watch_reset(const char *why, void *arg)
+{
+	(void)why;
+	watch_schedule(arg);
+}
+
+static void on_watch_winch(uv_signal_t *h, int signum)
+{
+	(void)signum;
+	watch_schedule(h->data);
+}
+
+static void close_watch_handle(uv_handle_t *h, void *arg)
+{
+	(void)arg;
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+/* SIGINT, SIGTERM or a failed start: closes everything, so uv_run returns. */
+static void on_watch_stop(uv_signal_t *h, int signum)
+{
+	struct watch *w = h->data;
+
+	(void)signum;
+	w->stopping = true;
+	for (int i = 0; i < 2; i++) {
+		mn_follow_close(w->follow[i]);
+		w->follow[i] = NULL;
+	}
+	uv_walk(&w->loop, close_watch_handle, NULL);
+}
+
+/* Starts the timer, the signals and following the files. 0 or -errno with err. */
+static int watch_start(struct watch *w, char *err, size_t errlen)
+{
+	const char *paths[2] = {w->p->train_path, w->p->eval_path};
+	uv_signal_t *sigs[3] = {&w->sig_int, &w->sig_term, &w->sig_winch};
+	const int signums[3] = {SIGINT, SIGTERM, SIGWINCH};
+	int64_t poll = w->p->cfg.eval.poll_interval_ms;
+	int rc;
+
+	uv_timer_init(&w->loop, &w->settle);
+	w->settle.data = w;
+	for (int i = 0; i < 3; i++) {
+		uv_signal_init(&w->loop, sigs[i]);
+		sigs[i]->data = w;
+		rc = uv_signal_start(sigs[i], i == 2 ? on_watch_winch : on_watch_stop, signums[i]);
+		if (rc < 0) {
+			mn_errf(err, errlen, "signal %d: %s", signums[i], uv_strerror(rc));
+			return rc;
+		}
+	}
+	for (int i = 0; i < 2; i++) {
+		struct mn_follow_params fp = {
+		    .path = paths[i],
+		    .mode = w->p->cfg.eval.watch,
+		    .poll_interval_ms = poll > 0 ? (uint64_t)poll : 1000,
+		    .on_line = on_watch_line,
+		    .on_reset = on_watch_reset,
+		    .arg = w,
+		};
+
+		if (paths[i] &&
+		    (rc = mn_follow_start(&w->loop, &fp, &w->follow[i], err, errlen)) < 0)
+			return rc;
+	}
+	watch_schedule(w);
+	return 0;
+}
+
+/*
+ * Runs until SIGINT or SIGTERM (exit 0). A malformed file or no gnuplot is
+ * an error at once, before the screen is taken; files that do not exist or
+ * are empty yet are waited for.
+ */
+static int ctl_plot_watch(struct plot *p)
+{
+	struct watch w = {.p = p, .tty = isatty(STDOUT_FILENO)};
+	char *out = NULL, err[MN_ERRLEN];
+	size_t len;
+	int rc;
+
+	rc = plot_load(p, true, err, sizeof(err));
+	if ((rc < 0 && rc != -ENODATA) ||
+	    (rc = mn_gnuplot_run("", 0, &out, &len, err, sizeof(err))) < 0) {
+		ctl_errorf("plot", "%s", err);
+		return MN_EX_FAILURE;
+	}
+	free(out);
+	rc = uv_loop_init(&w.loop);
+	if (rc < 0) {
+		ctl_errorf("plot", "%s", uv_strerror(rc));
+		return MN_EX_FAILURE;
+	}
+	rc = watch_start(&w, err, sizeof(err));
+	if (rc < 0) {
+		ctl_errorf("plot", "%s", err);
+		on_watch_stop(&w.sig_int, SIGINT);
+	}
+	uv_run(&w.loop, UV_RUN_DEFAULT);
+	uv_loop_close(&w.loop);
+	if (rc == 0)
+		fputs("\n", stdout);
+	return rc < 0 ? MN_EX_FAILURE : MN_EX_OK;
+}
+
 /* 0 to go on, -1 after --help, else the exit status of a usage error. */
 static int parse_args(int argc, char **argv, struct plot_opts *o)
 {
 	static const struct option opts[] = {
-	    {"train", required_argument, NULL, 't'},
-	    {"eval", required_argument, NULL, 'e'},
-	    {"best", required_argument, NULL, 'b'},
-	    {"terminal", no_argument, NULL, 'T'},
-	    {"output", required_argument, NULL, 'o'},
-	    {"help", no_argument, NULL, 'h'},
-	    {0},
+	    {"train", required_argument, NULL, 't'},  {"eval", required_argument, NULL, 'e'},
+	    {"best", required_argument, NULL, 'b'},   {"terminal", no_argument, NULL, 'T'},
+	    {"output", required_argument, NULL, 'o'}, {"watch", no_argument, NULL, 'w'},
+	    {"help", no_argument, NULL, 'h'},         {0},
 	};
 	int c;
 
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":t:e:b:To:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":t:e:b:To:wh", opts, NULL)) != -1) {
 		switch (c) {
 		case 't':
 			o->train = optarg;
@@ -276,6 +481,9 @@ static int parse_args(int argc, char **argv, struct plot_opts *o)
 		case 'o':
 			o->output = optarg;
 			break;
+		case 'w':
+			o->watch = true;
+			break;
 		case 'h':
 			fputs(plot_help, stdout);
 			return -1;
@@ -287,6 +495,10 @@ static int parse_args(int argc, char **argv, struct plot_opts *o)
 		return ctl_usage_error("plot", "unexpected argument \"%s\"", argv[optind]);
 	if (o->terminal && o->output)
 		return ctl_usage_error("plot", "--terminal and -o exclude each other");
+	if (o->watch && o->output)
+		return ctl_usage_error("plot", "--watch draws on the terminal: it excludes -o");
+	if (o->watch)
+		o->terminal = true;
 	if (!o->terminal && !o->output) {
 		if (!isatty(STDOUT_FILENO))
 			return ctl_usage_error("plot", "standard output is not a terminal: give "
@@ -311,7 +523,12 @@ int ctl_plot(int argc, char **argv, const struct ctl_globals *g)
 	ex = plot_setup(g, &p);
 	if (ex != MN_EX_OK)
 		return ex;
-	if (plot_load(&p, err, sizeof(err)) < 0) {
+	if (p.o.watch) {
+		ex = ctl_plot_watch(&p);
+		plot_free(&p);
+		return ex;
+	}
+	if (plot_load(&p, false, err, sizeof(err)) < 0) {
 		ctl_errorf("plot", "%s", err);
 		plot_free(&p);
 		return MN_EX_FAILURE;

@@ -9,6 +9,7 @@ import math
 import os
 import pty
 import re
+import select
 import shutil
 import signal
 import struct
@@ -361,6 +362,89 @@ class PlotTest(mnlib.TestCase):
         r = self.plot()  # standard output is a pipe here
         self.assertEqual(r.returncode, 2)
         self.assertIn("not a terminal", r.stderr)
+
+    def test_watch_redraws_as_lines_arrive(self):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+        train, ev = os.path.join(self.work, "later-train.jsonl"), os.path.join(self.work, "later-eval.jsonl")
+        p = subprocess.Popen([MNISTCTL, "--config", self.cfg_path, "plot", "--watch", "--train", train,
+                              "--eval", ev], stdout=slave, stderr=subprocess.PIPE)
+        os.close(slave)
+        out = bytearray()
+        clear, status = "\033[H\033[2J", "Ctrl-C ends"
+
+        def screen():
+            """The last complete drawing: what follows the last clear, up to the status line."""
+            frames = [f for f in out.decode("utf-8", "replace").split(clear) if f.endswith(status)]
+            return frames[-1].replace("\r\n", "\n") if frames else ""
+
+        def wait_screen(pred, what):
+            def more():
+                r, _, _ = select.select([master], [], [], 0.05)
+                if r:
+                    try:
+                        out.extend(os.read(master, 65536))
+                    except OSError:
+                        pass
+                return pred(screen())
+            mnlib.wait_for(more, 30 * mnlib.SLOW, what)
+
+        try:
+            # Neither file exists yet: said on the screen, and waited for.
+            wait_screen(lambda s: "waiting: " in s and "no lines yet" in s, "the waiting message")
+            shutil.copy(self.eval_path, ev)
+            wait_screen(lambda s: "validation accuracy" in s, "the evaluator's chart")
+            # The trainer's history arrives a line at a time, as the trainer writes it.
+            with open(self.train_path) as src, open(train, "a") as dst:
+                for line in src:
+                    dst.write(line)
+                    dst.flush()
+            wait_screen(lambda s: "training loss" in s and "validation accuracy" in s, "both charts")
+            lines = screen().split("\n")
+            self.assertEqual(len(lines), 30, "the charts and a status line fill the screen")
+            self.assertLessEqual(max(len(x) for x in lines), 100)
+            self.assertNotIn("9000", screen())
+            # A line at step 9000 stretches the step axis.
+            with open(train, "a") as f:
+                f.write(json.dumps({"step": 9000, "loss": 0.2, "learning_rate": 0.5, "steps_per_sec": 300,
+                                    "time": "2026-11-29T19:10:00.000Z"}) + "\n")
+            wait_screen(lambda s: "9000" in s, "a redraw with step 9000")
+            # Rotated (rename and create): drawn again from the new file alone.
+            rotated = train + ".tmp"
+            with open(self.train_path) as src, open(rotated, "w") as dst:
+                dst.writelines(src.readlines()[:4])
+            os.replace(rotated, train)
+            wait_screen(lambda s: "9000" not in s and "training loss" in s, "a redraw after the rotation")
+            # A smaller terminal: SIGWINCH, and the next drawing fits it.
+            fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 72, 0, 0))
+            p.send_signal(signal.SIGWINCH)
+            wait_screen(lambda s: len(s.split("\n")) == 24, "a redraw at 72x24")
+            self.assertLessEqual(max(len(x) for x in screen().split("\n")), 72)
+            p.send_signal(signal.SIGTERM)
+            self.assertEqual(p.wait(30 * mnlib.SLOW), 0, p.stderr.read())
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+            os.close(master)
+
+    def test_watch_cannot_start(self):
+        with open(self.eval_path, "a") as f:
+            f.write("garbage\n")
+        r = self.plot("--watch")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("eval.jsonl:13: not a JSON object", r.stderr)
+        r = self.plot("--watch", "--train", self.train_path, env={"PATH": "/nonexistent"})
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("gnuplot is not installed", r.stderr)
+        r = self.plot("--watch", "-o", os.path.join(self.work, "report.html"))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("excludes -o", r.stderr)
+        mnlib.write_config(self.cfg_path, mnlib.base_config(self.work, self.data))
+        r = self.plot("--watch")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("sets neither train.metrics_file nor eval.metrics_file", r.stderr)
 
 
 class EvaluatorPageTest(mnlib.TestCase):
