@@ -27,7 +27,7 @@ static const struct command commands[] = {
     {"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},
     {"export", ctl_export, "export CKPT|DIR -o OUT write an ONNX model"},
     {"predict", ctl_predict, "predict MODEL --images IDX [--labels IDX]  run a model"},
-    {"plot", ctl_plot, "plot [--terminal | -o REPORT.html]  draw the run's curves"},
+    {"plot", ctl_plot, "plot [--terminal | -o REPORT.html | --watch]  draw the run's curves"},
 };
 
 static void usage(FILE *f)
