@@ -710,12 +710,9 @@ int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *e
 		mn_errf(err, errlen, "mn_ckpt_read: invalid arguments");
 		return -EINVAL;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		rc = -errno;
-		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
-		return rc;
-	}
+	fd = mn_open_regular(path, 0, NULL, err, errlen);
+	if (fd < 0)
+		return fd;
 	rc = mn_ckpt_read_fd(fd, path, flags, out, err, errlen);
 	close(fd);
 	return rc;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #define IDX_TYPE_U8    0x08
@@ -330,15 +331,17 @@ static int idx_load_file(const char *path, int kind, struct idx_file *f, char *e
 	size_t nbytes = 0;
 	uint8_t *elems = NULL;
 	gzFile gz;
-	int rc, zerr;
+	int fd, rc, zerr;
 
-	errno = 0;
-	gz = gzopen(path, "rbe");
+	/* Never gzopen(path): a FIFO in data.dir would block it forever. */
+	fd = mn_open_regular(path, 0, NULL, err, errlen);
+	if (fd < 0)
+		return fd;
+	gz = gzdopen(fd, "rb");
 	if (!gz) {
-		/* zlib leaves errno alone when its own allocation fails. */
-		rc = errno ? -errno : -ENOMEM;
-		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
-		return rc;
+		close(fd);
+		mn_errf(err, errlen, "%s: cannot open: out of memory", path);
+		return -ENOMEM;
 	}
 	if (gzbuffer(gz, IDX_GZ_BUFFER) != 0) {
 		mn_errf(err, errlen, "%s: cannot set the zlib buffer size", path);

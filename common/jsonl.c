@@ -22,11 +22,13 @@ struct mn_jsonl {
 
 static int open_fd(const char *path, int *fd, char *err, size_t errlen)
 {
-	*fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	/* Never blocks: a FIFO under the name is refused, not waited on for a reader. */
+	*fd = mn_open_append(path, 0640, err, errlen);
 	if (*fd < 0) {
-		int rc = -errno;
+		int rc = *fd;
 
-		mn_errf(err, errlen, "%s: cannot open metrics file: %s", path, strerror(-rc));
+		*fd = -1;
+		mn_errprefix(err, errlen, "metrics file");
 		return rc;
 	}
 	return 0;

@@ -48,11 +48,11 @@ const char *mn_log_level_name(enum mn_log_level level)
 
 static int open_file(const char *path, int *fd, char *err, size_t errlen)
 {
-	*fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+	*fd = mn_open_append(path, 0640, err, errlen);
 	if (*fd < 0) {
-		int rc = -errno;
+		int rc = *fd;
 
-		mn_errf(err, errlen, "%s: cannot open log file: %s", path, strerror(-rc));
+		mn_errprefix(err, errlen, "log file");
 		return rc;
 	}
 	return 0;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ckptdir.h"
 #include "util.h"
@@ -423,6 +424,8 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
 	char(*names)[NAME_LEN] = calloc(2 * layers, NAME_LEN);
 	struct mn_meta *meta = calloc(nextra + 4, sizeof(*meta));
 	char arch_json[1024], created[MN_TIMELEN];
+	uint8_t *buf = NULL;
+	size_t len = 0;
 	int rc = -ENOMEM;
 
 	if (!tensors || !names || !meta) {
@@ -450,8 +453,17 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
 		}
 		meta[nm++] = extra[i];
 	}
-	rc = mn_ckpt_write(dir, name, tensors, nt, meta, nm, err, errlen);
+	if (dir) {
+		rc = mn_ckpt_write(dir, name, tensors, nt, meta, nm, err, errlen);
+	} else {
+		rc = mn_ckpt_encode(tensors, nt, meta, nm, &buf, &len, err, errlen);
+		if (rc == 0 &&
+		    (rc = mn_write_iov(STDOUT_FILENO,
+		                       &(struct iovec){.iov_base = buf, .iov_len = len}, 1)) < 0)
+			mn_errf(err, errlen, "standard output: %s", strerror(-rc));
+	}
 out:
+	free(buf);
 	free(tensors);
 	free(names);
 	free(meta);

@@ -128,7 +128,8 @@ int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *
  * arch's shape), and the metadata format, architecture, created and
  * frozen = "true", followed by the caller's extra entries (typically
  * global_step, config, source and ema), which must not repeat those keys.
- * The result passes mn_model_arch() and mn_model_load_params().
+ * The result passes mn_model_arch() and mn_model_load_params(). With dir
+ * NULL the file is written to standard output instead (mnistctl's -o -).
  */
 int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arch *arch,
                           const float *params, const struct mn_meta *extra, size_t nextra,

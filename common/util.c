@@ -90,7 +90,7 @@ static int join_path(char *out, size_t len, const char *dir, const char *name, c
 	return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
 }
 
-static int write_all_iov(int fd, const struct iovec *iov, int iovcnt)
+int mn_write_iov(int fd, const struct iovec *iov, int iovcnt)
 {
 	for (int i = 0; i < iovcnt; i++) {
 		const char *p = iov[i].iov_base;
@@ -124,16 +124,45 @@ int mn_fsync_dir(const char *dir)
 	return rc;
 }
 
+/* What a file that is not a regular one is, for messages. */
+static const char *file_kind(mode_t m)
+{
+	if (S_ISDIR(m))
+		return "a directory";
+	if (S_ISFIFO(m))
+		return "a FIFO";
+	if (S_ISSOCK(m))
+		return "a socket";
+	if (S_ISCHR(m))
+		return "a character device";
+	if (S_ISBLK(m))
+		return "a block device";
+	if (S_ISLNK(m))
+		return "a symbolic link";
+	return "of an unknown type";
+}
+
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
                     unsigned mode, char *err, size_t errlen)
 {
 	char tmp[PATH_MAX], final[PATH_MAX];
+	struct stat st;
 	int fd = -1, rc;
 
 	if (join_path(tmp, sizeof(tmp), dir, name, ".", ".tmp") < 0 ||
 	    join_path(final, sizeof(final), dir, name, "", "") < 0) {
 		mn_errf(err, errlen, "%s/%s: path too long", dir, name);
 		return -ENAMETOOLONG;
+	}
+	/*
+	 * rename() replaces whatever the name holds: /dev/null would become a
+	 * regular file, a FIFO or a symlink would vanish. Only a regular file
+	 * is ours to replace.
+	 */
+	if (lstat(final, &st) == 0 && !S_ISREG(st.st_mode)) {
+		mn_errf(err, errlen, "%s: exists and is %s, not a regular file: not replaced",
+		        final, file_kind(st.st_mode));
+		return -EEXIST;
 	}
 	/*
 	 * A crashed writer's temp is removed and ours created exclusively, so a
@@ -148,7 +177,7 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 		mn_errf(err, errlen, "%s: cannot create: %s", tmp, strerror(-rc));
 		return rc;
 	}
-	rc = write_all_iov(fd, iov, iovcnt);
+	rc = mn_write_iov(fd, iov, iovcnt);
 	if (rc < 0) {
 		mn_errf(err, errlen, "%s: write failed: %s", tmp, strerror(-rc));
 		goto fail;
@@ -297,16 +326,106 @@ int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, ch
 	return 0;
 }
 
-int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen)
+/* Clears O_NONBLOCK again: it was only for the open, reads and writes want to wait. */
+static void set_blocking(int fd)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int rc;
+	int fl = fcntl(fd, F_GETFL);
 
-	if (fd < 0) {
-		rc = -errno;
+	if (fl >= 0 && (fl & O_NONBLOCK))
+		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+static int open_failed(const char *path, unsigned flags, char *err, size_t errlen)
+{
+	int rc = -errno;
+
+	if (rc == -ELOOP && (flags & MN_OPEN_NOFOLLOW))
+		mn_errf(err, errlen, "%s: is a symbolic link, which is not followed here", path);
+	else
 		mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
+	return rc;
+}
+
+int mn_open_regular(const char *path, unsigned flags, struct stat *st, char *err, size_t errlen)
+{
+	int oflags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+	struct stat sb;
+	int fd;
+
+	if (flags & MN_OPEN_NOFOLLOW)
+		oflags |= O_NOFOLLOW;
+	/*
+	 * Look first, so a device node is not even opened (opening some has
+	 * side effects); the fstat below is what counts, since the name may
+	 * change in between.
+	 */
+	if (((flags & MN_OPEN_NOFOLLOW) ? lstat(path, &sb) : stat(path, &sb)) == 0 &&
+	    !S_ISREG(sb.st_mode)) {
+		if (S_ISLNK(sb.st_mode)) {
+			errno = ELOOP;
+			return open_failed(path, flags, err, errlen);
+		}
+		mn_errf(err, errlen, "%s: not a regular file (%s)", path, file_kind(sb.st_mode));
+		return -EINVAL;
+	}
+	fd = open(path, oflags);
+	if (fd < 0)
+		return open_failed(path, flags, err, errlen);
+	if (fstat(fd, &sb) < 0) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot stat: %s", path, strerror(-rc));
+		close(fd);
 		return rc;
 	}
+	if (!S_ISREG(sb.st_mode)) {
+		mn_errf(err, errlen, "%s: not a regular file (%s)", path, file_kind(sb.st_mode));
+		close(fd);
+		return -EINVAL;
+	}
+	set_blocking(fd);
+	if (st)
+		*st = sb;
+	return fd;
+}
+
+int mn_open_append(const char *path, unsigned mode, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd, rc;
+
+	/* Non-blocking: a FIFO without a reader fails (ENXIO) instead of waiting for one. */
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, mode);
+	if (fd < 0) {
+		rc = -errno;
+		if (rc == -ENXIO)
+			mn_errf(err, errlen, "%s: not a regular file (a FIFO or socket)", path);
+		else
+			mn_errf(err, errlen, "%s: cannot open: %s", path, strerror(-rc));
+		return rc == -ENXIO ? -EINVAL : rc;
+	}
+	if (fstat(fd, &st) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot stat: %s", path, strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {
+		mn_errf(err, errlen, "%s: not a regular file (%s)", path, file_kind(st.st_mode));
+		close(fd);
+		return -EINVAL;
+	}
+	set_blocking(fd);
+	return fd;
+}
+
+int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen)
+{
+	int fd = mn_open_regular(path, 0, NULL, err, errlen);
+	int rc;
+
+	if (fd < 0)
+		return fd;
 	rc = mn_read_fd(fd, path, max, buf, len, err, errlen);
 	close(fd);
 	return rc;

@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 
 /* Size of the error-message buffers passed around the library. */
@@ -66,6 +67,11 @@ int64_t mn_monotonic_ns(void);
  * dot-file "<dir>/.<name>.tmp", fsyncs it, renames it to "<dir>/<name>" and
  * fsyncs the directory. On any failure the temporary file is removed and the
  * final name is untouched. mode is the file mode (before the umask).
+ *
+ * An existing "<dir>/<name>" is replaced only if it is a regular file: a
+ * device node, FIFO, socket, directory or symbolic link there is refused
+ * with -EEXIST before anything is written, because renaming over it would
+ * replace /dev/null (say) with a regular file rather than write to it.
  */
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
                     unsigned mode, char *err, size_t errlen);
@@ -73,15 +79,49 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 /* fsyncs a directory, making renames and unlinks in it durable. 0 or -errno. */
 int mn_fsync_dir(const char *dir);
 
+/*
+ * Writes the iovecs whole to fd (retrying short writes and EINTR), for an
+ * output that is a stream rather than a file to publish: 0 or -errno.
+ */
+int mn_write_iov(int fd, const struct iovec *iov, int iovcnt);
+
 /* Removes "<dir>/.*.tmp" files left by a crashed writer. Returns the count or -errno. */
 int mn_remove_stale_temps(const char *dir, char *err, size_t errlen);
 
 /* Creates dir and its missing parents with the given mode. 0 if it exists. */
 int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen);
 
+/* Flags for mn_open_regular(). */
+enum {
+	/* Refuse a symbolic link as the last path component (-ELOOP). */
+	MN_OPEN_NOFOLLOW = 1 << 0,
+};
+
 /*
- * Reads a whole file (at most max bytes, else -EFBIG) into a malloc'd
- * buffer with a NUL byte after the data. *len excludes the NUL.
+ * Opens a file that a user or a directory names, for reading, without ever
+ * blocking: the open is non-blocking (a FIFO would otherwise wait for a
+ * writer, forever), and the descriptor must then be a regular file (fstat),
+ * else -EINVAL "not a regular file" (a FIFO, device, socket or directory).
+ * The descriptor is returned in blocking mode. st, when not NULL, receives
+ * its fstat. Returns the descriptor or a negative errno, with a message
+ * naming path in err.
+ */
+int mn_open_regular(const char *path, unsigned flags, struct stat *st, char *err, size_t errlen);
+
+/*
+ * Opens (creating with mode) a file to append lines to, such as a log or
+ * a metrics file, without ever blocking: a FIFO or a socket under the name
+ * is refused with -EINVAL instead of waiting for a reader. A regular file
+ * or a character device (/dev/null, a terminal) is accepted. Returns the
+ * descriptor (blocking, close-on-exec) or a negative errno with a message.
+ */
+int mn_open_append(const char *path, unsigned mode, char *err, size_t errlen);
+
+/*
+ * Reads a whole regular file (at most max bytes, else -EFBIG) into a
+ * malloc'd buffer with a NUL byte after the data. *len excludes the NUL.
+ * The file is opened with mn_open_regular(), so a FIFO is refused, never
+ * waited on.
  */
 int mn_read_file(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen);
 

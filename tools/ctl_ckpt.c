@@ -281,25 +281,20 @@ struct ls_row {
 static void ls_read_metrics(const char *path, bool explicit_path, struct ls_row *rows, size_t n)
 {
 	/* Non-blocking and regular files only, as for the checkpoints: a FIFO must not hang ls. */
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-	const char *why = NULL;
+	char why[MN_ERRLEN];
+	int fd = mn_open_regular(path, 0, NULL, why, sizeof(why));
 	char *line = NULL;
 	size_t cap = 0;
-	struct stat st;
 	FILE *f = NULL;
 
-	if (fd < 0 || fstat(fd, &st) < 0)
-		why = strerror(errno);
-	else if (!S_ISREG(st.st_mode))
-		why = "not a regular file";
-	else if (!(f = fdopen(fd, "r")))
-		why = strerror(errno);
+	if (fd >= 0 && !(f = fdopen(fd, "r")))
+		mn_errf(why, sizeof(why), "%s: %s", path, strerror(errno));
 	if (!f) {
 		if (fd >= 0)
 			close(fd);
 		/* The evaluator may not have written anything yet; only a named file must exist. */
 		if (explicit_path)
-			ctl_errorf("ls", "%s: %s (accuracy not shown)", path, why);
+			ctl_errorf("ls", "%s (accuracy not shown)", why);
 		return;
 	}
 	while (getline(&line, &cap, f) > 0) {
@@ -917,7 +912,11 @@ static const char convert_help[] =
     "such a file still serves as a checkpoint.init_from source.\n"
     "\n"
     "Options:\n"
-    "  -o, --output OUT     the file to write (required)\n"
+    "  -o, --output OUT     the file to write (required); replaced if it is a\n"
+    "                       regular file, refused if it is anything else (a\n"
+    "                       device, FIFO, directory or symbolic link); '-' writes\n"
+    "                       the file to standard output and the report to\n"
+    "                       standard error\n"
     "  -s, --select GLOB    keep the tensors whose names match the fnmatch(3)\n"
     "                       pattern (repeatable; '*' also matches '/'); default all.\n"
     "                       A pattern that matches nothing is an error.\n"
@@ -1117,9 +1116,14 @@ fail:
 	return -EINVAL;
 }
 
-/* What was written, as JSON or text on standard output. */
+/*
+ * What was written, as JSON or text on standard output (standard error when
+ * the file itself went to standard output).
+ */
 static int convert_report(const struct convert *cv, const char *outpath, bool json)
 {
+	FILE *f = strcmp(outpath, "-") == 0 ? stderr : stdout;
+
 	if (json) {
 		cJSON *root = cJSON_CreateObject(), *arr;
 
@@ -1133,19 +1137,20 @@ static int convert_report(const struct convert *cv, const char *outpath, bool js
 			ctl_json_str(o, "name", cv->sel[i].name);
 			ctl_json_str(o, "from", cv->orig[i]);
 		}
-		return ctl_json_print(root);
+		return ctl_json_fprint(f, root);
 	}
-	printf("%s: %zu tensor%s from %s\n", outpath, cv->nsel, cv->nsel == 1 ? "" : "s", cv->in);
+	fprintf(f, "%s: %zu tensor%s from %s\n", outpath, cv->nsel, cv->nsel == 1 ? "" : "s",
+	        cv->in);
 	for (size_t i = 0; i < cv->nsel; i++) {
 		const struct mn_tensor *t = &cv->sel[i];
 		char shape[128];
 
 		mn_shape_format(t, shape, sizeof(shape));
 		if (strcmp(t->name, cv->orig[i]) == 0)
-			printf("  %s  %s %s\n", t->name, mn_dtype_name(t->dtype), shape);
+			fprintf(f, "  %s  %s %s\n", t->name, mn_dtype_name(t->dtype), shape);
 		else
-			printf("  %s  %s %s  (was %s)\n", t->name, mn_dtype_name(t->dtype), shape,
-			       cv->orig[i]);
+			fprintf(f, "  %s  %s %s  (was %s)\n", t->name, mn_dtype_name(t->dtype),
+			        shape, cv->orig[i]);
 	}
 	return 0;
 }
@@ -1182,7 +1187,14 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 		goto out;
 	iov.iov_base = cv.buf;
 	iov.iov_len = cv.len;
-	if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
+	if (strcmp(outpath, "-") == 0) {
+		int wrc = mn_write_iov(STDOUT_FILENO, &iov, 1);
+
+		if (wrc < 0) {
+			ctl_errorf("convert", "standard output: %s", strerror(-wrc));
+			goto out;
+		}
+	} else if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
 		ctl_errorf("convert", "%s", err);
 		goto out;
 	}

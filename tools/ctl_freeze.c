@@ -38,7 +38,11 @@ static const char freeze_help[] =
     "PREFIX-<step>.safetensors.\n"
     "\n"
     "Options:\n"
-    "  -o, --output OUT     the file to write (required)\n"
+    "  -o, --output OUT     the file to write (required); replaced if it is a\n"
+    "                       regular file, refused if it is anything else (a\n"
+    "                       device, FIFO, directory or symbolic link); '-' writes\n"
+    "                       the model to standard output and the report to\n"
+    "                       standard error\n"
     "      --raw            the raw variables instead of the EMA shadows\n"
     "  -p, --prefix PREFIX  checkpoint file prefix for a directory without\n"
     "                       checkpoint.json (default: checkpoint.prefix from the\n"
@@ -61,6 +65,9 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	float *params = NULL;
 	const char *base, *ema, *step;
 	size_t nextra = 0;
+	bool to_stdout = strcmp(out, "-") == 0;
+	/* With the model itself on standard output, its description goes to standard error. */
+	FILE *report = to_stdout ? stderr : stdout;
 	int ex = MN_EX_FAILURE;
 
 	base = ctl_output_path(out, dir, sizeof(dir), err, sizeof(err));
@@ -82,7 +89,8 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		extra[nextra++] = (struct mn_meta){MN_META_CONFIG, mn_ckpt_meta(c, MN_META_CONFIG)};
 	extra[nextra++] = (struct mn_meta){MN_META_SOURCE, mn_basename(path)};
 	extra[nextra++] = (struct mn_meta){MN_META_EMA, ema};
-	if (mn_model_write_frozen(dir, base, &arch, params, extra, nextra, err, sizeof(err)) < 0) {
+	if (mn_model_write_frozen(to_stdout ? NULL : dir, base, &arch, params, extra, nextra, err,
+	                          sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;
 	}
@@ -100,11 +108,11 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		else
 			ctl_json_add(root, "step", cJSON_CreateNull());
 		ctl_json_bool(root, "ema", strcmp(ema, "true") == 0);
-		if (ctl_json_print(root) < 0)
+		if (ctl_json_fprint(report, root) < 0)
 			goto out;
 	} else {
-		printf("%s: frozen %s model from %s (step %s, %s values)\n", out, arch_s, path,
-		       step, strcmp(ema, "true") == 0 ? "EMA" : "raw");
+		fprintf(report, "%s: frozen %s model from %s (step %s, %s values)\n", out, arch_s,
+		        path, step, strcmp(ema, "true") == 0 ? "EMA" : "raw");
 	}
 	ex = MN_EX_OK;
 out:

@@ -128,7 +128,7 @@ void ctl_json_bool(cJSON *obj, const char *key, bool value)
 	ctl_json_add(obj, key, cJSON_CreateBool(value));
 }
 
-int ctl_json_print(cJSON *item)
+int ctl_json_fprint(FILE *f, cJSON *item)
 {
 	char *s = item && !json_failed ? cJSON_Print(item) : NULL;
 
@@ -137,9 +137,14 @@ int ctl_json_print(cJSON *item)
 		fprintf(stderr, "mnistctl: out of memory building the JSON output\n");
 		return -ENOMEM;
 	}
-	puts(s);
+	fprintf(f, "%s\n", s);
 	free(s);
 	return 0;
+}
+
+int ctl_json_print(cJSON *item)
+{
+	return ctl_json_fprint(stdout, item);
 }
 
 int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct mn_config *cfg,
@@ -184,11 +189,25 @@ static const char *split_path(const char *path, char *dir, size_t dirlen, char *
 
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
 {
-	const char *base = split_path(path, dir, dirlen, err, errlen);
+	const char *base;
 	struct stat st;
 
+	if (strcmp(path, "-") == 0) {
+		if (dirlen > 0)
+			dir[0] = '\0';
+		return path;
+	}
+	base = split_path(path, dir, dirlen, err, errlen);
 	if (!base)
 		return NULL;
+	/* Said before any work; mn_write_atomic() refuses it again at the end. */
+	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		mn_errf(err, errlen,
+		        "%s: exists and is not a regular file: not replaced (-o - writes to "
+		        "standard output)",
+		        path);
+		return NULL;
+	}
 	if (stat(dir, &st) < 0) {
 		mn_errf(err, errlen, "%s: cannot write into %s: %s", path, dir, strerror(errno));
 		return NULL;

@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ckpt.h"
 #include "config.h"
@@ -66,6 +67,9 @@ void ctl_json_bool(cJSON *obj, const char *key, bool value);
  */
 int ctl_json_print(cJSON *item);
 
+/* ctl_json_print() to f. */
+int ctl_json_fprint(FILE *f, cJSON *item);
+
 /*
  * Loads the configuration named by the global --config option into cfg.
  * When tolerate_missing is set and the default file does not exist, cfg
@@ -81,6 +85,9 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
  * (with a message) if path names no file (empty or ending in '/') or its
  * directory does not exist: the message then names the directory the user
  * gave rather than the temporary file the atomic writer failed to create.
+ * Also refuses a path that exists and is not a regular file (a device, a
+ * FIFO, a symbolic link, a directory), which the atomic writer would
+ * replace; "-" (standard output) is returned as it is, with dir "".
  */
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
 

@@ -894,8 +894,13 @@ START_TEST(test_file_empty_and_directory)
 	mn_test_write_file(tpath("empty"), "", 0);
 	expect_load_fail(tpath("empty"), tpath(LAB_NAME), -EINVAL, "file has 0");
 	ck_assert_int_eq(mkdir(tpath("adir"), 0700), 0);
-	expect_load_fail(tpath("adir"), tpath(LAB_NAME), -EIO, tpath("adir"));
+	expect_load_fail(tpath("adir"), tpath(LAB_NAME), -EINVAL,
+	                 "not a regular file (a directory)");
 	rmdir(tpath("adir"));
+	/* A FIFO in data.dir is refused at once, not waited on for a writer. */
+	ck_assert_int_eq(mkfifo(tpath("fifo"), 0600), 0);
+	expect_load_fail(tpath("fifo"), tpath(LAB_NAME), -EINVAL, "not a regular file (a FIFO)");
+	unlink(tpath("fifo"));
 }
 END_TEST
 

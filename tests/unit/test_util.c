@@ -3,6 +3,7 @@
 
 #include <check.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <regex.h>
 #include <stdio.h>
@@ -159,6 +160,107 @@ START_TEST(read_file_bounds)
 }
 END_TEST
 
+/* Point 1 of the hardening issue: the writer renames over regular files only. */
+START_TEST(write_atomic_refuses_non_regular_targets)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], target[PATH_MAX];
+	struct iovec iov = {"data", 4};
+	struct stat st;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	/* A FIFO, a symbolic link (to a regular file) and a directory stay what they are. */
+	snprintf(path, sizeof(path), "%s/fifo", dir);
+	ck_assert_int_eq(mkfifo(path, 0600), 0);
+	ck_assert_int_eq(mn_write_atomic(dir, "fifo", &iov, 1, 0644, err, sizeof(err)), -EEXIST);
+	ck_assert_ptr_nonnull(strstr(err, "a FIFO"));
+	ck_assert_int_eq(lstat(path, &st), 0);
+	ck_assert(S_ISFIFO(st.st_mode));
+	snprintf(target, sizeof(target), "%s/real", dir);
+	mn_test_write_file(target, "keep", 4);
+	snprintf(path, sizeof(path), "%s/link", dir);
+	ck_assert_int_eq(symlink(target, path), 0);
+	ck_assert_int_eq(mn_write_atomic(dir, "link", &iov, 1, 0644, err, sizeof(err)), -EEXIST);
+	ck_assert_ptr_nonnull(strstr(err, "symbolic link"));
+	ck_assert_int_eq(lstat(path, &st), 0);
+	ck_assert(S_ISLNK(st.st_mode));
+	snprintf(path, sizeof(path), "%s/sub", dir);
+	ck_assert_int_eq(mkdir(path, 0700), 0);
+	ck_assert_int_eq(mn_write_atomic(dir, "sub", &iov, 1, 0644, err, sizeof(err)), -EEXIST);
+	/* Nothing was left behind: fifo, real, link, sub. */
+	ck_assert_uint_eq(mn_test_count_entries(dir), 4);
+	/* A regular file is still replaced. */
+	ck_assert_int_eq(mn_write_atomic(dir, "real", &iov, 1, 0644, err, sizeof(err)), 0);
+	ck_assert_int_eq(stat(target, &st), 0);
+	ck_assert_int_eq(st.st_size, 4);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+/* Point 2: no open of a named path blocks, and only regular files are read. */
+START_TEST(open_regular_never_blocks)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], link[PATH_MAX], *buf = NULL;
+	struct stat st;
+	size_t len;
+	int fd, fl;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	/* A FIFO without a writer: a blocking open would hang this test (CK timeout). */
+	snprintf(path, sizeof(path), "%s/fifo", dir);
+	ck_assert_int_eq(mkfifo(path, 0600), 0);
+	ck_assert_int_eq(mn_open_regular(path, 0, NULL, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "not a regular file (a FIFO)"));
+	ck_assert_int_eq(mn_read_file(path, 100, &buf, &len, err, sizeof(err)), -EINVAL);
+	ck_assert_int_eq(mn_open_regular(dir, 0, NULL, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "a directory"));
+	ck_assert_int_eq(mn_open_regular("/dev/null", 0, NULL, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "a character device"));
+	/* A regular file opens, in blocking mode, with its fstat. */
+	snprintf(path, sizeof(path), "%s/file", dir);
+	mn_test_write_file(path, "abc", 3);
+	fd = mn_open_regular(path, 0, &st, err, sizeof(err));
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(st.st_size, 3);
+	fl = fcntl(fd, F_GETFL);
+	ck_assert_int_eq(fl & O_NONBLOCK, 0);
+	close(fd);
+	/* A link to it is followed unless MN_OPEN_NOFOLLOW says otherwise. */
+	snprintf(link, sizeof(link), "%s/link", dir);
+	ck_assert_int_eq(symlink(path, link), 0);
+	fd = mn_open_regular(link, 0, NULL, err, sizeof(err));
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	ck_assert_int_eq(mn_open_regular(link, MN_OPEN_NOFOLLOW, NULL, err, sizeof(err)), -ELOOP);
+	ck_assert_ptr_nonnull(strstr(err, "symbolic link"));
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+START_TEST(open_append_never_blocks)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX];
+	int fd;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	/* A FIFO nobody reads: a blocking open for writing would wait for a reader. */
+	snprintf(path, sizeof(path), "%s/fifo", dir);
+	ck_assert_int_eq(mkfifo(path, 0600), 0);
+	ck_assert_int_eq(mn_open_append(path, 0600, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "not a regular file"));
+	ck_assert_int_eq(mn_open_append(dir, 0600, err, sizeof(err)) < 0, 1);
+	/* A regular file (created) and a character device are fine. */
+	snprintf(path, sizeof(path), "%s/log", dir);
+	fd = mn_open_append(path, 0600, err, sizeof(err));
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+	close(fd);
+	fd = mn_open_append("/dev/null", 0600, err, sizeof(err));
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 START_TEST(basename_of_paths)
 {
 	ck_assert_str_eq(mn_basename("/a/b/c.safetensors"), "c.safetensors");
@@ -174,6 +276,7 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
 	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
 	            stale_temps_removed, mkdir_p_creates_parents, read_file_bounds,
-	            basename_of_paths);
+	            basename_of_paths, write_atomic_refuses_non_regular_targets,
+	            open_regular_never_blocks, open_append_never_blocks);
 	return mn_test_run(s);
 }
