@@ -25,7 +25,12 @@
 #define SWEEP_MS            1000
 /* A client whose queued answers have not moved for this long is gone. */
 #define WRITE_STALL_MS 30000
-#define SOCKET_MODE    0660
+/*
+ * A request must be complete this long after the connection opened or its
+ * first byte arrived: idle and byte-a-second clients cannot hold slots.
+ */
+#define REQUEST_DEADLINE_MS 5000
+#define SOCKET_MODE         0660
 
 enum wait_kind {
 	WAIT_NONE,  /* ready for the next request */
@@ -42,13 +47,18 @@ struct client {
 	enum wait_kind wait;
 	bool want_paused; /* what the pause/resume being waited for asked */
 	bool reading;
-	bool eof;            /* the peer will send nothing more */
-	bool finishing;      /* shutting down after the queued answers */
-	bool closing;        /* uv_close called */
-	bool closed;         /* close_cb ran while a worker request was pending */
-	bool worker_pending; /* the worker still holds a pointer to this client */
+	bool eof;                  /* the peer will send nothing more */
+	bool finishing;            /* shutting down after the queued answers */
+	bool closing;              /* uv_close called */
+	bool closed;               /* close_cb ran while a worker request was pending */
+	bool worker_pending;       /* the worker still holds a pointer to this client */
+	bool proven;               /* has sent a complete request */
+	uint64_t connected_ms;     /* when it was accepted */
+	uint64_t partial_since_ms; /* when an incomplete request began (0: none) */
 	uint64_t last_request_ms;
 	uint64_t stalled_since_ms; /* 0: nothing queued, or writes are moving */
+	pid_t pid;                 /* the peer's credentials (SO_PEERCRED), -1 if unknown */
+	uid_t uid;
 };
 
 /* A connection over the limit: answered with one line, then closed. */
@@ -77,6 +87,8 @@ struct mnd_control {
 	struct client *clients;
 	size_t nclients;
 	size_t nrefused; /* since the last sweep, for one log line */
+	size_t nevicted; /* likewise */
+	size_t nexpired; /* likewise */
 	mnd_control_reload_fn reload;
 	void *reload_arg;
 	size_t max_clients, max_line, max_output;
@@ -371,7 +383,15 @@ static void handle_request(struct client *cl, const char *line, size_t len)
 		reply(cl, mn_proto_error(err));
 		return;
 	}
-	mn_log(MN_LOG_DEBUG, "control: %s", mn_proto_cmd_name(cmd));
+	if (cmd == MN_PROTO_STATUS)
+		mn_log(MN_LOG_DEBUG, "control: %s", mn_proto_cmd_name(cmd));
+	else
+		/* Who paused training (or reloaded, saved, resumed) is an operator's question. */
+		mn_log_fields(MN_LOG_INFO, "control command",
+		              (struct mn_log_field[]){MN_F_STR("cmd", mn_proto_cmd_name(cmd)),
+		                                      MN_F_INT("uid", (int64_t)cl->uid),
+		                                      MN_F_INT("pid", (int64_t)cl->pid)},
+		              3);
 	if (cmd != MN_PROTO_RELOAD && !srv->worker) {
 		reply_error(cl, "%s", unavailable(srv));
 		return;
@@ -438,10 +458,16 @@ static void pump(struct client *cl)
 		if (blank(line, len))
 			continue;
 		cl->last_request_ms = uv_now(srv->loop);
+		cl->proven = true;
 		handle_request(cl, line, len);
 	}
 	if (cl->closing || cl->finishing)
 		return;
+	/* The deadline runs from an incomplete request's first byte, not while one waits. */
+	if (cl->wait != WAIT_NONE || mn_framer_pending(cl->framer) == 0)
+		cl->partial_since_ms = 0;
+	else if (!cl->partial_since_ms)
+		cl->partial_since_ms = uv_now(srv->loop);
 	if (cl->wait != WAIT_NONE) {
 		if (cl->reading) {
 			uv_read_stop((uv_stream_t *)&cl->pipe);
@@ -536,6 +562,54 @@ static void refuse(struct mnd_control *srv, uv_stream_t *server, const char *why
 	uv_close((uv_handle_t *)&r->pipe, on_refused_closed);
 }
 
+/* The peer's uid and pid, for the log of state-changing commands. */
+static void peer_credentials(struct client *cl)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	uv_os_fd_t fd;
+
+	cl->pid = -1;
+	cl->uid = (uid_t)-1;
+	if (uv_fileno((uv_handle_t *)&cl->pipe, &fd) == 0 &&
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+		cl->pid = cred.pid;
+		cl->uid = cred.uid;
+	}
+}
+
+/* Clients not on their way out: a closing one's slot is as good as free. */
+static size_t live_clients(const struct mnd_control *srv)
+{
+	size_t n = 0;
+
+	for (const struct client *cl = srv->clients; cl; cl = cl->next)
+		n += !cl->closing && !cl->finishing;
+	return n;
+}
+
+/*
+ * Makes room for a new connection by closing the oldest one that has never
+ * sent a complete request: a slot held by a silent client is worth less than
+ * an operator's status. Returns false if every slot holds a client that has
+ * spoken.
+ */
+static bool evict_silent(struct mnd_control *srv)
+{
+	struct client *victim = NULL;
+
+	for (struct client *cl = srv->clients; cl; cl = cl->next)
+		if (!cl->closing && !cl->finishing && !cl->proven && cl->wait == WAIT_NONE &&
+		    (!victim || cl->connected_ms <= victim->connected_ms))
+			victim = cl;
+	if (!victim)
+		return false;
+	reply_error(victim, "closed to make room: no request was sent");
+	finish(victim);
+	srv->nevicted++;
+	return true;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	struct mnd_control *srv = server->data;
@@ -545,11 +619,11 @@ static void on_connection(uv_stream_t *server, int status)
 		mn_log(MN_LOG_WARN, "control: accept: %s", uv_strerror(status));
 		return;
 	}
-	if (srv->nclients >= srv->max_clients) {
+	if (live_clients(srv) >= srv->max_clients && !evict_silent(srv)) {
 		char msg[128];
 
 		snprintf(msg, sizeof(msg), "too many clients (%zu connected); try again later",
-		         srv->nclients);
+		         live_clients(srv));
 		refuse(srv, server, msg);
 		return;
 	}
@@ -568,7 +642,8 @@ static void on_connection(uv_stream_t *server, int status)
 	}
 	cl->pipe.data = cl;
 	cl->srv = srv;
-	cl->last_request_ms = uv_now(srv->loop);
+	cl->connected_ms = uv_now(srv->loop);
+	cl->last_request_ms = cl->connected_ms;
 	cl->next = srv->clients;
 	if (srv->clients)
 		srv->clients->prev = cl;
@@ -579,7 +654,16 @@ static void on_connection(uv_stream_t *server, int status)
 		drop(cl);
 		return;
 	}
+	peer_credentials(cl);
 	pump(cl);
+}
+
+/* A silent connection, or a request begun and not finished, past the deadline. */
+static bool request_overdue(const struct client *cl, uint64_t now)
+{
+	if (cl->partial_since_ms)
+		return now - cl->partial_since_ms > REQUEST_DEADLINE_MS;
+	return !cl->proven && now - cl->connected_ms > REQUEST_DEADLINE_MS;
 }
 
 static void on_sweep(uv_timer_t *t)
@@ -588,22 +672,33 @@ static void on_sweep(uv_timer_t *t)
 	uint64_t now = uv_now(srv->loop);
 	struct client *cl;
 
-	if (srv->nrefused) {
-		mn_log(MN_LOG_WARN, "control: refused %zu connection(s): %zu clients connected",
-		       srv->nrefused, srv->nclients);
-		srv->nrefused = 0;
-	}
 	for (cl = srv->clients; cl; cl = cl->next) {
 		if (cl->closing)
 			continue;
 		if (cl->stalled_since_ms && now - cl->stalled_since_ms > WRITE_STALL_MS) {
 			mn_log(MN_LOG_WARN, "control: dropping a client that stopped reading");
 			drop(cl);
+		} else if (cl->wait == WAIT_NONE && !cl->finishing && request_overdue(cl, now)) {
+			reply_error(cl, "no complete request within %d ms; closing the connection",
+			            REQUEST_DEADLINE_MS);
+			finish(cl);
+			srv->nexpired++;
 		} else if (srv->idle_timeout_ms && cl->wait == WAIT_NONE && !cl->finishing &&
 		           now - cl->last_request_ms > srv->idle_timeout_ms) {
 			mn_log(MN_LOG_DEBUG, "control: closing an idle connection");
 			finish(cl);
 		}
+	}
+	if (srv->nrefused || srv->nevicted || srv->nexpired) {
+		mn_log_fields(MN_LOG_WARN, "control: connections closed",
+		              (struct mn_log_field[]){
+		                  MN_F_INT("refused_full", (int64_t)srv->nrefused),
+		                  MN_F_INT("evicted_silent", (int64_t)srv->nevicted),
+		                  MN_F_INT("request_timeout", (int64_t)srv->nexpired),
+		                  MN_F_INT("clients", (int64_t)live_clients(srv)),
+		              },
+		              4);
+		srv->nrefused = srv->nevicted = srv->nexpired = 0;
 	}
 }
 

@@ -9,6 +9,16 @@
  * blocks the loop: slow, idle, half-closed or vanished clients cost a slot
  * and a little memory, and are dropped when they exceed the bounds below.
  *
+ * Fairness: a connection must complete a request within 5 seconds of
+ * opening, and each later request within 5 seconds of its first byte, or it
+ * is told so and closed; so idle and byte-a-second clients hold a slot for
+ * seconds, not forever. When every slot is taken, a new connection closes
+ * the oldest one that has never sent a request (it is told why) rather than
+ * being refused, so an operator's status gets through however many silent
+ * clients there are. Commands that change state (reload, save, pause,
+ * resume) are logged at info level with the peer's uid and pid
+ * (SO_PEERCRED).
+ *
  * All functions run on the loop thread.
  */
 #ifndef MND_CONTROL_H

@@ -252,5 +252,42 @@ class BlockingOpens(HardeningCase):
         self.run_ok([MNISTCTL, "freeze", d, "-o", os.path.join(self.work, "f2")], 0)
 
 
+class ControlFairness(HardeningCase):
+    """7. Silent and slow clients cannot hold the control socket; state
+    changes are logged with the peer's credentials."""
+
+    def test_operator_gets_status_past_silent_clients(self):
+        self.daemon()
+        silent = [self.client(self.sock) for _ in range(100)]
+        # Every slot is held by a client that never spoke: status still answers.
+        r = self.run_ok([MNISTCTL, "--socket", self.sock, "status"], 0)
+        self.assertIn("step", r.stdout)
+        self.assertTrue(any(c.at_eof() for c in silent[:10]))
+
+    def test_silent_and_slow_connections_are_closed(self):
+        p = self.daemon()
+        silent = self.client(self.sock)
+        slow = self.client(self.sock)
+        slow.send(b'{"cmd":')
+        proven = self.client(self.sock)
+        self.assertTrue(proven.request("status")["ok"])
+        proven.send(b'{"cmd"')  # a client that spoke before is held to the deadline too
+        for c in (silent, slow, proven):
+            c.s.settimeout(60 * mnlib.SLOW)
+            self.assertTrue(c.at_eof())
+            self.assertIn(b"no complete request", c.buf)
+        p.wait_output("request_timeout=")
+
+    def test_state_changes_logged_with_peer_credentials(self):
+        p = self.daemon()
+        c = self.client(self.sock)
+        for cmd in ("pause", "resume", "save", "reload"):
+            self.assertTrue(c.request(cmd)["ok"], cmd)
+            p.wait_output("control command cmd=%s uid=%d pid=%d" % (cmd, os.getuid(), os.getpid()))
+        # status is not a change: not logged at info.
+        c.request("status")
+        self.assertNotIn("cmd=status", p.output())
+
+
 if __name__ == "__main__":
     unittest.main()
