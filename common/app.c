@@ -7,6 +7,7 @@
 
 #include "log.h"
 #include "mlp.h"
+#include "model.h"
 #include "util.h"
 
 bool mn_app_start(struct mn_app *a, const struct mn_app_start_params *p, int *ex)
@@ -91,7 +92,18 @@ int mn_app_load_split(struct mn_app *a, const char *what, struct mn_view *train,
 	rc = mn_dataset_load_dir(a->cfg.data.dir, "train", &a->data, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "cannot load the %s data: %s", what, err);
-		return rc == -ENOENT ? MN_EX_NOINPUT : MN_EX_FAILURE;
+		if (rc == -ENOENT)
+			return MN_EX_NOINPUT;
+		/* Not the data's fault: another run may succeed. */
+		if (rc == -ENOMEM || rc == -EIO || rc == -EACCES || rc == -EPERM)
+			return MN_EX_FAILURE;
+		return MN_EX_DATAERR;
+	}
+	/* Said now, as a data error, not later as every checkpoint failing to evaluate. */
+	if (mn_dataset_max_label(a->data) >= MN_CLASSES) {
+		mn_log(MN_LOG_ERROR, "%s: label %u is out of range for %d classes", a->cfg.data.dir,
+		       mn_dataset_max_label(a->data), MN_CLASSES);
+		return MN_EX_DATAERR;
 	}
 	rc = mn_dataset_split(a->data, (size_t)a->cfg.data.validation_size, &t, &v, err,
 	                      sizeof(err));

@@ -74,8 +74,10 @@ void mn_app_signals_unref(struct mn_app *a);
  * data.validation_size images, train the rest (either pointer may be NULL).
  * what names the data in the error message ("training", "validation").
  * Returns an exit status, after logging the reason: MN_EX_OK, MN_EX_NOINPUT
- * when the files do not exist, MN_EX_CONFIG when data.validation_size does
- * not fit the file, MN_EX_FAILURE for any other error. The data set is kept
+ * when the files do not exist, MN_EX_DATAERR when they are not valid IDX
+ * files (or not regular files) or a label is beyond the MN_CLASSES classes,
+ * MN_EX_CONFIG when data.validation_size does not fit the file,
+ * MN_EX_FAILURE for any other error (out of memory, a read error). The data set is kept
  * in a->data and freed by mn_app_end().
  */
 int mn_app_load_split(struct mn_app *a, const char *what, struct mn_view *train,

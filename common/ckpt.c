@@ -426,17 +426,19 @@ static int parse_length(struct parse *p, const uint8_t *buf, size_t len)
 		            "truncated: file size %zu is less than the 8-byte header length", len);
 	for (int i = 7; i >= 0; i--)
 		n = n << 8 | buf[i];
-	if (n > len)
-		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "truncated: header length %" PRIu64 " exceeds file size %zu", n, len);
+	/*
+	 * The length is the file's first 8 bytes: printed, it would reveal
+	 * them for any file that is no checkpoint (a symlink to /etc/shadow).
+	 * Messages say what is wrong, never what the bytes are.
+	 */
 	if (n > len - 8)
 		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "truncated: header length %" PRIu64
-		            " plus its 8-byte prefix exceeds file size %zu",
-		            n, len);
+		            "truncated or not a checkpoint: the header length in the first 8 "
+		            "bytes exceeds the file size %zu",
+		            len);
 	if (n > MN_CKPT_MAX_HEADER)
 		return fail(p->err, p->errlen, p->name, -EINVAL,
-		            "header length %" PRIu64 " exceeds the limit of %zu bytes", n,
+		            "the header length in the first 8 bytes exceeds the limit of %zu bytes",
 		            MN_CKPT_MAX_HEADER);
 	p->hlen = (size_t)n;
 	p->data = buf + 8 + p->hlen;
@@ -710,7 +712,8 @@ int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *e
 		mn_errf(err, errlen, "mn_ckpt_read: invalid arguments");
 		return -EINVAL;
 	}
-	fd = mn_open_regular(path, 0, NULL, err, errlen);
+	fd = mn_open_regular(path, (flags & MN_CKPT_NOFOLLOW) ? MN_OPEN_NOFOLLOW : 0, NULL, err,
+	                     errlen);
 	if (fd < 0)
 		return fd;
 	rc = mn_ckpt_read_fd(fd, path, flags, out, err, errlen);

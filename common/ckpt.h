@@ -133,6 +133,11 @@ struct mn_ckpt;
 enum {
 	/* Also require format == MN_CKPT_FORMAT, a data_crc32 and a global_step. */
 	MN_CKPT_REQUIRE_MNISTD = 1 << 0,
+	/*
+	 * mn_ckpt_read(): refuse a symbolic link (-ELOOP) instead of following
+	 * it, for files found in a directory (checkpoint.follow_symlinks).
+	 */
+	MN_CKPT_NOFOLLOW = 1 << 1,
 };
 
 /*
@@ -146,7 +151,11 @@ int mn_ckpt_parse(const uint8_t *buf, size_t len, const char *name, unsigned fla
 int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **out, char *err,
                     size_t errlen);
 
-/* Opens path, reads, parses. -ENOENT if it does not exist (e.g. removed by retention). */
+/*
+ * Opens path (without blocking; only a regular file, see util.h's
+ * mn_open_regular), reads, parses. -ENOENT if it does not exist (e.g.
+ * removed by retention); -ELOOP for a symbolic link with MN_CKPT_NOFOLLOW.
+ */
 int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *err, size_t errlen);
 
 /* Frees a checkpoint. Accepts NULL. */

@@ -275,8 +275,14 @@ int mn_ckptdir_index_latest(const char *dir, char *latest, size_t len, char *err
 		mn_errf(err, errlen, "%s/%s: path too long", dir, MN_CKPTDIR_INDEX);
 		return -ENAMETOOLONG;
 	}
-	rc = mn_read_file(path, INDEX_MAX_BYTES, &text, &tlen, err, errlen);
-	if (rc == -EFBIG)
+	rc = mn_open_regular(path, MN_OPEN_NOFOLLOW, NULL, err, errlen);
+	if (rc >= 0) {
+		int fd = rc;
+
+		rc = mn_read_fd(fd, path, INDEX_MAX_BYTES, &text, &tlen, err, errlen);
+		close(fd);
+	}
+	if (rc == -EFBIG || rc == -ELOOP)
 		return -EINVAL;
 	if (rc < 0)
 		return rc;

@@ -52,7 +52,8 @@ int mn_ckptdir_publish_index(const char *dir, const char *prefix, const char *la
 
 /*
  * Reads "<dir>/checkpoint.json": the latest file name into latest (len
- * bytes). -ENOENT if there is none; -EINVAL if malformed.
+ * bytes). -ENOENT if there is none; -EINVAL if malformed, or if it is not a
+ * regular file (a symbolic link is not followed: the writer never makes one).
  */
 int mn_ckptdir_index_latest(const char *dir, char *latest, size_t len, char *err, size_t errlen);
 

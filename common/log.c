@@ -244,6 +244,12 @@ static void put_escaped(struct line *l, const char *s, bool quoted)
 		} else if (ch < 0x20 || ch == 0x7f) {
 			snprintf(hex, sizeof(hex), "\\x%02x", ch);
 			puts_(l, hex);
+		} else if (ch == 0xC2 && (unsigned char)s[1] >= 0x80 &&
+		           (unsigned char)s[1] < 0xA0) {
+			/* C1 controls: some terminals obey U+009B as CSI, so tail -f would too. */
+			snprintf(hex, sizeof(hex), "\\u%04x", (unsigned char)s[1]);
+			puts_(l, hex);
+			s++;
 		} else if (quoted && (ch == '"' || ch == '\\')) {
 			putch(l, '\\');
 			putch(l, (char)ch);

@@ -28,6 +28,9 @@
 
 #define MN_EMA_SUFFIX "/ExponentialMovingAverage"
 
+/* Classes of every network mnistd trains: labels are 0..9. */
+#define MN_CLASSES 10
+
 /* Tensor names of the training state (the layers' are mn_model_tensor_name()'s). */
 #define MN_TENSOR_GLOBAL_STEP "global_step"
 #define MN_TENSOR_RNG         "train/rng"

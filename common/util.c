@@ -75,6 +75,70 @@ void mn_time_rfc3339(char buf[MN_TIMELEN])
 	mn_time_rfc3339_ns(mn_realtime_ns(), buf);
 }
 
+/* Length of the well-formed UTF-8 sequence at s (1..4), or 0 if it is not one. */
+static size_t utf8_seq(const unsigned char *s)
+{
+	size_t n = s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
+	uint32_t cp;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (n == 0 || s[0] > 0xF4)
+		return 0;
+	cp = s[0] & (0x7F >> n);
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		cp = cp << 6 | (s[i] & 0x3F);
+	}
+	/* Overlong forms, surrogates and beyond U+10FFFF are not UTF-8. */
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+	    (cp >= 0xD800 && cp <= 0xDFFF))
+		return 0;
+	return n;
+}
+
+char *mn_escape(const char *src, char *dst, size_t dstlen)
+{
+	const unsigned char *s = (const unsigned char *)src;
+	size_t o = 0;
+
+	if (!dst || dstlen == 0)
+		return dst;
+	while (*s) {
+		char piece[8];
+		size_t n = utf8_seq(s), plen;
+
+		if (n == 1 && *s >= 0x20 && *s != 0x7F) {
+			piece[0] = (char)*s;
+			plen = 1;
+		} else if (n == 1) {
+			plen = (size_t)snprintf(piece, sizeof(piece), "%s",
+			                        *s == '\n'   ? "\\n"
+			                        : *s == '\r' ? "\\r"
+			                        : *s == '\t' ? "\\t"
+			                                     : "");
+			if (plen == 0)
+				plen = (size_t)snprintf(piece, sizeof(piece), "\\x%02x", *s);
+		} else if (n == 2 && s[0] == 0xC2 && s[1] < 0xA0) {
+			plen = (size_t)snprintf(piece, sizeof(piece), "\\u%04x", s[1]);
+		} else if (n == 0) {
+			n = 1;
+			plen = (size_t)snprintf(piece, sizeof(piece), "\\x%02x", *s);
+		} else {
+			memcpy(piece, s, n);
+			plen = n;
+		}
+		if (o + plen >= dstlen)
+			break;
+		memcpy(dst + o, piece, plen);
+		o += plen;
+		s += n;
+	}
+	dst[o] = '\0';
+	return dst;
+}
+
 const char *mn_basename(const char *path)
 {
 	const char *slash = strrchr(path, '/');

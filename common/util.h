@@ -25,10 +25,11 @@
  * where one fits). A variable holding one is called ex (or *_ex), never rc,
  * which holds 0 or a negative errno.
  */
-#define MN_EX_OK          0  /* success */
-#define MN_EX_FAILURE     1  /* runtime error; mnistctl: the daemon said no, a file is invalid */
-#define MN_EX_USAGE       2  /* bad command line */
-#define MN_EX_UNREACHABLE 3  /* mnistctl: no daemon answers on the control socket */
+#define MN_EX_OK          0 /* success */
+#define MN_EX_FAILURE     1 /* runtime error; mnistctl: the daemon said no, a file is invalid */
+#define MN_EX_USAGE       2 /* bad command line */
+#define MN_EX_UNREACHABLE 3 /* mnistctl: no daemon answers on the control socket */
+#define MN_EX_DATAERR     65 /* the data set is invalid: not IDX, a label out of range (EX_DATAERR) */
 #define MN_EX_NOINPUT     66 /* the data set was not found (EX_NOINPUT) */
 #define MN_EX_CONFIG      78 /* configuration error (EX_CONFIG) */
 
@@ -137,6 +138,18 @@ int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, ch
  * NULL.
  */
 const char *mn_fs_remote_name(const char *path);
+
+/*
+ * Copies src into dst (dstlen bytes, always terminated, cut if it does not
+ * fit) with every byte a terminal or a log reader could act on made
+ * visible: C0 controls and DEL as \n, \r, \t or \xNN, C1 controls
+ * (U+0080..U+009F, which some terminals obey) as \u0080..\u009f, and
+ * bytes that are not well-formed UTF-8 as \xNN. For strings that come
+ * from files (tensor names, metadata values, file names) on their way to
+ * a terminal or a log line: a crafted checkpoint cannot inject escape
+ * sequences or start a forged line. Returns dst.
+ */
+char *mn_escape(const char *src, char *dst, size_t dstlen);
 
 /* The last path component of path (a pointer into path). */
 const char *mn_basename(const char *path);

@@ -34,7 +34,6 @@
 
 #define PROGRESS_INTERVAL_MS 5000
 #define STATUS_INTERVAL_MS   2000
-#define MND_CLASSES          10
 /* A control connection without a request for this long is closed. */
 #define CONTROL_IDLE_MS (10 * 60 * 1000)
 
@@ -71,8 +70,8 @@ static void usage(FILE *f)
 	           "\n"
 	           "Signals: SIGTERM/SIGINT finish the step, publish a checkpoint and exit 0;\n"
 	           "SIGHUP reloads the configuration file.\n"
-	           "Exit status: 0 done, 1 runtime error, 2 usage error, 66 data not found,\n"
-	           "78 configuration error.\n");
+	           "Exit status: 0 done, 1 runtime error, 2 usage error, 65 invalid data,\n"
+	           "66 data not found, 78 configuration error.\n");
 }
 
 /* Tells systemd (if it listens) about the state; a failure is logged once and ignored. */
@@ -335,7 +334,11 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 		struct mn_arch have;
 
 		snprintf(path, sizeof(path), "%s/%s", d->app.cfg.checkpoint.dir, list[i].name);
-		rc = mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
+		rc =
+		    mn_ckpt_read(path,
+		                 MN_CKPT_REQUIRE_MNISTD |
+		                     (d->app.cfg.checkpoint.follow_symlinks ? 0 : MN_CKPT_NOFOLLOW),
+		                 &c, err, sizeof(err));
 		if (rc == 0)
 			rc = mn_model_arch(c, &have, err, sizeof(err));
 		if (rc < 0) {
@@ -388,12 +391,7 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	ex = mn_app_load_split(&d->app, "training", &train, &validation);
 	if (ex != MN_EX_OK)
 		return ex;
-	if (mn_dataset_max_label(d->app.data) >= MND_CLASSES) {
-		mn_log(MN_LOG_ERROR, "%s: label %u is out of range for %d classes", cfg->data.dir,
-		       mn_dataset_max_label(d->app.data), MND_CLASSES);
-		return MN_EX_FAILURE;
-	}
-	mn_config_arch(cfg, train.dim, MND_CLASSES, &tp.arch);
+	mn_config_arch(cfg, train.dim, MN_CLASSES, &tp.arch);
 	tp.batch_size = (size_t)cfg->train.batch_size;
 	tp.seed = cfg->model.seed;
 	tp.init_stddev = (float)cfg->model.init_stddev;

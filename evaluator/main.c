@@ -68,8 +68,8 @@ static void usage(FILE *f)
 	           "SIGHUP reopens log.file and eval.metrics_file and reloads eval.use_ema and\n"
 	           "log.level.\n"
 	           "Exit status: 0 done, 1 runtime error or (--once) no valid checkpoint or\n"
-	           "its metrics line not written, 2 usage error, 66 data not found,\n"
-	           "78 configuration error.\n");
+	           "its metrics line not written, 2 usage error, 65 invalid data,\n"
+	           "66 data not found, 78 configuration error.\n");
 }
 
 /*
@@ -262,6 +262,7 @@ static struct mne_pick_params pick_params(struct evaluator *e)
 	    .prefix = e->app.cfg.checkpoint.prefix,
 	    .data = &e->validation,
 	    .use_ema = e->app.cfg.eval.use_ema,
+	    .follow_symlinks = e->app.cfg.checkpoint.follow_symlinks,
 	    .cancel = &e->cancel,
 	    .on_evaluated = e->keep ? on_evaluated : NULL,
 	    .arg = e,
@@ -309,6 +310,7 @@ static int run_once(struct evaluator *e)
 
 	mne_pick_state_init(&s);
 	rc = mne_pick_evaluate(&p, &s, &r, err, sizeof(err));
+	mne_pick_state_free(&s);
 	/* A command whose record could not be kept has failed, though the line was logged. */
 	if (rc == 1) {
 		rc = report(e, &r) ? MN_EX_OK : MN_EX_FAILURE;

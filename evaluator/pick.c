@@ -25,38 +25,81 @@ void mne_pick_state_init(struct mne_pick_state *s)
 	s->last_step = -1;
 }
 
+void mne_pick_state_free(struct mne_pick_state *s)
+{
+	free(s->failed);
+	s->failed = NULL;
+	s->nfailed = s->capfailed = 0;
+}
+
 static int64_t ctime_ns(const struct stat *st)
 {
 	return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 }
 
-static bool known_bad(const struct mne_pick_state *s, int64_t step, const struct stat *st)
+static struct mne_pick_failure identity(int64_t step, const struct stat *st)
 {
-	for (size_t i = 0; i < s->nfailed; i++) {
-		const struct mne_pick_failure *f = &s->failed[i];
-
-		if (f->step == step && f->dev == st->st_dev && f->ino == st->st_ino &&
-		    f->ctime_ns == ctime_ns(st))
-			return true;
-	}
-	return false;
+	return (struct mne_pick_failure){
+	    .step = step,
+	    .dev = st->st_dev,
+	    .ino = st->st_ino,
+	    .size = (int64_t)st->st_size,
+	    .mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+	};
 }
 
+/* Index of the first failure with a step >= step (binary search). */
+static size_t failure_slot(const struct mne_pick_state *s, int64_t step)
+{
+	size_t lo = 0, hi = s->nfailed;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (s->failed[mid].step < step)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool known_bad(const struct mne_pick_state *s, int64_t step, const struct stat *st)
+{
+	size_t i = failure_slot(s, step);
+	struct mne_pick_failure id = identity(step, st);
+	const struct mne_pick_failure *f = i < s->nfailed ? &s->failed[i] : NULL;
+
+	return f && f->step == step && f->dev == id.dev && f->ino == id.ino && f->size == id.size &&
+	       f->mtime_ns == id.mtime_ns;
+}
+
+/*
+ * Remembers a bad file, however many there are (one entry per step, the
+ * latest identity wins). Out of memory, it is only not remembered: read
+ * again next time, which is slower but not wrong.
+ */
 static void remember_bad(struct mne_pick_state *s, int64_t step, const struct stat *st)
 {
-	size_t slot = s->nfailed;
+	size_t i = failure_slot(s, step);
 
 	s->rejected++;
-	if (slot == MNE_PICK_MAX_FAILED) {
-		slot = 0;
-		for (size_t i = 1; i < s->nfailed; i++)
-			if (s->failed[i].step < s->failed[slot].step)
-				slot = i;
-	} else {
-		s->nfailed++;
+	if (i < s->nfailed && s->failed[i].step == step) {
+		s->failed[i] = identity(step, st);
+		return;
 	}
-	s->failed[slot] = (struct mne_pick_failure){
-	    .step = step, .dev = st->st_dev, .ino = st->st_ino, .ctime_ns = ctime_ns(st)};
+	if (s->nfailed == s->capfailed) {
+		size_t cap = s->capfailed ? s->capfailed * 2 : 64;
+		struct mne_pick_failure *grown = realloc(s->failed, cap * sizeof(*grown));
+
+		if (!grown)
+			return;
+		s->failed = grown;
+		s->capfailed = cap;
+	}
+	memmove(&s->failed[i + 1], &s->failed[i], (s->nfailed - i) * sizeof(*s->failed));
+	s->failed[i] = identity(step, st);
+	s->nfailed++;
 }
 
 /* Failures at or below the last evaluated step can never be candidates again. */
@@ -147,14 +190,17 @@ out:
 static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_state *s,
                              const struct mn_ckptdir_entry *e, struct mne_pick_result *res)
 {
-	char path[PATH_MAX + MN_CKPT_MAX_NAME];
+	char path[PATH_MAX + MN_CKPT_MAX_NAME], msg[MN_ERRLEN];
 	struct stat st, fst;
 	enum attempt out;
 	int fd;
 
 	snprintf(path, sizeof(path), "%s/%s", p->dir, e->name);
-	/* Look before opening: a known bad file is not opened again, and a FIFO never. */
-	if (stat(path, &st) < 0) {
+	/*
+	 * Look before opening: a known bad file is not opened again, and a FIFO
+	 * never; a symbolic link is not followed unless configured (lstat).
+	 */
+	if ((p->follow_symlinks ? stat(path, &st) : lstat(path, &st)) < 0) {
 		if (errno == ENOENT)
 			return TRY_SKIPPED; /* retention got there first */
 		log_bad(path, strerror(errno));
@@ -162,26 +208,28 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	}
 	if (known_bad(s, e->step, &st))
 		return TRY_SKIPPED;
+	if (S_ISLNK(st.st_mode)) {
+		log_bad(path,
+		        "a symbolic link, not followed (checkpoint.follow_symlinks is false)");
+		remember_bad(s, e->step, &st);
+		return TRY_BAD;
+	}
 	if (!S_ISREG(st.st_mode)) {
 		log_bad(path, "not a regular file");
 		remember_bad(s, e->step, &st);
 		return TRY_BAD;
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	fd = mn_open_regular(path, p->follow_symlinks ? 0 : MN_OPEN_NOFOLLOW, &fst, msg,
+	                     sizeof(msg));
+	if (fd == -ENOENT)
+		return TRY_SKIPPED;
+	/* Replaced since the lstat (by a FIFO, a link): judged again at the next look. */
+	if (fd == -EINVAL || fd == -ELOOP)
+		return TRY_SKIPPED;
 	if (fd < 0) {
-		if (errno == ENOENT)
-			return TRY_SKIPPED;
-		char msg[MN_ERRLEN];
-
-		mn_errf(msg, sizeof(msg), "%s: cannot open: %s", path, strerror(errno));
 		log_bad(path, msg);
 		remember_bad(s, e->step, &st);
 		return TRY_BAD;
-	}
-	/* The descriptor's own identity: the name may have been replaced since stat. */
-	if (fstat(fd, &fst) < 0 || !S_ISREG(fst.st_mode)) {
-		close(fd);
-		return TRY_SKIPPED;
 	}
 	res->published_ns = ctime_ns(&fst);
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
@@ -207,6 +255,22 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 	if (rc < 0)
 		return rc;
 	rc = 0;
+	/*
+	 * Steps only go up within a run; a newest step below the last one
+	 * evaluated means the directory now holds another run (replaced, or
+	 * rolled back): say so and follow it rather than wait for it to pass
+	 * the old step, which may never happen.
+	 */
+	if (n > 0 && list[n - 1].step < s->last_step) {
+		mn_log_fields(MN_LOG_WARN, "new run in the checkpoint directory",
+		              (struct mn_log_field[]){
+		                  MN_F_STR("dir", p->dir),
+		                  MN_F_INT("newest_step", list[n - 1].step),
+		                  MN_F_INT("last_evaluated_step", s->last_step),
+		              },
+		              3);
+		s->last_step = -1;
+	}
 	for (size_t i = n; i-- > 0 && list[i].step > s->last_step;) {
 		enum attempt a;
 

@@ -8,12 +8,17 @@
  * steps newer than the last one evaluated, the newest is tried first, so a
  * burst collapses to its newest file; if that file is bad, the next older
  * one is tried, and so on. A step is never evaluated twice and the
- * evaluated steps only go up. Each file is opened once and read, validated
- * and evaluated from that descriptor, so retention deleting it meanwhile is
- * harmless; a file that vanishes before it is opened is skipped quietly. A
- * bad file is logged as an error naming it and what is wrong, and is
- * remembered so it is not retried unless it is replaced (a new inode or
- * change time under the same name).
+ * evaluated steps only go up, within one run: when the directory's newest
+ * step falls below the last one evaluated (the directory was replaced by a
+ * fresh run starting again from a lower step), that is logged and the new
+ * run is evaluated from its newest checkpoint. Each file is opened once and
+ * read, validated and evaluated from that descriptor, so retention deleting
+ * it meanwhile is harmless; a file that vanishes before it is opened is
+ * skipped quietly. A bad file is logged as an error naming it and what is
+ * wrong, and is remembered, however many there are, so it is read once and
+ * not again until it is replaced (another inode, size or modification time
+ * under the same name). A symbolic link is not followed (it is bad) unless
+ * follow_symlinks is set.
  */
 #ifndef MNE_PICK_H
 #define MNE_PICK_H
@@ -28,23 +33,24 @@
 #include "evaluate.h"
 #include "idx.h"
 
-/* Bad files remembered at once; the oldest steps are forgotten first. */
-#define MNE_PICK_MAX_FAILED 32
-
 /* A file that failed, identified so that a replacement is retried. */
 struct mne_pick_failure {
 	int64_t step;
 	dev_t dev;
 	ino_t ino;
-	int64_t ctime_ns;
+	int64_t size;
+	int64_t mtime_ns;
 };
 
-/* What has been done so far. Start with mne_pick_state_init(). */
+/*
+ * What has been done so far. Start with mne_pick_state_init(), end with
+ * mne_pick_state_free().
+ */
 struct mne_pick_state {
 	int64_t last_step; /* newest step evaluated, -1 before the first */
 	uint64_t rejected; /* bad files logged so far (a replaced one counts again) */
-	size_t nfailed;
-	struct mne_pick_failure failed[MNE_PICK_MAX_FAILED];
+	size_t nfailed, capfailed;
+	struct mne_pick_failure *failed; /* sorted by step, one per step */
 };
 
 struct mne_pick_result;
@@ -54,6 +60,7 @@ struct mne_pick_params {
 	const char *prefix;         /* checkpoint.prefix */
 	const struct mn_view *data; /* the validation split, with labels */
 	bool use_ema;               /* evaluate the EMA shadows (if the file has them) */
+	bool follow_symlinks;       /* read checkpoints that are symbolic links */
 	const atomic_bool *cancel;  /* checked between files and batches; may be NULL */
 	/*
 	 * Called (on the evaluating thread) after a successful evaluation, with
@@ -76,6 +83,9 @@ struct mne_pick_result {
 };
 
 void mne_pick_state_init(struct mne_pick_state *s);
+
+/* Frees the memory of bad files. */
+void mne_pick_state_free(struct mne_pick_state *s);
 
 /*
  * Evaluates the newest valid checkpoint newer than s->last_step. Returns 1

@@ -29,8 +29,10 @@ struct mne_runner {
 
 static void maybe_free(struct mne_runner *r)
 {
-	if (r->closing && r->timer_closed && !r->busy)
+	if (r->closing && r->timer_closed && !r->busy) {
+		mne_pick_state_free(&r->state);
 		free(r);
+	}
 }
 
 static void work_cb(uv_work_t *req)

@@ -111,10 +111,11 @@ static void print_file_error(FILE *f, const char *path, const char *err)
 {
 	size_t n = strlen(path);
 
-	if (strncmp(err, path, n) == 0 && err[n] == ':')
-		fprintf(f, "%s\n", err);
-	else
-		fprintf(f, "%s: %s\n", path, err);
+	if (strncmp(err, path, n) != 0 || err[n] != ':')
+		fprintf(f, "%s: ", path);
+	/* The message may quote the file (a tensor name, a metadata value). */
+	ctl_fputs_escaped(f, err);
+	fputc('\n', f);
 }
 
 /* ------------------------------------------------------------------ */
@@ -355,7 +356,7 @@ static void ls_set_times(struct ls_row *r, const struct stat *st)
  * Fills a row with what the file holds. Returns false if the file is gone
  * (retention may delete it after the scan), so the row is not listed.
  */
-static bool ls_check_row(const char *dir, struct ls_row *r)
+static bool ls_check_row(const char *dir, bool follow, struct ls_row *r)
 {
 	char path[CTL_PATH_MAX];
 	struct mn_ckpt *c = NULL;
@@ -374,15 +375,23 @@ static bool ls_check_row(const char *dir, struct ls_row *r)
 	 * Non-blocking, and only regular files are read: a FIFO or a device
 	 * under a checkpoint's name must not hang the listing or read forever.
 	 */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | (follow ? 0 : O_NOFOLLOW));
 	if (fd < 0) {
 		int e = errno;
 
 		/* A dangling symlink is listed as invalid; a file deleted since the scan is not. */
 		if (e == ENOENT && lstat(path, &st) < 0 && errno == ENOENT)
 			return false;
+		/* Not even its target's size or time: a link to /etc/shadow tells nothing. */
+		if (e == ELOOP && !follow) {
+			mn_errf(r->err, sizeof(r->err),
+			        "%s: a symbolic link, not followed (checkpoint.follow_symlinks is "
+			        "false)",
+			        path);
+			return true;
+		}
 		/* An unreadable file still has a size and a time to show. */
-		if (stat(path, &st) == 0)
+		if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
 			ls_set_times(r, &st);
 		mn_errf(r->err, sizeof(r->err), "%s: cannot open: %s", path, strerror(e));
 		return true;
@@ -472,9 +481,13 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 		       latest && strcmp(latest, r->name) == 0 ? "*" : "", (int)warch,
 		       r->valid ? r->arch : "-", acc);
 	}
-	for (size_t i = 0; i < n; i++)
-		if (!rows[i].valid)
-			printf("invalid: %s\n", rows[i].err);
+	for (size_t i = 0; i < n; i++) {
+		if (!rows[i].valid) {
+			fputs("invalid: ", stdout);
+			ctl_fputs_escaped(stdout, rows[i].err);
+			putchar('\n');
+		}
+	}
 	return MN_EX_OK;
 }
 
@@ -554,7 +567,7 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 
 		r->name = list[i].name;
 		r->step = list[i].step;
-		if (ls_check_row(dir, r))
+		if (ls_check_row(dir, cfg.checkpoint.follow_symlinks, r))
 			kept++;
 		else
 			memset(r, 0, sizeof(*r));
@@ -654,7 +667,8 @@ static void print_values(const struct mn_tensor *t)
 	char shape[128], v[64];
 
 	mn_shape_format(t, shape, sizeof(shape));
-	printf("%s  %s %s\n", t->name, mn_dtype_name(t->dtype), shape);
+	ctl_fputs_escaped(stdout, t->name);
+	printf("  %s %s\n", mn_dtype_name(t->dtype), shape);
 	if (n == 0) {
 		printf("  (no elements)\n");
 		return;
@@ -720,7 +734,11 @@ static bool is_ordered_key(const char *k)
 
 static void print_meta_line(const char *key, const char *value)
 {
-	printf("%-14s%s\n", key, value);
+	char k[64];
+
+	printf("%-14s", mn_escape(key, k, sizeof(k)));
+	ctl_fputs_escaped(stdout, value);
+	putchar('\n');
 }
 
 static void inspect_text(const char *path, const struct mn_ckpt *c)
@@ -771,8 +789,11 @@ static void inspect_text(const char *path, const struct mn_ckpt *c)
 		char shape[128];
 
 		mn_shape_format(t, shape, sizeof(shape));
-		printf("%-*s  %-5s  %-12s  %13.6g  %13.6g  %13.6g  %13.6g\n", (int)w, t->name,
-		       mn_dtype_name(t->dtype), shape, s.min, s.max, s.mean, s.norm);
+		char name[4 * MN_CKPT_MAX_NAME];
+
+		printf("%-*s  %-5s  %-12s  %13.6g  %13.6g  %13.6g  %13.6g\n", (int)w,
+		       mn_escape(t->name, name, sizeof(name)), mn_dtype_name(t->dtype), shape,
+		       s.min, s.max, s.mean, s.norm);
 	}
 }
 
@@ -1143,14 +1164,15 @@ static int convert_report(const struct convert *cv, const char *outpath, bool js
 	        cv->in);
 	for (size_t i = 0; i < cv->nsel; i++) {
 		const struct mn_tensor *t = &cv->sel[i];
-		char shape[128];
+		char shape[128], name[4 * MN_CKPT_MAX_NAME], was[4 * MN_CKPT_MAX_NAME];
 
 		mn_shape_format(t, shape, sizeof(shape));
+		mn_escape(t->name, name, sizeof(name));
 		if (strcmp(t->name, cv->orig[i]) == 0)
-			fprintf(f, "  %s  %s %s\n", t->name, mn_dtype_name(t->dtype), shape);
+			fprintf(f, "  %s  %s %s\n", name, mn_dtype_name(t->dtype), shape);
 		else
-			fprintf(f, "  %s  %s %s  (was %s)\n", t->name, mn_dtype_name(t->dtype),
-			        shape, cv->orig[i]);
+			fprintf(f, "  %s  %s %s  (was %s)\n", name, mn_dtype_name(t->dtype), shape,
+			        mn_escape(cv->orig[i], was, sizeof(was)));
 	}
 	return 0;
 }

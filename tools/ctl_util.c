@@ -17,14 +17,30 @@
 
 #include "mn_build_config.h"
 
+void ctl_fputs_escaped(FILE *f, const char *s)
+{
+	/* An escape is at most 6 bytes for 1 or 2 input bytes: 4 per byte is enough. */
+	size_t len = strlen(s) * 4 + 1;
+	char *buf = malloc(len);
+
+	if (!buf) {
+		fputs("(out of memory)", f);
+		return;
+	}
+	fputs(mn_escape(s, buf, len), f);
+	free(buf);
+}
+
 void ctl_errorf(const char *cmd, const char *fmt, ...)
 {
+	char msg[2 * MN_ERRLEN];
 	va_list ap;
 
 	fprintf(stderr, "mnistctl %s: ", cmd);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	ctl_fputs_escaped(stderr, msg);
 	fputc('\n', stderr);
 }
 
@@ -278,6 +294,19 @@ done:
 	if (w < 0 || (size_t)w >= len) {
 		mn_errf(err, errlen, "%s: path too long", path);
 		return -ENAMETOOLONG;
+	}
+	/* A link found in a directory is followed only if the configuration says so. */
+	if (S_ISDIR(st.st_mode) && lstat(out, &fst) == 0 && S_ISLNK(fst.st_mode)) {
+		rc = ctl_load_config(g, true, &cfg, err, errlen);
+		if (rc < 0)
+			return rc;
+		if (!cfg.checkpoint.follow_symlinks) {
+			mn_errf(err, errlen,
+			        "%s: a symbolic link, not followed (checkpoint.follow_symlinks is "
+			        "false)",
+			        out);
+			return -ELOOP;
+		}
 	}
 	/* A name found in a directory may be a FIFO or a device, which would block or never end. */
 	if (S_ISDIR(st.st_mode) && stat(out, &fst) == 0 && !S_ISREG(fst.st_mode)) {

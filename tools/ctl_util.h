@@ -18,7 +18,17 @@
 
 #define CTL_PATH_MAX 4096
 
-/* Prints "mnistctl CMD: message" and a newline on standard error. */
+/*
+ * Writes s to f with what a terminal would act on made visible (util.h's
+ * mn_escape): for every string that comes from a file (tensor names,
+ * metadata values, names in a directory, messages quoting them).
+ */
+void ctl_fputs_escaped(FILE *f, const char *s);
+
+/*
+ * Prints "mnistctl CMD: message" and a newline on standard error; the
+ * message is escaped as by ctl_fputs_escaped(), since it may quote a file.
+ */
 void ctl_errorf(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 
 /*
@@ -98,7 +108,9 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
  * exists: readers tolerate a listed file vanishing), or else its highest-step
  * "<prefix>-<step>.safetensors", where prefix, when NULL, is
  * checkpoint.prefix from the configuration (see ctl_load_config; only read
- * when needed). The path is written to out.
+ * when needed). The path is written to out. A file found in the directory
+ * that is a symbolic link is refused (-ELOOP) unless the configuration sets
+ * checkpoint.follow_symlinks; one named directly is the user's choice.
  */
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,
                            char *out, size_t len, char *err, size_t errlen);

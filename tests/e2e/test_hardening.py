@@ -14,6 +14,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
 import test_control  # noqa: E402  (its Client only; its tests run in their own file)
+import test_evaluator  # noqa: E402  (restep, publish, encode_safetensors)
 from mnlib import MNISTCTL, MNISTD, MNIST_EVAL, ckpt_steps, read_safetensors, wait_for  # noqa: E402
 
 FOREVER = 10 ** 9
@@ -203,7 +204,7 @@ class BlockingOpens(HardeningCase):
         os.unlink(os.path.join(self.data, "train-labels-idx1-ubyte.gz"))
         os.mkfifo(os.path.join(self.data, "train-labels-idx1-ubyte.gz"))
         path, _ = self.config()
-        r = self.run_ok([MNISTD, "--config", path], 1)
+        r = self.run_ok([MNISTD, "--config", path], 65)
         self.assertIn("not a regular file (a FIFO)", r.stdout + r.stderr)
 
     def test_mnistd_log_file_fifo(self):
@@ -287,6 +288,158 @@ class ControlFairness(HardeningCase):
         # status is not a change: not logged at info.
         c.request("status")
         self.assertNotIn("cmd=status", p.output())
+
+
+class EvaluatorMemory(HardeningCase):
+    """8. Bad files are read once however many there are; data errors are
+    data errors at start; a fresh run in the directory is followed."""
+
+    def eval_config(self, ckpt_dir, name="eval.json", **sections):
+        sections.setdefault("checkpoint", {})
+        sections["checkpoint"] = dict({"dir": ckpt_dir}, **sections["checkpoint"])
+        return self.config(name, **sections)[0]
+
+    def test_each_bad_file_is_read_once(self):
+        src = self.trained_dir()
+        d = os.path.join(self.work, "watched")
+        os.makedirs(d)
+        n = 100  # well past the 32 the evaluator used to remember
+        for step in range(1, n + 1):
+            test_evaluator.publish(d, ckpt_name(step), b"truncated")
+        ev = self.start([MNIST_EVAL, "--config", self.eval_config(d)], "eval")
+        ev.wait_output("invalid checkpoint checkpoint=%s" % ckpt_name(1), 120)
+        # More scans: another bad file, then a valid one.
+        test_evaluator.publish(d, ckpt_name(n + 1), b"truncated")
+        ev.wait_output("invalid checkpoint checkpoint=%s" % ckpt_name(n + 1), 60)
+        blob = test_evaluator.restep(os.path.join(src, ckpt_name(40)), n + 2)
+        test_evaluator.publish(d, ckpt_name(n + 2), blob)
+        ev.wait_output("step=%d " % (n + 2), 60)
+        out = ev.output()
+        for step in range(1, n + 2):
+            self.assertEqual(out.count("checkpoint=%s " % ckpt_name(step)), 1, step)
+        # A replaced file (another inode) is read again.
+        test_evaluator.publish(d, ckpt_name(n + 3), b"bad")
+        ev.wait_output("checkpoint=%s " % ckpt_name(n + 3), 60)
+        test_evaluator.publish(d, ckpt_name(n + 3), b"bad again")
+        wait_for(lambda: ev.output().count("checkpoint=%s " % ckpt_name(n + 3)) == 2, 60, "the replacement read")
+
+    def test_bad_data_is_a_data_error_at_start(self):
+        cfg = self.config("c.json")[0]
+        # A label out of range for the 10 classes.
+        mnlib.make_dataset(self.data, classes=12, seed=3)
+        for prog in (MNISTD, MNIST_EVAL):
+            r = self.run_ok([prog, "--config", cfg], 65, timeout=120)
+            self.assertIn("out of range for 10 classes", r.stdout + r.stderr)
+        # A file that is no IDX file at all.
+        with open(os.path.join(self.data, "train-labels-idx1-ubyte.gz"), "wb") as f:
+            f.write(b"not gzip, not idx")
+        for prog in (MNISTD, MNIST_EVAL):
+            self.run_ok([prog, "--config", cfg], 65, timeout=120)
+        # And no data at all stays 66.
+        for name in os.listdir(self.data):
+            os.unlink(os.path.join(self.data, name))
+        for prog in (MNISTD, MNIST_EVAL):
+            self.run_ok([prog, "--config", cfg], 66, timeout=120)
+
+    def test_fresh_run_is_followed(self):
+        src = self.trained_dir()
+        d = os.path.join(self.work, "watched")
+        os.makedirs(d)
+        test_evaluator.publish(d, ckpt_name(3000), test_evaluator.restep(os.path.join(src, ckpt_name(40)), 3000))
+        ev = self.start([MNIST_EVAL, "--config", self.eval_config(d)], "eval")
+        ev.wait_output("step=3000 ", 60)
+        # The directory is emptied and a new run starts from scratch.
+        for name in os.listdir(d):
+            os.unlink(os.path.join(d, name))
+        test_evaluator.publish(d, ckpt_name(20), test_evaluator.restep(os.path.join(src, ckpt_name(40)), 20))
+        ev.wait_output("new run in the checkpoint directory", 60)
+        ev.wait_output("step=20 ", 60)
+
+
+class DirectoryContents(HardeningCase):
+    """9. No symlink in a checkpoint directory is followed unless configured,
+    no message shows bytes of an invalid file, and strings from files are
+    escaped before a terminal or a log line."""
+
+    SECRET = b"root:$y$j9T$SECRETHASH:19000:0:99999:7:::\n"
+
+    def secret_link(self, d, step):
+        secret = os.path.join(self.work, "shadow")
+        with open(secret, "wb") as f:
+            f.write(self.SECRET)
+        os.symlink(secret, os.path.join(d, ckpt_name(step)))
+
+    def assert_no_secret(self, text, size_too=True):
+        self.assertNotIn("root:", text)
+        self.assertNotIn("SECRET", text)
+        # Nor the first 8 bytes as a number, nor (unless asked to follow) the file's size.
+        self.assertNotIn(str(int.from_bytes(self.SECRET[:8], "little")), text)
+        if size_too:
+            self.assertNotIn(" %d " % len(self.SECRET), text)
+
+    def test_symlinks_not_followed(self):
+        d = self.trained_dir()
+        self.secret_link(d, 1000)
+        r = self.run_ok([MNISTCTL, "ls", d], 0)
+        self.assertIn("a symbolic link, not followed", r.stdout)
+        self.assert_no_secret(r.stdout + r.stderr)
+        r = self.run_ok([MNISTCTL, "--json", "ls", d], 0)
+        row = [c for c in json.loads(r.stdout)["checkpoints"] if c["step"] == 1000][0]
+        self.assertEqual(row["size"], -1)
+        self.assertIsNone(row["created"])
+        # freeze of the directory: checkpoint.json names step 40, but without
+        # an index the link would be the highest step: refused, not read.
+        os.unlink(os.path.join(d, "checkpoint.json"))
+        r = self.run_ok([MNISTCTL, "freeze", d, "-o", os.path.join(self.work, "f")], 1)
+        self.assertIn("not followed", r.stderr)
+        self.assert_no_secret(r.stdout + r.stderr)
+        # The evaluator logs it as invalid and evaluates the newest real one.
+        cfg = self.config("e.json")[0]
+        r = self.run_ok([MNIST_EVAL, "--config", cfg, "--once"], 0)
+        self.assertIn("not followed", r.stdout + r.stderr)
+        self.assertIn("step=40 ", r.stdout + r.stderr)
+        self.assert_no_secret(r.stdout + r.stderr)
+        # The trainer skips it with a warning and resumes from step 40.
+        path, _ = self.config("resume.json", train={"max_steps": 60})
+        p = self.start([MNISTD, "--config", path], "resume")
+        self.assertEqual(p.wait(120), 0, p.output())
+        self.assertIn("not followed", p.output())
+        self.assertIn("resumed file=%s step=40" % ckpt_name(40), p.output())
+        self.assert_no_secret(p.output())
+        # Configured to follow, the link is read, and rejected without quoting it.
+        cfg = self.config("follow.json", checkpoint={"follow_symlinks": True})[0]
+        r = self.run_ok([MNISTCTL, "--config", cfg, "ls", d], 0)
+        self.assertIn("not a checkpoint", r.stdout)
+        self.assert_no_secret(r.stdout + r.stderr, size_too=False)
+
+    def test_strings_from_files_are_escaped(self):
+        esc = "\x1b]0;owned\x07\x1b[2J"
+        forged = "\n2026-01-01T00:00:00.000Z info evaluation step=999 accuracy=1.0000"
+        c1 = "\u009b31m"
+        tensors = [("layer1/weights" + esc, "F32", [1], b"\0\0\0\0")]
+        meta = {"note": esc + forged + c1, "format": "mnistd.checkpoint.v1" + esc + c1, "global_step": "5"}
+        path = os.path.join(self.work, "evil.safetensors")
+        with open(path, "wb") as f:
+            f.write(test_evaluator.encode_safetensors(tensors, meta))
+        for args in (["inspect", path], ["verify", path], ["ls", self.work]):
+            r = subprocess.run([MNISTCTL] + args, capture_output=True, timeout=PROMPT * mnlib.SLOW)
+            out = r.stdout + r.stderr
+            self.assertNotIn(b"\x1b", out, args)
+            self.assertNotIn("\u009b".encode(), out, args)
+            self.assertNotIn(b"\n2026-01-01", out, args)
+        r = subprocess.run([MNISTCTL, "inspect", path], capture_output=True, timeout=PROMPT * mnlib.SLOW)
+        self.assertIn(b"\\x1b]0;owned", r.stdout)
+        # The evaluator's log: the bad format is quoted, escaped, on one line.
+        d = os.path.join(self.work, "watched")
+        os.makedirs(d)
+        os.rename(path, os.path.join(d, ckpt_name(5)))
+        cfg = self.config("e.json", checkpoint={"dir": d})[0]
+        r = self.run_prog([MNIST_EVAL, "--config", cfg, "--once"], timeout=PROMPT)
+        out = (r.stdout + r.stderr).encode()
+        self.assertIn(b"unsupported format", out)
+        self.assertNotIn(b"\x1b", out)
+        self.assertNotIn("\u009b".encode(), out)
+        self.assertNotIn(b"step=999", out)
 
 
 if __name__ == "__main__":

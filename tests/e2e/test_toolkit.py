@@ -715,7 +715,17 @@ class HostileInputTest(ToolkitCase):
         write_bytes(os.path.join(d, "." + ckpt_name(10) + ".tmp"), b"x")  # a writer's temporary
         write_bytes(os.path.join(d, "model.ckpt-011.safetensors"), b"x")  # not a checkpoint name
         write_bytes(os.path.join(d, "notes.txt"), b"x")
+        # By default the links are not followed at all (checkpoint.follow_symlinks).
         r = self.run_prog([MNISTCTL, "--json", "ls", d], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = {c["step"]: c for c in json.loads(r.stdout)["checkpoints"]}
+        for step in (7, 8, 9):
+            self.assertIn("a symbolic link, not followed", rows[step]["error"])
+            self.assertEqual(rows[step]["size"], -1)
+        follow = os.path.join(self.work, "follow.json")
+        with open(follow, "w") as f:
+            json.dump({"checkpoint": {"follow_symlinks": True}}, f)
+        r = self.run_prog([MNISTCTL, "--config", follow, "--json", "ls", d], timeout=30)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotRegex(r.stderr, SANITIZER_REPORT)
         rows = {c["step"]: c for c in json.loads(r.stdout)["checkpoints"]}

@@ -187,13 +187,13 @@ START_TEST(test_load_split_errors_map_to_exit_statuses)
 	ck_assert_int_eq(mn_app_load_split(&a, "validation", NULL, &validation), MN_EX_CONFIG);
 	mn_app_end(&a);
 
-	/* A file that is there but broken: a runtime failure. */
+	/* A file that is there but broken: a data error (EX_DATAERR), which no restart fixes. */
 	snprintf(path, sizeof(path), "%s/train-labels-idx1-ubyte", tmpdir);
 	mn_test_write_file(path, "garbage", 7);
 	write_data_config(1);
 	a = app_for(cfgpath);
 	ck_assert(mn_app_start(&a, &p, &ex));
-	ck_assert_int_eq(mn_app_load_split(&a, "validation", NULL, &validation), MN_EX_FAILURE);
+	ck_assert_int_eq(mn_app_load_split(&a, "validation", NULL, &validation), MN_EX_DATAERR);
 	mn_app_end(&a);
 }
 END_TEST

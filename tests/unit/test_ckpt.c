@@ -139,6 +139,33 @@ static void assert_sample(const struct mn_ckpt *c)
 	ck_assert_ptr_null(mn_ckpt_meta(c, "nope"));
 }
 
+/* Issue #15 point 9: no message shows bytes of a file that is no checkpoint. */
+START_TEST(reject_messages_never_show_file_bytes)
+{
+	/* What a link to /etc/shadow reads like: "root:$y$j9T$..." */
+	static const char shadow[] = "root:$y$j9T$abcdefgh:19000:0:99999:7:::\n";
+	char err[MN_ERRLEN] = "";
+	struct mn_ckpt *c = NULL;
+	char first8[9];
+
+	memcpy(first8, shadow, 8);
+	first8[8] = '\0';
+	ck_assert_int_eq(mn_ckpt_parse((const uint8_t *)shadow, sizeof(shadow) - 1, NAME, 0, &c,
+	                               err, sizeof(err)),
+	                 -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "not a checkpoint"));
+	ck_assert_ptr_null(strstr(err, first8));
+	/* Nor as the little-endian number those bytes make. */
+	uint64_t n = 0;
+	char num[32];
+
+	for (int i = 7; i >= 0; i--)
+		n = n << 8 | (uint8_t)shadow[i];
+	snprintf(num, sizeof(num), "%" PRIu64, n);
+	ck_assert_ptr_null(strstr(err, num));
+}
+END_TEST
+
 START_TEST(test_roundtrip_encode)
 {
 	char err[MN_ERRLEN] = "";
@@ -457,9 +484,11 @@ START_TEST(test_bad_headers)
 
 	expect_reject_buf(small, 5, 0, "truncated: file size 5");
 	put_le64(small, 1234);
-	expect_reject_buf(small, 20, 0, "truncated: header length 1234 exceeds file size 20");
+	expect_reject_buf(small, 20, 0,
+	                  "truncated or not a checkpoint: the header length in the first 8 bytes "
+	                  "exceeds the file size 20");
 	put_le64(small, 15);
-	expect_reject_buf(small, 20, 0, "truncated: header length 15 plus");
+	expect_reject_buf(small, 20, 0, "exceeds the file size 20");
 	put_le64(small, UINT64_MAX);
 	expect_reject_buf(small, 20, 0, "truncated");
 	expect_reject("", 0, "header is empty");
@@ -754,6 +783,6 @@ int main(void)
 	            test_shape_format);
 	MN_TEST_ADD(mn_test_tcase(s, "reject", NULL, NULL), test_truncate_every_length,
 	            test_flip_every_byte, test_bad_headers, test_checksum_and_require,
-	            test_encode_rejects, test_copy);
+	            test_encode_rejects, test_copy, reject_messages_never_show_file_bytes);
 	return mn_test_run(s);
 }
