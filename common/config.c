@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model.h"
 #include "util.h"
 
 /*
@@ -827,6 +828,35 @@ static int apply_root(const cJSON *root, struct mn_config *c, char *err, size_t 
 	return 0;
 }
 
+/*
+ * The checks the trainer makes on the network at start, made here so that
+ * --check-config and a reload refuse what start would: the parameter count
+ * and the batch rows the workspace can index. The input layer's size comes
+ * from the data, so it counts as 1 here; start checks again with the real one.
+ */
+static int check_network(const struct mn_config *c, char *err, size_t errlen)
+{
+	struct mn_arch a;
+	char why[MN_ERRLEN];
+	size_t units = 0;
+
+	mn_config_arch(c, 1, MN_CLASSES, &a);
+	if (mn_arch_validate(&a, why, sizeof(why)) < 0) {
+		mn_errf(err, errlen, "model.hidden: %s", why);
+		return -EINVAL;
+	}
+	for (size_t l = 0; l < mn_arch_layers(&a); l++)
+		units += mn_arch_layer_out(&a, l);
+	if ((uint64_t)c->train.batch_size > (uint64_t)(INT32_MAX / 2) / units) {
+		mn_errf(err, errlen,
+		        "train.batch_size: %" PRId64 " rows of a network with %zu units exceed the "
+		        "%d values a BLAS matrix may hold; at most %zu rows",
+		        c->train.batch_size, units, INT32_MAX / 2, (size_t)(INT32_MAX / 2) / units);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int mn_config_parse(const char *json, size_t len, const char *name, struct mn_config *c, char *err,
                     size_t errlen)
 {
@@ -842,7 +872,7 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
 		return -EFBIG;
 	}
 	tmp = malloc(sizeof(*tmp));
-	rc = tmp ? mn_json_parse(json, len, 0, &root, &e) : -ENOMEM;
+	rc = tmp ? mn_json_parse(json, len, MN_JSON_EXACT_INTEGERS, &root, &e) : -ENOMEM;
 	if (rc == -ENOMEM) {
 		mn_errf(err, errlen, "%s: out of memory", name);
 		goto out;
@@ -859,6 +889,8 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
 	}
 	mn_config_defaults(tmp);
 	rc = apply_root(root, tmp, err, errlen);
+	if (rc == 0)
+		rc = check_network(tmp, err, errlen);
 	if (rc < 0) {
 		mn_errprefix(err, errlen, "%s", name);
 		goto out;

@@ -140,7 +140,55 @@ struct lex {
 	const char *str_why;
 	size_t num_at; /* first number that is not a plain non-negative integer */
 	size_t num_len;
+	size_t inexact_at; /* first number a double would turn into another integer */
 };
+
+/*
+ * Whether the number text s[0..n) (JSON syntax, already scanned) is one a
+ * double holds as some integer it is not: an integer beyond 2^53
+ * (9007199254740993 reads as ...992), or a fraction so close to an integer
+ * that it reads as one (1.0000000000000001 as 1). A reader of integer keys
+ * would take the rounded value for what was written.
+ */
+static bool inexact_integer(const char *s, size_t n)
+{
+	char buf[512];
+	size_t i = 0, nd = 0, frac = 0, zeros = 0;
+	long exp = 0;
+	double d;
+
+	if (n == 0 || n >= sizeof(buf))
+		return n >= sizeof(buf);
+	if (s[i] == '-')
+		i++;
+	/* The significant digits, how many follow the point, trailing zeros among them. */
+	for (bool point = false; i < n && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.'); i++) {
+		if (s[i] == '.') {
+			point = true;
+			continue;
+		}
+		if (nd == 0 && s[i] == '0' && !point)
+			continue;
+		nd++;
+		frac += point;
+		zeros = s[i] == '0' ? zeros + 1 : 0;
+	}
+	if (i < n && (s[i] == 'e' || s[i] == 'E'))
+		exp = strtol(s + i + 1, NULL, 10);
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	d = strtod(buf, NULL);
+	if (!isfinite(d) || d != floor(d))
+		return false; /* a fraction that stays one: a reader of integers refuses it itself
+		               */
+	/* Exactly an integer when the digits after the point are zeros or shifted out. */
+	if (nd > zeros && exp - (long)frac < 0 && exp - (long)frac + (long)zeros < 0)
+		return true;
+	/* 2^53 + 1 reads as 2^53 itself: only the text tells them apart. */
+	if (fabs(d) == 9007199254740992.0)
+		return strcmp(buf + (buf[0] == '-'), "9007199254740992") != 0;
+	return fabs(d) > 9007199254740992.0;
+}
 
 /* One pass over the text, telling strings from the rest as a JSON reader does. */
 static void lex_scan(const char *s, size_t n, struct lex *lx)
@@ -148,7 +196,7 @@ static void lex_scan(const char *s, size_t n, struct lex *lx)
 	bool in_string = false;
 	size_t i = 0;
 
-	lx->str_at = lx->num_at = SIZE_MAX;
+	lx->str_at = lx->num_at = lx->inexact_at = SIZE_MAX;
 	lx->str_why = NULL;
 	lx->num_len = 0;
 	while (i < n) {
@@ -191,6 +239,8 @@ static void lex_scan(const char *s, size_t n, struct lex *lx)
 				lx->num_at = i;
 				lx->num_len = j - i;
 			}
+			if (lx->inexact_at == SIZE_MAX && inexact_integer(s + i, j - i))
+				lx->inexact_at = i;
 			i = j;
 			continue;
 		}
@@ -216,6 +266,11 @@ int mn_json_parse(const char *text, size_t len, unsigned flags, cJSON **out,
 	lex_scan(text, len, &lx);
 	if (lx.str_at != SIZE_MAX && !(flags & MN_JSON_OPAQUE_STRINGS))
 		return fault(text, lx.str_at, MN_JSON_RULE_STRING, lx.str_why, e);
+	if (lx.inexact_at != SIZE_MAX && (flags & MN_JSON_EXACT_INTEGERS))
+		return fault(text, lx.inexact_at, MN_JSON_RULE_NUMBER,
+		             "a number that would be rounded to another integer (beyond 2^53, or "
+		             "a fraction too close to an integer)",
+		             e);
 	/* cJSON reads up to a NUL: give it exactly these bytes, terminated. */
 	copy = malloc(len + 1);
 	if (!copy)

@@ -58,6 +58,8 @@ enum mn_json_rule {
 	MN_JSON_RULE_NUL = 1, /* a NUL byte anywhere */
 	MN_JSON_RULE_UTF8,    /* ill-formed UTF-8 (with MN_JSON_UTF8) */
 	MN_JSON_RULE_STRING,  /* a raw control character or \u0000 in a string */
+	MN_JSON_RULE_NUMBER,  /* a number a double rounds to another integer (with
+	                         MN_JSON_EXACT_INTEGERS) */
 	MN_JSON_RULE_SYNTAX,  /* not one JSON value followed by whitespace only */
 };
 
@@ -79,6 +81,13 @@ enum {
 	 * such a string is simply no known name.
 	 */
 	MN_JSON_OPAQUE_STRINGS = 1 << 1,
+	/*
+	 * Refuse a number that cJSON's double would turn into an integer other
+	 * than the one written: an integer beyond 2^53, or a fraction such as
+	 * 1.0000000000000001 that reads as 1. For readers of integer values
+	 * (the configuration), which would otherwise use the rounded value.
+	 */
+	MN_JSON_EXACT_INTEGERS = 1 << 2,
 };
 
 /*

@@ -129,7 +129,7 @@ static int request_cmd(const char *line, size_t len, cJSON **root, const cJSON *
 	struct mn_json_error e;
 	enum mn_json_fault fault;
 	/* Exactly len bytes: the caller's buffer need not be NUL-terminated. */
-	int rc = mn_json_parse(line, len, MN_JSON_OPAQUE_STRINGS, root, &e);
+	int rc = mn_json_parse(line, len, MN_JSON_EXACT_INTEGERS, root, &e);
 
 	if (rc == -ENOMEM) {
 		mn_errf(err, errlen, "out of memory");
@@ -137,6 +137,9 @@ static int request_cmd(const char *line, size_t len, cJSON **root, const cJSON *
 	}
 	if (rc < 0 && e.rule == MN_JSON_RULE_NUL)
 		mn_errf(err, errlen, "request contains a NUL byte");
+	else if (rc < 0 && e.rule != MN_JSON_RULE_SYNTAX)
+		/* The configuration's rules: \u0000, raw control characters, rounded numbers. */
+		mn_errf(err, errlen, "invalid request at byte %zu: %s", e.at, e.what);
 	else if (rc < 0)
 		mn_errf(err, errlen, "invalid JSON; expected a request like {\"cmd\":\"status\"}");
 	else if (!cJSON_IsObject(*root))

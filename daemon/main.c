@@ -415,7 +415,8 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	rc = mn_trainer_new(&tp, &train, out, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
-		return MN_EX_CONFIG;
+		/* Too little memory now is no fault of the file: systemd may restart it. */
+		return rc == -ENOMEM ? MN_EX_FAILURE : MN_EX_CONFIG;
 	}
 	ex = resume(d, *out, latest, len);
 	if (ex != MN_EX_OK)

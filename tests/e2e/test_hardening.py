@@ -442,5 +442,60 @@ class DirectoryContents(HardeningCase):
         self.assertNotIn(b"step=999", out)
 
 
+class ConfigAgreesWithStart(HardeningCase):
+    """10. What start refuses, validation refuses; running out of memory is
+    not a configuration error; numbers are taken as written or refused; the
+    control protocol reads JSON by the configuration's rules."""
+
+    def check(self, expect, **sections):
+        path, _ = self.config("check.json", **sections)
+        return self.run_ok([MNISTD, "--config", path, "--check-config"], expect)
+
+    def test_check_config_refuses_what_start_refuses(self):
+        r = self.check(78, model={"hidden": [1048576, 1048576]})  # 10^12 parameters
+        self.assertIn("model.hidden", r.stderr)
+        r = self.check(78, model={"hidden": [1048576]}, train={"batch_size": 65536})
+        self.assertIn("train.batch_size", r.stderr)
+        self.check(0, model={"hidden": [1048576]}, train={"batch_size": 1000})
+
+    def test_numbers_are_exact_or_refused(self):
+        for text in ('{"train": {"max_steps": 9007199254740993}}',
+                     '{"train": {"batch_size": 100.0000000000000001}}'):
+            path = os.path.join(self.work, "n.json")
+            with open(path, "w") as f:
+                f.write(text)
+            r = self.run_ok([MNISTD, "--config", path, "--check-config"], 78)
+            self.assertIn("rounded to another integer", r.stderr)
+
+    def test_out_of_memory_at_start_is_not_a_config_error(self):
+        if mnlib.SLOW != 1:
+            self.skipTest("a sanitizer's shadow memory does not run under an address-space limit")
+        import resource
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_AS, (768 << 20, 768 << 20))
+
+        # 2^28 - a little parameters pass every check but need gigabytes.
+        path, _ = self.config(model={"hidden": [4000, 65000]})
+        self.run_ok([MNISTD, "--config", path, "--check-config"], 0)
+        r = subprocess.run([MNISTD, "--config", path], capture_output=True, text=True,
+                           timeout=PROMPT * mnlib.SLOW, preexec_fn=limit)
+        self.assertNotEqual(r.returncode, 78, r.stdout + r.stderr)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("out of memory", r.stdout + r.stderr)
+
+    def test_control_requests_follow_the_config_rules(self):
+        self.daemon()
+        c = self.client(self.sock)
+        for line, why in ((b'{"cmd":"status","cmd":"pause"}', "given twice"),
+                          (b'{"cmd":"st\\u0000atus"}', "\\u0000 in a string"),
+                          (b'{"cmd":"status","x":9007199254740993}', "rounded")):
+            c.send(line + b"\n")
+            r = c.line()
+            self.assertFalse(r["ok"], line)
+            self.assertIn(why, r["error"])
+        self.assertFalse(self.status()["paused"])
+
+
 if __name__ == "__main__":
     unittest.main()

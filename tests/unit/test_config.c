@@ -135,7 +135,16 @@ static const struct bad_case bad_cases[] = {
                                           "9007199254740992]"},
     {"{\"model\":{\"seed\":-1}}",
      "model.seed: must be an integer in [0, 9007199254740992], got -1"},
-    {"{\"model\":{\"seed\":9007199254740994}}", "model.seed: must be an integer in [0, "},
+    /* Rounded by a double: refused as written, not taken as the rounded value (issue #15). */
+    {"{\"model\":{\"seed\":9007199254740994}}", "rounded to another integer"},
+    {"{\"model\":{\"seed\":9007199254740993}}",
+     "line 1, column 18 (byte 17): a number that would be rounded"},
+    {"{\"train\":{\"batch_size\":100.0000000000000001}}", "rounded to another integer"},
+    {"{\"train\":{\"max_steps\":1e300}}", "rounded to another integer"},
+    /* What start would refuse, validation refuses (issue #15). */
+    {"{\"model\":{\"hidden\":[1048576,1048576]}}", "model.hidden: "},
+    {"{\"model\":{\"hidden\":[1048576]},\"train\":{\"batch_size\":65536}}",
+     "train.batch_size: 65536 rows of a network with 1048586 units exceed"},
     {"{\"train\":{\"decay_steps\":2147483649}}",
      "train.decay_steps: must be an integer in [0, 2147483648], got 2147483649"},
     {"{\"train\":{\"learning_rate\":0}}",
@@ -480,7 +489,7 @@ static void unusual(struct mn_config *c)
 	c->model.hidden[2] = 7;
 	c->model.init_stddev = 0.30000000000000004;
 	c->model.seed = (uint64_t)P53;
-	c->train.batch_size = 65536;
+	c->train.batch_size = 1000; /* at most 1023 rows for a network of 1048594 units */
 	c->train.learning_rate = 1e-300;
 	c->train.learning_rate_decay = 0.1 + 0.2;
 	c->train.decay_steps = (int64_t)1 << 31;
