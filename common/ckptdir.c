@@ -7,11 +7,14 @@
 #include <cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -322,4 +325,67 @@ out:
 	cJSON_Delete(root);
 	free(text);
 	return rc;
+}
+
+/* The holder's pid as it wrote it, for the message; "unknown" if unreadable. */
+static void lock_holder(int fd, char *buf, size_t len)
+{
+	char text[32];
+	ssize_t n = pread(fd, text, sizeof(text) - 1, 0);
+	long pid;
+	char *end;
+
+	snprintf(buf, len, "unknown");
+	if (n <= 0)
+		return;
+	text[n] = '\0';
+	pid = strtol(text, &end, 10);
+	if (end != text && pid > 0 && (*end == '\n' || *end == '\0'))
+		snprintf(buf, len, "%ld", pid);
+}
+
+int mn_ckptdir_lock(const char *dir, char *err, size_t errlen)
+{
+	char path[PATH_MAX], holder[32], pid[32];
+	struct stat st;
+	int fd, rc, w;
+
+	w = snprintf(path, sizeof(path), "%s/%s", dir, MN_CKPTDIR_LOCK);
+	if (w < 0 || (size_t)w >= sizeof(path)) {
+		mn_errf(err, errlen, "%s: path too long", dir);
+		return -ENAMETOOLONG;
+	}
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, 0644);
+	if (fd < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot open the lock file: %s", path, strerror(-rc));
+		return rc;
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		mn_errf(err, errlen, "%s: not a regular file", path);
+		return -EINVAL;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = -errno;
+		if (rc == -EWOULDBLOCK) {
+			lock_holder(fd, holder, sizeof(holder));
+			mn_errf(err, errlen,
+			        "%s is in use by another mnistd (pid %s holds %s); stop it or set "
+			        "another checkpoint.dir",
+			        dir, holder, path);
+		} else {
+			mn_errf(err, errlen, "%s: cannot lock: %s", path, strerror(-rc));
+		}
+		close(fd);
+		return rc;
+	}
+	w = snprintf(pid, sizeof(pid), "%ld\n", (long)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)w, 0) != w) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot write the pid: %s", path, strerror(-rc));
+		close(fd);
+		return rc;
+	}
+	return fd;
 }

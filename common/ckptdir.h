@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #define MN_CKPTDIR_INDEX "checkpoint.json"
+/* The writer's lock file, a dot-file so that readers ignore it. */
+#define MN_CKPTDIR_LOCK ".mnistd.lock"
 
 /* "<prefix>-<step>.safetensors" into buf; -ENAMETOOLONG if it does not fit. */
 int mn_ckptdir_filename(const char *prefix, int64_t step, char *buf, size_t len);
@@ -49,6 +51,16 @@ int mn_ckptdir_scan(const char *dir, const char *prefix, struct mn_ckptdir_entry
  */
 int mn_ckptdir_publish_index(const char *dir, const char *prefix, const char *latest,
                              size_t max_to_keep, char *err, size_t errlen);
+
+/*
+ * Makes this process the one writer of dir: takes an exclusive flock(2) on
+ * "<dir>/.mnistd.lock" and writes its pid there. The kernel releases the
+ * lock when the descriptor is closed or the process dies, so a SIGKILL
+ * never leaves a stale lock. Returns the descriptor, to keep open while
+ * writing; -EWOULDBLOCK if another process holds the lock, with a message
+ * naming it (its pid, as it wrote it); another negative errno otherwise.
+ */
+int mn_ckptdir_lock(const char *dir, char *err, size_t errlen);
 
 /*
  * Reads "<dir>/checkpoint.json": the latest file name into latest (len

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,11 +210,13 @@ static const char *file_kind(mode_t m)
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
                     unsigned mode, char *err, size_t errlen)
 {
-	char tmp[PATH_MAX], final[PATH_MAX];
+	static atomic_uint seq;
+	char tmp[PATH_MAX], final[PATH_MAX], suffix[48];
 	struct stat st;
 	int fd = -1, rc;
 
-	if (join_path(tmp, sizeof(tmp), dir, name, ".", ".tmp") < 0 ||
+	snprintf(suffix, sizeof(suffix), ".%ld-%u.tmp", (long)getpid(), atomic_fetch_add(&seq, 1));
+	if (join_path(tmp, sizeof(tmp), dir, name, ".", suffix) < 0 ||
 	    join_path(final, sizeof(final), dir, name, "", "") < 0) {
 		mn_errf(err, errlen, "%s/%s: path too long", dir, name);
 		return -ENAMETOOLONG;

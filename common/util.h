@@ -65,8 +65,10 @@ int64_t mn_monotonic_ns(void);
 
 /*
  * Publishes a file atomically and durably: writes the iovecs to the
- * dot-file "<dir>/.<name>.tmp", fsyncs it, renames it to "<dir>/<name>" and
- * fsyncs the directory. On any failure the temporary file is removed and the
+ * dot-file "<dir>/.<name>.<pid>-<n>.tmp" (unique to this writer: this
+ * process and a counter, so two writers never remove or overwrite each
+ * other's), fsyncs it, renames it to "<dir>/<name>" and fsyncs the
+ * directory. On any failure the temporary file is removed and the
  * final name is untouched. mode is the file mode (before the umask).
  *
  * An existing "<dir>/<name>" is replaced only if it is a regular file: a

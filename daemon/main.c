@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "app.h"
@@ -52,7 +53,8 @@ struct daemon {
 	struct mnd_history *history; /* train.metrics_file (rank 0), NULL when unset */
 	int64_t start_ns;            /* wall clock at start, for the metrics */
 	struct mnd_early *early;     /* train.early_stopping, NULL when off */
-	int ex;                      /* exit status */
+	int lock_fd; /* holds checkpoint.dir's writer lock; -1 before setup takes it */
+	int ex;      /* exit status */
 };
 
 static void usage(FILE *f)
@@ -401,10 +403,20 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 		rc = mn_trainer_new(&tp, &train, out, err, sizeof(err));
 		if (rc < 0)
 			mn_log(MN_LOG_ERROR, "%s", err);
-		return rc < 0 ? MN_EX_CONFIG : MN_EX_OK;
+		return rc == 0 ? MN_EX_OK : rc == -ENOMEM ? MN_EX_FAILURE : MN_EX_CONFIG;
 	}
 	rc = mn_mkdir_p(cfg->checkpoint.dir, 0755, err, sizeof(err));
 	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
+		return MN_EX_FAILURE;
+	}
+	/*
+	 * One trainer per directory, whatever its socket: a second one would
+	 * resume from the first's files, interleave its history and remove its
+	 * temporaries. Taken before anything in the directory is touched.
+	 */
+	d->lock_fd = mn_ckptdir_lock(cfg->checkpoint.dir, err, sizeof(err));
+	if (d->lock_fd < 0) {
 		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
 		return MN_EX_FAILURE;
 	}
@@ -636,7 +648,8 @@ int main(int argc, char **argv)
 	    {"version", no_argument, NULL, 'V'},
 	    {0},
 	};
-	struct daemon d = {.app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG}};
+	struct daemon d = {.app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG},
+	                   .lock_fd = -1};
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
 	int c, ex;
@@ -685,6 +698,9 @@ int main(int argc, char **argv)
 		ex = run(&d);
 	}
 	mnd_history_close(d.history);
+	/* Released only now: the final checkpoint is published. */
+	if (d.lock_fd >= 0)
+		close(d.lock_fd);
 	mn_app_end(&d.app);
 	mnd_dist_finalize(d.dist);
 	return ex;

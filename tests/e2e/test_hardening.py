@@ -497,5 +497,28 @@ class ConfigAgreesWithStart(HardeningCase):
         self.assertFalse(self.status()["paused"])
 
 
+class OneTrainerPerDirectory(HardeningCase):
+    """4. A second mnistd on the same checkpoint.dir exits non-zero naming
+    the holder; the lock dies with its holder, even by SIGKILL."""
+
+    def test_second_trainer_refused_and_lock_dies_with_holder(self):
+        first = self.daemon("first")
+        ckdir = self.cfg["checkpoint"]["dir"]
+        # Another socket, the same directory.
+        path, cfg = self.config("second.json", train={"max_steps": FOREVER},
+                                control={"socket": os.path.join(self.work, "second.sock")})
+        r = self.run_ok([MNISTD, "--config", path], 1, timeout=120)
+        self.assertIn("in use by another mnistd (pid %d" % first.p.pid, r.stdout + r.stderr)
+        self.assertEqual(ckpt_steps(ckdir), [])  # it touched nothing
+        self.status()  # the first is unaffected
+        first.p.kill()
+        first.p.wait()
+        second = self.start([MNISTD, "--config", path], "second")
+        second.wait_output("ready", 120)
+        self.assertEqual(second.p.poll(), None)
+        second.signal(signal.SIGTERM)
+        self.assertEqual(second.wait(60), 0, second.output())
+
+
 if __name__ == "__main__":
     unittest.main()

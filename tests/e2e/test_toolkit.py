@@ -832,7 +832,11 @@ class HostileInputTest(ToolkitCase):
         self.ctl("freeze", src, "-o", out)
         with open(victim, "rb") as f:
             self.assertEqual(f.read(), b"precious")
-        self.assertEqual(sorted(os.listdir(d)), ["convert.safetensors", "freeze.safetensors", "hard.safetensors"])
+        # Temporaries are unique to their writer (issue #15): the planted names are
+        # neither written through nor taken over, and no temporary is left behind.
+        self.assertEqual(sorted(os.listdir(d)), [".convert.safetensors.tmp", ".freeze.safetensors.tmp",
+                                                 ".hard.safetensors.tmp", "convert.safetensors",
+                                                 "freeze.safetensors", "hard.safetensors"])
 
     def test_output_that_cannot_be_written_fails(self):
         # Output lost to a full disk is a failure, not a silent success.
