@@ -141,6 +141,7 @@ static const struct key keys[] = {
         .type = KT_EARLY,
         SPAN(train.early_stopping.enabled, train.early_stopping.min_delta),
     },
+    BOOL("train.stop_on_nan", train.stop_on_nan, true, KF_RELOAD),
     STR("checkpoint.dir", checkpoint.dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnistd", 0),
     STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME),
     INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),

@@ -62,6 +62,7 @@ struct mn_config {
 			int64_t patience; /* evaluations without improvement before stopping */
 			double min_delta; /* accuracy gain that counts as an improvement */
 		} early_stopping;
+		bool stop_on_nan; /* stop, without a checkpoint, on a non-finite loss */
 	} train;
 	struct {
 		char dir[MN_CONFIG_PATH_MAX];

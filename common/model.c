@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,15 @@ static int check_state(const struct mn_ckpt *c, const struct mn_model_state *st,
 			        st->step);
 			return -EINVAL;
 		}
+	}
+	/* xoshiro256** from an all-zero state yields zeros forever: no permutation can be drawn. */
+	if ((st->have & MN_MODEL_HAVE_RNG) &&
+	    !(st->rng[0] | st->rng[1] | st->rng[2] | st->rng[3])) {
+		mn_errf(err, errlen,
+		        "%s: train/rng is all zero, a state the generator never leaves (training "
+		        "could not draw another epoch)",
+		        name);
+		return -EINVAL;
 	}
 	if ((st->have & MN_MODEL_HAVE_EPOCH) && st->epoch < 0) {
 		mn_errf(err, errlen, "%s: train/epoch is negative (%" PRId64 ")", name, st->epoch);
@@ -470,6 +480,24 @@ out:
 	return rc;
 }
 
+/* Training cannot continue from a NaN or an infinity: every step would stay non-finite. */
+static int check_finite(const struct mn_ckpt *c, const float *params, const float *shadow, size_t n,
+                        char *err, size_t errlen)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!isfinite(params[i]) || !isfinite(shadow[i])) {
+			mn_errf(err, errlen,
+			        "%s: the %s hold a non-finite value (NaN or infinity) at parameter "
+			        "%zu; "
+			        "training cannot continue from it",
+			        mn_ckpt_name(c), isfinite(params[i]) ? "EMA shadows" : "weights",
+			        i);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen)
 {
 	const struct mn_arch *a = mn_trainer_arch(t);
@@ -488,6 +516,7 @@ int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, s
 	/* Stage everything first so a bad file leaves the trainer untouched. */
 	if ((rc = copy_layers(c, a, false, params, err, errlen)) < 0 ||
 	    (rc = copy_layers(c, a, true, shadow, err, errlen)) < 0 ||
+	    (rc = check_finite(c, params, shadow, s.nparams, err, errlen)) < 0 ||
 	    (rc = mn_model_read_state(c, true, s.nperm, &st, err, errlen)) < 0)
 		goto out;
 	memcpy(s.params, params, s.nparams * sizeof(float));

@@ -79,7 +79,8 @@ struct mn_model_state {
 /*
  * Reads and checks the training-state tensors, the one check of that state
  * every reader shares: each with its dtype and shape; global_step
- * non-negative and equal to the metadata's when that is present; train/epoch
+ * non-negative and equal to the metadata's when that is present; train/rng
+ * not all zero (a state the generator never leaves); train/epoch
  * non-negative; train/permutation a permutation; train/perm_pos within it.
  * With complete, all five are required and the permutation must have nperm
  * entries (the training set of the trainer that resumes); without, only the
@@ -142,6 +143,9 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
  * Restores a trainer's full state from a checkpoint whose architecture the
  * caller has checked equals the trainer's (mn_model_arch). Messages name the
  * tensor and both shapes on a mismatch (e.g. a different training set size).
+ * A state training cannot continue from is refused (-EINVAL) and leaves the
+ * trainer untouched: non-finite weights or shadows, and whatever
+ * mn_model_read_state() refuses.
  */
 int mn_model_restore(struct mn_trainer *t, const struct mn_ckpt *c, char *err, size_t errlen);
 

@@ -68,9 +68,16 @@ uint64_t mn_rng_below(struct mn_rng *r, uint64_t n)
 	if (n == 0)
 		return 0;
 	threshold = (0 - n) % n;
-	do
+	/*
+	 * Rejection happens with probability below n / 2^64, so 64 tries never
+	 * run out for a real generator; the bound is for a broken state (all
+	 * zero yields zeros forever), which must not hang the trainer.
+	 */
+	for (int tries = 0; tries < 64; tries++) {
 		v = mn_rng_u64(r);
-	while (v < threshold);
+		if (v >= threshold)
+			break;
+	}
 	return v % n;
 }
 

@@ -310,20 +310,72 @@ static void on_progress(uv_timer_t *h)
 }
 
 /*
- * Restores the newest checkpoint that validates. Invalid files are skipped
- * with a warning; a valid one that does not fit the configured model is a
- * configuration error, because training over it would overwrite its history.
- * Returns an exit status.
+ * Whether c is a training checkpoint this trainer can continue from: an
+ * exit status, MN_EX_OK to restore it, or -1 to skip it (logged with the
+ * reason, as a truncated file is). Only what the configuration decides is
+ * a configuration error: another architecture, or an epoch permutation of
+ * another length (another training set), since training over such a file
+ * would overwrite its history.
+ */
+static int usable(const struct mn_ckpt *c, const char *path, const struct mn_arch *want,
+                  uint64_t nperm)
+{
+	struct mn_model_state st;
+	char err[MN_ERRLEN], have_s[256], want_s[256];
+	struct mn_arch have;
+
+	if (mn_model_arch(c, &have, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_WARN, "skipping invalid checkpoint: %s", err);
+		return -1;
+	}
+	if (mn_model_is_frozen(c)) {
+		mn_log(MN_LOG_WARN,
+		       "skipping %s: a frozen model (mnistctl freeze) holds no training state",
+		       path);
+		return -1;
+	}
+	if (!mn_arch_equal(&have, want)) {
+		mn_arch_format(&have, have_s, sizeof(have_s));
+		mn_arch_format(want, want_s, sizeof(want_s));
+		mn_log(MN_LOG_ERROR,
+		       "%s has architecture %s but the configuration asks for %s; "
+		       "use another checkpoint.dir or restore the model settings",
+		       path, have_s, want_s);
+		return MN_EX_CONFIG;
+	}
+	/* The state on its own terms first: a broken one is the file's fault, not the config's. */
+	if (mn_model_read_state(c, false, 0, &st, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_WARN, "skipping unusable checkpoint: %s", err);
+		return -1;
+	}
+	mn_model_state_free(&st);
+	if ((st.have & MN_MODEL_HAVE_PERMUTATION) && st.nperm != nperm) {
+		mn_log(MN_LOG_ERROR,
+		       "%s: its epoch permutation has %" PRIu64 " entries but the training set "
+		       "has %" PRIu64 " images; did data.dir or data.validation_size change? Use "
+		       "another checkpoint.dir or restore those settings",
+		       path, st.nperm, nperm);
+		return MN_EX_CONFIG;
+	}
+	return MN_EX_OK;
+}
+
+/*
+ * Restores the newest checkpoint the trainer can continue from. Invalid and
+ * unusable files are skipped with a warning that names them and why; a
+ * configuration error (see usable()) ends the start. Returns an exit status.
  */
 static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t len)
 {
 	const struct mn_arch *want = mn_trainer_arch(t);
 	struct mn_ckptdir_entry *list = NULL;
+	struct mn_trainer_state ts;
 	size_t n = 0;
 	char err[MN_ERRLEN];
 	int rc;
 
 	latest[0] = '\0';
+	mn_trainer_state(t, &ts);
 	rc = mn_ckptdir_scan(d->app.cfg.checkpoint.dir, d->app.cfg.checkpoint.prefix, &list, &n,
 	                     err, sizeof(err));
 	if (rc < 0) {
@@ -331,9 +383,9 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 		return MN_EX_FAILURE;
 	}
 	for (size_t i = n; i-- > 0;) {
-		char path[4096], have_s[256], want_s[256];
+		char path[4096];
 		struct mn_ckpt *c = NULL;
-		struct mn_arch have;
+		int ex;
 
 		snprintf(path, sizeof(path), "%s/%s", d->app.cfg.checkpoint.dir, list[i].name);
 		rc =
@@ -341,31 +393,22 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 		                 MN_CKPT_REQUIRE_MNISTD |
 		                     (d->app.cfg.checkpoint.follow_symlinks ? 0 : MN_CKPT_NOFOLLOW),
 		                 &c, err, sizeof(err));
-		if (rc == 0)
-			rc = mn_model_arch(c, &have, err, sizeof(err));
 		if (rc < 0) {
 			mn_log(MN_LOG_WARN, "skipping invalid checkpoint: %s", err);
-			mn_ckpt_free(c);
 			continue;
 		}
-		if (!mn_arch_equal(&have, want)) {
-			mn_arch_format(&have, have_s, sizeof(have_s));
-			mn_arch_format(want, want_s, sizeof(want_s));
-			mn_log(MN_LOG_ERROR,
-			       "%s has architecture %s but the configuration asks for %s; "
-			       "use another checkpoint.dir or restore the model settings",
-			       path, have_s, want_s);
-			mn_ckpt_free(c);
-			free(list);
-			return MN_EX_CONFIG;
+		ex = usable(c, path, want, ts.nperm);
+		if (ex == MN_EX_OK && (rc = mn_model_restore(t, c, err, sizeof(err))) < 0) {
+			ex = rc == -ENOMEM ? MN_EX_FAILURE : -1;
+			mn_log(rc == -ENOMEM ? MN_LOG_ERROR : MN_LOG_WARN,
+			       "skipping unusable checkpoint: %s", err);
 		}
-		rc = mn_model_restore(t, c, err, sizeof(err));
 		mn_ckpt_free(c);
-		if (rc < 0) {
-			mn_log(MN_LOG_ERROR,
-			       "cannot resume from %s (did data or batch settings change?)", err);
+		if (ex < 0)
+			continue;
+		if (ex != MN_EX_OK) {
 			free(list);
-			return MN_EX_CONFIG;
+			return ex;
 		}
 		snprintf(latest, len, "%s", list[i].name);
 		mn_log_fields(MN_LOG_INFO, "resumed",

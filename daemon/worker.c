@@ -537,6 +537,20 @@ static void train_thread(void *arg)
 			                                      MN_F_DBL("loss", loss, 8),
 			                                      MN_F_DBL("learning_rate", lr, 8)},
 			              3);
+		/*
+		 * TensorFlow's NanTensorHook: a NaN or an infinity spreads to every
+		 * weight, so nothing after it is worth publishing. Stop without a
+		 * checkpoint and fail, so that an operator looks.
+		 */
+		if (!isfinite(loss) && w->cfg.train.stop_on_nan) {
+			mn_log_fields(
+			    MN_LOG_ERROR, "non-finite loss, stopping (train.stop_on_nan)",
+			    (struct mn_log_field[]){MN_F_INT("step", step),
+			                            MN_F_STR("loss", isnan(loss) ? "nan" : "inf")},
+			    2);
+			status = -ERANGE;
+			break;
+		}
 		int64_t now = mn_monotonic_ns();
 
 		pthread_mutex_lock(&w->lock);

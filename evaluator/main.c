@@ -121,6 +121,24 @@ static bool report(struct evaluator *e, const struct mne_pick_result *r)
 {
 	bool ok;
 
+	if (!isfinite(r->eval.loss)) {
+		/*
+		 * Said as such ("nan", not a number that looks like one, nor null), and
+		 * kept out of the metrics file, whose loss is a JSON number.
+		 */
+		mn_log_fields(MN_LOG_WARN, "evaluation with a non-finite loss",
+		              (struct mn_log_field[]){
+		                  MN_F_INT("step", r->step),
+		                  MN_F_DBL("accuracy", r->eval.accuracy, 4),
+		                  MN_F_STR("loss", isnan(r->eval.loss) ? "nan"
+		                                   : r->eval.loss > 0  ? "inf"
+		                                                       : "-inf"),
+		                  MN_F_STR("checkpoint", r->name),
+		                  MN_F_STR("metrics_file", "not written"),
+		              },
+		              5);
+		return true;
+	}
 	mn_log_fields(MN_LOG_INFO, "evaluation",
 	              (struct mn_log_field[]){
 	                  MN_F_INT("step", r->step),

@@ -4,9 +4,11 @@ files, FIFOs, device nodes, symlinks and sockets. See tests/RELIABILITY.md
 for the list of failure modes and the guarantee each test holds."""
 
 import json
+import math
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import unittest
@@ -15,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
 import test_control  # noqa: E402  (its Client only; its tests run in their own file)
 import test_evaluator  # noqa: E402  (restep, publish, encode_safetensors)
+import test_toolkit  # noqa: E402  (tensors_of, encode_safetensors)
 from mnlib import MNISTCTL, MNISTD, MNIST_EVAL, ckpt_steps, read_safetensors, wait_for  # noqa: E402
 
 FOREVER = 10 ** 9
@@ -518,6 +521,104 @@ class OneTrainerPerDirectory(HardeningCase):
         self.assertEqual(second.p.poll(), None)
         second.signal(signal.SIGTERM)
         self.assertEqual(second.wait(60), 0, second.output())
+
+
+def rewrite(src, dst, step, change=None):
+    """Writes checkpoint src as a consistent checkpoint of `step` at dst,
+    each tensor passed through change(name, raw) -> raw first."""
+    tensors, meta = test_toolkit.tensors_of(src)
+    out = []
+    for name, dtype, shape, raw in tensors:
+        if name == "global_step":
+            raw = struct.pack("<q", step)
+        if change:
+            raw = change(name, raw)
+        out.append((name, dtype, shape, raw))
+    meta["global_step"] = str(step)
+    with open(dst, "wb") as f:
+        f.write(test_toolkit.encode_safetensors(out, meta))
+    return dst
+
+
+def finite_floats(path):
+    header, data, _ = read_safetensors(path)
+    for name, t in header.items():
+        if name != "__metadata__" and t["dtype"] == "F32":
+            b, e = t["data_offsets"]
+            if not all(math.isfinite(v) for v in struct.unpack("<%df" % ((e - b) // 4), data[b:e])):
+                return False
+    return True
+
+
+class DegenerateState(HardeningCase):
+    """3 and 5. States training cannot continue from are invalid; the newest
+    usable checkpoint is resumed, the others skipped with a warning; a
+    non-finite loss stops the trainer without publishing it."""
+
+    def test_unusable_newest_checkpoints_are_skipped(self):
+        d = self.trained_dir()
+        good = os.path.join(d, ckpt_name(40))
+        nan = struct.pack("<f", float("nan"))
+        self.run_ok([MNISTCTL, "freeze", good, "-o", os.path.join(d, ckpt_name(1000))], 0)
+        rewrite(good, os.path.join(d, ckpt_name(2000)), 2000,
+                lambda n, raw: raw[4:8] + raw[4:] if n == "train/permutation" else raw)
+        rewrite(good, os.path.join(d, ckpt_name(3000)), 3000,
+                lambda n, raw: bytes(len(raw)) if n == "train/rng" else raw)
+        rewrite(good, os.path.join(d, ckpt_name(4000)), 4000,
+                lambda n, raw: nan + raw[4:] if n == "layer1/weights" else raw)
+        rewrite(good, os.path.join(d, ckpt_name(5000)), 5000,
+                lambda n, raw: struct.pack("<Q", 10 ** 9) if n == "train/perm_pos" else raw)
+        # Validation says so, offline too.
+        for step, why in ((2000, "permutation"), (3000, "train/rng is all zero"), (5000, "perm_pos")):
+            r = self.run_ok([MNISTCTL, "verify", os.path.join(d, ckpt_name(step))], 1)
+            self.assertIn(why, r.stdout + r.stderr)
+        path, _ = self.config("resume.json", train={"max_steps": 60})
+        p = self.start([MNISTD, "--config", path], "resume")
+        self.assertEqual(p.wait(120), 0, p.output())
+        out = p.output()
+        self.assertIn("resumed file=%s step=40" % ckpt_name(40), out)
+        for step, why in ((1000, "frozen model"), (2000, "permutation"), (3000, "all zero"),
+                          (4000, "non-finite"), (5000, "perm_pos")):
+            line = [x for x in out.splitlines() if ckpt_name(step) in x and "skipping" in x]
+            self.assertEqual(len(line), 1, (step, out))
+            self.assertIn(why, line[0])
+        self.assertNotIn("did data or batch", out)
+
+    def test_another_training_set_is_a_config_error(self):
+        self.trained_dir()
+        path, _ = self.config("resume.json", train={"max_steps": 60}, data={"validation_size": 300})
+        r = self.run_ok([MNISTD, "--config", path], 78, timeout=120)
+        self.assertIn("did data.dir or data.validation_size change", r.stdout + r.stderr)
+
+    def test_non_finite_loss_stops_without_publishing(self):
+        # Weight decay of 100 x 1 per step: the weights grow 99-fold a step and overflow.
+        blowup = {"learning_rate": 100, "l2": 1, "learning_rate_decay": 1, "max_steps": 100}
+        path, cfg = self.config(train=blowup, model={"init_stddev": 10, "hidden": [512, 512]},
+                                checkpoint={"every_steps": 1})
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        self.assertEqual(p.wait(120), 1, p.output())
+        self.assertRegex(p.output(), r"non-finite loss, stopping \(train.stop_on_nan\) step=\d+ loss=(nan|inf)")
+        d = cfg["checkpoint"]["dir"]
+        self.assertTrue(ckpt_steps(d))
+        for step in ckpt_steps(d):
+            self.assertTrue(finite_floats(os.path.join(d, ckpt_name(step))), step)
+        self.assertNotIn("stopping at step", p.output())
+        # Off, it trains on: the run ends, and the evaluator logs the loss as such
+        # while the metrics file keeps to the contract's types.
+        blowup["stop_on_nan"] = False
+        path, cfg = self.config("off.json", train=blowup, model={"init_stddev": 10, "hidden": [512, 512]},
+                                checkpoint={"dir": os.path.join(self.work, "off"), "every_steps": 1000})
+        p = self.start([MNISTD, "--config", path], "off")
+        self.assertEqual(p.wait(120), 0, p.output())
+        metrics = os.path.join(self.work, "metrics.jsonl")
+        ecfg = self.config("e.json", checkpoint={"dir": os.path.join(self.work, "off")},
+                           eval={"metrics_file": metrics})[0]
+        r = self.run_ok([MNIST_EVAL, "--config", ecfg, "--once"], 0)
+        self.assertRegex(r.stdout + r.stderr, r"non-finite loss step=100 accuracy=\d\.\d{4} loss=(nan|inf)")
+        if os.path.exists(metrics):
+            with open(metrics) as f:
+                for line in f:
+                    self.assertIsInstance(json.loads(line)["loss"], float)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class TrainerTest(mnlib.TestCase):
         index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
         self.assertEqual(index["latest"], "model.ckpt-130.safetensors")
         self.assertEqual(index["all"], ["model.ckpt-%d.safetensors" % s for s in (100, 120, 130)])
-        self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".mnistd.lock"], [])
 
         f = os.path.join(d, "model.ckpt-130.safetensors")
         header, data, n = read_safetensors(f)
@@ -197,7 +197,7 @@ class TrainerTest(mnlib.TestCase):
         for step in kept:
             header, data, _ = read_safetensors(os.path.join(d, "model.ckpt-%d.safetensors" % step))
             self.assertEqual(header["__metadata__"]["data_crc32"], "%08x" % zlib.crc32(data))
-        self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".mnistd.lock"], [])
         self.assertIsNone(p.p.poll(), "a failed checkpoint must not stop training")
         os.unlink(filler)
         newest = max(kept)
@@ -205,7 +205,7 @@ class TrainerTest(mnlib.TestCase):
         fill(filler)
         p.signal(signal.SIGTERM)
         self.assertNotEqual(p.wait(60), 0, "a final checkpoint that failed must show in the exit status")
-        self.assertEqual([n for n in os.listdir(d) if n.startswith(".")], [])
+        self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".mnistd.lock"], [])
         index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
         self.assertIn(index["latest"], os.listdir(d))
 

@@ -111,7 +111,7 @@ static const struct bad_case bad_cases[] = {
     {"{\"train\":{\"batchsize\":1}}",
      "test.json: train.batchsize: unknown key (train has: batch_size, learning_rate, "
      "learning_rate_decay, decay_steps, l2, ema_decay, max_steps, threads, metrics_file, "
-     "early_stopping)"},
+     "early_stopping, stop_on_nan)"},
     {"{\"eval\":{\"textfile\":\"/var/lib/node-exporter/eval.txt\"}}",
      "test.json: eval.textfile: must be \"\" or a path of at most 1023 bytes whose file name ends "
      "in \".prom\" and does not start with '.', got \"/var/lib/node-exporter/eval.txt\""},

@@ -15,6 +15,7 @@
 #include "train.h"
 #include "util.h"
 
+#include "log.h"
 #include "mn_test.h"
 
 #define N_EX   40
@@ -86,6 +87,7 @@ START_TEST(test_missing_and_empty_directory)
 	p = params();
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
 	ck_assert_int_eq(s.last_step, -1);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -113,6 +115,7 @@ START_TEST(test_burst_collapses_to_newest_and_never_twice)
 	publish_step(4);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
 	ck_assert_int_eq(r.step, 4);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -131,6 +134,7 @@ START_TEST(test_only_final_names_count)
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
 	ck_assert_int_eq(r.step, 2);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -155,6 +159,71 @@ START_TEST(test_bad_newest_falls_back_and_is_not_retried_until_replaced)
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
 	ck_assert_int_eq(r.step, 5);
 	ck_assert_uint_eq(s.nfailed, 0); /* failures at or below the last step are forgotten */
+	mne_pick_state_free(&s);
+}
+END_TEST
+
+/* Lines of the log file holding what. */
+static size_t count_lines(const char *path, const char *what)
+{
+	char line[4096];
+	size_t n = 0;
+	FILE *f = fopen(path, "r");
+
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, what) != NULL;
+	fclose(f);
+	return n;
+}
+
+/* Issue #15 point 8: however many bad files there are, each is read once. */
+START_TEST(test_every_bad_file_is_remembered)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	char log[PATH_MAX + 256];
+
+	snprintf(log, sizeof(log), "%s", tpath("pick.log"));
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	for (int64_t step = 10; step < 110; step++)
+		mn_test_write_file(tpath(name_of(step)), "truncated", 9);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(s.nfailed, 100);
+	for (size_t i = 1; i < s.nfailed; i++)
+		ck_assert_int_lt(s.failed[i - 1].step, s.failed[i].step);
+	/* A second look reads none of them again (32 used to be remembered). */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(count_lines(log, "invalid checkpoint"), 100);
+	/* Another size under the same name is another file: it is read again. */
+	mn_test_write_file(tpath(name_of(50)), "truncated again", 15);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(count_lines(log, "invalid checkpoint"), 101);
+	mn_log_close();
+	mne_pick_state_free(&s);
+}
+END_TEST
+
+/* Issue #15 point 8: a directory holding a fresh run (lower steps) is followed. */
+START_TEST(test_fresh_run_is_followed)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(6);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 6);
+	ck_assert_int_eq(unlink(tpath(name_of(6))), 0);
+	mn_trainer_free(trainer);
+	trainer = mn_test_toy_trainer(images, labels, N_EX, IN_DIM, OUT, &data);
+	publish_step(2);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 2);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -173,6 +242,7 @@ START_TEST(test_model_for_other_data_is_bad)
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
 	ck_assert_uint_eq(s.nfailed, 1);
 	ck_assert_int_eq(s.last_step, -1);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -186,12 +256,14 @@ START_TEST(test_raw_weights_when_asked)
 	mne_pick_state_init(&s);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &ema, err, sizeof(err)), 1);
 	p.use_ema = false;
+	mne_pick_state_free(&s);
 	mne_pick_state_init(&s);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &raw, err, sizeof(err)), 1);
 	ck_assert(ema.ema);
 	ck_assert(!raw.ema);
 	/* Three steps in, the shadows still differ from the weights. */
 	ck_assert(ema.eval.loss != raw.eval.loss);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -211,6 +283,7 @@ START_TEST(test_cancelled)
 	atomic_store(&cancel, false);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
 	ck_assert_int_eq(r.step, 1);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -226,6 +299,7 @@ START_TEST(test_fifo_is_never_opened)
 	mne_pick_state_init(&s);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
 	ck_assert_int_eq(r.step, 1);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -246,6 +320,7 @@ START_TEST(test_frozen_model_has_no_shadows)
 	ck_assert_int_eq(r.step, 6);
 	/* Asked for the EMA, a frozen model has one set of values, and says so. */
 	ck_assert(!r.ema);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -258,6 +333,7 @@ int main(void)
 	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
 	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
-	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows);
+	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,
+	            test_every_bad_file_is_remembered, test_fresh_run_is_followed);
 	return mn_test_run(s);
 }

@@ -123,6 +123,20 @@ START_TEST(test_rng_determinism)
 }
 END_TEST
 
+/* Issue #15 point 3: an all-zero state (which yields zeros forever) must not hang a draw. */
+START_TEST(test_rng_zero_state_terminates)
+{
+	struct mn_rng r = {{0, 0, 0, 0}};
+	uint32_t a[1000];
+
+	/* 2^64 mod 1000 != 0, so 0 is always below the rejection threshold. */
+	ck_assert_uint_lt(mn_rng_below(&r, 1000), 1000);
+	for (uint32_t i = 0; i < 1000; i++)
+		a[i] = i;
+	mn_rng_shuffle_u32(&r, a, 1000);
+}
+END_TEST
+
 START_TEST(test_rng_below)
 {
 	static const uint64_t ns[] = {
@@ -742,6 +756,6 @@ int main(void)
 	            test_rng_below, test_rng_shuffle, test_truncated_normal, test_params_init,
 	            test_trainer_learns, test_trainer_first_step_exact, test_trainer_determinism,
 	            test_trainer_resume, test_trainer_epochs, test_trainer_reject,
-	            test_trainer_shards, test_trainer_shard_reject);
+	            test_trainer_shards, test_trainer_shard_reject, test_rng_zero_state_terminates);
 	return mn_test_run(s);
 }
