@@ -232,6 +232,9 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 		return -EEXIST;
 	}
 	/*
+	 * Messages name the final file, not the temporary: its name changes at
+	 * every write, and a caller that logs a repeated failure once compares them.
+	 *
 	 * A crashed writer's temp is removed and ours created exclusively, so a
 	 * symlink or hard link planted under the temp name is replaced, never
 	 * written through (truncating whatever it points to). Should the unlink
@@ -241,29 +244,34 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
 	if (fd < 0) {
 		rc = -errno;
-		mn_errf(err, errlen, "%s: cannot create: %s", tmp, strerror(-rc));
+		mn_errf(err, errlen, "%s: cannot create its temporary file: %s", final,
+		        strerror(-rc));
 		return rc;
 	}
 	rc = mn_write_iov(fd, iov, iovcnt);
 	if (rc < 0) {
-		mn_errf(err, errlen, "%s: write failed: %s", tmp, strerror(-rc));
+		mn_errf(err, errlen, "%s: writing its temporary file failed: %s", final,
+		        strerror(-rc));
 		goto fail;
 	}
 	if (fsync(fd) < 0) {
 		rc = -errno;
-		mn_errf(err, errlen, "%s: fsync failed: %s", tmp, strerror(-rc));
+		mn_errf(err, errlen, "%s: fsync of its temporary file failed: %s", final,
+		        strerror(-rc));
 		goto fail;
 	}
 	if (close(fd) < 0) {
 		fd = -1;
 		rc = -errno;
-		mn_errf(err, errlen, "%s: close failed: %s", tmp, strerror(-rc));
+		mn_errf(err, errlen, "%s: closing its temporary file failed: %s", final,
+		        strerror(-rc));
 		goto fail;
 	}
 	fd = -1;
 	if (rename(tmp, final) < 0) {
 		rc = -errno;
-		mn_errf(err, errlen, "%s: rename to %s failed: %s", tmp, name, strerror(-rc));
+		mn_errf(err, errlen, "%s: renaming its temporary file into place failed: %s", final,
+		        strerror(-rc));
 		goto fail;
 	}
 	rc = mn_fsync_dir(dir);

@@ -87,8 +87,7 @@ START_TEST(write_atomic_failure_leaves_nothing)
 	mn_test_tmpdir(dir, sizeof(dir));
 	snprintf(missing, sizeof(missing), "%s/nope", dir);
 	ck_assert_int_eq(mn_write_atomic(missing, "f", &iov, 1, 0644, err, sizeof(err)), -ENOENT);
-	ck_assert_ptr_nonnull(strstr(err, "nope/.f."));
-	ck_assert_ptr_nonnull(strstr(err, ".tmp"));
+	ck_assert_ptr_nonnull(strstr(err, "nope/f: cannot create its temporary file"));
 	ck_assert_uint_eq(mn_test_count_entries(dir), 0);
 	mn_test_rmtree(dir);
 }
