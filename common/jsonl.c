@@ -22,13 +22,21 @@ struct mn_jsonl {
 
 static int open_fd(const char *path, int *fd, char *err, size_t errlen)
 {
+	char why[MN_ERRLEN];
+	size_t n = strlen(path);
+
 	/* Never blocks: a FIFO under the name is refused, not waited on for a reader. */
-	*fd = mn_open_append(path, 0640, err, errlen);
+	*fd = mn_open_append(path, 0640, why, sizeof(why));
 	if (*fd < 0) {
 		int rc = *fd;
 
 		*fd = -1;
-		mn_errprefix(err, errlen, "metrics file");
+		/* "<path>: <why>" from util, said as "<path>: cannot open metrics file: <why>". */
+		if (strncmp(why, path, n) == 0 && why[n] == ':')
+			memmove(why, why + n + 2, strlen(why + n + 2) + 1);
+		if (strncmp(why, "cannot open: ", 13) == 0)
+			memmove(why, why + 13, strlen(why + 13) + 1);
+		mn_errf(err, errlen, "%s: cannot open metrics file: %s", path, why);
 		return rc;
 	}
 	return 0;
