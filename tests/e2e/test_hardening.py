@@ -18,6 +18,7 @@ import mnlib  # noqa: E402
 import test_control  # noqa: E402  (its Client only; its tests run in their own file)
 import test_evaluator  # noqa: E402  (restep, publish, encode_safetensors)
 import test_toolkit  # noqa: E402  (tensors_of, encode_safetensors)
+import crashtest  # noqa: E402
 from mnlib import MNISTCTL, MNISTD, MNIST_EVAL, ckpt_steps, read_safetensors, wait_for  # noqa: E402
 
 FOREVER = 10 ** 9
@@ -619,6 +620,18 @@ class DegenerateState(HardeningCase):
             with open(metrics) as f:
                 for line in f:
                     self.assertIsInstance(json.loads(line)["loss"], float)
+
+
+class CrashTest(HardeningCase):
+    """12. SIGKILL at random moments while publishing every step: nothing
+    invalid is ever left, the lock never goes stale, and every restart
+    resumes from the newest checkpoint. 50 kills here; the long run is
+    `python3 tests/e2e/crashtest.py --kills 1000` (tests/RELIABILITY.md)."""
+
+    def test_sigkill_50_times(self):
+        summary = crashtest.run(50, self.work, seed=int(os.environ.get("MN_CRASH_SEED", "1")))
+        self.assertEqual(summary["kills"], 50)
+        self.assertGreater(summary["newest_step"], 0)
 
 
 if __name__ == "__main__":
