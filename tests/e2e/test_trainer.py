@@ -202,6 +202,14 @@ class TrainerTest(mnlib.TestCase):
         os.unlink(filler)
         newest = max(kept)
         mnlib.wait_for(lambda: max(ckpt_steps(d)) > newest, 60, "a checkpoint once there is room")
+        # No more periodic checkpoints, and a save (answered once durable)
+        # drains the writer: nothing can free room between the fill and the
+        # final checkpoint, which comes at a later step than that save.
+        cfg["checkpoint"]["every_steps"] = 10 ** 9
+        mnlib.write_config(path, cfg)
+        for cmd in ("reload", "save"):
+            r = self.run_prog([mnlib.MNISTCTL, "--socket", cfg["control"]["socket"], cmd])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         fill(filler)
         p.signal(signal.SIGTERM)
         self.assertNotEqual(p.wait(60), 0, "a final checkpoint that failed must show in the exit status")
