@@ -24,7 +24,7 @@
 #include "history.h"
 #include "idx.h"
 #include "log.h"
-#include "metrics.h"
+#include "textfile.h"
 #include "mlp.h"
 #include "mn_build_config.h"
 #include "model.h"
@@ -49,7 +49,7 @@ struct daemon {
 	struct mnd_control *control;
 	struct mnd_worker *worker;
 	struct mnd_dist *dist; /* NULL unless an MPI launcher started us */
-	struct mnd_metrics *metrics;
+	struct mnd_textfile *metrics;
 	struct mnd_history *history; /* train.metrics_file (rank 0), NULL when unset */
 	int64_t start_ns;            /* wall clock at start, for the metrics */
 	struct mnd_early *early;     /* train.early_stopping, NULL when off */
@@ -635,7 +635,7 @@ static int run(struct daemon *d)
 		start_notify(d);
 	/* Rank 0 alone speaks for the run, as it alone writes checkpoints and serves the socket. */
 	if (mnd_dist_rank(d->dist) == 0 &&
-	    mnd_metrics_start(&d->app.loop, d->worker, &d->app.cfg, d->start_ns, &d->metrics, err,
+	    mnd_textfile_start(&d->app.loop, d->worker, &d->app.cfg, d->start_ns, &d->metrics, err,
 	                      sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "metrics.textfile: %s", err);
 	/* Rank 0 alone follows the evaluator: a stop is any rank's, agreed at the next step. */
@@ -654,8 +654,8 @@ out:
 
 	d->worker = NULL;
 	/* The final state, with the exit checkpoint, and that the trainer no longer runs. */
-	mnd_metrics_write(d->metrics, false);
-	mnd_metrics_close(d->metrics);
+	mnd_textfile_write(d->metrics, false);
+	mnd_textfile_close(d->metrics);
 	d->metrics = NULL;
 	mnd_worker_close(w);
 	mnd_control_close(d->control);

@@ -1,5 +1,5 @@
-/* metrics.c - see metrics.h. */
-#include "metrics.h"
+/* textfile.c - see textfile.h. */
+#include "textfile.h"
 
 #include <errno.h>
 #include <math.h>
@@ -9,7 +9,7 @@
 #include "prom.h"
 #include "util.h"
 
-struct mnd_metrics {
+struct mnd_textfile {
 	uv_timer_t timer;
 	struct mnd_worker *worker;
 	struct mn_prom *prom;
@@ -23,7 +23,7 @@ static double seconds(int64_t ns)
 	return (double)ns / 1e9;
 }
 
-static void build(struct mnd_metrics *m, const struct mnd_worker_status *s, bool running)
+static void build(struct mnd_textfile *m, const struct mnd_worker_status *s, bool running)
 {
 	struct mn_prom *p = m->prom;
 
@@ -64,7 +64,7 @@ static void build(struct mnd_metrics *m, const struct mnd_worker_status *s, bool
 	              s->latest_ns > 0 ? seconds(s->latest_ns) : (double)NAN);
 }
 
-void mnd_metrics_write(struct mnd_metrics *m, bool running)
+void mnd_textfile_write(struct mnd_textfile *m, bool running)
 {
 	struct mnd_worker_status s;
 
@@ -77,13 +77,13 @@ void mnd_metrics_write(struct mnd_metrics *m, bool running)
 
 static void on_timer(uv_timer_t *h)
 {
-	mnd_metrics_write(h->data, true);
+	mnd_textfile_write(h->data, true);
 }
 
-int mnd_metrics_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
-                      int64_t start_ns, struct mnd_metrics **out, char *err, size_t errlen)
+int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
+                      int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen)
 {
-	struct mnd_metrics *m;
+	struct mnd_textfile *m;
 	uint64_t every = (uint64_t)cfg->metrics.interval_ms;
 
 	*out = NULL;
@@ -102,20 +102,20 @@ int mnd_metrics_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_con
 	uv_timer_init(loop, &m->timer);
 	m->timer.data = m;
 	uv_timer_start(&m->timer, on_timer, every, every);
-	mnd_metrics_write(m, true);
+	mnd_textfile_write(m, true);
 	*out = m;
 	return 0;
 }
 
 static void on_closed(uv_handle_t *h)
 {
-	struct mnd_metrics *m = h->data;
+	struct mnd_textfile *m = h->data;
 
 	mn_prom_free(m->prom);
 	free(m);
 }
 
-void mnd_metrics_close(struct mnd_metrics *m)
+void mnd_textfile_close(struct mnd_textfile *m)
 {
 	if (!m)
 		return;

@@ -1,5 +1,5 @@
 /*
- * metrics.h - the trainer's Prometheus textfile (metrics.textfile).
+ * textfile.h - the trainer's Prometheus textfile (metrics.textfile).
  *
  * A timer on the loop thread rewrites the file every metrics.interval_ms from
  * the worker's status snapshot, so the training thread never waits on it.
@@ -12,8 +12,8 @@
  * and again only when the error changes; training is never affected, and the
  * next success is logged too.
  */
-#ifndef MND_METRICS_H
-#define MND_METRICS_H
+#ifndef MND_TEXTFILE_H
+#define MND_TEXTFILE_H
 
 #include <stdbool.h>
 #include <uv.h>
@@ -21,7 +21,7 @@
 #include "config.h"
 #include "worker.h"
 
-struct mnd_metrics;
+struct mnd_textfile;
 
 /*
  * Writes the file at once and then every metrics.interval_ms, reading w's
@@ -29,19 +29,19 @@ struct mnd_metrics;
  * With metrics.textfile empty, sets *out to NULL and returns 0 (every other
  * function accepts NULL). cfg's metrics keys are copied.
  */
-int mnd_metrics_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
-                      int64_t start_ns, struct mnd_metrics **out, char *err, size_t errlen);
+int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
+                      int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen);
 
 /*
  * Writes the file now. With running false the file says the trainer has
  * stopped (mnistd_running 0), which is what it leaves behind on a clean exit.
  */
-void mnd_metrics_write(struct mnd_metrics *m, bool running);
+void mnd_textfile_write(struct mnd_textfile *m, bool running);
 
 /*
  * Stops the timer and frees m once the loop has closed it (run the loop
  * afterwards). Does not touch the worker, which may already be freed.
  */
-void mnd_metrics_close(struct mnd_metrics *m);
+void mnd_textfile_close(struct mnd_textfile *m);
 
 #endif
