@@ -636,7 +636,7 @@ static int run(struct daemon *d)
 	/* Rank 0 alone speaks for the run, as it alone writes checkpoints and serves the socket. */
 	if (mnd_dist_rank(d->dist) == 0 &&
 	    mnd_textfile_start(&d->app.loop, d->worker, &d->app.cfg, d->start_ns, &d->metrics, err,
-	                      sizeof(err)) < 0)
+	                       sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "metrics.textfile: %s", err);
 	/* Rank 0 alone follows the evaluator: a stop is any rank's, agreed at the next step. */
 	if (mnd_dist_rank(d->dist) == 0)

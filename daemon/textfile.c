@@ -81,7 +81,7 @@ static void on_timer(uv_timer_t *h)
 }
 
 int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
-                      int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen)
+                       int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen)
 {
 	struct mnd_textfile *m;
 	uint64_t every = (uint64_t)cfg->metrics.interval_ms;

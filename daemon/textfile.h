@@ -30,7 +30,7 @@ struct mnd_textfile;
  * function accepts NULL). cfg's metrics keys are copied.
  */
 int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
-                      int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen);
+                       int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen);
 
 /*
  * Writes the file now. With running false the file says the trainer has
