@@ -147,6 +147,16 @@ void mn_app_loop_close(struct mn_app *a)
 	if (!a->loop_ready)
 		return;
 	uv_walk(&a->loop, close_handle, NULL);
+	/*
+	 * Closing the last watcher of a signal gives it back its default action,
+	 * and a stop signal while the program tidies up would kill it (exit by
+	 * SIGTERM instead of its own status): the stop is under way already.
+	 */
+	if (a->signals_ready) {
+		signal(SIGTERM, SIG_IGN);
+		signal(SIGINT, SIG_IGN);
+		signal(SIGHUP, SIG_IGN);
+	}
 	/* A uv_stop() made outside the loop ends the first run before it starts. */
 	while (uv_run(&a->loop, UV_RUN_DEFAULT) != 0)
 		;
