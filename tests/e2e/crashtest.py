@@ -82,11 +82,6 @@ def check_dir(d):
     return (max(steps) if steps else -1), problems
 
 
-def read_text(path):
-    with open(path, errors="replace") as f:
-        return f.read()
-
-
 def run(kills, work, build_env=None, seed=1, log=None, max_delay=0.3):
     """Kills mnistd `kills` times in work; returns a summary dict. Raises
     AssertionError on the first broken invariant."""
@@ -104,11 +99,11 @@ def run(kills, work, build_env=None, seed=1, log=None, max_delay=0.3):
                                  env=build_env)
         try:
             # Killed at a random moment once it trains (publishing every step).
-            mnlib.wait_for(lambda: p.poll() is not None or " ready " in read_text(out),
+            mnlib.wait_for(lambda: p.poll() is not None or " ready " in mnlib.read_text(out),
                            120, "mnistd to start (kill %d)" % i)
             if p.poll() is not None:
                 raise AssertionError("mnistd exited with %s before kill %d:\n%s"
-                                     % (p.returncode, i, read_text(out)))
+                                     % (p.returncode, i, mnlib.read_text(out)))
             time.sleep(rng.uniform(0, max_delay * mnlib.SLOW))  # fault injection, not synchronisation
             p.send_signal(signal.SIGKILL)
             p.wait()
@@ -116,7 +111,7 @@ def run(kills, work, build_env=None, seed=1, log=None, max_delay=0.3):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        text = read_text(out)
+        text = mnlib.read_text(out)
         m = re.search(r"resumed file=\S+ step=(\d+)", text)
         if newest >= 0 and (not m or int(m.group(1)) != newest):
             raise AssertionError("kill %d: expected a resume from step %d:\n%s" % (i, newest, text))

@@ -199,11 +199,52 @@ class TestCase(unittest.TestCase):
         self.procs.append(p)
         return p
 
+    def small_fs(self, size="1m"):
+        """A small tmpfs of its own (root only), for a full disk; unmounted at cleanup."""
+        if os.geteuid() != 0:
+            self.skipTest("mounting a small tmpfs needs root")
+        mnt = tempfile.mkdtemp(prefix="mn-small-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mnt],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            os.rmdir(mnt)
+            self.skipTest("cannot mount a tmpfs here: " + r.stderr.strip())
+
+        def unmount():
+            subprocess.run(["umount", "-l", mnt])
+            os.rmdir(mnt)
+
+        self.addCleanup(unmount)
+        return mnt
+
     def run_prog(self, argv, timeout=60, env=None):
         e = dict(os.environ)
         if env:
             e.update(env)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout * SLOW, env=e)
+
+
+def fill(path):
+    """Writes path until its file system is full (a full disk for a test on a small tmpfs)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for chunk in (b"\0" * 4096, b"\0"):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def read_text(path):
+    """A text file's contents ("" if it does not exist yet); bad UTF-8 is replaced."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
 
 
 def read_jsonl(path):

@@ -19,6 +19,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
+from mnlib import read_text  # noqa: E402
 from mnlib import MNISTD, MNIST_EVAL, ckpt_steps, read_safetensors  # noqa: E402
 
 LINE = re.compile(r" info evaluation step=(\d+) accuracy=(\d\.\d{4}) loss=(\d+\.\d{4}) ema=(yes|no) "
@@ -71,14 +72,6 @@ def read_idx(path):
     ndim = blob[3]
     dims = struct.unpack(">%dI" % ndim, blob[4:4 + 4 * ndim])
     return dims, blob[4 + 4 * ndim:]
-
-
-def read_text(path):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
 
 
 metrics = mnlib.read_jsonl
@@ -537,52 +530,19 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertNotIn("info evaluation", ev.output())
         self.assertEqual(metrics(self.metrics_path), [])
 
-    def full_disk(self, size="64k"):
-        """A small tmpfs (root only) for ENOSPC; unmounted at cleanup."""
-        if os.geteuid() != 0:
-            self.skipTest("mounting a small tmpfs needs root")
-        mnt = tempfile.mkdtemp(prefix="mn-full-")
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", mnt],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            os.rmdir(mnt)
-            self.skipTest("cannot mount tmpfs here: " + r.stderr.strip())
-
-        def unmount():
-            subprocess.run(["umount", mnt])
-            os.rmdir(mnt)
-
-        self.addCleanup(unmount)
-        return mnt
-
-    @staticmethod
-    def fill(path):
-        """Writes zeros to path until the filesystem is full."""
-        with open(path, "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
-            try:
-                while True:
-                    f.write(b"\0")
-            except OSError:
-                pass
-
     def test_metrics_on_a_full_disk(self):
         # The metrics file ends 40 bytes short of a page; the disk is full. A
         # line is cut short there: it must not stay behind as half a line
         # that garbles the next, and evaluating must go on.
         src = self.real_checkpoints()
         blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
-        mnt = self.full_disk()
+        mnt = self.small_fs("64k")
         m = os.path.join(mnt, "metrics.jsonl")
         old = json.dumps({"step": 1, "note": "x" * 100}) + "\n"
         with open(m, "w") as f:
             f.write(old * ((4096 - 40) // len(old)))
         kept = read_text(m)
-        self.fill(os.path.join(mnt, "filler"))
+        mnlib.fill(os.path.join(mnt, "filler"))
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         publish(d, ckpt_name(10), blob(10))

@@ -144,7 +144,11 @@ class MpiTest(mnlib.TestCase):
         self.assertEqual(h["__metadata__"].get("world_size"), "1")
 
     def test_control_socket_and_sigterm_to_the_launcher(self):
-        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 50})
+        # The log goes to a file: what the ranks print after mpirun has
+        # forwarded SIGTERM and exited is lost with mpirun's I/O forwarding.
+        log = os.path.join(self.work, "job-file.log")
+        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 50},
+                                log={"file": log})
         sock = cfg["control"]["socket"]
         p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
         mnlib.wait_for(lambda: len(mnlib.ckpt_steps(self.ckpt_dir(cfg))) >= 1, 60, "a first checkpoint")
@@ -169,7 +173,9 @@ class MpiTest(mnlib.TestCase):
         mnlib.wait_for(lambda: mnlib.json.loads(ctl("status", "--json"))["step"] > s2["step"], 20, "training again")
         p.signal(signal.SIGTERM)
         p.wait(60)
-        out = p.output()
+        # The ranks outlive mpirun by up to its kill timeout.
+        mnlib.wait_for(lambda: "data-parallel summary" in mnlib.read_text(log), 30, "the ranks to finish")
+        out = mnlib.read_text(log)
         m = re.search(r"stopping at step (\d+)", out)
         self.assertTrue(m, out)
         final = int(m.group(1))

@@ -13,9 +13,9 @@ import unittest
 sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
 import test_evaluator as te  # noqa: E402
-from mnlib import MNISTCTL, MNISTD, ckpt_steps, read_json  # noqa: E402
+from mnlib import MNISTCTL, MNISTD, ckpt_steps, read_json, read_text  # noqa: E402
 from test_control import Client  # noqa: E402
-from test_evaluator import ckpt_name, metrics, publish, read_text, restep  # noqa: E402
+from test_evaluator import ckpt_name, metrics, publish, restep  # noqa: E402
 
 
 def ranked(lines):
@@ -29,8 +29,6 @@ class BestTest(mnlib.TestCase):
     start_eval = te.EvaluatorTest.start_eval
     wait_metric = te.EvaluatorTest.wait_metric
     real_checkpoints = te.EvaluatorTest.real_checkpoints
-    full_disk = te.EvaluatorTest.full_disk
-    fill = staticmethod(te.EvaluatorTest.fill)
 
     def setUp(self):
         super().setUp()
@@ -195,7 +193,7 @@ class BestTest(mnlib.TestCase):
 
     def test_best_dir_on_another_filesystem_and_a_full_disk(self):
         self.sources()
-        mnt = self.full_disk("6m")
+        mnt = self.small_fs("6m")
         best = os.path.join(mnt, "best")
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
@@ -211,7 +209,7 @@ class BestTest(mnlib.TestCase):
             self.assertEqual(kept_bytes, g.read())
         best_text = read_text(os.path.join(best, "best.json"))
         # The disk fills up: a better checkpoint cannot be kept, the previous best stays intact.
-        self.fill(os.path.join(mnt, "filler"))
+        mnlib.fill(os.path.join(mnt, "filler"))
         better = self.offer(80, 200, d)
         self.assertGreater(better["accuracy"], mid["accuracy"])
         self.assertRegex(ev.output(), r"error keeping %s in eval.best_dir" % re.escape(ckpt_name(200)))
