@@ -130,14 +130,184 @@ static bool plain_name(const char *s)
 	return s && *s && s[0] != '.' && !strchr(s, '/');
 }
 
-static int write_index(const char *dir, const char *latest, const struct mn_ckptdir_entry *ents,
-                       const bool *keep, size_t n, char *err, size_t errlen)
+/*
+ * checkpoint.json lists at most this many files (the newest kept ones, and
+ * latest): an index that grew with every checkpoint of a keep-all run would
+ * make each publish slower than the last and outgrow INDEX_MAX_BYTES.
+ */
+#define INDEX_MAX_FILES MN_CKPTDIR_INDEX_MAX
+
+struct mn_ckptdir_versions {
+	char dir[PATH_MAX];
+	char prefix[MN_CKPT_MAX_NAME];
+	/* Steps of the checkpoint files, ascending, in steps[head .. head + n). */
+	int64_t *steps;
+	size_t head, n, cap;
+	int64_t latest; /* the step checkpoint.json names, -1 before the first publish */
+	/*
+	 * Keep-all forgets all but the newest files (they are never deleted);
+	 * set once it has, so that a later max_to_keep looks at the directory again.
+	 */
+	bool forgot_old;
+};
+
+static int versions_scan(struct mn_ckptdir_versions *v, char *err, size_t errlen)
 {
-	cJSON *root = cJSON_CreateObject(), *all = cJSON_CreateArray();
-	struct iovec iov[2];
-	char *s = NULL;
+	struct mn_ckptdir_entry *ents = NULL;
+	size_t n = 0;
+	int rc = mn_ckptdir_scan(v->dir, v->prefix, &ents, &n, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	if (n > v->cap) {
+		int64_t *grown = realloc(v->steps, n * sizeof(*grown));
+
+		if (!grown) {
+			free(ents);
+			mn_errf(err, errlen, "%s: out of memory", v->dir);
+			return -ENOMEM;
+		}
+		v->steps = grown;
+		v->cap = n;
+	}
+	for (size_t i = 0; i < n; i++)
+		v->steps[i] = ents[i].step;
+	v->head = 0;
+	v->n = n;
+	v->forgot_old = false;
+	free(ents);
+	return 0;
+}
+
+int mn_ckptdir_versions_open(const char *dir, const char *prefix, int64_t latest,
+                             struct mn_ckptdir_versions **out, char *err, size_t errlen)
+{
+	struct mn_ckptdir_versions *v;
 	int rc;
 
+	*out = NULL;
+	if (!dir || !prefix || strlen(dir) >= sizeof(v->dir) ||
+	    strlen(prefix) >= sizeof(v->prefix)) {
+		mn_errf(err, errlen, "mn_ckptdir_versions_open: invalid arguments");
+		return -EINVAL;
+	}
+	v = calloc(1, sizeof(*v));
+	if (!v) {
+		mn_errf(err, errlen, "%s: out of memory", dir);
+		return -ENOMEM;
+	}
+	snprintf(v->dir, sizeof(v->dir), "%s", dir);
+	snprintf(v->prefix, sizeof(v->prefix), "%s", prefix);
+	v->latest = latest < 0 ? -1 : latest;
+	rc = versions_scan(v, err, errlen);
+	if (rc < 0) {
+		mn_ckptdir_versions_free(v);
+		return rc;
+	}
+	*out = v;
+	return 0;
+}
+
+void mn_ckptdir_versions_free(struct mn_ckptdir_versions *v)
+{
+	if (!v)
+		return;
+	free(v->steps);
+	free(v);
+}
+
+const char *mn_ckptdir_versions_dir(const struct mn_ckptdir_versions *v)
+{
+	return v->dir;
+}
+
+const char *mn_ckptdir_versions_prefix(const struct mn_ckptdir_versions *v)
+{
+	return v->prefix;
+}
+
+size_t mn_ckptdir_versions_count(const struct mn_ckptdir_versions *v)
+{
+	return v->n;
+}
+
+/* Records step in order; usually the newest, so an append. */
+static int versions_insert(struct mn_ckptdir_versions *v, int64_t step)
+{
+	int64_t *s;
+	size_t lo = 0, hi = v->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (v->steps[v->head + mid] < step)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < v->n && v->steps[v->head + lo] == step)
+		return 0;
+	if (v->head + v->n == v->cap) {
+		/* Slide down what retention left at the front, or grow. */
+		if (v->head >= v->cap / 2 && v->head > 0) {
+			memmove(v->steps, v->steps + v->head, v->n * sizeof(*v->steps));
+			v->head = 0;
+		} else {
+			size_t cap = v->cap ? v->cap * 2 : 16;
+			int64_t *grown = realloc(v->steps, cap * sizeof(*grown));
+
+			if (!grown)
+				return -ENOMEM;
+			v->steps = grown;
+			v->cap = cap;
+		}
+	}
+	s = v->steps + v->head;
+	memmove(s + lo + 1, s + lo, (v->n - lo) * sizeof(*s));
+	s[lo] = step;
+	v->n++;
+	return 0;
+}
+
+/*
+ * Takes the oldest step that is neither keep_a nor keep_b off the list:
+ * sorted, so it is one of the first three. Returns -1 if there is none.
+ */
+static int64_t versions_pop_oldest(struct mn_ckptdir_versions *v, int64_t keep_a, int64_t keep_b)
+{
+	int64_t *s = v->steps + v->head, victim;
+	size_t i = 0;
+
+	while (i < v->n && (s[i] == keep_a || s[i] == keep_b))
+		i++;
+	if (i == v->n)
+		return -1;
+	victim = s[i];
+	/* What it skipped moves up one place, so the front is what goes. */
+	memmove(s + 1, s, i * sizeof(*s));
+	v->head++;
+	v->n--;
+	return victim;
+}
+
+/* checkpoint.json naming latest_step as latest, and the newest files of the list. */
+static int write_index(const struct mn_ckptdir_versions *v, int64_t latest_step, char *err,
+                       size_t errlen)
+{
+	cJSON *root = cJSON_CreateObject(), *all = cJSON_CreateArray();
+	const int64_t *s = v->steps + v->head;
+	size_t first = v->n > INDEX_MAX_FILES ? v->n - INDEX_MAX_FILES : 0;
+	char latest[MN_CKPT_MAX_NAME], name[MN_CKPT_MAX_NAME];
+	struct iovec iov[2];
+	char *text = NULL;
+	int rc;
+
+	if (mn_ckptdir_filename(v->prefix, latest_step, latest, sizeof(latest)) < 0) {
+		mn_errf(err, errlen, "%s: checkpoint name too long", v->dir);
+		cJSON_Delete(root);
+		cJSON_Delete(all);
+		return -ENAMETOOLONG;
+	}
 	if (!root || !all || !mn_json_add(root, "latest", cJSON_CreateString(latest))) {
 		cJSON_Delete(all);
 		goto nomem;
@@ -145,103 +315,173 @@ static int write_index(const char *dir, const char *latest, const struct mn_ckpt
 	/* add_item frees all if it fails, so from here root owns it either way. */
 	if (!mn_json_add(root, "all", all))
 		goto nomem;
-	for (size_t i = 0; i < n; i++) {
+	/* latest is in "all" even when it is older than the newest others. */
+	if (first > 0 && latest_step < s[first] &&
+	    !cJSON_AddItemToArray(all, cJSON_CreateString(latest)))
+		goto nomem;
+	for (size_t i = first; i < v->n; i++) {
 		cJSON *f;
 
-		if (!keep[i])
-			continue;
-		f = cJSON_CreateString(ents[i].name);
+		mn_ckptdir_filename(v->prefix, s[i], name, sizeof(name));
+		f = cJSON_CreateString(name);
 		if (!f || !cJSON_AddItemToArray(all, f)) {
 			cJSON_Delete(f);
 			goto nomem;
 		}
 	}
-	s = cJSON_PrintUnformatted(root);
-	if (!s)
+	text = cJSON_PrintUnformatted(root);
+	if (!text)
 		goto nomem;
-	iov[0].iov_base = s;
-	iov[0].iov_len = strlen(s);
+	iov[0].iov_base = text;
+	iov[0].iov_len = strlen(text);
 	iov[1].iov_base = "\n";
 	iov[1].iov_len = 1;
-	rc = mn_write_atomic(dir, MN_CKPTDIR_INDEX, iov, 2, 0644, err, errlen);
-	free(s);
+	rc = mn_write_atomic(v->dir, MN_CKPTDIR_INDEX, iov, 2, 0644, err, errlen);
+	free(text);
 	cJSON_Delete(root);
 	return rc;
 nomem:
 	cJSON_Delete(root);
-	mn_errf(err, errlen, "%s/%s: out of memory", dir, MN_CKPTDIR_INDEX);
+	mn_errf(err, errlen, "%s/%s: out of memory", v->dir, MN_CKPTDIR_INDEX);
 	return -ENOMEM;
+}
+
+/* Deletes the checkpoint file of step; one that is already gone is not an error. */
+static int remove_step(const struct mn_ckptdir_versions *v, int64_t step, char *name, size_t len,
+                       char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	int w;
+
+	if (mn_ckptdir_filename(v->prefix, step, name, len) < 0)
+		return -ENAMETOOLONG;
+	w = snprintf(path, sizeof(path), "%s/%s", v->dir, name);
+	if (w < 0 || (size_t)w >= sizeof(path))
+		return -ENAMETOOLONG;
+	if (unlink(path) < 0 && errno != ENOENT) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot remove: %s", path, strerror(-rc));
+		return rc;
+	}
+	return 0;
+}
+
+int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, size_t max_to_keep,
+                                char *err, size_t errlen)
+{
+	char name[MN_CKPT_MAX_NAME], path[PATH_MAX];
+	struct stat st;
+	int rc, first = 0, w;
+
+	if (mn_ckptdir_filename(v->prefix, step, name, sizeof(name)) < 0) {
+		mn_errf(err, errlen, "%s: checkpoint name too long", v->dir);
+		return -ENAMETOOLONG;
+	}
+	/* An index must never point at a file that is not there. */
+	w = snprintf(path, sizeof(path), "%s/%s", v->dir, name);
+	if (w < 0 || (size_t)w >= sizeof(path) || lstat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
+		mn_errf(err, errlen, "%s: not found among the checkpoints of %s", path, v->dir);
+		return -ENOENT;
+	}
+	/* Files a keep-all run forgot are retention's again once it keeps fewer. */
+	if (v->forgot_old && max_to_keep != 0) {
+		rc = versions_scan(v, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	if (versions_insert(v, step) < 0) {
+		mn_errf(err, errlen, "%s: out of memory", v->dir);
+		return -ENOMEM;
+	}
+	/*
+	 * Keep latest plus the newest others up to max_to_keep in total: latest
+	 * is normally the newest, but after resuming from an older file it is
+	 * not, and it must survive anyway. Taken off the list first, so that
+	 * the index stops listing them before they go and readers never follow
+	 * it to a gap.
+	 */
+	size_t drop = max_to_keep != 0 && v->n > max_to_keep ? v->n - max_to_keep : 0;
+	int64_t *gone = NULL;
+
+	if (drop > 0 && !(gone = malloc(drop * sizeof(*gone)))) {
+		mn_errf(err, errlen, "%s: out of memory", v->dir);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < drop; i++)
+		gone[i] = versions_pop_oldest(v, step, step);
+	rc = write_index(v, step, err, errlen);
+	if (rc < 0) {
+		/* Still on disk, so still retention's: listed again (room was just made). */
+		for (size_t i = 0; i < drop; i++)
+			(void)versions_insert(v, gone[i]);
+		free(gone);
+		return rc;
+	}
+	v->latest = step;
+	/* Keep-all deletes nothing, so only the files the index lists are worth remembering. */
+	if (max_to_keep == 0 && v->n > 2 * INDEX_MAX_FILES) {
+		while (v->n > INDEX_MAX_FILES)
+			versions_pop_oldest(v, step, step);
+		v->forgot_old = true;
+	}
+	for (size_t i = 0; i < drop; i++) {
+		char gname[MN_CKPT_MAX_NAME], gerr[MN_ERRLEN];
+		int r = remove_step(v, gone[i], gname, sizeof(gname), gerr, sizeof(gerr));
+
+		if (r < 0 && first == 0) {
+			first = r;
+			mn_errf(err, errlen, "%s", gerr);
+		}
+	}
+	free(gone);
+	return first;
+}
+
+int mn_ckptdir_versions_free_oldest(struct mn_ckptdir_versions *v, int64_t keep, char *name,
+                                    size_t len, char *err, size_t errlen)
+{
+	int64_t victim;
+	int rc;
+
+	if (v->forgot_old) {
+		rc = versions_scan(v, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	victim = versions_pop_oldest(v, v->latest, keep);
+	if (victim < 0)
+		return 0;
+	/*
+	 * The index is rewritten first when it can be; on a full disk it may
+	 * not, and readers tolerate a listed file that vanished.
+	 */
+	if (v->latest >= 0) {
+		char ierr[MN_ERRLEN];
+
+		(void)write_index(v, v->latest, ierr, sizeof(ierr));
+	}
+	rc = remove_step(v, victim, name, len, err, errlen);
+	return rc < 0 ? rc : 1;
 }
 
 int mn_ckptdir_publish_index(const char *dir, const char *prefix, const char *latest,
                              size_t max_to_keep, char *err, size_t errlen)
 {
-	struct mn_ckptdir_entry *ents = NULL;
-	bool *keep = NULL;
-	size_t n = 0, li = SIZE_MAX, kept = 0;
-	int rc, first = 0;
+	struct mn_ckptdir_versions *v;
+	int64_t step;
+	int rc;
 
-	if (!plain_name(latest)) {
-		mn_errf(err, errlen, "%s: latest \"%s\" is not a plain file name",
+	if (!plain_name(latest) || !mn_ckptdir_filename_parse(prefix, latest, &step)) {
+		mn_errf(err, errlen, "%s: latest \"%s\" is not a plain checkpoint file name",
 		        dir ? dir : "(null)", latest ? latest : "(null)");
 		return -EINVAL;
 	}
-	rc = mn_ckptdir_scan(dir, prefix, &ents, &n, err, errlen);
+	rc = mn_ckptdir_versions_open(dir, prefix, -1, &v, err, errlen);
 	if (rc < 0)
 		return rc;
-	for (size_t i = 0; i < n; i++)
-		if (strcmp(ents[i].name, latest) == 0)
-			li = i;
-	/* An index must never point at a file that is not there. */
-	if (li == SIZE_MAX) {
-		mn_errf(err, errlen, "%s/%s: not found among the checkpoints of %s", dir, latest,
-		        dir);
-		rc = -ENOENT;
-		goto out;
-	}
-	keep = calloc(n + 1, sizeof(*keep));
-	if (!keep) {
-		mn_errf(err, errlen, "%s: out of memory", dir);
-		rc = -ENOMEM;
-		goto out;
-	}
-	/*
-	 * Keep latest plus the newest others up to max_to_keep in total: latest
-	 * is normally the newest, but after resuming from an older file it is
-	 * not, and it must survive anyway.
-	 */
-	keep[li] = true;
-	kept = 1;
-	for (size_t i = n; i-- > 0;) {
-		if (i == li)
-			continue;
-		if (max_to_keep != 0 && kept >= max_to_keep)
-			break;
-		keep[i] = true;
-		kept++;
-	}
-	rc = write_index(dir, latest, ents, keep, n, err, errlen);
-	if (rc < 0)
-		goto out;
-	/* Only after the index stops listing them, so readers never follow it to a gap. */
-	for (size_t i = 0; i < n; i++) {
-		char path[PATH_MAX];
-		int w;
-
-		if (keep[i])
-			continue;
-		w = snprintf(path, sizeof(path), "%s/%s", dir, ents[i].name);
-		if (w < 0 || (size_t)w >= sizeof(path))
-			continue;
-		if (unlink(path) < 0 && errno != ENOENT && first == 0) {
-			first = -errno;
-			mn_errf(err, errlen, "%s: cannot remove: %s", path, strerror(-first));
-		}
-	}
-	rc = first;
-out:
-	free(keep);
-	free(ents);
+	rc = mn_ckptdir_versions_publish(v, step, max_to_keep, err, errlen);
+	mn_ckptdir_versions_free(v);
 	return rc;
 }
 
@@ -388,4 +628,32 @@ int mn_ckptdir_lock(const char *dir, char *err, size_t errlen)
 		return rc;
 	}
 	return fd;
+}
+
+int mn_ckptdir_check_writable(const char *dir, char *err, size_t errlen)
+{
+	char path[PATH_MAX];
+	int fd, rc, w;
+
+	/* A ".tmp" dot-file: readers ignore it, and a crash leaves it to the stale-temp sweep. */
+	w = snprintf(path, sizeof(path), "%s/.mnistd-probe-%ld.tmp", dir, (long)getpid());
+	if (w < 0 || (size_t)w >= sizeof(path)) {
+		mn_errf(err, errlen, "%s: path too long", dir);
+		return -ENAMETOOLONG;
+	}
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0600);
+	if (fd < 0) {
+		rc = -errno;
+		mn_errf(err, errlen,
+		        "%s is not writable (%s): no checkpoint could be published there", dir,
+		        strerror(-rc));
+		return rc;
+	}
+	close(fd);
+	if (unlink(path) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot remove %s: %s", dir, path, strerror(-rc));
+		return rc;
+	}
+	return 0;
 }

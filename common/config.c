@@ -147,6 +147,7 @@ static const struct key keys[] = {
     INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),
     INT("checkpoint.max_to_keep", checkpoint.max_to_keep, 0, 1000000, 5, KF_RELOAD),
     BOOL("checkpoint.write_all", checkpoint.write_all, false, KF_RELOAD),
+    INT("checkpoint.max_failures", checkpoint.max_failures, 0, P53, 10, KF_RELOAD),
     BOOL("checkpoint.follow_symlinks", checkpoint.follow_symlinks, false, 0),
     {
         .path = "checkpoint.init_from",

@@ -348,17 +348,24 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
                   const char *config_json, int world_size, char *name, size_t len, char *err,
                   size_t errlen)
 {
+	struct mn_ckptdir_versions *v;
 	struct mn_trainer_state s;
+	int rc = mn_ckptdir_versions_open(dir, prefix, -1, &v, err, errlen);
 
+	if (rc < 0)
+		return rc;
 	mn_trainer_state(t, &s);
-	return mn_model_save_state(mn_trainer_arch(t), &s, dir, prefix, max_to_keep, config_json,
-	                           world_size, name, len, err, errlen);
+	rc = mn_model_save_state(mn_trainer_arch(t), &s, v, max_to_keep, config_json, world_size,
+	                         name, len, err, errlen);
+	mn_ckptdir_versions_free(v);
+	return rc;
 }
 
-int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *sp, const char *dir,
-                        const char *prefix, size_t max_to_keep, const char *config_json,
+int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *sp,
+                        struct mn_ckptdir_versions *v, size_t max_to_keep, const char *config_json,
                         int world_size, char *name, size_t len, char *err, size_t errlen)
 {
+	const char *dir = mn_ckptdir_versions_dir(v), *prefix = mn_ckptdir_versions_prefix(v);
 	struct mn_trainer_state s = *sp;
 	size_t layers = mn_arch_layers(a), nt = 0;
 	size_t cap = layers * TENSORS_PER_LAYER + 5;
@@ -416,7 +423,7 @@ int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *
 	                   errlen);
 	if (rc < 0)
 		goto out;
-	rc = mn_ckptdir_publish_index(dir, prefix, name, max_to_keep, err, errlen);
+	rc = mn_ckptdir_versions_publish(v, *s.global_step, max_to_keep, err, errlen);
 out:
 	free(tensors);
 	free(names);

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "ckpt.h"
+#include "ckptdir.h"
 #include "config.h"
 #include "mlp.h"
 #include "train.h"
@@ -121,9 +122,12 @@ int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, siz
                   const char *config_json, int world_size, char *name, size_t len, char *err,
                   size_t errlen);
 
-/* The same for a training state s of architecture a (a snapshot's, for instance). */
-int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *s, const char *dir,
-                        const char *prefix, size_t max_to_keep, const char *config_json,
+/*
+ * The same for a training state s of architecture a (a snapshot's, for
+ * instance), into the directory whose versions v tracks (its one writer's).
+ */
+int mn_model_save_state(const struct mn_arch *a, const struct mn_trainer_state *s,
+                        struct mn_ckptdir_versions *v, size_t max_to_keep, const char *config_json,
                         int world_size, char *name, size_t len, char *err, size_t errlen);
 
 /*

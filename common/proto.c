@@ -237,6 +237,13 @@ cJSON *mn_proto_status(const struct mn_proto_status *s)
 		else
 			ok = cJSON_AddNullToObject(o, "latest_checkpoint");
 	}
+	ok = ok && mn_json_add(o, "checkpoint_failures", mn_json_int(s->checkpoint_failures));
+	if (ok) {
+		if (s->checkpoint_failures > 0 && s->checkpoint_error && s->checkpoint_error[0])
+			ok = cJSON_AddStringToObject(o, "checkpoint_error", s->checkpoint_error);
+		else
+			ok = cJSON_AddNullToObject(o, "checkpoint_error");
+	}
 	if (ok && s->early_stopping)
 		ok = mn_json_add(o, "best_accuracy", mn_json_double(s->best_accuracy, -1)) &&
 		     mn_json_add(o, "best_step",

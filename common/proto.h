@@ -97,6 +97,9 @@ struct mn_proto_status {
 	bool paused;
 	bool stopping;
 	const char *latest_checkpoint; /* NULL or "": none yet */
+	int64_t checkpoint_failures;   /* failed in a row (0: the last one succeeded) */
+	const char
+	    *checkpoint_error; /* the last failure's message while failing, else NULL or "" */
 	/* train.early_stopping is on: best_accuracy, best_step and evals_since_best are sent. */
 	bool early_stopping;
 	double best_accuracy;     /* NAN before the first counted evaluation (sent as null) */

@@ -265,6 +265,8 @@ static void do_status(struct client *cl)
 	    .paused = ws.paused,
 	    .stopping = srv->stopping || ws.finished,
 	    .latest_checkpoint = ws.latest,
+	    .checkpoint_failures = ws.ckpt_failing,
+	    .checkpoint_error = ws.ckpt_error,
 	};
 	if (srv->early) {
 		struct mnd_early_status es;

@@ -95,7 +95,14 @@ static void notify(struct daemon *d, const char *fmt, ...)
 
 static void notify_status(struct daemon *d, const struct mnd_worker_status *s)
 {
-	if (d->stopping)
+	/* First, since `systemctl status` shows one line: training that cannot be kept. */
+	if (s->ckpt_failing > 0 && !d->stopping)
+		notify(d,
+		       "STATUS=checkpoints failing: %" PRId64 " in a row (last good: %s): %s; "
+		       "step %" PRId64 "/%" PRId64,
+		       s->ckpt_failing, s->latest[0] ? s->latest : "none", s->ckpt_error, s->step,
+		       s->max_steps);
+	else if (d->stopping)
 		notify(d, "STATUS=stopping at step %" PRId64, s->step);
 	else if (s->paused)
 		notify(d, "STATUS=paused at step %" PRId64 "/%" PRId64, s->step, s->max_steps);
@@ -449,6 +456,11 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 		return rc == 0 ? MN_EX_OK : rc == -ENOMEM ? MN_EX_FAILURE : MN_EX_CONFIG;
 	}
 	rc = mn_mkdir_p(cfg->checkpoint.dir, 0755, err, sizeof(err));
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
+		return MN_EX_FAILURE;
+	}
+	rc = mn_ckptdir_check_writable(cfg->checkpoint.dir, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
 		return MN_EX_FAILURE;

@@ -53,6 +53,9 @@ static void build(struct mnd_textfile *m, const struct mnd_worker_status *s, boo
 	                "Checkpoints published by this process.", (double)s->ckpt_published);
 	mn_prom_counter(p, "mnistd_checkpoint_failures_total",
 	                "Checkpoint writes that failed in this process.", (double)s->ckpt_failed);
+	mn_prom_gauge(p, "mnistd_checkpoint_consecutive_failures",
+	              "Checkpoint writes that failed in a row (0: the last one succeeded).",
+	              (double)s->ckpt_failing);
 	mn_prom_histogram(p, "mnistd_checkpoint_write_duration_seconds",
 	                  "Time to write, sync and publish one checkpoint.", &s->ckpt_write);
 	mn_prom_gauge(p, "mnistd_last_checkpoint_step",

@@ -88,21 +88,44 @@ static void hparams_from(const struct mnd_worker *w, struct mn_hparams *h)
 /* Checkpoint writes seen from a scrape: a fast disk takes milliseconds, a slow one seconds. */
 static const double write_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 
-/* Counts a checkpoint write (rc 0: name was published at step) for status and metrics. */
-static void note_write(struct mnd_worker *w, int rc, int64_t step, const char *name,
-                       int64_t took_ns)
+/* Counts a checkpoint write for status and metrics. */
+static void note_write(struct mnd_worker *w, const struct mnd_writer_result *r)
 {
 	pthread_mutex_lock(&w->lock);
-	if (rc < 0) {
+	w->status.ckpt_failing = r->consecutive_failures;
+	if (r->status < 0) {
 		w->status.ckpt_failed++;
+		snprintf(w->status.ckpt_error, sizeof(w->status.ckpt_error), "%s", r->error);
 	} else {
 		w->status.ckpt_published++;
-		snprintf(w->status.latest, sizeof(w->status.latest), "%s", name);
-		w->status.latest_step = step;
+		w->status.ckpt_error[0] = '\0';
+		snprintf(w->status.latest, sizeof(w->status.latest), "%s", r->name);
+		w->status.latest_step = r->step;
 		w->status.latest_ns = mn_realtime_ns();
 	}
-	mn_prom_hist_observe(&w->status.ckpt_write, (double)took_ns / 1e9);
+	mn_prom_hist_observe(&w->status.ckpt_write, (double)r->write_ns / 1e9);
 	pthread_mutex_unlock(&w->lock);
+}
+
+/*
+ * Whether checkpoint.max_failures checkpoints failed in a row: a directory
+ * that cannot take checkpoints any more makes training pointless, and
+ * stopping (non-zero) brings an operator where a warning would not.
+ */
+static bool checkpoints_given_up(struct mnd_worker *w)
+{
+	int64_t failing, max = w->cfg.checkpoint.max_failures;
+
+	pthread_mutex_lock(&w->lock);
+	failing = w->status.ckpt_failing;
+	pthread_mutex_unlock(&w->lock);
+	if (max == 0 || failing < max)
+		return false;
+	mn_log_fields(MN_LOG_ERROR, "stopping: checkpoints keep failing (checkpoint.max_failures)",
+	              (struct mn_log_field[]){MN_F_INT("step", mn_trainer_global_step(w->trainer)),
+	                                      MN_F_INT("consecutive_failures", failing)},
+	              2);
+	return true;
 }
 
 /*
@@ -148,6 +171,7 @@ static int64_t checkpoint_async(struct mnd_worker *w)
 	char path[PATH_MAX];
 
 	pthread_mutex_lock(&w->lock);
+	where.newest_good = w->last_saved_step;
 	durable = step == w->last_saved_step;
 	snprintf(path, sizeof(path), "%s/%s", w->cfg.checkpoint.dir, w->status.latest);
 	pending = step == w->submitted_step && (uint64_t)w->submitted_seq > w->written_seq;
@@ -304,7 +328,7 @@ static void on_written(void *arg, const struct mnd_writer_result *res)
 	struct mnd_worker *w = arg;
 	struct req **pp;
 
-	note_write(w, res->status, res->step, res->name, res->write_ns);
+	note_write(w, res);
 	pthread_mutex_lock(&w->lock);
 	w->written_seq = res->seq;
 	w->written_status = res->status;
@@ -471,10 +495,12 @@ static void train_thread(void *arg)
 	w->rate_step0 = mn_trainer_global_step(w->trainer);
 	for (;;) {
 		struct mail m;
-		bool dist_save = false;
+		bool dist_save = false, gave_up = false;
 
 		if (!take_mail(w, &m))
 			continue;
+		if (!m.stop && checkpoints_given_up(w))
+			m.stop = gave_up = true;
 		if (w->dist) {
 			status = dist_agree(w, &m, &dist_save, err, sizeof(err));
 			if (status < 0) {
@@ -503,6 +529,8 @@ static void train_thread(void *arg)
 			mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
 			       mn_trainer_global_step(w->trainer));
 			status = save_and_wait(w, name, sizeof(name), err, sizeof(err));
+			if (gave_up)
+				status = -EIO;
 			break;
 		}
 		if (m.paused)

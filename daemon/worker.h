@@ -21,6 +21,7 @@
 #include "dist.h"
 #include "prom.h"
 #include "train.h"
+#include "util.h"
 
 /* A snapshot of the worker's progress, for status, logs and notify. */
 struct mnd_worker_status {
@@ -38,8 +39,10 @@ struct mnd_worker_status {
 	int64_t latest_step;           /* its global step (-1 if none) */
 	int64_t latest_ns;             /* when it was published, wall clock (0 if unknown) */
 	/* For metrics.textfile: checkpoint writes by this process. */
-	int64_t ckpt_published;         /* that succeeded */
-	int64_t ckpt_failed;            /* that failed */
+	int64_t ckpt_published;     /* that succeeded */
+	int64_t ckpt_failed;        /* that failed */
+	int64_t ckpt_failing;       /* that failed in a row, up to now (0: the last succeeded) */
+	char ckpt_error[MN_ERRLEN]; /* why the last one failed while ckpt_failing > 0 */
 	struct mn_prom_hist ckpt_write; /* their durations, seconds */
 };
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ckpt.h"
+#include "ckptdir.h"
 #include "log.h"
 #include "model.h"
 #include "util.h"
@@ -24,6 +25,7 @@ struct slot {
 	char prefix[MN_CKPT_MAX_NAME];
 	size_t max_to_keep;
 	int world_size;
+	int64_t newest_good;
 	char *config_json;
 };
 
@@ -39,26 +41,93 @@ struct mnd_writer {
 	bool quit;
 	mnd_writer_cb done;
 	void *arg;
+	/* Writer thread only: the directory's versions, listed at the first write. */
+	struct mn_ckptdir_versions *versions;
+	int64_t failures;                 /* consecutive failed writes */
+	char last_good[MN_CKPT_MAX_NAME]; /* the newest file published, "" if none yet */
 };
+
+/* The versions of s's directory: listed once, not at every write. */
+static int open_versions(struct mnd_writer *wr, const struct slot *s, char *err, size_t errlen)
+{
+	struct mn_ckptdir_versions *v = wr->versions;
+
+	if (v && strcmp(mn_ckptdir_versions_dir(v), s->dir) == 0 &&
+	    strcmp(mn_ckptdir_versions_prefix(v), s->prefix) == 0)
+		return 0;
+	mn_ckptdir_versions_free(v);
+	wr->versions = NULL;
+	return mn_ckptdir_versions_open(s->dir, s->prefix, s->newest_good, &wr->versions, err,
+	                                errlen);
+}
+
+/*
+ * Writes s's state. A full disk gets room from older checkpoints that
+ * retention would delete anyway, oldest first, one per retry, but never
+ * from the newest good one; a keep-all directory (max_to_keep 0) keeps
+ * every file and the write fails instead.
+ */
+static int save_slot(struct mnd_writer *wr, struct slot *s, char *name, size_t len, char *err,
+                     size_t errlen)
+{
+	struct mn_trainer_state st;
+	int rc = open_versions(wr, s, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	mn_trainer_snapshot_state(s->snap, &st);
+	for (;;) {
+		char gone[MN_CKPT_MAX_NAME], ferr[MN_ERRLEN];
+		int freed;
+
+		rc = mn_model_save_state(mn_trainer_snapshot_arch(s->snap), &st, wr->versions,
+		                         s->max_to_keep, s->config_json, s->world_size, name, len,
+		                         err, errlen);
+		if (rc != -ENOSPC || s->max_to_keep == 0)
+			return rc;
+		freed = mn_ckptdir_versions_free_oldest(wr->versions, s->step, gone, sizeof(gone),
+		                                        ferr, sizeof(ferr));
+		if (freed <= 0)
+			return rc;
+		mn_log_fields(
+		    MN_LOG_WARN, "disk full: removed an older checkpoint to make room",
+		    (struct mn_log_field[]){MN_F_INT("step", s->step), MN_F_STR("removed", gone)},
+		    2);
+	}
+}
 
 /* Writes one slot (no lock held) and reports it. */
 static void write_slot(struct mnd_writer *wr, struct slot *s)
 {
-	struct mn_trainer_state st;
 	char name[MN_CKPT_MAX_NAME] = "", err[MN_ERRLEN] = "";
 	int64_t t0 = mn_monotonic_ns(), took;
-	int rc;
+	int rc = save_slot(wr, s, name, sizeof(name), err, sizeof(err));
 
-	mn_trainer_snapshot_state(s->snap, &st);
-	rc = mn_model_save_state(mn_trainer_snapshot_arch(s->snap), &st, s->dir, s->prefix,
-	                         s->max_to_keep, s->config_json, s->world_size, name, sizeof(name),
-	                         err, sizeof(err));
 	took = mn_monotonic_ns() - t0;
-	if (rc < 0)
-		mn_log_fields(
-		    MN_LOG_ERROR, "checkpoint failed",
-		    (struct mn_log_field[]){MN_F_INT("step", s->step), MN_F_STR("error", err)}, 2);
-	else
+	if (rc < 0) {
+		/* Until one succeeds, the newest good checkpoint is the one the run resumed from.
+		 */
+		if (!wr->last_good[0] && s->newest_good >= 0)
+			mn_ckptdir_filename(s->prefix, s->newest_good, wr->last_good,
+			                    sizeof(wr->last_good));
+		wr->failures++;
+		mn_log_fields(MN_LOG_ERROR, "checkpoint failed",
+		              (struct mn_log_field[]){
+		                  MN_F_INT("step", s->step),
+		                  MN_F_STR("error", err),
+		                  MN_F_INT("consecutive_failures", wr->failures),
+		                  MN_F_STR("last_good", wr->last_good[0] ? wr->last_good : "none"),
+		              },
+		              4);
+	} else {
+		if (wr->failures > 0)
+			mn_log_fields(
+			    MN_LOG_INFO, "checkpoints recovered",
+			    (struct mn_log_field[]){MN_F_INT("step", s->step),
+			                            MN_F_INT("after_failures", wr->failures)},
+			    2);
+		wr->failures = 0;
+		snprintf(wr->last_good, sizeof(wr->last_good), "%s", name);
 		mn_log_fields(MN_LOG_INFO, "checkpoint published",
 		              (struct mn_log_field[]){
 		                  MN_F_INT("step", s->step),
@@ -67,6 +136,7 @@ static void write_slot(struct mnd_writer *wr, struct slot *s)
 		                  MN_F_DBL("snapshot_ms", s->snapshot_ms, 2),
 		              },
 		              4);
+	}
 	if (wr->done) {
 		struct mnd_writer_result r = {
 		    .seq = s->seq,
@@ -75,6 +145,7 @@ static void write_slot(struct mnd_writer *wr, struct slot *s)
 		    .name = rc < 0 ? "" : name,
 		    .error = rc < 0 ? err : "",
 		    .write_ns = took,
+		    .consecutive_failures = wr->failures,
 		};
 
 		wr->done(wr->arg, &r);
@@ -175,6 +246,7 @@ int64_t mnd_writer_submit(struct mnd_writer *wr, struct mn_trainer *t,
 	snprintf(s->prefix, sizeof(s->prefix), "%s", where->prefix);
 	s->max_to_keep = where->max_to_keep;
 	s->world_size = where->world_size;
+	s->newest_good = where->newest_good;
 	free(s->config_json);
 	s->config_json = json;
 	wr->waiting = s;
@@ -207,6 +279,7 @@ void mnd_writer_free(struct mnd_writer *wr)
 		mn_trainer_snapshot_free(wr->slots[i].snap);
 		free(wr->slots[i].config_json);
 	}
+	mn_ckptdir_versions_free(wr->versions);
 	pthread_cond_destroy(&wr->idle);
 	pthread_cond_destroy(&wr->wake);
 	pthread_mutex_destroy(&wr->lock);

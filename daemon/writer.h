@@ -5,7 +5,9 @@
  * at a step boundary and goes on training at once; the writer thread writes
  * the file, fsyncs it, renames it, fsyncs the directory, replaces
  * checkpoint.json and applies retention (mn_model_save_state), so a slow
- * disk never stalls a step. At most one write is in flight and one snapshot
+ * disk never stalls a step. It lists the directory once, at its first write
+ * (ckptdir.h's versions), and on a full disk frees older checkpoints that
+ * retention would delete before it retries. At most one write is in flight and one snapshot
  * waits: a newer snapshot replaces a waiting one, and the log says so.
  *
  * Every submission gets a sequence number. The done callback reports each
@@ -24,12 +26,13 @@
 
 /* One finished write, as the done callback sees it. */
 struct mnd_writer_result {
-	uint64_t seq;      /* every submission up to this one is settled by this write */
-	int status;        /* 0, or -errno */
-	int64_t step;      /* global_step of the state written */
-	const char *name;  /* the file published; "" on error */
-	const char *error; /* why it failed; "" on success */
-	int64_t write_ns;  /* how long the write took */
+	uint64_t seq;                 /* every submission up to this one is settled by this write */
+	int status;                   /* 0, or -errno */
+	int64_t step;                 /* global_step of the state written */
+	const char *name;             /* the file published; "" on error */
+	const char *error;            /* why it failed; "" on success */
+	int64_t write_ns;             /* how long the write took */
+	int64_t consecutive_failures; /* failed writes in a row, this one included (0 on success) */
 };
 
 /* Called on the writer thread after each write (it must not call back into the writer). */
@@ -42,7 +45,8 @@ struct mnd_writer_target {
 	size_t max_to_keep;      /* checkpoint.max_to_keep (0 keeps all) */
 	const char *config_json; /* the "config" metadata */
 	int world_size;          /* ranks that trained it (metadata of data-parallel runs) */
-	bool wait; /* wait for the waiting snapshot to be taken instead of replacing it */
+	int64_t newest_good; /* step of the newest checkpoint known good (-1: none); never freed */
+	bool wait;           /* wait for the waiting snapshot to be taken instead of replacing it */
 };
 
 struct mnd_writer;

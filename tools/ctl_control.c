@@ -403,6 +403,8 @@ static void print_status(const cJSON *o)
 	double loss = num(o, "loss"), sps = num(o, "steps_per_sec"), frac = 0;
 	const cJSON *paused = cJSON_GetObjectItemCaseSensitive(o, "paused");
 	const char *state = str(o, "state"), *latest = str(o, "latest_checkpoint");
+	const char *ckpt_error = str(o, "checkpoint_error");
+	double failing = num(o, "checkpoint_failures");
 	char bar[BAR_WIDTH + 1], eta[32];
 	int fill;
 
@@ -438,6 +440,14 @@ static void print_status(const cJSON *o)
 	printf("speed          %.1f steps/s\n", isfinite(sps) ? sps : 0.0);
 	printf("ETA            %s\n", eta);
 	printf("checkpoint     %s\n", latest ? latest : "- (none yet)");
+	if (isfinite(failing) && failing > 0) {
+		char shown[MN_ERRLEN];
+
+		/* The message names paths from the daemon's configuration: shown, never obeyed. */
+		mn_escape(ckpt_error ? ckpt_error : "(no message)", shown, sizeof(shown));
+		printf("FAILING        %.0f checkpoint%s in a row: %s\n", failing,
+		       failing == 1 ? "" : "s", shown);
+	}
 	print_early(o);
 }
 

@@ -6,11 +6,14 @@ for the list of failure modes and the guarantee each test holds."""
 import json
 import math
 import os
+import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -69,7 +72,7 @@ class HardeningCase(mnlib.TestCase):
         self.clients.append(c)
         return c
 
-    def daemon(self, name="mnistd", **sections):
+    def daemon(self, name="mnistd", env=None, **sections):
         """A long-running mnistd that answers on its control socket."""
         sections.setdefault("train", {})
         sections["train"] = dict({"max_steps": FOREVER, "learning_rate_decay": 1.0}, **sections["train"])
@@ -77,7 +80,7 @@ class HardeningCase(mnlib.TestCase):
         sections["checkpoint"] = dict({"every_steps": FOREVER}, **sections["checkpoint"])
         self.cfg_path, self.cfg = self.config(name + ".json", **sections)
         self.sock = self.cfg["control"]["socket"]
-        p = self.start([MNISTD, "--config", self.cfg_path], name)
+        p = self.start([MNISTD, "--config", self.cfg_path], name, env)
 
         def up():
             if p.p.poll() is not None:
@@ -620,6 +623,141 @@ class DegenerateState(HardeningCase):
             with open(metrics) as f:
                 for line in f:
                     self.assertIsInstance(json.loads(line)["loss"], float)
+
+
+class FailingStorage(HardeningCase):
+    """6. A checkpoint directory that fails is visible in status, the
+    service's STATUS= line and the log; the trainer stops after
+    checkpoint.max_failures failures in a row; an unwritable directory is an
+    error at start; a full disk gets room from older checkpoints, never the
+    newest good one."""
+
+    def save(self, ok=True):
+        c = self.client(self.sock)
+        r = c.request("save")
+        self.assertEqual(r["ok"], ok, r)
+        return r
+
+    def test_unwritable_directory_is_an_error_at_start(self):
+        mnt = self.small_fs()
+        d = os.path.join(mnt, "ckpt")
+        os.mkdir(d)
+        subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+        path, _ = self.config(checkpoint={"dir": d})
+        r = self.run_ok([MNISTD, "--config", path], 1, timeout=120)
+        self.assertIn("checkpoint.dir: %s is not writable (Read-only file system)" % d, r.stdout + r.stderr)
+
+    def test_failures_are_visible_and_stop_the_trainer(self):
+        mnt = self.small_fs()
+        notify = os.path.join(self.work, "notify.sock")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(notify)
+        self.addCleanup(ns.close)
+        # One file kept: on a full disk there is nothing but the newest good one, never freed.
+        p = self.daemon(env={"NOTIFY_SOCKET": notify},
+                        checkpoint={"dir": os.path.join(mnt, "ckpt"), "max_to_keep": 1, "max_failures": 3})
+        good = self.save()["checkpoint"]
+        st = self.status()
+        self.assertEqual((st["checkpoint_failures"], st["checkpoint_error"]), (0, None))
+
+        filler = os.path.join(mnt, "filler")
+        mnlib.fill(filler)
+        r = self.save(ok=False)
+        self.assertIn("No space left on device", r["error"])
+        st = self.status()
+        self.assertEqual(st["checkpoint_failures"], 1)
+        self.assertIn("No space left on device", st["checkpoint_error"])
+        self.assertEqual(st["latest_checkpoint"], good)
+        self.assertEqual(st["state"], "training")
+        human = self.run_ok([MNISTCTL, "--socket", self.sock, "status"], 0).stdout
+        self.assertRegex(human, r"FAILING +1 checkpoint in a row: .*No space left on device")
+        self.assertRegex(p.output(), r"checkpoint failed step=\d+ error=.*No space left on device.* "
+                                     r"consecutive_failures=1 last_good=%s" % good)
+        # The service manager's status line leads with it.
+        deadline = mnlib.deadline(30)
+        while True:
+            ns.settimeout(max(0.01, deadline - time.monotonic()))
+            m = ns.recv(4096).decode()
+            if m.startswith("STATUS=checkpoints failing"):
+                break
+        self.assertIn("1 in a row (last good: %s)" % good, m)
+        self.assertIn("No space left on device", m)
+
+        # Room again: the next one succeeds and the count starts over.
+        os.unlink(filler)
+        good = self.save()["checkpoint"]
+        st = self.status()
+        self.assertEqual((st["checkpoint_failures"], st["checkpoint_error"]), (0, None))
+        p.wait_output("checkpoints recovered")
+        self.assertRegex(p.output(), r"checkpoints recovered step=\d+ after_failures=1")
+
+        # Three in a row: the trainer stops, non-zero, the newest good checkpoint intact.
+        mnlib.fill(filler)
+        for _ in range(2):
+            self.save(ok=False)
+        self.assertEqual(self.status()["checkpoint_failures"], 2)
+        c = self.client(self.sock)
+        c.send(b'{"cmd": "save"}\n')
+        self.assertEqual(p.wait(60), 1, p.output())
+        self.assertIn("stopping: checkpoints keep failing (checkpoint.max_failures)", p.output())
+        self.assertEqual(ckpt_steps(os.path.join(mnt, "ckpt")), [int(good.split("-")[1].split(".")[0])])
+        self.run_ok([MNISTCTL, "verify", os.path.join(mnt, "ckpt", good)], 0)
+
+    def test_full_disk_frees_older_checkpoints_never_the_newest_good(self):
+        mnt = self.small_fs()
+        d = os.path.join(mnt, "ckpt")
+        p = self.daemon(checkpoint={"dir": d, "max_to_keep": 4, "max_failures": 0})
+        for _ in range(4):
+            step = self.status()["step"]
+            wait_for(lambda: self.status()["step"] > step, 30, "a step")
+            good = self.save()["checkpoint"]
+        self.assertEqual(len(ckpt_steps(d)), 4)
+        filler = os.path.join(mnt, "filler")
+        mnlib.fill(filler)
+        # Older files go, oldest first, until the new one fits.
+        saved = self.save()["checkpoint"]
+        self.assertIn("disk full: removed an older checkpoint to make room", p.output())
+        self.assertIn(good, os.listdir(d))
+        self.assertIn(saved, os.listdir(d))
+        self.run_ok([MNISTCTL, "verify", os.path.join(d, saved)], 0)
+        index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
+        self.assertEqual(index["latest"], saved)
+        # Full for good: whatever fails, the newest good checkpoint stays, and the index names it.
+        mnlib.fill(os.path.join(mnt, "filler2"))
+        for _ in range(6):
+            step = self.status()["step"]
+            wait_for(lambda: self.status()["step"] > step, 30, "a step")
+            r = self.client(self.sock).request("save")
+            if r["ok"]:
+                saved = r["checkpoint"]
+            self.assertIn(saved, os.listdir(d))
+            self.assertEqual(self.status()["latest_checkpoint"], saved)
+        self.run_ok([MNISTCTL, "verify", os.path.join(d, saved)], 0)
+
+
+class PublishingCost(HardeningCase):
+    """11. Keep-all with every_steps 1: the trainer lists its directory once,
+    at start, not at every publish, and checkpoint.json stays bounded."""
+
+    def test_directory_listed_once(self):
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("needs strace (scripts/deps.sh installs it)")
+        path, cfg = self.config(train={"max_steps": 300},
+                                checkpoint={"every_steps": 1, "max_to_keep": 0})
+        trace = os.path.join(self.work, "trace")
+        self.run_ok([strace, "-f", "-qq", "-e", "trace=getdents64", "-o", trace, MNISTD, "--config", path],
+                    0, timeout=300)
+        d = cfg["checkpoint"]["dir"]
+        self.assertEqual(ckpt_steps(d), list(range(1, 301)))
+        with open(trace) as f:
+            listings = [line for line in f if "getdents64(" in line]
+        # Start: the resume scan, the stale-temp sweep and the writer's one
+        # listing, two calls each; 300 publishes used to add 600 more.
+        self.assertLess(len(listings), 20, "".join(listings))
+        index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
+        self.assertEqual(index["latest"], ckpt_name(300))
+        self.assertEqual(index["all"], [ckpt_name(s) for s in range(1, 301)])
 
 
 class CrashTest(HardeningCase):

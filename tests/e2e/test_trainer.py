@@ -22,18 +22,6 @@ LAYER_TENSORS = [
 STATE_TENSORS = LAYER_TENSORS + ["global_step", "train/rng", "train/epoch", "train/perm_pos", "train/permutation"]
 
 
-def fill(path):
-    """Writes path until the file system is full."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        while True:
-            os.write(fd, b"\0" * 4096)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class TrainerTest(mnlib.TestCase):
     def train(self, cfg_path, name="mnistd", expect=0):
         p = self.start([MNISTD, "--config", cfg_path], name)
@@ -178,20 +166,22 @@ class TrainerTest(mnlib.TestCase):
         file appears, earlier checkpoints stay valid, training goes on and
         publishes again once there is room; a final checkpoint that cannot be
         written makes the exit status non-zero."""
-        mnt = os.path.join(self.work, "small")
-        os.mkdir(mnt)
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
-                          capture_output=True).returncode != 0:
-            self.skipTest("cannot mount a tmpfs here (needs root)")
-        self.addCleanup(subprocess.run, ["umount", "-l", mnt])
+        mnt = self.small_fs("1m")
         d = os.path.join(mnt, "ckpt")
+        # max_failures 0: failing checkpoints never stop this trainer (see test_hardening).
         path, cfg = self.config(train={"max_steps": 10 ** 9, "batch_size": 5},
-                                checkpoint={"dir": d, "every_steps": 200, "max_to_keep": 2})
+                                checkpoint={"dir": d, "every_steps": 200, "max_to_keep": 2,
+                                            "max_failures": 0})
         p = self.start([MNISTD, "--config", path], "mnistd")
         mnlib.wait_for(lambda: ckpt_steps(d), 60, "a first checkpoint")
         filler = os.path.join(mnt, "filler")
-        fill(filler)
+        mnlib.fill(filler)
         p.wait_output("No space left on device", 60)
+        # A pause is answered once every queued checkpoint is settled: what is
+        # on disk then is all there is, not a write in progress.
+        ctl = [mnlib.MNISTCTL, "--socket", cfg["control"]["socket"]]
+        r = self.run_prog(ctl + ["pause"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         kept = ckpt_steps(d)
         self.assertTrue(kept)
         for step in kept:
@@ -199,18 +189,21 @@ class TrainerTest(mnlib.TestCase):
             self.assertEqual(header["__metadata__"]["data_crc32"], "%08x" % zlib.crc32(data))
         self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".mnistd.lock"], [])
         self.assertIsNone(p.p.poll(), "a failed checkpoint must not stop training")
+        self.assertEqual(self.run_prog(ctl + ["resume"]).returncode, 0)
         os.unlink(filler)
         newest = max(kept)
         mnlib.wait_for(lambda: max(ckpt_steps(d)) > newest, 60, "a checkpoint once there is room")
         # No more periodic checkpoints, and a save (answered once durable)
         # drains the writer: nothing can free room between the fill and the
-        # final checkpoint, which comes at a later step than that save.
+        # final checkpoint, which comes at a later step than that save. One
+        # file kept, so the full disk has no older checkpoint to take room from.
         cfg["checkpoint"]["every_steps"] = 10 ** 9
+        cfg["checkpoint"]["max_to_keep"] = 1
         mnlib.write_config(path, cfg)
         for cmd in ("reload", "save"):
             r = self.run_prog([mnlib.MNISTCTL, "--socket", cfg["control"]["socket"], cmd])
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        fill(filler)
+        mnlib.fill(filler)
         p.signal(signal.SIGTERM)
         self.assertNotEqual(p.wait(60), 0, "a final checkpoint that failed must show in the exit status")
         self.assertEqual([n for n in os.listdir(d) if n.startswith(".") and n != ".mnistd.lock"], [])

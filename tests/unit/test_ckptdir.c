@@ -243,6 +243,142 @@ START_TEST(test_publish_latest_not_newest)
 }
 END_TEST
 
+/* Publishes step through v after creating its file, as the trainer's writer does. */
+static void publish_step(struct mn_ckptdir_versions *v, const char *dir, int64_t step,
+                         size_t max_to_keep)
+{
+	char err[MN_ERRLEN] = "";
+
+	touch_step(dir, step);
+	ck_assert_msg(mn_ckptdir_versions_publish(v, step, max_to_keep, err, sizeof(err)) == 0,
+	              "%s", err);
+}
+
+START_TEST(test_versions_retention_over_time)
+{
+	static const int64_t kept[] = {8, 9, 10};
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN];
+	struct mn_ckptdir_versions *v;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	touch_step(dir, 1);
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 1, &v, err, sizeof(err)), 0);
+	ck_assert_uint_eq(mn_ckptdir_versions_count(v), 1);
+	for (int64_t s = 2; s <= 10; s++)
+		publish_step(v, dir, s, 3);
+	assert_index(dir, "model.ckpt-10.safetensors", kept, 3);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 4);
+	ck_assert_uint_eq(mn_ckptdir_versions_count(v), 3);
+	/* Republishing the same step (a save right after a periodic one) changes nothing. */
+	publish_step(v, dir, 10, 3);
+	assert_index(dir, "model.ckpt-10.safetensors", kept, 3);
+	/* The file must be there: an index never names a missing one. */
+	ck_assert_int_eq(mn_ckptdir_versions_publish(v, 11, 3, err, sizeof(err)), -ENOENT);
+	assert_index(dir, "model.ckpt-10.safetensors", kept, 3);
+	mn_ckptdir_versions_free(v);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+START_TEST(test_versions_listed_once)
+{
+	static const int64_t kept[] = {3, 4};
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN];
+	struct mn_ckptdir_versions *v;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	touch_step(dir, 2);
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", -1, &v, err, sizeof(err)), 0);
+	/*
+	 * A file that appears behind the one writer's back is not seen: the
+	 * directory is not listed again at each publish (what made keep-all with
+	 * every_steps 1 slower at every step).
+	 */
+	touch_step(dir, 1);
+	publish_step(v, dir, 3, 2);
+	publish_step(v, dir, 4, 2);
+	assert_index(dir, "model.ckpt-4.safetensors", kept, 2);
+	ck_assert(mn_test_exists(dir, "model.ckpt-1.safetensors"));
+	ck_assert(!mn_test_exists(dir, "model.ckpt-2.safetensors"));
+	mn_ckptdir_versions_free(v);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+START_TEST(test_versions_keep_all_index_bounded)
+{
+	const int64_t n = 2 * MN_CKPTDIR_INDEX_MAX + 500;
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], path[PATH_MAX], *text, name[64];
+	struct mn_ckptdir_versions *v;
+	cJSON *root, *all;
+	size_t len;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", -1, &v, err, sizeof(err)), 0);
+	for (int64_t s = 1; s <= n; s++)
+		publish_step(v, dir, s, 0);
+	ck_assert_uint_eq(mn_test_count_entries(dir), (size_t)n + 1);
+	/* What it remembers, and what the index lists, stay bounded. */
+	ck_assert_uint_le(mn_ckptdir_versions_count(v), 2 * MN_CKPTDIR_INDEX_MAX);
+	snprintf(path, sizeof(path), "%s/%s", dir, MN_CKPTDIR_INDEX);
+	ck_assert_int_eq(mn_read_file(path, 1 << 20, &text, &len, err, sizeof(err)), 0);
+	root = cJSON_Parse(text);
+	all = cJSON_GetObjectItemCaseSensitive(root, "all");
+	ck_assert_int_eq(cJSON_GetArraySize(all), MN_CKPTDIR_INDEX_MAX);
+	mn_ckptdir_filename("model.ckpt", n - MN_CKPTDIR_INDEX_MAX + 1, name, sizeof(name));
+	ck_assert_str_eq(cJSON_GetArrayItem(all, 0)->valuestring, name);
+	mn_ckptdir_filename("model.ckpt", n, name, sizeof(name));
+	ck_assert_str_eq(cJSON_GetArrayItem(all, MN_CKPTDIR_INDEX_MAX - 1)->valuestring, name);
+	ck_assert_str_eq(cJSON_GetObjectItemCaseSensitive(root, "latest")->valuestring, name);
+	cJSON_Delete(root);
+	free(text);
+	/* Keeping fewer later deletes the files keep-all stopped remembering too. */
+	publish_step(v, dir, n + 1, 2);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 3);
+	ck_assert(mn_test_exists(dir, name));
+	mn_ckptdir_versions_free(v);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+START_TEST(test_versions_free_oldest)
+{
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], name[64];
+	struct mn_ckptdir_versions *v;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	for (int64_t s = 1; s <= 5; s++)
+		touch_step(dir, s);
+	/* Resumed from 3 (4 and 5 were unusable, say): 3 is the newest good one. */
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 3, &v, err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    mn_ckptdir_versions_free_oldest(v, 6, name, sizeof(name), err, sizeof(err)), 1);
+	ck_assert_str_eq(name, "model.ckpt-1.safetensors");
+	ck_assert(!mn_test_exists(dir, name));
+	ck_assert_int_eq(
+	    mn_ckptdir_versions_free_oldest(v, 6, name, sizeof(name), err, sizeof(err)), 1);
+	ck_assert_str_eq(name, "model.ckpt-2.safetensors");
+	/* Never the newest good one, nor the step being written. */
+	ck_assert_int_eq(
+	    mn_ckptdir_versions_free_oldest(v, 5, name, sizeof(name), err, sizeof(err)), 1);
+	ck_assert_str_eq(name, "model.ckpt-4.safetensors");
+	ck_assert_int_eq(
+	    mn_ckptdir_versions_free_oldest(v, 5, name, sizeof(name), err, sizeof(err)), 0);
+	ck_assert(mn_test_exists(dir, "model.ckpt-3.safetensors"));
+	ck_assert(mn_test_exists(dir, "model.ckpt-5.safetensors"));
+	/* Once 5 is published it is the one kept, and 3 may go. */
+	ck_assert_int_eq(mn_ckptdir_versions_publish(v, 5, 0, err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    mn_ckptdir_versions_free_oldest(v, -1, name, sizeof(name), err, sizeof(err)), 1);
+	ck_assert_str_eq(name, "model.ckpt-3.safetensors");
+	ck_assert_int_eq(
+	    mn_ckptdir_versions_free_oldest(v, -1, name, sizeof(name), err, sizeof(err)), 0);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 2);
+	mn_ckptdir_versions_free(v);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 static void write_index_text(const char *dir, const char *text, size_t len)
 {
 	char err[MN_ERRLEN];
@@ -310,6 +446,7 @@ int main(void)
 
 	MN_TEST_ADD(mn_test_tcase(s, "directory", NULL, NULL), test_filename, test_scan,
 	            test_publish_retention, test_publish_keep_all, test_publish_latest_not_newest,
-	            test_index_latest);
+	            test_index_latest, test_versions_retention_over_time, test_versions_listed_once,
+	            test_versions_keep_all_index_bounded, test_versions_free_oldest);
 	return mn_test_run(s);
 }
