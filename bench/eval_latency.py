@@ -105,7 +105,9 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
     metrics = os.path.join(work, name + ".jsonl")
     cfg = json.loads(json.dumps(base))
     cfg["checkpoint"] = {"dir": d}
-    cfg["eval"] = {"watch": mode, "poll_interval_ms": interval_ms, "metrics_file": metrics}
+    # Keeping the best checkpoint on, as deployed, in the work directory.
+    cfg["eval"] = {"watch": mode, "poll_interval_ms": interval_ms, "metrics_file": metrics,
+                   "best_dir": os.path.join(work, name + "-best")}
     path = os.path.join(work, name + ".json")
     with open(path, "w") as f:
         json.dump(cfg, f)
@@ -190,8 +192,12 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
         "images": images,
         "eval_ips": images / (statistics.median(eval_ms) / 1000.0),
         "e2e_ips": images / (statistics.median(internal) / 1000.0),
-        # The breakdown: the forward passes, and the rest (the event, opening,
-        # reading and verifying the file, picking it), per checkpoint.
+        # The breakdown, per checkpoint: publication to the event (or poll)
+        # that noticed it, to the file open (the directory listed, the file
+        # looked at), reading and verifying it, the forward passes.
+        "parts": {k: (percentile([records[s][k] for s in records], 50),
+                      percentile([records[s][k] for s in records], 99))
+                  for k in ("notify_ms", "open_ms", "read_ms", "eval_ms")},
         "eval_p50": percentile(eval_ms, 50),
         "rest_p50": percentile([records[s]["latency_ms"] - records[s]["eval_ms"]
                                 for s in records], 50),
@@ -242,19 +248,21 @@ def main():
                 r["mode"], r["published"], r["evaluated"], r["p50"], r["p99"], r["ext_p50"],
                 r["ext_p99"], r["eval_ips"], r["e2e_ips"]))
         print()
-        print("| mode | forward passes p50 (ms) | event + open + read + verify p50 (ms) | p99 (ms) "
-              "| mnist-eval peak RSS (MiB) |")
-        print("| --- | ---: | ---: | ---: | ---: |")
+        print("| mode | publish to event p50 / p99 (ms) | event to open | read and verify "
+              "| forward passes | all but the forward passes | mnist-eval peak RSS (MiB) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
-            print("| %s | %.1f | %.1f | %.1f | %.1f |" % (r["mode"], r["eval_p50"], r["rest_p50"],
+            cells = ["%.1f / %.1f" % r["parts"][k] for k in ("notify_ms", "open_ms", "read_ms", "eval_ms")]
+            print("| %s | %s | %.1f / %.1f | %.1f |" % (r["mode"], " | ".join(cells), r["rest_p50"],
                                                        r["rest_p99"], r["rss_mb"]))
         print()
         print("validation images: %d; accuracy of the copied checkpoint: %.4f" % (rows[0]["images"],
                                                                               rows[0]["accuracy"]))
         ev = [r for r in rows if r["mode"] == "events"]
         if ev:
-            ok = ev[0]["p50"] <= 50 and ev[0]["p99"] <= 200
-            print("goal (events: p50 <= 50 ms, p99 <= 200 ms): %s" % ("met" if ok else "NOT met"))
+            ok = ev[0]["p50"] <= 30 and ev[0]["p99"] <= 60
+            print("goal (events: p50 <= 30 ms, p99 <= 60 ms on an idle machine): %s; loadavg %s"
+                  % ("met" if ok else "NOT met", open("/proc/loadavg").read().split()[0]))
     finally:
         if args.keep:
             print("work dir kept:", work)

@@ -72,6 +72,12 @@ static void usage(FILE *f)
 	           "66 data not found, 78 configuration error.\n");
 }
 
+/* From wall-clock time a to b in milliseconds; ctime's coarse clock can put b first. */
+static double span_ms(int64_t a, int64_t b)
+{
+	return b > a ? (double)(b - a) / 1e6 : 0;
+}
+
 /*
  * One JSON object per line, in one write(2) (jsonl.h). Returns false if the
  * line could not be written (it is logged; the evaluator carries on).
@@ -93,7 +99,11 @@ static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, 
 	    !cJSON_AddBoolToObject(o, "ema", r->ema) || !cJSON_AddStringToObject(o, "time", when) ||
 	    !mn_json_add(o, "latency_ms", mn_json_double(latency_ms, 3)) ||
 	    !mn_json_add(o, "images", mn_json_uint(r->eval.images)) ||
-	    !mn_json_add(o, "eval_ms", mn_json_double((double)r->eval_ns / 1e6, 3)))
+	    !mn_json_add(o, "eval_ms", mn_json_double((double)r->eval_ns / 1e6, 3)) ||
+	    !mn_json_add(o, "notify_ms",
+	                 mn_json_double(span_ms(r->published_ns, r->event_ns), 3)) ||
+	    !mn_json_add(o, "open_ms", mn_json_double(span_ms(r->event_ns, r->opened_ns), 3)) ||
+	    !mn_json_add(o, "read_ms", mn_json_double((double)r->read_ns / 1e6, 3)))
 		mn_errf(err, sizeof(err), "%s: out of memory for a metrics line",
 		        e->app.cfg.eval.metrics_file);
 	else
@@ -107,10 +117,7 @@ static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, 
 /* From the checkpoint's publication to its result, in milliseconds. */
 static double latency_ms(const struct mne_pick_result *r)
 {
-	double ms = (double)(r->done_ns - r->published_ns) / 1e6;
-
-	/* ctime comes from a coarse clock; never report a negative delay. */
-	return ms < 0 ? 0 : ms;
+	return span_ms(r->published_ns, r->done_ns);
 }
 
 /*
@@ -263,7 +270,10 @@ static int load_data(struct evaluator *e)
 	return mn_app_load_split(&e->app, "validation", NULL, &e->validation);
 }
 
-/* Runs on the evaluating thread, which alone touches e->keep once evaluating has begun. */
+/*
+ * Runs in the thread pool after the result is out, one job at a time: that
+ * thread alone touches e->keep once evaluating has begun.
+ */
 static void on_evaluated(int fd, const char *path, const struct mne_pick_result *res, void *arg)
 {
 	struct evaluator *e = arg;
@@ -282,8 +292,6 @@ static struct mne_pick_params pick_params(struct evaluator *e)
 	    .use_ema = e->app.cfg.eval.use_ema,
 	    .follow_symlinks = e->app.cfg.checkpoint.follow_symlinks,
 	    .cancel = &e->cancel,
-	    .on_evaluated = e->keep ? on_evaluated : NULL,
-	    .arg = e,
 	};
 }
 
@@ -326,12 +334,16 @@ static int run_once(struct evaluator *e)
 	char err[MN_ERRLEN];
 	int rc;
 
+	p.keep_open = e->keep != NULL;
 	mne_pick_state_init(&s);
 	rc = mne_pick_evaluate(&p, &s, &r, err, sizeof(err));
 	mne_pick_state_free(&s);
 	/* A command whose record could not be kept has failed, though the line was logged. */
 	if (rc == 1) {
 		rc = report(e, &r) ? MN_EX_OK : MN_EX_FAILURE;
+		if (r.fd >= 0)
+			on_evaluated(r.fd, r.path, &r, e);
+		mne_pick_result_close(&r);
 		/* Only the page's gnuplot keeps the loop alive: until the page is written. */
 		uv_run(&e->app.loop, UV_RUN_DEFAULT);
 		return rc;
@@ -352,6 +364,7 @@ static int run_watch(struct evaluator *e)
 	    .on_result = on_result,
 	    .on_missing = on_missing,
 	    .on_rejected = on_rejected,
+	    .after_result = e->keep ? on_evaluated : NULL,
 	    .arg = e,
 	};
 	struct mne_watch_params wp = {

@@ -32,6 +32,13 @@ void mne_pick_state_free(struct mne_pick_state *s)
 	s->nfailed = s->capfailed = 0;
 }
 
+void mne_pick_result_close(struct mne_pick_result *res)
+{
+	if (res->fd >= 0)
+		close(res->fd);
+	res->fd = -1;
+}
+
 static int64_t ctime_ns(const struct stat *st)
 {
 	return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
@@ -145,9 +152,11 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const c
 	int64_t start;
 	int rc;
 
+	start = mn_monotonic_ns();
 	rc = mn_ckpt_read_fd(fd, path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
 	if (rc == 0)
 		rc = mn_model_load_params(c, p->use_ema, &arch, &params, err, sizeof(err));
+	res->read_ns = mn_monotonic_ns() - start;
 	if (rc < 0) {
 		log_bad(path, err);
 		goto out;
@@ -231,13 +240,20 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 		remember_bad(s, e->step, &st);
 		return TRY_BAD;
 	}
+	res->opened_ns = mn_realtime_ns();
 	res->published_ns = ctime_ns(&fst);
+	/* An event about an earlier file started this look: this one's began at its publication. */
+	if (res->event_ns < res->published_ns)
+		res->event_ns = res->published_ns;
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
 	              (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
 	out = evaluate_fd(p, fd, path, e, res);
-	if (out == TRY_DONE && p->on_evaluated)
-		p->on_evaluated(fd, path, res, p->arg);
-	close(fd);
+	if (out == TRY_DONE && p->keep_open) {
+		res->fd = fd;
+		snprintf(res->path, sizeof(res->path), "%s", path);
+	} else {
+		close(fd);
+	}
 	if (out == TRY_BAD)
 		remember_bad(s, e->step, &fst);
 	return out;
@@ -251,6 +267,8 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 	int rc;
 
 	memset(res, 0, sizeof(*res));
+	res->fd = -1;
+	res->event_ns = p->event_ns ? p->event_ns : mn_realtime_ns();
 	rc = mn_ckptdir_scan(p->dir, p->prefix, &list, &n, err, errlen);
 	if (rc < 0)
 		return rc;
@@ -301,17 +319,16 @@ int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,
 {
 	struct mne_pick_params q = *p;
 	struct mne_pick_state s;
+	enum attempt a;
 
 	q.dir = dir;
-	q.on_evaluated = NULL;
+	q.keep_open = false;
 	mne_pick_state_init(&s);
 	memset(res, 0, sizeof(*res));
-	switch (try_file(&q, &s, e, res)) {
-	case TRY_DONE:
-		return 0;
-	case TRY_CANCELED:
-		return -ECANCELED;
-	default:
-		return -EINVAL;
-	}
+	res->fd = -1;
+	res->event_ns = mn_realtime_ns();
+	a = try_file(&q, &s, e, res);
+	/* A bad file was remembered in s: nobody asks again. */
+	mne_pick_state_free(&s);
+	return a == TRY_DONE ? 0 : a == TRY_CANCELED ? -ECANCELED : -EINVAL;
 }

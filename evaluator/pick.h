@@ -23,6 +23,7 @@
 #ifndef MNE_PICK_H
 #define MNE_PICK_H
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -63,24 +64,37 @@ struct mne_pick_params {
 	bool follow_symlinks;       /* read checkpoints that are symbolic links */
 	const atomic_bool *cancel;  /* checked between files and batches; may be NULL */
 	/*
-	 * Called (on the evaluating thread) after a successful evaluation, with
-	 * the file still open as fd, before the result is returned: the
-	 * evaluator keeps the best checkpoints here (keep.h). May be NULL.
+	 * Leave the evaluated file open in the result (fd, path), for the
+	 * caller to keep a copy of that very file (keep.h) once the result is
+	 * out, then mne_pick_result_close(). Otherwise it is closed.
 	 */
-	void (*on_evaluated)(int fd, const char *path, const struct mne_pick_result *res,
-	                     void *arg);
-	void *arg;
+	bool keep_open;
+	/* Wall-clock time of the event that asked for this look (0: when it starts). */
+	int64_t event_ns;
 };
 
 struct mne_pick_result {
-	char name[MN_CKPT_MAX_NAME]; /* file name, without the directory */
-	int64_t step;                /* from the file name */
-	bool ema;                    /* whether EMA shadows were evaluated */
+	char name[MN_CKPT_MAX_NAME];            /* file name, without the directory */
+	char path[PATH_MAX + MN_CKPT_MAX_NAME]; /* dir/name */
+	int fd;                                 /* the file, open if keep_open was set; else -1 */
+	int64_t step;                           /* from the file name */
+	bool ema;                               /* whether EMA shadows were evaluated */
 	struct mn_eval_result eval;
-	int64_t published_ns; /* the file's change time: when the rename published it */
-	int64_t done_ns;      /* wall-clock time when the result was ready */
-	int64_t eval_ns;      /* time spent in the forward passes alone */
+	/*
+	 * Where the time went, wall clock: published (the file's change time,
+	 * set by the rename), the event that asked for a look, the file open,
+	 * then read, verified and loaded (read_ns), evaluated (eval_ns), done.
+	 */
+	int64_t published_ns;
+	int64_t event_ns;
+	int64_t opened_ns;
+	int64_t read_ns; /* reading, verifying and loading the parameters */
+	int64_t eval_ns; /* the forward passes alone */
+	int64_t done_ns; /* when the result was ready */
 };
+
+/* Closes res->fd if it is open. */
+void mne_pick_result_close(struct mne_pick_result *res);
 
 void mne_pick_state_init(struct mne_pick_state *s);
 
@@ -98,8 +112,8 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen);
 
 /*
- * Evaluates the one checkpoint e in dir (p's dir is ignored, on_evaluated
- * not called). Returns 0 with *res filled, -ECANCELED, or -EINVAL if the
+ * Evaluates the one checkpoint e in dir (p's dir is ignored, the file is
+ * closed whatever keep_open says). Returns 0 with *res filled, -ECANCELED, or -EINVAL if the
  * file is missing or bad (logged).
  */
 int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,

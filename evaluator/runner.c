@@ -13,8 +13,9 @@ struct mne_runner {
 	uv_timer_t defer; /* starts the next job on the next loop turn */
 	uv_work_t work;
 	struct mne_runner_params params;
-	bool busy;    /* a job is queued or running */
-	bool pending; /* kicked while busy */
+	bool busy;        /* a job (an evaluation or the keeping after it) is queued or running */
+	bool pending;     /* kicked while busy */
+	int64_t event_ns; /* the first kick since the last job started, wall clock (0: none) */
 	bool closing;
 	bool timer_closed;
 	/* Owned by the job while busy, by the loop thread otherwise. */
@@ -35,6 +36,47 @@ static void maybe_free(struct mne_runner *r)
 	}
 }
 
+static void keep_cb(uv_work_t *req)
+{
+	struct mne_runner *r = req->data;
+
+	r->params.after_result(r->result.fd, r->result.path, &r->result, r->params.arg);
+	mne_pick_result_close(&r->result);
+}
+
+static void after_keep_cb(uv_work_t *req, int status)
+{
+	struct mne_runner *r = req->data;
+
+	(void)status;
+	r->busy = false;
+	if (r->closing) {
+		maybe_free(r);
+		return;
+	}
+	if (r->pending) {
+		r->pending = false;
+		mne_runner_kick(r);
+	}
+}
+
+/* Keeps the file just reported in the thread pool; false if that cannot start. */
+static bool start_keep(struct mne_runner *r)
+{
+	int rc;
+
+	if (r->result.fd < 0 || !r->params.after_result || r->closing)
+		return false;
+	r->work.data = r;
+	rc = uv_queue_work(r->loop, &r->work, keep_cb, after_keep_cb);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "cannot keep %s: %s", r->result.name, uv_strerror(rc));
+		return false;
+	}
+	r->busy = true;
+	return true;
+}
+
 static void work_cb(uv_work_t *req)
 {
 	struct mne_runner *r = req->data;
@@ -49,6 +91,7 @@ static void after_work_cb(uv_work_t *req, int status)
 
 	r->busy = false;
 	if (r->closing) {
+		mne_pick_result_close(&r->result);
 		maybe_free(r);
 		return;
 	}
@@ -56,8 +99,10 @@ static void after_work_cb(uv_work_t *req, int status)
 	if (r->state.rejected != r->rejected && r->params.on_rejected) {
 		r->rejected = r->state.rejected;
 		r->params.on_rejected(r->rejected, r->params.arg);
-		if (r->closing)
+		if (r->closing) {
+			mne_pick_result_close(&r->result);
 			return;
+		}
 	}
 	if (status < 0 || r->rc == -ECANCELED) {
 		/* Not cancelled by us (we never uv_cancel): nothing to report. */
@@ -71,7 +116,10 @@ static void after_work_cb(uv_work_t *req, int status)
 			mn_log(MN_LOG_ERROR, "%s", r->err);
 		memcpy(r->last_err, r->err, sizeof(r->last_err));
 	}
-	/* The callbacks above may have closed us. */
+	/* The callbacks above may have closed us; then the keeping is skipped. */
+	if (start_keep(r))
+		return;
+	mne_pick_result_close(&r->result);
 	if (!r->closing && r->pending) {
 		r->pending = false;
 		mne_runner_kick(r);
@@ -86,6 +134,9 @@ static void start_job(uv_timer_t *h)
 	if (r->closing || r->busy)
 		return;
 	r->job = r->params.pick;
+	r->job.keep_open = r->params.after_result != NULL;
+	r->job.event_ns = r->event_ns;
+	r->event_ns = 0;
 	r->work.data = r;
 	rc = uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
 	if (rc < 0) {
@@ -99,6 +150,8 @@ void mne_runner_kick(struct mne_runner *r)
 {
 	if (!r || r->closing)
 		return;
+	if (!r->event_ns)
+		r->event_ns = mn_realtime_ns();
 	if (r->busy) {
 		r->pending = true;
 		return;
@@ -132,6 +185,7 @@ int mne_runner_new(uv_loop_t *loop, const struct mne_runner_params *p, struct mn
 	}
 	r->loop = loop;
 	r->params = *p;
+	r->result.fd = -1;
 	mne_pick_state_init(&r->state);
 	rc = uv_timer_init(loop, &r->defer);
 	if (rc < 0) {

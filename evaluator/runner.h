@@ -3,7 +3,8 @@
  * time, coalescing notifications.
  *
  * Any number of mne_runner_kick() calls before a job starts make one job; a
- * kick while a job runs makes exactly one more job after it. So a burst of
+ * kick while a job runs makes exactly one more job after it. A job's result
+ * carries the time of the first kick that asked for it (event_ns). So a burst of
  * publishes costs at most two scans and evaluates the newest file, and the
  * loop thread stays free for signals while the evaluation runs in libuv's
  * thread pool.
@@ -28,6 +29,14 @@ struct mne_runner_params {
 	void (*on_missing)(void *arg);
 	/* Optional: more bad files were rejected; total counts them since the start. */
 	void (*on_rejected)(uint64_t total, void *arg);
+	/*
+	 * Optional: called in the thread pool after on_result, with the file
+	 * evaluated still open as fd (the evaluator keeps the best checkpoints
+	 * there, keep.h), so that the result is out before the copy is made.
+	 * The next job waits for it.
+	 */
+	void (*after_result)(int fd, const char *path, const struct mne_pick_result *res,
+	                     void *arg);
 	void *arg;
 };
 

@@ -130,13 +130,18 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(steps, sorted(set(steps)), "steps must strictly increase")
         self.assertTrue(set(steps) <= {20, 40, 60, 80, 100, 120})
         for m in ms:
-            self.assertEqual(set(m), {"step", "accuracy", "loss", "checkpoint", "ema", "time", "latency_ms", "images", "eval_ms"})
+            self.assertEqual(set(m), {"step", "accuracy", "loss", "checkpoint", "ema", "time", "latency_ms", "images",
+                                      "eval_ms", "notify_ms", "open_ms", "read_ms"})
             self.assertEqual(m["checkpoint"], ckpt_name(m["step"]))
             self.assertIs(m["ema"], True)
             self.assertEqual(m["images"], VALIDATION)
             self.assertTrue(0 <= m["accuracy"] <= 1)
             self.assertGreaterEqual(m["latency_ms"], 0)
             self.assertGreater(m["eval_ms"], 0)
+            self.assertGreater(m["read_ms"], 0)
+            # The parts never add up to more than the whole (a ms for ctime's coarse clock).
+            parts = m["notify_ms"] + m["open_ms"] + m["read_ms"] + m["eval_ms"]
+            self.assertLessEqual(parts, m["latency_ms"] + 15)
             self.assertRegex(m["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         # The synthetic data is easy: the last model must have learnt it.
         self.assertGreater(ms[-1]["accuracy"], 0.9)
