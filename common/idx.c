@@ -1,6 +1,7 @@
 /* idx.c - see idx.h. */
 #include "idx.h"
 
+#include "simd.h"
 #include "util.h"
 
 #include <errno.h>
@@ -589,7 +590,7 @@ int mn_dataset_split(const struct mn_dataset *ds, size_t validation_size, struct
  * Division (not multiplication by 1/255) keeps the values bit-identical
  * to p / 255.0f as other implementations compute them.
  */
-static inline void idx_scale(float *restrict dst, const uint8_t *restrict src, size_t n)
+MN_SIMD_CLONES static void idx_scale(float *restrict dst, const uint8_t *restrict src, size_t n)
 {
 	size_t j;
 
@@ -608,6 +609,17 @@ void mn_view_gather(const struct mn_view *v, const uint32_t *indices, size_t n, 
 	for (i = 0; i < n; i++) {
 		size_t k = indices[i];
 
+		/*
+		 * The rows are scattered over the whole data set, so each one is a
+		 * cache miss the hardware cannot predict: ask for the next row while
+		 * this one is converted.
+		 */
+		if (i + 1 < n) {
+			const uint8_t *next = v->images + (size_t)indices[i + 1] * dim;
+
+			for (size_t off = 0; off < dim; off += 64)
+				__builtin_prefetch(next + off);
+		}
 		idx_scale(x + i * dim, v->images + k * dim, dim);
 		if (v->labels)
 			y[i] = v->labels[k];

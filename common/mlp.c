@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "simd.h"
 #include "util.h"
 
 size_t mn_arch_layers(const struct mn_arch *a)
@@ -630,7 +631,7 @@ static bool by_columns(const struct mn_mlp *m, size_t out)
 }
 
 /* h = act(h + b) on a rows x cols block with leading dimension ld. */
-static void bias_act(size_t rows, size_t cols, const float *restrict b, float *restrict h,
+MN_SIMD_CLONES static void bias_act(size_t rows, size_t cols, const float *restrict b, float *restrict h,
                      size_t ld, bool relu)
 {
 	for (size_t i = 0; i < rows; i++) {
@@ -652,7 +653,7 @@ static void bias_act(size_t rows, size_t cols, const float *restrict b, float *r
 }
 
 /* shadow = d * shadow + (1 - d) * w on a rows x cols block with leading dimension ld. */
-static void ema_block(size_t rows, size_t cols, size_t ld, float d, const float *restrict w,
+MN_SIMD_CLONES static void ema_block(size_t rows, size_t cols, size_t ld, float d, const float *restrict w,
                       float *restrict shadow)
 {
 	float e = 1.0f - d;
@@ -668,7 +669,7 @@ static void ema_block(size_t rows, size_t cols, size_t ld, float d, const float 
 }
 
 /* b -= lr * (column sums of the rows x cols block d), summing in gb. */
-static void bias_step(size_t rows, size_t cols, const float *restrict d, size_t ld, float lr,
+MN_SIMD_CLONES static void bias_step(size_t rows, size_t cols, const float *restrict d, size_t ld, float lr,
                       float *restrict gb, float *restrict b)
 {
 	memcpy(gb, d, cols * sizeof(float));
@@ -685,7 +686,7 @@ static void bias_step(size_t rows, size_t cols, const float *restrict d, size_t 
 }
 
 /* d = h > 0 ? d : 0 (the ReLU's derivative) for n floats. */
-static void relu_mask(size_t n, const float *restrict h, float *restrict d)
+MN_SIMD_CLONES static void relu_mask(size_t n, const float *restrict h, float *restrict d)
 {
 #pragma omp simd
 	for (size_t i = 0; i < n; i++)
