@@ -610,20 +610,33 @@ static void team_barrier(struct mn_mlp *m)
 		relax(&spins);
 }
 
-/* Thread j's share [*lo, *hi) of count items, in blocks that are multiples of align. */
-static void share(size_t count, size_t threads, size_t j, size_t align, size_t *lo, size_t *hi)
+/* Where thread j's share of count items begins: j / threads of the way, rounded to align. */
+static size_t share_start(size_t count, size_t threads, size_t j, size_t align)
 {
-	size_t chunk = (count + threads - 1) / threads;
+	size_t at;
 
-	chunk = (chunk + align - 1) / align * align;
-	*lo = j * chunk < count ? j * chunk : count;
-	*hi = count - *lo > chunk ? *lo + chunk : count;
+	if (j >= threads)
+		return count;
+	at = (j * count + threads / 2) / threads;
+	at = (at + align / 2) / align * align;
+	return at < count ? at : count;
 }
 
 /*
- * Wide layers are shared out by output columns, so a thread's weights stay
- * its own from the forward product through the update and the EMA; narrow
- * ones (the logits) by batch rows, as their weights are small.
+ * Thread j's share [*lo, *hi) of count items: as equal as starts at
+ * multiples of align allow, since the step waits for the slowest thread at
+ * every barrier (500 columns in blocks of 16 gave one thread 5 % more).
+ */
+static void share(size_t count, size_t threads, size_t j, size_t align, size_t *lo, size_t *hi)
+{
+	*lo = share_start(count, threads, j, align);
+	*hi = share_start(count, threads, j + 1, align);
+}
+
+/*
+ * A wide layer's forward product is shared out by output columns, so each
+ * thread reads half of the weights; a narrow one's (the logits) by batch
+ * rows, as its weights are small.
  */
 static bool by_columns(const struct mn_mlp *m, size_t out)
 {
@@ -631,8 +644,8 @@ static bool by_columns(const struct mn_mlp *m, size_t out)
 }
 
 /* h = act(h + b) on a rows x cols block with leading dimension ld. */
-MN_SIMD_CLONES static void bias_act(size_t rows, size_t cols, const float *restrict b, float *restrict h,
-                     size_t ld, bool relu)
+MN_SIMD_CLONES static void bias_act(size_t rows, size_t cols, const float *restrict b,
+                                    float *restrict h, size_t ld, bool relu)
 {
 	for (size_t i = 0; i < rows; i++) {
 		float *restrict row = h + i * ld;
@@ -653,8 +666,8 @@ MN_SIMD_CLONES static void bias_act(size_t rows, size_t cols, const float *restr
 }
 
 /* shadow = d * shadow + (1 - d) * w on a rows x cols block with leading dimension ld. */
-MN_SIMD_CLONES static void ema_block(size_t rows, size_t cols, size_t ld, float d, const float *restrict w,
-                      float *restrict shadow)
+MN_SIMD_CLONES static void ema_block(size_t rows, size_t cols, size_t ld, float d,
+                                     const float *restrict w, float *restrict shadow)
 {
 	float e = 1.0f - d;
 
@@ -669,8 +682,8 @@ MN_SIMD_CLONES static void ema_block(size_t rows, size_t cols, size_t ld, float 
 }
 
 /* b -= lr * (column sums of the rows x cols block d), summing in gb. */
-MN_SIMD_CLONES static void bias_step(size_t rows, size_t cols, const float *restrict d, size_t ld, float lr,
-                      float *restrict gb, float *restrict b)
+MN_SIMD_CLONES static void bias_step(size_t rows, size_t cols, const float *restrict d, size_t ld,
+                                     float lr, float *restrict gb, float *restrict b)
 {
 	memcpy(gb, d, cols * sizeof(float));
 	for (size_t i = 1; i < rows; i++) {
@@ -704,7 +717,7 @@ static void step_forward(struct mn_mlp *m, size_t l, const float *params, size_t
 	float *h = m->act[l];
 
 	if (by_columns(m, no)) {
-		share(no, m->nthreads, j, 16, &lo, &hi);
+		share(no, m->nthreads, j, 8, &lo, &hi);
 		if (hi > lo) {
 			sgemm_ld(false, false, n, hi - lo, ni, 1.0f, in, ni, w + lo, no, 0.0f,
 			         h + lo, no);
@@ -739,7 +752,13 @@ static void step_loss(struct mn_mlp *m, size_t n, size_t j)
 	m->part[j].loss = total;
 }
 
-/* Thread j's share of layer l's update and EMA: w = keep * w - lr * in^T delta. */
+/*
+ * Thread j's share of layer l's update and EMA: w = keep * w - lr * in^T delta.
+ * Shared by rows of w, which are whole and contiguous: the shares are as
+ * equal as the rows allow (784 = 2 x 392), no cache line is written by two
+ * threads, and each EMA sweep is one contiguous block. The biases are
+ * shared by columns.
+ */
 static void step_update(struct mn_mlp *m, size_t l, size_t n, size_t j)
 {
 	const struct mn_mlp_step *s = m->job;
@@ -749,19 +768,7 @@ static void step_update(struct mn_mlp *m, size_t l, size_t n, size_t j)
 	float *w = m->job_params + wo, *b = m->job_params + bo, *sh = m->job_shadow;
 	float keep = 1.0f - s->lr * s->l2;
 
-	if (by_columns(m, no)) {
-		share(no, m->nthreads, j, 16, &lo, &hi);
-		if (hi == lo)
-			return;
-		sgemm_ld(true, false, ni, hi - lo, n, -s->lr, in, ni, d + lo, no, keep, w + lo, no);
-		bias_step(n, hi - lo, d + lo, no, s->lr, m->gb[l] + lo, b + lo);
-		if (sh) {
-			ema_block(ni, hi - lo, no, s->ema_decay, w + lo, sh + wo + lo);
-			ema_block(1, hi - lo, no, s->ema_decay, b + lo, sh + bo + lo);
-		}
-		return;
-	}
-	share(ni, m->nthreads, j, 16, &lo, &hi);
+	share(ni, m->nthreads, j, 8, &lo, &hi);
 	if (hi > lo) {
 		sgemm_ld(true, false, hi - lo, no, n, -s->lr, in + lo, ni, d, no, keep, w + lo * no,
 		         no);
@@ -769,10 +776,11 @@ static void step_update(struct mn_mlp *m, size_t l, size_t n, size_t j)
 			ema_block(1, (hi - lo) * no, 0, s->ema_decay, w + lo * no,
 			          sh + wo + lo * no);
 	}
-	if (j == 0) {
-		bias_step(n, no, d, no, s->lr, m->gb[l], b);
+	share(no, m->nthreads, j, 16, &lo, &hi);
+	if (hi > lo) {
+		bias_step(n, hi - lo, d + lo, no, s->lr, m->gb[l] + lo, b + lo);
 		if (sh)
-			ema_block(1, no, 0, s->ema_decay, b, sh + bo);
+			ema_block(1, hi - lo, 0, s->ema_decay, b + lo, sh + bo + lo);
 	}
 }
 
