@@ -2,6 +2,7 @@
 #include "ckptdir.h"
 
 #include "json.h"
+#include "log.h"
 #include "util.h"
 
 #include <cJSON.h>
@@ -372,7 +373,7 @@ int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, siz
 {
 	char name[MN_CKPT_MAX_NAME], path[PATH_MAX];
 	struct stat st;
-	int rc, first = 0, w;
+	int rc, w;
 
 	if (mn_ckptdir_filename(v->prefix, step, name, sizeof(name)) < 0) {
 		mn_errf(err, errlen, "%s: checkpoint name too long", v->dir);
@@ -425,17 +426,18 @@ int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, siz
 			versions_pop_oldest(v, step, step);
 		v->forgot_old = true;
 	}
+	/*
+	 * The new checkpoint is published whatever happens here: a file
+	 * retention cannot remove is worth a warning, not a failed checkpoint.
+	 */
 	for (size_t i = 0; i < drop; i++) {
 		char gname[MN_CKPT_MAX_NAME], gerr[MN_ERRLEN];
-		int r = remove_step(v, gone[i], gname, sizeof(gname), gerr, sizeof(gerr));
 
-		if (r < 0 && first == 0) {
-			first = r;
-			mn_errf(err, errlen, "%s", gerr);
-		}
+		if (remove_step(v, gone[i], gname, sizeof(gname), gerr, sizeof(gerr)) < 0)
+			mn_log(MN_LOG_WARN, "retention: %s", gerr);
 	}
 	free(gone);
-	return first;
+	return 0;
 }
 
 int mn_ckptdir_versions_free_oldest(struct mn_ckptdir_versions *v, int64_t keep, char *name,

@@ -79,8 +79,10 @@ size_t mn_ckptdir_versions_count(const struct mn_ckptdir_versions *v);
  * After the file of step was published: writes checkpoint.json atomically,
  * naming it latest, with the files that retention keeps, then deletes every
  * checkpoint file beyond the newest max_to_keep (0 keeps all), never
- * latest. Files that vanish meanwhile are not errors. -ENOENT if step's
- * file is not there (an index never names a missing file).
+ * latest. Files that vanish meanwhile are not errors, and one that cannot
+ * be removed is logged (a warning): the checkpoint is published all the
+ * same. -ENOENT if step's file is not there (an index never names a
+ * missing file).
  */
 int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, size_t max_to_keep,
                                 char *err, size_t errlen);

@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -341,6 +343,46 @@ START_TEST(test_versions_keep_all_index_bounded)
 }
 END_TEST
 
+/* Sets or clears a file's immutable flag; false where the file system has none. */
+static bool set_immutable(const char *path, bool on)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), flags = 0;
+	bool ok;
+
+	if (fd < 0)
+		return false;
+	ok = ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0;
+	flags = on ? flags | FS_IMMUTABLE_FL : flags & ~FS_IMMUTABLE_FL;
+	ok = ok && ioctl(fd, FS_IOC_SETFLAGS, &flags) == 0;
+	close(fd);
+	return ok;
+}
+
+START_TEST(test_versions_retention_failure_is_not_a_failed_publish)
+{
+	static const int64_t kept[] = {3};
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], path[PATH_MAX];
+	struct mn_ckptdir_versions *v;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	touch_step(dir, 1);
+	snprintf(path, sizeof(path), "%s/model.ckpt-1.safetensors", dir);
+	if (!set_immutable(path, true)) {
+		mn_test_rmtree(dir);
+		return; /* tmpfs and others have no immutable files: nothing to try */
+	}
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 1, &v, err, sizeof(err)), 0);
+	touch_step(dir, 3);
+	/* Step 1 cannot go (not even root may unlink an immutable file), yet 3 is published. */
+	ck_assert_msg(mn_ckptdir_versions_publish(v, 3, 1, err, sizeof(err)) == 0, "%s", err);
+	assert_index(dir, "model.ckpt-3.safetensors", kept, 1);
+	ck_assert(mn_test_exists(dir, "model.ckpt-1.safetensors"));
+	ck_assert(set_immutable(path, false));
+	mn_ckptdir_versions_free(v);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 START_TEST(test_versions_free_oldest)
 {
 	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], name[64];
@@ -447,6 +489,7 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "directory", NULL, NULL), test_filename, test_scan,
 	            test_publish_retention, test_publish_keep_all, test_publish_latest_not_newest,
 	            test_index_latest, test_versions_retention_over_time, test_versions_listed_once,
-	            test_versions_keep_all_index_bounded, test_versions_free_oldest);
+	            test_versions_keep_all_index_bounded, test_versions_free_oldest,
+	            test_versions_retention_failure_is_not_a_failed_publish);
 	return mn_test_run(s);
 }
