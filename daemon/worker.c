@@ -480,133 +480,159 @@ static int dist_agree(struct mnd_worker *w, struct mail *m, bool *save, char *er
 	return 0;
 }
 
+/* What the thread does after a step boundary's mail. */
+enum boundary {
+	TRAIN,    /* take a step */
+	WAIT,     /* paused: look at the mail again */
+	FINISHED, /* stop, *status says how it went */
+	ABORT,    /* the ranks cannot agree: end the whole job (message in err) */
+};
+
+/*
+ * Carries out a step boundary's mail: the ranks' agreement, a reload, a
+ * pause, the requests, a stop (with the final checkpoint) and the end of
+ * training at max_steps. Sets *status when it returns FINISHED or ABORT.
+ */
+static enum boundary at_boundary(struct mnd_worker *w, int *status, char *err, size_t errlen)
+{
+	char name[MN_CKPT_MAX_NAME];
+	bool dist_save = false, gave_up = false;
+	struct mail m;
+	int64_t step;
+
+	if (!take_mail(w, &m))
+		return WAIT;
+	if (!m.stop && checkpoints_given_up(w))
+		m.stop = gave_up = true;
+	if (w->dist) {
+		*status = dist_agree(w, &m, &dist_save, err, errlen);
+		if (*status < 0) {
+			answer_all(w, m.reqs, *status, "", err);
+			return ABORT;
+		}
+		/* Rank 0 answers its save requests; the others only join the check. */
+		if (dist_save && !m.reqs)
+			checkpoint_periodic(w);
+	}
+	if (m.have_next) {
+		apply_config(w, &m.next);
+		pthread_mutex_lock(&w->lock);
+		w->status.max_steps = w->cfg.train.max_steps;
+		pthread_mutex_unlock(&w->lock);
+	}
+	/* Paused means quiet: what was queued is on disk before a pause is answered. */
+	if (m.paused)
+		mnd_writer_drain(w->writer);
+	complete_requests(w, m.reqs);
+	if (w->diverged) {
+		*status = -EPROTO;
+		return FINISHED;
+	}
+	if (m.stop) {
+		mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
+		       mn_trainer_global_step(w->trainer));
+		*status = save_and_wait(w, name, sizeof(name), err, errlen);
+		if (gave_up)
+			*status = -EIO;
+		return FINISHED;
+	}
+	if (m.paused)
+		return WAIT;
+	step = mn_trainer_global_step(w->trainer);
+	if (step >= w->cfg.train.max_steps) {
+		*status = save_and_wait(w, name, sizeof(name), err, errlen);
+		if (*status == 0)
+			mn_log_fields(
+			    MN_LOG_INFO, "training finished",
+			    (struct mn_log_field[]){MN_F_INT("step", step), MN_F_STR("file", name)},
+			    2);
+		return FINISHED;
+	}
+	return TRAIN;
+}
+
+/*
+ * One training step, its status and its periodic checkpoint. Returns 0, or
+ * -errno when training must stop (logged).
+ */
+static int train_step(struct mnd_worker *w)
+{
+	int64_t step = mn_trainer_global_step(w->trainer), now;
+	struct mn_hparams h;
+	double loss, lr;
+	int rc;
+
+	hparams_from(w, &h);
+	rc = mn_trainer_step(w->trainer, &h, &loss, &lr);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "training step %" PRId64 " failed: %s", step, strerror(-rc));
+		return rc;
+	}
+	step++;
+	if (mn_log_get_level() <= MN_LOG_DEBUG)
+		mn_log_fields(MN_LOG_DEBUG, "step",
+		              (struct mn_log_field[]){MN_F_INT("step", step),
+		                                      MN_F_DBL("loss", loss, 8),
+		                                      MN_F_DBL("learning_rate", lr, 8)},
+		              3);
+	/*
+	 * TensorFlow's NanTensorHook: a NaN or an infinity spreads to every
+	 * weight, so nothing after it is worth publishing. Stop without a
+	 * checkpoint and fail, so that an operator looks.
+	 */
+	if (!isfinite(loss) && w->cfg.train.stop_on_nan) {
+		mn_log_fields(
+		    MN_LOG_ERROR, "non-finite loss, stopping (train.stop_on_nan)",
+		    (struct mn_log_field[]){MN_F_INT("step", step),
+		                            MN_F_STR("loss", isnan(loss) ? "nan" : "inf")},
+		    2);
+		return -ERANGE;
+	}
+	now = mn_monotonic_ns();
+	pthread_mutex_lock(&w->lock);
+	w->status.step = step;
+	w->status.loss = loss;
+	w->status.loss_sum += loss;
+	w->status.loss_count++;
+	w->status.learning_rate = lr;
+	w->status.progress_ns = now;
+	update_rate(w, now, step);
+	pthread_mutex_unlock(&w->lock);
+
+	if (step % w->cfg.checkpoint.every_steps == 0 && step < w->cfg.train.max_steps) {
+		checkpoint_periodic(w);
+		if (w->diverged)
+			return -EPROTO;
+	}
+	return 0;
+}
+
 static void train_thread(void *arg)
 {
 	struct mnd_worker *w = arg;
-	char name[MN_CKPT_MAX_NAME], err[MN_ERRLEN];
+	char err[MN_ERRLEN] = "";
+	enum boundary b = TRAIN;
 	int status = 0;
 
-	if (w->dist) {
-		status = dist_start(w, err, sizeof(err));
-		if (status < 0)
-			goto dist_failed;
-	}
+	if (w->dist && (status = dist_start(w, err, sizeof(err))) < 0)
+		b = ABORT;
 	w->rate_t0 = mn_monotonic_ns();
 	w->rate_step0 = mn_trainer_global_step(w->trainer);
-	for (;;) {
-		struct mail m;
-		bool dist_save = false, gave_up = false;
-
-		if (!take_mail(w, &m))
+	while (b != ABORT) {
+		b = at_boundary(w, &status, err, sizeof(err));
+		if (b == WAIT)
 			continue;
-		if (!m.stop && checkpoints_given_up(w))
-			m.stop = gave_up = true;
-		if (w->dist) {
-			status = dist_agree(w, &m, &dist_save, err, sizeof(err));
-			if (status < 0) {
-				answer_all(w, m.reqs, status, "", err);
-				goto dist_failed;
-			}
-			/* Rank 0 answers its save requests; the others only join the check. */
-			if (dist_save && !m.reqs)
-				checkpoint_periodic(w);
-		}
-		if (m.have_next) {
-			apply_config(w, &m.next);
-			pthread_mutex_lock(&w->lock);
-			w->status.max_steps = w->cfg.train.max_steps;
-			pthread_mutex_unlock(&w->lock);
-		}
-		/* Paused means quiet: what was queued is on disk before a pause is answered. */
-		if (m.paused)
-			mnd_writer_drain(w->writer);
-		complete_requests(w, m.reqs);
-		if (w->diverged) {
-			status = -EPROTO;
+		if (b != TRAIN || (status = train_step(w)) < 0)
 			break;
-		}
-		if (m.stop) {
-			mn_log(MN_LOG_INFO, "stopping at step %" PRId64,
-			       mn_trainer_global_step(w->trainer));
-			status = save_and_wait(w, name, sizeof(name), err, sizeof(err));
-			if (gave_up)
-				status = -EIO;
-			break;
-		}
-		if (m.paused)
-			continue;
-
-		int64_t step = mn_trainer_global_step(w->trainer);
-
-		if (step >= w->cfg.train.max_steps) {
-			status = save_and_wait(w, name, sizeof(name), err, sizeof(err));
-			if (status == 0)
-				mn_log_fields(MN_LOG_INFO, "training finished",
-				              (struct mn_log_field[]){MN_F_INT("step", step),
-				                                      MN_F_STR("file", name)},
-				              2);
-			break;
-		}
-
-		struct mn_hparams h;
-		double loss, lr;
-
-		hparams_from(w, &h);
-		status = mn_trainer_step(w->trainer, &h, &loss, &lr);
-		if (status < 0) {
-			mn_log(MN_LOG_ERROR, "training step %" PRId64 " failed: %s", step,
-			       strerror(-status));
-			break;
-		}
-		step++;
-		if (mn_log_get_level() <= MN_LOG_DEBUG)
-			mn_log_fields(MN_LOG_DEBUG, "step",
-			              (struct mn_log_field[]){MN_F_INT("step", step),
-			                                      MN_F_DBL("loss", loss, 8),
-			                                      MN_F_DBL("learning_rate", lr, 8)},
-			              3);
-		/*
-		 * TensorFlow's NanTensorHook: a NaN or an infinity spreads to every
-		 * weight, so nothing after it is worth publishing. Stop without a
-		 * checkpoint and fail, so that an operator looks.
-		 */
-		if (!isfinite(loss) && w->cfg.train.stop_on_nan) {
-			mn_log_fields(
-			    MN_LOG_ERROR, "non-finite loss, stopping (train.stop_on_nan)",
-			    (struct mn_log_field[]){MN_F_INT("step", step),
-			                            MN_F_STR("loss", isnan(loss) ? "nan" : "inf")},
-			    2);
-			status = -ERANGE;
-			break;
-		}
-		int64_t now = mn_monotonic_ns();
-
-		pthread_mutex_lock(&w->lock);
-		w->status.step = step;
-		w->status.loss = loss;
-		w->status.loss_sum += loss;
-		w->status.loss_count++;
-		w->status.learning_rate = lr;
-		w->status.progress_ns = now;
-		update_rate(w, now, step);
-		pthread_mutex_unlock(&w->lock);
-
-		if (step % w->cfg.checkpoint.every_steps == 0 && step < w->cfg.train.max_steps) {
-			checkpoint_periodic(w);
-			if (w->diverged) {
-				status = -EPROTO;
-				break;
-			}
-		}
 	}
-	/* Whatever the writer still holds is written before the thread says it is done. */
-	mnd_writer_drain(w->writer);
-	mnd_dist_log_summary(w->dist);
-	if (0) {
-	dist_failed:
+	if (b == ABORT) {
 		/* A collective this rank cannot finish would hang the others: end the job. */
 		mn_log(MN_LOG_ERROR, "rank %d: %s; ending the job", mnd_dist_rank(w->dist), err);
 		mnd_dist_abort(w->dist, 1);
+	} else {
+		/* Whatever the writer still holds is written before the thread says it is done. */
+		mnd_writer_drain(w->writer);
+		mnd_dist_log_summary(w->dist);
 	}
 	pthread_mutex_lock(&w->lock);
 	w->finished = true;
