@@ -488,6 +488,13 @@ int mn_trainer_snapshot_new(const struct mn_trainer *t, struct mn_trainer_snapsh
 		mn_trainer_snapshot_free(s);
 		return -ENOMEM;
 	}
+	/*
+	 * Touched now: the first snapshot would otherwise fault in every page
+	 * at the step that takes it (11 ms for 784-500-10 here, nine steps).
+	 */
+	memset(s->params, 0, t->nparams * sizeof(float));
+	memset(s->shadow, 0, t->nparams * sizeof(float));
+	memset(s->perm, 0, t->nperm * sizeof(uint32_t));
 	*out = s;
 	return 0;
 }
