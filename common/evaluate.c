@@ -36,8 +36,8 @@ static int check_inputs(const struct mn_arch *arch, const struct mn_view *v, cha
 }
 
 static int run(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-               uint8_t *pred, float *logits, const atomic_bool *cancel, struct mn_eval_result *res,
-               char *err, size_t errlen)
+               int threads, uint8_t *pred, float *logits, const atomic_bool *cancel,
+               struct mn_eval_result *res, char *err, size_t errlen)
 {
 	size_t batch, correct = 0;
 	double loss_sum = 0.0;
@@ -60,6 +60,12 @@ static int run(const struct mn_arch *arch, const float *params, const struct mn_
 	rc = mn_mlp_new(arch, batch, &m, err, errlen);
 	if (rc < 0) {
 		mn_errprefix(err, errlen, "evaluation workspace");
+		goto out;
+	}
+	/* A team as the training step's: no BLAS threads spinning between the products. */
+	rc = mn_mlp_set_threads(m, threads);
+	if (rc < 0) {
+		mn_errf(err, errlen, "cannot start the evaluation threads: %s", strerror(-rc));
 		goto out;
 	}
 	x = malloc(batch * v->dim * sizeof(float));
@@ -103,15 +109,15 @@ out:
 }
 
 int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-                uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
-                size_t errlen)
+                int threads, uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res,
+                char *err, size_t errlen)
 {
-	return run(arch, params, v, pred, NULL, cancel, res, err, errlen);
+	return run(arch, params, v, threads, pred, NULL, cancel, res, err, errlen);
 }
 
 int mn_evaluate_logits(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-                       uint8_t *pred, float *logits, struct mn_eval_result *res, char *err,
-                       size_t errlen)
+                       int threads, uint8_t *pred, float *logits, struct mn_eval_result *res,
+                       char *err, size_t errlen)
 {
-	return run(arch, params, v, pred, logits, NULL, res, err, errlen);
+	return run(arch, params, v, threads, pred, logits, NULL, res, err, errlen);
 }

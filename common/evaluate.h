@@ -26,15 +26,17 @@ struct mn_eval_result {
 
 /*
  * Runs the model (arch, params in mlp.h's layout) over every example of v
- * in batches of MN_EVAL_BATCH. If v->labels is NULL only predictions are
+ * in batches of MN_EVAL_BATCH, on threads threads (0: one per CPU; the
+ * process's BLAS then runs on one thread, see mn_mlp_set_threads). If
+ * v->labels is NULL only predictions are
  * made (result's loss and accuracy are then 0). pred, if not NULL, receives
  * v->count predicted classes. cancel, if not NULL, is checked between
  * batches: when it becomes true the call returns -ECANCELED. -EINVAL (with
  * a message) if v->dim differs from arch->input or a label is out of range.
  */
 int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-                uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res, char *err,
-                size_t errlen);
+                int threads, uint8_t *pred, const atomic_bool *cancel, struct mn_eval_result *res,
+                char *err, size_t errlen);
 
 /*
  * mn_evaluate without cancellation that also copies each example's logits
@@ -42,7 +44,7 @@ int mn_evaluate(const struct mn_arch *arch, const float *params, const struct mn
  * v->count rows of arch->output floats, row-major, in example order.
  */
 int mn_evaluate_logits(const struct mn_arch *arch, const float *params, const struct mn_view *v,
-                       uint8_t *pred, float *logits, struct mn_eval_result *res, char *err,
-                       size_t errlen);
+                       int threads, uint8_t *pred, float *logits, struct mn_eval_result *res,
+                       char *err, size_t errlen);
 
 #endif

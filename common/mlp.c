@@ -326,8 +326,11 @@ struct mn_mlp {
 	atomic_bool quit;      /* workers exit at the next generation */
 	atomic_uint bar_count; /* arrivals at the current barrier */
 	atomic_uint bar_gen;   /* barriers passed */
-	/* The current job, written before go moves. */
+	/* The current job, written before go moves: a training step or a forward pass. */
+	void (*job_part)(struct mn_mlp *m, size_t j);
 	const struct mn_mlp_step *job;
+	const float *job_x; /* the batch: x for a step, the caller's for a forward pass */
+	size_t job_n;
 	float *job_params, *job_shadow;
 	struct mn_part part[MN_MLP_MAX_THREADS];
 };
@@ -433,34 +436,7 @@ static int check_batch(const struct mn_mlp *m, const uint8_t *y, size_t n)
 }
 
 /* Fills m->act[] for n rows; the last layer holds the logits. */
-static void forward(struct mn_mlp *m, const float *params, const float *x, size_t n)
-{
-	const float *in = x;
-
-	for (size_t l = 0; l < m->layers; l++) {
-		size_t ni = mn_arch_layer_in(&m->arch, l), no = mn_arch_layer_out(&m->arch, l);
-		const float *w = params + mn_arch_weights_offset(&m->arch, l);
-		const float *b = params + mn_arch_biases_offset(&m->arch, l);
-		float *h = m->act[l];
-		bool relu = l + 1 < m->layers;
-
-		mn_sgemm(false, false, n, no, ni, in, w, 0.0f, h);
-		for (size_t i = 0; i < n; i++) {
-			float *row = h + i * no;
-
-			if (relu)
-				for (size_t j = 0; j < no; j++) {
-					float v = row[j] + b[j];
-
-					row[j] = v > 0.0f ? v : 0.0f;
-				}
-			else
-				for (size_t j = 0; j < no; j++)
-					row[j] += b[j];
-		}
-		in = h;
-	}
-}
+static void forward(struct mn_mlp *m, const float *params, const float *x, size_t n);
 
 /*
  * Cross-entropy of one row of logits z against label y, computed as
@@ -710,7 +686,7 @@ MN_SIMD_CLONES static void relu_mask(size_t n, const float *restrict h, float *r
 static void step_forward(struct mn_mlp *m, size_t l, const float *params, size_t n, size_t j)
 {
 	size_t ni = mn_arch_layer_in(&m->arch, l), no = mn_arch_layer_out(&m->arch, l), lo, hi;
-	const float *in = l == 0 ? m->x : m->act[l - 1];
+	const float *in = l == 0 ? m->job_x : m->act[l - 1];
 	const float *w = params + mn_arch_weights_offset(&m->arch, l);
 	const float *b = params + mn_arch_biases_offset(&m->arch, l);
 	bool relu = l + 1 < m->layers;
@@ -821,6 +797,15 @@ static void step_part(struct mn_mlp *m, size_t j)
 	team_barrier(m);
 }
 
+/* Thread j's part of a forward pass (the job's batch). Ends at a barrier. */
+static void forward_part(struct mn_mlp *m, size_t j)
+{
+	for (size_t l = 0; l < m->layers; l++) {
+		step_forward(m, l, m->job_params, m->job_n, j);
+		team_barrier(m);
+	}
+}
+
 static void *team_main(void *arg)
 {
 	struct mn_member *me = arg;
@@ -846,7 +831,7 @@ static void *team_main(void *arg)
 		seen = go;
 		if (atomic_load(&m->quit))
 			return NULL;
-		step_part(m, me->j);
+		m->job_part(m, me->j);
 	}
 }
 
@@ -859,6 +844,21 @@ static void team_go(struct mn_mlp *m)
 		pthread_cond_broadcast(&m->cond);
 		pthread_mutex_unlock(&m->lock);
 	}
+}
+
+/*
+ * The forward pass of n examples x (evaluation, the gradient check), shared
+ * out over the team like a training step's.
+ */
+static void forward(struct mn_mlp *m, const float *params, const float *x, size_t n)
+{
+	m->job_part = forward_part;
+	m->job_x = x;
+	m->job_n = n;
+	m->job_params = (float *)params; /* only read by a forward pass */
+	if (m->nthreads > 1)
+		team_go(m);
+	forward_part(m, 0);
 }
 
 static void team_stop(struct mn_mlp *m)
@@ -933,7 +933,10 @@ int mn_mlp_train_step(struct mn_mlp *m, const struct mn_mlp_step *s, float *para
 	for (size_t i = 0; i < s->n; i++)
 		if (s->rows[i] >= v->count || v->labels[s->rows[i]] >= m->arch.output)
 			return -EINVAL;
+	m->job_part = step_part;
 	m->job = s;
+	m->job_x = m->x;
+	m->job_n = s->n;
 	m->job_params = params;
 	m->job_shadow = shadow;
 	if (m->nthreads > 1)

@@ -289,6 +289,7 @@ static struct mne_pick_params pick_params(struct evaluator *e)
 	    .dir = e->app.cfg.checkpoint.dir,
 	    .prefix = e->app.cfg.checkpoint.prefix,
 	    .data = &e->validation,
+	    .threads = (int)e->app.cfg.train.threads,
 	    .use_ema = e->app.cfg.eval.use_ema,
 	    .follow_symlinks = e->app.cfg.checkpoint.follow_symlinks,
 	    .cancel = &e->cancel,

@@ -173,7 +173,8 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const c
 		goto out;
 	}
 	start = mn_monotonic_ns();
-	rc = mn_evaluate(&arch, params, p->data, NULL, p->cancel, &res->eval, err, sizeof(err));
+	rc = mn_evaluate(&arch, params, p->data, p->threads, NULL, p->cancel, &res->eval, err,
+	                 sizeof(err));
 	res->eval_ns = mn_monotonic_ns() - start;
 	if (rc == -ECANCELED) {
 		out = TRY_CANCELED;

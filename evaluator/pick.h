@@ -60,6 +60,7 @@ struct mne_pick_params {
 	const char *dir;            /* checkpoint.dir */
 	const char *prefix;         /* checkpoint.prefix */
 	const struct mn_view *data; /* the validation split, with labels */
+	int threads;                /* of the forward passes (train.threads; 0: one per CPU) */
 	bool use_ema;               /* evaluate the EMA shadows (if the file has them) */
 	bool follow_symlinks;       /* read checkpoints that are symbolic links */
 	const atomic_bool *cancel;  /* checked between files and batches; may be NULL */

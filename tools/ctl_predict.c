@@ -50,7 +50,7 @@ static const char predict_help[] =
     "                       of classes\n"
     "      --raw            a checkpoint's raw variables instead of its EMA shadows\n"
     "      --logits         also print each image's logits\n"
-    "      --threads N      BLAS threads, 0 for one per CPU (default: train.threads\n"
+    "      --threads N      threads, 0 for one per CPU (default: train.threads\n"
     "                       from the configuration, as mnist-eval uses it; the\n"
     "                       rounding of the matrix products depends on it)\n"
     "  -p, --prefix PREFIX  checkpoint file prefix when MODEL is a directory without\n"
@@ -208,6 +208,7 @@ static int print_result(const struct predict_args *a, const char *path, const st
 static int predict_run(const struct predict_args *a, const struct ctl_globals *g)
 {
 	char path[CTL_PATH_MAX], err[MN_ERRLEN], arch_s[256];
+	int threads;
 	struct mn_dataset *ds = NULL;
 	struct mn_ckpt *c = NULL;
 	struct mn_eval_result res;
@@ -252,18 +253,18 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 		ctl_errorf("predict", "out of memory for %zu predictions", v.count);
 		goto out;
 	}
-	if (a->threads < 0) {
+	threads = a->threads;
+	if (threads < 0) {
 		struct mn_config cfg;
 
 		if (ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
 			ctl_errorf("predict", "%s (or give --threads)", err);
 			goto out;
 		}
-		mn_blas_set_threads((int)cfg.train.threads);
-	} else {
-		mn_blas_set_threads(a->threads);
+		threads = (int)cfg.train.threads;
 	}
-	if (mn_evaluate_logits(&arch, params, &v, pred, logits, &res, err, sizeof(err)) < 0) {
+	if (mn_evaluate_logits(&arch, params, &v, threads, pred, logits, &res, err, sizeof(err)) <
+	    0) {
 		ctl_errorf("predict", "%s", err);
 		goto out;
 	}

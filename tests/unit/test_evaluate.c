@@ -33,7 +33,7 @@ START_TEST(test_hand_computed)
 	char err[MN_ERRLEN];
 	double right = log1p(exp(-1.0)), wrong = log1p(exp(1.0)), tie = log(2.0);
 
-	ck_assert_int_eq(mn_evaluate(&a, params, &v, pred, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_evaluate(&a, params, &v, 1, pred, NULL, &r, err, sizeof(err)), 0);
 	ck_assert_uint_eq(r.images, 4);
 	/* The third is wrong; the all-zero fourth is a tie, won by class 0. */
 	ck_assert_uint_eq(r.correct, 3);
@@ -107,7 +107,8 @@ START_TEST(test_batches_match_single_pass)
 	ck_assert_int_eq(mn_mlp_eval(m, f.params, x, y, count, &loss_ref, &correct_ref, pred_ref),
 	                 0);
 	memset(pred, 0xff, count);
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, pred, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, 1, pred, NULL, &r, err, sizeof(err)),
+	                 0);
 	ck_assert_uint_eq(r.images, count);
 	ck_assert_uint_eq(r.correct, correct_ref);
 	ck_assert_double_eq_tol(r.accuracy, (double)correct_ref / (double)count, 1e-15);
@@ -148,7 +149,7 @@ START_TEST(test_logits_match_single_pass)
 	mn_view_range(&f.v, 0, count, x, y);
 	ck_assert_int_eq(mn_mlp_eval(m, f.params, x, NULL, count, NULL, NULL, NULL), 0);
 	ck_assert_int_eq(
-	    mn_evaluate_logits(&f.arch, f.params, &f.v, pred, logits, &r, err, sizeof(err)), 0);
+	    mn_evaluate_logits(&f.arch, f.params, &f.v, 1, pred, logits, &r, err, sizeof(err)), 0);
 	ck_assert_uint_eq(r.images, count);
 	for (size_t i = 0; i < count * 3; i++)
 		ck_assert_float_eq_tol(logits[i], mn_mlp_logits(m)[i], 1e-5);
@@ -180,12 +181,12 @@ START_TEST(test_unlabelled_predicts_only)
 	ck_assert_ptr_nonnull(pred);
 	ck_assert_ptr_nonnull(pred_ref);
 	fixture_init(&f, count);
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, pred_ref, NULL, &r, err, sizeof(err)),
-	                 0);
+	ck_assert_int_eq(
+	    mn_evaluate(&f.arch, f.params, &f.v, 1, pred_ref, NULL, &r, err, sizeof(err)), 0);
 	unlabelled = f.v;
 	unlabelled.labels = NULL;
 	ck_assert_int_eq(
-	    mn_evaluate(&f.arch, f.params, &unlabelled, pred, NULL, &r, err, sizeof(err)), 0);
+	    mn_evaluate(&f.arch, f.params, &unlabelled, 1, pred, NULL, &r, err, sizeof(err)), 0);
 	ck_assert_uint_eq(r.images, count);
 	ck_assert_uint_eq(r.correct, 0);
 	ck_assert_double_eq(r.loss, 0.0);
@@ -194,6 +195,56 @@ START_TEST(test_unlabelled_predicts_only)
 	free(pred);
 	free(pred_ref);
 	fixture_free(&f);
+}
+END_TEST
+
+/*
+ * Evaluation shared over 2 and 3 threads (a layer wide enough to be split by
+ * columns, a narrow one by rows, batches and a ragged last batch) gives what
+ * one thread gives.
+ */
+START_TEST(test_threads_agree)
+{
+	const size_t count = 2 * MN_EVAL_BATCH + 13, h[] = {100};
+	struct mn_arch a = mn_test_arch(6, 1, h, 3);
+	size_t np = mn_arch_param_count(&a);
+	float *params = malloc(np * sizeof(float));
+	float *ref = malloc(count * 3 * sizeof(float)), *got = malloc(count * 3 * sizeof(float));
+	uint8_t *images = malloc(count * 6), *labels = malloc(count);
+	uint8_t *pred_ref = malloc(count), *pred = malloc(count);
+	struct mn_test_lcg g = {777};
+	struct mn_eval_result r1, r;
+	struct mn_view v;
+	char err[MN_ERRLEN];
+
+	ck_assert(params && ref && got && images && labels && pred_ref && pred);
+	for (size_t i = 0; i < np; i++)
+		params[i] = grid_sym(&g, 0.5f);
+	for (size_t i = 0; i < count * 6; i++)
+		images[i] = (uint8_t)(mn_test_lcg_u32(&g) & 0xff);
+	for (size_t i = 0; i < count; i++)
+		labels[i] = (uint8_t)(mn_test_lcg_u32(&g) % 3);
+	v = (struct mn_view){.images = images, .labels = labels, .count = count, .dim = 6};
+	ck_assert_int_eq(
+	    mn_evaluate_logits(&a, params, &v, 1, pred_ref, ref, &r1, err, sizeof(err)), 0);
+	for (int threads = 2; threads <= 3; threads++) {
+		ck_assert_int_eq(
+		    mn_evaluate_logits(&a, params, &v, threads, pred, got, &r, err, sizeof(err)),
+		    0);
+		ck_assert_uint_eq(r.images, count);
+		ck_assert_uint_eq(r.correct, r1.correct);
+		ck_assert_double_eq_tol(r.loss, r1.loss, 1e-6 * r1.loss);
+		for (size_t i = 0; i < count * 3; i++)
+			ck_assert_float_eq_tol(got[i], ref[i], 1e-4f);
+		ck_assert_mem_eq(pred, pred_ref, count);
+	}
+	free(params);
+	free(ref);
+	free(got);
+	free(images);
+	free(labels);
+	free(pred_ref);
+	free(pred);
 }
 END_TEST
 
@@ -206,7 +257,7 @@ START_TEST(test_input_size_mismatch)
 	fixture_init(&f, 10);
 	f.v.dim = 4;
 	f.v.count = 15;
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, NULL, &r, err, sizeof(err)),
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, 1, NULL, NULL, &r, err, sizeof(err)),
 	                 -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "6 inputs"));
 	ck_assert_ptr_nonnull(strstr(err, "4 pixels"));
@@ -222,7 +273,7 @@ START_TEST(test_label_out_of_range)
 
 	fixture_init(&f, 10);
 	f.labels[7] = 3;
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, NULL, &r, err, sizeof(err)),
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, 1, NULL, NULL, &r, err, sizeof(err)),
 	                 -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "label 3 of example 7"));
 	fixture_free(&f);
@@ -237,9 +288,11 @@ START_TEST(test_cancel)
 	char err[MN_ERRLEN];
 
 	fixture_init(&f, 50);
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, &cancel, &r, err, sizeof(err)),
-	                 -ECANCELED);
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, &go, &r, err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    mn_evaluate(&f.arch, f.params, &f.v, 1, NULL, &cancel, &r, err, sizeof(err)),
+	    -ECANCELED);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, 1, NULL, &go, &r, err, sizeof(err)),
+	                 0);
 	ck_assert_uint_eq(r.images, 50);
 	fixture_free(&f);
 }
@@ -253,7 +306,8 @@ START_TEST(test_empty_view)
 
 	fixture_init(&f, 1);
 	f.v.count = 0;
-	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, NULL, NULL, &r, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, 1, NULL, NULL, &r, err, sizeof(err)),
+	                 0);
 	ck_assert_uint_eq(r.images, 0);
 	ck_assert_double_eq(r.accuracy, 0.0);
 	fixture_free(&f);
@@ -267,6 +321,6 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_hand_computed,
 	            test_batches_match_single_pass, test_logits_match_single_pass,
 	            test_unlabelled_predicts_only, test_input_size_mismatch,
-	            test_label_out_of_range, test_cancel, test_empty_view);
+	            test_label_out_of_range, test_cancel, test_empty_view, test_threads_agree);
 	return mn_test_run(s);
 }
