@@ -70,14 +70,14 @@ def status(sock_path):
 
 
 def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, logs=None,
-                info=None):
+                info=None, train=None):
     """Steady-state steps/s of one mnistd run, from two status reads; the
     log's text is appended to logs if given; info (a dict) gets the peak RSS
     (vmhwm_kb, before the final checkpoint) and the newest checkpoint's size
-    (ckpt_bytes)."""
+    (ckpt_bytes). train (a dict) adds train.* keys."""
     with tempfile.TemporaryDirectory() as work:
         cfg = {"model": {"hidden": [int(h) for h in hidden.split(",")]},
-               "train": {"max_steps": 10 ** 9, "threads": threads},
+               "train": dict({"max_steps": 10 ** 9, "threads": threads}, **(train or {})),
                "checkpoint": {"dir": work + "/ckpt", "every_steps": every, "max_to_keep": 2},
                "control": {"socket": work + "/control.sock"},
                "log": {"file": work + "/mnistd.log"}}
