@@ -120,14 +120,9 @@ static double latency_ms(const struct mne_pick_result *r)
 	return span_ms(r->published_ns, r->done_ns);
 }
 
-/*
- * Logs the result, appends it to the metrics file and has the report page
- * redrawn; false if the append failed.
- */
-static bool report(struct evaluator *e, const struct mne_pick_result *r)
+/* Logs the result, as soon as it is ready. */
+static void log_result(const struct mne_pick_result *r)
 {
-	bool ok;
-
 	if (!isfinite(r->eval.loss)) {
 		/*
 		 * Said as such ("nan", not a number that looks like one, nor null), and
@@ -144,7 +139,7 @@ static bool report(struct evaluator *e, const struct mne_pick_result *r)
 		                  MN_F_STR("metrics_file", "not written"),
 		              },
 		              5);
-		return true;
+		return;
 	}
 	mn_log_fields(MN_LOG_INFO, "evaluation",
 	              (struct mn_log_field[]){
@@ -157,19 +152,39 @@ static bool report(struct evaluator *e, const struct mne_pick_result *r)
 	                  MN_F_INT("images", (int64_t)r->eval.images),
 	              },
 	              7);
-	ok = write_metrics(e, r, latency_ms(r));
-	mne_page_kick(e->page);
+}
+
+/*
+ * Records a result once everything it leads to is done (the best
+ * checkpoints kept): a metrics line means best.json is up to date, for the
+ * early stopper and for scripts. Appends it to the metrics file, has the
+ * report page redrawn and the textfile rewritten; false if the append
+ * failed. A non-finite loss is kept out of the metrics file, whose loss is
+ * a JSON number.
+ */
+static bool record_result(struct evaluator *e, const struct mne_pick_result *r)
+{
+	bool ok = true;
+
+	if (isfinite(r->eval.loss)) {
+		ok = write_metrics(e, r, latency_ms(r));
+		mne_page_kick(e->page);
+	}
+	mne_textfile_result(e->textfile, r, latency_ms(r) / 1e3);
+	mne_textfile_write(e->textfile, true);
 	return ok;
 }
 
 static void on_result(const struct mne_pick_result *r, void *arg)
 {
-	struct evaluator *e = arg;
+	(void)arg;
+	log_result(r);
+}
 
+static void on_settled(const struct mne_pick_result *r, void *arg)
+{
 	/* A metrics file that cannot be written (disk full) is logged; evaluating goes on. */
-	report(e, r);
-	mne_textfile_result(e->textfile, r, latency_ms(r) / 1e3);
-	mne_textfile_write(e->textfile, true);
+	record_result(arg, r);
 }
 
 static void on_rejected(uint64_t total, void *arg)
@@ -341,10 +356,11 @@ static int run_once(struct evaluator *e)
 	mne_pick_state_free(&s);
 	/* A command whose record could not be kept has failed, though the line was logged. */
 	if (rc == 1) {
-		rc = report(e, &r) ? MN_EX_OK : MN_EX_FAILURE;
+		log_result(&r);
 		if (r.fd >= 0)
 			on_evaluated(r.fd, r.path, &r, e);
 		mne_pick_result_close(&r);
+		rc = record_result(e, &r) ? MN_EX_OK : MN_EX_FAILURE;
 		/* Only the page's gnuplot keeps the loop alive: until the page is written. */
 		uv_run(&e->app.loop, UV_RUN_DEFAULT);
 		return rc;
@@ -363,6 +379,7 @@ static int run_watch(struct evaluator *e)
 	struct mne_runner_params rp = {
 	    .pick = pick_params(e),
 	    .on_result = on_result,
+	    .on_settled = on_settled,
 	    .on_missing = on_missing,
 	    .on_rejected = on_rejected,
 	    .after_result = e->keep ? on_evaluated : NULL,

@@ -54,6 +54,10 @@ static void after_keep_cb(uv_work_t *req, int status)
 		maybe_free(r);
 		return;
 	}
+	if (r->params.on_settled)
+		r->params.on_settled(&r->result, r->params.arg);
+	if (r->closing)
+		return;
 	if (r->pending) {
 		r->pending = false;
 		mne_runner_kick(r);
@@ -88,6 +92,7 @@ static void work_cb(uv_work_t *req)
 static void after_work_cb(uv_work_t *req, int status)
 {
 	struct mne_runner *r = req->data;
+	bool evaluated = status >= 0 && r->rc == 1;
 
 	r->busy = false;
 	if (r->closing) {
@@ -117,9 +122,11 @@ static void after_work_cb(uv_work_t *req, int status)
 		memcpy(r->last_err, r->err, sizeof(r->last_err));
 	}
 	/* The callbacks above may have closed us; then the keeping is skipped. */
-	if (start_keep(r))
+	if (evaluated && start_keep(r))
 		return;
 	mne_pick_result_close(&r->result);
+	if (evaluated && !r->closing && r->params.on_settled)
+		r->params.on_settled(&r->result, r->params.arg);
 	if (!r->closing && r->pending) {
 		r->pending = false;
 		mne_runner_kick(r);

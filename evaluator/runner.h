@@ -4,7 +4,9 @@
  *
  * Any number of mne_runner_kick() calls before a job starts make one job; a
  * kick while a job runs makes exactly one more job after it. A job's result
- * carries the time of the first kick that asked for it (event_ns). So a burst of
+ * carries the time of the first kick that asked for it (event_ns). A result
+ * goes to on_result at once, then to after_result (in the thread pool), then
+ * to on_settled. So a burst of
  * publishes costs at most two scans and evaluates the newest file, and the
  * loop thread stays free for signals while the evaluation runs in libuv's
  * thread pool.
@@ -23,8 +25,10 @@
 struct mne_runner_params {
 	/* dir, prefix and data must outlive the runner; cancel too. */
 	struct mne_pick_params pick;
-	/* A checkpoint was evaluated. */
+	/* A checkpoint was evaluated: called as soon as the result is ready. */
 	void (*on_result)(const struct mne_pick_result *res, void *arg);
+	/* Optional: the same result once after_result is done (at once without it). */
+	void (*on_settled)(const struct mne_pick_result *res, void *arg);
 	/* A scan found no directory (it may have been removed). */
 	void (*on_missing)(void *arg);
 	/* Optional: more bad files were rejected; total counts them since the start. */
