@@ -7,7 +7,7 @@
  * SSE. MN_SIMD_CLONES also compiles an AVX2 copy that the loader picks on
  * CPUs that have it (GNU ifunc). Not "fma": a fused multiply-add rounds once
  * where the baseline rounds twice, and both copies must give the same bits,
- * so that a run resumes exactly on another machine.
+ * so that which one the loader picks never changes a run's numbers.
  */
 #ifndef MN_SIMD_H
 #define MN_SIMD_H
