@@ -140,14 +140,22 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
                 seen.setdefault(m["step"], now)
             offset += end + 1
 
+        # Every file is written and synced before the clock starts, so that
+        # only the renames happen while the evaluator works: preparing the
+        # next 3.4 MB file (copy, CRC, write, fsync) during an evaluation took
+        # a core from it on a 2-core machine.
+        for i in range(args.count):
+            step = (i + 1) * 100
+            fname = "%s-%d.safetensors" % (PREFIX, step)
+            with open(os.path.join(d, "." + fname + ".tmp"), "wb") as f:
+                f.write(restep(header, data, step))
+                f.flush()
+                os.fsync(f.fileno())
+        time.sleep(1)
         for i in range(args.count):
             step = (i + 1) * 100
             fname = "%s-%d.safetensors" % (PREFIX, step)
             tmp = os.path.join(d, "." + fname + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(restep(header, data, step))
-                f.flush()
-                os.fsync(f.fileno())
             # Jitter so the cadence does not lock onto the poll timer's phase.
             due = time.monotonic() + cadence_s * rng.uniform(0.5, 1.5)
             while time.monotonic() < due:

@@ -68,9 +68,10 @@ static int run(const struct mn_arch *arch, const float *params, const struct mn_
 		mn_errf(err, errlen, "cannot start the evaluation threads: %s", strerror(-rc));
 		goto out;
 	}
-	x = malloc(batch * v->dim * sizeof(float));
+	/* Images scaled once (v->scaled) are read in place; others a batch at a time. */
+	x = v->scaled ? NULL : malloc(batch * v->dim * sizeof(float));
 	y = malloc(batch);
-	if (!x || !y) {
+	if ((!x && !v->scaled) || !y) {
 		rc = -ENOMEM;
 		mn_errf(err, errlen, "out of memory for an evaluation batch");
 		goto out;
@@ -83,8 +84,14 @@ static int run(const struct mn_arch *arch, const float *params, const struct mn_
 			mn_errf(err, errlen, "evaluation cancelled");
 			goto out;
 		}
-		mn_view_range(v, first, n, x, y);
-		rc = mn_mlp_eval(m, params, x, v->labels ? y : NULL, n, &loss_sum, &correct,
+		if (v->scaled) {
+			if (v->labels)
+				memcpy(y, v->labels + first, n);
+		} else {
+			mn_view_range(v, first, n, x, y);
+		}
+		rc = mn_mlp_eval(m, params, v->scaled ? v->scaled + first * v->dim : x,
+		                 v->labels ? y : NULL, n, &loss_sum, &correct,
 		                 pred ? pred + first : NULL);
 		if (rc < 0) {
 			mn_errf(err, errlen, "forward pass failed: %s", strerror(-rc));

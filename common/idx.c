@@ -626,6 +626,23 @@ void mn_view_gather(const struct mn_view *v, const uint32_t *indices, size_t n, 
 	}
 }
 
+int mn_view_scale(const struct mn_view *v, float **out)
+{
+	size_t n;
+	float *x;
+
+	*out = NULL;
+	if (v->dim != 0 && v->count > SIZE_MAX / sizeof(float) / v->dim)
+		return -ENOMEM;
+	n = v->count * v->dim;
+	x = malloc((n != 0 ? n : 1) * sizeof(float));
+	if (!x)
+		return -ENOMEM;
+	idx_scale(x, v->images, n);
+	*out = x;
+	return 0;
+}
+
 void mn_view_range(const struct mn_view *v, size_t first, size_t n, float *x, uint8_t *y)
 {
 	if (n == 0)

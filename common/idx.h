@@ -36,6 +36,12 @@ struct mn_view {
 	const uint8_t *labels; /* count bytes; NULL for an image-only data set */
 	size_t count;          /* number of examples */
 	size_t dim;            /* pixels per image (rows * cols) */
+	/*
+	 * Optional: the same images already scaled to [0,1] (mn_view_scale),
+	 * for a reader that goes over all of them again and again, such as the
+	 * evaluator; NULL otherwise.
+	 */
+	const float *scaled;
 };
 
 /*
@@ -92,6 +98,13 @@ int mn_dataset_split(const struct mn_dataset *ds, size_t validation_size, struct
  */
 void mn_view_gather(const struct mn_view *v, const uint32_t *indices, size_t n, float *x,
                     uint8_t *y);
+
+/*
+ * Scales all of v's images to [0,1] once, exactly as mn_view_range does,
+ * into a new array *out of v->count * v->dim floats (free() it) for
+ * v->scaled. 0 or -ENOMEM.
+ */
+int mn_view_scale(const struct mn_view *v, float **out);
 
 /* Same for the consecutive examples [first, first + n). */
 void mn_view_range(const struct mn_view *v, size_t first, size_t n, float *x, uint8_t *y);

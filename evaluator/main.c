@@ -38,6 +38,7 @@
 struct evaluator {
 	struct mn_app app;
 	struct mn_view validation;
+	float *scaled; /* validation.scaled: the images as floats, made once */
 	struct mne_watch *watch;
 	struct mne_runner *runner;
 	struct mne_keep *keep; /* eval.best_dir, NULL when not kept */
@@ -282,7 +283,16 @@ static int load_data(struct evaluator *e)
 		mn_log(MN_LOG_ERROR, "data.validation_size is 0: there is nothing to evaluate on");
 		return MN_EX_CONFIG;
 	}
-	return mn_app_load_split(&e->app, "validation", NULL, &e->validation);
+	int ex = mn_app_load_split(&e->app, "validation", NULL, &e->validation);
+
+	/*
+	 * Every evaluation reads every validation image: scaled to floats once
+	 * (16 MB for 5000 images of 784 pixels), a batch is no longer converted
+	 * on one thread while the others wait, at each evaluation.
+	 */
+	if (ex == MN_EX_OK && mn_view_scale(&e->validation, &e->scaled) == 0)
+		e->validation.scaled = e->scaled;
+	return ex;
 }
 
 /*
@@ -511,6 +521,7 @@ int main(int argc, char **argv)
 out:
 	mn_jsonl_close(e.metrics);
 	mne_keep_free(e.keep);
+	free(e.scaled);
 	mn_app_end(&e.app);
 	return ex;
 }

@@ -238,6 +238,20 @@ START_TEST(test_threads_agree)
 			ck_assert_float_eq_tol(got[i], ref[i], 1e-4f);
 		ck_assert_mem_eq(pred, pred_ref, count);
 	}
+	/* Images scaled once (the evaluator's way) give the very same numbers. */
+	{
+		float *scaled;
+
+		ck_assert_int_eq(mn_view_scale(&v, &scaled), 0);
+		v.scaled = scaled;
+		ck_assert_int_eq(
+		    mn_evaluate_logits(&a, params, &v, 1, pred, got, &r, err, sizeof(err)), 0);
+		ck_assert_uint_eq(r.correct, r1.correct);
+		ck_assert_double_eq(r.loss, r1.loss);
+		ck_assert_mem_eq(got, ref, count * 3 * sizeof(float));
+		ck_assert_mem_eq(pred, pred_ref, count);
+		free(scaled);
+	}
 	free(params);
 	free(ref);
 	free(got);

@@ -336,6 +336,17 @@ START_TEST(test_range_exact_values)
 	ck_assert_uint_eq(y[2], 99);
 	/* n == 0 touches nothing. */
 	mn_view_range(&all, 4, 0, NULL, NULL);
+	/* Scaling the whole view once gives what a range gives, bit for bit. */
+	{
+		float *scaled, row[4];
+
+		ck_assert_int_eq(mn_view_scale(&all, &scaled), 0);
+		for (size_t i = 0; i < all.count; i++) {
+			mn_view_range(&all, i, 1, row, y);
+			ck_assert_mem_eq(scaled + i * 4, row, sizeof(row));
+		}
+		free(scaled);
+	}
 	mn_dataset_free(ds);
 }
 END_TEST
