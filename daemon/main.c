@@ -95,14 +95,21 @@ static void notify(struct daemon *d, const char *fmt, ...)
 
 static void notify_status(struct daemon *d, const struct mnd_worker_status *s)
 {
-	/* First, since `systemctl status` shows one line: training that cannot be kept. */
-	if (s->ckpt_failing > 0 && !d->stopping)
+	char latest[3 * MN_CKPT_MAX_NAME], error[MN_ERRLEN];
+
+	/*
+	 * First, since `systemctl status` shows one line: training that cannot
+	 * be kept. The error names paths: escaped, as a newline in one would
+	 * start another field of the notification (READY=1, say).
+	 */
+	if (s->ckpt_failing > 0 && !d->stopping) {
+		mn_escape(s->latest[0] ? s->latest : "none", latest, sizeof(latest));
+		mn_escape(s->ckpt_error, error, sizeof(error));
 		notify(d,
 		       "STATUS=checkpoints failing: %" PRId64 " in a row (last good: %s): %s; "
 		       "step %" PRId64 "/%" PRId64,
-		       s->ckpt_failing, s->latest[0] ? s->latest : "none", s->ckpt_error, s->step,
-		       s->max_steps);
-	else if (d->stopping)
+		       s->ckpt_failing, latest, error, s->step, s->max_steps);
+	} else if (d->stopping)
 		notify(d, "STATUS=stopping at step %" PRId64, s->step);
 	else if (s->paused)
 		notify(d, "STATUS=paused at step %" PRId64 "/%" PRId64, s->step, s->max_steps);
