@@ -44,6 +44,18 @@ static void keep_cb(uv_work_t *req)
 	mne_pick_result_close(&r->result);
 }
 
+/* The end of a job: the result settled (if there was one), and the next job if kicked. */
+static void job_done(struct mne_runner *r, bool evaluated)
+{
+	if (evaluated && !r->closing && r->params.on_settled)
+		r->params.on_settled(&r->result, r->params.arg);
+	/* The callback may have closed us. */
+	if (!r->closing && r->pending) {
+		r->pending = false;
+		mne_runner_kick(r);
+	}
+}
+
 static void after_keep_cb(uv_work_t *req, int status)
 {
 	struct mne_runner *r = req->data;
@@ -54,14 +66,7 @@ static void after_keep_cb(uv_work_t *req, int status)
 		maybe_free(r);
 		return;
 	}
-	if (r->params.on_settled)
-		r->params.on_settled(&r->result, r->params.arg);
-	if (r->closing)
-		return;
-	if (r->pending) {
-		r->pending = false;
-		mne_runner_kick(r);
-	}
+	job_done(r, true);
 }
 
 /* Keeps the file just reported in the thread pool; false if that cannot start. */
@@ -125,12 +130,7 @@ static void after_work_cb(uv_work_t *req, int status)
 	if (evaluated && start_keep(r))
 		return;
 	mne_pick_result_close(&r->result);
-	if (evaluated && !r->closing && r->params.on_settled)
-		r->params.on_settled(&r->result, r->params.arg);
-	if (!r->closing && r->pending) {
-		r->pending = false;
-		mne_runner_kick(r);
-	}
+	job_done(r, evaluated);
 }
 
 static void start_job(uv_timer_t *h)
