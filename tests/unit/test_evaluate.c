@@ -199,9 +199,9 @@ START_TEST(test_unlabelled_predicts_only)
 END_TEST
 
 /*
- * Evaluation shared over 2 and 3 threads (a layer wide enough to be split by
- * columns, a narrow one by rows, batches and a ragged last batch) gives what
- * one thread gives.
+ * Evaluation shared over 2 and 3 threads (a wide layer shared by rows in the
+ * full batches and by columns in the ragged last batch of 13, a narrow one by
+ * rows) gives what one thread gives.
  */
 START_TEST(test_threads_agree)
 {

@@ -488,6 +488,8 @@ START_TEST(test_train_step_matches_parts)
 	    {5, 2, {4, 3}, 3, 4},
 	    {784, 1, {100, 0}, 10, 37},
 	    {30, 2, {70, 40}, 10, 23},
+	    /* a wide layer by rows: as many rows as units, as in an evaluation */
+	    {20, 1, {64, 0}, 10, 64},
 	};
 	const float lr = 0.3f, l2 = 1e-3f, d = 0.9f;
 
