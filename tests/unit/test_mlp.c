@@ -478,25 +478,29 @@ static void assert_close(const float *a, const float *b, size_t n, const char *w
  * The fused step equals its parts (gather, mn_mlp_loss_grad, SGD with L2 on
  * the weights only, EMA) to rounding, for every way the threads share the
  * layers out (by columns, by rows, empty shares), and repeats itself to the
- * bit with the same thread count.
+ * bit with the same thread count. The L2 factors cover the decay folded
+ * into the EMA's sweep (1e-3), no decay (0) and a decay too strong to fold
+ * (lr * l2 > 1/2, done by the product's beta).
  */
 START_TEST(test_train_step_matches_parts)
 {
 	static const struct {
 		size_t input, nhidden, hidden[2], output, n;
+		float l2;
 	} shapes[] = {
-	    {5, 2, {4, 3}, 3, 4},
-	    {784, 1, {100, 0}, 10, 37},
-	    {30, 2, {70, 40}, 10, 23},
+	    {5, 2, {4, 3}, 3, 4, 1e-3f},
+	    {784, 1, {100, 0}, 10, 37, 0.0f},
+	    {30, 2, {70, 40}, 10, 23, 2.0f},
 	    /* a wide layer by rows: as many rows as units, as in an evaluation */
-	    {20, 1, {64, 0}, 10, 64},
+	    {20, 1, {64, 0}, 10, 64, 1e-3f},
 	};
-	const float lr = 0.3f, l2 = 1e-3f, d = 0.9f;
+	const float lr = 0.3f, d = 0.9f;
 
 	for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
 		struct mn_arch a = mn_test_arch(shapes[k].input, shapes[k].nhidden,
 		                                shapes[k].hidden, shapes[k].output);
 		size_t np = mn_arch_param_count(&a), n = shapes[k].n, count = 3 * n;
+		float l2 = shapes[k].l2;
 		float *p0 = malloc(np * sizeof(float)), *g = malloc(np * sizeof(float));
 		float *want = malloc(np * sizeof(float)), *want_sh = malloc(np * sizeof(float));
 		float *p = malloc(np * sizeof(float)), *sh = malloc(np * sizeof(float));
