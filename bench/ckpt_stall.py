@@ -2,7 +2,10 @@
 """What checkpoints cost training: steady-state steps/s of mnistd with no
 checkpoints, with one every --every steps, and with one every --every steps
 on a slow disk (bench/libslowfsync.so: every fsync takes --fsync-ms longer),
-median of --runs interleaved rounds; and, from the log, what taking the
+median of --runs interleaved rounds. "vs none" is the median of each
+round's ratio to the run without checkpoints just before it: this VM's
+two-thread speed drifts by 10 % over minutes, which a ratio of medians
+taken minutes apart would mistake for a checkpoint cost. And, from the log, what taking the
 snapshot cost the training thread (snapshot_ms) against the median step
 time, the writer's write_ms and how many snapshots were replaced while
 waiting.
@@ -43,10 +46,10 @@ def main():
         for name, every, env in modes:
             rates[name].append(speed.mnistd_rate(build, a.threads, a.hidden, a.seconds, 300,
                                                  every, env, logs[name]))
-    base = statistics.median(rates[modes[0][0]])
+    none = rates[modes[0][0]]
     print("threads=%d hidden=%s runs=%d (median steady-state steps/s)" % (a.threads, a.hidden,
                                                                           a.runs))
-    print("| checkpoints | steps/s | vs none | published | replaced | write_ms p50 | "
+    print("| checkpoints | steps/s | vs none (paired) | published | replaced | write_ms p50 | "
           "snapshot_ms p50 / max | step ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, _, _ in modes:
@@ -55,8 +58,9 @@ def main():
         snaps = [float(x) for x in re.findall(r"snapshot_ms=([0-9.]+)", text)]
         replaced = text.count("checkpoint replaced before it was written")
         r = statistics.median(rates[name])
+        paired = statistics.median(x / y for x, y in zip(rates[name], none))
         print("| %s | %.0f | %.3f | %d | %d | %s | %s | %.2f |" % (
-            name, r, r / base, len(writes), replaced,
+            name, r, paired, len(writes), replaced,
             "%.1f" % statistics.median(writes) if writes else "-",
             "%.2f / %.2f" % (statistics.median(snaps), max(snaps)) if snaps else "-",
             1000.0 / r))
