@@ -4,15 +4,17 @@
 # several steps, measured by an independent numpy forward pass
 # (bench/st_eval.py) and by mnistctl predict.
 #
-# usage: bench/accuracy.sh [BUILD_DIR]   (default build-release)
+# usage: [SEED=N] bench/accuracy.sh [BUILD_DIR]   (default build-release; SEED sets train.seed)
 set -eu
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-release}
 [ -d "$BUILD" ] || meson setup "$BUILD" -Dbuildtype=release >/dev/null
 meson compile -C "$BUILD" >/dev/null
 WORK=$(mktemp -d /tmp/mnistd-acc.XXXXXX)
+SEED_KEY=
+[ -z "${SEED:-}" ] || SEED_KEY=" \"model\": {\"seed\": $SEED},"
 cat > "$WORK/mnistd.json" <<JSON
-{"checkpoint": {"dir": "$WORK/ckpt", "every_steps": 1000, "max_to_keep": 0},
+{"checkpoint": {"dir": "$WORK/ckpt", "every_steps": 1000, "max_to_keep": 0},$SEED_KEY
  "control": {"socket": "$WORK/control.sock"}}
 JSON
 start=$(date +%s)
