@@ -11,8 +11,13 @@ checkpoint:
 
   internal  the evaluator's latency_ms: the file's ctime (the rename) to the
             result being ready;
-  external  this script's clock just after rename() to the moment the line
-            is in eval.metrics_file (polled every 0.5 ms).
+  logged    this script's clock just after rename() to the moment the
+            evaluator's "evaluation step=N" line is in its log (polled
+            every 0.5 ms): publish-to-logged with the rename's exact time,
+            where latency_ms starts at the file's ctime, which the kernel
+            takes from a clock that ticks every few ms (4 here);
+  external  the same to the moment the record is in eval.metrics_file,
+            which is written after the best checkpoint is kept.
 
 Throughput is images / eval_ms (forward passes only), and images / latency
 for the whole path (read, CRC, validation, evaluation).
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import struct
@@ -121,12 +127,23 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
         rng = random.Random(1)
         published = {}  # step -> wall-clock time just after the rename
         seen = {}       # step -> wall-clock time the metrics line was seen
+        logged = {}     # step -> wall-clock time the log line was seen
         records = {}
         offset = 0
+        log_offset = 0
         kept = []
 
         def poll_metrics():
-            nonlocal offset
+            nonlocal offset, log_offset
+            with open(logpath, "rb") as f:
+                f.seek(log_offset)
+                chunk = f.read()
+            end = chunk.rfind(b"\n")
+            if end >= 0:
+                now = time.time()
+                for m in re.finditer(rb" evaluation step=(\d+) ", chunk[:end]):
+                    logged.setdefault(int(m.group(1)), now)
+                log_offset += end + 1
             with open(metrics, "rb") as f:
                 f.seek(offset)
                 chunk = f.read()
@@ -187,6 +204,8 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
         log.close()
     internal = [records[s]["latency_ms"] for s in records]
     external = [(seen[s] - published[s]) * 1000 for s in records if s in published]
+    to_log = [(logged[s] - published[s]) * 1000 for s in records
+              if s in published and s in logged]
     eval_ms = [records[s]["eval_ms"] for s in records]
     images = records[last]["images"]
     return {
@@ -195,6 +214,8 @@ def run_mode(args, work, base, src, mode, interval_ms, cadence_s):
         "evaluated": len(records),
         "p50": percentile(internal, 50),
         "p99": percentile(internal, 99),
+        "log_p50": percentile(to_log, 50),
+        "log_p99": percentile(to_log, 99),
         "ext_p50": percentile(external, 50),
         "ext_p99": percentile(external, 99),
         "images": images,
@@ -248,13 +269,13 @@ def main():
             cadence = max(args.cadence, interval * 1.2 / 1000.0) if mode == "poll" else args.cadence
             rows.append(run_mode(args, work, base, src, mode, interval, cadence))
         print()
-        print("| mode | published | evaluated | latency p50 (ms) | p99 (ms) | external p50 | external p99 "
-              "| eval images/s | end-to-end images/s |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| mode | published | evaluated | rename to logged p50 (ms) | p99 | latency_ms p50 "
+              "| p99 | rename to metrics record p50 | p99 | eval images/s | end-to-end images/s |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
-            print("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f |" % (
-                r["mode"], r["published"], r["evaluated"], r["p50"], r["p99"], r["ext_p50"],
-                r["ext_p99"], r["eval_ips"], r["e2e_ips"]))
+            print("| %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f |" % (
+                r["mode"], r["published"], r["evaluated"], r["log_p50"], r["log_p99"], r["p50"],
+                r["p99"], r["ext_p50"], r["ext_p99"], r["eval_ips"], r["e2e_ips"]))
         print()
         print("| mode | publish to event p50 / p99 (ms) | event to open | read and verify "
               "| forward passes | all but the forward passes | mnist-eval peak RSS (MiB) |")
@@ -268,8 +289,9 @@ def main():
                                                                               rows[0]["accuracy"]))
         ev = [r for r in rows if r["mode"] == "events"]
         if ev:
-            ok = ev[0]["p50"] <= 30 and ev[0]["p99"] <= 60
-            print("goal (events: p50 <= 30 ms, p99 <= 60 ms on an idle machine): %s; loadavg %s"
+            ok = ev[0]["log_p50"] <= 30 and ev[0]["log_p99"] <= 60
+            print("goal (events, rename to logged: p50 <= 30 ms, p99 <= 60 ms on an idle "
+                  "machine): %s; loadavg %s"
                   % ("met" if ok else "NOT met", open("/proc/loadavg").read().split()[0]))
     finally:
         if args.keep:
