@@ -203,11 +203,11 @@ static void on_missing(void *arg)
 	mne_watch_recheck(e->watch);
 }
 
-static void on_change(void *arg)
+static void on_change(void *arg, int64_t step)
 {
 	struct evaluator *e = arg;
 
-	mne_runner_kick(e->runner);
+	mne_runner_kick(e->runner, step);
 }
 
 static void stop(struct evaluator *e)

@@ -270,6 +270,24 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 	memset(res, 0, sizeof(*res));
 	res->fd = -1;
 	res->event_ns = p->event_ns ? p->event_ns : mn_realtime_ns();
+	if (p->hint_step > 0 && p->hint_step > s->last_step) {
+		struct mn_ckptdir_entry hinted = {.step = p->hint_step};
+		enum attempt a = TRY_SKIPPED;
+
+		if (mn_ckptdir_filename(p->prefix, p->hint_step, hinted.name,
+		                        sizeof(hinted.name)) == 0)
+			a = try_file(p, s, &hinted, res);
+		if (a == TRY_CANCELED) {
+			mn_errf(err, errlen, "cancelled");
+			return -ECANCELED;
+		}
+		if (a == TRY_DONE) {
+			s->last_step = hinted.step;
+			forget_old(s);
+			return 1;
+		}
+		/* Gone or bad: older files may be good, and only a listing finds them. */
+	}
 	rc = mn_ckptdir_scan(p->dir, p->prefix, &list, &n, err, errlen);
 	if (rc < 0)
 		return rc;

@@ -72,6 +72,14 @@ struct mne_pick_params {
 	bool keep_open;
 	/* Wall-clock time of the event that asked for this look (0: when it starts). */
 	int64_t event_ns;
+	/*
+	 * The newest step the events that asked for this look named, or 0 (or
+	 * less) to list the directory. A named step above the last one evaluated is
+	 * tried first without listing, so a look costs the same in a directory
+	 * of 100 000 checkpoints as in one of five; if that file is gone or
+	 * bad, or the step is not new, the directory is listed as always.
+	 */
+	int64_t hint_step;
 };
 
 struct mne_pick_result {

@@ -16,6 +16,8 @@ struct mne_runner {
 	bool busy;        /* a job (an evaluation or the keeping after it) is queued or running */
 	bool pending;     /* kicked while busy */
 	int64_t event_ns; /* the first kick since the last job started, wall clock (0: none) */
+	int64_t hint;     /* the newest step kicks named since the last job started (-1: none) */
+	bool list;        /* a kick since the last job started named no step */
 	bool closing;
 	bool timer_closed;
 	/* Owned by the job while busy, by the loop thread otherwise. */
@@ -27,6 +29,8 @@ struct mne_runner {
 	char last_err[MN_ERRLEN]; /* a repeated scan error is logged once */
 	uint64_t rejected;        /* state.rejected as last reported */
 };
+
+static void kick(struct mne_runner *r);
 
 static void maybe_free(struct mne_runner *r)
 {
@@ -52,7 +56,7 @@ static void job_done(struct mne_runner *r, bool evaluated)
 	/* The callback may have closed us. */
 	if (!r->closing && r->pending) {
 		r->pending = false;
-		mne_runner_kick(r);
+		kick(r);
 	}
 }
 
@@ -143,7 +147,10 @@ static void start_job(uv_timer_t *h)
 	r->job = r->params.pick;
 	r->job.keep_open = r->params.after_result != NULL;
 	r->job.event_ns = r->event_ns;
+	r->job.hint_step = r->list ? -1 : r->hint;
 	r->event_ns = 0;
+	r->hint = -1;
+	r->list = false;
 	r->work.data = r;
 	rc = uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
 	if (rc < 0) {
@@ -153,10 +160,20 @@ static void start_job(uv_timer_t *h)
 	r->busy = true;
 }
 
-void mne_runner_kick(struct mne_runner *r)
+void mne_runner_kick(struct mne_runner *r, int64_t step)
 {
 	if (!r || r->closing)
 		return;
+	if (step < 0)
+		r->list = true;
+	else if (step > r->hint)
+		r->hint = step;
+	kick(r);
+}
+
+/* Starts a job on the next loop turn, or after the running one. */
+static void kick(struct mne_runner *r)
+{
 	if (!r->event_ns)
 		r->event_ns = mn_realtime_ns();
 	if (r->busy) {
@@ -191,6 +208,7 @@ int mne_runner_new(uv_loop_t *loop, const struct mne_runner_params *p, struct mn
 		return -ENOMEM;
 	}
 	r->loop = loop;
+	r->hint = -1;
 	r->params = *p;
 	r->result.fd = -1;
 	mne_pick_state_init(&r->state);

@@ -7,7 +7,7 @@
  * carries the time of the first kick that asked for it (event_ns). A result
  * goes to on_result at once, then to after_result (in the thread pool), then
  * to on_settled. So a burst of
- * publishes costs at most two scans and evaluates the newest file, and the
+ * publishes costs at most two looks and evaluates the newest file, and the
  * loop thread stays free for signals while the evaluation runs in libuv's
  * thread pool.
  *
@@ -50,8 +50,14 @@ struct mne_runner;
 int mne_runner_new(uv_loop_t *loop, const struct mne_runner_params *p, struct mne_runner **out,
                    char *err, size_t errlen);
 
-/* The directory may have changed: scan (soon, once) and evaluate what is new. */
-void mne_runner_kick(struct mne_runner *r);
+/*
+ * The directory may have changed: look (soon, once) and evaluate what is
+ * new. step is the step of the checkpoint an event named, or -1 if unknown
+ * (a poll, the directory appearing): the job lists the directory only if
+ * some kick since the last job started did not name a step (see
+ * mne_pick_params.hint_step).
+ */
+void mne_runner_kick(struct mne_runner *r, int64_t step);
 
 /* Takes effect from the next job on (eval.use_ema is reloadable). */
 void mne_runner_set_use_ema(struct mne_runner *r, bool use_ema);

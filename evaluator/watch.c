@@ -36,7 +36,7 @@ struct mne_watch {
 	char parent[PATH_MAX]; /* the watched parent while waiting */
 	enum mn_watch_mode mode;
 	uint64_t interval_ms;
-	void (*on_change)(void *arg);
+	void (*on_change)(void *arg, int64_t step);
 	void *arg;
 };
 
@@ -121,7 +121,7 @@ static bool enter_watching(struct mne_watch *w)
 			              (struct mn_log_field[]){MN_F_STR("dir", w->dir),
 			                                      MN_F_STR("method", "events")},
 			              2);
-			w->on_change(w->arg);
+			w->on_change(w->arg, -1);
 			return true;
 		}
 		mn_log(MN_LOG_WARN, "%s: filesystem events unavailable (%s%s); polling instead",
@@ -146,7 +146,7 @@ static bool enter_watching(struct mne_watch *w)
 	                  MN_F_STR("reason", why),
 	              },
 	              4);
-	w->on_change(w->arg);
+	w->on_change(w->arg, -1);
 	return true;
 }
 
@@ -203,6 +203,20 @@ static bool same_dir(const struct mne_watch *w)
 	return is_dir(w->dir, &st) && st.st_dev == w->dev && st.st_ino == w->ino;
 }
 
+/*
+ * True if dir/name no longer exists: the event was a deletion (retention),
+ * which never makes anything new to evaluate.
+ */
+static bool gone(const struct mne_watch *w, const char *name)
+{
+	char path[PATH_MAX];
+	struct stat st;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", w->dir, name) >= sizeof(path))
+		return false;
+	return lstat(path, &st) != 0 && errno == ENOENT;
+}
+
 static void lost_dir(struct mne_watch *w)
 {
 	mn_log_fields(MN_LOG_WARN, "checkpoint directory gone or replaced",
@@ -244,7 +258,10 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 		return;
 	}
 	if (name && mn_ckptdir_filename_parse(w->prefix, name, &step)) {
-		w->on_change(w->arg);
+		if (!gone(w, name))
+			w->on_change(w->arg, step);
+		else if (!same_dir(w))
+			lost_dir(w);
 		return;
 	}
 	/* Other names: checkpoint.json, or the directory itself being removed or moved. */
@@ -260,7 +277,7 @@ static void on_timer(uv_timer_t *h)
 		return;
 	if (w->state == ST_POLL) {
 		if (same_dir(w))
-			w->on_change(w->arg);
+			w->on_change(w->arg, -1);
 		else
 			lost_dir(w);
 		return;

@@ -9,10 +9,11 @@
  * filesystems whose inotify does not see other clients' writes (NFS, CIFS,
  * FUSE, ...: statfs tells), where auto mode polls instead.
  *
- * Events for dot-files (temporaries) and for names that are not final
- * checkpoint names ("<prefix>-<step>.safetensors") are ignored, so one
- * atomic publish produces one notification. Notifications are not
- * coalesced here: the owner schedules one scan for any number of them.
+ * Events for dot-files (temporaries), for names that are not final
+ * checkpoint names ("<prefix>-<step>.safetensors") and for checkpoints that
+ * no longer exist (retention deleting them) are ignored, so one atomic
+ * publish produces one notification and a deletion none. Notifications are not
+ * coalesced here: the owner schedules one look for any number of them.
  *
  * All functions run on the loop's thread.
  */
@@ -29,8 +30,12 @@ struct mne_watch_params {
 	const char *prefix;        /* checkpoint.prefix; copied */
 	enum mn_watch_mode mode;   /* auto, events or poll */
 	uint64_t poll_interval_ms; /* poll period, also used while waiting without events */
-	/* Called when the directory's checkpoints may have changed (or it appeared). */
-	void (*on_change)(void *arg);
+	/*
+	 * Called when the directory's checkpoints may have changed (or it
+	 * appeared). step is the step of the checkpoint an event named, or -1
+	 * when the watcher cannot tell (a poll, the directory appearing).
+	 */
+	void (*on_change)(void *arg, int64_t step);
 	void *arg;
 };
 

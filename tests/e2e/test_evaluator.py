@@ -285,6 +285,45 @@ class EvaluatorTest(mnlib.TestCase):
                 "created": "2026-01-01T00:00:00Z"}
         return encode_safetensors(tensors, meta), correct / VALIDATION, loss / VALIDATION
 
+    def test_published_files_are_opened_without_listing(self):
+        """A look for a file an event named opens it without listing the
+        directory, so in a keep-all directory of any size a look costs the
+        same; deletions (retention) start no look at all."""
+        strace = shutil.which("strace")
+        if not strace:
+            self.skipTest("needs strace (scripts/deps.sh installs it)")
+        src = self.real_checkpoints(steps=20, every=20)
+        base = os.path.join(src, ckpt_name(20))
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        for step in range(1, 201):
+            publish(d, ckpt_name(step), restep(base, step))
+        path, _ = self.eval_config(d)
+        trace = os.path.join(self.work, "trace")
+        # LeakSanitizer cannot run under ptrace.
+        env = {"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"}
+        ev = self.start([strace, "-f", "-qq", "-e", "trace=getdents64", "-o", trace, MNIST_EVAL,
+                         "--config", path], "eval", env)
+        self.wait_metric(200)
+        for step in range(201, 231):
+            publish(d, ckpt_name(step), restep(base, step))
+            self.wait_metric(step)
+        # Retention deleting old files: no look, nothing evaluated twice.
+        for step in range(1, 101):
+            os.unlink(os.path.join(d, ckpt_name(step)))
+        publish(d, ckpt_name(231), restep(base, 231))
+        self.wait_metric(231)
+        # strace does not pass SIGTERM on: stop its child, whose status it returns.
+        with open("/proc/%d/task/%d/children" % (ev.p.pid, ev.p.pid)) as f:
+            os.kill(int(f.read().split()[0]), signal.SIGTERM)
+        self.assertEqual(ev.wait(60), 0, ev.output())
+        self.assertEqual([m["step"] for m in metrics(self.metrics_path)], [200] + list(range(201, 232)))
+        with open(trace) as f:
+            listings = [line for line in f if "getdents64(" in line]
+        # The first look lists the directory (a few calls for 200 names);
+        # the 31 looks after it used to list it each time.
+        self.assertLess(len(listings), 10, "".join(listings))
+
     def test_checkpoint_from_another_writer(self):
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)

@@ -324,6 +324,65 @@ START_TEST(test_frozen_model_has_no_shadows)
 }
 END_TEST
 
+/*
+ * A look for a step an event named opens that file without listing the
+ * directory: a newer file nobody named is not seen (it is at the next look
+ * that lists), and the step named is the one evaluated.
+ */
+START_TEST(test_named_step_is_evaluated_without_listing)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(2);
+	publish_step(3);
+	mne_pick_state_init(&s);
+	p.hint_step = 2;
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 2);
+	ck_assert_str_eq(r.name, name_of(2));
+	ck_assert_int_eq(s.last_step, 2);
+	/* Named again, or named lower: not new, so the directory is listed and 3 found. */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 3);
+	p.hint_step = 0; /* nothing named: list */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	mne_pick_state_free(&s);
+}
+END_TEST
+
+/*
+ * A named file that is gone (retention was quicker) or bad falls back to
+ * listing, which finds the newest good one; the bad one is remembered as
+ * when it is found by listing.
+ */
+START_TEST(test_named_step_gone_or_bad_falls_back_to_listing)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(2);
+	mne_pick_state_init(&s);
+	p.hint_step = 7; /* never written */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 2);
+	publish_step(3);
+	mn_test_write_file(tpath(name_of(4)), "not a checkpoint", 16);
+	p.hint_step = 4;
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 3);
+	ck_assert_uint_eq(s.nfailed, 1);
+	ck_assert_int_eq(s.failed[0].step, 4);
+	ck_assert_uint_eq(s.rejected, 1);
+	/* Named again while unchanged: rejected once, not read again. */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(s.rejected, 1);
+	mne_pick_state_free(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pick");
@@ -334,6 +393,8 @@ int main(void)
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
 	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
 	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,
-	            test_every_bad_file_is_remembered, test_fresh_run_is_followed);
+	            test_every_bad_file_is_remembered, test_fresh_run_is_followed,
+	            test_named_step_is_evaluated_without_listing,
+	            test_named_step_gone_or_bad_falls_back_to_listing);
 	return mn_test_run(s);
 }
