@@ -1,0 +1,152 @@
+/*
+ * test_watch.c - the evaluator's watcher on a real libuv loop and a real
+ * directory: what each kind of change tells its owner.
+ *
+ * No sleeps: inotify delivers a directory's events in order, so once the
+ * notification for a later publish has arrived, any notification an earlier
+ * change would have caused has arrived too.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "mn_test.h"
+#include "watch.h"
+
+#define PREFIX   "model.ckpt"
+#define MAX_SEEN 64
+
+static char tmpdir[PATH_MAX];
+static uv_loop_t loop;
+static int64_t seen[MAX_SEEN];
+static size_t nseen, want; /* run_until's target */
+
+static void setup(void)
+{
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
+	ck_assert_int_eq(uv_loop_init(&loop), 0);
+	nseen = 0;
+}
+
+static void teardown(void)
+{
+	/* Closing handles needs loop turns; then the loop must be empty. */
+	uv_run(&loop, UV_RUN_DEFAULT);
+	ck_assert_int_eq(uv_loop_close(&loop), 0);
+	mn_test_rmtree(tmpdir);
+}
+
+static void record(void *arg, int64_t step)
+{
+	(void)arg;
+	ck_assert_uint_lt(nseen, MAX_SEEN);
+	seen[nseen++] = step;
+	/* A callback from a timer comes before the turn's wait for I/O: do not wait. */
+	if (nseen >= want)
+		uv_stop(&loop);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+	(void)t;
+	ck_abort_msg("no notification within 10 s (%zu so far, last %lld)", nseen,
+	             nseen ? (long long)seen[nseen - 1] : -2LL);
+}
+
+/* Runs the loop until n notifications have arrived, failing after 10 s. */
+static void run_until(size_t n)
+{
+	static uv_timer_t deadline;
+
+	ck_assert_int_eq(uv_timer_init(&loop, &deadline), 0);
+	ck_assert_int_eq(uv_timer_start(&deadline, on_deadline, 10000, 0), 0);
+	want = n;
+	while (nseen < n)
+		uv_run(&loop, UV_RUN_ONCE);
+	uv_close((uv_handle_t *)&deadline, NULL);
+	/* The close completes at the end of a loop turn; the timer must not outlive it. */
+	uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+/* Publishes name the way every writer must: a dot-file, then a rename. */
+static void publish(const char *name)
+{
+	char tmp[PATH_MAX + 64], final[PATH_MAX + 64];
+
+	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", tmpdir, name);
+	snprintf(final, sizeof(final), "%s/%s", tmpdir, name);
+	mn_test_write_file(tmp, "x", 1);
+	ck_assert_int_eq(rename(tmp, final), 0);
+}
+
+static struct mne_watch *start(enum mn_watch_mode mode, uint64_t poll_ms)
+{
+	struct mne_watch_params p = {.dir = tmpdir,
+	                             .prefix = PREFIX,
+	                             .mode = mode,
+	                             .poll_interval_ms = poll_ms,
+	                             .on_change = record};
+	struct mne_watch *w = NULL;
+	char err[256] = "";
+
+	ck_assert_msg(mne_watch_start(&loop, &p, &w, err, sizeof(err)) == 0, "%s", err);
+	return w;
+}
+
+/*
+ * With events, a publish names its step; temporaries, other names and
+ * deletions (retention) notify nothing.
+ */
+START_TEST(test_events_name_the_step_and_deletions_are_silent)
+{
+	struct mne_watch *w = start(MN_WATCH_EVENTS, 1000);
+	char path[PATH_MAX + 64];
+
+	run_until(1);
+	ck_assert_int_eq(seen[0], -1); /* the first look, for what is already there */
+	publish(PREFIX "-500.safetensors");
+	run_until(2);
+	ck_assert_int_eq(seen[1], 500);
+
+	snprintf(path, sizeof(path), "%s/" PREFIX "-500.safetensors", tmpdir);
+	ck_assert_int_eq(unlink(path), 0);
+	publish("checkpoint.json");
+	publish("other-700.safetensors");
+	publish(PREFIX "-700.safetensors");
+	run_until(3);
+	ck_assert_int_eq(seen[2], 700);
+
+	/* A file replaced under its name is a change too. */
+	publish(PREFIX "-700.safetensors");
+	publish(PREFIX "-900.safetensors");
+	run_until(5);
+	ck_assert_int_eq(seen[3], 700);
+	ck_assert_int_eq(seen[4], 900);
+	ck_assert_uint_eq(nseen, 5);
+	mne_watch_close(w);
+}
+END_TEST
+
+/* Polling cannot tell what changed: every notification asks for a listing. */
+START_TEST(test_poll_names_no_step)
+{
+	struct mne_watch *w = start(MN_WATCH_POLL, 5);
+
+	publish(PREFIX "-500.safetensors");
+	run_until(3);
+	for (size_t i = 0; i < nseen; i++)
+		ck_assert_int_eq(seen[i], -1);
+	mne_watch_close(w);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("watch");
+	TCase *tc = mn_test_tcase(s, "watch", setup, teardown);
+
+	MN_TEST_ADD(tc, test_events_name_the_step_and_deletions_are_silent,
+	            test_poll_names_no_step);
+	return mn_test_run(s);
+}
