@@ -1,0 +1,187 @@
+/*
+ * test_early.c - early stopping on a real libuv loop following a real
+ * metrics file: which evaluations count and when patience runs out.
+ *
+ * Lines are read in order, so once the last line appended has been counted
+ * every earlier one has been judged; the loop is woken every 2 ms while
+ * waiting, with a deadline.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <uv.h>
+
+#include "early.h"
+#include "mn_test.h"
+
+static char tmpdir[PATH_MAX];
+static char metrics[PATH_MAX + 32];
+static uv_loop_t loop;
+static int64_t current_step;
+static int stops;
+static struct mnd_early_status at_stop;
+
+static void setup(void)
+{
+	mn_test_tmpdir(tmpdir, sizeof(tmpdir));
+	snprintf(metrics, sizeof(metrics), "%s/metrics.jsonl", tmpdir);
+	ck_assert_int_eq(uv_loop_init(&loop), 0);
+	current_step = 1000000;
+	stops = 0;
+}
+
+static void teardown(void)
+{
+	uv_run(&loop, UV_RUN_DEFAULT);
+	ck_assert_int_eq(uv_loop_close(&loop), 0);
+	mn_test_rmtree(tmpdir);
+}
+
+static int64_t get_step(void *arg)
+{
+	(void)arg;
+	return current_step;
+}
+
+static void on_stop(const struct mnd_early_status *s, void *arg)
+{
+	(void)arg;
+	stops++;
+	at_stop = *s;
+}
+
+static void append(const char *lines)
+{
+	FILE *f = fopen(metrics, "a");
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_ge(fputs(lines, f), 0);
+	ck_assert_int_eq(fclose(f), 0);
+}
+
+static struct mnd_early *start(int64_t patience, double min_delta)
+{
+	struct mnd_early_params p = {.metrics_file = metrics,
+	                             .patience = patience,
+	                             .min_delta = min_delta,
+	                             .mode = MN_WATCH_AUTO,
+	                             .poll_interval_ms = 20,
+	                             .current_step = get_step,
+	                             .on_stop = on_stop};
+	struct mnd_early *e = NULL;
+	char err[256] = "";
+
+	ck_assert_msg(mnd_early_start(&loop, &p, &e, err, sizeof(err)) == 0, "%s", err);
+	return e;
+}
+
+static void tick(uv_timer_t *t)
+{
+	(void)t;
+}
+
+/* Runs the loop until n evaluations have counted (or it stopped); fails after 10 s. */
+static void run_until_counted(struct mnd_early *e, int64_t n)
+{
+	static uv_timer_t ticker;
+	struct mnd_early_status s;
+	uint64_t end;
+
+	ck_assert_int_eq(uv_timer_init(&loop, &ticker), 0);
+	ck_assert_int_eq(uv_timer_start(&ticker, tick, 2, 2), 0);
+	end = uv_now(&loop) + 10000;
+	for (;;) {
+		mnd_early_get_status(e, &s);
+		if (s.evaluations >= n || s.stopped)
+			break;
+		ck_assert_msg(uv_now(&loop) < end, "%lld of %lld evaluations counted in 10 s",
+		              (long long)s.evaluations, (long long)n);
+		uv_run(&loop, UV_RUN_ONCE);
+	}
+	uv_close((uv_handle_t *)&ticker, NULL);
+	uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+/* patience evaluations in a row without an improvement above min_delta stop the run. */
+START_TEST(test_patience_runs_out)
+{
+	struct mnd_early *e = start(2, 0.01);
+	struct mnd_early_status s;
+
+	append("{\"step\": 100, \"accuracy\": 0.50}\n"
+	       "{\"step\": 200, \"accuracy\": 0.505}\n"); /* not better by more than 0.01 */
+	run_until_counted(e, 2);
+	mnd_early_get_status(e, &s);
+	ck_assert_int_eq(stops, 0);
+	ck_assert_int_eq(s.since_best, 1);
+	append("{\"step\": 300, \"accuracy\": 0.49}\n");
+	run_until_counted(e, 3);
+	ck_assert_int_eq(stops, 1);
+	ck_assert(at_stop.stopped);
+	ck_assert_int_eq(at_stop.best_step, 100);
+	ck_assert_double_eq(at_stop.best_accuracy, 0.50);
+	ck_assert_int_eq(at_stop.since_best, 2);
+	ck_assert_int_eq(at_stop.evaluations, 3);
+	mnd_early_get_status(e, &s);
+	ck_assert(s.stopped);
+	mnd_early_close(e);
+}
+END_TEST
+
+/*
+ * Only this run's newer evaluations count: garbage, out-of-range values,
+ * repeats, older steps and steps beyond the trainer's are passed over.
+ */
+START_TEST(test_only_new_evaluations_of_this_run_count)
+{
+	struct mnd_early *e;
+	struct mnd_early_status s;
+
+	current_step = 250;
+	e = start(3, 0.05);
+	append("not json\n"
+	       "{\"step\": -1, \"accuracy\": 0.5}\n"
+	       "{\"step\": 100, \"accuracy\": 1.5}\n"
+	       "{\"step\": 100, \"accuracy\": 0.60}\n"
+	       "{\"step\": 100, \"accuracy\": 0.90}\n"
+	       "{\"step\": 50, \"accuracy\": 0.90}\n"
+	       "{\"step\": 300, \"accuracy\": 0.90}\n"
+	       "{\"step\": 200, \"accuracy\": 0.61}\n");
+	run_until_counted(e, 2);
+	mnd_early_get_status(e, &s);
+	ck_assert_int_eq(s.evaluations, 2);
+	ck_assert_int_eq(s.best_step, 100);
+	ck_assert_double_eq(s.best_accuracy, 0.60);
+	ck_assert_int_eq(s.since_best, 1);
+	ck_assert_int_eq(stops, 0);
+	mnd_early_close(e);
+}
+END_TEST
+
+/* A metrics file that does not exist yet is followed from when it appears. */
+START_TEST(test_file_that_appears_later)
+{
+	struct mnd_early *e = start(1, 0.0);
+	struct mnd_early_status s;
+
+	mnd_early_get_status(e, &s);
+	ck_assert_int_eq(s.evaluations, 0);
+	ck_assert(!s.have_best);
+	append("{\"step\": 10, \"accuracy\": 0.25}\n");
+	run_until_counted(e, 1);
+	mnd_early_get_status(e, &s);
+	ck_assert(s.have_best);
+	ck_assert_int_eq(s.best_step, 10);
+	ck_assert_int_eq(stops, 0);
+	mnd_early_close(e);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("early");
+	TCase *tc = mn_test_tcase(s, "early", setup, teardown);
+
+	MN_TEST_ADD(tc, test_patience_runs_out, test_only_new_evaluations_of_this_run_count,
+	            test_file_that_appears_later);
+	return mn_test_run(s);
+}
