@@ -132,7 +132,7 @@ static inline size_t mn_test_count_entries(const char *dir)
 /* True if dir/name exists (access(F_OK): a dangling link does not). */
 static inline bool mn_test_exists(const char *dir, const char *name)
 {
-	char path[PATH_MAX];
+	char path[PATH_MAX + 256];
 
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	return access(path, F_OK) == 0;
