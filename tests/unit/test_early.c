@@ -3,8 +3,7 @@
  * metrics file: which evaluations count and when patience runs out.
  *
  * Lines are read in order, so once the last line appended has been counted
- * every earlier one has been judged; the loop is woken every 2 ms while
- * waiting, with a deadline.
+ * every earlier one has been judged.
  */
 #include <check.h>
 #include <stdio.h>
@@ -12,6 +11,7 @@
 
 #include "early.h"
 #include "mn_test.h"
+#include "mn_test_uv.h"
 
 static char tmpdir[PATH_MAX];
 static char metrics[PATH_MAX + 32];
@@ -74,31 +74,26 @@ static struct mnd_early *start(int64_t patience, double min_delta)
 	return e;
 }
 
-static void tick(uv_timer_t *t)
+struct counted {
+	struct mnd_early *e;
+	int64_t n;
+};
+
+static bool have_counted(void *arg)
 {
-	(void)t;
+	const struct counted *c = arg;
+	struct mnd_early_status s;
+
+	mnd_early_get_status(c->e, &s);
+	return s.evaluations >= c->n || s.stopped;
 }
 
 /* Runs the loop until n evaluations have counted (or it stopped); fails after 10 s. */
 static void run_until_counted(struct mnd_early *e, int64_t n)
 {
-	static uv_timer_t ticker;
-	struct mnd_early_status s;
-	uint64_t end;
+	struct counted c = {e, n};
 
-	ck_assert_int_eq(uv_timer_init(&loop, &ticker), 0);
-	ck_assert_int_eq(uv_timer_start(&ticker, tick, 2, 2), 0);
-	end = uv_now(&loop) + 10000;
-	for (;;) {
-		mnd_early_get_status(e, &s);
-		if (s.evaluations >= n || s.stopped)
-			break;
-		ck_assert_msg(uv_now(&loop) < end, "%lld of %lld evaluations counted in 10 s",
-		              (long long)s.evaluations, (long long)n);
-		uv_run(&loop, UV_RUN_ONCE);
-	}
-	uv_close((uv_handle_t *)&ticker, NULL);
-	uv_run(&loop, UV_RUN_NOWAIT);
+	mn_test_uv_run_until(&loop, have_counted, &c, 10000, "evaluations counted");
 }
 
 /* patience evaluations in a row without an improvement above min_delta stop the run. */

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include "mn_test.h"
+#include "mn_test_uv.h"
 #include "runner.h"
 
 #define N_EX     40
@@ -53,23 +54,19 @@ static void on_missing(void *arg)
 	ck_abort_msg("the directory is there");
 }
 
-static void on_deadline(uv_timer_t *t)
+static size_t want;
+
+static bool have_wanted(void *arg)
 {
-	(void)t;
-	ck_abort_msg("no result within 30 s (%zu so far)", nresults);
+	(void)arg;
+	return nresults >= want;
 }
 
 /* Runs the loop until n results have arrived, failing after 30 s. */
 static void run_until(size_t n)
 {
-	static uv_timer_t deadline;
-
-	ck_assert_int_eq(uv_timer_init(&loop, &deadline), 0);
-	ck_assert_int_eq(uv_timer_start(&deadline, on_deadline, 30000, 0), 0);
-	while (nresults < n)
-		uv_run(&loop, UV_RUN_ONCE);
-	uv_close((uv_handle_t *)&deadline, NULL);
-	uv_run(&loop, UV_RUN_NOWAIT);
+	want = n;
+	mn_test_uv_run_until(&loop, have_wanted, NULL, 30000, "results");
 }
 
 static struct mne_runner *start(void)

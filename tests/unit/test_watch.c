@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "mn_test.h"
+#include "mn_test_uv.h"
 #include "watch.h"
 
 #define PREFIX   "model.ckpt"
@@ -20,7 +21,7 @@
 static char tmpdir[PATH_MAX];
 static uv_loop_t loop;
 static int64_t seen[MAX_SEEN];
-static size_t nseen, want; /* run_until's target */
+static size_t nseen, want;
 
 static void setup(void)
 {
@@ -42,31 +43,19 @@ static void record(void *arg, int64_t step)
 	(void)arg;
 	ck_assert_uint_lt(nseen, MAX_SEEN);
 	seen[nseen++] = step;
-	/* A callback from a timer comes before the turn's wait for I/O: do not wait. */
-	if (nseen >= want)
-		uv_stop(&loop);
 }
 
-static void on_deadline(uv_timer_t *t)
+static bool have_wanted(void *arg)
 {
-	(void)t;
-	ck_abort_msg("no notification within 10 s (%zu so far, last %lld)", nseen,
-	             nseen ? (long long)seen[nseen - 1] : -2LL);
+	(void)arg;
+	return nseen >= want;
 }
 
 /* Runs the loop until n notifications have arrived, failing after 10 s. */
 static void run_until(size_t n)
 {
-	static uv_timer_t deadline;
-
-	ck_assert_int_eq(uv_timer_init(&loop, &deadline), 0);
-	ck_assert_int_eq(uv_timer_start(&deadline, on_deadline, 10000, 0), 0);
 	want = n;
-	while (nseen < n)
-		uv_run(&loop, UV_RUN_ONCE);
-	uv_close((uv_handle_t *)&deadline, NULL);
-	/* The close completes at the end of a loop turn; the timer must not outlive it. */
-	uv_run(&loop, UV_RUN_NOWAIT);
+	mn_test_uv_run_until(&loop, have_wanted, NULL, 10000, "notifications");
 }
 
 /* Publishes name the way every writer must: a dot-file, then a rename. */
