@@ -429,12 +429,16 @@ int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, siz
 	/*
 	 * The new checkpoint is published whatever happens here: a file
 	 * retention cannot remove is worth a warning, not a failed checkpoint.
+	 * It is still there, so it goes back on the list and the next publish
+	 * tries again, as a listing of the directory would have.
 	 */
 	for (size_t i = 0; i < drop; i++) {
 		char gname[MN_CKPT_MAX_NAME], gerr[MN_ERRLEN];
 
-		if (remove_step(v, gone[i], gname, sizeof(gname), gerr, sizeof(gerr)) < 0)
+		if (remove_step(v, gone[i], gname, sizeof(gname), gerr, sizeof(gerr)) < 0) {
 			mn_log(MN_LOG_WARN, "retention: %s", gerr);
+			(void)versions_insert(v, gone[i]);
+		}
 	}
 	free(gone);
 	return 0;
@@ -464,7 +468,12 @@ int mn_ckptdir_versions_free_oldest(struct mn_ckptdir_versions *v, int64_t keep,
 		(void)write_index(v, v->latest, ierr, sizeof(ierr));
 	}
 	rc = remove_step(v, victim, name, len, err, errlen);
-	return rc < 0 ? rc : 1;
+	if (rc < 0) {
+		/* Still there: still a candidate, for retention or the next full disk. */
+		(void)versions_insert(v, victim);
+		return rc;
+	}
+	return 1;
 }
 
 int mn_ckptdir_publish_index(const char *dir, const char *prefix, const char *latest,

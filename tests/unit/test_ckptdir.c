@@ -383,6 +383,39 @@ START_TEST(test_versions_retention_failure_is_not_a_failed_publish)
 }
 END_TEST
 
+/*
+ * A file retention could not remove stays on the writer's list: once it
+ * can go, the next publish removes it (a directory listing would have
+ * found it again too).
+ */
+START_TEST(test_versions_retention_retries_a_file_it_could_not_remove)
+{
+	static const int64_t kept[] = {4};
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], path[PATH_MAX];
+	struct mn_ckptdir_versions *v;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	touch_step(dir, 1);
+	snprintf(path, sizeof(path), "%s/model.ckpt-1.safetensors", dir);
+	if (!set_immutable(path, true)) {
+		mn_test_rmtree(dir);
+		return; /* tmpfs and others have no immutable files: nothing to try */
+	}
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 1, &v, err, sizeof(err)), 0);
+	touch_step(dir, 3);
+	ck_assert_msg(mn_ckptdir_versions_publish(v, 3, 1, err, sizeof(err)) == 0, "%s", err);
+	ck_assert(mn_test_exists(dir, "model.ckpt-1.safetensors"));
+	ck_assert(set_immutable(path, false));
+	touch_step(dir, 4);
+	ck_assert_msg(mn_ckptdir_versions_publish(v, 4, 1, err, sizeof(err)) == 0, "%s", err);
+	assert_index(dir, "model.ckpt-4.safetensors", kept, 1);
+	ck_assert(!mn_test_exists(dir, "model.ckpt-1.safetensors"));
+	ck_assert(!mn_test_exists(dir, "model.ckpt-3.safetensors"));
+	mn_ckptdir_versions_free(v);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 START_TEST(test_versions_free_oldest)
 {
 	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], name[64];
@@ -490,6 +523,7 @@ int main(void)
 	            test_publish_retention, test_publish_keep_all, test_publish_latest_not_newest,
 	            test_index_latest, test_versions_retention_over_time, test_versions_listed_once,
 	            test_versions_keep_all_index_bounded, test_versions_free_oldest,
-	            test_versions_retention_failure_is_not_a_failed_publish);
+	            test_versions_retention_failure_is_not_a_failed_publish,
+	            test_versions_retention_retries_a_file_it_could_not_remove);
 	return mn_test_run(s);
 }
