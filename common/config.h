@@ -70,8 +70,8 @@ struct mn_config {
 		int64_t every_steps;
 		int64_t max_to_keep; /* 0 keeps all */
 		bool write_all;      /* training waits rather than skip a scheduled checkpoint */
-		int64_t
-		    max_failures; /* stop after this many failed checkpoints in a row; 0 never */
+		/* stop after this many failed checkpoints in a row; 0 never */
+		int64_t max_failures;
 		bool follow_symlinks; /* read checkpoints that are symbolic links */
 		char init_from_file[MN_CONFIG_PATH_MAX]; /* "" when unset */
 		size_t init_from_nmap;
