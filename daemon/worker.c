@@ -108,17 +108,15 @@ static void note_write(struct mnd_worker *w, const struct mnd_writer_result *r)
 }
 
 /*
- * Whether checkpoint.max_failures checkpoints failed in a row: a directory
- * that cannot take checkpoints any more makes training pointless, and
- * stopping (non-zero) brings an operator where a warning would not.
+ * Whether checkpoint.max_failures checkpoints failed in a row (failing, as
+ * the step boundary's mail read it): a directory that cannot take
+ * checkpoints any more makes training pointless, and stopping (non-zero)
+ * brings an operator where a warning would not.
  */
-static bool checkpoints_given_up(struct mnd_worker *w)
+static bool checkpoints_given_up(struct mnd_worker *w, int64_t failing)
 {
-	int64_t failing, max = w->cfg.checkpoint.max_failures;
+	int64_t max = w->cfg.checkpoint.max_failures;
 
-	pthread_mutex_lock(&w->lock);
-	failing = w->status.ckpt_failing;
-	pthread_mutex_unlock(&w->lock);
 	if (max == 0 || failing < max)
 		return false;
 	mn_log_fields(MN_LOG_ERROR, "stopping: checkpoints keep failing (checkpoint.max_failures)",
@@ -408,6 +406,7 @@ struct mail {
 	struct req *reqs;
 	struct mn_config next;
 	bool have_next, stop, paused;
+	int64_t ckpt_failing; /* checkpoints failed in a row, read under the same lock */
 };
 
 /*
@@ -426,6 +425,7 @@ static bool take_mail(struct mnd_worker *w, struct mail *m)
 	w->next_cfg_pending = false;
 	m->stop = w->stop_requested;
 	m->paused = w->pause_requested;
+	m->ckpt_failing = w->status.ckpt_failing;
 	m->reqs = w->pending;
 	w->pending = NULL;
 	w->pending_tail = &w->pending;
@@ -502,7 +502,7 @@ static enum boundary at_boundary(struct mnd_worker *w, int *status, char *err, s
 
 	if (!take_mail(w, &m))
 		return WAIT;
-	if (!m.stop && checkpoints_given_up(w))
+	if (!m.stop && checkpoints_given_up(w, m.ckpt_failing))
 		m.stop = gave_up = true;
 	if (w->dist) {
 		*status = dist_agree(w, &m, &dist_save, err, errlen);
