@@ -729,12 +729,40 @@ static int probe_listener(const char *path)
 	return rc;
 }
 
+/*
+ * Binds a socket to path and gives it to the listener: -errno on failure.
+ * Not uv_pipe_bind(): libuv then unlinks whatever is at the path when the
+ * handle closes, even a socket another process has bound there since.
+ * Removing the file is mnd_control_close's, which checks it is still ours.
+ */
+static int bind_path(struct mnd_control *srv)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, rc;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", srv->path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	rc = uv_pipe_open(&srv->listener, fd);
+	if (rc < 0) {
+		close(fd);
+		unlink(srv->path);
+	}
+	return rc;
+}
+
 static int bind_socket(struct mnd_control *srv, char *err, size_t errlen)
 {
 	struct stat st;
-	int rc = uv_pipe_bind(&srv->listener, srv->path);
+	int rc = bind_path(srv);
 
-	if (rc == UV_EADDRINUSE) {
+	if (rc == -EADDRINUSE) {
 		if (lstat(srv->path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
 			mn_errf(err, errlen, "control.socket %s: exists and is not a socket",
 			        srv->path);
@@ -762,10 +790,10 @@ static int bind_socket(struct mnd_control *srv, char *err, size_t errlen)
 			        strerror(errno));
 			return rc;
 		}
-		rc = uv_pipe_bind(&srv->listener, srv->path);
+		rc = bind_path(srv);
 	}
 	if (rc < 0) {
-		mn_errf(err, errlen, "control.socket %s: %s", srv->path, uv_strerror(rc));
+		mn_errf(err, errlen, "control.socket %s: %s", srv->path, strerror(-rc));
 		return rc;
 	}
 	if (lstat(srv->path, &st) == 0) {

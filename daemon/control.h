@@ -47,13 +47,20 @@ struct mnd_control_params {
 	/* Called for "reload", with arg. */
 	mnd_control_reload_fn reload;
 	void *arg;
-	/* Connections served at once; more are answered with an error and closed. 0: 64. */
+	/*
+	 * Connections served at once. 0: 64. When all are taken, a new one
+	 * closes the oldest that never sent a request (telling it why), or is
+	 * answered with an error and closed if every one has spoken.
+	 */
 	size_t max_clients;
 	/* Longest request line; a longer one is answered with an error, then closed. 0: 64 KiB. */
 	size_t max_line;
 	/* Response bytes queued for a client that does not read before it is dropped. 0: 1 MiB. */
 	size_t max_output;
-	/* A connection without a request for this long is closed. 0: never. */
+	/*
+	 * A connection without a request for this long is closed. 0: never.
+	 * Checked once a second, so it takes effect up to a second late.
+	 */
 	uint64_t idle_timeout_ms;
 };
 
