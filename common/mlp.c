@@ -299,6 +299,7 @@ struct mn_member {
 	struct mn_mlp *m;
 	size_t j;
 	pthread_t tid;
+	unsigned start_go; /* the job generation when it was started: its first job is the next */
 };
 
 struct mn_mlp {
@@ -852,7 +853,7 @@ static void *team_main(void *arg)
 {
 	struct mn_member *me = arg;
 	struct mn_mlp *m = me->m;
-	unsigned seen = 0;
+	unsigned seen = me->start_go;
 
 	for (;;) {
 		unsigned go, spins = 0;
@@ -948,7 +949,9 @@ int mn_mlp_set_threads(struct mn_mlp *m, int threads)
 	}
 	m->sync_ready = true;
 	for (size_t j = 1; j < want; j++) {
-		m->members[j - 1] = (struct mn_member){.m = m, .j = j};
+		/* go has moved if an earlier team ran: without this, the stale job would run. */
+		m->members[j - 1] =
+		    (struct mn_member){.m = m, .j = j, .start_go = atomic_load(&m->go)};
 		rc = -pthread_create(&m->members[j - 1].tid, NULL, team_main, &m->members[j - 1]);
 		if (rc < 0)
 			break;

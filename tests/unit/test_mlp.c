@@ -1,7 +1,9 @@
 /* test_mlp.c - parameter layout, architecture JSON, forward and backward. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -585,6 +587,108 @@ START_TEST(test_train_step_matches_parts)
 }
 END_TEST
 
+/* The thread of this process with the highest id (the one started last, here). */
+static long newest_thread(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	long newest = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.' && atol(e->d_name) > newest)
+			newest = atol(e->d_name);
+	closedir(d);
+	return newest;
+}
+
+/* Waits (5 s at most) until thread tid sleeps: it has done all it does unasked. */
+static void await_sleeping(long tid)
+{
+	char path[64], stat[512], state = '?';
+	int64_t deadline = mn_monotonic_ns() + 5000000000;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%ld/stat", tid);
+	while (mn_monotonic_ns() < deadline) {
+		FILE *f = fopen(path, "r");
+		char *close_paren;
+
+		ck_assert_ptr_nonnull(f);
+		ck_assert_ptr_nonnull(fgets(stat, sizeof(stat), f));
+		fclose(f);
+		/* "tid (comm) S ...": the state follows the last parenthesis. */
+		close_paren = strrchr(stat, ')');
+		ck_assert_ptr_nonnull(close_paren);
+		state = close_paren[2];
+		if (state == 'S')
+			return;
+		sched_yield();
+	}
+	ck_abort_msg("thread %ld never slept (state %c)", tid, state);
+}
+
+/* Steps of 4 rows, from params, on a team of threads that is stopped and restarted when restart. */
+static void run_steps(const struct mn_arch *a, const struct mn_view *v, float *params,
+                      float *shadow, bool restart)
+{
+	uint32_t rows[4] = {0, 1, 2, 3};
+	struct mn_mlp_step st = {.data = v, .rows = rows, .n = 4, .lr = 0.1f, .ema_decay = 0.5f};
+	struct mn_mlp *m = NULL;
+
+	ck_assert_int_eq(mn_mlp_new(a, 4, &m, NULL, 0), 0);
+	ck_assert_int_eq(mn_mlp_set_threads(m, 2), 0);
+	ck_assert_int_eq(mn_mlp_train_step(m, &st, params, shadow, NULL), 0);
+	if (restart) {
+		ck_assert_int_eq(mn_mlp_set_threads(m, 1), 0);
+		ck_assert_int_eq(mn_mlp_train_step(m, &st, params, shadow, NULL), 0);
+		ck_assert_int_eq(mn_mlp_set_threads(m, 2), 0);
+		/* Whatever the new thread does before it is given a step, it has done. */
+		await_sleeping(newest_thread());
+	} else {
+		ck_assert_int_eq(mn_mlp_train_step(m, &st, params, shadow, NULL), 0);
+	}
+	for (int i = 0; i < 3; i++) {
+		rows[0] = (uint32_t)(4 + i);
+		ck_assert_int_eq(mn_mlp_train_step(m, &st, params, shadow, NULL), 0);
+	}
+	mn_mlp_free(m);
+}
+
+/*
+ * A team stopped and started again on an mlp that has run steps (the
+ * evaluator's kept workspace does this when train.threads changes) runs
+ * the next steps exactly as a team that never stopped: its new threads must
+ * not take the job generation they were started in for a new job.
+ */
+START_TEST(test_team_restarted)
+{
+	size_t h[] = {40};
+	struct mn_arch a = mn_test_arch(6, 1, h, 4);
+	size_t np = mn_arch_param_count(&a);
+	float *p = malloc(np * sizeof(float)), *sh = malloc(np * sizeof(float));
+	float *p2 = malloc(np * sizeof(float)), *sh2 = malloc(np * sizeof(float));
+	struct mn_test_lcg lcg = {11};
+	struct syn_data data;
+
+	ck_assert(p && sh && p2 && sh2);
+	syn_make(&data, &lcg, 8, 6, 4);
+	fill_params(&lcg, &a, 0.3f, p);
+	memcpy(sh, p, np * sizeof(float));
+	memcpy(p2, p, np * sizeof(float));
+	memcpy(sh2, p, np * sizeof(float));
+	run_steps(&a, &data.v, p, sh, false);
+	run_steps(&a, &data.v, p2, sh2, true);
+	ck_assert_mem_eq(p2, p, np * sizeof(float));
+	ck_assert_mem_eq(sh2, sh, np * sizeof(float));
+	free(data.images);
+	free(data.labels);
+	free(p);
+	free(sh);
+	free(p2);
+	free(sh2);
+}
+END_TEST
+
 /* A bad batch changes nothing. */
 START_TEST(test_train_step_einval)
 {
@@ -649,6 +753,7 @@ int main(void)
 	            test_arch_layout_multi, test_arch_validate, test_arch_equal,
 	            test_arch_json_roundtrip, test_arch_json_reject, test_gradient_check,
 	            test_gradient_check_784, test_softmax_stable, test_eval_correct_argmax,
-	            test_einval, test_train_step_matches_parts, test_train_step_einval);
+	            test_einval, test_train_step_matches_parts, test_train_step_einval,
+	            test_team_restarted);
 	return mn_test_run(s);
 }
