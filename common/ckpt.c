@@ -30,6 +30,7 @@
 struct mn_ckpt {
 	uint8_t *buf; /* the whole file */
 	size_t len;
+	bool borrowed; /* buf is the caller's (mn_ckpt_read_fd_reuse) */
 	char *name;
 	struct mn_tensor *tensors; /* in data-buffer order */
 	size_t ntensors;
@@ -583,7 +584,14 @@ static int check_layout(struct parse *p)
  * Stage 5: everything checked, the checkpoint takes buf (*buf becomes NULL)
  * when owned, or a copy, and copies names and metadata out of the cJSON tree.
  */
-static int build(struct parse *p, uint8_t **buf, size_t len, bool owned, struct mn_ckpt **out)
+/* What a parsed checkpoint does with the bytes it was parsed from. */
+enum hold {
+	HOLD_COPY,   /* copies them: they stay the caller's */
+	HOLD_TAKE,   /* takes them over (read here), freed with the checkpoint or on failure */
+	HOLD_BORROW, /* refers to them: the caller's, to keep until the checkpoint is freed */
+};
+
+static int build(struct parse *p, uint8_t **buf, size_t len, enum hold hold, struct mn_ckpt **out)
 {
 	struct mn_ckpt *c;
 	size_t arena = strlen(p->name) + 1;
@@ -602,12 +610,13 @@ static int build(struct parse *p, uint8_t **buf, size_t len, bool owned, struct 
 	c->strings = malloc(arena);
 	c->tensors = calloc(p->nt + 1, sizeof(*c->tensors));
 	c->meta = calloc(p->nm + 1, sizeof(*c->meta));
-	c->buf = owned ? *buf : malloc(len);
+	c->buf = hold == HOLD_COPY ? malloc(len) : *buf;
+	c->borrowed = hold == HOLD_BORROW;
 	if (!c->strings || !c->tensors || !c->meta || !c->buf)
 		goto nomem;
-	if (owned)
+	if (hold == HOLD_TAKE)
 		*buf = NULL;
-	else
+	else if (hold == HOLD_COPY)
 		memcpy(c->buf, *buf, len);
 	c->len = len;
 	ap = c->strings;
@@ -629,19 +638,18 @@ static int build(struct parse *p, uint8_t **buf, size_t len, bool owned, struct 
 	*out = c;
 	return 0;
 nomem:
-	if (c && owned && c->buf == *buf)
-		c->buf = NULL; /* still the caller's to free */
+	if (c && hold != HOLD_COPY)
+		c->buf = NULL; /* still the caller's, or parse_impl's to free */
 	mn_ckpt_free(c);
 	return fail(p->err, p->errlen, p->name, -ENOMEM, "out of memory");
 }
 
 /*
- * Validates buf; on success the checkpoint holds buf itself when owned
- * (read from a file, no second copy) or a copy of it. An owned buf is freed
- * on failure. The stages run in this order so that each message is the most
- * specific one the file deserves.
+ * Validates buf; on success the checkpoint holds it as hold says. A buf
+ * taken over (HOLD_TAKE) is freed on failure. The stages run in this order
+ * so that each message is the most specific one the file deserves.
  */
-static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, unsigned flags,
+static int parse_impl(uint8_t *buf, size_t len, enum hold hold, const char *name, unsigned flags,
                       struct mn_ckpt **out, char *err, size_t errlen)
 {
 	struct parse p = {.name = name ? name : "checkpoint", .err = err, .errlen = errlen};
@@ -663,11 +671,11 @@ static int parse_impl(uint8_t *buf, size_t len, bool owned, const char *name, un
 	if (rc == 0)
 		rc = check_metadata(p.md, p.data, p.dlen, flags, p.name, err, errlen);
 	if (rc == 0)
-		rc = build(&p, &buf, len, owned, out);
+		rc = build(&p, &buf, len, hold, out);
 out:
 	cJSON_Delete(p.root);
 	free(p.ents);
-	if (owned)
+	if (hold == HOLD_TAKE)
 		free(buf);
 	return rc;
 }
@@ -675,16 +683,21 @@ out:
 int mn_ckpt_parse(const uint8_t *buf, size_t len, const char *name, unsigned flags,
                   struct mn_ckpt **out, char *err, size_t errlen)
 {
-	/* Not owned: parse_impl only reads buf and copies it on success. */
-	return parse_impl((uint8_t *)buf, len, false, name, flags, out, err, errlen);
+	/* Copied: parse_impl only reads buf and copies it on success. */
+	return parse_impl((uint8_t *)buf, len, HOLD_COPY, name, flags, out, err, errlen);
 }
 
-int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **out, char *err,
-                    size_t errlen)
+/*
+ * Reads fd into *buf (*cap bytes, grown as needed) and parses it, holding
+ * the bytes as hold says. HOLD_TAKE: *buf is the checkpoint's or freed when
+ * this returns, and set to NULL; HOLD_BORROW: it stays the caller's.
+ */
+static int read_impl(int fd, const char *name, unsigned flags, char **buf, size_t *cap,
+                     enum hold hold, struct mn_ckpt **out, char *err, size_t errlen)
 {
-	char *buf = NULL;
 	size_t len = 0;
 	struct stat st;
+	uint8_t *data;
 	int rc;
 
 	if (out)
@@ -696,10 +709,31 @@ int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **o
 		return fail(err, errlen, name, -EFBIG,
 		            "%" PRIu64 " bytes, more than the %zu allowed", (uint64_t)st.st_size,
 		            MN_CKPT_MAX_FILE);
-	rc = mn_read_fd(fd, name, MN_CKPT_MAX_FILE, &buf, &len, err, errlen);
+	rc = mn_read_fd_reuse(fd, name, MN_CKPT_MAX_FILE, buf, cap, &len, err, errlen);
+	data = (uint8_t *)*buf;
+	if (hold == HOLD_TAKE) {
+		*buf = NULL;
+		if (rc < 0)
+			free(data);
+	}
 	if (rc < 0)
 		return rc;
-	return parse_impl((uint8_t *)buf, len, true, name, flags, out, err, errlen);
+	return parse_impl(data, len, hold, name, flags, out, err, errlen);
+}
+
+int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **out, char *err,
+                    size_t errlen)
+{
+	char *buf = NULL;
+	size_t cap = 0;
+
+	return read_impl(fd, name, flags, &buf, &cap, HOLD_TAKE, out, err, errlen);
+}
+
+int mn_ckpt_read_fd_reuse(int fd, const char *name, unsigned flags, char **buf, size_t *cap,
+                          struct mn_ckpt **out, char *err, size_t errlen)
+{
+	return read_impl(fd, name, flags, buf, cap, HOLD_BORROW, out, err, errlen);
 }
 
 int mn_ckpt_read(const char *path, unsigned flags, struct mn_ckpt **out, char *err, size_t errlen)
@@ -725,7 +759,8 @@ void mn_ckpt_free(struct mn_ckpt *c)
 {
 	if (!c)
 		return;
-	free(c->buf);
+	if (!c->borrowed)
+		free(c->buf);
 	free(c->tensors);
 	free(c->meta);
 	free(c->strings);

@@ -152,6 +152,17 @@ int mn_ckpt_read_fd(int fd, const char *name, unsigned flags, struct mn_ckpt **o
                     size_t errlen);
 
 /*
+ * mn_ckpt_read_fd into the caller's buffer (util.h's mn_read_fd_reuse: *buf,
+ * NULL at first, of *cap bytes, grown as needed), parsed there without a
+ * copy: the checkpoint refers to *buf, which must be neither changed nor
+ * freed until the checkpoint is. *buf stays the caller's on every path. For
+ * a process reading one checkpoint after another (mnist-eval) in memory it
+ * has already touched.
+ */
+int mn_ckpt_read_fd_reuse(int fd, const char *name, unsigned flags, char **buf, size_t *cap,
+                          struct mn_ckpt **out, char *err, size_t errlen);
+
+/*
  * Opens path (without blocking; only a regular file, see util.h's
  * mn_open_regular), reads, parses. -ENOENT if it does not exist (e.g.
  * removed by retention); -ELOOP for a symbolic link with MN_CKPT_NOFOLLOW.

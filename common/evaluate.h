@@ -47,4 +47,23 @@ int mn_evaluate_logits(const struct mn_arch *arch, const float *params, const st
                        int threads, uint8_t *pred, float *logits, struct mn_eval_result *res,
                        char *err, size_t errlen);
 
+/*
+ * A workspace kept across evaluations: the forward pass's buffers and its
+ * thread team. A process that evaluates one checkpoint after another
+ * (mnist-eval) keeps one, so that an evaluation neither starts threads nor
+ * faults in fresh pages; it is rebuilt only when the model's shape or the
+ * thread count changes. One evaluation at a time. Opaque.
+ */
+struct mn_eval_ws;
+
+/* An empty workspace, filled by the first evaluation: 0 or -ENOMEM. */
+int mn_eval_ws_new(struct mn_eval_ws **out);
+/* Stops its threads and frees it. Accepts NULL. */
+void mn_eval_ws_free(struct mn_eval_ws *ws);
+
+/* mn_evaluate (without predictions) in ws. */
+int mn_evaluate_ws(struct mn_eval_ws *ws, const struct mn_arch *arch, const float *params,
+                   const struct mn_view *v, int threads, const atomic_bool *cancel,
+                   struct mn_eval_result *res, char *err, size_t errlen);
+
 #endif

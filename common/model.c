@@ -298,26 +298,44 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
 	return 0;
 }
 
-int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
-                         float **params, char *err, size_t errlen)
+int mn_model_load_params_reuse(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
+                               float **params, size_t *cap, char *err, size_t errlen)
 {
 	struct mn_arch a;
-	float *p;
+	size_t count;
 	int rc = mn_model_arch(c, &a, err, errlen);
 
 	if (rc < 0)
 		return rc;
-	p = malloc(mn_arch_param_count(&a) * sizeof(float));
-	if (!p) {
-		mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
-		return -ENOMEM;
+	count = mn_arch_param_count(&a);
+	if (count > *cap || !*params) {
+		float *p = realloc(*params, count * sizeof(float));
+
+		if (!p) {
+			mn_errf(err, errlen, "%s: out of memory", mn_ckpt_name(c));
+			return -ENOMEM;
+		}
+		*params = p;
+		*cap = count;
 	}
-	rc = copy_layers(c, &a, use_ema && !mn_model_is_frozen(c), p, err, errlen);
+	rc = copy_layers(c, &a, use_ema && !mn_model_is_frozen(c), *params, err, errlen);
+	if (rc < 0)
+		return rc;
+	*arch = a;
+	return 0;
+}
+
+int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
+                         float **params, char *err, size_t errlen)
+{
+	float *p = NULL;
+	size_t cap = 0;
+	int rc = mn_model_load_params_reuse(c, use_ema, arch, &p, &cap, err, errlen);
+
 	if (rc < 0) {
 		free(p);
 		return rc;
 	}
-	*arch = a;
 	*params = p;
 	return 0;
 }

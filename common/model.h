@@ -113,6 +113,14 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
                          float **params, char *err, size_t errlen);
 
 /*
+ * The same into the caller's array: *params (NULL at first) of *cap floats,
+ * grown with realloc when the model needs more; it stays the caller's on
+ * every path, to reuse for the next checkpoint and free in the end.
+ */
+int mn_model_load_params_reuse(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
+                               float **params, size_t *cap, char *err, size_t errlen);
+
+/*
  * Writes the trainer's full state as "<dir>/<prefix>-<step>.safetensors"
  * (atomic), then checkpoint.json and retention. config_json is stored as the
  * "config" metadata and world_size (the data-parallel processes that

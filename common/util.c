@@ -351,43 +351,51 @@ int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
 	return 0;
 }
 
-int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
-               size_t errlen)
+/* Grows *buf to hold want data bytes and a NUL; -ENOMEM leaves it as it was. */
+static int grow(char **buf, size_t *cap, size_t want)
 {
-	size_t cap = max < 65536 ? max + 1 : 65536, used = 0;
-	char *data = malloc(cap + 1);
+	char *n;
 
-	if (!data) {
-		mn_errf(err, errlen, "%s: out of memory", name);
+	if (want <= *cap && *buf)
+		return 0;
+	n = realloc(*buf, want + 1);
+	if (!n)
 		return -ENOMEM;
-	}
+	*buf = n;
+	*cap = want;
+	return 0;
+}
+
+int mn_read_fd_reuse(int fd, const char *name, size_t max, char **buf, size_t *cap, size_t *len,
+                     char *err, size_t errlen)
+{
+	size_t used = 0, want = 65536;
+	struct stat st;
+
+	if (max > SIZE_MAX / 4)
+		max = SIZE_MAX / 4; /* so that max + 1 and doubling never wrap */
+	/* A regular file says its size: one allocation, and one more read to see the end. */
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+		want = (size_t)st.st_size + 1;
+	if (want > max + 1)
+		want = max + 1;
+	if (grow(buf, cap, want < *cap ? *cap : want) < 0)
+		goto nomem;
 	for (;;) {
 		if (used > max) {
-			free(data);
 			mn_errf(err, errlen, "%s: larger than %zu bytes", name, max);
 			return -EFBIG;
 		}
-		if (used == cap) {
-			/* One byte past max tells "exactly max" from "too large". */
-			size_t ncap = cap * 2 > max ? max + 1 : cap * 2;
-			char *n = realloc(data, ncap + 1);
-
-			if (!n) {
-				free(data);
-				mn_errf(err, errlen, "%s: out of memory", name);
-				return -ENOMEM;
-			}
-			data = n;
-			cap = ncap;
-		}
-		ssize_t r = read(fd, data + used, cap - used);
+		/* One byte past max tells "exactly max" from "too large". */
+		if (used == *cap && grow(buf, cap, *cap * 2 > max ? max + 1 : *cap * 2) < 0)
+			goto nomem;
+		ssize_t r = read(fd, *buf + used, *cap - used);
 
 		if (r < 0) {
 			int rc = -errno;
 
 			if (errno == EINTR)
 				continue;
-			free(data);
 			mn_errf(err, errlen, "%s: read failed: %s", name, strerror(-rc));
 			return rc;
 		}
@@ -395,9 +403,26 @@ int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, ch
 			break;
 		used += (size_t)r;
 	}
-	data[used] = '\0';
-	*buf = data;
+	(*buf)[used] = '\0';
 	*len = used;
+	return 0;
+nomem:
+	mn_errf(err, errlen, "%s: out of memory", name);
+	return -ENOMEM;
+}
+
+int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, char *err,
+               size_t errlen)
+{
+	char *data = NULL;
+	size_t cap = 0;
+	int rc = mn_read_fd_reuse(fd, name, max, &data, &cap, len, err, errlen);
+
+	if (rc < 0) {
+		free(data);
+		return rc;
+	}
+	*buf = data;
 	return 0;
 }
 

@@ -133,6 +133,16 @@ int mn_read_fd(int fd, const char *name, size_t max, char **buf, size_t *len, ch
                size_t errlen);
 
 /*
+ * mn_read_fd into the caller's buffer: *buf (NULL at first) holds *cap data
+ * bytes and a NUL, and is grown with realloc when the file needs more. It
+ * stays the caller's on every path, to reuse for the next file and free in
+ * the end: a process reading one file after another then reuses memory it
+ * has already touched instead of faulting in fresh pages every time.
+ */
+int mn_read_fd_reuse(int fd, const char *name, size_t max, char **buf, size_t *cap, size_t *len,
+                     char *err, size_t errlen);
+
+/*
  * The name of path's filesystem type ("nfs", "fuse", ...) when inotify
  * cannot be trusted there: network and cluster filesystems, whose events
  * show only this machine's changes, and FUSE, which shows none. NULL for a

@@ -30,6 +30,14 @@ void mne_pick_state_free(struct mne_pick_state *s)
 	free(s->failed);
 	s->failed = NULL;
 	s->nfailed = s->capfailed = 0;
+	free(s->file);
+	s->file = NULL;
+	s->file_cap = 0;
+	free(s->params);
+	s->params = NULL;
+	s->params_cap = 0;
+	mn_eval_ws_free(s->ws);
+	s->ws = NULL;
 }
 
 void mne_pick_result_close(struct mne_pick_result *res)
@@ -140,22 +148,24 @@ static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_
 		       name, meta, step);
 }
 
-/* Reads, validates and evaluates one open file. */
-static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const char *path,
-                                const struct mn_ckptdir_entry *e, struct mne_pick_result *res)
+/* Reads, validates and evaluates one open file, in the memory s keeps. */
+static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick_state *s, int fd,
+                                const char *path, const struct mn_ckptdir_entry *e,
+                                struct mne_pick_result *res)
 {
 	struct mn_ckpt *c = NULL;
 	struct mn_arch arch;
-	float *params = NULL;
 	char err[MN_ERRLEN];
 	enum attempt out = TRY_BAD;
 	int64_t start;
 	int rc;
 
 	start = mn_monotonic_ns();
-	rc = mn_ckpt_read_fd(fd, path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err));
+	rc = mn_ckpt_read_fd_reuse(fd, path, MN_CKPT_REQUIRE_MNISTD, &s->file, &s->file_cap, &c,
+	                           err, sizeof(err));
 	if (rc == 0)
-		rc = mn_model_load_params(c, p->use_ema, &arch, &params, err, sizeof(err));
+		rc = mn_model_load_params_reuse(c, p->use_ema, &arch, &s->params, &s->params_cap,
+		                                err, sizeof(err));
 	res->read_ns = mn_monotonic_ns() - start;
 	if (rc < 0) {
 		log_bad(path, err);
@@ -173,8 +183,12 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const c
 		goto out;
 	}
 	start = mn_monotonic_ns();
-	rc = mn_evaluate(&arch, params, p->data, p->threads, NULL, p->cancel, &res->eval, err,
-	                 sizeof(err));
+	rc = s->ws ? 0 : mn_eval_ws_new(&s->ws);
+	if (rc < 0)
+		mn_errf(err, sizeof(err), "out of memory for an evaluation workspace");
+	else
+		rc = mn_evaluate_ws(s->ws, &arch, s->params, p->data, p->threads, p->cancel,
+		                    &res->eval, err, sizeof(err));
 	res->eval_ns = mn_monotonic_ns() - start;
 	if (rc == -ECANCELED) {
 		out = TRY_CANCELED;
@@ -192,7 +206,6 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, int fd, const c
 	res->ema = p->use_ema && !mn_model_is_frozen(c);
 	out = TRY_DONE;
 out:
-	free(params);
 	mn_ckpt_free(c);
 	return out;
 }
@@ -248,7 +261,7 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 		res->event_ns = res->published_ns;
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
 	              (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
-	out = evaluate_fd(p, fd, path, e, res);
+	out = evaluate_fd(p, s, fd, path, e, res);
 	if (out == TRY_DONE && p->keep_open) {
 		res->fd = fd;
 		snprintf(res->path, sizeof(res->path), "%s", path);

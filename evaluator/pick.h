@@ -44,14 +44,26 @@ struct mne_pick_failure {
 };
 
 /*
- * What has been done so far. Start with mne_pick_state_init(), end with
- * mne_pick_state_free().
+ * What has been done so far, and the memory the next evaluation reuses.
+ * Start with mne_pick_state_init(), end with mne_pick_state_free().
  */
 struct mne_pick_state {
 	int64_t last_step; /* newest step evaluated, -1 before the first */
 	uint64_t rejected; /* bad files logged so far (a replaced one counts again) */
 	size_t nfailed, capfailed;
 	struct mne_pick_failure *failed; /* sorted by step, one per step */
+	/*
+	 * The last file's bytes, its parameters and the forward pass's
+	 * workspace (threads included), kept because an evaluation that
+	 * allocated them afresh spent 20-30 ms faulting in new pages whenever
+	 * the allocator handed out new memory (each libuv worker thread has an
+	 * arena of its own).
+	 */
+	char *file;
+	size_t file_cap;
+	float *params;
+	size_t params_cap;
+	struct mn_eval_ws *ws;
 };
 
 struct mne_pick_result;
@@ -107,7 +119,7 @@ void mne_pick_result_close(struct mne_pick_result *res);
 
 void mne_pick_state_init(struct mne_pick_state *s);
 
-/* Frees the memory of bad files. */
+/* Frees the memory of bad files and the kept buffers, and stops the workspace's threads. */
 void mne_pick_state_free(struct mne_pick_state *s);
 
 /*

@@ -257,6 +257,63 @@ START_TEST(test_read_fd)
 }
 END_TEST
 
+/*
+ * mn_ckpt_read_fd_reuse parses in the caller's buffer without a copy (the
+ * tensors point into it), reuses it for the next file, and leaves it the
+ * caller's when a file is bad (freed once at the end: ASan catches a double
+ * free or a leak).
+ */
+START_TEST(test_read_fd_reuse_borrows)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], *buf = NULL, *first;
+	struct mn_ckpt *c = NULL;
+	char dir[MN_TEST_DIRLEN];
+	const struct mn_tensor *t;
+	uint8_t *enc;
+	size_t cap = 0, len;
+	int fd;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	fill_sample();
+	ck_assert_int_eq(
+	    mn_ckpt_write(dir, NAME, sample, NSAMPLE, sample_meta, NMETA, err, sizeof(err)), 0);
+	snprintf(path, sizeof(path), "%s/%s", dir, NAME);
+	for (int round = 0; round < 2; round++) {
+		fd = open(path, O_RDONLY);
+		ck_assert_int_ge(fd, 0);
+		ck_assert_msg(mn_ckpt_read_fd_reuse(fd, NAME, MN_CKPT_REQUIRE_MNISTD, &buf, &cap,
+		                                    &c, err, sizeof(err)) == 0,
+		              "%s", err);
+		close(fd);
+		assert_sample(c);
+		t = mn_ckpt_tensor(c, 0);
+		ck_assert((const char *)t->data > buf &&
+		          (const char *)t->data < buf + mn_ckpt_file_size(c));
+		if (round == 0)
+			first = buf;
+		else
+			ck_assert_ptr_eq(buf, first);
+		mn_ckpt_free(c);
+	}
+	/* A bad file: refused, the buffer still the caller's. */
+	enc = encode(sample, NSAMPLE, sample_meta, NMETA, &len);
+	enc[len - 1] ^= 1; /* the data no longer matches data_crc32 */
+	mn_test_write_file(path, enc, len);
+	free(enc);
+	fd = open(path, O_RDONLY);
+	ck_assert_int_ge(fd, 0);
+	c = (struct mn_ckpt *)1;
+	ck_assert_int_lt(mn_ckpt_read_fd_reuse(fd, NAME, MN_CKPT_REQUIRE_MNISTD, &buf, &cap, &c,
+	                                       err, sizeof(err)),
+	                 0);
+	close(fd);
+	ck_assert_ptr_null(c);
+	ck_assert_ptr_eq(buf, first);
+	free(buf);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 START_TEST(test_layout)
 {
 	size_t len, hlen, dlen, pad = 0;
@@ -779,8 +836,8 @@ int main(void)
 	Suite *s = suite_create("ckpt");
 
 	MN_TEST_ADD(mn_test_tcase(s, "format", NULL, NULL), test_roundtrip_encode,
-	            test_roundtrip_write, test_read_fd, test_layout, test_alignment, test_dtypes,
-	            test_shape_format);
+	            test_roundtrip_write, test_read_fd, test_read_fd_reuse_borrows, test_layout,
+	            test_alignment, test_dtypes, test_shape_format);
 	MN_TEST_ADD(mn_test_tcase(s, "reject", NULL, NULL), test_truncate_every_length,
 	            test_flip_every_byte, test_bad_headers, test_checksum_and_require,
 	            test_encode_rejects, test_copy, reject_messages_never_show_file_bytes);

@@ -1,7 +1,9 @@
 /* test_evaluate.c - batched evaluation: exact numbers, batch boundaries, errors, cancel. */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -328,6 +330,112 @@ START_TEST(test_empty_view)
 }
 END_TEST
 
+/* Threads of this process (the test runs in a process of its own). */
+static size_t thread_count(void)
+{
+	struct dirent *e;
+	DIR *d = opendir("/proc/self/task");
+	size_t n = 0;
+
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/*
+ * Waits (5 s at most) until the process has n threads: a joined thread can
+ * still be listed for a moment while the kernel finishes its exit.
+ */
+static void expect_threads(size_t n)
+{
+	int64_t deadline = mn_monotonic_ns() + 5000000000;
+
+	while (thread_count() != n && mn_monotonic_ns() < deadline)
+		sched_yield();
+	ck_assert_uint_eq(thread_count(), n);
+}
+
+/* ws's result for f's model on v, against mn_evaluate's. */
+static void expect_same(struct mn_eval_ws *ws, const struct fixture *f, const struct mn_view *v,
+                        int threads)
+{
+	struct mn_eval_result got, want;
+	char err[MN_ERRLEN];
+
+	ck_assert_msg(
+	    mn_evaluate_ws(ws, &f->arch, f->params, v, threads, NULL, &got, err, sizeof(err)) == 0,
+	    "%s", err);
+	ck_assert_int_eq(
+	    mn_evaluate(&f->arch, f->params, v, threads, NULL, NULL, &want, err, sizeof(err)), 0);
+	ck_assert_uint_eq(got.images, want.images);
+	ck_assert_uint_eq(got.correct, want.correct);
+	ck_assert_double_eq(got.loss, want.loss);
+}
+
+/*
+ * A workspace kept across evaluations gives what a fresh one gives, through
+ * changes of model, thread count, batch and scaling, and keeps its threads
+ * between evaluations (so none is started per checkpoint) until freed.
+ */
+START_TEST(test_workspace_reused)
+{
+	const size_t count = MN_EVAL_BATCH + 77;
+	size_t h[] = {9, 4}, before;
+	struct fixture f, g;
+	struct mn_eval_ws *ws;
+	struct mn_view scaled, few;
+	float *sc = NULL;
+	atomic_bool cancel = true;
+	struct mn_eval_result r;
+	char err[MN_ERRLEN];
+
+	fixture_init(&f, count);
+	fixture_init(&g, count);
+	/* g: another shape on the same 6-pixel images. */
+	free(g.params);
+	g.arch = mn_test_arch(6, 2, h, 3);
+	g.params = malloc(mn_arch_param_count(&g.arch) * sizeof(float));
+	ck_assert_ptr_nonnull(g.params);
+	for (size_t i = 0; i < mn_arch_param_count(&g.arch); i++)
+		g.params[i] = (float)((int)(i % 7) - 3) * 0.25f;
+	ck_assert_int_eq(mn_view_scale(&f.v, &sc), 0);
+	scaled = f.v;
+	scaled.scaled = sc;
+	few = f.v;
+	few.count = 10;
+
+	/* Counted after BLAS has started whatever threads of its own it starts (one thread: no
+	 * team). */
+	ck_assert_int_eq(mn_evaluate(&f.arch, f.params, &f.v, 1, NULL, NULL, &r, err, sizeof(err)),
+	                 0);
+	before = thread_count();
+	ck_assert_int_eq(mn_eval_ws_new(&ws), 0);
+	expect_same(ws, &f, &f.v, 2);
+	expect_threads(before + 1);
+	expect_same(ws, &f, &scaled, 2);
+	expect_same(ws, &f, &f.v, 2);
+	expect_threads(before + 1);
+	expect_same(ws, &g, &scaled, 2);
+	expect_same(ws, &f, &few, 2);
+	expect_same(ws, &f, &scaled, 1);
+	expect_threads(before);
+	/* A cancelled evaluation leaves the workspace usable. */
+	ck_assert_int_eq(
+	    mn_evaluate_ws(ws, &f.arch, f.params, &f.v, 2, &cancel, &r, err, sizeof(err)),
+	    -ECANCELED);
+	expect_same(ws, &f, &f.v, 2);
+	expect_threads(before + 1);
+	mn_eval_ws_free(ws);
+	expect_threads(before);
+	mn_eval_ws_free(NULL);
+	free(sc);
+	fixture_free(&f);
+	fixture_free(&g);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("evaluate");
@@ -335,6 +443,7 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_hand_computed,
 	            test_batches_match_single_pass, test_logits_match_single_pass,
 	            test_unlabelled_predicts_only, test_input_size_mismatch,
-	            test_label_out_of_range, test_cancel, test_empty_view, test_threads_agree);
+	            test_label_out_of_range, test_cancel, test_empty_view, test_threads_agree,
+	            test_workspace_reused);
 	return mn_test_run(s);
 }

@@ -214,6 +214,39 @@ START_TEST(test_load_params_ema_raw)
 }
 END_TEST
 
+/* Loading into the caller's array: the same values, the same memory while it fits. */
+START_TEST(test_load_params_reuse)
+{
+	struct mn_view v = view();
+	struct mn_trainer *t = trainer(&v, (size_t[]){8, 5}, 2, 2, 7);
+	struct mn_trainer_state s;
+	struct mn_ckpt *c;
+	struct mn_arch a;
+	float *p = NULL, *first;
+	size_t cap = 0;
+	char name[128];
+
+	mn_trainer_state(t, &s);
+	c = save_and_read(t, name, sizeof(name));
+	ck_assert_int_eq(mn_model_load_params_reuse(c, true, &a, &p, &cap, err, sizeof(err)), 0);
+	ck_assert(mn_arch_equal(&a, mn_trainer_arch(t)));
+	ck_assert_uint_eq(cap, s.nparams);
+	ck_assert_mem_eq(p, s.shadow, s.nparams * sizeof(float));
+	first = p;
+	ck_assert_int_eq(mn_model_load_params_reuse(c, false, &a, &p, &cap, err, sizeof(err)), 0);
+	ck_assert_ptr_eq(p, first);
+	ck_assert_mem_eq(p, s.params, s.nparams * sizeof(float));
+	/* Too small an array is grown. */
+	cap = 3;
+	ck_assert_int_eq(mn_model_load_params_reuse(c, false, &a, &p, &cap, err, sizeof(err)), 0);
+	ck_assert_uint_eq(cap, s.nparams);
+	ck_assert_mem_eq(p, s.params, s.nparams * sizeof(float));
+	free(p);
+	mn_ckpt_free(c);
+	mn_trainer_free(t);
+}
+END_TEST
+
 START_TEST(test_save_restore_round_trip)
 {
 	struct mn_view v = view();
@@ -564,8 +597,8 @@ int main(void)
 	Suite *s = suite_create("model");
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_tensor_names, test_arch_check,
-	            test_load_params_ema_raw, test_save_restore_round_trip, test_frozen,
-	            test_warm_start_mapped, test_warm_start_identity, test_warm_start_errors,
-	            test_schema);
+	            test_load_params_ema_raw, test_load_params_reuse, test_save_restore_round_trip,
+	            test_frozen, test_warm_start_mapped, test_warm_start_identity,
+	            test_warm_start_errors, test_schema);
 	return mn_test_run(s);
 }

@@ -119,6 +119,46 @@ START_TEST(test_burst_collapses_to_newest_and_never_twice)
 }
 END_TEST
 
+/*
+ * One evaluation after another reuses the state's memory (file bytes,
+ * parameters, workspace) and gives what a fresh state gives, a bad file
+ * in between included.
+ */
+START_TEST(test_evaluations_reuse_memory)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r, fresh;
+	struct mn_ckptdir_entry e = {.step = 3};
+	char *file;
+	float *par;
+	struct mn_eval_ws *ws;
+
+	mne_pick_state_init(&s);
+	publish_step(1);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	file = s.file;
+	par = s.params;
+	ws = s.ws;
+	ck_assert(file && par && ws);
+	mn_test_write_file(tpath(name_of(2)), "not a checkpoint", 16);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	publish_step(3);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 3);
+	ck_assert_ptr_eq(s.file, file);
+	ck_assert_ptr_eq(s.params, par);
+	ck_assert_ptr_eq(s.ws, ws);
+	snprintf(e.name, sizeof(e.name), "%s", name_of(3));
+	ck_assert_int_eq(mne_pick_evaluate_file(&p, tmpdir, &e, &fresh), 0);
+	ck_assert_uint_eq(r.eval.correct, fresh.eval.correct);
+	ck_assert_double_eq(r.eval.loss, fresh.eval.loss);
+	mne_pick_state_free(&s);
+	ck_assert_ptr_null(s.file);
+	ck_assert_ptr_null(s.ws);
+}
+END_TEST
+
 START_TEST(test_only_final_names_count)
 {
 	struct mne_pick_params p = params();
@@ -390,6 +430,7 @@ int main(void)
 
 	MN_TEST_ADD(tc, test_missing_and_empty_directory,
 	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
+	            test_evaluations_reuse_memory,
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
 	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
 	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,

@@ -160,6 +160,81 @@ START_TEST(read_file_bounds)
 }
 END_TEST
 
+/* Opens path for reading. */
+static int open_ro(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	ck_assert_int_ge(fd, 0);
+	return fd;
+}
+
+/*
+ * mn_read_fd_reuse reads into the caller's buffer: kept when the file fits,
+ * grown when it does not, and the caller's on every path (freed once at the
+ * end: a double free or a leak fails under ASan).
+ */
+START_TEST(read_fd_reuse_keeps_the_buffer)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], *buf = NULL, *first;
+	static char big[300000];
+	size_t cap = 0, len = 0;
+	int fd, pipefd[2];
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	for (size_t i = 0; i < sizeof(big); i++)
+		big[i] = (char)('a' + i % 26);
+	snprintf(path, sizeof(path), "%s/f", dir);
+	mn_test_write_file(path, big, 1000);
+	fd = open_ro(path);
+	ck_assert_int_eq(mn_read_fd_reuse(fd, "f", 1 << 20, &buf, &cap, &len, err, sizeof(err)), 0);
+	close(fd);
+	ck_assert_uint_eq(len, 1000);
+	ck_assert_uint_ge(cap, 1000);
+	ck_assert_mem_eq(buf, big, 1000);
+	ck_assert_int_eq(buf[len], '\0');
+	first = buf;
+
+	/* A smaller file: the same memory. */
+	mn_test_write_file(path, big + 1, 10);
+	fd = open_ro(path);
+	ck_assert_int_eq(mn_read_fd_reuse(fd, "f", 1 << 20, &buf, &cap, &len, err, sizeof(err)), 0);
+	close(fd);
+	ck_assert_ptr_eq(buf, first);
+	ck_assert_uint_eq(len, 10);
+	ck_assert_mem_eq(buf, big + 1, 10);
+	ck_assert_int_eq(buf[len], '\0');
+
+	/* A larger one: grown to fit it. */
+	mn_test_write_file(path, big, sizeof(big));
+	fd = open_ro(path);
+	ck_assert_int_eq(mn_read_fd_reuse(fd, "f", 1 << 20, &buf, &cap, &len, err, sizeof(err)), 0);
+	close(fd);
+	ck_assert_uint_eq(len, sizeof(big));
+	ck_assert_uint_ge(cap, sizeof(big));
+	ck_assert_mem_eq(buf, big, sizeof(big));
+
+	/* Too large: refused, and the buffer is still the caller's. */
+	fd = open_ro(path);
+	ck_assert_int_eq(
+	    mn_read_fd_reuse(fd, "f", sizeof(big) - 1, &buf, &cap, &len, err, sizeof(err)), -EFBIG);
+	close(fd);
+	ck_assert_ptr_nonnull(strstr(err, "larger than"));
+
+	/* A pipe says no size: read to its end all the same. */
+	ck_assert_int_eq(pipe(pipefd), 0);
+	ck_assert_int_eq(write(pipefd[1], big, 5000), 5000);
+	close(pipefd[1]);
+	ck_assert_int_eq(
+	    mn_read_fd_reuse(pipefd[0], "pipe", 1 << 20, &buf, &cap, &len, err, sizeof(err)), 0);
+	close(pipefd[0]);
+	ck_assert_uint_eq(len, 5000);
+	ck_assert_mem_eq(buf, big, 5000);
+	free(buf);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 /* Point 1 of the hardening issue: the writer renames over regular files only. */
 START_TEST(write_atomic_refuses_non_regular_targets)
 {
@@ -276,7 +351,8 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
 	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
 	            stale_temps_removed, mkdir_p_creates_parents, read_file_bounds,
-	            basename_of_paths, write_atomic_refuses_non_regular_targets,
-	            open_regular_never_blocks, open_append_never_blocks);
+	            read_fd_reuse_keeps_the_buffer, basename_of_paths,
+	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
+	            open_append_never_blocks);
 	return mn_test_run(s);
 }
