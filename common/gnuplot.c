@@ -270,9 +270,14 @@ void mn_gnuplot_cancel(struct mn_gnuplot *g)
 	if (!g || g->cancelled)
 		return;
 	g->cancelled = true;
-	if (!uv_is_closing((uv_handle_t *)&g->proc))
-		uv_process_kill(&g->proc, SIGTERM);
-	close_once((uv_handle_t *)&g->proc);
+	/*
+	 * libuv reaps only children whose handle is open: on_process_exit closes
+	 * it once gnuplot is gone. SIGKILL, because the loop now waits for that
+	 * exit (a stop must not hang on a gnuplot that ignores SIGTERM) and its
+	 * output is unwanted anyway. A failed kill means no exit will come.
+	 */
+	if (!uv_is_closing((uv_handle_t *)&g->proc) && uv_process_kill(&g->proc, SIGKILL) < 0)
+		close_once((uv_handle_t *)&g->proc);
 	close_once((uv_handle_t *)&g->in);
 	close_once((uv_handle_t *)&g->out);
 	close_once((uv_handle_t *)&g->err);

@@ -37,9 +37,10 @@ int mn_gnuplot_start(uv_loop_t *loop, const char *script, size_t len, mn_gnuplot
                      struct mn_gnuplot **out, char *err, size_t errlen);
 
 /*
- * Kills a gnuplot that is still running; cb is not called any more. Its
- * memory is freed once its handles have closed, so keep running the loop.
- * Accepts NULL; must not be called after cb has run.
+ * Kills a gnuplot that is still running (SIGKILL); cb is not called any
+ * more. Its handles close, and its memory is freed, once gnuplot has exited
+ * and been reaped, so keep running the loop until then. Accepts NULL; must
+ * not be called after cb has run.
  */
 void mn_gnuplot_cancel(struct mn_gnuplot *g);
 

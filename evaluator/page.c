@@ -9,7 +9,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "gnuplot.h"
 #include "log.h"
@@ -129,6 +128,7 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 	const char *path = cfg->eval.report_html, *slash = strrchr(path, '/');
 	struct mne_page *r;
 	struct stat st;
+	int rc;
 
 	*out = NULL;
 	if (!path[0])
@@ -155,9 +155,11 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 		snprintf(r->dir, sizeof(r->dir), "%.*s", slash == path ? 1 : (int)(slash - path),
 		         path);
 	r->name = slash ? r->cfg.eval.report_html + (slash - path) + 1 : r->cfg.eval.report_html;
-	if (stat(r->dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+	/* The reason is stat's own: a second look at the path could see it changed. */
+	rc = stat(r->dir, &st) < 0 ? -errno : 0;
+	if (rc < 0 || !S_ISDIR(st.st_mode)) {
 		mn_errf(err, errlen, "eval.report_html: %s: %s", r->dir,
-		        access(r->dir, F_OK) == 0 ? "not a directory" : strerror(errno));
+		        rc < 0 ? strerror(-rc) : "not a directory");
 		free(r);
 		return -EINVAL;
 	}

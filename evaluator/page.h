@@ -36,7 +36,10 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 /* The metrics changed: rebuild the page (now, or after the build that runs). */
 void mne_page_kick(struct mne_page *r);
 
-/* Stops a running gnuplot and frees the builder. Accepts NULL. */
+/*
+ * Stops a running gnuplot and frees the builder. Accepts NULL. Keep running
+ * the loop: the killed gnuplot's handles close once it has been reaped.
+ */
 void mne_page_close(struct mne_page *r);
 
 #endif
