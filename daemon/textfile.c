@@ -83,11 +83,20 @@ static void on_timer(uv_timer_t *h)
 	mnd_textfile_write(h->data, true);
 }
 
+static void on_closed(uv_handle_t *h)
+{
+	struct mnd_textfile *m = h->data;
+
+	mn_prom_free(m->prom);
+	free(m);
+}
+
 int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
                        int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen)
 {
 	struct mnd_textfile *m;
 	uint64_t every = (uint64_t)cfg->metrics.interval_ms;
+	int rc;
 
 	*out = NULL;
 	if (!cfg->metrics.textfile[0])
@@ -102,20 +111,24 @@ int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_co
 	m->start_s = seconds(start_ns);
 	snprintf(m->path, sizeof(m->path), "%s", cfg->metrics.textfile);
 	snprintf(m->run, sizeof(m->run), "%s", cfg->metrics.run);
-	uv_timer_init(loop, &m->timer);
+	rc = uv_timer_init(loop, &m->timer);
+	if (rc < 0) {
+		mn_errf(err, errlen, "cannot init the rewrite timer: %s", uv_strerror(rc));
+		mn_prom_free(m->prom);
+		free(m);
+		return rc;
+	}
 	m->timer.data = m;
-	uv_timer_start(&m->timer, on_timer, every, every);
+	rc = uv_timer_start(&m->timer, on_timer, every, every);
+	if (rc < 0) {
+		mn_errf(err, errlen, "cannot start the rewrite timer: %s", uv_strerror(rc));
+		/* The loop knows the timer now: m goes when it has closed it. */
+		uv_close((uv_handle_t *)&m->timer, on_closed);
+		return rc;
+	}
 	mnd_textfile_write(m, true);
 	*out = m;
 	return 0;
-}
-
-static void on_closed(uv_handle_t *h)
-{
-	struct mnd_textfile *m = h->data;
-
-	mn_prom_free(m->prom);
-	free(m);
 }
 
 void mnd_textfile_close(struct mnd_textfile *m)

@@ -70,7 +70,8 @@ void mne_textfile_result(struct mne_textfile *t, const struct mne_pick_result *r
 		t->best_step = r->step;
 	}
 	t->evaluations++;
-	mn_prom_hist_observe(&t->latency, latency_s);
+	/* The clocks disagreed (the file's ctime is ahead): a histogram's sum never goes down. */
+	mn_prom_hist_observe(&t->latency, latency_s < 0 ? 0 : latency_s);
 }
 
 void mne_textfile_rejected(struct mne_textfile *t, uint64_t total)

@@ -30,7 +30,10 @@ struct mne_textfile;
 int mne_textfile_new(const char *path, const char *run, int64_t start_ns, struct mne_textfile **out,
                      char *err, size_t errlen);
 
-/* Records an evaluation whose result was logged latency_s seconds after its publication. */
+/*
+ * Records an evaluation whose result was logged latency_s seconds after its
+ * publication. A negative latency_s (the clocks disagreed) is recorded as 0.
+ */
 void mne_textfile_result(struct mne_textfile *t, const struct mne_pick_result *r, double latency_s);
 
 /* Sets the number of checkpoint files rejected as invalid so far. */

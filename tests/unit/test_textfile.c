@@ -3,17 +3,18 @@
  * fed by a real worker training a toy network on a real libuv loop.
  *
  * Every test parses what was written as a text exposition (format 0.0.4: a
- * HELP and a TYPE per family, then its samples), so a file a scraper would
- * reject fails here whatever it holds, and compares the values with the
- * worker's own status, family by family as mnistd(8) lists them. Pausing the
- * worker holds its status still for that. The timer is observed by running
- * the loop until the file changes, with a deadline and no sleeps; failing
- * writes through the process log (log.h), sent to a file for the purpose.
+ * HELP and a TYPE per family, then its samples; mn_test_prom.h), so a file a
+ * scraper would reject fails here whatever it holds, and compares the values
+ * with the worker's own status, family by family as mnistd(8) lists them.
+ * Pausing the worker holds its status still for that. The timer is observed
+ * by running the loop until the file changes, with a deadline and no sleeps;
+ * failing writes through the process log (log.h), sent to a file for the
+ * purpose.
  */
 #include "textfile.h"
 
 #include <check.h>
-#include <ctype.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 
 #include "log.h"
 #include "mn_test.h"
+#include "mn_test_prom.h"
 #include "mn_test_uv.h"
 #include "util.h"
 #include "worker.h"
@@ -34,188 +36,11 @@
 #define N_EX        40
 #define IN_DIM      16
 #define OUT         4
-#define MAX_FAM     20
-#define MAX_SMP     48
-#define NAME_LEN    128
 #define NBUCKETS    11 /* checkpoint write duration bounds besides +Inf */
 #define READ_MAX    (1 << 20)
 
-/* One sample line, its labels decoded. Only run and le may appear. */
-struct sample {
-	char name[NAME_LEN];
-	bool has_run, has_le;
-	char run[NAME_LEN], le[32];
-	double value;
-};
-
-struct family {
-	char name[NAME_LEN];
-	char type[16];
-};
-
-struct expo {
-	struct family fam[MAX_FAM];
-	struct sample smp[MAX_SMP];
-	size_t nfam, nsmp;
-};
-
-/* A metric or label name; returns the first byte after it. */
-static const char *parse_name(const char *p, char *out, bool colon, int line)
-{
-	size_t n = 0;
-
-	ck_assert_msg(isalpha((unsigned char)*p) || *p == '_' || (colon && *p == ':'),
-	              "line %d: no name at '%s'", line, p);
-	while (isalnum((unsigned char)p[n]) || p[n] == '_' || (colon && p[n] == ':'))
-		n++;
-	ck_assert_msg(n < NAME_LEN, "line %d: name too long", line);
-	memcpy(out, p, n);
-	out[n] = '\0';
-	return p + n;
-}
-
-/* A quoted label value (p at the opening quote), unescaped into out. */
-static const char *parse_quoted(const char *p, char *out, size_t len, int line)
-{
-	size_t n = 0;
-
-	ck_assert_msg(*p++ == '"', "line %d: label value not quoted", line);
-	for (; *p != '"'; p++) {
-		char c = *p;
-
-		ck_assert_msg(c && c != '\n', "line %d: unterminated label value", line);
-		if (c == '\\') {
-			c = *++p;
-			/* The only escapes the format has. */
-			ck_assert_msg(c == '\\' || c == '"' || c == 'n', "line %d: bad escape \\%c",
-			              line, c);
-			c = c == 'n' ? '\n' : c;
-		}
-		ck_assert_uint_lt(n + 1, len);
-		out[n++] = c;
-	}
-	out[n] = '\0';
-	return p + 1;
-}
-
-/* A sample's value; strtod reads NaN, +Inf and -Inf as the format spells them. */
-static double parse_value(const char *s, int line)
-{
-	char *end;
-	double v = strtod(s, &end);
-
-	ck_assert_msg(end != s && *end == '\0', "line %d: bad value '%s'", line, s);
-	return v;
-}
-
-/* The sample line at p (NUL-terminated) of family f. */
-static void parse_sample(const char *p, const struct family *f, struct sample *s, int line)
-{
-	char lname[NAME_LEN], suffix[NAME_LEN];
-
-	memset(s, 0, sizeof(*s));
-	p = parse_name(p, s->name, true, line);
-	/* A sample belongs to the family just declared; a histogram's carry their suffix. */
-	snprintf(suffix, sizeof(suffix), "%s", s->name + strlen(f->name));
-	ck_assert_msg(
-	    strncmp(s->name, f->name, strlen(f->name)) == 0 &&
-	        (!suffix[0] || (strcmp(f->type, "histogram") == 0 &&
-	                        (strcmp(suffix, "_bucket") == 0 || strcmp(suffix, "_sum") == 0 ||
-	                         strcmp(suffix, "_count") == 0))),
-	    "line %d: %s outside its family %s", line, s->name, f->name);
-	if (*p == '{') {
-		do {
-			p = parse_name(p + 1, lname, false, line);
-			ck_assert_msg(*p == '=', "line %d: no '=' after label %s", line, lname);
-			if (strcmp(lname, "run") == 0 && !s->has_run) {
-				p = parse_quoted(p + 1, s->run, sizeof(s->run), line);
-				s->has_run = true;
-			} else if (strcmp(lname, "le") == 0 && !s->has_le) {
-				p = parse_quoted(p + 1, s->le, sizeof(s->le), line);
-				s->has_le = true;
-			} else {
-				ck_abort_msg("line %d: unexpected label %s", line, lname);
-			}
-		} while (*p == ',');
-		ck_assert_msg(*p++ == '}', "line %d: labels not closed", line);
-	}
-	ck_assert_msg(s->has_le == (strcmp(suffix, "_bucket") == 0), "line %d: le misplaced", line);
-	ck_assert_msg(*p++ == ' ', "line %d: no space before the value", line);
-	s->value = parse_value(p, line);
-}
-
-/*
- * Parses a whole exposition: each family a HELP, then a TYPE, then its
- * samples, declared once; the text ends with a newline.
- */
-static void parse(char *text, struct expo *e)
-{
-	struct family *f = NULL;
-	char name[NAME_LEN];
-	int line = 0;
-
-	memset(e, 0, sizeof(*e));
-	ck_assert_msg(text[0] && text[strlen(text) - 1] == '\n', "not a whole exposition");
-	for (char *p = text, *nl; *p; p = nl + 1) {
-		nl = strchr(p, '\n');
-		*nl = '\0';
-		line++;
-		if (strncmp(p, "# HELP ", 7) == 0) {
-			p = (char *)parse_name(p + 7, name, true, line);
-			ck_assert_msg(p[0] == ' ' && p[1], "line %d: HELP without text", line);
-			ck_assert_uint_lt(e->nfam, MAX_FAM);
-			for (size_t i = 0; i < e->nfam; i++)
-				ck_assert_msg(strcmp(e->fam[i].name, name) != 0,
-				              "line %d: %s declared twice", line, name);
-			f = &e->fam[e->nfam++];
-			snprintf(f->name, sizeof(f->name), "%s", name);
-		} else if (strncmp(p, "# TYPE ", 7) == 0) {
-			p = (char *)parse_name(p + 7, name, true, line);
-			ck_assert_msg(f && strcmp(f->name, name) == 0 && !f->type[0],
-			              "line %d: TYPE %s without its HELP", line, name);
-			ck_assert_msg(strcmp(p, " gauge") == 0 || strcmp(p, " counter") == 0 ||
-			                  strcmp(p, " histogram") == 0,
-			              "line %d: bad type '%s'", line, p);
-			snprintf(f->type, sizeof(f->type), "%s", p + 1);
-		} else {
-			ck_assert_msg(f && f->type[0], "line %d: sample without a TYPE", line);
-			ck_assert_uint_lt(e->nsmp, MAX_SMP);
-			parse_sample(p, f, &e->smp[e->nsmp++], line);
-		}
-	}
-}
-
-/* Reads path and parses it. */
-static void read_expo(const char *file, struct expo *e)
-{
-	char err[MN_ERRLEN], *buf = NULL;
-	size_t len;
-
-	ck_assert_msg(mn_read_file(file, READ_MAX, &buf, &len, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_uint_eq(strlen(buf), len);
-	parse(buf, e);
-	free(buf);
-}
-
-/* The one sample called name (with le="le" when le is not NULL). */
-static double value(const struct expo *e, const char *name, const char *le)
-{
-	const struct sample *found = NULL;
-
-	for (size_t i = 0; i < e->nsmp; i++) {
-		const struct sample *s = &e->smp[i];
-
-		if (strcmp(s->name, name) == 0 && (!le || strcmp(s->le, le) == 0)) {
-			ck_assert_msg(!found, "%s{le=%s} twice", name, le ? le : "");
-			found = s;
-		}
-	}
-	ck_assert_msg(found != NULL, "no sample %s{le=%s}", name, le ? le : "");
-	return found->value;
-}
-
 /* The families of mnistd(8), with their types. */
-static const struct family families[] = {
+static const struct mn_test_prom_family families[] = {
     {"mnistd_running", "gauge"},
     {"mnistd_process_start_time_seconds", "gauge"},
     {"mnistd_global_step", "gauge"},
@@ -332,26 +157,14 @@ static void pause_worker(void)
 	mn_test_uv_run_until(&loop, counted, &replies, 10000, "pause");
 }
 
-/* Exactly the families of the man page; run on every sample or on none. */
-static void check_shape(const struct expo *e, const char *run)
+/*
+ * Exactly the families of the man page, with their types; the histogram's
+ * bounds and +Inf, then _sum and _count, the rest one sample each; run on
+ * every sample or on none.
+ */
+static void check_shape(const struct mn_test_prom_expo *e, const char *run)
 {
-	ck_assert_uint_eq(e->nfam, NFAMILIES);
-	for (size_t i = 0; i < NFAMILIES; i++) {
-		size_t j = 0;
-
-		while (j < e->nfam && strcmp(e->fam[j].name, families[i].name) != 0)
-			j++;
-		ck_assert_msg(j < e->nfam, "family %s missing", families[i].name);
-		ck_assert_str_eq(e->fam[j].type, families[i].type);
-	}
-	/* Histogram: its bounds and +Inf, then _sum and _count; the rest one sample each. */
-	ck_assert_uint_eq(e->nsmp, NFAMILIES - 1 + NBUCKETS + 3);
-	for (size_t i = 0; i < e->nsmp; i++) {
-		ck_assert_msg(e->smp[i].has_run == (run != NULL), "%s: run label %s",
-		              e->smp[i].name, run ? "missing" : "present");
-		if (run)
-			ck_assert_str_eq(e->smp[i].run, run);
-	}
+	mn_test_prom_check_shape(e, families, NFAMILIES, NBUCKETS, run);
 }
 
 /* Lines of the log that contain needle. */
@@ -378,7 +191,7 @@ START_TEST(test_values_are_the_worker_status)
 	struct mnd_worker_status st;
 	const struct mn_prom_hist *h = &st.ckpt_write;
 	uint64_t cumulative = 0;
-	struct expo e;
+	struct mn_test_prom_expo e;
 	int saved = 0;
 
 	pause_worker();
@@ -386,32 +199,37 @@ START_TEST(test_values_are_the_worker_status)
 	mn_test_uv_run_until(&loop, counted, &saved, 10000, "save");
 	mnd_worker_get_status(worker, &st);
 	start();
-	read_expo(cfg.metrics.textfile, &e);
+	mn_test_prom_read(cfg.metrics.textfile, &e);
 	check_shape(&e, NULL);
-	ck_assert_double_eq(value(&e, "mnistd_running", NULL), 1);
-	ck_assert_double_eq(value(&e, "mnistd_process_start_time_seconds", NULL),
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 1);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_process_start_time_seconds", NULL),
 	                    (double)START_NS / 1e9);
 	ck_assert_int_gt(st.step, 0);
-	ck_assert_double_eq(value(&e, "mnistd_global_step", NULL), (double)st.step);
-	ck_assert_double_eq(value(&e, "mnistd_max_steps", NULL), (double)cfg.train.max_steps);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_global_step", NULL), (double)st.step);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_max_steps", NULL),
+	                    (double)cfg.train.max_steps);
 	ck_assert(isfinite(st.loss));
-	ck_assert_double_eq(value(&e, "mnistd_loss", NULL), st.loss);
-	ck_assert_double_eq(value(&e, "mnistd_learning_rate", NULL), st.learning_rate);
-	ck_assert_double_eq(value(&e, "mnistd_steps_per_second", NULL), st.steps_per_sec);
-	ck_assert_double_eq(value(&e, "mnistd_paused", NULL), 1);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_loss", NULL), st.loss);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_learning_rate", NULL), st.learning_rate);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_steps_per_second", NULL),
+	                    st.steps_per_sec);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_paused", NULL), 1);
 	ck_assert_int_ge(st.ckpt_published, 1);
-	ck_assert_double_eq(value(&e, "mnistd_checkpoints_published_total", NULL),
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_checkpoints_published_total", NULL),
 	                    (double)st.ckpt_published);
-	ck_assert_double_eq(value(&e, "mnistd_checkpoint_failures_total", NULL), 0);
-	ck_assert_double_eq(value(&e, "mnistd_checkpoint_consecutive_failures", NULL), 0);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_checkpoint_failures_total", NULL), 0);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_checkpoint_consecutive_failures", NULL),
+	                    0);
 	ck_assert_int_eq(st.latest_step, st.step); /* the save was of the paused step */
-	ck_assert_double_eq(value(&e, "mnistd_last_checkpoint_step", NULL), (double)st.latest_step);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_last_checkpoint_step", NULL),
+	                    (double)st.latest_step);
 	ck_assert_int_gt(st.latest_ns, 0);
-	ck_assert_double_eq(value(&e, "mnistd_last_checkpoint_timestamp_seconds", NULL),
-	                    (double)st.latest_ns / 1e9);
+	ck_assert_double_eq(
+	    mn_test_prom_value(&e, "mnistd_last_checkpoint_timestamp_seconds", NULL),
+	    (double)st.latest_ns / 1e9);
 	/* The write durations: bucket by bucket in the order of the bounds, cumulative. */
 	for (size_t i = 0, b = 0; i < e.nsmp; i++) {
-		const struct sample *s = &e.smp[i];
+		const struct mn_test_prom_sample *s = &e.smp[i];
 
 		if (strcmp(s->name, "mnistd_checkpoint_write_duration_seconds_bucket") != 0)
 			continue;
@@ -424,10 +242,11 @@ START_TEST(test_values_are_the_worker_status)
 		}
 		ck_assert_double_eq(s->value, (double)cumulative);
 	}
-	ck_assert_double_eq(value(&e, "mnistd_checkpoint_write_duration_seconds_count", NULL),
-	                    (double)st.ckpt_published);
-	ck_assert_double_eq(value(&e, "mnistd_checkpoint_write_duration_seconds_sum", NULL),
-	                    h->sum);
+	ck_assert_double_eq(
+	    mn_test_prom_value(&e, "mnistd_checkpoint_write_duration_seconds_count", NULL),
+	    (double)st.ckpt_published);
+	ck_assert_double_eq(
+	    mn_test_prom_value(&e, "mnistd_checkpoint_write_duration_seconds_sum", NULL), h->sum);
 }
 END_TEST
 
@@ -436,22 +255,22 @@ START_TEST(test_run_label_and_stopped)
 {
 	static const char run[] = "ru\"n\\1\nb";
 	char err[MN_ERRLEN], *raw = NULL;
-	struct expo e;
+	struct mn_test_prom_expo e;
 	size_t len;
 
 	snprintf(cfg.metrics.run, sizeof(cfg.metrics.run), "%s", run);
 	start();
-	read_expo(cfg.metrics.textfile, &e);
+	mn_test_prom_read(cfg.metrics.textfile, &e);
 	check_shape(&e, run);
-	ck_assert_double_eq(value(&e, "mnistd_running", NULL), 1);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 1);
 	mnd_textfile_write(textfile, false);
 	ck_assert_int_eq(mn_read_file(cfg.metrics.textfile, READ_MAX, &raw, &len, err, sizeof(err)),
 	                 0);
 	ck_assert_ptr_nonnull(strstr(raw, "\nmnistd_running{run=\"ru\\\"n\\\\1\\nb\"} 0\n"));
-	parse(raw, &e);
+	mn_test_prom_parse(raw, &e);
 	free(raw);
 	check_shape(&e, run);
-	ck_assert_double_eq(value(&e, "mnistd_running", NULL), 0);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 0);
 }
 END_TEST
 
@@ -495,7 +314,7 @@ START_TEST(test_timer_rewrites_every_interval)
 {
 	char err[MN_ERRLEN];
 	struct stat st;
-	struct expo e, first;
+	struct mn_test_prom_expo e, first;
 	uint64_t t0;
 	size_t len;
 
@@ -507,17 +326,17 @@ START_TEST(test_timer_rewrites_every_interval)
 	    mn_read_file(cfg.metrics.textfile, READ_MAX, &last.text, &len, err, sizeof(err)), 0);
 	last.ino = st.st_ino;
 	last.changes = 0;
-	read_expo(cfg.metrics.textfile, &first);
+	mn_test_prom_read(cfg.metrics.textfile, &first);
 	for (int n = 1; n <= 2; n++) {
 		mn_test_uv_run_until(&loop, changed, &n, 10000, "textfile rewrite");
 		ck_assert_uint_ge(uv_now(&loop) - t0, (uint64_t)(n * INTERVAL_MS));
 	}
 	free(last.text);
-	read_expo(cfg.metrics.textfile, &e);
+	mn_test_prom_read(cfg.metrics.textfile, &e);
 	check_shape(&e, NULL);
-	ck_assert_double_gt(value(&e, "mnistd_global_step", NULL),
-	                    value(&first, "mnistd_global_step", NULL));
-	ck_assert_double_eq(value(&e, "mnistd_paused", NULL), 0);
+	ck_assert_double_gt(mn_test_prom_value(&e, "mnistd_global_step", NULL),
+	                    mn_test_prom_value(&first, "mnistd_global_step", NULL));
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_paused", NULL), 0);
 }
 END_TEST
 
@@ -538,6 +357,75 @@ START_TEST(test_empty_path_is_off)
 }
 END_TEST
 
+/*
+ * Fault injection: while fail_timer_init or fail_timer_start is not 0, the
+ * next uv_timer_init or uv_timer_start called from this program returns it
+ * (and clears it) instead of doing its work. These definitions come before
+ * libuv's, which they call otherwise.
+ */
+static int fail_timer_init, fail_timer_start;
+
+int uv_timer_init(uv_loop_t *l, uv_timer_t *h)
+{
+	int (*real)(uv_loop_t *, uv_timer_t *) =
+	    (int (*)(uv_loop_t *, uv_timer_t *))dlsym(RTLD_NEXT, "uv_timer_init");
+	int rc = fail_timer_init;
+
+	if (rc) {
+		fail_timer_init = 0;
+		return rc;
+	}
+	ck_assert_ptr_nonnull(real);
+	return real(l, h);
+}
+
+int uv_timer_start(uv_timer_t *h, uv_timer_cb cb, uint64_t timeout, uint64_t repeat)
+{
+	int (*real)(uv_timer_t *, uv_timer_cb, uint64_t, uint64_t) =
+	    (int (*)(uv_timer_t *, uv_timer_cb, uint64_t, uint64_t))dlsym(RTLD_NEXT,
+	                                                                  "uv_timer_start");
+	int rc = fail_timer_start;
+
+	if (rc) {
+		fail_timer_start = 0;
+		return rc;
+	}
+	ck_assert_ptr_nonnull(real);
+	return real(h, cb, timeout, repeat);
+}
+
+/*
+ * Starts the textfile with *fault set to code: the start fails with code and
+ * a message that names the timer, leaves no writer and writes no file, and
+ * whatever it made is freed through the loop (teardown finds the loop empty,
+ * and LeakSanitizer nothing leaked).
+ */
+static void start_fails(int *fault, int code)
+{
+	char err[MN_ERRLEN] = "";
+
+	textfile = (struct mnd_textfile *)&textfile; /* must be overwritten */
+	*fault = code;
+	ck_assert_int_eq(
+	    mnd_textfile_start(&loop, worker, &cfg, START_NS, &textfile, err, sizeof(err)), code);
+	ck_assert_int_eq(*fault, 0); /* the failure was met, not left for the worker's timers */
+	ck_assert_ptr_null(textfile);
+	ck_assert_msg(strstr(err, "rewrite timer: ") && strstr(err, uv_strerror(code)), "%s", err);
+	ck_assert_uint_eq(mn_test_count_entries(promdir), 0);
+}
+
+START_TEST(test_timer_init_failure_fails_cleanly)
+{
+	start_fails(&fail_timer_init, UV_ENOMEM);
+}
+END_TEST
+
+START_TEST(test_timer_start_failure_fails_cleanly)
+{
+	start_fails(&fail_timer_start, UV_EINVAL);
+}
+END_TEST
+
 static bool exists(void *arg)
 {
 	return access(arg, F_OK) == 0;
@@ -550,7 +438,7 @@ static bool exists(void *arg)
 START_TEST(test_missing_directory_logged_once_then_recovers)
 {
 	char sub[MN_TEST_DIRLEN + 16];
-	struct expo e;
+	struct mn_test_prom_expo e;
 
 	snprintf(sub, sizeof(sub), "%s/later", tmpdir);
 	snprintf(cfg.metrics.textfile, sizeof(cfg.metrics.textfile), "%s/mnistd.prom", sub);
@@ -560,9 +448,9 @@ START_TEST(test_missing_directory_logged_once_then_recovers)
 	ck_assert_uint_eq(log_lines("No such file or directory"), 1);
 	ck_assert_int_eq(mkdir(sub, 0755), 0);
 	mn_test_uv_run_until(&loop, exists, cfg.metrics.textfile, 10000, "textfile after mkdir");
-	read_expo(cfg.metrics.textfile, &e);
+	mn_test_prom_read(cfg.metrics.textfile, &e);
 	check_shape(&e, NULL);
-	ck_assert_double_eq(value(&e, "mnistd_running", NULL), 1);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 1);
 	ck_assert_uint_eq(log_lines("written again"), 1);
 	ck_assert_uint_eq(log_lines("metrics.textfile: "), 2);
 	/* Successes are logged only after failures. */
@@ -579,7 +467,7 @@ START_TEST(test_rewrite_replaces_the_file)
 {
 	char err[MN_ERRLEN], *old = NULL;
 	struct stat before, after;
-	struct expo e;
+	struct mn_test_prom_expo e;
 	size_t len;
 	int fd;
 
@@ -592,12 +480,12 @@ START_TEST(test_rewrite_replaces_the_file)
 	ck_assert(before.st_ino != after.st_ino);
 	ck_assert_int_eq(mn_read_fd(fd, "old", READ_MAX, &old, &len, err, sizeof(err)), 0);
 	ck_assert_int_eq(close(fd), 0);
-	parse(old, &e);
+	mn_test_prom_parse(old, &e);
 	free(old);
 	check_shape(&e, NULL);
-	ck_assert_double_eq(value(&e, "mnistd_running", NULL), 1);
-	read_expo(cfg.metrics.textfile, &e);
-	ck_assert_double_eq(value(&e, "mnistd_running", NULL), 0);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 1);
+	mn_test_prom_read(cfg.metrics.textfile, &e);
+	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 0);
 	ck_assert_uint_eq(mn_test_count_entries(promdir), 1);
 }
 END_TEST
@@ -609,6 +497,7 @@ int main(void)
 
 	MN_TEST_ADD(tc, test_values_are_the_worker_status, test_run_label_and_stopped,
 	            test_timer_rewrites_every_interval, test_empty_path_is_off,
+	            test_timer_init_failure_fails_cleanly, test_timer_start_failure_fails_cleanly,
 	            test_missing_directory_logged_once_then_recovers,
 	            test_rewrite_replaces_the_file);
 	return mn_test_run(s);
