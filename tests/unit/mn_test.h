@@ -154,6 +154,27 @@ static inline void mn_test_write_file(const char *path, const void *data, size_t
 }
 
 /*
+ * The lines of the file at path that contain needle ("" counts every line);
+ * 0 when there is no such file (a log not written yet).
+ */
+static inline size_t mn_test_count_lines(const char *path, const char *needle)
+{
+	FILE *f = fopen(path, "r");
+	char *line = NULL;
+	size_t cap = 0, n = 0;
+
+	if (!f) {
+		ck_assert_msg(errno == ENOENT, "open %s: %s", path, strerror(errno));
+		return 0;
+	}
+	while (getline(&line, &cap, f) >= 0)
+		n += strstr(line, needle) != NULL;
+	free(line);
+	fclose(f);
+	return n;
+}
+
+/*
  * The shape input-hidden[0]-...-hidden[nhidden-1]-output, with the unused
  * hidden entries zero. hidden may be NULL when nhidden is 0.
  */

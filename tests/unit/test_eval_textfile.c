@@ -112,22 +112,6 @@ static struct mne_pick_result result(int64_t step, double accuracy, double loss,
 	return r;
 }
 
-/* Lines of the log that contain needle. */
-static size_t log_lines(const char *needle)
-{
-	char err[MN_ERRLEN], *buf = NULL;
-	size_t len, n = 0;
-	int rc = mn_read_file(logpath, READ_MAX, &buf, &len, err, sizeof(err));
-
-	if (rc == -ENOENT)
-		return 0;
-	ck_assert_msg(rc == 0, "%s", err);
-	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
-		n += strstr(line, needle) != NULL;
-	free(buf);
-	return n;
-}
-
 /* Before any evaluation: the file says so (NaN, -1, zero counts), with every family. */
 START_TEST(test_initial_exposition)
 {
@@ -324,8 +308,8 @@ START_TEST(test_failing_writes_logged_once_then_recover)
 	t = make("");
 	mne_textfile_write(t, true);
 	mne_textfile_write(t, true);
-	ck_assert_uint_eq(log_lines("eval.textfile: "), 1);
-	ck_assert_uint_eq(log_lines("No such file or directory"), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "eval.textfile: "), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "No such file or directory"), 1);
 
 	ck_assert_int_eq(mkdir(sub, 0555), 0);
 	dac_override(false);
@@ -333,8 +317,8 @@ START_TEST(test_failing_writes_logged_once_then_recover)
 	mne_textfile_write(t, true);
 	dac_override(true);
 	ck_assert_int_eq(access(path, F_OK), -1);
-	ck_assert_uint_eq(log_lines("eval.textfile: "), 2);
-	ck_assert_uint_eq(log_lines("Permission denied"), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "eval.textfile: "), 2);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "Permission denied"), 1);
 
 	ck_assert_int_eq(chmod(sub, 0755), 0);
 	mne_textfile_rejected(t, 7);
@@ -343,8 +327,8 @@ START_TEST(test_failing_writes_logged_once_then_recover)
 	mn_test_prom_read(path, &e);
 	check_shape(&e, NULL);
 	ck_assert_double_eq(mn_test_prom_value(&e, "mnist_eval_rejected_files_total", NULL), 7);
-	ck_assert_uint_eq(log_lines("written again"), 1);
-	ck_assert_uint_eq(log_lines("eval.textfile: "), 3);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "written again"), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "eval.textfile: "), 3);
 	mne_textfile_free(t);
 }
 END_TEST

@@ -157,22 +157,6 @@ static bool exists(void *arg)
 	return access(arg, F_OK) == 0;
 }
 
-/* The lines in file: for runs, how often the counting gnuplot ran. */
-static size_t lines_of(const char *file)
-{
-	char err[MN_ERRLEN], *buf = NULL;
-	size_t len, n = 0;
-	int rc = mn_read_file(file, READ_MAX, &buf, &len, err, sizeof(err));
-
-	if (rc == -ENOENT)
-		return 0;
-	ck_assert_msg(rc == 0, "%s", err);
-	for (size_t i = 0; i < len; i++)
-		n += buf[i] == '\n';
-	free(buf);
-	return n;
-}
-
 static char *read_text(const char *path)
 {
 	char err[MN_ERRLEN], *buf = NULL;
@@ -369,7 +353,7 @@ START_TEST(test_page_waits_for_the_first_evaluation)
 	write_file(cfg.eval.metrics_file, "");
 	mne_page_kick(r);
 	ck_assert(idle(NULL));
-	ck_assert_uint_eq(lines_of(runs), 0);
+	ck_assert_uint_eq(mn_test_count_lines(runs, ""), 0);
 
 	write_file(cfg.eval.metrics_file, eval_lines);
 	mne_page_kick(r);
@@ -380,7 +364,7 @@ START_TEST(test_page_waits_for_the_first_evaluation)
 	    strstr(html, "<figure id=\"chart-validation-accuracy\" data-points=\"2\">"));
 	ck_assert_ptr_null(strstr(html, "chart-training-loss"));
 	free(html);
-	ck_assert_uint_eq(lines_of(runs), 1);
+	ck_assert_uint_eq(mn_test_count_lines(runs, ""), 1);
 	mne_page_close(r);
 }
 END_TEST
@@ -406,7 +390,7 @@ START_TEST(test_kicks_during_a_build_make_one_more)
 	mne_page_kick(r);
 	mne_page_kick(r);
 	mn_test_uv_run_until(&loop, idle, cfg.eval.report_html, WAIT_MS, "both builds");
-	ck_assert_uint_eq(lines_of(runs), 2);
+	ck_assert_uint_eq(mn_test_count_lines(runs, ""), 2);
 	html = read_text(cfg.eval.report_html);
 	ck_assert_ptr_nonnull(
 	    strstr(html, "<figure id=\"chart-validation-accuracy\" data-points=\"3\">"));

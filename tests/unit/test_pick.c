@@ -203,20 +203,6 @@ START_TEST(test_bad_newest_falls_back_and_is_not_retried_until_replaced)
 }
 END_TEST
 
-/* Lines of the log file holding what. */
-static size_t count_lines(const char *path, const char *what)
-{
-	char line[4096];
-	size_t n = 0;
-	FILE *f = fopen(path, "r");
-
-	ck_assert_ptr_nonnull(f);
-	while (fgets(line, sizeof(line), f))
-		n += strstr(line, what) != NULL;
-	fclose(f);
-	return n;
-}
-
 /* Issue #15 point 8: however many bad files there are, each is read once. */
 START_TEST(test_every_bad_file_is_remembered)
 {
@@ -236,11 +222,11 @@ START_TEST(test_every_bad_file_is_remembered)
 		ck_assert_int_lt(s.failed[i - 1].step, s.failed[i].step);
 	/* A second look reads none of them again (32 used to be remembered). */
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
-	ck_assert_uint_eq(count_lines(log, "invalid checkpoint"), 100);
+	ck_assert_uint_eq(mn_test_count_lines(log, "invalid checkpoint"), 100);
 	/* Another size under the same name is another file: it is read again. */
 	mn_test_write_file(tpath(name_of(50)), "truncated again", 15);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
-	ck_assert_uint_eq(count_lines(log, "invalid checkpoint"), 101);
+	ck_assert_uint_eq(mn_test_count_lines(log, "invalid checkpoint"), 101);
 	mn_log_close();
 	mne_pick_state_free(&s);
 }

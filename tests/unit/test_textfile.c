@@ -167,20 +167,6 @@ static void check_shape(const struct mn_test_prom_expo *e, const char *run)
 	mn_test_prom_check_shape(e, families, NFAMILIES, NBUCKETS, run);
 }
 
-/* Lines of the log that contain needle. */
-static size_t log_lines(const char *needle)
-{
-	char err[MN_ERRLEN], *buf = NULL;
-	size_t len, n = 0;
-
-	ck_assert_msg(mn_read_file(logpath, READ_MAX, &buf, &len, err, sizeof(err)) == 0, "%s",
-	              err);
-	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
-		n += strstr(line, needle) != NULL;
-	free(buf);
-	return n;
-}
-
 /*
  * The file is written at the start, before the loop turns, and every family
  * holds what the worker's status says: a paused run with one checkpoint
@@ -444,18 +430,18 @@ START_TEST(test_missing_directory_logged_once_then_recovers)
 	snprintf(cfg.metrics.textfile, sizeof(cfg.metrics.textfile), "%s/mnistd.prom", sub);
 	start();
 	mnd_textfile_write(textfile, true);
-	ck_assert_uint_eq(log_lines("metrics.textfile: "), 1);
-	ck_assert_uint_eq(log_lines("No such file or directory"), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "metrics.textfile: "), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "No such file or directory"), 1);
 	ck_assert_int_eq(mkdir(sub, 0755), 0);
 	mn_test_uv_run_until(&loop, exists, cfg.metrics.textfile, 10000, "textfile after mkdir");
 	mn_test_prom_read(cfg.metrics.textfile, &e);
 	check_shape(&e, NULL);
 	ck_assert_double_eq(mn_test_prom_value(&e, "mnistd_running", NULL), 1);
-	ck_assert_uint_eq(log_lines("written again"), 1);
-	ck_assert_uint_eq(log_lines("metrics.textfile: "), 2);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "written again"), 1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "metrics.textfile: "), 2);
 	/* Successes are logged only after failures. */
 	mnd_textfile_write(textfile, true);
-	ck_assert_uint_eq(log_lines("metrics.textfile: "), 2);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "metrics.textfile: "), 2);
 }
 END_TEST
 
