@@ -138,7 +138,13 @@ int mn_app_reload_config(struct mn_app *a,
 
 static void close_handle(uv_handle_t *h, void *arg)
 {
-	if (!uv_is_closing(h))
+	/*
+	 * A child's handle is left to its owner, who killed the child and
+	 * closes the handle once it has exited: libuv reaps a child only while
+	 * its handle is open, so closing it here would leave a zombie and skip
+	 * the owner's close callback (its memory).
+	 */
+	if (!uv_is_closing(h) && h->type != UV_PROCESS)
 		uv_close(h, NULL);
 }
 

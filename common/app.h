@@ -99,8 +99,9 @@ int mn_app_reload_config(struct mn_app *a,
  * Closes every handle still open on the loop, runs it until they are
  * closed and closes it; a loop that will not close is logged. The caller
  * first stops what owns handles with close callbacks of its own, so they
- * run here. Signals it was catching are ignored from then on: the program
- * is ending. Does nothing if the loop was never initialised.
+ * run here. A child process's handle is not closed but waited for: its
+ * owner has killed the child (mn_gnuplot_cancel) and closes it on exit. Signals it was catching are
+ * ignored from then on: the program is ending. Does nothing if the loop was never initialised.
  */
 void mn_app_loop_close(struct mn_app *a);
 

@@ -1,5 +1,6 @@
 /* test_app.c - the programs' shared scaffolding: start, signals, data split, reload, close. */
 #include "app.h"
+#include "gnuplot.h"
 #include "log.h"
 #include "util.h"
 
@@ -10,6 +11,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "mn_test.h"
 
@@ -263,6 +265,35 @@ START_TEST(test_loop_without_signals)
 }
 END_TEST
 
+static void not_called(void *arg, int status, const char *out, size_t len, const char *error)
+{
+	ck_abort_msg("a cancelled gnuplot reported its end");
+}
+
+/*
+ * mn_app_loop_close right after a child was killed (an early exit with a
+ * gnuplot running): the child is reaped and its owner's memory freed
+ * (LeakSanitizer), not left a zombie by its handle closed from outside.
+ */
+START_TEST(test_loop_close_reaps_a_killed_child)
+{
+	static const char script[] = "pause 600\n";
+	struct mn_app a = app_for(cfgpath);
+	struct mn_gnuplot *g = NULL;
+	char err[MN_ERRLEN] = "";
+
+	ck_assert_int_eq(mn_app_loop_start(&a, false, NULL, NULL, NULL), 0);
+	ck_assert_msg(mn_gnuplot_start(&a.loop, script, strlen(script), not_called, NULL, &g, err,
+	                               sizeof(err)) == 0,
+	              "%s", err);
+	mn_gnuplot_cancel(g);
+	mn_app_loop_close(&a);
+	errno = 0;
+	ck_assert_int_eq(waitpid(-1, NULL, WNOHANG), -1);
+	ck_assert_int_eq(errno, ECHILD);
+}
+END_TEST
+
 struct keys_seen {
 	int reloadable, restart;
 };
@@ -316,6 +347,6 @@ int main(void)
 	            test_start_check_only_ends_with_ok, test_start_bad_config_is_ex_config,
 	            test_load_split, test_load_split_errors_map_to_exit_statuses,
 	            test_signals_reach_their_callbacks, test_loop_without_signals,
-	            test_reload_applies_only_reloadable_keys);
+	            test_loop_close_reaps_a_killed_child, test_reload_applies_only_reloadable_keys);
 	return mn_test_run(s);
 }
