@@ -796,11 +796,16 @@ static int bind_socket(struct mnd_control *srv, char *err, size_t errlen)
 		mn_errf(err, errlen, "control.socket %s: %s", srv->path, strerror(-rc));
 		return rc;
 	}
-	if (lstat(srv->path, &st) == 0) {
-		srv->bound = true;
-		srv->dev = st.st_dev;
-		srv->ino = st.st_ino;
+	/* Its identity, so that close removes it only while it is still this one. */
+	if (lstat(srv->path, &st) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "control.socket %s: gone right after bind: %s", srv->path,
+		        strerror(errno));
+		return rc;
 	}
+	srv->bound = true;
+	srv->dev = st.st_dev;
+	srv->ino = st.st_ino;
 	/*
 	 * bind() applied the umask; set the mode before listen(), so nobody can
 	 * connect while it is wrong (connecting needs write permission).
