@@ -239,8 +239,12 @@ static int rebuild(struct mne_keep *k, const struct mne_pick_params *eval, char 
 		rc = mne_pick_evaluate_file(eval, k->dir, &list[i], &r);
 		if (rc == -ECANCELED)
 			break;
+		/* Bad: logged; not listed, so removed as unlisted. */
+		if (rc == -EINVAL)
+			continue;
+		/* Out of memory or threads, not the file's fault: nothing may be removed for it. */
 		if (rc < 0)
-			continue; /* logged; not listed, so removed as unlisted */
+			break;
 		all[m] = (struct mn_best_entry){
 		    .step = r.step, .accuracy = r.eval.accuracy, .loss = r.eval.loss};
 		snprintf(all[m].file, sizeof(all[m].file), "%s", r.name);
@@ -254,6 +258,10 @@ static int rebuild(struct mne_keep *k, const struct mne_pick_params *eval, char 
 	free(list);
 	if (rc == -ECANCELED) {
 		mn_errf(err, errlen, "cancelled");
+		return rc;
+	}
+	if (rc < 0 && rc != -EINVAL) {
+		mn_errf(err, errlen, "cannot rebuild best.json in %s: %s", k->dir, strerror(-rc));
 		return rc;
 	}
 	mn_log_fields(MN_LOG_WARN, "rebuilt best.json from the checkpoints in best_dir",

@@ -17,7 +17,24 @@
 #include "util.h"
 
 /* Outcome of trying one file. */
-enum attempt { TRY_DONE, TRY_SKIPPED, TRY_BAD, TRY_CANCELED };
+/*
+ * Outcome of trying one file. TRY_FAILED: this machine could not evaluate
+ * it (out of memory or threads), which says nothing of the file: the look
+ * ends with the error and the file is tried again at the next one.
+ */
+enum attempt { TRY_DONE, TRY_SKIPPED, TRY_BAD, TRY_CANCELED, TRY_FAILED };
+
+/* What ended a look with TRY_FAILED. */
+struct trouble {
+	int rc;
+	char *err;
+	size_t errlen;
+};
+
+static bool machine_trouble(int rc)
+{
+	return rc == -ENOMEM || rc == -EAGAIN;
+}
 
 void mne_pick_state_init(struct mne_pick_state *s)
 {
@@ -151,7 +168,7 @@ static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_
 /* Reads, validates and evaluates one open file, in the memory s keeps. */
 static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick_state *s, int fd,
                                 const char *path, const struct mn_ckptdir_entry *e,
-                                struct mne_pick_result *res)
+                                struct mne_pick_result *res, struct trouble *t)
 {
 	struct mn_ckpt *c = NULL;
 	struct mn_arch arch;
@@ -167,10 +184,8 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick
 		rc = mn_model_load_params_reuse(c, p->use_ema, &arch, &s->params, &s->params_cap,
 		                                err, sizeof(err));
 	res->read_ns = mn_monotonic_ns() - start;
-	if (rc < 0) {
-		log_bad(path, err);
-		goto out;
-	}
+	if (rc < 0)
+		goto failed;
 	if (arch.input != p->data->dim) {
 		char arch_s[256];
 
@@ -196,8 +211,7 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick
 	}
 	if (rc < 0) {
 		mn_errprefix(err, sizeof(err), "%s", path);
-		log_bad(path, err);
-		goto out;
+		goto failed;
 	}
 	res->done_ns = mn_realtime_ns();
 	warn_step_mismatch(c, path, e->step);
@@ -205,13 +219,23 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick
 	res->step = e->step;
 	res->ema = p->use_ema && !mn_model_is_frozen(c);
 	out = TRY_DONE;
+	goto out;
+failed:
+	if (machine_trouble(rc)) {
+		t->rc = rc;
+		snprintf(t->err, t->errlen, "cannot evaluate %s: %s", path, err);
+		out = TRY_FAILED;
+	} else {
+		log_bad(path, err);
+	}
 out:
 	mn_ckpt_free(c);
 	return out;
 }
 
 static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_state *s,
-                             const struct mn_ckptdir_entry *e, struct mne_pick_result *res)
+                             const struct mn_ckptdir_entry *e, struct mne_pick_result *res,
+                             struct trouble *t)
 {
 	char path[PATH_MAX + MN_CKPT_MAX_NAME], msg[MN_ERRLEN];
 	struct stat st, fst;
@@ -261,7 +285,7 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 		res->event_ns = res->published_ns;
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
 	              (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
-	out = evaluate_fd(p, s, fd, path, e, res);
+	out = evaluate_fd(p, s, fd, path, e, res, t);
 	if (out == TRY_DONE && p->keep_open) {
 		res->fd = fd;
 		snprintf(res->path, sizeof(res->path), "%s", path);
@@ -277,6 +301,7 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen)
 {
 	struct mn_ckptdir_entry *list = NULL;
+	struct trouble t = {.err = err, .errlen = errlen};
 	size_t n = 0;
 	int rc;
 
@@ -289,11 +314,13 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 
 		if (mn_ckptdir_filename(p->prefix, p->hint_step, hinted.name,
 		                        sizeof(hinted.name)) == 0)
-			a = try_file(p, s, &hinted, res);
+			a = try_file(p, s, &hinted, res, &t);
 		if (a == TRY_CANCELED) {
 			mn_errf(err, errlen, "cancelled");
 			return -ECANCELED;
 		}
+		if (a == TRY_FAILED)
+			return t.rc;
 		if (a == TRY_DONE) {
 			s->last_step = hinted.step;
 			forget_old(s);
@@ -328,9 +355,13 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 			rc = -ECANCELED;
 			break;
 		}
-		a = try_file(p, s, &list[i], res);
+		a = try_file(p, s, &list[i], res, &t);
 		if (a == TRY_CANCELED) {
 			rc = -ECANCELED;
+			break;
+		}
+		if (a == TRY_FAILED) {
+			rc = t.rc;
 			break;
 		}
 		if (a == TRY_DONE) {
@@ -351,6 +382,8 @@ int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,
 {
 	struct mne_pick_params q = *p;
 	struct mne_pick_state s;
+	char why[MN_ERRLEN];
+	struct trouble t = {.err = why, .errlen = sizeof(why)};
 	enum attempt a;
 
 	q.dir = dir;
@@ -359,8 +392,13 @@ int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,
 	memset(res, 0, sizeof(*res));
 	res->fd = -1;
 	res->event_ns = mn_realtime_ns();
-	a = try_file(&q, &s, e, res);
+	a = try_file(&q, &s, e, res, &t);
 	/* A bad file was remembered in s: nobody asks again. */
 	mne_pick_state_free(&s);
-	return a == TRY_DONE ? 0 : a == TRY_CANCELED ? -ECANCELED : -EINVAL;
+	if (a == TRY_FAILED)
+		mn_log(MN_LOG_ERROR, "%s", why);
+	return a == TRY_DONE       ? 0
+	       : a == TRY_CANCELED ? -ECANCELED
+	       : a == TRY_FAILED   ? t.rc
+	                           : -EINVAL;
 }

@@ -17,6 +17,7 @@
 #include "util.h"
 
 #include "mn_test.h"
+#include "mn_test_threads.h"
 
 #define N_EX   40
 #define IN_DIM 16
@@ -282,6 +283,36 @@ START_TEST(a_corrupt_best_json_is_rebuilt_by_evaluating)
 }
 END_TEST
 
+/*
+ * Rebuilding best.json when the machine cannot evaluate (no thread for the
+ * forward pass) fails without removing a single file: they are not bad.
+ */
+START_TEST(a_rebuild_that_cannot_evaluate_removes_nothing)
+{
+	struct mne_keep_params p = {
+	    .dir = bestdir, .keep = 1, .prefix = PREFIX, .ckpt_dir = ckdir, .eval = &eval};
+	struct mne_keep *k = NULL;
+
+	ck_assert_int_eq(mkdir(bestdir, 0755), 0);
+	publish_step(bestdir, 10);
+	publish_step(bestdir, 20);
+	mn_test_write_file(tpath_best(), "{\"best\": [", 10);
+	eval.threads = 2;
+	mn_test_fail_threads = true;
+	ck_assert_int_eq(mne_keep_open(&p, &k, err, sizeof(err)), -EAGAIN);
+	mn_test_fail_threads = false;
+	ck_assert_ptr_null(k);
+	ck_assert_ptr_nonnull(strstr(err, "cannot rebuild"));
+	ck_assert_int_eq(access(in(bestdir, 10), F_OK), 0);
+	ck_assert_int_eq(access(in(bestdir, 20), F_OK), 0);
+	/* Once it can, the rebuild keeps one and removes the other. */
+	k = open_keep(1);
+	ck_assert_uint_eq(mne_keep_count(k), 1);
+	ck_assert_int_eq(access(in(bestdir, 10), F_OK) + access(in(bestdir, 20), F_OK), -1);
+	mne_keep_free(k);
+}
+END_TEST
+
 START_TEST(best_dir_must_not_be_checkpoint_dir)
 {
 	struct mne_keep_params p = {
@@ -307,6 +338,7 @@ int main(void)
 	            copies_the_evaluated_file_when_the_name_moved_on,
 	            a_failed_publish_leaves_the_previous_set, reopening_keeps_and_repairs_the_set,
 	            a_corrupt_best_json_is_rebuilt_by_evaluating,
+	            a_rebuild_that_cannot_evaluate_removes_nothing,
 	            best_dir_must_not_be_checkpoint_dir);
 	return mn_test_run(s);
 }

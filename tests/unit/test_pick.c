@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "mn_test.h"
+#include "mn_test_threads.h"
 
 #define N_EX   40
 #define IN_DIM 16
@@ -156,6 +157,39 @@ START_TEST(test_evaluations_reuse_memory)
 	mne_pick_state_free(&s);
 	ck_assert_ptr_null(s.file);
 	ck_assert_ptr_null(s.ws);
+}
+END_TEST
+
+/*
+ * A file this machine could not evaluate (no thread for the forward pass)
+ * is not judged: the look ends with the error, the file is neither logged
+ * as invalid nor remembered as bad, and the next look evaluates it.
+ */
+START_TEST(test_machine_trouble_is_not_the_file_s_fault)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	char logpath[PATH_MAX + 8];
+
+	snprintf(logpath, sizeof(logpath), "%s/log", tmpdir);
+	ck_assert_int_eq(mn_log_open(logpath, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	p.threads = 2;
+	publish_step(1);
+	mne_pick_state_init(&s);
+	mn_test_fail_threads = true;
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), -EAGAIN);
+	mn_test_fail_threads = false;
+	ck_assert_ptr_nonnull(strstr(err, "cannot evaluate"));
+	ck_assert_ptr_nonnull(strstr(err, name_of(1)));
+	ck_assert_uint_eq(s.rejected, 0);
+	ck_assert_uint_eq(s.nfailed, 0);
+	ck_assert_int_eq(s.last_step, -1);
+	ck_assert_uint_eq(mn_test_count_lines(logpath, "invalid checkpoint"), 0);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 1);
+	mne_pick_state_free(&s);
+	mn_log_close();
 }
 END_TEST
 
@@ -416,7 +450,7 @@ int main(void)
 
 	MN_TEST_ADD(tc, test_missing_and_empty_directory,
 	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
-	            test_evaluations_reuse_memory,
+	            test_evaluations_reuse_memory, test_machine_trouble_is_not_the_file_s_fault,
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
 	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
 	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,
