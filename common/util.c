@@ -140,6 +140,11 @@ char *mn_escape(const char *src, char *dst, size_t dstlen)
 	return dst;
 }
 
+bool mn_errno_is_resource(int rc)
+{
+	return rc == -ENOMEM || rc == -EAGAIN || rc == -EMFILE || rc == -ENFILE;
+}
+
 const char *mn_basename(const char *path)
 {
 	const char *slash = strrchr(path, '/');

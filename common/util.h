@@ -12,6 +12,7 @@
 #define MN_UTIL_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -165,6 +166,13 @@ char *mn_escape(const char *src, char *dst, size_t dstlen);
 
 /* The last path component of path (a pointer into path). */
 const char *mn_basename(const char *path);
+
+/*
+ * Whether a negative errno is this process's or machine's trouble (out of
+ * memory, threads or descriptors) rather than a verdict on the file or data
+ * at hand: such a file is tried again later, never judged bad for it.
+ */
+bool mn_errno_is_resource(int rc);
 
 /*
  * Copies an untrusted name (a JSON key, a command) into dst (len bytes) for

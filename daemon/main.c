@@ -407,15 +407,29 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 		                 MN_CKPT_REQUIRE_MNISTD |
 		                     (d->app.cfg.checkpoint.follow_symlinks ? 0 : MN_CKPT_NOFOLLOW),
 		                 &c, err, sizeof(err));
+		/*
+		 * Out of memory or descriptors says nothing of the file: resuming
+		 * from an older one would throw away the steps after it.
+		 */
+		if (mn_errno_is_resource(rc)) {
+			mn_log(MN_LOG_ERROR, "cannot read the newest checkpoint, not starting: %s",
+			       err);
+			free(list);
+			return MN_EX_FAILURE;
+		}
 		if (rc < 0) {
 			mn_log(MN_LOG_WARN, "skipping invalid checkpoint: %s", err);
 			continue;
 		}
 		ex = usable(c, path, want, ts.nperm);
 		if (ex == MN_EX_OK && (rc = mn_model_restore(t, c, err, sizeof(err))) < 0) {
-			ex = rc == -ENOMEM ? MN_EX_FAILURE : -1;
-			mn_log(rc == -ENOMEM ? MN_LOG_ERROR : MN_LOG_WARN,
-			       "skipping unusable checkpoint: %s", err);
+			ex = mn_errno_is_resource(rc) ? MN_EX_FAILURE : -1;
+			if (ex == MN_EX_FAILURE)
+				mn_log(MN_LOG_ERROR,
+				       "cannot restore the newest checkpoint, not starting: %s",
+				       err);
+			else
+				mn_log(MN_LOG_WARN, "skipping unusable checkpoint: %s", err);
 		}
 		mn_ckpt_free(c);
 		if (ex < 0)

@@ -242,7 +242,8 @@ static int rebuild(struct mne_keep *k, const struct mne_pick_params *eval, char 
 		/* Bad: logged; not listed, so removed as unlisted. */
 		if (rc == -EINVAL)
 			continue;
-		/* Out of memory or threads, not the file's fault: nothing may be removed for it. */
+		/* Out of memory, threads or descriptors, not the file's fault: nothing may go for
+		 * it. */
 		if (rc < 0)
 			break;
 		all[m] = (struct mn_best_entry){

@@ -19,7 +19,7 @@
 /* Outcome of trying one file. */
 /*
  * Outcome of trying one file. TRY_FAILED: this machine could not evaluate
- * it (out of memory or threads), which says nothing of the file: the look
+ * it (mn_errno_is_resource), which says nothing of the file: the look
  * ends with the error and the file is tried again at the next one.
  */
 enum attempt { TRY_DONE, TRY_SKIPPED, TRY_BAD, TRY_CANCELED, TRY_FAILED };
@@ -30,11 +30,6 @@ struct trouble {
 	char *err;
 	size_t errlen;
 };
-
-static bool machine_trouble(int rc)
-{
-	return rc == -ENOMEM || rc == -EAGAIN;
-}
 
 void mne_pick_state_init(struct mne_pick_state *s)
 {
@@ -221,7 +216,7 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick
 	out = TRY_DONE;
 	goto out;
 failed:
-	if (machine_trouble(rc)) {
+	if (mn_errno_is_resource(rc)) {
 		t->rc = rc;
 		snprintf(t->err, t->errlen, "cannot evaluate %s: %s", path, err);
 		out = TRY_FAILED;

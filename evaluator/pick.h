@@ -126,8 +126,9 @@ void mne_pick_state_free(struct mne_pick_state *s);
  * Evaluates the newest valid checkpoint newer than s->last_step. Returns 1
  * with *res filled (and s->last_step advanced), 0 if there is nothing new and
  * valid, -ENOENT if the directory does not exist, -ECANCELED when cancelled,
- * -ENOMEM or -EAGAIN when this machine could not evaluate a file (memory,
- * threads: the file is not judged, the next look tries it again), or
+ * a resource error (mn_errno_is_resource: memory, threads, descriptors)
+ * when this machine could not evaluate a file (it is not judged, the next
+ * look tries it again), or
  * another negative errno when the directory cannot be read (with a message
  * in err). Bad files are logged here, not returned.
  */
@@ -137,8 +138,9 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 /*
  * Evaluates the one checkpoint e in dir (p's dir is ignored, the file is
  * closed whatever keep_open says). Returns 0 with *res filled, -ECANCELED,
- * -EINVAL if the file is missing or bad, or -ENOMEM / -EAGAIN when this
- * machine could not evaluate it (both logged).
+ * -EINVAL if the file is missing or bad, or a resource error
+ * (mn_errno_is_resource) when this machine could not evaluate it (both
+ * logged).
  */
 int mne_pick_evaluate_file(const struct mne_pick_params *p, const char *dir,
                            const struct mn_ckptdir_entry *e, struct mne_pick_result *res);

@@ -3,6 +3,7 @@ SIGTERM, exact resume, configuration errors."""
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -144,6 +145,39 @@ class TrainerTest(mnlib.TestCase):
         fr = os.path.join(ref["checkpoint"]["dir"], "model.ckpt-90.safetensors")
         for name in STATE_TENSORS:
             self.assertEqual(tensor_bytes(fa, name), tensor_bytes(fr, name), name)
+
+    def test_no_descriptors_for_the_newest_checkpoint_is_not_a_bad_checkpoint(self):
+        """Out of descriptors when reading its newest checkpoint (emfile.c,
+        preloaded), the trainer refuses to start: skipping the file as bad
+        would resume from an older one, or from nothing, and lose the steps."""
+        cc = shutil.which("cc")
+        if not cc:
+            self.skipTest("no C compiler")
+        fault = os.path.join(self.work, "emfile.so")
+        src = os.path.join(os.path.dirname(__file__), "emfile.c")
+        r = subprocess.run([cc, "-shared", "-fPIC", "-o", fault, src, "-ldl"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        path, cfg = self.config(train={"max_steps": 40}, checkpoint={"every_steps": 20})
+        self.train(path, "first")
+        d = cfg["checkpoint"]["dir"]
+        self.assertEqual(ckpt_steps(d), [20, 40])
+        cfg["train"]["max_steps"] = 80
+        mnlib.write_config(path, cfg)
+        # The sanitizer's runtime is not first in a preloaded process's libraries; that is fine here.
+        env = {"LD_PRELOAD": fault,
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+        p = self.start([MNISTD, "--config", path], "second", env=env)
+        rc = p.wait(120)
+        out = p.output()
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("cannot read the newest checkpoint, not starting", out)
+        self.assertIn("model.ckpt-40.safetensors", out)
+        self.assertNotIn("skipping invalid checkpoint", out)
+        self.assertEqual(ckpt_steps(d), [20, 40])
+        # Given its descriptors back, it resumes from step 40.
+        p = self.train(path, "third")
+        self.assertIn("resumed", p.output())
+        self.assertEqual(ckpt_steps(d)[-1], 80)
 
     def test_resume_after_sigterm_is_exact(self):
         ref_path, ref = self.config("ref.json", train={"max_steps": 400},

@@ -336,6 +336,20 @@ START_TEST(open_append_never_blocks)
 }
 END_TEST
 
+/* Resource errors are told from verdicts on a file. */
+START_TEST(resource_errors)
+{
+	ck_assert(mn_errno_is_resource(-ENOMEM));
+	ck_assert(mn_errno_is_resource(-EAGAIN));
+	ck_assert(mn_errno_is_resource(-EMFILE));
+	ck_assert(mn_errno_is_resource(-ENFILE));
+	ck_assert(!mn_errno_is_resource(-EINVAL));
+	ck_assert(!mn_errno_is_resource(-EIO));
+	ck_assert(!mn_errno_is_resource(-ENOENT));
+	ck_assert(!mn_errno_is_resource(0));
+}
+END_TEST
+
 START_TEST(basename_of_paths)
 {
 	ck_assert_str_eq(mn_basename("/a/b/c.safetensors"), "c.safetensors");
@@ -351,7 +365,7 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
 	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
 	            stale_temps_removed, mkdir_p_creates_parents, read_file_bounds,
-	            read_fd_reuse_keeps_the_buffer, basename_of_paths,
+	            read_fd_reuse_keeps_the_buffer, resource_errors, basename_of_paths,
 	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
 	            open_append_never_blocks);
 	return mn_test_run(s);
