@@ -27,6 +27,7 @@
 #include "jsonl.h"
 #include "keep.h"
 #include "log.h"
+#include "model.h"
 #include "mn_build_config.h"
 #include "page.h"
 #include "pick.h"
@@ -406,6 +407,12 @@ static int run_watch(struct evaluator *e)
 	char err[MN_ERRLEN];
 	int rc;
 
+	/*
+	 * The trainer's shape, from the same configuration, and its checkpoint's
+	 * size: weights and EMA shadows, with room for the training state.
+	 */
+	mn_config_arch(&e->app.cfg, e->validation.dim, MN_CLASSES, &rp.warm);
+	rp.warm_file_bytes = 2 * mn_arch_param_count(&rp.warm) * sizeof(float) + ((size_t)1 << 20);
 	if ((rc = mne_runner_new(&e->app.loop, &rp, &e->runner, err, sizeof(err))) < 0 ||
 	    (rc = mne_watch_start(&e->app.loop, &wp, &e->watch, err, sizeof(err))) < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);

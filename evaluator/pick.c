@@ -292,6 +292,54 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	return out;
 }
 
+/* Grows *buf to at least want bytes and touches every page of it. */
+static bool grow_touched(void **buf, size_t *cap, size_t want)
+{
+	void *b = *cap >= want ? *buf : realloc(*buf, want);
+
+	if (!b)
+		return false;
+	memset(b, 0, want);
+	*buf = b;
+	if (*cap < want)
+		*cap = want;
+	return true;
+}
+
+void mne_pick_warm(struct mne_pick_state *s, const struct mne_pick_params *p,
+                   const struct mn_arch *arch, size_t file_bytes)
+{
+	struct mn_eval_result res;
+	char err[MN_ERRLEN];
+	size_t count, params_bytes;
+	void *params;
+
+	if (mn_arch_validate(arch, err, sizeof(err)) < 0 || arch->input != p->data->dim)
+		return;
+	count = mn_arch_param_count(arch);
+	params = s->params;
+	params_bytes = s->params_cap * sizeof(float);
+	if (!grow_touched(&params, &params_bytes, count * sizeof(float)))
+		return;
+	s->params = params;
+	s->params_cap = params_bytes / sizeof(float);
+	if (file_bytes) {
+		void *file = s->file;
+		size_t cap = s->file_cap ? s->file_cap + 1 : 0;
+
+		/* mn_read_fd_reuse's buffer holds cap data bytes and a NUL. */
+		if (grow_touched(&file, &cap, file_bytes + 1)) {
+			s->file = file;
+			s->file_cap = cap - 1;
+		}
+	}
+	if (!s->ws && mn_eval_ws_new(&s->ws) < 0)
+		return;
+	/* Zero weights: only the pass's memory and threads matter, not its result. */
+	(void)mn_evaluate_ws(s->ws, arch, s->params, p->data, p->threads, p->cancel, &res, err,
+	                     sizeof(err));
+}
+
 int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen)
 {

@@ -28,6 +28,7 @@ struct mne_runner {
 	char err[MN_ERRLEN];
 	char last_err[MN_ERRLEN]; /* a repeated scan error is logged once */
 	uint64_t rejected;        /* state.rejected as last reported */
+	bool warmed; /* the first job has run (and warmed the state if it found nothing) */
 };
 
 static void kick(struct mne_runner *r);
@@ -96,6 +97,10 @@ static void work_cb(uv_work_t *req)
 
 	r->err[0] = '\0';
 	r->rc = mne_pick_evaluate(&r->job, &r->state, &r->result, r->err, sizeof(r->err));
+	/* Nothing to evaluate at start: get ready for the first checkpoint meanwhile. */
+	if (!r->warmed && r->rc == 0 && r->params.warm.input > 0)
+		mne_pick_warm(&r->state, &r->job, &r->params.warm, r->params.warm_file_bytes);
+	r->warmed = true;
 }
 
 static void after_work_cb(uv_work_t *req, int status)

@@ -42,6 +42,13 @@ struct mne_runner_params {
 	void (*after_result)(int fd, const char *path, const struct mne_pick_result *res,
 	                     void *arg);
 	void *arg;
+	/*
+	 * Optional (input 0: none): the shape checkpoints are expected to have,
+	 * and their size. If the first job finds nothing to evaluate, it warms
+	 * the state for them (mne_pick_warm).
+	 */
+	struct mn_arch warm;
+	size_t warm_file_bytes;
 };
 
 /* The runner. Opaque. */

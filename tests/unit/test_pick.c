@@ -161,6 +161,47 @@ START_TEST(test_evaluations_reuse_memory)
 END_TEST
 
 /*
+ * Warmed for the trainer's shape while there is nothing to evaluate, the
+ * state evaluates the first checkpoint in the memory and workspace it made
+ * then, with the result a fresh state gives; a shape the data cannot feed
+ * warms nothing.
+ */
+START_TEST(test_warm_state_serves_the_first_checkpoint)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r, fresh;
+	struct mn_ckptdir_entry e = {.step = 2};
+	struct mn_arch other = *mn_trainer_arch(trainer);
+	char *file;
+	float *par;
+	struct mn_eval_ws *ws;
+
+	mne_pick_state_init(&s);
+	other.input = IN_DIM + 1;
+	mne_pick_warm(&s, &p, &other, 1 << 20);
+	ck_assert_ptr_null(s.ws);
+	ck_assert_ptr_null(s.params);
+	mne_pick_warm(&s, &p, mn_trainer_arch(trainer), 1 << 20);
+	ck_assert(s.ws && s.params && s.file);
+	ck_assert_uint_ge(s.file_cap, 1 << 20);
+	file = s.file;
+	par = s.params;
+	ws = s.ws;
+	publish_step(2);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_ptr_eq(s.file, file);
+	ck_assert_ptr_eq(s.params, par);
+	ck_assert_ptr_eq(s.ws, ws);
+	snprintf(e.name, sizeof(e.name), "%s", name_of(2));
+	ck_assert_int_eq(mne_pick_evaluate_file(&p, tmpdir, &e, &fresh), 0);
+	ck_assert_uint_eq(r.eval.correct, fresh.eval.correct);
+	ck_assert_double_eq(r.eval.loss, fresh.eval.loss);
+	mne_pick_state_free(&s);
+}
+END_TEST
+
+/*
  * A file this machine could not evaluate (no thread for the forward pass)
  * is not judged: the look ends with the error, the file is neither logged
  * as invalid nor remembered as bad, and the next look evaluates it.
@@ -450,7 +491,8 @@ int main(void)
 
 	MN_TEST_ADD(tc, test_missing_and_empty_directory,
 	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
-	            test_evaluations_reuse_memory, test_machine_trouble_is_not_the_file_s_fault,
+	            test_evaluations_reuse_memory, test_warm_state_serves_the_first_checkpoint,
+	            test_machine_trouble_is_not_the_file_s_fault,
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
 	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
 	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,
