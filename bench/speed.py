@@ -199,8 +199,10 @@ def main():
     labels = [label for _, label in builds]
     print("hidden=%s batch=100 every_steps=%d runs=%d (median steps/s)" % (a.hidden, a.every,
                                                                           a.runs))
-    head = ["threads", "ceiling"] + labels + ["best peer"] + \
-        ["%s/ceil" % l for l in labels] + ["%s/peer" % l for l in labels]
+    # "best peer here" is the best peer at the row's thread count; the /peer
+    # ratios divide by the best peer at any thread count (the target).
+    head = ["threads", "ceiling"] + labels + ["best peer here"] + \
+        ["%s/ceil" % l for l in labels] + ["%s/best peer" % l for l in labels]
     print("| " + " | ".join(head) + " |")
     print("|" + "---:|" * len(head))
     for t in threads:
