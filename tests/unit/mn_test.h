@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <linux/capability.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "mlp.h"
@@ -151,6 +153,27 @@ static inline void mn_test_write_file(const char *path, const void *data, size_t
 	if (len)
 		ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
 	ck_assert_int_eq(close(fd), 0);
+}
+
+/*
+ * Sets or clears the capabilities in bits (1u << CAP_DAC_OVERRIDE, ...) in
+ * this process's effective set, so that a test run as root can meet the
+ * permission errors an ordinary user meets (root writes into a mode 0555
+ * directory otherwise). Does nothing for another user, who meets them anyway.
+ */
+static inline void mn_test_caps(uint32_t bits, bool on)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[2];
+
+	if (geteuid() != 0)
+		return;
+	ck_assert_int_eq(syscall(SYS_capget, &h, d), 0);
+	if (on)
+		d[0].effective |= bits;
+	else
+		d[0].effective &= ~bits;
+	ck_assert_int_eq(syscall(SYS_capset, &h, d), 0);
 }
 
 /*

@@ -274,25 +274,6 @@ START_TEST(test_empty_path_is_off)
 END_TEST
 
 /*
- * Sets whether this process may write where the permission bits forbid it:
- * as root, a mode 0555 directory is read-only only without CAP_DAC_OVERRIDE.
- */
-static void dac_override(bool on)
-{
-	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
-	struct __user_cap_data_struct d[2];
-
-	if (geteuid() != 0)
-		return;
-	ck_assert_int_eq(syscall(SYS_capget, &h, d), 0);
-	if (on)
-		d[0].effective |= 1u << CAP_DAC_OVERRIDE;
-	else
-		d[0].effective &= ~(1u << CAP_DAC_OVERRIDE);
-	ck_assert_int_eq(syscall(SYS_capset, &h, d), 0);
-}
-
-/*
  * A write into a missing directory, then into a read-only one, fails without
  * harm and is logged once per distinct error; once the directory is writable
  * the next write succeeds, which is logged once too.
@@ -312,10 +293,10 @@ START_TEST(test_failing_writes_logged_once_then_recover)
 	ck_assert_uint_eq(mn_test_count_lines(logpath, "No such file or directory"), 1);
 
 	ck_assert_int_eq(mkdir(sub, 0555), 0);
-	dac_override(false);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE, false);
 	mne_textfile_write(t, true);
 	mne_textfile_write(t, true);
-	dac_override(true);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE, true);
 	ck_assert_int_eq(access(path, F_OK), -1);
 	ck_assert_uint_eq(mn_test_count_lines(logpath, "eval.textfile: "), 2);
 	ck_assert_uint_eq(mn_test_count_lines(logpath, "Permission denied"), 1);

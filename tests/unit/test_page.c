@@ -231,27 +231,6 @@ START_TEST(test_configuration_errors)
 END_TEST
 
 /*
- * Sets whether this process may pass directories whose mode forbids it: as
- * root, only with CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH in its effective
- * set. access() checks with the real uid, for which root keeps them.
- */
-static void dac_caps(bool on)
-{
-	const uint32_t bits = 1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH;
-	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
-	struct __user_cap_data_struct d[2];
-
-	if (geteuid() != 0)
-		return;
-	ck_assert_int_eq(syscall(SYS_capget, &h, d), 0);
-	if (on)
-		d[0].effective |= bits;
-	else
-		d[0].effective &= ~bits;
-	ck_assert_int_eq(syscall(SYS_capset, &h, d), 0);
-}
-
-/*
  * A directory that cannot be looked at is reported with the reason stat()
  * gave: below a mode 0000 directory, "Permission denied", even for root
  * without the DAC capabilities, whose access() still finds it.
@@ -267,9 +246,9 @@ START_TEST(test_unreachable_directory_reports_why)
 	ck_assert_int_eq(mkdir(locked, 0755), 0);
 	ck_assert_int_eq(mkdir(www, 0755), 0);
 	ck_assert_int_eq(chmod(locked, 0), 0);
-	dac_caps(false);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
 	rc = try_new(html, "m.jsonl", err, sizeof(err));
-	dac_caps(true);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
 	ck_assert_int_eq(chmod(locked, 0755), 0);
 	ck_assert_int_eq(rc, -EINVAL);
 	ck_assert_msg(strstr(err, "/locked/www: Permission denied"), "%s", err);

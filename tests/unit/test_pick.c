@@ -120,6 +120,20 @@ START_TEST(test_burst_collapses_to_newest_and_never_twice)
 }
 END_TEST
 
+/* r, the result of step in a state that had evaluated before, is what a fresh state gives. */
+static void expect_fresh_result(const struct mne_pick_params *p, const struct mne_pick_result *r,
+                                int64_t step)
+{
+	struct mn_ckptdir_entry e = {.step = step};
+	struct mne_pick_result fresh;
+
+	ck_assert_int_eq(r->step, step);
+	snprintf(e.name, sizeof(e.name), "%s", name_of(step));
+	ck_assert_int_eq(mne_pick_evaluate_file(p, tmpdir, &e, &fresh), 0);
+	ck_assert_uint_eq(r->eval.correct, fresh.eval.correct);
+	ck_assert_double_eq(r->eval.loss, fresh.eval.loss);
+}
+
 /*
  * One evaluation after another reuses the state's memory (file bytes,
  * parameters, workspace) and gives what a fresh state gives, a bad file
@@ -129,8 +143,7 @@ START_TEST(test_evaluations_reuse_memory)
 {
 	struct mne_pick_params p = params();
 	struct mne_pick_state s;
-	struct mne_pick_result r, fresh;
-	struct mn_ckptdir_entry e = {.step = 3};
+	struct mne_pick_result r;
 	char *file;
 	float *par;
 	struct mn_eval_ws *ws;
@@ -146,14 +159,10 @@ START_TEST(test_evaluations_reuse_memory)
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
 	publish_step(3);
 	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
-	ck_assert_int_eq(r.step, 3);
 	ck_assert_ptr_eq(s.file, file);
 	ck_assert_ptr_eq(s.params, par);
 	ck_assert_ptr_eq(s.ws, ws);
-	snprintf(e.name, sizeof(e.name), "%s", name_of(3));
-	ck_assert_int_eq(mne_pick_evaluate_file(&p, tmpdir, &e, &fresh), 0);
-	ck_assert_uint_eq(r.eval.correct, fresh.eval.correct);
-	ck_assert_double_eq(r.eval.loss, fresh.eval.loss);
+	expect_fresh_result(&p, &r, 3);
 	mne_pick_state_free(&s);
 	ck_assert_ptr_null(s.file);
 	ck_assert_ptr_null(s.ws);
@@ -170,8 +179,7 @@ START_TEST(test_warm_state_serves_the_first_checkpoint)
 {
 	struct mne_pick_params p = params();
 	struct mne_pick_state s;
-	struct mne_pick_result r, fresh;
-	struct mn_ckptdir_entry e = {.step = 2};
+	struct mne_pick_result r;
 	struct mn_arch other = *mn_trainer_arch(trainer);
 	char *file;
 	float *par;
@@ -193,10 +201,7 @@ START_TEST(test_warm_state_serves_the_first_checkpoint)
 	ck_assert_ptr_eq(s.file, file);
 	ck_assert_ptr_eq(s.params, par);
 	ck_assert_ptr_eq(s.ws, ws);
-	snprintf(e.name, sizeof(e.name), "%s", name_of(2));
-	ck_assert_int_eq(mne_pick_evaluate_file(&p, tmpdir, &e, &fresh), 0);
-	ck_assert_uint_eq(r.eval.correct, fresh.eval.correct);
-	ck_assert_double_eq(r.eval.loss, fresh.eval.loss);
+	expect_fresh_result(&p, &r, 2);
 	mne_pick_state_free(&s);
 }
 END_TEST
