@@ -356,26 +356,37 @@ io:
 	return -EIO;
 }
 
+/* crc32 over len bytes, in pieces zlib's uInt can count. */
+static uLong crc_bytes(uLong crc, const void *p, size_t len)
+{
+	const unsigned char *q = p;
+
+	while (len > 0) {
+		uInt n = len > (1u << 30) ? (1u << 30) : (uInt)len;
+
+		crc = crc32(crc, q, n);
+		q += n;
+		len -= n;
+	}
+	return crc;
+}
+
+/*
+ * Everything a step depends on: equal parameters with another epoch's
+ * permutation or position would train on other examples, and the summed
+ * update would keep the parameters equal, hiding it.
+ */
 static uint32_t state_crc(const struct mn_trainer_state *s)
 {
 	uLong crc = crc32(0L, Z_NULL, 0);
-	const unsigned char *p[2] = {(const unsigned char *)s->params,
-	                             (const unsigned char *)s->shadow};
 
-	for (int i = 0; i < 2; i++) {
-		size_t left = s->nparams * sizeof(float);
-		const unsigned char *q = p[i];
-
-		while (left > 0) {
-			uInt n = left > (1u << 30) ? (1u << 30) : (uInt)left;
-
-			crc = crc32(crc, q, n);
-			q += n;
-			left -= n;
-		}
-	}
-	crc = crc32(crc, (const unsigned char *)s->global_step, sizeof(*s->global_step));
-	crc = crc32(crc, (const unsigned char *)s->rng->s, sizeof(s->rng->s));
+	crc = crc_bytes(crc, s->params, s->nparams * sizeof(float));
+	crc = crc_bytes(crc, s->shadow, s->nparams * sizeof(float));
+	crc = crc_bytes(crc, s->global_step, sizeof(*s->global_step));
+	crc = crc_bytes(crc, s->epoch, sizeof(*s->epoch));
+	crc = crc_bytes(crc, s->perm_pos, sizeof(*s->perm_pos));
+	crc = crc_bytes(crc, s->perm, s->nperm * sizeof(*s->perm));
+	crc = crc_bytes(crc, s->rng->s, sizeof(s->rng->s));
 	return (uint32_t)crc;
 }
 
@@ -399,7 +410,7 @@ int mnd_dist_check_state(struct mnd_dist *d, const struct mn_trainer_state *s, c
 		if (all[r] != all[0]) {
 			mn_errf(err, errlen,
 			        "rank %d diverged from rank 0 at step %" PRId64
-			        " (parameter checksum %08" PRIx32 ", rank 0 has %08" PRIx32 ")",
+			        " (state checksum %08" PRIx32 ", rank 0 has %08" PRIx32 ")",
 			        r, *s->global_step, all[r], all[0]);
 			rc = -EPROTO;
 			break;

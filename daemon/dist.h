@@ -92,7 +92,8 @@ int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, 
 int mnd_dist_bcast_state(struct mnd_dist *d, struct mn_trainer_state *s, char *err, size_t errlen);
 
 /*
- * Compares a checksum of every rank's parameters and shadows. Returns 0 when
+ * Compares a checksum of every rank's whole training state (parameters,
+ * shadows, step, epoch, permutation and its position, RNG). Returns 0 when
  * they agree, -EPROTO with the first diverging rank named in err when not.
  * Every rank gets the same answer.
  */

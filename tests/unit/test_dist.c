@@ -468,6 +468,23 @@ START_TEST(test_check_state_sees_divergence_on_every_rank)
 	if (rank == 1)
 		mine.rng.s[3] ^= 1;
 	expect_check(-EPROTO, "RNG on rank 1");
+	/* The data order: equal parameters would hide another permutation until too late. */
+	fake_fill(&mine, 0);
+	if (rank == 1)
+		mine.epoch++;
+	expect_check(-EPROTO, "epoch on rank 1");
+	fake_fill(&mine, 0);
+	if (rank == 1)
+		mine.perm_pos++;
+	expect_check(-EPROTO, "permutation position on rank 1");
+	fake_fill(&mine, 0);
+	if (rank == 1) {
+		uint32_t t = mine.perm[0];
+
+		mine.perm[0] = mine.perm[NPERM - 1];
+		mine.perm[NPERM - 1] = t;
+	}
+	expect_check(-EPROTO, "permutation on rank 1");
 	/* Rank 0 is the reference, but a change there is a divergence all the same. */
 	fake_fill(&mine, 0);
 	if (rank == 0)
