@@ -19,6 +19,10 @@
  *
  * Threads: mnd_dist_init and mnd_dist_finalize run on the main thread; every
  * other call runs on the training thread (MPI_THREAD_SERIALIZED).
+ *
+ * An error from any call here may have left the ranks' collectives out of
+ * step (one rank returned early, the others wait or sent): the caller ends
+ * the whole job with mnd_dist_abort, as worker.c does, never retries.
  */
 #ifndef MND_DIST_H
 #define MND_DIST_H
