@@ -221,7 +221,8 @@ def main():
         for k in peer_keys:
             for t in threads:
                 if (k, t) in samples and med(samples[(k, t)]):
-                    print("  %-24s %7.0f" % (k, med(samples[(k, t)])))
+                    # Each row measures its own settings: a setting can appear in both.
+                    print("  %-24s %7.0f  (row threads=%d)" % (k, med(samples[(k, t)]), t))
         if best_peer:
             print("best peer: %s at %.0f steps/s (ratios /peer use it)" % (best_peer[1],
                                                                       best_peer[0]))
