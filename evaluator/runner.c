@@ -28,10 +28,21 @@ struct mne_runner {
 	char err[MN_ERRLEN];
 	char last_err[MN_ERRLEN]; /* a repeated scan error is logged once */
 	uint64_t rejected;        /* state.rejected as last reported */
-	bool warmed; /* the first job has run (and warmed the state if it found nothing) */
+	bool warmed;       /* the first job has run (and warmed the state if it found nothing) */
+	uint64_t retry_ms; /* after a resource error: the wait before the next look */
 };
 
+/*
+ * A look that ended for want of memory, threads or descriptors is retried
+ * without waiting for another event (the checkpoint it failed on may be the
+ * run's last): after a second, then twice as long each time, at most a
+ * minute.
+ */
+#define RETRY_FIRST_MS 1000
+#define RETRY_MAX_MS   60000
+
 static void kick(struct mne_runner *r);
+static void start_job(uv_timer_t *h);
 
 static void maybe_free(struct mne_runner *r)
 {
@@ -135,11 +146,22 @@ static void after_work_cb(uv_work_t *req, int status)
 			mn_log(MN_LOG_ERROR, "%s", r->err);
 		memcpy(r->last_err, r->err, sizeof(r->last_err));
 	}
+	if (status >= 0 && mn_errno_is_resource(r->rc))
+		r->retry_ms = r->retry_ms ? r->retry_ms * 2 : RETRY_FIRST_MS;
+	else
+		r->retry_ms = 0;
+	if (r->retry_ms > RETRY_MAX_MS)
+		r->retry_ms = RETRY_MAX_MS;
 	/* The callbacks above may have closed us; then the keeping is skipped. */
 	if (evaluated && start_keep(r))
 		return;
 	mne_pick_result_close(&r->result);
 	job_done(r, evaluated);
+	/* Unless a kick came meanwhile (a job is on its way), look again later. */
+	if (!r->closing && r->retry_ms && !r->busy && !uv_is_active((uv_handle_t *)&r->defer)) {
+		r->list = true;
+		uv_timer_start(&r->defer, start_job, r->retry_ms, 0);
+	}
 }
 
 static void start_job(uv_timer_t *h)
@@ -185,10 +207,12 @@ static void kick(struct mne_runner *r)
 		r->pending = true;
 		return;
 	}
-	/* A timer of 0 ms fires after this turn's I/O callbacks: one job for a whole batch of
-	 * events. */
-	if (!uv_is_active((uv_handle_t *)&r->defer))
-		uv_timer_start(&r->defer, start_job, 0, 0);
+	/*
+	 * A timer of 0 ms fires after this turn's I/O callbacks: one job for a
+	 * whole batch of events. Restarted, not left alone, when a retry's
+	 * longer wait is armed: the event comes first.
+	 */
+	uv_timer_start(&r->defer, start_job, 0, 0);
 }
 
 void mne_runner_set_use_ema(struct mne_runner *r, bool use_ema)

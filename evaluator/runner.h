@@ -9,7 +9,9 @@
  * to on_settled. So a burst of
  * publishes costs at most two looks and evaluates the newest file, and the
  * loop thread stays free for signals while the evaluation runs in libuv's
- * thread pool.
+ * thread pool. A look that ends with a resource error (mn_errno_is_resource)
+ * is followed by another without a kick: after 1 s, then twice as long each
+ * time, at most 60 s.
  *
  * All functions run on the loop's thread; the callbacks are called there too.
  */

@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <uv.h>
 
+#include "log.h"
 #include "mn_test.h"
+#include "mn_test_threads.h"
 #include "mn_test_uv.h"
 #include "runner.h"
 
@@ -69,17 +71,25 @@ static void run_until(size_t n)
 	mn_test_uv_run_until(&loop, have_wanted, NULL, 30000, "results");
 }
 
-static struct mne_runner *start(void)
+static struct mne_runner *start_with(int threads)
 {
-	struct mne_runner_params p = {
-	    .pick = {.dir = tmpdir, .prefix = PREFIX, .data = &data, .threads = 1, .use_ema = true},
-	    .on_result = on_result,
-	    .on_missing = on_missing};
+	struct mne_runner_params p = {.pick = {.dir = tmpdir,
+	                                       .prefix = PREFIX,
+	                                       .data = &data,
+	                                       .threads = threads,
+	                                       .use_ema = true},
+	                              .on_result = on_result,
+	                              .on_missing = on_missing};
 	struct mne_runner *r = NULL;
 	char err[256] = "";
 
 	ck_assert_msg(mne_runner_new(&loop, &p, &r, err, sizeof(err)) == 0, "%s", err);
 	return r;
+}
+
+static struct mne_runner *start(void)
+{
+	return start_with(1);
 }
 
 /*
@@ -131,11 +141,69 @@ START_TEST(test_an_unnamed_kick_lists)
 }
 END_TEST
 
+static void noop(uv_work_t *w)
+{
+	(void)w;
+}
+
+static void noop_done(uv_work_t *w, int status)
+{
+	(void)status;
+	*(bool *)w->data = true;
+}
+
+static bool is_true(void *arg)
+{
+	return *(bool *)arg;
+}
+
+static char logpath[PATH_MAX + 8];
+
+static bool logged_failure(void *arg)
+{
+	(void)arg;
+	return mn_test_count_lines(logpath, "cannot evaluate") > 0;
+}
+
+/*
+ * A look that failed for want of threads (the checkpoint may be the run's
+ * last: no event will come) is retried by the runner itself, and evaluates
+ * the file once threads can be had again.
+ */
+START_TEST(test_a_look_short_of_threads_is_retried)
+{
+	struct mne_runner *r = start_with(2);
+	uv_work_t w;
+	bool pool_up = false;
+	char err[MN_ERRLEN];
+
+	snprintf(logpath, sizeof(logpath), "%s/log", tmpdir);
+	ck_assert_int_eq(mn_log_open(logpath, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	/* libuv starts its pool at the first work: before threads are refused. */
+	w.data = &pool_up;
+	ck_assert_int_eq(uv_queue_work(&loop, &w, noop, noop_done), 0);
+	mn_test_uv_run_until(&loop, is_true, &pool_up, 30000, "the thread pool");
+
+	mn_test_publish_step(trainer, tmpdir, PREFIX, 1);
+	mn_test_fail_threads = true;
+	mne_runner_kick(r, 1);
+	mn_test_uv_run_until(&loop, logged_failure, NULL, 30000, "the failure logged");
+	mn_test_fail_threads = false;
+	ck_assert_uint_eq(nresults, 0);
+	run_until(1);
+	ck_assert_int_eq(results[0], 1);
+	mne_runner_close(r);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	mn_log_close();
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("runner");
 	TCase *tc = mn_test_tcase(s, "runner", setup, teardown);
 
-	MN_TEST_ADD(tc, test_named_kicks_evaluate_the_newest_named, test_an_unnamed_kick_lists);
+	MN_TEST_ADD(tc, test_named_kicks_evaluate_the_newest_named, test_an_unnamed_kick_lists,
+	            test_a_look_short_of_threads_is_retried);
 	return mn_test_run(s);
 }
