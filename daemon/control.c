@@ -799,8 +799,8 @@ static int bind_socket(struct mnd_control *srv, char *err, size_t errlen)
 	/* Its identity, so that close removes it only while it is still this one. */
 	if (lstat(srv->path, &st) < 0) {
 		rc = -errno;
-		mn_errf(err, errlen, "control.socket %s: gone right after bind: %s", srv->path,
-		        strerror(errno));
+		mn_errf(err, errlen, "control.socket %s: cannot look at the socket just bound: %s",
+		        srv->path, strerror(errno));
 		return rc;
 	}
 	srv->bound = true;

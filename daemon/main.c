@@ -337,8 +337,14 @@ static int usable(const struct mn_ckpt *c, const char *path, const struct mn_arc
 	struct mn_model_state st;
 	char err[MN_ERRLEN], have_s[256], want_s[256];
 	struct mn_arch have;
+	int rc;
 
-	if (mn_model_arch(c, &have, err, sizeof(err)) < 0) {
+	rc = mn_model_arch(c, &have, err, sizeof(err));
+	if (mn_errno_is_resource(rc)) {
+		mn_log(MN_LOG_ERROR, "cannot read %s, not starting: %s", path, err);
+		return MN_EX_FAILURE;
+	}
+	if (rc < 0) {
 		mn_log(MN_LOG_WARN, "skipping invalid checkpoint: %s", err);
 		return -1;
 	}
@@ -358,7 +364,12 @@ static int usable(const struct mn_ckpt *c, const char *path, const struct mn_arc
 		return MN_EX_CONFIG;
 	}
 	/* The state on its own terms first: a broken one is the file's fault, not the config's. */
-	if (mn_model_read_state(c, false, 0, &st, err, sizeof(err)) < 0) {
+	rc = mn_model_read_state(c, false, 0, &st, err, sizeof(err));
+	if (mn_errno_is_resource(rc)) {
+		mn_log(MN_LOG_ERROR, "cannot read %s, not starting: %s", path, err);
+		return MN_EX_FAILURE;
+	}
+	if (rc < 0) {
 		mn_log(MN_LOG_WARN, "skipping unusable checkpoint: %s", err);
 		return -1;
 	}
@@ -778,6 +789,13 @@ int main(int argc, char **argv)
 	if (d.lock_fd >= 0)
 		close(d.lock_fd);
 	mn_app_end(&d.app);
+	/*
+	 * A rank that fails alone (rank 0's setup reads the directory, takes the
+	 * lock, opens the socket) leaves the others waiting in a collective for
+	 * it: end the whole job, with this status.
+	 */
+	if (ex != MN_EX_OK)
+		mnd_dist_abort(d.dist, ex);
 	mnd_dist_finalize(d.dist);
 	return ex;
 }

@@ -160,6 +160,20 @@ static void warn_step_mismatch(const struct mn_ckpt *c, const char *name, int64_
 		       name, meta, step);
 }
 
+/*
+ * Records why this machine could not evaluate path (what names it
+ * already, or says why only) and returns TRY_FAILED.
+ */
+static enum attempt cannot_evaluate(struct trouble *t, int rc, const char *path, const char *what)
+{
+	t->rc = rc;
+	if (strncmp(what, path, strlen(path)) == 0)
+		snprintf(t->err, t->errlen, "cannot evaluate %s", what);
+	else
+		snprintf(t->err, t->errlen, "cannot evaluate %s: %s", path, what);
+	return TRY_FAILED;
+}
+
 /* Reads, validates and evaluates one open file, in the memory s keeps. */
 static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick_state *s, int fd,
                                 const char *path, const struct mn_ckptdir_entry *e,
@@ -217,9 +231,7 @@ static enum attempt evaluate_fd(const struct mne_pick_params *p, struct mne_pick
 	goto out;
 failed:
 	if (mn_errno_is_resource(rc)) {
-		t->rc = rc;
-		snprintf(t->err, t->errlen, "cannot evaluate %s: %s", path, err);
-		out = TRY_FAILED;
+		out = cannot_evaluate(t, rc, path, err);
 	} else {
 		log_bad(path, err);
 	}
@@ -243,9 +255,13 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	 * never; a symbolic link is not followed unless configured (lstat).
 	 */
 	if ((p->follow_symlinks ? stat(path, &st) : lstat(path, &st)) < 0) {
-		if (errno == ENOENT)
+		int rc = -errno;
+
+		if (rc == -ENOENT)
 			return TRY_SKIPPED; /* retention got there first */
-		log_bad(path, strerror(errno));
+		if (mn_errno_is_resource(rc))
+			return cannot_evaluate(t, rc, path, strerror(-rc));
+		log_bad(path, strerror(-rc));
 		return TRY_SKIPPED;
 	}
 	if (known_bad(s, e->step, &st))
@@ -268,6 +284,8 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	/* Replaced since the lstat (by a FIFO, a link): judged again at the next look. */
 	if (fd == -EINVAL || fd == -ELOOP)
 		return TRY_SKIPPED;
+	if (mn_errno_is_resource(fd))
+		return cannot_evaluate(t, fd, path, msg);
 	if (fd < 0) {
 		log_bad(path, msg);
 		remember_bad(s, e->step, &st);

@@ -234,6 +234,17 @@ class MpiTest(mnlib.TestCase):
         self.assertRegex(out, r"rank 1 diverged from rank 0 at step 20")
         self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg)), [])
 
+    def test_a_start_that_fails_on_rank_0_alone_ends_the_job(self):
+        """Rank 0 alone prepares checkpoint.dir; when that fails, the other
+        rank must not wait for it in a collective forever."""
+        blocker = os.path.join(self.work, "a-file")
+        with open(blocker, "w") as f:
+            f.write("x")
+        path, _ = self.config(checkpoint={"dir": os.path.join(blocker, "ckpt")})
+        rc, out = self.run_mpi(2, path, "rank0fails", timeout=60)
+        self.assertNotEqual(rc, 0, out)
+        self.assertIn("checkpoint.dir", out)
+
     def test_more_ranks_than_examples_in_a_batch(self):
         path, _ = self.config(train={"batch_size": 2, "max_steps": 10})
         rc, out = self.run_mpi(3, path, "three")

@@ -1,12 +1,15 @@
 /* test_pick.c - mnist-eval's synchronous core (evaluator/pick.c): which checkpoint, and its result.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -236,6 +239,49 @@ START_TEST(test_machine_trouble_is_not_the_file_s_fault)
 	ck_assert_int_eq(r.step, 1);
 	mne_pick_state_free(&s);
 	mn_log_close();
+}
+END_TEST
+
+/*
+ * Out of descriptors when opening the named file (the most likely resource
+ * error): the same, not a bad file.
+ */
+START_TEST(test_no_descriptor_is_not_the_file_s_fault)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	struct rlimit old, few;
+	int fds[1024], n = 0, highest = -1;
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+
+	publish_step(1);
+	mne_pick_state_init(&s);
+	ck_assert_ptr_nonnull(d);
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.' && atoi(e->d_name) > highest)
+			highest = atoi(e->d_name);
+	closedir(d);
+	/* A few descriptors allowed, every one of them taken: the next open fails. */
+	ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	few = old;
+	few.rlim_cur = (rlim_t)highest + 8;
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &few), 0);
+	while (n < 1024 && (fds[n] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+		n++;
+	ck_assert_int_eq(errno, EMFILE);
+	p.hint_step = 1; /* the file an event named: opened without listing the directory */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), -EMFILE);
+	while (n > 0)
+		close(fds[--n]);
+	ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+	ck_assert_ptr_nonnull(strstr(err, "cannot evaluate"));
+	ck_assert_uint_eq(s.rejected, 0);
+	ck_assert_uint_eq(s.nfailed, 0);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 1);
+	mne_pick_state_free(&s);
 }
 END_TEST
 
@@ -498,6 +544,7 @@ int main(void)
 	            test_burst_collapses_to_newest_and_never_twice, test_only_final_names_count,
 	            test_evaluations_reuse_memory, test_warm_state_serves_the_first_checkpoint,
 	            test_machine_trouble_is_not_the_file_s_fault,
+	            test_no_descriptor_is_not_the_file_s_fault,
 	            test_bad_newest_falls_back_and_is_not_retried_until_replaced,
 	            test_model_for_other_data_is_bad, test_raw_weights_when_asked, test_cancelled,
 	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,
