@@ -27,6 +27,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "mlp.h"
 #include "model.h"
 #include "train.h"
@@ -195,6 +196,20 @@ static inline size_t mn_test_count_lines(const char *path, const char *needle)
 	free(line);
 	fclose(f);
 	return n;
+}
+
+/*
+ * A configuration for a worker over a toy trainer (mn_test_toy_trainer) in
+ * dir: batches of 10, and neither the end of training nor a periodic
+ * checkpoint within any test's reach, so only what a test asks for happens.
+ */
+static inline void mn_test_worker_config(struct mn_config *cfg, const char *dir)
+{
+	mn_config_defaults(cfg);
+	snprintf(cfg->checkpoint.dir, sizeof(cfg->checkpoint.dir), "%s", dir);
+	cfg->checkpoint.every_steps = 1000000;
+	cfg->train.max_steps = 1000000000;
+	cfg->train.batch_size = 10;
 }
 
 /*

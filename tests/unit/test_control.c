@@ -671,11 +671,7 @@ START_TEST(test_worker_status_and_held_back_requests)
 	ep.metrics_file = metrics;
 	ck_assert_msg(mnd_early_start(&loop, &ep, &e, err, sizeof(err)) == 0, "%s", err);
 	mn_test_uv_run_until(&loop, counted, e, DEADLINE_MS, "the evaluation");
-	mn_config_defaults(&cfg);
-	snprintf(cfg.checkpoint.dir, sizeof(cfg.checkpoint.dir), "%s", tmpdir);
-	cfg.checkpoint.every_steps = 1000000;
-	cfg.train.max_steps = 1000000000;
-	cfg.train.batch_size = 10;
+	mn_test_worker_config(&cfg, tmpdir);
 	ck_assert_msg(mnd_worker_start(&loop, t, &cfg, N_EX, NULL, NULL, on_done, NULL, &w, err,
 	                               sizeof(err)) == 0,
 	              "%s", err);

@@ -98,11 +98,7 @@ static void setup(void)
 	ck_assert_msg(mn_log_open(logpath, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)) == 0, "%s",
 	              err);
 	ck_assert_int_eq(uv_loop_init(&loop), 0);
-	mn_config_defaults(&cfg);
-	snprintf(cfg.checkpoint.dir, sizeof(cfg.checkpoint.dir), "%s", tmpdir);
-	cfg.checkpoint.every_steps = 1000000;
-	cfg.train.max_steps = 1000000000;
-	cfg.train.batch_size = 10;
+	mn_test_worker_config(&cfg, tmpdir);
 	snprintf(cfg.metrics.textfile, sizeof(cfg.metrics.textfile), "%s/mnistd.prom", promdir);
 	cfg.metrics.interval_ms = INTERVAL_MS;
 	p.arch = mn_test_arch(IN_DIM, 1, (const size_t[]){8}, OUT);

@@ -45,11 +45,7 @@ static void setup(void)
 	err[0] = '\0';
 	memset(&done_seen, 0, sizeof(done_seen));
 	ck_assert_int_eq(uv_loop_init(&loop), 0);
-	mn_config_defaults(&cfg);
-	snprintf(cfg.checkpoint.dir, sizeof(cfg.checkpoint.dir), "%s", tmpdir);
-	cfg.checkpoint.every_steps = 1000000;
-	cfg.train.max_steps = 1000000000;
-	cfg.train.batch_size = 10;
+	mn_test_worker_config(&cfg, tmpdir);
 }
 
 static void teardown(void)
