@@ -409,10 +409,12 @@ static int run_watch(struct evaluator *e)
 
 	/*
 	 * The trainer's shape, from the same configuration, and its checkpoint's
-	 * size: weights and EMA shadows, with room for the training state.
+	 * size: weights and EMA shadows, the epoch's permutation of the training
+	 * images, and room for the header and the rest of the training state.
 	 */
 	mn_config_arch(&e->app.cfg, e->validation.dim, MN_CLASSES, &rp.warm);
-	rp.warm_file_bytes = 2 * mn_arch_param_count(&rp.warm) * sizeof(float) + ((size_t)1 << 20);
+	rp.warm_file_bytes = 2 * mn_arch_param_count(&rp.warm) * sizeof(float) +
+	                     mn_dataset_count(e->app.data) * sizeof(uint32_t) + ((size_t)64 << 10);
 	if ((rc = mne_runner_new(&e->app.loop, &rp, &e->runner, err, sizeof(err))) < 0 ||
 	    (rc = mne_watch_start(&e->app.loop, &wp, &e->watch, err, sizeof(err))) < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
