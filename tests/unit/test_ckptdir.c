@@ -358,21 +358,38 @@ static bool set_immutable(const char *path, bool on)
 	return ok;
 }
 
+/*
+ * A directory whose step 1 cannot be removed (immutable), opened for
+ * versions with step 1 the newest good one; then step 3 is written. NULL
+ * when the filesystem has no immutable files (tmpfs): nothing to try then.
+ */
+static struct mn_ckptdir_versions *open_with_immutable_step1(char *dir, size_t dirlen, char *path,
+                                                             size_t pathlen)
+{
+	struct mn_ckptdir_versions *v;
+	char err[MN_ERRLEN] = "";
+
+	mn_test_tmpdir(dir, dirlen);
+	touch_step(dir, 1);
+	snprintf(path, pathlen, "%s/model.ckpt-1.safetensors", dir);
+	if (!set_immutable(path, true)) {
+		mn_test_rmtree(dir);
+		return NULL;
+	}
+	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 1, &v, err, sizeof(err)), 0);
+	touch_step(dir, 3);
+	return v;
+}
+
 START_TEST(test_versions_retention_failure_is_not_a_failed_publish)
 {
 	static const int64_t kept[] = {3};
 	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], path[PATH_MAX];
-	struct mn_ckptdir_versions *v;
+	struct mn_ckptdir_versions *v =
+	    open_with_immutable_step1(dir, sizeof(dir), path, sizeof(path));
 
-	mn_test_tmpdir(dir, sizeof(dir));
-	touch_step(dir, 1);
-	snprintf(path, sizeof(path), "%s/model.ckpt-1.safetensors", dir);
-	if (!set_immutable(path, true)) {
-		mn_test_rmtree(dir);
-		return; /* tmpfs and others have no immutable files: nothing to try */
-	}
-	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 1, &v, err, sizeof(err)), 0);
-	touch_step(dir, 3);
+	if (!v)
+		return;
 	/* Step 1 cannot go (not even root may unlink an immutable file), yet 3 is published. */
 	ck_assert_msg(mn_ckptdir_versions_publish(v, 3, 1, err, sizeof(err)) == 0, "%s", err);
 	assert_index(dir, "model.ckpt-3.safetensors", kept, 1);
@@ -392,17 +409,11 @@ START_TEST(test_versions_retention_retries_a_file_it_could_not_remove)
 {
 	static const int64_t kept[] = {4};
 	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], path[PATH_MAX];
-	struct mn_ckptdir_versions *v;
+	struct mn_ckptdir_versions *v =
+	    open_with_immutable_step1(dir, sizeof(dir), path, sizeof(path));
 
-	mn_test_tmpdir(dir, sizeof(dir));
-	touch_step(dir, 1);
-	snprintf(path, sizeof(path), "%s/model.ckpt-1.safetensors", dir);
-	if (!set_immutable(path, true)) {
-		mn_test_rmtree(dir);
-		return; /* tmpfs and others have no immutable files: nothing to try */
-	}
-	ck_assert_int_eq(mn_ckptdir_versions_open(dir, "model.ckpt", 1, &v, err, sizeof(err)), 0);
-	touch_step(dir, 3);
+	if (!v)
+		return;
 	ck_assert_msg(mn_ckptdir_versions_publish(v, 3, 1, err, sizeof(err)) == 0, "%s", err);
 	ck_assert(mn_test_exists(dir, "model.ckpt-1.safetensors"));
 	ck_assert(set_immutable(path, false));
