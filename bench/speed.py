@@ -55,11 +55,12 @@ def ceiling(build, threads, hidden):
     return float(out.split("steps_per_sec=")[1].split()[0])
 
 
-def status(sock_path):
+def control(sock_path, request):
+    """One request over mnistd's control socket, and its answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
         s.connect(sock_path)
-        s.sendall(b'{"cmd":"status"}\n')
+        s.sendall(json.dumps(request).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(4096)
@@ -67,6 +68,10 @@ def status(sock_path):
                 break
             buf += chunk
     return json.loads(buf)
+
+
+def status(sock_path):
+    return control(sock_path, {"cmd": "status"})
 
 
 def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, logs=None,
