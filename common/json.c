@@ -173,10 +173,17 @@ static bool inexact_integer(const char *s, size_t n)
 		frac += point;
 		zeros = s[i] == '0' ? zeros + 1 : 0;
 	}
-	if (i < n && (s[i] == 'e' || s[i] == 'E'))
-		exp = strtol(s + i + 1, NULL, 10);
+	/* The text need not end in a NUL: read the exponent from the terminated copy. */
 	memcpy(buf, s, n);
 	buf[n] = '\0';
+	if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+		exp = strtol(buf + i + 1, NULL, 10);
+		/*
+		 * Past +-100000 every number is infinite or rounds to 0, decided the
+		 * same way; the bound keeps the arithmetic below from overflowing.
+		 */
+		exp = exp > 100000 ? 100000 : exp < -100000 ? -100000 : exp;
+	}
 	d = strtod(buf, NULL);
 	if (!isfinite(d) || d != floor(d))
 		return false; /* a fraction that stays one: a reader of integers refuses it itself

@@ -146,6 +146,47 @@ START_TEST(non_integers_found)
 }
 END_TEST
 
+/*
+ * The scan that finds rounded integers reads a number's exponent: it must
+ * stop at the text's end, which need not be followed by a NUL (a line in a
+ * socket buffer, a header inside a checkpoint file), and survive exponents
+ * no long holds. (Both were found by fuzz_ckpt and fuzz_proto.)
+ */
+START_TEST(number_scan_stays_in_bounds)
+{
+	const char *cases[] = {"1e5",
+	                       "-7E+3",
+	                       "[2e",
+	                       "1.5e-99999999999999999999",
+	                       "[1.25e99999999999999999999]",
+	                       "0.5e-9223372036854775808"};
+	struct mn_json_error e;
+	cJSON *root = NULL;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		size_t n = strlen(cases[i]);
+		/* Exactly the text's bytes on the heap, no terminator: ASan sees a read past them.
+		 */
+		char *text = malloc(n);
+
+		ck_assert_ptr_nonnull(text);
+		memcpy(text, cases[i], n);
+		(void)mn_json_parse(text, n, MN_JSON_EXACT_INTEGERS, &root, &e);
+		cJSON_Delete(root);
+		root = NULL;
+		free(text);
+	}
+	/* A fraction too small to survive reads as 0, which it is not: refused as rounded. */
+	ck_assert_int_eq(
+	    mn_json_parse("1.5e-99999999999999999999", 25, MN_JSON_EXACT_INTEGERS, &root, &e),
+	    -EINVAL);
+	ck_assert_int_eq(e.rule, MN_JSON_RULE_NUMBER);
+	ck_assert_int_eq(
+	    mn_json_parse("0e-99999999999999999999", 23, MN_JSON_EXACT_INTEGERS, &root, &e), 0);
+	cJSON_Delete(root);
+}
+END_TEST
+
 static int members(const char *text, bool others, enum mn_json_fault *fault, const char **name)
 {
 	static cJSON *root;
@@ -219,6 +260,6 @@ int main(void)
 
 	MN_TEST_ADD(mn_test_tcase(s, "json", NULL, NULL), integers_are_exact, doubles_round_trip,
 	            add_frees_on_failure, strict_parse_rules, integers_read, non_integers_found,
-	            members_table, duplicates_found);
+	            members_table, duplicates_found, number_scan_stays_in_bounds);
 	return mn_test_run(s);
 }
