@@ -72,6 +72,7 @@ static struct mne_pick_failure identity(int64_t step, const struct stat *st)
 	    .ino = st->st_ino,
 	    .size = (int64_t)st->st_size,
 	    .mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+	    .ctime_ns = ctime_ns(st),
 	};
 }
 
@@ -98,7 +99,7 @@ static bool known_bad(const struct mne_pick_state *s, int64_t step, const struct
 	const struct mne_pick_failure *f = i < s->nfailed ? &s->failed[i] : NULL;
 
 	return f && f->step == step && f->dev == id.dev && f->ino == id.ino && f->size == id.size &&
-	       f->mtime_ns == id.mtime_ns;
+	       f->mtime_ns == id.mtime_ns && f->ctime_ns == id.ctime_ns;
 }
 
 /*

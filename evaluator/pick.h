@@ -16,8 +16,9 @@
  * it meanwhile is harmless; a file that vanishes before it is opened is
  * skipped quietly. A bad file is logged as an error naming it and what is
  * wrong, and is remembered, however many there are, so it is read once and
- * not again until it is replaced (another inode, size or modification time
- * under the same name). A symbolic link is not followed (it is bad) unless
+ * not again until it is replaced or changed (another inode, size,
+ * modification or change time under the same name: a chmod that makes an
+ * unreadable file readable counts). A symbolic link is not followed (it is bad) unless
  * follow_symlinks is set.
  */
 #ifndef MNE_PICK_H
@@ -41,6 +42,11 @@ struct mne_pick_failure {
 	ino_t ino;
 	int64_t size;
 	int64_t mtime_ns;
+	/*
+	 * The change time too: a chmod that makes an unreadable file readable
+	 * changes nothing else, and must not leave it rejected for good.
+	 */
+	int64_t ctime_ns;
 };
 
 /*

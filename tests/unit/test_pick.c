@@ -535,6 +535,50 @@ START_TEST(test_named_step_gone_or_bad_falls_back_to_listing)
 }
 END_TEST
 
+/* Polls until the filesystem's clock has moved past path's change time (it ticks coarsely). */
+static void wait_ctime_tick(const char *path)
+{
+	struct stat st, probe;
+	int64_t end = mn_monotonic_ns() + 5000000000;
+
+	ck_assert_int_eq(stat(path, &st), 0);
+	do {
+		mn_test_write_file(tpath("tick"), "x", 1);
+		ck_assert_int_eq(stat(tpath("tick"), &probe), 0);
+		if (probe.st_ctim.tv_sec != st.st_ctim.tv_sec ||
+		    probe.st_ctim.tv_nsec != st.st_ctim.tv_nsec)
+			return;
+	} while (mn_monotonic_ns() < end);
+	ck_abort_msg("the filesystem clock did not tick in 5 s");
+}
+
+/*
+ * A checkpoint published unreadable (the writer's umask, another user) is
+ * rejected; made readable (chmod changes only its change time), it is read
+ * again and evaluated, not left rejected for good.
+ */
+START_TEST(test_unreadable_file_made_readable_is_evaluated)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+
+	publish_step(3);
+	ck_assert_int_eq(chmod(tpath(name_of(3)), 0), 0);
+	mne_pick_state_init(&s);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(s.rejected, 1);
+	wait_ctime_tick(tpath(name_of(3)));
+	ck_assert_int_eq(chmod(tpath(name_of(3)), 0644), 0);
+	p.hint_step = 3; /* the event the chmod makes names it */
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_int_eq(r.step, 3);
+	mne_pick_state_free(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pick");
@@ -550,6 +594,7 @@ int main(void)
 	            test_fifo_is_never_opened, test_frozen_model_has_no_shadows,
 	            test_every_bad_file_is_remembered, test_fresh_run_is_followed,
 	            test_named_step_is_evaluated_without_listing,
-	            test_named_step_gone_or_bad_falls_back_to_listing);
+	            test_named_step_gone_or_bad_falls_back_to_listing,
+	            test_unreadable_file_made_readable_is_evaluated);
 	return mn_test_run(s);
 }
