@@ -64,6 +64,11 @@ static int64_t ctime_ns(const struct stat *st)
 	return (int64_t)st->st_ctim.tv_sec * 1000000000 + st->st_ctim.tv_nsec;
 }
 
+static int64_t mtime_ns(const struct stat *st)
+{
+	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
 static struct mne_pick_failure identity(int64_t step, const struct stat *st)
 {
 	return (struct mne_pick_failure){
@@ -71,7 +76,7 @@ static struct mne_pick_failure identity(int64_t step, const struct stat *st)
 	    .dev = st->st_dev,
 	    .ino = st->st_ino,
 	    .size = (int64_t)st->st_size,
-	    .mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec,
+	    .mtime_ns = mtime_ns(st),
 	    .ctime_ns = ctime_ns(st),
 	};
 }
@@ -300,6 +305,9 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	mn_log_fields(MN_LOG_DEBUG, "evaluating",
 	              (struct mn_log_field[]){MN_F_STR("checkpoint", e->name)}, 1);
 	out = evaluate_fd(p, s, fd, path, e, res, t);
+	/* The caller makes it the last step evaluated. */
+	if (out == TRY_DONE)
+		s->last_mtime_ns = mtime_ns(&fst);
 	if (out == TRY_DONE && p->keep_open) {
 		res->fd = fd;
 		snprintf(res->path, sizeof(res->path), "%s", path);
@@ -359,6 +367,25 @@ void mne_pick_warm(struct mne_pick_state *s, const struct mne_pick_params *p,
 	                     sizeof(err));
 }
 
+/*
+ * Whether e, older than the last step evaluated, was written after that
+ * step's file: a new run (or a resumed one) rather than what is left of
+ * this run once its newer files were deleted. A file that cannot be looked
+ * at is judged at the next look.
+ */
+static bool written_since_last(const struct mne_pick_params *p, const struct mne_pick_state *s,
+                               const struct mn_ckptdir_entry *e)
+{
+	char path[PATH_MAX + MN_CKPT_MAX_NAME];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", p->dir, e->name);
+	if ((p->follow_symlinks ? stat(path, &st) : lstat(path, &st)) < 0)
+		return false;
+	/* Equal times cannot tell (a coarse clock): following is the lesser harm. */
+	return mtime_ns(&st) >= s->last_mtime_ns;
+}
+
 int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen)
 {
@@ -396,10 +423,17 @@ int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
 	rc = 0;
 	/*
 	 * Steps only go up within a run; a newest step below the last one
-	 * evaluated means the directory now holds another run (replaced, or
-	 * rolled back): say so and follow it rather than wait for it to pass
-	 * the old step, which may never happen.
+	 * evaluated, written after it, means the directory now holds another
+	 * run (replaced, or rolled back): say so and follow it rather than wait
+	 * for it to pass the old step, which may never happen. Written before
+	 * it, the newest file is an older one of this run whose newer files
+	 * were deleted: nothing new, and evaluating it again would be a step
+	 * evaluated twice.
 	 */
+	if (n > 0 && list[n - 1].step < s->last_step && !written_since_last(p, s, &list[n - 1])) {
+		free(list);
+		return 0;
+	}
 	if (n > 0 && list[n - 1].step < s->last_step) {
 		mn_log_fields(MN_LOG_WARN, "new run in the checkpoint directory",
 		              (struct mn_log_field[]){

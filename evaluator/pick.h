@@ -9,9 +9,12 @@
  * burst collapses to its newest file; if that file is bad, the next older
  * one is tried, and so on. A step is never evaluated twice and the
  * evaluated steps only go up, within one run: when the directory's newest
- * step falls below the last one evaluated (the directory was replaced by a
- * fresh run starting again from a lower step), that is logged and the new
- * run is evaluated from its newest checkpoint. Each file is opened once and
+ * step falls below the last one evaluated and its file was written after
+ * the last one evaluated (the directory was replaced by a fresh run
+ * starting again from a lower step, or the trainer resumed from an older
+ * checkpoint), that is logged and the new run is evaluated from its newest
+ * checkpoint; an older file written before it (the newer ones were
+ * deleted) is not new. Each file is opened once and
  * read, validated and evaluated from that descriptor, so retention deleting
  * it meanwhile is harmless; a file that vanishes before it is opened is
  * skipped quietly. A bad file is logged as an error naming it and what is
@@ -55,6 +58,12 @@ struct mne_pick_failure {
  */
 struct mne_pick_state {
 	int64_t last_step; /* newest step evaluated, -1 before the first */
+	/*
+	 * Modification time of last_step's file: an older step written before
+	 * it is what is left of the same run (its newer files deleted), not a
+	 * new run.
+	 */
+	int64_t last_mtime_ns;
 	uint64_t rejected; /* bad files logged so far (a replaced one counts again) */
 	size_t nfailed, capfailed;
 	struct mne_pick_failure *failed; /* sorted by step, one per step */

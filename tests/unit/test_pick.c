@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model.h"
@@ -579,6 +580,56 @@ START_TEST(test_unreadable_file_made_readable_is_evaluated)
 }
 END_TEST
 
+/* Sets path's modification time seconds before now, as a file written then has. */
+static void backdate(const char *path, time_t seconds)
+{
+	struct timespec t[2];
+
+	ck_assert_int_eq(clock_gettime(CLOCK_REALTIME, &t[0]), 0);
+	t[0].tv_sec -= seconds;
+	t[1] = t[0];
+	ck_assert_int_eq(utimensat(AT_FDCWD, path, t, 0), 0);
+}
+
+/*
+ * The newest checkpoint deleted (by hand: it diverged) leaves an older one
+ * of the same run as the newest: that is no new run, and a step already
+ * evaluated is not evaluated again. A file written after the last one
+ * evaluated (the trainer resumed from the older one) is a new run.
+ */
+START_TEST(test_newest_deleted_is_no_new_run)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	char log[PATH_MAX + 256];
+
+	snprintf(log, sizeof(log), "%s", tpath("pick.log"));
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	publish_step(2);
+	backdate(tpath(name_of(2)), 60);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 2);
+	publish_step(4);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 4);
+	ck_assert_int_eq(unlink(tpath(name_of(4))), 0);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(mn_test_count_lines(log, "new run"), 0);
+	/* A trainer that resumed from step 2: its step 3 is written after step 4 was. */
+	mn_trainer_free(trainer);
+	trainer = mn_test_toy_trainer(images, labels, N_EX, IN_DIM, OUT, &data);
+	publish_step(3);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 3);
+	ck_assert_uint_eq(mn_test_count_lines(log, "new run"), 1);
+	mn_log_close();
+	mne_pick_state_free(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pick");
@@ -595,6 +646,7 @@ int main(void)
 	            test_every_bad_file_is_remembered, test_fresh_run_is_followed,
 	            test_named_step_is_evaluated_without_listing,
 	            test_named_step_gone_or_bad_falls_back_to_listing,
-	            test_unreadable_file_made_readable_is_evaluated);
+	            test_unreadable_file_made_readable_is_evaluated,
+	            test_newest_deleted_is_no_new_run);
 	return mn_test_run(s);
 }
