@@ -22,7 +22,11 @@ enum state { ST_NONE, ST_WAITING, ST_EVENTS, ST_POLL };
 struct mne_watch {
 	uv_loop_t *loop;
 	uv_fs_event_t ev; /* the directory, or its nearest existing parent while waiting */
-	uv_timer_t timer; /* polling (the directory, or for it while waiting) */
+	/*
+	 * Polling (the directory, or for it while waiting); with events, the
+	 * check that the path still names the watched directory.
+	 */
+	uv_timer_t timer;
 	enum state state;
 	bool ev_active;
 	bool closing;
@@ -99,6 +103,23 @@ static void start_poll(struct mne_watch *w)
 	uv_timer_start(&w->timer, on_timer, w->interval_ms, w->interval_ms);
 }
 
+/*
+ * Events are on for the directory whose identity st holds. A symbolic link
+ * repointed, or a mount over the path, sends the watched directory no
+ * event: the timer checks the path's identity (a stat) every interval.
+ */
+static void events_on(struct mne_watch *w, const struct stat *st)
+{
+	w->dev = st->st_dev;
+	w->ino = st->st_ino;
+	w->state = ST_EVENTS;
+	start_poll(w);
+	mn_log_fields(
+	    MN_LOG_INFO, "watching",
+	    (struct mn_log_field[]){MN_F_STR("dir", w->dir), MN_F_STR("method", "events")}, 2);
+	w->on_change(w->arg, -1);
+}
+
 /* Watches the existing directory; returns false if it vanished meanwhile (settle again). */
 static bool enter_watching(struct mne_watch *w)
 {
@@ -114,14 +135,7 @@ static bool enter_watching(struct mne_watch *w)
 		if (rc == UV_ENOENT || rc == UV_ENOTDIR || (rc == 0 && !is_dir(w->dir, &st)))
 			return false;
 		if (rc == 0) {
-			w->dev = st.st_dev;
-			w->ino = st.st_ino;
-			w->state = ST_EVENTS;
-			mn_log_fields(MN_LOG_INFO, "watching",
-			              (struct mn_log_field[]){MN_F_STR("dir", w->dir),
-			                                      MN_F_STR("method", "events")},
-			              2);
-			w->on_change(w->arg, -1);
+			events_on(w, &st);
 			return true;
 		}
 		mn_log(MN_LOG_WARN, "%s: filesystem events unavailable (%s%s); polling instead",
@@ -275,11 +289,11 @@ static void on_timer(uv_timer_t *h)
 
 	if (w->closing)
 		return;
-	if (w->state == ST_POLL) {
-		if (same_dir(w))
-			w->on_change(w->arg, -1);
-		else
+	if (w->state == ST_EVENTS || w->state == ST_POLL) {
+		if (!same_dir(w))
 			lost_dir(w);
+		else if (w->state == ST_POLL)
+			w->on_change(w->arg, -1);
 		return;
 	}
 	settle(w);

@@ -5,7 +5,10 @@
  * The watcher never reads checkpoints; it only tells its owner "look now".
  * It copes with a directory that does not exist yet (it watches the nearest
  * existing parent until the directory appears, or polls), with a directory
- * that is removed or renamed away (it goes back to waiting), and with
+ * that is removed or renamed away (it goes back to waiting), with a path
+ * that comes to name another directory without an event (a symbolic link
+ * repointed, a mount over it: the path's identity is checked every
+ * poll_interval_ms), and with
  * filesystems whose inotify does not see other clients' writes (NFS, CIFS,
  * FUSE, ...: statfs tells), where auto mode polls instead.
  *

@@ -8,6 +8,7 @@
  */
 #include <check.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -16,7 +17,7 @@
 #include "watch.h"
 
 #define PREFIX   "model.ckpt"
-#define MAX_SEEN 64
+#define MAX_SEEN 1024
 
 static char tmpdir[PATH_MAX];
 static uv_loop_t loop;
@@ -58,20 +59,25 @@ static void run_until(size_t n)
 	mn_test_uv_run_until(&loop, have_wanted, NULL, 10000, "notifications");
 }
 
-/* Publishes name the way every writer must: a dot-file, then a rename. */
-static void publish(const char *name)
+/* Publishes name into dir the way every writer must: a dot-file, then a rename. */
+static void publish_in(const char *dir, const char *name)
 {
 	char tmp[PATH_MAX + 64], final[PATH_MAX + 64];
 
-	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", tmpdir, name);
-	snprintf(final, sizeof(final), "%s/%s", tmpdir, name);
+	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name);
+	snprintf(final, sizeof(final), "%s/%s", dir, name);
 	mn_test_write_file(tmp, "x", 1);
 	ck_assert_int_eq(rename(tmp, final), 0);
 }
 
-static struct mne_watch *start(enum mn_watch_mode mode, uint64_t poll_ms)
+static void publish(const char *name)
 {
-	struct mne_watch_params p = {.dir = tmpdir,
+	publish_in(tmpdir, name);
+}
+
+static struct mne_watch *start_in(const char *dir, enum mn_watch_mode mode, uint64_t poll_ms)
+{
+	struct mne_watch_params p = {.dir = dir,
 	                             .prefix = PREFIX,
 	                             .mode = mode,
 	                             .poll_interval_ms = poll_ms,
@@ -81,6 +87,31 @@ static struct mne_watch *start(enum mn_watch_mode mode, uint64_t poll_ms)
 
 	ck_assert_msg(mne_watch_start(&loop, &p, &w, err, sizeof(err)) == 0, "%s", err);
 	return w;
+}
+
+static struct mne_watch *start(enum mn_watch_mode mode, uint64_t poll_ms)
+{
+	return start_in(tmpdir, mode, poll_ms);
+}
+
+static size_t wanted_step_at;
+static int64_t wanted_step;
+
+static bool have_step(void *arg)
+{
+	(void)arg;
+	for (size_t i = wanted_step_at; i < nseen; i++)
+		if (seen[i] == wanted_step)
+			return true;
+	return false;
+}
+
+/* Runs the loop until a notification after the first `from` names step, failing after 10 s. */
+static void run_until_step(size_t from, int64_t step)
+{
+	wanted_step_at = from;
+	wanted_step = step;
+	mn_test_uv_run_until(&loop, have_step, NULL, 10000, "a notification naming the step");
 }
 
 /*
@@ -130,12 +161,45 @@ START_TEST(test_poll_names_no_step)
 }
 END_TEST
 
+/*
+ * checkpoint.dir a symbolic link, repointed atomically to another
+ * directory (a deployment's "current" link): the old directory gets no
+ * event, yet the watch must follow the path to the new one.
+ */
+START_TEST(test_symlink_repointed_is_followed)
+{
+	char a[PATH_MAX + 8], b[PATH_MAX + 8], link[PATH_MAX + 8], tmp[PATH_MAX + 16];
+	struct mne_watch *w;
+	size_t before;
+
+	snprintf(a, sizeof(a), "%s/a", tmpdir);
+	snprintf(b, sizeof(b), "%s/b", tmpdir);
+	snprintf(link, sizeof(link), "%s/ckpt", tmpdir);
+	snprintf(tmp, sizeof(tmp), "%s/.ckpt.new", tmpdir);
+	ck_assert_int_eq(mkdir(a, 0755), 0);
+	ck_assert_int_eq(mkdir(b, 0755), 0);
+	ck_assert_int_eq(symlink("a", link), 0);
+	w = start_in(link, MN_WATCH_EVENTS, 20);
+	run_until(1);
+	publish_in(a, PREFIX "-100.safetensors");
+	run_until_step(1, 100);
+	ck_assert_int_eq(symlink("b", tmp), 0);
+	ck_assert_int_eq(rename(tmp, link), 0);
+	before = nseen;
+	/* The watch moves to b (a look, -1), then b's publishes name their steps. */
+	run_until_step(before, -1);
+	publish_in(b, PREFIX "-200.safetensors");
+	run_until_step(before, 200);
+	mne_watch_close(w);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("watch");
 	TCase *tc = mn_test_tcase(s, "watch", setup, teardown);
 
-	MN_TEST_ADD(tc, test_events_name_the_step_and_deletions_are_silent,
-	            test_poll_names_no_step);
+	MN_TEST_ADD(tc, test_events_name_the_step_and_deletions_are_silent, test_poll_names_no_step,
+	            test_symlink_repointed_is_followed);
 	return mn_test_run(s);
 }
