@@ -29,6 +29,7 @@ struct mne_watch {
 	uv_timer_t timer;
 	enum state state;
 	bool ev_active;
+	bool events_failed; /* polling because events could not be set up: retried */
 	bool closing;
 	int open_handles;  /* handles still to be closed before freeing */
 	bool said_waiting; /* the "waiting" line is logged once per absence */
@@ -113,6 +114,7 @@ static void events_on(struct mne_watch *w, const struct stat *st)
 	w->dev = st->st_dev;
 	w->ino = st->st_ino;
 	w->state = ST_EVENTS;
+	w->events_failed = false;
 	start_poll(w);
 	mn_log_fields(
 	    MN_LOG_INFO, "watching",
@@ -129,6 +131,7 @@ static bool enter_watching(struct mne_watch *w)
 	int rc;
 
 	w->said_waiting = false;
+	w->events_failed = false;
 	if (w->mode != MN_WATCH_POLL && !remote) {
 		rc = start_events(w, w->dir);
 		/* The identity is taken after the watch starts, so a swap cannot slip between. */
@@ -143,6 +146,7 @@ static bool enter_watching(struct mne_watch *w)
 		       rc == UV_ENOSPC ? ": inotify watch limit, see fs.inotify.max_user_watches"
 		                       : "");
 		why = "events unavailable";
+		w->events_failed = true;
 	} else if (remote) {
 		why = remote;
 	}
@@ -283,6 +287,27 @@ static void on_event(uv_fs_event_t *h, const char *name, int events, int status)
 		lost_dir(w);
 }
 
+/*
+ * Polling for want of events: tries them again (the directory made
+ * readable again, inotify watches freed), quietly; true if they are on.
+ */
+static bool retry_events(struct mne_watch *w)
+{
+	struct stat st;
+
+	if (start_events(w, w->dir) < 0)
+		return false;
+	if (!is_dir(w->dir, &st) || st.st_dev != w->dev || st.st_ino != w->ino) {
+		/* Replaced meanwhile: the next tick's identity check settles afresh. */
+		uv_fs_event_stop(&w->ev);
+		w->ev_active = false;
+		return false;
+	}
+	uv_timer_stop(&w->timer);
+	events_on(w, &st);
+	return true;
+}
+
 static void on_timer(uv_timer_t *h)
 {
 	struct mne_watch *w = h->data;
@@ -292,7 +317,7 @@ static void on_timer(uv_timer_t *h)
 	if (w->state == ST_EVENTS || w->state == ST_POLL) {
 		if (!same_dir(w))
 			lost_dir(w);
-		else if (w->state == ST_POLL)
+		else if (w->state == ST_POLL && !(w->events_failed && retry_events(w)))
 			w->on_change(w->arg, -1);
 		return;
 	}

@@ -194,12 +194,44 @@ START_TEST(test_symlink_repointed_is_followed)
 }
 END_TEST
 
+/*
+ * Events unavailable for a while (the directory unreadable: inotify needs
+ * read access; or the inotify watch limit reached): polling meanwhile, and
+ * events again once they can be had, not polling (a listing per interval)
+ * for the rest of the process's life.
+ */
+START_TEST(test_events_come_back_after_polling)
+{
+	struct mne_watch *w;
+	int64_t step = 0;
+
+	ck_assert_int_eq(chmod(tmpdir, 0), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	w = start(MN_WATCH_EVENTS, 50);
+	run_until(2); /* polling: two looks */
+	ck_assert_int_eq(seen[1], -1);
+	ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	/* Only events name a step: publish until one does (polls say -1 meanwhile). */
+	do {
+		char name[64];
+
+		ck_assert_msg(++step <= 40, "still polling 40 publishes after events were back");
+		snprintf(name, sizeof(name), PREFIX "-%lld.safetensors", (long long)step);
+		publish(name);
+		run_until(nseen + 1);
+	} while (seen[nseen - 1] == -1);
+	ck_assert_int_eq(seen[nseen - 1], step);
+	mne_watch_close(w);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("watch");
 	TCase *tc = mn_test_tcase(s, "watch", setup, teardown);
 
 	MN_TEST_ADD(tc, test_events_name_the_step_and_deletions_are_silent, test_poll_names_no_step,
-	            test_symlink_repointed_is_followed);
+	            test_symlink_repointed_is_followed, test_events_come_back_after_polling);
 	return mn_test_run(s);
 }
