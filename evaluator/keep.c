@@ -40,6 +40,15 @@ static bool is_file(const struct mne_keep *k, const char *name)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+static bool is_gone(const struct mne_keep *k, const char *name)
+{
+	char path[PATH_MAX + MN_CKPT_MAX_NAME];
+	struct stat st;
+
+	path_in(k, name, path, sizeof(path));
+	return lstat(path, &st) < 0 && errno == ENOENT;
+}
+
 static void remove_file(const struct mne_keep *k, const char *name)
 {
 	char path[PATH_MAX + MN_CKPT_MAX_NAME];
@@ -166,6 +175,47 @@ static size_t with_candidate(const struct mne_keep *k, const struct mn_best_entr
 	return m;
 }
 
+/*
+ * The set as the disk has it now: best_dir removed while running (rm -rf, a
+ * cleanup) is made again, and entries whose file is gone are dropped, as
+ * at open, so that what is gone does not stand in the way of what comes.
+ * Returns 0, 1 if best.json must be rewritten, or a negative errno.
+ */
+static int refresh(struct mne_keep *k, char *err, size_t errlen)
+{
+	struct stat st;
+	size_t kept = 0;
+	int rc;
+
+	if (stat(k->dir, &st) < 0 && errno == ENOENT) {
+		rc = mn_mkdir_p(k->dir, 0755, err, errlen);
+		if (rc < 0)
+			return rc;
+		mn_log_fields(MN_LOG_WARN, "eval.best_dir was removed; made it again",
+		              (struct mn_log_field[]){MN_F_STR("dir", k->dir)}, 1);
+	}
+	for (size_t i = 0; i < k->n; i++) {
+		/* Only what is surely gone: best_dir unreadable for a moment drops nothing. */
+		if (!is_gone(k, k->e[i].file)) {
+			k->e[kept++] = k->e[i];
+			continue;
+		}
+		mn_log(MN_LOG_WARN, "%s/%s: kept but gone; dropped from %s", k->dir, k->e[i].file,
+		       MN_BEST_FILE);
+	}
+	rc = kept < k->n;
+	k->n = kept;
+	return rc;
+}
+
+/* An offer that keeps nothing: best.json stops listing the files refresh() dropped. */
+static int save_dropped(struct mne_keep *k, bool dropped, char *err, size_t errlen)
+{
+	int rc = dropped ? mn_best_save(k->dir, k->e, k->n, err, errlen) : 0;
+
+	return rc < 0 ? rc : 0;
+}
+
 int mne_keep_offer(struct mne_keep *k, int fd, const char *path, const struct mne_pick_result *res,
                    char *err, size_t errlen)
 {
@@ -173,19 +223,26 @@ int mne_keep_offer(struct mne_keep *k, int fd, const char *path, const struct mn
 	    .step = res->step, .accuracy = res->eval.accuracy, .loss = res->eval.loss};
 	ssize_t same, rank;
 	size_t m, kept;
-	bool linked;
+	bool linked, dropped;
 	int rc;
 
 	snprintf(c.file, sizeof(c.file), "%s", res->name);
 	mn_time_rfc3339_ns(res->done_ns, c.time);
+	rc = refresh(k, err, errlen);
+	if (rc < 0) {
+		mn_errprefix(err, errlen, "keeping %s in eval.best_dir", c.file);
+		return rc;
+	}
+	dropped = rc == 1;
 	same = find(k->e, k->n, c.file);
+	/* Already kept, as good or better (an evaluator restart re-evaluates). */
 	if (same >= 0 && !mn_best_before(&c, &k->e[same]))
-		return 0; /* already kept, as good or better (an evaluator restart re-evaluates) */
+		return save_dropped(k, dropped, err, errlen);
 	m = with_candidate(k, &c, same);
 	kept = m < k->keep ? m : k->keep;
 	rank = find(k->next, kept, c.file);
 	if (rank < 0)
-		return 0;
+		return save_dropped(k, dropped, err, errlen);
 	rc = publish(k, fd, path, c.file, &linked, err, errlen);
 	if (rc == 0)
 		rc = mn_best_save(k->dir, k->next, kept, err, errlen);

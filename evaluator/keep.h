@@ -19,6 +19,11 @@
  * and best.json) are removed. A corrupt best.json, or checkpoint files with
  * none, is rebuilt by evaluating those files, with a warning.
  *
+ * While running, each offer first looks at the disk the same way: best_dir
+ * removed meanwhile is made again, and kept files that are gone are
+ * dropped from the set (with a warning), so the next good checkpoint takes
+ * their place rather than being refused for a file that is no longer there.
+ *
  * Not thread-safe: one thread at a time (the evaluator's job runs one at a
  * time).
  */

@@ -329,6 +329,30 @@ START_TEST(best_dir_must_not_be_checkpoint_dir)
 }
 END_TEST
 
+/*
+ * best_dir removed while the evaluator runs (rm -rf, a cleanup), or a kept
+ * file deleted: what is gone is no longer the best kept, so the next
+ * evaluation is kept again, in a best_dir made afresh, as a restart would.
+ */
+START_TEST(a_removed_best_dir_or_file_is_kept_again)
+{
+	struct mne_keep *k = open_keep(2);
+
+	for (int64_t s = 1; s <= 3; s++)
+		publish_step(ckdir, s);
+	ck_assert_int_eq(offer(k, 1, 0.75), 1);
+	assert_set((int64_t[]){1}, 1);
+	mn_test_rmtree(bestdir);
+	ck_assert_msg(offer(k, 2, 0.5) == 1, "%s", err);
+	assert_set((int64_t[]){2}, 1);
+	ck_assert_int_eq(unlink(in(bestdir, 2)), 0);
+	ck_assert_msg(offer(k, 3, 0.25) == 1, "%s", err);
+	assert_set((int64_t[]){3}, 1);
+	ck_assert_uint_eq(mne_keep_count(k), 1);
+	mne_keep_free(k);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("keep");
@@ -339,6 +363,6 @@ int main(void)
 	            a_failed_publish_leaves_the_previous_set, reopening_keeps_and_repairs_the_set,
 	            a_corrupt_best_json_is_rebuilt_by_evaluating,
 	            a_rebuild_that_cannot_evaluate_removes_nothing,
-	            best_dir_must_not_be_checkpoint_dir);
+	            best_dir_must_not_be_checkpoint_dir, a_removed_best_dir_or_file_is_kept_again);
 	return mn_test_run(s);
 }
