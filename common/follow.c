@@ -35,6 +35,7 @@ struct mn_follow {
 	bool had_file;  /* a file was open before: the next one is a replacement */
 	bool skipping;  /* inside a line longer than max_line */
 	bool said_type; /* the "not a regular file" warning is logged once per episode */
+	bool said_open; /* so is "cannot open" (checked every poll interval, for weeks) */
 	char *line;     /* the partial line, max_line + 1 bytes */
 	size_t len;
 	size_t max_line;
@@ -172,8 +173,12 @@ static void open_file(struct mn_follow *f)
 	/* O_NONBLOCK: if a FIFO slips in between stat and open, opening it must not hang. */
 	fd = open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
-		if (errno != ENOENT)
-			mn_log(MN_LOG_WARN, "%s: cannot open: %s", f->path, strerror(errno));
+		int e = errno;
+
+		if (e != ENOENT && !f->said_open)
+			mn_log(MN_LOG_WARN, "%s: cannot open: %s; waiting until it can be", f->path,
+			       strerror(e));
+		f->said_open = e != ENOENT;
 		return;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -181,6 +186,7 @@ static void open_file(struct mn_follow *f)
 		goto not_regular;
 	}
 	f->said_type = false;
+	f->said_open = false;
 	f->fd = fd;
 	f->dev = st.st_dev;
 	f->ino = st.st_ino;

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "mn_test.h"
+#include "log.h"
 #include "util.h"
 
 #define MAXLINES 64
@@ -324,6 +325,35 @@ START_TEST(bad_parameters)
 }
 END_TEST
 
+/*
+ * A file that cannot be opened (chmod 000, another user's) is said once,
+ * not at every check: a follower checks every poll interval for weeks.
+ * Readable again, it is read.
+ */
+START_TEST(unreadable_file_is_said_once)
+{
+	char log[MN_TEST_DIRLEN + 32], err[MN_ERRLEN];
+	struct mn_follow *f;
+
+	snprintf(log, sizeof(log), "%s/follow.log", dir);
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	append(path, "one\n");
+	ck_assert_int_eq(chmod(path, 0), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	f = start(path, MN_WATCH_POLL, 3600000, 0);
+	for (int i = 0; i < 5; i++)
+		mn_follow_check(f);
+	ck_assert_uint_eq(mn_test_count_lines(log, "cannot open"), 1);
+	ck_assert_int_eq(chmod(path, 0644), 0);
+	mn_follow_check(f);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_uint_eq(seen.n, 1);
+	ck_assert_str_eq(seen.lines[0], "one");
+	stop(f);
+	mn_log_close();
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("follow");
@@ -333,6 +363,6 @@ int main(void)
 	            missing_directory_then_file, truncation_restarts,
 	            rotation_finishes_the_old_file_first, removed_then_recreated,
 	            overlong_lines_are_skipped, fifo_is_waited_out, close_from_a_callback,
-	            bad_parameters);
+	            bad_parameters, unreadable_file_is_said_once);
 	return mn_test_run(s);
 }
