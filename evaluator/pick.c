@@ -19,8 +19,9 @@
 /* Outcome of trying one file. */
 /*
  * Outcome of trying one file. TRY_FAILED: this machine could not evaluate
- * it (mn_errno_is_resource), which says nothing of the file: the look
- * ends with the error and the file is tried again at the next one.
+ * it (mn_errno_is_resource), or the directory could not be searched for
+ * it, which says nothing of the file: the look ends with the error and the
+ * file is tried again at the next one.
  */
 enum attempt { TRY_DONE, TRY_SKIPPED, TRY_BAD, TRY_CANCELED, TRY_FAILED };
 
@@ -260,11 +261,24 @@ static enum attempt try_file(const struct mne_pick_params *p, struct mne_pick_st
 	 * Look before opening: a known bad file is not opened again, and a FIFO
 	 * never; a symbolic link is not followed unless configured (lstat).
 	 */
-	if ((p->follow_symlinks ? stat(path, &st) : lstat(path, &st)) < 0) {
+	if (lstat(path, &st) < 0) {
 		int rc = -errno;
 
 		if (rc == -ENOENT)
 			return TRY_SKIPPED; /* retention got there first */
+		/*
+		 * Only the directory was looked at (searched): its trouble (not
+		 * searchable, replaced by a file, I/O) is every file's, not this
+		 * one's. The look ends with it, logged once by the runner, rather
+		 * than every file being called invalid at every look.
+		 */
+		return cannot_evaluate(t, rc, path, strerror(-rc));
+	}
+	if (p->follow_symlinks && S_ISLNK(st.st_mode) && stat(path, &st) < 0) {
+		int rc = -errno;
+
+		if (rc == -ENOENT)
+			return TRY_SKIPPED; /* a dangling link: its target may come */
 		if (mn_errno_is_resource(rc))
 			return cannot_evaluate(t, rc, path, strerror(-rc));
 		log_bad(path, strerror(-rc));

@@ -155,8 +155,8 @@ void mne_pick_warm(struct mne_pick_state *s, const struct mne_pick_params *p,
  * a resource error (mn_errno_is_resource: memory, threads, descriptors)
  * when this machine could not evaluate a file (it is not judged, the next
  * look tries it again), or
- * another negative errno when the directory cannot be read (with a message
- * in err). Bad files are logged here, not returned.
+ * another negative errno when the directory cannot be read or searched
+ * (with a message in err). Bad files are logged here, not returned.
  */
 int mne_pick_evaluate(const struct mne_pick_params *p, struct mne_pick_state *s,
                       struct mne_pick_result *res, char *err, size_t errlen);

@@ -630,6 +630,41 @@ START_TEST(test_newest_deleted_is_no_new_run)
 }
 END_TEST
 
+/*
+ * A directory that can be listed but not searched (chmod -R 644 on it):
+ * the directory's trouble, not the files'. The look ends with the error
+ * (the runner logs it once) instead of calling every file invalid at every
+ * look; searchable again, the newest is evaluated.
+ */
+START_TEST(test_unsearchable_directory_ends_the_look)
+{
+	struct mne_pick_params p = params();
+	struct mne_pick_state s;
+	struct mne_pick_result r;
+	char log[PATH_MAX + 256];
+
+	snprintf(log, sizeof(log), "%s", tpath("pick.log"));
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	publish_step(2);
+	publish_step(3);
+	mne_pick_state_init(&s);
+	ck_assert_int_eq(chmod(tmpdir, 0644), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), -EACCES);
+	ck_assert_msg(strstr(err, name_of(3)) && strstr(err, "ermission"), "%s", err);
+	p.hint_step = 3;
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), -EACCES);
+	ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_uint_eq(s.rejected, 0);
+	ck_assert_uint_eq(mn_test_count_lines(log, "invalid checkpoint"), 0);
+	ck_assert_int_eq(mne_pick_evaluate(&p, &s, &r, err, sizeof(err)), 1);
+	ck_assert_int_eq(r.step, 3);
+	mn_log_close();
+	mne_pick_state_free(&s);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("pick");
@@ -647,6 +682,6 @@ int main(void)
 	            test_named_step_is_evaluated_without_listing,
 	            test_named_step_gone_or_bad_falls_back_to_listing,
 	            test_unreadable_file_made_readable_is_evaluated,
-	            test_newest_deleted_is_no_new_run);
+	            test_newest_deleted_is_no_new_run, test_unsearchable_directory_ends_the_look);
 	return mn_test_run(s);
 }
