@@ -451,6 +451,67 @@ class EvaluatorTest(mnlib.TestCase):
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
 
+    def test_symlink_repointed_to_another_directory(self):
+        # checkpoint.dir as a "current" link, repointed atomically to a new
+        # run's directory: the old directory gets no event, the path names
+        # another directory, and that one's checkpoints must be evaluated.
+        src = self.real_checkpoints()
+        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        a, b, cur = (os.path.join(self.work, n) for n in ("run-a", "run-b", "current"))
+        os.makedirs(a)
+        os.makedirs(b)
+        os.symlink("run-a", cur)
+        path, _ = self.eval_config(cur, eval={"poll_interval_ms": 100})
+        ev = self.start_eval(path)
+        ev.wait_output("method=events")
+        publish(a, ckpt_name(10), blob(10))
+        self.wait_metric(10)
+        os.symlink("run-b", cur + ".new")
+        os.rename(cur + ".new", cur)
+        publish(b, ckpt_name(20), blob(20))
+        self.wait_metric(20, timeout=30)
+        self.assertEqual([m["step"] for m in metrics(self.metrics_path)], [10, 20])
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_permissions_fixed_while_running(self):
+        # What an ordinary user meets (root is run without the capabilities
+        # that bypass file permissions): a checkpoint published unreadable,
+        # then made readable, is evaluated; the directory made unreadable
+        # (events cannot be set up: polling) then readable again goes back
+        # to events rather than listing it every interval for good.
+        setpriv = shutil.which("setpriv")
+        if os.geteuid() == 0 and not setpriv:
+            self.skipTest("needs setpriv to drop root's file-permission bypass")
+        src = self.real_checkpoints()
+        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d, eval={"poll_interval_ms": 100})
+        argv = [MNIST_EVAL, "--config", path]
+        if os.geteuid() == 0:
+            caps = "-dac_override,-dac_read_search"
+            argv = [setpriv, "--inh-caps=" + caps, "--bounding-set=" + caps] + argv
+        ev = self.start(argv, "eval")
+        ev.wait_output("method=events")
+        tmp = os.path.join(d, ".unreadable.tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob(10))
+        os.chmod(tmp, 0)
+        os.rename(tmp, os.path.join(d, ckpt_name(10)))
+        ev.wait_output("invalid checkpoint checkpoint=%s" % ckpt_name(10))
+        os.chmod(os.path.join(d, ckpt_name(10)), 0o644)
+        self.wait_metric(10, timeout=30)
+        os.chmod(d, 0)
+        ev.wait_output("method=poll")
+        os.chmod(d, 0o755)
+        mnlib.wait_for(lambda: ev.output().count("method=events") == 2, 30, "events again")
+        publish(d, ckpt_name(20), blob(20))
+        self.wait_metric(20, timeout=30)
+        self.assertEqual([m["step"] for m in metrics(self.metrics_path)], [10, 20])
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
     def test_once(self):
         src = self.real_checkpoints()
         d = os.path.join(self.work, "ckpt")
