@@ -168,6 +168,15 @@ static bool enter_watching(struct mne_watch *w)
 	return true;
 }
 
+/* Why the directory cannot be looked at (a parent not searchable...), or 0 if it is not there. */
+static int unreachable(const struct mne_watch *w)
+{
+	struct stat st;
+	int e = stat(w->dir, &st) < 0 ? errno : 0;
+
+	return e == ENOENT || e == ENOTDIR ? 0 : e;
+}
+
 /* Waits for the directory; returns true if it turned out to exist after all. */
 static bool enter_waiting(struct mne_watch *w)
 {
@@ -176,8 +185,12 @@ static bool enter_waiting(struct mne_watch *w)
 
 	w->state = ST_WAITING;
 	if (!w->said_waiting) {
+		int e = unreachable(w);
+
 		mn_log_fields(MN_LOG_INFO, "waiting for the checkpoint directory",
-		              (struct mn_log_field[]){MN_F_STR("dir", w->dir)}, 1);
+		              (struct mn_log_field[]){MN_F_STR("dir", w->dir),
+		                                      MN_F_STR("error", e ? strerror(e) : "")},
+		              e ? 2 : 1);
 		w->said_waiting = true;
 	}
 	nearest_parent(w, parent, sizeof(parent));
@@ -237,8 +250,17 @@ static bool gone(const struct mne_watch *w, const char *name)
 
 static void lost_dir(struct mne_watch *w)
 {
-	mn_log_fields(MN_LOG_WARN, "checkpoint directory gone or replaced",
-	              (struct mn_log_field[]){MN_F_STR("dir", w->dir)}, 1);
+	int e = unreachable(w);
+
+	/* Not "gone" when it is there but out of reach: the operator must look at permissions. */
+	if (e)
+		mn_log_fields(MN_LOG_WARN, "checkpoint directory not accessible",
+		              (struct mn_log_field[]){MN_F_STR("dir", w->dir),
+		                                      MN_F_STR("error", strerror(e))},
+		              2);
+	else
+		mn_log_fields(MN_LOG_WARN, "checkpoint directory gone or replaced",
+		              (struct mn_log_field[]){MN_F_STR("dir", w->dir)}, 1);
 	settle(w);
 }
 

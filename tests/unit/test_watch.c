@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "log.h"
 #include "mn_test.h"
 #include "mn_test_uv.h"
 #include "watch.h"
@@ -226,12 +227,58 @@ START_TEST(test_events_come_back_after_polling)
 }
 END_TEST
 
+static bool log_has(void *arg)
+{
+	const char **w = arg;
+
+	return mn_test_count_lines(w[0], w[1]) > 0;
+}
+
+/* Runs the loop until the log file has a line containing needle, failing after 10 s. */
+static void run_until_logged(const char *log, const char *needle)
+{
+	const char *w[2] = {log, needle};
+
+	mn_test_uv_run_until(&loop, log_has, w, 10000, needle);
+}
+
+/*
+ * A parent made unsearchable: the directory is neither gone nor replaced,
+ * and the log says what it is, so that an operator looks at permissions
+ * and not for a deleted directory. Reachable again, it is watched again.
+ */
+START_TEST(test_unreachable_directory_is_said_as_such)
+{
+	char sub[PATH_MAX + 8], log[PATH_MAX + 16], err[256];
+	struct mne_watch *w;
+
+	snprintf(sub, sizeof(sub), "%s/ckpt", tmpdir);
+	snprintf(log, sizeof(log), "%s.log", tmpdir);
+	ck_assert_int_eq(mkdir(sub, 0755), 0);
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	w = start_in(sub, MN_WATCH_EVENTS, 20);
+	run_until(1);
+	ck_assert_int_eq(chmod(tmpdir, 0), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	run_until_logged(log, "checkpoint directory not accessible");
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_int_eq(chmod(tmpdir, 0755), 0);
+	ck_assert_uint_eq(mn_test_count_lines(log, "gone or replaced"), 0);
+	ck_assert_uint_eq(mn_test_count_lines(log, "Permission denied"), 2);
+	run_until(nseen + 1); /* watched again: a look */
+	mne_watch_close(w);
+	mn_log_close();
+	unlink(log);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("watch");
 	TCase *tc = mn_test_tcase(s, "watch", setup, teardown);
 
 	MN_TEST_ADD(tc, test_events_name_the_step_and_deletions_are_silent, test_poll_names_no_step,
-	            test_symlink_repointed_is_followed, test_events_come_back_after_polling);
+	            test_symlink_repointed_is_followed, test_events_come_back_after_polling,
+	            test_unreachable_directory_is_said_as_such);
 	return mn_test_run(s);
 }
