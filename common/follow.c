@@ -35,7 +35,7 @@ struct mn_follow {
 	bool had_file;  /* a file was open before: the next one is a replacement */
 	bool skipping;  /* inside a line longer than max_line */
 	bool said_type; /* the "not a regular file" warning is logged once per episode */
-	bool said_open; /* so is "cannot open" (checked every poll interval, for weeks) */
+	bool said_open; /* so is "cannot open" (see cannot_open) */
 	char *line;     /* the partial line, max_line + 1 bytes */
 	size_t len;
 	size_t max_line;
@@ -161,24 +161,34 @@ static void reset(struct mn_follow *f, const char *why)
 }
 
 /* Opens the file under the name if it is a regular file. */
+/*
+ * The file cannot be opened (e is the errno): not there yet is no news;
+ * anything else (not readable, its directory not searchable) is said once
+ * per episode, since it is checked every poll interval for weeks.
+ */
+static void cannot_open(struct mn_follow *f, int e)
+{
+	if (e != ENOENT && !f->said_open)
+		mn_log(MN_LOG_WARN, "%s: cannot open: %s; waiting until it can be", f->path,
+		       strerror(e));
+	f->said_open = e != ENOENT;
+}
+
 static void open_file(struct mn_follow *f)
 {
 	struct stat st;
 	int fd;
 
-	if (stat(f->path, &st) < 0)
+	if (stat(f->path, &st) < 0) {
+		cannot_open(f, errno);
 		return;
+	}
 	if (!S_ISREG(st.st_mode))
 		goto not_regular;
 	/* O_NONBLOCK: if a FIFO slips in between stat and open, opening it must not hang. */
 	fd = open(f->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	if (fd < 0) {
-		int e = errno;
-
-		if (e != ENOENT && !f->said_open)
-			mn_log(MN_LOG_WARN, "%s: cannot open: %s; waiting until it can be", f->path,
-			       strerror(e));
-		f->said_open = e != ENOENT;
+		cannot_open(f, errno);
 		return;
 	}
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {

@@ -346,9 +346,17 @@ START_TEST(unreadable_file_is_said_once)
 	ck_assert_uint_eq(mn_test_count_lines(log, "cannot open"), 1);
 	ck_assert_int_eq(chmod(path, 0644), 0);
 	mn_follow_check(f);
-	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
 	ck_assert_uint_eq(seen.n, 1);
 	ck_assert_str_eq(seen.lines[0], "one");
+	/* Its directory made unsearchable: said once too, not waited on in silence. */
+	ck_assert_int_eq(unlink(path), 0);
+	mn_follow_check(f);
+	ck_assert_int_eq(chmod(dir, 0600), 0);
+	for (int i = 0; i < 5; i++)
+		mn_follow_check(f);
+	ck_assert_int_eq(chmod(dir, 0700), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_uint_eq(mn_test_count_lines(log, "Permission denied"), 2);
 	stop(f);
 	mn_log_close();
 }
