@@ -200,9 +200,27 @@ static bool enter_waiting(struct mne_watch *w)
 		return false;
 	}
 	snprintf(w->parent, sizeof(w->parent), "%s", parent);
+	/*
+	 * The parent's events miss a directory that appears elsewhere: the
+	 * target of a link made before it (a run's directory behind a
+	 * "current" link). The timer looks for it every interval (stats only).
+	 */
+	start_poll(w);
 	/* Whatever appeared between the look and the watch would go unseen: look again. */
 	nearest_parent(w, again, sizeof(again));
 	return is_dir(w->dir, &st) || strcmp(again, parent) != 0;
+}
+
+/* Waiting with events on a parent: true if the directory or a nearer parent has appeared. */
+static bool appeared(const struct mne_watch *w)
+{
+	char parent[PATH_MAX];
+	struct stat st;
+
+	if (is_dir(w->dir, &st))
+		return true;
+	nearest_parent(w, parent, sizeof(parent));
+	return strcmp(parent, w->parent) != 0;
 }
 
 /* Works out from scratch what to watch and how. */
@@ -343,7 +361,9 @@ static void on_timer(uv_timer_t *h)
 			w->on_change(w->arg, -1);
 		return;
 	}
-	settle(w);
+	/* Waiting: with events on a parent, settle only when there is something new. */
+	if (!w->ev_active || appeared(w))
+		settle(w);
 }
 
 void mne_watch_recheck(struct mne_watch *w)

@@ -4,7 +4,9 @@
  *
  * The watcher never reads checkpoints; it only tells its owner "look now".
  * It copes with a directory that does not exist yet (it watches the nearest
- * existing parent until the directory appears, or polls), with a directory
+ * existing parent until the directory appears, and looks for it every
+ * poll_interval_ms besides, since a link's target can appear where the
+ * parent's events do not see it; or polls), with a directory
  * that is removed or renamed away (it goes back to waiting), with a path
  * that comes to name another directory without an event (a symbolic link
  * repointed, a mount over it: the path's identity is checked every

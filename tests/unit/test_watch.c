@@ -272,6 +272,37 @@ START_TEST(test_unreachable_directory_is_said_as_such)
 }
 END_TEST
 
+/*
+ * checkpoint.dir a link made before its target (the run's directory, made
+ * when the run starts, elsewhere): making the target sends the link's own
+ * directory no event, yet the directory has appeared.
+ */
+START_TEST(test_dangling_link_target_made_is_watched)
+{
+	char runs[PATH_MAX + 8], target[PATH_MAX + 16], link[PATH_MAX + 8], log[PATH_MAX + 16];
+	char err[256];
+	struct mne_watch *w;
+
+	snprintf(log, sizeof(log), "%s.log", tmpdir);
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	snprintf(runs, sizeof(runs), "%s/runs", tmpdir);
+	snprintf(target, sizeof(target), "%s/runs/r1", tmpdir);
+	snprintf(link, sizeof(link), "%s/current", tmpdir);
+	ck_assert_int_eq(mkdir(runs, 0755), 0);
+	ck_assert_int_eq(symlink("runs/r1", link), 0);
+	w = start_in(link, MN_WATCH_EVENTS, 20);
+	run_until_logged(log, "waiting for the checkpoint directory");
+	ck_assert_int_eq(mkdir(target, 0755), 0);
+	run_until(1);
+	ck_assert_int_eq(seen[0], -1);
+	publish_in(target, PREFIX "-100.safetensors");
+	run_until_step(1, 100);
+	mne_watch_close(w);
+	mn_log_close();
+	unlink(log);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("watch");
@@ -279,6 +310,7 @@ int main(void)
 
 	MN_TEST_ADD(tc, test_events_name_the_step_and_deletions_are_silent, test_poll_names_no_step,
 	            test_symlink_repointed_is_followed, test_events_come_back_after_polling,
-	            test_unreachable_directory_is_said_as_such);
+	            test_unreachable_directory_is_said_as_such,
+	            test_dangling_link_target_made_is_watched);
 	return mn_test_run(s);
 }
