@@ -451,22 +451,25 @@ class EvaluatorTest(mnlib.TestCase):
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
 
-    def test_symlink_repointed_to_another_directory(self):
+    def test_symlink_made_early_and_repointed(self):
         # checkpoint.dir as a "current" link, repointed atomically to a new
         # run's directory: the old directory gets no event, the path names
         # another directory, and that one's checkpoints must be evaluated.
         src = self.real_checkpoints()
         blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
-        a, b, cur = (os.path.join(self.work, n) for n in ("run-a", "run-b", "current"))
-        os.makedirs(a)
+        a, b, cur = (os.path.join(self.work, n) for n in ("runs/a", "runs/b", "current"))
         os.makedirs(b)
-        os.symlink("run-a", cur)
+        # The link is made before its target: making the target (in another
+        # directory) sends the link's directory no event.
+        os.symlink("runs/a", cur)
         path, _ = self.eval_config(cur, eval={"poll_interval_ms": 100})
         ev = self.start_eval(path)
+        ev.wait_output("waiting for the checkpoint directory")
+        os.makedirs(a)
         ev.wait_output("method=events")
         publish(a, ckpt_name(10), blob(10))
         self.wait_metric(10)
-        os.symlink("run-b", cur + ".new")
+        os.symlink("runs/b", cur + ".new")
         os.rename(cur + ".new", cur)
         publish(b, ckpt_name(20), blob(20))
         self.wait_metric(20, timeout=30)
