@@ -178,8 +178,9 @@ static size_t with_candidate(const struct mne_keep *k, const struct mn_best_entr
 /*
  * The set as the disk has it now: best_dir removed while running (rm -rf, a
  * cleanup) is made again, and entries whose file is gone are dropped, as
- * at open, so that what is gone does not stand in the way of what comes.
- * Returns 0, 1 if best.json must be rewritten, or a negative errno.
+ * at open, so that what is gone does not stand in the way of what comes;
+ * best.json removed is due again. Returns 0, 1 if best.json must be
+ * rewritten, or a negative errno.
  */
 static int refresh(struct mne_keep *k, char *err, size_t errlen)
 {
@@ -205,6 +206,12 @@ static int refresh(struct mne_keep *k, char *err, size_t errlen)
 	}
 	rc = kept < k->n;
 	k->n = kept;
+	/* best.json deleted (the files are there): the set is still known, so say it again. */
+	if (k->n > 0 && is_gone(k, MN_BEST_FILE)) {
+		mn_log_fields(MN_LOG_WARN, "best.json was removed; writing it again",
+		              (struct mn_log_field[]){MN_F_STR("dir", k->dir)}, 1);
+		rc = 1;
+	}
 	return rc;
 }
 

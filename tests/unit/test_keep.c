@@ -333,6 +333,7 @@ END_TEST
  * best_dir removed while the evaluator runs (rm -rf, a cleanup), or a kept
  * file deleted: what is gone is no longer the best kept, so the next
  * evaluation is kept again, in a best_dir made afresh, as a restart would.
+ * best.json deleted is written again.
  */
 START_TEST(a_removed_best_dir_or_file_is_kept_again)
 {
@@ -347,6 +348,10 @@ START_TEST(a_removed_best_dir_or_file_is_kept_again)
 	assert_set((int64_t[]){2}, 1);
 	ck_assert_int_eq(unlink(in(bestdir, 2)), 0);
 	ck_assert_msg(offer(k, 3, 0.25) == 1, "%s", err);
+	assert_set((int64_t[]){3}, 1);
+	/* best.json deleted: written again at the next offer, even one that keeps nothing. */
+	ck_assert_int_eq(unlink(tpath_best()), 0);
+	ck_assert_msg(offer(k, 3, 0.25) == 0, "%s", err); /* already kept: nothing new */
 	assert_set((int64_t[]){3}, 1);
 	ck_assert_uint_eq(mne_keep_count(k), 1);
 	mne_keep_free(k);
