@@ -160,7 +160,6 @@ static void reset(struct mn_follow *f, const char *why)
 		f->on_reset(why, f->arg);
 }
 
-/* Opens the file under the name if it is a regular file. */
 /*
  * The file cannot be opened (e is the errno): not there yet is no news;
  * anything else (not readable, its directory not searchable) is said once
@@ -174,6 +173,7 @@ static void cannot_open(struct mn_follow *f, int e)
 	f->said_open = e != ENOENT;
 }
 
+/* Opens the file under the name if it is a regular file. */
 static void open_file(struct mn_follow *f)
 {
 	struct stat st;

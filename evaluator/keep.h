@@ -22,7 +22,8 @@
  * While running, each offer first looks at the disk the same way: best_dir
  * removed meanwhile is made again, and kept files that are gone are
  * dropped from the set (with a warning), so the next good checkpoint takes
- * their place rather than being refused for a file that is no longer there.
+ * their place rather than being refused for a file that is no longer there;
+ * best.json removed is written again.
  *
  * Not thread-safe: one thread at a time (the evaluator's job runs one at a
  * time).

@@ -14,15 +14,16 @@
  * starting again from a lower step, or the trainer resumed from an older
  * checkpoint), that is logged and the new run is evaluated from its newest
  * checkpoint; an older file written before it (the newer ones were
- * deleted) is not new. Each file is opened once and
- * read, validated and evaluated from that descriptor, so retention deleting
- * it meanwhile is harmless; a file that vanishes before it is opened is
- * skipped quietly. A bad file is logged as an error naming it and what is
- * wrong, and is remembered, however many there are, so it is read once and
- * not again until it is replaced or changed (another inode, size,
- * modification or change time under the same name: a chmod that makes an
- * unreadable file readable counts). A symbolic link is not followed (it is bad) unless
- * follow_symlinks is set.
+ * deleted) is not new. Each file is opened once and read, validated and
+ * evaluated from that descriptor, so retention deleting it meanwhile is
+ * harmless; a file that vanishes before it is opened is skipped quietly. A
+ * bad file is logged as an error naming it and what is wrong, and is
+ * remembered, however many there are, so it is read once and not again
+ * until it is replaced or changed (another inode, size, modification or
+ * change time under the same name: a chmod that makes an unreadable file
+ * readable counts). A symbolic link is not followed (it is bad) unless
+ * follow_symlinks is set. A directory that cannot be searched ends the look
+ * with its error: that is no file's fault.
  */
 #ifndef MNE_PICK_H
 #define MNE_PICK_H
