@@ -229,7 +229,15 @@ void mn_follow_check(struct mn_follow *f)
 		return;
 	ensure_events(f);
 	if (f->fd >= 0) {
-		same = stat(f->path, &st) == 0 && st.st_dev == f->dev && st.st_ino == f->ino;
+		/*
+		 * A name that cannot be looked at for another reason than ENOENT
+		 * (its directory unsearchable for a moment) still names the file
+		 * open: it is not replaced, nor read again from the start.
+		 */
+		if (stat(f->path, &st) == 0)
+			same = st.st_dev == f->dev && st.st_ino == f->ino;
+		else
+			same = errno != ENOENT && errno != ENOTDIR;
 		if (fstat(f->fd, &fst) == 0 && fst.st_size < f->off) {
 			f->off = 0;
 			drop_partial(f);

@@ -362,6 +362,33 @@ START_TEST(unreadable_file_is_said_once)
 }
 END_TEST
 
+/*
+ * The directory unsearchable for a moment: the file open is still the
+ * file, not a replacement, so nothing is read twice and no reset is made.
+ */
+START_TEST(unsearchable_directory_is_no_replacement)
+{
+	struct mn_follow *f;
+
+	append(path, "one\n");
+	f = start(path, MN_WATCH_POLL, 3600000, 0);
+	mn_follow_check(f);
+	ck_assert_uint_eq(seen.n, 1);
+	ck_assert_int_eq(chmod(dir, 0600), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	mn_follow_check(f);
+	mn_follow_check(f);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_int_eq(chmod(dir, 0700), 0);
+	append(path, "two\n");
+	mn_follow_check(f);
+	ck_assert_int_eq(seen.resets, 0);
+	ck_assert_uint_eq(seen.n, 2);
+	ck_assert_str_eq(seen.lines[1], "two");
+	stop(f);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("follow");
@@ -371,6 +398,7 @@ int main(void)
 	            missing_directory_then_file, truncation_restarts,
 	            rotation_finishes_the_old_file_first, removed_then_recreated,
 	            overlong_lines_are_skipped, fifo_is_waited_out, close_from_a_callback,
-	            bad_parameters, unreadable_file_is_said_once);
+	            bad_parameters, unreadable_file_is_said_once,
+	            unsearchable_directory_is_no_replacement);
 	return mn_test_run(s);
 }
