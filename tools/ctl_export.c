@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "ckpt.h"
 #include "ctl.h"
@@ -47,7 +49,8 @@ static const char export_help[] =
     "PREFIX-<step>.safetensors.\n"
     "\n"
     "Options:\n"
-    "  -o, --output OUT     the file to write (required)\n"
+    "  -o, --output OUT     the file to write (required); '-' writes the model to\n"
+    "                       standard output and the report to standard error\n"
     "      --raw            the raw variables instead of the EMA shadows\n"
     "  -f, --force          replace OUT if it exists\n"
     "  -p, --prefix PREFIX  checkpoint file prefix for a directory without\n"
@@ -86,12 +89,16 @@ struct export_info {
 static int check_target(const char *out, bool force, char *err, size_t errlen)
 {
 	struct stat st;
+	int rc;
 
+	if (strcmp(out, "-") == 0)
+		return 0; /* standard output */
 	if (lstat(out, &st) < 0) {
-		if (errno == ENOENT)
+		rc = -errno;
+		if (rc == -ENOENT)
 			return 0;
-		mn_errf(err, errlen, "%s: %s", out, strerror(errno));
-		return -errno;
+		mn_errf(err, errlen, "%s: %s", out, strerror(-rc));
+		return rc;
 	}
 	if (!S_ISREG(st.st_mode)) {
 		mn_errf(err, errlen, "%s exists and is not a regular file; not replacing it", out);
@@ -137,13 +144,16 @@ static int encode(const struct mn_ckpt *c, const struct mn_arch *arch, const flo
 
 static int report(const struct export_args *a, const struct export_info *info)
 {
+	/* With the model itself on standard output, its description goes to standard error. */
+	FILE *f = strcmp(a->out, "-") == 0 ? stderr : stdout;
 	cJSON *root, *arr;
 
 	if (!a->json) {
-		printf("%s: ONNX model (IR %d, opset %d, %zu bytes) of %s from %s (step %s, %s "
-		       "values)\n",
-		       a->out, CTL_ONNX_IR_VERSION, CTL_ONNX_OPSET, info->bytes, info->arch_s,
-		       info->path, info->step, info->ema ? "EMA" : "raw");
+		fprintf(f,
+		        "%s: ONNX model (IR %d, opset %d, %zu bytes) of %s from %s (step %s, %s "
+		        "values)\n",
+		        a->out, CTL_ONNX_IR_VERSION, CTL_ONNX_OPSET, info->bytes, info->arch_s,
+		        info->path, info->step, info->ema ? "EMA" : "raw");
 		return MN_EX_OK;
 	}
 	root = cJSON_CreateObject();
@@ -163,7 +173,7 @@ static int report(const struct export_args *a, const struct export_info *info)
 	arr = ctl_json_add(root, "outputs", cJSON_CreateArray());
 	ctl_json_str(arr, NULL, "logits");
 	ctl_json_str(arr, NULL, "probabilities");
-	return ctl_json_print(root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
+	return ctl_json_fprint(f, root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 }
 
 static int export_run(const struct export_args *a, const struct ctl_globals *g)
@@ -196,7 +206,15 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 		goto out;
 	}
 	iov = (struct iovec){.iov_base = buf, .iov_len = info.bytes};
-	if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
+	/* ctl_output_path gives "-" an empty dir: never a file "/-" for the atomic writer. */
+	if (strcmp(a->out, "-") == 0) {
+		int wrc = mn_write_iov(STDOUT_FILENO, &iov, 1);
+
+		if (wrc < 0) {
+			ctl_errorf("export", "standard output: %s", strerror(-wrc));
+			goto out;
+		}
+	} else if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
 		ctl_errorf("export", "%s", err);
 		goto out;
 	}

@@ -298,6 +298,30 @@ class ExportRefusalTest(ExportCase):
             self.assert_refused([self.ckpt], "ro", os.path.join(ro, "m.onnx"))
         self.assertEqual([f for f in os.listdir(self.work) if f.startswith(".")], [])
 
+    def test_dash_is_standard_output(self):
+        # OUT "-" is standard output for every offline command that writes a file
+        # (mnistctl(1)): the model goes there and the report to standard error. It
+        # once went to the atomic writer as a file "-" in the directory "", that is
+        # "/-", and failed on the directory fsync after writing it.
+        out = os.path.join(self.work, "m.onnx")
+        self.ctl("export", self.ckpt, "-o", out)
+        with open(out, "rb") as f:
+            onnx = f.read()
+        if not os.path.exists("/-"):
+            self.addCleanup(lambda: os.path.exists("/-") and os.unlink("/-"))
+        for json_flag in ([], ["--json"]):
+            r = subprocess.run([MNISTCTL] + json_flag + ["export", self.ckpt, "-o", "-"], capture_output=True,
+                               timeout=120 * mnlib.SLOW, cwd=self.work)
+            stderr = r.stderr.decode(errors="replace")
+            self.assertEqual(r.returncode, 0, stderr)
+            self.assertNotRegex(stderr, SANITIZER_REPORT)
+            self.assertEqual(r.stdout, onnx)
+            if json_flag:
+                self.assertEqual(json.loads(stderr)["file"], "-")
+            else:
+                self.assertTrue(stderr.startswith("-: ONNX model (IR 7, opset 13, %d bytes)" % len(onnx)), stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "-")))
+
     def test_existing_output_needs_force(self):
         out = os.path.join(self.work, "m.onnx")
         with open(out, "wb") as f:
