@@ -106,16 +106,31 @@ static int verify_file(const char *path, int fd, struct mn_ckpt **out, struct fi
 	return rc;
 }
 
-/* Prints "FILE: message" unless the message already starts with the file's name. */
-static void print_file_error(FILE *f, const char *path, const char *err)
+/* Whether a message already starts with "FILE:". */
+static bool names_file(const char *path, const char *err)
 {
 	size_t n = strlen(path);
 
-	if (strncmp(err, path, n) != 0 || err[n] != ':')
+	return strncmp(err, path, n) == 0 && err[n] == ':';
+}
+
+/* Prints "FILE: message" unless the message already starts with the file's name. */
+static void print_file_error(FILE *f, const char *path, const char *err)
+{
+	if (!names_file(path, err))
 		fprintf(f, "%s: ", path);
 	/* The message may quote the file (a tensor name, a metadata value). */
 	ctl_fputs_escaped(f, err);
 	fputc('\n', f);
+}
+
+/* The same as a message of cmd on standard error: "mnistctl CMD: FILE: message". */
+static void file_error(const char *cmd, const char *path, const char *err)
+{
+	if (names_file(path, err))
+		ctl_errorf(cmd, "%s", err);
+	else
+		ctl_errorf(cmd, "%s: %s", path, err);
 }
 
 /* ------------------------------------------------------------------ */
@@ -897,7 +912,7 @@ int ctl_inspect(int argc, char **argv, const struct ctl_globals *g)
 	}
 	path = resolved;
 	if (mn_ckpt_read(path, 0, &ck, err, sizeof(err)) < 0) {
-		print_file_error(stderr, path, err);
+		file_error("inspect", path, err);
 		goto out;
 	}
 	for (size_t i = 0; i < nnames; i++) {
@@ -1193,7 +1208,7 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 		return MN_EX_FAILURE;
 	}
 	if (mn_ckpt_read(in, 0, &cv.src, err, sizeof(err)) < 0) {
-		print_file_error(stderr, in, err);
+		file_error("convert", in, err);
 		return MN_EX_FAILURE;
 	}
 	n = mn_ckpt_count(cv.src);

@@ -752,6 +752,25 @@ class HostileInputTest(ToolkitCase):
         self.assertIn("%s: not a regular file" % os.path.join(d, ckpt_name(6)), r.stderr)
         self.assertNotRegex(r.stderr, SANITIZER_REPORT)
 
+    def test_messages_start_with_the_command_and_name_the_file(self):
+        # mnistctl(1): "Messages go to standard error, each starting with
+        # 'mnistctl COMMAND:'", whatever the input is that they refuse.
+        images, _, _ = self.validation_idx()
+        fifo = os.path.join(self.work, "fifo")
+        os.mkfifo(fifo)
+        missing = os.path.join(self.work, "missing.safetensors")
+        with open(self.model(), "rb") as f:
+            trunc = write_bytes(os.path.join(self.work, "trunc.safetensors"), f.read()[:-4])
+        out = os.path.join(self.work, "out")
+        for bad in (missing, fifo, trunc):
+            for cmd, args in (("inspect", [bad]), ("convert", [bad, "-o", out]), ("freeze", [bad, "-o", out]),
+                              ("export", [bad, "-o", out + ".onnx"]), ("predict", [bad, "--images", images])):
+                r = self.run_prog([MNISTCTL, cmd] + args, timeout=30)
+                self.assertEqual(r.returncode, 1, (cmd, bad, r.stderr))
+                self.assertTrue(r.stderr.startswith("mnistctl %s: %s: " % (cmd, bad)), (cmd, r.stderr))
+                self.assertNotRegex(r.stderr, SANITIZER_REPORT)
+                self.assertFalse(os.path.exists(out) or os.path.exists(out + ".onnx"))
+
     def test_ls_lists_an_unreadable_file_as_invalid(self):
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
