@@ -189,9 +189,19 @@ static int idx_gz_error(gzFile gz, const char *name, char *err, size_t errlen)
 	msg = gzerror(gz, &zerr);
 	if (!msg)
 		msg = "unknown zlib error";
-	/* zlib puts the path it was opened with in front; don't say it twice. */
-	if (strncmp(msg, name, namelen) == 0 && strncmp(msg + namelen, ": ", 2) == 0)
+	/*
+	 * zlib puts the path it was opened with in front; don't say it twice.
+	 * Opened with gzdopen(), that "path" is "<fd:N>", which names nothing
+	 * the user knows.
+	 */
+	if (strncmp(msg, name, namelen) == 0 && strncmp(msg + namelen, ": ", 2) == 0) {
 		msg += namelen + 2;
+	} else if (strncmp(msg, "<fd:", 4) == 0) {
+		const char *end = strstr(msg, ">: ");
+
+		if (end)
+			msg = end + 3;
+	}
 	switch (zerr) {
 	case Z_ERRNO:
 		mn_errf(err, errlen, "%s: read error: %s", name, msg);
