@@ -387,8 +387,20 @@ static bool ls_check_row(const char *dir, bool follow, struct ls_row *r)
 		return true;
 	}
 	/*
+	 * Look first, as mn_open_regular() does: a device node is not even
+	 * opened, since opening one can act (a tape rewinds, a watchdog arms).
+	 * A symbolic link is left to the open below, which follows it or not.
+	 */
+	if ((follow ? stat(path, &st) : lstat(path, &st)) == 0 && !S_ISREG(st.st_mode) &&
+	    !S_ISLNK(st.st_mode)) {
+		ls_set_times(r, &st);
+		mn_errf(r->err, sizeof(r->err), "%s: not a regular file", path);
+		return true;
+	}
+	/*
 	 * Non-blocking, and only regular files are read: a FIFO or a device
-	 * under a checkpoint's name must not hang the listing or read forever.
+	 * put under a checkpoint's name since must not hang the listing or
+	 * read forever.
 	 */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY | (follow ? 0 : O_NOFOLLOW));
 	if (fd < 0) {

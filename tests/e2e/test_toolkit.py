@@ -8,6 +8,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import struct
 import sys
 import unittest
@@ -770,6 +771,26 @@ class HostileInputTest(ToolkitCase):
                 self.assertTrue(r.stderr.startswith("mnistctl %s: %s: " % (cmd, bad)), (cmd, r.stderr))
                 self.assertNotRegex(r.stderr, SANITIZER_REPORT)
                 self.assertFalse(os.path.exists(out) or os.path.exists(out + ".onnx"))
+
+    def test_ls_does_not_open_a_device_node(self):
+        # Opening a device can act (a tape rewinds, a watchdog arms), so ls looks
+        # before it opens, as every other reader does (util.h's mn_open_regular). A
+        # major number without a driver shows whether it did: open() fails ENXIO.
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        self.model(os.path.join("ckpt", ckpt_name(5)), step="5")
+        devices = {6: stat.S_IFCHR, 7: stat.S_IFBLK}
+        try:
+            for step, kind in devices.items():
+                os.mknod(os.path.join(d, ckpt_name(step)), kind | 0o600, os.makedev(240, 0))
+        except PermissionError:
+            self.skipTest("mknod needs CAP_MKNOD")
+        for config in (None, self.config("follow.json", checkpoint={"follow_symlinks": True})[0]):
+            rows = {c["step"]: c for c in self.ctl_json("ls", d, config=config)["checkpoints"]}
+            self.assertTrue(rows[5]["valid"], rows[5])
+            for step in devices:
+                self.assertEqual(rows[step]["error"], "%s: not a regular file" % os.path.join(d, ckpt_name(step)))
+                self.assertIsNotNone(rows[step]["created"])
 
     def test_ls_lists_an_unreadable_file_as_invalid(self):
         d = os.path.join(self.work, "ckpt")
