@@ -496,15 +496,16 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 	       "CREATED", "SIZE", "VALID", "LATEST", (int)warch, "ARCH", "ACCURACY");
 	for (size_t i = 0; i < n; i++) {
 		const struct ls_row *r = &rows[i];
-		char acc[32];
+		/* created is the file's own text: what a terminal would act on is made visible. */
+		char acc[32], created[4 * MN_TIMELEN];
 
+		mn_escape(r->created[0] ? r->created : "-", created, sizeof(created));
 		if (r->has_acc)
 			snprintf(acc, sizeof(acc), "%.4f", r->accuracy);
 		else
 			snprintf(acc, sizeof(acc), "-");
 		printf("%-*s  %10" PRId64 "  %-24s  %10" PRId64 "  %-7s  %-6s  %-*s  %s\n",
-		       (int)wname, r->name, r->step, r->created[0] ? r->created : "-", r->size,
-		       r->valid ? "yes" : "INVALID",
+		       (int)wname, r->name, r->step, created, r->size, r->valid ? "yes" : "INVALID",
 		       latest && strcmp(latest, r->name) == 0 ? "*" : "", (int)warch,
 		       r->valid ? r->arch : "-", acc);
 	}
@@ -1247,12 +1248,12 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 		ctl_errorf("convert", "%s", err);
 		goto out;
 	}
+	/* cv.why quotes the file's tensor names: ctl_errorf escapes them. */
 	if (cv.dropped)
-		fprintf(stderr,
-		        "mnistctl convert: note: the selected tensors do not form %s's whole "
-		        "model, so \"architecture\" (and \"frozen\") were left out of %s's "
-		        "metadata (%s)\n",
-		        in, outpath, cv.why);
+		ctl_errorf("convert",
+		           "note: the selected tensors do not form %s's whole model, so "
+		           "\"architecture\" (and \"frozen\") were left out of %s's metadata (%s)",
+		           in, outpath, cv.why);
 	if (convert_report(&cv, outpath, json) < 0)
 		goto out;
 	rc = MN_EX_OK;

@@ -772,6 +772,27 @@ class HostileInputTest(ToolkitCase):
                 self.assertNotRegex(r.stderr, SANITIZER_REPORT)
                 self.assertFalse(os.path.exists(out) or os.path.exists(out + ".onnx"))
 
+    def test_strings_of_a_valid_file_are_escaped(self):
+        # A file may be valid and still carry terminal controls in what it says:
+        # its "created" text (ls's CREATED column) and its tensor names (quoted by
+        # convert's note about a dropped architecture) reach the terminal escaped.
+        esc = "\x1b]0;owned\x07\x1b[2J"
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        sizes = [64, 32, 10]
+        meta = dict(frozen_meta(sizes), created=esc)
+        evil = ("evil" + esc, "F32", [1], b"\0\0\0\0")
+        write_bytes(os.path.join(d, ckpt_name(5)), encode_safetensors(layer_tensors(sizes), meta))
+        src = write_bytes(os.path.join(self.work, "src.safetensors"),
+                          encode_safetensors(layer_tensors(sizes) + [evil], frozen_meta(sizes)))
+        out = os.path.join(self.work, "out.safetensors")
+        for args in (["ls", d], ["convert", src, "-o", out, "--select", "layer1/*", "--select", "evil*"]):
+            r = mnlib.subprocess.run([MNISTCTL] + args, capture_output=True, timeout=30 * mnlib.SLOW)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn(b"\x1b", r.stdout + r.stderr, args)
+            self.assertIn(b"\\x1b]0;owned\\x07", r.stdout + r.stderr, args)
+        self.assertIn(b"note: the selected tensors do not form", r.stderr)
+
     def test_ls_does_not_open_a_device_node(self):
         # Opening a device can act (a tape rewinds, a watchdog arms), so ls looks
         # before it opens, as every other reader does (util.h's mn_open_regular). A
