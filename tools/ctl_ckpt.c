@@ -1280,10 +1280,11 @@ static int add_rename(const char *arg, struct rename *ren, char **owned, size_t 
 	if (!eq || eq == arg || !eq[1])
 		return ctl_usage_error("convert", "--rename wants OLD=NEW, got \"%s\"", arg);
 	/* Said here, not as the writer's "tensor 0: invalid name" later. */
-	if (strcmp(eq + 1, "__metadata__") == 0 || strlen(eq + 1) >= MN_CKPT_MAX_NAME)
+	if (strcmp(eq + 1, "__metadata__") == 0 || strlen(eq + 1) >= MN_CKPT_MAX_NAME ||
+	    !mn_json_utf8(eq + 1, strlen(eq + 1)))
 		return ctl_usage_error("convert",
 		                       "--rename %.*s=...: NEW must be a tensor name of "
-		                       "at most %d bytes other than __metadata__",
+		                       "at most %d bytes of UTF-8 other than __metadata__",
 		                       (int)(eq - arg), arg, MN_CKPT_MAX_NAME - 1);
 	copy = strdup(arg);
 	if (!copy) {

@@ -422,6 +422,8 @@ class FileToolsTest(ToolkitCase):
             (["--rename", "layer1/biases=a", "--rename", "layer1/biases=b"], 2, "renamed twice"),
             (["--rename", "layer1/biases=__metadata__"], 2, "NEW must be a tensor name of at most 255 bytes"),
             (["--rename", "layer1/biases=" + "x" * 256], 2, "NEW must be a tensor name of at most 255 bytes"),
+            # A name that is not UTF-8 ("\\xff" here) cannot be written into the JSON header.
+            (["--rename", "layer1/biases=\udcff"], 2, "NEW must be a tensor name of at most 255 bytes"),
         ]
         for args, status, msg in cases:
             r = self.ctl("convert", self.ckpt, "-o", out, *args, expect=status)
