@@ -762,9 +762,16 @@ static bool is_ordered_key(const char *k)
 
 static void print_meta_line(const char *key, const char *value)
 {
-	char k[64];
+	/* A key of any length is shown whole, and apart from its value. */
+	size_t len = strlen(key) * 4 + 1;
+	char *k = malloc(len);
 
-	printf("%-14s", mn_escape(key, k, sizeof(k)));
+	if (!k) {
+		fputs("(out of memory)", stdout);
+	} else {
+		printf("%-13s ", mn_escape(key, k, len));
+		free(k);
+	}
 	ctl_fputs_escaped(stdout, value);
 	putchar('\n');
 }

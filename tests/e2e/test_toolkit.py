@@ -795,6 +795,16 @@ class HostileInputTest(ToolkitCase):
             self.assertIn(b"\\x1b]0;owned\\x07", r.stdout + r.stderr, args)
         self.assertIn(b"note: the selected tensors do not form", r.stderr)
 
+    def test_inspect_shows_metadata_keys_whole(self):
+        # Two keys that share their first 63 bytes are two lines, each with its own key.
+        keys = ["k" * 70 + "_one", "k" * 70 + "_two", "\x1b" + "e" * 30]
+        path = write_bytes(os.path.join(self.work, "keys.safetensors"),
+                           encode_safetensors([("t", "U8", [1], b"\1")], {k: "v" for k in keys}))
+        out = self.ctl("inspect", path).stdout
+        for key in ("k" * 70 + "_one", "k" * 70 + "_two", "\\x1b" + "e" * 30):
+            self.assertRegex(out, r"(?m)^%s v$" % re.escape(key))
+        self.assertNotIn("\x1b", out)
+
     def test_ls_does_not_open_a_device_node(self):
         # Opening a device can act (a tape rewinds, a watchdog arms), so ls looks
         # before it opens, as every other reader does (util.h's mn_open_regular). A
