@@ -572,6 +572,8 @@ int ctl_ls(int argc, char **argv, const struct ctl_globals *g)
 	if (optind != argc - 1)
 		return ctl_usage_error("ls",
 		                       optind >= argc ? "no DIR given" : "exactly one DIR, please");
+	if (prefix && ctl_check_prefix("ls", prefix) != MN_EX_OK)
+		return MN_EX_USAGE;
 	dir = argv[optind];
 	if ((!prefix || !metrics) && ctl_load_config(g, true, &cfg, err, sizeof(err)) < 0) {
 		ctl_errorf("ls", "%s", err);

@@ -272,6 +272,8 @@ int ctl_export(int argc, char **argv, const struct ctl_globals *g)
 		                                     : "exactly one CKPT or DIR, please");
 	if (!a.out)
 		return ctl_usage_error("export", "no output file: -o OUT is required");
+	if (a.prefix && ctl_check_prefix("export", a.prefix) != MN_EX_OK)
+		return MN_EX_USAGE;
 	a.src = argv[optind];
 	return export_run(&a, g);
 }

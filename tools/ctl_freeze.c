@@ -161,5 +161,7 @@ int ctl_freeze(int argc, char **argv, const struct ctl_globals *g)
 		                                     : "exactly one CKPT or DIR, please");
 	if (!out)
 		return ctl_usage_error("freeze", "no output file: -o OUT is required");
+	if (prefix && ctl_check_prefix("freeze", prefix) != MN_EX_OK)
+		return MN_EX_USAGE;
 	return freeze_run(argv[optind], prefix, g, out, raw, json);
 }

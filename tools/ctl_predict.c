@@ -340,6 +340,8 @@ int ctl_predict(int argc, char **argv, const struct ctl_globals *g)
 		                                                 : "exactly one MODEL, please");
 	if (!a.images)
 		return ctl_usage_error("predict", "no images: --images IDX is required");
+	if (a.prefix && ctl_check_prefix("predict", a.prefix) != MN_EX_OK)
+		return MN_EX_USAGE;
 	a.model = argv[optind];
 	return predict_run(&a, g);
 }

@@ -175,6 +175,20 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
 	return mn_config_load(g->config_path, cfg, err, errlen);
 }
 
+int ctl_check_prefix(const char *cmd, const char *prefix)
+{
+	char name[MN_CKPT_MAX_NAME];
+
+	/* The longest name a checkpoint of this prefix can have must fit. */
+	if (!*prefix || strchr(prefix, '/') || prefix[0] == '.' ||
+	    mn_ckptdir_filename(prefix, INT64_MAX, name, sizeof(name)) < 0)
+		return ctl_usage_error(cmd,
+		                       "--prefix \"%s\": not a checkpoint file prefix (a plain "
+		                       "file name, not starting with '.', of at most %zu bytes)",
+		                       prefix, sizeof(name) - 1 - strlen("-" MN_CKPT_SUFFIX) - 19);
+	return MN_EX_OK;
+}
+
 /*
  * Splits path into its directory (written to dir, "." when there is none)
  * and returns its last component, or NULL (with a message) if path names

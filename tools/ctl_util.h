@@ -90,6 +90,14 @@ int ctl_load_config(const struct ctl_globals *g, bool tolerate_missing, struct m
                     char *err, size_t errlen);
 
 /*
+ * Checks a --prefix given to cmd by checkpoint.prefix's rule: a plain file
+ * name (not empty, no '/', not starting with '.') short enough for
+ * "<prefix>-<step>.safetensors" to be a checkpoint's name. Returns MN_EX_OK,
+ * or reports a usage error and returns MN_EX_USAGE.
+ */
+int ctl_check_prefix(const char *cmd, const char *prefix);
+
+/*
  * Splits path, a file about to be written, into its directory (written to
  * dir, "." when there is none) and returns its last component, or NULL
  * (with a message) if path names no file (empty or ending in '/') or its

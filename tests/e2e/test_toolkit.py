@@ -805,6 +805,22 @@ class HostileInputTest(ToolkitCase):
             self.assertRegex(out, r"(?m)^%s v$" % re.escape(key))
         self.assertNotIn("\x1b", out)
 
+    def test_a_prefix_that_names_no_checkpoint_is_a_usage_error(self):
+        # --prefix follows checkpoint.prefix's rule (a plain file name): one that no
+        # checkpoint file can have is a mistake to report, not "no checkpoints".
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        self.model(os.path.join("ckpt", ckpt_name(5)), step="5")
+        images, _, _ = self.validation_idx()
+        out = os.path.join(self.work, "out")
+        for prefix in ("", "sub/model.ckpt", ".model.ckpt", "p" * 300):
+            for cmd, args in (("ls", [d]), ("freeze", [d, "-o", out]), ("export", [d, "-o", out]),
+                              ("predict", [d, "--images", images])):
+                r = self.ctl(cmd, "--prefix", prefix, *args, expect=2)
+                self.assertIn("mnistctl %s: --prefix" % cmd, r.stderr)
+                self.assertFalse(os.path.exists(out))
+        self.assertEqual(self.ctl_json("ls", "--prefix", "model.ckpt", d)["checkpoints"][0]["step"], 5)
+
     def test_ls_does_not_open_a_device_node(self):
         # Opening a device can act (a tape rewinds, a watchdog arms), so ls looks
         # before it opens, as every other reader does (util.h's mn_open_regular). A
