@@ -21,7 +21,7 @@ static const struct command commands[] = {
     {"pause", ctl_pause, "pause                  pause training at the next step"},
     {"resume", ctl_resume, "resume                 resume training"},
     {"ls", ctl_ls, "ls DIR                 list the checkpoints in a directory"},
-    {"inspect", ctl_inspect, "inspect FILE           show a checkpoint's metadata and tensors"},
+    {"inspect", ctl_inspect, "inspect FILE|DIR       show a checkpoint's metadata and tensors"},
     {"verify", ctl_verify, "verify FILE...         validate checkpoint files"},
     {"convert", ctl_convert, "convert IN -o OUT      copy selected, renamed tensors"},
     {"freeze", ctl_freeze, "freeze CKPT|DIR -o OUT write an inference-only model"},

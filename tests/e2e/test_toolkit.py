@@ -108,6 +108,14 @@ class HelpAndUsageTest(ToolkitCase):
             self.assertIn("--help", out)
             self.assertEqual(r.stderr, "")
 
+    def test_usage_names_what_each_file_command_takes(self):
+        # inspect, freeze, export and predict all take a directory too (its best or
+        # latest checkpoint): the command list says so for each.
+        out = self.ctl("--help").stdout
+        for synopsis in ("inspect FILE|DIR ", "freeze CKPT|DIR -o OUT ", "export CKPT|DIR -o OUT "):
+            self.assertIn("  " + synopsis, out)
+        self.assertIn("predict MODEL --images IDX", out)
+
     def test_unknown_options_and_missing_arguments_exit_2(self):
         for cmd in SUBCOMMANDS:
             r = self.ctl(cmd, "--no-such-option", "x", expect=2)
