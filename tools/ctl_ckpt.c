@@ -470,7 +470,11 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 			ctl_json_str(o, "file", rows[i].name);
 			ctl_json_int(o, "step", rows[i].step);
 			ctl_json_str(o, "created", rows[i].created[0] ? rows[i].created : NULL);
-			ctl_json_int(o, "size", rows[i].size);
+			/* -1: not known (a link not followed): null, as for the time. */
+			if (rows[i].size >= 0)
+				ctl_json_int(o, "size", rows[i].size);
+			else
+				ctl_json_add(o, "size", cJSON_CreateNull());
 			ctl_json_bool(o, "valid", rows[i].valid);
 			ctl_json_str(o, "error", rows[i].valid ? NULL : rows[i].err);
 			ctl_json_bool(o, "latest", latest && strcmp(latest, rows[i].name) == 0);
@@ -497,15 +501,17 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 	for (size_t i = 0; i < n; i++) {
 		const struct ls_row *r = &rows[i];
 		/* created is the file's own text: what a terminal would act on is made visible. */
-		char acc[32], created[4 * MN_TIMELEN];
+		char acc[32], created[4 * MN_TIMELEN], size[24] = "-";
 
 		mn_escape(r->created[0] ? r->created : "-", created, sizeof(created));
+		if (r->size >= 0)
+			snprintf(size, sizeof(size), "%" PRId64, r->size);
 		if (r->has_acc)
 			snprintf(acc, sizeof(acc), "%.4f", r->accuracy);
 		else
 			snprintf(acc, sizeof(acc), "-");
-		printf("%-*s  %10" PRId64 "  %-24s  %10" PRId64 "  %-7s  %-6s  %-*s  %s\n",
-		       (int)wname, r->name, r->step, created, r->size, r->valid ? "yes" : "INVALID",
+		printf("%-*s  %10" PRId64 "  %-24s  %10s  %-7s  %-6s  %-*s  %s\n", (int)wname,
+		       r->name, r->step, created, size, r->valid ? "yes" : "INVALID",
 		       latest && strcmp(latest, r->name) == 0 ? "*" : "", (int)warch,
 		       r->valid ? r->arch : "-", acc);
 	}
