@@ -1088,6 +1088,49 @@ static int convert_select(struct convert *cv, const char **globs, size_t nglobs)
 	return 0;
 }
 
+/* A selected tensor's new name and its place in the selection, to sort by name. */
+struct sel_name {
+	const char *name;
+	size_t i;
+};
+
+static int cmp_sel_name(const void *a, const void *b)
+{
+	const struct sel_name *x = a, *y = b;
+	int c = strcmp(x->name, y->name);
+
+	return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+/*
+ * Refuses two selected tensors with one new name. Sorted rather than
+ * compared pairwise: a file may hold a million tensors, and n^2 string
+ * comparisons would take hours.
+ */
+static int convert_check_unique(const struct convert *cv)
+{
+	struct sel_name *s = calloc(cv->nsel + 1, sizeof(*s));
+	int rc = 0;
+
+	if (!s) {
+		ctl_errorf("convert", "out of memory");
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < cv->nsel; i++)
+		s[i] = (struct sel_name){cv->sel[i].name, i};
+	qsort(s, cv->nsel, sizeof(*s), cmp_sel_name);
+	for (size_t k = 1; k < cv->nsel && rc == 0; k++) {
+		if (strcmp(s[k - 1].name, s[k].name) == 0) {
+			ctl_errorf("convert",
+			           "two tensors would be named \"%s\": \"%s\" and \"%s\"",
+			           s[k].name, cv->orig[s[k - 1].i], cv->orig[s[k].i]);
+			rc = -EINVAL;
+		}
+	}
+	free(s);
+	return rc;
+}
+
 /* Applies the renames to the selection; the new names must stay unique. */
 static int convert_rename(struct convert *cv, struct rename *ren, size_t nren)
 {
@@ -1112,17 +1155,7 @@ static int convert_rename(struct convert *cv, struct rename *ren, size_t nren)
 			           names_hint(cv->src, err, sizeof(err)));
 		return -EINVAL;
 	}
-	for (size_t i = 0; i < cv->nsel; i++) {
-		for (size_t j = i + 1; j < cv->nsel; j++) {
-			if (strcmp(cv->sel[i].name, cv->sel[j].name) == 0) {
-				ctl_errorf("convert",
-				           "two tensors would be named \"%s\": \"%s\" and \"%s\"",
-				           cv->sel[i].name, cv->orig[i], cv->orig[j]);
-				return -EINVAL;
-			}
-		}
-	}
-	return 0;
+	return convert_check_unique(cv);
 }
 
 /*

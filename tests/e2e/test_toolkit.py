@@ -834,6 +834,26 @@ class HostileInputTest(ToolkitCase):
                 self.assertFalse(os.path.exists(out))
         self.assertEqual(self.ctl_json("ls", "--prefix", "model.ckpt", d)["checkpoints"][0]["step"], 5)
 
+    def test_convert_of_a_file_with_very_many_tensors_finishes(self):
+        # A 100 MiB header holds a couple of million tensors. Checking the new
+        # names pairwise took minutes for 200,000 and would take hours for those;
+        # every check must stay near linear.
+        n = 300000
+        header = {"t%d" % i: {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]} for i in range(n)}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * ((8 - (8 + len(blob)) % 8) % 8)
+        src = write_bytes(os.path.join(self.work, "many.safetensors"), struct.pack("<Q", len(blob)) + blob)
+        out = os.path.join(self.work, "out.safetensors")
+        r = self.run_prog([MNISTCTL, "convert", src, "-o", out, "--rename", "t7=x"], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        header, _, _ = read_safetensors(out)
+        self.assertEqual(len(header), n + 1)  # and __metadata__ with the checksum
+        self.assertIn("x", header)
+        self.assertNotIn("t7", header)
+        r = self.run_prog([MNISTCTL, "convert", src, "-o", out, "--rename", "t7=t8"], timeout=30)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn('two tensors would be named "t8": "t7" and "t8"', r.stderr)
+
     def test_ls_does_not_open_a_device_node(self):
         # Opening a device can act (a tape rewinds, a watchdog arms), so ls looks
         # before it opens, as every other reader does (util.h's mn_open_regular). A
