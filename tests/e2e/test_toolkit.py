@@ -844,13 +844,13 @@ class HostileInputTest(ToolkitCase):
         blob += b" " * ((8 - (8 + len(blob)) % 8) % 8)
         src = write_bytes(os.path.join(self.work, "many.safetensors"), struct.pack("<Q", len(blob)) + blob)
         out = os.path.join(self.work, "out.safetensors")
-        r = self.run_prog([MNISTCTL, "convert", src, "-o", out, "--rename", "t7=x"], timeout=30)
+        r = self.run_prog([MNISTCTL, "convert", src, "-o", out, "--rename", "t7=x"], timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
         header, _, _ = read_safetensors(out)
         self.assertEqual(len(header), n + 1)  # and __metadata__ with the checksum
         self.assertIn("x", header)
         self.assertNotIn("t7", header)
-        r = self.run_prog([MNISTCTL, "convert", src, "-o", out, "--rename", "t7=t8"], timeout=30)
+        r = self.run_prog([MNISTCTL, "convert", src, "-o", out, "--rename", "t7=t8"], timeout=60)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn('two tensors would be named "t8": "t7" and "t8"', r.stderr)
 
