@@ -35,6 +35,14 @@ struct mne_watch {
 	bool said_waiting; /* the "waiting" line is logged once per absence */
 	dev_t dev;         /* identity of the directory being watched */
 	ino_t ino;
+	/*
+	 * With events: the directory's modification time at the last tick.
+	 * inotify drops events when its queue overflows (and libuv does not
+	 * pass IN_Q_OVERFLOW on), so a tick that finds it changed asks for a
+	 * look of its own: at most one listing per interval, and only while
+	 * the directory changes.
+	 */
+	struct timespec mtime;
 	char dir[PATH_MAX];
 	const char *base; /* the name libuv reports for events on dir itself */
 	char prefix[MN_CONFIG_NAME_MAX];
@@ -113,6 +121,7 @@ static void events_on(struct mne_watch *w, const struct stat *st)
 {
 	w->dev = st->st_dev;
 	w->ino = st->st_ino;
+	w->mtime = st->st_mtim;
 	w->state = ST_EVENTS;
 	w->events_failed = false;
 	start_poll(w);
@@ -245,11 +254,17 @@ static void settle(struct mne_watch *w)
 }
 
 /* True if the path still names the directory we watch. */
+/* Whether w->dir still names the directory watched; *st gets its stat if so. */
+static bool same_dir_stat(const struct mne_watch *w, struct stat *st)
+{
+	return is_dir(w->dir, st) && st->st_dev == w->dev && st->st_ino == w->ino;
+}
+
 static bool same_dir(const struct mne_watch *w)
 {
 	struct stat st;
 
-	return is_dir(w->dir, &st) && st.st_dev == w->dev && st.st_ino == w->ino;
+	return same_dir_stat(w, &st);
 }
 
 /*
@@ -355,10 +370,20 @@ static void on_timer(uv_timer_t *h)
 	if (w->closing)
 		return;
 	if (w->state == ST_EVENTS || w->state == ST_POLL) {
-		if (!same_dir(w))
+		struct stat st;
+		bool changed;
+
+		if (!same_dir_stat(w, &st)) {
 			lost_dir(w);
-		else if (w->state == ST_POLL && !(w->events_failed && retry_events(w)))
+			return;
+		}
+		changed =
+		    st.st_mtim.tv_sec != w->mtime.tv_sec || st.st_mtim.tv_nsec != w->mtime.tv_nsec;
+		w->mtime = st.st_mtim;
+		if (w->state == ST_POLL && !(w->events_failed && retry_events(w)))
 			w->on_change(w->arg, -1);
+		else if (w->state == ST_EVENTS && changed)
+			w->on_change(w->arg, -1); /* whatever events were lost: a full look */
 		return;
 	}
 	/* Waiting: with events on a parent, settle only when there is something new. */

@@ -10,7 +10,9 @@
  * that is removed or renamed away (it goes back to waiting), with a path
  * that comes to name another directory without an event (a symbolic link
  * repointed, a mount over it: the path's identity is checked every
- * poll_interval_ms), with events unavailable for a while (it polls, and
+ * poll_interval_ms), with events lost (inotify's queue overflowing: a
+ * directory whose modification time changed since the last check gets a
+ * look of its own), with events unavailable for a while (it polls, and
  * tries events again at each poll), and with
  * filesystems whose inotify does not see other clients' writes (NFS, CIFS,
  * FUSE, ...: statfs tells), where auto mode polls instead.
