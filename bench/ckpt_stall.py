@@ -71,18 +71,7 @@ def windows(build, a, extra_env, log_out):
                                  work + "/c.json"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=dict(os.environ, **extra_env))
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit("mnistd exited early: " + open(work + "/mnistd.log").read())
-                if time.monotonic() > deadline:
-                    raise SystemExit("mnistd did not reach step 300")
-                try:
-                    if speed.status(sock)["step"] >= 300:
-                        break
-                except (OSError, ValueError, KeyError):
-                    pass
-                time.sleep(0.05)
+            speed.wait_for_step(proc, work, 300)
             for i in range(a.pairs):
                 if i % 2 == 0:
                     r0 = rate(NEVER)

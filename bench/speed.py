@@ -74,6 +74,24 @@ def status(sock_path):
     return control(sock_path, {"cmd": "status"})
 
 
+def wait_for_step(proc, work, step, timeout=300):
+    """Polls the control socket of the mnistd proc running in work until
+    it has trained step steps; returns that status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit("mnistd exited early: " + open(work + "/mnistd.log").read())
+        if time.monotonic() > deadline:
+            raise SystemExit("mnistd did not reach step %d" % step)
+        try:
+            st = status(work + "/control.sock")
+            if st["step"] >= step:
+                return st
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+
+
 def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, logs=None,
                 info=None, train=None):
     """Steady-state steps/s of one mnistd run, from two status reads; the
@@ -93,19 +111,7 @@ def mnistd_rate(build, threads, hidden, seconds, warmup, every, extra_env=None, 
                                  work + "/c.json"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
         try:
-            deadline = time.monotonic() + 300
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit("mnistd exited early: " + open(work + "/mnistd.log").read())
-                if time.monotonic() > deadline:
-                    raise SystemExit("mnistd did not reach step %d" % warmup)
-                try:
-                    st = status(work + "/control.sock")
-                    if st["step"] >= warmup:
-                        break
-                except (OSError, ValueError, KeyError):
-                    pass
-                time.sleep(0.05)
+            st = wait_for_step(proc, work, warmup)
             t0, s0 = time.monotonic(), st["step"]
             time.sleep(seconds)
             st = status(work + "/control.sock")

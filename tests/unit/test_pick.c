@@ -330,6 +330,13 @@ START_TEST(test_bad_newest_falls_back_and_is_not_retried_until_replaced)
 }
 END_TEST
 
+/* Sends the log to the work directory's pick.log, whose path goes to log. */
+static void open_log(char *log, size_t len)
+{
+	snprintf(log, len, "%s", tpath("pick.log"));
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+}
+
 /* Issue #15 point 8: however many bad files there are, each is read once. */
 START_TEST(test_every_bad_file_is_remembered)
 {
@@ -338,8 +345,7 @@ START_TEST(test_every_bad_file_is_remembered)
 	struct mne_pick_result r;
 	char log[PATH_MAX + 256];
 
-	snprintf(log, sizeof(log), "%s", tpath("pick.log"));
-	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	open_log(log, sizeof(log));
 	for (int64_t step = 10; step < 110; step++)
 		mn_test_write_file(tpath(name_of(step)), "truncated", 9);
 	mne_pick_state_init(&s);
@@ -604,8 +610,7 @@ START_TEST(test_newest_deleted_is_no_new_run)
 	struct mne_pick_result r;
 	char log[PATH_MAX + 256];
 
-	snprintf(log, sizeof(log), "%s", tpath("pick.log"));
-	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	open_log(log, sizeof(log));
 	publish_step(2);
 	backdate(tpath(name_of(2)), 60);
 	mne_pick_state_init(&s);
@@ -643,8 +648,7 @@ START_TEST(test_unsearchable_directory_ends_the_look)
 	struct mne_pick_result r;
 	char log[PATH_MAX + 256];
 
-	snprintf(log, sizeof(log), "%s", tpath("pick.log"));
-	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	open_log(log, sizeof(log));
 	publish_step(2);
 	publish_step(3);
 	mne_pick_state_init(&s);
