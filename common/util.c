@@ -212,14 +212,47 @@ static const char *file_kind(mode_t m)
 	return "of an unknown type";
 }
 
-int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
-                    unsigned mode, char *err, size_t errlen)
+/*
+ * Moves tmp to final without ever replacing a file there: -EEXIST if one
+ * exists. renameat2(RENAME_NOREPLACE) where the filesystem has it (EINVAL
+ * where it does not); else link(2), which fails with EEXIST too, and the
+ * temporary's name removed; else, on a filesystem without hard links, a
+ * look right before a plain rename, which narrows the race to that gap.
+ */
+static int publish_noreplace(const char *tmp, const char *final)
+{
+	struct stat st;
+
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_NOREPLACE) == 0)
+		return 0;
+	if (errno != EINVAL && errno != ENOSYS)
+		return -errno;
+	if (link(tmp, final) == 0) {
+		(void)unlink(tmp);
+		return 0;
+	}
+	if (errno != EPERM && errno != EOPNOTSUPP && errno != ENOSYS)
+		return -errno;
+	if (lstat(final, &st) == 0)
+		return -EEXIST;
+	return rename(tmp, final) < 0 ? -errno : 0;
+}
+
+int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
+                         const struct mn_write_opts *o, char *err, size_t errlen)
 {
 	static atomic_uint seq;
 	char tmp[PATH_MAX], final[PATH_MAX], suffix[48];
+	bool noreplace = o->flags & MN_WRITE_NOREPLACE;
+	bool replacing = false;
+	mode_t keep = 0;
 	struct stat st;
 	int fd = -1, rc;
 
+	if (!dir || !*dir) {
+		mn_errf(err, errlen, "%s: no directory to write it into", name ? name : "(null)");
+		return -EINVAL;
+	}
 	snprintf(suffix, sizeof(suffix), ".%ld-%u.tmp", (long)getpid(), atomic_fetch_add(&seq, 1));
 	if (join_path(tmp, sizeof(tmp), dir, name, ".", suffix) < 0 ||
 	    join_path(final, sizeof(final), dir, name, "", "") < 0) {
@@ -231,10 +264,20 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 	 * regular file, a FIFO or a symlink would vanish. Only a regular file
 	 * is ours to replace.
 	 */
-	if (lstat(final, &st) == 0 && !S_ISREG(st.st_mode)) {
-		mn_errf(err, errlen, "%s: exists and is %s, not a regular file: not replaced",
-		        final, file_kind(st.st_mode));
-		return -EEXIST;
+	if (lstat(final, &st) == 0) {
+		if (!S_ISREG(st.st_mode)) {
+			mn_errf(err, errlen,
+			        "%s: exists and is %s, not a regular file: not replaced", final,
+			        file_kind(st.st_mode));
+			return -EEXIST;
+		}
+		if (noreplace) {
+			mn_errf(err, errlen, "%s: exists: not replaced", final);
+			return -EEXIST;
+		}
+		/* Its permission bits, not the set-id ones: the new file has a new owner. */
+		keep = st.st_mode & 0777;
+		replacing = true;
 	}
 	/*
 	 * Messages name the final file, not the temporary: its name changes at
@@ -245,13 +288,22 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 	 * written through (truncating whatever it points to). Should the unlink
 	 * fail, the exclusive open reports why.
 	 */
+	if (o->temp_hook)
+		o->temp_hook(tmp, o->temp_arg);
 	(void)unlink(tmp);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, o->mode);
 	if (fd < 0) {
 		rc = -errno;
 		mn_errf(err, errlen, "%s: cannot create its temporary file: %s", final,
 		        strerror(-rc));
-		return rc;
+		goto fail;
+	}
+	/* fchmod, unlike open, is not subject to the umask: the old bits exactly. */
+	if (replacing && fchmod(fd, keep) < 0) {
+		rc = -errno;
+		mn_errf(err, errlen, "%s: cannot keep its mode %04o: %s", final, (unsigned)keep,
+		        strerror(-rc));
+		goto fail;
 	}
 	rc = mn_write_iov(fd, iov, iovcnt);
 	if (rc < 0) {
@@ -273,12 +325,19 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 		goto fail;
 	}
 	fd = -1;
-	if (rename(tmp, final) < 0) {
-		rc = -errno;
+	rc = noreplace ? publish_noreplace(tmp, final) : (rename(tmp, final) < 0 ? -errno : 0);
+	if (rc == -EEXIST && noreplace) {
+		mn_errf(err, errlen, "%s: exists (it appeared while being written): not replaced",
+		        final);
+		goto fail;
+	}
+	if (rc < 0) {
 		mn_errf(err, errlen, "%s: renaming its temporary file into place failed: %s", final,
 		        strerror(-rc));
 		goto fail;
 	}
+	if (o->temp_hook)
+		o->temp_hook(NULL, o->temp_arg);
 	rc = mn_fsync_dir(dir);
 	if (rc < 0) {
 		/* The file is complete under its final name; only its durability is in doubt. */
@@ -290,7 +349,16 @@ fail:
 	if (fd >= 0)
 		close(fd);
 	unlink(tmp);
+	if (o->temp_hook)
+		o->temp_hook(NULL, o->temp_arg);
 	return rc;
+}
+
+int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
+                    unsigned mode, char *err, size_t errlen)
+{
+	return mn_write_atomic_opts(dir, name, iov, iovcnt, &(struct mn_write_opts){.mode = mode},
+	                            err, errlen);
 }
 
 int mn_remove_stale_temps(const char *dir, char *err, size_t errlen)

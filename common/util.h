@@ -70,7 +70,11 @@ int64_t mn_monotonic_ns(void);
  * process and a counter, so two writers never remove or overwrite each
  * other's), fsyncs it, renames it to "<dir>/<name>" and fsyncs the
  * directory. On any failure the temporary file is removed and the
- * final name is untouched. mode is the file mode (before the umask).
+ * final name is untouched. mode is the mode of a new file (before the
+ * umask); a regular file that is replaced keeps its permission bits
+ * (0777, not set-id bits, not its owner), so a private file stays private.
+ * dir must name a directory: NULL or "" is refused with -EINVAL (its
+ * final name would be "/<name>", at the root of the filesystem).
  *
  * An existing "<dir>/<name>" is replaced only if it is a regular file: a
  * device node, FIFO, socket, directory or symbolic link there is refused
@@ -79,6 +83,37 @@ int64_t mn_monotonic_ns(void);
  */
 int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
                     unsigned mode, char *err, size_t errlen);
+
+/* Flags for struct mn_write_opts. */
+enum {
+	/*
+	 * Never replace an existing "<dir>/<name>": -EEXIST if one exists
+	 * before the write, and also if one appears while the temporary file
+	 * is written, since the final step itself refuses to replace
+	 * (renameat2's RENAME_NOREPLACE; link(2) and unlink where the
+	 * filesystem lacks it; a last look before a plain rename where it has
+	 * no hard links either).
+	 */
+	MN_WRITE_NOREPLACE = 1 << 0,
+};
+
+/* How mn_write_atomic_opts() writes. */
+struct mn_write_opts {
+	unsigned mode;  /* the mode of a new file, before the umask */
+	unsigned flags; /* MN_WRITE_* */
+	/*
+	 * When not NULL, called with the temporary file's path just before it
+	 * is created, and with NULL once it no longer exists (renamed into
+	 * place or removed): a program that may be killed meanwhile records
+	 * the path for a signal handler to unlink.
+	 */
+	void (*temp_hook)(const char *tmp, void *arg);
+	void *temp_arg; /* passed to temp_hook */
+};
+
+/* mn_write_atomic() with options; mn_write_atomic() is this with {.mode = mode}. */
+int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *iov, int iovcnt,
+                         const struct mn_write_opts *opts, char *err, size_t errlen);
 
 /* fsyncs a directory, making renames and unlinks in it durable. 0 or -errno. */
 int mn_fsync_dir(const char *dir);

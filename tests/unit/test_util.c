@@ -358,6 +358,123 @@ START_TEST(basename_of_paths)
 }
 END_TEST
 
+/* An empty directory would make the final name "/NAME", a file at the root. */
+START_TEST(write_atomic_refuses_an_empty_dir)
+{
+	char err[MN_ERRLEN] = "", name[64], root[80];
+	struct iovec iov = {"x", 1};
+
+	snprintf(name, sizeof(name), "mn-test-empty-dir-%ld", (long)getpid());
+	snprintf(root, sizeof(root), "/%s", name);
+	int rc = mn_write_atomic("", name, &iov, 1, 0644, err, sizeof(err));
+	bool written = access(root, F_OK) == 0;
+
+	(void)unlink(root);
+	ck_assert_msg(!written, "%s was written", root);
+	ck_assert_int_eq(rc, -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "no directory"));
+	ck_assert_int_eq(mn_write_atomic(NULL, name, &iov, 1, 0644, err, sizeof(err)), -EINVAL);
+}
+END_TEST
+
+/* A replaced file keeps its permission bits: a private file stays private. */
+START_TEST(write_atomic_keeps_the_replaced_mode)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX];
+	struct iovec iov = {"new", 3};
+	struct stat st;
+	mode_t old = umask(022);
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/private", dir);
+	mn_test_write_file(path, "old", 3);
+	ck_assert_int_eq(chmod(path, 0600), 0);
+	ck_assert_int_eq(mn_write_atomic(dir, "private", &iov, 1, 0644, err, sizeof(err)), 0);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0600);
+	ck_assert_int_eq(st.st_size, 3);
+	/* Bits the umask would clear are kept too; set-id bits are not. */
+	ck_assert_int_eq(chmod(path, 04666), 0);
+	ck_assert_int_eq(mn_write_atomic(dir, "private", &iov, 1, 0644, err, sizeof(err)), 0);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0666);
+	/* A new file gets the mode asked for, less the umask. */
+	ck_assert_int_eq(mn_write_atomic(dir, "fresh", &iov, 1, 0666, err, sizeof(err)), 0);
+	snprintf(path, sizeof(path), "%s/fresh", dir);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0644);
+	umask(old);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+struct hook_log {
+	char path[PATH_MAX];
+	int calls, nulls;
+	const char *plant; /* created under the final name when the temporary's is announced */
+};
+
+static void hook(const char *tmp, void *arg)
+{
+	struct hook_log *h = arg;
+
+	if (!tmp) {
+		h->nulls++;
+		return;
+	}
+	h->calls++;
+	snprintf(h->path, sizeof(h->path), "%s", tmp);
+	if (h->plant)
+		mn_test_write_file(h->plant, "planted", 7);
+}
+
+/* MN_WRITE_NOREPLACE: an existing file, even one that appears meanwhile, stays. */
+START_TEST(write_atomic_noreplace)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], *buf = NULL;
+	struct iovec iov = {"new", 3};
+	struct hook_log h = {.plant = NULL};
+	struct mn_write_opts o = {
+	    .mode = 0644, .flags = MN_WRITE_NOREPLACE, .temp_hook = hook, .temp_arg = &h};
+	size_t len;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/out", dir);
+	/* A new name is published, and the hook hears of the temporary and its end. */
+	ck_assert_msg(mn_write_atomic_opts(dir, "out", &iov, 1, &o, err, sizeof(err)) == 0, "%s",
+	              err);
+	ck_assert_int_eq(h.calls, 1);
+	ck_assert_int_eq(h.nulls, 1);
+	ck_assert_ptr_nonnull(strstr(h.path, "/.out."));
+	ck_assert_int_ne(access(h.path, F_OK), 0);
+	ck_assert_int_eq(mn_read_file(path, 100, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_str_eq(buf, "new");
+	free(buf);
+	/* One that exists already is refused before anything is written. */
+	mn_test_write_file(path, "old", 3);
+	ck_assert_int_eq(mn_write_atomic_opts(dir, "out", &iov, 1, &o, err, sizeof(err)), -EEXIST);
+	ck_assert_ptr_nonnull(strstr(err, "exists"));
+	/* One that appears while the temporary is written is refused at the rename. */
+	ck_assert_int_eq(unlink(path), 0);
+	h.plant = path;
+	ck_assert_int_eq(mn_write_atomic_opts(dir, "out", &iov, 1, &o, err, sizeof(err)), -EEXIST);
+	ck_assert_ptr_nonnull(strstr(err, "exists"));
+	ck_assert_int_eq(mn_read_file(path, 100, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_str_eq(buf, "planted");
+	free(buf);
+	ck_assert_int_eq(h.nulls, h.calls);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 1);
+	/* Without the flag it is replaced, as ever. */
+	o.flags = 0;
+	ck_assert_int_eq(mn_write_atomic_opts(dir, "out", &iov, 1, &o, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_read_file(path, 100, &buf, &len, err, sizeof(err)), 0);
+	ck_assert_str_eq(buf, "new");
+	free(buf);
+	ck_assert_uint_eq(mn_test_count_entries(dir), 1);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("util");
@@ -367,6 +484,7 @@ int main(void)
 	            stale_temps_removed, mkdir_p_creates_parents, read_file_bounds,
 	            read_fd_reuse_keeps_the_buffer, resource_errors, basename_of_paths,
 	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
-	            open_append_never_blocks);
+	            open_append_never_blocks, write_atomic_refuses_an_empty_dir,
+	            write_atomic_keeps_the_replaced_mode, write_atomic_noreplace);
 	return mn_test_run(s);
 }
