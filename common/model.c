@@ -448,9 +448,13 @@ out:
 	return rc;
 }
 
-int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arch *a,
-                          const float *params, const struct mn_meta *extra, size_t nextra,
-                          char *err, size_t errlen)
+/*
+ * The frozen model of mn_model_write_frozen(): into *out (malloc'd, *outlen
+ * bytes) when out is not NULL, else written as that function says.
+ */
+static int frozen(const char *dir, const char *name, const struct mn_arch *a, const float *params,
+                  const struct mn_meta *extra, size_t nextra, uint8_t **out, size_t *outlen,
+                  char *err, size_t errlen)
 {
 	static const char *const own_keys[] = {MN_META_FORMAT, MN_META_ARCHITECTURE,
 	                                       MN_META_CREATED, MN_META_FROZEN, MN_META_DATA_CRC32};
@@ -488,7 +492,9 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
 		}
 		meta[nm++] = extra[i];
 	}
-	if (dir) {
+	if (out) {
+		rc = mn_ckpt_encode(tensors, nt, meta, nm, out, outlen, err, errlen);
+	} else if (dir) {
 		rc = mn_ckpt_write(dir, name, tensors, nt, meta, nm, err, errlen);
 	} else {
 		rc = mn_ckpt_encode(tensors, nt, meta, nm, &buf, &len, err, errlen);
@@ -503,6 +509,20 @@ out:
 	free(names);
 	free(meta);
 	return rc;
+}
+
+int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arch *a,
+                          const float *params, const struct mn_meta *extra, size_t nextra,
+                          char *err, size_t errlen)
+{
+	return frozen(dir, name, a, params, extra, nextra, NULL, NULL, err, errlen);
+}
+
+int mn_model_encode_frozen(const struct mn_arch *a, const float *params,
+                           const struct mn_meta *extra, size_t nextra, uint8_t **buf, size_t *len,
+                           char *err, size_t errlen)
+{
+	return frozen(NULL, NULL, a, params, extra, nextra, buf, len, err, errlen);
 }
 
 /* Training cannot continue from a NaN or an infinity: every step would stay non-finite. */

@@ -152,6 +152,15 @@ int mn_model_write_frozen(const char *dir, const char *name, const struct mn_arc
                           char *err, size_t errlen);
 
 /*
+ * The same model as mn_model_write_frozen() writes, as the file's bytes in
+ * a malloc'd *buf of *len bytes (the caller frees it), for a caller that
+ * publishes it itself (mnistctl freeze).
+ */
+int mn_model_encode_frozen(const struct mn_arch *arch, const float *params,
+                           const struct mn_meta *extra, size_t nextra, uint8_t **buf, size_t *len,
+                           char *err, size_t errlen);
+
+/*
  * Restores a trainer's full state from a checkpoint whose architecture the
  * caller has checked equals the trainer's (mn_model_arch). Messages name the
  * tensor and both shapes on a mismatch (e.g. a different training set size).

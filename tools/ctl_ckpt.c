@@ -969,7 +969,8 @@ static const char convert_help[] =
     "\n"
     "Writes a new safetensors file holding selected tensors of IN under new\n"
     "names: the partial, renamed save of TensorFlow's Saver({\"v1\": v1}). The\n"
-    "output is published atomically, keeps IN's metadata (data_crc32 is\n"
+    "output is published atomically (interrupted by SIGINT, SIGTERM or SIGHUP,\n"
+    "convert removes its temporary file), keeps IN's metadata (data_crc32 is\n"
     "recomputed), and passes 'mnistctl verify' when IN did. If the selection no\n"
     "longer forms IN's whole model, the \"architecture\" and \"frozen\" keys are\n"
     "dropped (with a note), so the file does not claim a model it does not hold;\n"
@@ -977,8 +978,9 @@ static const char convert_help[] =
     "\n"
     "Options:\n"
     "  -o, --output OUT     the file to write (required); replaced if it is a\n"
-    "                       regular file, refused if it is anything else (a\n"
-    "                       device, FIFO, directory or symbolic link); '-' writes\n"
+    "                       regular file (which keeps its permission bits),\n"
+    "                       refused if it is anything else (a device, FIFO,\n"
+    "                       directory or symbolic link); '-' writes\n"
     "                       the file to standard output and the report to\n"
     "                       standard error\n"
     "  -s, --select GLOB    keep the tensors whose names match the fnmatch(3)\n"
@@ -1292,7 +1294,7 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 			ctl_errorf("convert", "standard output: %s", strerror(-wrc));
 			goto out;
 		}
-	} else if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
+	} else if (ctl_write_output(dir, base, &iov, 1, false, err, sizeof(err)) < 0) {
 		ctl_errorf("convert", "%s", err);
 		goto out;
 	}

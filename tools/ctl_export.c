@@ -40,8 +40,10 @@ static const char export_help[] =
     "source's) and ema.\n"
     "\n"
     "The checkpoint is fully validated first. The output is published\n"
-    "atomically; an existing OUT is replaced only with --force, and only if it\n"
-    "is a regular file.\n"
+    "atomically; an existing OUT, even one created while the model is written,\n"
+    "is replaced only with --force, only if it is a regular file, and keeps its\n"
+    "permission bits. Interrupted (SIGINT, SIGTERM, SIGHUP), export removes its\n"
+    "temporary file.\n"
     "\n"
     "Given a directory, exports its best checkpoint if it is the evaluator's\n"
     "eval.best_dir (the first in DIR/best.json), else its latest: the one named\n"
@@ -186,7 +188,8 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 	float *params = NULL;
 	uint8_t *buf = NULL;
 	const char *base;
-	int ex = MN_EX_FAILURE;
+	struct stat st;
+	int ex = MN_EX_FAILURE, rc;
 
 	base = ctl_output_path(a->out, dir, sizeof(dir), err, sizeof(err));
 	if (!base || check_target(a->out, a->force, err, sizeof(err)) < 0 ||
@@ -214,8 +217,12 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 			ctl_errorf("export", "standard output: %s", strerror(-wrc));
 			goto out;
 		}
-	} else if (mn_write_atomic(dir, base, &iov, 1, 0644, err, sizeof(err)) < 0) {
-		ctl_errorf("export", "%s", err);
+	} else if ((rc = ctl_write_output(dir, base, &iov, 1, !a->force, err, sizeof(err))) < 0) {
+		/* Created since check_target() looked: still only --force replaces it. */
+		if (rc == -EEXIST && !a->force && lstat(a->out, &st) == 0 && S_ISREG(st.st_mode))
+			ctl_errorf("export", "%s exists (--force replaces it)", a->out);
+		else
+			ctl_errorf("export", "%s", err);
 		goto out;
 	}
 	ex = report(a, &info);

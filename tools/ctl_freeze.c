@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "ckpt.h"
 #include "ctl.h"
@@ -30,7 +32,8 @@ static const char freeze_help[] =
     "checkpoint), global_step and config (carried over), created (now),\n"
     "frozen \"true\", source (the checkpoint's file name) and ema (\"true\" or\n"
     "\"false\"). The checkpoint is fully validated first, and the output is\n"
-    "published atomically.\n"
+    "published atomically; interrupted (SIGINT, SIGTERM, SIGHUP), freeze removes\n"
+    "its temporary file.\n"
     "\n"
     "Given a directory, freezes its best checkpoint if it is the evaluator's\n"
     "eval.best_dir (the first in DIR/best.json), else its latest: the one named\n"
@@ -39,8 +42,9 @@ static const char freeze_help[] =
     "\n"
     "Options:\n"
     "  -o, --output OUT     the file to write (required); replaced if it is a\n"
-    "                       regular file, refused if it is anything else (a\n"
-    "                       device, FIFO, directory or symbolic link); '-' writes\n"
+    "                       regular file (which keeps its permission bits),\n"
+    "                       refused if it is anything else (a device, FIFO,\n"
+    "                       directory or symbolic link); '-' writes\n"
     "                       the model to standard output and the report to\n"
     "                       standard error\n"
     "      --raw            the raw variables instead of the EMA shadows\n"
@@ -63,8 +67,10 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	struct mn_ckpt *c = NULL;
 	struct mn_arch arch;
 	float *params = NULL;
+	uint8_t *buf = NULL;
+	struct iovec iov;
 	const char *base, *ema, *step;
-	size_t nextra = 0;
+	size_t nextra = 0, len = 0;
 	bool to_stdout = strcmp(out, "-") == 0;
 	/* With the model itself on standard output, its description goes to standard error. */
 	FILE *report = to_stdout ? stderr : stdout;
@@ -89,8 +95,20 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		extra[nextra++] = (struct mn_meta){MN_META_CONFIG, mn_ckpt_meta(c, MN_META_CONFIG)};
 	extra[nextra++] = (struct mn_meta){MN_META_SOURCE, mn_basename(path)};
 	extra[nextra++] = (struct mn_meta){MN_META_EMA, ema};
-	if (mn_model_write_frozen(to_stdout ? NULL : dir, base, &arch, params, extra, nextra, err,
-	                          sizeof(err)) < 0) {
+	if (mn_model_encode_frozen(&arch, params, extra, nextra, &buf, &len, err, sizeof(err)) <
+	    0) {
+		ctl_errorf("freeze", "%s", err);
+		goto out;
+	}
+	iov = (struct iovec){.iov_base = buf, .iov_len = len};
+	if (to_stdout) {
+		int wrc = mn_write_iov(STDOUT_FILENO, &iov, 1);
+
+		if (wrc < 0) {
+			ctl_errorf("freeze", "standard output: %s", strerror(-wrc));
+			goto out;
+		}
+	} else if (ctl_write_output(dir, base, &iov, 1, false, err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;
 	}
@@ -116,6 +134,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	}
 	ex = MN_EX_OK;
 out:
+	free(buf);
 	free(params);
 	mn_ckpt_free(c);
 	return ex;

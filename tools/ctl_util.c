@@ -8,12 +8,16 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "mn_build_config.h"
 
@@ -247,6 +251,71 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
 		return NULL;
 	}
 	return base;
+}
+
+/*
+ * The temporary file being written, for the signal handler: armed only
+ * while the path is complete, so the handler never reads a half-copied one.
+ */
+static char temp_path[PATH_MAX];
+static volatile sig_atomic_t temp_armed;
+
+static const int fatal_signals[] = {SIGHUP, SIGINT, SIGTERM};
+
+/*
+ * Async-signal-safe: unlink and raise only. SA_RESETHAND has restored the
+ * default action, and the signal stays blocked until the handler returns,
+ * so it then kills the process and the exit status names it.
+ */
+static void on_fatal_signal(int sig)
+{
+	int saved = errno;
+
+	if (temp_armed)
+		(void)unlink(temp_path);
+	(void)raise(sig);
+	errno = saved;
+}
+
+static void record_temp(const char *tmp, void *arg)
+{
+	(void)arg;
+	temp_armed = 0;
+	atomic_signal_fence(memory_order_seq_cst);
+	if (!tmp || strlen(tmp) >= sizeof(temp_path))
+		return;
+	memcpy(temp_path, tmp, strlen(tmp) + 1);
+	atomic_signal_fence(memory_order_seq_cst);
+	temp_armed = 1;
+}
+
+int ctl_write_output(const char *dir, const char *base, const struct iovec *iov, int iovcnt,
+                     bool noreplace, char *err, size_t errlen)
+{
+	enum { NSIG_FATAL = sizeof(fatal_signals) / sizeof(fatal_signals[0]) };
+	struct mn_write_opts o = {
+	    .mode = 0644,
+	    .flags = noreplace ? MN_WRITE_NOREPLACE : 0,
+	    .temp_hook = record_temp,
+	};
+	struct sigaction sa = {.sa_handler = on_fatal_signal, .sa_flags = SA_RESETHAND},
+	                 old[NSIG_FATAL];
+	bool installed[NSIG_FATAL] = {false};
+	int rc;
+
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < NSIG_FATAL; i++)
+		sigaddset(&sa.sa_mask, fatal_signals[i]);
+	for (size_t i = 0; i < NSIG_FATAL; i++) {
+		/* An ignored signal (nohup, a background job) is left ignored. */
+		if (sigaction(fatal_signals[i], NULL, &old[i]) == 0 && old[i].sa_handler != SIG_IGN)
+			installed[i] = sigaction(fatal_signals[i], &sa, NULL) == 0;
+	}
+	rc = mn_write_atomic_opts(dir, base, iov, iovcnt, &o, err, errlen);
+	for (size_t i = 0; i < NSIG_FATAL; i++)
+		if (installed[i])
+			(void)sigaction(fatal_signals[i], &old[i], NULL);
+	return rc;
 }
 
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,

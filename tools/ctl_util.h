@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/uio.h>
 
 #include "ckpt.h"
 #include "config.h"
@@ -108,6 +109,19 @@ int ctl_check_prefix(const char *cmd, const char *prefix);
  * replace; "-" (standard output) is returned as it is, with dir "".
  */
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
+
+/*
+ * Publishes an offline command's output file "<dir>/<base>" (as split by
+ * ctl_output_path, never "-") with mn_write_atomic_opts() and mode 0644 (a
+ * replaced file keeps its own). With noreplace (no --force), an existing
+ * file is never replaced, not even one created while the output is
+ * written: -EEXIST. Should SIGHUP, SIGINT or SIGTERM arrive while it is
+ * written, the temporary file is removed and the signal then kills the
+ * process as it would have (signals that are ignored stay ignored).
+ * Returns 0 or a negative errno with a message in err.
+ */
+int ctl_write_output(const char *dir, const char *base, const struct iovec *iov, int iovcnt,
+                     bool noreplace, char *err, size_t errlen);
 
 /*
  * Resolves CKPT|DIR: a file is used as it is; for a directory the best

@@ -8,9 +8,12 @@ import os
 import random
 import re
 import shutil
+import signal
 import stat
 import struct
+import subprocess
 import sys
+import time
 import unittest
 import zlib
 
@@ -959,6 +962,101 @@ class HostileInputTest(ToolkitCase):
         self.assertEqual(sorted(os.listdir(d)), [".convert.safetensors.tmp", ".freeze.safetensors.tmp",
                                                  ".hard.safetensors.tmp", "convert.safetensors",
                                                  "freeze.safetensors", "hard.safetensors"])
+
+    def test_a_replaced_output_keeps_its_permission_bits(self):
+        # A private model replaced by a new one stays private, whatever the umask allows.
+        src = self.model()
+        for cmd, args in (("convert", ["--select", "layer1/*"]), ("freeze", []), ("export", ["--force"])):
+            out = write_bytes(os.path.join(self.work, "private-" + cmd), b"old")
+            os.chmod(out, 0o600)
+            self.ctl(cmd, src, "-o", out, *args)
+            self.assertEqual(stat.S_IMODE(os.stat(out).st_mode), 0o600, cmd)
+            self.assertNotEqual(os.path.getsize(out), 3, cmd)
+            os.chmod(out, 0o664)
+            self.ctl(cmd, src, "-o", out, *args)
+            self.assertEqual(stat.S_IMODE(os.stat(out).st_mode), 0o664, cmd)
+
+    def big_model(self, sizes=(4096, 4096, 10)):
+        """A frozen model large enough that writing it takes a while (zero weights)."""
+        tensors = []
+        for i, (a, b) in enumerate(zip(sizes, sizes[1:]), 1):
+            tensors.append(("layer%d/weights" % i, "F32", [a, b], bytes(4 * a * b)))
+            tensors.append(("layer%d/biases" % i, "F32", [b], bytes(4 * b)))
+        return write_bytes(os.path.join(self.work, "big.safetensors"),
+                           encode_safetensors(tensors, frozen_meta(list(sizes))))
+
+    def temps(self, out):
+        d, base = os.path.split(out)
+        pattern = re.compile(r"^\.%s\.\d+-\d+\.tmp$" % re.escape(base))
+        return [f for f in os.listdir(d) if pattern.match(f)]
+
+    def start_writing(self, argv, out):
+        """Starts argv and polls until its temporary file for out exists; returns the
+        process, or None if it finished first (the caller then tries again)."""
+        p = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
+        end = mnlib.deadline(120)
+        while not self.temps(out):
+            if p.poll() is not None:
+                _, err = p.communicate()
+                self.assertEqual(p.returncode, 0, (argv, err))
+                return None
+            if time.monotonic() > end:
+                self.fail("%s: no temporary file for %s in time" % (argv, out))
+            time.sleep(0.001)
+        return p
+
+    def test_an_interrupted_output_leaves_no_temporary_file(self):
+        src = self.big_model()
+        for cmd in ("convert", "freeze", "export"):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                out = os.path.join(self.work, "%s-%d.out" % (cmd, sig))
+                for _ in range(5):
+                    p = self.start_writing([MNISTCTL, cmd, src, "-o", out], out)
+                    if p is None:  # it finished before the poll saw its temporary
+                        os.unlink(out)
+                        continue
+                    p.send_signal(sig)
+                    _, err = p.communicate(timeout=60 * mnlib.SLOW)
+                    if p.returncode == 0 or os.path.exists(out):  # the signal came after the rename
+                        os.unlink(out)
+                        continue
+                    # Killed by the signal itself (the status says so), its temporary removed.
+                    self.assertEqual(p.returncode, -sig, (cmd, err))
+                    self.assertEqual(self.temps(out), [], (cmd, sig))
+                    self.assertNotRegex(err, SANITIZER_REPORT)
+                    break
+                else:
+                    self.fail("%s never got %s while writing" % (cmd, sig.name))
+
+    def test_export_without_force_never_replaces_an_output_created_meanwhile(self):
+        # export looks for OUT before its work; one created by then is refused at the rename.
+        src = self.big_model()
+        out = os.path.join(self.work, "m.onnx")
+        for _ in range(5):
+            p = self.start_writing([MNISTCTL, "export", src, "-o", out], out)
+            if p is None:
+                os.unlink(out)
+                continue
+            try:
+                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:  # export renamed first
+                p.communicate(timeout=60 * mnlib.SLOW)
+                os.unlink(out)
+                continue
+            os.write(fd, b"precious")
+            os.close(fd)
+            _, err = p.communicate(timeout=60 * mnlib.SLOW)
+            self.assertEqual(p.returncode, 1, err)
+            self.assertIn("%s exists (--force replaces it)" % out, err)
+            self.assertNotRegex(err, SANITIZER_REPORT)
+            with open(out, "rb") as f:
+                self.assertEqual(f.read(), b"precious")
+            self.assertEqual(self.temps(out), [])
+            break
+        else:
+            self.fail("export always finished before its temporary was seen")
 
     def test_output_that_cannot_be_written_fails(self):
         # Output lost to a full disk is a failure, not a silent success.
