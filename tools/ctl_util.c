@@ -324,9 +324,9 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 	struct mn_config cfg;
 	char latest[MN_CKPT_MAX_NAME], ierr[MN_ERRLEN];
 	struct mn_ckptdir_entry *list = NULL;
-	struct mn_best_entry best;
+	struct mn_best_entry *best = NULL;
 	struct stat st, fst;
-	size_t n = 0;
+	size_t n = 0, nbest = 0;
 	int rc, w;
 
 	if (stat(path, &st) < 0) {
@@ -338,16 +338,24 @@ int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ct
 		w = snprintf(out, len, "%s", path);
 		goto done;
 	}
-	/* The evaluator's eval.best_dir: its best checkpoint. */
-	rc = mn_best_first(path, &best, ierr, sizeof(ierr));
-	if (rc == 0) {
-		w = snprintf(out, len, "%s/%s", path, best.file);
-		goto done;
-	}
-	if (rc != -ENOENT) {
+	/*
+	 * The evaluator's eval.best_dir: its best checkpoint that still exists.
+	 * A listed file may vanish (the evaluator replacing its best), as one
+	 * checkpoint.json names may: the next entry, else a scan, as below.
+	 */
+	rc = mn_best_load(path, &best, &nbest, ierr, sizeof(ierr));
+	if (rc < 0 && rc != -ENOENT) {
 		mn_errf(err, errlen, "%s", ierr);
 		return rc;
 	}
+	for (size_t i = 0; rc == 0 && i < nbest; i++) {
+		w = snprintf(out, len, "%s/%s", path, best[i].file);
+		if (w < 0 || (size_t)w >= len || lstat(out, &fst) == 0 || errno != ENOENT) {
+			free(best);
+			goto done;
+		}
+	}
+	free(best);
 	rc = mn_ckptdir_index_latest(path, latest, sizeof(latest), ierr, sizeof(ierr));
 	if (rc == 0) {
 		w = snprintf(out, len, "%s/%s", path, latest);

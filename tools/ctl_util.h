@@ -125,9 +125,10 @@ int ctl_write_output(const char *dir, const char *base, const struct iovec *iov,
 
 /*
  * Resolves CKPT|DIR: a file is used as it is; for a directory the best
- * checkpoint its best.json lists (the evaluator's eval.best_dir; an invalid
- * best.json is an error), else the file named by its checkpoint.json (unless that file no longer
- * exists: readers tolerate a listed file vanishing), or else its highest-step
+ * checkpoint its best.json lists that still exists (the evaluator's
+ * eval.best_dir, whose listed files vanish when it replaces its best; an
+ * invalid best.json is an error), else the file named by its checkpoint.json (unless that file no
+ * longer exists: readers tolerate a listed file vanishing), or else its highest-step
  * "<prefix>-<step>.safetensors", where prefix, when NULL, is
  * checkpoint.prefix from the configuration (see ctl_load_config; only read
  * when needed). The path is written to out. A file found in the directory

@@ -963,6 +963,34 @@ class HostileInputTest(ToolkitCase):
                                                  ".hard.safetensors.tmp", "convert.safetensors",
                                                  "freeze.safetensors", "hard.safetensors"])
 
+    def test_a_best_dir_whose_best_file_vanished_falls_back(self):
+        # The evaluator replacing its best removes the file best.json named first;
+        # like a file checkpoint.json names, it is skipped: the next entry, then a scan.
+        d = os.path.join(self.work, "best")
+        os.makedirs(d)
+        for step in (5, 9):
+            self.model(os.path.join("best", ckpt_name(step)), step=str(step))
+
+        def entry(step, acc):
+            return {"step": step, "accuracy": acc, "loss": 0.3, "file": ckpt_name(step),
+                    "time": "2026-11-29T20:00:00.000Z"}
+
+        images, _, _ = self.validation_idx()
+        out = os.path.join(self.work, "f.safetensors")
+        for entries, want in (([entry(7, 0.9), entry(5, 0.8), entry(9, 0.7)], 5),
+                              ([entry(7, 0.9), entry(8, 0.8)], 9)):
+            with open(os.path.join(d, "best.json"), "w") as f:
+                json.dump({"best": entries}, f)
+            path = os.path.join(d, ckpt_name(want))
+            self.assertEqual(self.ctl_json("freeze", d, "-o", out)["source"], path)
+            self.assertEqual(self.ctl_json("predict", d, "--images", images)["model"], path)
+            self.assertEqual(self.ctl_json("inspect", d)["file"], path)
+        # Nothing listed exists and nothing to scan: the scan's message.
+        for step in (5, 9):
+            os.unlink(os.path.join(d, ckpt_name(step)))
+        r = self.ctl("freeze", d, "-o", out, expect=1)
+        self.assertIn("no checkpoint", r.stderr)
+
     def test_a_replaced_output_keeps_its_permission_bits(self):
         # A private model replaced by a new one stays private, whatever the umask allows.
         src = self.model()
