@@ -211,6 +211,16 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 	char a[1024], r[1024];
 	int rc;
 
+	/*
+	 * The training thread takes no configuration once it has taken the
+	 * stop: a reload now could only claim keys it never applies.
+	 */
+	if (d->stopping) {
+		mn_errf(err, errlen,
+		        "the daemon is shutting down: the configuration is not reloaded");
+		mn_log(MN_LOG_WARN, "%s", err);
+		return -ESHUTDOWN;
+	}
 	notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
 	rc = mn_app_reload_config(&d->app, collect_key, &k, &next, err, errlen);
 	if (rc < 0) {

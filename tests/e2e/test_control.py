@@ -6,9 +6,11 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -89,7 +91,7 @@ class ControlTest(mnlib.TestCase):
         self.clients.append(c)
         return c
 
-    def daemon(self, name="mnistd", env=None, umask=None, **sections):
+    def daemon(self, name="mnistd", env=None, umask=None, wait=True, **sections):
         sections.setdefault("train", {})
         sections["train"] = dict({"max_steps": FOREVER, "learning_rate_decay": 1.0}, **sections["train"])
         sections.setdefault("checkpoint", {})
@@ -102,6 +104,13 @@ class ControlTest(mnlib.TestCase):
         finally:
             if old is not None:
                 os.umask(old)
+        self.proc = p
+        if wait:
+            self.wait_up()
+        return p
+
+    def wait_up(self):
+        p = self.proc
 
         def up():
             if p.p.poll() is not None:
@@ -116,8 +125,6 @@ class ControlTest(mnlib.TestCase):
                 c.close()
 
         wait_for(up, 60, "mnistd to answer on its control socket")
-        self.proc = p
-        return p
 
     def status(self):
         c = Client(self.sock)
@@ -137,6 +144,23 @@ class ControlTest(mnlib.TestCase):
     def ctl(self, *args, config=False):
         where = ["--config", self.cfg_path] if config else ["--socket", self.sock]
         return self.run_prog([MNISTCTL] + where + list(args))
+
+    def gate(self, where):
+        """gate.c, built and configured: a mnistd started with the returned
+        environment stops at `where` ("fsync", "open:SUFFIX") while the gate
+        file exists, and creates the held file when it gets there."""
+        cc = shutil.which("cc")
+        if not cc:
+            self.skipTest("no C compiler")
+        so = os.path.join(self.work, "gate.so")
+        src = os.path.join(os.path.dirname(__file__), "gate.c")
+        r = subprocess.run([cc, "-shared", "-fPIC", "-o", so, src, "-ldl"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        gate = os.path.join(self.work, "gate")
+        # The sanitizer's runtime is not first in a preloaded process's libraries; that is fine here.
+        env = {"LD_PRELOAD": so, "MN_GATE": gate, "MN_GATE_AT": where,
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+        return env, gate, gate + ".held"
 
     def rewrite_config(self, **changes):
         for sec, vals in changes.items():
@@ -316,6 +340,47 @@ class ControlTest(mnlib.TestCase):
         steps = ckpt_steps(self.cfg["checkpoint"]["dir"])
         self.assertEqual(len(steps), 1)
         self.assertIn("training finished", self.proc.output())
+
+    def test_reload_while_stopping_is_refused(self):
+        """After SIGTERM the training thread takes no more configuration, so a
+        reload during the final checkpoint cannot be applied: it is refused
+        with a reason, changes nothing (status keeps max_steps) and tells
+        systemd nothing (no READY=1 after STOPPING=1). SIGHUP, the same."""
+        ns_path = os.path.join(self.work, "notify.sock")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(ns_path)
+        self.addCleanup(ns.close)
+        env, gate, held = self.gate("fsync")
+        env["NOTIFY_SOCKET"] = ns_path
+        p = self.daemon(env=env)
+        self.wait_steps(2)
+        # Held in the final checkpoint's fsync: no periodic one is due.
+        open(gate, "w").close()
+        self.rewrite_config(log={"level": "debug"}, train={"max_steps": 10 ** 8})
+        p.signal(signal.SIGTERM)
+        wait_for(lambda: os.path.exists(held), 60, "mnistd held in its final checkpoint")
+        c = self.client()
+        r = c.request("reload")
+        self.assertFalse(r["ok"], r)
+        self.assertIn("shutting down", r["error"])
+        self.assertEqual(c.request("status")["max_steps"], FOREVER)
+        p.signal(signal.SIGHUP)
+        p.wait_output("not reloaded")
+        os.unlink(gate)
+        self.assertEqual(p.wait(60), 0, p.output())
+        self.assertNotIn("debug ", p.output())
+        self.assertNotIn("configuration reloaded", p.output())
+        msgs = []
+        ns.setblocking(False)
+        try:
+            while True:
+                msgs.append(ns.recv(4096).decode())
+        except BlockingIOError:
+            pass
+        after = [m for i, m in enumerate(msgs)
+                 if any("STOPPING=1" in e.split("\n") for e in msgs[:i])]
+        self.assertTrue(any("STOPPING=1" in m.split("\n") for m in msgs), msgs)
+        self.assertFalse([m for m in after if "READY=1" in m.split("\n") or "RELOADING=1" in m], msgs)
 
     def test_pipelined_and_split_requests(self):
         self.daemon()
