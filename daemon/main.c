@@ -45,6 +45,7 @@ struct daemon {
 	uint64_t watchdog_usec;
 	int64_t last_status_ns;
 	bool notify_warned;
+	bool ready; /* READY=1 sent: a reload may say RELOADING=1 and READY=1 again */
 	bool stopping;
 	struct mnd_control *control;
 	struct mnd_worker *worker;
@@ -209,6 +210,7 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 	struct mn_config next;
 	struct reload_keys k = {applied, restart};
 	char a[1024], r[1024];
+	bool ready = d->ready;
 	int rc;
 
 	/*
@@ -221,14 +223,25 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 		mn_log(MN_LOG_WARN, "%s", err);
 		return -ESHUTDOWN;
 	}
-	notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
+	/* Before the first READY=1, a reload's READY=1 would announce a start not yet made. */
+	if (ready)
+		notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
 	rc = mn_app_reload_config(&d->app, collect_key, &k, &next, err, errlen);
 	if (rc < 0) {
-		notify(d, "READY=1");
+		if (ready)
+			notify(d, "READY=1");
 		return rc;
 	}
 	if (applied->n > 0 && d->worker)
 		mnd_worker_reconfigure(d->worker, &next);
+	else if (applied->n > 0 &&
+	         (mnd_dist_rank(d->dist) == 0 || d->app.cfg.log.level > MN_LOG_WARN))
+		/*
+		 * Still in setup: the training thread will start from d->app.cfg,
+		 * but the log level is set by whoever applies a reload, and that is
+		 * this one.
+		 */
+		mn_log_set_level(d->app.cfg.log.level);
 	join_keys(applied, a, sizeof(a));
 	join_keys(restart, r, sizeof(r));
 	mn_log_fields(MN_LOG_INFO, "configuration reloaded",
@@ -238,7 +251,8 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 	                  MN_F_STR("restart_required", r),
 	              },
 	              3);
-	notify(d, "READY=1");
+	if (ready)
+		notify(d, "READY=1");
 	return 0;
 }
 
@@ -285,6 +299,7 @@ static void start_notify(struct daemon *d)
 
 	mnd_worker_get_status(d->worker, &s);
 	notify(d, "READY=1");
+	d->ready = true;
 	d->last_status_ns = mn_monotonic_ns();
 	notify_status(d, &s);
 	d->watchdog_usec = mn_notify_watchdog_usec();

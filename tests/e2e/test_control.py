@@ -341,6 +341,35 @@ class ControlTest(mnlib.TestCase):
         self.assertEqual(len(steps), 1)
         self.assertIn("training finished", self.proc.output())
 
+    def test_sighup_during_setup_applies_log_level(self):
+        """A SIGHUP that arrives while mnistd loads its data is handled when
+        setup is done, before the training thread exists: log.level, reported
+        applied, must take effect then, not wait for a reload that no longer
+        sees a difference."""
+        ns_path = os.path.join(self.work, "notify.sock")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(ns_path)
+        self.addCleanup(ns.close)
+        env, gate, held = self.gate("open:train-images-idx3-ubyte.gz")
+        env["NOTIFY_SOCKET"] = ns_path
+        open(gate, "w").close()
+        p = self.daemon(env=env, wait=False)
+        wait_for(lambda: os.path.exists(held), 60, "mnistd held in its data load")
+        self.rewrite_config(log={"level": "debug"})
+        p.signal(signal.SIGHUP)
+        os.unlink(gate)
+        self.wait_up()
+        p.wait_output("configuration reloaded")
+        self.assertIn("applied=log.level", p.output())
+        self.status()
+        p.wait_output("debug control: status")
+        # And a reload of the same file has nothing left to apply.
+        self.assertEqual(self.client().request("reload")["applied"], [])
+        # systemd hears READY=1 once the daemon is up, not from the reload before that.
+        ns.settimeout(30 * mnlib.SLOW)
+        first = ns.recv(4096).decode()
+        self.assertIn("READY=1", first.split("\n"))
+
     def test_reload_while_stopping_is_refused(self):
         """After SIGTERM the training thread takes no more configuration, so a
         reload during the final checkpoint cannot be applied: it is refused
