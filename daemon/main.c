@@ -223,6 +223,17 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 		mn_log(MN_LOG_WARN, "%s", err);
 		return -ESHUTDOWN;
 	}
+	/*
+	 * Rank 0 alone reloads and broadcasts what it applied at a step the
+	 * ranks agree on; a rank applying a file of its own (a SIGHUP sent to
+	 * it alone) would train with other values and drift from the others.
+	 */
+	if (mnd_dist_rank(d->dist) != 0) {
+		mn_errf(err, errlen, "rank %d follows rank 0's configuration: not reloaded",
+		        mnd_dist_rank(d->dist));
+		mn_log(MN_LOG_WARN, "%s", err);
+		return -EPERM;
+	}
 	/* Before the first READY=1, a reload's READY=1 would announce a start not yet made. */
 	if (ready)
 		notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
@@ -234,8 +245,7 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 	}
 	if (applied->n > 0 && d->worker)
 		mnd_worker_reconfigure(d->worker, &next);
-	else if (applied->n > 0 &&
-	         (mnd_dist_rank(d->dist) == 0 || d->app.cfg.log.level > MN_LOG_WARN))
+	else if (applied->n > 0)
 		/*
 		 * Still in setup: the training thread will start from d->app.cfg,
 		 * but the log level is set by whoever applies a reload, and that is

@@ -191,6 +191,42 @@ class MpiTest(mnlib.TestCase):
             r = self.run_prog([mnlib.MNISTCTL, "verify", f])
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
+    def test_a_sighup_to_one_rank_alone_changes_nothing(self):
+        """Rank 0 alone reloads and the others follow its broadcast. A SIGHUP
+        that reaches rank 1 only (a kill by hand) must not give it a learning
+        rate of its own: its parameters would drift from rank 0's."""
+        path, cfg = self.config(train={"max_steps": 10**8, "learning_rate_decay": 1.0},
+                                checkpoint={"every_steps": 10**8})
+        sock = cfg["control"]["socket"]
+        p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
+
+        def status():
+            r = self.run_prog([mnlib.MNISTCTL, "--socket", sock, "status", "--json"])
+            return mnlib.json.loads(r.stdout) if r.returncode == 0 else {"step": 0}
+
+        mnlib.wait_for(lambda: status()["step"] > 0, 60, "training")
+        ranks = subprocess.run(["pgrep", "-P", str(p.p.pid), "-f", "mnistd"], capture_output=True,
+                               text=True).stdout.split()
+
+        def rank_of(pid):
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+            return int(env[b"OMPI_COMM_WORLD_RANK"])
+
+        rank1 = [pid for pid in ranks if rank_of(pid) == 1]
+        self.assertEqual(len(rank1), 1, ranks)
+        cfg["train"]["learning_rate"] = 0.5
+        mnlib.write_config(path, cfg)
+        os.kill(int(rank1[0]), signal.SIGHUP)
+        p.wait_output("rank 1 follows rank 0's configuration", 30)
+        # The ranks still agree: the state check of a checkpoint passes.
+        r = self.run_prog([mnlib.MNISTCTL, "--socket", sock, "save"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + p.output())
+        self.assertNotIn("diverged", p.output())
+        self.assertEqual(status()["learning_rate"], 0.1)
+        p.signal(signal.SIGTERM)
+        p.wait(60)
+
     def test_a_dead_rank_ends_the_job_and_the_run_resumes(self):
         path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 40})
         p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
