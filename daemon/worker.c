@@ -536,8 +536,11 @@ static enum boundary at_boundary(struct mnd_worker *w, int *status, char *err, s
 			*status = -EIO;
 		return FINISHED;
 	}
-	if (m.paused)
-		return WAIT;
+	/*
+	 * A max_steps reached (a reload lowered it) ends the run paused or
+	 * not: the documented "stops at once", not a pause that waits for a
+	 * resume to finish.
+	 */
 	step = mn_trainer_global_step(w->trainer);
 	if (step >= w->cfg.train.max_steps) {
 		*status = save_and_wait(w, name, sizeof(name), err, errlen);
@@ -548,6 +551,8 @@ static enum boundary at_boundary(struct mnd_worker *w, int *status, char *err, s
 			    2);
 		return FINISHED;
 	}
+	if (m.paused)
+		return WAIT;
 	return TRAIN;
 }
 

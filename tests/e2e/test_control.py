@@ -609,6 +609,20 @@ class ControlTest(mnlib.TestCase):
         self.assertEqual(max(ckpt_steps(d)), step2)
         self.assertFalse(os.path.exists(self.sock), "the socket is removed at exit")
 
+    def test_max_steps_lowered_while_paused_ends_the_run(self):
+        """max_steps lowered below the step by a reload ends the run at once,
+        as documented, paused or not: a final checkpoint at the paused step
+        and exit 0, not a pause that waits for a resume to finish."""
+        self.daemon()
+        self.wait_steps(5)
+        c = self.client()
+        step = c.request("pause")["step"]
+        self.rewrite_config(train={"max_steps": 1})
+        self.assertIn("train.max_steps", c.request("reload")["applied"])
+        self.assertEqual(self.proc.wait(60), 0, self.proc.output())
+        self.assertEqual(max(ckpt_steps(self.cfg["checkpoint"]["dir"])), step)
+        self.assertIn("training finished", self.proc.output())
+
     def test_sigterm_publishes_final_checkpoint_despite_clients(self):
         self.daemon()
         s = self.wait_steps(20)
