@@ -260,3 +260,16 @@ def read_jsonl(path):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def build_preload(test, name):
+    """Compiles tests/e2e/<name>.c into a library to LD_PRELOAD, in
+    test.work, and returns its path; skips the test without a C compiler."""
+    cc = shutil.which("cc")
+    if not cc:
+        test.skipTest("no C compiler")
+    so = os.path.join(test.work, name + ".so")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".c")
+    r = subprocess.run([cc, "-shared", "-fPIC", "-o", so, src, "-ldl"], capture_output=True, text=True)
+    test.assertEqual(r.returncode, 0, r.stderr)
+    return so

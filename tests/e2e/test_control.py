@@ -6,11 +6,9 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -149,13 +147,7 @@ class ControlTest(mnlib.TestCase):
         """gate.c, built and configured: a mnistd started with the returned
         environment stops at `where` ("fsync", "open:SUFFIX") while the gate
         file exists, and creates the held file when it gets there."""
-        cc = shutil.which("cc")
-        if not cc:
-            self.skipTest("no C compiler")
-        so = os.path.join(self.work, "gate.so")
-        src = os.path.join(os.path.dirname(__file__), "gate.c")
-        r = subprocess.run([cc, "-shared", "-fPIC", "-o", so, src, "-ldl"], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        so = mnlib.build_preload(self, "gate")
         gate = os.path.join(self.work, "gate")
         # The sanitizer's runtime is not first in a preloaded process's libraries; that is fine here.
         env = {"LD_PRELOAD": so, "MN_GATE": gate, "MN_GATE_AT": where,

@@ -3,10 +3,8 @@ SIGTERM, exact resume, configuration errors."""
 
 import json
 import os
-import shutil
 import signal
 import struct
-import subprocess
 import sys
 import unittest
 import zlib
@@ -150,13 +148,7 @@ class TrainerTest(mnlib.TestCase):
         """Out of descriptors when reading its newest checkpoint (emfile.c,
         preloaded), the trainer refuses to start: skipping the file as bad
         would resume from an older one, or from nothing, and lose the steps."""
-        cc = shutil.which("cc")
-        if not cc:
-            self.skipTest("no C compiler")
-        fault = os.path.join(self.work, "emfile.so")
-        src = os.path.join(os.path.dirname(__file__), "emfile.c")
-        r = subprocess.run([cc, "-shared", "-fPIC", "-o", fault, src, "-ldl"], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        fault = mnlib.build_preload(self, "emfile")
         path, cfg = self.config(train={"max_steps": 40}, checkpoint={"every_steps": 20})
         self.train(path, "first")
         d = cfg["checkpoint"]["dir"]
