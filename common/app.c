@@ -10,12 +10,29 @@
 #include "model.h"
 #include "util.h"
 
+/* A SIGHUP before the loop's handler was there: mn_app_loop_start() passes it on. */
+static volatile sig_atomic_t early_hup;
+
+static void on_early_hup(int signum)
+{
+	(void)signum;
+	early_hup = 1;
+}
+
 bool mn_app_start(struct mn_app *a, const struct mn_app_start_params *p, int *ex)
 {
+	struct sigaction sa = {.sa_handler = on_early_hup, .sa_flags = SA_RESTART};
 	enum mn_log_level level;
 	char err[MN_ERRLEN];
 
 	signal(SIGPIPE, SIG_IGN);
+	/*
+	 * A service is up for systemd (Type=exec) as soon as it runs, so a
+	 * reload may come before the loop catches SIGHUP: its default action
+	 * would kill the service. Held until then instead.
+	 */
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGHUP, &sa, NULL);
 	mn_config_defaults(&a->cfg);
 	if (mn_config_load(a->config_path, &a->cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "%s: %s\n", a->name, err);
@@ -63,13 +80,22 @@ int mn_app_loop_start(struct mn_app *a, bool signals, uv_signal_cb on_stop, uv_s
 		return rc;
 	}
 	a->loop_ready = true;
-	if (!signals)
+	if (!signals) {
+		/* A command: a hangup ends it, as it would have from the start. */
+		signal(SIGHUP, SIG_DFL);
+		if (early_hup)
+			raise(SIGHUP);
 		return 0;
+	}
 	if ((rc = start_signal(a, &a->sig_term, on_stop, SIGTERM, data)) < 0 ||
 	    (rc = start_signal(a, &a->sig_int, on_stop, SIGINT, data)) < 0 ||
 	    (rc = start_signal(a, &a->sig_hup, on_hup, SIGHUP, data)) < 0)
 		return rc;
 	a->signals_ready = true;
+	/* Now libuv's handler takes it: on_hup runs once the loop does. */
+	if (early_hup)
+		raise(SIGHUP);
+	early_hup = 0;
 	return 0;
 }
 

@@ -609,6 +609,49 @@ class EvaluatorTest(mnlib.TestCase):
         publish(d, ckpt_name(2), blob)
         self.assertIs(self.wait_metric(2)["ema"], False)
 
+    def gate(self, where):
+        """tests/e2e/gate.c, built: a program started with the returned
+        environment stops at `where` ("fsync", "open:SUFFIX") while the gate
+        file exists, and creates the held file when it gets there."""
+        cc = shutil.which("cc")
+        if not cc:
+            self.skipTest("no C compiler")
+        so = os.path.join(self.work, "gate.so")
+        src = os.path.join(os.path.dirname(__file__), "gate.c")
+        r = subprocess.run([cc, "-shared", "-fPIC", "-o", so, src, "-ldl"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        gate = os.path.join(self.work, "gate")
+        env = {"LD_PRELOAD": so, "MN_GATE": gate, "MN_GATE_AT": where,
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+        return env, gate, gate + ".held"
+
+    def test_sighup_while_starting_reloads(self):
+        """systemd starts mnist-eval as Type=exec: a `systemctl reload` (or
+        logrotate's) may come before the evaluator has set up its signal
+        handling. Held in the metrics file's open, before that, a SIGHUP must
+        not kill it: the reload happens once it is up, with the new
+        log.level."""
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, cfg = self.eval_config(d)
+        env, gate, held = self.gate("open:metrics.jsonl")
+        open(gate, "w").close()
+        ev = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
+        mnlib.wait_for(lambda: os.path.exists(held), 60, "mnist-eval held opening its metrics file")
+        cfg["log"]["level"] = "debug"
+        mnlib.write_config(path, cfg)
+        ev.signal(signal.SIGHUP)
+        os.unlink(gate)
+        mnlib.wait_for(lambda: ev.p.poll() is not None or "reopened and reloaded" in ev.output(), 30,
+                       "a reload, or the end of mnist-eval")
+        self.assertIsNone(ev.p.poll(), "killed by SIGHUP:\n" + ev.output())
+        blob, _, _ = self.foreign_checkpoint(1)
+        publish(d, ckpt_name(1), blob)
+        self.wait_metric(1)
+        ev.wait_output("debug evaluating checkpoint=model.ckpt-1.safetensors")
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
     def test_sigterm_mid_evaluation(self):
         # A model and a validation set big enough that evaluating takes a good
         # while (64-2048-2048-10 on 20000 images: about 170 GFLOP).
