@@ -273,3 +273,16 @@ def build_preload(test, name):
     r = subprocess.run([cc, "-shared", "-fPIC", "-o", so, src, "-ldl"], capture_output=True, text=True)
     test.assertEqual(r.returncode, 0, r.stderr)
     return so
+
+
+def gate(test, where):
+    """tests/e2e/gate.c, built for test: a program started with the returned
+    environment stops at `where` ("fsync", "open:SUFFIX") while the gate file
+    exists, and creates the held file when it gets there. Returns (env,
+    gate, held)."""
+    so = build_preload(test, "gate")
+    path = os.path.join(test.work, "gate")
+    # The sanitizer's runtime is not first in a preloaded process's libraries; that is fine here.
+    env = {"LD_PRELOAD": so, "MN_GATE": path, "MN_GATE_AT": where,
+           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    return env, path, path + ".held"

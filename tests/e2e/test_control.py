@@ -143,17 +143,6 @@ class ControlTest(mnlib.TestCase):
         where = ["--config", self.cfg_path] if config else ["--socket", self.sock]
         return self.run_prog([MNISTCTL] + where + list(args))
 
-    def gate(self, where):
-        """gate.c, built and configured: a mnistd started with the returned
-        environment stops at `where` ("fsync", "open:SUFFIX") while the gate
-        file exists, and creates the held file when it gets there."""
-        so = mnlib.build_preload(self, "gate")
-        gate = os.path.join(self.work, "gate")
-        # The sanitizer's runtime is not first in a preloaded process's libraries; that is fine here.
-        env = {"LD_PRELOAD": so, "MN_GATE": gate, "MN_GATE_AT": where,
-               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
-        return env, gate, gate + ".held"
-
     def rewrite_config(self, **changes):
         for sec, vals in changes.items():
             self.cfg.setdefault(sec, {}).update(vals)
@@ -342,7 +331,7 @@ class ControlTest(mnlib.TestCase):
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(ns_path)
         self.addCleanup(ns.close)
-        env, gate, held = self.gate("open:train-images-idx3-ubyte.gz")
+        env, gate, held = mnlib.gate(self, "open:train-images-idx3-ubyte.gz")
         env["NOTIFY_SOCKET"] = ns_path
         open(gate, "w").close()
         p = self.daemon(env=env, wait=False)
@@ -371,7 +360,7 @@ class ControlTest(mnlib.TestCase):
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.bind(ns_path)
         self.addCleanup(ns.close)
-        env, gate, held = self.gate("fsync")
+        env, gate, held = mnlib.gate(self, "fsync")
         env["NOTIFY_SOCKET"] = ns_path
         p = self.daemon(env=env)
         self.wait_steps(2)

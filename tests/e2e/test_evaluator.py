@@ -12,7 +12,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import zlib
@@ -609,22 +608,6 @@ class EvaluatorTest(mnlib.TestCase):
         publish(d, ckpt_name(2), blob)
         self.assertIs(self.wait_metric(2)["ema"], False)
 
-    def gate(self, where):
-        """tests/e2e/gate.c, built: a program started with the returned
-        environment stops at `where` ("fsync", "open:SUFFIX") while the gate
-        file exists, and creates the held file when it gets there."""
-        cc = shutil.which("cc")
-        if not cc:
-            self.skipTest("no C compiler")
-        so = os.path.join(self.work, "gate.so")
-        src = os.path.join(os.path.dirname(__file__), "gate.c")
-        r = subprocess.run([cc, "-shared", "-fPIC", "-o", so, src, "-ldl"], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        gate = os.path.join(self.work, "gate")
-        env = {"LD_PRELOAD": so, "MN_GATE": gate, "MN_GATE_AT": where,
-               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
-        return env, gate, gate + ".held"
-
     def test_sighup_while_starting_reloads(self):
         """systemd starts mnist-eval as Type=exec: a `systemctl reload` (or
         logrotate's) may come before the evaluator has set up its signal
@@ -634,7 +617,7 @@ class EvaluatorTest(mnlib.TestCase):
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         path, cfg = self.eval_config(d)
-        env, gate, held = self.gate("open:metrics.jsonl")
+        env, gate, held = mnlib.gate(self, "open:metrics.jsonl")
         open(gate, "w").close()
         ev = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
         mnlib.wait_for(lambda: os.path.exists(held), 60, "mnist-eval held opening its metrics file")
