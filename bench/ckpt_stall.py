@@ -9,8 +9,10 @@ takes --fsync-ms longer). "vs none" is the median of all pairs' ratios.
 Why in one process: two mnistd processes started a minute apart differ by
 up to 10 % on this VM (where their buffers land, what else ran), which
 swamped a cost of a few percent; windows a second apart in the same process
-do not (pairs spread by ~1 % instead of ~4 %). The windows alternate
-A B B A so a drift within the process cancels too.
+do not: the medians of six runs of the shipped code fell within
+0.948-0.962, where separate processes gave 0.93-0.99 (single pairs still
+stray now and then, hence the median). The windows alternate A B B A so
+a drift within the process cancels too.
 
 From the log it also reports what taking the snapshot cost the training
 thread (snapshot_ms) against the median step time, the writer's write_ms
