@@ -255,7 +255,7 @@ static int write_page(const char *path, const char *html, size_t len)
 		return MN_EX_OK;
 	}
 	name = ctl_output_path(path, dir, sizeof(dir), err, sizeof(err));
-	if (!name || mn_write_atomic(dir, name, &iov, 1, 0644, err, sizeof(err)) < 0) {
+	if (!name || ctl_write_output(dir, name, &iov, 1, false, err, sizeof(err)) < 0) {
 		ctl_errorf("plot", "%s", err);
 		return MN_EX_FAILURE;
 	}

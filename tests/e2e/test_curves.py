@@ -363,6 +363,27 @@ class PlotTest(mnlib.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("not a terminal", r.stderr)
 
+    def test_an_interrupted_page_leaves_no_temporary_file(self):
+        """plot -o writes its page as convert, freeze and export write their
+        outputs: interrupted while the page is being made durable (held in
+        its fsync by gate.c), it removes its temporary and dies of the
+        signal, so the status says what ended it."""
+        page = os.path.join(self.work, "report.html")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            env, gate, held = mnlib.gate(self, "fsync")
+            open(gate, "w").close()
+            p = subprocess.Popen([MNISTCTL, "--config", self.cfg_path, "plot", "-o", page],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=dict(os.environ, **env))
+            mnlib.wait_for(lambda: os.path.exists(held), 60 * mnlib.SLOW, "plot held in its fsync")
+            p.send_signal(sig)
+            os.unlink(gate)
+            _, err = p.communicate(timeout=60 * mnlib.SLOW)
+            self.assertEqual(p.returncode, -sig, err)
+            self.assertEqual([n for n in os.listdir(self.work) if n.endswith(".tmp")], [])
+            self.assertFalse(os.path.exists(page))
+            os.unlink(held)
+
     def test_watch_redraws_as_lines_arrive(self):
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
