@@ -1287,14 +1287,7 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 		goto out;
 	iov.iov_base = cv.buf;
 	iov.iov_len = cv.len;
-	if (strcmp(outpath, "-") == 0) {
-		int wrc = mn_write_iov(STDOUT_FILENO, &iov, 1);
-
-		if (wrc < 0) {
-			ctl_errorf("convert", "standard output: %s", strerror(-wrc));
-			goto out;
-		}
-	} else if (ctl_write_output(dir, base, &iov, 1, false, err, sizeof(err)) < 0) {
+	if (ctl_write_output(dir, base, &iov, 1, false, err, sizeof(err)) < 0) {
 		ctl_errorf("convert", "%s", err);
 		goto out;
 	}

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
-#include <unistd.h>
 
 #include "ckpt.h"
 #include "ctl.h"
@@ -210,15 +209,7 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 		goto out;
 	}
 	iov = (struct iovec){.iov_base = buf, .iov_len = info.bytes};
-	/* ctl_output_path gives "-" an empty dir: never a file "/-" for the atomic writer. */
-	if (strcmp(a->out, "-") == 0) {
-		int wrc = mn_write_iov(STDOUT_FILENO, &iov, 1);
-
-		if (wrc < 0) {
-			ctl_errorf("export", "standard output: %s", strerror(-wrc));
-			goto out;
-		}
-	} else if ((rc = ctl_write_output(dir, base, &iov, 1, !a->force, err, sizeof(err))) < 0) {
+	if ((rc = ctl_write_output(dir, base, &iov, 1, !a->force, err, sizeof(err))) < 0) {
 		/* Created since check_target() looked: still only --force replaces it. */
 		if (rc == -EEXIST && !a->force && lstat(a->out, &st) == 0 && S_ISREG(st.st_mode))
 			ctl_errorf("export", "%s exists (--force replaces it)", a->out);

@@ -102,14 +102,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		goto out;
 	}
 	iov = (struct iovec){.iov_base = buf, .iov_len = len};
-	if (to_stdout) {
-		int wrc = mn_write_iov(STDOUT_FILENO, &iov, 1);
-
-		if (wrc < 0) {
-			ctl_errorf("freeze", "standard output: %s", strerror(-wrc));
-			goto out;
-		}
-	} else if (ctl_write_output(dir, base, &iov, 1, false, err, sizeof(err)) < 0) {
+	if (ctl_write_output(dir, base, &iov, 1, false, err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;
 	}

@@ -303,6 +303,13 @@ int ctl_write_output(const char *dir, const char *base, const struct iovec *iov,
 	bool installed[NSIG_FATAL] = {false};
 	int rc;
 
+	/* "-" as ctl_output_path() splits it: no file, so nothing to publish or clean up. */
+	if (!dir[0] && strcmp(base, "-") == 0) {
+		rc = mn_write_iov(STDOUT_FILENO, iov, iovcnt);
+		if (rc < 0)
+			mn_errf(err, errlen, "standard output: %s", strerror(-rc));
+		return rc;
+	}
 	sigemptyset(&sa.sa_mask);
 	for (size_t i = 0; i < NSIG_FATAL; i++)
 		sigaddset(&sa.sa_mask, fatal_signals[i]);

@@ -112,7 +112,8 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
 
 /*
  * Publishes an offline command's output file "<dir>/<base>" (as split by
- * ctl_output_path, never "-") with mn_write_atomic_opts() and mode 0644 (a
+ * ctl_output_path; for "-", writes to standard output instead) with
+ * mn_write_atomic_opts() and mode 0644 (a
  * replaced file keeps its own). With noreplace (no --force), an existing
  * file is never replaced, not even one created while the output is
  * written: -EEXIST. Should SIGHUP, SIGINT or SIGTERM arrive while it is
