@@ -6,9 +6,12 @@
 #include "ctl_onnx.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "json.h"
 #include "onnx.pb-c.h"
 #include "util.h"
 
@@ -202,16 +205,76 @@ static void build_model(struct builder *b, const struct ctl_onnx_desc *d)
 	b->model.metadata_props = b->prop_ptrs;
 }
 
+/* protobuf's string fields hold UTF-8, and ONNX readers decode them as such. */
+static bool utf8(const char *s)
+{
+	return mn_json_utf8(s, strlen(s));
+}
+
 static int check_desc(const struct ctl_onnx_desc *d, char *err, size_t errlen)
 {
 	if (!d->producer_version || d->nprops > CTL_ONNX_MAX_PROPS || (d->nprops && !d->props)) {
 		mn_errf(err, errlen, "ONNX encoder: invalid model description");
 		return -EINVAL;
 	}
+	if (!utf8(d->producer_version) || (d->doc_string && !utf8(d->doc_string))) {
+		mn_errf(err, errlen, "ONNX encoder: %s is not valid UTF-8",
+		        utf8(d->producer_version) ? "doc_string" : "producer_version");
+		return -EINVAL;
+	}
 	for (size_t i = 0; i < d->nprops; i++) {
 		if (!d->props[i].key || !d->props[i].value) {
 			mn_errf(err, errlen, "ONNX encoder: metadata entry %zu has no key or value",
 			        i);
+			return -EINVAL;
+		}
+		if (!utf8(d->props[i].key)) {
+			mn_errf(err, errlen, "ONNX encoder: metadata key %zu is not valid UTF-8",
+			        i);
+			return -EINVAL;
+		}
+		if (!utf8(d->props[i].value)) {
+			mn_errf(err, errlen, "ONNX encoder: metadata \"%s\" is not valid UTF-8",
+			        d->props[i].key);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Refuses a NaN or an infinity. Runtimes carry it on where mlp.c's ReLU
+ * turns a NaN into 0 (ONNX Runtime's gives NaN logits for every image),
+ * so such a model neither classifies nor computes what predict does.
+ */
+static int check_finite(const struct mn_arch *arch, const float *params, char *err, size_t errlen)
+{
+	for (size_t l = 0; l < mn_arch_layers(arch); l++) {
+		size_t out = mn_arch_layer_out(arch, l), nw = mn_arch_layer_in(arch, l) * out;
+		const float *w = params + mn_arch_weights_offset(arch, l),
+		            *b = params + mn_arch_biases_offset(arch, l);
+		const float *bad = NULL;
+		char where[96];
+
+		for (size_t i = 0; i < nw && !bad; i++)
+			if (!isfinite(w[i])) {
+				bad = &w[i];
+				snprintf(where, sizeof(where), "layer%zu/weights[%zu, %zu]", l + 1,
+				         i / out, i % out);
+			}
+		for (size_t i = 0; i < out && !bad; i++)
+			if (!isfinite(b[i])) {
+				bad = &b[i];
+				snprintf(where, sizeof(where), "layer%zu/biases[%zu]", l + 1, i);
+			}
+		if (bad) {
+			mn_errf(err, errlen,
+			        "%s is %s: a model with a value that is not finite computes NaN "
+			        "in ONNX runtimes",
+			        where,
+			        isnan(*bad) ? "nan"
+			        : *bad > 0  ? "inf"
+			                    : "-inf");
 			return -EINVAL;
 		}
 	}
@@ -232,7 +295,8 @@ int ctl_onnx_encode(const struct mn_arch *arch, const float *params,
 		return -EINVAL;
 	}
 	if ((rc = mn_arch_validate(arch, err, errlen)) < 0 ||
-	    (rc = check_desc(desc, err, errlen)) < 0)
+	    (rc = check_desc(desc, err, errlen)) < 0 ||
+	    (rc = check_finite(arch, params, err, errlen)) < 0)
 		return rc;
 	b = calloc(1, sizeof(*b));
 	if (!b) {

@@ -44,8 +44,11 @@ struct ctl_onnx_desc {
 /*
  * Encodes the network arch with params (mlp.h's layout) as the ONNX model
  * above, into a malloc'd buffer: *buf (free() it) of *len bytes. Returns 0,
- * or -EINVAL for an invalid architecture or description, or -ENOMEM, with
- * a message in err.
+ * or -ENOMEM, or -EINVAL, with a message in err, for an invalid
+ * architecture or description, a string of the description that is not
+ * well-formed UTF-8 (protobuf's strings are UTF-8, and ONNX readers decode
+ * them), or a parameter that is NaN or infinite (the message names the
+ * tensor and the element).
  */
 int ctl_onnx_encode(const struct mn_arch *arch, const float *params,
                     const struct ctl_onnx_desc *desc, uint8_t **buf, size_t *len, char *err,

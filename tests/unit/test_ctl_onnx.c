@@ -292,12 +292,95 @@ START_TEST(test_refusals)
 }
 END_TEST
 
+/*
+ * Every string field of an ONNX model must be UTF-8 (protobuf's string
+ * type): a reader decodes them, and Python's onnx handed a file name that
+ * was not back as bytes. The encoder refuses such a description, naming
+ * the field, rather than writing a model other tools choke on.
+ */
+START_TEST(test_refuses_strings_that_are_not_utf8)
+{
+	struct mn_arch arch = mn_test_arch(2, 0, NULL, 2);
+	struct mn_meta props[] = {{"source", "ok"}, {"global_step", "1"}};
+	struct ctl_onnx_desc d = {.producer_version = "1.0", .props = props, .nprops = 2};
+	float params[6] = {0};
+	char err[MN_ERRLEN] = "";
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	static const char *const bad[] = {"m\xff.safetensors", "\xc0\xaf", "\xed\xa0\x80",
+	                                  "cut \xe2\x82"};
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		d.producer_version = bad[i];
+		ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)),
+		                 -EINVAL);
+		ck_assert_ptr_nonnull(strstr(err, "producer_version is not valid UTF-8"));
+		d.producer_version = "1.0";
+		d.doc_string = bad[i];
+		ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)),
+		                 -EINVAL);
+		ck_assert_ptr_nonnull(strstr(err, "doc_string is not valid UTF-8"));
+		d.doc_string = NULL;
+		props[0].value = bad[i];
+		ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)),
+		                 -EINVAL);
+		ck_assert_ptr_nonnull(strstr(err, "metadata \"source\" is not valid UTF-8"));
+		props[0].value = "ok";
+		props[1].key = bad[i];
+		ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)),
+		                 -EINVAL);
+		ck_assert_ptr_nonnull(strstr(err, "metadata key 1 is not valid UTF-8"));
+		props[1].key = "global_step";
+		ck_assert_ptr_null(buf);
+	}
+	/* Well-formed multi-byte text is fine. */
+	d.doc_string = "mod\xc3\xa8le \xe2\x82\xac \xf0\x9f\x98\x80";
+	ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)), 0);
+	free(buf);
+}
+END_TEST
+
+/*
+ * A NaN or an infinity among the values is refused, naming the tensor and
+ * the element: runtimes propagate it where mnistd's ReLU does not (ONNX
+ * Runtime gives NaN logits for every image where predict gives numbers),
+ * so the model would neither classify nor match predict.
+ */
+START_TEST(test_refuses_values_that_are_not_finite)
+{
+	size_t hidden[] = {3};
+	struct mn_arch arch = mn_test_arch(4, 1, hidden, 2);
+	struct ctl_onnx_desc d = {.producer_version = "1.0"};
+	size_t n = mn_arch_param_count(&arch);
+	float *params = calloc(n, sizeof(float));
+	char err[MN_ERRLEN] = "";
+	uint8_t *buf = NULL;
+	size_t len = 0;
+
+	ck_assert_ptr_nonnull(params);
+	/* layer1/weights [4, 3]: element (2, 1). */
+	params[mn_arch_weights_offset(&arch, 0) + 2 * 3 + 1] = NAN;
+	ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "layer1/weights[2, 1] is nan"));
+	params[mn_arch_weights_offset(&arch, 0) + 2 * 3 + 1] = 0.0f;
+	params[mn_arch_biases_offset(&arch, 1) + 1] = -INFINITY;
+	ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "layer2/biases[1] is -inf"));
+	ck_assert_ptr_null(buf);
+	params[mn_arch_biases_offset(&arch, 1) + 1] = 3.4e38f;
+	ck_assert_int_eq(ctl_onnx_encode(&arch, params, &d, &buf, &len, err, sizeof(err)), 0);
+	free(buf);
+	free(params);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("ctl_onnx");
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", NULL, NULL), test_header_and_metadata,
 	            test_initializers, test_graph_computes_the_mlp, test_no_hidden_layer,
-	            test_refusals);
+	            test_refusals, test_refuses_strings_that_are_not_utf8,
+	            test_refuses_values_that_are_not_finite);
 	return mn_test_run(s);
 }
