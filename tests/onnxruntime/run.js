@@ -8,7 +8,7 @@
 //    "logits": [[...], ...], "probabilities": [[...], ...]}
 //
 // Pixels are scaled to [0, 1] (byte / 255) as mnistd does in training.
-// Used by tests/e2e/test_export.py and bench/onnx_parity.sh; install its one
+// Used by tests/e2e/test_export.py and bench/onnx_parity.py; install its one
 // dependency with 'npm ci --ignore-scripts' in this folder (scripts/test.sh
 // does that when it is missing).
 'use strict';
