@@ -35,13 +35,15 @@ static const char export_help[] =
     "output \"logits\" [N, classes], and Softmax giving \"probabilities\". The\n"
     "initializers keep the checkpoint's tensor names (layer<i>/weights,\n"
     "layer<i>/biases). producer_name is mnistd, model_version the global step,\n"
-    "and metadata_props hold source, global_step, architecture, data_crc32 (the\n"
-    "source's) and ema.\n"
+    "and metadata_props hold source (the file's name, as mnistctl prints it),\n"
+    "global_step, architecture, data_crc32 (the source's) and ema.\n"
     "\n"
-    "The checkpoint is fully validated first. The output is published\n"
-    "atomically; an existing OUT, even one created while the model is written,\n"
-    "is replaced only with --force, only if it is a regular file, and keeps its\n"
-    "permission bits. Interrupted (SIGINT, SIGTERM, SIGHUP), export removes its\n"
+    "The checkpoint is fully validated first, and values that are NaN or\n"
+    "infinite are refused (ONNX runtimes would give NaN for every image). The\n"
+    "output is published atomically; an existing OUT, even one created while\n"
+    "the model is written, is replaced only with --force, only if it is a\n"
+    "regular file other than the checkpoint, and keeps its permission bits. Interrupted (SIGINT, "
+    "SIGTERM, SIGHUP), export removes its\n"
     "temporary file.\n"
     "\n"
     "Given a directory, exports its best checkpoint if it is the evaluator's\n"
@@ -117,31 +119,47 @@ static int check_target(const char *out, bool force, char *err, size_t errlen)
 static int encode(const struct mn_ckpt *c, const struct mn_arch *arch, const float *params,
                   struct export_info *info, uint8_t **buf, size_t *len, char *err, size_t errlen)
 {
-	char arch_json[512], doc[1024];
+	/* An escape is at most 4 bytes per byte of a name (NAME_MAX 255). */
+	char arch_json[512], doc[2048], source[4 * 255 + 1];
 	const char *crc = mn_ckpt_meta(c, MN_META_DATA_CRC32);
 	struct mn_meta props[5];
 	struct ctl_onnx_desc d = {.producer_version = MN_VERSION, .props = props};
+	int n, rc;
 
 	if (mn_arch_to_json(arch, arch_json, sizeof(arch_json)) < 0) {
 		mn_errf(err, errlen, "%s: architecture too long to describe", info->path);
 		return -EINVAL;
 	}
+	/*
+	 * The file name is bytes, ONNX strings are UTF-8: what is not UTF-8, and
+	 * what a terminal would act on, is written visibly (\xNN), as mnistctl
+	 * prints it.
+	 */
+	mn_escape(mn_basename(info->path), source, sizeof(source));
 	if (info->has_step)
 		d.model_version = info->stepv;
-	props[d.nprops++] = (struct mn_meta){MN_META_SOURCE, mn_basename(info->path)};
+	props[d.nprops++] = (struct mn_meta){MN_META_SOURCE, source};
 	props[d.nprops++] = (struct mn_meta){MN_META_GLOBAL_STEP, info->step};
 	props[d.nprops++] = (struct mn_meta){MN_META_ARCHITECTURE, arch_json};
 	if (crc)
 		props[d.nprops++] = (struct mn_meta){MN_META_DATA_CRC32, crc};
 	props[d.nprops++] = (struct mn_meta){MN_META_EMA, info->ema ? "true" : "false"};
-	snprintf(doc, sizeof(doc),
-	         "mnistd MLP %s exported from %s (global step %s, data_crc32 %s, %s values). "
-	         "Input \"images\": float [N, %zu], pixels scaled to [0, 1]. Outputs "
-	         "\"logits\" and \"probabilities\": float [N, %zu].",
-	         info->arch_s, mn_basename(info->path), info->step, crc ? crc : "none",
-	         info->ema ? "EMA" : "raw", arch->input, arch->output);
+	n = snprintf(doc, sizeof(doc),
+	             "mnistd MLP %s exported from %s (global step %s, data_crc32 %s, %s values). "
+	             "Input \"images\": float [N, %zu], pixels scaled to [0, 1]. Outputs "
+	             "\"logits\" and \"probabilities\": float [N, %zu].",
+	             info->arch_s, source, info->step, crc ? crc : "none",
+	             info->ema ? "EMA" : "raw", arch->input, arch->output);
+	/* Never cut: a cut could split a UTF-8 sequence (the sizes above leave room). */
+	if (n < 0 || (size_t)n >= sizeof(doc)) {
+		mn_errf(err, errlen, "%s: description too long", info->path);
+		return -EINVAL;
+	}
 	d.doc_string = doc;
-	return ctl_onnx_encode(arch, params, &d, buf, len, err, errlen);
+	rc = ctl_onnx_encode(arch, params, &d, buf, len, err, errlen);
+	if (rc == -EINVAL)
+		mn_errprefix(err, errlen, "%s (%s values)", info->path, info->ema ? "EMA" : "raw");
+	return rc;
 }
 
 static int report(const struct export_args *a, const struct export_info *info)
@@ -151,11 +169,13 @@ static int report(const struct export_args *a, const struct export_info *info)
 	cJSON *root, *arr;
 
 	if (!a->json) {
-		fprintf(f,
-		        "%s: ONNX model (IR %d, opset %d, %zu bytes) of %s from %s (step %s, %s "
-		        "values)\n",
-		        a->out, CTL_ONNX_IR_VERSION, CTL_ONNX_OPSET, info->bytes, info->arch_s,
-		        info->path, info->step, info->ema ? "EMA" : "raw");
+		/* The paths may come from a directory's index: printed as ctl_fputs_escaped shows
+		 * them. */
+		ctl_fputs_escaped(f, a->out);
+		fprintf(f, ": ONNX model (IR %d, opset %d, %zu bytes) of %s from ",
+		        CTL_ONNX_IR_VERSION, CTL_ONNX_OPSET, info->bytes, info->arch_s);
+		ctl_fputs_escaped(f, info->path);
+		fprintf(f, " (step %s, %s values)\n", info->step, info->ema ? "EMA" : "raw");
 		return MN_EX_OK;
 	}
 	root = cJSON_CreateObject();
@@ -195,6 +215,7 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 	if (!base || check_target(a->out, a->force, err, sizeof(err)) < 0 ||
 	    ctl_resolve_checkpoint(a->src, a->prefix, g, info.path, sizeof(info.path), err,
 	                           sizeof(err)) < 0 ||
+	    ctl_check_not_source(a->out, info.path, err, sizeof(err)) < 0 ||
 	    mn_ckpt_read(info.path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
 	    mn_model_load_params(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("export", "%s", err);

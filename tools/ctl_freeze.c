@@ -30,8 +30,8 @@ static const char freeze_help[] =
     "\n"
     "The metadata says what the file is: format, architecture (kept from the\n"
     "checkpoint), global_step and config (carried over), created (now),\n"
-    "frozen \"true\", source (the checkpoint's file name) and ema (\"true\" or\n"
-    "\"false\"). The checkpoint is fully validated first, and the output is\n"
+    "frozen \"true\", source (the checkpoint's file name, as mnistctl prints it)\n"
+    "and ema (\"true\" or \"false\"). The checkpoint is fully validated first, and the output is\n"
     "published atomically; interrupted (SIGINT, SIGTERM, SIGHUP), freeze removes\n"
     "its temporary file.\n"
     "\n"
@@ -45,7 +45,8 @@ static const char freeze_help[] =
     "  -o, --output OUT     the file to write (required); replaced if it is a\n"
     "                       regular file (which keeps its permission bits),\n"
     "                       refused if it is anything else (a device, FIFO,\n"
-    "                       directory or symbolic link); '-' writes\n"
+    "                       directory or symbolic link) or the checkpoint being\n"
+    "                       frozen (a frozen model may be); '-' writes\n"
     "                       the model to standard output and the report to\n"
     "                       standard error\n"
     "      --raw            the raw variables instead of the EMA shadows\n"
@@ -63,7 +64,9 @@ static const char freeze_help[] =
 static int freeze_run(const char *src, const char *prefix, const struct ctl_globals *g,
                       const char *out, bool raw, bool json)
 {
-	char path[CTL_PATH_MAX], dir[CTL_PATH_MAX], err[MN_ERRLEN], arch_s[256];
+	/* An escape is at most 4 bytes per byte of a name (NAME_MAX 255). */
+	char path[CTL_PATH_MAX], dir[CTL_PATH_MAX], err[MN_ERRLEN], arch_s[256],
+	    source[4 * 255 + 1];
 	struct mn_meta extra[4];
 	struct mn_ckpt *c = NULL;
 	struct mn_arch arch;
@@ -83,7 +86,12 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		ctl_errorf("freeze", "%s", err);
 		return MN_EX_FAILURE;
 	}
+	/*
+	 * A checkpoint frozen onto itself would lose its training state for
+	 * good; a frozen model re-frozen in place loses nothing.
+	 */
 	if (mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
+	    (!mn_model_is_frozen(c) && ctl_check_not_source(out, path, err, sizeof(err)) < 0) ||
 	    mn_model_load_params(c, !raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;
@@ -94,7 +102,12 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	extra[nextra++] = (struct mn_meta){MN_META_GLOBAL_STEP, step};
 	if (mn_ckpt_meta(c, MN_META_CONFIG))
 		extra[nextra++] = (struct mn_meta){MN_META_CONFIG, mn_ckpt_meta(c, MN_META_CONFIG)};
-	extra[nextra++] = (struct mn_meta){MN_META_SOURCE, mn_basename(path)};
+	/*
+	 * Metadata is UTF-8 and the file name bytes: what is not UTF-8, and what
+	 * a terminal would act on, is kept visibly (\xNN), as mnistctl prints it.
+	 */
+	extra[nextra++] =
+	    (struct mn_meta){MN_META_SOURCE, mn_escape(mn_basename(path), source, sizeof(source))};
 	extra[nextra++] = (struct mn_meta){MN_META_EMA, ema};
 	if (mn_model_encode_frozen(&arch, params, extra, nextra, &buf, &len, err, sizeof(err)) <
 	    0) {
@@ -123,8 +136,12 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 		if (ctl_json_fprint(report, root) < 0)
 			goto out;
 	} else {
-		fprintf(report, "%s: frozen %s model from %s (step %s, %s values)\n", out, arch_s,
-		        path, step, strcmp(ema, "true") == 0 ? "EMA" : "raw");
+		/* The paths may come from a directory's index: shown as ctl_fputs_escaped does. */
+		ctl_fputs_escaped(report, out);
+		fprintf(report, ": frozen %s model from ", arch_s);
+		ctl_fputs_escaped(report, path);
+		fprintf(report, " (step %s, %s values)\n", step,
+		        strcmp(ema, "true") == 0 ? "EMA" : "raw");
 	}
 	ex = MN_EX_OK;
 out:

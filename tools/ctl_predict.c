@@ -154,9 +154,14 @@ static void print_text(const struct predict_args *a, const struct report *rp,
 		putchar('\n');
 	if (rp->has_step)
 		snprintf(step_s, sizeof(step_s), "%" PRId64, rp->step);
-	printf("model     %s (%s, step %s, %s%s values)\n", rp->path, rp->arch_s, step_s,
-	       rp->frozen ? "frozen " : "", rp->ema ? "EMA" : "raw");
-	printf("images    %s (%zu)\n", a->images, res->images);
+	/* The model's path may come from a directory's index: shown as ctl_fputs_escaped does. */
+	fputs("model     ", stdout);
+	ctl_fputs_escaped(stdout, rp->path);
+	printf(" (%s, step %s, %s%s values)\n", rp->arch_s, step_s, rp->frozen ? "frozen " : "",
+	       rp->ema ? "EMA" : "raw");
+	fputs("images    ", stdout);
+	ctl_fputs_escaped(stdout, a->images);
+	printf(" (%zu)\n", res->images);
 	printf("accuracy  %.4f (%zu/%zu)\n", res->accuracy, res->correct, res->images);
 	printf("loss      %.6f\n", res->loss);
 	printf("\nconfusion matrix (rows: true class, columns: predicted class)\n%5s", "");

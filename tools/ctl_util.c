@@ -130,7 +130,18 @@ cJSON *ctl_json_add(cJSON *obj, const char *key, cJSON *item)
 
 void ctl_json_str(cJSON *obj, const char *key, const char *value)
 {
-	ctl_json_add(obj, key, value ? cJSON_CreateString(value) : cJSON_CreateNull());
+	char *shown;
+
+	if (!value || mn_json_utf8(value, strlen(value))) {
+		ctl_json_add(obj, key, value ? cJSON_CreateString(value) : cJSON_CreateNull());
+		return;
+	}
+	/* cJSON copies bytes as they are, and JSON text is UTF-8: escaped as for a terminal. */
+	shown = malloc(strlen(value) * 4 + 1);
+	ctl_json_add(obj, key,
+	             shown ? cJSON_CreateString(mn_escape(value, shown, strlen(value) * 4 + 1))
+	                   : NULL);
+	free(shown);
 }
 
 void ctl_json_int(cJSON *obj, const char *key, int64_t value)
@@ -323,6 +334,20 @@ int ctl_write_output(const char *dir, const char *base, const struct iovec *iov,
 		if (installed[i])
 			(void)sigaction(fatal_signals[i], &old[i], NULL);
 	return rc;
+}
+
+int ctl_check_not_source(const char *out, const char *src, char *err, size_t errlen)
+{
+	struct stat so, ss;
+
+	if (strcmp(out, "-") == 0 || stat(out, &so) < 0 || stat(src, &ss) < 0)
+		return 0;
+	if (so.st_dev == ss.st_dev && so.st_ino == ss.st_ino) {
+		mn_errf(err, errlen, "%s is the checkpoint being read (%s); not replacing it", out,
+		        src);
+		return -EEXIST;
+	}
+	return 0;
 }
 
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,

@@ -60,7 +60,11 @@ int ctl_option_error(const char *cmd, int c, char **argv, const struct option *o
 /* Adds item to obj under key (to an array when key is NULL); returns item. */
 cJSON *ctl_json_add(cJSON *obj, const char *key, cJSON *item);
 
-/* Adds a string member; a NULL value becomes null. */
+/*
+ * Adds a string member; a NULL value becomes null. A value that is not
+ * well-formed UTF-8 (a file name, say) is written as ctl_fputs_escaped()
+ * shows it, so the document stays JSON.
+ */
 void ctl_json_str(cJSON *obj, const char *key, const char *value);
 
 /* Adds an integer member as exact decimal text (cJSON numbers are doubles). */
@@ -123,6 +127,14 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
  */
 int ctl_write_output(const char *dir, const char *base, const struct iovec *iov, int iovcnt,
                      bool noreplace, char *err, size_t errlen);
+
+/*
+ * Refuses (-EEXIST, with a message) an output path out that is the file src
+ * a command reads (the same file under any name, a hard link included):
+ * writing it would replace a checkpoint, training state and all, with what
+ * was made of it. "-" and an out that does not exist pass.
+ */
+int ctl_check_not_source(const char *out, const char *src, char *err, size_t errlen);
 
 /*
  * Resolves CKPT|DIR: a file is used as it is; for a directory the best

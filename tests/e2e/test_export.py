@@ -8,15 +8,18 @@ scripts/test.sh installs both verifiers and sets MN_REQUIRE_ONNX=1, which
 turns their absence into a failure; a bare 'meson test' skips those checks
 when they are missing."""
 
+import array
 import json
 import math
 import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import unittest
+import zlib
 
 sys.path.insert(0, os.path.dirname(__file__))
 import mnlib  # noqa: E402
@@ -36,12 +39,17 @@ CHECK_PY = r"""
 import json, sys
 import onnx
 from onnx import numpy_helper
+from onnx import shape_inference
 m = onnx.load(sys.argv[1])
 onnx.checker.check_model(m, full_check=True)
+# strict_mode: a shape or type the operators contradict is an error, not a warning.
+inferred = shape_inference.infer_shapes(m, check_type=True, strict_mode=True)
 def dims(v):
     return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in v.type.tensor_type.shape.dim]
 g = m.graph
 print(json.dumps({
+    "inferred": [[v.name, v.type.tensor_type.elem_type, dims(v)] for v in inferred.graph.output]
+                + [[v.name, v.type.tensor_type.elem_type, dims(v)] for v in inferred.graph.value_info],
     "ir_version": m.ir_version,
     "opset": [[o.domain, o.version] for o in m.opset_import],
     "producer_name": m.producer_name, "producer_version": m.producer_version,
@@ -73,6 +81,32 @@ def needs(available, what):
 
 def ckpt_name(step):
     return "model.ckpt-%d.safetensors" % step
+
+
+def encode_safetensors(tensors, meta):
+    """tensors: [(name, dtype, shape, raw bytes)] in data order; sets data_crc32."""
+    header, data = {}, bytearray()
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    header["__metadata__"] = dict(meta, data_crc32="%08x" % zlib.crc32(bytes(data)))
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - (8 + len(h)) % 8) % 8)
+    return struct.pack("<Q", len(h)) + h + bytes(data)
+
+
+def rewrite_tensor(path, out, name, values):
+    """Copies the checkpoint path to out with tensor name's values replaced (a valid checksum)."""
+    header, data, _ = read_safetensors(path)
+    meta = header.pop("__metadata__")
+    tensors = []
+    for n, t in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        raw = bytes(data[t["data_offsets"][0]:t["data_offsets"][1]])
+        if n == name:
+            raw = struct.pack("<%df" % len(values), *values)
+        tensors.append((n, t["dtype"], t["shape"], raw))
+    with open(out, "wb") as f:
+        f.write(encode_safetensors(tensors, meta))
 
 
 def argmax(row):
@@ -191,6 +225,7 @@ class ExportTest(ExportCase):
             self.assertIn(text, m["doc_string"])
         self.assertEqual(m["inputs"], [["images", 1, ["N", size * size]]])
         self.assertEqual(m["outputs"], [["logits", 1, ["N", 10]], ["probabilities", 1, ["N", 10]]])
+        self.assertEqual(m["inferred"][:2], m["outputs"])
         ops = [n[0] for n in m["nodes"]]
         self.assertEqual(ops, ["MatMul", "Add", "Relu"] * len(hidden) + ["MatMul", "Add", "Softmax"])
         self.assertEqual(m["nodes"][-2][2], ["logits"])
@@ -222,6 +257,64 @@ class ExportTest(ExportCase):
         mf = self.check_onnx(ff)
         self.assertEqual(mf["initializers"], m["initializers"])
         self.assertEqual(dict(mf["metadata"])["ema"], "true")
+
+
+def synthetic_checkpoint(path, sizes, step=9):
+    """An mnistd checkpoint of layer sizes [input, hidden..., output] with
+    distinct raw and EMA values (a cheap deterministic pattern, not trained)."""
+    tensors = []
+    for ema, scale in ((False, 0.05), (True, 0.03)):
+        for layer in range(len(sizes) - 1):
+            i, o = sizes[layer], sizes[layer + 1]
+            for kind, shape in (("weights", [i, o]), ("biases", [o])):
+                n = i * o if kind == "weights" else o
+                seed = 7919 * (layer + 1) + (0 if kind == "weights" else 104729)
+                vals = array.array("f", (((k * 2654435761 + seed) % 2001 - 1000) * scale / 1000 for k in range(n)))
+                name = "layer%d/%s%s" % (layer + 1, kind, "/ExponentialMovingAverage" if ema else "")
+                tensors.append((name, "F32", shape, vals.tobytes()))
+    tensors.append(("global_step", "I64", [], struct.pack("<q", step)))
+    arch = {"input": sizes[0], "hidden": sizes[1:-1], "output": sizes[-1], "activation": "relu"}
+    with open(path, "wb") as f:
+        f.write(encode_safetensors(tensors, {"format": "mnistd.checkpoint.v1", "global_step": str(step),
+                                             "architecture": json.dumps(arch, separators=(",", ":"))}))
+
+
+class ExportArchitectureTest(ExportCase):
+    """Every shape the configuration allows, on images of other sizes than
+    28x28, one image and many: checker, strict shape inference, ONNX Runtime
+    and predict agree."""
+
+    # (hidden layers, image rows x cols, images): the smallest model (no hidden
+    # layer, 1x1 images), the widths a user picks, the deepest allowed.
+    SHAPES = [([], (1, 1), 1), ([100], (28, 28), 1), ([4000], (28, 28), 100), ([500, 500], (28, 28), 64),
+              ([7, 5, 3], (5, 7), 1000), ([3] * 8, (2, 3), 1)]
+
+    @needs(have_onnx(), "python3-onnx")
+    @needs(have_ort(), "onnxruntime-node (tests/onnxruntime)")
+    def test_every_allowed_shape(self):
+        for hidden, (rows, cols), count in self.SHAPES:
+            with self.subTest(hidden=hidden, image="%dx%d" % (rows, cols), images=count):
+                sizes = [rows * cols] + hidden + [10]
+                name = "-".join(map(str, sizes))
+                ckpt = os.path.join(self.work, name + ".safetensors")
+                synthetic_checkpoint(ckpt, sizes)
+                images = os.path.join(self.work, "%s-idx3-ubyte" % name)
+                pixels = bytes((k * 37 + 11) % 256 for k in range(count * rows * cols))
+                mnlib.write_idx(images, 2051, (count, rows, cols), pixels, gz=False)
+                for flags in ([], ["--raw"]):
+                    out = os.path.join(self.work, name + "".join(flags) + ".onnx")
+                    self.ctl("export", *flags, ckpt, "-o", out)
+                    m = self.check_onnx(out)
+                    self.assertEqual((m["ir_version"], m["opset"]), (7, [["", 13]]))
+                    declared = [["logits", 1, ["N", 10]], ["probabilities", 1, ["N", 10]]]
+                    self.assertEqual(m["outputs"], declared)
+                    self.assertEqual(m["inferred"][:2], declared)
+                    self.assertEqual(m["inputs"], [["images", 1, ["N", rows * cols]]])
+                    ort = self.run_ort(out, images)
+                    self.assertEqual(ort["dims"], [count, 10])
+                    self.assert_same_logits(ort, self.predict(ckpt, images, *flags), out)
+                    for prow in ort["probabilities"]:
+                        self.assertAlmostEqual(sum(prow), 1.0, delta=1e-5)
 
 
 class ExportRefusalTest(ExportCase):
@@ -281,6 +374,89 @@ class ExportRefusalTest(ExportCase):
             f.write(len(hj).to_bytes(8, "little") + hj + data)
         self.assert_refused([liar], "liar.safetensors", out)
         self.assertFalse(os.path.exists(out))
+
+    def test_values_that_are_not_finite_are_refused(self):
+        # ONNX Runtime carries a NaN on where predict's ReLU drops it: the model
+        # would give NaN for every image and disagree with predict. Refused,
+        # naming the tensor and element; the raw values, finite, still export.
+        ema = list(tensor_floats(self.ckpt, "layer1/weights/ExponentialMovingAverage"))
+        out = os.path.join(self.work, "out.onnx")
+        for value, text in ((float("nan"), "nan"), (float("-inf"), "-inf")):
+            ema[3 * 32 + 5] = value
+            bad = os.path.join(self.work, "nonfinite.safetensors")
+            rewrite_tensor(self.ckpt, bad, "layer1/weights/ExponentialMovingAverage", ema)
+            self.ctl("verify", bad)  # a valid checkpoint, just not a usable model
+            r = self.assert_refused([bad], "layer1/weights[3, 5] is %s" % text, out)
+            self.assertIn(bad, r.stderr)
+            self.assertIn("EMA values", r.stderr)
+            self.assertFalse(os.path.exists(out))
+        self.ctl("export", "--raw", bad, "-o", out)
+
+    def test_output_that_is_the_source_is_refused(self):
+        # --force replaces an existing file, but never the checkpoint being
+        # exported: that would trade the training state for its ONNX copy.
+        with open(self.ckpt, "rb") as f:
+            before = f.read()
+        link = os.path.join(self.work, "hardlink.safetensors")
+        os.link(self.ckpt, link)
+        for src, out in ((self.ckpt, self.ckpt), (self.dir, self.ckpt), (self.ckpt, link)):
+            r = self.assert_refused(["--force", src], "is the checkpoint being read", out)
+            self.assertIn(out, r.stderr)
+            # freeze replaces a regular OUT without asking, so it once replaced a checkpoint,
+            # training state and all, with its frozen model (a frozen model may still be
+            # frozen onto itself: test_toolkit.py).
+            r = self.ctl("freeze", src, "-o", out, expect=1)
+            self.assertIn("is the checkpoint being read", r.stderr)
+        with open(self.ckpt, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+    @needs(have_onnx(), "python3-onnx")
+    def test_file_names_that_are_not_utf8_or_hold_controls(self):
+        # ONNX strings are UTF-8: a file name that is not (a Latin-1 "\xff") once
+        # went into metadata "source" and doc_string as it was, and python's onnx
+        # returned the doc_string as bytes. What is not UTF-8, and what a terminal
+        # acts on, is written as \xNN, in the model and in the report.
+        odd = os.path.join(self.work.encode(), b"m\xff\xfe-\x1b[31m.safetensors")
+        shutil.copy(self.ckpt.encode(), odd)
+        # And a name from a directory's checkpoint.json (a valid UTF-8 JSON string).
+        d = os.path.join(self.work, "indexed")
+        os.makedirs(d)
+        ctrl = "\x1b]2;owned\x07.safetensors"
+        shutil.copy(self.ckpt, os.path.join(d, ctrl))
+        with open(os.path.join(d, "checkpoint.json"), "w") as f:
+            json.dump({"latest": ctrl, "all": [ctrl]}, f)
+        for src, shown in ((odd, "m\\xff\\xfe-\\x1b[31m.safetensors"), (d.encode(), "\\x1b]2;owned\\x07.safetensors")):
+            for flags in ([], [b"--json"]):
+                out = os.path.join(self.work, "odd.onnx")
+                r = subprocess.run([MNISTCTL.encode()] + flags + [b"export", b"--force", src, b"-o", out.encode()],
+                                   capture_output=True, timeout=120 * mnlib.SLOW)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertNotIn(b"\x1b", r.stdout)
+                report = r.stdout.decode("utf-8")  # valid UTF-8, JSON or text
+                if flags:
+                    self.assertEqual(json.loads(report)["file"], out)
+                else:
+                    self.assertIn(shown, report)
+                m = self.check_onnx(out)
+                self.assertEqual(dict(m["metadata"])["source"], shown)
+                self.assertIn(shown, m["doc_string"])
+            # freeze shares the rule (it refused such a name, its writer wanting UTF-8
+            # metadata), and predict's report shows the name as export's does.
+            frozen = os.path.join(self.work, "odd-frozen.safetensors")
+            r = subprocess.run([MNISTCTL.encode(), b"freeze", src, b"-o", frozen.encode()],
+                               capture_output=True, timeout=120 * mnlib.SLOW)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn(b"\x1b", r.stdout)
+            self.assertIn(shown, r.stdout.decode("utf-8"))
+            self.assertEqual(read_safetensors(frozen)[0]["__metadata__"]["source"], shown)
+            self.ctl("export", "--force", frozen, "-o", out)
+            labels = os.path.join(self.data_dir, "t10k-labels-idx1-ubyte.gz")
+            images = os.path.join(self.data_dir, "t10k-images-idx3-ubyte.gz")
+            r = subprocess.run([MNISTCTL.encode(), b"predict", b"--threads", b"1", src, b"--images", images.encode(),
+                                b"--labels", labels.encode()], capture_output=True, timeout=120 * mnlib.SLOW)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn(b"\x1b", r.stdout)
+            self.assertIn(shown, r.stdout.decode("utf-8"))
 
     def test_unwritable_paths(self):
         missing = os.path.join(self.work, "no", "such", "m.onnx")
