@@ -108,6 +108,8 @@ int mn_model_arch(const struct mn_ckpt *c, struct mn_arch *arch, char *err, size
  * Copies a checkpoint's parameters into a malloc'd array in mlp.h's layout:
  * the EMA shadows when use_ema (TensorFlow's variables_to_restore), the raw
  * variables otherwise; a frozen model has only one set, used either way.
+ * Values are not checked for being finite (mn_model_check_finite): the
+ * evaluator reports a run that diverged as such.
  */
 int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
                          float **params, char *err, size_t errlen);
@@ -119,6 +121,18 @@ int mn_model_load_params(const struct mn_ckpt *c, bool use_ema, struct mn_arch *
  */
 int mn_model_load_params_reuse(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch,
                                float **params, size_t *cap, char *err, size_t errlen);
+
+/*
+ * Finds the first NaN or infinity in params (mlp.h's layout for a): 0 when
+ * every value is finite, else -EINVAL with err naming the tensor as a
+ * checkpoint names it and the element, e.g. "layer1/weights[3, 5] is nan"
+ * ("layer1/weights/ExponentialMovingAverage[3, 5]" when ema). mlp.c's ReLU
+ * turns a NaN into 0, so such a model computes numbers that no other
+ * runtime would: what makes a model to serve (freeze, export) or runs one
+ * for its answers (predict) refuses it.
+ */
+int mn_model_check_finite(const struct mn_arch *a, const float *params, bool ema, char *err,
+                          size_t errlen);
 
 /*
  * Writes the trainer's full state as "<dir>/<prefix>-<step>.safetensors"

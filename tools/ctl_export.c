@@ -217,7 +217,7 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 	                           sizeof(err)) < 0 ||
 	    ctl_check_not_source(a->out, info.path, err, sizeof(err)) < 0 ||
 	    mn_ckpt_read(info.path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
-	    mn_model_load_params(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
+	    ctl_load_model(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("export", "%s", err);
 		goto out;
 	}

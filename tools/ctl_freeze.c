@@ -26,7 +26,8 @@ static const char freeze_help[] =
     "training state, in one self-describing safetensors file that 'mnistctl\n"
     "predict' (or any safetensors reader) can run. By default the values are the\n"
     "EMA shadows, as the evaluator uses them (TensorFlow's variables_to_restore);\n"
-    "--raw takes the raw variables instead.\n"
+    "--raw takes the raw variables instead. Values that are NaN or infinite are\n"
+    "refused, naming the tensor and the element.\n"
     "\n"
     "The metadata says what the file is: format, architecture (kept from the\n"
     "checkpoint), global_step and config (carried over), created (now),\n"
@@ -92,7 +93,7 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	 */
 	if (mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
 	    (!mn_model_is_frozen(c) && ctl_check_not_source(out, path, err, sizeof(err)) < 0) ||
-	    mn_model_load_params(c, !raw, &arch, &params, err, sizeof(err)) < 0) {
+	    ctl_load_model(c, !raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;
 	}

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "json.h"
+#include "model.h"
 #include "onnx.pb-c.h"
 #include "util.h"
 
@@ -249,36 +250,14 @@ static int check_desc(const struct ctl_onnx_desc *d, char *err, size_t errlen)
  */
 static int check_finite(const struct mn_arch *arch, const float *params, char *err, size_t errlen)
 {
-	for (size_t l = 0; l < mn_arch_layers(arch); l++) {
-		size_t out = mn_arch_layer_out(arch, l), nw = mn_arch_layer_in(arch, l) * out;
-		const float *w = params + mn_arch_weights_offset(arch, l),
-		            *b = params + mn_arch_biases_offset(arch, l);
-		const float *bad = NULL;
-		char where[96];
+	char what[MN_ERRLEN];
+	int rc = mn_model_check_finite(arch, params, false, what, sizeof(what));
 
-		for (size_t i = 0; i < nw && !bad; i++)
-			if (!isfinite(w[i])) {
-				bad = &w[i];
-				snprintf(where, sizeof(where), "layer%zu/weights[%zu, %zu]", l + 1,
-				         i / out, i % out);
-			}
-		for (size_t i = 0; i < out && !bad; i++)
-			if (!isfinite(b[i])) {
-				bad = &b[i];
-				snprintf(where, sizeof(where), "layer%zu/biases[%zu]", l + 1, i);
-			}
-		if (bad) {
-			mn_errf(err, errlen,
-			        "%s is %s: a model with a value that is not finite computes NaN "
-			        "in ONNX runtimes",
-			        where,
-			        isnan(*bad) ? "nan"
-			        : *bad > 0  ? "inf"
-			                    : "-inf");
-			return -EINVAL;
-		}
-	}
-	return 0;
+	if (rc < 0)
+		mn_errf(err, errlen,
+		        "%s: a model with a value that is not finite computes NaN in ONNX runtimes",
+		        what);
+	return rc;
 }
 
 int ctl_onnx_encode(const struct mn_arch *arch, const float *params,

@@ -30,7 +30,8 @@ static const char predict_help[] =
     "exists) or a checkpoint directory (its latest checkpoint); the\n"
     "architecture is read from the file. A checkpoint is run with its EMA\n"
     "shadow values, as the evaluator does, or with its raw variables given\n"
-    "--raw; a frozen model has one set of values.\n"
+    "--raw; a frozen model has one set of values. A model with a NaN or an\n"
+    "infinity among those values is refused, naming the tensor and the element.\n"
     "\n"
     "Without labels, prints one predicted class per line, in image order. With\n"
     "labels, prints the accuracy, the mean cross-entropy loss and a confusion\n"
@@ -226,7 +227,7 @@ static int predict_run(const struct predict_args *a, const struct ctl_globals *g
 	if (ctl_resolve_checkpoint(a->model, a->prefix, g, path, sizeof(path), err, sizeof(err)) <
 	        0 ||
 	    mn_ckpt_read(path, 0, &c, err, sizeof(err)) < 0 ||
-	    mn_model_load_params(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
+	    ctl_load_model(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("predict", "%s", err);
 		goto out;
 	}

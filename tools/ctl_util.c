@@ -4,6 +4,7 @@
 #include "best.h"
 #include "ckptdir.h"
 #include "json.h"
+#include "model.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -348,6 +349,26 @@ int ctl_check_not_source(const char *out, const char *src, char *err, size_t err
 		return -EEXIST;
 	}
 	return 0;
+}
+
+int ctl_load_model(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch, float **params,
+                   char *err, size_t errlen)
+{
+	char what[MN_ERRLEN];
+	int rc = mn_model_load_params(c, use_ema, arch, params, err, errlen);
+
+	if (rc < 0)
+		return rc;
+	rc = mn_model_check_finite(arch, *params, use_ema && !mn_model_is_frozen(c), what,
+	                           sizeof(what));
+	if (rc < 0) {
+		mn_errf(err, errlen,
+		        "%s: %s: a model with a value that is not finite is not usable",
+		        mn_ckpt_name(c), what);
+		free(*params);
+		*params = NULL;
+	}
+	return rc;
 }
 
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,

@@ -14,6 +14,7 @@
 
 #include "ckpt.h"
 #include "config.h"
+#include "mlp.h"
 #include "ctl.h"
 #include "util.h"
 
@@ -150,6 +151,16 @@ int ctl_check_not_source(const char *out, const char *src, char *err, size_t err
  */
 int ctl_resolve_checkpoint(const char *path, const char *prefix, const struct ctl_globals *g,
                            char *out, size_t len, char *err, size_t errlen);
+
+/*
+ * mn_model_load_params() for a command that runs or serves the model
+ * (predict, freeze, export): a NaN or an infinity among the values used is
+ * refused, naming the file, the tensor and the element, since mlp.c would
+ * quietly compute around it (its ReLU turns a NaN into 0) and no other
+ * runtime does.
+ */
+int ctl_load_model(const struct mn_ckpt *c, bool use_ema, struct mn_arch *arch, float **params,
+                   char *err, size_t errlen);
 
 /* The tensor called name, or NULL with the reader's message listing the names there are. */
 const struct mn_tensor *ctl_find_tensor(const struct mn_ckpt *c, const char *name, char *err,

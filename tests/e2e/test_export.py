@@ -377,20 +377,32 @@ class ExportRefusalTest(ExportCase):
 
     def test_values_that_are_not_finite_are_refused(self):
         # ONNX Runtime carries a NaN on where predict's ReLU drops it: the model
-        # would give NaN for every image and disagree with predict. Refused,
-        # naming the tensor and element; the raw values, finite, still export.
+        # would give NaN for every image and disagree with predict. export,
+        # freeze and predict (which once answered around it) refuse it, naming
+        # the tensor as the file names it and the element; the raw values,
+        # finite, are still used.
         ema = list(tensor_floats(self.ckpt, "layer1/weights/ExponentialMovingAverage"))
         out = os.path.join(self.work, "out.onnx")
+        frozen = os.path.join(self.work, "frozen.safetensors")
+        images = os.path.join(self.data_dir, "t10k-images-idx3-ubyte.gz")
         for value, text in ((float("nan"), "nan"), (float("-inf"), "-inf")):
             ema[3 * 32 + 5] = value
             bad = os.path.join(self.work, "nonfinite.safetensors")
             rewrite_tensor(self.ckpt, bad, "layer1/weights/ExponentialMovingAverage", ema)
             self.ctl("verify", bad)  # a valid checkpoint, just not a usable model
-            r = self.assert_refused([bad], "layer1/weights[3, 5] is %s" % text, out)
+            want = "layer1/weights/ExponentialMovingAverage[3, 5] is %s" % text
+            r = self.assert_refused([bad], want, out)
             self.assertIn(bad, r.stderr)
-            self.assertIn("EMA values", r.stderr)
             self.assertFalse(os.path.exists(out))
+            for cmd in (["freeze", bad, "-o", frozen], ["predict", bad, "--images", images]):
+                r = self.ctl(*cmd, expect=1)
+                self.assertTrue(r.stderr.startswith("mnistctl %s: %s: %s" % (cmd[0], bad, want)),
+                                r.stderr)
+                self.assertEqual(r.stdout, "")
+            self.assertFalse(os.path.exists(frozen))
         self.ctl("export", "--raw", bad, "-o", out)
+        self.ctl("freeze", "--raw", bad, "-o", frozen)
+        self.ctl("predict", "--raw", bad, "--images", images)
 
     def test_output_that_is_the_source_is_refused(self):
         # --force replaces an existing file, but never the checkpoint being

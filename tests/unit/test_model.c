@@ -2,6 +2,7 @@
 #include <check.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,6 +350,43 @@ static void span(const struct mn_arch *a, size_t l, bool b, size_t *off, size_t 
 	*n = b ? mn_arch_layer_out(a, l) : mn_arch_layer_in(a, l) * mn_arch_layer_out(a, l);
 }
 
+/*
+ * The first NaN or infinity is named as a checkpoint names its tensor, at
+ * every position the vectorised sweep can leave it (in a full vector, in the
+ * tail), and a value as large as a float holds is finite.
+ */
+START_TEST(test_check_finite)
+{
+	size_t hidden[] = {7};
+	struct mn_arch a = mn_test_arch(5, 1, hidden, 3);
+	size_t n = mn_arch_param_count(&a), w1 = mn_arch_weights_offset(&a, 0);
+	size_t b2 = mn_arch_biases_offset(&a, 1);
+	float *p = calloc(n, sizeof(float));
+
+	ck_assert_ptr_nonnull(p);
+	p[0] = 3.4e38f;
+	p[n - 1] = -3.4e38f;
+	ck_assert_int_eq(mn_model_check_finite(&a, p, false, err, sizeof(err)), 0);
+	/* Every element of layer1/weights [5, 7] in turn. */
+	for (size_t i = 0; i < 5 * 7; i++) {
+		char want[64];
+
+		p[w1 + i] = NAN;
+		ck_assert_int_eq(mn_model_check_finite(&a, p, false, err, sizeof(err)), -EINVAL);
+		snprintf(want, sizeof(want), "layer1/weights[%zu, %zu] is nan", i / 7, i % 7);
+		ck_assert_str_eq(err, want);
+		p[w1 + i] = 0.0f;
+	}
+	p[b2 + 2] = -INFINITY;
+	ck_assert_int_eq(mn_model_check_finite(&a, p, true, err, sizeof(err)), -EINVAL);
+	ck_assert_str_eq(err, "layer2/biases/ExponentialMovingAverage[2] is -inf");
+	p[b2 + 1] = INFINITY;
+	ck_assert_int_eq(mn_model_check_finite(&a, p, false, err, sizeof(err)), -EINVAL);
+	ck_assert_str_eq(err, "layer2/biases[1] is inf");
+	free(p);
+}
+END_TEST
+
 START_TEST(test_warm_start_mapped)
 {
 	struct mn_view v = view();
@@ -598,7 +636,7 @@ int main(void)
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_tensor_names, test_arch_check,
 	            test_load_params_ema_raw, test_load_params_reuse, test_save_restore_round_trip,
-	            test_frozen, test_warm_start_mapped, test_warm_start_identity,
-	            test_warm_start_errors, test_schema);
+	            test_frozen, test_check_finite, test_warm_start_mapped,
+	            test_warm_start_identity, test_warm_start_errors, test_schema);
 	return mn_test_run(s);
 }
