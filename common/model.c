@@ -710,6 +710,12 @@ static int warm_load(const struct mn_ckpt *c, const struct mn_arch *a, const cha
 		mn_errprefix(err, errlen, "map \"%s\"", to);
 		return rc;
 	}
+	/* Training from a NaN or an infinity would be non-finite from the first step. */
+	rc = name_nonfinite(from, staged + off, ndim, shape, err, errlen);
+	if (rc < 0) {
+		mn_errprefix(err, errlen, "map \"%s\": %s", to, mn_ckpt_name(c));
+		return rc;
+	}
 	loaded[v] = true;
 	return 0;
 }

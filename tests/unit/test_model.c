@@ -522,6 +522,28 @@ START_TEST(test_warm_start_errors)
 	ck_assert_int_eq(warm_fail(dst, &cfg), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "is not a variable of this model"));
 
+	/* A value that is not finite: training from it would be NaN from the first step. */
+	{
+		struct mn_trainer_state ss;
+		const struct mn_arch *a = mn_trainer_arch(src);
+		float *copy;
+
+		mn_trainer_state(src, &ss);
+		copy = malloc(ss.nparams * sizeof(float));
+		ck_assert_ptr_nonnull(copy);
+		memcpy(copy, ss.params, ss.nparams * sizeof(float));
+		copy[mn_arch_biases_offset(a, 1) + 3] = NAN;
+		ck_assert_int_eq(mn_model_write_frozen(tmpdir, "nan.safetensors", a, copy, NULL, 0,
+		                                       err, sizeof(err)),
+		                 0);
+		free(copy);
+		set_map(&cfg, tpath("nan.safetensors"),
+		        (const char *const[][2]){{"layer2/biases", "layer2/biases"}}, 1);
+		ck_assert_int_eq(warm_fail(dst, &cfg), -EINVAL);
+		ck_assert_ptr_nonnull(strstr(err, "map \"layer2/biases\": "));
+		ck_assert_ptr_nonnull(strstr(err, "nan.safetensors: layer2/biases[3] is nan"));
+	}
+
 	/* A missing file and a corrupted one. */
 	set_map(&cfg, tpath("nope.safetensors"),
 	        (const char *const[][2]){{"layer1/biases", "layer1/biases"}}, 1);
