@@ -14,19 +14,24 @@
 
 #include "util.h"
 
-/* gnuplot's messages kept for the error (its first lines say what is wrong). */
+/* gnuplot's messages kept for the error: the last ones, which say what went wrong. */
 #define STDERR_MAX 4096
 
 struct outbuf {
 	char *data;
 	size_t len, cap, max;
 	bool overflow;
+	bool keep_tail; /* past max, drop the oldest bytes instead of failing */
 };
 
 struct mn_gnuplot {
 	uv_process_t proc;
 	uv_pipe_t in, out, err;
 	uv_write_t write;
+	uv_timer_t timer; /* the deadline */
+	bool timer_on;    /* timer initialised: it is one of the open handles */
+	bool timed_out;
+	uint64_t timeout_ms;
 	char *script;
 	size_t script_len;
 	struct outbuf stdout_buf, stderr_buf;
@@ -58,7 +63,11 @@ static void finish(struct mn_gnuplot *g)
 	char msg[MN_ERRLEN] = "";
 	int status = 0;
 
-	if (g->stdout_buf.overflow) {
+	if (g->timed_out) {
+		status = -ETIMEDOUT;
+		mn_errf(msg, sizeof(msg), "gnuplot did not finish within %g s; killed",
+		        (double)g->timeout_ms / 1000.0);
+	} else if (g->stdout_buf.overflow) {
 		status = -EFBIG;
 		mn_errf(msg, sizeof(msg), "gnuplot wrote more than %d bytes",
 		        MN_GNUPLOT_OUTPUT_MAX);
@@ -76,7 +85,10 @@ static void on_close(uv_handle_t *h)
 {
 	struct mn_gnuplot *g = h->data;
 
-	if (--g->open_handles > 0)
+	/* The deadline goes last, once gnuplot and its pipes are gone. */
+	if (--g->open_handles == 1 && g->timer_on && !uv_is_closing((uv_handle_t *)&g->timer))
+		uv_close((uv_handle_t *)&g->timer, on_close);
+	if (g->open_handles > 0)
 		return;
 	if (!g->cancelled)
 		finish(g);
@@ -122,10 +134,17 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 
 	(void)buf;
 	if (n > 0) {
-		if (b->len + (size_t)n > b->max)
-			b->overflow = true;
-		else
+		if (b->keep_tail) {
 			b->len += (size_t)n;
+			if (b->len > b->max) {
+				memmove(b->data, b->data + b->len - b->max, b->max);
+				b->len = b->max;
+			}
+		} else if (b->len + (size_t)n > b->max) {
+			b->overflow = true;
+		} else {
+			b->len += (size_t)n;
+		}
 		b->data[b->len] = '\0';
 		return;
 	}
@@ -152,6 +171,19 @@ static void on_process_exit(uv_process_t *p, int64_t exit_status, int term_signa
 	g->exit_status = exit_status;
 	g->term_signal = term_signal;
 	close_once((uv_handle_t *)p);
+}
+
+/* The deadline: kill gnuplot and stop waiting for its pipes, which a child of it may hold. */
+static void on_timeout(uv_timer_t *t)
+{
+	struct mn_gnuplot *g = t->data;
+
+	g->timed_out = true;
+	if (!uv_is_closing((uv_handle_t *)&g->proc) && uv_process_kill(&g->proc, SIGKILL) < 0)
+		close_once((uv_handle_t *)&g->proc);
+	close_once((uv_handle_t *)&g->in);
+	close_once((uv_handle_t *)&g->out);
+	close_once((uv_handle_t *)&g->err);
 }
 
 static int open_pipes(int in[2], int out[2], int err[2])
@@ -197,10 +229,11 @@ static void start_io(uv_loop_t *loop, struct mn_gnuplot *g, int in_w, int out_r,
 		close_once((uv_handle_t *)&g->err);
 }
 
-int mn_gnuplot_start(uv_loop_t *loop, const char *script, size_t len, mn_gnuplot_cb cb, void *arg,
-                     struct mn_gnuplot **out, char *err, size_t errlen)
+int mn_gnuplot_start_timeout(uv_loop_t *loop, const char *script, size_t len, uint64_t timeout_ms,
+                             mn_gnuplot_cb cb, void *arg, struct mn_gnuplot **out, char *err,
+                             size_t errlen)
 {
-	char *args[] = {"gnuplot", NULL};
+	char *args[] = {"gnuplot", "-d", NULL};
 	int in[2], o[2], e[2], rc;
 	struct mn_gnuplot *g;
 	uv_stdio_container_t stdio[3];
@@ -218,6 +251,8 @@ int mn_gnuplot_start(uv_loop_t *loop, const char *script, size_t len, mn_gnuplot
 	g->script_len = len;
 	g->stdout_buf.max = MN_GNUPLOT_OUTPUT_MAX;
 	g->stderr_buf.max = STDERR_MAX;
+	g->stderr_buf.keep_tail = true;
+	g->timeout_ms = timeout_ms ? timeout_ms : MN_GNUPLOT_TIMEOUT_MS;
 	g->cb = cb;
 	g->arg = arg;
 	rc = open_pipes(in, o, e);
@@ -253,6 +288,12 @@ int mn_gnuplot_start(uv_loop_t *loop, const char *script, size_t len, mn_gnuplot
 	g->open_handles = 1;
 	close_fds((int[]){in[0], o[1], e[1]}, 3);
 	start_io(loop, g, in[1], o[0], e[0]);
+	/* Cannot fail on an initialised loop; without it there would be no deadline. */
+	uv_timer_init(loop, &g->timer);
+	g->timer.data = g;
+	g->timer_on = true;
+	g->open_handles++;
+	uv_timer_start(&g->timer, on_timeout, g->timeout_ms, 0);
 	if (out)
 		*out = g;
 	return 0;
@@ -263,6 +304,13 @@ fail:
 	free(g->script);
 	free(g);
 	return rc;
+}
+
+int mn_gnuplot_start(uv_loop_t *loop, const char *script, size_t len, mn_gnuplot_cb cb, void *arg,
+                     struct mn_gnuplot **out, char *err, size_t errlen)
+{
+	return mn_gnuplot_start_timeout(loop, script, len, MN_GNUPLOT_TIMEOUT_MS, cb, arg, out, err,
+	                                errlen);
 }
 
 void mn_gnuplot_cancel(struct mn_gnuplot *g)
@@ -281,6 +329,7 @@ void mn_gnuplot_cancel(struct mn_gnuplot *g)
 	close_once((uv_handle_t *)&g->in);
 	close_once((uv_handle_t *)&g->out);
 	close_once((uv_handle_t *)&g->err);
+	close_once((uv_handle_t *)&g->timer);
 }
 
 struct sync_result {
@@ -307,8 +356,8 @@ static void on_sync_done(void *arg, int status, const char *out, size_t len, con
 	}
 }
 
-int mn_gnuplot_run(const char *script, size_t len, char **out, size_t *outlen, char *err,
-                   size_t errlen)
+int mn_gnuplot_run(const char *script, size_t len, uint64_t timeout_ms, char **out, size_t *outlen,
+                   char *err, size_t errlen)
 {
 	struct sync_result r = {.status = -EIO};
 	uv_loop_t loop;
@@ -321,7 +370,8 @@ int mn_gnuplot_run(const char *script, size_t len, char **out, size_t *outlen, c
 		mn_errf(err, errlen, "gnuplot: %s", uv_strerror(rc));
 		return rc;
 	}
-	rc = mn_gnuplot_start(&loop, script, len, on_sync_done, &r, NULL, err, errlen);
+	rc = mn_gnuplot_start_timeout(&loop, script, len, timeout_ms, on_sync_done, &r, NULL, err,
+	                              errlen);
 	uv_run(&loop, UV_RUN_DEFAULT);
 	uv_loop_close(&loop);
 	if (rc < 0)

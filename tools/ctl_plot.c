@@ -214,7 +214,7 @@ static int render_text(const struct mn_report_input *in, int cols, int rows, cha
 	*buf = NULL;
 	rc = mn_report_text_script(in, cols, rows, &script, &slen, err, errlen);
 	if (rc == 0)
-		rc = mn_gnuplot_run(script, slen, buf, len, err, errlen);
+		rc = mn_gnuplot_run(script, slen, MN_GNUPLOT_TIMEOUT_MS, buf, len, err, errlen);
 	free(script);
 	if (rc < 0)
 		return rc;
@@ -269,7 +269,8 @@ static int draw_page(const struct mn_report_input *in, const char *path)
 	int ex = MN_EX_FAILURE;
 
 	if (mn_report_svg_script(in, &script, &len, err, sizeof(err)) < 0 ||
-	    mn_gnuplot_run(script, len, &svg, &svglen, err, sizeof(err)) < 0 ||
+	    mn_gnuplot_run(script, len, MN_GNUPLOT_TIMEOUT_MS, &svg, &svglen, err, sizeof(err)) <
+	        0 ||
 	    mn_report_html(in, svg, svglen, &html, &htmllen, err, sizeof(err)) < 0) {
 		ctl_errorf("plot", "%s", err);
 		goto out;
@@ -430,7 +431,7 @@ static int ctl_plot_watch(struct plot *p)
 
 	rc = plot_load(p, true, err, sizeof(err));
 	if ((rc < 0 && rc != -ENODATA) ||
-	    (rc = mn_gnuplot_run("", 0, &out, &len, err, sizeof(err))) < 0) {
+	    (rc = mn_gnuplot_run("", 0, MN_GNUPLOT_TIMEOUT_MS, &out, &len, err, sizeof(err))) < 0) {
 		ctl_errorf("plot", "%s", err);
 		return MN_EX_FAILURE;
 	}
