@@ -134,74 +134,38 @@ static void fmt_num(double v, char buf[MN_JSON_NUMLEN])
 		mn_json_format_double(v, -1, buf, MN_JSON_NUMLEN);
 }
 
-/* $train: step loss learning_rate steps_per_sec; $eval: step accuracy loss. */
-static void data_blocks(struct sbuf *b, const struct mn_report_input *in)
+static double accuracy_of(const struct mn_metrics_point *p)
 {
-	char x[MN_JSON_NUMLEN], y[MN_JSON_NUMLEN], z[MN_JSON_NUMLEN];
-
-	if (has(in->train)) {
-		sb_printf(b, "$train << EOD\n");
-		for (size_t i = 0; i < in->train->n; i++) {
-			const struct mn_metrics_point *p = &in->train->points[i];
-
-			fmt_num(p->loss, x);
-			fmt_num(p->learning_rate, y);
-			fmt_num(p->steps_per_sec, z);
-			sb_printf(b, "%" PRId64 " %s %s %s\n", p->step, x, y, z);
-		}
-		sb_printf(b, "EOD\n");
-	}
-	if (has(in->eval)) {
-		sb_printf(b, "$eval << EOD\n");
-		for (size_t i = 0; i < in->eval->n; i++) {
-			const struct mn_metrics_point *p = &in->eval->points[i];
-
-			fmt_num(p->accuracy, x);
-			fmt_num(p->loss, y);
-			sb_printf(b, "%" PRId64 " %s %s\n", p->step, x, y);
-		}
-		sb_printf(b, "EOD\n");
-	}
+	return p->accuracy;
 }
 
-int mn_report_text_script(const struct mn_report_input *in, int cols, int rows, char **script,
-                          size_t *len, char *err, size_t errlen)
+static double loss_of(const struct mn_metrics_point *p)
 {
-	struct sbuf b = {0};
-	int charts = has(in->train) + has(in->eval);
+	return p->loss;
+}
 
-	if (!charts) {
-		mn_errf(err, errlen, "no metrics to plot");
-		return -ENODATA;
-	}
-	data_blocks(&b, in);
-	sb_printf(&b,
-	          "set terminal dumb size %d,%d\n"
-	          "unset key\n"
-	          "set xlabel \"step\"\n"
-	          "set multiplot layout %d,1\n",
-	          cols < 40 ? 40 : cols, rows < 10 * charts ? 10 * charts : rows, charts);
-	if (has(in->train))
-		sb_printf(&b, "set title \"training loss\"\n"
-		              "plot $train using 1:2 with lines\n");
-	if (has(in->eval))
-		sb_printf(&b, "set title \"validation accuracy\"\n"
-		              "plot $eval using 1:2 with linespoints pt \"*\"\n");
-	sb_printf(&b, "unset multiplot\n");
-	return sb_finish(&b, script, len, err, errlen);
+static double learning_rate_of(const struct mn_metrics_point *p)
+{
+	return p->learning_rate;
 }
 
 /* The charts of a page, in page order. */
 static const struct chart {
 	const char *id, *title, *ylabel;
-	bool eval;  /* from $eval, else $train */
-	int column; /* y column of the data block */
-	bool best;  /* marks the best checkpoint */
+	const char *block; /* its data block, "$" + id with '_' for '-' */
+	bool eval;         /* from the evaluations, else the trainer's history */
+	double (*value)(const struct mn_metrics_point *p);
+	bool best; /* marks the best checkpoint */
 } charts[] = {
-    {"validation-accuracy", "Validation accuracy", "accuracy", true, 2, true},
-    {"validation-loss", "Validation loss", "loss", true, 3, false},
-    {"training-loss", "Training loss (mean since the previous line)", "loss", false, 2, false},
-    {"learning-rate", "Learning rate", "learning rate", false, 3, false},
+#define CHART_VALIDATION_ACCURACY 0
+#define CHART_TRAINING_LOSS       2
+    {"validation-accuracy", "Validation accuracy", "accuracy", "$validation_accuracy", true,
+     accuracy_of, true},
+    {"validation-loss", "Validation loss", "loss", "$validation_loss", true, loss_of, false},
+    {"training-loss", "Training loss (mean since the previous line)", "loss", "$training_loss",
+     false, loss_of, false},
+    {"learning-rate", "Learning rate", "learning rate", "$learning_rate", false, learning_rate_of,
+     false},
 };
 
 #define NCHARTS (sizeof(charts) / sizeof(charts[0]))
@@ -212,20 +176,166 @@ static const struct mn_metrics_series *chart_series(const struct chart *c,
 	return c->eval ? in->eval : in->train;
 }
 
-/* The points a chart draws: the lines whose value is a number. */
-static size_t chart_points(const struct chart *c, const struct mn_report_input *in)
+/* Appends index i to a bucket's picks unless it is there already. */
+static void pick(size_t *picks, size_t *n, size_t i)
+{
+	for (size_t k = 0; k < *n; k++)
+		if (picks[k] == i)
+			return;
+	picks[(*n)++] = i;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Writes one bucket's points, [from, to) of s, to the block: all of them
+ * when reduce is false, else its first, lowest, highest and last number
+ * and its first missing value (which breaks the line there), in step
+ * order. Returns the numbers written.
+ */
+static size_t bucket_points(struct sbuf *b, const struct chart *c,
+                            const struct mn_metrics_series *s, size_t from, size_t to, bool reduce)
+{
+	size_t picks[5], n = 0, first = SIZE_MAX, last = SIZE_MAX, lo = SIZE_MAX, hi = SIZE_MAX;
+	size_t gap = SIZE_MAX, numbers = 0;
+	char v[MN_JSON_NUMLEN];
+
+	if (!reduce) {
+		for (size_t i = from; i < to; i++) {
+			double y = c->value(&s->points[i]);
+
+			fmt_num(y, v);
+			sb_printf(b, "%" PRId64 " %s\n", s->points[i].step, v);
+			numbers += isfinite(y) ? 1 : 0;
+		}
+		return numbers;
+	}
+	for (size_t i = from; i < to; i++) {
+		double y = c->value(&s->points[i]);
+
+		if (!isfinite(y)) {
+			if (gap == SIZE_MAX)
+				gap = i;
+			continue;
+		}
+		if (first == SIZE_MAX)
+			first = i;
+		last = i;
+		if (lo == SIZE_MAX || y < c->value(&s->points[lo]))
+			lo = i;
+		if (hi == SIZE_MAX || y > c->value(&s->points[hi]))
+			hi = i;
+	}
+	if (first != SIZE_MAX) {
+		pick(picks, &n, first);
+		pick(picks, &n, lo);
+		pick(picks, &n, hi);
+		pick(picks, &n, last);
+	}
+	if (gap != SIZE_MAX)
+		pick(picks, &n, gap);
+	qsort(picks, n, sizeof(picks[0]), cmp_size);
+	for (size_t k = 0; k < n; k++) {
+		double y = c->value(&s->points[picks[k]]);
+
+		fmt_num(y, v);
+		sb_printf(b, "%" PRId64 " %s\n", s->points[picks[k]].step, v);
+		numbers += isfinite(y) ? 1 : 0;
+	}
+	return numbers;
+}
+
+/*
+ * The chart's data block, "step value" per line. A series longer than
+ * 5 * buckets lines is reduced per bucket of equal step range (M4, as
+ * time-series plotters do it): what is drawn is then the same shape at
+ * the resolution of the chart, at a bounded cost whatever the run's
+ * length. Returns the numbers written (the markers gnuplot draws).
+ */
+static size_t chart_block(struct sbuf *b, const struct chart *c, const struct mn_report_input *in,
+                          size_t buckets)
 {
 	const struct mn_metrics_series *s = chart_series(c, in);
-	size_t n = 0;
+	size_t numbers = 0, from = 0;
+	bool reduce = s->n > 5 * buckets;
+	int64_t s0 = s->points[0].step, span = s->points[s->n - 1].step - s0 + 1;
 
-	for (size_t i = 0; s && i < s->n; i++) {
-		const struct mn_metrics_point *p = &s->points[i];
-		double v = c->eval ? (c->column == 2 ? p->accuracy : p->loss)
-		                   : (c->column == 2 ? p->loss : p->learning_rate);
+	sb_printf(b, "%s << EOD\n", c->block);
+	if (!reduce) {
+		numbers = bucket_points(b, c, s, 0, s->n, false);
+	} else {
+		while (from < s->n) {
+			/* Steps are increasing, so a bucket is a run of lines. */
+			size_t k = (size_t)((double)(s->points[from].step - s0) * (double)buckets /
+			                    (double)span),
+			       to = from + 1;
 
-		n += isfinite(v) ? 1 : 0;
+			while (to < s->n && (size_t)((double)(s->points[to].step - s0) *
+			                             (double)buckets / (double)span) == k)
+				to++;
+			numbers += bucket_points(b, c, s, from, to, true);
+			from = to;
+		}
 	}
-	return n;
+	sb_printf(b, "EOD\n");
+	return numbers;
+}
+
+/*
+ * The plot command for a chart of the given numbers; a chart with none
+ * (a diverged run's losses are all null) gets a fixed y range and says so,
+ * where gnuplot would fail with "all points y value undefined".
+ */
+static void plot_chart(struct sbuf *b, const struct chart *c, size_t numbers, const char *with)
+{
+	if (numbers == 0)
+		sb_printf(b, "set yrange [0:1]\n"
+		             "set label 2 \"no finite values\" at graph 0.5, graph 0.5 center\n");
+	sb_printf(b, "plot %s using 1:2 %s\n", c->block, with);
+	if (numbers == 0)
+		sb_printf(b, "set autoscale y\nunset label 2\n");
+}
+
+int mn_report_text_script(const struct mn_report_input *in, int cols, int rows, char **script,
+                          size_t *len, char *err, size_t errlen)
+{
+	struct sbuf b = {0};
+	int plots = has(in->train) + has(in->eval);
+	size_t train_numbers = 0, eval_numbers = 0;
+
+	if (!plots) {
+		mn_errf(err, errlen, "no metrics to plot");
+		return -ENODATA;
+	}
+	cols = cols < 40 ? 40 : cols;
+	/* At most a handful of points per character column: more would not show. */
+	if (has(in->train))
+		train_numbers = chart_block(&b, &charts[CHART_TRAINING_LOSS], in, (size_t)cols);
+	if (has(in->eval))
+		eval_numbers =
+		    chart_block(&b, &charts[CHART_VALIDATION_ACCURACY], in, (size_t)cols);
+	sb_printf(&b,
+	          "set terminal dumb size %d,%d\n"
+	          "unset key\n"
+	          "set xlabel \"step\"\n"
+	          "set multiplot layout %d,1\n",
+	          cols, rows < 10 * plots ? 10 * plots : rows, plots);
+	if (has(in->train)) {
+		sb_printf(&b, "set title \"training loss\"\n");
+		plot_chart(&b, &charts[CHART_TRAINING_LOSS], train_numbers, "with lines");
+	}
+	if (has(in->eval)) {
+		sb_printf(&b, "set title \"validation accuracy\"\n");
+		plot_chart(&b, &charts[CHART_VALIDATION_ACCURACY], eval_numbers,
+		           "with linespoints pt \"*\"");
+	}
+	sb_printf(&b, "unset multiplot\n");
+	return sb_finish(&b, script, len, err, errlen);
 }
 
 int mn_report_svg_script(const struct mn_report_input *in, char **script, size_t *len, char *err,
@@ -233,13 +343,16 @@ int mn_report_svg_script(const struct mn_report_input *in, char **script, size_t
 {
 	struct mn_metrics_summary sum;
 	struct sbuf b = {0};
+	size_t numbers[NCHARTS] = {0};
 
 	if (!has(in->train) && !has(in->eval)) {
 		mn_errf(err, errlen, "no metrics to plot");
 		return -ENODATA;
 	}
 	mn_metrics_summarize(in->train, in->eval, in->best, &sum);
-	data_blocks(&b, in);
+	for (size_t i = 0; i < NCHARTS; i++)
+		if (has(chart_series(&charts[i], in)))
+			numbers[i] = chart_block(&b, &charts[i], in, MN_REPORT_CHART_POINTS / 5);
 	sb_printf(&b,
 	          "set terminal svg size 720,300 dynamic font \"sans,11\" background \"#ffffff\"\n"
 	          "set print \"-\"\n"
@@ -266,8 +379,7 @@ int mn_report_svg_script(const struct mn_report_input *in, char **script, size_t
 			          sum.best_step, sum.best_step, sum.best_step, sum.best_step,
 			          left ? "right" : "left", left ? "-0.5" : "0.5");
 		}
-		sb_printf(&b, "plot $%s using 1:%d with linespoints ls 1\n",
-		          c->eval ? "eval" : "train", c->column);
+		plot_chart(&b, c, numbers[i], "with linespoints ls 1");
 		sb_printf(&b, "unset arrow 1\nunset label 1\nprint \"" CHART_MARK "\"\n");
 	}
 	return sb_finish(&b, script, len, err, errlen);
@@ -310,6 +422,16 @@ static void summary_table(struct sbuf *b, const struct mn_metrics_summary *s)
 	} else {
 		summary_row(b, "elapsed", "elapsed", "-");
 	}
+}
+
+/* The markers a page's chart has: the numbers in its data block. */
+static size_t chart_points(const struct chart *c, const struct mn_report_input *in)
+{
+	struct sbuf scratch = {0};
+	size_t n = chart_block(&scratch, c, in, MN_REPORT_CHART_POINTS / 5);
+
+	free(scratch.p);
+	return n;
 }
 
 /* The charts from gnuplot's output, each SVG in a figure. */

@@ -15,7 +15,17 @@
  * summary-steps-per-sec and summary-elapsed (data-seconds holds the
  * number); one <figure id="chart-NAME" data-points="N"> per chart, NAME one
  * of validation-accuracy, validation-loss, training-loss, learning-rate,
- * holding gnuplot's <svg> with one marker per point; <pre id="config">.
+ * holding gnuplot's <svg> with one marker per point drawn (N of them);
+ * <pre id="config">.
+ *
+ * Charts are of bounded size whatever the length of the run: a curve of up
+ * to MN_REPORT_CHART_POINTS lines is drawn point for point; a longer one is
+ * cut into MN_REPORT_CHART_POINTS / 5 buckets of equal step range, each
+ * drawn as its first, lowest, highest and last value (and a gap where it
+ * has a missing one), so spikes and the ends stay where they were. The
+ * terminal charts do the same with one bucket per character column. A
+ * curve with no finite value at all (a diverged run) is an empty chart
+ * that says so.
  */
 #ifndef MN_REPORT_H
 #define MN_REPORT_H
@@ -24,6 +34,9 @@
 
 #include "config.h"
 #include "metrics.h"
+
+/* The most points a page's chart draws (see above). */
+#define MN_REPORT_CHART_POINTS 2000
 
 /* What a page or a chart is made of. NULL or empty series are left out. */
 struct mn_report_input {

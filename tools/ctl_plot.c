@@ -231,7 +231,7 @@ static int draw_terminal(const struct mn_report_input *in)
 	char *buf, err[MN_ERRLEN];
 	const char *text;
 	size_t len;
-	int cols, rows;
+	int cols, rows, rc;
 
 	terminal_size(&cols, &rows);
 	/* One line less than the screen, so the shell's prompt does not scroll a chart away. */
@@ -239,8 +239,13 @@ static int draw_terminal(const struct mn_report_input *in)
 		ctl_errorf("plot", "%s", err);
 		return MN_EX_FAILURE;
 	}
-	fwrite(text, 1, len, stdout);
+	rc = mn_write_iov(STDOUT_FILENO, &(struct iovec){.iov_base = (void *)text, .iov_len = len},
+	                  1);
 	free(buf);
+	if (rc < 0) {
+		ctl_errorf("plot", "standard output: %s", strerror(-rc));
+		return MN_EX_FAILURE;
+	}
 	return MN_EX_OK;
 }
 
@@ -250,10 +255,7 @@ static int write_page(const char *path, const char *html, size_t len)
 	const char *name;
 	struct iovec iov = {.iov_base = (void *)html, .iov_len = len};
 
-	if (strcmp(path, "-") == 0) {
-		fwrite(html, 1, len, stdout);
-		return MN_EX_OK;
-	}
+	/* "-" too: the writer sends it to standard output and reports a failed write. */
 	name = ctl_output_path(path, dir, sizeof(dir), err, sizeof(err));
 	if (!name || ctl_write_output(dir, name, &iov, 1, false, err, sizeof(err)) < 0) {
 		ctl_errorf("plot", "%s", err);

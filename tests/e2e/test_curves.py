@@ -4,6 +4,7 @@ and the evaluator's eval.report_html, loaded in headless Chromium."""
 
 import datetime
 import fcntl
+import html.parser
 import json
 import math
 import os
@@ -114,6 +115,28 @@ def write_run(work, n_train=40, n_eval=12):
     return train, ev
 
 
+def write_long_run(work, n_train, n_eval):
+    """Metrics files of a long run: a line every 150 steps, 5 s apart, with a
+    loss spike and a few null losses on the way."""
+    train, ev = os.path.join(work, "long-train.jsonl"), os.path.join(work, "long-eval.jsonl")
+    t0 = datetime.datetime(2026, 11, 1, tzinfo=datetime.timezone.utc)
+
+    def when(i):
+        return (t0 + datetime.timedelta(seconds=5 * i)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with open(train, "w") as f:
+        for i in range(1, n_train + 1):
+            loss = None if i % 5000 == 0 else (40.0 if i == n_train // 3 else 2.3 / math.sqrt(i) + 0.3)
+            f.write(json.dumps({"step": i * 150, "loss": loss, "learning_rate": 0.8 * 0.99 ** (i / 5000),
+                                "steps_per_sec": 30.5, "time": when(i), "max_steps": n_train * 150}) + "\n")
+    ratio = n_train // n_eval
+    with open(ev, "w") as f:
+        for i in range(1, n_eval + 1):
+            f.write(json.dumps({"step": i * 150 * ratio, "accuracy": 0.9 - 0.5 / math.sqrt(i), "loss": 0.5 / math.sqrt(i),
+                                "checkpoint": "model.ckpt-%d.safetensors" % (i * 150 * ratio), "ema": True,
+                                "time": when(i * ratio)}) + "\n")
+    return train, ev
+
+
 def png_pixels(path):
     """Decodes an 8-bit RGB(A), non-interlaced PNG (what Chromium writes) into
     (width, height, rows of bytes per pixel)."""
@@ -216,6 +239,47 @@ def figures(dom):
 
 def summary(dom):
     return dict(re.findall(r'<td id="summary-([a-z-]+)"[^>]*>([^<]*)</td>', dom))
+
+
+class HTMLChecker(html.parser.HTMLParser):
+    """Holds a page to what a browser needs no error recovery for: every
+    element but the void ones closed, in order, and nothing outside <html>."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "col", "area", "base", "embed", "source",
+            "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        pass
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append("</%s> closes %s" % (tag, self.stack[-1:] or "nothing"))
+        else:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        if not self.stack and data.strip():
+            self.errors.append("text outside <html>: %r" % data[:40])
+        self.text.append(data)
+
+
+def check_html(test, text):
+    """Parses a page with Python's HTML parser: balanced, and no control characters."""
+    p = HTMLChecker()
+    p.feed(text)
+    p.close()
+    test.assertEqual(p.errors, [])
+    test.assertEqual(p.stack, [])
+    test.assertIsNone(re.search(r"[\x00-\x08\x0b\x0e-\x1f\x7f]", text), "control characters")
+    return "".join(p.text)
 
 
 def check_page(test, page, train_path, eval_path):
@@ -362,6 +426,61 @@ class PlotTest(mnlib.TestCase):
         r = self.plot()  # standard output is a pipe here
         self.assertEqual(r.returncode, 2)
         self.assertIn("not a terminal", r.stderr)
+
+    def test_a_full_standard_output_is_an_error(self):
+        for mode in (["-o", "-"], ["--terminal"]):
+            with open("/dev/full", "w") as full:
+                r = subprocess.run([MNISTCTL, "--config", self.cfg_path, "plot"] + mode, stdout=full,
+                                   stderr=subprocess.PIPE, text=True, timeout=60 * mnlib.SLOW)
+            self.assertEqual(r.returncode, 1, (mode, r.stderr))
+            self.assertIn("standard output: No space left on device", r.stderr, mode)
+
+    def test_a_long_run_gives_a_bounded_page(self):
+        """A month of training (200000 history lines, 20000 evaluations) is
+        drawn quickly into a page of bounded size that is still valid HTML,
+        whose charts keep at most 2000 points each, and that Chromium shows
+        without a console message."""
+        train, ev = write_long_run(self.work, 200000, 20000)
+        page = os.path.join(self.work, "report.html")
+        r = self.plot("--train", train, "--eval", ev, "-o", page)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertLess(os.path.getsize(page), 2 << 20)
+        with open(page, "rb") as f:
+            text = f.read().decode("utf-8")  # strictly: the page is UTF-8
+        check_html(self, text)
+        dom, console, urls = Chromium(self).dump_dom("file://" + page)
+        self.assertEqual(console, [])
+        self.assertEqual(urls, set())
+        figs = figures(dom)
+        self.assertEqual(set(figs), {"validation-accuracy", "validation-loss", "training-loss", "learning-rate"})
+        for name, (points, markers) in figs.items():
+            self.assertEqual(points, markers, name)
+            self.assertTrue(400 <= points <= 2000, (name, points))
+        self.assertEqual(summary(dom)["steps"], str(200000 * 150))
+        r = self.plot("--train", train, "--eval", ev, "--terminal")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("training loss", r.stdout)
+
+    def test_a_diverged_run_is_drawn(self):
+        """Every loss null (non-finite): the charts are drawn, empty and saying so."""
+        with open(self.train_path) as f:
+            lines = [json.loads(x) for x in f]
+        with open(self.train_path, "w") as f:
+            for x in lines:
+                f.write(json.dumps(dict(x, loss=None, learning_rate=None)) + "\n")
+        with open(self.eval_path) as f:
+            lines = [json.loads(x) for x in f]
+        with open(self.eval_path, "w") as f:
+            for x in lines:
+                f.write(json.dumps(dict(x, loss=None, accuracy=0.1)) + "\n")
+        r = self.plot("--terminal")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("no finite values", r.stdout)
+        r = self.plot("-o", "-")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(figures(r.stdout), {"validation-accuracy": (12, 12), "validation-loss": (0, 0),
+                                             "training-loss": (0, 0), "learning-rate": (0, 0)})
+        check_html(self, r.stdout)
 
     def test_an_interrupted_page_leaves_no_temporary_file(self):
         """plot -o writes its page as convert, freeze and export write their

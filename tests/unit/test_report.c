@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gnuplot.h"
 #include "mn_test.h"
 #include "util.h"
 
@@ -62,14 +63,16 @@ START_TEST(text_script_sized_to_the_terminal)
 	ck_assert_uint_eq(strlen(script), len);
 	ck_assert_ptr_nonnull(strstr(script, "set terminal dumb size 100,30\n"));
 	ck_assert_ptr_nonnull(strstr(script, "set multiplot layout 2,1\n"));
-	ck_assert_ptr_nonnull(strstr(script, "$train << EOD\n10 2.5 0.5 100\n20 NaN 0.25 100\n"));
-	ck_assert_ptr_nonnull(strstr(script, "$eval << EOD\n20 0.5 1\n30 0.75 0.5\nEOD\n"));
+	ck_assert_ptr_nonnull(
+	    strstr(script, "$training_loss << EOD\n10 2.5\n20 NaN\n30 1.5\nEOD\n"));
+	ck_assert_ptr_nonnull(
+	    strstr(script, "$validation_accuracy << EOD\n20 0.5\n30 0.75\nEOD\n"));
 	free(script);
 	/* Only what there is; nothing at all is an error. */
 	in.eval = NULL;
 	ck_assert_int_eq(mn_report_text_script(&in, 100, 30, &script, &len, err, sizeof(err)), 0);
 	ck_assert_ptr_nonnull(strstr(script, "set multiplot layout 1,1\n"));
-	ck_assert_ptr_null(strstr(script, "$eval"));
+	ck_assert_ptr_null(strstr(script, "$validation"));
 	free(script);
 	in.train = NULL;
 	ck_assert_int_eq(mn_report_text_script(&in, 100, 30, &script, &len, err, sizeof(err)),
@@ -171,12 +174,173 @@ START_TEST(page_rejects_missing_charts)
 }
 END_TEST
 
+/* A long run: n lines of a noisy, falling loss, with a spike at step 10 * spike. */
+static void long_series(struct mn_metrics_series *s, size_t n, size_t spike, bool eval_kind)
+{
+	s->points = calloc(n, sizeof(*s->points));
+	ck_assert_ptr_nonnull(s->points);
+	s->n = s->lines = n;
+	for (size_t i = 0; i < n; i++) {
+		struct mn_metrics_point *p = &s->points[i];
+
+		p->step = (int64_t)(i + 1) * 10;
+		p->time_ms = 1800000000000 + (int64_t)i * 1000;
+		p->loss = 2.0 / (1.0 + (double)i / 1000.0) + (double)(i % 7) / 100.0;
+		if (i == spike)
+			p->loss = 50.0;
+		if (i % 1000 == 999)
+			p->loss = NAN;
+		p->learning_rate = eval_kind ? NAN : 0.5;
+		p->steps_per_sec = eval_kind ? NAN : 100;
+		p->accuracy = eval_kind ? 0.5 + (double)i / (4.0 * (double)n) : NAN;
+		if (eval_kind)
+			snprintf(p->checkpoint, sizeof(p->checkpoint), "m-%zu", i);
+	}
+}
+
+/* The lines of the data block named name in script: "step value" each. */
+static size_t block_lines(const char *script, const char *name, double *max, int64_t *max_step)
+{
+	char head[64];
+	const char *p;
+	size_t n = 0;
+
+	snprintf(head, sizeof(head), "%s << EOD\n", name);
+	p = strstr(script, head);
+	ck_assert_msg(p, "no block %s", name);
+	*max = -1;
+	for (p += strlen(head); strncmp(p, "EOD\n", 4) != 0; p = strchr(p, '\n') + 1) {
+		long long step;
+		double v;
+
+		ck_assert_int_eq(sscanf(p, "%lld %lf", &step, &v), 2);
+		if (v > *max) {
+			*max = v;
+			*max_step = step;
+		}
+		n++;
+	}
+	return n;
+}
+
+/*
+ * A run of hundreds of thousands of lines gives charts of a bounded number
+ * of points, and keeps what matters: the spike, the first and the last step.
+ */
+START_TEST(long_runs_give_bounded_charts)
+{
+	struct mn_metrics_series t = {0}, e = {0};
+	struct mn_report_input in = {.train = &t, .eval = &e};
+	char *script, err[MN_ERRLEN];
+	size_t len, n;
+	int64_t at = 0;
+	double max;
+
+	long_series(&t, 300000, 123457, false);
+	long_series(&e, 30000, 20000, true);
+	ck_assert_int_eq(mn_report_svg_script(&in, &script, &len, err, sizeof(err)), 0);
+	ck_assert_uint_lt(len, 400000);
+	n = block_lines(script, "$training_loss", &max, &at);
+	ck_assert_uint_le(n, MN_REPORT_CHART_POINTS);
+	ck_assert_uint_ge(n, MN_REPORT_CHART_POINTS / 5);
+	ck_assert_double_eq(max, 50.0);
+	ck_assert_int_eq(at, 1234580);
+	ck_assert_ptr_nonnull(strstr(script, "$training_loss << EOD\n10 "));
+	ck_assert_ptr_nonnull(strstr(script, "\n3000000 "));
+	n = block_lines(script, "$validation_accuracy", &max, &at);
+	ck_assert_uint_le(n, MN_REPORT_CHART_POINTS);
+	ck_assert_int_eq(at, 300000);
+	free(script);
+	ck_assert_int_eq(mn_report_text_script(&in, 80, 24, &script, &len, err, sizeof(err)), 0);
+	ck_assert_uint_lt(len, 100000);
+	ck_assert_uint_le(block_lines(script, "$training_loss", &max, &at), 5 * 80);
+	ck_assert_double_eq(max, 50.0);
+	free(script);
+	mn_metrics_series_free(&t);
+	mn_metrics_series_free(&e);
+}
+END_TEST
+
+/*
+ * gnuplot itself draws such a run quickly into a page of bounded size,
+ * with one marker per point it was given.
+ */
+START_TEST(long_runs_give_a_bounded_page)
+{
+	struct mn_metrics_series t = {0}, e = {0};
+	struct mn_report_input in = {.train = &t, .eval = &e};
+	char *script, *svg, *html, err[MN_ERRLEN];
+	size_t len, svglen, hlen;
+	uint64_t t0;
+
+	long_series(&t, 300000, 5, false);
+	long_series(&e, 30000, 5, true);
+	ck_assert_int_eq(mn_report_svg_script(&in, &script, &len, err, sizeof(err)), 0);
+	t0 = mn_monotonic_ns();
+	ck_assert_msg(mn_gnuplot_run(script, len, MN_GNUPLOT_TIMEOUT_MS, &svg, &svglen, err,
+	                             sizeof(err)) == 0,
+	              "%s", err);
+	ck_assert_uint_lt(mn_monotonic_ns() - t0, 20ull * 1000000000);
+	ck_assert_int_eq(mn_report_html(&in, svg, svglen, &html, &hlen, err, sizeof(err)), 0);
+	ck_assert_uint_lt(hlen, 4u << 20);
+	free(script);
+	free(svg);
+	free(html);
+	mn_metrics_series_free(&t);
+	mn_metrics_series_free(&e);
+}
+END_TEST
+
+/*
+ * A diverged run, whose every loss is null, still gets its page and its
+ * terminal charts: the chart says it has no finite values instead of
+ * gnuplot failing on "all points y value undefined".
+ */
+START_TEST(a_curve_without_a_finite_value_is_drawn_empty)
+{
+	static const char nan_text[] =
+	    "{\"step\":10,\"loss\":null,\"learning_rate\":null,\"steps_per_sec\":1,"
+	    "\"time\":\"2026-11-29T10:00:00.000Z\"}\n"
+	    "{\"step\":20,\"loss\":null,\"learning_rate\":null,\"steps_per_sec\":1,"
+	    "\"time\":\"2026-11-29T10:00:05.000Z\"}\n";
+	struct mn_metrics_series t = {0};
+	struct mn_report_input in = {.train = &t, .eval = &eval};
+	char *script, *out, *html, err[MN_ERRLEN];
+	size_t len, outlen, hlen;
+
+	ck_assert_int_eq(mn_metrics_parse(MN_METRICS_TRAIN, nan_text, strlen(nan_text), "t", &t,
+	                                  err, sizeof(err)),
+	                 0);
+	ck_assert_int_eq(mn_report_text_script(&in, 80, 24, &script, &len, err, sizeof(err)), 0);
+	ck_assert_msg(mn_gnuplot_run(script, len, MN_GNUPLOT_TIMEOUT_MS, &out, &outlen, err,
+	                             sizeof(err)) == 0,
+	              "%s", err);
+	ck_assert_ptr_nonnull(strstr(out, "no finite values"));
+	free(out);
+	free(script);
+	ck_assert_int_eq(mn_report_svg_script(&in, &script, &len, err, sizeof(err)), 0);
+	ck_assert_msg(mn_gnuplot_run(script, len, MN_GNUPLOT_TIMEOUT_MS, &out, &outlen, err,
+	                             sizeof(err)) == 0,
+	              "%s", err);
+	ck_assert_int_eq(mn_report_html(&in, out, outlen, &html, &hlen, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(
+	    strstr(html, "<figure id=\"chart-training-loss\" data-points=\"0\">"));
+	ck_assert_ptr_nonnull(
+	    strstr(html, "<figure id=\"chart-validation-accuracy\" data-points=\"2\">"));
+	free(html);
+	free(out);
+	free(script);
+	mn_metrics_series_free(&t);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("report");
 
 	MN_TEST_ADD(mn_test_tcase(s, "report", setup, teardown), text_script_sized_to_the_terminal,
 	            svg_script_has_a_chart_per_curve, page_escapes_and_holds_the_charts,
-	            page_rejects_missing_charts);
+	            page_rejects_missing_charts, long_runs_give_bounded_charts,
+	            long_runs_give_a_bounded_page, a_curve_without_a_finite_value_is_drawn_empty);
 	return mn_test_run(s);
 }
