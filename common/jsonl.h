@@ -7,7 +7,9 @@
  * file never sees half a line and two writers never interleave inside one.
  * A short write (the disk filled up mid-line) is cut off again with
  * ftruncate so the next record starts on a line of its own; only if that
- * fails is the next record preceded by a newline that ends the torn one.
+ * fails is the next record preceded by a newline that ends the torn one;
+ * so is the first record written to a file that already ends in a partial
+ * line (its previous writer died mid-line, or a crash cut it off).
  * mn_jsonl_reopen() is for logrotate: the rotated file has been moved
  * aside, and the next records go to a new file under the same path.
  *

@@ -185,6 +185,40 @@ static int parse_line(enum mn_metrics_kind kind, const char *line, size_t len, c
 	return 0;
 }
 
+/*
+ * Whether a line (its NUL bytes at either end already cut away) is a record
+ * its writer never finished: an object that is never closed. Such a line is
+ * what a writer that died mid-write leaves, ended by the next writer's
+ * newline; a line that closes its object and still fails is wrong instead.
+ */
+static bool never_closed(const char *p, size_t len)
+{
+	int depth = 0;
+	bool in_string = false, escaped = false;
+
+	if (len == 0 || p[0] != '{')
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = p[i];
+
+		if (in_string) {
+			if (escaped)
+				escaped = false;
+			else if (c == '\\')
+				escaped = true;
+			else if (c == '"')
+				in_string = false;
+		} else if (c == '"') {
+			in_string = true;
+		} else if (c == '{' || c == '[') {
+			depth++;
+		} else if ((c == '}' || c == ']') && --depth == 0) {
+			return false;
+		}
+	}
+	return true;
+}
+
 int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, const char *name,
                      struct mn_metrics_series *out, char *err, size_t errlen)
 {
@@ -196,9 +230,19 @@ int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, co
 	*out = s;
 	for (const char *nl; p < end && (nl = memchr(p, '\n', (size_t)(end - p))); p = nl + 1) {
 		struct mn_metrics_point pt;
+		const char *a = p, *z = nl;
 
 		s.lines++;
-		rc = parse_line(kind, p, (size_t)(nl - p), name, s.lines, &pt, err, errlen);
+		/* A crash can leave zeros where a line's bytes never reached the disk. */
+		while (a < z && *a == '\0')
+			a++;
+		while (z > a && z[-1] == '\0')
+			z--;
+		if ((a == z && nl > p) || never_closed(a, (size_t)(z - a))) {
+			s.cut++;
+			continue;
+		}
+		rc = parse_line(kind, a, (size_t)(z - a), name, s.lines, &pt, err, errlen);
 		if (rc == 0 && (rc = keep_point(&s, &cap, &pt)) < 0)
 			mn_errf(err, errlen, "%s: out of memory", name);
 		if (rc < 0)
@@ -224,7 +268,7 @@ int mn_metrics_load(enum mn_metrics_kind kind, const char *path, struct mn_metri
 	int rc;
 
 	out->points = NULL;
-	out->n = out->lines = 0;
+	out->n = out->lines = out->cut = 0;
 	rc = mn_read_file(path, MN_METRICS_FILE_MAX, &text, &len, err, errlen);
 	if (rc == 0)
 		rc = mn_metrics_parse(kind, text, len, path, out, err, errlen);
@@ -236,7 +280,7 @@ void mn_metrics_series_free(struct mn_metrics_series *s)
 {
 	free(s->points);
 	s->points = NULL;
-	s->n = s->lines = 0;
+	s->n = s->lines = s->cut = 0;
 }
 
 int mn_metrics_load_best(const char *path, struct mn_metrics_best *out, char *err, size_t errlen)

@@ -7,6 +7,11 @@
  * object with the members below, of the right types, or the whole file is
  * rejected with a message that names the file and the line. A last line
  * without its newline is a record still being written and is left out.
+ * So is a complete line that is a record never finished (an object never
+ * closed, NUL bytes at either end cut away, or NUL bytes only): what a
+ * writer that died mid-write, or a crash that zero-filled the file's end,
+ * leaves behind once the next writer has ended it (jsonl.h); it is
+ * counted in cut, and the lines after it still count.
  *
  * Steps can go backwards in a file: a trainer resumed after a crash
  * restarts from its last checkpoint, older than its last line, and an
@@ -51,6 +56,7 @@ struct mn_metrics_series {
 	struct mn_metrics_point *points;
 	size_t n;
 	size_t lines; /* complete lines read, including the discarded ones */
+	size_t cut;   /* of those, records never finished (left out) */
 };
 
 /*

@@ -484,6 +484,13 @@ static const char *const style =
     "figure{margin:0;border:1px solid #ddd}figure svg{width:100%;height:auto;display:block}"
     "pre{background:#f6f6f6;padding:.8em;overflow:auto}.meta{color:#666}";
 
+/* Lines a writer never finished are left out of the curves; the page says how many. */
+static void cut_note(struct sbuf *b, const struct mn_metrics_series *s)
+{
+	if (s->cut)
+		sb_printf(b, ", %zu cut off and left out", s->cut);
+}
+
 static void head(struct sbuf *b, const struct mn_report_input *in,
                  const struct mn_metrics_summary *s)
 {
@@ -504,13 +511,16 @@ static void head(struct sbuf *b, const struct mn_report_input *in,
 	if (has(in->train)) {
 		sb_printf(b, "<code>");
 		sb_escape(b, in->train_path ? in->train_path : "train.metrics_file");
-		sb_printf(b, "</code> (%zu lines)%s", in->train->lines,
-		          has(in->eval) ? " and " : "");
+		sb_printf(b, "</code> (%zu lines", in->train->lines);
+		cut_note(b, in->train);
+		sb_printf(b, ")%s", has(in->eval) ? " and " : "");
 	}
 	if (has(in->eval)) {
 		sb_printf(b, "<code>");
 		sb_escape(b, in->eval_path ? in->eval_path : "eval.metrics_file");
-		sb_printf(b, "</code> (%zu lines)", in->eval->lines);
+		sb_printf(b, "</code> (%zu lines", in->eval->lines);
+		cut_note(b, in->eval);
+		sb_printf(b, ")");
 	}
 	sb_printf(b, ".%s</p>\n", in->refresh_seconds > 0 ? " The page reloads itself." : "");
 }

@@ -123,12 +123,42 @@ START_TEST(open_error_names_the_file)
 }
 END_TEST
 
+/*
+ * A file that ends in the middle of a line (its writer died mid-write, a
+ * crash left it cut off) gets that line ended before the next record, so
+ * the record is not glued to it: at open, and at a reopen onto such a file.
+ */
+START_TEST(a_file_cut_mid_line_gets_its_line_ended)
+{
+	char path[256], err[MN_ERRLEN], *text;
+	struct mn_jsonl *f;
+
+	snprintf(path, sizeof(path), "%s/m.jsonl", dir);
+	mn_test_write_file(path, "{\"step\":0}\n{\"step\":1,\"lo", 24);
+	ck_assert_int_eq(mn_jsonl_open(path, &f, err, sizeof(err)), 0);
+	append_step(f, 2);
+	append_step(f, 3);
+	text = slurp(path);
+	ck_assert_str_eq(text, "{\"step\":0}\n{\"step\":1,\"lo\n{\"step\":2}\n{\"step\":3}\n");
+	free(text);
+	/* Replaced under the name by another cut-off file: the same at the reopen. */
+	mn_test_write_file(path, "{\"ste", 5);
+	ck_assert_int_eq(mn_jsonl_reopen(f, err, sizeof(err)), 0);
+	append_step(f, 4);
+	mn_jsonl_close(f);
+	text = slurp(path);
+	ck_assert_str_eq(text, "{\"ste\n{\"step\":4}\n");
+	free(text);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("jsonl");
 
 	MN_TEST_ADD(mn_test_tcase(s, "jsonl", setup, teardown), appends_whole_lines,
 	            reopen_follows_rotation, failed_reopen_keeps_the_old_file,
-	            empty_path_is_no_file, open_error_names_the_file);
+	            empty_path_is_no_file, open_error_names_the_file,
+	            a_file_cut_mid_line_gets_its_line_ended);
 	return mn_test_run(s);
 }

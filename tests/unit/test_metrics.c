@@ -89,6 +89,42 @@ START_TEST(unfinished_last_line_is_left_out)
 }
 END_TEST
 
+/*
+ * A line its writer never finished (it died mid-write, or a crash cut the
+ * file and zero-filled its end) and that a later writer ended with a
+ * newline is left out and counted, not a reason to refuse the whole
+ * history: the lines after it are the run that went on.
+ */
+START_TEST(cut_off_lines_are_left_out)
+{
+	static const char text[] =
+	    T(1, 1) "{\"step\":2,\"loss\":0.5,\"lea\n" T(3, 3) "\0\0\0\0\n"
+	                                                       "{\"step\":4,\"lo\0\0\0\n"
+	                                                       "\0\0" T(5, 5);
+	struct mn_metrics_series s;
+	char err[MN_ERRLEN];
+
+	ck_assert_msg(mn_metrics_parse(MN_METRICS_TRAIN, text, sizeof(text) - 1, "f.jsonl", &s, err,
+	                               sizeof(err)) == 0,
+	              "%s", err);
+	ck_assert_uint_eq(s.n, 3);
+	ck_assert_uint_eq(s.lines, 6);
+	ck_assert_uint_eq(s.cut, 3);
+	ck_assert_int_eq(s.points[1].step, 3);
+	ck_assert_int_eq(s.points[2].step, 5);
+	mn_metrics_series_free(&s);
+	/* A line that is whole but wrong is still an error, as is text that is no record. */
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, T(1, 1) "{\"step\":2,oops}\n" T(3, 3), &s, err),
+	                 -EINVAL);
+	ck_assert_msg(strstr(err, "f.jsonl:2: not a JSON object"), "%s", err);
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, T(1, 1) "garbage {\"step\":2\n", &s, err),
+	                 -EINVAL);
+	ck_assert_msg(strstr(err, "f.jsonl:2: not a JSON object"), "%s", err);
+	/* Nothing but cut-off lines is no lines yet. */
+	ck_assert_int_eq(parse(MN_METRICS_TRAIN, "{\"step\":1\n", &s, err), -ENODATA);
+}
+END_TEST
+
 START_TEST(bad_lines_name_the_line)
 {
 	static const struct {
@@ -242,8 +278,9 @@ int main(void)
 	Suite *s = suite_create("metrics");
 
 	MN_TEST_ADD(mn_test_tcase(s, "parse", NULL, NULL), train_lines_parse,
-	            backwards_step_starts_over, unfinished_last_line_is_left_out,
-	            bad_lines_name_the_line, null_loss_is_nan, times, summary_of_both_files);
+	            cut_off_lines_are_left_out, backwards_step_starts_over,
+	            unfinished_last_line_is_left_out, bad_lines_name_the_line, null_loss_is_nan,
+	            times, summary_of_both_files);
 	MN_TEST_ADD(mn_test_tcase(s, "files", setup, teardown), best_json,
 	            load_names_a_missing_file);
 	return mn_test_run(s);

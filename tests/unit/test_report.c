@@ -126,7 +126,8 @@ START_TEST(page_escapes_and_holds_the_charts)
 	snprintf(cfg.log.file, sizeof(cfg.log.file), "</pre><script>x</script>");
 	ck_assert_int_eq(mn_report_html(&in, svg, strlen(svg), &html, &len, err, sizeof(err)), 0);
 	ck_assert_uint_eq(strlen(html), len);
-	ck_assert_ptr_nonnull(strstr(html, "<code>/tmp/a&lt;b&gt;&amp;&#39;c&#39;.jsonl</code>"));
+	ck_assert_ptr_nonnull(
+	    strstr(html, "<code>/tmp/a&lt;b&gt;&amp;&#39;c&#39;.jsonl</code> (3 lines)"));
 	ck_assert_ptr_nonnull(strstr(html, "&lt;/pre&gt;&lt;script&gt;x&lt;/script&gt;"));
 	ck_assert_ptr_null(strstr(html, "<script"));
 	ck_assert_ptr_nonnull(strstr(html, "<meta http-equiv=\"refresh\" content=\"15\">"));
@@ -146,6 +147,11 @@ START_TEST(page_escapes_and_holds_the_charts)
 	ck_assert_ptr_nonnull(strstr(html, "<td id=\"summary-latest-accuracy\">0.75</td>"));
 	ck_assert_ptr_nonnull(strstr(html, "<td id=\"summary-steps-per-sec\">98.5</td>"));
 	ck_assert_ptr_nonnull(strstr(html, "data-seconds=\"65.000\">0h 01m 05s</td>"));
+	free(html);
+	/* Lines left out as never finished are owned up to. */
+	train.cut = 2;
+	ck_assert_int_eq(mn_report_html(&in, svg, strlen(svg), &html, &len, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(html, ".jsonl</code> (3 lines, 2 cut off and left out)"));
 	free(html);
 	free(svg);
 }
