@@ -81,11 +81,59 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
 	free(big);
 }
 
-/* Text into HTML (element content and quoted attribute values alike). */
+/*
+ * The length of the well-formed UTF-8 sequence at s (RFC 3629: no overlong
+ * forms, no surrogates), or 0 with *bad the bytes of its maximal ill-formed
+ * prefix (at least 1), which one U+FFFD stands for.
+ */
+static size_t utf8_len(const unsigned char *s, size_t *bad)
+{
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t n, i;
+
+	if (s[0] < 0x80)
+		return 1;
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		n = 2;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		n = 3;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		n = 4;
+	else {
+		*bad = 1;
+		return 0;
+	}
+	if (s[0] == 0xe0)
+		lo = 0xa0;
+	else if (s[0] == 0xed)
+		hi = 0x9f;
+	else if (s[0] == 0xf0)
+		lo = 0x90;
+	else if (s[0] == 0xf4)
+		hi = 0x8f;
+	for (i = 1; i < n; i++, lo = 0x80, hi = 0xbf) {
+		if (s[i] < lo || s[i] > hi) {
+			*bad = i;
+			return 0;
+		}
+	}
+	return n;
+}
+
+/*
+ * Text into HTML (element content and quoted attribute values alike). Paths
+ * are bytes: what is not UTF-8, and control characters, become U+FFFD, so
+ * the page stays valid UTF-8 without a character a parser must recover from.
+ */
 static void sb_escape(struct sbuf *b, const char *s)
 {
-	for (; *s; s++) {
-		switch (*s) {
+	static const char replacement[] = "\xef\xbf\xbd";
+
+	while (*s) {
+		const unsigned char c = (unsigned char)*s;
+		size_t bad = 0, n;
+
+		switch (c) {
 		case '&':
 			sb_put(b, "&amp;", 5);
 			break;
@@ -101,9 +149,26 @@ static void sb_escape(struct sbuf *b, const char *s)
 		case '\'':
 			sb_put(b, "&#39;", 5);
 			break;
-		default:
+		case '\t':
+		case '\n':
 			sb_put(b, s, 1);
+			break;
+		default:
+			if (c < 0x20 || c == 0x7f) {
+				sb_put(b, replacement, 3);
+				break;
+			}
+			n = utf8_len((const unsigned char *)s, &bad);
+			if (n) {
+				sb_put(b, s, n);
+				s += n;
+			} else {
+				sb_put(b, replacement, 3);
+				s += bad;
+			}
+			continue;
 		}
+		s++;
 	}
 }
 

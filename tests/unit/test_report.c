@@ -157,6 +157,29 @@ START_TEST(page_escapes_and_holds_the_charts)
 }
 END_TEST
 
+/*
+ * A path is bytes: one that is not UTF-8, or holds control characters,
+ * still gives a page that is valid UTF-8 HTML, each bad byte shown as
+ * U+FFFD.
+ */
+START_TEST(page_text_is_always_utf8)
+{
+	struct mn_report_input in = {.train = &train,
+	                             .eval = &eval,
+	                             .train_path =
+	                                 "/tmp/\xff\x01\x1b[31m\xc3\xa9\xe2\x82<b>.jsonl"};
+	char *svg = fake_svg(4), *html, err[MN_ERRLEN];
+	size_t len;
+
+	ck_assert_int_eq(mn_report_html(&in, svg, strlen(svg), &html, &len, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(html, "<code>/tmp/\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd[31m\xc3\xa9"
+	                           "\xef\xbf\xbd&lt;b&gt;.jsonl</code>"),
+	              "%s", html);
+	free(html);
+	free(svg);
+}
+END_TEST
+
 START_TEST(page_rejects_missing_charts)
 {
 	struct mn_report_input in = {.train = &train, .eval = &eval};
@@ -346,7 +369,8 @@ int main(void)
 
 	MN_TEST_ADD(mn_test_tcase(s, "report", setup, teardown), text_script_sized_to_the_terminal,
 	            svg_script_has_a_chart_per_curve, page_escapes_and_holds_the_charts,
-	            page_rejects_missing_charts, long_runs_give_bounded_charts,
-	            long_runs_give_a_bounded_page, a_curve_without_a_finite_value_is_drawn_empty);
+	            page_rejects_missing_charts, page_text_is_always_utf8,
+	            long_runs_give_bounded_charts, long_runs_give_a_bounded_page,
+	            a_curve_without_a_finite_value_is_drawn_empty);
 	return mn_test_run(s);
 }
