@@ -4,6 +4,7 @@
 #include "history.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -18,6 +19,7 @@ struct mnd_history {
 	/* The worker's cumulative loss at the previous line: the mean since is the difference. */
 	double loss_sum;
 	int64_t loss_count;
+	int64_t loss_nonfinite;
 };
 
 int mnd_history_open(const char *path, struct mnd_history **out, char *err, size_t errlen)
@@ -46,6 +48,7 @@ int mnd_history_record(struct mnd_history *h, const struct mnd_worker_status *s,
                        size_t errlen)
 {
 	char when[MN_TIMELEN];
+	double mean;
 	int64_t n;
 	cJSON *o;
 	int rc = -ENOMEM;
@@ -53,10 +56,13 @@ int mnd_history_record(struct mnd_history *h, const struct mnd_worker_status *s,
 	if (!h || s->loss_count <= h->loss_count)
 		return 0;
 	n = s->loss_count - h->loss_count;
+	/* A span with a non-finite step has no mean (null); the next span has its own. */
+	mean = s->loss_nonfinite > h->loss_nonfinite ? (double)NAN
+	                                             : (s->loss_sum - h->loss_sum) / (double)n;
 	mn_time_rfc3339(when);
 	o = cJSON_CreateObject();
 	if (!o || !mn_json_add(o, "step", mn_json_int(s->step)) ||
-	    !mn_json_add(o, "loss", mn_json_double((s->loss_sum - h->loss_sum) / (double)n, 6)) ||
+	    !mn_json_add(o, "loss", mn_json_double(mean, 6)) ||
 	    !mn_json_add(o, "learning_rate", mn_json_double(s->learning_rate, -1)) ||
 	    !mn_json_add(o, "steps_per_sec", mn_json_double(s->steps_per_sec, 2)) ||
 	    !cJSON_AddStringToObject(o, "time", when) ||
@@ -69,6 +75,7 @@ int mnd_history_record(struct mnd_history *h, const struct mnd_worker_status *s,
 		return rc;
 	h->loss_sum = s->loss_sum;
 	h->loss_count = s->loss_count;
+	h->loss_nonfinite = s->loss_nonfinite;
 	return 1;
 }
 

@@ -597,7 +597,11 @@ static int train_step(struct mnd_worker *w)
 	pthread_mutex_lock(&w->lock);
 	w->status.step = step;
 	w->status.loss = loss;
-	w->status.loss_sum += loss;
+	/* One NaN in a running sum would make every later mean NaN (stop_on_nan off). */
+	if (isfinite(loss))
+		w->status.loss_sum += loss;
+	else
+		w->status.loss_nonfinite++;
 	w->status.loss_count++;
 	w->status.learning_rate = lr;
 	w->status.progress_ns = now;

@@ -25,16 +25,17 @@
 
 /* A snapshot of the worker's progress, for status, logs and notify. */
 struct mnd_worker_status {
-	int64_t step;         /* global_step */
-	int64_t max_steps;    /* current target */
-	double learning_rate; /* of the last step */
-	double loss;          /* mean cross-entropy of the last step (NAN before one) */
-	double loss_sum;      /* sum of every step's loss since the worker started */
-	int64_t loss_count;   /* steps in loss_sum: means over any span come from two reads */
-	double steps_per_sec; /* over the last few seconds */
-	bool paused;          /* deliberately paused */
-	bool finished;        /* the thread has exited */
-	int64_t progress_ns;  /* monotonic time of the last step or pause check */
+	int64_t step;           /* global_step */
+	int64_t max_steps;      /* current target */
+	double learning_rate;   /* of the last step */
+	double loss;            /* mean cross-entropy of the last step (NAN before one) */
+	double loss_sum;        /* sum of every finite step loss since the worker started */
+	int64_t loss_count;     /* steps since then: means over any span come from two reads */
+	int64_t loss_nonfinite; /* of those, steps whose loss was NaN or infinite (not summed) */
+	double steps_per_sec;   /* over the last few seconds */
+	bool paused;            /* deliberately paused */
+	bool finished;          /* the thread has exited */
+	int64_t progress_ns;    /* monotonic time of the last step or pause check */
 	char latest[MN_CKPT_MAX_NAME]; /* newest checkpoint published ("" if none) */
 	int64_t latest_step;           /* its global step (-1 if none) */
 	int64_t latest_ns;             /* when it was published, wall clock (0 if unknown) */

@@ -87,6 +87,43 @@ START_TEST(loss_is_the_mean_since_the_last_line)
 }
 END_TEST
 
+/*
+ * With train.stop_on_nan off a run goes on past a NaN loss: the span that
+ * holds it has no mean (null), and the spans after it have their own again
+ * (a NaN once made every later line null).
+ */
+START_TEST(a_non_finite_loss_nulls_only_its_own_line)
+{
+	struct mnd_worker_status s = {.step = 2, .loss_sum = 4, .loss_count = 2};
+	struct mnd_history *h;
+	char err[MN_ERRLEN];
+	cJSON *o;
+
+	ck_assert_int_eq(mnd_history_open(path, &h, err, sizeof(err)), 0);
+	ck_assert_int_eq(mnd_history_record(h, &s, err, sizeof(err)), 1);
+	s.step = 4;
+	s.loss_sum = 5;
+	s.loss_count = 4;
+	s.loss_nonfinite = 1;
+	ck_assert_int_eq(mnd_history_record(h, &s, err, sizeof(err)), 1);
+	s.step = 7;
+	s.loss_sum = 11;
+	s.loss_count = 7;
+	ck_assert_int_eq(mnd_history_record(h, &s, err, sizeof(err)), 1);
+	mnd_history_close(h);
+	o = line_of(path, 0);
+	ck_assert(num(o, "loss") == 2);
+	cJSON_Delete(o);
+	o = line_of(path, 1);
+	ck_assert(num(o, "step") == 4);
+	ck_assert(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(o, "loss")));
+	cJSON_Delete(o);
+	o = line_of(path, 2);
+	ck_assert(num(o, "loss") == 2);
+	cJSON_Delete(o);
+}
+END_TEST
+
 START_TEST(reopen_after_rotation)
 {
 	struct mnd_worker_status s = {.step = 1, .loss_sum = 1, .loss_count = 1};
@@ -136,6 +173,7 @@ int main(void)
 	Suite *s = suite_create("history");
 
 	MN_TEST_ADD(mn_test_tcase(s, "history", setup, teardown),
-	            loss_is_the_mean_since_the_last_line, reopen_after_rotation, no_file_no_lines);
+	            loss_is_the_mean_since_the_last_line, a_non_finite_loss_nulls_only_its_own_line,
+	            reopen_after_rotation, no_file_no_lines);
 	return mn_test_run(s);
 }
