@@ -42,8 +42,9 @@ struct key {
 	const char *path; /* "section.name" */
 	enum key_type type;
 	unsigned flags;
-	size_t offset; /* of the value; for composite types of its first field */
-	size_t size;   /* bytes the value spans in struct mn_config */
+	unsigned users; /* the programs that read it: MN_CONFIG_* bits */
+	size_t offset;  /* of the value; for composite types of its first field */
+	size_t size;    /* bytes the value spans in struct mn_config */
 	int64_t min, max;
 	double dmin, dmax;
 	int64_t idef;
@@ -67,34 +68,35 @@ struct key {
 	.size = offsetof(struct mn_config, last) + sizeof(((struct mn_config *)0)->last) -         \
 	        offsetof(struct mn_config, first)
 
-#define INT(p, f, lo, hi, def, fl)                                                                 \
+#define INT(p, f, lo, hi, def, fl, u)                                                              \
 	{                                                                                          \
-		.path = (p), .type = KT_INT, .flags = (fl), FIELD(f, int64_t), .min = (lo),        \
-		.max = (hi), .idef = (def)                                                         \
+		.path = (p), .type = KT_INT, .flags = (fl), .users = (u), FIELD(f, int64_t),       \
+		.min = (lo), .max = (hi), .idef = (def)                                            \
 	}
-#define UINT(p, f, lo, hi, def, fl)                                                                \
+#define UINT(p, f, lo, hi, def, fl, u)                                                             \
 	{                                                                                          \
-		.path = (p), .type = KT_UINT, .flags = (fl), FIELD(f, uint64_t), .min = (lo),      \
-		.max = (hi), .idef = (def)                                                         \
+		.path = (p), .type = KT_UINT, .flags = (fl), .users = (u), FIELD(f, uint64_t),     \
+		.min = (lo), .max = (hi), .idef = (def)                                            \
 	}
-#define DBL(p, f, lo, hi, def, fl)                                                                 \
+#define DBL(p, f, lo, hi, def, fl, u)                                                              \
 	{                                                                                          \
-		.path = (p), .type = KT_DOUBLE, .flags = (fl), FIELD(f, double), .dmin = (lo),     \
-		.dmax = (hi), .ddef = (def)                                                        \
+		.path = (p), .type = KT_DOUBLE, .flags = (fl), .users = (u), FIELD(f, double),     \
+		.dmin = (lo), .dmax = (hi), .ddef = (def)                                          \
 	}
-#define BOOL(p, f, def, fl)                                                                        \
+#define BOOL(p, f, def, fl, u)                                                                     \
 	{                                                                                          \
-		.path = (p), .type = KT_BOOL, .flags = (fl), FIELD(f, bool), .idef = (def)         \
-	}
-#define ENUM(p, f, T, nm, def, fl)                                                                 \
-	{                                                                                          \
-		.path = (p), .type = KT_ENUM, .flags = (fl), FIELD(f, T), .names = (nm),           \
+		.path = (p), .type = KT_BOOL, .flags = (fl), .users = (u), FIELD(f, bool),         \
 		.idef = (def)                                                                      \
 	}
-#define STR(p, f, lo, hi, def, fl)                                                                 \
+#define ENUM(p, f, T, nm, def, fl, u)                                                              \
 	{                                                                                          \
-		.path = (p), .type = KT_STRING, .flags = (fl), FIELD(f, char *), .min = (lo),      \
-		.max = (hi), .sdef = (def)                                                         \
+		.path = (p), .type = KT_ENUM, .flags = (fl), .users = (u), FIELD(f, T),            \
+		.names = (nm), .idef = (def)                                                       \
+	}
+#define STR(p, f, lo, hi, def, fl, u)                                                              \
+	{                                                                                          \
+		.path = (p), .type = KT_STRING, .flags = (fl), .users = (u), FIELD(f, char *),     \
+		.min = (lo), .max = (hi), .sdef = (def)                                            \
 	}
 
 static const char *const watch_names[] = {"auto", "events", "poll", NULL};
@@ -105,16 +107,28 @@ _Static_assert(sizeof(enum mn_log_level) == sizeof(int), "enums are stored as in
 _Static_assert(sizeof(enum mn_log_format) == sizeof(int), "enums are stored as int");
 _Static_assert(MN_MAX_UNITS <= P53, "model.hidden bound");
 
+/*
+ * Who reads a key, for a reload's report: a program's reload speaks only of
+ * the keys it uses, though all programs share the file. The evaluator sizes
+ * its first buffers from model.hidden but takes the architecture from each
+ * file, so that key is the trainer's alone.
+ */
+#define TR MN_CONFIG_TRAINER
+#define EV MN_CONFIG_EVALUATOR
+#define CT MN_CONFIG_CTL
+
 /* The longest Unix socket path: sizeof(sun_path) - 1. */
 #define SOCKET_PATH_MAX 107
 /* The longest checkpoint prefix, leaving room for "-<step>.safetensors" in a name. */
 #define PREFIX_MAX 100
 
 static const struct key keys[] = {
-    STR("data.dir", data.dir, 1, MN_CONFIG_PATH_MAX - 1, "/usr/share/datasets/fashion-mnist", 0),
-    INT("data.validation_size", data.validation_size, 0, 1000000, 5000, 0),
+    STR("data.dir", data.dir, 1, MN_CONFIG_PATH_MAX - 1, "/usr/share/datasets/fashion-mnist", 0,
+        TR | EV),
+    INT("data.validation_size", data.validation_size, 0, 1000000, 5000, 0, TR | EV),
     {
         .path = "model.hidden",
+        .users = TR,
         .type = KT_INT_ARRAY,
         SPAN(model.nhidden, model.hidden),
         .min = 1,
@@ -124,51 +138,57 @@ static const struct key keys[] = {
         .adef = hidden_default,
         .nadef = sizeof(hidden_default) / sizeof(hidden_default[0]),
     },
-    DBL("model.init_stddev", model.init_stddev, 0, 10, 0.1, KF_MIN_OPEN),
-    UINT("model.seed", model.seed, 0, P53, 42, 0),
-    INT("train.batch_size", train.batch_size, 1, 65536, 100, 0),
-    DBL("train.learning_rate", train.learning_rate, 0, 100, 0.8, KF_MIN_OPEN | KF_RELOAD),
-    DBL("train.learning_rate_decay", train.learning_rate_decay, 0, 1, 0.99,
-        KF_MIN_OPEN | KF_RELOAD),
-    INT("train.decay_steps", train.decay_steps, 0, (int64_t)1 << 31, 0, KF_RELOAD),
-    DBL("train.l2", train.l2, 0, 1, 1e-4, 0),
-    DBL("train.ema_decay", train.ema_decay, 0, 1, 0.99, KF_MAX_OPEN),
-    INT("train.max_steps", train.max_steps, 1, P53, 30000, KF_RELOAD),
-    INT("train.threads", train.threads, 0, 256, 0, 0),
-    STR("train.metrics_file", train.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
+    DBL("model.init_stddev", model.init_stddev, 0, 10, 0.1, KF_MIN_OPEN, TR),
+    UINT("model.seed", model.seed, 0, P53, 42, 0, TR),
+    INT("train.batch_size", train.batch_size, 1, 65536, 100, 0, TR),
+    DBL("train.learning_rate", train.learning_rate, 0, 100, 0.8, KF_MIN_OPEN | KF_RELOAD, TR),
+    DBL("train.learning_rate_decay", train.learning_rate_decay, 0, 1, 0.99, KF_MIN_OPEN | KF_RELOAD,
+        TR),
+    INT("train.decay_steps", train.decay_steps, 0, (int64_t)1 << 31, 0, KF_RELOAD, TR),
+    DBL("train.l2", train.l2, 0, 1, 1e-4, 0, TR),
+    DBL("train.ema_decay", train.ema_decay, 0, 1, 0.99, KF_MAX_OPEN, TR),
+    INT("train.max_steps", train.max_steps, 1, P53, 30000, KF_RELOAD, TR),
+    INT("train.threads", train.threads, 0, 256, 0, 0, TR | EV | CT),
+    STR("train.metrics_file", train.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0, TR | EV | CT),
     {
         .path = "train.early_stopping",
+        .users = TR,
         .type = KT_EARLY,
         SPAN(train.early_stopping.enabled, train.early_stopping.min_delta),
     },
-    BOOL("train.stop_on_nan", train.stop_on_nan, true, KF_RELOAD),
-    STR("checkpoint.dir", checkpoint.dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnistd", 0),
-    STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME),
-    INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD),
-    INT("checkpoint.max_to_keep", checkpoint.max_to_keep, 0, 1000000, 5, KF_RELOAD),
-    BOOL("checkpoint.write_all", checkpoint.write_all, false, KF_RELOAD),
-    INT("checkpoint.max_failures", checkpoint.max_failures, 0, P53, 10, KF_RELOAD),
-    BOOL("checkpoint.follow_symlinks", checkpoint.follow_symlinks, false, 0),
+    BOOL("train.stop_on_nan", train.stop_on_nan, true, KF_RELOAD, TR),
+    STR("checkpoint.dir", checkpoint.dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnistd", 0, TR | EV),
+    STR("checkpoint.prefix", checkpoint.prefix, 1, PREFIX_MAX, "model.ckpt", KF_PLAIN_NAME,
+        TR | EV | CT),
+    INT("checkpoint.every_steps", checkpoint.every_steps, 1, P53, 1000, KF_RELOAD, TR),
+    INT("checkpoint.max_to_keep", checkpoint.max_to_keep, 0, 1000000, 5, KF_RELOAD, TR),
+    BOOL("checkpoint.write_all", checkpoint.write_all, false, KF_RELOAD, TR),
+    INT("checkpoint.max_failures", checkpoint.max_failures, 0, P53, 10, KF_RELOAD, TR),
+    BOOL("checkpoint.follow_symlinks", checkpoint.follow_symlinks, false, 0, TR | EV | CT),
     {
         .path = "checkpoint.init_from",
+        .users = TR,
         .type = KT_INIT_FROM,
         SPAN(checkpoint.init_from_file, checkpoint.init_from_map),
     },
-    STR("control.socket", control.socket, 1, SOCKET_PATH_MAX, "/run/mnistd/control.sock", 0),
-    BOOL("eval.use_ema", eval.use_ema, true, KF_RELOAD),
-    ENUM("eval.watch", eval.watch, enum mn_watch_mode, watch_names, MN_WATCH_AUTO, 0),
-    INT("eval.poll_interval_ms", eval.poll_interval_ms, 10, 3600000, 1000, 0),
-    STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
-    STR("eval.textfile", eval.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE),
-    STR("eval.report_html", eval.report_html, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
-    INT("eval.keep_best", eval.keep_best, 0, 1000, 1, 0),
-    STR("eval.best_dir", eval.best_dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnist-eval", 0),
-    ENUM("log.level", log.level, enum mn_log_level, mn_log_level_names, MN_LOG_INFO, KF_RELOAD),
-    ENUM("log.format", log.format, enum mn_log_format, mn_log_format_names, MN_LOG_TEXT, 0),
-    STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0),
-    STR("metrics.textfile", metrics.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE),
-    INT("metrics.interval_ms", metrics.interval_ms, 100, 3600000, 10000, 0),
-    STR("metrics.run", metrics.run, 0, MN_CONFIG_NAME_MAX - 1, "", 0),
+    STR("control.socket", control.socket, 1, SOCKET_PATH_MAX, "/run/mnistd/control.sock", 0,
+        TR | CT),
+    BOOL("eval.use_ema", eval.use_ema, true, KF_RELOAD, EV),
+    ENUM("eval.watch", eval.watch, enum mn_watch_mode, watch_names, MN_WATCH_AUTO, 0, TR | EV | CT),
+    INT("eval.poll_interval_ms", eval.poll_interval_ms, 10, 3600000, 1000, 0, TR | EV | CT),
+    STR("eval.metrics_file", eval.metrics_file, 0, MN_CONFIG_PATH_MAX - 1, "", 0, EV | CT),
+    STR("eval.textfile", eval.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE, EV),
+    STR("eval.report_html", eval.report_html, 0, MN_CONFIG_PATH_MAX - 1, "", 0, EV),
+    INT("eval.keep_best", eval.keep_best, 0, 1000, 1, 0, EV),
+    STR("eval.best_dir", eval.best_dir, 1, MN_CONFIG_PATH_MAX - 1, "/var/lib/mnist-eval", 0, EV),
+    ENUM("log.level", log.level, enum mn_log_level, mn_log_level_names, MN_LOG_INFO, KF_RELOAD,
+         TR | EV),
+    ENUM("log.format", log.format, enum mn_log_format, mn_log_format_names, MN_LOG_TEXT, 0,
+         TR | EV),
+    STR("log.file", log.file, 0, MN_CONFIG_PATH_MAX - 1, "", 0, TR | EV),
+    STR("metrics.textfile", metrics.textfile, 0, MN_CONFIG_PATH_MAX - 1, "", KF_PROM_FILE, TR),
+    INT("metrics.interval_ms", metrics.interval_ms, 100, 3600000, 10000, 0, TR),
+    STR("metrics.run", metrics.run, 0, MN_CONFIG_NAME_MAX - 1, "", 0, TR | EV),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -176,9 +196,9 @@ static const struct key keys[] = {
 /* The members of train.early_stopping when it is an object; metrics_file is required. */
 static const struct key early_keys[] = {
     STR("train.early_stopping.metrics_file", train.early_stopping.metrics_file, 1,
-        MN_CONFIG_PATH_MAX - 1, "", 0),
-    INT("train.early_stopping.patience", train.early_stopping.patience, 1, 1000000, 5, 0),
-    DBL("train.early_stopping.min_delta", train.early_stopping.min_delta, 0, 1, 0, 0),
+        MN_CONFIG_PATH_MAX - 1, "", 0, TR),
+    INT("train.early_stopping.patience", train.early_stopping.patience, 1, 1000000, 5, 0, TR),
+    DBL("train.early_stopping.min_delta", train.early_stopping.min_delta, 0, 1, 0, 0, TR),
 };
 
 #define NEARLY (sizeof(early_keys) / sizeof(early_keys[0]))
@@ -1067,6 +1087,27 @@ bool mn_config_reloadable(const char *key)
 	return k && (k->flags & KF_RELOAD);
 }
 
+unsigned mn_config_users(const char *key)
+{
+	const struct key *k = key ? find_key(key) : NULL;
+
+	return k ? k->users : 0;
+}
+
+static enum mn_config_change change_for(const struct key *k, unsigned user)
+{
+	if (!(k->users & user))
+		return MN_CONFIG_UNUSED;
+	return (k->flags & KF_RELOAD) ? MN_CONFIG_APPLY : MN_CONFIG_RESTART;
+}
+
+enum mn_config_change mn_config_change_for(const char *key, unsigned user)
+{
+	const struct key *k = key ? find_key(key) : NULL;
+
+	return k ? change_for(k, user) : MN_CONFIG_UNUSED;
+}
+
 static bool init_from_equal(const struct mn_config *a, const struct mn_config *b)
 {
 	size_t n = a->checkpoint.init_from_nmap;
@@ -1146,6 +1187,14 @@ void mn_config_apply_reloadable(struct mn_config *to, const struct mn_config *fr
 {
 	for (size_t i = 0; i < NKEYS; i++)
 		if (keys[i].flags & KF_RELOAD)
+			memcpy(field(to, keys[i].offset), cfield(from, keys[i].offset),
+			       keys[i].size);
+}
+
+void mn_config_apply_unused(struct mn_config *to, const struct mn_config *from, unsigned user)
+{
+	for (size_t i = 0; i < NKEYS; i++)
+		if (change_for(&keys[i], user) == MN_CONFIG_UNUSED)
 			memcpy(field(to, keys[i].offset), cfield(from, keys[i].offset),
 			       keys[i].size);
 }

@@ -3,7 +3,7 @@
  * the difference between two configurations for a reload.
  *
  * The schema is one table in config.c (key path, type, range, default,
- * reloadable); config/mnistd.json holds every key with its default and
+ * reloadable, the programs that use it); config/mnistd.json holds every key with its default and
  * config/README.md documents each. Loading is all or nothing: unknown keys,
  * wrong types and out-of-range values are errors whose message names the key
  * path and what is allowed, e.g.
@@ -129,6 +129,30 @@ void mn_config_arch(const struct mn_config *c, size_t input, size_t output, stru
 bool mn_config_reloadable(const char *key);
 
 /*
+ * The programs that read a key, as a set of these bits. The file is shared,
+ * so a program's reload speaks only of the keys it uses (mn_config_change).
+ */
+enum mn_config_user {
+	MN_CONFIG_TRAINER = 1u << 0,   /* mnistd */
+	MN_CONFIG_EVALUATOR = 1u << 1, /* mnist-eval */
+	MN_CONFIG_CTL = 1u << 2,       /* mnistctl (its defaults, and what it reads) */
+};
+
+/* The programs that read a key path, MN_CONFIG_* bits; 0 for an unknown key. */
+unsigned mn_config_users(const char *key);
+
+/* What a changed key means to the program (a MN_CONFIG_* bit) that reloads. */
+enum mn_config_change {
+	MN_CONFIG_APPLY,   /* it uses the key, and takes the new value now */
+	MN_CONFIG_RESTART, /* it uses the key, but only a restart takes the new value */
+	MN_CONFIG_UNUSED,  /* it does not use the key: the change is nothing to it */
+};
+
+/* How a change of key matters to user (one MN_CONFIG_* bit); MN_CONFIG_UNUSED for an unknown key.
+ */
+enum mn_config_change mn_config_change_for(const char *key, unsigned user);
+
+/*
  * Compares two configurations key by key. For each key whose value differs,
  * calls fn(key, reloadable, arg) with the key path, in schema order.
  * Returns the number of differing keys.
@@ -141,5 +165,12 @@ size_t mn_config_diff(const struct mn_config *a, const struct mn_config *b,
  * are. After a reload the daemon runs on the result.
  */
 void mn_config_apply_reloadable(struct mn_config *to, const struct mn_config *from);
+
+/*
+ * Copies from into to the keys user (one MN_CONFIG_* bit) does not use, so
+ * that the next diff shows only what changed since: such a change is
+ * reported once, not at every reload as a key waiting for a restart is.
+ */
+void mn_config_apply_unused(struct mn_config *to, const struct mn_config *from, unsigned user);
 
 #endif

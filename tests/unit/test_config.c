@@ -1,4 +1,5 @@
 /* test_config.c - the configuration schema, strict loading, JSON, diff and reload. */
+#include <cJSON.h>
 #include <check.h>
 #include <errno.h>
 #include <limits.h>
@@ -570,8 +571,8 @@ START_TEST(test_json_round_trip)
 END_TEST
 
 struct seen {
-	char keys[32][64];
-	bool reloadable[32];
+	char keys[64][64];
+	bool reloadable[64];
 	size_t n;
 };
 
@@ -579,7 +580,7 @@ static void record(const char *key, bool reloadable, void *arg)
 {
 	struct seen *s = arg;
 
-	ck_assert_uint_lt(s->n, 32);
+	ck_assert_uint_lt(s->n, 64);
 	snprintf(s->keys[s->n], sizeof(s->keys[s->n]), "%s", key);
 	s->reloadable[s->n] = reloadable;
 	s->n++;
@@ -699,6 +700,108 @@ START_TEST(test_reloadable)
 }
 END_TEST
 
+/* Every key of the schema, in its order, from the defaults' JSON: n of them into paths. */
+static size_t all_keys(char paths[][64], size_t max)
+{
+	struct mn_config c;
+	char *json;
+	cJSON *root, *sec, *item;
+	size_t n = 0;
+
+	mn_config_defaults(&c);
+	json = mn_config_to_json(&c);
+	ck_assert_ptr_nonnull(json);
+	root = cJSON_Parse(json);
+	ck_assert_ptr_nonnull(root);
+	cJSON_ArrayForEach(sec, root)
+	{
+		cJSON_ArrayForEach(item, sec)
+		{
+			ck_assert_uint_lt(n, max);
+			snprintf(paths[n++], 64, "%s.%s", sec->string, item->string);
+		}
+	}
+	cJSON_Delete(root);
+	free(json);
+	return n;
+}
+
+START_TEST(test_users)
+{
+	char paths[64][64];
+	size_t n = all_keys(paths, 64);
+	unsigned all = MN_CONFIG_TRAINER | MN_CONFIG_EVALUATOR | MN_CONFIG_CTL;
+
+	/* Every key is some program's, and read by mnistd or mnist-eval (whose reloads report it).
+	 */
+	ck_assert_uint_gt(n, 30);
+	for (size_t i = 0; i < n; i++) {
+		unsigned u = mn_config_users(paths[i]);
+
+		ck_assert_msg(u != 0 && (u & ~all) == 0, "%s: users %#x", paths[i], u);
+		ck_assert_msg(u & (MN_CONFIG_TRAINER | MN_CONFIG_EVALUATOR), "%s: only mnistctl's",
+		              paths[i]);
+	}
+	ck_assert_uint_eq(mn_config_users("train.learning_rate"), MN_CONFIG_TRAINER);
+	ck_assert_uint_eq(mn_config_users("eval.textfile"), MN_CONFIG_EVALUATOR);
+	ck_assert_uint_eq(mn_config_users("log.level"), MN_CONFIG_TRAINER | MN_CONFIG_EVALUATOR);
+	/* The trainer follows the evaluator's metrics for early stopping as eval.watch says. */
+	ck_assert_uint_eq(mn_config_users("eval.poll_interval_ms"), all);
+	ck_assert_uint_eq(mn_config_users("control.socket"), MN_CONFIG_TRAINER | MN_CONFIG_CTL);
+	ck_assert_uint_eq(mn_config_users("model.hidden"), MN_CONFIG_TRAINER);
+	ck_assert_uint_eq(mn_config_users("nonsense.key"), 0);
+	ck_assert_uint_eq(mn_config_users(""), 0);
+	ck_assert_uint_eq(mn_config_users(NULL), 0);
+
+	/* What a change is to each program. */
+	ck_assert_int_eq(mn_config_change_for("train.max_steps", MN_CONFIG_TRAINER),
+	                 MN_CONFIG_APPLY);
+	ck_assert_int_eq(mn_config_change_for("train.max_steps", MN_CONFIG_EVALUATOR),
+	                 MN_CONFIG_UNUSED);
+	ck_assert_int_eq(mn_config_change_for("eval.use_ema", MN_CONFIG_EVALUATOR),
+	                 MN_CONFIG_APPLY);
+	ck_assert_int_eq(mn_config_change_for("eval.use_ema", MN_CONFIG_TRAINER), MN_CONFIG_UNUSED);
+	ck_assert_int_eq(mn_config_change_for("eval.textfile", MN_CONFIG_TRAINER),
+	                 MN_CONFIG_UNUSED);
+	ck_assert_int_eq(mn_config_change_for("eval.textfile", MN_CONFIG_EVALUATOR),
+	                 MN_CONFIG_RESTART);
+	ck_assert_int_eq(mn_config_change_for("log.level", MN_CONFIG_EVALUATOR), MN_CONFIG_APPLY);
+	ck_assert_int_eq(mn_config_change_for("data.dir", MN_CONFIG_TRAINER), MN_CONFIG_RESTART);
+	ck_assert_int_eq(mn_config_change_for("nonsense.key", MN_CONFIG_TRAINER), MN_CONFIG_UNUSED);
+}
+END_TEST
+
+START_TEST(test_apply_unused)
+{
+	static const unsigned programs[] = {MN_CONFIG_TRAINER, MN_CONFIG_EVALUATOR};
+	struct mn_config to, from;
+	struct seen s;
+
+	unusual(&from);
+	for (size_t p = 0; p < 2; p++) {
+		mn_config_defaults(&to);
+		mn_config_apply_unused(&to, &from, programs[p]);
+		/* What still differs is the program's own keys: the others are taken over. */
+		s.n = 0;
+		mn_config_diff(&to, &from, record, &s);
+		for (size_t i = 0; i < s.n; i++)
+			ck_assert_msg(mn_config_users(s.keys[i]) & programs[p],
+			              "%s, not used by %#x, was not copied", s.keys[i],
+			              programs[p]);
+	}
+	/* The trainer does not take the evaluator's best_dir; the evaluator not train.batch_size.
+	 */
+	mn_config_defaults(&to);
+	mn_config_apply_unused(&to, &from, MN_CONFIG_TRAINER);
+	ck_assert_str_eq(to.eval.best_dir, "best");
+	ck_assert_int_eq(to.train.batch_size, 100);
+	mn_config_defaults(&to);
+	mn_config_apply_unused(&to, &from, MN_CONFIG_EVALUATOR);
+	ck_assert_int_eq(to.train.batch_size, 1000);
+	ck_assert_str_eq(to.eval.best_dir, "/var/lib/mnist-eval");
+}
+END_TEST
+
 START_TEST(test_decay_steps_and_arch)
 {
 	struct mn_config c;
@@ -733,6 +836,6 @@ int main(void)
 	tcase_add_loop_test(tc, test_errors, 0, (int)(sizeof(bad_cases) / sizeof(bad_cases[0])));
 	MN_TEST_ADD(tc, test_string_lengths, test_init_from_limits, test_values, test_partial_file,
 	            test_load_failures, test_json_round_trip, test_diff, test_apply_reloadable,
-	            test_reloadable, test_decay_steps_and_arch);
+	            test_reloadable, test_users, test_apply_unused, test_decay_steps_and_arch);
 	return mn_test_run(s);
 }
