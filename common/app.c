@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "log.h"
 #include "mlp.h"
@@ -144,22 +145,103 @@ int mn_app_load_split(struct mn_app *a, const char *what, struct mn_view *train,
 	return MN_EX_OK;
 }
 
-int mn_app_reload_config(struct mn_app *a,
-                         void (*key)(const char *path, bool reloadable, void *arg), void *arg,
-                         struct mn_config *next, char *err, size_t errlen)
+struct sort_keys {
+	struct mn_app_reloaded *r;
+	unsigned user;
+};
+
+static void sort_key(const char *path, bool reloadable, void *arg)
 {
+	struct sort_keys *s = arg;
+	enum mn_config_change c = mn_config_change_for(path, s->user);
+
+	(void)reloadable; /* part of what mn_config_change_for() says */
+	/* The schema has fewer keys than a list holds. */
+	if (s->r->n[c] < MN_APP_MAX_KEYS)
+		s->r->keys[c][s->r->n[c]++] = path;
+}
+
+int mn_app_reload_config(struct mn_app *a, struct mn_app_reloaded *r, struct mn_config *next,
+                         char *err, size_t errlen)
+{
+	struct sort_keys s = {r, a->user};
 	int rc;
 
+	memset(r, 0, sizeof(*r));
 	*next = a->cfg;
 	rc = mn_config_load(a->config_path, next, err, errlen);
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "reload rejected, keeping the running configuration: %s", err);
 		return rc;
 	}
-	if (key)
-		mn_config_diff(&a->cfg, next, key, arg);
+	mn_config_diff(&a->cfg, next, sort_key, &s);
 	mn_config_apply_reloadable(&a->cfg, next);
+	mn_config_apply_unused(&a->cfg, next, a->user);
 	return 0;
+}
+
+/* Appends s to a comma-separated list in buf; a list too long for buf ends in "...". */
+static void list_add(char *buf, size_t len, const char *s)
+{
+	size_t used = strlen(buf);
+	int n = snprintf(buf + used, len - used, "%s%s", used ? "," : "", s);
+
+	if (n < 0 || (size_t)n >= len - used)
+		snprintf(buf + (len > 4 ? len - 4 : 0), len > 4 ? 4 : len, "...");
+}
+
+static void join_keys(const char *const *keys, size_t n, char *buf, size_t len)
+{
+	buf[0] = '\0';
+	for (size_t i = 0; i < n; i++)
+		list_add(buf, len, keys[i]);
+}
+
+void mn_app_log_reloaded(const struct mn_app *a, const struct mn_app_reloaded *r)
+{
+	char applied[1024], restart[1024], unused[1024];
+
+	join_keys(r->keys[MN_CONFIG_APPLY], r->n[MN_CONFIG_APPLY], applied, sizeof(applied));
+	join_keys(r->keys[MN_CONFIG_RESTART], r->n[MN_CONFIG_RESTART], restart, sizeof(restart));
+	join_keys(r->keys[MN_CONFIG_UNUSED], r->n[MN_CONFIG_UNUSED], unused, sizeof(unused));
+	mn_log_fields(r->n[MN_CONFIG_RESTART] ? MN_LOG_WARN : MN_LOG_INFO, "configuration reloaded",
+	              (struct mn_log_field[]){
+	                  MN_F_STR("file", a->config_path),
+	                  MN_F_STR("applied", applied),
+	                  MN_F_STR("restart_required", restart),
+	                  MN_F_STR("ignored", unused),
+	              },
+	              4);
+}
+
+void mn_app_reopen_log_file(const struct mn_app *a, struct mn_app_reopen *r)
+{
+	char err[MN_ERRLEN];
+	int rc;
+
+	if (a->cfg.log.file[0] == '\0')
+		return;
+	rc = mn_log_reopen(err, sizeof(err));
+	mn_app_reopen_note(r, "log.file", rc, err);
+}
+
+void mn_app_reopen_note(struct mn_app_reopen *r, const char *key, int rc, const char *err)
+{
+	if (rc < 0)
+		mn_log(MN_LOG_WARN, "%s: %s; keeping the old descriptor", key, err);
+	list_add(rc < 0 ? r->failed : r->done, rc < 0 ? sizeof(r->failed) : sizeof(r->done), key);
+}
+
+void mn_app_reopen_log(const struct mn_app_reopen *r)
+{
+	if (r->failed[0])
+		mn_log_fields(MN_LOG_WARN, "reopen failed, keeping the old descriptor",
+		              (struct mn_log_field[]){MN_F_STR("failed", r->failed),
+		                                      MN_F_STR("reopened", r->done)},
+		              2);
+	else if (r->done[0])
+		mn_log_fields(MN_LOG_INFO, "reopened",
+		              (struct mn_log_field[]){MN_F_STR("files", r->done)}, 1);
 }
 
 static void close_handle(uv_handle_t *h, void *arg)

@@ -27,7 +27,8 @@
 struct mn_app {
 	const char *name;        /* program name for messages on standard error: "mnistd" */
 	const char *config_path; /* the configuration file (--config) */
-	struct mn_config cfg;    /* the running configuration */
+	unsigned user; /* MN_CONFIG_TRAINER or MN_CONFIG_EVALUATOR: the keys a reload is about */
+	struct mn_config cfg; /* the running configuration */
 	uv_loop_t loop;
 	bool loop_ready;    /* loop initialised: mn_app_loop_close() has work to do */
 	bool signals_ready; /* the three signal handles below are running */
@@ -87,17 +88,64 @@ void mn_app_signals_unref(struct mn_app *a);
 int mn_app_load_split(struct mn_app *a, const char *what, struct mn_view *train,
                       struct mn_view *validation);
 
+/* Room for every key of the configuration schema in a list of struct mn_app_reloaded. */
+#define MN_APP_MAX_KEYS 64
+
+/*
+ * The keys a reload found changed, by what they mean to the program
+ * (a->user): keys[MN_CONFIG_APPLY] are applied, keys[MN_CONFIG_RESTART]
+ * wait for a restart, keys[MN_CONFIG_UNUSED] belong to other programs.
+ * The strings are the schema's, in its order.
+ */
+struct mn_app_reloaded {
+	size_t n[3];
+	const char *keys[3][MN_APP_MAX_KEYS];
+};
+
 /*
  * Re-reads a->config_path for a reload. The file is validated in full
  * first: if it is invalid, the rejection is logged, nothing changes and a
- * negative errno is returned with the message in err. Otherwise key(path,
- * reloadable, arg) is called for every key that differs (it may be NULL),
- * the reloadable keys are applied to a->cfg, next holds the whole new file
- * and 0 is returned.
+ * negative errno is returned with the message in err. Otherwise r lists
+ * the keys that differ from a->cfg, the reloadable keys are applied to
+ * a->cfg, the keys the program does not use are copied there too (so the
+ * next reload lists only what changed since), next holds the whole new
+ * file and 0 is returned. The program applies r's keys, then calls
+ * mn_app_log_reloaded().
  */
-int mn_app_reload_config(struct mn_app *a,
-                         void (*key)(const char *path, bool reloadable, void *arg), void *arg,
-                         struct mn_config *next, char *err, size_t errlen);
+int mn_app_reload_config(struct mn_app *a, struct mn_app_reloaded *r, struct mn_config *next,
+                         char *err, size_t errlen);
+
+/*
+ * Logs "configuration reloaded" with the file and the three lists of r
+ * (applied, restart_required, ignored): a warning if a key waits for a
+ * restart, since the operator asked for a change that did not happen.
+ */
+void mn_app_log_reloaded(const struct mn_app *a, const struct mn_app_reloaded *r);
+
+/*
+ * What a SIGHUP's reopening of files (for logrotate) came to: the key
+ * paths of the files reopened, and of those that could not be and stay in
+ * use under their old names. Zero it, reopen and note each file, then log.
+ */
+struct mn_app_reopen {
+	char done[256], failed[256];
+};
+
+/* Reopens log.file, if the log goes to a file, and notes it in r. */
+void mn_app_reopen_log_file(const struct mn_app *a, struct mn_app_reopen *r);
+
+/*
+ * Notes the reopening of the file of key: rc is 0, or a negative errno
+ * whose message err is logged as a warning.
+ */
+void mn_app_reopen_note(struct mn_app_reopen *r, const char *key, int rc, const char *err);
+
+/*
+ * Logs one line for the noted files, nothing if there were none: "reopened"
+ * with files=, or, if any failed, a warning "reopen failed, keeping the old
+ * descriptor" with failed= and reopened=. It never claims a reopen that failed.
+ */
+void mn_app_reopen_log(const struct mn_app_reopen *r);
 
 /*
  * Closes every handle still open on the loop, runs it until they are

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "json.h"
 #include "log.h"
 #include "util.h"
 
@@ -281,20 +282,44 @@ static void do_status(struct client *cl)
 	reply(cl, mn_proto_status(&ps));
 }
 
+/*
+ * The reload answer: applied and restart_required (the contract), and
+ * ignored, the changed keys the daemon does not use (an extension).
+ */
+static cJSON *reload_answer(const struct mn_proto_keys *applied,
+                            const struct mn_proto_keys *restart,
+                            const struct mn_proto_keys *ignored)
+{
+	cJSON *o = mn_proto_reload(applied, restart);
+	cJSON *a = cJSON_CreateArray();
+
+	if (!o || !mn_json_add(o, "ignored", a))
+		goto fail;
+	for (size_t i = 0; i < ignored->n; i++)
+		if (!mn_json_add(a, NULL, cJSON_CreateString(ignored->keys[i])))
+			goto fail;
+	return o;
+fail:
+	if (!o)
+		cJSON_Delete(a);
+	cJSON_Delete(o);
+	return NULL;
+}
+
 static void do_reload(struct client *cl)
 {
 	struct mnd_control *srv = cl->srv;
-	struct mn_proto_keys applied = {0}, restart = {0};
+	struct mn_proto_keys applied = {0}, restart = {0}, ignored = {0};
 	char err[MN_ERRLEN] = "";
 
 	if (!srv->reload) {
 		reply_error(cl, "reload is not available");
 		return;
 	}
-	if (srv->reload(srv->reload_arg, &applied, &restart, err, sizeof(err)) < 0)
+	if (srv->reload(srv->reload_arg, &applied, &restart, &ignored, err, sizeof(err)) < 0)
 		reply(cl, mn_proto_error(err[0] ? err : "reload failed"));
 	else
-		reply(cl, mn_proto_reload(&applied, &restart));
+		reply(cl, reload_answer(&applied, &restart, &ignored));
 }
 
 /*

@@ -35,11 +35,13 @@
 
 /*
  * Reloads the configuration file, for the "reload" command. Fills applied
- * and restart with the changed key paths and returns 0, or returns a
+ * and restart with the changed key paths the daemon uses, ignored with
+ * those it does not (the evaluator's), and returns 0, or returns a
  * negative errno with the reason in err; then nothing changed.
  */
 typedef int (*mnd_control_reload_fn)(void *arg, struct mn_proto_keys *applied,
-                                     struct mn_proto_keys *restart, char *err, size_t errlen);
+                                     struct mn_proto_keys *restart, struct mn_proto_keys *ignored,
+                                     char *err, size_t errlen);
 
 struct mnd_control_params {
 	/* Path of the socket, at most 107 bytes. */

@@ -170,46 +170,28 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 	mnd_worker_stop(d->worker);
 }
 
-struct reload_keys {
-	struct mn_proto_keys *applied, *restart;
-};
-
-static void collect_key(const char *key, bool reloadable, void *arg)
+/* Copies a list of key paths to the control answer's; the schema has fewer keys than either holds.
+ */
+static void to_proto(const char *const *keys, size_t n, struct mn_proto_keys *out)
 {
-	struct reload_keys *k = arg;
-
-	/* The schema has fewer keys than a list holds; -ENOSPC cannot happen. */
-	mn_proto_keys_add(reloadable ? k->applied : k->restart, key);
-}
-
-static void join_keys(const struct mn_proto_keys *k, char *buf, size_t len)
-{
-	size_t off = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < k->n && off < len; i++) {
-		int n = snprintf(buf + off, len - off, "%s%s", i ? "," : "", k->keys[i]);
-
-		if (n < 0)
-			break;
-		off += (size_t)n;
-	}
+	for (size_t i = 0; i < n; i++)
+		mn_proto_keys_add(out, keys[i]);
 }
 
 /*
  * Re-reads the configuration file: the one reload, for SIGHUP and the
  * control socket. The file is validated in full first, so an invalid one
  * changes nothing; then the reloadable keys that changed go to the worker
- * (applied at its next step boundary) and the others are only reported,
- * in applied and restart.
+ * (applied at its next step boundary) and the others are only reported:
+ * in restart if mnistd uses them, in ignored if only other programs do
+ * (the file is the evaluator's too).
  */
 static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_proto_keys *restart,
-                         char *err, size_t errlen)
+                         struct mn_proto_keys *ignored, char *err, size_t errlen)
 {
 	struct daemon *d = arg;
 	struct mn_config next;
-	struct reload_keys k = {applied, restart};
-	char a[1024], r[1024];
+	struct mn_app_reloaded r;
 	bool ready = d->ready;
 	int rc;
 
@@ -237,30 +219,25 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 	/* Before the first READY=1, a reload's READY=1 would announce a start not yet made. */
 	if (ready)
 		notify(d, "RELOADING=1\nMONOTONIC_USEC=%" PRId64, mn_monotonic_ns() / 1000);
-	rc = mn_app_reload_config(&d->app, collect_key, &k, &next, err, errlen);
+	rc = mn_app_reload_config(&d->app, &r, &next, err, errlen);
 	if (rc < 0) {
 		if (ready)
 			notify(d, "READY=1");
 		return rc;
 	}
-	if (applied->n > 0 && d->worker)
+	if (r.n[MN_CONFIG_APPLY] > 0 && d->worker)
 		mnd_worker_reconfigure(d->worker, &next);
-	else if (applied->n > 0)
+	else if (r.n[MN_CONFIG_APPLY] > 0)
 		/*
 		 * Still in setup: the training thread will start from d->app.cfg,
 		 * but the log level is set by whoever applies a reload, and that is
 		 * this one.
 		 */
 		mn_log_set_level(d->app.cfg.log.level);
-	join_keys(applied, a, sizeof(a));
-	join_keys(restart, r, sizeof(r));
-	mn_log_fields(MN_LOG_INFO, "configuration reloaded",
-	              (struct mn_log_field[]){
-	                  MN_F_STR("file", d->app.config_path),
-	                  MN_F_STR("applied", a),
-	                  MN_F_STR("restart_required", r),
-	              },
-	              3);
+	to_proto(r.keys[MN_CONFIG_APPLY], r.n[MN_CONFIG_APPLY], applied);
+	to_proto(r.keys[MN_CONFIG_RESTART], r.n[MN_CONFIG_RESTART], restart);
+	to_proto(r.keys[MN_CONFIG_UNUSED], r.n[MN_CONFIG_UNUSED], ignored);
+	mn_app_log_reloaded(&d->app, &r);
 	if (ready)
 		notify(d, "READY=1");
 	return 0;
@@ -268,15 +245,19 @@ static int reload_config(void *arg, struct mn_proto_keys *applied, struct mn_pro
 
 static void on_hup(uv_signal_t *h, int signum)
 {
-	struct mn_proto_keys applied = {0}, restart = {0};
+	struct daemon *d = h->data;
+	struct mn_proto_keys applied = {0}, restart = {0}, ignored = {0};
+	struct mn_app_reopen reopen = {0};
 	char err[MN_ERRLEN];
 
-	/* logrotate's postrotate sends SIGHUP too: start a fresh log file. */
-	if (mn_log_reopen(err, sizeof(err)) < 0)
-		mn_log(MN_LOG_WARN, "log.file: %s", err);
-	if (mnd_history_reopen(((struct daemon *)h->data)->history, err, sizeof(err)) < 0)
-		mn_log(MN_LOG_WARN, "train.metrics_file: %s; keeping the old descriptor", err);
-	reload_config(h->data, &applied, &restart, err, sizeof(err));
+	(void)signum;
+	/* logrotate's postrotate sends SIGHUP too: start fresh files. */
+	mn_app_reopen_log_file(&d->app, &reopen);
+	if (d->history)
+		mn_app_reopen_note(&reopen, "train.metrics_file",
+		                   mnd_history_reopen(d->history, err, sizeof(err)), err);
+	mn_app_reopen_log(&reopen);
+	reload_config(d, &applied, &restart, &ignored, err, sizeof(err));
 }
 
 /*
@@ -770,8 +751,9 @@ int main(int argc, char **argv)
 	    {"version", no_argument, NULL, 'V'},
 	    {0},
 	};
-	struct daemon d = {.app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG},
-	                   .lock_fd = -1};
+	struct daemon d = {
+	    .app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG, .user = MN_CONFIG_TRAINER},
+	    .lock_fd = -1};
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
 	int c, ex;

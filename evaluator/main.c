@@ -234,47 +234,40 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 	stop(e);
 }
 
-/* Only keys the evaluator reads; the trainer's settings are none of its business. */
-static void note_restart_key(const char *key, bool reloadable, void *arg)
-{
-	static const char *const used[] = {"data.", "checkpoint.dir", "checkpoint.prefix", "eval.",
-	                                   "log.",  "train.threads",  "metrics.run"};
-
-	if (reloadable)
-		return;
-	for (size_t i = 0; i < sizeof(used) / sizeof(used[0]); i++) {
-		if (strncmp(key, used[i], strlen(used[i])) == 0) {
-			mn_log(MN_LOG_WARN, "%s changed; restart mnist-eval to apply it", key);
-			return;
-		}
-	}
-}
-
+/* Re-reads the configuration file and applies the keys the evaluator reloads. */
 static void reload(struct evaluator *e)
 {
+	struct mn_app_reloaded r;
 	struct mn_config next;
 	char err[MN_ERRLEN];
 
-	if (mn_log_reopen(err, sizeof(err)) < 0)
-		mn_log(MN_LOG_ERROR, "log.file: %s", err);
-	if (mn_jsonl_reopen(e->metrics, err, sizeof(err)) < 0)
-		mn_log(MN_LOG_ERROR, "eval.metrics_file: %s; keeping the old descriptor", err);
-	if (mn_app_reload_config(&e->app, note_restart_key, NULL, &next, err, sizeof(err)) < 0)
+	if (mn_app_reload_config(&e->app, &r, &next, err, sizeof(err)) < 0)
 		return;
 	mn_log_set_level(e->app.cfg.log.level);
 	mne_runner_set_use_ema(e->runner, e->app.cfg.eval.use_ema);
-	mn_log_fields(MN_LOG_INFO, "reopened and reloaded",
-	              (struct mn_log_field[]){MN_F_STR("config", e->app.config_path),
-	                                      MN_F_BOOL("use_ema", e->app.cfg.eval.use_ema)},
-	              2);
+	mn_app_log_reloaded(&e->app, &r);
 }
 
 static void on_hup(uv_signal_t *h, int signum)
 {
 	struct evaluator *e = h->data;
+	struct mn_app_reopen reopen = {0};
+	char err[MN_ERRLEN];
 
-	if (!e->stopping)
-		reload(e);
+	(void)signum;
+	/* logrotate's postrotate sends SIGHUP: start fresh files. */
+	mn_app_reopen_log_file(&e->app, &reopen);
+	if (e->metrics)
+		mn_app_reopen_note(&reopen, "eval.metrics_file",
+		                   mn_jsonl_reopen(e->metrics, err, sizeof(err)), err);
+	mn_app_reopen_log(&reopen);
+	/* As mnistd says it: a reload now would report keys nothing applies any more. */
+	if (e->stopping) {
+		mn_log(MN_LOG_WARN,
+		       "the evaluator is shutting down: the configuration is not reloaded");
+		return;
+	}
+	reload(e);
 }
 
 /* Loads the training file once and keeps its validation split. Returns an exit status. */
@@ -466,7 +459,9 @@ int main(int argc, char **argv)
 	    {"check-config", no_argument, NULL, 'C'}, {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},      {0},
 	};
-	struct evaluator e = {.app = {.name = "mnist-eval", .config_path = MN_DEFAULT_CONFIG}};
+	struct evaluator e = {.app = {.name = "mnist-eval",
+	                              .config_path = MN_DEFAULT_CONFIG,
+	                              .user = MN_CONFIG_EVALUATOR}};
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
 	int64_t start_ns;

@@ -322,6 +322,74 @@ class ControlTest(mnlib.TestCase):
         self.assertEqual(len(steps), 1)
         self.assertIn("training finished", self.proc.output())
 
+    def test_reload_reports_only_the_trainers_keys(self):
+        """The file is shared with mnist-eval, but mnistd's answer is about
+        mnistd: a key only the evaluator reads is neither "applied" (it
+        applies nothing) nor "restart_required" (a restart would not use it
+        either); it is listed under "ignored", once, as having changed. The
+        evaluator's keys that mnistd does read (eval.poll_interval_ms, for
+        early stopping) still need its restart."""
+        self.daemon()
+        self.wait_steps(1)
+        self.rewrite_config(train={"learning_rate": 0.05}, model={"seed": 8},
+                            eval={"use_ema": False, "textfile": os.path.join(self.work, "eval.prom"),
+                                  "poll_interval_ms": 500})
+        c = self.client()
+        r = c.request("reload")
+        self.assertTrue(r["ok"], r)
+        self.assertEqual(r["applied"], ["train.learning_rate"])
+        self.assertEqual(r["restart_required"], ["model.seed", "eval.poll_interval_ms"])
+        self.assertEqual(r["ignored"], ["eval.use_ema", "eval.textfile"])
+        self.proc.wait_output("configuration reloaded")
+        line = [x for x in self.proc.output().splitlines() if "configuration reloaded" in x][-1]
+        self.assertIn("applied=train.learning_rate ", line)
+        self.assertIn("restart_required=model.seed,eval.poll_interval_ms ", line)
+        self.assertIn("ignored=eval.use_ema,eval.textfile", line)
+        # Still pending for mnistd: listed again; the evaluator's keys were seen.
+        r = c.request("reload")
+        self.assertEqual((r["applied"], r["restart_required"], r["ignored"]),
+                         ([], ["model.seed", "eval.poll_interval_ms"], []))
+        self.rewrite_config(eval={"keep_best": 3})
+        p = self.ctl("reload")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("changed but not used by mnistd (ignored): eval.keep_best", p.stdout)
+        self.assertIn("changed but needs a restart (not applied): model.seed, eval.poll_interval_ms",
+                      p.stdout)
+        self.assertNotIn("applied:", p.stdout)
+        # SIGHUP reports the same way.
+        self.rewrite_config(eval={"report_html": os.path.join(self.work, "report.html")},
+                            train={"max_steps": 10 ** 8})
+        self.proc.signal(signal.SIGHUP)
+        wait_for(lambda: "ignored=eval.report_html" in self.proc.output(), 30, "the SIGHUP's reload line")
+        line = [x for x in self.proc.output().splitlines() if "ignored=eval.report_html" in x][-1]
+        self.assertIn("applied=train.max_steps ", line)
+        self.assertNotIn("eval.report_html", line.split("ignored=")[0])
+
+    def test_sighup_says_which_files_it_reopened(self):
+        """SIGHUP reopens log.file and train.metrics_file for logrotate; the
+        line that says so names what was reopened and what was not."""
+        hist = os.path.join(self.work, "train.jsonl")
+        log = os.path.join(self.work, "mnistd-file.log")
+        self.daemon(train={"metrics_file": hist}, log={"file": log})
+        self.wait_steps(1)
+        os.rename(log, log + ".1")
+        os.rename(hist, hist + ".1")
+        self.proc.signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in mnlib.read_text(log), 30, "the reload in the new log")
+        self.assertIn("reopened files=log.file,train.metrics_file", mnlib.read_text(log))
+        wait_for(lambda: os.path.exists(hist), 30, "the new history file")
+        # A path that cannot be opened again (a directory now): the old file stays in use, and
+        # the summary says that it failed.
+        os.rename(hist, hist + ".2")
+        os.mkdir(hist)
+        self.proc.signal(signal.SIGHUP)
+        wait_for(lambda: mnlib.read_text(log).count("configuration reloaded") == 2, 30, "the second reload")
+        text = mnlib.read_text(log)
+        self.assertIn("train.metrics_file: ", text)
+        self.assertIn("warn reopen failed, keeping the old descriptor failed=train.metrics_file "
+                      "reopened=log.file", text)
+        self.assertEqual(text.count("reopened files="), 1, text)
+
     def test_sighup_during_setup_applies_log_level(self):
         """A SIGHUP that arrives while mnistd loads its data is handled when
         setup is done, before the training thread exists: log.level, reported

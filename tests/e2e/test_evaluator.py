@@ -577,7 +577,8 @@ class EvaluatorTest(mnlib.TestCase):
         os.rename(log, log + ".1")
         os.rename(self.metrics_path, self.metrics_path + ".1")
         ev.signal(signal.SIGHUP)
-        mnlib.wait_for(lambda: "reloaded" in read_text(log), 30, "reopened log")
+        mnlib.wait_for(lambda: "configuration reloaded" in read_text(log), 30, "reopened log")
+        self.assertIn("info reopened files=log.file,eval.metrics_file\n", read_text(log))
         publish(d, ckpt_name(20), restep(os.path.join(src, ckpt_name(40)), 20))
         self.wait_metric(20)
         mnlib.wait_for(lambda: "step=20" in read_text(log), 30, "step 20 in the new log")
@@ -602,11 +603,20 @@ class EvaluatorTest(mnlib.TestCase):
         cfg["model"]["hidden"] = [64]          # the trainer's, none of the evaluator's business
         mnlib.write_config(path, cfg)
         ev.signal(signal.SIGHUP)
-        ev.wait_output("use_ema=false")
-        self.assertIn("eval.poll_interval_ms changed; restart mnist-eval", ev.output())
-        self.assertNotIn("model.hidden", ev.output())
+        # The trainer's answer's fields, about the evaluator's keys: model.hidden is the
+        # trainer's, seen but not used. A key left to a restart makes it a warning.
+        ev.wait_output("configuration reloaded")
+        self.assertRegex(ev.output(), r"warn configuration reloaded file=\S+ applied=eval.use_ema "
+                                      r"restart_required=eval.poll_interval_ms ignored=model.hidden\n")
         publish(d, ckpt_name(2), blob)
         self.assertIs(self.wait_metric(2)["ema"], False)
+        # The keys it does not use were seen: the next reload does not list them again.
+        cfg["train"]["learning_rate"] = 0.5
+        mnlib.write_config(path, cfg)
+        ev.signal(signal.SIGHUP)
+        mnlib.wait_for(lambda: ev.output().count("configuration reloaded") == 2, 30, "the second reload")
+        self.assertRegex(ev.output(), r"warn configuration reloaded file=\S+ applied=\"\" "
+                                      r"restart_required=eval.poll_interval_ms ignored=train.learning_rate\n")
 
     def test_sighup_while_starting_reloads(self):
         """systemd starts mnist-eval as Type=exec: a `systemctl reload` (or
@@ -625,7 +635,7 @@ class EvaluatorTest(mnlib.TestCase):
         mnlib.write_config(path, cfg)
         ev.signal(signal.SIGHUP)
         os.unlink(gate)
-        mnlib.wait_for(lambda: ev.p.poll() is not None or "reopened and reloaded" in ev.output(), 30,
+        mnlib.wait_for(lambda: ev.p.poll() is not None or "configuration reloaded" in ev.output(), 30,
                        "a reload, or the end of mnist-eval")
         self.assertIsNone(ev.p.poll(), "killed by SIGHUP:\n" + ev.output())
         blob, _, _ = self.foreign_checkpoint(1)
@@ -634,6 +644,67 @@ class EvaluatorTest(mnlib.TestCase):
         ev.wait_output("debug evaluating checkpoint=model.ckpt-1.safetensors")
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_sighup_says_which_reopen_failed(self):
+        """A file that cannot be opened again after logrotate moved it (a
+        directory in its place, here) stays in use: the SIGHUP's summary
+        line says which failed, and claims no reopen."""
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        log = os.path.join(self.work, "eval-file.log")
+        path, _ = self.eval_config(d, log={"file": log})
+        ev = self.start_eval(path)
+        mnlib.wait_for(lambda: "method=events" in read_text(log), 30, "watching in log file")
+        for f in (log, self.metrics_path):
+            os.rename(f, f + ".1")
+            os.mkdir(f)
+        ev.signal(signal.SIGHUP)
+        # Both failed: the lines go on to the old log file.
+        mnlib.wait_for(lambda: "configuration reloaded" in read_text(log + ".1"), 30, "the reload")
+        text = read_text(log + ".1")
+        self.assertIn("log.file: ", text)
+        self.assertIn("eval.metrics_file: ", text)
+        self.assertIn('warn reopen failed, keeping the old descriptor failed=log.file,eval.metrics_file '
+                      'reopened=""\n', text)
+        self.assertNotIn("reopened and", text)
+        self.assertNotIn("reopened files", text)
+        # The metrics file did not move: a result still lands in the old one.
+        blob, _, _ = self.foreign_checkpoint(1)
+        publish(d, ckpt_name(1), blob)
+        self.wait_metric(1, path=self.metrics_path + ".1")
+        # One failed, one reopened.
+        os.rmdir(log)
+        ev.signal(signal.SIGHUP)
+        mnlib.wait_for(lambda: "configuration reloaded" in read_text(log), 30, "the reload in a new log")
+        self.assertIn("warn reopen failed, keeping the old descriptor failed=eval.metrics_file "
+                      "reopened=log.file\n", read_text(log))
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_sighup_while_stopping_is_refused(self):
+        """After SIGTERM the evaluator finishes (here: a read of a checkpoint,
+        held) and reloads nothing; a SIGHUP then is said to be refused, as
+        mnistd says it, rather than passed over in silence."""
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, cfg = self.eval_config(d)
+        env, gate, held = mnlib.gate(self, "open:" + ckpt_name(1))
+        ev = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
+        ev.wait_output("method=events")
+        open(gate, "w").close()
+        blob, _, _ = self.foreign_checkpoint(1)
+        publish(d, ckpt_name(1), blob)
+        mnlib.wait_for(lambda: os.path.exists(held), 60, "mnist-eval held opening the checkpoint")
+        ev.signal(signal.SIGTERM)
+        ev.wait_output("stopping")
+        cfg["log"]["level"] = "debug"
+        mnlib.write_config(path, cfg)
+        ev.signal(signal.SIGHUP)
+        ev.wait_output("the evaluator is shutting down: the configuration is not reloaded")
+        os.unlink(gate)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+        self.assertNotIn("configuration reloaded", ev.output())
+        self.assertNotIn("debug ", ev.output())
 
     def test_sigterm_mid_evaluation(self):
         # A model and a validation set big enough that evaluating takes a good

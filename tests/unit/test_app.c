@@ -294,45 +294,55 @@ START_TEST(test_loop_close_reaps_a_killed_child)
 }
 END_TEST
 
-struct keys_seen {
-	int reloadable, restart;
-};
-
-static void count_key(const char *path, bool reloadable, void *arg)
-{
-	struct keys_seen *k = arg;
-
-	if (reloadable)
-		k->reloadable++;
-	else
-		k->restart++;
-}
-
-START_TEST(test_reload_applies_only_reloadable_keys)
+START_TEST(test_reload_sorts_keys_by_what_they_are_to_the_program)
 {
 	struct mn_app a = app_for(cfgpath);
 	struct mn_app_start_params p = {0};
+	struct mn_app_reloaded r;
 	struct mn_config next;
-	struct keys_seen k = {0};
 	char err[MN_ERRLEN];
 	int ex = -1;
 
+	a.user = MN_CONFIG_TRAINER;
 	write_config("{}");
 	ck_assert(mn_app_start(&a, &p, &ex));
-	write_config("{\"train\": {\"learning_rate\": 0.5}, \"model\": {\"seed\": 7}}");
-	ck_assert_int_eq(mn_app_reload_config(&a, count_key, &k, &next, err, sizeof(err)), 0);
-	ck_assert_int_eq(k.reloadable, 1);
-	ck_assert_int_eq(k.restart, 1);
+	/* Reloadable and used; used, restart only; the evaluator's, reloadable and not. */
+	write_config("{\"train\": {\"learning_rate\": 0.5}, \"model\": {\"seed\": 7},"
+	             " \"eval\": {\"use_ema\": false, \"keep_best\": 3}}");
+	ck_assert_int_eq(mn_app_reload_config(&a, &r, &next, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.n[MN_CONFIG_APPLY], 1);
+	ck_assert_str_eq(r.keys[MN_CONFIG_APPLY][0], "train.learning_rate");
+	ck_assert_uint_eq(r.n[MN_CONFIG_RESTART], 1);
+	ck_assert_str_eq(r.keys[MN_CONFIG_RESTART][0], "model.seed");
+	ck_assert_uint_eq(r.n[MN_CONFIG_UNUSED], 2);
+	ck_assert_str_eq(r.keys[MN_CONFIG_UNUSED][0], "eval.use_ema");
+	ck_assert_str_eq(r.keys[MN_CONFIG_UNUSED][1], "eval.keep_best");
 	ck_assert_double_eq(a.cfg.train.learning_rate, 0.5);
 	ck_assert_uint_eq(a.cfg.model.seed, 42);
 	ck_assert_uint_eq(next.model.seed, 7);
+	/* What the program does not use is taken as seen: the same file again lists it no more. */
+	ck_assert_int_eq(a.cfg.eval.keep_best, 3);
+	ck_assert_int_eq(mn_app_reload_config(&a, &r, &next, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.n[MN_CONFIG_APPLY] + r.n[MN_CONFIG_UNUSED], 0);
+	ck_assert_uint_eq(r.n[MN_CONFIG_RESTART], 1);
+
+	/* The evaluator, on the same change: its keys are the applied and the waiting ones. */
+	a.user = MN_CONFIG_EVALUATOR;
+	mn_config_defaults(&a.cfg);
+	ck_assert_int_eq(mn_app_reload_config(&a, &r, &next, err, sizeof(err)), 0);
+	ck_assert_uint_eq(r.n[MN_CONFIG_APPLY], 1);
+	ck_assert_str_eq(r.keys[MN_CONFIG_APPLY][0], "eval.use_ema");
+	ck_assert_uint_eq(r.n[MN_CONFIG_RESTART], 1);
+	ck_assert_str_eq(r.keys[MN_CONFIG_RESTART][0], "eval.keep_best");
+	ck_assert_uint_eq(r.n[MN_CONFIG_UNUSED], 2);
+	ck_assert_str_eq(r.keys[MN_CONFIG_UNUSED][0], "model.seed");
+	ck_assert_str_eq(r.keys[MN_CONFIG_UNUSED][1], "train.learning_rate");
 
 	/* An invalid file changes nothing. */
 	write_config("{\"train\": {\"learning_rate\": \"fast\"}}");
-	k = (struct keys_seen){0};
-	ck_assert_int_lt(mn_app_reload_config(&a, count_key, &k, &next, err, sizeof(err)), 0);
+	ck_assert_int_lt(mn_app_reload_config(&a, &r, &next, err, sizeof(err)), 0);
 	ck_assert_ptr_nonnull(strstr(err, "train.learning_rate"));
-	ck_assert_int_eq(k.reloadable + k.restart, 0);
+	ck_assert_uint_eq(r.n[MN_CONFIG_APPLY] + r.n[MN_CONFIG_RESTART] + r.n[MN_CONFIG_UNUSED], 0);
 	ck_assert_double_eq(a.cfg.train.learning_rate, 0.5);
 	mn_app_end(&a);
 }
@@ -347,6 +357,7 @@ int main(void)
 	            test_start_check_only_ends_with_ok, test_start_bad_config_is_ex_config,
 	            test_load_split, test_load_split_errors_map_to_exit_statuses,
 	            test_signals_reach_their_callbacks, test_loop_without_signals,
-	            test_loop_close_reaps_a_killed_child, test_reload_applies_only_reloadable_keys);
+	            test_loop_close_reaps_a_killed_child,
+	            test_reload_sorts_keys_by_what_they_are_to_the_program);
 	return mn_test_run(s);
 }

@@ -81,7 +81,7 @@ static void teardown(void)
 }
 
 static int fake_reload(void *arg, struct mn_proto_keys *applied, struct mn_proto_keys *restart,
-                       char *e, size_t elen)
+                       struct mn_proto_keys *ignored, char *e, size_t elen)
 {
 	ck_assert_ptr_eq(arg, &reloader);
 	reloader.calls++;
@@ -91,6 +91,8 @@ static int fake_reload(void *arg, struct mn_proto_keys *applied, struct mn_proto
 	}
 	ck_assert_int_eq(mn_proto_keys_add(applied, "train.max_steps"), 0);
 	ck_assert_int_eq(mn_proto_keys_add(restart, "model.hidden"), 0);
+	ck_assert_int_eq(mn_proto_keys_add(ignored, "eval.textfile"), 0);
+	ck_assert_int_eq(mn_proto_keys_add(ignored, "eval.use_ema"), 0);
 	return 0;
 }
 
@@ -235,10 +237,15 @@ static void expect_reloaded(struct peer *p, size_t i)
 	const cJSON *o = answer(p, i, true);
 	const cJSON *a = cJSON_GetObjectItemCaseSensitive(o, "applied");
 	const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "restart_required");
+	const cJSON *g = cJSON_GetObjectItemCaseSensitive(o, "ignored");
 
 	ck_assert(cJSON_GetArraySize(a) == 1 && cJSON_GetArraySize(r) == 1);
 	ck_assert_str_eq(cJSON_GetArrayItem(a, 0)->valuestring, "train.max_steps");
 	ck_assert_str_eq(cJSON_GetArrayItem(r, 0)->valuestring, "model.hidden");
+	/* The keys only other programs use, apart, in the order reported. */
+	ck_assert(cJSON_IsArray(g) && cJSON_GetArraySize(g) == 2);
+	ck_assert_str_eq(cJSON_GetArrayItem(g, 0)->valuestring, "eval.textfile");
+	ck_assert_str_eq(cJSON_GetArrayItem(g, 1)->valuestring, "eval.use_ema");
 }
 
 /* A file made by bind() alone: a socket nobody listens on, like one a crash leaves. */
