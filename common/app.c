@@ -11,29 +11,47 @@
 #include "model.h"
 #include "util.h"
 
-/* A SIGHUP before the loop's handler was there: mn_app_loop_start() passes it on. */
-static volatile sig_atomic_t early_hup;
+/* The signals held back until the loop's handlers are there, in the order they are passed on. */
+static const int early_signals[] = {SIGHUP, SIGTERM, SIGINT};
+#define NEARLY_SIGNALS (sizeof(early_signals) / sizeof(early_signals[0]))
 
-static void on_early_hup(int signum)
+/* Which of early_signals arrived before the loop's handlers: mn_app_loop_start() passes them on. */
+static volatile sig_atomic_t early_seen[NEARLY_SIGNALS];
+
+static void on_early_signal(int signum)
 {
-	(void)signum;
-	early_hup = 1;
+	for (size_t i = 0; i < NEARLY_SIGNALS; i++)
+		if (early_signals[i] == signum)
+			early_seen[i] = 1;
+}
+
+/* Passes on the signals held back, to whatever handles them now. */
+static void raise_early_signals(void)
+{
+	for (size_t i = 0; i < NEARLY_SIGNALS; i++) {
+		if (early_seen[i]) {
+			early_seen[i] = 0;
+			raise(early_signals[i]);
+		}
+	}
 }
 
 bool mn_app_start(struct mn_app *a, const struct mn_app_start_params *p, int *ex)
 {
-	struct sigaction sa = {.sa_handler = on_early_hup, .sa_flags = SA_RESTART};
+	struct sigaction sa = {.sa_handler = on_early_signal, .sa_flags = SA_RESTART};
 	enum mn_log_level level;
 	char err[MN_ERRLEN];
 
 	signal(SIGPIPE, SIG_IGN);
 	/*
 	 * A service is up for systemd (Type=exec) as soon as it runs, so a
-	 * reload may come before the loop catches SIGHUP: its default action
-	 * would kill the service. Held until then instead.
+	 * reload or a stop may come before the loop catches the signals: their
+	 * default actions would kill the service, which must reload, or stop
+	 * with its status 0. Held until then instead.
 	 */
 	sigemptyset(&sa.sa_mask);
-	sigaction(SIGHUP, &sa, NULL);
+	for (size_t i = 0; i < NEARLY_SIGNALS; i++)
+		sigaction(early_signals[i], &sa, NULL);
 	mn_config_defaults(&a->cfg);
 	if (mn_config_load(a->config_path, &a->cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "%s: %s\n", a->name, err);
@@ -82,10 +100,10 @@ int mn_app_loop_start(struct mn_app *a, bool signals, uv_signal_cb on_stop, uv_s
 	}
 	a->loop_ready = true;
 	if (!signals) {
-		/* A command: a hangup ends it, as it would have from the start. */
-		signal(SIGHUP, SIG_DFL);
-		if (early_hup)
-			raise(SIGHUP);
+		/* A command: a hangup or a stop ends it, as it would have from the start. */
+		for (size_t i = 0; i < NEARLY_SIGNALS; i++)
+			signal(early_signals[i], SIG_DFL);
+		raise_early_signals();
 		return 0;
 	}
 	if ((rc = start_signal(a, &a->sig_term, on_stop, SIGTERM, data)) < 0 ||
@@ -93,10 +111,8 @@ int mn_app_loop_start(struct mn_app *a, bool signals, uv_signal_cb on_stop, uv_s
 	    (rc = start_signal(a, &a->sig_hup, on_hup, SIGHUP, data)) < 0)
 		return rc;
 	a->signals_ready = true;
-	/* Now libuv's handler takes it: on_hup runs once the loop does. */
-	if (early_hup)
-		raise(SIGHUP);
-	early_hup = 0;
+	/* Now libuv's handlers take them: the callbacks run once the loop does. */
+	raise_early_signals();
 	return 0;
 }
 

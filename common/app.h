@@ -48,9 +48,11 @@ struct mn_app_start_params {
 
 /*
  * Everything before the event loop: ignores SIGPIPE (a dead journald reader
- * must not kill a service), holds a SIGHUP back for mn_app_loop_start() (a
- * reload that comes this early must not kill a service either), loads a->config_path over the
- * defaults, opens the log and sets the BLAS thread count to train.threads. Returns true to go on.
+ * must not kill a service), holds SIGHUP, SIGTERM and SIGINT back for
+ * mn_app_loop_start() (a reload that comes this early must not kill a
+ * service, nor a stop end it otherwise than cleanly), loads a->config_path
+ * over the defaults, opens the log and sets the BLAS thread count to
+ * train.threads. Returns true to go on.
  * Returns false when the program must end now with *ex: MN_EX_OK after
  * --check-config said the file is valid, MN_EX_CONFIG after printing
  * "<name>: <what is wrong>" on standard error.
@@ -60,10 +62,10 @@ bool mn_app_start(struct mn_app *a, const struct mn_app_start_params *p, int *ex
 /*
  * Initialises a->loop and, unless signals is false, starts SIGTERM and
  * SIGINT with on_stop and SIGHUP with on_hup, each handle's data set to
- * data. A SIGHUP held back since mn_app_start() reaches on_hup once the
- * loop runs; without signals, SIGHUP gets its default action back, and one
- * held back ends the program now. Returns 0, or a negative errno after
- * logging what failed.
+ * data. A signal held back since mn_app_start() reaches its callback once
+ * the loop runs; without signals (a command), the three get their default
+ * actions back, and one held back ends the program now. Returns 0, or a
+ * negative errno after logging what failed.
  */
 int mn_app_loop_start(struct mn_app *a, bool signals, uv_signal_cb on_stop, uv_signal_cb on_hup,
                       void *data);

@@ -244,7 +244,9 @@ static void reload(struct evaluator *e)
 	if (mn_app_reload_config(&e->app, &r, &next, err, sizeof(err)) < 0)
 		return;
 	mn_log_set_level(e->app.cfg.log.level);
-	mne_runner_set_use_ema(e->runner, e->app.cfg.eval.use_ema);
+	/* A SIGHUP held through the start comes before the runner, which then takes the value. */
+	if (e->runner)
+		mne_runner_set_use_ema(e->runner, e->app.cfg.eval.use_ema);
 	mn_app_log_reloaded(&e->app, &r);
 }
 
@@ -427,13 +429,24 @@ static int run_watch(struct evaluator *e)
 	return 0;
 }
 
+/*
+ * Whether a stop arrived during the start (the data load, a rebuild of
+ * eval.best_dir): its callback runs now, and then there is no point in
+ * going on to watch.
+ */
+static bool stopped(struct evaluator *e)
+{
+	uv_run(&e->app.loop, UV_RUN_NOWAIT);
+	return e->stopping;
+}
+
 /* Runs the evaluator until it is stopped; returns the exit status. */
 static int run(struct evaluator *e, bool once)
 {
 	char err[MN_ERRLEN];
 	int ex;
 
-	/* Signals first: a SIGTERM during the data load is acted on as the loop starts. */
+	/* Signals first: a SIGTERM during the data load is acted on once it is loaded. */
 	if (mn_app_loop_start(&e->app, !once, on_stop_signal, on_hup, e) < 0)
 		return MN_EX_FAILURE;
 	if (mne_page_new(&e->app.loop, &e->app.cfg, &e->page, err, sizeof(err)) < 0) {
@@ -441,11 +454,13 @@ static int run(struct evaluator *e, bool once)
 		return MN_EX_CONFIG;
 	}
 	ex = load_data(e);
-	if (ex != MN_EX_OK)
+	if (ex != MN_EX_OK || stopped(e))
 		return ex;
 	open_keep(e);
 	if (once)
 		return run_once(e);
+	if (stopped(e))
+		return MN_EX_OK;
 	if (run_watch(e) < 0)
 		return MN_EX_FAILURE;
 	uv_run(&e->app.loop, UV_RUN_DEFAULT);

@@ -390,6 +390,21 @@ class ControlTest(mnlib.TestCase):
                       "reopened=log.file", text)
         self.assertEqual(text.count("reopened files="), 1, text)
 
+    def test_sigterm_before_the_loop_exits_zero(self):
+        """A SIGTERM before the event loop catches signals (mnistd still
+        opening its files) is the same clean stop as later: exit 0, and no
+        checkpoint, since nothing was trained."""
+        hist = os.path.join(self.work, "train.jsonl")
+        env, gate, held = mnlib.gate(self, "open:train.jsonl")
+        open(gate, "w").close()
+        p = self.daemon(env=env, wait=False, train={"metrics_file": hist})
+        wait_for(lambda: os.path.exists(held), 60, "mnistd held opening train.metrics_file")
+        p.signal(signal.SIGTERM)
+        os.unlink(gate)
+        self.assertEqual(p.wait(60), 0, p.output())
+        self.assertIn("before training started", p.output())
+        self.assertEqual(ckpt_steps(self.cfg["checkpoint"]["dir"]), [])
+
     def test_sighup_during_setup_applies_log_level(self):
         """A SIGHUP that arrives while mnistd loads its data is handled when
         setup is done, before the training thread exists: log.level, reported

@@ -623,7 +623,7 @@ class EvaluatorTest(mnlib.TestCase):
         logrotate's) may come before the evaluator has set up its signal
         handling. Held in the metrics file's open, before that, a SIGHUP must
         not kill it: the reload happens once it is up, with the new
-        log.level."""
+        log.level and eval.use_ema."""
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         path, cfg = self.eval_config(d)
@@ -632,15 +632,17 @@ class EvaluatorTest(mnlib.TestCase):
         ev = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
         mnlib.wait_for(lambda: os.path.exists(held), 60, "mnist-eval held opening its metrics file")
         cfg["log"]["level"] = "debug"
+        cfg["eval"]["use_ema"] = False
         mnlib.write_config(path, cfg)
         ev.signal(signal.SIGHUP)
         os.unlink(gate)
         mnlib.wait_for(lambda: ev.p.poll() is not None or "configuration reloaded" in ev.output(), 30,
                        "a reload, or the end of mnist-eval")
         self.assertIsNone(ev.p.poll(), "killed by SIGHUP:\n" + ev.output())
+        self.assertIn("applied=eval.use_ema,log.level ", ev.output())
         blob, _, _ = self.foreign_checkpoint(1)
         publish(d, ckpt_name(1), blob)
-        self.wait_metric(1)
+        self.assertIs(self.wait_metric(1)["ema"], False)
         ev.wait_output("debug evaluating checkpoint=model.ckpt-1.safetensors")
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
@@ -705,6 +707,25 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(ev.wait(30), 0, ev.output())
         self.assertNotIn("configuration reloaded", ev.output())
         self.assertNotIn("debug ", ev.output())
+
+    def test_sigterm_while_starting_exits_zero(self):
+        """SIGTERM exits 0 from the start: held before the event loop
+        catches signals (opening the metrics file) and while loading the
+        data, the evaluator stops cleanly, without going on to watch."""
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        for i, where in enumerate(("open:metrics.jsonl", "open:train-images-idx3-ubyte.gz")):
+            env, gate, held = mnlib.gate(self, where)
+            open(gate, "w").close()
+            ev = self.start([MNIST_EVAL, "--config", path], "eval-%d" % i, env=env)
+            mnlib.wait_for(lambda: os.path.exists(held), 60, "mnist-eval held at " + where)
+            ev.signal(signal.SIGTERM)
+            os.unlink(gate)
+            os.unlink(held)
+            self.assertEqual(ev.wait(30), 0, where + ":\n" + ev.output())
+            self.assertIn("received Terminated, stopping", ev.output())
+            self.assertNotIn("ready", ev.output())
 
     def test_sigterm_mid_evaluation(self):
         # A model and a validation set big enough that evaluating takes a good

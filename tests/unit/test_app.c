@@ -253,6 +253,49 @@ START_TEST(test_signals_reach_their_callbacks)
 }
 END_TEST
 
+/*
+ * A service is started before its loop catches signals: a reload or a stop
+ * then must neither kill it nor be lost, but reach the loop's callbacks.
+ */
+START_TEST(test_signals_before_the_loop_are_held)
+{
+	struct mn_app a = app_for(cfgpath);
+	struct mn_app_start_params p = {0};
+	struct signal_seen stop = {0}, hup = {0};
+	int ex = -1;
+
+	write_config("{}");
+	ck_assert(mn_app_start(&a, &p, &ex));
+	raise(SIGTERM);
+	raise(SIGHUP);
+	raise(SIGTERM); /* one stop, however often it is asked for */
+	ck_assert_int_eq(mn_app_loop_start(&a, true, on_signal, on_signal, &stop), 0);
+	a.sig_hup.data = &hup;
+	while (hup.calls + stop.calls < 2)
+		uv_run(&a.loop, UV_RUN_DEFAULT);
+	ck_assert_int_eq(hup.calls, 1);
+	ck_assert_int_eq(stop.calls, 1);
+	ck_assert_int_eq(stop.signum, SIGTERM);
+	mn_app_loop_close(&a);
+	mn_app_end(&a);
+}
+END_TEST
+
+/* A command (no signals) held a stop back: it ends by it, as it would have at once. */
+START_TEST(test_stop_held_ends_a_command)
+{
+	struct mn_app a = app_for(cfgpath);
+	struct mn_app_start_params p = {0};
+	int ex = -1;
+
+	write_config("{}");
+	ck_assert(mn_app_start(&a, &p, &ex));
+	raise(SIGTERM);
+	mn_app_loop_start(&a, false, NULL, NULL, NULL);
+	ck_abort_msg("still running after a held SIGTERM");
+}
+END_TEST
+
 START_TEST(test_loop_without_signals)
 {
 	struct mn_app a = app_for(cfgpath);
@@ -358,6 +401,8 @@ int main(void)
 	            test_load_split, test_load_split_errors_map_to_exit_statuses,
 	            test_signals_reach_their_callbacks, test_loop_without_signals,
 	            test_loop_close_reaps_a_killed_child,
-	            test_reload_sorts_keys_by_what_they_are_to_the_program);
+	            test_reload_sorts_keys_by_what_they_are_to_the_program,
+	            test_signals_before_the_loop_are_held);
+	tcase_add_test_raise_signal(tc, test_stop_held_ends_a_command, SIGTERM);
 	return mn_test_run(s);
 }
