@@ -311,7 +311,14 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 	}
 	iov.iov_base = (void *)text;
 	iov.iov_len = len;
-	return mn_write_atomic(dir, name, &iov, 1, 0644, err, errlen);
+	/*
+	 * Exactly 0644: node-exporter reads as its own user, and the units'
+	 * UMask=0027 would otherwise make the file 0640, which it cannot read
+	 * (a scrape error, and none of the metrics).
+	 */
+	return mn_write_atomic_opts(
+	    dir, name, &iov, 1, &(struct mn_write_opts){.mode = 0644, .flags = MN_WRITE_EXACT_MODE},
+	    err, errlen);
 }
 
 int mn_prom_publish(struct mn_prom *p, const char *path, const char *key)

@@ -94,8 +94,9 @@ int mn_prom_text(const struct mn_prom *p, const char **text, size_t *len, char *
 
 /*
  * Replaces the file at path with the exposition, atomically and durably
- * (temporary dot-file in the same directory, rename), mode 0644 before the
- * umask so that node-exporter, running as another user, can read it.
+ * (temporary dot-file in the same directory, rename), mode 0644 whatever
+ * the umask and the replaced file's mode, so that node-exporter, running as
+ * another user, can read it.
  * Returns 0, a building error, or the write's -errno, with a message that
  * names the file.
  */

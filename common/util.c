@@ -244,8 +244,9 @@ int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *
 	static atomic_uint seq;
 	char tmp[PATH_MAX], final[PATH_MAX], suffix[48];
 	bool noreplace = o->flags & MN_WRITE_NOREPLACE;
-	bool replacing = false;
-	mode_t keep = 0;
+	/* fchmod the temporary file to keep: the mode asked for, or the replaced file's. */
+	bool set_mode = o->flags & MN_WRITE_EXACT_MODE;
+	mode_t keep = o->mode & 07777;
 	struct stat st;
 	int fd = -1, rc;
 
@@ -276,8 +277,9 @@ int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *
 			return -EEXIST;
 		}
 		/* Its permission bits, not the set-id ones: the new file has a new owner. */
-		keep = st.st_mode & 0777;
-		replacing = true;
+		if (!set_mode)
+			keep = st.st_mode & 0777;
+		set_mode = true;
 	}
 	/*
 	 * Messages name the final file, not the temporary: its name changes at
@@ -298,10 +300,10 @@ int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *
 		        strerror(-rc));
 		goto fail;
 	}
-	/* fchmod, unlike open, is not subject to the umask: the old bits exactly. */
-	if (replacing && fchmod(fd, keep) < 0) {
+	/* fchmod, unlike open, is not subject to the umask: these bits exactly. */
+	if (set_mode && fchmod(fd, keep) < 0) {
 		rc = -errno;
-		mn_errf(err, errlen, "%s: cannot keep its mode %04o: %s", final, (unsigned)keep,
+		mn_errf(err, errlen, "%s: cannot set its mode %04o: %s", final, (unsigned)keep,
 		        strerror(-rc));
 		goto fail;
 	}

@@ -95,6 +95,12 @@ enum {
 	 * no hard links either).
 	 */
 	MN_WRITE_NOREPLACE = 1 << 0,
+	/*
+	 * The file gets exactly the mode asked for: neither the umask nor a
+	 * replaced file's mode applies. For a file that another user must
+	 * read whatever the writer's umask (node-exporter's textfiles).
+	 */
+	MN_WRITE_EXACT_MODE = 1 << 1,
 };
 
 /* How mn_write_atomic_opts() writes. */

@@ -86,12 +86,15 @@ class MetricsTest(mnlib.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return r.stdout
 
-    def node_exporter(self, directory):
-        """A real node-exporter serving only its textfile collector on directory; returns its URL."""
+    def node_exporter(self, directory, as_user=None):
+        """A real node-exporter serving only its textfile collector on directory; returns its URL.
+        as_user: [uid, gid] to run it as (it needs root and setpriv to switch)."""
         port = free_port()
-        p = self.start([NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
-                        "--collector.textfile.directory=" + directory,
-                        "--web.listen-address=127.0.0.1:%d" % port], "node-exporter")
+        argv = [NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
+                "--collector.textfile.directory=" + directory, "--web.listen-address=127.0.0.1:%d" % port]
+        if as_user:
+            argv = ["setpriv", "--reuid=%d" % as_user[0], "--regid=%d" % as_user[1], "--clear-groups"] + argv
+        p = self.start(argv, "node-exporter")
         url = "http://127.0.0.1:%d/metrics" % port
 
         def up():
@@ -204,6 +207,35 @@ class MetricsTest(mnlib.TestCase):
         self.assertEqual(value(self.promtool_check(trainer_prom), "mnistd_running"), 0)
         self.assertEqual(value(self.promtool_check(eval_prom), "mnist_eval_running"), 0)
         self.assertEqual(sorted(os.listdir(tdir)), ["mnist-eval.prom", "mnistd.prom"], "no temporary files left")
+
+    def test_node_exporter_as_its_own_user_reads_files_written_under_the_units_umask(self):
+        # Deployed, node-exporter runs as user prometheus and the units with
+        # UMask=0027: the files must still be readable by others, or the
+        # collector reports a scrape error and serves none of the families.
+        if os.geteuid() != 0 or not shutil.which("setpriv"):
+            self.skipTest("needs root and setpriv to run node-exporter as another user")
+        os.chmod(self.work, 0o711)
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        os.chmod(tdir, 0o755)
+        trainer_prom = os.path.join(tdir, "mnistd.prom")
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        cfg_path, _ = self.config(train={"max_steps": 40}, eval={"textfile": eval_prom},
+                                  metrics={"textfile": trainer_prom, "run": "umask"})
+        umask = ["sh", "-c", 'umask 0027 && exec "$@"', "sh"]
+        ev = self.start(umask + [MNIST_EVAL, "--config", cfg_path], "eval")
+        d = self.start(umask + [MNISTD, "--config", cfg_path], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        wait_for(lambda: (self.read(eval_prom) or {}) and value(self.read(eval_prom), "mnist_eval_step") == 40,
+                 60, "the evaluation of the last checkpoint")
+        served = self.scrape(self.node_exporter(tdir, as_user=(65534, 65534)))
+        self.assertEqual(value(served, "node_textfile_scrape_error"), 0)
+        self.assertEqual(value(served, "mnistd_global_step", run="umask"), 40)
+        self.assertEqual(value(served, "mnist_eval_step", run="umask"), 40)
+        for path in (trainer_prom, eval_prom):
+            self.assertEqual(os.stat(path).st_mode & 0o7777, 0o644, path)
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(), 0, ev.output())
 
     def test_rejected_files_are_counted(self):
         tdir = os.path.join(self.work, "textfile")

@@ -164,8 +164,6 @@ START_TEST(write_replaces_the_file_atomically)
 {
 	char dir[MN_TEST_DIRLEN], path[PATH_MAX], err[MN_ERRLEN] = "", *buf = NULL;
 	struct mn_prom *p = mn_prom_new();
-	struct stat st;
-	mode_t mask;
 	size_t len;
 
 	mn_test_tmpdir(dir, sizeof(dir));
@@ -178,11 +176,7 @@ START_TEST(write_replaces_the_file_atomically)
 	ck_assert_int_eq(mn_read_file(path, 4096, &buf, &len, err, sizeof(err)), 0);
 	ck_assert_str_eq(buf, "# HELP g h\n# TYPE g gauge\ng 2\n");
 	free(buf);
-	/* Readable by node-exporter's user; no temporary file left over. */
-	mask = umask(022);
-	umask(mask);
-	ck_assert_int_eq(stat(path, &st), 0);
-	ck_assert_uint_eq(st.st_mode & 0644, 0644 & ~mask);
+	/* No temporary file left over. */
 	ck_assert_uint_eq(mn_test_count_entries(dir), 1);
 	/* A building error leaves the old file alone and names the file. */
 	mn_prom_gauge(p, "bad name", "h", 3);
@@ -196,6 +190,40 @@ START_TEST(write_replaces_the_file_atomically)
 	snprintf(path, sizeof(path), "%s/nodir/x.prom", dir);
 	ck_assert_int_eq(mn_prom_write(p, path, err, sizeof(err)), -ENOENT);
 	ck_assert_ptr_nonnull(strstr(err, "nodir"));
+	mn_prom_free(p);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+static unsigned mode_of(const char *path)
+{
+	struct stat st;
+
+	ck_assert_int_eq(stat(path, &st), 0);
+	return st.st_mode & 07777;
+}
+
+/*
+ * node-exporter runs as its own user (prometheus), so the file must be
+ * readable by others whatever the writer's umask: the shipped units run with
+ * UMask=0027, which would make a new file 0640, unreadable to it. A file left
+ * unreadable by an older version is made readable too.
+ */
+START_TEST(write_is_readable_by_others_whatever_the_umask)
+{
+	char dir[MN_TEST_DIRLEN], path[PATH_MAX], err[MN_ERRLEN] = "";
+	struct mn_prom *p = mn_prom_new();
+	mode_t old = umask(0027);
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/mnistd.prom", dir);
+	mn_prom_gauge(p, "g", "h", 1);
+	ck_assert_msg(mn_prom_write(p, path, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(mode_of(path), 0644);
+	ck_assert_int_eq(chmod(path, 0640), 0);
+	ck_assert_msg(mn_prom_write(p, path, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_uint_eq(mode_of(path), 0644);
+	umask(old);
 	mn_prom_free(p);
 	mn_test_rmtree(dir);
 }
@@ -232,6 +260,7 @@ int main(void)
 	tcase_add_test(tc, histogram_buckets_are_cumulative);
 	tcase_add_test(tc, bad_input_is_a_sticky_error);
 	tcase_add_test(tc, write_replaces_the_file_atomically);
+	tcase_add_test(tc, write_is_readable_by_others_whatever_the_umask);
 	tcase_add_test(tc, publish_reports_and_recovers);
 	return mn_test_run(s);
 }

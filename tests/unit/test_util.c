@@ -408,6 +408,29 @@ START_TEST(write_atomic_keeps_the_replaced_mode)
 }
 END_TEST
 
+/* MN_WRITE_EXACT_MODE: the mode asked for, neither less the umask nor the replaced file's. */
+START_TEST(write_atomic_exact_mode)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX];
+	struct iovec iov = {"new", 3};
+	struct mn_write_opts o = {.mode = 0644, .flags = MN_WRITE_EXACT_MODE};
+	struct stat st;
+	mode_t old = umask(027);
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/shared", dir);
+	ck_assert_int_eq(mn_write_atomic_opts(dir, "shared", &iov, 1, &o, err, sizeof(err)), 0);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0644);
+	ck_assert_int_eq(chmod(path, 0600), 0);
+	ck_assert_int_eq(mn_write_atomic_opts(dir, "shared", &iov, 1, &o, err, sizeof(err)), 0);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0644);
+	umask(old);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 struct hook_log {
 	char path[PATH_MAX];
 	int calls, nulls;
@@ -485,6 +508,7 @@ int main(void)
 	            read_fd_reuse_keeps_the_buffer, resource_errors, basename_of_paths,
 	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
 	            open_append_never_blocks, write_atomic_refuses_an_empty_dir,
-	            write_atomic_keeps_the_replaced_mode, write_atomic_noreplace);
+	            write_atomic_keeps_the_replaced_mode, write_atomic_exact_mode,
+	            write_atomic_noreplace);
 	return mn_test_run(s);
 }
