@@ -146,6 +146,11 @@ void mn_prom_label(struct mn_prom *p, const char *name, const char *value)
 		fail(p, -EINVAL, "%s: not a valid label name", name ? name : "(null)");
 		return;
 	}
+	/* The format is UTF-8: node-exporter drops a whole file over one bad label value. */
+	if (!value || !mn_json_utf8(value, strlen(value))) {
+		fail(p, -EINVAL, "%s: label value is not valid UTF-8", name);
+		return;
+	}
 	if (p->llen > 0)
 		grow_append(p, &p->labels, &p->llen, &p->lcap, ",", 1);
 	grow_append(p, &p->labels, &p->llen, &p->lcap, name, strlen(name));
@@ -160,6 +165,10 @@ static void family(struct mn_prom *p, const char *name, const char *type, const 
 		return;
 	if (!valid_name(name, true)) {
 		fail(p, -EINVAL, "%s: not a valid metric name", name ? name : "(null)");
+		return;
+	}
+	if (!help || !mn_json_utf8(help, strlen(help))) {
+		fail(p, -EINVAL, "%s: HELP is not valid UTF-8", name);
 		return;
 	}
 	put(p, "# HELP ");

@@ -19,11 +19,12 @@
  * Prometheus spells them.
  *
  * Errors are sticky: a bad metric or label name (not [a-zA-Z_:][a-zA-Z0-9_:]*,
- * labels without ':'), a counter whose name does not end in "_total", a
- * histogram with unsorted bounds, or an allocation failure is remembered, the
- * rest of the building is skipped, and mn_prom_write() or mn_prom_text()
- * reports the first one. So callers add every family without checking each
- * call.
+ * labels without ':'), a label value or HELP text that is not UTF-8 (the
+ * collector would reject the whole file), a counter whose name does not end
+ * in "_total", a histogram with unsorted bounds, or an allocation failure is
+ * remembered, the rest of the building is skipped, and mn_prom_write() or
+ * mn_prom_text() reports the first one. So callers add every family without
+ * checking each call.
  */
 #ifndef MN_PROM_H
 #define MN_PROM_H
@@ -71,7 +72,8 @@ void mn_prom_reset(struct mn_prom *p);
 /*
  * Adds a label that every sample added afterwards carries, for instance
  * run="nightly" so that two runs writing into one textfile directory give
- * different series. value may be any UTF-8 text; it is escaped.
+ * different series. value may be any UTF-8 text; it is escaped. Text that
+ * is not well-formed UTF-8 is a building error.
  */
 void mn_prom_label(struct mn_prom *p, const char *name, const char *value);
 

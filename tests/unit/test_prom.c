@@ -72,11 +72,11 @@ START_TEST(constant_labels_are_escaped)
 {
 	struct mn_prom *p = mn_prom_new();
 
-	mn_prom_label(p, "run", "a\"b\\c\nd");
+	mn_prom_label(p, "run", "a\"b\\c\nd \xc3\xa9");
 	mn_prom_label(p, "zone", "x");
 	mn_prom_gauge(p, "g", "h", 1);
 	ck_assert_str_eq(text_of(p), "# HELP g h\n# TYPE g gauge\n"
-	                             "g{run=\"a\\\"b\\\\c\\nd\",zone=\"x\"} 1\n");
+	                             "g{run=\"a\\\"b\\\\c\\nd \xc3\xa9\",zone=\"x\"} 1\n");
 	/* reset forgets text and labels alike. */
 	mn_prom_reset(p);
 	mn_prom_gauge(p, "g", "h", 2);
@@ -153,6 +153,15 @@ START_TEST(bad_input_is_a_sticky_error)
 	mn_prom_hist_init(&h, unsorted, 2);
 	mn_prom_histogram(p, "h_seconds", "h", &h);
 	expect_error(p, "increasing");
+	/*
+	 * The format is UTF-8: node-exporter rejects a whole file whose label
+	 * value or HELP is not ("invalid label value"), so none is written.
+	 */
+	mn_prom_label(p, "run", "caf\xe9");
+	mn_prom_gauge(p, "g", "h", 1);
+	expect_error(p, "run: label value is not valid UTF-8");
+	mn_prom_gauge(p, "g", "caf\xe9", 1);
+	expect_error(p, "g: HELP is not valid UTF-8");
 	/* After a reset the builder works again. */
 	mn_prom_gauge(p, "ok:rate", "h", 1);
 	ck_assert_str_eq(text_of(p), "# HELP ok:rate h\n# TYPE ok:rate gauge\nok:rate 1\n");
