@@ -290,10 +290,34 @@ int mn_prom_text(const struct mn_prom *p, const char **text, size_t *len, char *
 	return 0;
 }
 
+/* Splits path into its directory (dir, len bytes) and file name; 0 or -errno with err. */
+static int split_path(const char *path, char *dir, size_t len, const char **name, char *err,
+                      size_t errlen)
+{
+	*name = mn_basename(path);
+	if (*name == path) {
+		snprintf(dir, len, ".");
+	} else if ((size_t)(*name - path) >= len) {
+		mn_errf(err, errlen, "%s: path too long", path);
+		return -ENAMETOOLONG;
+	} else {
+		/* Keep the slash for "/x.prom", whose directory is "/". */
+		size_t dlen = (size_t)(*name - path) > 1 ? (size_t)(*name - path) - 1 : 1;
+
+		memcpy(dir, path, dlen);
+		dir[dlen] = '\0';
+	}
+	if (!**name) {
+		mn_errf(err, errlen, "%s: not a file name", path);
+		return -EINVAL;
+	}
+	return 0;
+}
+
 int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t errlen)
 {
 	char dir[PATH_MAX];
-	const char *name = mn_basename(path), *text;
+	const char *name, *text;
 	struct iovec iov;
 	size_t len;
 	int rc = mn_prom_text(p, &text, &len, err, errlen);
@@ -302,22 +326,8 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 		mn_errprefix(err, errlen, "%s", path);
 		return rc;
 	}
-	if (name == path) {
-		snprintf(dir, sizeof(dir), ".");
-	} else if ((size_t)(name - path) >= sizeof(dir)) {
-		mn_errf(err, errlen, "%s: path too long", path);
-		return -ENAMETOOLONG;
-	} else {
-		/* Keep the slash for "/x.prom", whose directory is "/". */
-		size_t dlen = (size_t)(name - path) > 1 ? (size_t)(name - path) - 1 : 1;
-
-		memcpy(dir, path, dlen);
-		dir[dlen] = '\0';
-	}
-	if (!*name) {
-		mn_errf(err, errlen, "%s: not a file name", path);
-		return -EINVAL;
-	}
+	if ((rc = split_path(path, dir, sizeof(dir), &name, err, errlen)) < 0)
+		return rc;
 	iov.iov_base = (void *)text;
 	iov.iov_len = len;
 	/*
@@ -328,6 +338,15 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 	return mn_write_atomic_opts(
 	    dir, name, &iov, 1, &(struct mn_write_opts){.mode = 0644, .flags = MN_WRITE_EXACT_MODE},
 	    err, errlen);
+}
+
+int mn_prom_remove_stale(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *name;
+	int rc = split_path(path, dir, sizeof(dir), &name, NULL, 0);
+
+	return rc < 0 ? rc : mn_remove_stale_temps_of(dir, name, NULL, 0);
 }
 
 int mn_prom_publish(struct mn_prom *p, const char *path, const char *key)

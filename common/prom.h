@@ -105,6 +105,16 @@ int mn_prom_text(const struct mn_prom *p, const char **text, size_t *len, char *
 int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t errlen);
 
 /*
+ * Removes the temporary files of path that a killed writer left behind
+ * (mn_remove_stale_temps_of: its own name's only, of a process gone), so
+ * that SIGKILL during a write does not leave one in node-exporter's
+ * directory for good. For a program to call once, before it first writes
+ * path. Returns the count removed or -errno (a missing directory is not
+ * worth a message: the writes report it).
+ */
+int mn_prom_remove_stale(const char *path);
+
+/*
  * Writes as mn_prom_write() does, for a program that rewrites the file
  * periodically, and logs the outcome: a failure at error level as
  * "<key>: <message>", once until the message changes, and the first success

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -380,6 +381,57 @@ int mn_remove_stale_temps(const char *dir, char *err, size_t errlen)
 		char path[PATH_MAX];
 
 		if (e->d_name[0] != '.' || len <= 5 || strcmp(e->d_name + len - 4, ".tmp") != 0)
+			continue;
+		if (join_path(path, sizeof(path), dir, e->d_name, "", "") < 0)
+			continue;
+		if (unlink(path) == 0)
+			removed++;
+	}
+	closedir(d);
+	return removed;
+}
+
+/* The writer's pid in a temporary name "<pid>-<n>.tmp" (after ".<name>."), or 0. */
+static long temp_pid(const char *tail)
+{
+	char *end;
+	long pid;
+
+	if (*tail < '1' || *tail > '9')
+		return 0;
+	errno = 0;
+	pid = strtol(tail, &end, 10);
+	if (errno || pid <= 0 || pid > INT_MAX || *end != '-' || end[1] < '0' || end[1] > '9')
+		return 0;
+	for (end++; *end >= '0' && *end <= '9'; end++)
+		;
+	return strcmp(end, ".tmp") == 0 ? pid : 0;
+}
+
+int mn_remove_stale_temps_of(const char *dir, const char *name, char *err, size_t errlen)
+{
+	size_t nlen = strlen(name);
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int removed = 0;
+
+	if (!d) {
+		int rc = -errno;
+
+		mn_errf(err, errlen, "%s: cannot open directory: %s", dir, strerror(-rc));
+		return rc;
+	}
+	while ((e = readdir(d)) != NULL) {
+		char path[PATH_MAX];
+		long pid;
+
+		if (e->d_name[0] != '.' || strncmp(e->d_name + 1, name, nlen) != 0 ||
+		    e->d_name[1 + nlen] != '.')
+			continue;
+		pid = temp_pid(e->d_name + 2 + nlen);
+		/* kill(pid, 0): ESRCH is gone; EPERM is alive, another user's. */
+		if (pid == 0 ||
+		    (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH)))
 			continue;
 		if (join_path(path, sizeof(path), dir, e->d_name, "", "") < 0)
 			continue;

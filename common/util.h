@@ -133,6 +133,17 @@ int mn_write_iov(int fd, const struct iovec *iov, int iovcnt);
 /* Removes "<dir>/.*.tmp" files left by a crashed writer. Returns the count or -errno. */
 int mn_remove_stale_temps(const char *dir, char *err, size_t errlen);
 
+/*
+ * Removes the temporary files of "<dir>/<name>" that a killed writer left
+ * ("<dir>/.<name>.<pid>-<n>.tmp", mn_write_atomic's names), for a
+ * directory shared with other programs, where mn_remove_stale_temps would
+ * take theirs: only this name's, and only those of this process or of a
+ * process that no longer exists (a live writer's, or one of another
+ * user's, whose liveness cannot be told, stays). Call it before this
+ * process first writes the file. Returns the count removed or -errno.
+ */
+int mn_remove_stale_temps_of(const char *dir, const char *name, char *err, size_t errlen);
+
 /* Creates dir and its missing parents with the given mode. 0 if it exists. */
 int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen);
 

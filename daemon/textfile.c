@@ -126,6 +126,8 @@ int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_co
 		uv_close((uv_handle_t *)&m->timer, on_closed);
 		return rc;
 	}
+	/* A temporary file of a predecessor killed mid-write would stay for good. */
+	mn_prom_remove_stale(m->path);
 	mnd_textfile_write(m, true);
 	*out = m;
 	return 0;

@@ -24,12 +24,13 @@
 struct mnd_textfile;
 
 /*
- * Writes the file at once and then every metrics.interval_ms, reading w's
- * status. start_ns is the process's start (wall clock, ns since the epoch).
- * With metrics.textfile empty, sets *out to NULL and returns 0 (every other
- * function accepts NULL). cfg's metrics keys are copied. On failure returns
- * a negative errno-style code with err filled, and *out stays NULL; run the
- * loop afterwards, as after mnd_textfile_close, to free what was made.
+ * Removes the temporary files a killed predecessor left
+ * (mn_prom_remove_stale), then writes the file at once and every
+ * metrics.interval_ms, reading w's status. start_ns is the process's start (wall clock, ns since
+ * the epoch). With metrics.textfile empty, sets *out to NULL and returns 0 (every other function
+ * accepts NULL). cfg's metrics keys are copied. On failure returns a negative errno-style code with
+ * err filled, and *out stays NULL; run the loop afterwards, as after mnd_textfile_close, to free
+ * what was made.
  */
 int mnd_textfile_start(uv_loop_t *loop, struct mnd_worker *w, const struct mn_config *cfg,
                        int64_t start_ns, struct mnd_textfile **out, char *err, size_t errlen);

@@ -52,6 +52,8 @@ int mne_textfile_new(const char *path, const char *run, int64_t start_ns, struct
 	t->best_step = -1;
 	mn_prom_hist_init(&t->latency, latency_bounds,
 	                  sizeof(latency_bounds) / sizeof(latency_bounds[0]));
+	/* A temporary file of a predecessor killed mid-write would stay for good. */
+	mn_prom_remove_stale(t->path);
 	*out = t;
 	return 0;
 }

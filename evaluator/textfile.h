@@ -24,7 +24,8 @@ struct mne_textfile;
 /*
  * A textfile writer for path, whose samples carry run="<run>" unless run is
  * empty; start_ns is the process's start (wall clock). Nothing is written
- * yet. With path empty, sets *out to NULL and returns 0 (every other
+ * yet; the temporary files a killed predecessor left are removed
+ * (mn_prom_remove_stale). With path empty, sets *out to NULL and returns 0 (every other
  * function accepts NULL).
  */
 int mne_textfile_new(const char *path, const char *run, int64_t start_ns, struct mne_textfile **out,

@@ -237,6 +237,42 @@ class MetricsTest(mnlib.TestCase):
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(), 0, ev.output())
 
+    def test_a_temporary_file_left_by_sigkill_is_removed_at_the_next_start(self):
+        # Killed while the textfile's temporary is written (systemd's stop
+        # timeout, the OOM killer): the next start removes it, for each
+        # program. Another file's temporary and a live writer's stay.
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        trainer_prom = os.path.join(tdir, "mnistd.prom")
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        others = [".other.prom.1-0.tmp", ".mnistd.prom.%d-0.tmp" % os.getpid()]
+        for name in others:
+            open(os.path.join(tdir, name), "w").close()
+        cfg_path, cfg = self.config(train={"max_steps": 10 ** 9}, eval={"textfile": eval_prom},
+                                    checkpoint={"every_steps": 10 ** 6},
+                                    metrics={"textfile": trainer_prom, "interval_ms": 100})
+        os.makedirs(cfg["checkpoint"]["dir"])
+        for prog, name, prom in ((MNIST_EVAL, "eval", eval_prom), (MNISTD, "mnistd", trainer_prom)):
+            # The first fsync of each is its textfile's temporary (the evaluator
+            # writes nothing else before; the trainer's first checkpoint is far).
+            env, gate, held = mnlib.gate(self, "fsync")
+            open(gate, "w").close()
+            p = self.start([prog, "--config", cfg_path], name + "-killed", env=env)
+            wait_for(lambda: os.path.exists(held), 60, name + " held at its textfile's fsync")
+            temps = [n for n in os.listdir(tdir) if n.startswith("." + os.path.basename(prom) + ".")
+                     and n not in others]
+            self.assertEqual(len(temps), 1, os.listdir(tdir))
+            p.p.kill()
+            p.p.wait()
+            os.unlink(gate)
+            os.unlink(held)
+            p = self.start([prog, "--config", cfg_path], name)
+            wait_for(lambda: os.path.exists(prom), 60, name + "'s textfile")
+            self.assertNotIn(temps[0], os.listdir(tdir))
+            p.signal(signal.SIGTERM)
+            self.assertEqual(p.wait(), 0, p.output())
+        self.assertEqual(sorted(os.listdir(tdir)), sorted(others + ["mnist-eval.prom", "mnistd.prom"]))
+
     def test_rejected_files_are_counted(self):
         tdir = os.path.join(self.work, "textfile")
         os.makedirs(tdir)

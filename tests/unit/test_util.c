@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "mn_test.h"
@@ -110,6 +111,56 @@ START_TEST(stale_temps_removed)
 	ck_assert_int_ne(access(path, F_OK), 0);
 	snprintf(path, sizeof(path), "%s/nope", dir);
 	ck_assert_int_eq(mn_remove_stale_temps(path, err, sizeof(err)), -ENOENT);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
+/* A pid that no process has: a child's, once it has exited and been reaped. */
+static pid_t dead_pid(void)
+{
+	pid_t pid = fork();
+
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		_exit(0);
+	ck_assert_int_eq(waitpid(pid, NULL, 0), pid);
+	return pid;
+}
+
+/*
+ * In a directory shared with other programs (node-exporter's), only this
+ * name's temporaries, and only those whose writer is gone or is us.
+ */
+START_TEST(stale_temps_of_one_name_removed)
+{
+	char err[MN_ERRLEN] = "", path[PATH_MAX], names[10][64];
+	long dead = dead_pid(), self = getpid(), parent = getppid();
+	size_t n = 0;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	/* Removed: a dead writer's, and our own (we have not written yet). */
+	snprintf(names[n++], sizeof(names[0]), ".m.prom.%ld-0.tmp", dead);
+	snprintf(names[n++], sizeof(names[0]), ".m.prom.%ld-17.tmp", self);
+	/* Kept: a live writer's, another name's, and names not of this form. */
+	snprintf(names[n++], sizeof(names[0]), ".m.prom.%ld-0.tmp", parent);
+	snprintf(names[n++], sizeof(names[0]), ".other.prom.%ld-0.tmp", dead);
+	snprintf(names[n++], sizeof(names[0]), ".m.prom2.%ld-0.tmp", dead);
+	snprintf(names[n++], sizeof(names[0]), ".m.prom.%ld-.tmp", dead);
+	snprintf(names[n++], sizeof(names[0]), ".m.prom.%ld-0.tmpx", dead);
+	snprintf(names[n++], sizeof(names[0]), ".m.prom.x%ld-0.tmp", dead);
+	snprintf(names[n++], sizeof(names[0]), "m.prom");
+	for (size_t i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		mn_test_write_file(path, NULL, 0);
+	}
+	ck_assert_int_eq(mn_remove_stale_temps_of(dir, "m.prom", err, sizeof(err)), 2);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		ck_assert_msg((access(path, F_OK) == 0) == (i >= 2), "%s", names[i]);
+	}
+	snprintf(path, sizeof(path), "%s/nope", dir);
+	ck_assert_int_eq(mn_remove_stale_temps_of(path, "m.prom", err, sizeof(err)), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, "nope"));
 	mn_test_rmtree(dir);
 }
 END_TEST
@@ -504,11 +555,11 @@ int main(void)
 
 	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
 	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
-	            stale_temps_removed, mkdir_p_creates_parents, read_file_bounds,
-	            read_fd_reuse_keeps_the_buffer, resource_errors, basename_of_paths,
-	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
-	            open_append_never_blocks, write_atomic_refuses_an_empty_dir,
-	            write_atomic_keeps_the_replaced_mode, write_atomic_exact_mode,
-	            write_atomic_noreplace);
+	            stale_temps_removed, stale_temps_of_one_name_removed, mkdir_p_creates_parents,
+	            read_file_bounds, read_fd_reuse_keeps_the_buffer, resource_errors,
+	            basename_of_paths, write_atomic_refuses_non_regular_targets,
+	            open_regular_never_blocks, open_append_never_blocks,
+	            write_atomic_refuses_an_empty_dir, write_atomic_keeps_the_replaced_mode,
+	            write_atomic_exact_mode, write_atomic_noreplace);
 	return mn_test_run(s);
 }
