@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import unittest
 import urllib.request
 
@@ -54,6 +55,25 @@ def value(samples, name, **labels):
     if len(hits) != 1:
         raise AssertionError("%d samples of %s%s" % (len(hits), name, labels))
     return hits[0]
+
+
+def rule_expressions(text):
+    """The expr: values of a Prometheus rules file, inline or as a | block."""
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        m = re.match(r"^(\s*)expr:\s*(.*)$", lines[i])
+        i += 1
+        if not m:
+            continue
+        if not m.group(2).startswith("|"):
+            out.append(m.group(2))
+            continue
+        block = []
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(m.group(1))):
+            block.append(lines[i])
+            i += 1
+        out.append("\n".join(block))
+    return out
 
 
 def free_port():
@@ -272,6 +292,76 @@ class MetricsTest(mnlib.TestCase):
             p.signal(signal.SIGTERM)
             self.assertEqual(p.wait(), 0, p.output())
         self.assertEqual(sorted(os.listdir(tdir)), sorted(others + ["mnist-eval.prom", "mnistd.prom"]))
+
+    def test_node_exporter_never_sees_a_partial_file_while_both_write_at_full_speed(self):
+        # The trainer rewrites its file every 100 ms, the evaluator after each
+        # of a stream of evaluations; node-exporter, scraped back to back,
+        # must read each file whole every time: no scrape error, no family
+        # missing (a file briefly absent), no gathering error.
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        trainer_prom = os.path.join(tdir, "mnistd.prom")
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        cfg_path, _ = self.config(train={"max_steps": 10 ** 9}, eval={"textfile": eval_prom},
+                                  checkpoint={"every_steps": 10, "max_to_keep": 3, "write_all": False},
+                                  metrics={"textfile": trainer_prom, "interval_ms": 100, "run": "busy"})
+        url = self.node_exporter(tdir)
+        self.start([MNIST_EVAL, "--config", cfg_path], "eval")
+        d = self.start([MNISTD, "--config", cfg_path], "mnistd")
+        wait_for(lambda: (self.read(eval_prom) or {}) and value(self.read(eval_prom), "mnist_eval_step") > 0,
+                 120, "a first evaluation")
+        steps, evals, scrapes = set(), set(), 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline or len(steps) < 5 or len(evals) < 5:
+            self.assertLess(time.monotonic(), deadline + 120, "the files hardly changed: %s %s" % (steps, evals))
+            with urllib.request.urlopen(url, timeout=30) as r:
+                text = r.read().decode()
+            served = parse_exposition(text)
+            scrapes += 1
+            self.assertEqual(value(served, "node_textfile_scrape_error"), 0, text)
+            self.assertEqual(value(served, "promhttp_metric_handler_errors_total", cause="gathering"), 0, text)
+            steps.add(value(served, "mnistd_global_step", run="busy"))
+            evals.add(value(served, "mnist_eval_evaluations_total", run="busy"))
+        d.signal(signal.SIGTERM)
+        self.assertEqual(d.wait(), 0, d.output())
+        self.assertGreater(scrapes, 20)
+
+    def test_alerting_rules_name_families_the_programs_write(self):
+        # Every mnistd_* and mnist_eval_* name in the rules' expressions, and
+        # in their unit test's input series, is a sample name the programs
+        # really write (a renamed family would otherwise leave an alert that
+        # never fires and a unit test that still passes).
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        trainer_prom = os.path.join(tdir, "mnistd.prom")
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        cfg_path, _ = self.config(train={"max_steps": 40}, eval={"textfile": eval_prom},
+                                  metrics={"textfile": trainer_prom, "run": "rules"})
+        ev = self.start([MNIST_EVAL, "--config", cfg_path], "eval")
+        d = self.start([MNISTD, "--config", cfg_path], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        wait_for(lambda: (self.read(eval_prom) or {}) and value(self.read(eval_prom), "mnist_eval_step") == 40,
+                 60, "the evaluation of the last checkpoint")
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(), 0, ev.output())
+        written = {}
+        for path in (trainer_prom, eval_prom):
+            for (name, labels) in self.promtool_check(path):
+                written.setdefault(name, set()).add(frozenset(k for k, _ in labels))
+        ours = re.compile(r"\b(?:mnistd|mnist_eval)_[a-zA-Z0-9_:]*")
+        with open(os.path.join(RULES, "mnistd.rules.yml")) as f:
+            exprs = "\n".join(rule_expressions(f.read()))
+        used = set(ours.findall(exprs))
+        self.assertGreaterEqual(len(used), 10, exprs)
+        self.assertEqual(used - set(written), set(), "families the rules use but no program writes")
+        with open(os.path.join(RULES, "mnistd.rules.test.yml")) as f:
+            series = re.findall(r"series:\s*'([^'{]+)\{([^}]*)\}'", f.read())
+        self.assertTrue(series)
+        for name, labels in series:
+            self.assertIn(name, written, "the rules' test feeds a series no program writes")
+            # The programs' own labels (run); instance and job come with the scrape.
+            own = frozenset(k for k in re.findall(r"(\w+)=", labels)) - {"instance", "job"}
+            self.assertIn(own, written[name], "%s{%s}" % (name, labels))
 
     def test_rejected_files_are_counted(self):
         tdir = os.path.join(self.work, "textfile")
