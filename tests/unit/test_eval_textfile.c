@@ -349,6 +349,27 @@ START_TEST(test_rewrite_replaces_the_file)
 }
 END_TEST
 
+/*
+ * A temporary file that a predecessor killed mid-write left (here under this
+ * process's pid, which a restart in a PID namespace reuses) is removed when
+ * the writer is made; another file's temporary stays.
+ */
+START_TEST(test_new_removes_a_killed_writers_temporary)
+{
+	char stale[PATH_MAX], other[PATH_MAX], err[MN_ERRLEN] = "";
+	struct mne_textfile *t = NULL;
+
+	snprintf(stale, sizeof(stale), "%s/.mnist-eval.prom.%ld-3.tmp", tmpdir, (long)getpid());
+	snprintf(other, sizeof(other), "%s/.mnistd.prom.%ld-3.tmp", tmpdir, (long)getpid());
+	mn_test_write_file(stale, "# HELP", 6);
+	mn_test_write_file(other, "# HELP", 6);
+	ck_assert_msg(mne_textfile_new(path, "", START_NS, &t, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_ne(access(stale, F_OK), 0);
+	ck_assert_int_eq(access(other, F_OK), 0);
+	mne_textfile_free(t);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("eval_textfile");
@@ -357,6 +378,7 @@ int main(void)
 	MN_TEST_ADD(tc, test_initial_exposition, test_counters_move_with_results_and_rejections,
 	            test_negative_latency_counts_as_zero, test_run_label_on_every_sample_escaped,
 	            test_stopped_writes_running_zero, test_empty_path_is_off,
-	            test_failing_writes_logged_once_then_recover, test_rewrite_replaces_the_file);
+	            test_failing_writes_logged_once_then_recover, test_rewrite_replaces_the_file,
+	            test_new_removes_a_killed_writers_temporary);
 	return mn_test_run(s);
 }

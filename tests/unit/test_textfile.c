@@ -472,6 +472,26 @@ START_TEST(test_rewrite_replaces_the_file)
 }
 END_TEST
 
+/*
+ * A temporary file that a predecessor killed mid-write left (here under this
+ * process's pid, which a restart in a PID namespace reuses) is removed at
+ * the start; another file's temporary stays.
+ */
+START_TEST(test_start_removes_a_killed_writers_temporary)
+{
+	char stale[PATH_MAX], other[PATH_MAX];
+
+	snprintf(stale, sizeof(stale), "%s/.mnistd.prom.%ld-3.tmp", promdir, (long)getpid());
+	snprintf(other, sizeof(other), "%s/.mnist-eval.prom.%ld-3.tmp", promdir, (long)getpid());
+	mn_test_write_file(stale, "# HELP", 6);
+	mn_test_write_file(other, "# HELP", 6);
+	start();
+	ck_assert_int_ne(access(stale, F_OK), 0);
+	ck_assert_int_eq(access(other, F_OK), 0);
+	ck_assert_uint_eq(mn_test_count_entries(promdir), 2);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("textfile");
@@ -481,6 +501,6 @@ int main(void)
 	            test_timer_rewrites_every_interval, test_empty_path_is_off,
 	            test_timer_init_failure_fails_cleanly, test_timer_start_failure_fails_cleanly,
 	            test_missing_directory_logged_once_then_recovers,
-	            test_rewrite_replaces_the_file);
+	            test_rewrite_replaces_the_file, test_start_removes_a_killed_writers_temporary);
 	return mn_test_run(s);
 }
