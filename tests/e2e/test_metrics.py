@@ -32,6 +32,7 @@ NEED = "the Debian packages prometheus and prometheus-node-exporter (scripts/dep
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ESCAPE = re.compile(r"\\(.)", re.S)
 
 
 def parse_exposition(text):
@@ -43,7 +44,7 @@ def parse_exposition(text):
         m = _SAMPLE.match(line)
         if not m:
             raise AssertionError("not a sample line: %r" % line)
-        labels = frozenset((k, v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\"))
+        labels = frozenset((k, _ESCAPE.sub(lambda e: "\n" if e.group(1) == "n" else e.group(1), v))
                            for k, v in _LABEL.findall(m.group(2) or ""))
         out[(m.group(1), labels)] = float(m.group(3))
     return out
@@ -362,6 +363,28 @@ class MetricsTest(mnlib.TestCase):
             # The programs' own labels (run); instance and job come with the scrape.
             own = frozenset(k for k in re.findall(r"(\w+)=", labels)) - {"instance", "job"}
             self.assertIn(own, written[name], "%s{%s}" % (name, labels))
+
+    def test_a_run_label_with_quotes_backslashes_newlines_and_utf8_reaches_prometheus_intact(self):
+        # metrics.run is free text: node-exporter must parse both files and
+        # serve the label exactly as configured.
+        run = 'a"b\\c\nd \\n é ✓'
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        cfg_path, _ = self.config(train={"max_steps": 20}, eval={"textfile": os.path.join(tdir, "mnist-eval.prom")},
+                                  metrics={"textfile": os.path.join(tdir, "mnistd.prom"), "run": run})
+        ev = self.start([MNIST_EVAL, "--config", cfg_path], "eval")
+        d = self.start([MNISTD, "--config", cfg_path], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        wait_for(lambda: (self.read(os.path.join(tdir, "mnist-eval.prom")) or {}) and
+                 value(self.read(os.path.join(tdir, "mnist-eval.prom")), "mnist_eval_step") == 20, 60, "an evaluation")
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(), 0, ev.output())
+        for name in ("mnistd.prom", "mnist-eval.prom"):
+            self.promtool_check(os.path.join(tdir, name))
+        served = self.scrape(self.node_exporter(tdir))
+        self.assertEqual(value(served, "node_textfile_scrape_error"), 0)
+        self.assertEqual(value(served, "mnistd_global_step", run=run), 20)
+        self.assertEqual(value(served, "mnist_eval_step", run=run), 20)
 
     def test_rejected_files_are_counted(self):
         tdir = os.path.join(self.work, "textfile")
