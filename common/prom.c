@@ -333,10 +333,14 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 	/*
 	 * Exactly 0644: node-exporter reads as its own user, and the units'
 	 * UMask=0027 would otherwise make the file 0640, which it cannot read
-	 * (a scrape error, and none of the metrics).
+	 * (a scrape error, and none of the metrics). No fsync: the callers
+	 * write on their event loop, which must not wait seconds for the disk
+	 * behind a checkpoint's writeback; the file is rewritten at every
+	 * start, so it needs atomicity, not durability.
 	 */
 	return mn_write_atomic_opts(
-	    dir, name, &iov, 1, &(struct mn_write_opts){.mode = 0644, .flags = MN_WRITE_EXACT_MODE},
+	    dir, name, &iov, 1,
+	    &(struct mn_write_opts){.mode = 0644, .flags = MN_WRITE_EXACT_MODE | MN_WRITE_NO_SYNC},
 	    err, errlen);
 }
 

@@ -6,7 +6,8 @@
  * sandboxed and batch jobs do: they rewrite a `.prom` file in a directory that
  * node-exporter's textfile collector reads. A struct mn_prom collects one
  * whole exposition in memory; mn_prom_write() then replaces the file
- * atomically (mn_write_atomic), so the collector never reads half a file.
+ * atomically (mn_write_atomic_opts), so the collector never reads half a
+ * file.
  *
  * What the builder writes, per family:
  *   # HELP <name> <help, with \ and newline escaped>
@@ -95,10 +96,11 @@ void mn_prom_histogram(struct mn_prom *p, const char *name, const char *help,
 int mn_prom_text(const struct mn_prom *p, const char **text, size_t *len, char *err, size_t errlen);
 
 /*
- * Replaces the file at path with the exposition, atomically and durably
- * (temporary dot-file in the same directory, rename), mode 0644 whatever
- * the umask and the replaced file's mode, so that node-exporter, running as
- * another user, can read it.
+ * Replaces the file at path with the exposition, atomically (temporary
+ * dot-file in the same directory, rename), mode 0644 whatever the umask and
+ * the replaced file's mode, so that node-exporter, running as another user,
+ * can read it. Without fsync, so it never waits for the disk: after a
+ * crash the file may be an older version, or empty, until the next write.
  * Returns 0, a building error, or the write's -errno, with a message that
  * names the file.
  */

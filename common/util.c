@@ -314,7 +314,7 @@ int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *
 		        strerror(-rc));
 		goto fail;
 	}
-	if (fsync(fd) < 0) {
+	if (!(o->flags & MN_WRITE_NO_SYNC) && fsync(fd) < 0) {
 		rc = -errno;
 		mn_errf(err, errlen, "%s: fsync of its temporary file failed: %s", final,
 		        strerror(-rc));
@@ -341,7 +341,7 @@ int mn_write_atomic_opts(const char *dir, const char *name, const struct iovec *
 	}
 	if (o->temp_hook)
 		o->temp_hook(NULL, o->temp_arg);
-	rc = mn_fsync_dir(dir);
+	rc = o->flags & MN_WRITE_NO_SYNC ? 0 : mn_fsync_dir(dir);
 	if (rc < 0) {
 		/* The file is complete under its final name; only its durability is in doubt. */
 		mn_errf(err, errlen, "%s: directory fsync failed: %s", dir, strerror(-rc));

@@ -101,6 +101,14 @@ enum {
 	 * read whatever the writer's umask (node-exporter's textfiles).
 	 */
 	MN_WRITE_EXACT_MODE = 1 << 1,
+	/*
+	 * Atomic but not durable: no fsync of the file or the directory, so
+	 * the call never waits for the disk (which can take seconds behind
+	 * other writeback). For a file that is rewritten often and at every
+	 * start, from a thread that must not block (the textfiles); after a
+	 * crash it may be the old version, or empty.
+	 */
+	MN_WRITE_NO_SYNC = 1 << 2,
 };
 
 /* How mn_write_atomic_opts() writes. */

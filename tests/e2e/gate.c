@@ -3,8 +3,10 @@
  * chosen point for as long as a gate file exists, so that a test can act
  * while the daemon is provably there (in its setup, in its final checkpoint)
  * instead of hoping to be quick enough. MN_GATE names the gate file;
- * MN_GATE_AT says where: "fsync" (every fsync) or "open:SUFFIX" (an open of
- * a name ending in SUFFIX). On arrival it creates "<MN_GATE>.held", which
+ * MN_GATE_AT says where: "fsync" (every fsync), "open:SUFFIX" (an open of
+ * a name ending in SUFFIX) or "rename:SUFFIX" (a rename to a name ending in
+ * SUFFIX: a file published atomically is then complete under its temporary
+ * name). On arrival it creates "<MN_GATE>.held", which
  * the test waits for; removing the gate lets the process go on. Built by the
  * test with cc.
  */
@@ -47,11 +49,13 @@ static int at(const char *what, const char *path)
 		return 0;
 	if (!path)
 		return strcmp(where, what) == 0;
-	if (strncmp(where, "open:", 5) != 0 || strcmp(what, "open") != 0)
+	n = strlen(what);
+	if (strncmp(where, what, n) != 0 || where[n] != ':')
 		return 0;
+	where += n + 1;
 	n = strlen(path);
-	s = strlen(where + 5);
-	return n >= s && strcmp(path + n - s, where + 5) == 0;
+	s = strlen(where);
+	return n >= s && strcmp(path + n - s, where) == 0;
 }
 
 int fsync(int fd)
@@ -81,3 +85,13 @@ int fsync(int fd)
 
 WRAP(open)
 WRAP(open64)
+
+int rename(const char *from, const char *to)
+{
+	int (*real)(const char *, const char *) =
+	    (int (*)(const char *, const char *))dlsym(RTLD_NEXT, "rename");
+
+	if (at("rename", to))
+		hold();
+	return real(from, to);
+}

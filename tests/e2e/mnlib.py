@@ -277,7 +277,7 @@ def build_preload(test, name):
 
 def gate(test, where):
     """tests/e2e/gate.c, built for test: a program started with the returned
-    environment stops at `where` ("fsync", "open:SUFFIX") while the gate file
+    environment stops at `where` ("fsync", "open:SUFFIX", "rename:SUFFIX") while the gate file
     exists, and creates the held file when it gets there. Returns (env,
     gate, held)."""
     so = build_preload(test, "gate")

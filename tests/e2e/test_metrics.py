@@ -274,12 +274,11 @@ class MetricsTest(mnlib.TestCase):
                                     metrics={"textfile": trainer_prom, "interval_ms": 100})
         os.makedirs(cfg["checkpoint"]["dir"])
         for prog, name, prom in ((MNIST_EVAL, "eval", eval_prom), (MNISTD, "mnistd", trainer_prom)):
-            # The first fsync of each is its textfile's temporary (the evaluator
-            # writes nothing else before; the trainer's first checkpoint is far).
-            env, gate, held = mnlib.gate(self, "fsync")
+            # Held with the temporary complete, just before its rename.
+            env, gate, held = mnlib.gate(self, "rename:/" + os.path.basename(prom))
             open(gate, "w").close()
             p = self.start([prog, "--config", cfg_path], name + "-killed", env=env)
-            wait_for(lambda: os.path.exists(held), 60, name + " held at its textfile's fsync")
+            wait_for(lambda: os.path.exists(held), 60, name + " held before renaming its textfile")
             temps = [n for n in os.listdir(tdir) if n.startswith("." + os.path.basename(prom) + ".")
                      and n not in others]
             self.assertEqual(len(temps), 1, os.listdir(tdir))
@@ -385,6 +384,51 @@ class MetricsTest(mnlib.TestCase):
         self.assertEqual(value(served, "node_textfile_scrape_error"), 0)
         self.assertEqual(value(served, "mnistd_global_step", run=run), 20)
         self.assertEqual(value(served, "mnist_eval_step", run=run), 20)
+
+    def test_a_disk_slow_to_sync_never_holds_up_either_loop(self):
+        # The textfiles are written on the event loops, which also serve the
+        # control socket, signals and systemd's watchdog. A metrics file needs
+        # atomicity, not durability, so nothing there may wait for the disk:
+        # with every fsync of a program held (as behind a large checkpoint's
+        # writeback), its file keeps being rewritten and the trainer answers.
+        tdir = os.path.join(self.work, "textfile")
+        os.makedirs(tdir)
+        trainer_prom = os.path.join(tdir, "mnistd.prom")
+        eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        cfg_path, _ = self.config(train={"max_steps": 10 ** 9},
+                                  checkpoint={"every_steps": 200, "max_to_keep": 3, "write_all": False},
+                                  eval={"textfile": eval_prom, "keep_best": 0},
+                                  metrics={"textfile": trainer_prom, "interval_ms": 100})
+        env, trainer_gate, _ = mnlib.gate(self, "fsync")
+        eval_gate = os.path.join(self.work, "eval-gate")
+        d = self.start([MNISTD, "--config", cfg_path], "mnistd", env=env)
+        ev = self.start([MNIST_EVAL, "--config", cfg_path], "eval", env=dict(env, MN_GATE=eval_gate))
+
+        def trainer_step():
+            s = self.read(trainer_prom)
+            return value(s, "mnistd_global_step") if s else -1
+
+        def evaluations():
+            s = self.read(eval_prom)
+            return value(s, "mnist_eval_evaluations_total") if s else -1
+        wait_for(lambda: evaluations() >= 1, 120, "a first evaluation")
+
+        open(eval_gate, "w").close()
+        seen = evaluations()
+        wait_for(lambda: evaluations() > seen, 60, "the evaluator's textfile rewritten with its fsyncs held")
+        os.unlink(eval_gate)
+
+        open(trainer_gate, "w").close()
+        seen = trainer_step()
+        wait_for(lambda: trainer_step() > seen, 60, "the trainer's textfile rewritten with its fsyncs held")
+        r = subprocess.run([MNISTCTL, "--config", cfg_path, "status", "--json"], capture_output=True, text=True,
+                           timeout=30)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        os.unlink(trainer_gate)
+        d.signal(signal.SIGTERM)
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(d.wait(), 0, d.output())
+        self.assertEqual(ev.wait(), 0, ev.output())
 
     def test_rejected_files_are_counted(self):
         tdir = os.path.join(self.work, "textfile")
