@@ -879,6 +879,40 @@ static int check_network(const struct mn_config *c, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * The files the programs write must be distinct: two writers of one path
+ * replace or interleave each other's contents (a trainer's textfile
+ * overwritten by the evaluator's makes the metrics flap). log.file may be
+ * shared: both programs append whole lines to it. Compared as written; the
+ * copy-and-paste mistake is the common one.
+ */
+static int check_outputs(const struct mn_config *c, char *err, size_t errlen)
+{
+	const struct {
+		const char *key, *path;
+	} out[] = {
+	    {"train.metrics_file", c->train.metrics_file},
+	    {"metrics.textfile", c->metrics.textfile},
+	    {"eval.metrics_file", c->eval.metrics_file},
+	    {"eval.textfile", c->eval.textfile},
+	    {"eval.report_html", c->eval.report_html},
+	    {"log.file", c->log.file},
+	};
+	size_t n = sizeof(out) / sizeof(out[0]);
+
+	for (size_t i = 0; i < n; i++) {
+		for (size_t j = i + 1; j < n && out[i].path[0]; j++) {
+			if (strcmp(out[i].path, out[j].path) != 0)
+				continue;
+			mn_errf(err, errlen,
+			        "%s: is also %s (\"%s\"); two programs' outputs need a file each",
+			        out[j].key, out[i].key, out[j].path);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
 int mn_config_parse(const char *json, size_t len, const char *name, struct mn_config *c, char *err,
                     size_t errlen)
 {
@@ -894,7 +928,13 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
 		return -EFBIG;
 	}
 	tmp = malloc(sizeof(*tmp));
-	rc = tmp ? mn_json_parse(json, len, MN_JSON_EXACT_INTEGERS, &root, &e) : -ENOMEM;
+	/*
+	 * JSON text is UTF-8 (RFC 8259), and the configuration travels on as
+	 * UTF-8 in every checkpoint's metadata: bytes that are not would pass
+	 * here and fail every checkpoint write later.
+	 */
+	rc = tmp ? mn_json_parse(json, len, MN_JSON_EXACT_INTEGERS | MN_JSON_UTF8, &root, &e)
+	         : -ENOMEM;
 	if (rc == -ENOMEM) {
 		mn_errf(err, errlen, "%s: out of memory", name);
 		goto out;
@@ -913,6 +953,8 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
 	rc = apply_root(root, tmp, err, errlen);
 	if (rc == 0)
 		rc = check_network(tmp, err, errlen);
+	if (rc == 0)
+		rc = check_outputs(tmp, err, errlen);
 	if (rc < 0) {
 		mn_errprefix(err, errlen, "%s", name);
 		goto out;
