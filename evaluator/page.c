@@ -62,7 +62,15 @@ static void on_plotted(void *arg, int status, const char *svg, size_t len, const
 		mn_log(MN_LOG_ERROR, "eval.report_html: %s", err);
 	} else {
 		iov = (struct iovec){.iov_base = html, .iov_len = hlen};
-		if (mn_write_atomic(r->dir, r->name, &iov, 1, 0640, err, sizeof(err)) < 0)
+		/*
+		 * On the loop, which must not wait for the disk (behind a checkpoint's
+		 * writeback an fsync can take seconds): the page is redrawn at every
+		 * evaluation, so it needs atomicity, not durability.
+		 */
+		if (mn_write_atomic_opts(
+		        r->dir, r->name, &iov, 1,
+		        &(struct mn_write_opts){.mode = 0640, .flags = MN_WRITE_NO_SYNC}, err,
+		        sizeof(err)) < 0)
 			mn_log(MN_LOG_ERROR, "eval.report_html: %s", err);
 		else
 			mn_log_fields(
@@ -163,6 +171,9 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 		free(r);
 		return -EINVAL;
 	}
+	/* A killed predecessor's temporary; the directory may be shared (a web root). */
+	if (mn_remove_stale_temps_of(r->dir, r->name, err, errlen) < 0)
+		mn_log(MN_LOG_WARN, "eval.report_html: %s", err);
 	*out = r;
 	return 0;
 }

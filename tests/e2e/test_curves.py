@@ -620,6 +620,24 @@ class EvaluatorPageTest(mnlib.TestCase):
         self.assertEqual([n for n in os.listdir(self.work) if n.startswith(".")], [], "temporary files left")
         self.assertTrue(os.path.exists(self.page))
 
+    def test_a_killed_writers_temporary_is_removed_at_start(self):
+        # A SIGKILL between the page's write and its rename leaves the
+        # temporary in a directory that may be shared (a web root): the next
+        # start removes the page's own, of a process gone, and nothing else.
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = ".report.html.%d-3.tmp" % dead.pid
+        live = ".report.html.%d-1.tmp" % os.getpid()  # a writer still running
+        other = ".index.html.%d-1.tmp" % dead.pid      # another file's
+        for name in (stale, live, other):
+            open(os.path.join(self.work, name), "w").close()
+        e = self.run_both(steps=100)
+        mnlib.wait_for(lambda: self.page_step() == 100, 60, "the page of the last evaluation")
+        e.signal(signal.SIGTERM)
+        self.assertEqual(e.wait(30), 0, e.output())
+        left = [n for n in os.listdir(self.work) if n.endswith(".tmp")]
+        self.assertEqual(sorted(left), sorted([live, other]))
+
     def test_page_of_a_finished_run(self):
         """The page is drawn at each evaluation from what the files hold then:
         the trainer's last history line is written as it exits, which may be

@@ -395,9 +395,12 @@ class MetricsTest(mnlib.TestCase):
         os.makedirs(tdir)
         trainer_prom = os.path.join(tdir, "mnistd.prom")
         eval_prom = os.path.join(tdir, "mnist-eval.prom")
+        # The evaluator's page is written on its loop too.
+        page = os.path.join(self.work, "report.html")
         cfg_path, _ = self.config(train={"max_steps": 10 ** 9},
                                   checkpoint={"every_steps": 200, "max_to_keep": 3, "write_all": False},
-                                  eval={"textfile": eval_prom, "keep_best": 0},
+                                  eval={"textfile": eval_prom, "keep_best": 0, "report_html": page,
+                                        "metrics_file": os.path.join(self.work, "eval.jsonl")},
                                   metrics={"textfile": trainer_prom, "interval_ms": 100})
         env, trainer_gate, _ = mnlib.gate(self, "fsync")
         eval_gate = os.path.join(self.work, "eval-gate")
@@ -414,6 +417,7 @@ class MetricsTest(mnlib.TestCase):
         wait_for(lambda: evaluations() >= 1, 120, "a first evaluation")
 
         open(eval_gate, "w").close()
+        wait_for(lambda: os.path.exists(page), 60, "the evaluator's page written with its fsyncs held")
         seen = evaluations()
         wait_for(lambda: evaluations() > seen, 60, "the evaluator's textfile rewritten with its fsyncs held")
         os.unlink(eval_gate)
