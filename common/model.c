@@ -280,26 +280,6 @@ static int name_nonfinite(const char *name, const float *v, size_t ndim, const u
 	return -EINVAL;
 }
 
-int mn_model_check_finite(const struct mn_arch *a, const float *params, bool ema, char *err,
-                          size_t errlen)
-{
-	for (size_t l = 0; l < mn_arch_layers(a); l++) {
-		for (int b = 0; b < 2; b++) {
-			char name[NAME_LEN];
-			uint64_t shape[2];
-			size_t ndim = layer_shape(a, l, b, shape);
-			size_t off = b ? mn_arch_biases_offset(a, l) : mn_arch_weights_offset(a, l);
-			int rc;
-
-			mn_model_tensor_name(l, b, ema, name, sizeof(name));
-			rc = name_nonfinite(name, params + off, ndim, shape, err, errlen);
-			if (rc < 0)
-				return rc;
-		}
-	}
-	return 0;
-}
-
 /*
  * A "layer<k>/..." tensor beyond the architecture's layers means the
  * metadata describes a different network than the file holds (a
@@ -422,6 +402,22 @@ static size_t layer_tensors(const struct mn_arch *a, const float *params, bool e
 		}
 	}
 	return n;
+}
+
+int mn_model_check_finite(const struct mn_arch *a, const float *params, bool ema, char *err,
+                          size_t errlen)
+{
+	struct mn_tensor t[2 * (MN_MAX_HIDDEN + 1)];
+	char names[2 * (MN_MAX_HIDDEN + 1)][NAME_LEN];
+	size_t n = layer_tensors(a, params, ema, t, names);
+
+	for (size_t i = 0; i < n; i++) {
+		int rc = name_nonfinite(t[i].name, t[i].data, t[i].ndim, t[i].shape, err, errlen);
+
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
 }
 
 int mn_model_save(struct mn_trainer *t, const char *dir, const char *prefix, size_t max_to_keep,

@@ -364,7 +364,9 @@ int mn_write_atomic(const char *dir, const char *name, const struct iovec *iov, 
 	                            err, errlen);
 }
 
-int mn_remove_stale_temps(const char *dir, char *err, size_t errlen)
+/* Unlinks the entries of dir that stale(entry name, arg) picks; the count removed or -errno. */
+static int remove_temps(const char *dir, bool (*stale)(const char *name, const void *arg),
+                        const void *arg, char *err, size_t errlen)
 {
 	DIR *d = opendir(dir);
 	struct dirent *e;
@@ -377,18 +379,30 @@ int mn_remove_stale_temps(const char *dir, char *err, size_t errlen)
 		return rc;
 	}
 	while ((e = readdir(d)) != NULL) {
-		size_t len = strlen(e->d_name);
 		char path[PATH_MAX];
 
-		if (e->d_name[0] != '.' || len <= 5 || strcmp(e->d_name + len - 4, ".tmp") != 0)
-			continue;
-		if (join_path(path, sizeof(path), dir, e->d_name, "", "") < 0)
+		if (!stale(e->d_name, arg) ||
+		    join_path(path, sizeof(path), dir, e->d_name, "", "") < 0)
 			continue;
 		if (unlink(path) == 0)
 			removed++;
 	}
 	closedir(d);
 	return removed;
+}
+
+/* Any ".*.tmp": a directory only mnistd writes. */
+static bool any_temp(const char *name, const void *arg)
+{
+	size_t len = strlen(name);
+
+	(void)arg;
+	return name[0] == '.' && len > 5 && strcmp(name + len - 4, ".tmp") == 0;
+}
+
+int mn_remove_stale_temps(const char *dir, char *err, size_t errlen)
+{
+	return remove_temps(dir, any_temp, NULL, err, errlen);
 }
 
 /* The writer's pid in a temporary name "<pid>-<n>.tmp" (after ".<name>."), or 0. */
@@ -408,38 +422,23 @@ static long temp_pid(const char *tail)
 	return strcmp(end, ".tmp") == 0 ? pid : 0;
 }
 
+/* ".<of>.<pid>-<n>.tmp" of this process or of one that is gone. */
+static bool own_dead_temp(const char *name, const void *arg)
+{
+	const char *of = arg;
+	size_t nlen = strlen(of);
+	long pid;
+
+	if (name[0] != '.' || strncmp(name + 1, of, nlen) != 0 || name[1 + nlen] != '.')
+		return false;
+	pid = temp_pid(name + 2 + nlen);
+	/* kill(pid, 0): ESRCH is gone; EPERM is alive, another user's. */
+	return pid != 0 && (pid == (long)getpid() || (kill((pid_t)pid, 0) < 0 && errno == ESRCH));
+}
+
 int mn_remove_stale_temps_of(const char *dir, const char *name, char *err, size_t errlen)
 {
-	size_t nlen = strlen(name);
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	int removed = 0;
-
-	if (!d) {
-		int rc = -errno;
-
-		mn_errf(err, errlen, "%s: cannot open directory: %s", dir, strerror(-rc));
-		return rc;
-	}
-	while ((e = readdir(d)) != NULL) {
-		char path[PATH_MAX];
-		long pid;
-
-		if (e->d_name[0] != '.' || strncmp(e->d_name + 1, name, nlen) != 0 ||
-		    e->d_name[1 + nlen] != '.')
-			continue;
-		pid = temp_pid(e->d_name + 2 + nlen);
-		/* kill(pid, 0): ESRCH is gone; EPERM is alive, another user's. */
-		if (pid == 0 ||
-		    (pid != (long)getpid() && (kill((pid_t)pid, 0) == 0 || errno != ESRCH)))
-			continue;
-		if (join_path(path, sizeof(path), dir, e->d_name, "", "") < 0)
-			continue;
-		if (unlink(path) == 0)
-			removed++;
-	}
-	closedir(d);
-	return removed;
+	return remove_temps(dir, own_dead_temp, name, err, errlen);
 }
 
 int mn_mkdir_p(const char *dir, unsigned mode, char *err, size_t errlen)
