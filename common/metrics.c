@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cJSON.h>
 
@@ -134,17 +136,18 @@ static const char *parse_point(enum mn_metrics_kind kind, const cJSON *o,
 
 	if (!get_number(o, "accuracy", false, &p->accuracy) || p->accuracy < 0 || p->accuracy > 1)
 		return "\"accuracy\" must be a number in [0, 1]";
-	if (!cJSON_IsString(ck) || strlen(ck->valuestring) >= sizeof(p->checkpoint))
+	if (!cJSON_IsString(ck) || strlen(ck->valuestring) >= MN_METRICS_NAME_MAX)
 		return "\"checkpoint\" must be a file name";
-	snprintf(p->checkpoint, sizeof(p->checkpoint), "%s", ck->valuestring);
+	/* The caller copies it before the object is freed. */
+	p->checkpoint = ck->valuestring;
 	return NULL;
 }
 
-/* Appends p under the step rule of metrics.h. */
+/* Appends p (its checkpoint the series' from now on) under the step rule of metrics.h. */
 static int keep_point(struct mn_metrics_series *s, size_t *cap, const struct mn_metrics_point *p)
 {
 	while (s->n > 0 && s->points[s->n - 1].step >= p->step)
-		s->n--;
+		free(s->points[--s->n].checkpoint);
 	if (s->n == *cap) {
 		size_t ncap = *cap ? *cap * 2 : 64;
 		struct mn_metrics_point *np = realloc(s->points, ncap * sizeof(*np));
@@ -177,6 +180,11 @@ static int parse_line(enum mn_metrics_kind kind, const char *line, size_t len, c
 		return -EINVAL;
 	}
 	why = parse_point(kind, o, p);
+	if (!why && p->checkpoint && !(p->checkpoint = strdup(p->checkpoint))) {
+		cJSON_Delete(o);
+		mn_errf(err, errlen, "%s: out of memory", name);
+		return -ENOMEM;
+	}
 	cJSON_Delete(o);
 	if (why) {
 		mn_errf(err, errlen, "%s:%zu: %s", name, lineno, why);
@@ -219,65 +227,226 @@ static bool never_closed(const char *p, size_t len)
 	return true;
 }
 
-int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, const char *name,
-                     struct mn_metrics_series *out, char *err, size_t errlen)
+/*
+ * Parses the complete lines of text[0, len) into s (line numbers go on
+ * from s->lines); *used gets the bytes they take, up to the last newline.
+ */
+static int parse_lines(enum mn_metrics_kind kind, const char *text, size_t len, const char *name,
+                       struct mn_metrics_series *s, size_t *cap, size_t *used, char *err,
+                       size_t errlen)
 {
-	struct mn_metrics_series s = {0};
 	const char *p = text, *end = text + len;
-	size_t cap = 0;
 	int rc;
 
-	*out = s;
 	for (const char *nl; p < end && (nl = memchr(p, '\n', (size_t)(end - p))); p = nl + 1) {
 		struct mn_metrics_point pt;
 		const char *a = p, *z = nl;
 
-		s.lines++;
+		s->lines++;
 		/* A crash can leave zeros where a line's bytes never reached the disk. */
 		while (a < z && *a == '\0')
 			a++;
 		while (z > a && z[-1] == '\0')
 			z--;
 		if ((a == z && nl > p) || never_closed(a, (size_t)(z - a))) {
-			s.cut++;
+			s->cut++;
 			continue;
 		}
-		rc = parse_line(kind, a, (size_t)(z - a), name, s.lines, &pt, err, errlen);
-		if (rc == 0 && (rc = keep_point(&s, &cap, &pt)) < 0)
+		if ((size_t)(nl - p) > MN_METRICS_LINE_MAX) {
+			mn_errf(err, errlen, "%s:%zu: longer than %d bytes", name, s->lines,
+			        MN_METRICS_LINE_MAX);
+			return -EINVAL;
+		}
+		rc = parse_line(kind, a, (size_t)(z - a), name, s->lines, &pt, err, errlen);
+		if (rc == 0 && (rc = keep_point(s, cap, &pt)) < 0) {
+			free(pt.checkpoint);
 			mn_errf(err, errlen, "%s: out of memory", name);
+		}
 		if (rc < 0)
-			goto fail;
+			return rc;
 	}
-	if (s.n == 0) {
-		mn_errf(err, errlen, "%s: has no lines yet", name);
-		rc = -ENODATA;
-		goto fail;
+	*used = (size_t)(p - text);
+	return 0;
+}
+
+static int no_lines_yet(const char *name, char *err, size_t errlen)
+{
+	mn_errf(err, errlen, "%s: has no lines yet", name);
+	return -ENODATA;
+}
+
+int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, const char *name,
+                     struct mn_metrics_series *out, char *err, size_t errlen)
+{
+	struct mn_metrics_series s = {0};
+	size_t cap = 0, used;
+	int rc;
+
+	*out = s;
+	rc = parse_lines(kind, text, len, name, &s, &cap, &used, err, errlen);
+	if (rc == 0 && s.n == 0)
+		rc = no_lines_yet(name, err, errlen);
+	if (rc < 0) {
+		mn_metrics_series_free(&s);
+		return rc;
 	}
 	*out = s;
 	return 0;
-fail:
-	mn_metrics_series_free(&s);
+}
+
+void mn_metrics_file_init(struct mn_metrics_file *f, enum mn_metrics_kind kind)
+{
+	*f = (struct mn_metrics_file){.kind = kind};
+}
+
+/* Forgets what was read: the next read starts at the file's first byte. */
+static void start_over(struct mn_metrics_file *f)
+{
+	mn_metrics_series_free(&f->series);
+	f->cap = 0;
+	f->offset = 0;
+	f->seen = 0;
+	f->known = false;
+	f->rc = 0;
+	f->why[0] = '\0';
+}
+
+void mn_metrics_file_free(struct mn_metrics_file *f)
+{
+	start_over(f);
+}
+
+/*
+ * Whether the file at fd is the one read so far, continued: the same
+ * inode, at least as long, and the newline that ended the last line read
+ * still there (a file truncated and written again past that length is not).
+ */
+static bool continues(const struct mn_metrics_file *f, int fd, const struct stat *st)
+{
+	char c;
+
+	if (!f->known || (uint64_t)st->st_dev != f->dev || (uint64_t)st->st_ino != f->ino ||
+	    (uint64_t)st->st_size < f->seen)
+		return false;
+	return f->offset == 0 || (pread(fd, &c, 1, (off_t)f->offset - 1) == 1 && c == '\n');
+}
+
+/* Bytes read per read(2), and the smallest room kept for a partial line. */
+#define READ_CHUNK (256u << 10)
+
+/* Reads fd from f->offset to its end, parsing each complete line once. */
+static int read_new(struct mn_metrics_file *f, int fd, const char *path, char *err, size_t errlen)
+{
+	char *buf = NULL;
+	size_t cap = 0, len = 0, used;
+	int rc = 0;
+
+	for (;;) {
+		ssize_t n;
+
+		/* What is left of a chunk is the start of a line: room for it and a chunk more. */
+		if (cap - len < READ_CHUNK) {
+			char *nb = realloc(buf, len + READ_CHUNK);
+
+			if (!nb) {
+				mn_errf(err, errlen, "%s: out of memory", path);
+				rc = -ENOMEM;
+				break;
+			}
+			buf = nb;
+			cap = len + READ_CHUNK;
+		}
+		n = pread(fd, buf + len, cap - len, (off_t)(f->offset + len));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			rc = -errno;
+			mn_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+			break;
+		}
+		if (n == 0)
+			break;
+		f->last_read += (uint64_t)n;
+		f->seen = f->offset + len + (uint64_t)n;
+		len += (size_t)n;
+		rc = parse_lines(f->kind, buf, len, path, &f->series, &f->cap, &used, err, errlen);
+		if (rc < 0)
+			break;
+		f->offset += used;
+		len -= used;
+		memmove(buf, buf + used, len);
+		if (len > MN_METRICS_LINE_MAX) {
+			mn_errf(err, errlen, "%s:%zu: longer than %d bytes", path,
+			        f->series.lines + 1, MN_METRICS_LINE_MAX);
+			rc = -EINVAL;
+			break;
+		}
+	}
+	free(buf);
 	return rc;
+}
+
+int mn_metrics_file_update(struct mn_metrics_file *f, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	int fd, rc;
+
+	f->last_read = 0;
+	fd = mn_open_regular(path, 0, &st, err, errlen);
+	if (fd < 0) {
+		start_over(f);
+		return fd;
+	}
+	if (!continues(f, fd, &st)) {
+		start_over(f);
+		f->known = true;
+		f->dev = (uint64_t)st.st_dev;
+		f->ino = (uint64_t)st.st_ino;
+	}
+	if (f->rc < 0) {
+		/* Rejected, and nothing was rewritten since: the bad line is still there. */
+		close(fd);
+		mn_errf(err, errlen, "%s", f->why);
+		return f->rc;
+	}
+	rc = read_new(f, fd, path, err, errlen);
+	close(fd);
+	if (rc == -EINVAL) {
+		mn_metrics_series_free(&f->series);
+		f->cap = 0;
+		f->rc = rc;
+		snprintf(f->why, sizeof(f->why), "%s", err);
+		return rc;
+	}
+	if (rc < 0) {
+		/* Out of memory or a read error: what was half read is no state to go on from. */
+		start_over(f);
+		return rc;
+	}
+	return f->series.n ? 0 : no_lines_yet(path, err, errlen);
 }
 
 int mn_metrics_load(enum mn_metrics_kind kind, const char *path, struct mn_metrics_series *out,
                     char *err, size_t errlen)
 {
-	char *text = NULL;
-	size_t len;
+	struct mn_metrics_file f;
 	int rc;
 
-	out->points = NULL;
-	out->n = out->lines = out->cut = 0;
-	rc = mn_read_file(path, MN_METRICS_FILE_MAX, &text, &len, err, errlen);
-	if (rc == 0)
-		rc = mn_metrics_parse(kind, text, len, path, out, err, errlen);
-	free(text);
-	return rc;
+	mn_metrics_file_init(&f, kind);
+	rc = mn_metrics_file_update(&f, path, err, errlen);
+	if (rc < 0) {
+		mn_metrics_file_free(&f);
+		*out = (struct mn_metrics_series){0};
+		return rc;
+	}
+	*out = f.series;
+	return 0;
 }
 
 void mn_metrics_series_free(struct mn_metrics_series *s)
 {
+	for (size_t i = 0; i < s->n; i++)
+		free(s->points[i].checkpoint);
 	free(s->points);
 	s->points = NULL;
 	s->n = s->lines = s->cut = 0;

@@ -28,8 +28,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The largest metrics file read (bytes). */
-#define MN_METRICS_FILE_MAX (64 << 20)
+/*
+ * The longest line read (bytes, without its newline): a line longer than
+ * this is rejected like a bad one. Real lines are a few hundred bytes; the
+ * bound keeps a file without newlines from being held in memory whole.
+ */
+#define MN_METRICS_LINE_MAX (1 << 20)
 /* Room for a checkpoint file name and its NUL. */
 #define MN_METRICS_NAME_MAX 256
 
@@ -40,7 +44,12 @@ enum mn_metrics_kind {
 	MN_METRICS_EVAL,
 };
 
-/* One kept line. Members the kind does not have are NAN ("" for checkpoint). */
+/*
+ * One kept line. Members the kind does not have are NAN (NULL for
+ * checkpoint). A point is small (a long run's history is hundreds of
+ * thousands of them, kept by the evaluator's page): the checkpoint name,
+ * which only evaluations have, is a string of the series'.
+ */
 struct mn_metrics_point {
 	int64_t step;
 	int64_t time_ms;      /* "time", milliseconds since the epoch */
@@ -48,7 +57,7 @@ struct mn_metrics_point {
 	double learning_rate; /* train */
 	double steps_per_sec; /* train */
 	double accuracy;      /* eval */
-	char checkpoint[MN_METRICS_NAME_MAX]; /* eval */
+	char *checkpoint;     /* eval: the file name, shorter than MN_METRICS_NAME_MAX */
 };
 
 /* A file's kept lines, in increasing step order. */
@@ -68,12 +77,64 @@ struct mn_metrics_series {
 int mn_metrics_parse(enum mn_metrics_kind kind, const char *text, size_t len, const char *name,
                      struct mn_metrics_series *out, char *err, size_t errlen);
 
-/* Reads and parses a file: -ENOENT and the like name it, the rest as above. */
+/*
+ * Reads and parses a file (mn_metrics_file_update() once): -ENOENT and the
+ * like name it, the rest as above.
+ */
 int mn_metrics_load(enum mn_metrics_kind kind, const char *path, struct mn_metrics_series *out,
                     char *err, size_t errlen);
 
 /* Frees the points and empties s. Accepts an empty series. */
 void mn_metrics_series_free(struct mn_metrics_series *s);
+
+/*
+ * A metrics file read incrementally, for a reader that looks at a growing
+ * file again and again (the evaluator's page, at every evaluation): each
+ * update reads only the bytes appended since the one before, so its cost
+ * follows what was appended, not the file's length, and memory holds the
+ * kept points, never the file. The series is exactly what
+ * mn_metrics_parse() makes of the whole file as it is at the update
+ * (the step rule holds across updates).
+ *
+ * The file is known by its identity (device and inode) and by where the
+ * last complete line read ends. A partial last line is not consumed: it is
+ * read again, whole, once its newline is there. A file replaced under the
+ * name (a new inode: an atomic rewrite, logrotate's rename and create),
+ * truncated (shorter than it was at the last read), or rewritten in place (the byte
+ * before the offset is no longer the newline read there) is read again
+ * from the start; so is a file that could not be opened or read.
+ *
+ * Fill it with mn_metrics_file_init(); it is the caller's to free with
+ * mn_metrics_file_free(). Members are for reading.
+ */
+struct mn_metrics_file {
+	enum mn_metrics_kind kind;
+	struct mn_metrics_series series; /* the lines kept so far */
+	uint64_t offset;                 /* bytes consumed: up to the last complete line's end */
+	uint64_t last_read;              /* bytes the last update read (for tests and logs) */
+	/* The reader's own. */
+	size_t cap;
+	bool known;
+	uint64_t dev, ino;
+	uint64_t seen; /* the length the file had at the last read: less is a truncation */
+	int rc;        /* a rejected file stays rejected (with its message) until it changes */
+	char why[512];
+};
+
+void mn_metrics_file_init(struct mn_metrics_file *f, enum mn_metrics_kind kind);
+
+/*
+ * Reads what was appended to path since the last update (all of it at the
+ * first, or after a change that starts over). Returns 0 with f->series
+ * holding at least one point, or, with err filled: -ENODATA (no line kept
+ * yet), -EINVAL for a bad line (the file is rejected as
+ * mn_metrics_parse() rejects it; the series is then empty), -ENOENT and
+ * the like when it cannot be opened or read (the series is emptied).
+ */
+int mn_metrics_file_update(struct mn_metrics_file *f, const char *path, char *err, size_t errlen);
+
+/* Frees the series and forgets the file: the next update starts over. */
+void mn_metrics_file_free(struct mn_metrics_file *f);
 
 /* The best checkpoint as the evaluator's best.json names it (its first entry). */
 struct mn_metrics_best {

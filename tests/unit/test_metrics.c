@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mn_test.h"
 #include "util.h"
@@ -273,6 +274,267 @@ START_TEST(load_names_a_missing_file)
 }
 END_TEST
 
+/* Appends text to path, as a writer adds lines. */
+static void append(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "a");
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_ge(fputs(text, f), 0);
+	ck_assert_int_eq(fclose(f), 0);
+}
+
+/* Appends len bytes (NUL bytes too). */
+static void append_bytes(const char *path, const char *data, size_t len)
+{
+	FILE *f = fopen(path, "a");
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+	ck_assert_int_eq(fclose(f), 0);
+}
+
+static int update(struct mn_metrics_file *f, const char *path, char *err)
+{
+	return mn_metrics_file_update(f, path, err, MN_ERRLEN);
+}
+
+/* f's series is what a whole-file parse of path makes (or both fail alike). */
+static void same_as_whole_file(const struct mn_metrics_file *f, int rc, const char *path)
+{
+	struct mn_metrics_series w;
+	char err[MN_ERRLEN];
+	int wrc = mn_metrics_load(f->kind, path, &w, err, sizeof(err));
+
+	ck_assert_int_eq(rc, wrc);
+	ck_assert_uint_eq(f->series.n, w.n);
+	if (rc < 0)
+		return;
+	ck_assert_uint_eq(f->series.lines, w.lines);
+	ck_assert_uint_eq(f->series.cut, w.cut);
+	for (size_t i = 0; i < w.n; i++) {
+		const struct mn_metrics_point *a = &f->series.points[i], *b = &w.points[i];
+
+		ck_assert_int_eq(a->step, b->step);
+		ck_assert_int_eq(a->time_ms, b->time_ms);
+		ck_assert(a->loss == b->loss || (isnan(a->loss) && isnan(b->loss)));
+		ck_assert(a->accuracy == b->accuracy || (isnan(a->accuracy) && isnan(b->accuracy)));
+		ck_assert_str_eq(a->checkpoint ? a->checkpoint : "",
+		                 b->checkpoint ? b->checkpoint : "");
+	}
+	mn_metrics_series_free(&w);
+}
+
+/*
+ * An update reads only what was appended since the one before; a partial
+ * last line is not consumed until its newline is there, then read whole.
+ */
+START_TEST(update_reads_only_what_was_appended)
+{
+	char path[300], err[MN_ERRLEN];
+	const char *more = T(3, 0.5) T(4, 0.25), *line = T(5, 0.125);
+	struct mn_metrics_file f;
+	size_t half = strlen(line) / 2;
+	uint64_t size;
+
+	snprintf(path, sizeof(path), "%s/train.jsonl", dir);
+	mn_metrics_file_init(&f, MN_METRICS_TRAIN);
+	append(path, T(1, 2) T(2, 1));
+	size = strlen(T(1, 2) T(2, 1));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, size);
+	ck_assert_uint_eq(f.offset, size);
+	ck_assert_uint_eq(f.series.n, 2);
+
+	ck_assert_int_eq(update(&f, path, err), 0); /* nothing new: nothing read */
+	ck_assert_uint_eq(f.last_read, 0);
+
+	append(path, more);
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, strlen(more));
+	size += strlen(more);
+	ck_assert_uint_eq(f.offset, size);
+	ck_assert_uint_eq(f.series.n, 4);
+	ck_assert_int_eq(f.series.points[3].step, 4);
+
+	/* Half a line: read, not consumed, left out. */
+	append_bytes(path, line, half);
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, half);
+	ck_assert_uint_eq(f.offset, size);
+	ck_assert_uint_eq(f.series.n, 4);
+	ck_assert_uint_eq(f.series.lines, 4);
+	append(path, line + half);
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, strlen(line));
+	ck_assert_uint_eq(f.series.n, 5);
+	ck_assert(f.series.points[4].loss == 0.125);
+	same_as_whole_file(&f, 0, path);
+	mn_metrics_file_free(&f);
+}
+END_TEST
+
+/* The step rule holds across updates: a resume's lines replace what they repeat. */
+START_TEST(update_keeps_the_step_rule)
+{
+	char path[300], err[MN_ERRLEN];
+	struct mn_metrics_file f;
+
+	snprintf(path, sizeof(path), "%s/eval.jsonl", dir);
+	mn_metrics_file_init(&f, MN_METRICS_EVAL);
+	append(path, E(1, 0.5) E(2, 0.6) E(3, 0.7));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	append(path, E(2, 0.75));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.series.n, 2);
+	ck_assert_uint_eq(f.series.lines, 4);
+	ck_assert(f.series.points[1].accuracy == 0.75);
+	append(path, E(2, 0.8) E(4, 0.9));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.series.n, 3);
+	ck_assert(f.series.points[1].accuracy == 0.8);
+	ck_assert_str_eq(f.series.points[2].checkpoint, "m-4");
+	same_as_whole_file(&f, 0, path);
+	mn_metrics_file_free(&f);
+}
+END_TEST
+
+/*
+ * Whatever a writer does between updates (lines, halves of lines, cut-off
+ * records, null losses, resumes), the incremental series is the one a
+ * whole-file read makes at that moment.
+ */
+START_TEST(update_agrees_with_a_whole_file_read)
+{
+	static const char *const pieces[] = {
+	    T(1, 1),
+	    T(2, null),
+	    T(3, 3),
+	    "{\"step\":4,\"lo",
+	    "\n",
+	    "\0\0\0\n",
+	    T(2, 5),
+	    T(5, 6),
+	    "{\"step\":6,\"loss\":1,",
+	    "\"learning_rate\":0.5,\"steps_per_sec\":10,",
+	    "\"time\":\"2026-11-29T10:00:06.000Z\"}\n",
+	    T(1, 7),
+	    T(7, 8),
+	};
+	char path[300], err[MN_ERRLEN];
+	struct mn_metrics_file f;
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/train.jsonl", dir);
+	mn_metrics_file_init(&f, MN_METRICS_TRAIN);
+	mn_test_write_file(path, "", 0);
+	for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
+		/* The NUL bytes of a zero-filled end are bytes of the file. */
+		append_bytes(path, pieces[i], pieces[i][0] ? strlen(pieces[i]) : 4);
+		rc = update(&f, path, err);
+		ck_assert_msg(rc == 0 || rc == -ENODATA, "%s", err);
+		same_as_whole_file(&f, rc, path);
+	}
+	ck_assert_uint_eq(f.series.cut, 2);
+	mn_metrics_file_free(&f);
+}
+END_TEST
+
+/*
+ * A file replaced under its name, truncated, or truncated and written past
+ * its old length is read again from its first byte.
+ */
+START_TEST(update_starts_over_on_a_new_file)
+{
+	char path[300], tmp[310], err[MN_ERRLEN];
+	const char *first = T(1, 1) T(2, 2), *second = T(5, 2.5) T(6, 2.5) T(7, 2.5);
+	struct mn_metrics_file f;
+
+	snprintf(path, sizeof(path), "%s/train.jsonl", dir);
+	snprintf(tmp, sizeof(tmp), "%s/new.jsonl", dir);
+	mn_metrics_file_init(&f, MN_METRICS_TRAIN);
+	mn_test_write_file(path, first, strlen(first));
+	ck_assert_int_eq(update(&f, path, err), 0);
+
+	/* Replaced (rename over it): a new inode. */
+	mn_test_write_file(tmp, second, strlen(second));
+	ck_assert_int_eq(rename(tmp, path), 0);
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, strlen(second));
+	ck_assert_uint_eq(f.series.n, 3);
+	ck_assert_int_eq(f.series.points[0].step, 5);
+	same_as_whole_file(&f, 0, path);
+
+	/* Truncated (copytruncate) and a line written again. */
+	ck_assert_int_eq(truncate(path, 0), 0);
+	append(path, T(1, 9));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, strlen(T(1, 9)));
+	ck_assert_uint_eq(f.series.n, 1);
+	ck_assert(f.series.points[0].loss == 9);
+	same_as_whole_file(&f, 0, path);
+
+	/* Rewritten in place, longer than before: the same inode, a different file. */
+	ck_assert_int_eq(truncate(path, 0), 0);
+	append(path, second);
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, strlen(second));
+	ck_assert_uint_eq(f.series.n, 3);
+	same_as_whole_file(&f, 0, path);
+
+	/* Removed: an error naming it, and nothing kept; back: read from the start. */
+	ck_assert_int_eq(unlink(path), 0);
+	ck_assert_int_eq(update(&f, path, err), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err, path));
+	ck_assert_uint_eq(f.series.n, 0);
+	append(path, first);
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.last_read, strlen(first));
+	ck_assert_uint_eq(f.series.n, 2);
+	mn_metrics_file_free(&f);
+}
+END_TEST
+
+/*
+ * A bad line rejects the file at every update, with the same message, until
+ * the file is replaced; lines appended after it change nothing.
+ */
+START_TEST(update_rejects_until_the_file_changes)
+{
+	char path[300], err[MN_ERRLEN];
+	struct mn_metrics_file f;
+	char *big;
+
+	snprintf(path, sizeof(path), "%s/train.jsonl", dir);
+	mn_metrics_file_init(&f, MN_METRICS_TRAIN);
+	append(path, T(1, 1));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	append(path, "{\"step\":2}\n");
+	ck_assert_int_eq(update(&f, path, err), -EINVAL);
+	ck_assert_msg(strstr(err, "train.jsonl:2: \"loss\""), "%s", err);
+	ck_assert_uint_eq(f.series.n, 0);
+	append(path, T(3, 1));
+	err[0] = '\0';
+	ck_assert_int_eq(update(&f, path, err), -EINVAL);
+	ck_assert_msg(strstr(err, "train.jsonl:2: \"loss\""), "%s", err);
+	same_as_whole_file(&f, -EINVAL, path);
+	mn_test_write_file(path, T(1, 1), strlen(T(1, 1)));
+	ck_assert_int_eq(update(&f, path, err), 0);
+	ck_assert_uint_eq(f.series.n, 1);
+
+	/* A line without end longer than any record: rejected, not held in memory. */
+	big = malloc(MN_METRICS_LINE_MAX + 2);
+	ck_assert_ptr_nonnull(big);
+	memset(big, ' ', MN_METRICS_LINE_MAX + 1);
+	big[MN_METRICS_LINE_MAX + 1] = '\0';
+	append(path, big);
+	free(big);
+	ck_assert_int_eq(update(&f, path, err), -EINVAL);
+	ck_assert_msg(strstr(err, "train.jsonl:2: longer than"), "%s", err);
+	mn_metrics_file_free(&f);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("metrics");
@@ -282,6 +544,8 @@ int main(void)
 	            unfinished_last_line_is_left_out, bad_lines_name_the_line, null_loss_is_nan,
 	            times, summary_of_both_files);
 	MN_TEST_ADD(mn_test_tcase(s, "files", setup, teardown), best_json,
-	            load_names_a_missing_file);
+	            load_names_a_missing_file, update_reads_only_what_was_appended,
+	            update_keeps_the_step_rule, update_agrees_with_a_whole_file_read,
+	            update_starts_over_on_a_new_file, update_rejects_until_the_file_changes);
 	return mn_test_run(s);
 }
