@@ -1,5 +1,8 @@
 /*
- * page.c - eval.report_html, rebuilt off the loop's critical path.
+ * page.c - eval.report_html, rebuilt off the loop's critical path: the
+ * metrics are read and the script written on a libuv worker thread
+ * (uv_queue_work), gnuplot runs as a child process, and only the page's
+ * HTML is made on the loop.
  */
 #include "page.h"
 
@@ -22,22 +25,33 @@ struct mne_page {
 	char dir[MN_CONFIG_PATH_MAX];
 	const char *name; /* in cfg.eval.report_html */
 	struct mn_gnuplot *running;
+	uv_work_t work;
+	bool working; /* the worker reads the metrics: they and job are its */
+	bool closing; /* closed while working: freed when the work is done */
 	bool again;
-	/* What the running build draws; the page needs it when gnuplot is done. */
-	struct mn_metrics_series train, eval;
+	/*
+	 * The metrics files as read so far: a build reads only what was
+	 * appended since the one before (metrics.h), so its cost follows the
+	 * evaluation's new lines, not the run's length. They hold still while
+	 * gnuplot runs, for the page it is drawing.
+	 */
+	struct mn_metrics_file train, eval;
+	uint64_t bytes_read; /* by the last build */
+	/* What the worker did, for the loop to log and act on. */
+	struct {
+		int eval_rc, train_rc, script_rc;
+		uint64_t bytes_read;
+		char eval_err[MN_ERRLEN], train_err[MN_ERRLEN], script_err[MN_ERRLEN];
+		char *script;
+		size_t len;
+	} job;
 };
-
-static void free_series(struct mne_page *r)
-{
-	mn_metrics_series_free(&r->train);
-	mn_metrics_series_free(&r->eval);
-}
 
 static struct mn_report_input input(struct mne_page *r)
 {
 	return (struct mn_report_input){
-	    .train = &r->train,
-	    .eval = &r->eval,
+	    .train = &r->train.series,
+	    .eval = &r->eval.series,
 	    .train_path = r->cfg.train.metrics_file,
 	    .eval_path = r->cfg.eval.metrics_file,
 	    .config = &r->cfg,
@@ -78,53 +92,112 @@ static void on_plotted(void *arg, int status, const char *svg, size_t len, const
 			    (struct mn_log_field[]){MN_F_STR("file", r->cfg.eval.report_html)}, 1);
 	}
 	free(html);
-	free_series(r);
 	if (r->again) {
 		r->again = false;
 		start(r);
 	}
 }
 
-/* Reads the metrics and starts gnuplot; a failure is logged and leaves the old page. */
-static void start(struct mne_page *r)
+/*
+ * On a worker thread: reads what was appended to the metrics files and
+ * writes the script, the part of a build whose cost grows with the run
+ * (the first read of a long history takes a second).
+ */
+static void work_cb(uv_work_t *req)
 {
+	struct mne_page *r = req->data;
 	struct mn_report_input in;
-	char *script = NULL, err[MN_ERRLEN];
-	size_t len;
+
+	r->job.script = NULL;
+	r->job.train_rc = r->job.script_rc = 0;
+	r->job.eval_rc = mn_metrics_file_update(&r->eval, r->cfg.eval.metrics_file, r->job.eval_err,
+	                                        sizeof(r->job.eval_err));
+	r->job.bytes_read = r->eval.last_read;
+	if (r->job.eval_rc < 0)
+		return;
+	if (r->cfg.train.metrics_file[0]) {
+		r->job.train_rc =
+		    mn_metrics_file_update(&r->train, r->cfg.train.metrics_file, r->job.train_err,
+		                           sizeof(r->job.train_err));
+		r->job.bytes_read += r->train.last_read;
+	}
+	in = input(r);
+	r->job.script_rc = mn_report_svg_script(&in, &r->job.script, &r->job.len, r->job.script_err,
+	                                        sizeof(r->job.script_err));
+}
+
+static void free_page(struct mne_page *r)
+{
+	mn_metrics_file_free(&r->train);
+	mn_metrics_file_free(&r->eval);
+	free(r);
+}
+
+/* Back on the loop: logs what the worker found and starts gnuplot; a failure leaves the old page.
+ */
+static void after_work_cb(uv_work_t *req, int status)
+{
+	struct mne_page *r = req->data;
+	char err[MN_ERRLEN];
 	int rc;
 
-	rc = mn_metrics_load(MN_METRICS_EVAL, r->cfg.eval.metrics_file, &r->eval, err, sizeof(err));
-	if (rc < 0) {
+	r->working = false;
+	if (r->closing) {
+		free(r->job.script);
+		free_page(r);
+		return;
+	}
+	r->bytes_read = r->job.bytes_read;
+	rc = r->job.eval_rc;
+	if (status < 0) {
+		mn_log(MN_LOG_ERROR, "eval.report_html not updated: %s", uv_strerror(status));
+	} else if (rc < 0) {
 		/* Nothing evaluated yet is no failure: the page appears with the first evaluation.
 		 */
 		mn_log(rc == -ENOENT || rc == -ENODATA ? MN_LOG_DEBUG : MN_LOG_ERROR,
-		       "eval.report_html not updated: %s", err);
+		       "eval.report_html not updated: %s", r->job.eval_err);
+	} else {
+		if (r->job.train_rc < 0)
+			mn_log(
+			    r->job.train_rc == -ENOENT || r->job.train_rc == -ENODATA ? MN_LOG_DEBUG
+			                                                              : MN_LOG_WARN,
+			    "eval.report_html without the training curves: %s", r->job.train_err);
+		rc = r->job.script_rc;
+		if (rc < 0)
+			snprintf(err, sizeof(err), "%s", r->job.script_err);
+		else
+			rc = mn_gnuplot_start(r->loop, r->job.script, r->job.len, on_plotted, r,
+			                      &r->running, err, sizeof(err));
+		if (rc < 0)
+			mn_log(MN_LOG_ERROR, "eval.report_html not updated: %s", err);
+	}
+	free(r->job.script);
+	r->job.script = NULL;
+	if (!r->running && r->again) {
+		r->again = false;
+		start(r);
+	}
+}
+
+/* Starts a build: the worker reads the metrics; gnuplot follows. */
+static void start(struct mne_page *r)
+{
+	int rc;
+
+	r->work.data = r;
+	rc = uv_queue_work(r->loop, &r->work, work_cb, after_work_cb);
+	if (rc < 0) {
+		mn_log(MN_LOG_ERROR, "eval.report_html not updated: %s", uv_strerror(rc));
 		return;
 	}
-	if (r->cfg.train.metrics_file[0]) {
-		rc = mn_metrics_load(MN_METRICS_TRAIN, r->cfg.train.metrics_file, &r->train, err,
-		                     sizeof(err));
-		if (rc < 0)
-			mn_log(rc == -ENOENT || rc == -ENODATA ? MN_LOG_DEBUG : MN_LOG_WARN,
-			       "eval.report_html without the training curves: %s", err);
-	}
-	in = input(r);
-	rc = mn_report_svg_script(&in, &script, &len, err, sizeof(err));
-	if (rc == 0)
-		rc = mn_gnuplot_start(r->loop, script, len, on_plotted, r, &r->running, err,
-		                      sizeof(err));
-	free(script);
-	if (rc < 0) {
-		mn_log(MN_LOG_ERROR, "eval.report_html not updated: %s", err);
-		free_series(r);
-	}
+	r->working = true;
 }
 
 void mne_page_kick(struct mne_page *r)
 {
-	if (!r)
+	if (!r || r->closing)
 		return;
-	if (r->running)
+	if (r->running || r->working)
 		r->again = true;
 	else
 		start(r);
@@ -157,6 +230,8 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 	}
 	r->loop = loop;
 	r->cfg = *cfg;
+	mn_metrics_file_init(&r->train, MN_METRICS_TRAIN);
+	mn_metrics_file_init(&r->eval, MN_METRICS_EVAL);
 	if (!slash)
 		snprintf(r->dir, sizeof(r->dir), ".");
 	else
@@ -183,6 +258,18 @@ void mne_page_close(struct mne_page *r)
 	if (!r)
 		return;
 	mn_gnuplot_cancel(r->running);
-	free_series(r);
-	free(r);
+	r->running = NULL;
+	if (r->working) {
+		/* Not started yet: cancelled; started: the worker finishes first. Either way
+		 * after_work_cb frees. */
+		r->closing = true;
+		uv_cancel((uv_req_t *)&r->work);
+		return;
+	}
+	free_page(r);
+}
+
+uint64_t mne_page_bytes_read(const struct mne_page *r)
+{
+	return r ? r->bytes_read : 0;
 }

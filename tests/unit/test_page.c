@@ -32,9 +32,11 @@
 #include "mn_test_uv.h"
 #include "util.h"
 
-#define READ_MAX (64 << 20)
-#define WAIT_MS  60000 /* gnuplot under the sanitizers on a busy machine */
-#define PATHLEN  (MN_TEST_DIRLEN + 32)
+#define READ_MAX         (64 << 20)
+#define WAIT_MS          60000 /* gnuplot under the sanitizers on a busy machine */
+#define PATHLEN          (MN_TEST_DIRLEN + 32)
+#define POOL_THREADS     2
+#define POOL_THREADS_STR "2"
 
 static const char eval_lines[] =
     "{\"step\":100,\"accuracy\":0.5,\"loss\":1.5,\"checkpoint\":\"model.ckpt-100.safetensors\","
@@ -143,13 +145,17 @@ static void count_handle(uv_handle_t *h, void *arg)
 		(*(int *)arg)++;
 }
 
-/* No gnuplot runs or is being closed; and the file arg exists, unless arg is NULL. */
+/*
+ * No metrics are being read on a worker (a uv_work_t request, which
+ * libuv counts in the loop's active_reqs), no gnuplot runs or is being
+ * closed; and the file arg exists, unless arg is NULL.
+ */
 static bool idle(void *arg)
 {
 	int n = 0;
 
 	uv_walk(&loop, count_handle, &n);
-	return n == 0 && (!arg || access(arg, F_OK) == 0);
+	return n == 0 && loop.active_reqs.count == 0 && (!arg || access(arg, F_OK) == 0);
 }
 
 static bool exists(void *arg)
@@ -328,10 +334,10 @@ START_TEST(test_page_waits_for_the_first_evaluation)
 
 	counting_gnuplot();
 	mne_page_kick(r);
-	ck_assert(idle(NULL));
+	mn_test_uv_run_until(&loop, idle, NULL, WAIT_MS, "the look at no file");
 	write_file(cfg.eval.metrics_file, "");
 	mne_page_kick(r);
-	ck_assert(idle(NULL));
+	mn_test_uv_run_until(&loop, idle, NULL, WAIT_MS, "the look at an empty file");
 	ck_assert_uint_eq(mn_test_count_lines(runs, ""), 0);
 
 	write_file(cfg.eval.metrics_file, eval_lines);
@@ -362,7 +368,7 @@ START_TEST(test_kicks_during_a_build_make_one_more)
 	write_file(cfg.train.metrics_file, train_lines);
 	r = make();
 	mne_page_kick(r);
-	/* gnuplot was spawned by the kick and cannot be done before the loop turns. */
+	/* The build the kick started cannot be done before the loop turns. */
 	ck_assert(!idle(NULL));
 	append(cfg.eval.metrics_file, eval_third);
 	mne_page_kick(r);
@@ -439,18 +445,125 @@ START_TEST(test_failed_build_keeps_the_old_page)
 }
 END_TEST
 
+/*
+ * A build reads only what was appended to the metrics files since the
+ * build before, and draws all of it; a file replaced under its name is
+ * read again from its start.
+ */
+START_TEST(test_a_build_reads_only_what_was_appended)
+{
+	const char *rest = strchr(train_lines, '\n') + 1; /* the lines after the first */
+	char tmp[sizeof(cfg.train.metrics_file) + 8], *html;
+	struct mne_page *r;
+
+	write_file(cfg.eval.metrics_file, eval_lines);
+	write_file(cfg.train.metrics_file, train_lines);
+	r = make();
+	mne_page_kick(r);
+	mn_test_uv_run_until(&loop, idle, cfg.eval.report_html, WAIT_MS, "the page");
+	ck_assert_uint_eq(mne_page_bytes_read(r), strlen(eval_lines) + strlen(train_lines));
+
+	append(cfg.eval.metrics_file, eval_third);
+	mne_page_kick(r);
+	mn_test_uv_run_until(&loop, idle, NULL, WAIT_MS, "the second page");
+	ck_assert_uint_eq(mne_page_bytes_read(r), strlen(eval_third));
+	html = read_text(cfg.eval.report_html);
+	ck_assert_ptr_nonnull(
+	    strstr(html, "<figure id=\"chart-validation-accuracy\" data-points=\"3\">"));
+	ck_assert_ptr_nonnull(
+	    strstr(html, "<figure id=\"chart-training-loss\" data-points=\"3\">"));
+	free(html);
+
+	/* A new training history (an atomic rewrite): read whole, drawn alone. */
+	snprintf(tmp, sizeof(tmp), "%s.new", cfg.train.metrics_file);
+	write_file(tmp, rest);
+	ck_assert_int_eq(rename(tmp, cfg.train.metrics_file), 0);
+	mne_page_kick(r);
+	mn_test_uv_run_until(&loop, idle, NULL, WAIT_MS, "the third page");
+	ck_assert_uint_eq(mne_page_bytes_read(r), strlen(rest));
+	html = read_text(cfg.eval.report_html);
+	ck_assert_ptr_nonnull(
+	    strstr(html, "<figure id=\"chart-training-loss\" data-points=\"2\">"));
+	free(html);
+	mne_page_close(r);
+}
+END_TEST
+
+/* A worker job that holds its thread until released: it fills the pool. */
+static uv_sem_t hold_started, hold_release;
+
+static void hold_work(uv_work_t *req)
+{
+	(void)req;
+	uv_sem_post(&hold_started);
+	uv_sem_wait(&hold_release);
+}
+
+static void hold_done(uv_work_t *req, int status)
+{
+	(void)status;
+	free(req);
+}
+
+/*
+ * Closing the builder while its read of the metrics waits for a worker
+ * thread (every one of the pool busy) cancels it; closing it while the
+ * read may run lets the read finish first. Either way nothing is left
+ * (the sanitizer checks the memory), no gnuplot runs and no page appears.
+ */
+START_TEST(test_close_while_reading_the_metrics)
+{
+	struct mne_page *r;
+
+	counting_gnuplot();
+	write_file(cfg.eval.metrics_file, eval_lines);
+	write_file(cfg.train.metrics_file, train_lines);
+	ck_assert_int_eq(uv_sem_init(&hold_started, 0), 0);
+	ck_assert_int_eq(uv_sem_init(&hold_release, 0), 0);
+	for (int i = 0; i < POOL_THREADS; i++) {
+		uv_work_t *w = calloc(1, sizeof(*w));
+
+		ck_assert_ptr_nonnull(w);
+		ck_assert_int_eq(uv_queue_work(&loop, w, hold_work, hold_done), 0);
+	}
+	for (int i = 0; i < POOL_THREADS; i++)
+		uv_sem_wait(&hold_started);
+	r = make();
+	mne_page_kick(r);
+	ck_assert(!idle(NULL));
+	mne_page_close(r);
+	for (int i = 0; i < POOL_THREADS; i++)
+		uv_sem_post(&hold_release);
+	mn_test_uv_run_until(&loop, idle, NULL, WAIT_MS, "the cancelled read");
+	uv_sem_destroy(&hold_started);
+	uv_sem_destroy(&hold_release);
+
+	r = make();
+	mne_page_kick(r);
+	mne_page_close(r);
+	mne_page_kick(NULL);
+	mn_test_uv_run_until(&loop, idle, NULL, WAIT_MS, "the read closed");
+	ck_assert_uint_eq(mn_test_count_lines(runs, ""), 0);
+	ck_assert(!mn_test_exists(wwwdir, "report.html"));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("page");
 	TCase *tc = mn_test_tcase(s, "page", setup, teardown);
 	const char *path = getenv("PATH");
 
+	/* The worker pool's size, for the test that fills it (read at its first use). */
+	setenv("UV_THREADPOOL_SIZE", POOL_THREADS_STR, 1);
 	/* gnuplot exiting before it has read its script must not kill the test. */
 	signal(SIGPIPE, SIG_IGN);
 	snprintf(orig_path, sizeof(orig_path), "%s", path ? path : "/usr/bin:/bin");
 	MN_TEST_ADD(tc, test_configuration_errors, test_unreachable_directory_reports_why,
 	            test_kick_builds_the_page, test_page_waits_for_the_first_evaluation,
 	            test_kicks_during_a_build_make_one_more,
-	            test_close_during_a_build_stops_gnuplot, test_failed_build_keeps_the_old_page);
+	            test_close_during_a_build_stops_gnuplot, test_failed_build_keeps_the_old_page,
+	            test_a_build_reads_only_what_was_appended,
+	            test_close_while_reading_the_metrics);
 	return mn_test_run(s);
 }
