@@ -651,6 +651,69 @@ class EvaluatorPageTest(mnlib.TestCase):
         dom = check_page(self, self.page, self.train_path, self.eval_path)
         self.assertTrue('<meta http-equiv="refresh" content="15">' in dom, "the page reloads itself")
 
+    def test_page_is_the_plot_of_the_lines_it_read(self):
+        """Each build reads only what was appended since the one before. After
+        a resume whose history goes back (a trainer that crashed after its
+        last line, restarted from an older checkpoint, writes the steps again),
+        a record cut off and a line still being written, the page is still,
+        number for number, the one mnistctl plot -o draws from the same
+        complete lines. The history is long enough for its charts to be
+        reduced, and written here: the trainer only makes the checkpoints
+        whose evaluations rebuild the page."""
+        train_path = os.path.join(self.work, "train.jsonl")
+        eval_path = os.path.join(self.work, "eval.jsonl")
+        self.page = os.path.join(self.work, "report.html")
+
+        def history(steps, factor):
+            t0 = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+            return "".join(json.dumps({
+                "step": n, "loss": round(factor * (1 + 1000 / n), 6), "learning_rate": 0.1,
+                "steps_per_sec": 100 + n % 7,
+                "time": (t0 + datetime.timedelta(seconds=n)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+                "max_steps": 10**6}) + "\n" for n in steps)
+
+        with open(train_path, "w") as f:
+            f.write(history(range(10, 30001, 10), 1))
+        ev = {"metrics_file": eval_path, "report_html": self.page}
+        eval_cfg, _ = self.config("eval.json", train={"metrics_file": train_path}, eval=ev)
+        train_cfg, cfg = self.config(train={"max_steps": 100}, checkpoint={"every_steps": 50},
+                                     eval=ev)
+        e = self.start([MNIST_EVAL, "--config", eval_cfg], "eval")
+        d = self.start([MNISTD, "--config", train_cfg], "mnistd")
+        self.assertEqual(d.wait(120), 0, d.output())
+        mnlib.wait_for(lambda: self.page_step() == 100, 60, "the page of step 100")
+
+        with open(train_path, "a") as f:
+            f.write(history(range(15000, 40001, 10), 2))
+            f.write('{"step": 40010, "loss"\n')   # a writer that died mid-line
+            f.write(history([40020], 2))
+            f.write('{"step": 40030, "lo')        # still being written
+        cfg["train"]["max_steps"] = 200
+        mnlib.write_config(train_cfg, cfg)
+        d = self.start([MNISTD, "--config", train_cfg], "mnistd-resumed")
+        self.assertEqual(d.wait(120), 0, d.output())
+        mnlib.wait_for(lambda: self.page_step() == 200, 60, "the page of step 200")
+        e.signal(signal.SIGTERM)
+        self.assertEqual(e.wait(30), 0, e.output())
+
+        with open(self.page) as f:
+            page = f.read()
+        with open(train_path) as f:
+            complete = f.read().count("\n")
+        self.assertIn("%s</code> (%d lines, 1 cut off" % (train_path, complete), page)
+        self.assertLessEqual(figures(page)["training-loss"][0], 2000)  # reduced
+        out = os.path.join(self.work, "plot.html")
+        r = self.run_prog([MNISTCTL, "--config", eval_cfg, "plot", "-o", out])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        with open(out) as f:
+            plot = f.read()
+
+        def body(text):
+            return text[text.index("<h2>Summary</h2>"):text.index('<pre id="config">')]
+
+        self.assertEqual(body(page), body(plot))
+        self.assertIn('<td id="summary-steps">40020</td>', page)
+
     def test_without_gnuplot_evaluating_goes_on(self):
         # mnist-eval finds gnuplot in PATH; without it each page fails, loudly, and nothing else does.
         e = self.run_both(steps=100, env={"PATH": "/nonexistent"})
