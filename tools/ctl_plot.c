@@ -77,7 +77,8 @@ struct plot {
 	struct mn_config cfg;
 	bool have_cfg;
 	const char *train_path, *eval_path; /* NULL: not read */
-	struct mn_metrics_series train, eval;
+	/* As read so far: --watch reads only what was appended since its last drawing. */
+	struct mn_metrics_file train, eval;
 	struct mn_metrics_best best;
 	bool have_best;
 };
@@ -109,26 +110,25 @@ static int plot_setup(const struct ctl_globals *g, struct plot *p)
 }
 
 /*
- * Reads one metrics file into s. With yet, a file that is missing or has no
- * lines yet (--watch waits for it) leaves s empty and is no error.
+ * Reads what was appended to one metrics file. With yet, a file that is
+ * missing or has no lines yet (--watch waits for it) is no error: f's
+ * series is then empty.
  */
-static int load_series(enum mn_metrics_kind kind, const char *path, struct mn_metrics_series *s,
-                       bool yet, char *err, size_t errlen)
+static int load_series(struct mn_metrics_file *f, const char *path, bool yet, char *err,
+                       size_t errlen)
 {
 	int rc;
 
 	if (!path)
 		return 0;
-	rc = mn_metrics_load(kind, path, s, err, errlen);
-	if (rc < 0 && yet && (rc == -ENOENT || rc == -ENODATA)) {
-		*s = (struct mn_metrics_series){0};
+	rc = mn_metrics_file_update(f, path, err, errlen);
+	if (rc < 0 && yet && (rc == -ENOENT || rc == -ENODATA))
 		return 0;
-	}
 	return rc;
 }
 
 /*
- * (Re)reads the files. 0, or -errno with err filled. With yet (--watch),
+ * Reads what was appended to the files. 0, or -errno with err filled. With yet (--watch),
  * missing or empty files are not errors as long as one file has lines, and
  * a missing best.json is only not marked.
  */
@@ -136,13 +136,11 @@ static int plot_load(struct plot *p, bool yet, char *err, size_t errlen)
 {
 	int rc = 0;
 
-	mn_metrics_series_free(&p->train);
-	mn_metrics_series_free(&p->eval);
 	p->have_best = false;
-	if ((rc = load_series(MN_METRICS_TRAIN, p->train_path, &p->train, yet, err, errlen)) < 0 ||
-	    (rc = load_series(MN_METRICS_EVAL, p->eval_path, &p->eval, yet, err, errlen)) < 0)
+	if ((rc = load_series(&p->train, p->train_path, yet, err, errlen)) < 0 ||
+	    (rc = load_series(&p->eval, p->eval_path, yet, err, errlen)) < 0)
 		return rc;
-	if (yet && p->train.n == 0 && p->eval.n == 0) {
+	if (yet && p->train.series.n == 0 && p->eval.series.n == 0) {
 		mn_errf(err, errlen, "%s%s%s: no lines yet", p->train_path ? p->train_path : "",
 		        p->train_path && p->eval_path ? ", " : "",
 		        p->eval_path ? p->eval_path : "");
@@ -166,8 +164,8 @@ static int plot_load(struct plot *p, bool yet, char *err, size_t errlen)
 static struct mn_report_input plot_input(const struct plot *p)
 {
 	return (struct mn_report_input){
-	    .train = &p->train,
-	    .eval = &p->eval,
+	    .train = &p->train.series,
+	    .eval = &p->eval.series,
 	    .best = p->have_best ? &p->best : NULL,
 	    .train_path = p->train_path,
 	    .eval_path = p->eval_path,
@@ -177,8 +175,8 @@ static struct mn_report_input plot_input(const struct plot *p)
 
 static void plot_free(struct plot *p)
 {
-	mn_metrics_series_free(&p->train);
-	mn_metrics_series_free(&p->eval);
+	mn_metrics_file_free(&p->train);
+	mn_metrics_file_free(&p->eval);
 }
 
 /* The terminal's size, else $COLUMNS x $LINES, else 80 x 24. */
@@ -519,6 +517,8 @@ int ctl_plot(int argc, char **argv, const struct ctl_globals *g)
 	char err[MN_ERRLEN];
 	int ex;
 
+	mn_metrics_file_init(&p.train, MN_METRICS_TRAIN);
+	mn_metrics_file_init(&p.eval, MN_METRICS_EVAL);
 	ex = parse_args(argc, argv, &p.o);
 	if (ex != 0)
 		return ex < 0 ? MN_EX_OK : ex;
