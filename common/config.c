@@ -905,7 +905,7 @@ static int check_outputs(const struct mn_config *c, char *err, size_t errlen)
 			if (strcmp(out[i].path, out[j].path) != 0)
 				continue;
 			mn_errf(err, errlen,
-			        "%s: is also %s (\"%s\"); two programs' outputs need a file each",
+			        "%s: is also %s (\"%s\"); each output needs a file of its own",
 			        out[j].key, out[i].key, out[j].path);
 			return -EINVAL;
 		}

@@ -290,30 +290,6 @@ int mn_prom_text(const struct mn_prom *p, const char **text, size_t *len, char *
 	return 0;
 }
 
-/* Splits path into its directory (dir, len bytes) and file name; 0 or -errno with err. */
-static int split_path(const char *path, char *dir, size_t len, const char **name, char *err,
-                      size_t errlen)
-{
-	*name = mn_basename(path);
-	if (*name == path) {
-		snprintf(dir, len, ".");
-	} else if ((size_t)(*name - path) >= len) {
-		mn_errf(err, errlen, "%s: path too long", path);
-		return -ENAMETOOLONG;
-	} else {
-		/* Keep the slash for "/x.prom", whose directory is "/". */
-		size_t dlen = (size_t)(*name - path) > 1 ? (size_t)(*name - path) - 1 : 1;
-
-		memcpy(dir, path, dlen);
-		dir[dlen] = '\0';
-	}
-	if (!**name) {
-		mn_errf(err, errlen, "%s: not a file name", path);
-		return -EINVAL;
-	}
-	return 0;
-}
-
 int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t errlen)
 {
 	char dir[PATH_MAX];
@@ -326,8 +302,8 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 		mn_errprefix(err, errlen, "%s", path);
 		return rc;
 	}
-	if ((rc = split_path(path, dir, sizeof(dir), &name, err, errlen)) < 0)
-		return rc;
+	if (!(name = mn_split_path(path, dir, sizeof(dir), err, errlen)))
+		return -EINVAL;
 	iov.iov_base = (void *)text;
 	iov.iov_len = len;
 	/*
@@ -347,10 +323,9 @@ int mn_prom_write(const struct mn_prom *p, const char *path, char *err, size_t e
 int mn_prom_remove_stale(const char *path)
 {
 	char dir[PATH_MAX];
-	const char *name;
-	int rc = split_path(path, dir, sizeof(dir), &name, NULL, 0);
+	const char *name = mn_split_path(path, dir, sizeof(dir), NULL, 0);
 
-	return rc < 0 ? rc : mn_remove_stale_temps_of(dir, name, NULL, 0);
+	return name ? mn_remove_stale_temps_of(dir, name, NULL, 0) : -EINVAL;
 }
 
 int mn_prom_publish(struct mn_prom *p, const char *path, const char *key)

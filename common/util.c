@@ -153,6 +153,29 @@ const char *mn_basename(const char *path)
 	return slash ? slash + 1 : path;
 }
 
+const char *mn_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
+{
+	const char *slash = strrchr(path, '/');
+	size_t n;
+
+	if (!*path || (slash && !slash[1])) {
+		mn_errf(err, errlen, "\"%s\" does not name a file", path);
+		return NULL;
+	}
+	if (!slash) {
+		snprintf(dir, dirlen, ".");
+		return path;
+	}
+	n = slash == path ? 1 : (size_t)(slash - path);
+	if (n >= dirlen) {
+		mn_errf(err, errlen, "%s: path too long", path);
+		return NULL;
+	}
+	memcpy(dir, path, n);
+	dir[n] = '\0';
+	return slash + 1;
+}
+
 static int join_path(char *out, size_t len, const char *dir, const char *name, const char *pre,
                      const char *post)
 {

@@ -228,6 +228,15 @@ char *mn_escape(const char *src, char *dst, size_t dstlen);
 const char *mn_basename(const char *path);
 
 /*
+ * Splits the path of a file to write into its directory (copied to dir:
+ * "." when there is none, "/" for "/name") and its last component, which
+ * is returned (a pointer into path). NULL, with err filled, when path
+ * names no file (empty, or ending in '/') or its directory does not fit in
+ * dirlen bytes.
+ */
+const char *mn_split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen);
+
+/*
  * Whether a negative errno is this process's or machine's trouble (out of
  * memory, threads or descriptors) rather than a verdict on the file or data
  * at hand: such a file is tried again later, never judged bad for it.

@@ -206,7 +206,7 @@ void mne_page_kick(struct mne_page *r)
 int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page **out, char *err,
                  size_t errlen)
 {
-	const char *path = cfg->eval.report_html, *slash = strrchr(path, '/');
+	const char *path = cfg->eval.report_html, *name;
 	struct mne_page *r;
 	struct stat st;
 	int rc;
@@ -219,10 +219,6 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 		        "eval.report_html needs eval.metrics_file, the evaluations it draws");
 		return -EINVAL;
 	}
-	if (slash && !slash[1]) {
-		mn_errf(err, errlen, "eval.report_html: \"%s\" does not name a file", path);
-		return -EINVAL;
-	}
 	r = calloc(1, sizeof(*r));
 	if (!r) {
 		mn_errf(err, errlen, "eval.report_html: out of memory");
@@ -232,12 +228,13 @@ int mne_page_new(uv_loop_t *loop, const struct mn_config *cfg, struct mne_page *
 	r->cfg = *cfg;
 	mn_metrics_file_init(&r->train, MN_METRICS_TRAIN);
 	mn_metrics_file_init(&r->eval, MN_METRICS_EVAL);
-	if (!slash)
-		snprintf(r->dir, sizeof(r->dir), ".");
-	else
-		snprintf(r->dir, sizeof(r->dir), "%.*s", slash == path ? 1 : (int)(slash - path),
-		         path);
-	r->name = slash ? r->cfg.eval.report_html + (slash - path) + 1 : r->cfg.eval.report_html;
+	name = mn_split_path(path, r->dir, sizeof(r->dir), err, errlen);
+	if (!name) {
+		mn_errprefix(err, errlen, "eval.report_html");
+		free(r);
+		return -EINVAL;
+	}
+	r->name = r->cfg.eval.report_html + (name - path);
 	/* The reason is stat's own: a second look at the path could see it changed. */
 	rc = stat(r->dir, &st) < 0 ? -errno : 0;
 	if (rc < 0 || !S_ISDIR(st.st_mode)) {

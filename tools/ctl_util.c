@@ -205,34 +205,6 @@ int ctl_check_prefix(const char *cmd, const char *prefix)
 	return MN_EX_OK;
 }
 
-/*
- * Splits path into its directory (written to dir, "." when there is none)
- * and returns its last component, or NULL (with a message) if path names
- * no file (empty or ending in '/').
- */
-static const char *split_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
-{
-	const char *slash = strrchr(path, '/');
-	size_t n;
-
-	if (!*path || (slash && !slash[1])) {
-		mn_errf(err, errlen, "\"%s\" does not name a file", path);
-		return NULL;
-	}
-	if (!slash) {
-		snprintf(dir, dirlen, ".");
-		return path;
-	}
-	n = slash == path ? 1 : (size_t)(slash - path);
-	if (n >= dirlen) {
-		mn_errf(err, errlen, "%s: path too long", path);
-		return NULL;
-	}
-	memcpy(dir, path, n);
-	dir[n] = '\0';
-	return slash + 1;
-}
-
 const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *err, size_t errlen)
 {
 	const char *base;
@@ -243,7 +215,7 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
 			dir[0] = '\0';
 		return path;
 	}
-	base = split_path(path, dir, dirlen, err, errlen);
+	base = mn_split_path(path, dir, dirlen, err, errlen);
 	if (!base)
 		return NULL;
 	/* Said before any work; mn_write_atomic() refuses it again at the end. */
