@@ -38,6 +38,9 @@
 /* The most points a page's chart draws (see above). */
 #define MN_REPORT_CHART_POINTS 2000
 
+/* The charts of a page. */
+#define MN_REPORT_CHARTS 4
+
 /* What a page or a chart is made of. NULL or empty series are left out. */
 struct mn_report_input {
 	const struct mn_metrics_series *train; /* train.metrics_file */
@@ -46,6 +49,13 @@ struct mn_report_input {
 	const char *train_path, *eval_path;    /* shown on the page (may be NULL) */
 	const struct mn_config *config;        /* shown on the page (may be NULL) */
 	int refresh_seconds;                   /* > 0: the page reloads itself this often */
+	/*
+	 * When not NULL, MN_REPORT_CHARTS counts: mn_report_svg_script() stores
+	 * the markers of each chart it draws, and mn_report_html() takes them
+	 * from there instead of reducing every series a second time (the page
+	 * builds the script on a worker and the HTML on its loop).
+	 */
+	size_t *chart_points;
 };
 
 /*

@@ -36,7 +36,8 @@ struct mne_page {
 	 * gnuplot runs, for the page it is drawing.
 	 */
 	struct mn_metrics_file train, eval;
-	uint64_t bytes_read; /* by the last build */
+	uint64_t bytes_read;                   /* by the last build */
+	size_t chart_points[MN_REPORT_CHARTS]; /* counted by the worker's script, for the HTML */
 	/* What the worker did, for the loop to log and act on. */
 	struct {
 		int eval_rc, train_rc, script_rc;
@@ -56,6 +57,7 @@ static struct mn_report_input input(struct mne_page *r)
 	    .eval_path = r->cfg.eval.metrics_file,
 	    .config = &r->cfg,
 	    .refresh_seconds = MNE_PAGE_REFRESH_S,
+	    .chart_points = r->chart_points,
 	};
 }
 

@@ -325,6 +325,49 @@ START_TEST(long_runs_give_a_bounded_page)
 END_TEST
 
 /*
+ * The page takes each chart's marker count from the script when given room
+ * for it (the evaluator makes the script on a worker and the page on its
+ * loop), and it is the count the page finds by itself.
+ */
+START_TEST(page_takes_the_scripts_marker_counts)
+{
+	struct mn_metrics_series t = {0}, e = {0};
+	size_t counted[MN_REPORT_CHARTS] = {0};
+	struct mn_report_input in = {.train = &t, .eval = &e}, given = in;
+	const char *chart = "<svg x='1'></svg>\n@@mnistd-chart@@\n";
+	char *script, *alone, *with, err[MN_ERRLEN], svg[256] = "";
+	size_t len, alen, wlen;
+
+	long_series(&t, 300000, 7, false);
+	long_series(&e, 3000, 5, true);
+	given.chart_points = counted;
+	ck_assert_int_eq(mn_report_svg_script(&given, &script, &len, err, sizeof(err)), 0);
+	free(script);
+	for (size_t i = 0; i < MN_REPORT_CHARTS; i++) {
+		ck_assert_uint_gt(counted[i], 0);
+		ck_assert_uint_le(counted[i], MN_REPORT_CHART_POINTS);
+		strcat(svg, chart);
+	}
+	ck_assert_int_eq(mn_report_html(&in, svg, strlen(svg), &alone, &alen, err, sizeof(err)), 0);
+	ck_assert_int_eq(mn_report_html(&given, svg, strlen(svg), &with, &wlen, err, sizeof(err)),
+	                 0);
+	/* The same figures, from the first on (the head has the time it was made). */
+	ck_assert_ptr_nonnull(strstr(alone, "<figure"));
+	ck_assert_str_eq(strstr(alone, "<figure"), strstr(with, "<figure"));
+	for (size_t i = 0; i < MN_REPORT_CHARTS; i++) {
+		char want[48];
+
+		snprintf(want, sizeof(want), "data-points=\"%zu\"", counted[i]);
+		ck_assert_ptr_nonnull(strstr(with, want));
+	}
+	free(alone);
+	free(with);
+	mn_metrics_series_free(&t);
+	mn_metrics_series_free(&e);
+}
+END_TEST
+
+/*
  * A diverged run, whose every loss is null, still gets its page and its
  * terminal charts: the chart says it has no finite values instead of
  * gnuplot failing on "all points y value undefined".
@@ -375,6 +418,7 @@ int main(void)
 	            svg_script_has_a_chart_per_curve, page_escapes_and_holds_the_charts,
 	            page_rejects_missing_charts, page_text_is_always_utf8,
 	            long_runs_give_bounded_charts, long_runs_give_a_bounded_page,
+	            page_takes_the_scripts_marker_counts,
 	            a_curve_without_a_finite_value_is_drawn_empty);
 	return mn_test_run(s);
 }
