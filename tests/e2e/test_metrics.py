@@ -362,6 +362,15 @@ class MetricsTest(mnlib.TestCase):
             # The programs' own labels (run); instance and job come with the scrape.
             own = frozenset(k for k in re.findall(r"(\w+)=", labels)) - {"instance", "job"}
             self.assertIn(own, written[name], "%s{%s}" % (name, labels))
+        # The manual pages list exactly the families the programs write.
+        families = {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(sum|count)$", "_bucket", n) in written
+                    else n for n in written}
+        for page, prefix in (("mnistd.8", "mnistd_"), ("mnist-eval.8", "mnist_eval_")):
+            with open(os.path.join(SOURCE, "man", page)) as f:
+                section = f.read().split(".SH METRICS\n")[1].split("\n.SH ")[0].replace("\\", "")
+            listed = {n for line in section.splitlines() if re.match(r"^\.BR? ", line)
+                      for n in re.findall(r"\b%s[a-z_]+" % prefix, line)}
+            self.assertEqual(sorted(listed), sorted(f for f in families if f.startswith(prefix)), page)
 
     def test_a_run_label_with_quotes_backslashes_newlines_and_utf8_reaches_prometheus_intact(self):
         # metrics.run is free text: node-exporter must parse both files and
