@@ -41,7 +41,8 @@ static void usage(FILE *f)
 		fprintf(f, "  %s\n", commands[i].synopsis);
 	fprintf(f, "\n"
 	           "Options:\n"
-	           "  -c, --config PATH   configuration file, for the socket path (default\n"
+	           "  -c, --config PATH   configuration file, for the socket path and the\n"
+	           "                      other commands' defaults (default\n"
 	           "                      " MN_DEFAULT_CONFIG ")\n"
 	           "  -i, --instance NAME the instance NAME of the template units mnistd@.service\n"
 	           "                      and mnist-eval@.service: --config\n"
