@@ -219,11 +219,22 @@ const char *ctl_output_path(const char *path, char *dir, size_t dirlen, char *er
 	if (!base)
 		return NULL;
 	/* Said before any work; mn_write_atomic() refuses it again at the end. */
-	if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-		mn_errf(err, errlen,
-		        "%s: exists and is not a regular file: not replaced (-o - writes to "
-		        "standard output)",
-		        path);
+	if (lstat(path, &st) == 0) {
+		if (!S_ISREG(st.st_mode)) {
+			mn_errf(
+			    err, errlen,
+			    "%s: exists and is not a regular file: not replaced (-o - writes to "
+			    "standard output)",
+			    path);
+			return NULL;
+		}
+	} else if (errno != ENOENT && errno != ENOTDIR) {
+		/*
+		 * A name or path too long, a symlink loop, a directory that cannot
+		 * be searched: the write would fail too, but only after all the work.
+		 * (ENOENT and ENOTDIR: the directory's own check below says which.)
+		 */
+		mn_errf(err, errlen, "%s: %s", path, strerror(errno));
 		return NULL;
 	}
 	if (stat(dir, &st) < 0) {

@@ -106,9 +106,11 @@ int ctl_check_prefix(const char *cmd, const char *prefix);
 /*
  * Splits path, a file about to be written, into its directory (written to
  * dir, "." when there is none) and returns its last component, or NULL
- * (with a message) if path names no file (empty or ending in '/') or its
- * directory does not exist: the message then names the directory the user
- * gave rather than the temporary file the atomic writer failed to create.
+ * (with a message) if path names no file (empty or ending in '/'), its
+ * directory does not exist, or it cannot be looked up (a name or path too
+ * long, a directory that cannot be searched): the message then names the
+ * path or directory the user gave rather than the temporary file the atomic
+ * writer would fail to create after all the work.
  * Also refuses a path that exists and is not a regular file (a device, a
  * FIFO, a symbolic link, a directory), which the atomic writer would
  * replace; "-" (standard output) is returned as it is, with dir "".

@@ -893,6 +893,64 @@ START_TEST(test_output_path_not_regular)
 }
 END_TEST
 
+/*
+ * Over-long paths are refused before any work, naming the path: a name
+ * longer than NAME_MAX, a directory longer than dir's buffer, a whole path
+ * beyond PATH_MAX.
+ */
+START_TEST(test_output_path_too_long)
+{
+	char dir[CTL_PATH_MAX], small[8], *path;
+	size_t n = 3 * PATH_MAX;
+
+	path = malloc(n);
+	ck_assert_ptr_nonnull(path);
+
+	/* A directory that cannot be searched: the write could not create its file. */
+	ck_assert_int_eq(mkdir(tpath("locked"), 0600), 0);
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, false);
+	ck_assert_ptr_null(
+	    ctl_output_path(tpath("locked/out"), dir, sizeof(dir), err, sizeof(err)));
+	mn_test_caps(1u << CAP_DAC_OVERRIDE | 1u << CAP_DAC_READ_SEARCH, true);
+	ck_assert_msg(strstr(err, "locked/out: Permission denied"), "%s", err);
+
+	/* A directory that does not fit the caller's buffer. */
+	ck_assert_ptr_null(ctl_output_path(tpath("out"), small, sizeof(small), err, sizeof(err)));
+	ck_assert_ptr_nonnull(err[0] ? err : NULL);
+
+	/* A last component longer than NAME_MAX. */
+	snprintf(path, n, "%s/", tmpdir);
+	memset(path + strlen(path), 'n', NAME_MAX + 1);
+	path[strlen(tmpdir) + 1 + NAME_MAX + 1] = '\0';
+	err[0] = '\0';
+	ck_assert_ptr_null(ctl_output_path(path, dir, sizeof(dir), err, sizeof(err)));
+	ck_assert_msg(strstr(err, "too long"), "%s", err);
+
+	/* A directory beyond PATH_MAX (made of many short components). */
+	snprintf(path, n, "%s", tmpdir);
+	while (strlen(path) < PATH_MAX + 10)
+		strcat(path, "/./.");
+	strcat(path, "/out");
+	err[0] = '\0';
+	ck_assert_ptr_null(ctl_output_path(path, dir, sizeof(dir), err, sizeof(err)));
+	ck_assert_msg(err[0] != '\0', "no message");
+
+	/* A short directory whose path plus the name passes PATH_MAX. */
+	snprintf(path, n, "%s", tmpdir);
+	while (strlen(path) < PATH_MAX - 100)
+		strcat(path, "/./.");
+	strcat(path, "/");
+	n = strlen(path);
+	memset(path + n, 'q', 200);
+	path[n + 200] = '\0';
+	err[0] = '\0';
+	ck_assert_ptr_null(ctl_output_path(path, dir, sizeof(dir), err, sizeof(err)));
+	/* The message (cut: MN_ERRLEN) names the path. */
+	ck_assert(strncmp(err, path, 100) == 0);
+	free(path);
+}
+END_TEST
+
 /* ---- ctl_write_output ---- */
 
 static int write_str(const char *dir, const char *base, const char *s, bool noreplace)
@@ -1782,10 +1840,10 @@ int main(void)
 	MN_TEST_ADD(mn_test_tcase(s, "config", setup, teardown), test_load_config,
 	            test_load_config_default_missing, test_check_prefix);
 	MN_TEST_ADD(mn_test_tcase(s, "output", setup, teardown), test_output_path,
-	            test_output_path_not_regular, test_write_output, test_write_output_errors,
-	            test_write_output_stdout, test_write_output_restores_signals,
-	            test_write_output_signal, test_write_output_signal_ignored,
-	            test_check_not_source);
+	            test_output_path_not_regular, test_output_path_too_long, test_write_output,
+	            test_write_output_errors, test_write_output_stdout,
+	            test_write_output_restores_signals, test_write_output_signal,
+	            test_write_output_signal_ignored, test_check_not_source);
 	MN_TEST_ADD(mn_test_tcase(s, "resolve", setup, teardown), test_resolve_file,
 	            test_resolve_scan, test_resolve_index, test_resolve_best,
 	            test_resolve_found_not_regular);
