@@ -117,8 +117,10 @@ static bool names_file(const char *path, const char *err)
 /* Prints "FILE: message" unless the message already starts with the file's name. */
 static void print_file_error(FILE *f, const char *path, const char *err)
 {
-	if (!names_file(path, err))
-		fprintf(f, "%s: ", path);
+	if (!names_file(path, err)) {
+		ctl_fputs_escaped(f, path);
+		fputs(": ", f);
+	}
 	/* The message may quote the file (a tensor name, a metadata value). */
 	ctl_fputs_escaped(f, err);
 	fputc('\n', f);
@@ -226,10 +228,12 @@ int ctl_verify(int argc, char **argv, const struct ctl_globals *g)
 			ctl_json_str(o, "architecture", fi.arch[0] ? fi.arch : NULL);
 			ctl_json_int(o, "tensors", (int64_t)mn_ckpt_count(ck));
 		} else if (fi.kind == KIND_TENSORS) {
-			printf("%s: OK (step %" PRId64 ", %zu tensors, no architecture)\n", path,
-			       fi.step, mn_ckpt_count(ck));
+			ctl_fputs_escaped(stdout, path);
+			printf(": OK (step %" PRId64 ", %zu tensors, no architecture)\n", fi.step,
+			       mn_ckpt_count(ck));
 		} else {
-			printf("%s: OK (step %" PRId64 ", %s%s)\n", path, fi.step, fi.arch,
+			ctl_fputs_escaped(stdout, path);
+			printf(": OK (step %" PRId64 ", %s%s)\n", fi.step, fi.arch,
 			       fi.kind == KIND_FROZEN  ? ", frozen"
 			       : fi.kind == KIND_MODEL ? ", no training state"
 			                               : "");
@@ -487,7 +491,9 @@ static int ls_print(const char *dir, struct ls_row *rows, size_t n, const char *
 		return ctl_json_print(root) < 0 ? MN_EX_FAILURE : MN_EX_OK;
 	}
 	if (n == 0) {
-		printf("no checkpoints in %s\n", dir);
+		fputs("no checkpoints in ", stdout);
+		ctl_fputs_escaped(stdout, dir);
+		fputc('\n', stdout);
 		return MN_EX_OK;
 	}
 	for (size_t i = 0; i < n; i++) {
@@ -789,8 +795,10 @@ static void inspect_text(const char *path, const struct mn_ckpt *c)
 	const char *archj = mn_ckpt_meta(c, MN_META_ARCHITECTURE);
 	size_t w = 4;
 
-	printf("%-14s%s (%zu bytes, %zu tensors)\n", "file", path, mn_ckpt_file_size(c),
-	       mn_ckpt_count(c));
+	/* The path may be a glob's expansion or read from a directory's index. */
+	printf("%-14s", "file");
+	ctl_fputs_escaped(stdout, path);
+	printf(" (%zu bytes, %zu tensors)\n", mn_ckpt_file_size(c), mn_ckpt_count(c));
 	for (size_t i = 0; i < sizeof(meta_order) / sizeof(meta_order[0]); i++) {
 		const char *v = mn_ckpt_meta(c, meta_order[i]);
 		struct mn_arch a;
@@ -1238,8 +1246,10 @@ static int convert_report(const struct convert *cv, const char *outpath, bool js
 		}
 		return ctl_json_fprint(f, root);
 	}
-	fprintf(f, "%s: %zu tensor%s from %s\n", outpath, cv->nsel, cv->nsel == 1 ? "" : "s",
-	        cv->in);
+	ctl_fputs_escaped(f, outpath);
+	fprintf(f, ": %zu tensor%s from ", cv->nsel, cv->nsel == 1 ? "" : "s");
+	ctl_fputs_escaped(f, cv->in);
+	fputc('\n', f);
 	for (size_t i = 0; i < cv->nsel; i++) {
 		const struct mn_tensor *t = &cv->sel[i];
 		char shape[128], name[4 * MN_CKPT_MAX_NAME], was[4 * MN_CKPT_MAX_NAME];

@@ -327,8 +327,12 @@ static void watch_draw(uv_timer_t *t)
 	fputs(w->tty ? "\033[H\033[2J" : "\f", stdout); /* home and clear, or a new page */
 	if (rc == 0)
 		fwrite(text, 1, len, stdout);
-	else
-		printf("waiting: %s\n", err);
+	else {
+		/* err may quote a file's name. */
+		fputs("waiting: ", stdout);
+		ctl_fputs_escaped(stdout, err);
+		fputc('\n', stdout);
+	}
 	printf("mnistctl plot --watch: drawn again as lines arrive; Ctrl-C ends");
 	fflush(stdout);
 	free(buf);

@@ -51,12 +51,15 @@ void ctl_errorf(const char *cmd, const char *fmt, ...)
 
 int ctl_usage_error(const char *cmd, const char *fmt, ...)
 {
+	char msg[2 * MN_ERRLEN];
 	va_list ap;
 
+	/* Arguments are quoted, and a glob's expansion makes file names arguments. */
 	fprintf(stderr, "mnistctl %s: ", cmd);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	ctl_fputs_escaped(stderr, msg);
 	fprintf(stderr, "\nTry 'mnistctl %s --help'.\n", cmd);
 	return MN_EX_USAGE;
 }

@@ -35,7 +35,8 @@ void ctl_errorf(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 
 /*
  * Reports a bad command line ("mnistctl CMD: message" and a pointer to
- * CMD --help) and returns MN_EX_USAGE.
+ * CMD --help) and returns MN_EX_USAGE. The message is escaped as by
+ * ctl_errorf(): the arguments it quotes may be file names.
  */
 int ctl_usage_error(const char *cmd, const char *fmt, ...) MN_PRINTF(2, 3);
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "ctl_util.h"
 #include "mn_build_config.h"
 
 struct command {
@@ -154,7 +155,10 @@ int main(int argc, char **argv)
 			return finish(commands[i].run(sub_argc, sub_argv, &g));
 		}
 	}
-	fprintf(stderr, "mnistctl: unknown command \"%s\"\n\n", argv[optind]);
+	/* Escaped: a glob's expansion can put a file's name here. */
+	fputs("mnistctl: unknown command \"", stderr);
+	ctl_fputs_escaped(stderr, argv[optind]);
+	fputs("\"\n\n", stderr);
 	usage(stderr);
 	return MN_EX_USAGE;
 }

@@ -419,6 +419,28 @@ class DirectoryContents(HardeningCase):
         self.assertIn("not a checkpoint", r.stdout)
         self.assert_no_secret(r.stdout + r.stderr, size_too=False)
 
+    def test_file_names_are_escaped(self):
+        # File names reach mnistctl as arguments (a glob's expansion) and are
+        # quoted in its reports, its file errors and its usage errors: each is
+        # shown escaped, never written to the terminal as it is.
+        esc = "\x1b]0;owned\x07"
+        d = os.path.join(self.work, "dir" + esc)
+        os.makedirs(d)
+        path = os.path.join(d, "evil" + esc + ".safetensors")
+        tensors = [("layer1/weights", "F32", [1], b"\0\0\0\0")]
+        with open(path, "wb") as f:
+            f.write(test_evaluator.encode_safetensors(tensors, {"global_step": "5"}))
+        out = os.path.join(d, "out" + esc + ".safetensors")
+        for args in (["verify", path], ["verify", path + "-gone"], ["inspect", path],
+                     ["ls", d], ["convert", path, "-o", out], ["convert", path + "-gone", "-o", out],
+                     ["plot", "--terminal", "x" + esc], ["export", "--prefix", "." + esc, path, "-o", out],
+                     ["ls", "--" + esc], ["cmd" + esc]):
+            r = subprocess.run([MNISTCTL] + args, capture_output=True, timeout=PROMPT * mnlib.SLOW)
+            both = r.stdout + r.stderr
+            self.assertNotIn(b"\x1b", both, args)
+            self.assertNotIn(b"\x07", both, args)
+            self.assertIn(b"\\x1b]0;owned", both, args)
+
     def test_strings_from_files_are_escaped(self):
         esc = "\x1b]0;owned\x07\x1b[2J"
         forged = "\n2026-01-01T00:00:00.000Z info evaluation step=999 accuracy=1.0000"

@@ -387,6 +387,42 @@ START_TEST(test_option_error)
 }
 END_TEST
 
+/*
+ * Usage errors quote arguments, and an argument may be a file's name (a
+ * glob's expansion): escaped as ctl_errorf escapes, one line each.
+ */
+START_TEST(test_usage_error_escaped)
+{
+	char *argv[] = {(char *)"cmd", (char *)"--\x1b]0;owned\x07=\xff", NULL};
+	struct capture cap;
+	char *out;
+
+	capture_begin(&cap, 2);
+	ck_assert_int_eq(ctl_usage_error("plot", "unexpected argument \"%s\"", "m\x1b[2J\n\xc3("),
+	                 MN_EX_USAGE);
+	out = capture_end(&cap);
+	ck_assert_str_eq(out, "mnistctl plot: unexpected argument \"m\\x1b[2J\\n\\xc3(\"\n"
+	                      "Try 'mnistctl plot --help'.\n");
+	free(out);
+
+	optind = 0;
+	opterr = 0;
+	ck_assert_int_eq(getopt_long(2, argv, ":o:j", opts, NULL), '?');
+	capture_begin(&cap, 2);
+	ck_assert_int_eq(ctl_option_error("ls", '?', argv, opts), MN_EX_USAGE);
+	out = capture_end(&cap);
+	ck_assert_str_eq(out, "mnistctl ls: unknown option --\\x1b]0;owned\\x07\n"
+	                      "Try 'mnistctl ls --help'.\n");
+	free(out);
+
+	capture_begin(&cap, 2);
+	ck_assert_int_eq(ctl_check_prefix("ls", ".\x1b[31m"), MN_EX_USAGE);
+	out = capture_end(&cap);
+	ck_assert_msg(strstr(out, "--prefix \".\\x1b[31m\"") && !strchr(out, '\x1b'), "%s", out);
+	free(out);
+}
+END_TEST
+
 /* ---- JSON builders ---- */
 
 /* Prints root with ctl_json_fprint and returns the text (malloc'd); asserts success. */
@@ -1832,8 +1868,8 @@ int main(void)
 	Suite *s = suite_create("ctl_util");
 
 	MN_TEST_ADD(mn_test_tcase(s, "escape", setup, teardown), test_fputs_escaped,
-	            test_fputs_escaped_long, test_errorf, test_usage_error, test_option_message,
-	            test_option_error);
+	            test_fputs_escaped_long, test_errorf, test_usage_error,
+	            test_usage_error_escaped, test_option_message, test_option_error);
 	MN_TEST_ADD(mn_test_tcase(s, "json", setup, teardown), test_json_str,
 	            test_json_str_exhaustive, test_json_scalars, test_json_add, test_json_failure,
 	            test_json_failure_null_item, test_json_print_null, test_json_print_stdout);
