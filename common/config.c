@@ -35,7 +35,7 @@ enum key_type {
 #define KF_RELOAD     0x1u  /* can change without a restart */
 #define KF_MIN_OPEN   0x2u  /* KT_DOUBLE: the minimum is excluded */
 #define KF_MAX_OPEN   0x4u  /* KT_DOUBLE: the maximum is excluded */
-#define KF_PLAIN_NAME 0x8u  /* KT_STRING: a file name, no '/', no leading '.' */
+#define KF_PLAIN_NAME 0x8u  /* KT_STRING: a file name, no '/', no leading '.', no controls */
 #define KF_PROM_FILE  0x10u /* KT_STRING: "" or a path whose file name ends in .prom */
 
 struct key {
@@ -219,6 +219,21 @@ static bool prom_file_name(const char *path)
 	return name[0] != '.' && len > 5 && strcmp(name + len - 5, ".prom") == 0;
 }
 
+/*
+ * A checkpoint prefix is part of every file name, log line, metric label and
+ * index entry the run writes: a control character there (a pasted newline,
+ * an escape) is a mistake that would break each of them.
+ */
+bool mn_config_plain_name(const char *s)
+{
+	if (strchr(s, '/') || s[0] == '.')
+		return false;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return false;
+	return true;
+}
+
 static size_t section_len(const char *path)
 {
 	const char *dot = strchr(path, '.');
@@ -368,7 +383,7 @@ static void format_range(const struct key *k, char *buf, size_t len)
 		if (k->flags & KF_PLAIN_NAME)
 			snprintf(buf, len,
 			         "a plain file name (1 to %" PRId64
-			         " bytes, no '/', not starting with '.')",
+			         " bytes, no '/' or control characters, not starting with '.')",
 			         k->max);
 		else if (k->flags & KF_PROM_FILE)
 			snprintf(
@@ -666,7 +681,7 @@ static int set_value(const struct key *k, const char *path, const cJSON *item, s
 		if (!json_str(item, (size_t)k->min, (size_t)k->max))
 			return bad_value(k, path, item, err, errlen);
 		s = item->valuestring;
-		if ((k->flags & KF_PLAIN_NAME) && (strchr(s, '/') || s[0] == '.'))
+		if ((k->flags & KF_PLAIN_NAME) && !mn_config_plain_name(s))
 			return bad_value(k, path, item, err, errlen);
 		if ((k->flags & KF_PROM_FILE) && *s && !prom_file_name(s))
 			return bad_value(k, path, item, err, errlen);

@@ -114,6 +114,12 @@ int mn_config_parse(const char *json, size_t len, const char *name, struct mn_co
 int mn_config_load(const char *path, struct mn_config *c, char *err, size_t errlen);
 
 /*
+ * Whether s may be a checkpoint prefix: no '/', not starting with '.' and no
+ * control characters (the length limit is the caller's).
+ */
+bool mn_config_plain_name(const char *s);
+
+/*
  * The configuration as compact JSON with every key (for checkpoint
  * metadata). Returns a malloc'd string or NULL on allocation failure.
  */

@@ -199,11 +199,12 @@ int ctl_check_prefix(const char *cmd, const char *prefix)
 	char name[MN_CKPT_MAX_NAME];
 
 	/* The longest name a checkpoint of this prefix can have must fit. */
-	if (!*prefix || strchr(prefix, '/') || prefix[0] == '.' ||
+	if (!*prefix || !mn_config_plain_name(prefix) ||
 	    mn_ckptdir_filename(prefix, INT64_MAX, name, sizeof(name)) < 0)
 		return ctl_usage_error(cmd,
 		                       "--prefix \"%s\": not a checkpoint file prefix (a plain "
-		                       "file name, not starting with '.', of at most %zu bytes)",
+		                       "file name, not starting with '.', without control "
+		                       "characters, of at most %zu bytes)",
 		                       prefix, sizeof(name) - 1 - strlen("-" MN_CKPT_SUFFIX) - 19);
 	return MN_EX_OK;
 }

@@ -174,8 +174,13 @@ static const struct bad_case bad_cases[] = {
     {"{\"data\":{\"dir\":\"\"}}", "data.dir: must be a non-empty string of at most 1023 bytes"},
     {"{\"data\":{\"dir\":7}}", "data.dir: must be a non-empty string of at most 1023 bytes, got 7"},
     {"{\"checkpoint\":{\"prefix\":\"a/b\"}}",
-     "checkpoint.prefix: must be a plain file name (1 to 100 bytes, no '/', not starting with "
-     "'.'), got \"a/b\""},
+     "checkpoint.prefix: must be a plain file name (1 to 100 bytes, no '/' or control "
+     "characters, not starting with '.'), got \"a/b\""},
+    {"{\"checkpoint\":{\"prefix\":\"model\\nckpt\"}}",
+     "checkpoint.prefix: must be a plain file name"},
+    {"{\"checkpoint\":{\"prefix\":\"\\u001b]0;x\\u0007\"}}",
+     "checkpoint.prefix: must be a plain file name"},
+    {"{\"checkpoint\":{\"prefix\":\"m\\u007f\"}}", "checkpoint.prefix: must be a plain file name"},
     {"{\"checkpoint\":{\"prefix\":\".hidden\"}}", "checkpoint.prefix: must be a plain file name"},
     {"{\"checkpoint\":{\"prefix\":\"\"}}", "checkpoint.prefix: must be a plain file name"},
     {"{\"checkpoint\":{\"init_from\":5}}", "checkpoint.init_from: must be null or an object"},

@@ -827,7 +827,9 @@ START_TEST(test_check_prefix)
 	ck_assert_int_eq(check_prefix("x..y", &msg), MN_EX_OK);
 	free(msg);
 
-	static const char *const bad[] = {"", "a/b", "/abs", "dir/", ".hidden", ".", ".."};
+	static const char *const bad[] = {
+	    "",   "a/b",     "/abs",      "dir/",  ".hidden",       ".",
+	    "..", "m\nckpt", "a\x1b[31m", "m\x7f", "\x01model.ckpt"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		ck_assert_int_eq(check_prefix(bad[i], &msg), MN_EX_USAGE);
 		ck_assert_msg(strstr(msg, "mnistctl ls: --prefix") == msg, "%s", msg);
