@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +163,29 @@ size_t mne_keep_count(const struct mne_keep *k)
 	return k ? k->n : 0;
 }
 
+/*
+ * A diverged checkpoint (NaN or infinite validation loss) is never the best,
+ * whatever its accuracy: its loss cannot be written as the number every
+ * best.json reader requires, and no one wants to serve it. Logged, naming
+ * the file.
+ */
+static bool diverged(const struct mne_keep *k, const char *name, int64_t step, double accuracy,
+                     double loss)
+{
+	if (isfinite(loss))
+		return false;
+	mn_log_fields(MN_LOG_WARN, "not kept as a best checkpoint: its loss is not finite",
+	              (struct mn_log_field[]){
+	                  MN_F_STR("file", name),
+	                  MN_F_INT("step", step),
+	                  MN_F_DBL("accuracy", accuracy, 4),
+	                  MN_F_DBL("loss", isnan(loss) ? NAN : loss, 4), /* "nan", not "-nan" */
+	                  MN_F_STR("dir", k->dir),
+	              },
+	              5);
+	return true;
+}
+
 /* Builds k->next from the set with c in place of the entry of the same file; its length. */
 static size_t with_candidate(const struct mne_keep *k, const struct mn_best_entry *c, ssize_t same)
 {
@@ -241,6 +265,8 @@ int mne_keep_offer(struct mne_keep *k, int fd, const char *path, const struct mn
 		return rc;
 	}
 	dropped = rc == 1;
+	if (diverged(k, c.file, c.step, c.accuracy, c.loss))
+		return save_dropped(k, dropped, err, errlen);
 	same = find(k->e, k->n, c.file);
 	/* Already kept, as good or better (an evaluator restart re-evaluates). */
 	if (same >= 0 && !mn_best_before(&c, &k->e[same]))
@@ -310,6 +336,9 @@ static int rebuild(struct mne_keep *k, const struct mne_pick_params *eval, char 
 		 * it. */
 		if (rc < 0)
 			break;
+		/* Not listed, so removed as unlisted, as a bad file is. */
+		if (diverged(k, r.name, r.step, r.eval.accuracy, r.eval.loss))
+			continue;
 		all[m] = (struct mn_best_entry){
 		    .step = r.step, .accuracy = r.eval.accuracy, .loss = r.eval.loss};
 		snprintf(all[m].file, sizeof(all[m].file), "%s", r.name);

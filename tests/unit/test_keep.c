@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -358,6 +359,53 @@ START_TEST(a_removed_best_dir_or_file_is_kept_again)
 }
 END_TEST
 
+/*
+ * A diverged checkpoint (a non-finite validation loss, accuracy at chance)
+ * is never the best, even of an empty set: best.json's loss is a number
+ * every reader requires, and a NaN model is no model to serve. A rebuild
+ * leaves such a file out too.
+ */
+START_TEST(a_diverged_checkpoint_is_never_kept)
+{
+	struct mne_keep *k = open_keep(3);
+	struct mne_pick_result r = {.step = 2, .eval = {.accuracy = 0.9, .loss = NAN}};
+	struct mn_trainer_state ts;
+	struct mn_best_entry first;
+	int fd;
+
+	for (int64_t s = 1; s <= 3; s++)
+		publish_step(ckdir, s);
+	snprintf(r.name, sizeof(r.name), "%s", mn_basename(in(ckdir, 2)));
+	r.done_ns = mn_realtime_ns();
+	fd = open(in(ckdir, 2), O_RDONLY | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	/* Into an empty set: nothing is kept, and no best.json lists it. */
+	ck_assert_int_eq(mne_keep_offer(k, fd, in(ckdir, 2), &r, err, sizeof(err)), 0);
+	ck_assert_uint_eq(mne_keep_count(k), 0);
+	ck_assert(!mn_test_exists(bestdir, mn_basename(in(bestdir, 2))));
+	ck_assert_int_eq(offer(k, 1, 0.5), 1);
+	r.eval.loss = INFINITY;
+	ck_assert_int_eq(mne_keep_offer(k, fd, in(ckdir, 2), &r, err, sizeof(err)), 0);
+	r.eval.loss = -INFINITY;
+	ck_assert_int_eq(mne_keep_offer(k, fd, in(ckdir, 2), &r, err, sizeof(err)), 0);
+	close(fd);
+	assert_set((int64_t[]){1}, 1);
+	mne_keep_free(k);
+	/* A rebuild evaluates a NaN model in best_dir and leaves it out. */
+	mn_trainer_state(trainer, &ts);
+	for (size_t i = 0; i < ts.nparams; i++)
+		ts.params[i] = ts.shadow[i] = NAN;
+	publish_step(bestdir, 5);
+	ck_assert_int_eq(unlink(tpath_best()), 0);
+	k = open_keep(3);
+	ck_assert_uint_eq(mne_keep_count(k), 1);
+	ck_assert_msg(mn_best_first(bestdir, &first, err, sizeof(err)) == 0, "%s", err);
+	ck_assert_int_eq(first.step, 1);
+	ck_assert(!mn_test_exists(bestdir, mn_basename(in(bestdir, 5))));
+	mne_keep_free(k);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("keep");
@@ -368,6 +416,7 @@ int main(void)
 	            a_failed_publish_leaves_the_previous_set, reopening_keeps_and_repairs_the_set,
 	            a_corrupt_best_json_is_rebuilt_by_evaluating,
 	            a_rebuild_that_cannot_evaluate_removes_nothing,
-	            best_dir_must_not_be_checkpoint_dir, a_removed_best_dir_or_file_is_kept_again);
+	            best_dir_must_not_be_checkpoint_dir, a_removed_best_dir_or_file_is_kept_again,
+	            a_diverged_checkpoint_is_never_kept);
 	return mn_test_run(s);
 }
