@@ -446,6 +446,15 @@ static bool same_dir(const char *a, const char *b)
 	       sa.st_ino == sb.st_ino;
 }
 
+static bool has_trainer_lock(const char *dir)
+{
+	char path[PATH_MAX + sizeof(MN_CKPTDIR_LOCK)];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, MN_CKPTDIR_LOCK);
+	return lstat(path, &st) == 0;
+}
+
 int mne_keep_open(const struct mne_keep_params *p, struct mne_keep **out, char *err, size_t errlen)
 {
 	struct mne_keep *k;
@@ -466,6 +475,18 @@ int mne_keep_open(const struct mne_keep_params *p, struct mne_keep **out, char *
 		mn_errf(err, errlen,
 		        "%s: eval.best_dir is checkpoint.dir; it needs a directory of its own",
 		        p->dir);
+		return -EINVAL;
+	}
+	/*
+	 * Another run's checkpoint.dir (its trainer's lock file is there, running
+	 * or not): a rebuild would remove all of that run's checkpoints but the
+	 * best, and a kept file would replace its own of the same name.
+	 */
+	if (has_trainer_lock(p->dir)) {
+		mn_errf(err, errlen,
+		        "%s: eval.best_dir is an mnistd checkpoint.dir (it holds %s); it needs a "
+		        "directory of its own",
+		        p->dir, MN_CKPTDIR_LOCK);
 		return -EINVAL;
 	}
 	k = calloc(1, sizeof(*k));

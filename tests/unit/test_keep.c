@@ -331,6 +331,37 @@ START_TEST(best_dir_must_not_be_checkpoint_dir)
 END_TEST
 
 /*
+ * best_dir set to another run's checkpoint.dir (a copied configuration): a
+ * rebuild there would have removed every checkpoint of that run but the
+ * best, and kept files would replace its own of the same name. Whatever
+ * trainer wrote it, running or not, its lock file says whose it is.
+ */
+START_TEST(best_dir_must_not_be_a_trainer_s_directory)
+{
+	char other[PATH_MAX + 16];
+	struct mne_keep_params p = {
+	    .dir = other, .keep = 1, .prefix = PREFIX, .ckpt_dir = ckdir, .eval = &eval};
+	struct mne_keep *k = NULL;
+	int fd;
+
+	snprintf(other, sizeof(other), "%s/other-run", tmpdir);
+	ck_assert_int_eq(mkdir(other, 0755), 0);
+	fd = mn_ckptdir_lock(other, err, sizeof(err));
+	ck_assert_msg(fd >= 0, "%s", err);
+	ck_assert_int_eq(close(fd), 0);
+	for (int64_t s = 1; s <= 3; s++)
+		publish_step(other, s);
+	ck_assert_int_eq(mne_keep_open(&p, &k, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_null(k);
+	ck_assert_ptr_nonnull(strstr(err, other));
+	ck_assert_ptr_nonnull(strstr(err, "checkpoint.dir"));
+	for (int64_t s = 1; s <= 3; s++)
+		ck_assert_int_eq(access(in(other, s), F_OK), 0);
+	ck_assert(!mn_test_exists(other, "best.json"));
+}
+END_TEST
+
+/*
  * best_dir removed while the evaluator runs (rm -rf, a cleanup), or a kept
  * file deleted: what is gone is no longer the best kept, so the next
  * evaluation is kept again, in a best_dir made afresh, as a restart would.
@@ -416,7 +447,7 @@ int main(void)
 	            a_failed_publish_leaves_the_previous_set, reopening_keeps_and_repairs_the_set,
 	            a_corrupt_best_json_is_rebuilt_by_evaluating,
 	            a_rebuild_that_cannot_evaluate_removes_nothing,
-	            best_dir_must_not_be_checkpoint_dir, a_removed_best_dir_or_file_is_kept_again,
-	            a_diverged_checkpoint_is_never_kept);
+	            best_dir_must_not_be_checkpoint_dir, best_dir_must_not_be_a_trainer_s_directory,
+	            a_removed_best_dir_or_file_is_kept_again, a_diverged_checkpoint_is_never_kept);
 	return mn_test_run(s);
 }
