@@ -10,11 +10,14 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "app.h"
+#include "best.h"
 #include "ckpt.h"
 #include "ckptdir.h"
 #include "config.h"
@@ -477,6 +480,15 @@ static int resume(struct daemon *d, struct mn_trainer *t, char *latest, size_t l
 	return MN_EX_OK;
 }
 
+static bool holds_best_json(const char *dir)
+{
+	char path[PATH_MAX + sizeof(MN_BEST_FILE)];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, MN_BEST_FILE);
+	return lstat(path, &st) == 0;
+}
+
 /* Loads the data, builds the trainer and restores it. Returns an exit status. */
 static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t len)
 {
@@ -507,6 +519,21 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "checkpoint.dir: %s", err);
 		return MN_EX_FAILURE;
+	}
+	/*
+	 * mnist-eval's eval.best_dir (a copied configuration): resuming would
+	 * take its best file and retention would then delete the kept ones.
+	 * Checked before the lock file, which would make the evaluator refuse
+	 * the directory for good.
+	 */
+	if (holds_best_json(cfg->checkpoint.dir)) {
+		mn_log(
+		    MN_LOG_ERROR,
+		    "checkpoint.dir: %s holds %s: it is mnist-eval's eval.best_dir, whose kept "
+		    "checkpoints retention would delete; give the trainer a directory of its own "
+		    "(checkpoint.init_from can start from a kept checkpoint)",
+		    cfg->checkpoint.dir, MN_BEST_FILE);
+		return MN_EX_CONFIG;
 	}
 	rc = mn_ckptdir_check_writable(cfg->checkpoint.dir, err, sizeof(err));
 	if (rc < 0) {

@@ -191,6 +191,33 @@ class BestTest(mnlib.TestCase):
         self.assertEqual(ckpt_steps(self.src), [20, 40, 60, 80])
         self.assertFalse(os.path.exists(os.path.join(self.src, "best.json")))
 
+    def test_directories_of_two_runs_are_not_crossed(self):
+        self.sources()
+        path, _ = self.eval_config(self.src)
+        r = self.run_prog([te.MNIST_EVAL, "--config", path, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        kept = self.best_files()
+        self.assertEqual(kept, [ckpt_name(80)])
+        best_text = read_text(os.path.join(self.best, "best.json"))
+        # A trainer given best_dir as its checkpoint.dir (a copied configuration) would
+        # resume from the best file and let retention delete it: refused, nothing touched.
+        tpath, _ = self.config("trainer.json", train={"max_steps": 200},
+                               checkpoint={"dir": self.best, "every_steps": 20, "max_to_keep": 1})
+        p = self.start([MNISTD, "--config", tpath], "trainer")
+        self.assertEqual(p.wait(120), 78, p.output())
+        self.assertIn("checkpoint.dir: %s holds best.json" % self.best, p.output())
+        self.assertEqual(sorted(os.listdir(self.best)), ["best.json"] + kept)
+        self.assertEqual(read_text(os.path.join(self.best, "best.json")), best_text)
+        # An evaluator given another run's checkpoint.dir as its best_dir would rebuild a
+        # best.json there and remove all that run's checkpoints but the best: refused.
+        other = os.path.join(self.work, "other")
+        os.makedirs(other)
+        epath, _ = self.eval_config(other, name="other.json", eval={"best_dir": self.src})
+        r = self.run_prog([te.MNIST_EVAL, "--config", epath, "--once"])
+        self.assertIn("%s: eval.best_dir is an mnistd checkpoint.dir" % self.src, r.stdout)
+        self.assertEqual(ckpt_steps(self.src), [20, 40, 60, 80])
+        self.assertFalse(os.path.exists(os.path.join(self.src, "best.json")))
+
     def test_best_dir_on_another_filesystem_and_a_full_disk(self):
         self.sources()
         mnt = self.small_fs("6m")
