@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +24,7 @@ struct mne_keep {
 	char prefix[MN_CONFIG_NAME_MAX];
 	size_t keep;
 	size_t n;
+	int lock_fd;                /* best_dir itself, flock'ed: one keeper per best_dir; or -1 */
 	struct mn_best_entry *e;    /* keep entries, best first */
 	struct mn_best_entry *next; /* keep + 1 entries: the set being built by an offer */
 };
@@ -446,6 +448,39 @@ static bool same_dir(const char *a, const char *b)
 	       sa.st_ino == sb.st_ino;
 }
 
+/*
+ * One keeper per best_dir: two evaluators (two runs, one copied
+ * configuration) would each write best.json with its own set, and the files
+ * of the other run's set, then unlisted, would be removed at the next start.
+ * The lock is on the directory itself (no file in it), released by the
+ * kernel when the process dies. Returns the descriptor, -EWOULDBLOCK with a
+ * message when another process holds it, or -1 when the filesystem cannot
+ * lock a directory (then it is not enforced: logged).
+ */
+static int lock_dir(const char *dir, char *err, size_t errlen)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0) {
+		mn_log(MN_LOG_WARN, "%s: cannot open to lock: %s", dir, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+		return fd;
+	if (errno == EWOULDBLOCK) {
+		mn_errf(err, errlen,
+		        "%s: another mnist-eval keeps its best checkpoints here; give each run an "
+		        "eval.best_dir of its own",
+		        dir);
+		close(fd);
+		return -EWOULDBLOCK;
+	}
+	mn_log(MN_LOG_WARN, "%s: cannot lock (%s): a second evaluator on it would not be refused",
+	       dir, strerror(errno));
+	close(fd);
+	return -1;
+}
+
 static bool has_trainer_lock(const char *dir)
 {
 	char path[PATH_MAX + sizeof(MN_CKPTDIR_LOCK)];
@@ -490,11 +525,20 @@ int mne_keep_open(const struct mne_keep_params *p, struct mne_keep **out, char *
 		return -EINVAL;
 	}
 	k = calloc(1, sizeof(*k));
+	if (k)
+		k->lock_fd = -1;
 	if (!k || !(k->e = calloc(p->keep, sizeof(*k->e))) ||
 	    !(k->next = calloc(p->keep + 1, sizeof(*k->next)))) {
 		mne_keep_free(k);
 		mn_errf(err, errlen, "out of memory");
 		return -ENOMEM;
+	}
+	/* Before anything in best_dir is read or touched. */
+	k->lock_fd = lock_dir(p->dir, err, errlen);
+	if (k->lock_fd == -EWOULDBLOCK) {
+		k->lock_fd = -1;
+		mne_keep_free(k);
+		return -EWOULDBLOCK;
 	}
 	snprintf(k->dir, sizeof(k->dir), "%s", p->dir);
 	snprintf(k->prefix, sizeof(k->prefix), "%s", p->prefix);
@@ -515,6 +559,8 @@ void mne_keep_free(struct mne_keep *k)
 {
 	if (!k)
 		return;
+	if (k->lock_fd >= 0)
+		close(k->lock_fd);
 	free(k->e);
 	free(k->next);
 	free(k);

@@ -13,7 +13,10 @@
  * new best.json fails (a full disk), the new file is removed again and the
  * previous set stays exactly as it was.
  *
- * At open, best.json is read, so the set survives restarts and never gets
+ * At open, best_dir is locked (flock on the directory): one keeper per
+ * best_dir, so two evaluators never rewrite each other's best.json. It must
+ * not be checkpoint.dir, nor hold a trainer's lock file (another run's
+ * checkpoint.dir). Then best.json is read, so the set survives restarts and never gets
  * worse by one; entries whose file is missing are dropped, and checkpoint
  * files in best_dir that best.json does not list (a crash between publish
  * and best.json) are removed. A corrupt best.json, or checkpoint files with
@@ -50,7 +53,8 @@ struct mne_keep;
 
 /*
  * Opens (creating dir) and loads or rebuilds the set. Fails with a message
- * if dir cannot be created or read, or is checkpoint.dir itself (-EINVAL).
+ * if dir cannot be created or read, is checkpoint.dir itself or another
+ * run's (-EINVAL), or another process keeps in it (-EWOULDBLOCK).
  */
 int mne_keep_open(const struct mne_keep_params *p, struct mne_keep **out, char *err, size_t errlen);
 

@@ -218,6 +218,29 @@ class BestTest(mnlib.TestCase):
         self.assertEqual(ckpt_steps(self.src), [20, 40, 60, 80])
         self.assertFalse(os.path.exists(os.path.join(self.src, "best.json")))
 
+    def test_one_evaluator_per_best_dir(self):
+        # Two runs' evaluators on one best_dir each wrote best.json with its own set; the
+        # other's files, unlisted, were removed at the next start. The second is refused.
+        self.sources()
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        path, _ = self.eval_config(d)
+        ev = self.start_eval(path)
+        mine = self.offer(80, 100, d)
+        self.assert_best([mine], 1)
+        other, _ = self.eval_config(self.src, name="other.json",
+                                    eval={"metrics_file": os.path.join(self.work, "other.jsonl")})
+        r = self.run_prog([te.MNIST_EVAL, "--config", other, "--once"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("eval.best_dir: %s: another mnist-eval keeps its best checkpoints here" % self.best,
+                      r.stdout)
+        self.assertIn("evaluation step=80 ", r.stdout)
+        self.assert_best([mine], 1)
+        # Once the first is gone, the directory is free again.
+        self.stop(ev)
+        r = self.run_prog([te.MNIST_EVAL, "--config", other, "--once"])
+        self.assertNotIn("another mnist-eval", r.stdout)
+
     def test_best_dir_on_another_filesystem_and_a_full_disk(self):
         self.sources()
         mnt = self.small_fs("6m")

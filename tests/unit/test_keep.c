@@ -362,6 +362,32 @@ START_TEST(best_dir_must_not_be_a_trainer_s_directory)
 END_TEST
 
 /*
+ * Two evaluators on one best_dir (two runs, one copied configuration) each
+ * rewrote best.json with its own set: one run's best went unlisted, and the
+ * next start removed it. One keeper per best_dir: the second is refused,
+ * naming the directory, until the first is gone.
+ */
+START_TEST(one_keeper_per_best_dir)
+{
+	struct mne_keep_params p = {
+	    .dir = bestdir, .keep = 1, .prefix = PREFIX, .ckpt_dir = ckdir, .eval = &eval};
+	struct mne_keep *k = open_keep(1), *k2 = NULL;
+
+	publish_step(ckdir, 1);
+	ck_assert_int_eq(offer(k, 1, 0.5), 1);
+	ck_assert_int_eq(mne_keep_open(&p, &k2, err, sizeof(err)), -EWOULDBLOCK);
+	ck_assert_ptr_null(k2);
+	ck_assert_ptr_nonnull(strstr(err, bestdir));
+	ck_assert_ptr_nonnull(strstr(err, "another mnist-eval"));
+	assert_set((int64_t[]){1}, 1);
+	mne_keep_free(k);
+	k = open_keep(1);
+	assert_set((int64_t[]){1}, 1);
+	mne_keep_free(k);
+}
+END_TEST
+
+/*
  * best_dir removed while the evaluator runs (rm -rf, a cleanup), or a kept
  * file deleted: what is gone is no longer the best kept, so the next
  * evaluation is kept again, in a best_dir made afresh, as a restart would.
@@ -448,6 +474,7 @@ int main(void)
 	            a_corrupt_best_json_is_rebuilt_by_evaluating,
 	            a_rebuild_that_cannot_evaluate_removes_nothing,
 	            best_dir_must_not_be_checkpoint_dir, best_dir_must_not_be_a_trainer_s_directory,
-	            a_removed_best_dir_or_file_is_kept_again, a_diverged_checkpoint_is_never_kept);
+	            one_keeper_per_best_dir, a_removed_best_dir_or_file_is_kept_again,
+	            a_diverged_checkpoint_is_never_kept);
 	return mn_test_run(s);
 }
