@@ -16,10 +16,10 @@
  * At open, best_dir is locked (flock on the directory): one keeper per
  * best_dir, so two evaluators never rewrite each other's best.json. It must
  * not be checkpoint.dir, nor hold a trainer's lock file (another run's
- * checkpoint.dir). Then best.json is read, so the set survives restarts and never gets
- * worse by one; entries whose file is missing are dropped, and checkpoint
- * files in best_dir that best.json does not list (a crash between publish
- * and best.json) are removed. A corrupt best.json, or checkpoint files with
+ * checkpoint.dir). Then best.json is read, so the set survives restarts
+ * and never gets worse by one; entries whose file is missing are dropped,
+ * and checkpoint files in best_dir that best.json does not list (a crash
+ * between publish and best.json) are removed. A corrupt best.json, or checkpoint files with
  * none, is rebuilt by evaluating those files, with a warning.
  *
  * While running, each offer first looks at the disk the same way: best_dir
