@@ -56,6 +56,19 @@ struct mnd_early;
 int mnd_early_start(uv_loop_t *loop, const struct mnd_early_params *p, struct mnd_early **out,
                     char *err, size_t errlen);
 
+/*
+ * The verdict the metrics file holds already, for a trainer about to train
+ * from p->current_step(): reads its complete lines now and judges them as
+ * the follower would (quietly: the follower logs them when it reads them
+ * again), so that a run whose patience ran out is not trained on at a
+ * restart. Fills *s; returns 1 if patience has run out, 0 if not (or there
+ * is no file yet), or a negative errno with a message naming the file if it
+ * cannot be read (something other than a regular file under the name is
+ * refused, never waited on). Calls no callback but current_step.
+ */
+int mnd_early_verdict(const struct mnd_early_params *p, struct mnd_early_status *s, char *err,
+                      size_t errlen);
+
 /* Copies the current state. */
 void mnd_early_get_status(const struct mnd_early *e, struct mnd_early_status *s);
 

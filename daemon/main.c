@@ -57,6 +57,7 @@ struct daemon {
 	struct mnd_history *history; /* train.metrics_file (rank 0), NULL when unset */
 	int64_t start_ns;            /* wall clock at start, for the metrics */
 	struct mnd_early *early;     /* train.early_stopping, NULL when off */
+	int64_t start_step;          /* the step training starts from, until the worker runs */
 	int lock_fd; /* holds checkpoint.dir's writer lock; -1 before setup takes it */
 	int ex;      /* exit status */
 };
@@ -600,7 +601,7 @@ static int64_t current_step(void *arg)
 	struct mnd_worker_status s;
 
 	if (!d->worker)
-		return -1;
+		return d->start_step;
 	mnd_worker_get_status(d->worker, &s);
 	return s.step;
 }
@@ -625,11 +626,46 @@ static void on_early_stop(const struct mnd_early_status *s, void *arg)
 }
 
 /*
- * Follows the evaluator's metrics file on this (the loop) thread. If that
- * cannot start, training goes on without it: stopping early is an
- * optimisation, and a failure here must never stop training.
+ * Whether the metrics file already holds the verdict for this run at the
+ * step it starts from (a restart after an early stop): then it is not
+ * trained on, as a run at max_steps is not. Not under MPI, where the ranks
+ * stop together at a step they agree on: there the follower's verdict
+ * stops it after a step.
  */
-static void start_early(struct daemon *d)
+static bool verdict_stands(struct daemon *d, const struct mnd_early_params *p)
+{
+	struct mnd_early_status s;
+	char err[MN_ERRLEN];
+	int rc;
+
+	if (d->dist)
+		return false;
+	rc = mnd_early_verdict(p, &s, err, sizeof(err));
+	if (rc < 0)
+		mn_log(MN_LOG_WARN, "train.early_stopping.metrics_file: %s", err);
+	if (rc <= 0)
+		return false;
+	mn_log_fields(MN_LOG_INFO,
+	              "early stopping: patience ran out before this start, not training",
+	              (struct mn_log_field[]){
+	                  MN_F_INT("best_step", s.best_step),
+	                  MN_F_DBL("best_accuracy", s.best_accuracy, 4),
+	                  MN_F_INT("evaluations_since", s.since_best),
+	                  MN_F_INT("step", d->start_step),
+	                  MN_F_DBL("min_delta", d->app.cfg.train.early_stopping.min_delta, -1),
+	              },
+	              5);
+	return true;
+}
+
+/*
+ * Follows the evaluator's metrics file on this (the loop) thread, from
+ * before the worker starts (it calls nothing until the loop runs). If that
+ * cannot start, training goes on without it: stopping early is an
+ * optimisation, and a failure here must never stop training. Returns true
+ * if the run's verdict is in already: then nothing is to be trained.
+ */
+static bool start_early(struct daemon *d, struct mn_trainer *t)
 {
 	const struct mn_config *c = &d->app.cfg;
 	struct mnd_early_params p = {
@@ -645,13 +681,7 @@ static void start_early(struct daemon *d)
 	char err[MN_ERRLEN];
 
 	if (!c->train.early_stopping.enabled)
-		return;
-	if (mnd_early_start(&d->app.loop, &p, &d->early, err, sizeof(err)) < 0) {
-		mn_log(MN_LOG_ERROR, "%s; training without early stopping", err);
-		return;
-	}
-	if (d->control)
-		mnd_control_set_early(d->control, d->early);
+		return false;
 	mn_log_fields(MN_LOG_INFO, "early stopping on",
 	              (struct mn_log_field[]){
 	                  MN_F_STR("metrics_file", p.metrics_file),
@@ -659,6 +689,16 @@ static void start_early(struct daemon *d)
 	                  MN_F_DBL("min_delta", p.min_delta, -1),
 	              },
 	              3);
+	d->start_step = mn_trainer_global_step(t);
+	if (verdict_stands(d, &p))
+		return true;
+	if (mnd_early_start(&d->app.loop, &p, &d->early, err, sizeof(err)) < 0) {
+		mn_log(MN_LOG_ERROR, "%s; training without early stopping", err);
+		return false;
+	}
+	if (d->control)
+		mnd_control_set_early(d->control, d->early);
+	return false;
 }
 
 /* Runs the daemon from the event loop's start to its end; returns the exit status. */
@@ -698,6 +738,11 @@ static int run(struct daemon *d)
 		mn_trainer_free(t);
 		goto out;
 	}
+	/* Rank 0 alone follows the evaluator: a stop is any rank's, agreed at the next step. */
+	if (mnd_dist_rank(d->dist) == 0 && start_early(d, t)) {
+		mn_trainer_free(t);
+		goto out;
+	}
 	if (mnd_dist_rank(d->dist) == 0) {
 		uv_timer_init(&d->app.loop, &d->progress);
 		d->progress.data = d;
@@ -725,9 +770,6 @@ static int run(struct daemon *d)
 	    mnd_textfile_start(&d->app.loop, d->worker, &d->app.cfg, d->start_ns, &d->metrics, err,
 	                       sizeof(err)) < 0)
 		mn_log(MN_LOG_ERROR, "metrics.textfile: %s", err);
-	/* Rank 0 alone follows the evaluator: a stop is any rank's, agreed at the next step. */
-	if (mnd_dist_rank(d->dist) == 0)
-		start_early(d);
 	uv_run(&d->app.loop, UV_RUN_DEFAULT);
 out:
 	if (d->control) {
@@ -780,7 +822,8 @@ int main(int argc, char **argv)
 	};
 	struct daemon d = {
 	    .app = {.name = "mnistd", .config_path = MN_DEFAULT_CONFIG, .user = MN_CONFIG_TRAINER},
-	    .lock_fd = -1};
+	    .lock_fd = -1,
+	    .start_step = -1};
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
 	int c, ex;

@@ -279,13 +279,13 @@ class EarlyStoppingTest(mnlib.TestCase):
         super().setUp()
         self.metrics_path = os.path.join(self.work, "metrics.jsonl")
 
-    def trainer(self, patience=3, min_delta=0, **sections):
+    def trainer(self, patience=3, min_delta=0, name="mnistd", **sections):
         sections.setdefault("train", {})
         sections["train"] = dict({"max_steps": 10 ** 9, "early_stopping": {
             "metrics_file": self.metrics_path, "patience": patience, "min_delta": min_delta}}, **sections["train"])
         sections.setdefault("checkpoint", {"every_steps": 10 ** 6})
         self.cfg_path, self.cfg = self.config(**sections)
-        d = self.start([MNISTD, "--config", self.cfg_path], "mnistd")
+        d = self.start([MNISTD, "--config", self.cfg_path], name)
         d.wait_output("early stopping on")
         return d
 
@@ -367,6 +367,40 @@ class EarlyStoppingTest(mnlib.TestCase):
         self.assertIn("reading it from the start", d.output())
         # And it still fires on a real verdict.
         self.write(self.ev(300, 0.9), self.ev(400, 0.9))
+        self.assertEqual(d.wait(60), 0, d.output())
+
+    def test_a_restart_after_the_verdict_does_not_train_on(self):
+        # A run that trained to step 300, and the evaluator's verdict on it: no improvement
+        # in the last 3 evaluations (patience 3). Then the trainer is started again (a
+        # reboot, systemctl restart): it trained a step or more and published a new
+        # checkpoint at every start (retention deleting an older one) before it read the
+        # verdict again. It stops at once now, as a run at max_steps does.
+        path, cfg = self.config(train={"max_steps": 300}, checkpoint={"every_steps": 100})
+        p = self.start([MNISTD, "--config", path], "first")
+        self.assertEqual(p.wait(120), 0, p.output())
+        ckdir = cfg["checkpoint"]["dir"]
+        def files():
+            """The checkpoints and checkpoint.json, untouched (the lock file is rewritten)."""
+            return {n: os.stat(os.path.join(ckdir, n)).st_mtime_ns for n in os.listdir(ckdir)
+                    if not n.startswith(".")}
+
+        before = files()
+        self.assertEqual(ckpt_steps(ckdir), [100, 200, 300])
+        # Not counted: a longer, older run's evaluation beyond this run's step.
+        self.write(self.ev(100, 0.8), self.ev(150, 0.7), self.ev(200, 0.8), self.ev(300, 0.79),
+                   self.ev(5000, 0.99))
+        d = self.trainer(patience=3, checkpoint={"every_steps": 100})
+        self.assertEqual(d.wait(60), 0, d.output())
+        out = d.output()
+        self.assertRegex(out, r"early stopping: patience ran out before this start, not training "
+                              r"best_step=100 best_accuracy=0\.8000 evaluations_since=3")
+        self.assertNotIn("checkpoint published", out)
+        self.assertEqual(files(), before)
+        # With more patience it trains on from where it was.
+        d = self.trainer(patience=4, name="patient", checkpoint={"every_steps": 100})
+        self.wait_status(lambda r: r["step"] > 300, "training on past step 300")
+        self.assertNotIn("not training", d.output())
+        d.signal(signal.SIGTERM)
         self.assertEqual(d.wait(60), 0, d.output())
 
     def test_real_trainer_and_evaluator_stop_early(self):

@@ -7,9 +7,13 @@
  */
 #include <check.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "early.h"
+#include "follow.h"
 #include "mn_test.h"
 #include "mn_test_uv.h"
 
@@ -171,12 +175,80 @@ START_TEST(test_file_that_appears_later)
 }
 END_TEST
 
+/*
+ * The verdict a metrics file already holds for a trainer starting at a
+ * step, read before it trains: judged as the follower judges the same lines
+ * (this run's newer evaluations only), a partial last line not yet a line.
+ */
+START_TEST(test_verdict_before_training)
+{
+	struct mnd_early_params p = {.metrics_file = metrics,
+	                             .patience = 2,
+	                             .min_delta = 0.01,
+	                             .mode = MN_WATCH_AUTO,
+	                             .poll_interval_ms = 20,
+	                             .current_step = get_step,
+	                             .on_stop = on_stop};
+	struct mnd_early_status s;
+	char err[256] = "";
+
+	/* No file: no verdict. */
+	ck_assert_int_eq(mnd_early_verdict(&p, &s, err, sizeof(err)), 0);
+	ck_assert(!s.have_best);
+	current_step = 300;
+	append("{\"step\": 100, \"accuracy\": 0.50}\n"
+	       "garbage\n"
+	       "{\"step\": 100, \"accuracy\": 0.10}\n"
+	       "{\"step\": 200, \"accuracy\": 0.505}\n"
+	       "{\"step\": 900, \"accuracy\": 0.40}\n");
+	ck_assert_int_eq(mnd_early_verdict(&p, &s, err, sizeof(err)), 0);
+	ck_assert_int_eq(s.evaluations, 2);
+	ck_assert_int_eq(s.since_best, 1);
+	ck_assert(!s.stopped);
+	/*
+	 * Longer than the follower delivers: skipped by both, however valid
+	 * (leading white space is valid JSON), its end as much as its start.
+	 */
+	{
+		static char longline[MN_FOLLOW_LINE_DEFAULT + 64];
+		const char *tail = "{\"step\": 250, \"accuracy\": 0.1}\n";
+		size_t pad = MN_FOLLOW_LINE_DEFAULT + 1;
+
+		memset(longline, ' ', pad);
+		memcpy(longline + pad, tail, strlen(tail) + 1);
+		append(longline);
+	}
+	ck_assert_int_eq(mnd_early_verdict(&p, &s, err, sizeof(err)), 0);
+	ck_assert_int_eq(s.evaluations, 2);
+	/* Not a line until its newline comes. */
+	append("{\"step\": 300, \"accuracy\": 0.49}");
+	ck_assert_int_eq(mnd_early_verdict(&p, &s, err, sizeof(err)), 0);
+	append("\n");
+	ck_assert_int_eq(mnd_early_verdict(&p, &s, err, sizeof(err)), 1);
+	ck_assert(s.stopped);
+	ck_assert_int_eq(s.best_step, 100);
+	ck_assert_double_eq(s.best_accuracy, 0.50);
+	ck_assert_int_eq(s.since_best, 2);
+	ck_assert_int_eq(s.patience, 2);
+	/* Started at an earlier step, the same file holds no verdict. */
+	current_step = 200;
+	ck_assert_int_eq(mnd_early_verdict(&p, &s, err, sizeof(err)), 0);
+	/* Nothing was called: the caller decides. */
+	ck_assert_int_eq(stops, 0);
+	/* Something other than a file under the name is an error, never waited on. */
+	ck_assert_int_eq(unlink(metrics), 0);
+	ck_assert_int_eq(mkfifo(metrics, 0644), 0);
+	ck_assert_int_lt(mnd_early_verdict(&p, &s, err, sizeof(err)), 0);
+	ck_assert_ptr_nonnull(strstr(err, metrics));
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("early");
 	TCase *tc = mn_test_tcase(s, "early", setup, teardown);
 
 	MN_TEST_ADD(tc, test_patience_runs_out, test_only_new_evaluations_of_this_run_count,
-	            test_file_that_appears_later);
+	            test_file_that_appears_later, test_verdict_before_training);
 	return mn_test_run(s);
 }
