@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "json.h"
 
@@ -168,16 +169,20 @@ out:
 	return rc;
 }
 
-int mn_best_load_file(const char *path, struct mn_best_entry **out, size_t *n, char *err,
-                      size_t errlen)
+static int load(const char *path, unsigned flags, struct mn_best_entry **out, size_t *n, char *err,
+                size_t errlen)
 {
 	char *text = NULL;
 	size_t len = 0;
-	int rc;
+	int fd, rc;
 
 	*out = NULL;
 	*n = 0;
-	rc = mn_read_file(path, BEST_FILE_MAX, &text, &len, err, errlen);
+	fd = mn_open_regular(path, flags, NULL, err, errlen);
+	if (fd < 0)
+		return fd;
+	rc = mn_read_fd(fd, path, BEST_FILE_MAX, &text, &len, err, errlen);
+	close(fd);
 	if (rc < 0)
 		return rc;
 	rc = parse(text, len, out, n, err, errlen);
@@ -187,12 +192,19 @@ int mn_best_load_file(const char *path, struct mn_best_entry **out, size_t *n, c
 	return rc;
 }
 
+int mn_best_load_file(const char *path, struct mn_best_entry **out, size_t *n, char *err,
+                      size_t errlen)
+{
+	return load(path, 0, out, n, err, errlen);
+}
+
 int mn_best_load(const char *dir, struct mn_best_entry **out, size_t *n, char *err, size_t errlen)
 {
 	char path[4096];
 
 	snprintf(path, sizeof(path), "%s/%s", dir, MN_BEST_FILE);
-	return mn_best_load_file(path, out, n, err, errlen);
+	/* The writer never makes a link: one points at a list that is not this directory's. */
+	return load(path, MN_OPEN_NOFOLLOW, out, n, err, errlen);
 }
 
 int mn_best_first(const char *dir, struct mn_best_entry *out, char *err, size_t errlen)

@@ -94,6 +94,32 @@ START_TEST(missing_file)
 }
 END_TEST
 
+/*
+ * best.json in a directory is never a symbolic link (the writer makes none):
+ * one is refused, not followed to a list that is not this directory's (the
+ * evaluator would remove the kept files it does not name). A path given as
+ * such (mnistctl plot --best FILE) is the user's to point anywhere.
+ */
+START_TEST(a_symbolic_link_is_not_followed)
+{
+	struct mn_best_entry *got = NULL;
+	char err[MN_ERRLEN], elsewhere[PATH_MAX + 32], link_path[PATH_MAX + 32];
+	size_t n = 0;
+
+	snprintf(elsewhere, sizeof(elsewhere), "%s/elsewhere.json", dir);
+	snprintf(link_path, sizeof(link_path), "%s/best.json", dir);
+	mn_test_write_file(elsewhere, "{\"best\": []}", 12);
+	ck_assert_int_eq(symlink(elsewhere, link_path), 0);
+	ck_assert_int_lt(mn_best_load(dir, &got, &n, err, sizeof(err)), 0);
+	ck_assert_ptr_null(got);
+	ck_assert_msg(strstr(err, link_path) != NULL, "%s", err);
+	ck_assert_msg(strstr(err, "symbolic link") != NULL, "%s", err);
+	ck_assert_int_eq(mn_best_load_file(link_path, &got, &n, err, sizeof(err)), 0);
+	ck_assert_uint_eq(n, 0);
+	free(got);
+}
+END_TEST
+
 static const struct {
 	const char *text, *want;
 } bad[] = {
@@ -160,7 +186,8 @@ int main(void)
 	Suite *s = suite_create("best");
 	TCase *tc = mn_test_tcase(s, "best", setup, teardown);
 
-	MN_TEST_ADD(tc, ranking_breaks_ties_by_earlier_step, save_and_load, missing_file);
+	MN_TEST_ADD(tc, ranking_breaks_ties_by_earlier_step, save_and_load, missing_file,
+	            a_symbolic_link_is_not_followed);
 	tcase_add_loop_test(tc, invalid_files_are_refused, 0, (int)(sizeof(bad) / sizeof(bad[0])));
 	return mn_test_run(s);
 }

@@ -417,6 +417,34 @@ START_TEST(a_removed_best_dir_or_file_is_kept_again)
 END_TEST
 
 /*
+ * best.json replaced by a symbolic link to a list that is not this
+ * directory's (an empty one here): it was followed, and every kept file it
+ * did not name was removed before its rewrite was refused. Now it is
+ * refused as it is read: nothing is removed.
+ */
+START_TEST(a_best_json_symlink_removes_nothing)
+{
+	struct mne_keep_params p = {
+	    .dir = bestdir, .keep = 1, .prefix = PREFIX, .ckpt_dir = ckdir, .eval = &eval};
+	struct mne_keep *k = open_keep(1);
+	char elsewhere[PATH_MAX + 32];
+
+	publish_step(ckdir, 1);
+	ck_assert_int_eq(offer(k, 1, 0.5), 1);
+	mne_keep_free(k);
+	k = NULL;
+	snprintf(elsewhere, sizeof(elsewhere), "%s/elsewhere.json", tmpdir);
+	mn_test_write_file(elsewhere, "{\"best\": []}", 12);
+	ck_assert_int_eq(unlink(tpath_best()), 0);
+	ck_assert_int_eq(symlink(elsewhere, tpath_best()), 0);
+	ck_assert_int_lt(mne_keep_open(&p, &k, err, sizeof(err)), 0);
+	ck_assert_ptr_null(k);
+	ck_assert_msg(strstr(err, tpath_best()) != NULL, "%s", err);
+	ck_assert_int_eq(access(in(bestdir, 1), F_OK), 0);
+}
+END_TEST
+
+/*
  * A diverged checkpoint (a non-finite validation loss, accuracy at chance)
  * is never the best, even of an empty set: best.json's loss is a number
  * every reader requires, and a NaN model is no model to serve. A rebuild
@@ -474,7 +502,7 @@ int main(void)
 	            a_corrupt_best_json_is_rebuilt_by_evaluating,
 	            a_rebuild_that_cannot_evaluate_removes_nothing,
 	            best_dir_must_not_be_checkpoint_dir, best_dir_must_not_be_a_trainer_s_directory,
-	            one_keeper_per_best_dir, a_removed_best_dir_or_file_is_kept_again,
-	            a_diverged_checkpoint_is_never_kept);
+	            one_keeper_per_best_dir, a_best_json_symlink_removes_nothing,
+	            a_removed_best_dir_or_file_is_kept_again, a_diverged_checkpoint_is_never_kept);
 	return mn_test_run(s);
 }
