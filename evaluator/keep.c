@@ -136,6 +136,15 @@ static int publish(const struct mne_keep *k, int fd, const char *src, const char
 		mn_errf(err, errlen, "%s: %s", src, strerror(-rc));
 		return rc;
 	}
+	/*
+	 * Kept already as this very file (a better result for it: evaluated
+	 * raw now): a rename of a link onto the same file would do nothing and
+	 * leave the link behind.
+	 */
+	if (stat(dst, &st) == 0 && st.st_dev == fst.st_dev && st.st_ino == fst.st_ino) {
+		*linked = true;
+		return 0;
+	}
 	unlink(tmp);
 	if (link(src, tmp) == 0) {
 		if (stat(tmp, &st) == 0 && st.st_dev == fst.st_dev && st.st_ino == fst.st_ino)

@@ -144,6 +144,13 @@ START_TEST(top_k_with_ties_to_the_earlier_step)
 	/* The same file again, no better: nothing changes. */
 	ck_assert_int_eq(offer(k, 2, 0.75), 0);
 	ck_assert_uint_eq(mne_keep_count(k), 2);
+	/*
+	 * The same file better (a restart that evaluates raw weights now):
+	 * its record improves; the link it already is stays, and no
+	 * temporary file is left beside it.
+	 */
+	ck_assert_int_eq(offer(k, 3, 0.8), 1);
+	assert_set((int64_t[]){3, 2}, 2);
 	/* Linked on the same filesystem. */
 	ck_assert(same_inode(in(bestdir, 2), in(ckdir, 2)));
 	mne_keep_free(k);
