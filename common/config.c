@@ -925,6 +925,22 @@ static int check_outputs(const struct mn_config *c, char *err, size_t errlen)
 			return -EINVAL;
 		}
 	}
+	/*
+	 * The early stopper reads the evaluator's accuracies: any other of
+	 * these files (the trainer's own history, a near name) has none, and
+	 * training would never stop early, with only a warning per line.
+	 */
+	for (size_t i = 0; c->train.early_stopping.enabled && i < n; i++) {
+		if (out[i].path == c->eval.metrics_file ||
+		    strcmp(out[i].path, c->train.early_stopping.metrics_file) != 0)
+			continue;
+		mn_errf(err, errlen,
+		        "train.early_stopping.metrics_file: is %s (\"%s\"), which has no "
+		        "accuracies; it "
+		        "must be the evaluator's eval.metrics_file",
+		        out[i].key, out[i].path);
+		return -EINVAL;
+	}
 	return 0;
 }
 

@@ -229,6 +229,11 @@ static const struct bad_case bad_cases[] = {
      "eval.report_html: is also eval.metrics_file"},
     {"{\"log\":{\"file\":\"x.prom\"},\"eval\":{\"textfile\":\"x.prom\"}}",
      "log.file: is also eval.textfile"},
+    {"{\"train\":{\"metrics_file\":\"h\",\"early_stopping\":{\"metrics_file\":\"h\"}}}",
+     "train.early_stopping.metrics_file: is train.metrics_file (\"h\"), which has no "
+     "accuracies; it must be the evaluator's eval.metrics_file"},
+    {"{\"train\":{\"early_stopping\":{\"metrics_file\":\"r\"}},\"eval\":{\"report_html\":\"r\"}}",
+     "train.early_stopping.metrics_file: is eval.report_html"},
     {"{\"train\":{},\"train\":{}}", "train: duplicate section"},
     {"{\n \"train\": {\n  \"batch_size\": 1,\n }\n}", "test.json: invalid JSON at line 4"},
     {"{} x", "test.json: invalid JSON at line 1"},
