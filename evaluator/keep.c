@@ -211,6 +211,39 @@ static size_t with_candidate(const struct mne_keep *k, const struct mn_best_entr
 }
 
 /*
+ * One keeper per best_dir: two evaluators (two runs, one copied
+ * configuration) would each write best.json with its own set, and the files
+ * of the other run's set, then unlisted, would be removed at the next start.
+ * The lock is on the directory itself (no file in it), released by the
+ * kernel when the process dies. Returns the descriptor, -EWOULDBLOCK with a
+ * message when another process holds it, or -1 when the filesystem cannot
+ * lock a directory (then it is not enforced: logged).
+ */
+static int lock_dir(const char *dir, char *err, size_t errlen)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (fd < 0) {
+		mn_log(MN_LOG_WARN, "%s: cannot open to lock: %s", dir, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+		return fd;
+	if (errno == EWOULDBLOCK) {
+		mn_errf(err, errlen,
+		        "%s: another mnist-eval keeps its best checkpoints here; give each run an "
+		        "eval.best_dir of its own",
+		        dir);
+		close(fd);
+		return -EWOULDBLOCK;
+	}
+	mn_log(MN_LOG_WARN, "%s: cannot lock (%s): a second evaluator on it would not be refused",
+	       dir, strerror(errno));
+	close(fd);
+	return -1;
+}
+
+/*
  * The set as the disk has it now: best_dir removed while running (rm -rf, a
  * cleanup) is made again, and entries whose file is gone are dropped, as
  * at open, so that what is gone does not stand in the way of what comes;
@@ -229,6 +262,14 @@ static int refresh(struct mne_keep *k, char *err, size_t errlen)
 			return rc;
 		mn_log_fields(MN_LOG_WARN, "eval.best_dir was removed; made it again",
 		              (struct mn_log_field[]){MN_F_STR("dir", k->dir)}, 1);
+		/* The lock went with the old directory: this one is to be ours alone too. */
+		if (k->lock_fd >= 0)
+			close(k->lock_fd);
+		k->lock_fd = lock_dir(k->dir, err, errlen);
+		if (k->lock_fd == -EWOULDBLOCK) {
+			k->lock_fd = -1;
+			return -EWOULDBLOCK;
+		}
 	}
 	for (size_t i = 0; i < k->n; i++) {
 		/* Only what is surely gone: best_dir unreadable for a moment drops nothing. */
@@ -455,39 +496,6 @@ static bool same_dir(const char *a, const char *b)
 
 	return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
 	       sa.st_ino == sb.st_ino;
-}
-
-/*
- * One keeper per best_dir: two evaluators (two runs, one copied
- * configuration) would each write best.json with its own set, and the files
- * of the other run's set, then unlisted, would be removed at the next start.
- * The lock is on the directory itself (no file in it), released by the
- * kernel when the process dies. Returns the descriptor, -EWOULDBLOCK with a
- * message when another process holds it, or -1 when the filesystem cannot
- * lock a directory (then it is not enforced: logged).
- */
-static int lock_dir(const char *dir, char *err, size_t errlen)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-	if (fd < 0) {
-		mn_log(MN_LOG_WARN, "%s: cannot open to lock: %s", dir, strerror(errno));
-		return -1;
-	}
-	if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-		return fd;
-	if (errno == EWOULDBLOCK) {
-		mn_errf(err, errlen,
-		        "%s: another mnist-eval keeps its best checkpoints here; give each run an "
-		        "eval.best_dir of its own",
-		        dir);
-		close(fd);
-		return -EWOULDBLOCK;
-	}
-	mn_log(MN_LOG_WARN, "%s: cannot lock (%s): a second evaluator on it would not be refused",
-	       dir, strerror(errno));
-	close(fd);
-	return -1;
 }
 
 static bool has_trainer_lock(const char *dir)

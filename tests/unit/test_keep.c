@@ -387,9 +387,14 @@ START_TEST(one_keeper_per_best_dir)
 	ck_assert_ptr_nonnull(strstr(err, bestdir));
 	ck_assert_ptr_nonnull(strstr(err, "another mnist-eval"));
 	assert_set((int64_t[]){1}, 1);
+	/* best_dir removed and made again by the next offer: still this keeper's alone. */
+	mn_test_rmtree(bestdir);
+	publish_step(ckdir, 2);
+	ck_assert_msg(offer(k, 2, 0.5) == 1, "%s", err);
+	ck_assert_int_eq(mne_keep_open(&p, &k2, err, sizeof(err)), -EWOULDBLOCK);
 	mne_keep_free(k);
 	k = open_keep(1);
-	assert_set((int64_t[]){1}, 1);
+	assert_set((int64_t[]){2}, 1);
 	mne_keep_free(k);
 }
 END_TEST
