@@ -763,6 +763,13 @@ static int run(struct daemon *d)
 	}
 	if (d->control)
 		mnd_control_set_worker(d->control, d->worker);
+	/*
+	 * A stop that came during setup (only an MPI rank gets this far with
+	 * one): on_stop_signal had no worker to tell, and the ranks stop at
+	 * the first step boundary they agree on.
+	 */
+	if (d->stopping)
+		mnd_worker_stop(d->worker);
 	if (mnd_dist_rank(d->dist) == 0 && mn_notify_enabled())
 		start_notify(d);
 	/* Rank 0 alone speaks for the run, as it alone writes checkpoints and serves the socket. */

@@ -65,6 +65,20 @@ class MpiTest(mnlib.TestCase):
     def ckpt_dir(self, cfg):
         return cfg["checkpoint"]["dir"]
 
+    def rank_pids(self, p, n):
+        """{rank: pid} of the n ranks mpirun (the Proc p) started."""
+        def rank_of(pid):
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+            return int(env[b"OMPI_COMM_WORLD_RANK"])
+
+        def find():
+            pids = subprocess.run(["pgrep", "-P", str(p.p.pid), "-f", "mnistd"], capture_output=True,
+                                  text=True).stdout.split()
+            return {rank_of(pid): int(pid) for pid in pids} if len(pids) == n else None
+
+        return mnlib.wait_for(find, 30, "%d ranks" % n)
+
     def test_losses_match_a_single_process(self):
         """Every one of the first 200 steps has the single process's loss (2
         ranks: an even split; 3 ranks: 6, 7 and 7 of a batch of 20)."""
@@ -205,19 +219,10 @@ class MpiTest(mnlib.TestCase):
             return mnlib.json.loads(r.stdout) if r.returncode == 0 else {"step": 0}
 
         mnlib.wait_for(lambda: status()["step"] > 0, 60, "training")
-        ranks = subprocess.run(["pgrep", "-P", str(p.p.pid), "-f", "mnistd"], capture_output=True,
-                               text=True).stdout.split()
-
-        def rank_of(pid):
-            with open("/proc/%s/environ" % pid, "rb") as f:
-                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
-            return int(env[b"OMPI_COMM_WORLD_RANK"])
-
-        rank1 = [pid for pid in ranks if rank_of(pid) == 1]
-        self.assertEqual(len(rank1), 1, ranks)
+        rank1 = self.rank_pids(p, 2)[1]
         cfg["train"]["learning_rate"] = 0.5
         mnlib.write_config(path, cfg)
-        os.kill(int(rank1[0]), signal.SIGHUP)
+        os.kill(rank1, signal.SIGHUP)
         p.wait_output("rank 1 follows rank 0's configuration", 30)
         # The ranks still agree: the state check of a checkpoint passes.
         r = self.run_prog([mnlib.MNISTCTL, "--socket", sock, "save"])
@@ -226,6 +231,59 @@ class MpiTest(mnlib.TestCase):
         self.assertEqual(status()["learning_rate"], 0.1)
         p.signal(signal.SIGTERM)
         p.wait(60)
+
+    def test_a_stop_before_training_started_is_kept(self):
+        """A SIGTERM that reaches a rank while it still loads the data (held
+        there by gate.c) stops the job at its first step boundary: it must
+        not be lost because the training thread did not exist yet."""
+        env, gate, held = mnlib.gate(self, "open:train-images-idx3-ubyte.gz")
+        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 10**6})
+        open(gate, "w").close()
+        menv = self.mpi_env()
+        menv["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+        menv.update({k: v for k, v in env.items() if k != "ASAN_OPTIONS"})
+        p = self.start(self.mpi_argv(2, path), "job", env=menv)
+        # Rank 0's signal handlers are in place before its socket listens.
+        p.wait_output("control socket listening", 60)
+        mnlib.wait_for(lambda: os.path.exists(held), 60, "a rank held in its data load")
+        os.kill(self.rank_pids(p, 2)[0], signal.SIGTERM)
+        os.unlink(gate)
+        rc = p.wait(60)
+        out = p.output()
+        self.assertEqual(rc, 0, out)
+        self.assertIn("received Terminated before training started", out)
+        self.assertRegex(out, r"stopping at step 0\b")
+        self.assertNotRegex(out, r"training step=")
+
+    def test_a_stop_to_another_rank_ends_a_paused_job(self):
+        """A stop any rank receives is agreed on at the next step boundary,
+        paused or not: a SIGTERM to rank 1 alone (a kill by hand on its node)
+        while rank 0 is paused ends the job with rank 0's final checkpoint of
+        the paused step, and every rank exits 0."""
+        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 10**6})
+        sock = cfg["control"]["socket"]
+        p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
+
+        def ctl(*args):
+            r = self.run_prog([mnlib.MNISTCTL, "--socket", sock, *args])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr + p.output())
+            return r.stdout
+
+        def status():
+            r = self.run_prog([mnlib.MNISTCTL, "--socket", sock, "status", "--json"])
+            return mnlib.json.loads(r.stdout) if r.returncode == 0 else {"step": 0, "paused": False}
+
+        mnlib.wait_for(lambda: status()["step"] > 0, 60, "training")
+        ctl("pause")
+        mnlib.wait_for(lambda: status()["paused"], 30, "paused")
+        paused_at = status()["step"]
+        os.kill(self.rank_pids(p, 2)[1], signal.SIGTERM)
+        rc = p.wait(30)
+        out = p.output()
+        self.assertEqual(rc, 0, out)
+        self.assertIn("stopping at step %d" % paused_at, out)
+        self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg))[-1], paused_at, out)
+        self.assert_all_valid(self.ckpt_dir(cfg))
 
     def test_a_dead_rank_ends_the_job_and_the_run_resumes(self):
         path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 40})
