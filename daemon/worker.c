@@ -500,7 +500,12 @@ static enum boundary at_boundary(struct mnd_worker *w, int *status, char *err, s
 	struct mail m;
 	int64_t step;
 
-	if (!take_mail(w, &m))
+	/*
+	 * Paused with nothing to do, a rank still takes part in the agreement
+	 * (at most a second apart): a stop another rank received would
+	 * otherwise wait for a resume.
+	 */
+	if (!take_mail(w, &m) && !w->dist)
 		return WAIT;
 	if (!m.stop && checkpoints_given_up(w, m.ckpt_failing))
 		m.stop = gave_up = true;
