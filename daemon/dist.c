@@ -79,6 +79,16 @@ int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quiet
 	return 0;
 }
 
+int mnd_dist_check_config(struct mnd_dist *d, const struct mn_config *cfg, char *err, size_t errlen)
+{
+	return 0;
+}
+
+int mnd_dist_check_data(struct mnd_dist *d, const struct mn_view *train, char *err, size_t errlen)
+{
+	return 0;
+}
+
 int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, size_t errlen)
 {
 	return 0;
@@ -263,13 +273,33 @@ int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quiet
 	return 0;
 }
 
-int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, size_t errlen)
+/* crc32 over len bytes, in pieces zlib's uInt can count. */
+static uLong crc_bytes(uLong crc, const void *p, size_t len)
+{
+	const unsigned char *q = p;
+
+	while (len > 0) {
+		uInt n = len > (1u << 30) ? (1u << 30) : (uInt)len;
+
+		crc = crc32(crc, q, n);
+		q += n;
+		len -= n;
+	}
+	return crc;
+}
+
+/*
+ * Sends rank 0's configuration to every rank, as JSON (not as bytes: ranks
+ * may run on machines whose struct layouts differ); the other ranks parse
+ * it into *out. Collective.
+ */
+static int bcast_config_json(struct mnd_dist *d, const struct mn_config *cfg, struct mn_config *out,
+                             char *err, size_t errlen)
 {
 	char *json = NULL;
 	int64_t len = 0;
 	int rc = 0;
 
-	/* As JSON, not as bytes: ranks may run on machines whose struct layouts differ. */
 	if (d->rank == 0) {
 		json = mn_config_to_json(cfg);
 		if (!json)
@@ -301,15 +331,147 @@ int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, 
 		return -EIO;
 	}
 	if (d->rank != 0) {
-		struct mn_config next;
-
 		json[len] = '\0';
-		rc = mn_config_parse(json, (size_t)len, "rank 0's configuration", &next, err,
-		                     errlen);
-		if (rc == 0)
-			*cfg = next;
+		rc = mn_config_parse(json, (size_t)len, "rank 0's configuration", out, err, errlen);
 	}
 	free(json);
+	return rc;
+}
+
+int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, size_t errlen)
+{
+	struct mn_config next;
+	int rc = bcast_config_json(d, cfg, &next, err, errlen);
+
+	if (rc == 0 && d->rank != 0)
+		*cfg = next;
+	return rc;
+}
+
+/*
+ * The keys every rank reads from its own file and uses in its own
+ * arithmetic (the shape of the network and of its share of the batch, the
+ * L2 term of its gradient, its EMA, which images are training images),
+ * which nothing broadcasts: rank 0's parameters, permutation and RNG are
+ * broadcast, so model.seed and model.init_stddev need not agree.
+ */
+static const char *const job_keys[] = {
+    "data.validation_size", "model.hidden", "train.batch_size", "train.l2", "train.ema_decay",
+};
+
+struct config_diff {
+	int rank;
+	char first[MN_CONFIG_NAME_MAX]; /* the first job key that differs; "" none */
+};
+
+static void note_difference(const char *key, bool reloadable, void *arg)
+{
+	struct config_diff *c = arg;
+
+	for (size_t i = 0; i < sizeof(job_keys) / sizeof(job_keys[0]); i++)
+		if (strcmp(key, job_keys[i]) == 0 && !c->first[0])
+			snprintf(c->first, sizeof(c->first), "%s", key);
+	/* Rank 0's value is broadcast at the start: say so, the files differ. */
+	if (reloadable && mn_config_change_for(key, MN_CONFIG_TRAINER) == MN_CONFIG_APPLY)
+		mn_log(MN_LOG_WARN, "rank %d follows rank 0's %s, not its own configuration's",
+		       c->rank, key);
+}
+
+/* The first rank but 0 whose entry in all[] (stride bytes each) is not empty; -1 if none. */
+static int first_failed(const struct mnd_dist *d, const char *all, size_t stride)
+{
+	for (int r = 1; r < d->size; r++)
+		if (all[(size_t)r * stride])
+			return r;
+	return -1;
+}
+
+int mnd_dist_check_config(struct mnd_dist *d, const struct mn_config *cfg, char *err, size_t errlen)
+{
+	struct config_diff diff = {.rank = d->rank};
+	struct mn_config *theirs = malloc(sizeof(*theirs));
+	char *all = NULL;
+	int rc = 0, r;
+
+	/* Every rank joins every collective below, whatever failed before. */
+	if (!theirs) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	rc = bcast_config_json(d, cfg, theirs, err, errlen);
+	if (rc < 0)
+		goto out;
+	if (d->rank != 0)
+		mn_config_diff(cfg, theirs, note_difference, &diff);
+	all = calloc((size_t)d->size, sizeof(diff.first));
+	if (!all) {
+		/* The caller aborts the job: the others are in the gather. */
+		mn_errf(err, errlen, "out of memory");
+		rc = -ENOMEM;
+		goto out;
+	}
+	if (MPI_Allgather(diff.first, (int)sizeof(diff.first), MPI_CHAR, all,
+	                  (int)sizeof(diff.first), MPI_CHAR, MPI_COMM_WORLD) != MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot compare the ranks' configurations");
+		rc = -EIO;
+		goto out;
+	}
+	r = first_failed(d, all, sizeof(diff.first));
+	if (r > 0) {
+		const char *key = all + (size_t)r * sizeof(diff.first);
+
+		mn_errf(
+		    err, errlen,
+		    "rank %d was started with another %s than rank 0: every rank needs the same "
+		    "%s (one configuration file for the job, or identical copies on every node)",
+		    r, key, key);
+		rc = -EINVAL;
+	}
+out:
+	free(all);
+	free(theirs);
+	return rc;
+}
+
+int mnd_dist_check_data(struct mnd_dist *d, const struct mn_view *train, char *err, size_t errlen)
+{
+	uint64_t mine[3], *all;
+	uLong crc = crc32(0L, Z_NULL, 0);
+	int rc = 0;
+
+	crc = crc_bytes(crc, train->images, train->count * train->dim);
+	if (train->labels)
+		crc = crc_bytes(crc, train->labels, train->count);
+	mine[0] = train->count;
+	mine[1] = train->dim;
+	mine[2] = crc;
+	all = calloc((size_t)d->size, sizeof(mine));
+	if (!all) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	if (MPI_Allgather(mine, 3, MPI_UINT64_T, all, 3, MPI_UINT64_T, MPI_COMM_WORLD) !=
+	    MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot compare the ranks' training data");
+		free(all);
+		return -EIO;
+	}
+	for (int r = 1; r < d->size; r++) {
+		const uint64_t *theirs = all + 3 * (size_t)r;
+
+		if (memcmp(theirs, all, sizeof(mine)) != 0) {
+			mn_errf(
+			    err, errlen,
+			    "rank %d's data.dir holds other training data than rank 0's (%" PRIu64
+			    " images of %" PRIu64 " pixels, checksum %08" PRIx64
+			    "; rank 0 has %" PRIu64 " of %" PRIu64 ", %08" PRIx64
+			    "): every rank needs the same data set",
+			    r, theirs[0], theirs[1], theirs[2], all[0], all[1], all[2]);
+			rc = -EINVAL;
+			break;
+		}
+	}
+	free(all);
 	return rc;
 }
 
@@ -354,21 +516,6 @@ int mnd_dist_bcast_state(struct mnd_dist *d, struct mn_trainer_state *s, char *e
 io:
 	mn_errf(err, errlen, "cannot broadcast the training state from rank 0");
 	return -EIO;
-}
-
-/* crc32 over len bytes, in pieces zlib's uInt can count. */
-static uLong crc_bytes(uLong crc, const void *p, size_t len)
-{
-	const unsigned char *q = p;
-
-	while (len > 0) {
-		uInt n = len > (1u << 30) ? (1u << 30) : (uInt)len;
-
-		crc = crc32(crc, q, n);
-		q += n;
-		len -= n;
-	}
-	return crc;
 }
 
 /*

@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "idx.h"
 #include "train.h"
 
 /* What the ranks agree on at a step boundary. */
@@ -81,6 +82,28 @@ int mnd_dist_allreduce(void *dist, float *buf, size_t n);
  * than 0 wait without spinning a core.
  */
 int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quietly);
+
+/*
+ * Compares every rank's configuration with rank 0's before anything is
+ * loaded. The keys a rank's own arithmetic takes from its own file, which
+ * no broadcast replaces (model.hidden, train.batch_size, train.l2,
+ * train.ema_decay, data.validation_size), must be equal: otherwise
+ * returns -EINVAL on every rank, with the first rank and key that differ
+ * in err. A reloadable key that differs is no error (rank 0's value is
+ * broadcast at the start) but the rank logs a warning naming it; the
+ * other keys are the node's own (data.dir, train.threads, log.*) or used
+ * by rank 0 alone (checkpoint.*, control.socket, metrics.*).
+ */
+int mnd_dist_check_config(struct mnd_dist *d, const struct mn_config *cfg, char *err,
+                          size_t errlen);
+
+/*
+ * Compares every rank's training set (its size and a checksum of its
+ * images and labels) with rank 0's: data.dir may differ between nodes,
+ * the data may not. Returns 0, or -EINVAL on every rank with the first
+ * rank that differs in err.
+ */
+int mnd_dist_check_data(struct mnd_dist *d, const struct mn_view *train, char *err, size_t errlen);
 
 /*
  * Sends rank 0's configuration to every other rank, which parses it into

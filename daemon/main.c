@@ -59,7 +59,9 @@ struct daemon {
 	struct mnd_early *early;     /* train.early_stopping, NULL when off */
 	int64_t start_step;          /* the step training starts from, until the worker runs */
 	int lock_fd; /* holds checkpoint.dir's writer lock; -1 before setup takes it */
-	int ex;      /* exit status */
+	/* Every rank failed the same check with the same status: no rank waits for another. */
+	bool failed_together;
+	int ex; /* exit status */
 };
 
 static void usage(FILE *f)
@@ -504,6 +506,15 @@ static int setup(struct daemon *d, struct mn_trainer **out, char *latest, size_t
 	ex = mn_app_load_split(&d->app, "training", &train, &validation);
 	if (ex != MN_EX_OK)
 		return ex;
+	/* data.dir may differ between nodes; what it holds may not. */
+	rc = d->dist ? mnd_dist_check_data(d->dist, &train, err, sizeof(err)) : 0;
+	if (rc < 0) {
+		/* Every rank has this answer (-EINVAL), and rank 0 speaks for the job. */
+		if (rc != -EINVAL || mnd_dist_rank(d->dist) == 0)
+			mn_log(MN_LOG_ERROR, "%s", err);
+		d->failed_together = rc == -EINVAL;
+		return rc == -EINVAL ? MN_EX_CONFIG : MN_EX_FAILURE;
+	}
 	mn_config_arch(cfg, train.dim, MN_CLASSES, &tp.arch);
 	tp.batch_size = (size_t)cfg->train.batch_size;
 	tp.seed = cfg->model.seed;
@@ -804,6 +815,7 @@ out:
 static int start_dist(struct daemon *d, int *argc, char ***argv)
 {
 	char err[MN_ERRLEN];
+	int rc;
 
 	if (mnd_dist_init(argc, argv, &d->dist, err, sizeof(err)) < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
@@ -815,6 +827,24 @@ static int start_dist(struct daemon *d, int *argc, char ***argv)
 	              (struct mn_log_field[]){MN_F_INT("rank", mnd_dist_rank(d->dist)),
 	                                      MN_F_INT("world_size", mnd_dist_size(d->dist))},
 	              2);
+	/* Before the data load: a rank with other settings would train other arithmetic. */
+	rc = mnd_dist_check_config(d->dist, &d->app.cfg, err, sizeof(err));
+	if (rc == -EINVAL) {
+		/* Every rank has this answer: all end here, without MPI_Abort. */
+		if (mnd_dist_rank(d->dist) == 0)
+			mn_log(MN_LOG_ERROR, "%s", err);
+		mnd_dist_finalize(d->dist);
+		d->dist = NULL;
+		return MN_EX_CONFIG;
+	}
+	if (rc < 0) {
+		/* A collective left unfinished: the others may wait in it. */
+		mn_log(MN_LOG_ERROR, "rank %d: %s; ending the job", mnd_dist_rank(d->dist), err);
+		mnd_dist_abort(d->dist, MN_EX_FAILURE);
+		mnd_dist_finalize(d->dist);
+		d->dist = NULL;
+		return MN_EX_FAILURE;
+	}
 	return MN_EX_OK;
 }
 
@@ -888,7 +918,7 @@ int main(int argc, char **argv)
 	 * lock, opens the socket) leaves the others waiting in a collective for
 	 * it: end the whole job, with this status.
 	 */
-	if (ex != MN_EX_OK)
+	if (ex != MN_EX_OK && !d.failed_together)
 		mnd_dist_abort(d.dist, ex);
 	mnd_dist_finalize(d.dist);
 	return ex;

@@ -285,6 +285,68 @@ class MpiTest(mnlib.TestCase):
         self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg))[-1], paused_at, out)
         self.assert_all_valid(self.ckpt_dir(cfg))
 
+    def mpmd(self, path0, path1):
+        """argv for a job whose rank 0 and rank 1 read different files."""
+        return [MPIRUN, "-np", "1", mnlib.MNISTD, "--config", path0, ":",
+                "-np", "1", mnlib.MNISTD, "--config", path1]
+
+    def test_a_rank_started_with_other_training_settings_is_named(self):
+        """A rank whose own file (its node's copy) differs from rank 0's in a
+        setting that no broadcast overrides would compute other gradients or
+        another EMA: the job must refuse to start and name the setting and
+        the rank (EX_CONFIG on every rank), not train until the first
+        checkpoint and then blame a diverging node, nor (other data of the
+        same shape) train silently on a mixture."""
+        other = mnlib.make_dataset(os.path.join(self.work, "other-data"), seed=5)
+        path0, cfg0 = self.config("rank0.json")
+        cases = [
+            ("train.batch_size", {"train": {"batch_size": 10}}),
+            ("train.l2", {"train": {"l2": 0.01}}),
+            ("train.ema_decay", {"train": {"ema_decay": 0.5}}),
+            ("model.hidden", {"model": {"hidden": [16]}}),
+            ("data.validation_size", {"data": {"validation_size": 100}}),
+            ("data.dir", {"data": {"dir": other}}),
+        ]
+        for key, change in cases:
+            with self.subTest(key=key):
+                path1, _ = self.config("rank1.json", **change)
+                p = self.start(self.mpmd(path0, path1), key, env=self.mpi_env())
+                rc = p.wait(60)
+                out = p.output()
+                self.assertEqual(rc, 78, out)
+                self.assertRegex(out, r"rank 1\b.*\b%s\b" % re.escape(key))
+                self.assertNotIn("diverged", out)
+                self.assertNotIn("MPI_ABORT", out)
+                self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg0)), [], out)
+
+    def test_ranks_may_differ_in_what_only_rank_0_or_the_node_uses(self):
+        """What a rank keeps to itself (data.dir holding the same data, BLAS
+        threads) or what only rank 0 uses (checkpoint.dir, control.socket)
+        and what rank 0 broadcasts (the reloadable keys) may differ: the
+        job runs, and rank 0's values rule (rank 1's checkpoint.dir stays
+        empty, every loss is the one of a job whose files agree)."""
+        copy = os.path.join(self.work, "data-copy")
+        shutil.copytree(self.data, copy)
+        common = dict(train={"max_steps": 40}, log={"level": "debug"})
+        path0, cfg0 = self.config("rank0.json", **common)
+        rc, out = self.run_mpi(2, path0, "same")
+        self.assertEqual(rc, 0, out)
+        want = step_losses(out)
+        shutil.rmtree(self.ckpt_dir(cfg0))
+        path1, cfg1 = self.config("rank1.json", data={"dir": copy}, log={"level": "debug"},
+                                  train={"max_steps": 40, "threads": 2, "learning_rate": 0.5},
+                                  checkpoint={"dir": os.path.join(self.work, "ck1")},
+                                  control={"socket": os.path.join(self.work, "c1.sock")})
+        p = self.start(self.mpmd(path0, path1), "mixed", env=self.mpi_env())
+        rc = p.wait(60)
+        out = p.output()
+        self.assertEqual(rc, 0, out)
+        self.assertEqual(step_losses(out), want)
+        self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg0))[-1], 40)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "ck1")), out)
+        # Rank 1 says whose value it trains with.
+        self.assertRegex(out, r"rank 1 follows rank 0's train\.learning_rate")
+
     def test_a_dead_rank_ends_the_job_and_the_run_resumes(self):
         path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 40})
         p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
