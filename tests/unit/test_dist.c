@@ -7,7 +7,8 @@
  * sums, an empty buffer, a buffer large enough for Open MPI's segmented
  * algorithms, counts MPI cannot express); the step-boundary agreement (stop
  * is any rank's, pause, save and reload are rank 0's); the configuration
- * and training-state broadcasts from rank 0; the parameter check that must
+ * and training-state broadcasts from rank 0; the start's comparison of the
+ * settings and of the training data with rank 0's; the parameter check that must
  * see a divergence on any rank and give every rank the same answer; a real
  * sharded trainer that stays in step across ranks; and the summary line.
  *
@@ -361,6 +362,103 @@ START_TEST(test_bcast_config_follows_rank0)
 END_TEST
 
 /*
+ * The job's settings: a key no broadcast overrides, on rank 1 alone, gives
+ * every rank -EINVAL naming rank 1 and the key; a reloadable key (rank 0's
+ * is broadcast) or a node's own (data.dir, train.threads) is no error.
+ */
+START_TEST(test_check_config_names_the_rank_and_key)
+{
+	static const struct {
+		const char *key;
+		int rc;
+	} cases[] = {
+	    {"", 0},
+	    {"train.batch_size", -EINVAL},
+	    {"train.l2", -EINVAL},
+	    {"train.ema_decay", -EINVAL},
+	    {"model.hidden", -EINVAL},
+	    {"data.validation_size", -EINVAL},
+	    {"train.learning_rate", 0},
+	    {"data.dir", 0},
+	    {"train.threads", 0},
+	    {"checkpoint.dir", 0},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *key = cases[i].key;
+		struct mn_config cfg;
+		char want[256];
+		int rc;
+
+		mn_config_defaults(&cfg);
+		if (rank == 1) {
+			if (strcmp(key, "train.batch_size") == 0)
+				cfg.train.batch_size = 50;
+			else if (strcmp(key, "train.l2") == 0)
+				cfg.train.l2 = 0.5;
+			else if (strcmp(key, "train.ema_decay") == 0)
+				cfg.train.ema_decay = 0.5;
+			else if (strcmp(key, "model.hidden") == 0)
+				cfg.model.hidden[0] = 7;
+			else if (strcmp(key, "data.validation_size") == 0)
+				cfg.data.validation_size = 1;
+			else if (strcmp(key, "train.learning_rate") == 0)
+				cfg.train.learning_rate = 0.5;
+			else if (strcmp(key, "data.dir") == 0)
+				snprintf(cfg.data.dir, sizeof(cfg.data.dir), "/srv/node1/data");
+			else if (strcmp(key, "train.threads") == 0)
+				cfg.train.threads = 3;
+			else if (strcmp(key, "checkpoint.dir") == 0)
+				snprintf(cfg.checkpoint.dir, sizeof(cfg.checkpoint.dir),
+				         "/elsewhere");
+		}
+		err[0] = '\0';
+		rc = mnd_dist_check_config(dist, &cfg, err, sizeof(err));
+		EXPECT(rc == cases[i].rc, "%s: %d, want %d (%s)", key[0] ? key : "(none)", rc,
+		       cases[i].rc, err);
+		snprintf(want, sizeof(want), "rank 1 was started with another %s than rank 0", key);
+		if (cases[i].rc < 0)
+			EXPECT(strstr(err, want) != NULL, "%s: message \"%s\"", key, err);
+	}
+	settle();
+}
+END_TEST
+
+/* The training sets: equal on every rank, or -EINVAL naming rank 1 on every rank. */
+START_TEST(test_check_data_names_the_rank)
+{
+	uint8_t images[6 * 4], labels[6];
+	struct mn_view v = {.images = images, .labels = labels, .count = 6, .dim = 4};
+
+	for (size_t i = 0; i < sizeof(images); i++)
+		images[i] = (uint8_t)(i * 7);
+	for (size_t i = 0; i < sizeof(labels); i++)
+		labels[i] = (uint8_t)(i % 10);
+	EXPECT_INT_EQ(mnd_dist_check_data(dist, &v, err, sizeof(err)), 0);
+	/* One pixel, one label, the shape: each is another data set. */
+	for (int c = 0; c < 3; c++) {
+		struct mn_view w = v;
+
+		if (rank == 1 && c == 0)
+			images[5] ^= 1;
+		if (rank == 1 && c == 1)
+			labels[2] ^= 1;
+		if (rank == 1 && c == 2)
+			w.count = 5;
+		err[0] = '\0';
+		EXPECT_INT_EQ(mnd_dist_check_data(dist, &w, err, sizeof(err)), -EINVAL);
+		EXPECT(strstr(err, "rank 1's data.dir holds other training data") != NULL,
+		       "case %d: message \"%s\"", c, err);
+		if (rank == 1 && c == 0)
+			images[5] ^= 1;
+		if (rank == 1 && c == 1)
+			labels[2] ^= 1;
+	}
+	settle();
+}
+END_TEST
+
+/*
  * A training state of our own making, past the eager limit of Open MPI's
  * shared-memory transport, so the broadcasts take the rendezvous path.
  */
@@ -579,7 +677,8 @@ static Suite *dist_suite(void)
 	            test_allreduce_sums_exactly, test_allreduce_of_nothing,
 	            test_allreduce_large_buffer, test_allreduce_rejects_counts_mpi_cannot_express,
 	            test_agree_stop_is_anyones_the_rest_rank0s, test_agree_while_paused,
-	            test_bcast_config_follows_rank0, test_bcast_state_copies_everything_from_rank0,
+	            test_bcast_config_follows_rank0, test_check_config_names_the_rank_and_key,
+	            test_check_data_names_the_rank, test_bcast_state_copies_everything_from_rank0,
 	            test_check_state_sees_divergence_on_every_rank,
 	            test_sharded_trainers_stay_in_step, test_log_summary_on_rank0_only);
 	return s;
