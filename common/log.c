@@ -35,6 +35,8 @@ static char log_path[PATH_MAX];
 static unsigned long log_gen;
 static enum mn_log_format log_format = MN_LOG_TEXT;
 static enum mn_log_level log_level = MN_LOG_INFO;
+static const char *log_tag_key; /* mn_log_set_tag's field, NULL when none */
+static int64_t log_tag_value;
 
 const char *const mn_log_level_names[] = {"debug", "info", "warn", "error", NULL};
 const char *const mn_log_format_names[] = {"text", "json", NULL};
@@ -163,6 +165,20 @@ static bool wanted(enum mn_log_level level, enum mn_log_format *format)
 	*format = log_format;
 	pthread_mutex_unlock(&log_lock);
 	return yes;
+}
+
+/* The tag as a field, if there is one and the line has no field of its name. */
+static bool tag_for(const struct mn_log_field *f, size_t n, struct mn_log_field *tag)
+{
+	pthread_mutex_lock(&log_lock);
+	*tag = MN_F_INT(log_tag_key, log_tag_value);
+	pthread_mutex_unlock(&log_lock);
+	if (!tag->key)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (f[i].key && strcmp(f[i].key, tag->key) == 0)
+			return false;
+	return true;
 }
 
 /* ---- a bounded line buffer ---- */
@@ -416,6 +432,17 @@ static void write_all(int fd, const char *p, size_t len)
 	}
 }
 
+void mn_log_set_tag(const char *key, int64_t value)
+{
+	pthread_mutex_lock(&log_lock);
+	log_tag_key = key;
+	log_tag_value = value;
+	pthread_mutex_unlock(&log_lock);
+}
+
+/* The most fields a tagged line carries besides the tag (more: the line goes untagged). */
+#define TAGGED_FIELDS_MAX 32
+
 void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log_field *fields,
                    size_t nfields)
 {
@@ -424,11 +451,18 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 	enum mn_log_format format;
 	size_t len;
 	int fd;
+	struct mn_log_field tagged[TAGGED_FIELDS_MAX + 1], tag;
 
 	if (!wanted(level, &format))
 		return;
 	if (!fields)
 		nfields = 0;
+	if (nfields <= TAGGED_FIELDS_MAX && tag_for(fields, nfields, &tag)) {
+		if (nfields)
+			memcpy(tagged, fields, nfields * sizeof(*fields));
+		tagged[nfields++] = tag;
+		fields = tagged;
+	}
 	mn_time_rfc3339(time);
 	if (format == MN_LOG_JSON)
 		json_line(&l, time, level, msg, fields, nfields);

@@ -66,6 +66,15 @@ void mn_log_close(void);
 void mn_log_set_level(enum mn_log_level level);
 enum mn_log_level mn_log_get_level(void);
 
+/*
+ * Tags every later line of this process with the integer field key=value,
+ * after the line's own fields (a line that has a field of that name keeps
+ * its own): an MPI rank's number, so that the lines of several processes
+ * sharing one log file say whose they are. key NULL removes the tag. key
+ * must outlive the tag (a string literal).
+ */
+void mn_log_set_tag(const char *key, int64_t value);
+
 /* mn_log_level_names[level], or "unknown" out of range. */
 const char *mn_log_level_name(enum mn_log_level level);
 

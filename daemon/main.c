@@ -823,6 +823,9 @@ static int start_dist(struct daemon *d, int *argc, char ***argv)
 	}
 	if (mnd_dist_rank(d->dist) != 0 && d->app.cfg.log.level < MN_LOG_WARN)
 		mn_log_set_level(MN_LOG_WARN);
+	/* The ranks may share one log file (and mpirun's output): say whose a line is. */
+	if (mnd_dist_rank(d->dist) != 0)
+		mn_log_set_tag("rank", mnd_dist_rank(d->dist));
 	mn_log_fields(MN_LOG_INFO, "data-parallel job",
 	              (struct mn_log_field[]){MN_F_INT("rank", mnd_dist_rank(d->dist)),
 	                                      MN_F_INT("world_size", mnd_dist_size(d->dist))},

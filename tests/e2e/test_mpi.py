@@ -344,8 +344,10 @@ class MpiTest(mnlib.TestCase):
         self.assertEqual(step_losses(out), want)
         self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg0))[-1], 40)
         self.assertFalse(os.path.exists(os.path.join(self.work, "ck1")), out)
-        # Rank 1 says whose value it trains with.
-        self.assertRegex(out, r"rank 1 follows rank 0's train\.learning_rate")
+        # Rank 1 says whose value it trains with, in a line that says it is rank 1's.
+        self.assertRegex(out, r"warn rank 1 follows rank 0's train\.learning_rate\b.* rank=1\n")
+        # Rank 0's lines are a plain mnistd's.
+        self.assertNotRegex(out, r"info .* rank=0\n")
 
     def test_a_dead_rank_ends_the_job_and_the_run_resumes(self):
         path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 40})

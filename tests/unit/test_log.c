@@ -157,6 +157,55 @@ START_TEST(test_json_format)
 }
 END_TEST
 
+/*
+ * A process-wide tag (an MPI rank's number): every line carries it as its
+ * last field, in both formats, so the lines of several processes sharing
+ * one log file say whose they are; a line with a field of that name keeps
+ * its own; NULL removes the tag.
+ */
+START_TEST(test_tag)
+{
+	struct mn_log_field mine[] = {MN_F_INT("rank", 0), MN_F_INT("world_size", 2)};
+	char *text, *line[4], *p;
+	cJSON *o;
+
+	open_log(MN_LOG_TEXT, MN_LOG_INFO);
+	mn_log_set_tag("rank", 3);
+	mn_log(MN_LOG_WARN, "disk full");
+	mn_log_fields(MN_LOG_INFO, "step", (struct mn_log_field[]){MN_F_INT("step", 7)}, 1);
+	mn_log_fields(MN_LOG_INFO, "data-parallel job", mine, 2);
+	mn_log_set_tag(NULL, 0);
+	mn_log(MN_LOG_INFO, "untagged");
+	text = slurp(logpath);
+	p = text;
+	for (int i = 0; i < 4; i++) {
+		line[i] = p;
+		p = strchr(p, '\n');
+		ck_assert_ptr_nonnull(p);
+		*p++ = '\0';
+	}
+	ck_assert_str_eq(p, "");
+	ck_assert_str_eq(after_time(line[0]), "warn disk full rank=3");
+	ck_assert_str_eq(after_time(line[1]), "info step step=7 rank=3");
+	ck_assert_str_eq(after_time(line[2]), "info data-parallel job rank=0 world_size=2");
+	ck_assert_str_eq(after_time(line[3]), "info untagged");
+	free(text);
+
+	ck_assert_int_eq(unlink(logpath), 0);
+	open_log(MN_LOG_JSON, MN_LOG_INFO);
+	mn_log_set_tag("rank", 1);
+	mn_log(MN_LOG_ERROR, "cannot read");
+	mn_log_set_tag(NULL, 0);
+	text = slurp(logpath);
+	ck_assert_str_eq(strstr(text, ",\"level\""),
+	                 ",\"level\":\"error\",\"msg\":\"cannot read\",\"rank\":1}\n");
+	o = cJSON_Parse(text);
+	ck_assert_ptr_nonnull(o);
+	cJSON_Delete(o);
+	free(text);
+}
+END_TEST
+
 START_TEST(test_levels)
 {
 	char *text;
@@ -403,7 +452,7 @@ int main(void)
 	Suite *s = suite_create("log");
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_text_format, test_json_format,
-	            test_levels, test_open_errors, test_file_mode, test_reopen,
+	            test_tag, test_levels, test_open_errors, test_file_mode, test_reopen,
 	            test_stderr_before_open, test_truncation, test_concurrent);
 	return mn_test_run(s);
 }
