@@ -79,7 +79,8 @@ int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quiet
 	return 0;
 }
 
-int mnd_dist_check_config(struct mnd_dist *d, const struct mn_config *cfg, char *err, size_t errlen)
+int mnd_dist_check_config(struct mnd_dist *d, const char *build, const struct mn_config *cfg,
+                          char *err, size_t errlen)
 {
 	return 0;
 }
@@ -289,17 +290,19 @@ static uLong crc_bytes(uLong crc, const void *p, size_t len)
 }
 
 /*
- * Sends rank 0's configuration to every rank, as JSON (not as bytes: ranks
- * may run on machines whose struct layouts differ); the other ranks parse
- * it into *out. Collective.
+ * Sends rank 0's configuration to every rank as JSON (not as bytes: ranks
+ * may run on machines whose struct layouts differ): *json (free() it) and
+ * *len on every rank. Collective; a failure here may have left the ranks
+ * out of step (the caller ends the job).
  */
-static int bcast_config_json(struct mnd_dist *d, const struct mn_config *cfg, struct mn_config *out,
-                             char *err, size_t errlen)
+static int bcast_json(struct mnd_dist *d, const struct mn_config *cfg, char **json_out,
+                      size_t *len_out, char *err, size_t errlen)
 {
 	char *json = NULL;
 	int64_t len = 0;
-	int rc = 0;
 
+	*json_out = NULL;
+	*len_out = 0;
 	if (d->rank == 0) {
 		json = mn_config_to_json(cfg);
 		if (!json)
@@ -330,21 +333,25 @@ static int bcast_config_json(struct mnd_dist *d, const struct mn_config *cfg, st
 		free(json);
 		return -EIO;
 	}
-	if (d->rank != 0) {
-		json[len] = '\0';
-		rc = mn_config_parse(json, (size_t)len, "rank 0's configuration", out, err, errlen);
-	}
-	free(json);
-	return rc;
+	json[len] = '\0';
+	*json_out = json;
+	*len_out = (size_t)len;
+	return 0;
 }
 
 int mnd_dist_bcast_config(struct mnd_dist *d, struct mn_config *cfg, char *err, size_t errlen)
 {
 	struct mn_config next;
-	int rc = bcast_config_json(d, cfg, &next, err, errlen);
+	char *json;
+	size_t len;
+	int rc = bcast_json(d, cfg, &json, &len, err, errlen);
 
-	if (rc == 0 && d->rank != 0)
-		*cfg = next;
+	if (rc == 0 && d->rank != 0) {
+		rc = mn_config_parse(json, len, "rank 0's configuration", &next, err, errlen);
+		if (rc == 0)
+			*cfg = next;
+	}
+	free(json);
 	return rc;
 }
 
@@ -377,60 +384,124 @@ static void note_difference(const char *key, bool reloadable, void *arg)
 		       c->rank, key);
 }
 
-/* The first rank but 0 whose entry in all[] (stride bytes each) is not empty; -1 if none. */
-static int first_failed(const struct mnd_dist *d, const char *all, size_t stride)
+/*
+ * Shares every rank's verdict on its own start (mine: "" when fine, else a
+ * message naming the rank and what is wrong) and gives every rank the
+ * first failing one: -EINVAL with it in err, or 0. A rank that found a
+ * fault of its own still comes here, so no rank waits for another.
+ */
+static int agree_verdicts(struct mnd_dist *d, const char mine[MN_ERRLEN], char *err, size_t errlen)
 {
-	for (int r = 1; r < d->size; r++)
-		if (all[(size_t)r * stride])
-			return r;
-	return -1;
-}
+	char *all = calloc((size_t)d->size, MN_ERRLEN);
+	int rc = 0;
 
-int mnd_dist_check_config(struct mnd_dist *d, const struct mn_config *cfg, char *err, size_t errlen)
-{
-	struct config_diff diff = {.rank = d->rank};
-	struct mn_config *theirs = malloc(sizeof(*theirs));
-	char *all = NULL;
-	int rc = 0, r;
-
-	/* Every rank joins every collective below, whatever failed before. */
-	if (!theirs) {
-		mn_errf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	rc = bcast_config_json(d, cfg, theirs, err, errlen);
-	if (rc < 0)
-		goto out;
-	if (d->rank != 0)
-		mn_config_diff(cfg, theirs, note_difference, &diff);
-	all = calloc((size_t)d->size, sizeof(diff.first));
 	if (!all) {
 		/* The caller aborts the job: the others are in the gather. */
 		mn_errf(err, errlen, "out of memory");
-		rc = -ENOMEM;
-		goto out;
+		return -ENOMEM;
 	}
-	if (MPI_Allgather(diff.first, (int)sizeof(diff.first), MPI_CHAR, all,
-	                  (int)sizeof(diff.first), MPI_CHAR, MPI_COMM_WORLD) != MPI_SUCCESS) {
-		mn_errf(err, errlen, "cannot compare the ranks' configurations");
-		rc = -EIO;
-		goto out;
+	if (MPI_Allgather(mine, MN_ERRLEN, MPI_CHAR, all, MN_ERRLEN, MPI_CHAR, MPI_COMM_WORLD) !=
+	    MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot compare the ranks' starts");
+		free(all);
+		return -EIO;
 	}
-	r = first_failed(d, all, sizeof(diff.first));
-	if (r > 0) {
-		const char *key = all + (size_t)r * sizeof(diff.first);
+	for (int r = 0; r < d->size; r++) {
+		char *v = all + (size_t)r * MN_ERRLEN;
 
-		mn_errf(
-		    err, errlen,
-		    "rank %d was started with another %s than rank 0: every rank needs the same "
-		    "%s (one configuration file for the job, or identical copies on every node)",
-		    r, key, key);
-		rc = -EINVAL;
+		v[MN_ERRLEN - 1] = '\0';
+		if (v[0]) {
+			mn_errf(err, errlen, "%s", v);
+			rc = -EINVAL;
+			break;
+		}
 	}
-out:
 	free(all);
-	free(theirs);
 	return rc;
+}
+
+/* The longest build name the ranks compare; longer ones are compared cut. */
+#define BUILD_MAX 64
+
+/*
+ * The ranks' programs: the first exchange of every mnistd, kept first in
+ * every later version, so that ranks of other versions are named before
+ * their collectives could mismatch.
+ */
+static int check_build(struct mnd_dist *d, const char *build, char *err, size_t errlen)
+{
+	char mine[BUILD_MAX] = "", *all = calloc((size_t)d->size, BUILD_MAX);
+	int rc = 0;
+
+	if (!all) {
+		mn_errf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	snprintf(mine, sizeof(mine), "%s", build);
+	if (MPI_Allgather(mine, BUILD_MAX, MPI_CHAR, all, BUILD_MAX, MPI_CHAR, MPI_COMM_WORLD) !=
+	    MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot compare the ranks' programs");
+		free(all);
+		return -EIO;
+	}
+	all[BUILD_MAX - 1] = '\0';
+	for (int r = 1; r < d->size; r++) {
+		char *theirs = all + (size_t)r * BUILD_MAX;
+
+		theirs[BUILD_MAX - 1] = '\0';
+		if (strcmp(theirs, all) != 0) {
+			mn_errf(
+			    err, errlen,
+			    "rank %d runs mnistd %s, rank 0 runs mnistd %s: every rank needs the "
+			    "same mnistd",
+			    r, theirs, all);
+			rc = -EINVAL;
+			break;
+		}
+	}
+	free(all);
+	return rc;
+}
+
+int mnd_dist_check_config(struct mnd_dist *d, const char *build, const struct mn_config *cfg,
+                          char *err, size_t errlen)
+{
+	struct config_diff diff = {.rank = d->rank};
+	struct mn_config *theirs = NULL;
+	char verdict[MN_ERRLEN] = "", why[MN_ERRLEN] = "", *json = NULL;
+	size_t len;
+	int rc;
+
+	rc = check_build(d, build, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = bcast_json(d, cfg, &json, &len, err, errlen);
+	if (rc < 0)
+		return rc;
+	/* From here on every rank reaches the gather, whatever it finds. */
+	if (d->rank != 0) {
+		theirs = malloc(sizeof(*theirs));
+		rc = theirs ? mn_config_parse(json, len, "rank 0's configuration", theirs, why,
+		                              sizeof(why))
+		            : -ENOMEM;
+		if (rc == -ENOMEM && !theirs)
+			snprintf(why, sizeof(why), "out of memory");
+		if (rc < 0)
+			snprintf(verdict, sizeof(verdict),
+			         "rank %d cannot read rank 0's configuration: %s", d->rank, why);
+		else
+			mn_config_diff(cfg, theirs, note_difference, &diff);
+		if (diff.first[0])
+			snprintf(
+			    verdict, sizeof(verdict),
+			    "rank %d was started with another %s than rank 0: every rank needs the "
+			    "same %s (one configuration file for the job, or identical copies on "
+			    "every node)",
+			    d->rank, diff.first, diff.first);
+	}
+	free(theirs);
+	free(json);
+	return agree_verdicts(d, verdict, err, errlen);
 }
 
 int mnd_dist_check_data(struct mnd_dist *d, const struct mn_view *train, char *err, size_t errlen)

@@ -84,18 +84,22 @@ int mnd_dist_allreduce(void *dist, float *buf, size_t n);
 int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quietly);
 
 /*
- * Compares every rank's configuration with rank 0's before anything is
- * loaded. The keys a rank's own arithmetic takes from its own file, which
- * no broadcast replaces (model.hidden, train.batch_size, train.l2,
- * train.ema_decay, data.validation_size), must be equal: otherwise
- * returns -EINVAL on every rank, with the first rank and key that differ
- * in err. A reloadable key that differs is no error (rank 0's value is
- * broadcast at the start) but the rank logs a warning naming it; the
- * other keys are the node's own (data.dir, train.threads, log.*) or used
- * by rank 0 alone (checkpoint.*, control.socket, metrics.*).
+ * Compares every rank's program and configuration with rank 0's before
+ * anything is loaded. First build (the program's version: main passes
+ * MN_VERSION), an exchange every mnistd keeps first, so that ranks of
+ * other versions are named before their collectives could mismatch. Then
+ * the keys a rank's own arithmetic takes from its own file, which no
+ * broadcast replaces (model.hidden, train.batch_size, train.l2,
+ * train.ema_decay, data.validation_size), must be equal. Otherwise
+ * returns -EINVAL on every rank, with the first rank and what differs in
+ * err (any other error may have left the ranks out of step: end the job).
+ * A reloadable key that differs is no error (rank 0's value is broadcast
+ * at the start) but the rank logs a warning naming it; the other keys are
+ * the node's own (data.dir, train.threads, log.*) or used by rank 0 alone
+ * (checkpoint.*, control.socket, metrics.*).
  */
-int mnd_dist_check_config(struct mnd_dist *d, const struct mn_config *cfg, char *err,
-                          size_t errlen);
+int mnd_dist_check_config(struct mnd_dist *d, const char *build, const struct mn_config *cfg,
+                          char *err, size_t errlen);
 
 /*
  * Compares every rank's training set (its size and a checksum of its

@@ -831,7 +831,7 @@ static int start_dist(struct daemon *d, int *argc, char ***argv)
 	                                      MN_F_INT("world_size", mnd_dist_size(d->dist))},
 	              2);
 	/* Before the data load: a rank with other settings would train other arithmetic. */
-	rc = mnd_dist_check_config(d->dist, &d->app.cfg, err, sizeof(err));
+	rc = mnd_dist_check_config(d->dist, MN_VERSION, &d->app.cfg, err, sizeof(err));
 	if (rc == -EINVAL) {
 		/* Every rank has this answer: all end here, without MPI_Abort. */
 		if (mnd_dist_rank(d->dist) == 0)

@@ -413,13 +413,31 @@ START_TEST(test_check_config_names_the_rank_and_key)
 				         "/elsewhere");
 		}
 		err[0] = '\0';
-		rc = mnd_dist_check_config(dist, &cfg, err, sizeof(err));
+		rc = mnd_dist_check_config(dist, "1.0", &cfg, err, sizeof(err));
 		EXPECT(rc == cases[i].rc, "%s: %d, want %d (%s)", key[0] ? key : "(none)", rc,
 		       cases[i].rc, err);
 		snprintf(want, sizeof(want), "rank 1 was started with another %s than rank 0", key);
 		if (cases[i].rc < 0)
 			EXPECT(strstr(err, want) != NULL, "%s: message \"%s\"", key, err);
 	}
+	settle();
+}
+END_TEST
+
+/* Ranks of other mnistd versions are named before any other exchange. */
+START_TEST(test_check_config_names_another_version)
+{
+	struct mn_config cfg;
+
+	mn_config_defaults(&cfg);
+	err[0] = '\0';
+	EXPECT_INT_EQ(
+	    mnd_dist_check_config(dist, rank == 1 ? "0.9" : "1.0", &cfg, err, sizeof(err)),
+	    -EINVAL);
+	EXPECT(strstr(err, "rank 1 runs mnistd 0.9, rank 0 runs mnistd 1.0") != NULL,
+	       "message \"%s\"", err);
+	/* The exchange is over on every rank: the next one starts in step. */
+	EXPECT_INT_EQ(mnd_dist_check_config(dist, "1.0", &cfg, err, sizeof(err)), 0);
 	settle();
 }
 END_TEST
@@ -678,7 +696,8 @@ static Suite *dist_suite(void)
 	            test_allreduce_large_buffer, test_allreduce_rejects_counts_mpi_cannot_express,
 	            test_agree_stop_is_anyones_the_rest_rank0s, test_agree_while_paused,
 	            test_bcast_config_follows_rank0, test_check_config_names_the_rank_and_key,
-	            test_check_data_names_the_rank, test_bcast_state_copies_everything_from_rank0,
+	            test_check_config_names_another_version, test_check_data_names_the_rank,
+	            test_bcast_state_copies_everything_from_rank0,
 	            test_check_state_sees_divergence_on_every_rank,
 	            test_sharded_trainers_stay_in_step, test_log_summary_on_rank0_only);
 	return s;
