@@ -479,6 +479,12 @@ int mnd_dist_check_config(struct mnd_dist *d, const char *build, const struct mn
 	if (rc < 0)
 		return rc;
 	/* From here on every rank reaches the gather, whatever it finds. */
+	if (d->rank == 0 && cfg->train.batch_size < d->size)
+		snprintf(verdict, sizeof(verdict),
+		         "%d ranks cannot share a batch of %" PRId64
+		         " (train.batch_size): start at most %" PRId64
+		         " ranks or raise train.batch_size",
+		         d->size, cfg->train.batch_size, cfg->train.batch_size);
 	if (d->rank != 0) {
 		theirs = malloc(sizeof(*theirs));
 		rc = theirs ? mn_config_parse(json, len, "rank 0's configuration", theirs, why,

@@ -90,7 +90,8 @@ int mnd_dist_agree(struct mnd_dist *d, struct mnd_dist_cmd *cmd, bool wait_quiet
  * other versions are named before their collectives could mismatch. Then
  * the keys a rank's own arithmetic takes from its own file, which no
  * broadcast replaces (model.hidden, train.batch_size, train.l2,
- * train.ema_decay, data.validation_size), must be equal. Otherwise
+ * train.ema_decay, data.validation_size), must be equal, and the job
+ * may have at most train.batch_size ranks. Otherwise
  * returns -EINVAL on every rank, with the first rank and what differs in
  * err (any other error may have left the ranks out of step: end the job).
  * A reloadable key that differs is no error (rank 0's value is broadcast

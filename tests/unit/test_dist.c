@@ -23,6 +23,7 @@
  */
 #include <check.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <mpi.h>
 #include <signal.h>
@@ -424,6 +425,27 @@ START_TEST(test_check_config_names_the_rank_and_key)
 }
 END_TEST
 
+/* More ranks than examples in a batch: a configuration error every rank sees. */
+START_TEST(test_check_config_more_ranks_than_a_batch)
+{
+	struct mn_config cfg;
+	char want[128];
+
+	mn_config_defaults(&cfg);
+	cfg.train.batch_size = size - 1 > 0 ? size - 1 : 1;
+	snprintf(want, sizeof(want), "%d ranks cannot share a batch of %" PRId64, size,
+	         cfg.train.batch_size);
+	err[0] = '\0';
+	EXPECT_INT_EQ(mnd_dist_check_config(dist, "1.0", &cfg, err, sizeof(err)),
+	              size > 1 ? -EINVAL : 0);
+	if (size > 1)
+		EXPECT(strstr(err, want) != NULL, "message \"%s\"", err);
+	cfg.train.batch_size = size;
+	EXPECT_INT_EQ(mnd_dist_check_config(dist, "1.0", &cfg, err, sizeof(err)), 0);
+	settle();
+}
+END_TEST
+
 /* Ranks of other mnistd versions are named before any other exchange. */
 START_TEST(test_check_config_names_another_version)
 {
@@ -696,7 +718,8 @@ static Suite *dist_suite(void)
 	            test_allreduce_large_buffer, test_allreduce_rejects_counts_mpi_cannot_express,
 	            test_agree_stop_is_anyones_the_rest_rank0s, test_agree_while_paused,
 	            test_bcast_config_follows_rank0, test_check_config_names_the_rank_and_key,
-	            test_check_config_names_another_version, test_check_data_names_the_rank,
+	            test_check_config_names_another_version,
+	            test_check_config_more_ranks_than_a_batch, test_check_data_names_the_rank,
 	            test_bcast_state_copies_everything_from_rank0,
 	            test_check_state_sees_divergence_on_every_rank,
 	            test_sharded_trainers_stay_in_step, test_log_summary_on_rank0_only);
