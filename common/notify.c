@@ -102,15 +102,21 @@ static bool parse_u64(const char *s, uint64_t *out)
 	return true;
 }
 
-uint64_t mn_notify_watchdog_usec(void)
+uint64_t mn_notify_watchdog_usec(bool launched)
 {
 	const char *pid_s = getenv("WATCHDOG_PID");
 	uint64_t usec, pid;
 
 	if (!parse_u64(getenv("WATCHDOG_USEC"), &usec))
 		return 0;
-	/* The variables are inherited: a child of the service must not feed its watchdog. */
-	if (pid_s && *pid_s && (!parse_u64(pid_s, &pid) || pid != (uint64_t)getpid()))
+	/*
+	 * The variables are inherited: a child of the service must not feed its
+	 * watchdog, unless the service's main process is only the launcher that
+	 * runs this one (mpirun, whose rank 0 does the service's work).
+	 */
+	if (pid_s && *pid_s &&
+	    (!parse_u64(pid_s, &pid) ||
+	     (pid != (uint64_t)getpid() && !(launched && pid == (uint64_t)getppid()))))
 		return 0;
 	return usec;
 }

@@ -37,8 +37,11 @@ int mn_notifyf(char *err, size_t errlen, const char *fmt, ...) MN_PRINTF(3, 4);
  * The watchdog interval in microseconds that the service manager asked for
  * through WATCHDOG_USEC, or 0 when there is none: unset, not a positive
  * decimal number, or WATCHDOG_PID set to a process other than this one.
+ * launched: this process works for the service on behalf of its parent, a
+ * launcher that is the service's main process (rank 0 under mpirun), so a
+ * WATCHDOG_PID naming the parent is this process's to feed too.
  * Send "WATCHDOG=1" at about half this interval.
  */
-uint64_t mn_notify_watchdog_usec(void);
+uint64_t mn_notify_watchdog_usec(bool launched);
 
 #endif

@@ -91,6 +91,13 @@ static void notify(struct daemon *d, const char *fmt, ...)
 	char msg[1024], err[MN_ERRLEN];
 	va_list ap;
 
+	/*
+	 * Rank 0 alone speaks for the job: every rank inherits NOTIFY_SOCKET
+	 * from mpirun, and another rank's STOPPING=1 (it got the SIGTERM)
+	 * would tell systemd the job stops before rank 0 knows it.
+	 */
+	if (mnd_dist_rank(d->dist) != 0)
+		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
@@ -299,7 +306,8 @@ static void start_notify(struct daemon *d)
 	d->ready = true;
 	d->last_status_ns = mn_monotonic_ns();
 	notify_status(d, &s);
-	d->watchdog_usec = mn_notify_watchdog_usec();
+	/* Only rank 0 gets here; under mpirun, systemd's main process is mpirun. */
+	d->watchdog_usec = mn_notify_watchdog_usec(mnd_dist_launched());
 	if (d->watchdog_usec && d->watchdog_usec / 2000 < period)
 		period = d->watchdog_usec / 2000 ? d->watchdog_usec / 2000 : 1;
 	uv_timer_init(&d->app.loop, &d->notify_timer);

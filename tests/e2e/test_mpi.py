@@ -6,10 +6,14 @@ mnistd on the same configuration."""
 import glob
 import os
 import re
+import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -276,6 +280,49 @@ class MpiTest(mnlib.TestCase):
         self.assertEqual(len(m), 1, out)
         self.assertEqual(mnlib.ckpt_steps(self.ckpt_dir(cfg)), [int(m[0])], out)
         self.assert_all_valid(self.ckpt_dir(cfg))
+
+    def test_under_systemd_rank_0_speaks_for_the_job(self):
+        """As a unit's ExecStart=mpirun ...: systemd names mpirun, its main
+        process, in WATCHDOG_PID, and mpirun's children inherit NOTIFY_SOCKET.
+        Rank 0 alone sends (READY=1, STATUS=, the watchdog's pings, STOPPING=1),
+        from its own pid (so the unit needs NotifyAccess=all), and feeds the
+        watchdog of the mpirun that launched it; no other rank says anything."""
+        ns_path = os.path.join(self.work, "notify.sock")
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.bind(ns_path)
+        ns.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.addCleanup(ns.close)
+        got = []  # (sender pid, message)
+
+        def until(pred, what, timeout=60):
+            end = mnlib.deadline(timeout)
+            while True:
+                for i, (pid, m) in enumerate(got):
+                    if pred(m):
+                        return pid
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("no notify message with %s; got %r" % (what, got))
+                if select.select([ns], [], [], left)[0]:
+                    data, anc, _, _ = ns.recvmsg(4096, socket.CMSG_SPACE(12))
+                    pid = next(struct.unpack("i", d[:4])[0] for lvl, typ, d in anc
+                               if lvl == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS)
+                    got.append((pid, data.decode()))
+
+        path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 10**6})
+        env = self.mpi_env()
+        env.update({"NOTIFY_SOCKET": ns_path, "WATCHDOG_USEC": "400000"})
+        # The shell's pid is mpirun's once it execs: WATCHDOG_PID names the main process.
+        p = self.start(["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *self.mpi_argv(2, path)], "job",
+                       env=env)
+        ranks = self.rank_pids(p, 2)
+        self.assertEqual(until(lambda m: "READY=1" in m.split("\n"), "READY=1"), ranks[0])
+        self.assertEqual(until(lambda m: m == "WATCHDOG=1", "WATCHDOG=1"), ranks[0])
+        self.assertEqual(until(lambda m: m.startswith("STATUS=step "), "STATUS=step"), ranks[0])
+        os.kill(ranks[1], signal.SIGTERM)
+        self.assertEqual(until(lambda m: "STOPPING=1" in m.split("\n"), "STOPPING=1"), ranks[0])
+        self.assertEqual(p.wait(60), 0, p.output())
+        self.assertEqual({pid for pid, _ in got}, {ranks[0]}, got)
 
     def test_a_stop_to_another_rank_ends_a_paused_job(self):
         """A stop any rank receives is agreed on at the next step boundary,

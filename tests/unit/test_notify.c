@@ -158,24 +158,41 @@ START_TEST(test_watchdog_usec)
 {
 	char pid[32];
 
-	ck_assert_uint_eq(mn_notify_watchdog_usec(), 0);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(false), 0);
 	setenv("WATCHDOG_USEC", "400000", 1);
-	ck_assert_uint_eq(mn_notify_watchdog_usec(), 400000);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(false), 400000);
 	snprintf(pid, sizeof(pid), "%ld", (long)getpid());
 	setenv("WATCHDOG_PID", pid, 1);
-	ck_assert_uint_eq(mn_notify_watchdog_usec(), 400000);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(false), 400000);
 	/* Meant for another process (we inherited it): not ours to feed. */
 	snprintf(pid, sizeof(pid), "%ld", (long)getpid() + 1);
 	setenv("WATCHDOG_PID", pid, 1);
-	ck_assert_uint_eq(mn_notify_watchdog_usec(), 0);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(false), 0);
 	setenv("WATCHDOG_PID", "garbage", 1);
-	ck_assert_uint_eq(mn_notify_watchdog_usec(), 0);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(false), 0);
+	/*
+	 * The parent's: ours only when the parent is the launcher that runs us
+	 * for the service (mpirun, the unit's main process, and we its rank 0).
+	 */
+	snprintf(pid, sizeof(pid), "%ld", (long)getppid());
+	setenv("WATCHDOG_PID", pid, 1);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(false), 0);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(true), 400000);
+	snprintf(pid, sizeof(pid), "%ld", (long)getpid());
+	setenv("WATCHDOG_PID", pid, 1);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(true), 400000);
+	/* Neither ours nor our parent's: a launched process does not feed it either. */
+	snprintf(pid, sizeof(pid), "%ld", (long)getpid() + 1);
+	setenv("WATCHDOG_PID", pid, 1);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(true), 0);
+	setenv("WATCHDOG_PID", "garbage", 1);
+	ck_assert_uint_eq(mn_notify_watchdog_usec(true), 0);
 	unsetenv("WATCHDOG_PID");
 	static const char *const bad[] = {
 	    "", "0", "-5", "12x", "abc", " 5", "99999999999999999999999"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		setenv("WATCHDOG_USEC", bad[i], 1);
-		ck_assert_msg(mn_notify_watchdog_usec() == 0, "WATCHDOG_USEC=\"%s\"", bad[i]);
+		ck_assert_msg(mn_notify_watchdog_usec(false) == 0, "WATCHDOG_USEC=\"%s\"", bad[i]);
 	}
 }
 END_TEST
