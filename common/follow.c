@@ -238,6 +238,16 @@ void mn_follow_check(struct mn_follow *f)
 			same = st.st_dev == f->dev && st.st_ino == f->ino;
 		else
 			same = errno != ENOENT && errno != ENOTDIR;
+		/*
+		 * A partial line is read again from its start, not continued: its
+		 * writer may have cut it off and written the next line in its place
+		 * (jsonl.c after a short write), and continuing would glue that
+		 * line's tail to the old head, a line that can parse and be wrong.
+		 */
+		if (!f->skipping && f->len > 0) {
+			f->off -= (off_t)f->len;
+			f->len = 0;
+		}
 		if (fstat(f->fd, &fst) == 0 && fst.st_size < f->off) {
 			f->off = 0;
 			drop_partial(f);

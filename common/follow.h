@@ -3,8 +3,10 @@
  * evaluator's eval.metrics_file) on a libuv loop, the way `tail -F` does.
  *
  * Every complete line ("...\n") is delivered once, in order, from the start
- * of the file; a partial last line is kept until its newline arrives. The
- * follower notices new data through filesystem events on the file's
+ * of the file; a partial last line is read again, from its start, until its
+ * newline arrives (so a partial line that its writer cut off and wrote the
+ * next line over, as jsonl.h does after a short write, is never glued to
+ * that line). The follower notices new data through filesystem events on the file's
  * directory (uv_fs_event, inotify on Linux) and checks again every
  * poll_interval_ms besides, so a missed event costs at most one interval.
  * Where events cannot be trusted (mode MN_WATCH_POLL, or MN_WATCH_AUTO on a

@@ -217,6 +217,50 @@ START_TEST(truncation_restarts)
 }
 END_TEST
 
+/*
+ * What jsonl.c does after a short write: the partial line is cut off again
+ * and the next record is written where it began. A follower that read the
+ * partial line must read that place again, not glue the new line's tail to
+ * the old line's head (which parses: step 1000 with step 2000's accuracy).
+ */
+START_TEST(cut_partial_line_is_read_again)
+{
+	const char *a = "{\"step\":1000,\"accuracy\":0.5111,\"loss\":9}\n";
+	const char *b = "{\"step\":2000,\"accuracy\":0.8222,\"loss\":1}\n";
+	struct stat st;
+	struct mn_follow *f;
+
+	append(path, "{\"step\":0,\"accuracy\":0.1,\"loss\":1}\n");
+	f = start(path, MN_WATCH_POLL, 3600000, 0);
+	run_until_lines(1);
+	ck_assert_int_eq(stat(path, &st), 0);
+	/* Half of a, read by the follower as a partial line. */
+	{
+		char half[64];
+
+		snprintf(half, sizeof(half), "%.*s", 25, a);
+		append(path, half);
+	}
+	mn_follow_check(f);
+	ck_assert_uint_eq(seen.n, 1);
+	/* Cut off again, and b written in its place before the follower looks. */
+	ck_assert_int_eq(truncate(path, st.st_size), 0);
+	append(path, b);
+	mn_follow_check(f);
+	ck_assert_uint_eq(seen.n, 2);
+	ck_assert_str_eq(seen.lines[1], "{\"step\":2000,\"accuracy\":0.8222,\"loss\":1}");
+	ck_assert_int_eq(seen.resets, 0);
+	/* And a partial line that is merely continued still comes whole. */
+	append(path, "{\"step\":30");
+	mn_follow_check(f);
+	append(path, "00}\n");
+	mn_follow_check(f);
+	ck_assert_uint_eq(seen.n, 3);
+	ck_assert_str_eq(seen.lines[2], "{\"step\":3000}");
+	stop(f);
+}
+END_TEST
+
 /* logrotate: the old file gets one more line, is renamed away, and a new one takes its name. */
 START_TEST(rotation_finishes_the_old_file_first)
 {
@@ -399,6 +443,6 @@ int main(void)
 	            rotation_finishes_the_old_file_first, removed_then_recreated,
 	            overlong_lines_are_skipped, fifo_is_waited_out, close_from_a_callback,
 	            bad_parameters, unreadable_file_is_said_once,
-	            unsearchable_directory_is_no_replacement);
+	            unsearchable_directory_is_no_replacement, cut_partial_line_is_read_again);
 	return mn_test_run(s);
 }
