@@ -13,11 +13,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "util.h"
 
 struct mn_jsonl {
 	int fd;
-	bool torn; /* the file ends in a partial line */
+	bool torn;     /* the file ends in a partial line */
+	int failing;   /* the errno of the failure logged last; 0 while lines get written */
+	uint64_t lost; /* lines not written since that failure */
 	char *path;
 };
 
@@ -123,6 +126,27 @@ static bool drop_partial_line(struct mn_jsonl *f, size_t written)
 	return false;
 }
 
+/*
+ * A full disk fails every line until there is room again: logged at the
+ * first failure (and when the reason changes), not at every line, and the
+ * first line written again says how many were lost.
+ */
+static int said(struct mn_jsonl *f, int rc, const char *err)
+{
+	if (rc < 0) {
+		f->lost++;
+		if (f->failing != -rc)
+			mn_log(MN_LOG_ERROR, "%s; lines are not written until this passes", err);
+		f->failing = -rc;
+	} else if (f->failing) {
+		mn_log(MN_LOG_WARN, "%s: writing again; %llu line%s not written", f->path,
+		       (unsigned long long)f->lost, f->lost == 1 ? " was" : "s were");
+		f->failing = 0;
+		f->lost = 0;
+	}
+	return rc;
+}
+
 int mn_jsonl_append(struct mn_jsonl *f, const cJSON *obj, char *err, size_t errlen)
 {
 	char *text = NULL, *line = NULL, *p;
@@ -167,7 +191,7 @@ int mn_jsonl_append(struct mn_jsonl *f, const cJSON *obj, char *err, size_t errl
 out:
 	free(line);
 	cJSON_free(text);
-	return rc;
+	return said(f, rc, err);
 }
 
 void mn_jsonl_close(struct mn_jsonl *f)

@@ -34,7 +34,11 @@ int mn_jsonl_open(const char *path, struct mn_jsonl **out, char *err, size_t err
 /*
  * Appends obj as one line. Returns 0, -ENOMEM, -ENOSPC for a short write
  * (the partial line has been removed if it could be) or the -errno of
- * write(2); err names the file.
+ * write(2); err names the file. A failure is also logged (log.h), once: the
+ * lines that fail after it for the same reason (a disk that stays full)
+ * are not, and the first line written again logs a warning that says how
+ * many lines were lost ("<path>: writing again; 3 lines were not written").
+ * Callers need not log what this returns.
  */
 int mn_jsonl_append(struct mn_jsonl *f, const cJSON *obj, char *err, size_t errlen);
 

@@ -12,6 +12,7 @@
 
 #include "json.h"
 #include "jsonl.h"
+#include "log.h"
 #include "util.h"
 
 struct mnd_history {
@@ -66,9 +67,10 @@ int mnd_history_record(struct mnd_history *h, const struct mnd_worker_status *s,
 	    !mn_json_add(o, "learning_rate", mn_json_double(s->learning_rate, -1)) ||
 	    !mn_json_add(o, "steps_per_sec", mn_json_double(s->steps_per_sec, 2)) ||
 	    !cJSON_AddStringToObject(o, "time", when) ||
-	    !mn_json_add(o, "max_steps", mn_json_int(s->max_steps)))
+	    !mn_json_add(o, "max_steps", mn_json_int(s->max_steps))) {
 		mn_errf(err, errlen, "train.metrics_file: out of memory for a line");
-	else
+		mn_log(MN_LOG_ERROR, "%s", err);
+	} else
 		rc = mn_jsonl_append(h->file, o, err, errlen);
 	cJSON_Delete(o);
 	if (rc < 0)

@@ -33,7 +33,9 @@ int mnd_history_open(const char *path, struct mnd_history **out, char *err, size
 /*
  * Appends a line for the progress s shows, if a step ran since the last
  * line (a paused or finished trainer adds nothing). Returns 1 if a line
- * was written, 0 if there was nothing new, or -errno with err filled.
+ * was written, 0 if there was nothing new, or -errno with err filled. A
+ * failure is logged here already: a file that keeps failing (a full disk)
+ * once, and the first line written again says how many were lost (jsonl.h).
  */
 int mnd_history_record(struct mnd_history *h, const struct mnd_worker_status *s, char *err,
                        size_t errlen);

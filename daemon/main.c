@@ -151,8 +151,8 @@ static void record_history(struct daemon *d, const struct mnd_worker_status *s)
 {
 	char err[MN_ERRLEN];
 
-	if (mnd_history_record(d->history, s, err, sizeof(err)) < 0)
-		mn_log(MN_LOG_ERROR, "%s", err);
+	/* A failure is logged by the history itself, once while the file keeps failing. */
+	mnd_history_record(d->history, s, err, sizeof(err));
 }
 
 static void on_worker_done(void *arg, int status)

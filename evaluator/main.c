@@ -82,7 +82,8 @@ static double span_ms(int64_t a, int64_t b)
 
 /*
  * One JSON object per line, in one write(2) (jsonl.h). Returns false if the
- * line could not be written (it is logged; the evaluator carries on).
+ * line could not be written (it is logged, once while the file keeps
+ * failing; the evaluator carries on).
  */
 static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, double latency_ms)
 {
@@ -106,13 +107,11 @@ static bool write_metrics(struct evaluator *e, const struct mne_pick_result *r, 
 	                 mn_json_double(span_ms(r->published_ns, r->event_ns), 3)) ||
 	    !mn_json_add(o, "open_ms", mn_json_double(span_ms(r->event_ns, r->opened_ns), 3)) ||
 	    !mn_json_add(o, "read_ms", mn_json_double((double)r->read_ns / 1e6, 3)))
-		mn_errf(err, sizeof(err), "%s: out of memory for a metrics line",
-		        e->app.cfg.eval.metrics_file);
+		mn_log(MN_LOG_ERROR, "%s: out of memory for a metrics line",
+		       e->app.cfg.eval.metrics_file);
 	else
-		rc = mn_jsonl_append(e->metrics, o, err, sizeof(err));
+		rc = mn_jsonl_append(e->metrics, o, err, sizeof(err)); /* it logs a failure */
 	cJSON_Delete(o);
-	if (rc < 0)
-		mn_log(MN_LOG_ERROR, "%s", err);
 	return rc == 0;
 }
 

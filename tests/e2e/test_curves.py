@@ -87,6 +87,55 @@ class HistoryTest(mnlib.TestCase):
         for line in rotated + fresh:
             self.check_line(line)
 
+    def test_full_disk_history_is_said_once_and_resumes(self):
+        # The history ends 40 bytes short of a page and the disk is full: a
+        # line is cut short there. It must not stay behind to garble the next
+        # line, the failure is logged once (not at every 5 s line), training
+        # and checkpoints go on, and lines come again, whole, once there is
+        # room, with a log line that says so.
+        mnt = self.small_fs("64k")
+        hist = os.path.join(mnt, "train.jsonl")
+        old = {"step": 1, "loss": 1.0, "learning_rate": 0.1, "steps_per_sec": 1.0,
+               "time": "2026-01-01T00:00:00.000Z", "max_steps": 9, "pad": ""}
+        line = json.dumps(old) + "\n"
+        n = (4096 - 40) // len(line) - 1
+        old["pad"] = "x" * (4096 - 40 - n * len(line) - len(line))
+        with open(hist, "w") as f:
+            f.write(line * n + json.dumps(old) + "\n")
+        self.assertEqual(os.path.getsize(hist), 4096 - 40)
+        kept = mnlib.read_text(hist)
+        filler = os.path.join(mnt, "filler")
+        mnlib.fill(filler)
+        d = os.path.join(self.work, "ckpt")
+        path, cfg = self.config(train={"max_steps": 10**9, "batch_size": 5, "metrics_file": hist},
+                                checkpoint={"dir": d, "every_steps": 20000})
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        p.wait_output("short write", 60)
+        first = p.output().count("info training step=")
+        mnlib.wait_for(lambda: p.output().count("info training step=") >= first + 3, 60,
+                       "three more progress intervals")
+        out = p.output()
+        self.assertEqual(out.count("train.jsonl: "), 1, out)
+        self.assertEqual(mnlib.read_text(hist), kept)
+        before = mnlib.ckpt_steps(d)
+        mnlib.wait_for(lambda: len(mnlib.ckpt_steps(d)) > len(before), 60, "checkpoints go on")
+        r = self.run_prog([MNISTCTL, "--socket", cfg["control"]["socket"], "status"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        os.unlink(filler)
+        mnlib.wait_for(lambda: mnlib.read_text(hist) != kept, 60, "a line once there is room")
+        p.wait_output("writing again", 30)
+        self.assertRegex(p.output(), r"train.jsonl: writing again; [1-9][0-9]* lines? (were|was) not written")
+        p.signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, p.output())
+        text = mnlib.read_text(hist)
+        self.assertTrue(text.startswith(kept))
+        new = [json.loads(x) for x in text[len(kept):].split("\n")[:-1]]
+        self.assertTrue(new)
+        for line in new:
+            self.check_line(line)
+        r = self.run_prog([MNISTCTL, "--config", path, "plot", "--terminal"])
+        self.assertNotIn("not a JSON object", r.stdout + r.stderr)
+
     def test_unwritable_history_is_a_config_error(self):
         hist = os.path.join(self.work, "no", "such", "train.jsonl")
         path, _ = self.config(train={"metrics_file": hist})
