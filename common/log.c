@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* The longest line written, newline included; longer lines are cut. */
@@ -37,6 +38,16 @@ static enum mn_log_format log_format = MN_LOG_TEXT;
 static enum mn_log_level log_level = MN_LOG_INFO;
 static const char *log_tag_key; /* mn_log_set_tag's field, NULL when none */
 static int64_t log_tag_value;
+/*
+ * The log file's health. A line cut short (a full disk) leaves the file in
+ * the middle of a line: the next line starts with a newline, so it is not
+ * glued onto that one. A failure is said once on standard error (the log
+ * itself cannot say it), and the first line written again is preceded by
+ * a note of how many were lost.
+ */
+static bool log_torn;     /* the log file ends in a partial line */
+static int log_failing;   /* the errno of the failure said; 0 while lines are written */
+static uint64_t log_lost; /* lines not written since */
 
 const char *const mn_log_level_names[] = {"debug", "info", "warn", "error", NULL};
 const char *const mn_log_format_names[] = {"text", "json", NULL};
@@ -46,6 +57,15 @@ const char *mn_log_level_name(enum mn_log_level level)
 	if ((int)level < 0 || level > MN_LOG_ERROR)
 		return "unknown";
 	return mn_log_level_names[level];
+}
+
+/* Whether two descriptors are open on the same file. */
+static bool same_file(int a, int b)
+{
+	struct stat sa, sb;
+
+	return a >= 0 && b >= 0 && fstat(a, &sa) == 0 && fstat(b, &sb) == 0 &&
+	       sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 static int open_file(const char *path, int *fd, char *err, size_t errlen)
@@ -86,6 +106,9 @@ int mn_log_open(const char *path, enum mn_log_format format, enum mn_log_level l
 	log_stdout = !to_file;
 	snprintf(log_path, sizeof(log_path), "%s", to_file ? path : "");
 	log_gen++;
+	log_torn = false;
+	log_failing = 0;
+	log_lost = 0;
 	log_format = format;
 	log_level = level;
 	pthread_mutex_unlock(&log_lock);
@@ -114,6 +137,8 @@ int mn_log_reopen(char *err, size_t errlen)
 	if (gen == log_gen) {
 		old = log_fd;
 		log_fd = fd;
+		/* A new file (logrotate's) has no partial line; the same one may still have. */
+		log_torn = log_torn && same_file(old, fd);
 	} else {
 		old = fd; /* the log was opened or closed meanwhile: keep that */
 	}
@@ -133,6 +158,9 @@ void mn_log_close(void)
 	log_stdout = false;
 	log_path[0] = '\0';
 	log_gen++;
+	log_torn = false;
+	log_failing = 0;
+	log_lost = 0;
 	pthread_mutex_unlock(&log_lock);
 	if (old >= 0)
 		close(old);
@@ -411,10 +439,14 @@ static void json_line(struct line *l, const char *time, enum mn_log_level level,
 
 /* ---- output ---- */
 
-static void write_all(int fd, const char *p, size_t len)
+/* Writes p; returns the bytes written, all of them or fewer with *e the errno. */
+static size_t write_all(int fd, const char *p, size_t len, int *e)
 {
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
+	size_t done = 0;
+
+	*e = 0;
+	while (done < len) {
+		ssize_t w = write(fd, p + done, len - done);
 
 		if (w < 0) {
 			if (errno == EINTR)
@@ -425,11 +457,58 @@ static void write_all(int fd, const char *p, size_t len)
 				if (poll(&pfd, 1, 1000) > 0)
 					continue;
 			}
-			return; /* nowhere left to report it */
+			*e = errno;
+			return done;
 		}
-		p += w;
-		len -= (size_t)w;
+		if (w == 0) {
+			*e = ENOSPC;
+			return done;
+		}
+		done += (size_t)w;
 	}
+	return done;
+}
+
+/*
+ * Writes one line (p[0] is a spare byte before it) to the log file, under
+ * log_lock: after a partial line with a newline first, in the same write.
+ * Returns whether it was written whole. A failed line is counted (unless it
+ * is the note of lines lost itself) and the failure, the first time or when
+ * its reason changes, said on standard error: the log cannot say it.
+ */
+static bool file_line(char *p, size_t len, bool counted)
+{
+	size_t n;
+	int e, ignored;
+
+	if (log_torn)
+		*p = '\n';
+	else
+		p++, len--;
+	n = write_all(log_fd, p, len, &e);
+	if (n > 0)
+		log_torn = p[n - 1] != '\n';
+	if (n == len)
+		return true;
+	if (counted)
+		log_lost++;
+	if (e != log_failing) {
+		char note[PATH_MAX + 256], time[MN_TIMELEN];
+		int m;
+
+		mn_time_rfc3339(time);
+		m = snprintf(
+		    note, sizeof(note),
+		    "%s error log file %s: cannot write: %s; lines are lost until it can be "
+		    "written again\n",
+		    time, log_path, strerror(e));
+		if (m > 0)
+			write_all(STDERR_FILENO, note,
+			          (size_t)m < sizeof(note) ? (size_t)m : sizeof(note) - 1,
+			          &ignored);
+	}
+	log_failing = e;
+	return false;
 }
 
 void mn_log_set_tag(const char *key, int64_t value)
@@ -446,11 +525,14 @@ void mn_log_set_tag(const char *key, int64_t value)
 void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log_field *fields,
                    size_t nfields)
 {
-	char buf[LINE_MAX_BYTES], time[MN_TIMELEN];
-	struct line l = {.p = buf, .cap = sizeof(buf) - LINE_TAIL};
+	/* A spare byte before each line, for the newline that ends a partial one (file_line). */
+	char buf[LINE_MAX_BYTES + 1], nbuf[PATH_MAX + 512], time[MN_TIMELEN], path[PATH_MAX];
+	struct line l = {.p = buf + 1, .cap = sizeof(buf) - 1 - LINE_TAIL};
+	struct line nl = {.p = nbuf + 1, .cap = sizeof(nbuf) - 1 - LINE_TAIL};
 	enum mn_log_format format;
-	size_t len;
-	int fd;
+	size_t len, nlen = 0;
+	uint64_t lost;
+	int fd, failing;
 	struct mn_log_field tagged[TAGGED_FIELDS_MAX + 1], tag;
 
 	if (!wanted(level, &format))
@@ -470,8 +552,37 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 		text_line(&l, time, level, msg, fields, nfields);
 	len = finish(&l);
 	pthread_mutex_lock(&log_lock);
-	fd = log_fd >= 0 ? log_fd : log_stdout ? STDOUT_FILENO : STDERR_FILENO;
-	write_all(fd, buf, len);
+	failing = log_fd >= 0 ? log_failing : 0;
+	lost = log_lost;
+	snprintf(path, sizeof(path), "%s", log_path);
+	pthread_mutex_unlock(&log_lock);
+	if (failing) {
+		/* Built outside the lock, in case this line is the first to get through. */
+		struct mn_log_field nf[] = {
+		    MN_F_STR("file", path),
+		    MN_F_INT("lines_lost", (int64_t)lost),
+		    MN_F_STR("error", strerror(failing)),
+		};
+
+		if (format == MN_LOG_JSON)
+			json_line(&nl, time, MN_LOG_WARN, "log file: writing again", nf, 3);
+		else
+			text_line(&nl, time, MN_LOG_WARN, "log file: writing again", nf, 3);
+		nlen = finish(&nl);
+	}
+	pthread_mutex_lock(&log_lock);
+	if (log_fd >= 0) {
+		if (log_failing && nlen && file_line(nbuf, nlen + 1, false)) {
+			log_failing = 0;
+			log_lost = 0;
+		}
+		file_line(buf, len + 1, true);
+	} else {
+		int ignored;
+
+		fd = log_stdout ? STDOUT_FILENO : STDERR_FILENO;
+		write_all(fd, buf + 1, len, &ignored);
+	}
 	pthread_mutex_unlock(&log_lock);
 }
 

@@ -236,6 +236,55 @@ class TrainerTest(mnlib.TestCase):
         index = mnlib.read_json(os.path.join(d, "checkpoint.json"))
         self.assertIn(index["latest"], os.listdir(d))
 
+    def test_log_file_on_a_full_disk(self):
+        """log.file on a full disk: a line cut short there stays alone (the
+        next is not glued onto it), the failure is said once on standard
+        error, and the first line written again is a note of how many were
+        lost; training and checkpoints go on."""
+        mnt = self.small_fs("64k")
+        log = os.path.join(mnt, "mnistd.log")
+        old = json.dumps({"time": "2026-01-01T00:00:00.000Z", "level": "info", "msg": "x"}) + "\n"
+        with open(log, "w") as f:
+            f.write(old * ((4096 - 40) // len(old)))
+        kept = mnlib.read_text(log)
+        filler = os.path.join(mnt, "filler")
+        mnlib.fill(filler)
+        d = os.path.join(self.work, "ckpt")
+        path, cfg = self.config(train={"max_steps": 10 ** 9, "batch_size": 5},
+                                checkpoint={"dir": d, "every_steps": 10 ** 9},
+                                log={"file": log, "format": "json", "level": "info"})
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        ctl = [mnlib.MNISTCTL, "--socket", cfg["control"]["socket"]]
+        mnlib.wait_for(lambda: os.path.exists(cfg["control"]["socket"]), 60, "the control socket")
+        saved = []
+        for _ in range(3):
+            r = self.run_prog(ctl + ["save"])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            saved.append(r.stdout.strip())
+        self.assertEqual(len(ckpt_steps(d)), 3)
+        p.wait_output("cannot write", 30)
+        self.assertEqual(p.output().count("mnistd.log"), 1, p.output())
+        self.assertIn("No space left on device", p.output())
+        os.unlink(filler)
+        r = self.run_prog(ctl + ["save"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        mnlib.wait_for(lambda: "checkpoint published" in mnlib.read_text(log), 30, "a log line")
+        p.signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, p.output())
+        text = mnlib.read_text(log)
+        self.assertTrue(text.startswith(kept))
+        lines = text[len(kept):].split("\n")
+        self.assertEqual(lines[-1], "")
+        # The line cut short stays alone: one line's head, never two lines glued.
+        torn = lines[0]
+        self.assertEqual(torn.count('{"time"'), 1, torn)
+        self.assertTrue(0 < len(kept) + len(torn) <= 4096, torn)
+        parsed = [json.loads(x) for x in lines[1:-1]]
+        self.assertEqual(parsed[0]["msg"], "log file: writing again", parsed[0])
+        self.assertGreaterEqual(parsed[0]["lines_lost"], 4)
+        self.assertIn("No space left on device", parsed[0]["error"])
+        self.assertTrue(any(x["msg"] == "checkpoint published" for x in parsed))
+
     def test_skips_invalid_newest_checkpoint(self):
         path, cfg = self.config(train={"max_steps": 40}, checkpoint={"every_steps": 20})
         self.train(path, "first")
