@@ -18,9 +18,10 @@
 
 struct mn_jsonl {
 	int fd;
-	bool torn;     /* the file ends in a partial line */
-	int failing;   /* the errno of the failure logged last; 0 while lines get written */
-	uint64_t lost; /* lines not written since that failure */
+	bool torn;      /* the file ends in a partial line */
+	bool lost_name; /* the name is gone and a new file cannot be made: said once */
+	int failing;    /* the errno of the failure logged last; 0 while lines get written */
+	uint64_t lost;  /* lines not written since that failure */
 	char *path;
 };
 
@@ -112,6 +113,36 @@ int mn_jsonl_reopen(struct mn_jsonl *f, char *err, size_t errlen)
 }
 
 /*
+ * Whether the path still names the file being written: if it was moved
+ * aside or removed without a SIGHUP (logrotate without postrotate, an
+ * operator's rm), every later line would go where no reader looks, so the
+ * next goes to a new file under the name, as readers follow the name.
+ */
+static void follow_name(struct mn_jsonl *f)
+{
+	struct stat ps, fs;
+	char err[MN_ERRLEN];
+
+	if (fstat(f->fd, &fs) < 0)
+		return;
+	if (stat(f->path, &ps) == 0) {
+		if (ps.st_dev == fs.st_dev && ps.st_ino == fs.st_ino)
+			return;
+	} else if (errno != ENOENT) {
+		return; /* not known to be gone (its directory unsearchable for a moment) */
+	}
+	if (mn_jsonl_reopen(f, err, sizeof(err)) < 0) {
+		if (!f->lost_name)
+			mn_log(MN_LOG_ERROR, "%s; lines go to the file it named", err);
+		f->lost_name = true;
+		return;
+	}
+	f->lost_name = false;
+	mn_log(MN_LOG_WARN, "%s was moved or removed: lines go to a new file under its name",
+	       f->path);
+}
+
+/*
  * Cuts a partial line off again, so the file stays one whole JSON object
  * per line. Only if that fails is the next line started afresh.
  */
@@ -161,6 +192,7 @@ int mn_jsonl_append(struct mn_jsonl *f, const cJSON *obj, char *err, size_t errl
 		mn_errf(err, errlen, "%s: out of memory for a metrics line", f->path);
 		goto out;
 	}
+	follow_name(f);
 	/* After a partial line that could not be removed, end that one first. */
 	p = line;
 	if (f->torn)

@@ -11,7 +11,10 @@
  * so is the first record written to a file that already ends in a partial
  * line (its previous writer died mid-line, or a crash cut it off).
  * mn_jsonl_reopen() is for logrotate: the rotated file has been moved
- * aside, and the next records go to a new file under the same path.
+ * aside, and the next records go to a new file under the same path. A file
+ * moved aside or removed without it (logrotate without postrotate, an
+ * operator's rm) is noticed at the next record, which goes to a new file
+ * under the path (the one readers follow), with a warning in the log.
  *
  * Not thread-safe: one thread (the loop's) owns a writer.
  */

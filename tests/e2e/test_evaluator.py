@@ -798,6 +798,31 @@ class EvaluatorTest(mnlib.TestCase):
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
 
+    def test_metrics_file_removed_without_sighup(self):
+        # logrotate without postrotate, or an operator's rm: the lines after
+        # it go to a new file under the name (the one readers follow), not to
+        # the removed or renamed one, and the log says so.
+        src = self.real_checkpoints()
+        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        m = os.path.join(self.work, "m.jsonl")
+        path, _ = self.eval_config(d, eval={"metrics_file": m})
+        ev = self.start_eval(path)
+        publish(d, ckpt_name(10), blob(10))
+        self.wait_metric(10, path=m)
+        os.rename(m, m + ".1")
+        publish(d, ckpt_name(20), blob(20))
+        self.wait_metric(20, path=m)
+        os.unlink(m)
+        publish(d, ckpt_name(30), blob(30))
+        self.wait_metric(30, path=m)
+        self.assertEqual([x["step"] for x in metrics(m + ".1")], [10])
+        self.assertEqual([x["step"] for x in metrics(m)], [30])
+        self.assertEqual(ev.output().count("m.jsonl was moved or removed"), 2, ev.output())
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+
     def test_bad_config_exits_78(self):
         path, _ = self.config(eval={"watch": "sometimes"})
         r = self.run_prog([MNIST_EVAL, "--config", path])

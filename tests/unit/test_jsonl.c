@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mn_test.h"
 #include "util.h"
@@ -68,14 +69,52 @@ START_TEST(reopen_follows_rotation)
 	ck_assert_int_eq(mn_jsonl_open(path, &f, err, sizeof(err)), 0);
 	append_step(f, 1);
 	ck_assert_int_eq(rename(path, old), 0);
-	append_step(f, 2);
 	ck_assert_int_eq(mn_jsonl_reopen(f, err, sizeof(err)), 0);
-	append_step(f, 3);
+	append_step(f, 2);
 	mn_jsonl_close(f);
 	text = slurp(old);
-	ck_assert_str_eq(text, "{\"step\":1}\n{\"step\":2}\n");
+	ck_assert_str_eq(text, "{\"step\":1}\n");
 	free(text);
 	text = slurp(path);
+	ck_assert_str_eq(text, "{\"step\":2}\n");
+	free(text);
+}
+END_TEST
+
+/*
+ * A file moved aside or removed without a SIGHUP (logrotate without
+ * postrotate, an operator's rm) must not swallow every later line: the
+ * next line goes to a new file under the name, as readers follow the name.
+ */
+START_TEST(moved_or_removed_file_is_created_again)
+{
+	char path[256], old[300], err[MN_ERRLEN], *text;
+	struct mn_jsonl *f;
+
+	snprintf(path, sizeof(path), "%s/m.jsonl", dir);
+	snprintf(old, sizeof(old), "%s.1", path);
+	ck_assert_int_eq(mn_jsonl_open(path, &f, err, sizeof(err)), 0);
+	append_step(f, 1);
+	ck_assert_int_eq(rename(path, old), 0);
+	append_step(f, 2);
+	text = slurp(path);
+	ck_assert_str_eq(text, "{\"step\":2}\n");
+	free(text);
+	ck_assert_int_eq(unlink(path), 0);
+	append_step(f, 3);
+	text = slurp(path);
+	ck_assert_str_eq(text, "{\"step\":3}\n");
+	free(text);
+	/* Replaced by another file (logrotate's create): that one gets the lines. */
+	ck_assert_int_eq(rename(path, old), 0);
+	mn_test_write_file(path, "", 0);
+	append_step(f, 4);
+	append_step(f, 5);
+	mn_jsonl_close(f);
+	text = slurp(path);
+	ck_assert_str_eq(text, "{\"step\":4}\n{\"step\":5}\n");
+	free(text);
+	text = slurp(old);
 	ck_assert_str_eq(text, "{\"step\":3}\n");
 	free(text);
 }
@@ -157,8 +196,8 @@ int main(void)
 	Suite *s = suite_create("jsonl");
 
 	MN_TEST_ADD(mn_test_tcase(s, "jsonl", setup, teardown), appends_whole_lines,
-	            reopen_follows_rotation, failed_reopen_keeps_the_old_file,
-	            empty_path_is_no_file, open_error_names_the_file,
-	            a_file_cut_mid_line_gets_its_line_ended);
+	            reopen_follows_rotation, moved_or_removed_file_is_created_again,
+	            failed_reopen_keeps_the_old_file, empty_path_is_no_file,
+	            open_error_names_the_file, a_file_cut_mid_line_gets_its_line_ended);
 	return mn_test_run(s);
 }
