@@ -470,6 +470,35 @@ static size_t write_all(int fd, const char *p, size_t len, int *e)
 }
 
 /*
+ * Under log_lock: whether log_path still names the log file. Moved aside or
+ * removed without a SIGHUP (logrotate without postrotate, an operator's
+ * rm), it would take every later line where no one looks: a new file is
+ * opened under the name instead. Returns true if it was, for a note.
+ */
+static bool follow_name(void)
+{
+	struct stat ps, fs;
+	char err[MN_ERRLEN];
+	int fd;
+
+	if (log_fd < 0 || fstat(log_fd, &fs) < 0)
+		return false;
+	if (stat(log_path, &ps) == 0) {
+		if (ps.st_dev == fs.st_dev && ps.st_ino == fs.st_ino)
+			return false;
+	} else if (errno != ENOENT) {
+		return false; /* not known to be gone */
+	}
+	if (open_file(log_path, &fd, err, sizeof(err)) < 0)
+		return false; /* the old file goes on taking the lines; a SIGHUP says why */
+	close(log_fd);
+	log_fd = fd;
+	log_gen++;
+	log_torn = false;
+	return true;
+}
+
+/*
  * Writes one line (p[0] is a spare byte before it) to the log file, under
  * log_lock: after a partial line with a newline first, in the same write.
  * Returns whether it was written whole. A failed line is counted (unless it
@@ -533,6 +562,7 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 	size_t len, nlen = 0;
 	uint64_t lost;
 	int fd, failing;
+	bool moved;
 	struct mn_log_field tagged[TAGGED_FIELDS_MAX + 1], tag;
 
 	if (!wanted(level, &format))
@@ -571,6 +601,7 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 		nlen = finish(&nl);
 	}
 	pthread_mutex_lock(&log_lock);
+	moved = follow_name();
 	if (log_fd >= 0) {
 		if (log_failing && nlen && file_line(nbuf, nlen + 1, false)) {
 			log_failing = 0;
@@ -584,6 +615,9 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 		write_all(fd, buf + 1, len, &ignored);
 	}
 	pthread_mutex_unlock(&log_lock);
+	if (moved)
+		mn_log(MN_LOG_WARN,
+		       "log file was moved or removed: lines go to a new file under its name");
 }
 
 void mn_log(enum mn_log_level level, const char *fmt, ...)

@@ -285,6 +285,29 @@ class TrainerTest(mnlib.TestCase):
         self.assertIn("No space left on device", parsed[0]["error"])
         self.assertTrue(any(x["msg"] == "checkpoint published" for x in parsed))
 
+    def test_log_file_removed_without_sighup(self):
+        """log.file moved aside or removed without a SIGHUP (logrotate
+        without postrotate, an operator's rm): later lines go to a new file
+        under the name, which says why, not to the unlinked file."""
+        log = os.path.join(self.work, "m.log")
+        d = os.path.join(self.work, "ckpt")
+        path, cfg = self.config(train={"max_steps": 10 ** 9, "batch_size": 5},
+                                checkpoint={"dir": d, "every_steps": 10 ** 9},
+                                log={"file": log, "format": "text", "level": "info"})
+        p = self.start([MNISTD, "--config", path], "mnistd")
+        ctl = [mnlib.MNISTCTL, "--socket", cfg["control"]["socket"]]
+        mnlib.wait_for(lambda: "ready" in mnlib.read_text(log), 60, "ready in the log")
+        for move in (lambda: os.rename(log, log + ".1"), lambda: os.unlink(log)):
+            move()
+            r = self.run_prog(ctl + ["save"])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            mnlib.wait_for(lambda: "checkpoint published" in mnlib.read_text(log), 30,
+                           "a line in a new log file")
+            self.assertIn("log file was moved or removed", mnlib.read_text(log))
+        self.assertIn("ready", mnlib.read_text(log + ".1"))
+        p.signal(signal.SIGTERM)
+        self.assertEqual(p.wait(60), 0, p.output())
+
     def test_skips_invalid_newest_checkpoint(self):
         path, cfg = self.config(train={"max_steps": 40}, checkpoint={"every_steps": 20})
         self.train(path, "first")

@@ -282,14 +282,31 @@ START_TEST(test_reopen)
 	mn_log(MN_LOG_INFO, "one");
 	snprintf(rotated, sizeof(rotated), "%s.1", logpath);
 	ck_assert_int_eq(rename(logpath, rotated), 0);
-	mn_log(MN_LOG_INFO, "two"); /* still to the renamed file, like any daemon before SIGHUP */
 	ck_assert_int_eq(mn_log_reopen(err, sizeof(err)), 0);
-	mn_log(MN_LOG_INFO, "three");
+	mn_log(MN_LOG_INFO, "two");
 	text = slurp(rotated);
-	ck_assert_msg(matches("^" TIME_RE " info one\n" TIME_RE " info two\n$", text), "%s", text);
+	ck_assert_msg(matches("^" TIME_RE " info one\n$", text), "%s", text);
 	free(text);
 	text = slurp(logpath);
-	ck_assert_msg(matches("^" TIME_RE " info three\n$", text), "%s", text);
+	ck_assert_msg(matches("^" TIME_RE " info two\n$", text), "%s", text);
+	free(text);
+
+	/*
+	 * Moved aside without a SIGHUP (logrotate without postrotate): the next
+	 * line goes to a new file under the name, not where no one looks.
+	 */
+	ck_assert_int_eq(unlink(rotated), 0);
+	ck_assert_int_eq(rename(logpath, rotated), 0);
+	mn_log(MN_LOG_INFO, "three");
+	text = slurp(rotated);
+	ck_assert_msg(matches("^" TIME_RE " info two\n$", text), "%s", text);
+	free(text);
+	text = slurp(logpath);
+	ck_assert_msg(matches("^" TIME_RE " info three\n" TIME_RE
+	                      " warn log file was moved or removed: lines go to a new file under "
+	                      "its name\n$",
+	                      text),
+	              "%s", text);
 	free(text);
 
 	/* A failed reopen (a directory now has the name) keeps logging to the old file. */
@@ -299,8 +316,10 @@ START_TEST(test_reopen)
 	ck_assert_ptr_nonnull(strstr(err, logpath));
 	mn_log(MN_LOG_INFO, "four");
 	text = slurp(rotated);
-	ck_assert_msg(matches("^" TIME_RE " info three\n" TIME_RE " info four\n$", text), "%s",
-	              text);
+	ck_assert_msg(matches("^" TIME_RE " info three\n" TIME_RE " warn log file was moved or "
+	                      "removed: [^\n]*\n" TIME_RE " info four\n$",
+	                      text),
+	              "%s", text);
 	free(text);
 	ck_assert_int_eq(rmdir(logpath), 0);
 }
