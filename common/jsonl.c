@@ -20,7 +20,7 @@ struct mn_jsonl {
 	int fd;
 	bool torn;      /* the file ends in a partial line */
 	bool lost_name; /* the name is gone and a new file cannot be made: said once */
-	int failing;    /* the errno of the failure logged last; 0 while lines get written */
+	int failing;    /* the errno of the last failure; 0 while lines get written */
 	uint64_t lost;  /* lines not written since that failure */
 	char *path;
 };
@@ -159,14 +159,15 @@ static bool drop_partial_line(struct mn_jsonl *f, size_t written)
 
 /*
  * A full disk fails every line until there is room again: logged at the
- * first failure (and when the reason changes), not at every line, and the
- * first line written again says how many were lost.
+ * first failure, not at every line (nor at every change of reason: a bad
+ * disk can alternate short writes and EIO), and the first line written
+ * again says how many were lost.
  */
 static int said(struct mn_jsonl *f, int rc, const char *err)
 {
 	if (rc < 0) {
 		f->lost++;
-		if (f->failing != -rc)
+		if (!f->failing)
 			mn_log(MN_LOG_ERROR, "%s; lines are not written until this passes", err);
 		f->failing = -rc;
 	} else if (f->failing) {

@@ -502,8 +502,8 @@ static bool follow_name(void)
  * Writes one line (p[0] is a spare byte before it) to the log file, under
  * log_lock: after a partial line with a newline first, in the same write.
  * Returns whether it was written whole. A failed line is counted (unless it
- * is the note of lines lost itself) and the failure, the first time or when
- * its reason changes, said on standard error: the log cannot say it.
+ * is the note of lines lost itself) and the first failure of a run of them
+ * said on standard error: the log cannot say it.
  */
 static bool file_line(char *p, size_t len, bool counted)
 {
@@ -521,7 +521,7 @@ static bool file_line(char *p, size_t len, bool counted)
 		return true;
 	if (counted)
 		log_lost++;
-	if (e != log_failing) {
+	if (!log_failing) {
 		char note[PATH_MAX + 256], time[MN_TIMELEN];
 		int m;
 

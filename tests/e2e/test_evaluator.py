@@ -773,7 +773,8 @@ class EvaluatorTest(mnlib.TestCase):
         os.makedirs(d)
         publish(d, ckpt_name(10), blob(10))
         # --once: the line is logged, the record is not kept, so the command fails.
-        path, _ = self.eval_config(d, eval={"metrics_file": m})
+        prom = os.path.join(self.work, "eval.prom")
+        path, _ = self.eval_config(d, eval={"metrics_file": m, "textfile": prom})
         r = self.run_prog([MNIST_EVAL, "--config", path, "--once"])
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertRegex(r.stdout, r"evaluation step=10 ")
@@ -785,7 +786,9 @@ class EvaluatorTest(mnlib.TestCase):
         ev.wait_output("evaluation step=10 ")
         for s in (20, 30):
             publish(d, ckpt_name(s), blob(s))
-            ev.wait_output("evaluation step=%d " % s)
+            # The textfile is rewritten after the metrics line was tried.
+            mnlib.wait_for(lambda: "\nmnist_eval_step %d\n" % s in read_text(prom), 60,
+                           "step %d recorded" % s)
         self.assertEqual(read_text(m), kept)
         # Said once, not at every line the full disk costs.
         self.assertEqual(ev.output().count("short write"), 1)
@@ -822,6 +825,50 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(ev.output().count("m.jsonl was moved or removed"), 2, ev.output())
         ev.signal(signal.SIGTERM)
         self.assertEqual(ev.wait(30), 0, ev.output())
+
+    def test_metrics_file_on_a_failing_disk(self):
+        # EIO (a disk gone bad), with a line cut short that cannot be cut off
+        # again: the partial line stays alone, the next line is whole, the
+        # failure is said once, writing again is said, and the file stays
+        # one the strict readers take (the partial line counted as cut).
+        src = self.real_checkpoints()
+        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        d = os.path.join(self.work, "ckpt")
+        os.makedirs(d)
+        m = os.path.join(self.work, "m.jsonl")
+        flag = os.path.join(self.work, "ioerr")
+        so = mnlib.build_preload(self, "ioerr")
+        env = {"LD_PRELOAD": so, "MN_IOERR": flag, "MN_IOERR_AT": "/m.jsonl", "MN_IOERR_SHORT": "20",
+               "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+        prom = os.path.join(self.work, "eval.prom")
+        path, _ = self.eval_config(d, eval={"metrics_file": m, "textfile": prom})
+        ev = self.start([MNIST_EVAL, "--config", path], "eval", env=env)
+        publish(d, ckpt_name(10), blob(10))
+        self.wait_metric(10, path=m)
+        open(flag, "w").close()
+        for s in (20, 30):
+            publish(d, ckpt_name(s), blob(s))
+            # The textfile is rewritten after the metrics line was tried.
+            mnlib.wait_for(lambda: "\nmnist_eval_step %d\n" % s in read_text(prom), 60,
+                           "step %d recorded" % s)
+        os.unlink(flag)
+        publish(d, ckpt_name(40), blob(40))
+        ev.wait_output("m.jsonl: writing again; 2 lines were not written")
+        ev.signal(signal.SIGTERM)
+        self.assertEqual(ev.wait(30), 0, ev.output())
+        self.assertEqual(ev.output().count("m.jsonl: "), 2, ev.output())
+        self.assertIn("the partial line cannot be removed: Input/output error", ev.output())
+        lines = read_text(m).split("\n")
+        self.assertEqual(lines[-1], "")
+        self.assertEqual(json.loads(lines[0])["step"], 10)
+        self.assertEqual(lines[1], '{"step":20,"accuracy')
+        self.assertEqual(json.loads(lines[2])["step"], 40)
+        self.assertEqual(len(lines), 4)
+        r = self.run_prog([mnlib.MNISTCTL, "ls", "--json", "--metrics", m, d])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        listed = {c["file"]: c.get("accuracy") for c in json.loads(r.stdout)["checkpoints"]}
+        self.assertIsNotNone(listed[ckpt_name(40)], r.stdout)
+        self.assertIsNone(listed[ckpt_name(20)], r.stdout)
 
     def test_bad_config_exits_78(self):
         path, _ = self.config(eval={"watch": "sometimes"})
