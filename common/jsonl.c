@@ -47,30 +47,6 @@ static int open_fd(const char *path, int *fd, char *err, size_t errlen)
 	return 0;
 }
 
-/*
- * Whether the file fd is open on (for writing only) ends in a partial line:
- * its writer died mid-line, or a crash cut it off. The next record must not
- * be glued to that line. Read through /proc, which reopens the same file
- * even if it has been renamed; a file that cannot be read is taken as whole.
- */
-static bool ends_mid_line(int fd)
-{
-	char proc[64], last = '\n';
-	struct stat st;
-	int rfd;
-
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
-		return false;
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-	rfd = open(proc, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-	if (rfd < 0)
-		return false;
-	if (pread(rfd, &last, 1, st.st_size - 1) != 1)
-		last = '\n';
-	close(rfd);
-	return last != '\n';
-}
-
 int mn_jsonl_open(const char *path, struct mn_jsonl **out, char *err, size_t errlen)
 {
 	struct mn_jsonl *f;
@@ -91,7 +67,7 @@ int mn_jsonl_open(const char *path, struct mn_jsonl **out, char *err, size_t err
 		free(f);
 		return rc;
 	}
-	f->torn = ends_mid_line(f->fd);
+	f->torn = mn_fd_ends_mid_line(f->fd);
 	*out = f;
 	return 0;
 }
@@ -108,7 +84,7 @@ int mn_jsonl_reopen(struct mn_jsonl *f, char *err, size_t errlen)
 	close(f->fd);
 	f->fd = fd;
 	/* A fresh file (logrotate's create) has no partial line to end; another may. */
-	f->torn = ends_mid_line(fd);
+	f->torn = mn_fd_ends_mid_line(fd);
 	return 0;
 }
 

@@ -59,15 +59,6 @@ const char *mn_log_level_name(enum mn_log_level level)
 	return mn_log_level_names[level];
 }
 
-/* Whether two descriptors are open on the same file. */
-static bool same_file(int a, int b)
-{
-	struct stat sa, sb;
-
-	return a >= 0 && b >= 0 && fstat(a, &sa) == 0 && fstat(b, &sb) == 0 &&
-	       sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
 static int open_file(const char *path, int *fd, char *err, size_t errlen)
 {
 	*fd = mn_open_append(path, 0640, err, errlen);
@@ -106,7 +97,7 @@ int mn_log_open(const char *path, enum mn_log_format format, enum mn_log_level l
 	log_stdout = !to_file;
 	snprintf(log_path, sizeof(log_path), "%s", to_file ? path : "");
 	log_gen++;
-	log_torn = false;
+	log_torn = fd >= 0 && mn_fd_ends_mid_line(fd);
 	log_failing = 0;
 	log_lost = 0;
 	log_format = format;
@@ -137,8 +128,7 @@ int mn_log_reopen(char *err, size_t errlen)
 	if (gen == log_gen) {
 		old = log_fd;
 		log_fd = fd;
-		/* A new file (logrotate's) has no partial line; the same one may still have. */
-		log_torn = log_torn && same_file(old, fd);
+		log_torn = mn_fd_ends_mid_line(fd);
 	} else {
 		old = fd; /* the log was opened or closed meanwhile: keep that */
 	}
@@ -494,7 +484,7 @@ static bool follow_name(void)
 	close(log_fd);
 	log_fd = fd;
 	log_gen++;
-	log_torn = false;
+	log_torn = mn_fd_ends_mid_line(fd);
 	return true;
 }
 

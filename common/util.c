@@ -638,6 +638,29 @@ int mn_open_regular(const char *path, unsigned flags, struct stat *st, char *err
 	return fd;
 }
 
+/*
+ * Read through /proc, which reopens the same file even if it has been
+ * renamed (fd itself is open for writing only); a file that cannot be read
+ * is taken as whole.
+ */
+bool mn_fd_ends_mid_line(int fd)
+{
+	char proc[64], last = '\n';
+	struct stat st;
+	int rfd;
+
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+		return false;
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	rfd = open(proc, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (rfd < 0)
+		return false;
+	if (pread(rfd, &last, 1, st.st_size - 1) != 1)
+		last = '\n';
+	close(rfd);
+	return last != '\n';
+}
+
 int mn_open_append(const char *path, unsigned mode, char *err, size_t errlen)
 {
 	struct stat st;

@@ -182,6 +182,14 @@ int mn_open_regular(const char *path, unsigned flags, struct stat *st, char *err
 int mn_open_append(const char *path, unsigned mode, char *err, size_t errlen);
 
 /*
+ * Whether the regular file fd is open on ends in a partial line (its last
+ * byte is not a newline): its writer died mid-line, a crash cut it off, or
+ * a disk filled up mid-write. An appender's next line must then start with
+ * a newline, so as not to be glued onto that one.
+ */
+bool mn_fd_ends_mid_line(int fd);
+
+/*
  * Reads a whole regular file (at most max bytes, else -EFBIG) into a
  * malloc'd buffer with a NUL byte after the data. *len excludes the NUL.
  * The file is opened with mn_open_regular(), so a FIFO is refused, never

@@ -325,6 +325,31 @@ START_TEST(test_reopen)
 }
 END_TEST
 
+/*
+ * A log file its previous writer left mid-line (a crash, a disk that filled
+ * up): the first line starts with a newline, so it is not glued onto that
+ * one. At open and at a reopen onto such a file.
+ */
+START_TEST(test_file_cut_mid_line)
+{
+	char err[MN_ERRLEN], *text;
+
+	mn_test_write_file(logpath, "{\"time\":\"2026", 13);
+	open_log(MN_LOG_JSON, MN_LOG_INFO);
+	mn_log(MN_LOG_INFO, "one");
+	text = slurp(logpath);
+	ck_assert_msg(matches("^\\{\"time\":\"2026\n\\{[^\n]*\"msg\":\"one\"}\n$", text), "%s",
+	              text);
+	free(text);
+	mn_test_write_file(logpath, "x", 1);
+	ck_assert_int_eq(mn_log_reopen(err, sizeof(err)), 0);
+	mn_log(MN_LOG_INFO, "two");
+	text = slurp(logpath);
+	ck_assert_msg(matches("^x\n\\{[^\n]*\"msg\":\"two\"}\n$", text), "%s", text);
+	free(text);
+}
+END_TEST
+
 START_TEST(test_stderr_before_open)
 {
 	char path[192];
@@ -472,6 +497,7 @@ int main(void)
 
 	MN_TEST_ADD(mn_test_tcase(s, "core", setup, teardown), test_text_format, test_json_format,
 	            test_tag, test_levels, test_open_errors, test_file_mode, test_reopen,
-	            test_stderr_before_open, test_truncation, test_concurrent);
+	            test_file_cut_mid_line, test_stderr_before_open, test_truncation,
+	            test_concurrent);
 	return mn_test_run(s);
 }
