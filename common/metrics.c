@@ -227,6 +227,18 @@ static bool never_closed(const char *p, size_t len)
 	return true;
 }
 
+bool mn_metrics_line_unfinished(const char *line, size_t len)
+{
+	const char *a = line, *z = line + len;
+
+	/* A crash can leave zeros where a line's bytes never reached the disk. */
+	while (a < z && *a == '\0')
+		a++;
+	while (z > a && z[-1] == '\0')
+		z--;
+	return (a == z && len > 0) || never_closed(a, (size_t)(z - a));
+}
+
 /*
  * Parses the complete lines of text[0, len) into s (line numbers go on
  * from s->lines); *used gets the bytes they take, up to the last newline.
@@ -243,15 +255,15 @@ static int parse_lines(enum mn_metrics_kind kind, const char *text, size_t len, 
 		const char *a = p, *z = nl;
 
 		s->lines++;
+		if (mn_metrics_line_unfinished(p, (size_t)(nl - p))) {
+			s->cut++;
+			continue;
+		}
 		/* A crash can leave zeros where a line's bytes never reached the disk. */
 		while (a < z && *a == '\0')
 			a++;
 		while (z > a && z[-1] == '\0')
 			z--;
-		if ((a == z && nl > p) || never_closed(a, (size_t)(z - a))) {
-			s->cut++;
-			continue;
-		}
 		if ((size_t)(nl - p) > MN_METRICS_LINE_MAX) {
 			mn_errf(err, errlen, "%s:%zu: longer than %d bytes", name, s->lines,
 			        MN_METRICS_LINE_MAX);

@@ -69,6 +69,14 @@ struct mn_metrics_series {
 };
 
 /*
+ * Whether a complete line (len bytes, without its newline) is a record its
+ * writer never finished, as described above: left out and counted in cut,
+ * never an error. For other readers of the files (the early stopper), so
+ * that they count such a line as these do.
+ */
+bool mn_metrics_line_unfinished(const char *line, size_t len);
+
+/*
  * Parses the text of a metrics file (len bytes; name starts messages) into
  * out, which the caller frees with mn_metrics_series_free() on success.
  * A file with no complete line is -ENODATA ("has no lines yet"); a bad line

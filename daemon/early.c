@@ -12,6 +12,7 @@
 #include "follow.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 /* Garbage lines logged one by one before only every GARBAGE_EVERY-th is. */
@@ -98,8 +99,18 @@ static bool judge(struct mnd_early *e, const char *line, size_t len, bool quiet)
 	double accuracy;
 
 	if (!parse_line(line, len, &step, &accuracy)) {
-		if (!quiet)
+		/*
+		 * A record cut short (a full or failing disk under the evaluator)
+		 * is what the other readers of the file leave out quietly too.
+		 */
+		if (mn_metrics_line_unfinished(line, len)) {
+			if (!quiet)
+				mn_log(MN_LOG_DEBUG,
+				       "%s: passing over a record its writer never finished",
+				       e->path);
+		} else if (!quiet) {
 			log_garbage(e, line, len);
+		}
 		return false;
 	}
 	if (step <= e->last_step)

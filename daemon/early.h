@@ -4,8 +4,10 @@
  * The trainer follows the evaluator's metrics file (follow.h: filesystem
  * events with polling as the fallback) on the loop thread, never on the
  * training thread. Each complete line that is a JSON object with an integer
- * "step" >= 0 and an "accuracy" in [0, 1] is an evaluation; anything else is
- * logged as garbage and ignored. An evaluation counts only if it is of this
+ * "step" >= 0 and an "accuracy" in [0, 1] is an evaluation; a record its
+ * writer never finished (mn_metrics_line_unfinished(), a disk that filled
+ * up under the evaluator) is passed over as the other readers pass it over;
+ * anything else is logged as garbage and ignored. An evaluation counts only if it is of this
  * run (its step is at most the trainer's current step: a longer old run's
  * history is not ours) and newer than the last one counted (a restarted
  * evaluator re-evaluates its newest checkpoint; a rotated or rewritten file

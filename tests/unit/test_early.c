@@ -14,6 +14,7 @@
 
 #include "early.h"
 #include "follow.h"
+#include "log.h"
 #include "mn_test.h"
 #include "mn_test_uv.h"
 
@@ -156,6 +157,39 @@ START_TEST(test_only_new_evaluations_of_this_run_count)
 }
 END_TEST
 
+/*
+ * A record its writer never finished, ended by the next writer's newline
+ * (jsonl.h, when a short write's partial line cannot be cut off): counted
+ * as the metrics readers count it (cut, metrics.h), not warned about as
+ * garbage; garbage still is.
+ */
+START_TEST(test_unfinished_record_is_no_garbage)
+{
+	char log[PATH_MAX + 32], err[256];
+	struct mnd_early *e;
+	struct mnd_early_status s;
+
+	snprintf(log, sizeof(log), "%s/log", tmpdir);
+	ck_assert_int_eq(mn_log_open(log, MN_LOG_TEXT, MN_LOG_INFO, err, sizeof(err)), 0);
+	e = start(5, 0.0);
+	append("{\"step\":100,\"accuracy\":0.5}\n"
+	       "{\"step\":200,\"accur\n"
+	       "not json\n"
+	       "{\"step\":300,\"accuracy\":0.6}\n");
+	run_until_counted(e, 2);
+	mnd_early_get_status(e, &s);
+	ck_assert_int_eq(s.evaluations, 2);
+	mnd_early_close(e);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	ck_assert_uint_eq(mn_test_count_lines(log, "ignoring a line"), 1);
+	ck_assert_uint_eq(
+	    mn_test_count_lines(log,
+	                        "ignoring a line that is not an evaluation (1 so far): not json"),
+	    1);
+	mn_log_close();
+}
+END_TEST
+
 /* A metrics file that does not exist yet is followed from when it appears. */
 START_TEST(test_file_that_appears_later)
 {
@@ -249,6 +283,7 @@ int main(void)
 	TCase *tc = mn_test_tcase(s, "early", setup, teardown);
 
 	MN_TEST_ADD(tc, test_patience_runs_out, test_only_new_evaluations_of_this_run_count,
-	            test_file_that_appears_later, test_verdict_before_training);
+	            test_file_that_appears_later, test_verdict_before_training,
+	            test_unfinished_record_is_no_garbage);
 	return mn_test_run(s);
 }
