@@ -772,7 +772,13 @@ static int run(struct daemon *d)
 	struct mn_trainer_state ts;
 
 	mn_trainer_state(t, &ts);
-	rc = mnd_worker_start(&d->app.loop, t, &d->app.cfg, ts.nperm, latest, d->dist,
+	/*
+	 * A stop that came during setup (only an MPI rank gets this far with
+	 * one): on_stop_signal had no worker to tell. It is the worker's from
+	 * the start, so the ranks agree on it at the first step boundary; told
+	 * after the start, the thread could pass that boundary first.
+	 */
+	rc = mnd_worker_start(&d->app.loop, t, &d->app.cfg, ts.nperm, latest, d->dist, d->stopping,
 	                      on_worker_done, d, &d->worker, err, sizeof(err));
 	if (rc < 0) {
 		mn_log(MN_LOG_ERROR, "%s", err);
@@ -782,13 +788,6 @@ static int run(struct daemon *d)
 	}
 	if (d->control)
 		mnd_control_set_worker(d->control, d->worker);
-	/*
-	 * A stop that came during setup (only an MPI rank gets this far with
-	 * one): on_stop_signal had no worker to tell, and the ranks stop at
-	 * the first step boundary they agree on.
-	 */
-	if (d->stopping)
-		mnd_worker_stop(d->worker);
 	if (mnd_dist_rank(d->dist) == 0 && mn_notify_enabled())
 		start_notify(d);
 	/* Rank 0 alone speaks for the run, as it alone writes checkpoints and serves the socket. */

@@ -730,7 +730,7 @@ static void on_async_closed(uv_handle_t *h)
 }
 
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-                     size_t train_count, const char *latest, struct mnd_dist *dist,
+                     size_t train_count, const char *latest, struct mnd_dist *dist, bool stop,
                      mnd_worker_done_cb done, void *arg, struct mnd_worker **out, char *err,
                      size_t errlen)
 {
@@ -797,6 +797,7 @@ int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_conf
 	/* The trainer is the worker's only once the thread runs: on failure it stays the caller's.
 	 */
 	w->trainer = t;
+	w->stop_requested = stop;
 	rc = uv_thread_create(&w->thread, train_thread, w);
 	if (rc < 0) {
 		mn_errf(err, errlen, "cannot start the training thread: %s", uv_strerror(rc));

@@ -68,9 +68,12 @@ struct mnd_worker;
  * Starts the training thread on trainer t (whose ownership passes to the
  * worker) with configuration cfg. latest is the checkpoint the trainer was
  * restored from ("" or NULL if none). done is called when the thread exits.
+ * stop: a stop asked for before the start (as mnd_worker_stop()), in place
+ * before the thread's first step boundary, so that MPI ranks agree on it
+ * there and not at whichever boundary a later call would reach.
  */
 int mnd_worker_start(uv_loop_t *loop, struct mn_trainer *t, const struct mn_config *cfg,
-                     size_t train_count, const char *latest, struct mnd_dist *dist,
+                     size_t train_count, const char *latest, struct mnd_dist *dist, bool stop,
                      mnd_worker_done_cb done, void *arg, struct mnd_worker **out, char *err,
                      size_t errlen);
 

@@ -679,8 +679,8 @@ START_TEST(test_worker_status_and_held_back_requests)
 	ck_assert_msg(mnd_early_start(&loop, &ep, &e, err, sizeof(err)) == 0, "%s", err);
 	mn_test_uv_run_until(&loop, counted, e, DEADLINE_MS, "the evaluation");
 	mn_test_worker_config(&cfg, tmpdir);
-	ck_assert_msg(mnd_worker_start(&loop, t, &cfg, N_EX, NULL, NULL, on_done, NULL, &w, err,
-	                               sizeof(err)) == 0,
+	ck_assert_msg(mnd_worker_start(&loop, t, &cfg, N_EX, NULL, NULL, false, on_done, NULL, &w,
+	                               err, sizeof(err)) == 0,
 	              "%s", err);
 	mnd_control_set_worker(c, w);
 	mnd_control_set_early(c, e);

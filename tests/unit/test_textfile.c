@@ -103,8 +103,8 @@ static void setup(void)
 	cfg.metrics.interval_ms = INTERVAL_MS;
 	p.arch = mn_test_arch(IN_DIM, 1, (const size_t[]){8}, OUT);
 	ck_assert_msg(mn_trainer_new(&p, &v, &t, err, sizeof(err)) == 0, "%s", err);
-	ck_assert_msg(mnd_worker_start(&loop, t, &cfg, N_EX, NULL, NULL, on_done, NULL, &worker,
-	                               err, sizeof(err)) == 0,
+	ck_assert_msg(mnd_worker_start(&loop, t, &cfg, N_EX, NULL, NULL, false, on_done, NULL,
+	                               &worker, err, sizeof(err)) == 0,
 	              "%s", err);
 	textfile = NULL;
 }

@@ -88,8 +88,8 @@ static struct mnd_worker *start(const struct mn_view *v)
 
 	p.arch = mn_test_arch(IN_DIM, 1, (const size_t[]){8}, OUT);
 	ck_assert_int_eq(mn_trainer_new(&p, v, &t, err, sizeof(err)), 0);
-	ck_assert_int_eq(mnd_worker_start(&loop, t, &cfg, v->count, NULL, NULL, on_done, &done_seen,
-	                                  &w, err, sizeof(err)),
+	ck_assert_int_eq(mnd_worker_start(&loop, t, &cfg, v->count, NULL, NULL, false, on_done,
+	                                  &done_seen, &w, err, sizeof(err)),
 	                 0);
 	return w;
 }
