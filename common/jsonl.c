@@ -96,17 +96,10 @@ int mn_jsonl_reopen(struct mn_jsonl *f, char *err, size_t errlen)
  */
 static void follow_name(struct mn_jsonl *f)
 {
-	struct stat ps, fs;
 	char err[MN_ERRLEN];
 
-	if (fstat(f->fd, &fs) < 0)
-		return;
-	if (stat(f->path, &ps) == 0) {
-		if (ps.st_dev == fs.st_dev && ps.st_ino == fs.st_ino)
-			return;
-	} else if (errno != ENOENT) {
-		return; /* not known to be gone (its directory unsearchable for a moment) */
-	}
+	if (mn_path_names_fd(f->path, f->fd) != 0)
+		return; /* still it, or not known to be gone */
 	if (mn_jsonl_reopen(f, err, sizeof(err)) < 0) {
 		if (!f->lost_name)
 			mn_log(MN_LOG_ERROR, "%s; lines go to the file it named", err);

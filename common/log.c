@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* The longest line written, newline included; longer lines are cut. */
@@ -467,18 +466,11 @@ static size_t write_all(int fd, const char *p, size_t len, int *e)
  */
 static bool follow_name(void)
 {
-	struct stat ps, fs;
 	char err[MN_ERRLEN];
 	int fd;
 
-	if (log_fd < 0 || fstat(log_fd, &fs) < 0)
-		return false;
-	if (stat(log_path, &ps) == 0) {
-		if (ps.st_dev == fs.st_dev && ps.st_ino == fs.st_ino)
-			return false;
-	} else if (errno != ENOENT) {
-		return false; /* not known to be gone */
-	}
+	if (log_fd < 0 || mn_path_names_fd(log_path, log_fd) != 0)
+		return false; /* still it, or not known to be gone */
 	if (open_file(log_path, &fd, err, sizeof(err)) < 0)
 		return false; /* the old file goes on taking the lines; a SIGHUP says why */
 	close(log_fd);

@@ -661,6 +661,17 @@ bool mn_fd_ends_mid_line(int fd)
 	return last != '\n';
 }
 
+int mn_path_names_fd(const char *path, int fd)
+{
+	struct stat ps, fs;
+
+	if (fstat(fd, &fs) < 0)
+		return -errno;
+	if (stat(path, &ps) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	return ps.st_dev == fs.st_dev && ps.st_ino == fs.st_ino;
+}
+
 int mn_open_append(const char *path, unsigned mode, char *err, size_t errlen)
 {
 	struct stat st;

@@ -190,6 +190,14 @@ int mn_open_append(const char *path, unsigned mode, char *err, size_t errlen);
 bool mn_fd_ends_mid_line(int fd);
 
 /*
+ * Whether path still names the file fd is open on: 1 if it does, 0 if it
+ * does not (removed, or another file under the name: moved aside by a
+ * logrotate without SIGHUP), or a negative errno when that cannot be told
+ * (fd unusable, the directory unsearchable for a moment).
+ */
+int mn_path_names_fd(const char *path, int fd);
+
+/*
  * Reads a whole regular file (at most max bytes, else -EFBIG) into a
  * malloc'd buffer with a NUL byte after the data. *len excludes the NUL.
  * The file is opened with mn_open_regular(), so a FIFO is refused, never

@@ -412,19 +412,22 @@ END_TEST
 /* A file to write: its directory ("." or "/" when the path has none) and its name. */
 START_TEST(split_path_of_files)
 {
-	char dir[8], err[MN_ERRLEN];
+	char parent[8], err[MN_ERRLEN];
 
-	ck_assert_str_eq(mn_split_path("a/b/c.prom", dir, sizeof(dir), err, sizeof(err)), "c.prom");
-	ck_assert_str_eq(dir, "a/b");
-	ck_assert_str_eq(mn_split_path("c.prom", dir, sizeof(dir), err, sizeof(err)), "c.prom");
-	ck_assert_str_eq(dir, ".");
-	ck_assert_str_eq(mn_split_path("/c.prom", dir, sizeof(dir), err, sizeof(err)), "c.prom");
-	ck_assert_str_eq(dir, "/");
-	ck_assert_ptr_null(mn_split_path("a/b/", dir, sizeof(dir), err, sizeof(err)));
+	ck_assert_str_eq(mn_split_path("a/b/c.prom", parent, sizeof(parent), err, sizeof(err)),
+	                 "c.prom");
+	ck_assert_str_eq(parent, "a/b");
+	ck_assert_str_eq(mn_split_path("c.prom", parent, sizeof(parent), err, sizeof(err)),
+	                 "c.prom");
+	ck_assert_str_eq(parent, ".");
+	ck_assert_str_eq(mn_split_path("/c.prom", parent, sizeof(parent), err, sizeof(err)),
+	                 "c.prom");
+	ck_assert_str_eq(parent, "/");
+	ck_assert_ptr_null(mn_split_path("a/b/", parent, sizeof(parent), err, sizeof(err)));
 	ck_assert_str_eq(err, "\"a/b/\" does not name a file");
-	ck_assert_ptr_null(mn_split_path("", dir, sizeof(dir), err, sizeof(err)));
+	ck_assert_ptr_null(mn_split_path("", parent, sizeof(parent), err, sizeof(err)));
 	/* "abcdefgh" and its NUL do not fit in 8 bytes. */
-	ck_assert_ptr_null(mn_split_path("abcdefgh/c", dir, sizeof(dir), err, sizeof(err)));
+	ck_assert_ptr_null(mn_split_path("abcdefgh/c", parent, sizeof(parent), err, sizeof(err)));
 	ck_assert_str_eq(err, "abcdefgh/c: path too long");
 }
 END_TEST
@@ -569,17 +572,45 @@ START_TEST(write_atomic_noreplace)
 }
 END_TEST
 
+START_TEST(path_names_fd_follows_the_name)
+{
+	char path[PATH_MAX], moved[PATH_MAX];
+	int fd, other;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/f.log", dir);
+	snprintf(moved, sizeof(moved), "%s/f.log.1", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(mn_path_names_fd(path, fd), 1);
+	/* Moved aside: the name is gone, then another file takes it. */
+	ck_assert_int_eq(rename(path, moved), 0);
+	ck_assert_int_eq(mn_path_names_fd(path, fd), 0);
+	ck_assert_int_eq(mn_path_names_fd(moved, fd), 1);
+	other = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	ck_assert_int_ge(other, 0);
+	ck_assert_int_eq(mn_path_names_fd(path, fd), 0);
+	ck_assert_int_eq(mn_path_names_fd(path, other), 1);
+	/* What cannot be told is not "gone". */
+	ck_assert_int_eq(mn_path_names_fd(path, -1), -EBADF);
+	close(other);
+	close(fd);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("util");
 
-	MN_TEST_ADD(
-	    mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
-	    write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
-	    stale_temps_removed, stale_temps_of_one_name_removed, mkdir_p_creates_parents,
-	    read_file_bounds, read_fd_reuse_keeps_the_buffer, resource_errors, basename_of_paths,
-	    split_path_of_files, write_atomic_refuses_non_regular_targets,
-	    open_regular_never_blocks, open_append_never_blocks, write_atomic_refuses_an_empty_dir,
-	    write_atomic_keeps_the_replaced_mode, write_atomic_exact_mode, write_atomic_noreplace);
+	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
+	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
+	            stale_temps_removed, stale_temps_of_one_name_removed, mkdir_p_creates_parents,
+	            read_file_bounds, read_fd_reuse_keeps_the_buffer, resource_errors,
+	            basename_of_paths, split_path_of_files,
+	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
+	            open_append_never_blocks, write_atomic_refuses_an_empty_dir,
+	            write_atomic_keeps_the_replaced_mode, write_atomic_exact_mode,
+	            write_atomic_noreplace, path_names_fd_follows_the_name);
 	return mn_test_run(s);
 }
