@@ -225,8 +225,9 @@ class TestCase(unittest.TestCase):
 
 
 def fill(path):
-    """Writes path until its file system is full (a full disk for a test on a small tmpfs)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Appends to path until its file system is full (a full disk for a test on
+    a small tmpfs). Called again, it takes whatever room was freed since."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         for chunk in (b"\0" * 4096, b"\0"):
             try:

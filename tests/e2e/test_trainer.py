@@ -201,8 +201,11 @@ class TrainerTest(mnlib.TestCase):
         p = self.start([MNISTD, "--config", path], "mnistd")
         mnlib.wait_for(lambda: ckpt_steps(d), 60, "a first checkpoint")
         filler = os.path.join(mnt, "filler")
-        mnlib.fill(filler)
-        p.wait_output("No space left on device", 60)
+        # The writer makes room by removing the older checkpoint (see
+        # test_hardening); filling again each time takes that room too, until
+        # only the newest good one is left and the write fails.
+        mnlib.wait_for(lambda: mnlib.fill(filler) or "No space left on device" in p.output(), 60,
+                       "'No space left on device' in " + p.log_path)
         # A pause is answered once every queued checkpoint is settled: what is
         # on disk then is all there is, not a write in progress.
         ctl = [mnlib.MNISTCTL, "--socket", cfg["control"]["socket"]]
