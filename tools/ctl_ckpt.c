@@ -987,8 +987,8 @@ static const char convert_help[] =
     "Options:\n"
     "  -o, --output OUT     the file to write (required); replaced if it is a\n"
     "                       regular file (which keeps its permission bits),\n"
-    "                       refused if it is anything else (a device, FIFO,\n"
-    "                       directory or symbolic link); '-' writes\n"
+    "                       refused if it is IN or anything else (a device,\n"
+    "                       FIFO, directory or symbolic link); '-' writes\n"
     "                       the file to standard output and the report to\n"
     "                       standard error\n"
     "  -s, --select GLOB    keep the tensors whose names match the fnmatch(3)\n"
@@ -1276,7 +1276,7 @@ static int convert_run(const char *in, const char *outpath, const char **globs, 
 	int rc = MN_EX_FAILURE;
 
 	base = ctl_output_path(outpath, dir, sizeof(dir), err, sizeof(err));
-	if (!base) {
+	if (!base || ctl_check_not_source(outpath, in, "the checkpoint", err, sizeof(err)) < 0) {
 		ctl_errorf("convert", "%s", err);
 		return MN_EX_FAILURE;
 	}

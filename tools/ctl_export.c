@@ -215,7 +215,7 @@ static int export_run(const struct export_args *a, const struct ctl_globals *g)
 	if (!base || check_target(a->out, a->force, err, sizeof(err)) < 0 ||
 	    ctl_resolve_checkpoint(a->src, a->prefix, g, info.path, sizeof(info.path), err,
 	                           sizeof(err)) < 0 ||
-	    ctl_check_not_source(a->out, info.path, err, sizeof(err)) < 0 ||
+	    ctl_check_not_source(a->out, info.path, "the checkpoint", err, sizeof(err)) < 0 ||
 	    mn_ckpt_read(info.path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
 	    ctl_load_model(c, !a->raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("export", "%s", err);

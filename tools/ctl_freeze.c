@@ -92,7 +92,8 @@ static int freeze_run(const char *src, const char *prefix, const struct ctl_glob
 	 * good; a frozen model re-frozen in place loses nothing.
 	 */
 	if (mn_ckpt_read(path, MN_CKPT_REQUIRE_MNISTD, &c, err, sizeof(err)) < 0 ||
-	    (!mn_model_is_frozen(c) && ctl_check_not_source(out, path, err, sizeof(err)) < 0) ||
+	    (!mn_model_is_frozen(c) &&
+	     ctl_check_not_source(out, path, "the checkpoint", err, sizeof(err)) < 0) ||
 	    ctl_load_model(c, !raw, &arch, &params, err, sizeof(err)) < 0) {
 		ctl_errorf("freeze", "%s", err);
 		goto out;

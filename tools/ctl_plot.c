@@ -54,7 +54,7 @@ static const char plot_help[] =
     "  -b, --best FILE    best.json, whose first entry is marked as the best\n"
     "                     checkpoint (default: the highest validation accuracy)\n"
     "  -T, --terminal     text charts on standard output\n"
-    "  -o, --output FILE  the HTML page to write\n"
+    "  -o, --output FILE  the HTML page to write (never a file it is drawn from)\n"
     "  -w, --watch        redraw the terminal charts as the files grow\n"
     "  -h, --help         this help\n"
     "\n"
@@ -531,6 +531,16 @@ int ctl_plot(int argc, char **argv, const struct ctl_globals *g)
 	ex = plot_setup(g, &p);
 	if (ex != MN_EX_OK)
 		return ex;
+	/* A page written over a file it is drawn from would take that run's history. */
+	if (p.o.output &&
+	    (ctl_check_not_source(p.o.output, p.train_path, "the trainer's history", err,
+	                          sizeof(err)) < 0 ||
+	     ctl_check_not_source(p.o.output, p.eval_path, "the evaluator's metrics", err,
+	                          sizeof(err)) < 0 ||
+	     ctl_check_not_source(p.o.output, p.o.best, "best.json", err, sizeof(err)) < 0)) {
+		ctl_errorf("plot", "%s", err);
+		return MN_EX_FAILURE;
+	}
 	if (p.o.watch) {
 		ex = ctl_plot_watch(&p);
 		plot_free(&p);

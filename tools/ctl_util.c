@@ -324,15 +324,15 @@ int ctl_write_output(const char *dir, const char *base, const struct iovec *iov,
 	return rc;
 }
 
-int ctl_check_not_source(const char *out, const char *src, char *err, size_t errlen)
+int ctl_check_not_source(const char *out, const char *src, const char *what, char *err,
+                         size_t errlen)
 {
 	struct stat so, ss;
 
-	if (strcmp(out, "-") == 0 || stat(out, &so) < 0 || stat(src, &ss) < 0)
+	if (!src || strcmp(out, "-") == 0 || stat(out, &so) < 0 || stat(src, &ss) < 0)
 		return 0;
 	if (so.st_dev == ss.st_dev && so.st_ino == ss.st_ino) {
-		mn_errf(err, errlen, "%s is the checkpoint being read (%s); not replacing it", out,
-		        src);
+		mn_errf(err, errlen, "%s is %s being read (%s); not replacing it", out, what, src);
 		return -EEXIST;
 	}
 	return 0;

@@ -133,12 +133,14 @@ int ctl_write_output(const char *dir, const char *base, const struct iovec *iov,
                      bool noreplace, char *err, size_t errlen);
 
 /*
- * Refuses (-EEXIST, with a message) an output path out that is the file src
- * a command reads (the same file under any name, a hard link included):
- * writing it would replace a checkpoint, training state and all, with what
- * was made of it. "-" and an out that does not exist pass.
+ * Refuses (-EEXIST, with a message naming src as what, e.g. "the checkpoint")
+ * an output path out that is the file src a command reads (the same file
+ * under any name, a hard link included): writing it would replace a
+ * checkpoint, training state and all, or a run's history, with what was made
+ * of it. "-", a NULL src and an out that does not exist pass.
  */
-int ctl_check_not_source(const char *out, const char *src, char *err, size_t errlen);
+int ctl_check_not_source(const char *out, const char *src, const char *what, char *err,
+                         size_t errlen);
 
 /*
  * Resolves CKPT|DIR: a file is used as it is; for a directory the best

@@ -466,6 +466,22 @@ class PlotTest(mnlib.TestCase):
                 self.assertIn(message, r.stderr, (args, mode))
                 self.assertEqual(r.stdout, "")
                 self.assertFalse(os.path.exists(page))
+        # -o naming a file plot reads (a slip of the shell's completion) once
+        # replaced a run's history with the page drawn from it.
+        best = os.path.join(self.work, "best.json")
+        with open(best, "w") as f:
+            json.dump({"best": [{"file": "model.ckpt-5000.safetensors", "step": 5000, "accuracy": 0.9}]}, f)
+        for args, out, what in (([], self.train_path, "the trainer's history"),
+                                ([], self.eval_path, "the evaluator's metrics"),
+                                (["--eval", self.eval_path], self.eval_path, "the evaluator's metrics"),
+                                (["--best", best], best, "best.json")):
+            with open(out, "rb") as f:
+                before = f.read()
+            r = self.plot(*args, "-o", out)
+            self.assertEqual(r.returncode, 1, (args, r.stderr))
+            self.assertIn("%s is %s being read (%s); not replacing it" % (out, what, out), r.stderr)
+            with open(out, "rb") as f:
+                self.assertEqual(f.read(), before, out)
         r = self.run_prog([MNISTCTL, "--config", os.path.join(self.work, "none.json"), "plot", "-o", page])
         self.assertEqual(r.returncode, 1)
         mnlib.write_config(self.cfg_path, mnlib.base_config(self.work, self.data))

@@ -442,6 +442,21 @@ class FileToolsTest(ToolkitCase):
             self.assertFalse(os.path.exists(out), args)
         r = self.ctl("convert", self.ckpt, expect=2)
         self.assertIn("-o OUT is required", r.stderr)
+        # OUT naming IN (under any name) once replaced the checkpoint, training
+        # state and all, with the selected part of it.
+        with open(self.ckpt, "rb") as f:
+            before = f.read()
+        link = os.path.join(self.work, "hardlink.safetensors")
+        os.link(self.ckpt, link)
+        dot = os.path.join(os.path.dirname(self.ckpt), ".", os.path.basename(self.ckpt))
+        for out in (self.ckpt, dot, link):
+            r = self.ctl("convert", self.ckpt, "-o", out, "--select", "layer1/*", expect=1)
+            self.assertIn("%s is the checkpoint being read (%s); not replacing it" % (out, self.ckpt),
+                          r.stderr)
+            self.assertEqual(r.stdout, "")
+        with open(self.ckpt, "rb") as f:
+            self.assertEqual(f.read(), before)
+        os.unlink(link)
         # A file with no tensors gives an empty selection.
         empty = write_bytes(os.path.join(self.work, "empty.safetensors"), encode_safetensors([], {"a": "b"}))
         r = self.ctl("convert", empty, "-o", out, expect=1)

@@ -1225,40 +1225,61 @@ START_TEST(test_check_not_source)
 	mn_test_write_file(tpath("copy"), "c", 1);
 	ck_assert_int_eq(mkdir(tpath("sub"), 0700), 0);
 
-	ck_assert_int_eq(ctl_check_not_source("-", tpath("ckpt"), err, sizeof(err)), 0);
-	ck_assert_int_eq(ctl_check_not_source(tpath("new"), tpath("ckpt"), err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    ctl_check_not_source("-", tpath("ckpt"), "the checkpoint", err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("new"), tpath("ckpt"), "the checkpoint", err, sizeof(err)),
+	    0);
 	/* Another file with the same bytes is another file. */
-	ck_assert_int_eq(ctl_check_not_source(tpath("copy"), tpath("ckpt"), err, sizeof(err)), 0);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("copy"), tpath("ckpt"), "the checkpoint", err, sizeof(err)),
+	    0);
 
 	/* The same name. */
 	err[0] = '\0';
-	ck_assert_int_eq(ctl_check_not_source(tpath("ckpt"), tpath("ckpt"), err, sizeof(err)),
-	                 -EEXIST);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("ckpt"), tpath("ckpt"), "the checkpoint", err, sizeof(err)),
+	    -EEXIST);
 	ck_assert_msg(strstr(err, "is the checkpoint being read") && strstr(err, tpath("ckpt")),
 	              "%s", err);
 	/* A hard link. */
 	ck_assert_int_eq(link(tpath("ckpt"), tpath("hard")), 0);
-	ck_assert_int_eq(ctl_check_not_source(tpath("hard"), tpath("ckpt"), err, sizeof(err)),
-	                 -EEXIST);
-	ck_assert_int_eq(ctl_check_not_source(tpath("ckpt"), tpath("hard"), err, sizeof(err)),
-	                 -EEXIST);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("hard"), tpath("ckpt"), "the checkpoint", err, sizeof(err)),
+	    -EEXIST);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("ckpt"), tpath("hard"), "the checkpoint", err, sizeof(err)),
+	    -EEXIST);
 	/* A symbolic link either way. */
 	ck_assert_int_eq(symlink("ckpt", tpath("soft")), 0);
-	ck_assert_int_eq(ctl_check_not_source(tpath("soft"), tpath("ckpt"), err, sizeof(err)),
-	                 -EEXIST);
-	ck_assert_int_eq(ctl_check_not_source(tpath("ckpt"), tpath("soft"), err, sizeof(err)),
-	                 -EEXIST);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("soft"), tpath("ckpt"), "the checkpoint", err, sizeof(err)),
+	    -EEXIST);
+	ck_assert_int_eq(
+	    ctl_check_not_source(tpath("ckpt"), tpath("soft"), "the checkpoint", err, sizeof(err)),
+	    -EEXIST);
 	/* Through a directory that resolves to the file's: a link to it, "..", ".". */
 	ck_assert_int_eq(symlink(tmpdir, tpath("sub/up")), 0);
-	ck_assert_int_eq(
-	    ctl_check_not_source(tpath("sub/up/ckpt"), tpath("ckpt"), err, sizeof(err)), -EEXIST);
-	ck_assert_int_eq(
-	    ctl_check_not_source(tpath("sub/../ckpt"), tpath("./ckpt"), err, sizeof(err)), -EEXIST);
+	ck_assert_int_eq(ctl_check_not_source(tpath("sub/up/ckpt"), tpath("ckpt"), "the checkpoint",
+	                                      err, sizeof(err)),
+	                 -EEXIST);
+	ck_assert_int_eq(ctl_check_not_source(tpath("sub/../ckpt"), tpath("./ckpt"),
+	                                      "the checkpoint", err, sizeof(err)),
+	                 -EEXIST);
 	/* Relative to the current directory. */
 	ck_assert_int_eq(chdir(tmpdir), 0);
 	snprintf(rel, sizeof(rel), "%s/ckpt", tmpdir);
-	ck_assert_int_eq(ctl_check_not_source("ckpt", rel, err, sizeof(err)), -EEXIST);
-	ck_assert_int_eq(ctl_check_not_source("./sub/up/hard", "soft", err, sizeof(err)), -EEXIST);
+	ck_assert_int_eq(ctl_check_not_source("ckpt", rel, "the checkpoint", err, sizeof(err)),
+	                 -EEXIST);
+	ck_assert_int_eq(
+	    ctl_check_not_source("./sub/up/hard", "soft", "the checkpoint", err, sizeof(err)),
+	    -EEXIST);
+	/* What the file is read as is named; no source at all passes. */
+	ck_assert_int_eq(
+	    ctl_check_not_source("ckpt", "hard", "the trainer's history", err, sizeof(err)),
+	    -EEXIST);
+	ck_assert_str_eq(err, "ckpt is the trainer's history being read (hard); not replacing it");
+	ck_assert_int_eq(ctl_check_not_source("ckpt", NULL, "best.json", err, sizeof(err)), 0);
 	ck_assert_int_eq(chdir("/"), 0);
 }
 END_TEST
