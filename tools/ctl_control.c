@@ -328,7 +328,7 @@ static int exit_status(const struct call *call, int rc, const char *err)
 {
 	if (rc == 0)
 		return MN_EX_OK;
-	fprintf(stderr, "mnistctl %s: %s\n", call->ci->name, err);
+	ctl_errorf(call->ci->name, "%s", err);
 	if (call->show_usage) {
 		fputc('\n', stderr);
 		usage(stderr, call->ci);
@@ -428,7 +428,9 @@ static void print_status(const cJSON *o)
 	else
 		snprintf(eta, sizeof(eta), "-");
 
-	printf("state          %s\n", state);
+	printf("state          ");
+	ctl_fputs_escaped(stdout, state);
+	fputc('\n', stdout);
 	printf("step           %.0f / %.0f  [%s] %5.1f%%\n", step, max, bar, frac * 100);
 	if (isfinite(lr))
 		printf("learning rate  %.6g\n", lr);
@@ -440,7 +442,9 @@ static void print_status(const cJSON *o)
 		printf("loss           - (no step yet)\n");
 	printf("speed          %.1f steps/s\n", isfinite(sps) ? sps : 0.0);
 	printf("ETA            %s\n", eta);
-	printf("checkpoint     %s\n", latest ? latest : "- (none yet)");
+	printf("checkpoint     ");
+	ctl_fputs_escaped(stdout, latest ? latest : "- (none yet)");
+	fputc('\n', stdout);
 	if (isfinite(failing) && failing > 0) {
 		char shown[MN_ERRLEN];
 
@@ -463,7 +467,8 @@ static void print_keys(const char *title, const cJSON *arr)
 	cJSON_ArrayForEach(k, arr)
 	{
 		if (cJSON_IsString(k)) {
-			printf("%s%s", first ? "" : ", ", k->valuestring);
+			fputs(first ? "" : ", ", stdout);
+			ctl_fputs_escaped(stdout, k->valuestring);
 			first = false;
 		}
 	}
@@ -488,6 +493,10 @@ static void print_reload(const cJSON *o)
 	print_keys("changed but not used by mnistd (ignored)", ignored);
 }
 
+/*
+ * The answer's strings are shown escaped (ctl_fputs_escaped): whatever
+ * listens at the socket path, a terminal only ever displays them.
+ */
 static void print_answer(const struct call *call, const cJSON *o)
 {
 	const struct command_info *ci = call->ci;
@@ -499,7 +508,9 @@ static void print_answer(const struct call *call, const cJSON *o)
 	} else if (ci == &info_save) {
 		const char *name = str(o, "checkpoint");
 
-		printf("checkpoint %s published at step %.0f\n", name ? name : "?", num(o, "step"));
+		printf("checkpoint ");
+		ctl_fputs_escaped(stdout, name ? name : "?");
+		printf(" published at step %.0f\n", num(o, "step"));
 	} else {
 		printf("training %s at step %.0f\n", ci == &info_pause ? "paused" : "resumed",
 		       num(o, "step"));

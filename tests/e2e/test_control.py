@@ -846,5 +846,65 @@ class ControlTest(mnlib.TestCase):
         self.assertGreater(paused_rate, 2 * training_rate)
 
 
+
+class ForeignAnswers(mnlib.TestCase):
+    """Whatever answers at the socket path (another program, an old or
+    hostile daemon), mnistctl's text output shows its strings and never
+    passes a terminal escape sequence through."""
+
+    def serve(self, answer):
+        """A socket at a path of its own that answers every request line with answer."""
+        path = os.path.join(self.work, "foreign.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(4)
+        self.addCleanup(srv.close)
+
+        def loop():
+            while True:
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    return
+                with c:
+                    buf = b""
+                    while b"\n" not in buf:
+                        chunk = c.recv(4096)
+                        if not chunk:
+                            break
+                        buf += chunk
+                    c.sendall(answer + b"\n")
+
+        threading.Thread(target=loop, daemon=True).start()
+        return path
+
+    def test_strings_from_the_socket_are_escaped(self):
+        esc = "\u001b]0;owned\u0007\u001b[2J"
+        cases = [
+            ("status", {"ok": True, "state": "training" + esc, "step": 5, "max_steps": 10,
+                        "latest_checkpoint": "model.ckpt-5" + esc, "checkpoint_failures": 1,
+                        "checkpoint_error": "disk" + esc}, 0),
+            ("reload", {"ok": True, "applied": ["train.l2" + esc], "restart_required": [esc],
+                        "ignored": ["eval." + esc]}, 0),
+            ("save", {"ok": True, "checkpoint": "x" + esc, "step": 5}, 0),
+            ("pause", {"ok": False, "error": "no" + esc}, 1),
+        ]
+        for cmd, answer, status in cases:
+            path = self.serve(json.dumps(answer).encode())
+            r = self.run_prog([MNISTCTL, "--socket", path, cmd])
+            self.assertEqual(r.returncode, status, (cmd, r.stdout, r.stderr))
+            for text in (r.stdout, r.stderr):
+                self.assertNotIn("\x1b", text, cmd)
+                self.assertNotIn("\x07", text, cmd)
+            self.assertIn("\\x1b]0;owned\\x07\\x1b[2J", r.stdout + r.stderr, cmd)
+            os.unlink(path)
+        # Not JSON at all: quoted in the error, escaped too.
+        path = self.serve(b"\x1b[2J junk")
+        r = self.run_prog([MNISTCTL, "--socket", path, "status"])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("unexpected answer", r.stderr)
+        self.assertNotIn("\x1b", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
