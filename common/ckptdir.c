@@ -368,6 +368,45 @@ static int remove_step(const struct mn_ckptdir_versions *v, int64_t step, char *
 	return 0;
 }
 
+/*
+ * A full disk had room for step's file but not for the index that names it
+ * (its temporary needs a page more). The file is in place and durable, so
+ * it is the newest good checkpoint now: the others go, the *ndrop that
+ * retention drops anyway first (gone, oldest first; *ndrop counts those
+ * left), then the oldest, the previous latest included, until the index
+ * fits. Returns write_index's last status.
+ */
+static int room_for_index(struct mn_ckptdir_versions *v, int64_t step, int64_t *gone, size_t *ndrop,
+                          char *err, size_t errlen)
+{
+	int rc = -ENOSPC;
+
+	while (rc == -ENOSPC) {
+		char name[MN_CKPT_MAX_NAME], rerr[MN_ERRLEN];
+		int64_t victim;
+
+		if (*ndrop > 0) {
+			victim = gone[0];
+			memmove(gone, gone + 1, --*ndrop * sizeof(*gone));
+		} else {
+			victim = versions_pop_oldest(v, step, step);
+			if (victim < 0)
+				return rc;
+		}
+		if (remove_step(v, victim, name, sizeof(name), rerr, sizeof(rerr)) < 0) {
+			/* Still there: listed again, and no room made; the error is the disk's. */
+			(void)versions_insert(v, victim);
+			mn_log(MN_LOG_WARN, "disk full: %s", rerr);
+			return rc;
+		}
+		mn_log_fields(
+		    MN_LOG_WARN, "disk full: removed an older checkpoint to make room",
+		    (struct mn_log_field[]){MN_F_INT("step", step), MN_F_STR("removed", name)}, 2);
+		rc = write_index(v, step, err, errlen);
+	}
+	return rc;
+}
+
 int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, size_t max_to_keep,
                                 char *err, size_t errlen)
 {
@@ -412,6 +451,8 @@ int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, siz
 	for (size_t i = 0; i < drop; i++)
 		gone[i] = versions_pop_oldest(v, step, step);
 	rc = write_index(v, step, err, errlen);
+	if (rc == -ENOSPC && max_to_keep != 0)
+		rc = room_for_index(v, step, gone, &drop, err, errlen);
 	if (rc < 0) {
 		/* Still on disk, so still retention's: listed again (room was just made). */
 		for (size_t i = 0; i < drop; i++)

@@ -81,8 +81,11 @@ size_t mn_ckptdir_versions_count(const struct mn_ckptdir_versions *v);
  * checkpoint file beyond the newest max_to_keep (0 keeps all), never
  * latest. Files that vanish meanwhile are not errors, and one that cannot
  * be removed is logged (a warning): the checkpoint is published all the
- * same. -ENOENT if step's file is not there (an index never names a
- * missing file).
+ * same. On a full disk (the index cannot be written) other checkpoint
+ * files go, logged, oldest first and the previous latest included, until
+ * the index fits, unless max_to_keep is 0: step's file, durable, is then
+ * the newest good one. -ENOENT if step's file is not there (an index
+ * never names a missing file).
  */
 int mn_ckptdir_versions_publish(struct mn_ckptdir_versions *v, int64_t step, size_t max_to_keep,
                                 char *err, size_t errlen);

@@ -64,8 +64,9 @@ static int open_versions(struct mnd_writer *wr, const struct slot *s, char *err,
 /*
  * Writes s's state. A full disk gets room from older checkpoints that
  * retention would delete anyway, oldest first, one per retry, but never
- * from the newest good one; a keep-all directory (max_to_keep 0) keeps
- * every file and the write fails instead.
+ * from the newest good one (the index, once the file is in place, makes
+ * room in mn_ckptdir_versions_publish); a keep-all directory (max_to_keep
+ * 0) keeps every file and the write fails instead.
  */
 static int save_slot(struct mnd_writer *wr, struct slot *s, char *name, size_t len, char *err,
                      size_t errlen)

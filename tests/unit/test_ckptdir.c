@@ -3,6 +3,7 @@
 #include "util.h"
 
 #include <cJSON.h>
+#include <sched.h>
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -526,6 +528,128 @@ START_TEST(test_index_latest)
 }
 END_TEST
 
+/* A checkpoint file of step in dir, bytes long (room on a small filesystem is what counts). */
+static void write_step(const char *dir, int64_t s, size_t bytes)
+{
+	char name[64], path[PATH_MAX];
+	void *data = calloc(1, bytes);
+
+	ck_assert_ptr_nonnull(data);
+	ck_assert_int_eq(mn_ckptdir_filename("model.ckpt", s, name, sizeof(name)), 0);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	mn_test_write_file(path, data, bytes);
+	free(data);
+}
+
+/* Appends to dir/filler until its filesystem is full. */
+static void fill_up(const char *dir)
+{
+	char path[PATH_MAX], page[4096] = {0};
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/filler", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+	ck_assert_int_ge(fd, 0);
+	while (write(fd, page, sizeof(page)) > 0)
+		;
+	while (write(fd, page, 1) > 0)
+		;
+	close(fd);
+}
+
+/*
+ * A 1 MiB tmpfs at a new directory in dir (written to mnt), in a mount
+ * namespace of this test's own process, so that a failed test leaves no
+ * mount behind; false if this process may not mount one (not root), and
+ * the test has nothing to try.
+ */
+static bool small_fs(const char *dir, char *mnt, size_t len)
+{
+	snprintf(mnt, len, "%s/small", dir);
+	ck_assert_int_eq(mkdir(mnt, 0700), 0);
+	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    mount("tmpfs", mnt, "tmpfs", 0, "size=1m") < 0) {
+		fprintf(stderr, "test_ckptdir: cannot mount a tmpfs (%s): full-disk test not run\n",
+		        strerror(errno));
+		return false;
+	}
+	return true;
+}
+
+/*
+ * The writer makes room for a checkpoint, but the index that names it needs
+ * a page more: once the new file is in place it is the newest good
+ * checkpoint, so files go (retention's own first, then the oldest, the
+ * previous latest included) until checkpoint.json fits. A keep-all
+ * directory keeps every file and the publish fails instead.
+ */
+START_TEST(test_versions_full_disk_index_gets_room)
+{
+	char err[MN_ERRLEN] = "", dir[MN_TEST_DIRLEN], mnt[MN_TEST_DIRLEN + 16], latest[64];
+	struct mn_ckptdir_versions *v;
+	const size_t size = 200 * 1024;
+
+	mn_test_tmpdir(dir, sizeof(dir));
+	if (!small_fs(dir, mnt, sizeof(mnt))) {
+		mn_test_rmtree(dir);
+		return;
+	}
+	ck_assert_int_eq(mn_ckptdir_versions_open(mnt, "model.ckpt", -1, &v, err, sizeof(err)), 0);
+	for (int64_t s = 1; s <= 2; s++) {
+		write_step(mnt, s, size);
+		ck_assert_msg(mn_ckptdir_versions_publish(v, s, 2, err, sizeof(err)) == 0, "%s",
+		              err);
+	}
+	/* Keep-all: nothing may go, so the index cannot be written, and 3 is not published. */
+	write_step(mnt, 3, size);
+	fill_up(mnt);
+	ck_assert_int_eq(mn_ckptdir_versions_publish(v, 3, 0, err, sizeof(err)), -ENOSPC);
+	ck_assert_msg(strstr(err, "No space left on device"), "%s", err);
+	ck_assert(mn_test_exists(mnt, "model.ckpt-1.safetensors"));
+	ck_assert(mn_test_exists(mnt, "model.ckpt-2.safetensors"));
+	ck_assert_int_eq(mn_ckptdir_index_latest(mnt, latest, sizeof(latest), err, sizeof(err)), 0);
+	ck_assert_str_eq(latest, "model.ckpt-2.safetensors");
+
+	/* Two kept: 1 is retention's anyway and goes first; that is room enough. */
+	ck_assert_msg(mn_ckptdir_versions_publish(v, 3, 2, err, sizeof(err)) == 0, "%s", err);
+	ck_assert(!mn_test_exists(mnt, "model.ckpt-1.safetensors"));
+	ck_assert(mn_test_exists(mnt, "model.ckpt-2.safetensors"));
+	ck_assert_int_eq(mn_ckptdir_index_latest(mnt, latest, sizeof(latest), err, sizeof(err)), 0);
+	ck_assert_str_eq(latest, "model.ckpt-3.safetensors");
+
+	/* Three kept, none is retention's: the oldest goes. */
+	write_step(mnt, 4, size);
+	fill_up(mnt);
+	ck_assert_msg(mn_ckptdir_versions_publish(v, 4, 3, err, sizeof(err)) == 0, "%s", err);
+	ck_assert(!mn_test_exists(mnt, "model.ckpt-2.safetensors"));
+	ck_assert(mn_test_exists(mnt, "model.ckpt-3.safetensors"));
+	ck_assert(mn_test_exists(mnt, "model.ckpt-4.safetensors"));
+	/* One removed by someone else makes no room: the previous latest goes then. */
+	write_step(mnt, 5, size);
+	fill_up(mnt);
+	ck_assert_int_eq(unlink(strcat(strcpy(latest, mnt), "/model.ckpt-3.safetensors")), 0);
+	fill_up(mnt);
+	ck_assert_msg(mn_ckptdir_versions_publish(v, 5, 3, err, sizeof(err)) == 0, "%s", err);
+	ck_assert(!mn_test_exists(mnt, "model.ckpt-4.safetensors"));
+	ck_assert(mn_test_exists(mnt, "model.ckpt-5.safetensors"));
+	ck_assert_int_eq(mn_ckptdir_index_latest(mnt, latest, sizeof(latest), err, sizeof(err)), 0);
+	ck_assert_str_eq(latest, "model.ckpt-5.safetensors");
+	ck_assert_uint_eq(mn_ckptdir_versions_count(v), 1);
+
+	/* Nothing but the new file left to take room from: the publish fails, the file stays. */
+	write_step(mnt, 6, size);
+	fill_up(mnt);
+	ck_assert_int_eq(unlink(strcat(strcpy(latest, mnt), "/model.ckpt-5.safetensors")), 0);
+	fill_up(mnt);
+	ck_assert_int_eq(mn_ckptdir_versions_publish(v, 6, 3, err, sizeof(err)), -ENOSPC);
+	ck_assert(mn_test_exists(mnt, "model.ckpt-6.safetensors"));
+
+	mn_ckptdir_versions_free(v);
+	ck_assert_int_eq(umount2(mnt, MNT_DETACH), 0);
+	mn_test_rmtree(dir);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("ckptdir");
@@ -535,6 +659,7 @@ int main(void)
 	            test_index_latest, test_versions_retention_over_time, test_versions_listed_once,
 	            test_versions_keep_all_index_bounded, test_versions_free_oldest,
 	            test_versions_retention_failure_is_not_a_failed_publish,
-	            test_versions_retention_retries_a_file_it_could_not_remove);
+	            test_versions_retention_retries_a_file_it_could_not_remove,
+	            test_versions_full_disk_index_gets_room);
 	return mn_test_run(s);
 }
