@@ -757,6 +757,28 @@ class FailingStorage(HardeningCase):
         self.run_ok([MNISTCTL, "verify", os.path.join(d, saved)], 0)
 
 
+    def test_full_disk_checkpoints_go_on_in_the_room_there_is(self):
+        """A disk filled up around two checkpoints: each save makes its own
+        room (an older file for the new one, then the previous for the index
+        that names it), so checkpoints go on succeeding instead of failing at
+        checkpoint.json until max_failures stops the trainer."""
+        mnt = self.small_fs()
+        d = os.path.join(mnt, "ckpt")
+        p = self.daemon(checkpoint={"dir": d, "max_to_keep": 2, "max_failures": 2})
+        for _ in range(2):
+            step = self.status()["step"]
+            wait_for(lambda: self.status()["step"] > step, 30, "a step")
+            self.save()
+        mnlib.fill(os.path.join(mnt, "filler"))
+        for _ in range(4):
+            step = self.status()["step"]
+            wait_for(lambda: self.status()["step"] > step, 30, "a step")
+            saved = self.save()["checkpoint"]
+            self.assertEqual(mnlib.read_json(os.path.join(d, "checkpoint.json"))["latest"], saved)
+            self.run_ok([MNISTCTL, "verify", os.path.join(d, saved)], 0)
+        self.assertEqual(self.status()["checkpoint_failures"], 0)
+        self.assertIn("disk full: removed an older checkpoint to make room", p.output())
+
 class PublishingCost(HardeningCase):
     """11. Keep-all with every_steps 1: the trainer lists its directory once,
     at start, not at every publish, and checkpoint.json stays bounded."""
