@@ -567,7 +567,7 @@ static bool small_fs(const char *dir, char *mnt, size_t len)
 {
 	snprintf(mnt, len, "%s/small", dir);
 	ck_assert_int_eq(mkdir(mnt, 0700), 0);
-	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	if (unshare(CLONE_NEWNS) < 0 || mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) < 0 ||
 	    mount("tmpfs", mnt, "tmpfs", 0, "size=1m") < 0) {
 		fprintf(stderr, "test_ckptdir: cannot mount a tmpfs (%s): full-disk test not run\n",
 		        strerror(errno));
