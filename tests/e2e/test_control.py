@@ -379,9 +379,16 @@ class ControlTest(mnlib.TestCase):
         self.assertIn("reopened files=log.file,train.metrics_file", mnlib.read_text(log))
         wait_for(lambda: os.path.exists(hist), 30, "the new history file")
         # A path that cannot be opened again (a directory now): the old file stays in use, and
-        # the summary says that it failed.
-        os.rename(hist, hist + ".2")
-        os.mkdir(hist)
+        # the summary says that it failed. A line written between the rename
+        # and the mkdir finds the name gone and creates the file again: then
+        # that one is moved aside too.
+        while True:
+            os.rename(hist, hist + ".2")
+            try:
+                os.mkdir(hist)
+                break
+            except FileExistsError:
+                pass
         self.proc.signal(signal.SIGHUP)
         wait_for(lambda: mnlib.read_text(log).count("configuration reloaded") == 2, 30, "the second reload")
         text = mnlib.read_text(log)
