@@ -224,6 +224,40 @@ class TestCase(unittest.TestCase):
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout * SLOW, env=e)
 
 
+def request(sock, cmd, timeout=30):
+    """One request on mnistd's control socket; returns its answer, parsed."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout * SLOW)
+        s.connect(sock)
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise EOFError("%s closed the connection; got %r" % (sock, buf))
+            buf += chunk
+    finally:
+        s.close()
+    return json.loads(buf.split(b"\n", 1)[0])
+
+
+def wait_past_step(sock, step, timeout=60):
+    """Waits until mnistd has trained beyond step (its status on sock); returns
+    that status. A save or a stop right after one at `step` would otherwise
+    find that very state already durable and write nothing, whenever the
+    training thread happened not to be scheduled in between. A socket not
+    listening yet is waited for too."""
+    def past():
+        try:
+            s = request(sock, "status")
+        except (OSError, EOFError):  # not listening yet
+            return None
+        return s if s["step"] > step else None
+
+    return wait_for(past, timeout, "training past step %d" % step)
+
+
 def fill(path):
     """Appends to path until its file system is full (a full disk for a test on
     a small tmpfs). Called again, it takes whatever room was freed since."""

@@ -229,9 +229,14 @@ class TrainerTest(mnlib.TestCase):
         cfg["checkpoint"]["every_steps"] = 10 ** 9
         cfg["checkpoint"]["max_to_keep"] = 1
         mnlib.write_config(path, cfg)
-        for cmd in ("reload", "save"):
-            r = self.run_prog([mnlib.MNISTCTL, "--socket", cfg["control"]["socket"], cmd])
-            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        r = self.run_prog(ctl + ["reload"])
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        saved = mnlib.request(cfg["control"]["socket"], "save")
+        self.assertTrue(saved["ok"], saved)
+        # A stop at the saved step itself would find that state durable and
+        # write nothing (exit 0), whenever the training thread was not
+        # scheduled between the save's answer and the SIGTERM.
+        mnlib.wait_past_step(cfg["control"]["socket"], saved["step"])
         mnlib.fill(filler)
         p.signal(signal.SIGTERM)
         self.assertNotEqual(p.wait(60), 0, "a final checkpoint that failed must show in the exit status")
@@ -259,11 +264,14 @@ class TrainerTest(mnlib.TestCase):
         p = self.start([MNISTD, "--config", path], "mnistd")
         ctl = [mnlib.MNISTCTL, "--socket", cfg["control"]["socket"]]
         mnlib.wait_for(lambda: os.path.exists(cfg["control"]["socket"]), 60, "the control socket")
-        saved = []
+        step = -1
         for _ in range(3):
+            # Each save at a step of its own: a save at the step of the one
+            # before (training not scheduled in between) would write nothing.
+            mnlib.wait_past_step(cfg["control"]["socket"], step)
             r = self.run_prog(ctl + ["save"])
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            saved.append(r.stdout.strip())
+            step = int(r.stdout.split(" at step ")[1])
         self.assertEqual(len(ckpt_steps(d)), 3)
         p.wait_output("cannot write", 30)
         self.assertEqual(p.output().count("mnistd.log"), 1, p.output())
