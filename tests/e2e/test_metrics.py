@@ -110,24 +110,31 @@ class MetricsTest(mnlib.TestCase):
     def node_exporter(self, directory, as_user=None):
         """A real node-exporter serving only its textfile collector on directory; returns its URL.
         as_user: [uid, gid] to run it as (it needs root and setpriv to switch)."""
-        port = free_port()
-        argv = [NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
-                "--collector.textfile.directory=" + directory, "--web.listen-address=127.0.0.1:%d" % port]
-        if as_user:
-            argv = ["setpriv", "--reuid=%d" % as_user[0], "--regid=%d" % as_user[1], "--clear-groups"] + argv
-        p = self.start(argv, "node-exporter")
-        url = "http://127.0.0.1:%d/metrics" % port
+        # The port is free when chosen, not necessarily when node-exporter
+        # binds it (another program's connection may take it in between):
+        # then another port.
+        for attempt in range(5):
+            port = free_port()
+            argv = [NODE_EXPORTER, "--collector.disable-defaults", "--collector.textfile",
+                    "--collector.textfile.directory=" + directory, "--web.listen-address=127.0.0.1:%d" % port]
+            if as_user:
+                argv = ["setpriv", "--reuid=%d" % as_user[0], "--regid=%d" % as_user[1], "--clear-groups"] + argv
+            p = self.start(argv, "node-exporter-%d" % attempt)
+            url = "http://127.0.0.1:%d/metrics" % port
 
-        def up():
-            if p.p.poll() is not None:
-                raise AssertionError("node-exporter exited:\n" + p.output())
-            try:
-                with urllib.request.urlopen(url, timeout=5):
-                    return True
-            except OSError:
-                return False
-        wait_for(up, 60, "node-exporter on port %d" % port)
-        return url
+            def up():
+                if p.p.poll() is not None:
+                    if "address already in use" in p.output():
+                        return "taken"
+                    raise AssertionError("node-exporter exited:\n" + p.output())
+                try:
+                    with urllib.request.urlopen(url, timeout=5):
+                        return True
+                except OSError:
+                    return False
+            if wait_for(up, 60, "node-exporter on port %d" % port) is True:
+                return url
+        self.fail("no free port for node-exporter in 5 tries")
 
     def scrape(self, url):
         with urllib.request.urlopen(url, timeout=30) as r:
