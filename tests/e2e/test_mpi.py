@@ -168,7 +168,14 @@ class MpiTest(mnlib.TestCase):
         path, cfg = self.config(train={"max_steps": 10**8}, checkpoint={"every_steps": 50},
                                 log={"file": log})
         sock = cfg["control"]["socket"]
-        p = self.start(self.mpi_argv(2, path), "job", env=self.mpi_env())
+        env = self.mpi_env()
+        # mpirun passes its SIGTERM on after this many seconds and SIGKILLs
+        # the ranks as many seconds later (Open MPI 4.1: default 1). Agreeing
+        # on the stop, the final checkpoint and the summary took 0.2-0.3 s
+        # here under ASan pinned to one busy core, and more than 1 s with a
+        # disk 0.4 s slow to fsync: then SIGKILL, no summary, a failed test.
+        env["OMPI_MCA_odls_base_sigkill_timeout"] = str(int(max(2, 2 * mnlib.SLOW)))
+        p = self.start(self.mpi_argv(2, path), "job", env=env)
         mnlib.wait_for(lambda: len(mnlib.ckpt_steps(self.ckpt_dir(cfg))) >= 1, 60, "a first checkpoint")
 
         def ctl(*args):
