@@ -655,9 +655,16 @@ class FailingStorage(HardeningCase):
     newest good one."""
 
     def save(self, ok=True):
+        # Never at the step of the last checkpoint published: that state is
+        # durable, and a save there answers with its file without writing,
+        # so one meant to fail on the full disk would succeed whenever
+        # training was not scheduled since the save before.
+        mnlib.wait_past_step(self.sock, getattr(self, "saved_step", -1))
         c = self.client(self.sock)
         r = c.request("save")
         self.assertEqual(r["ok"], ok, r)
+        if r["ok"]:
+            self.saved_step = r["step"]
         return r
 
     def test_unwritable_directory_is_an_error_at_start(self):
