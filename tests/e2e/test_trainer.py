@@ -300,10 +300,14 @@ class TrainerTest(mnlib.TestCase):
         p = self.start([MNISTD, "--config", path], "mnistd")
         ctl = [mnlib.MNISTCTL, "--socket", cfg["control"]["socket"]]
         mnlib.wait_for(lambda: "ready" in mnlib.read_text(log), 60, "ready in the log")
+        step = -1
         for move in (lambda: os.rename(log, log + ".1"), lambda: os.unlink(log)):
+            # A save at the step of the one before writes nothing, and logs nothing.
+            mnlib.wait_past_step(cfg["control"]["socket"], step)
             move()
             r = self.run_prog(ctl + ["save"])
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            step = int(r.stdout.split(" at step ")[1])
             mnlib.wait_for(lambda: "checkpoint published" in mnlib.read_text(log), 30,
                            "a line in a new log file")
             self.assertIn("log file was moved or removed", mnlib.read_text(log))
