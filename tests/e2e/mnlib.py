@@ -24,6 +24,14 @@ MNISTCTL = os.environ.get("MN_MNISTCTL", os.path.join(BUILD, "tools", "mnistctl"
 # Sanitizer builds are slower; deadlines scale with this.
 SLOW = float(os.environ.get("MN_TEST_SLOWDOWN", "1"))
 
+# The programs started here take their signal dispositions from this process:
+# under nohup, or as a background job of a shell without job control, a stop
+# signal would arrive ignored, and the tests of what it does would fail.
+for _sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
+
 
 def deadline(seconds):
     return time.monotonic() + seconds * SLOW

@@ -18,6 +18,7 @@
 #include <ftw.h>
 #include <linux/capability.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,9 +40,22 @@
  */
 static inline int mn_test_run(Suite *s)
 {
+	static const int stops[] = {SIGHUP, SIGINT, SIGTERM, SIGQUIT};
 	SRunner *sr = srunner_create(s);
+	sigset_t unblock;
 	int failed;
 
+	/*
+	 * The tests of what a stop signal does start from its default action:
+	 * run under nohup, or as a background job of a shell without job
+	 * control, they would inherit an ignored or blocked one.
+	 */
+	sigemptyset(&unblock);
+	for (size_t i = 0; i < sizeof(stops) / sizeof(stops[0]); i++) {
+		signal(stops[i], SIG_DFL);
+		sigaddset(&unblock, stops[i]);
+	}
+	sigprocmask(SIG_UNBLOCK, &unblock, NULL);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
