@@ -931,16 +931,12 @@ class HostileInputTest(ToolkitCase):
         src = self.model("in.safetensors")
         with open(src, "rb") as f:
             before = f.read()
-        # A refused conversion onto its own input leaves the input untouched.
-        r = self.ctl("convert", src, "-o", src, "--rename", "nope=x", expect=1)
-        with open(src, "rb") as f:
-            self.assertEqual(f.read(), before)
-        # A successful one replaces it whole (the input was read before the atomic rename).
-        self.ctl("convert", src, "-o", src, "--select", "layer2/*")
-        header, _, _ = read_safetensors(src)
-        self.assertEqual(sorted(header), ["__metadata__", "layer2/biases", "layer2/weights"])
-        self.ctl("verify", src)
-        src = self.model("in.safetensors")
+        # A conversion onto its own input is refused (2993286) and leaves the input untouched.
+        for args in (["--rename", "nope=x"], ["--select", "layer2/*"]):
+            r = self.ctl("convert", src, "-o", src, *args, expect=1)
+            self.assertIn("%s is the checkpoint being read" % src, r.stderr)
+            with open(src, "rb") as f:
+                self.assertEqual(f.read(), before)
         self.ctl("freeze", src, "-o", src)
         self.assertEqual(self.ctl("verify", src).stdout.strip(), "%s: OK (step 5, 64-32-10, frozen)" % src)
         # A missing or non-directory output directory is named as such; nothing is created.
