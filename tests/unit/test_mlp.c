@@ -4,8 +4,10 @@
 #include <errno.h>
 #include <math.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "mlp.h"
 #include "util.h"
@@ -602,12 +604,24 @@ static long newest_thread(void)
 	return newest;
 }
 
-/* Waits (5 s at most) until thread tid sleeps: it has done all it does unasked. */
+/*
+ * Waits until thread tid sleeps: it has done all it does unasked. Judged by
+ * the thread's own CPU time, not the clock: its spin before sleeping is 2000
+ * pauses and sched_yield()s, a fraction of a second of CPU, but on a busy
+ * core each yield can hand a whole time slice to another process. Pinned to
+ * one core next to a CPU hog the spin took 30-34 s of wall time (80-100 ms
+ * of its CPU); the old 5 s deadline failed every time. Only a thread that
+ * burns 2 s of CPU without sleeping spins for good.
+ */
 static void await_sleeping(long tid)
 {
 	char path[64], stat[512], state = '?';
-	int64_t deadline = mn_monotonic_ns() + 5000000000;
+	const long tick = sysconf(_SC_CLK_TCK);
+	/* A backstop for a thread that neither sleeps nor runs, under check's 120 s timeout. */
+	int64_t deadline = mn_monotonic_ns() + 100 * (int64_t)1000000000;
+	unsigned long utime = 0, stime = 0;
 
+	ck_assert_int_gt(tick, 0);
 	snprintf(path, sizeof(path), "/proc/self/task/%ld/stat", tid);
 	while (mn_monotonic_ns() < deadline) {
 		FILE *f = fopen(path, "r");
@@ -616,15 +630,24 @@ static void await_sleeping(long tid)
 		ck_assert_ptr_nonnull(f);
 		ck_assert_ptr_nonnull(fgets(stat, sizeof(stat), f));
 		fclose(f);
-		/* "tid (comm) S ...": the state follows the last parenthesis. */
+		/* "tid (comm) S ...": the state follows the last parenthesis; utime and stime are
+		 * fields 14 and 15, the 12th and 13th after it. */
 		close_paren = strrchr(stat, ')');
 		ck_assert_ptr_nonnull(close_paren);
 		state = close_paren[2];
 		if (state == 'S')
 			return;
+		ck_assert_int_eq(sscanf(close_paren + 2,
+		                        "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+		                        &utime, &stime),
+		                 2);
+		ck_assert_msg((utime + stime) < 2 * (unsigned long)tick,
+		              "thread %ld spun for %.2f s of CPU without sleeping (state %c)", tid,
+		              (double)(utime + stime) / (double)tick, state);
 		sched_yield();
 	}
-	ck_abort_msg("thread %ld never slept (state %c)", tid, state);
+	ck_abort_msg("thread %ld never slept in 100 s (state %c, %.2f s of CPU)", tid, state,
+	             (double)(utime + stime) / (double)tick);
 }
 
 /* Steps of 4 rows, from params, on a team of threads that is stopped and restarted when restart. */
