@@ -207,7 +207,8 @@ class Docs(mnlib.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr + d.output())
         answer = json.loads(r.stdout)
         ev.signal(signal.SIGHUP)
-        line = wait_for(lambda: re.search(r"configuration reloaded file=\S+ (.*)", ev.output()), 30,
+        # Up to its newline: the line is long, and a read can catch it half written.
+        line = wait_for(lambda: re.search(r"configuration reloaded file=\S+ (.*)\n", ev.output()), 30,
                         "the evaluator's reload")
         fields = dict(re.findall(r'(\w+)=("[^"]*"|\S*)', line.group(1)))
         ev_answer = {k: [x for x in fields[k].strip('"').split(",") if x]

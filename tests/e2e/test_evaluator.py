@@ -609,7 +609,8 @@ class EvaluatorTest(mnlib.TestCase):
         ev.signal(signal.SIGHUP)
         # The trainer's answer's fields, about the evaluator's keys: model.hidden is the
         # trainer's, seen but not used. A key left to a restart makes it a warning.
-        ev.wait_output("configuration reloaded")
+        # The whole line, newline and all: a read can catch a line half written.
+        mnlib.wait_for(lambda: re.search(r"configuration reloaded .*\n", ev.output()), 30, "the reload")
         self.assertRegex(ev.output(), r"warn configuration reloaded file=\S+ applied=eval.use_ema "
                                       r"restart_required=eval.poll_interval_ms ignored=model.hidden\n")
         publish(d, ckpt_name(2), blob)
@@ -618,7 +619,8 @@ class EvaluatorTest(mnlib.TestCase):
         cfg["train"]["learning_rate"] = 0.5
         mnlib.write_config(path, cfg)
         ev.signal(signal.SIGHUP)
-        mnlib.wait_for(lambda: ev.output().count("configuration reloaded") == 2, 30, "the second reload")
+        mnlib.wait_for(lambda: len(re.findall(r"configuration reloaded .*\n", ev.output())) == 2, 30,
+                       "the second reload")
         self.assertRegex(ev.output(), r"warn configuration reloaded file=\S+ applied=\"\" "
                                       r"restart_required=eval.poll_interval_ms ignored=train.learning_rate\n")
 
