@@ -13,7 +13,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 import unittest
 import zlib
 
@@ -1029,73 +1028,58 @@ class HostileInputTest(ToolkitCase):
         pattern = re.compile(r"^\.%s\.\d+-\d+\.tmp$" % re.escape(base))
         return [f for f in os.listdir(d) if pattern.match(f)]
 
-    def start_writing(self, argv, out):
-        """Starts argv and polls until its temporary file for out exists; returns the
-        process, or None if it finished first (the caller then tries again)."""
+    def start_held(self, argv, out, gate):
+        """Starts argv held in its first fsync by gate (mnlib.gate(self, "fsync")): its
+        temporary file for out is written and not yet renamed. Returns the process.
+        (Polling for the temporary instead, and trying again when the command
+        finished first, depended on the poll getting the CPU in time.)"""
+        env, gate_path, held = gate
+        open(gate_path, "w").close()
         p = subprocess.Popen([str(a) for a in argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             text=True, env=dict(os.environ, **env),
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
-        end = mnlib.deadline(120)
-        while not self.temps(out):
-            if p.poll() is not None:
-                _, err = p.communicate()
-                self.assertEqual(p.returncode, 0, (argv, err))
-                return None
-            if time.monotonic() > end:
-                self.fail("%s: no temporary file for %s in time" % (argv, out))
-            time.sleep(0.001)
+        mnlib.wait_for(lambda: os.path.exists(held) or p.poll() is not None, 120,
+                       "%s held in its fsync" % argv[1])
+        if p.poll() is not None:
+            self.fail("%s ended before its fsync: %s" % (argv, p.stderr.read()))
+        self.assertEqual(len(self.temps(out)), 1, argv)
+        os.unlink(held)
         return p
 
     def test_an_interrupted_output_leaves_no_temporary_file(self):
-        src = self.big_model()
+        src = self.big_model((64, 32, 10))
+        gate = mnlib.gate(self, "fsync")
         for cmd in ("convert", "freeze", "export"):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 out = os.path.join(self.work, "%s-%d.out" % (cmd, sig))
-                for _ in range(5):
-                    p = self.start_writing([MNISTCTL, cmd, src, "-o", out], out)
-                    if p is None:  # it finished before the poll saw its temporary
-                        os.unlink(out)
-                        continue
-                    p.send_signal(sig)
-                    _, err = p.communicate(timeout=60 * mnlib.SLOW)
-                    if p.returncode == 0 or os.path.exists(out):  # the signal came after the rename
-                        os.unlink(out)
-                        continue
-                    # Killed by the signal itself (the status says so), its temporary removed.
-                    self.assertEqual(p.returncode, -sig, (cmd, err))
-                    self.assertEqual(self.temps(out), [], (cmd, sig))
-                    self.assertNotRegex(err, SANITIZER_REPORT)
-                    break
-                else:
-                    self.fail("%s never got %s while writing" % (cmd, sig.name))
+                p = self.start_held([MNISTCTL, cmd, src, "-o", out], out, gate)
+                p.send_signal(sig)
+                os.unlink(gate[1])
+                _, err = p.communicate(timeout=60 * mnlib.SLOW)
+                # Killed by the signal itself (the status says so), its temporary removed.
+                self.assertEqual(p.returncode, -sig, (cmd, err))
+                self.assertEqual(self.temps(out), [], (cmd, sig))
+                self.assertFalse(os.path.exists(out), (cmd, sig))
+                self.assertNotRegex(err, SANITIZER_REPORT)
 
     def test_export_without_force_never_replaces_an_output_created_meanwhile(self):
         # export looks for OUT before its work; one created by then is refused at the rename.
-        src = self.big_model()
+        src = self.big_model((64, 32, 10))
         out = os.path.join(self.work, "m.onnx")
-        for _ in range(5):
-            p = self.start_writing([MNISTCTL, "export", src, "-o", out], out)
-            if p is None:
-                os.unlink(out)
-                continue
-            try:
-                fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:  # export renamed first
-                p.communicate(timeout=60 * mnlib.SLOW)
-                os.unlink(out)
-                continue
-            os.write(fd, b"precious")
-            os.close(fd)
-            _, err = p.communicate(timeout=60 * mnlib.SLOW)
-            self.assertEqual(p.returncode, 1, err)
-            self.assertIn("%s exists (--force replaces it)" % out, err)
-            self.assertNotRegex(err, SANITIZER_REPORT)
-            with open(out, "rb") as f:
-                self.assertEqual(f.read(), b"precious")
-            self.assertEqual(self.temps(out), [])
-            break
-        else:
-            self.fail("export always finished before its temporary was seen")
+        gate = mnlib.gate(self, "fsync")
+        p = self.start_held([MNISTCTL, "export", src, "-o", out], out, gate)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, b"precious")
+        os.close(fd)
+        os.unlink(gate[1])
+        _, err = p.communicate(timeout=60 * mnlib.SLOW)
+        self.assertEqual(p.returncode, 1, err)
+        self.assertIn("%s exists (--force replaces it)" % out, err)
+        self.assertNotRegex(err, SANITIZER_REPORT)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+        self.assertEqual(self.temps(out), [])
 
     def test_output_that_cannot_be_written_fails(self):
         # Output lost to a full disk is a failure, not a silent success.
