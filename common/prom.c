@@ -257,12 +257,14 @@ void mn_prom_histogram(struct mn_prom *p, const char *name, const char *help,
 	if (p->rc < 0)
 		return;
 	if (h->nbounds > MN_PROM_MAX_BUCKETS) {
-		fail(p, -EINVAL, "%s: more than %d buckets", name, MN_PROM_MAX_BUCKETS);
+		fail(p, -EINVAL, "%s: more than %d buckets", name ? name : "(null)",
+		     MN_PROM_MAX_BUCKETS);
 		return;
 	}
 	for (size_t i = 0; i < h->nbounds; i++) {
 		if (!isfinite(h->bounds[i]) || (i > 0 && h->bounds[i] <= h->bounds[i - 1])) {
-			fail(p, -EINVAL, "%s: bucket bounds must be finite and increasing", name);
+			fail(p, -EINVAL, "%s: bucket bounds must be finite and increasing",
+			     name ? name : "(null)");
 			return;
 		}
 	}
