@@ -755,3 +755,41 @@ const char *mn_fs_remote_name(const char *path)
 			return remote_fs[i].name;
 	return NULL;
 }
+
+/* A non-negative decimal int in the environment variable name, else -1. */
+static int env_count(const char *name)
+{
+	const char *v = getenv(name);
+	char *end;
+	long n;
+
+	if (!v || !*v)
+		return -1;
+	errno = 0;
+	n = strtol(v, &end, 10);
+	return errno == 0 && *end == '\0' && n >= 0 && n <= INT_MAX ? (int)n : -1;
+}
+
+int mn_launched_rank(int *size)
+{
+	static const char *const ranks[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK"};
+	static const char *const sizes[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
+	bool launched = false;
+	int rank = -1;
+
+	*size = 0;
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		launched = launched || getenv(sizes[i]);
+		if (*size == 0 && env_count(sizes[i]) > 0)
+			*size = env_count(sizes[i]);
+	}
+	for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
+		launched = launched || getenv(ranks[i]);
+		if (rank < 0)
+			rank = env_count(ranks[i]);
+	}
+	if (!launched)
+		return -1;
+	/* A launcher that says no usable rank still started this process: as the first. */
+	return rank < 0 ? 0 : rank;
+}

@@ -268,4 +268,13 @@ bool mn_errno_is_resource(int rc);
  */
 void mn_printable(char *dst, size_t len, const char *src, size_t max);
 
+/*
+ * The rank an MPI launcher gave this process, read from the environment it
+ * sets (Open MPI's mpirun; PMIx, as srun --mpi=pmix and prterun; PMI-1/2,
+ * as srun --mpi=pmi2), and in *size the job's size where the launcher says
+ * it (else 0). -1 when no launcher started the process. For mnistd's
+ * decision to start MPI, and for programs that must not run as N copies.
+ */
+int mn_launched_rank(int *size);
+
 #endif

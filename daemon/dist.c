@@ -18,13 +18,9 @@
 
 bool mnd_dist_launched(void)
 {
-	/* Open MPI's launcher, PMIx (srun --mpi=pmix, prterun) and PMI-1/2 (srun --mpi=pmi2). */
-	static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"};
+	int size;
 
-	for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
-		if (getenv(vars[i]))
-			return true;
-	return false;
+	return mn_launched_rank(&size) >= 0;
 }
 
 #ifndef MN_HAVE_MPI

@@ -71,7 +71,8 @@ static void usage(FILE *f)
 	           "log.level.\n"
 	           "Exit status: 0 done, 1 runtime error or (--once) no valid checkpoint or\n"
 	           "its metrics line not written, 2 usage error, 65 invalid data,\n"
-	           "66 data not found, 78 configuration error.\n");
+	           "66 data not found, 78 configuration error (or started as several\n"
+	           "MPI ranks).\n");
 }
 
 /* From wall-clock time a to b in milliseconds; ctime's coarse clock can put b first. */
@@ -479,7 +480,7 @@ int main(int argc, char **argv)
 	struct mn_app_start_params sp = {0};
 	char err[MN_ERRLEN];
 	int64_t start_ns;
-	int c, ex;
+	int c, ex, rank, size;
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
@@ -511,6 +512,22 @@ int main(int argc, char **argv)
 		fprintf(stderr, "mnist-eval: unexpected argument \"%s\"\n", argv[optind]);
 		usage(stderr);
 		return MN_EX_USAGE;
+	}
+	/*
+	 * N evaluators would each evaluate every checkpoint and write the same
+	 * metrics, textfile and best_dir: one is the service, whatever launched it.
+	 */
+	rank = mn_launched_rank(&size);
+	if (rank > 0 || size > 1) {
+		char of[32] = "";
+
+		if (size > 0)
+			snprintf(of, sizeof(of), " of %d", size);
+		fprintf(stderr,
+		        "mnist-eval: started as rank %d%s by an MPI launcher; the evaluator is one "
+		        "process: run it once, without mpirun or srun\n",
+		        rank, of);
+		return MN_EX_CONFIG;
 	}
 	atomic_init(&e.cancel, false);
 	start_ns = mn_realtime_ns();

@@ -506,5 +506,27 @@ class MpiTest(mnlib.TestCase):
         self.assertNotIn("data-parallel", out)
 
 
+@unittest.skipUnless(MPIRUN, "mpirun is not installed (Debian: openmpi-bin)")
+class EvaluatorUnderMpiTest(mnlib.TestCase):
+    """mnist-eval is one process: N copies would each evaluate every checkpoint
+    and write the same metrics files and best_dir."""
+
+    def test_more_than_one_rank_is_refused(self):
+        path, cfg = self.config()
+        os.makedirs(cfg["checkpoint"]["dir"])
+        env = dict(MPI_ENV, ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0")
+        p = self.start([MPIRUN, "-np", "2", mnlib.MNIST_EVAL, "--config", path], "eval2", env=env)
+        self.assertNotEqual(p.wait(120), 0)
+        out = p.output()
+        self.assertIn("mnist-eval: started as rank 1 of 2 by an MPI launcher; the evaluator is "
+                      "one process: run it once, without mpirun or srun", out)
+        self.assertIn("rank 0 of 2", out)
+        # One rank is one evaluator: --once runs as it would alone (no checkpoint yet).
+        p = self.start([MPIRUN, "-np", "1", mnlib.MNIST_EVAL, "--config", path, "--once"], "eval1",
+                       env=env)
+        self.assertEqual(p.wait(120), 1, p.output())
+        self.assertNotIn("MPI launcher", p.output())
+        self.assertIn("no valid checkpoint", p.output())
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -599,18 +599,53 @@ START_TEST(path_names_fd_follows_the_name)
 }
 END_TEST
 
+/* The launchers' variables: each names a rank, or a size, or both. */
+START_TEST(launched_rank_from_each_launcher)
+{
+	static const char *const all[] = {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+	                                  "PMIX_RANK", "PMI_RANK", "PMI_SIZE"};
+	static const struct {
+		const char *env[4]; /* name=value pairs, NULL-terminated */
+		int rank, size;
+	} cases[] = {
+	    {{NULL}, -1, 0},
+	    {{"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", NULL}, 1, 2},
+	    {{"OMPI_COMM_WORLD_SIZE=4", NULL}, 0, 4},
+	    {{"PMIX_RANK=3", NULL}, 3, 0},
+	    {{"PMI_RANK=0", "PMI_SIZE=8", NULL}, 0, 8},
+	    /* Malformed values still mean a launcher started us: as the first rank, size unknown.
+	     */
+	    {{"PMI_RANK=x", "PMI_SIZE=-2", NULL}, 0, 0},
+	    {{"OMPI_COMM_WORLD_RANK=99999999999", NULL}, 0, 0},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int size = -7;
+
+		for (size_t k = 0; k < sizeof(all) / sizeof(all[0]); k++)
+			unsetenv(all[k]);
+		for (size_t k = 0; cases[i].env[k]; k++)
+			ck_assert_int_eq(putenv((char *)cases[i].env[k]), 0);
+		ck_assert_int_eq(mn_launched_rank(&size), cases[i].rank);
+		ck_assert_msg(size == cases[i].size, "case %zu: size %d", i, size);
+	}
+	for (size_t k = 0; k < sizeof(all) / sizeof(all[0]); k++)
+		unsetenv(all[k]);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("util");
 
-	MN_TEST_ADD(mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
-	            write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
-	            stale_temps_removed, stale_temps_of_one_name_removed, mkdir_p_creates_parents,
-	            read_file_bounds, read_fd_reuse_keeps_the_buffer, resource_errors,
-	            basename_of_paths, split_path_of_files,
-	            write_atomic_refuses_non_regular_targets, open_regular_never_blocks,
-	            open_append_never_blocks, write_atomic_refuses_an_empty_dir,
-	            write_atomic_keeps_the_replaced_mode, write_atomic_exact_mode,
-	            write_atomic_noreplace, path_names_fd_follows_the_name);
+	MN_TEST_ADD(
+	    mn_test_tcase(s, "util", NULL, NULL), errf_and_prefix, rfc3339_format,
+	    write_atomic_publishes_complete_file, write_atomic_failure_leaves_nothing,
+	    stale_temps_removed, stale_temps_of_one_name_removed, mkdir_p_creates_parents,
+	    read_file_bounds, read_fd_reuse_keeps_the_buffer, resource_errors, basename_of_paths,
+	    split_path_of_files, write_atomic_refuses_non_regular_targets,
+	    open_regular_never_blocks, open_append_never_blocks, write_atomic_refuses_an_empty_dir,
+	    write_atomic_keeps_the_replaced_mode, write_atomic_exact_mode, write_atomic_noreplace,
+	    path_names_fd_follows_the_name, launched_rank_from_each_launcher);
 	return mn_test_run(s);
 }
