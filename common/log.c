@@ -184,12 +184,9 @@ static bool wanted(enum mn_log_level level, enum mn_log_format *format)
 	return yes;
 }
 
-/* The tag as a field, if there is one and the line has no field of its name. */
-static bool tag_for(const struct mn_log_field *f, size_t n, struct mn_log_field *tag)
+/* Whether tag is a field to add: there is one, and the line has no field of its name. */
+static bool tag_wanted(const struct mn_log_field *f, size_t n, const struct mn_log_field *tag)
 {
-	pthread_mutex_lock(&log_lock);
-	*tag = MN_F_INT(log_tag_key, log_tag_value);
-	pthread_mutex_unlock(&log_lock);
 	if (!tag->key)
 		return false;
 	for (size_t i = 0; i < n; i++)
@@ -551,7 +548,14 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 		return;
 	if (!fields)
 		nfields = 0;
-	if (nfields <= TAGGED_FIELDS_MAX && tag_for(fields, nfields, &tag)) {
+	pthread_mutex_lock(&log_lock);
+	tag = MN_F_INT(log_tag_key, log_tag_value);
+	failing = log_fd >= 0 ? log_failing : 0;
+	lost = log_lost;
+	if (failing)
+		snprintf(path, sizeof(path), "%s", log_path);
+	pthread_mutex_unlock(&log_lock);
+	if (nfields <= TAGGED_FIELDS_MAX && tag_wanted(fields, nfields, &tag)) {
 		if (nfields)
 			memcpy(tagged, fields, nfields * sizeof(*fields));
 		tagged[nfields++] = tag;
@@ -563,11 +567,6 @@ void mn_log_fields(enum mn_log_level level, const char *msg, const struct mn_log
 	else
 		text_line(&l, time, level, msg, fields, nfields);
 	len = finish(&l);
-	pthread_mutex_lock(&log_lock);
-	failing = log_fd >= 0 ? log_failing : 0;
-	lost = log_lost;
-	snprintf(path, sizeof(path), "%s", log_path);
-	pthread_mutex_unlock(&log_lock);
 	if (failing) {
 		/* Built outside the lock, in case this line is the first to get through. */
 		struct mn_log_field nf[] = {

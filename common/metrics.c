@@ -227,16 +227,27 @@ static bool never_closed(const char *p, size_t len)
 	return true;
 }
 
+/*
+ * Narrows [*a, *z) to the line without the zeros a crash can leave where
+ * its bytes never reached the disk; true if what is left is a record its
+ * writer never finished.
+ */
+static bool trim_unfinished(const char **a, const char **z)
+{
+	size_t len = (size_t)(*z - *a);
+
+	while (*a < *z && **a == '\0')
+		(*a)++;
+	while (*z > *a && (*z)[-1] == '\0')
+		(*z)--;
+	return (*a == *z && len > 0) || never_closed(*a, (size_t)(*z - *a));
+}
+
 bool mn_metrics_line_unfinished(const char *line, size_t len)
 {
 	const char *a = line, *z = line + len;
 
-	/* A crash can leave zeros where a line's bytes never reached the disk. */
-	while (a < z && *a == '\0')
-		a++;
-	while (z > a && z[-1] == '\0')
-		z--;
-	return (a == z && len > 0) || never_closed(a, (size_t)(z - a));
+	return trim_unfinished(&a, &z);
 }
 
 /*
@@ -255,15 +266,10 @@ static int parse_lines(enum mn_metrics_kind kind, const char *text, size_t len, 
 		const char *a = p, *z = nl;
 
 		s->lines++;
-		if (mn_metrics_line_unfinished(p, (size_t)(nl - p))) {
+		if (trim_unfinished(&a, &z)) {
 			s->cut++;
 			continue;
 		}
-		/* A crash can leave zeros where a line's bytes never reached the disk. */
-		while (a < z && *a == '\0')
-			a++;
-		while (z > a && z[-1] == '\0')
-			z--;
 		if ((size_t)(nl - p) > MN_METRICS_LINE_MAX) {
 			mn_errf(err, errlen, "%s:%zu: longer than %d bytes", name, s->lines,
 			        MN_METRICS_LINE_MAX);

@@ -779,9 +779,11 @@ int mn_launched_rank(int *size)
 
 	*size = 0;
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		int n = env_count(sizes[i]);
+
 		launched = launched || getenv(sizes[i]);
-		if (*size == 0 && env_count(sizes[i]) > 0)
-			*size = env_count(sizes[i]);
+		if (*size == 0 && n > 0)
+			*size = n;
 	}
 	for (size_t i = 0; i < sizeof(ranks) / sizeof(ranks[0]); i++) {
 		launched = launched || getenv(ranks[i]);
