@@ -381,6 +381,31 @@ static void note_difference(const char *key, bool reloadable, void *arg)
 }
 
 /*
+ * Every rank's count items of type (each size bytes) from mine, in rank
+ * order, in a calloc'd array (free() it); NULL with *rc -ENOMEM or -EIO
+ * and err naming what was compared. Collective.
+ */
+static void *gather_all(struct mnd_dist *d, const void *mine, int count, MPI_Datatype type,
+                        size_t size, const char *what, int *rc, char *err, size_t errlen)
+{
+	void *all = calloc((size_t)d->size * (size_t)count, size);
+
+	*rc = 0;
+	if (!all) {
+		/* The caller aborts the job: the others are in the gather. */
+		mn_errf(err, errlen, "out of memory");
+		*rc = -ENOMEM;
+	} else if (MPI_Allgather(mine, count, type, all, count, type, MPI_COMM_WORLD) !=
+	           MPI_SUCCESS) {
+		mn_errf(err, errlen, "cannot compare the ranks' %s", what);
+		free(all);
+		all = NULL;
+		*rc = -EIO;
+	}
+	return all;
+}
+
+/*
  * Shares every rank's verdict on its own start (mine: "" when fine, else a
  * message naming the rank and what is wrong) and gives every rank the
  * first failing one: -EINVAL with it in err, or 0. A rank that found a
@@ -388,20 +413,11 @@ static void note_difference(const char *key, bool reloadable, void *arg)
  */
 static int agree_verdicts(struct mnd_dist *d, const char mine[MN_ERRLEN], char *err, size_t errlen)
 {
-	char *all = calloc((size_t)d->size, MN_ERRLEN);
-	int rc = 0;
+	int rc;
+	char *all = gather_all(d, mine, MN_ERRLEN, MPI_CHAR, 1, "starts", &rc, err, errlen);
 
-	if (!all) {
-		/* The caller aborts the job: the others are in the gather. */
-		mn_errf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	if (MPI_Allgather(mine, MN_ERRLEN, MPI_CHAR, all, MN_ERRLEN, MPI_CHAR, MPI_COMM_WORLD) !=
-	    MPI_SUCCESS) {
-		mn_errf(err, errlen, "cannot compare the ranks' starts");
-		free(all);
-		return -EIO;
-	}
+	if (!all)
+		return rc;
 	for (int r = 0; r < d->size; r++) {
 		char *v = all + (size_t)r * MN_ERRLEN;
 
@@ -426,20 +442,13 @@ static int agree_verdicts(struct mnd_dist *d, const char mine[MN_ERRLEN], char *
  */
 static int check_build(struct mnd_dist *d, const char *build, char *err, size_t errlen)
 {
-	char mine[BUILD_MAX] = "", *all = calloc((size_t)d->size, BUILD_MAX);
-	int rc = 0;
+	char mine[BUILD_MAX] = "", *all;
+	int rc;
 
-	if (!all) {
-		mn_errf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
 	snprintf(mine, sizeof(mine), "%s", build);
-	if (MPI_Allgather(mine, BUILD_MAX, MPI_CHAR, all, BUILD_MAX, MPI_CHAR, MPI_COMM_WORLD) !=
-	    MPI_SUCCESS) {
-		mn_errf(err, errlen, "cannot compare the ranks' programs");
-		free(all);
-		return -EIO;
-	}
+	all = gather_all(d, mine, BUILD_MAX, MPI_CHAR, 1, "programs", &rc, err, errlen);
+	if (!all)
+		return rc;
 	all[BUILD_MAX - 1] = '\0';
 	for (int r = 1; r < d->size; r++) {
 		char *theirs = all + (size_t)r * BUILD_MAX;
@@ -518,17 +527,10 @@ int mnd_dist_check_data(struct mnd_dist *d, const struct mn_view *train, char *e
 	mine[0] = train->count;
 	mine[1] = train->dim;
 	mine[2] = crc;
-	all = calloc((size_t)d->size, sizeof(mine));
-	if (!all) {
-		mn_errf(err, errlen, "out of memory");
-		return -ENOMEM;
-	}
-	if (MPI_Allgather(mine, 3, MPI_UINT64_T, all, 3, MPI_UINT64_T, MPI_COMM_WORLD) !=
-	    MPI_SUCCESS) {
-		mn_errf(err, errlen, "cannot compare the ranks' training data");
-		free(all);
-		return -EIO;
-	}
+	all = gather_all(d, mine, 3, MPI_UINT64_T, sizeof(mine[0]), "training data", &rc, err,
+	                 errlen);
+	if (!all)
+		return rc;
 	for (int r = 1; r < d->size; r++) {
 		const uint64_t *theirs = all + 3 * (size_t)r;
 
