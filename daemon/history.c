@@ -70,8 +70,9 @@ int mnd_history_record(struct mnd_history *h, const struct mnd_worker_status *s,
 	    !mn_json_add(o, "max_steps", mn_json_int(s->max_steps))) {
 		mn_errf(err, errlen, "train.metrics_file: out of memory for a line");
 		mn_log(MN_LOG_ERROR, "%s", err);
-	} else
+	} else {
 		rc = mn_jsonl_append(h->file, o, err, errlen);
+	}
 	cJSON_Delete(o);
 	if (rc < 0)
 		return rc;

@@ -103,6 +103,11 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(p.wait(120), 0, p.output())
         return d
 
+    def restepper(self):
+        """blob(step): the bytes of a real checkpoint, as if written at step."""
+        src = os.path.join(self.real_checkpoints(), ckpt_name(40))
+        return lambda step: restep(src, step)
+
     def once(self, ckpt_dir, name, use_ema=True, data=None):
         """Runs --once on ckpt_dir; returns (process result, metrics lines)."""
         m = os.path.join(self.work, name + ".jsonl")
@@ -166,8 +171,7 @@ class EvaluatorTest(mnlib.TestCase):
         self.assertEqual(ev.wait(30), 0, ev.output())
 
     def test_burst_collapses_and_never_goes_back(self):
-        src = self.real_checkpoints()
-        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        blob = self.restepper()
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         # A restart finds several checkpoints: only the newest is evaluated.
@@ -458,8 +462,7 @@ class EvaluatorTest(mnlib.TestCase):
         # checkpoint.dir as a "current" link, repointed atomically to a new
         # run's directory: the old directory gets no event, the path names
         # another directory, and that one's checkpoints must be evaluated.
-        src = self.real_checkpoints()
-        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        blob = self.restepper()
         a, b, cur = (os.path.join(self.work, n) for n in ("runs/a", "runs/b", "current"))
         os.makedirs(b)
         # The link is made before its target: making the target (in another
@@ -489,8 +492,7 @@ class EvaluatorTest(mnlib.TestCase):
         setpriv = shutil.which("setpriv")
         if os.geteuid() == 0 and not setpriv:
             self.skipTest("needs setpriv to drop root's file-permission bypass")
-        src = self.real_checkpoints()
-        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        blob = self.restepper()
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         path, _ = self.eval_config(d, eval={"poll_interval_ms": 100})
@@ -766,8 +768,7 @@ class EvaluatorTest(mnlib.TestCase):
         # The metrics file ends 40 bytes short of a page; the disk is full. A
         # line is cut short there: it must not stay behind as half a line
         # that garbles the next, and evaluating must go on.
-        src = self.real_checkpoints()
-        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        blob = self.restepper()
         mnt = self.small_fs("64k")
         m = os.path.join(mnt, "metrics.jsonl")
         old = json.dumps({"step": 1, "note": "x" * 100}) + "\n"
@@ -811,8 +812,7 @@ class EvaluatorTest(mnlib.TestCase):
         # logrotate without postrotate, or an operator's rm: the lines after
         # it go to a new file under the name (the one readers follow), not to
         # the removed or renamed one, and the log says so.
-        src = self.real_checkpoints()
-        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        blob = self.restepper()
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         m = os.path.join(self.work, "m.jsonl")
@@ -837,8 +837,7 @@ class EvaluatorTest(mnlib.TestCase):
         # again: the partial line stays alone, the next line is whole, the
         # failure is said once, writing again is said, and the file stays
         # one the strict readers take (the partial line counted as cut).
-        src = self.real_checkpoints()
-        blob = lambda s: restep(os.path.join(src, ckpt_name(40)), s)  # noqa: E731
+        blob = self.restepper()
         d = os.path.join(self.work, "ckpt")
         os.makedirs(d)
         m = os.path.join(self.work, "m.jsonl")

@@ -42,9 +42,18 @@ static char *slurp(const char *path)
 	return buf;
 }
 
+/* The file at path holds exactly want. */
+static void expect_text(const char *path, const char *want)
+{
+	char *text = slurp(path);
+
+	ck_assert_str_eq(text, want);
+	free(text);
+}
+
 START_TEST(appends_whole_lines)
 {
-	char path[256], err[MN_ERRLEN], *text;
+	char path[256], err[MN_ERRLEN];
 	struct mn_jsonl *f;
 
 	snprintf(path, sizeof(path), "%s/m.jsonl", dir);
@@ -53,15 +62,13 @@ START_TEST(appends_whole_lines)
 	append_step(f, 1);
 	append_step(f, 2);
 	mn_jsonl_close(f);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"step\":0}\n{\"step\":1}\n{\"step\":2}\n");
-	free(text);
+	expect_text(path, "{\"step\":0}\n{\"step\":1}\n{\"step\":2}\n");
 }
 END_TEST
 
 START_TEST(reopen_follows_rotation)
 {
-	char path[256], old[300], err[MN_ERRLEN], *text;
+	char path[256], old[300], err[MN_ERRLEN];
 	struct mn_jsonl *f;
 
 	snprintf(path, sizeof(path), "%s/m.jsonl", dir);
@@ -72,12 +79,8 @@ START_TEST(reopen_follows_rotation)
 	ck_assert_int_eq(mn_jsonl_reopen(f, err, sizeof(err)), 0);
 	append_step(f, 2);
 	mn_jsonl_close(f);
-	text = slurp(old);
-	ck_assert_str_eq(text, "{\"step\":1}\n");
-	free(text);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"step\":2}\n");
-	free(text);
+	expect_text(old, "{\"step\":1}\n");
+	expect_text(path, "{\"step\":2}\n");
 }
 END_TEST
 
@@ -88,7 +91,7 @@ END_TEST
  */
 START_TEST(moved_or_removed_file_is_created_again)
 {
-	char path[256], old[300], err[MN_ERRLEN], *text;
+	char path[256], old[300], err[MN_ERRLEN];
 	struct mn_jsonl *f;
 
 	snprintf(path, sizeof(path), "%s/m.jsonl", dir);
@@ -97,26 +100,18 @@ START_TEST(moved_or_removed_file_is_created_again)
 	append_step(f, 1);
 	ck_assert_int_eq(rename(path, old), 0);
 	append_step(f, 2);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"step\":2}\n");
-	free(text);
+	expect_text(path, "{\"step\":2}\n");
 	ck_assert_int_eq(unlink(path), 0);
 	append_step(f, 3);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"step\":3}\n");
-	free(text);
+	expect_text(path, "{\"step\":3}\n");
 	/* Replaced by another file (logrotate's create): that one gets the lines. */
 	ck_assert_int_eq(rename(path, old), 0);
 	mn_test_write_file(path, "", 0);
 	append_step(f, 4);
 	append_step(f, 5);
 	mn_jsonl_close(f);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"step\":4}\n{\"step\":5}\n");
-	free(text);
-	text = slurp(old);
-	ck_assert_str_eq(text, "{\"step\":3}\n");
-	free(text);
+	expect_text(path, "{\"step\":4}\n{\"step\":5}\n");
+	expect_text(old, "{\"step\":3}\n");
 }
 END_TEST
 
@@ -169,7 +164,7 @@ END_TEST
  */
 START_TEST(a_file_cut_mid_line_gets_its_line_ended)
 {
-	char path[256], err[MN_ERRLEN], *text;
+	char path[256], err[MN_ERRLEN];
 	struct mn_jsonl *f;
 
 	snprintf(path, sizeof(path), "%s/m.jsonl", dir);
@@ -177,17 +172,13 @@ START_TEST(a_file_cut_mid_line_gets_its_line_ended)
 	ck_assert_int_eq(mn_jsonl_open(path, &f, err, sizeof(err)), 0);
 	append_step(f, 2);
 	append_step(f, 3);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"step\":0}\n{\"step\":1,\"lo\n{\"step\":2}\n{\"step\":3}\n");
-	free(text);
+	expect_text(path, "{\"step\":0}\n{\"step\":1,\"lo\n{\"step\":2}\n{\"step\":3}\n");
 	/* Replaced under the name by another cut-off file: the same at the reopen. */
 	mn_test_write_file(path, "{\"ste", 5);
 	ck_assert_int_eq(mn_jsonl_reopen(f, err, sizeof(err)), 0);
 	append_step(f, 4);
 	mn_jsonl_close(f);
-	text = slurp(path);
-	ck_assert_str_eq(text, "{\"ste\n{\"step\":4}\n");
-	free(text);
+	expect_text(path, "{\"ste\n{\"step\":4}\n");
 }
 END_TEST
 
